@@ -1,0 +1,228 @@
+//! What the mlx-serve supervisor and its workers say to each other.
+//!
+//! One worker process serves one model. The supervisor listens on a Unix socket, spawns
+//! `mlx-serve-worker serve --socket PATH --model DIR`, and the worker connects back. The
+//! conversation:
+//!
+//! 1. worker → [`WorkerMessage::Hello`] (protocol version, pid) as soon as it connects;
+//!    a supervisor of another protocol version refuses it with a clear error.
+//! 2. worker loads the model → [`WorkerMessage::Ready`] with the model's facts, or
+//!    [`WorkerMessage::LoadFailed`] with the reason, then exits non-zero.
+//! 3. supervisor → [`SupervisorMessage::Embed`] / [`SupervisorMessage::Score`] batches
+//!    (several may be in flight; answers carry the request id), `Stats`, `Shutdown`.
+//!
+//! [`codec`] frames messages (length + version + bincode); it is the only place that
+//! knows the wire encoding, so replacing bincode touches one file.
+
+pub mod codec;
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on every incompatible change to the messages below.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// What a model produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelKind {
+    /// Pooled, usually L2-normalized, sentence vectors.
+    Embedding,
+    /// One relevance score in [0, 1] per (query, document) pair.
+    Reranker,
+}
+
+impl ModelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Embedding => "embedding",
+            ModelKind::Reranker => "reranker",
+        }
+    }
+}
+
+/// A batch of token sequences of different lengths, stored flat so that encoding a batch
+/// is a few memcpys: sequence `i` is `tokens[offsets[i]..offsets[i+1]]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenBatch {
+    /// All token ids, concatenated.
+    pub tokens: Vec<u32>,
+    /// `len() + 1` boundaries into `tokens`, starting at 0.
+    pub offsets: Vec<u32>,
+    /// Segment (token type) ids parallel to `tokens`; empty when the model has none or all
+    /// are zero (BERT pairs set 1 on the second segment).
+    pub type_ids: Vec<u8>,
+}
+
+impl TokenBatch {
+    pub fn new() -> Self {
+        TokenBatch { tokens: Vec::new(), offsets: vec![0], type_ids: Vec::new() }
+    }
+
+    /// Appends one sequence. `type_ids` must be empty or as long as `ids`.
+    pub fn push(&mut self, ids: &[u32], type_ids: &[u8]) {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        if !type_ids.is_empty() && self.type_ids.len() < self.tokens.len() {
+            self.type_ids.resize(self.tokens.len(), 0);
+        }
+        self.tokens.extend_from_slice(ids);
+        if !type_ids.is_empty() {
+            debug_assert_eq!(type_ids.len(), ids.len());
+            self.type_ids.extend_from_slice(type_ids);
+        } else if !self.type_ids.is_empty() {
+            self.type_ids.resize(self.tokens.len(), 0);
+        }
+        self.offsets.push(self.tokens.len() as u32);
+    }
+
+    /// Number of sequences.
+    pub fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Token ids of sequence `i`.
+    pub fn sequence(&self, i: usize) -> &[u32] {
+        &self.tokens[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+
+    /// Segment ids of sequence `i` (empty when the batch carries none).
+    pub fn sequence_type_ids(&self, i: usize) -> &[u8] {
+        if self.type_ids.is_empty() {
+            &[]
+        } else {
+            &self.type_ids[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+        }
+    }
+
+    /// Length of the longest sequence.
+    pub fn max_len(&self) -> usize {
+        self.offsets.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0)
+    }
+
+    /// Checks the invariants a decoder cannot trust the sender to keep.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.offsets.first() != Some(&0) {
+            return Err("batch offsets must start at 0".into());
+        }
+        if self.offsets.windows(2).any(|w| w[1] < w[0]) {
+            return Err("batch offsets must not decrease".into());
+        }
+        if *self.offsets.last().unwrap() as usize != self.tokens.len() {
+            return Err("batch offsets do not cover the tokens".into());
+        }
+        if !self.type_ids.is_empty() && self.type_ids.len() != self.tokens.len() {
+            return Err("type_ids must be empty or parallel to tokens".into());
+        }
+        if self.offsets.windows(2).any(|w| w[1] == w[0]) {
+            return Err("empty sequence in batch".into());
+        }
+        Ok(())
+    }
+}
+
+/// Facts about the loaded model, sent once in [`WorkerMessage::Ready`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub kind: ModelKind,
+    /// HF architecture name from config.json, e.g. `BertModel`, `Qwen3ForCausalLM`.
+    pub architecture: String,
+    /// Our implementation that runs it: `bert`, `xlm_roberta`, `qwen3`.
+    pub family: String,
+    pub hidden_size: u32,
+    /// Length of an embedding row (0 for rerankers).
+    pub output_dim: u32,
+    /// Most tokens one sequence may have (position table size).
+    pub max_tokens: u32,
+    pub vocab_size: u32,
+    /// `cls`, `mean`, `last_token` (embeddings) or the scoring head (rerankers).
+    pub pooling: String,
+    pub normalize: bool,
+    /// dtype of the weights on disk (`float32`, `bfloat16`, `q4`, ...).
+    pub stored_dtype: String,
+    /// dtype the forward pass runs in.
+    pub compute_dtype: String,
+    /// MLX device the worker computes on (`cpu`, `gpu`).
+    pub device: String,
+    /// Which library answered `cblas_sgemm` (Linux CPU backend), for the operator.
+    pub blas: String,
+    pub load_seconds: f64,
+}
+
+/// Memory and work counters of one worker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    /// MLX memory held by live arrays.
+    pub mlx_active_bytes: u64,
+    /// Highest `mlx_active_bytes` since start.
+    pub mlx_peak_bytes: u64,
+    /// MLX's buffer cache (freed arrays kept for reuse); bounded by the cache limit.
+    pub mlx_cache_bytes: u64,
+    /// Resident set size of the worker process.
+    pub rss_bytes: u64,
+    pub batches: u64,
+    pub sequences: u64,
+    /// Real (unpadded) tokens processed.
+    pub tokens: u64,
+    /// Tokens including padding (`padded_tokens - tokens` is wasted work).
+    pub padded_tokens: u64,
+}
+
+/// Supervisor → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SupervisorMessage {
+    /// Pooled embedding rows for every sequence.
+    Embed { id: u64, batch: TokenBatch },
+    /// One relevance score per sequence; each sequence is an already templated pair.
+    Score { id: u64, batch: TokenBatch },
+    Stats { id: u64 },
+    /// Finish what was received, answer it, then exit 0.
+    Shutdown,
+}
+
+/// Why a request failed inside the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request itself is wrong (e.g. token id outside the vocabulary).
+    InvalidInput,
+    /// The model cannot do this (e.g. Score sent to an embedding model).
+    Unsupported,
+    /// MLX or the worker failed.
+    Internal,
+}
+
+/// Worker → supervisor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WorkerMessage {
+    Hello { protocol_version: u16, worker_version: String, pid: u32 },
+    Ready(ModelInfo),
+    LoadFailed { reason: String },
+    /// Row-major `rows × dim` float32.
+    Embeddings { id: u64, dim: u32, data: Vec<f32> },
+    Scores { id: u64, scores: Vec<f32> },
+    Stats { id: u64, stats: WorkerStats },
+    Error { id: u64, kind: ErrorKind, message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_batch_roundtrip_and_validate() {
+        let mut b = TokenBatch::new();
+        b.push(&[1, 2, 3], &[]);
+        b.push(&[4, 5], &[0, 1]);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.sequence(0), &[1, 2, 3]);
+        assert_eq!(b.sequence_type_ids(0), &[0, 0, 0]);
+        assert_eq!(b.sequence_type_ids(1), &[0, 1]);
+        assert_eq!(b.max_len(), 3);
+        assert!(b.validate().is_ok());
+        let bad = TokenBatch { tokens: vec![1], offsets: vec![0, 2], type_ids: vec![] };
+        assert!(bad.validate().is_err());
+    }
+}
