@@ -15,6 +15,7 @@
 //! knows the wire encoding, so replacing bincode touches one file.
 
 pub mod codec;
+pub mod model_dir;
 
 use serde::{Deserialize, Serialize};
 
