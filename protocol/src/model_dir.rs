@@ -6,7 +6,9 @@
 //! Files read (all optional except config.json):
 //! - `config.json`: `model_type`, `architectures`, sizes, `max_position_embeddings`.
 //! - `modules.json` + `<pooling dir>/config.json` (sentence-transformers): pooling mode;
-//!   a `sentence_transformers.models.Normalize` module means L2-normalized output.
+//!   a `...Normalize` module means L2-normalized output. Module types are matched by class
+//!   name: sentence-transformers 6 moved them (`sentence_transformers.models.Pooling` →
+//!   `sentence_transformers.sentence_transformer.modules.pooling.Pooling`).
 //! - `sentence_bert_config.json`: `max_seq_length`, which wins over the tokenizer's limit
 //!   (that is what sentence-transformers truncates at).
 //! - `tokenizer_config.json`: `model_max_length` when the above is absent.
@@ -153,10 +155,19 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, String> {
             (Pooling::CrossEncoder, false)
         }
         ModelKind::Embedding => {
-            let from_st = match module_path("models.Pooling") {
+            let from_st = match module_path(".Pooling") {
                 Some(p) => read_json(&dir.join(p).join("config.json"))?.map(|c| {
                     let on = |k: &str| c.get(k).and_then(Value::as_bool).unwrap_or(false);
-                    if on("pooling_mode_lasttoken") {
+                    // sentence-transformers >= 6 writes {"pooling_mode": "mean"}; older
+                    // versions one boolean flag per mode.
+                    let mode = c.get("pooling_mode").and_then(Value::as_str).unwrap_or("");
+                    if mode == "lasttoken" || mode == "last_token" {
+                        Pooling::LastToken
+                    } else if mode == "cls" {
+                        Pooling::Cls
+                    } else if mode == "mean" {
+                        Pooling::Mean
+                    } else if on("pooling_mode_lasttoken") {
                         Pooling::LastToken
                     } else if on("pooling_mode_cls_token") {
                         Pooling::Cls
@@ -171,7 +182,7 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, String> {
             };
             let default = if family == Family::Qwen3 { Pooling::LastToken } else { Pooling::Cls };
             let normalize = match modules {
-                Some(_) => module_path("models.Normalize").is_some(),
+                Some(_) => module_path(".Normalize").is_some(),
                 None => true,
             };
             (from_st.unwrap_or(default), normalize)
