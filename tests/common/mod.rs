@@ -1,1 +1,4 @@
+//! Shared helpers for mlx-serve's end-to-end tests.
 
+pub mod fixtures;
+pub mod worker_process;

@@ -7,13 +7,23 @@
 //! safetensors; `quantize` writes MLX-quantized copies; `blas` checks the BLAS binding.
 
 mod blas;
+mod engine;
+mod heads;
+mod models;
+mod pooling;
+mod quantize;
+mod server;
+mod weights;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
 use mlx_rs::Array;
+use mlx_serve_protocol::{ModelKind, TokenBatch};
+
+use engine::{Engine, Options};
 
 #[derive(Parser)]
 #[command(name = "mlx-serve-worker", version, about = "mlx-serve's MLX model worker (started by mlx-serve)")]
@@ -22,8 +32,56 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Embedding,
+    Reranker,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Serve one model to the supervisor listening on SOCKET (started by mlx-serve).
+    Serve {
+        /// Filesystem path of the supervisor's Unix socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// Model folder (Hugging Face layout, safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// Overrides the kind detected from the model folder.
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        /// auto (float32 on CPU, stored dtype on GPU), float32, float16 or bfloat16.
+        #[arg(long, default_value = "auto")]
+        compute_dtype: String,
+        /// Bound on MLX's buffer cache (freed buffers kept for reuse).
+        #[arg(long, default_value_t = engine::DEFAULT_CACHE_LIMIT_MB)]
+        cache_limit_mb: usize,
+    },
+    /// Write an MLX-quantized copy of a model folder (linear layers only).
+    Quantize {
+        #[arg(long)]
+        src: PathBuf,
+        #[arg(long)]
+        dst: PathBuf,
+        #[arg(long, value_parser = ["4", "8"])]
+        bits: String,
+        #[arg(long, default_value = "64", value_parser = ["32", "64", "128"])]
+        group_size: String,
+    },
+    /// Measure the forward pass (with pooling/head) in tokens per second.
+    BenchForward {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        #[arg(long, default_value_t = 10)]
+        iters: u32,
+        #[arg(long, default_value = "auto")]
+        compute_dtype: String,
+    },
     /// Load a safetensors file and print its tensors and a checksum computed with MLX.
     Inspect { file: PathBuf },
     /// Measure fp32 matmul throughput (GFLOP/s) of n×n×n products.
@@ -38,9 +96,85 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve { socket, model, kind, compute_dtype, cache_limit_mb } => {
+            let opts = Options {
+                kind: kind.map(|k| match k {
+                    KindArg::Embedding => ModelKind::Embedding,
+                    KindArg::Reranker => ModelKind::Reranker,
+                }),
+                compute_dtype: engine::parse_dtype(&compute_dtype)?,
+                cache_limit_bytes: cache_limit_mb << 20,
+            };
+            let code = server::run(&socket, &model, &opts)?;
+            std::process::exit(code);
+        }
+        Command::Quantize { src, dst, bits, group_size } => {
+            let report = quantize::run(&src, &dst, bits.parse()?, group_size.parse()?)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::BenchForward { model, batch, seq, iters, compute_dtype } => {
+            bench_forward(&model, batch, seq, iters, &compute_dtype)
+        }
         Command::Inspect { file } => inspect(&file),
         Command::BenchMatmul { n, iters } => bench_matmul(n, iters),
     }
+}
+
+/// Times full batches (forward + pooling/head + copy-out) of `batch` × `seq` tokens.
+fn bench_forward(model: &Path, batch: usize, seq: usize, iters: u32, compute_dtype: &str) -> Result<()> {
+    blas::report();
+    let opts = Options { compute_dtype: engine::parse_dtype(compute_dtype)?, ..Options::default() };
+    let mut engine = Engine::load(model, &opts)?;
+    let info = engine.info().clone();
+    if seq > info.max_tokens as usize || seq < 2 || batch == 0 {
+        bail!("--seq must be in 2..={} and --batch > 0", info.max_tokens);
+    }
+    // Deterministic ids from the upper part of the vocabulary (ordinary tokens, no specials).
+    let lo = info.vocab_size / 4;
+    let span = info.vocab_size - lo;
+    let mut state = 0x2545_f491_u32;
+    let mut tokens = TokenBatch::new();
+    for _ in 0..batch {
+        let ids: Vec<u32> = (0..seq)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                lo + state % span
+            })
+            .collect();
+        tokens.push(&ids, &[]);
+    }
+    let once = |engine: &mut Engine| -> Result<()> {
+        match engine.kind() {
+            ModelKind::Embedding => engine.embed(&tokens).map(|_| ()),
+            ModelKind::Reranker => engine.score(&tokens).map(|_| ()),
+        }
+    };
+    for _ in 0..2 {
+        once(&mut engine)?;
+    }
+    let start = Instant::now();
+    for _ in 0..iters {
+        once(&mut engine)?;
+    }
+    let secs = start.elapsed().as_secs_f64() / iters as f64;
+    let tps = (batch * seq) as f64 / secs;
+    println!(
+        "{}",
+        serde_json::json!({
+            "model": model.display().to_string(),
+            "architecture": info.architecture,
+            "compute_dtype": info.compute_dtype,
+            "batch": batch,
+            "seq": seq,
+            "iters": iters,
+            "ms_per_batch": secs * 1e3,
+            "tokens_per_second": tps,
+        })
+    );
+    Ok(())
 }
 
 fn inspect(file: &std::path::Path) -> Result<()> {

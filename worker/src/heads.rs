@@ -1,0 +1,127 @@
+//! Reranker heads: how a (query, document) sequence becomes one relevance score in [0, 1].
+//!
+//! - Cross-encoders (`BertForSequenceClassification`, `XLMRobertaForSequenceClassification`)
+//!   with one label: `sigmoid(logit)`, sentence-transformers' CrossEncoder default for
+//!   `num_labels == 1`. BERT: `classifier(tanh(pooler.dense(h_cls)))`
+//!   (BertPooler + classifier); XLM-R: `out_proj(tanh(dense(h_cls)))`
+//!   (XLMRobertaClassificationHead). Dropout is identity at inference.
+//! - Qwen3-Reranker: the model card scores `softmax([logit_no, logit_yes])[1]` at the last
+//!   position, which equals `sigmoid(logit_yes - logit_no)`. Only the two lm_head rows for
+//!   "yes" and "no" are multiplied, never the whole vocabulary.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use mlx_rs::{ops, Array};
+use serde_json::Value;
+
+use crate::models::qwen3::Qwen3;
+use crate::pooling;
+use crate::weights::{Linear, Weights};
+
+/// `tanh(dense(h_cls))` → `out` → sigmoid.
+pub struct CrossEncoder {
+    dense: Linear,
+    out: Linear,
+}
+
+fn check_single_label(config: &Value) -> Result<()> {
+    let labels = config.get("id2label").and_then(Value::as_object).map(|m| m.len()).unwrap_or(1);
+    if labels != 1 {
+        bail!("cross-encoder has {labels} labels; mlx-serve scores with single-logit (num_labels = 1) rerankers only");
+    }
+    Ok(())
+}
+
+impl CrossEncoder {
+    /// BERT: BertPooler (`pooler.dense`) and `classifier`.
+    pub fn load_bert(config: &Value, w: &mut Weights, hidden: i32) -> Result<CrossEncoder> {
+        check_single_label(config)?;
+        Ok(CrossEncoder {
+            dense: w.linear("pooler.dense", hidden, hidden, true).context("BERT cross-encoder pooler")?,
+            out: w.linear("classifier", hidden, 1, true).context("BERT cross-encoder classifier")?,
+        })
+    }
+
+    /// XLM-R: XLMRobertaClassificationHead (`classifier.dense`, `classifier.out_proj`).
+    pub fn load_xlmr(config: &Value, w: &mut Weights, hidden: i32) -> Result<CrossEncoder> {
+        check_single_label(config)?;
+        Ok(CrossEncoder {
+            dense: w.linear("classifier.dense", hidden, hidden, true)?,
+            out: w.linear("classifier.out_proj", hidden, 1, true)?,
+        })
+    }
+
+    /// Scores `[batch]` from final states `[batch * len, hidden]`.
+    pub fn score(&self, hidden: &Array, lengths: &[i32], len: i32) -> Result<Array> {
+        let cls = pooling::cls(hidden, lengths, len)?;
+        let logits = self.out.forward(&ops::tanh(self.dense.forward(&cls)?)?)?;
+        Ok(ops::sigmoid(&logits.reshape(&[lengths.len() as i32])?)?)
+    }
+}
+
+/// Qwen3-Reranker's P("yes") judge.
+pub struct YesNo {
+    /// `[hidden, 2]`: the lm_head rows of "yes" and "no", transposed for one small GEMM.
+    rows_t: Array,
+}
+
+/// Id of `token` in tokenizer.json: the model vocabulary (BPE/WordPiece map, Unigram list)
+/// or the added tokens.
+pub fn token_id(tokenizer: &Value, token: &str) -> Option<u32> {
+    let vocab = tokenizer.get("model")?.get("vocab")?;
+    if let Some(id) = vocab.get(token).and_then(Value::as_u64) {
+        return Some(id as u32);
+    }
+    if let Some(list) = vocab.as_array() {
+        if let Some(i) = list.iter().position(|e| e.get(0).and_then(Value::as_str) == Some(token)) {
+            return Some(i as u32);
+        }
+    }
+    tokenizer.get("added_tokens")?.as_array()?.iter().find_map(|t| {
+        (t.get("content")?.as_str()? == token).then(|| t.get("id")?.as_u64().map(|i| i as u32))?
+    })
+}
+
+impl YesNo {
+    pub fn load(dir: &Path, w: &mut Weights, model: &Qwen3) -> Result<YesNo> {
+        let path = dir.join("tokenizer.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("Qwen3 reranker needs {} to find the \"yes\"/\"no\" token ids", path.display()))?;
+        let tok: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let find = |t: &str| token_id(&tok, t).ok_or_else(|| anyhow!("tokenizer.json has no {t:?} token"));
+        let (yes_id, no_id) = (find("yes")?, find("no")?);
+        let vocab = model.vocab_size();
+        if yes_id as i32 >= vocab || no_id as i32 >= vocab {
+            bail!("\"yes\"/\"no\" token ids {yes_id}/{no_id} exceed vocab_size {vocab}");
+        }
+        let hidden = crate::models::Network::hidden_size(model);
+        let ids = [yes_id as i32, no_id as i32];
+        // An untied lm_head is its own tensor; a tied one is the input embedding table.
+        let rows = if w.has("lm_head.weight") {
+            w.rows("lm_head", vocab, hidden, &ids)?
+        } else {
+            model.embedding_table().take_axis(Array::from_slice(&ids, &[2]), 0)?
+        };
+        let rows_t = rows.t();
+        rows_t.eval()?;
+        Ok(YesNo { rows_t })
+    }
+
+    /// Scores `[batch]` from final states `[batch * len, hidden]`.
+    pub fn score(&self, hidden: &Array, lengths: &[i32], len: i32) -> Result<Array> {
+        let last = pooling::last_token(hidden, lengths, len)?;
+        let logits = last.matmul(&self.rows_t)?; // [batch, 2] = (yes, no)
+        let parts = logits.split_at_indices(&[1], 1)?;
+        let diff = parts[0].subtract(&parts[1])?.reshape(&[lengths.len() as i32])?;
+        Ok(ops::sigmoid(&diff)?)
+    }
+}
+
+/// What turns final hidden states into a batch answer.
+pub enum Head {
+    /// Embeddings: pool, then optionally L2-normalize.
+    Pool { pooling: mlx_serve_protocol::model_dir::Pooling, normalize: bool },
+    CrossEncoder(CrossEncoder),
+    YesNo(YesNo),
+}

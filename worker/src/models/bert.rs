@@ -1,0 +1,139 @@
+//! BERT encoder (all-MiniLM, bge-*-en, e5, gte-base): word + position + token-type
+//! embeddings, post-LayerNorm transformer blocks, exact GELU by default.
+//!
+//! Follows transformers' `modeling_bert.py` (BertEmbeddings, BertSelfAttention with an
+//! additive key-padding mask, BertSelfOutput/BertOutput as `LayerNorm(x + dense(h))`).
+//! XLM-RoBERTa is the same network with other position ids, so `xlm_roberta.rs` reuses
+//! [`Bert`] through [`Bert::load`] and [`Bert::encode`].
+
+use anyhow::{bail, Result};
+use mlx_rs::fast::{layer_norm, scaled_dot_product_attention};
+use mlx_rs::{ops, Array};
+use serde_json::Value;
+
+use super::{cfg_f32, cfg_i32, embed, merge_heads, split_heads, Activation, Inputs, Network};
+use crate::weights::{Linear, Weights};
+
+/// LayerNorm parameters.
+struct Norm {
+    weight: Array,
+    bias: Array,
+    eps: f32,
+}
+
+impl Norm {
+    fn load(w: &mut Weights, prefix: &str, dim: i32, eps: f32) -> Result<Norm> {
+        Ok(Norm { weight: w.take(&format!("{prefix}.weight"), &[dim])?, bias: w.take(&format!("{prefix}.bias"), &[dim])?, eps })
+    }
+
+    fn apply(&self, x: &Array) -> Result<Array> {
+        Ok(layer_norm(x, &self.weight, &self.bias, self.eps)?)
+    }
+}
+
+struct Layer {
+    /// Query, key and value projections fused into one `[hidden, 3 * hidden]` GEMM.
+    qkv: Linear,
+    attn_out: Linear,
+    attn_norm: Norm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: Norm,
+}
+
+/// The BERT body (embeddings + encoder), without pooler or heads.
+pub struct Bert {
+    word: Array,
+    position: Array,
+    token_type: Option<Array>,
+    emb_norm: Norm,
+    layers: Vec<Layer>,
+    hidden: i32,
+    heads: i32,
+    head_dim: i32,
+    act: Activation,
+}
+
+impl Bert {
+    pub fn load(config: &Value, w: &mut Weights) -> Result<Bert> {
+        let hidden = cfg_i32(config, "hidden_size")?;
+        let heads = cfg_i32(config, "num_attention_heads")?;
+        let layers_n = cfg_i32(config, "num_hidden_layers")?;
+        let inter = cfg_i32(config, "intermediate_size")?;
+        let vocab = cfg_i32(config, "vocab_size")?;
+        let positions = cfg_i32(config, "max_position_embeddings")?;
+        let type_vocab = config.get("type_vocab_size").and_then(Value::as_i64).unwrap_or(2) as i32;
+        let eps = cfg_f32(config, "layer_norm_eps", 1e-12);
+        if hidden % heads != 0 {
+            bail!("config.json: hidden_size {hidden} is not a multiple of num_attention_heads {heads}");
+        }
+        if let Some(t) = config.get("position_embedding_type").and_then(Value::as_str) {
+            if t != "absolute" {
+                bail!("unsupported position_embedding_type {t:?} (only \"absolute\")");
+            }
+        }
+        let act = Activation::from_config(config)?;
+
+        let word = w.take("embeddings.word_embeddings.weight", &[vocab, hidden])?;
+        let position = w.take("embeddings.position_embeddings.weight", &[positions, hidden])?;
+        let token_type = if type_vocab > 0 {
+            w.take_opt("embeddings.token_type_embeddings.weight", &[type_vocab, hidden])?
+        } else {
+            None
+        };
+        let emb_norm = Norm::load(w, "embeddings.LayerNorm", hidden, eps)?;
+        let mut layers = Vec::with_capacity(layers_n as usize);
+        for i in 0..layers_n {
+            let p = format!("encoder.layer.{i}");
+            let q = w.linear(&format!("{p}.attention.self.query"), hidden, hidden, true)?;
+            let k = w.linear(&format!("{p}.attention.self.key"), hidden, hidden, true)?;
+            let v = w.linear(&format!("{p}.attention.self.value"), hidden, hidden, true)?;
+            layers.push(Layer {
+                qkv: Linear::concat(vec![q, k, v])?,
+                attn_out: w.linear(&format!("{p}.attention.output.dense"), hidden, hidden, true)?,
+                attn_norm: Norm::load(w, &format!("{p}.attention.output.LayerNorm"), hidden, eps)?,
+                intermediate: w.linear(&format!("{p}.intermediate.dense"), hidden, inter, true)?,
+                output: w.linear(&format!("{p}.output.dense"), inter, hidden, true)?,
+                out_norm: Norm::load(w, &format!("{p}.output.LayerNorm"), hidden, eps)?,
+            });
+        }
+        Ok(Bert { word, position, token_type, emb_norm, layers, hidden, heads, head_dim: hidden / heads, act })
+    }
+
+    /// Runs the encoder with the given `[batch, len]` position ids.
+    pub fn encode(&self, inputs: &Inputs, positions: &Array) -> Result<Array> {
+        let (b, l) = (inputs.batch, inputs.len);
+        let mut x = embed(&self.word, &inputs.ids)?;
+        x = x.add(embed(&self.position, &positions.reshape(&[b * l])?)?)?;
+        if let Some(tt) = &self.token_type {
+            x = x.add(embed(tt, &inputs.type_ids)?)?;
+        }
+        x = self.emb_norm.apply(&x)?;
+        let scale = 1.0 / (self.head_dim as f32).sqrt();
+        for layer in &self.layers {
+            let qkv = layer.qkv.forward(&x)?;
+            let hs = split_heads(&qkv, b, l, &[self.heads; 3], self.head_dim)?;
+            let ctx = scaled_dot_product_attention(&hs[0], &hs[1], &hs[2], scale, &inputs.key_mask, None)?;
+            let attn = layer.attn_out.forward(&merge_heads(&ctx, b, l)?)?;
+            x = layer.attn_norm.apply(&attn.add(&x)?)?;
+            let h = self.act.apply(&layer.intermediate.forward(&x)?)?;
+            x = layer.out_norm.apply(&layer.output.forward(&h)?.add(&x)?)?;
+        }
+        Ok(x)
+    }
+}
+
+impl Network for Bert {
+    fn forward(&self, inputs: &Inputs) -> Result<Array> {
+        let positions = match &inputs.positions {
+            Some(p) => p.clone(),
+            // Absolute positions 0..len for every row (right padding keeps them aligned).
+            None => ops::broadcast_to(ops::arange::<_, i32>(0, inputs.len, None)?, &[inputs.batch, inputs.len])?,
+        };
+        self.encode(inputs, &positions)
+    }
+
+    fn hidden_size(&self) -> i32 {
+        self.hidden
+    }
+}

@@ -1,0 +1,122 @@
+//! The transformer networks, one file per architecture (config struct, modules, forward).
+//!
+//! Every network takes a right-padded batch ([`Inputs`]) and returns the final hidden
+//! states flattened to `[batch * len, hidden]`; pooling and scoring heads live in
+//! `pooling.rs` / `heads.rs`. Activations stay 2-D between layers so every projection is
+//! one large GEMM (BLAS on the CPU backend); only attention reshapes to 4-D.
+
+pub mod bert;
+pub mod qwen3;
+pub mod xlm_roberta;
+
+use anyhow::{bail, Result};
+use mlx_rs::Array;
+use serde_json::Value;
+
+/// A right-padded batch, ready for a forward pass.
+pub struct Inputs {
+    /// Token ids `[batch * len]` int32, padding included.
+    pub ids: Array,
+    /// Segment ids `[batch * len]` int32 (zeros when the batch has none).
+    pub type_ids: Array,
+    /// `[batch, len]` int32 position ids (architecture specific, computed on the host).
+    pub positions: Option<Array>,
+    /// Boolean key mask `[batch, 1, 1, len]`: true where the key is a real token.
+    pub key_mask: Array,
+    /// Real length of each sequence.
+    pub lengths: Vec<i32>,
+    pub batch: i32,
+    pub len: i32,
+}
+
+/// A loaded transformer body.
+pub trait Network {
+    /// Final hidden states `[batch * len, hidden]` (rows of padding positions are garbage).
+    fn forward(&self, inputs: &Inputs) -> Result<Array>;
+    fn hidden_size(&self) -> i32;
+    /// Position ids for one sequence right-padded to `len` with `pad`, when the network
+    /// needs them from the host (XLM-R); `None` means 0..len, or RoPE from offset 0.
+    fn position_ids(&self, _seq: &[u32], _len: usize) -> Option<Vec<i32>> {
+        None
+    }
+    /// Token id used for padding (never attended to; XLM-R also keys positions on it).
+    fn pad_id(&self) -> u32 {
+        0
+    }
+}
+
+/// Reads a required integer field of config.json.
+pub fn cfg_i32(config: &Value, key: &str) -> Result<i32> {
+    match config.get(key).and_then(Value::as_i64) {
+        Some(v) if v > 0 && v <= i32::MAX as i64 => Ok(v as i32),
+        Some(v) => bail!("config.json: {key} = {v} is out of range"),
+        None => bail!("config.json has no {key}"),
+    }
+}
+
+pub fn cfg_f32(config: &Value, key: &str, default: f32) -> f32 {
+    config.get(key).and_then(Value::as_f64).map(|v| v as f32).unwrap_or(default)
+}
+
+/// Feed-forward activations by their transformers name (`hidden_act`).
+#[derive(Debug, Clone, Copy)]
+pub enum Activation {
+    /// Exact erf GELU (transformers `"gelu"`).
+    Gelu,
+    /// tanh approximation (`"gelu_new"`, `"gelu_pytorch_tanh"`).
+    GeluTanh,
+    Relu,
+    Silu,
+}
+
+impl Activation {
+    pub fn from_config(config: &Value) -> Result<Activation> {
+        let name = config.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu");
+        Ok(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            other => bail!("unsupported hidden_act {other:?} (supported: gelu, gelu_new, relu, silu)"),
+        })
+    }
+
+    /// mlx-rs's versions are `compile`d, so the elementwise chain is one fused kernel.
+    pub fn apply(self, x: &Array) -> Result<Array> {
+        Ok(match self {
+            Activation::Gelu => mlx_rs::nn::gelu(x)?,
+            Activation::GeluTanh => mlx_rs::nn::gelu_approximate(x)?,
+            Activation::Relu => mlx_rs::nn::relu(x)?,
+            Activation::Silu => mlx_rs::nn::silu(x)?,
+        })
+    }
+}
+
+/// Splits fused projections `[batch * len, parts * heads * head_dim]` into per-part
+/// `[batch, heads, len, head_dim]` views, the layout attention wants.
+pub fn split_heads(x: &Array, batch: i32, len: i32, heads: &[i32], head_dim: i32) -> Result<Vec<Array>> {
+    let mut out = Vec::with_capacity(heads.len());
+    let mut start = 0;
+    let mut bounds = Vec::new();
+    for h in heads {
+        start += h * head_dim;
+        bounds.push(start);
+    }
+    bounds.pop();
+    let parts = x.split_at_indices(&bounds, 1)?;
+    for (p, h) in parts.iter().zip(heads) {
+        out.push(p.reshape(&[batch, len, *h, head_dim])?.transpose_axes(&[0, 2, 1, 3])?);
+    }
+    Ok(out)
+}
+
+/// `[batch, heads, len, head_dim]` → `[batch * len, heads * head_dim]`.
+pub fn merge_heads(x: &Array, batch: i32, len: i32) -> Result<Array> {
+    let (heads, head_dim) = (x.dim(1), x.dim(3));
+    Ok(x.transpose_axes(&[0, 2, 1, 3])?.reshape(&[batch * len, heads * head_dim])?)
+}
+
+/// Gathers rows of an embedding table for int32 ids.
+pub fn embed(table: &Array, ids: &Array) -> Result<Array> {
+    Ok(table.take_axis(ids, 0)?)
+}

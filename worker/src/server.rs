@@ -1,0 +1,154 @@
+//! The socket loop: one connection to the supervisor, one model.
+//!
+//! The supervisor listens; the worker connects, says Hello, loads, says Ready (or LoadFailed
+//! and exits 2), then answers frames until Shutdown or end of stream (exit 0). A broken
+//! stream (closed mid-frame, garbage, another protocol version) is reported on stderr and
+//! ends the worker with exit code 3: a worker must never hang on a peer it cannot
+//! understand. Bad batches get an `Error` answer and the worker keeps serving.
+//!
+//! Frames are read and decoded on a separate thread, so the next batch (the supervisor keeps
+//! one in flight ahead) is decoded while the current one computes. The channel is bounded:
+//! the reader never runs more than a couple of frames ahead.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
+use mlx_serve_protocol::codec::{self, CodecError};
+use mlx_serve_protocol::{ErrorKind, ModelKind, SupervisorMessage, TokenBatch, WorkerMessage, PROTOCOL_VERSION};
+
+use crate::engine::{Engine, Options};
+
+/// Exit code when the model cannot be loaded (after LoadFailed was sent).
+pub const EXIT_LOAD_FAILED: i32 = 2;
+/// Exit code when the supervisor's stream is broken.
+pub const EXIT_BROKEN_STREAM: i32 = 3;
+
+/// After this long without a message, MLX's buffer cache is returned to the system.
+const IDLE_RELEASE: Duration = Duration::from_secs(2);
+
+enum Incoming {
+    Message(SupervisorMessage),
+    Eof,
+    Broken(CodecError),
+}
+
+/// Connects to the supervisor at `socket`, serves `model`, returns the exit code.
+pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
+    let name = socket.to_fs_name::<GenericFilePath>().with_context(|| format!("socket path {}", socket.display()))?;
+    let stream = Arc::new(Stream::connect(name).with_context(|| format!("connecting to {}", socket.display()))?);
+    let mut out = &*stream;
+    let hello = WorkerMessage::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        worker_version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+    };
+    codec::write(&mut out, &hello).context("sending Hello")?;
+
+    let loaded = catch_unwind(AssertUnwindSafe(|| Engine::load(model, opts)))
+        .unwrap_or_else(|p| Err(anyhow::anyhow!("panic while loading: {}", panic_text(&p))));
+    let mut engine = match loaded {
+        Ok(e) => e,
+        Err(e) => {
+            let reason = format!("cannot load model {}: {e:#}", model.display());
+            eprintln!("mlx-serve-worker: {reason}");
+            let _ = codec::write(&mut out, &WorkerMessage::LoadFailed { reason });
+            return Ok(EXIT_LOAD_FAILED);
+        }
+    };
+    let info = engine.info().clone();
+    eprintln!(
+        "mlx-serve-worker: loaded {} ({} {}, {} → {} on {}) in {:.2}s",
+        model.display(),
+        info.architecture,
+        info.kind.as_str(),
+        info.stored_dtype,
+        info.compute_dtype,
+        info.device,
+        info.load_seconds
+    );
+    codec::write(&mut out, &WorkerMessage::Ready(info)).context("sending Ready")?;
+
+    let (tx, rx) = sync_channel::<Incoming>(2);
+    let reader = Arc::clone(&stream);
+    std::thread::Builder::new().name("frame-reader".into()).spawn(move || {
+        let mut input = &*reader;
+        loop {
+            let item = match codec::read::<SupervisorMessage, _>(&mut input) {
+                Ok(Some(m)) => Incoming::Message(m),
+                Ok(None) => Incoming::Eof,
+                Err(e) => Incoming::Broken(e),
+            };
+            let last = !matches!(item, Incoming::Message(ref m) if *m != SupervisorMessage::Shutdown);
+            if tx.send(item).is_err() || last {
+                return;
+            }
+        }
+    })?;
+
+    let mut idle_released = false;
+    loop {
+        let item = match rx.recv_timeout(IDLE_RELEASE) {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => {
+                if !idle_released {
+                    let _ = mlx_rs::memory::clear_cache();
+                    idle_released = true;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(0),
+        };
+        idle_released = false;
+        let reply = match item {
+            Incoming::Eof => return Ok(0),
+            Incoming::Broken(e) => {
+                eprintln!("mlx-serve-worker: broken message stream from the supervisor ({e}); exiting");
+                return Ok(EXIT_BROKEN_STREAM);
+            }
+            Incoming::Message(SupervisorMessage::Shutdown) => return Ok(0),
+            Incoming::Message(SupervisorMessage::Stats { id }) => WorkerMessage::Stats { id, stats: engine.stats() },
+            Incoming::Message(SupervisorMessage::Embed { id, batch }) => {
+                let check = precheck(&engine, ModelKind::Embedding, &batch);
+                answer(id, check, || engine.embed(&batch).map(|(dim, data)| WorkerMessage::Embeddings { id, dim, data }))
+            }
+            Incoming::Message(SupervisorMessage::Score { id, batch }) => {
+                let check = precheck(&engine, ModelKind::Reranker, &batch);
+                answer(id, check, || engine.score(&batch).map(|scores| WorkerMessage::Scores { id, scores }))
+            }
+        };
+        if let Err(e) = codec::write(&mut out, &reply) {
+            eprintln!("mlx-serve-worker: cannot answer the supervisor ({e}); exiting");
+            return Ok(EXIT_BROKEN_STREAM);
+        }
+    }
+}
+
+/// The request fits this model: right kind of model, valid batch.
+fn precheck(engine: &Engine, wants: ModelKind, batch: &TokenBatch) -> Result<(), (ErrorKind, String)> {
+    if engine.kind() != wants {
+        let msg = format!("this worker serves a {} model; it cannot answer a {} request", engine.kind().as_str(), wants.as_str());
+        return Err((ErrorKind::Unsupported, msg));
+    }
+    engine.validate(batch).map_err(|m| (ErrorKind::InvalidInput, m))
+}
+
+/// Runs `compute` for a checked batch, turning failures (and panics) into Error answers.
+fn answer(id: u64, check: Result<(), (ErrorKind, String)>, compute: impl FnOnce() -> Result<WorkerMessage>) -> WorkerMessage {
+    if let Err((kind, message)) = check {
+        return WorkerMessage::Error { id, kind, message };
+    }
+    match catch_unwind(AssertUnwindSafe(compute)) {
+        Ok(Ok(msg)) => msg,
+        Ok(Err(e)) => WorkerMessage::Error { id, kind: ErrorKind::Internal, message: format!("{e:#}") },
+        Err(p) => WorkerMessage::Error { id, kind: ErrorKind::Internal, message: format!("worker panicked: {}", panic_text(&p)) },
+    }
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+}
