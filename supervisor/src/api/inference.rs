@@ -1,0 +1,237 @@
+//! The work behind every API shape: resolve the model, tokenize, queue, await the worker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mlx_serve_protocol::model_dir::Family;
+use mlx_serve_protocol::ModelKind;
+
+use super::{ApiError, AppState};
+use crate::pool::{ModelEntry, ResolveError};
+use crate::runner::{JobError, JobOutput};
+use crate::tokenize::{qwen3_embedding_query, TokenizeError, Tokens};
+
+/// Inputs of an embeddings request.
+pub enum Inputs {
+    Texts(Vec<String>),
+    /// Token ids taken as the complete model input (as `/v1/tokenize` returns them).
+    Ids(Vec<Vec<i64>>),
+}
+
+impl Inputs {
+    pub fn len(&self) -> usize {
+        match self {
+            Inputs::Texts(t) => t.len(),
+            Inputs::Ids(i) => i.len(),
+        }
+    }
+}
+
+pub struct Embedded {
+    pub entry: Arc<ModelEntry>,
+    pub dim: usize,
+    /// `n × dim` row-major.
+    pub data: Vec<f32>,
+    pub tokens: usize,
+}
+
+pub struct Scored {
+    pub entry: Arc<ModelEntry>,
+    pub scores: Vec<f32>,
+    pub tokens: usize,
+}
+
+/// Finds the model, checks it is of the `kind` the endpoint serves.
+pub async fn resolve(state: &AppState, model: &str, kind: Option<ModelKind>) -> Result<Arc<ModelEntry>, ApiError> {
+    if model.is_empty() {
+        return Err(ApiError::invalid_param("model", "`model` is required"));
+    }
+    let entry = match state.pool.get(model).await {
+        Ok(e) => e,
+        Err(ResolveError::NotFound(_)) => return Err(ApiError::model_not_found(model)),
+        Err(ResolveError::Broken(reason)) => return Err(ApiError::internal(reason).with_code("model_unusable")),
+    };
+    if let Some(kind) = kind {
+        if entry.facts.kind != kind {
+            let hint = match entry.facts.kind {
+                ModelKind::Embedding => "it is an embedding model: use /v1/embeddings",
+                ModelKind::Reranker => "it is a reranker: use /v1/rerank",
+            };
+            return Err(ApiError::invalid_param("model", format!("model `{model}` cannot serve this endpoint; {hint}")));
+        }
+    }
+    Ok(entry)
+}
+
+fn tokenize_error(e: TokenizeError, param: &str) -> ApiError {
+    match e {
+        TokenizeError::TooLong { .. } => ApiError::invalid_param(param, e.to_string()).with_code("context_length_exceeded"),
+        TokenizeError::Failed(m) => ApiError::internal(m),
+    }
+}
+
+/// Runs tokenization off the async threads when it is more than a few microseconds.
+async fn off_thread<T: Send + 'static>(heavy: bool, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    if heavy {
+        tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))
+    } else {
+        Ok(f())
+    }
+}
+
+fn check_request_tokens(state: &AppState, seqs: &[Tokens]) -> Result<usize, ApiError> {
+    let total: usize = seqs.iter().map(|s| s.ids.len()).sum();
+    let limit = state.config.limits.max_tokens_per_request;
+    if total > limit {
+        return Err(ApiError::too_large(format!(
+            "request has {total} tokens after truncation, more than limits.max_tokens_per_request ({limit})"
+        )));
+    }
+    Ok(total)
+}
+
+async fn run(state: &AppState, entry: &ModelEntry, seqs: Vec<Tokens>) -> Result<JobOutput, ApiError> {
+    let rx = entry.runner.submit(seqs).map_err(job_error)?;
+    let timeout = Duration::from_secs(state.config.limits.request_timeout_seconds);
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(result)) => result.map_err(job_error),
+        Ok(Err(_)) => Err(ApiError::unavailable("the model runner stopped (server shutting down?)", 1)),
+        Err(_) => Err(ApiError::timeout(format!(
+            "model `{}` did not answer within limits.request_timeout_seconds ({}s)",
+            entry.name,
+            timeout.as_secs()
+        ))),
+    }
+}
+
+pub fn job_error(e: JobError) -> ApiError {
+    match e {
+        JobError::Invalid(m) => ApiError::invalid(m),
+        JobError::Internal(m) => ApiError::internal(m),
+        JobError::Unavailable(m) => ApiError::unavailable(m, 5),
+        JobError::Overloaded(m) => ApiError::overloaded(m),
+    }
+}
+
+/// Embeds texts or token-id lists with `model`.
+pub async fn embed(
+    state: &AppState,
+    model: &str,
+    inputs: Inputs,
+    truncate: Option<bool>,
+    instruction: Option<String>,
+) -> Result<Embedded, ApiError> {
+    let entry = resolve(state, model, Some(ModelKind::Embedding)).await?;
+    let n = inputs.len();
+    if n == 0 {
+        return Err(ApiError::invalid_param("input", "`input` must not be empty"));
+    }
+    let max_inputs = state.config.limits.max_inputs_per_request;
+    if n > max_inputs {
+        return Err(ApiError::too_large(format!(
+            "{n} inputs in one request; the limit (limits.max_inputs_per_request) is {max_inputs}"
+        )));
+    }
+    let truncate = truncate.unwrap_or(state.config.limits.truncate);
+    let seqs = match inputs {
+        Inputs::Texts(texts) => {
+            if let Some(i) = texts.iter().position(|t| t.is_empty()) {
+                return Err(ApiError::invalid_param("input", format!("input {i} is an empty string")));
+            }
+            let texts = match (&instruction, entry.facts.family) {
+                (Some(task), Family::Qwen3) => texts.iter().map(|t| qwen3_embedding_query(task, t)).collect(),
+                (Some(prefix), _) => texts.iter().map(|t| format!("{prefix}{t}")).collect(),
+                (None, _) => texts,
+            };
+            let heavy = texts.iter().map(String::len).sum::<usize>() > 8192;
+            let tok = entry.tokenizer.clone();
+            off_thread(heavy, move || {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                tok.encode_texts(&refs, truncate)
+            })
+            .await?
+            .map_err(|e| tokenize_error(e, "input"))?
+        }
+        Inputs::Ids(lists) => {
+            let vocab = entry.facts.vocab_size as i64;
+            let max = entry.facts.max_tokens as usize;
+            let mut seqs = Vec::with_capacity(lists.len());
+            for (i, ids) in lists.into_iter().enumerate() {
+                if ids.is_empty() {
+                    return Err(ApiError::invalid_param("input", format!("input {i} is an empty token list")));
+                }
+                if let Some(bad) = ids.iter().find(|&&t| t < 0 || (vocab > 0 && t >= vocab)) {
+                    return Err(ApiError::invalid_param(
+                        "input",
+                        format!("input {i} has token id {bad}, outside the model's vocabulary [0, {vocab})"),
+                    ));
+                }
+                let mut ids: Vec<u32> = ids.into_iter().map(|t| t as u32).collect();
+                if ids.len() > max {
+                    if !truncate {
+                        return Err(tokenize_error(TokenizeError::TooLong { index: i, limit: max }, "input"));
+                    }
+                    ids.truncate(max);
+                }
+                seqs.push(Tokens { ids, type_ids: Vec::new() });
+            }
+            seqs
+        }
+    };
+    let tokens = check_request_tokens(state, &seqs)?;
+    match run(state, &entry, seqs).await? {
+        JobOutput::Rows { dim, data } => Ok(Embedded { entry, dim, data, tokens }),
+        JobOutput::Scores(_) => Err(ApiError::internal("worker returned scores for an embedding request")),
+    }
+}
+
+/// Scores `documents` against `query` with reranker `model`.
+pub async fn rerank(
+    state: &AppState,
+    model: &str,
+    query: String,
+    documents: Vec<String>,
+    truncate: Option<bool>,
+    instruction: Option<String>,
+) -> Result<Scored, ApiError> {
+    let entry = resolve(state, model, Some(ModelKind::Reranker)).await?;
+    if query.is_empty() {
+        return Err(ApiError::invalid_param("query", "`query` must not be empty"));
+    }
+    if documents.is_empty() {
+        return Err(ApiError::invalid_param("documents", "`documents` must not be empty"));
+    }
+    let max_docs = state.config.limits.max_documents_per_rerank;
+    if documents.len() > max_docs {
+        return Err(ApiError::too_large(format!(
+            "{} documents in one request; the limit (limits.max_documents_per_rerank) is {max_docs}",
+            documents.len()
+        )));
+    }
+    let truncate = truncate.unwrap_or(state.config.limits.truncate);
+    let heavy = documents.iter().map(String::len).sum::<usize>() > 8192;
+    let tok = entry.tokenizer.clone();
+    let seqs = off_thread(heavy, move || {
+        let refs: Vec<&str> = documents.iter().map(String::as_str).collect();
+        tok.encode_pairs(&query, &refs, instruction.as_deref(), truncate)
+    })
+    .await?
+    .map_err(|e| tokenize_error(e, "documents"))?;
+    let tokens = check_request_tokens(state, &seqs)?;
+    match run(state, &entry, seqs).await? {
+        JobOutput::Scores(scores) => Ok(Scored { entry, scores, tokens }),
+        JobOutput::Rows { .. } => Err(ApiError::internal("worker returned rows for a rerank request")),
+    }
+}
+
+/// Truncates each row to `dims` and L2-renormalizes it (Matryoshka `dimensions`).
+pub fn shorten_rows(data: &[f32], dim: usize, dims: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(data.len() / dim * dims);
+    for row in data.chunks_exact(dim) {
+        let part = &row[..dims];
+        let norm = part.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let scale = if norm > 0.0 { 1.0 / norm } else { 1.0 };
+        out.extend(part.iter().map(|x| x * scale));
+    }
+    out
+}

@@ -1,0 +1,126 @@
+//! Prometheus metrics (`GET /metrics`, text exposition format).
+//!
+//! Names follow the seed design (`mlx_serve_*`). Label values are bounded: `endpoint` is a
+//! route template, `model` an installed model name, `type` embedding|reranker, `status` an
+//! HTTP status code — never raw paths or user strings.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    register_gauge_vec_with_registry, register_gauge_with_registry, register_histogram_vec_with_registry,
+    register_int_counter_vec_with_registry, Encoder, Gauge, GaugeVec, HistogramVec, IntCounterVec, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests_total: IntCounterVec,
+    pub request_duration_seconds: HistogramVec,
+    pub request_size_bytes: HistogramVec,
+    pub model_load_seconds: HistogramVec,
+    pub model_inference_seconds: HistogramVec,
+    pub models_loaded: GaugeVec,
+    pub cache_hits_total: IntCounterVec,
+    pub cache_misses_total: IntCounterVec,
+    pub cache_evictions_total: IntCounterVec,
+    pub memory_usage_bytes: GaugeVec,
+    pub batch_size: HistogramVec,
+    pub queue_depth: GaugeVec,
+    pub worker_restarts_total: IntCounterVec,
+    pub tokens_total: IntCounterVec,
+    pub padded_tokens_total: IntCounterVec,
+    pub worker_state: GaugeVec,
+    pub uptime_seconds: Gauge,
+}
+
+fn exponential(start: f64, factor: f64, count: usize) -> Vec<f64> {
+    prometheus::exponential_buckets(start, factor, count).expect("valid buckets")
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let m = Metrics {
+            requests_total: register_int_counter_vec_with_registry!(
+                "mlx_serve_requests_total", "HTTP requests answered, by route template and status code",
+                &["endpoint", "status"], r).unwrap(),
+            request_duration_seconds: register_histogram_vec_with_registry!(
+                "mlx_serve_request_duration_seconds", "Time from request to response, by route template",
+                &["endpoint"], exponential(0.0005, 2.0, 18), r).unwrap(),
+            request_size_bytes: register_histogram_vec_with_registry!(
+                "mlx_serve_request_size_bytes", "Request body size, by route template",
+                &["endpoint"], exponential(64.0, 4.0, 10), r).unwrap(),
+            model_load_seconds: register_histogram_vec_with_registry!(
+                "mlx_serve_model_load_seconds", "Time for a worker to start and load its model",
+                &["model"], exponential(0.05, 2.0, 12), r).unwrap(),
+            model_inference_seconds: register_histogram_vec_with_registry!(
+                "mlx_serve_model_inference_seconds", "Time a batch spent in the worker (send to answer)",
+                &["model"], exponential(0.0005, 2.0, 16), r).unwrap(),
+            models_loaded: register_gauge_vec_with_registry!(
+                "mlx_serve_models_loaded", "Models with a running worker, by type", &["type"], r).unwrap(),
+            cache_hits_total: register_int_counter_vec_with_registry!(
+                "mlx_serve_cache_hits_total", "Requests that found their model's worker already loaded",
+                &["type"], r).unwrap(),
+            cache_misses_total: register_int_counter_vec_with_registry!(
+                "mlx_serve_cache_misses_total", "Requests that had to start their model's worker",
+                &["type"], r).unwrap(),
+            cache_evictions_total: register_int_counter_vec_with_registry!(
+                "mlx_serve_cache_evictions_total", "Workers stopped to give memory back (TTL, LRU, ctl)",
+                &["type"], r).unwrap(),
+            memory_usage_bytes: register_gauge_vec_with_registry!(
+                "mlx_serve_memory_usage_bytes",
+                "Memory: component=supervisor (RSS) or worker (RSS, per model), mlx_active, mlx_cache",
+                &["component", "model"], r).unwrap(),
+            batch_size: register_histogram_vec_with_registry!(
+                "mlx_serve_batch_size", "Sequences per batch sent to a worker",
+                &["endpoint"], exponential(1.0, 2.0, 12), r).unwrap(),
+            queue_depth: register_gauge_vec_with_registry!(
+                "mlx_serve_queue_depth", "Inputs waiting for a worker, per model", &["model"], r).unwrap(),
+            worker_restarts_total: register_int_counter_vec_with_registry!(
+                "mlx_serve_worker_restarts_total", "Workers restarted after a crash", &["model"], r).unwrap(),
+            tokens_total: register_int_counter_vec_with_registry!(
+                "mlx_serve_tokens_total", "Real (unpadded) tokens sent to workers", &["model"], r).unwrap(),
+            padded_tokens_total: register_int_counter_vec_with_registry!(
+                "mlx_serve_padded_tokens_total",
+                "Tokens including padding sent to workers (padding ratio = 1 - tokens/padded)",
+                &["model"], r).unwrap(),
+            worker_state: register_gauge_vec_with_registry!(
+                "mlx_serve_worker_state", "1 for the state each model's worker is in",
+                &["model", "state"], r).unwrap(),
+            uptime_seconds: register_gauge_with_registry!(
+                "mlx_serve_uptime_seconds", "Seconds since the supervisor started", r).unwrap(),
+            registry: r,
+        };
+        m
+    }
+
+    /// Text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        String::from_utf8(buf).expect("utf-8")
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Resident set size of this process, from /proc (Linux) or getrusage's peak elsewhere.
+pub fn process_rss_bytes() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+            if let Some(pages) = statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()) {
+                return pages * 4096;
+            }
+        }
+    }
+    match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        // ru_maxrss is bytes on macOS.
+        Ok(u) => u.max_rss() as u64,
+        Err(_) => 0,
+    }
+}

@@ -1,0 +1,127 @@
+//! The model store: `<models dir>/<name>/` folders in Hugging Face layout.
+//!
+//! A folder placed there by hand is as good as a pulled one: its type, pooling and limits
+//! come from its own files (`mlx_serve_protocol::model_dir`). Names from requests never
+//! reach the filesystem unchecked ([`validate_name`]).
+
+use std::path::{Path, PathBuf};
+
+use mlx_serve_protocol::model_dir::{self, ModelFacts};
+
+/// An installed model.
+#[derive(Debug, Clone)]
+pub struct InstalledModel {
+    pub name: String,
+    pub path: PathBuf,
+    pub facts: Result<ModelFacts, String>,
+    pub size_bytes: u64,
+    /// Seconds since the Unix epoch of the folder's newest file.
+    pub modified: u64,
+}
+
+/// Checks that a model name is one path component we are willing to create or read:
+/// no separators, no `..`, no leading dot, no control characters, not too long.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let bad = name.is_empty()
+        || name.len() > 200
+        || name.starts_with('.')
+        || name.contains("..")
+        || name.chars().any(|c| c == '/' || c == '\\' || c == '\0' || c.is_control());
+    if bad {
+        Err(format!("invalid model name {name:?}: use letters, digits, '-', '_' and '.', without path separators or '..'"))
+    } else {
+        Ok(())
+    }
+}
+
+/// The store folder name for a Hugging Face repo id: its last component
+/// (`sentence-transformers/all-MiniLM-L6-v2` → `all-MiniLM-L6-v2`).
+pub fn name_for_repo(repo: &str) -> &str {
+    repo.rsplit('/').next().unwrap_or(repo)
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+fn folder_size_and_mtime(dir: &Path) -> (u64, u64) {
+    let mut size = 0;
+    let mut mtime = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                size += md.len();
+                if let Ok(m) = md.modified() {
+                    let secs = m.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                    mtime = mtime.max(secs);
+                }
+            }
+        }
+    }
+    (size, mtime)
+}
+
+impl Store {
+    pub fn new(dir: PathBuf) -> Self {
+        Store { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Folder of model `name` (whether or not it exists).
+    pub fn path_of(&self, name: &str) -> Result<PathBuf, String> {
+        validate_name(name)?;
+        Ok(self.dir.join(name))
+    }
+
+    /// Finds an installed model by name or by repo id (`org/name`).
+    pub fn find(&self, requested: &str) -> Option<PathBuf> {
+        let name = if requested.matches('/').count() == 1 { name_for_repo(requested) } else { requested };
+        let path = self.path_of(name).ok()?;
+        path.join("config.json").is_file().then_some(path)
+    }
+
+    /// Every folder with a config.json, sorted by name. Temporary download folders
+    /// (leading dot) are skipped.
+    pub fn list(&self) -> Vec<InstalledModel> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut models: Vec<InstalledModel> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_owned();
+                if validate_name(&name).is_err() || !e.path().join("config.json").is_file() {
+                    return None;
+                }
+                let path = e.path();
+                let (size_bytes, modified) = folder_size_and_mtime(&path);
+                Some(InstalledModel { facts: model_dir::inspect(&path), name, path, size_bytes, modified })
+            })
+            .collect();
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        models
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for bad in ["", "..", "../x", "a/b", "a\\b", ".hidden", "x\0y", "a/../b"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["all-MiniLM-L6-v2", "bge-small-en-v1.5-4bit", "Qwen3_Embedding"] {
+            assert!(validate_name(good).is_ok(), "{good:?}");
+        }
+        assert_eq!(name_for_repo("BAAI/bge-m3"), "bge-m3");
+    }
+}
