@@ -2,3 +2,4 @@
 
 pub mod fixtures;
 pub mod worker_process;
+pub mod server;

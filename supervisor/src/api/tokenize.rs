@@ -2,6 +2,8 @@
 //! `{model, data: [{index, tokens, token_ids}], usage}`. Answers from the supervisor's
 //! tokenizer without waking a worker; the ids are exactly what `/v1/embeddings` would
 //! send for the same text (and embedding those ids gives the same vector).
+//! Extension for rerankers: `{model, query, documents, instruction?}` returns the ids of
+//! each (query, document) pair as `/v1/rerank` sends them (template, segment ids).
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -19,10 +21,37 @@ struct TokenizeRequest {
     model: String,
     input: Option<Value>,
     truncate: Option<bool>,
+    query: Option<String>,
+    documents: Option<Vec<String>>,
+    instruction: Option<String>,
 }
 
 pub async fn tokenize(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let req: TokenizeRequest = parse_body(body)?;
+    if let (Some(query), Some(documents)) = (&req.query, &req.documents) {
+        let entry = resolve(&state, &req.model, None).await?;
+        let refs: Vec<&str> = documents.iter().map(String::as_str).collect();
+        let truncate = req.truncate.unwrap_or(state.config.limits.truncate);
+        let seqs = entry
+            .tokenizer
+            .encode_pairs(query, &refs, req.instruction.as_deref(), truncate)
+            .map_err(|e| ApiError::invalid_param("documents", e.to_string()))?;
+        let total: usize = seqs.iter().map(|s| s.ids.len()).sum();
+        let data: Vec<Value> = seqs
+            .iter()
+            .enumerate()
+            .map(|(index, s)| {
+                let mut v = json!({"index": index, "token_ids": s.ids});
+                if !s.type_ids.is_empty() {
+                    v["token_type_ids"] = json!(s.type_ids);
+                }
+                v
+            })
+            .collect();
+        let body = json!({"object": "list", "model": req.model, "data": data,
+                          "usage": {"prompt_tokens": total, "total_tokens": total}});
+        return Ok(with_log(axum::Json(body), RequestLog { model: entry.name.clone(), inputs: seqs.len(), tokens: total }));
+    }
     let texts: Vec<String> = match req.input {
         Some(Value::String(s)) => vec![s],
         Some(Value::Array(items)) if !items.is_empty() => items

@@ -1,0 +1,233 @@
+//! A real `mlx-serve` daemon for end-to-end tests: its own home folder (MLX_SERVE_HOME) with
+//! chosen models linked into `models/`, an optional config.yaml, port 0 (the OS picks a
+//! free port; we read it from the "listening on" log line), real workers running MLX.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::fixtures::{minilm_dir, model_dir, repo_root};
+
+/// `target/release/<name>`, or `$MLX_SERVE_BIN_DIR/<name>`.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("MLX_SERVE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release"));
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} is missing: run `cargo build --release` first (scripts/test does)", path.display());
+    path
+}
+
+/// Where a test model comes from.
+pub fn model_source(name: &str) -> PathBuf {
+    if name == "all-MiniLM-L6-v2" {
+        minilm_dir().expect("all-MiniLM-L6-v2")
+    } else {
+        model_dir(name)
+    }
+}
+
+#[derive(Default)]
+pub struct ServerOptions {
+    /// Model names linked into the store (fixture names or "all-MiniLM-L6-v2").
+    pub models: Vec<&'static str>,
+    /// config.yaml contents.
+    pub config: Option<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Extra arguments after `start --foreground --port 0`.
+    pub args: Vec<String>,
+}
+
+pub struct Server {
+    pub port: u16,
+    pub home: tempfile::TempDir,
+    child: Option<Child>,
+    /// Every line the server wrote to stderr.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn start(opts: ServerOptions) -> Server {
+        let home = tempfile::Builder::new().prefix("mlx-serve-test").tempdir().unwrap();
+        let models = home.path().join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        for m in &opts.models {
+            link_model(&model_source(m), &models.join(m));
+        }
+        if let Some(cfg) = &opts.config {
+            std::fs::write(home.path().join("config.yaml"), cfg).unwrap();
+        }
+        let mut cmd = Command::new(binary("mlx-serve"));
+        cmd.args(["start", "--foreground", "--port", "0"])
+            .args(&opts.args)
+            .env("MLX_SERVE_HOME", home.path())
+            .env("MLX_SERVE_WORKER_BIN", binary("mlx-serve-worker"))
+            .env_remove("MLX_SERVE_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start mlx-serve");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (port_tx, port_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let port = rest.split(|c: char| !c.is_ascii_digit() && c != ':' && c != '.').next().unwrap_or("");
+                    if let Some(p) = port.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) {
+                        let _ = port_tx.send(p);
+                    }
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let port = match port_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(p) => p,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("mlx-serve did not start:\n{}", log.lock().unwrap().join("\n"));
+            }
+        };
+        Server { port, home, child: Some(child), log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// POSTs JSON; returns status and parsed body (Null when not JSON).
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        respond(ureq::post(&self.url(path)).timeout(Duration::from_secs(120)).send_json(body))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        respond(ureq::get(&self.url(path)).timeout(Duration::from_secs(60)).call())
+    }
+
+    pub fn get_text(&self, path: &str) -> (u16, String) {
+        match ureq::get(&self.url(path)).timeout(Duration::from_secs(60)).call() {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+            Err(e) => panic!("GET {path}: {e}"),
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("mlx-serve did not stop within 30 s after SIGTERM:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Pids of this server's worker processes (children named mlx-serve-worker).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        child_pids(self.pid(), "mlx-serve-worker")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+            // Workers notice the closed socket and exit; make sure.
+            for pid in child_pids(child.id(), "mlx-serve-worker") {
+                signal(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn respond(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    match r {
+        Ok(resp) => {
+            let status = resp.status();
+            let text = resp.into_string().unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        }
+        Err(ureq::Error::Status(code, resp)) => {
+            let text = resp.into_string().unwrap_or_default();
+            (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        }
+        Err(e) => panic!("request failed: {e}"),
+    }
+}
+
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// Children of `parent` whose command name is `name` (from /proc).
+pub fn child_pids(parent: u32, name: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return pids };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // pid (comm) state ppid ...
+        let Some(close) = stat.rfind(')') else { continue };
+        let comm = &stat[stat.find('(').unwrap_or(0) + 1..close];
+        let ppid = stat[close + 2..].split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) && name.starts_with(comm) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Links (or copies, where links fail) a model folder into a store.
+pub fn link_model(src: &Path, dst: &Path) {
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(src, dst).unwrap_or_else(|e| panic!("link {} → {}: {e}", src.display(), dst.display()));
+}
+
+/// Python from the test venv (scripts/setup), with the real openai and ollama clients.
+pub fn python() -> PathBuf {
+    std::env::var_os("MLX_SERVE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".deps/venv/bin/python"))
+}
+
+/// Runs a Python client script from tests/clients/ against the server; panics with its
+/// output unless it exits 0.
+pub fn run_client(script: &str, server: &Server, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(repo_root().join("tests/clients").join(script))
+        .arg(server.url(""))
+        .args(args)
+        .output()
+        .expect("run python client");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}\nserver log:\n{}", server.log_text());
+    stdout
+}
