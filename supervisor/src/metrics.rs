@@ -2,7 +2,13 @@
 //!
 //! Names follow the seed design (`mlx_serve_*`). Label values are bounded: `endpoint` is a
 //! route template, `model` an installed model name, `type` embedding|reranker, `status` an
-//! HTTP status code — never raw paths or user strings.
+//! HTTP status code — never raw paths or user strings. Requests that match no route share
+//! the one label `endpoint="unmatched"`; a model's series are removed when it is deleted.
+//!
+//! `metrics.port` (off by default) serves the same text on a second listener. It has no
+//! default of 9090 because 9090 is Prometheus' own listen port (`--web.listen-address`
+//! default), so a Prometheus on the same Mac would collide with us. docs/metrics.md lists
+//! every metric with example PromQL.
 
 use std::sync::OnceLock;
 
@@ -94,6 +100,24 @@ impl Metrics {
         m
     }
 
+    /// Drops every series labelled with `model` (it was deleted from the store), so the
+    /// label set stays the set of installed models.
+    pub fn forget_model(&self, model: &str) {
+        for v in [&self.model_load_seconds, &self.model_inference_seconds] {
+            let _ = v.remove_label_values(&[model]);
+        }
+        for v in [&self.worker_restarts_total, &self.tokens_total, &self.padded_tokens_total] {
+            let _ = v.remove_label_values(&[model]);
+        }
+        let _ = self.queue_depth.remove_label_values(&[model]);
+        for component in ["worker", "mlx_active", "mlx_cache"] {
+            let _ = self.memory_usage_bytes.remove_label_values(&[component, model]);
+        }
+        for state in crate::runner::WorkerState::ALL {
+            let _ = self.worker_state.remove_label_values(&[model, state.as_str()]);
+        }
+    }
+
     /// Text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -108,18 +132,23 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
-/// Resident set size of this process, from /proc (Linux) or getrusage's peak elsewhere.
+/// Resident set size of this process: VmRSS from /proc/self/status on Linux (see proc(5));
+/// elsewhere getrusage's `ru_maxrss`, which macOS reports in bytes but as the peak, not
+/// the current size.
 pub fn process_rss_bytes() -> u64 {
     #[cfg(target_os = "linux")]
     {
-        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-            if let Some(pages) = statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()) {
-                return pages * 4096;
-            }
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        // "VmRSS:     11232 kB"
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        if let Some(kib) = kib {
+            return kib * 1024;
         }
     }
     match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
-        // ru_maxrss is bytes on macOS.
         Ok(u) => u.max_rss() as u64,
         Err(_) => 0,
     }

@@ -118,6 +118,8 @@ impl Pool {
         let entry = self.inner.entries.lock().unwrap().remove(name);
         if let Some(e) = entry {
             e.runner.shutdown().await;
+            // After shutdown, so the stopped runner cannot publish its series again.
+            metrics().forget_model(name);
         }
     }
 

@@ -118,12 +118,14 @@ async fn observe(State(state): State<SharedState>, req: Request, next: Next) -> 
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let size = req
+    let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+        .and_then(|v| v.parse::<u64>().ok());
+    // Without a Content-Length (chunked transfer) the size is what the handler reads.
+    let read = Arc::new(AtomicU64::new(0));
+    let req = if declared.is_none() { count_body(req, read.clone()) } else { req };
     let id = state.next_request_id.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
     let resp = next.run(req).await;
@@ -132,7 +134,8 @@ async fn observe(State(state): State<SharedState>, req: Request, next: Next) -> 
     let m = metrics();
     m.requests_total.with_label_values(&[&endpoint, status.as_str()]).inc();
     m.request_duration_seconds.with_label_values(&[&endpoint]).observe(elapsed.as_secs_f64());
-    m.request_size_bytes.with_label_values(&[&endpoint]).observe(size);
+    let size = declared.unwrap_or_else(|| read.load(Ordering::Relaxed));
+    m.request_size_bytes.with_label_values(&[&endpoint]).observe(size as f64);
     let log = resp.extensions().get::<RequestLog>().cloned().unwrap_or_default();
     if endpoint != "/metrics" && endpoint != "/health" && endpoint != "/ready" {
         tracing::info!(
@@ -149,6 +152,16 @@ async fn observe(State(state): State<SharedState>, req: Request, next: Next) -> 
         );
     }
     resp
+}
+
+/// Wraps a request body so every data frame read adds its length to `read`.
+fn count_body(req: Request, read: Arc<AtomicU64>) -> Request {
+    use futures_util::TryStreamExt;
+    req.map(|body| {
+        axum::body::Body::from_stream(body.into_data_stream().inspect_ok(move |chunk| {
+            read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }))
+    })
 }
 
 /// Parses a JSON body, mapping every failure to an OpenAI-shaped error.
