@@ -299,3 +299,53 @@ fn rerank_in_jina_cohere_and_tei_shapes() {
     assert!((1.0 / (1.0 + (-logit).exp()) - p).abs() < 1e-5);
     assert_eq!(arr[0]["text"], docs[arr[0]["index"].as_u64().unwrap() as usize]);
 }
+
+/// `mlx_serve_tokens_total` for a model, from /metrics.
+fn tokens_total(server: &Server, model: &str) -> f64 {
+    let (_, text) = server.get_text("/metrics");
+    text.lines()
+        .find(|l| l.starts_with("mlx_serve_tokens_total") && l.contains(&format!("model=\"{model}\"")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn disconnected_clients_have_their_queued_inputs_dropped() {
+    let server = Arc::new(Server::start(ServerOptions { models: vec![MINILM], ..Default::default() }));
+    let (status, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm"}));
+    assert_eq!(status, 200);
+    let before = tokens_total(&server, MINILM);
+    // Keep the worker busy with many long inputs...
+    let big: Vec<String> = (0..256).map(|i| format!("{i} {}", "long passage words ".repeat(40))).collect();
+    let big_tokens = {
+        let (_, tok) = server.post("/v1/tokenize", &json!({"model": MINILM, "input": big}));
+        tok["usage"]["prompt_tokens"].as_f64().unwrap()
+    };
+    let busy = {
+        let (server, big) = (server.clone(), big.clone());
+        std::thread::spawn(move || server.post("/v1/embeddings", &json!({"model": MINILM, "input": big})).0)
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    // ...while a client gives up on a request that is still queued.
+    let gave_up = ureq::post(&server.url("/v1/embeddings"))
+        .timeout(Duration::from_millis(50))
+        .send_json(json!({"model": MINILM, "input": "a request whose client goes away"}));
+    assert!(gave_up.is_err(), "the client should have timed out");
+    assert_eq!(busy.join().unwrap(), 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let computed = tokens_total(&server, MINILM) - before;
+    assert_eq!(computed, big_tokens, "the abandoned input must not reach the worker");
+    let (_, metrics) = server.get_text("/metrics");
+    assert!(metrics.lines().any(|l| l.starts_with("mlx_serve_queue_depth") && l.ends_with(" 0")));
+}
+
+#[test]
+fn ready_and_health() {
+    let server = Server::start(ServerOptions { models: vec![MINILM], ..Default::default() });
+    let (status, health) = server.get("/health");
+    assert_eq!(status, 200);
+    assert_eq!(health["status"], "ok");
+    let (status, ready) = server.get("/ready");
+    assert_eq!((status, ready["status"].as_str()), (200, Some("ready")));
+}
