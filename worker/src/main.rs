@@ -7,6 +7,7 @@
 //! safetensors; `quantize` writes MLX-quantized copies; `blas` checks the BLAS binding.
 
 mod blas;
+mod cpu_kernels;
 mod engine;
 mod heads;
 mod models;

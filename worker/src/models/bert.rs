@@ -7,11 +7,11 @@
 //! [`Bert`] through [`Bert::load`] and [`Bert::encode`].
 
 use anyhow::{bail, Result};
-use mlx_rs::fast::{layer_norm, scaled_dot_product_attention};
+use mlx_rs::fast::layer_norm;
 use mlx_rs::{ops, Array};
 use serde_json::Value;
 
-use super::{cfg_f32, cfg_i32, embed, merge_heads, split_heads, Activation, Inputs, Network};
+use super::{attention, cfg_f32, cfg_i32, embed, merge_heads, split_heads, Activation, AttnMask, Inputs, Network};
 use crate::weights::{Linear, Weights};
 
 /// LayerNorm parameters.
@@ -113,7 +113,8 @@ impl Bert {
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
             let hs = split_heads(&qkv, b, l, &[self.heads; 3], self.head_dim)?;
-            let ctx = scaled_dot_product_attention(&hs[0], &hs[1], &hs[2], scale, &inputs.key_mask, None)?;
+            let mask = AttnMask::Padding { lengths: &inputs.lengths, key_mask: &inputs.key_mask };
+            let ctx = attention(&hs[0], &hs[1], &hs[2], scale, mask)?;
             let attn = layer.attn_out.forward(&merge_heads(&ctx, b, l)?)?;
             x = layer.attn_norm.apply(&attn.add(&x)?)?;
             let h = self.act.apply(&layer.intermediate.forward(&x)?)?;

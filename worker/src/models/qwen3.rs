@@ -9,11 +9,11 @@
 //! token's position id is simply its index (RoPE offset 0), as for a sequence alone.
 
 use anyhow::{bail, Result};
-use mlx_rs::fast::{rms_norm, rope, scaled_dot_product_attention, ScaledDotProductAttentionMask};
+use mlx_rs::fast::{rms_norm, rope};
 use mlx_rs::Array;
 use serde_json::Value;
 
-use super::{cfg_f32, cfg_i32, embed, merge_heads, split_heads, Inputs, Network};
+use super::{attention, cfg_f32, cfg_i32, embed, merge_heads, split_heads, AttnMask, Inputs, Network};
 use crate::weights::{Linear, Weights};
 
 struct Layer {
@@ -126,8 +126,8 @@ impl Network for Qwen3 {
             let k = rms_norm(&hs[1], Some(&layer.k_norm), self.eps)?;
             let q = rope(&q, self.head_dim, false, self.rope_theta, 1.0, 0, None)?;
             let k = rope(&k, self.head_dim, false, self.rope_theta, 1.0, 0, None)?;
-            // GQA: MLX's attention takes fewer kv heads than query heads without tiling.
-            let ctx = scaled_dot_product_attention(&q, &k, &hs[2], scale, ScaledDotProductAttentionMask::Causal, None)?;
+            // GQA: fewer kv heads than query heads, no tiling (see models::attention).
+            let ctx = attention(&q, &k, &hs[2], scale, AttnMask::Causal)?;
             x = x.add(layer.o_proj.forward(&merge_heads(&ctx, b, l)?)?)?;
             let r = rms_norm(&x, Some(&layer.post_norm), self.eps)?;
             let gu = layer.gate_up.forward(&r)?;

@@ -1,0 +1,195 @@
+//! Host-side elementwise kernels for the CPU backend.
+//!
+//! MLX's CPU backend JIT-compiles elementwise chains with `g++ -O3` and no `-march`, and its
+//! x86 SIMD layer is scalar (`simd<float, 1>`); `erf` then calls libm's `fmaf` per element.
+//! Profiling all-MiniLM-L6-v2 at 32 × 128 tokens put the exact-GELU kernel at ~40% of the
+//! forward pass, more than the BLAS GEMMs (perf: `__fmaf_fma3` 21%, `simd::exp` 10%,
+//! `simd::erf` 5%). This file computes it on the host instead: a branch-free rational erf
+//! that the Rust compiler vectorizes, split across the cores. Only the CPU build uses it;
+//! on a GPU the MLX kernel is the fast path.
+
+use anyhow::Result;
+use mlx_rs::{Array, Dtype};
+
+/// erf(x) for f32, Eigen's / XLA's rational approximation (`generic_fast_erf_float`):
+/// clamp to [-4, 4] (erf is ±1 in f32 beyond), odd degree-13 numerator over even degree-8
+/// denominator; max error a few ulp. Branch-free, so loops over it vectorize.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    p = x2 * p + -2.101_024e-6;
+    p = x2 * p + -5.692_506_4e-5;
+    p = x2 * p + -7.349_906_3e-4;
+    p = x2 * p + -2.954_600e-3;
+    p = x2 * p + -1.609_603_3e-2;
+    p *= x;
+    let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
+    q = x2 * q + -1.682_827e-3;
+    q = x2 * q + -7.373_329e-3;
+    q = x2 * q + -1.426_474e-2;
+    p / q
+}
+
+/// Exact (erf) GELU, `x · ½ · (1 + erf(x / √2))`, transformers' `"gelu"`.
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// Below this many elements threads cost more than they save.
+const PARALLEL_MIN: usize = 1 << 16;
+
+/// Exact GELU of a float32 array, computed on the host; `None` when `x` is not a
+/// contiguous float32 array (the caller then uses MLX's kernel).
+pub fn gelu_f32(x: &Array) -> Result<Option<Array>> {
+    if x.dtype() != Dtype::Float32 {
+        return Ok(None);
+    }
+    x.eval()?;
+    let Ok(src) = x.try_as_slice::<f32>() else { return Ok(None) };
+    let mut out = vec![0f32; src.len()];
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    if threads <= 1 || src.len() < PARALLEL_MIN {
+        out.iter_mut().zip(src).for_each(|(o, &v)| *o = gelu(v));
+    } else {
+        let chunk = src.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            for (o, i) in out.chunks_mut(chunk).zip(src.chunks(chunk)) {
+                s.spawn(move || o.iter_mut().zip(i).for_each(|(o, &v)| *o = gelu(v)));
+            }
+        });
+    }
+    Ok(Some(Array::from_slice(&out, x.shape())))
+}
+
+/// e^x for x ≤ 0 (softmax after subtracting the row max), Cephes `expf`: x = n·ln2 + r,
+/// degree-6 polynomial for e^r, 2^n through the exponent bits. ~1 ulp; branch-free (the
+/// rounding uses the 1.5·2²³ trick instead of `round`, which SSE2 cannot vectorize).
+#[inline(always)]
+fn exp_neg(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+    let x = x.max(-87.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// Max and sum with 8 independent lanes: a plain `fold` over f32 is a serial dependency
+/// chain (float addition is not reassociated), this form is vectorized.
+#[inline(always)]
+fn lanes_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    rest.iter().chain(acc.iter()).fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+#[inline(always)]
+fn lanes_sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Which keys a query may attend to.
+#[derive(Clone, Copy)]
+pub enum KeyMask<'a> {
+    /// Keys `0..lengths[b]` of batch row `b` (bidirectional encoder, right padding).
+    Lengths(&'a [i32]),
+    /// Keys `0..=q` (causal decoder; with right padding these are all real for real `q`).
+    /// Rows are queries `0..q_len` repeated (grouped-query heads are stacked along rows).
+    Causal { q_len: usize },
+}
+
+/// softmax(scale · scores) over the last axis of `[batch, heads, q, k]` float32 scores,
+/// masked keys getting exactly 0 (as an additive -inf mask would); `None` when `scores` is
+/// not a contiguous float32 array.
+pub fn masked_softmax_f32(scores: &Array, scale: f32, mask: KeyMask) -> Result<Option<Array>> {
+    if scores.dtype() != Dtype::Float32 || scores.ndim() != 4 {
+        return Ok(None);
+    }
+    scores.eval()?;
+    let Ok(src) = scores.try_as_slice::<f32>() else { return Ok(None) };
+    let (heads, lq, lk) = (scores.dim(1) as usize, scores.dim(2) as usize, scores.dim(3) as usize);
+    let rows_per_batch = heads * lq; // rows of one batch entry
+    let mut out = vec![0f32; src.len()];
+    let row_fn = |row: usize, x: &[f32], o: &mut [f32]| {
+        let n = match mask {
+            KeyMask::Lengths(l) => l[row / rows_per_batch] as usize,
+            KeyMask::Causal { q_len } => row % q_len + 1,
+        }
+        .clamp(1, lk);
+        let (x, o_real) = (&x[..n], &mut o[..n]);
+        let m = lanes_max(x);
+        // Separate passes so each one vectorizes: exp, then a lane-wise sum, then scale.
+        for (o, &v) in o_real.iter_mut().zip(x) {
+            *o = exp_neg((v - m) * scale);
+        }
+        let inv = 1.0 / lanes_sum(o_real);
+        o_real.iter_mut().for_each(|v| *v *= inv);
+        o[n..].fill(0.0);
+    };
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    let rows = src.len() / lk;
+    if threads <= 1 || src.len() < PARALLEL_MIN {
+        for (r, (o, x)) in out.chunks_mut(lk).zip(src.chunks(lk)).enumerate() {
+            row_fn(r, x, o);
+        }
+    } else {
+        let per = rows.div_ceil(threads);
+        std::thread::scope(|s| {
+            for (t, (o, x)) in out.chunks_mut(per * lk).zip(src.chunks(per * lk)).enumerate() {
+                let row_fn = &row_fn;
+                s.spawn(move || {
+                    for (r, (o, x)) in o.chunks_mut(lk).zip(x.chunks(lk)).enumerate() {
+                        row_fn(t * per + r, x, o);
+                    }
+                });
+            }
+        });
+    }
+    Ok(Some(Array::from_slice(&out, scores.shape())))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_is_accurate_on_softmax_inputs() {
+        for i in 0..2000 {
+            let x = -(i as f32) * 0.043;
+            let (got, want) = (super::exp_neg(x) as f64, (x as f64).exp());
+            assert!((got - want).abs() <= 3e-7 * want + 1e-38, "exp({x}) = {got}, want {want}");
+        }
+    }
+
+    #[test]
+    fn erf_matches_reference_values() {
+        // erf values from the standard tables (Abramowitz & Stegun 7.1).
+        for (x, want) in [(0.0f32, 0.0f64), (0.5, 0.520_499_877_8), (1.0, 0.842_700_792_9), (2.0, 0.995_322_265_0), (-1.5, -0.966_105_146_5), (5.0, 1.0)] {
+            assert!((super::erf(x) as f64 - want).abs() < 1e-6, "erf({x}) = {}", super::erf(x));
+        }
+    }
+}
