@@ -9,15 +9,25 @@
 //! - `worker.rs`: a worker process: spawn, handshake, framed socket I/O.
 //! - `pool.rs`: runners by model; LRU and TTL eviction.
 //! - `store.rs`: models on disk. `config.rs`: configuration. `metrics.rs`: Prometheus.
+//! - Models: `aliases.rs` (names users type), `pull.rs` (hub or folder → store),
+//!   `quantize.rs` (via the worker binary), `metadata.rs` (mlx-serve.json), `downloads.rs`
+//!   (the daemon's shared downloads), `models_cli.rs` + `progress.rs` (the CLI commands).
 //! - `server.rs`: the daemon's main loop and graceful shutdown.
 //!
 //! The supervisor never links MLX; `mlx-serve-worker` does the compute.
 
+mod aliases;
 mod api;
 mod batcher;
 mod config;
+mod downloads;
+mod metadata;
 mod metrics;
+mod models_cli;
 mod pool;
+mod progress;
+mod pull;
+mod quantize;
 mod runner;
 mod server;
 mod store;
@@ -40,6 +50,16 @@ struct Cli {
 enum Command {
     /// Start the server.
     Start(StartArgs),
+    /// Download a model from Hugging Face (repo id or alias) or import a local folder.
+    Pull(models_cli::PullArgs),
+    /// List installed models with their type and size.
+    List(models_cli::ListArgs),
+    /// Show an installed model's details and metadata.
+    Show(models_cli::ShowArgs),
+    /// Remove an installed model.
+    Remove(models_cli::RemoveArgs),
+    /// Write an MLX-quantized copy of an installed model (NAME-4bit / NAME-8bit).
+    Quantize(models_cli::QuantizeArgs),
 }
 
 #[derive(Args)]
@@ -80,5 +100,10 @@ fn main() -> Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(server::run(config))
         }
+        Command::Pull(args) => models_cli::pull_cmd(&load_config()?, args),
+        Command::List(args) => models_cli::list_cmd(&load_config()?, args),
+        Command::Show(args) => models_cli::show_cmd(&load_config()?, args),
+        Command::Remove(args) => models_cli::remove_cmd(&load_config()?, args),
+        Command::Quantize(args) => models_cli::quantize_cmd(&load_config()?, args),
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use mlx_serve_protocol::model_dir::Family;
 use mlx_serve_protocol::ModelKind;
 
-use super::{ApiError, AppState};
+use super::{autodownload, ApiError, AppState};
 use crate::pool::{ModelEntry, ResolveError};
 use crate::runner::{JobError, JobOutput};
 use crate::tokenize::{qwen3_embedding_query, TokenizeError, Tokens};
@@ -46,7 +46,15 @@ pub async fn resolve(state: &AppState, model: &str, kind: Option<ModelKind>) -> 
     if model.is_empty() {
         return Err(ApiError::invalid_param("model", "`model` is required"));
     }
-    let entry = match state.pool.get(model).await {
+    // Aliases, repo ids and `-4bit` variants name a store folder; a missing one may be
+    // downloaded first (api/autodownload.rs).
+    let target = autodownload::resolve_name(state, model)?;
+    let mut entry = state.pool.get(&target.name).await;
+    if matches!(entry, Err(ResolveError::NotFound(_))) {
+        autodownload::ensure_installed(state, model, &target).await?;
+        entry = state.pool.get(&target.name).await;
+    }
+    let entry = match entry {
         Ok(e) => e,
         Err(ResolveError::NotFound(_)) => return Err(ApiError::model_not_found(model)),
         Err(ResolveError::Broken(reason)) => return Err(ApiError::internal(reason).with_code("model_unusable")),

@@ -4,6 +4,7 @@
 //! `ollama`, `health`) and are thin: they translate their API's shape to the calls in
 //! `inference` (resolve model → tokenize → queue → await) and back.
 
+mod autodownload;
 pub mod error;
 mod health;
 pub mod inference;
@@ -27,6 +28,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 
 use crate::config::Config;
+use crate::downloads::Downloads;
 use crate::metrics::metrics;
 use crate::pool::Pool;
 pub use error::ApiError;
@@ -34,6 +36,8 @@ pub use error::ApiError;
 /// Shared by every handler.
 pub struct AppState {
     pub pool: Pool,
+    /// Model downloads in flight (`/api/pull`, auto-download).
+    pub downloads: Arc<Downloads>,
     pub config: Arc<Config>,
     pub started: Instant,
     /// False once shutdown began (`/ready` answers 503 so load balancers drain us).
@@ -44,6 +48,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(pool: Pool, config: Arc<Config>) -> Arc<AppState> {
         Arc::new(AppState {
+            downloads: Arc::new(Downloads::new(pool.store().clone())),
             pool,
             config,
             started: Instant::now(),
@@ -81,6 +86,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/ps", get(ollama::ps))
         .route("/api/show", post(ollama::show))
         .route("/api/delete", delete(ollama::delete))
+        .route("/api/pull", post(ollama::pull))
         .route("/api/version", get(ollama::version))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready));

@@ -38,5 +38,7 @@ pub async fn list(State(state): State<SharedState>) -> Json<Value> {
             v
         })
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    // Not an OpenAI field: downloads in flight (auto-download, /api/pull).
+    let downloads: Vec<Value> = state.downloads.list().iter().map(|d| d.to_json()).collect();
+    Json(json!({"object": "list", "data": data, "downloads": downloads}))
 }

@@ -1,6 +1,7 @@
 //! Ollama-compatible endpoints (Ollama docs/api.md): `/api/embed`, legacy
-//! `/api/embeddings`, `/api/tags`, `/api/ps`, `/api/show`, `/api/delete`, `/api/version`.
-//! Errors use Ollama's shape, `{"error": "message"}`, with the same status codes.
+//! `/api/embeddings`, `/api/tags`, `/api/ps`, `/api/show`, `/api/delete`, `/api/pull`,
+//! `/api/version`. Errors use Ollama's shape, `{"error": "message"}`, with the same status
+//! codes. Model names may be store names, repo ids or aliases (`aliases.rs`).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,8 +14,11 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::autodownload::{pull_error, pull_request, resolve_name};
 use super::inference::{self, Inputs};
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
+use crate::downloads::{Download, Started};
+use crate::metadata::{rfc3339, ModelMetadata};
 use crate::store::InstalledModel;
 
 /// An [`ApiError`] rendered the way Ollama renders errors.
@@ -108,25 +112,18 @@ pub async fn embeddings_legacy(
     Ok(with_log(Json(json!({"embedding": out.data})), log))
 }
 
-/// RFC 3339 UTC time for Unix seconds (civil-from-days, H. Hinnant's algorithm).
-pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 fn details(m: &InstalledModel) -> Value {
+    let dtype = ModelMetadata::read(&m.path).map(|meta| meta.dtype).unwrap_or_default();
+    let float_level = match dtype.as_str() {
+        "float16" => "F16",
+        "bfloat16" => "BF16",
+        _ => "F32",
+    };
     let (family, quant) = match &m.facts {
-        Ok(f) => (f.family.as_str().to_owned(), json!(f.config.get("quantization").map(|q| format!("Q{}", q["bits"])).unwrap_or_else(|| "F32".into()))),
+        Ok(f) => (
+            f.family.as_str().to_owned(),
+            json!(f.config.get("quantization").map(|q| format!("Q{}", q["bits"])).unwrap_or_else(|| float_level.into())),
+        ),
         Err(_) => (String::new(), json!("")),
     };
     json!({
@@ -172,7 +169,9 @@ pub async fn ps(State(state): State<SharedState>) -> Json<Value> {
         v["state"] = json!(status.state.as_str());
         models.push(v);
     }
-    Json(json!({"models": models}))
+    // Not an Ollama field: downloads in flight (clients ignore unknown keys).
+    let downloads: Vec<Value> = state.downloads.list().iter().map(|d| d.to_json()).collect();
+    Json(json!({"models": models, "downloads": downloads}))
 }
 
 #[derive(Deserialize)]
@@ -190,9 +189,10 @@ impl NameRequest {
 
 pub async fn show(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, OllamaError> {
     let name = parse_body::<NameRequest>(body)?.model()?;
+    let target = resolve_name(&state, &name)?;
     let store = state.pool.store();
     let m = store
-        .find(&name)
+        .find(&target.name)
         .and_then(|p| store.list().into_iter().find(|m| m.path == p))
         .ok_or_else(|| ApiError::not_found(format!("model '{name}' not found")))?;
     let facts = m.facts.as_ref().map_err(|e| ApiError::internal(e.clone()))?;
@@ -226,8 +226,9 @@ pub async fn show(State(state): State<SharedState>, body: Result<Bytes, BytesRej
 
 pub async fn delete(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OllamaError> {
     let name = parse_body::<NameRequest>(body)?.model()?;
+    let target = resolve_name(&state, &name)?;
     let store = state.pool.store();
-    let path = store.find(&name).ok_or_else(|| ApiError::not_found(format!("model '{name}' not found")))?;
+    let path = store.find(&target.name).ok_or_else(|| ApiError::not_found(format!("model '{name}' not found")))?;
     let dir_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
     // Stop its worker first, then remove the folder atomically (rename, then delete).
     state.pool.forget(&dir_name).await;
@@ -237,16 +238,133 @@ pub async fn delete(State(state): State<SharedState>, body: Result<Bytes, BytesR
     Ok(StatusCode::OK.into_response())
 }
 
-pub async fn version() -> Json<Value> {
-    Json(json!({"version": env!("CARGO_PKG_VERSION")}))
+#[derive(Deserialize)]
+struct PullBody {
+    model: Option<String>,
+    name: Option<String>,
+    /// Default true: an NDJSON progress stream; false: one object at the end.
+    stream: Option<bool>,
+    #[allow(dead_code)]
+    insecure: Option<bool>,
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_known_dates() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(1_764_028_800), "2025-11-25T00:00:00Z");
-        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+/// `POST /api/pull`: pulls a repo id or alias into the store. Streams NDJSON lines
+/// (Ollama docs/api.md "Pull a Model"): `{"status": "pulling manifest"}`, then per file
+/// `{"status": "pulling <file>", "digest": "<file>", "total": N, "completed": M}`, then
+/// `{"status": "verifying sha256 digest"}`, `{"status": "writing manifest"}`,
+/// `{"status": "success"}`; a failure is an `{"error": "..."}` line.
+pub async fn pull(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OllamaError> {
+    let req: PullBody = parse_body(body)?;
+    let name = NameRequest { model: req.model, name: req.name }.model()?;
+    let target = resolve_name(&state, &name)?;
+    let Some(pull_req) = pull_request(&target, None) else {
+        // Not a repo id or alias: fine when it is installed (a folder import, say).
+        return match state.pool.store().find(&target.name) {
+            Some(_) => Ok(Json(json!({"status": "success"})).into_response()),
+            None => Err(ApiError::not_found(format!(
+                "model '{name}' is neither installed nor a Hugging Face repo id (owner/name) or alias"
+            ))
+            .into()),
+        };
+    };
+    let download = loop {
+        match state.downloads.start(pull_req.clone()) {
+            Started::New(d) | Started::Joined(d) => break d,
+            // An explicit pull retries what failed before.
+            Started::PreviousFailed(_) => continue,
+        }
+    };
+    if req.stream == Some(false) {
+        return match download.wait().await {
+            Ok(_) => Ok(Json(json!({"status": "success"})).into_response()),
+            Err(e) => Err(pull_error(&e).into()),
+        };
     }
+    let lines = futures_util::stream::unfold(PullStream::new(download), |mut s| async move {
+        let chunk = s.next_chunk().await?;
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(chunk)), s))
+    });
+    let mut resp = axum::body::Body::from_stream(lines).into_response();
+    resp.headers_mut()
+        .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/x-ndjson"));
+    Ok(resp)
+}
+
+/// Turns a download's progress into NDJSON lines, at most one progress line per file
+/// every [`PullStream::PERIOD`], every status line once.
+struct PullStream {
+    download: std::sync::Arc<Download>,
+    rx: tokio::sync::watch::Receiver<crate::downloads::Progress>,
+    statuses_sent: usize,
+    last_progress: Option<(String, u64)>,
+    finished: bool,
+}
+
+impl PullStream {
+    const PERIOD: Duration = Duration::from_millis(100);
+
+    fn new(download: std::sync::Arc<Download>) -> PullStream {
+        let rx = download.subscribe();
+        PullStream { download, rx, statuses_sent: 0, last_progress: None, finished: false }
+    }
+
+    /// The lines to send next, or None when the stream is over.
+    async fn next_chunk(&mut self) -> Option<String> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            let p = self.rx.borrow_and_update().clone();
+            let mut out = String::new();
+            for status in &p.history[self.statuses_sent.min(p.history.len())..] {
+                out.push_str(&line(status, &p));
+            }
+            self.statuses_sent = p.history.len();
+            if let Some(file) = p.status.strip_prefix("pulling ") {
+                if let Some((f, completed, total)) = p.files.iter().find(|f| f.0 == file) {
+                    if self.last_progress.as_ref() != Some(&(f.clone(), *completed)) {
+                        self.last_progress = Some((f.clone(), *completed));
+                        out.push_str(&progress_line(f, *completed, *total));
+                    }
+                }
+            }
+            match &p.done {
+                Some(Ok(o)) => {
+                    if o.up_to_date {
+                        out.push_str(&format!("{}\n", json!({"status": format!("{} is up to date", o.name)})));
+                    }
+                    out.push_str(&format!("{}\n", json!({"status": "success"})));
+                    self.finished = true;
+                }
+                Some(Err(e)) => {
+                    out.push_str(&format!("{}\n", json!({"error": e.message})));
+                    self.finished = true;
+                }
+                None => {}
+            }
+            if !out.is_empty() {
+                return Some(out);
+            }
+            if self.rx.changed().await.is_err() {
+                self.finished = true;
+                return Some(format!("{}\n", json!({"error": format!("the download of {} stopped", self.download.name)})));
+            }
+            tokio::time::sleep(Self::PERIOD).await;
+        }
+    }
+}
+
+fn progress_line(file: &str, completed: u64, total: u64) -> String {
+    format!("{}\n", json!({"status": format!("pulling {file}"), "digest": file, "total": total, "completed": completed}))
+}
+
+fn line(status: &str, p: &crate::downloads::Progress) -> String {
+    match status.strip_prefix("pulling ").and_then(|f| p.files.iter().find(|x| x.0 == f)) {
+        Some((f, completed, total)) => progress_line(f, *completed, *total),
+        None => format!("{}\n", json!({"status": status})),
+    }
+}
+
+pub async fn version() -> Json<Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION")}))
 }
