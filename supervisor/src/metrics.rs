@@ -97,6 +97,14 @@ impl Metrics {
                 "mlx_serve_uptime_seconds", "Seconds since the supervisor started", r).unwrap(),
             registry: r,
         };
+        // Series whose label values are known up front start at 0, so rate() and
+        // "hits / (hits + misses)" work from the first scrape instead of appearing later.
+        for kind in ["embedding", "reranker"] {
+            for counter in [&m.cache_hits_total, &m.cache_misses_total, &m.cache_evictions_total] {
+                counter.with_label_values(&[kind]);
+            }
+            m.models_loaded.with_label_values(&[kind]);
+        }
         m
     }
 
