@@ -203,18 +203,18 @@ end
 check("test block: passes against the built binaries") do
   Dir.mktmpdir("formula-test") do |dir|
     root = Pathname(dir)
-    formula = klass.new(prefix: root/"keg", buildpath: root, testpath: root/"testpath", homebrew_prefix: root/"brew")
-    formula.bin.mkpath
-    formula.testpath.mkpath
-    %w[mlx-serve mlx-serve-worker].each { |b| FileUtils.ln_s(BIN_DIR/b, formula.bin/b) }
+    keg = klass.new(prefix: root/"keg", buildpath: root, testpath: root/"testpath", homebrew_prefix: root/"brew")
+    keg.bin.mkpath
+    keg.testpath.mkpath
+    %w[mlx-serve mlx-serve-worker].each { |b| FileUtils.ln_s(BIN_DIR/b, keg.bin/b) }
     # The Metal library exists only in a macOS build; an empty stand-in lets the rest run.
-    (formula.libexec/"mlx").mkpath
-    FileUtils.touch(formula.libexec/"mlx/mlx.metallib")
+    (keg.libexec/"mlx").mkpath
+    FileUtils.touch(keg.libexec/"mlx/mlx.metallib")
     # This keg is the checkout's build, so its version is the workspace's (as for --HEAD).
-    formula.version = `#{BIN_DIR}/mlx-serve --version`.split.last
+    keg.version = `#{BIN_DIR}/mlx-serve --version`.split.last
     with_env do
       ENV.delete("MLX_SERVE_WORKER_BIN")
-      Dir.chdir(formula.testpath) { formula.instance_exec(&klass.test_block) }
+      Dir.chdir(keg.testpath) { keg.instance_exec(&klass.test_block) }
     end
     nil
   end
@@ -227,7 +227,7 @@ check("test block: checks --version, /health and a clean stop") do
 end
 
 if REPORT.failures.empty?
-  puts "formula OK: #{klass.name} #{formula.version}"
+  puts "formula OK: #{klass.name} #{StubVersion.from_url(fields[:url])}"
 else
   warn "#{REPORT.failures.size} formula check(s) failed"
   exit 1

@@ -41,6 +41,9 @@ pub struct ServerOptions {
     pub env: Vec<(String, String)>,
     /// Extra arguments after `start --foreground --port 0`.
     pub args: Vec<String>,
+    /// Run `<bin_dir>/mlx-serve` (an installed copy) and let it find its worker beside
+    /// itself, instead of the build tree's binaries.
+    pub bin_dir: Option<PathBuf>,
 }
 
 pub struct Server {
@@ -62,11 +65,21 @@ impl Server {
         if let Some(cfg) = &opts.config {
             std::fs::write(home.path().join("config.yaml"), cfg).unwrap();
         }
-        let mut cmd = Command::new(binary("mlx-serve"));
+        let mut cmd = match &opts.bin_dir {
+            Some(dir) => {
+                let mut cmd = Command::new(dir.join("mlx-serve"));
+                cmd.env_remove("MLX_SERVE_WORKER_BIN");
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(binary("mlx-serve"));
+                cmd.env("MLX_SERVE_WORKER_BIN", binary("mlx-serve-worker"));
+                cmd
+            }
+        };
         cmd.args(["start", "--foreground", "--port", "0"])
             .args(&opts.args)
             .env("MLX_SERVE_HOME", home.path())
-            .env("MLX_SERVE_WORKER_BIN", binary("mlx-serve-worker"))
             .env_remove("MLX_SERVE_CONFIG")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
