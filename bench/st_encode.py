@@ -22,23 +22,26 @@ st.max_seq_length = seq
 words = ("the server reads every query and ranks each document by relevance before it returns "
          "the best answer to the user who asked a question about the weather in the city").split()
 texts = [" ".join(words[(i + j) % len(words)] for j in range(seq * 2)) for i in range(batch)]
-features = st.tokenize(texts)
+features = st.preprocess(texts)
 lengths = features["attention_mask"].sum(1).tolist()
 assert all(n == seq for n in lengths), f"texts must be {seq} tokens, got {lengths}"
 
 
 def timed(fn):
+    """(mean, best) seconds per call; the best is steadier on a shared machine."""
     for _ in range(2):
         fn()
-    start = time.perf_counter()
+    times = []
     for _ in range(iters):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / iters
+        times.append(time.perf_counter() - start)
+    return sum(times) / len(times), min(times)
 
 
 with torch.inference_mode():
-    encode_s = timed(lambda: st.encode(texts, batch_size=batch, convert_to_numpy=True))
-    forward_s = timed(lambda: st.forward(dict(features)))
+    (encode_s, encode_best) = timed(lambda: st.encode(texts, batch_size=batch, convert_to_numpy=True))
+    (forward_s, forward_best) = timed(lambda: st.forward(dict(features)))
 
 print(json.dumps({
     "torch": torch.__version__,
@@ -49,4 +52,6 @@ print(json.dumps({
     "encode_tokens_per_second": batch * seq / encode_s,
     "forward_ms_per_batch": forward_s * 1e3,
     "forward_tokens_per_second": batch * seq / forward_s,
+    "encode_best_tokens_per_second": batch * seq / encode_best,
+    "forward_best_tokens_per_second": batch * seq / forward_best,
 }))

@@ -38,6 +38,47 @@ fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// Instantiates `$body` (a loop over inline(always) helpers) twice on x86-64: once for the
+/// baseline target (SSE2, 4 lanes) and once with AVX2 + FMA (8 lanes), chosen at run time.
+/// The binary stays portable; CPUs that have AVX2 get the wider loop.
+macro_rules! simd_dispatch {
+    (fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) {
+                generic($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports the features `avx2` was compiled for.
+                return unsafe { avx2($($arg),*) };
+            }
+            generic($($arg),*)
+        }
+    };
+}
+
+simd_dispatch! {
+    fn gelu_slice(out: &mut [f32], src: &[f32]) {
+        out.iter_mut().zip(src).for_each(|(o, &v)| *o = gelu(v));
+    }
+}
+
+simd_dispatch! {
+    fn softmax_row(x: &[f32], o: &mut [f32], scale: f32) {
+        let m = lanes_max(x);
+        // Separate passes so each one vectorizes: exp, then a lane-wise sum, then scale.
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = exp_neg((v - m) * scale);
+        }
+        let inv = 1.0 / lanes_sum(o);
+        o.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
 /// Below this many elements threads cost more than they save.
 const PARALLEL_MIN: usize = 1 << 16;
 
@@ -52,12 +93,12 @@ pub fn gelu_f32(x: &Array) -> Result<Option<Array>> {
     let mut out = vec![0f32; src.len()];
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     if threads <= 1 || src.len() < PARALLEL_MIN {
-        out.iter_mut().zip(src).for_each(|(o, &v)| *o = gelu(v));
+        gelu_slice(&mut out, src);
     } else {
         let chunk = src.len().div_ceil(threads);
         std::thread::scope(|s| {
             for (o, i) in out.chunks_mut(chunk).zip(src.chunks(chunk)) {
-                s.spawn(move || o.iter_mut().zip(i).for_each(|(o, &v)| *o = gelu(v)));
+                s.spawn(move || gelu_slice(o, i));
             }
         });
     }
@@ -142,14 +183,7 @@ pub fn masked_softmax_f32(scores: &Array, scale: f32, mask: KeyMask) -> Result<O
             KeyMask::Causal { q_len } => row % q_len + 1,
         }
         .clamp(1, lk);
-        let (x, o_real) = (&x[..n], &mut o[..n]);
-        let m = lanes_max(x);
-        // Separate passes so each one vectorizes: exp, then a lane-wise sum, then scale.
-        for (o, &v) in o_real.iter_mut().zip(x) {
-            *o = exp_neg((v - m) * scale);
-        }
-        let inv = 1.0 / lanes_sum(o_real);
-        o_real.iter_mut().for_each(|v| *v *= inv);
+        softmax_row(&x[..n], &mut o[..n], scale);
         o[n..].fill(0.0);
     };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
