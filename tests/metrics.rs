@@ -365,6 +365,45 @@ fn metrics_port_serves_a_second_listener() {
     assert_eq!(server.stop(), Some(0));
 }
 
+/// Copies a folder tree (a fixture model, so deleting it cannot touch the original).
+fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap().flatten() {
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
+#[test]
+fn deleted_model_leaves_no_series() {
+    let server = Server::start(ServerOptions { models: vec![XLMR], ..Default::default() });
+    let copy = "bert-copy";
+    copy_dir(&mlx_serve_tests::server::model_source(BERT), &server.home.path().join("models").join(copy));
+    for model in [copy, XLMR] {
+        let (st, resp) = server.post("/v1/embeddings", &json!({"model": model, "input": "labelled"}));
+        assert_eq!(st, 200, "{resp}");
+    }
+    let before = scrape(&server, "/metrics");
+    assert!(before.has("mlx_serve_tokens_total", &[("model", copy)]), "{}", before.dump());
+    let r = ureq::delete(&server.url("/api/delete")).send_json(json!({"model": copy}));
+    assert!(r.is_ok(), "delete: {r:?}");
+    let after = scrape(&server, "/metrics");
+    let left: Vec<String> = after
+        .samples
+        .iter()
+        .filter(|s| s.labels.get("model").map(String::as_str) == Some(copy))
+        .map(|s| format!("{}{:?}", s.name, s.labels))
+        .collect();
+    assert!(left.is_empty(), "series of a deleted model: {left:?}");
+    // The other model's series stay.
+    assert!(after.has("mlx_serve_tokens_total", &[("model", XLMR)]));
+    assert_eq!(server.stop(), Some(0));
+}
+
 // ---------------------------------------------------------------------------------------
 // A real Prometheus server.
 
