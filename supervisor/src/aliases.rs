@@ -80,7 +80,7 @@ pub fn resolve(
     }
     for (suffix, bits) in QUANT_SUFFIXES {
         if let Some(base) = requested.strip_suffix(suffix).filter(|b| !b.is_empty()) {
-            if aliases.contains_key(base) || is_repo_id(base) {
+            if installed(base) || aliases.contains_key(base) || is_repo_id(base) {
                 let r = direct(base)?;
                 return Ok(Resolved { name: format!("{}{suffix}", r.name), repo: r.repo, quantize: Some(*bits) });
             }
@@ -112,6 +112,9 @@ mod tests {
         // Installed names are taken as they are, even when they end in -4bit.
         let r = resolve("local-4bit", &user, |n| n == "local-4bit").unwrap();
         assert_eq!((r.name.as_str(), r.repo, r.quantize), ("local-4bit", None, None));
+        // The variant of an installed model without a repo: made from the installed one.
+        let r = resolve("local-8bit", &user, |n| n == "local").unwrap();
+        assert_eq!((r.name.as_str(), r.repo, r.quantize), ("local-8bit", None, Some(8)));
         assert_eq!(resolve("plain", &user, none).unwrap(), Resolved { name: "plain".into(), repo: None, quantize: None });
     }
 

@@ -108,26 +108,28 @@ pub fn pull_cmd(config: &Config, args: PullArgs) -> Result<()> {
     };
     let (source, default_name) = match as_folder(&args.model) {
         Some(dir) => {
-            let name = std::fs::canonicalize(&dir)
-                .ok()
-                .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_default();
+            let real = std::fs::canonicalize(&dir).with_context(|| format!("folder {}", dir.display()))?;
+            let name = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             (Source::Folder(dir), name)
         }
         None => {
-            let r = aliases::resolve(&args.model, &config.models.aliases, |_| false).map_err(anyhow::Error::msg)?;
-            let Some(repo) = r.repo else {
-                bail!(
-                    "{:?} is not a Hugging Face repo id (owner/name), a known alias, or a folder (`mlx-serve list --aliases` shows the aliases)",
-                    args.model
-                );
-            };
+            // Installed names count only for `NAME-4bit` (made from the installed NAME): a
+            // plain pull of an installed repo checks the hub for a newer revision.
+            let installed = |n: &str| n != args.model && store.find(n).is_some();
+            let r = aliases::resolve(&args.model, &config.models.aliases, installed).map_err(anyhow::Error::msg)?;
             let mut name = r.name;
             if let Some(bits) = r.quantize {
                 name = name.strip_suffix(&format!("-{bits}bit")).unwrap_or(&name).to_owned();
                 quantize = quantize.or(Some(Spec { bits, group_size: args.group_size }));
             }
-            (Source::Hub(repo), name)
+            match (r.repo, quantize) {
+                (Some(repo), _) => (Source::Hub(repo), name),
+                (None, Some(_)) if store.find(&name).is_some() => (Source::Folder(store.find(&name).unwrap()), name),
+                _ => bail!(
+                    "{:?} is not a Hugging Face repo id (owner/name), a known alias, or a folder (`mlx-serve list --aliases` shows the aliases)",
+                    args.model
+                ),
+            }
         }
     };
     let name = args.name.clone().unwrap_or(default_name);

@@ -1,5 +1,6 @@
 //! Shared helpers for mlx-serve's end-to-end tests.
 
+pub mod fake_hub;
 pub mod fixtures;
 pub mod worker_process;
 pub mod server;

@@ -26,16 +26,21 @@ pub fn resolve_name(state: &AppState, requested: &str) -> Result<Resolved, ApiEr
         .map_err(|e| ApiError::invalid_param("model", e).with_code("invalid_model_name"))
 }
 
-/// The pull that installs `target`, when it names a repo.
-pub fn pull_request(target: &Resolved, revision: Option<String>) -> Option<PullRequest> {
-    let repo = target.repo.clone()?;
+/// The pull that installs `target`: from its repo, or for a quantized variant of an
+/// installed model without one, from that model's folder.
+pub fn pull_request(state: &AppState, target: &Resolved, revision: Option<String>) -> Option<PullRequest> {
     let quantize = target.quantize.map(|bits| quantize::Spec { bits, group_size: 64 });
     let name = match quantize {
         Some(q) => target.name.strip_suffix(&format!("-{}bit", q.bits)).unwrap_or(&target.name).to_owned(),
         None => target.name.clone(),
     };
+    let source = match (&target.repo, quantize) {
+        (Some(repo), _) => Source::Hub(repo.clone()),
+        (None, Some(_)) => Source::Folder(state.pool.store().find(&name)?),
+        (None, None) => return None,
+    };
     Some(PullRequest {
-        source: Source::Hub(repo),
+        source,
         name,
         revision: revision.unwrap_or_else(|| "main".into()),
         kind: None,
@@ -61,11 +66,14 @@ pub fn pull_error(e: &PullError) -> ApiError {
 /// store has it now.
 pub async fn ensure_installed(state: &AppState, requested: &str, target: &Resolved) -> Result<(), ApiError> {
     let cfg = &state.config.models;
-    let Some(req) = pull_request(target, None) else { return Err(ApiError::model_not_found(requested)) };
+    let Some(req) = pull_request(state, target, None) else { return Err(ApiError::model_not_found(requested)) };
     if !cfg.auto_download {
         return Err(ApiError::model_not_found(requested));
     }
-    let repo = target.repo.clone().unwrap_or_default();
+    let repo = match &req.source {
+        Source::Hub(r) => r.clone(),
+        Source::Folder(p) => p.display().to_string(),
+    };
     let download = match state.downloads.start(req) {
         Started::New(d) | Started::Joined(d) => d,
         Started::PreviousFailed(e) => return Err(pull_error(&e)),

@@ -257,7 +257,7 @@ pub async fn pull(State(state): State<SharedState>, body: Result<Bytes, BytesRej
     let req: PullBody = parse_body(body)?;
     let name = NameRequest { model: req.model, name: req.name }.model()?;
     let target = resolve_name(&state, &name)?;
-    let Some(pull_req) = pull_request(&target, None) else {
+    let Some(pull_req) = pull_request(&state, &target, None) else {
         // Not a repo id or alias: fine when it is installed (a folder import, say).
         return match state.pool.store().find(&target.name) {
             Some(_) => Ok(Json(json!({"status": "success"})).into_response()),
