@@ -19,6 +19,25 @@ pub enum Source {
     Cli,
 }
 
+/// One value's origin: its level and what set it there (file path, variable, flag).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    pub source: Source,
+    /// The config file, the `MLX_SERVE_*` variable or the CLI flag; empty for defaults.
+    pub detail: String,
+}
+
+/// The effective configuration and, for every `section.key`, where its value came from.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    pub config: Config,
+    /// The config file consulted (it may not exist).
+    pub path: PathBuf,
+    pub file_exists: bool,
+    /// `section.key` → origin, for keys not at their default.
+    origins: BTreeMap<String, Origin>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -211,6 +230,9 @@ impl Default for ServiceConfig {
     }
 }
 
+/// The commented example `mlx-serve config --example` prints (all values at defaults).
+pub const EXAMPLE: &str = include_str!("../../config.example.yaml");
+
 /// `MLX_SERVE_HOME`, default `~/.mlx-serve`.
 pub fn home_dir() -> PathBuf {
     if let Some(h) = std::env::var_os("MLX_SERVE_HOME").filter(|h| !h.is_empty()) {
@@ -244,34 +266,167 @@ pub fn parse_yaml(text: &str, path: &Path) -> Result<Config, ConfigError> {
             Some(l) => format!("{}:{}:{}", path.display(), l.line(), l.column()),
             None => path.display().to_string(),
         };
-        ConfigError(format!("{place}: {e}"))
+        ConfigError(format!("{place}: {}", describe_yaml_error(&e.to_string())))
     })
+}
+
+/// Rewords serde_yaml's message (`server: unknown field `hots`, expected … at line 3
+/// column 3`) to name the full key (`server.hots`); the location is already in front.
+fn describe_yaml_error(message: &str) -> String {
+    let msg = message;
+    if let Some(i) = msg.find(" at line ") {
+        let rest = &msg[i + " at line ".len()..];
+        // Cut " at line N column M" but keep what follows it (", while parsing …").
+        let end = rest.find(',').map(|j| i + " at line ".len() + j);
+        let tail = end.map(|e| &msg[e..]).unwrap_or("");
+        return describe_yaml_error(&format!("{}{tail}", &msg[..i]));
+    }
+    let (key_path, what) = match msg.split_once(": ") {
+        Some((p, w)) if !p.contains(' ') => (p, w),
+        _ => ("", msg),
+    };
+    if let Some(rest) = what.strip_prefix("unknown field `") {
+        let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let key = if key_path.is_empty() { name.to_owned() } else { format!("{key_path}.{name}") };
+        let expected = expected.trim_start_matches(", ");
+        return format!("unknown key `{key}` ({expected})");
+    }
+    if !key_path.is_empty() {
+        return format!("key `{key_path}`: {what}");
+    }
+    // libyaml's scanner and parser messages end in "while scanning/parsing …".
+    if msg.contains(", while ") {
+        format!("YAML syntax error: {msg}")
+    } else {
+        msg.to_owned()
+    }
+}
+
+/// The `section.key` names a YAML text sets (the schema is two levels deep).
+fn keys_in_yaml(text: &str) -> Vec<String> {
+    let Ok(serde_yaml::Value::Mapping(top)) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+        return Vec::new();
+    };
+    let mut keys = Vec::new();
+    for (section, body) in top {
+        let (Some(section), serde_yaml::Value::Mapping(body)) = (section.as_str(), body) else { continue };
+        keys.extend(body.keys().filter_map(|k| k.as_str()).map(|k| format!("{section}.{k}")));
+    }
+    keys
+}
+
+/// One line of `mlx-serve config`: a key, its effective value and where it came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub key: String,
+    pub value: serde_json::Value,
+    #[serde(flatten)]
+    pub origin: Origin,
+}
+
+impl Effective {
+    /// Loads defaults < file < environment, remembering where each value came from. CLI
+    /// flags are applied by the caller with [`Effective::set_from_cli`].
+    pub fn load() -> Result<Effective, ConfigError> {
+        let path = config_path();
+        let mut origins = BTreeMap::new();
+        let (mut config, file_exists) = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let config = parse_yaml(&text, &path)?;
+                let detail = path.display().to_string();
+                for key in keys_in_yaml(&text) {
+                    origins.insert(key, Origin { source: Source::File, detail: detail.clone() });
+                }
+                (config, true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Config::default(), false),
+            Err(e) => return Err(ConfigError(format!("{}: {e}", path.display()))),
+        };
+        for (key, var) in config.apply_env()? {
+            origins.insert(key.to_owned(), Origin { source: Source::Env, detail: var });
+        }
+        Ok(Effective { config, path, file_exists, origins })
+    }
+
+    /// Sets `key` from a CLI flag (the highest level).
+    pub fn set_from_cli(&mut self, key: &str, flag: &str, apply: impl FnOnce(&mut Config)) {
+        apply(&mut self.config);
+        self.origins.insert(key.to_owned(), Origin { source: Source::Cli, detail: flag.to_owned() });
+    }
+
+    /// Every `section.key` in schema order with its value and origin.
+    pub fn entries(&self) -> Vec<Entry> {
+        let tree = serde_yaml::to_value(&self.config).expect("config serializes");
+        let mut out = Vec::new();
+        let serde_yaml::Value::Mapping(sections) = tree else { return out };
+        for (section, body) in sections {
+            let (Some(section), serde_yaml::Value::Mapping(body)) = (section.as_str(), body) else { continue };
+            for (k, v) in body {
+                let key = format!("{section}.{}", k.as_str().unwrap_or_default());
+                let origin = self
+                    .origins
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or(Origin { source: Source::Default, detail: String::new() });
+                let value = serde_json::to_value(&v).unwrap_or(serde_json::Value::Null);
+                out.push(Entry { key, value, origin });
+            }
+        }
+        out
+    }
+
+    /// The text `mlx-serve config` prints: one `key value source` line per key.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# effective configuration: defaults < config file < MLX_SERVE_* environment < CLI flags\n");
+        let state = if self.file_exists { "" } else { " (not found: defaults apply)" };
+        out.push_str(&format!("# config file: {}{state}\n", self.path.display()));
+        for e in self.entries() {
+            let value = match &e.value {
+                serde_json::Value::String(s) if !s.is_empty() => s.clone(),
+                v => v.to_string(),
+            };
+            let origin = match e.origin.source {
+                Source::Default => "default".to_owned(),
+                Source::File => "file".to_owned(),
+                Source::Env => format!("env {}", e.origin.detail),
+                Source::Cli => format!("cli {}", e.origin.detail),
+            };
+            out.push_str(&format!("{:<38} {:<28} {origin}\n", e.key, value));
+        }
+        out
+    }
 }
 
 impl Config {
     /// Loads defaults < file < environment. CLI flags are applied by the caller.
     pub fn load() -> Result<(Config, PathBuf), ConfigError> {
-        let path = config_path();
-        let mut config = match std::fs::read_to_string(&path) {
-            Ok(text) => parse_yaml(&text, &path)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
-            Err(e) => return Err(ConfigError(format!("{}: {e}", path.display()))),
-        };
-        config.apply_env()?;
-        Ok((config, path))
+        let effective = Effective::load()?;
+        Ok((effective.config, effective.path))
     }
 
-    /// `MLX_SERVE_*` overrides. The v0.1 names (HOST, PORT, MODELS_DIR, LOG_LEVEL,
-    /// PRELOAD_MODELS, AUTO_DOWNLOAD) are kept.
-    pub fn apply_env(&mut self) -> Result<(), ConfigError> {
-        for (key, value) in std::env::vars() {
-            let Some(name) = key.strip_prefix("MLX_SERVE_") else { continue };
-            self.apply_env_var(name, &value).map_err(|e| ConfigError(format!("environment {key}={value:?}: {e}")))?;
+    /// `MLX_SERVE_*` overrides; returns `(section.key, variable)` for each value set.
+    /// The v0.1 names (HOST, PORT, MODELS_DIR, LOG_LEVEL, PRELOAD_MODELS, AUTO_DOWNLOAD)
+    /// are kept.
+    pub fn apply_env(&mut self) -> Result<Vec<(&'static str, String)>, ConfigError> {
+        let mut set = Vec::new();
+        let mut vars: Vec<(String, String)> = std::env::vars().collect();
+        vars.sort();
+        for (var, value) in vars {
+            let Some(name) = var.strip_prefix("MLX_SERVE_") else { continue };
+            let key = self
+                .apply_env_var(name, &value)
+                .map_err(|e| ConfigError(format!("environment {var}={value:?}: {e}")))?;
+            if let Some(key) = key {
+                set.push((key, var));
+            }
         }
-        Ok(())
+        Ok(set)
     }
 
-    fn apply_env_var(&mut self, name: &str, value: &str) -> Result<(), String> {
+    /// Applies one `MLX_SERVE_<name>` variable; returns the key it set, if it is a config
+    /// variable.
+    fn apply_env_var(&mut self, name: &str, value: &str) -> Result<Option<&'static str>, String> {
         fn parse<T: std::str::FromStr>(v: &str) -> Result<T, String>
         where
             T::Err: std::fmt::Display,
@@ -285,26 +440,60 @@ impl Config {
                 other => Err(format!("expected true or false, got {other:?}")),
             }
         }
-        match name {
-            "HOST" => self.server.host = value.to_owned(),
-            "PORT" => self.server.port = parse(value)?,
-            "MODELS_DIR" => self.models.directory = Some(PathBuf::from(value)),
-            "LOG_LEVEL" => self.logging.level = value.to_owned(),
-            "LOG_FORMAT" => self.logging.format = value.to_owned(),
+        let key = match name {
+            "HOST" => {
+                self.server.host = value.to_owned();
+                "server.host"
+            }
+            "PORT" => {
+                self.server.port = parse(value)?;
+                "server.port"
+            }
+            "MODELS_DIR" => {
+                self.models.directory = Some(PathBuf::from(value));
+                "models.directory"
+            }
+            "LOG_LEVEL" => {
+                self.logging.level = value.to_owned();
+                "logging.level"
+            }
+            "LOG_FORMAT" => {
+                self.logging.format = value.to_owned();
+                "logging.format"
+            }
             "PRELOAD_MODELS" => {
                 self.models.preload =
-                    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+                    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+                "models.preload"
             }
-            "AUTO_DOWNLOAD" => self.models.auto_download = boolean(value)?,
-            "MAX_BATCH_SIZE" => self.batch.max_batch_size = parse(value)?,
-            "MAX_WAIT_MS" => self.batch.max_wait_ms = parse(value)?,
-            "TTL_SECONDS" => self.cache.ttl_seconds = parse(value)?,
-            "METRICS_ENABLED" => self.metrics.enabled = boolean(value)?,
-            "COMPUTE_DTYPE" => self.models.compute_dtype = value.to_owned(),
+            "AUTO_DOWNLOAD" => {
+                self.models.auto_download = boolean(value)?;
+                "models.auto_download"
+            }
+            "MAX_BATCH_SIZE" => {
+                self.batch.max_batch_size = parse(value)?;
+                "batch.max_batch_size"
+            }
+            "MAX_WAIT_MS" => {
+                self.batch.max_wait_ms = parse(value)?;
+                "batch.max_wait_ms"
+            }
+            "TTL_SECONDS" => {
+                self.cache.ttl_seconds = parse(value)?;
+                "cache.ttl_seconds"
+            }
+            "METRICS_ENABLED" => {
+                self.metrics.enabled = boolean(value)?;
+                "metrics.enabled"
+            }
+            "COMPUTE_DTYPE" => {
+                self.models.compute_dtype = value.to_owned();
+                "models.compute_dtype"
+            }
             // Variables that are not config keys (paths of binaries, home, config file).
-            _ => {}
-        }
-        Ok(())
+            _ => return Ok(None),
+        };
+        Ok(Some(key))
     }
 
     /// The model store directory.
@@ -354,6 +543,34 @@ mod tests {
     fn wrong_type_is_reported() {
         let err = parse_yaml("batch:\n  max_batch_size: lots\n", Path::new("c.yaml")).unwrap_err();
         assert!(err.to_string().contains("c.yaml:2"), "{err}");
+    }
+
+    #[test]
+    fn example_is_the_defaults_and_mentions_every_key() {
+        let parsed = parse_yaml(EXAMPLE, Path::new("config.example.yaml")).unwrap();
+        assert_eq!(parsed, Config::default());
+        let effective =
+            Effective { config: Config::default(), path: PathBuf::new(), file_exists: false, origins: BTreeMap::new() };
+        for e in effective.entries() {
+            let (section, key) = e.key.split_once('.').unwrap();
+            assert!(EXAMPLE.contains(&format!("\n{section}:\n")), "example lacks section {section}");
+            assert!(EXAMPLE.contains(&format!(" {key}:")), "example lacks {}", e.key);
+        }
+    }
+
+    #[test]
+    fn error_messages_name_file_key_and_line() {
+        let cases = [
+            ("server:\n  port: 9000\n  hots: x\n", "c.yaml:3:3: unknown key `server.hots`"),
+            ("batch:\n  max_batch_size: lots\n", "c.yaml:2:19: key `batch.max_batch_size`: invalid type"),
+            ("server:\n  port: 1\n host: x\n", "c.yaml:3:2: YAML syntax error: did not find expected key"),
+            ("servr:\n  port: 1\n", "c.yaml:1:1: unknown key `servr`"),
+        ];
+        for (text, expected) in cases {
+            let msg = parse_yaml(text, Path::new("c.yaml")).unwrap_err().to_string();
+            assert!(msg.starts_with(expected), "{msg}");
+            assert!(!msg.contains(" at line "), "location repeated: {msg}");
+        }
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //!   `quantize.rs` (via the worker binary), `metadata.rs` (mlx-serve.json), `downloads.rs`
 //!   (the daemon's shared downloads), `models_cli.rs` + `progress.rs` (the CLI commands).
 //! - `server.rs`: the daemon's main loop and graceful shutdown.
+//! - Running it: `server_cli.rs` (start/stop/status/ctl/config/service arguments),
+//!   `lifecycle.rs` (PID files, background start, stop, status), `control.rs` (the
+//!   `ctl` socket), `service.rs` (launchd agent / systemd unit).
 //!
 //! The supervisor never links MLX; `mlx-serve-worker` does the compute.
 
@@ -20,7 +23,9 @@ mod aliases;
 mod api;
 mod batcher;
 mod config;
+mod control;
 mod downloads;
+mod lifecycle;
 mod metadata;
 mod metrics;
 mod models_cli;
@@ -30,12 +35,14 @@ mod pull;
 mod quantize;
 mod runner;
 mod server;
+mod server_cli;
+mod service;
 mod store;
 mod tokenize;
 mod worker;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
@@ -48,8 +55,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the server.
-    Start(StartArgs),
+    /// Start the server (in the background unless --foreground).
+    Start(server_cli::StartArgs),
+    /// Stop a server started from this home (SIGTERM, then SIGKILL with --force).
+    Stop(server_cli::StopArgs),
+    /// Show running servers: pid, port, uptime, version, loaded models.
+    Status(server_cli::StatusArgs),
+    /// Drive a running server's workers over its control socket.
+    Ctl(server_cli::CtlArgs),
+    /// Print the effective config and where each value came from.
+    Config(server_cli::ConfigArgs),
+    /// Run the server under launchd (macOS) or systemd (Linux).
+    Service(server_cli::ServiceArgs),
     /// Download a model from Hugging Face (repo id or alias) or import a local folder.
     Pull(models_cli::PullArgs),
     /// List installed models with their type and size.
@@ -62,21 +79,6 @@ enum Command {
     Quantize(models_cli::QuantizeArgs),
 }
 
-#[derive(Args)]
-struct StartArgs {
-    /// Run in the foreground (what launchd, systemd and `brew services` run).
-    #[arg(long)]
-    foreground: bool,
-    /// Address to bind (default 127.0.0.1: there is no authentication).
-    #[arg(long)]
-    host: Option<String>,
-    #[arg(long)]
-    port: Option<u16>,
-    /// Model to load at start (repeatable).
-    #[arg(long = "preload", value_name = "MODEL")]
-    preload: Vec<String>,
-}
-
 fn load_config() -> Result<Config> {
     let (config, _path) = Config::load()?;
     Ok(config)
@@ -85,21 +87,12 @@ fn load_config() -> Result<Config> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Start(args) => {
-            let mut config = load_config()?;
-            if let Some(h) = args.host {
-                config.server.host = h;
-            }
-            if let Some(p) = args.port {
-                config.server.port = p;
-            }
-            if !args.preload.is_empty() {
-                config.models.preload = args.preload;
-            }
-            server::init_logging(&config);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(server::run(config))
-        }
+        Command::Start(args) => server_cli::start_cmd(args),
+        Command::Stop(args) => server_cli::stop_cmd(args),
+        Command::Status(args) => server_cli::status_cmd(args),
+        Command::Ctl(args) => server_cli::ctl_cmd(args),
+        Command::Config(args) => server_cli::config_cmd(args),
+        Command::Service(args) => server_cli::service_cmd(args),
         Command::Pull(args) => models_cli::pull_cmd(&load_config()?, args),
         Command::List(args) => models_cli::list_cmd(&load_config()?, args),
         Command::Show(args) => models_cli::show_cmd(&load_config()?, args),

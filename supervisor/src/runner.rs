@@ -394,6 +394,7 @@ impl Runner {
                 } else {
                     self.restart_requested = true;
                     self.restart_waiters.push(reply);
+                    self.restart_if_requested().await;
                 }
             }
             RunnerMsg::Stats(reply) => match &self.worker {
@@ -512,6 +513,11 @@ impl Runner {
             }
             WorkerEvent::Died(reason) => self.on_worker_died(reason).await,
         }
+        self.restart_if_requested().await;
+    }
+
+    /// Performs a requested restart once nothing is in flight (an idle worker at once).
+    async fn restart_if_requested(&mut self) {
         if self.restart_requested && self.in_flight.is_empty() {
             self.restart_requested = false;
             if let Some(w) = self.worker.take() {

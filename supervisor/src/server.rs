@@ -107,6 +107,10 @@ pub async fn run(config: Config) -> Result<()> {
         tokio::spawn(async move { axum::serve(l, app).await });
     }
     let addr = listener.local_addr()?;
+    // Control socket first, then the PID file: a PID file means `ctl`/`status` can talk
+    // to us. Both are removed when they drop at the end of `run`.
+    let _control = crate::control::serve(state.clone(), addr)?;
+    let _pid_file = crate::lifecycle::PidFile::create(addr.port())?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "mlx-serve listening on http://{addr}");
     state.ready.store(true, Ordering::SeqCst);
     let shutdown_state = state.clone();
