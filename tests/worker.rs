@@ -186,6 +186,46 @@ fn quantized_minilm_serves_at_8_and_4_bits() {
     }
 }
 
+#[test]
+fn bf16_weights_in_shards_load_and_compute_in_f32() {
+    // Real Qwen3 checkpoints are bf16 and large ones are sharded: rewrite the tiny model
+    // that way (two shards + model.safetensors.index.json) and compare to its f32 reference.
+    let tmp = TempDir::new("bf16").unwrap();
+    let dir = copy_model("tiny-qwen3-embed", &tmp);
+    let mut tensors = fixtures::read_safetensors(&dir.join("model.safetensors")).unwrap();
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    tensors.sort();
+    for t in &mut tensors {
+        assert_eq!(t.1, "F32");
+        t.1 = "BF16".into();
+        t.3 = fixtures::f32_bytes_to_bf16(&t.3);
+    }
+    let half = tensors.len() / 2;
+    let mut map = serde_json::Map::new();
+    for (i, part) in [&tensors[..half], &tensors[half..]].iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        fixtures::write_safetensors(&dir.join(&file), part).unwrap();
+        for t in part.iter() {
+            map.insert(t.0.clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let (mut w, info) = Worker::ready(&dir, &[]).unwrap();
+    assert_eq!((info.stored_dtype.as_str(), info.compute_dtype.as_str()), ("bfloat16", "float32"));
+    let reference = fixtures::embed_reference("tiny-qwen3-embed").unwrap();
+    let mut min_cos = 1.0f64;
+    for case in &reference.cases {
+        let rows = w.embed(batch(&case.input_ids, None)).unwrap();
+        for (got, want) in rows.iter().zip(&case.embeddings) {
+            min_cos = min_cos.min(cosine(got, want));
+        }
+    }
+    eprintln!("tiny-qwen3-embed as bf16 shards: min cosine to the f32 reference {min_cos:.5}");
+    assert!(min_cos >= 0.99, "bf16 weights: min cosine {min_cos}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Faults
 // ---------------------------------------------------------------------------------------

@@ -102,3 +102,62 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
 }
+
+/// One tensor of a safetensors file: name, dtype (`F32`, `BF16`, ...), shape, raw bytes.
+pub type RawTensor = (String, String, Vec<u64>, Vec<u8>);
+
+/// Reads every tensor of a safetensors file (`u64` header length, JSON header, data).
+pub fn read_safetensors(path: &Path) -> Result<Vec<RawTensor>> {
+    let bytes = std::fs::read(path)?;
+    let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n])?;
+    let data = &bytes[8 + n..];
+    let mut out = Vec::new();
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = info["dtype"].as_str().unwrap_or_default().to_owned();
+        let shape = info["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let o = info["data_offsets"].as_array().unwrap();
+        let (a, b) = (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize);
+        out.push((name, dtype, shape, data[a..b].to_vec()));
+    }
+    Ok(out)
+}
+
+/// Writes tensors as one safetensors file.
+pub fn write_safetensors(path: &Path, tensors: &[RawTensor]) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, dtype, shape, data) in tensors {
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}),
+        );
+        offset += data.len();
+    }
+    let mut h = serde_json::to_vec(&header)?;
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    for t in tensors {
+        out.extend_from_slice(&t.3);
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+/// float32 bytes → bfloat16 bytes (round to nearest even), as `torch.to(bfloat16)` does.
+pub fn f32_bytes_to_bf16(bytes: &[u8]) -> Vec<u8> {
+    bytes
+        .chunks_exact(4)
+        .flat_map(|c| {
+            let bits = u32::from_le_bytes(c.try_into().unwrap());
+            let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+            ((rounded >> 16) as u16).to_le_bytes()
+        })
+        .collect()
+}

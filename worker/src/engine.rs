@@ -282,7 +282,7 @@ impl Engine {
         }
         let out = self.run(batch)?;
         let dim = out.dim(1) as u32;
-        Ok((dim, out.as_slice::<f32>().to_vec()))
+        Ok((dim, to_vec_f32(&out)?))
     }
 
     /// One relevance score per sequence.
@@ -291,7 +291,7 @@ impl Engine {
             bail!("this worker serves an embedding model; it cannot score pairs");
         }
         let out = self.run(batch)?;
-        Ok(out.as_slice::<f32>().to_vec())
+        to_vec_f32(&out)
     }
 
     /// Counters plus MLX and process memory.
@@ -304,6 +304,15 @@ impl Engine {
             ..self.stats.clone()
         }
     }
+}
+
+/// Copies a float32 result to the host (made row-contiguous first if it is a view).
+fn to_vec_f32(a: &Array) -> Result<Vec<f32>> {
+    if let Ok(s) = a.try_as_slice::<f32>() {
+        return Ok(s.to_vec());
+    }
+    let c = a.contiguous()?;
+    Ok(c.try_as_slice::<f32>().map_err(|e| anyhow!("reading the result: {e:?}"))?.to_vec())
 }
 
 /// Resident set size: /proc/self/statm on Linux (pages), peak RSS from getrusage elsewhere.

@@ -4,7 +4,8 @@
 //! f32 rows or scores (see `mlx-serve-protocol`). No HTTP, no JSON API, no downloads.
 //! Map: `server` (socket loop) → `engine` (load, dtype policy, run a batch) →
 //! `models/*` (one file per architecture) → `pooling` / `heads`; `weights` loads
-//! safetensors; `quantize` writes MLX-quantized copies; `blas` checks the BLAS binding.
+//! safetensors; `quantize` writes MLX-quantized copies; `blas` checks the BLAS binding;
+//! `cpu_kernels` are host-side GELU/softmax for the CPU backend (MLX's are scalar on x86).
 
 mod blas;
 mod cpu_kernels;
