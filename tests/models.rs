@@ -250,6 +250,9 @@ fn dropped_connection_leaves_no_half_model_and_the_rerun_resumes() {
     let first_run = body_requests(&hub, &sha);
     assert!(first_run.iter().any(|r| r.ends_with("bytes=0-9999999")), "{first_run:?}");
 
+    // What a pull killed with SIGKILL leaves (its process is gone) is cleaned up by the next.
+    let stale = models_dir(home.path()).join(".partial-minilm-4194303");
+    std::fs::create_dir_all(stale.join("1_Pooling")).unwrap();
     hub.clear_requests();
     let out = mlx_serve(home.path(), &hub, &["pull", "acme/minilm"]);
     assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
@@ -259,6 +262,46 @@ fn dropped_connection_leaves_no_half_model_and_the_rerun_resumes() {
     let second_run = body_requests(&hub, &sha);
     assert!(second_run.iter().all(|r| !r.ends_with("bytes=0-9999999")), "restarted from 0: {second_run:?}");
     assert!(second_run.iter().any(|r| r.ends_with("bytes=20000000-29999999")), "{second_run:?}");
+}
+
+#[test]
+fn interrupted_pull_leaves_nothing() {
+    let hub = FakeHub::start();
+    hub.add_repo("acme/minilm", minilm_repo());
+    hub.slow_down(Some(Duration::from_millis(50)));
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(binary("mlx-serve"))
+        .args(["pull", "acme/minilm"])
+        .env("MLX_SERVE_HOME", home.path())
+        .env("HF_ENDPOINT", hub.endpoint())
+        .env("HF_HOME", home.path().join("hf"))
+        .env_remove("MLX_SERVE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the weights are arriving, then Ctrl-C.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !hub.requests().iter().any(|r| r.starts_with("/cdn/") && !r.ends_with("bytes=0-0")) {
+        assert!(Instant::now() < deadline, "the download never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(store_entries(home.path()).iter().any(|e| e.starts_with(".partial-minilm-")));
+    mlx_serve_tests::server::signal(child.id(), nix::sys::signal::Signal::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "pull did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("interrupted; nothing was installed"), "{stderr}");
+    assert!(store_entries(home.path()).is_empty(), "{:?}", store_entries(home.path()));
 }
 
 fn embed(server: &Server, model: &str, texts: &[&str]) -> Vec<Vec<f32>> {

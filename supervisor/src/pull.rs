@@ -282,8 +282,9 @@ struct Partial {
 
 impl Partial {
     fn create(store: &Store, name: &str) -> Result<Partial, PullError> {
-        remove_stale_partials(store, name);
-        let path = store.dir().join(format!(".partial-{name}-{}", std::process::id()));
+        let prefix = format!(".partial-{name}-");
+        remove_stale(store, &prefix);
+        let path = store.dir().join(format!("{prefix}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?;
         Ok(Partial { path })
@@ -296,15 +297,14 @@ impl Drop for Partial {
     }
 }
 
-/// Removes `.partial-<name>-<pid>` folders whose process is gone (a killed pull).
-pub fn remove_stale_partials(store: &Store, name: &str) {
-    let prefix = format!(".partial-{name}-");
+/// Removes `<prefix><pid>` folders of the store whose process is gone (a killed pull or
+/// quantization). Folders of live processes, this one included, are in use.
+pub fn remove_stale(store: &Store, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(store.dir()) else { return };
     for e in entries.flatten() {
         let file_name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = file_name.strip_prefix(&prefix).and_then(|p| p.parse::<i32>().ok()) else { continue };
-        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-        if !alive || pid == std::process::id() as i32 {
+        let Some(pid) = file_name.strip_prefix(prefix).and_then(|p| p.parse::<i32>().ok()) else { continue };
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -377,7 +377,7 @@ async fn pull_hub(
 
     let names: Vec<String> = info.siblings.iter().map(|s| s.rfilename.clone()).collect();
     let files = select(repo_id, &names)?;
-    let partial = Partial::create(store, &req.name)?;
+    let partial = Partial::create(store, installed_name)?;
     // hf-hub's cache layout (the Python hub's too): models--{owner}--{name}/snapshots/{commit}/{file}.
     let snapshot = hf_hub::Cache::from_env()
         .path()
@@ -499,7 +499,7 @@ async fn pull_folder(
         }
     }
     let files = select(&source, &names)?;
-    let partial = Partial::create(store, &req.name)?;
+    let partial = Partial::create(store, installed_name)?;
     report(PullEvent::Status(format!("copying from {}", dir.display())));
     let mut checked = false;
     for file in &files {

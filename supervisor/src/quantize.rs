@@ -2,7 +2,7 @@
 //!
 //! The supervisor never links MLX, so the work is done by `mlx-serve-worker quantize
 //! --src DIR --dst DIR --bits B --group-size G` (worker/src/quantize.rs), which prints one
-//! JSON line with the sizes. The worker writes into a `.partial-*` folder of the store;
+//! JSON line with the sizes. The worker writes into a `.quantizing-*` folder of the store;
 //! metadata is added there and the folder is renamed into place, so a failed or killed
 //! quantization leaves no half model.
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::metadata::{self, ModelMetadata, Quantization};
-use crate::pull::{install, remove_stale_partials};
+use crate::pull::{install, remove_stale};
 use crate::store::Store;
 
 /// Bits and group size (MLX affine quantization supports 32, 64 and 128 per group).
@@ -71,8 +71,9 @@ pub async fn into_store(
             worker_bin.display()
         ));
     }
-    remove_stale_partials(store, name);
-    let partial = store.dir().join(format!(".partial-{name}-{}", std::process::id()));
+    let prefix = format!(".quantizing-{name}-");
+    remove_stale(store, &prefix);
+    let partial = store.dir().join(format!("{prefix}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
     let dst = partial.join(name);
