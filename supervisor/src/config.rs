@@ -519,6 +519,10 @@ impl Config {
         if !matches!(self.models.compute_dtype.as_str(), "auto" | "float32" | "float16" | "bfloat16") {
             problems.push("models.compute_dtype must be auto, float32, float16 or bfloat16");
         }
+        // Otherwise the second bind fails with a misleading "port already in use".
+        if self.metrics.enabled && self.metrics.port.is_some_and(|p| p != 0 && p == self.server.port) {
+            problems.push("metrics.port must differ from server.port (the main port already serves /metrics)");
+        }
         if problems.is_empty() {
             Ok(())
         } else {
