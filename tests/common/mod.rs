@@ -4,3 +4,4 @@ pub mod fake_hub;
 pub mod fixtures;
 pub mod worker_process;
 pub mod server;
+pub mod cli;

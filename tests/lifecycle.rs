@@ -1,0 +1,411 @@
+//! The server's lifecycle through the real `mlx-serve` binary: background start / status /
+//! stop (one, --all, --force), stale PID files, busy ports, every `ctl` command against a
+//! live server with real workers, the request log, and the launchd/systemd files that
+//! `service install` writes.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use mlx_serve_tests::cli::{free_port, process_alive, wait_gone, Home};
+use mlx_serve_tests::server::{python, Server, ServerOptions};
+use serde_json::{json, Value};
+
+/// `mlx-serve start --port PORT ARGS`; returns the daemon's pid (from its PID file).
+fn start(home: &Home, port: u16, args: &[&str]) -> i32 {
+    let port_s = port.to_string();
+    let mut all = vec!["start", "--port", &port_s];
+    all.extend_from_slice(args);
+    let out = home.run_env(&all, &[], Duration::from_secs(90));
+    assert!(out.ok(), "{}", out.text());
+    assert!(out.stdout.contains(&format!("running at http://127.0.0.1:{port}")), "{}", out.text());
+    let pid: i32 = std::fs::read_to_string(home.pid_file(port)).unwrap().trim().parse().unwrap();
+    assert!(out.stdout.contains(&format!("pid {pid}")), "{}", out.text());
+    pid
+}
+
+fn get(port: u16, path: &str) -> u16 {
+    match ureq::get(&format!("http://127.0.0.1:{port}{path}")).timeout(Duration::from_secs(10)).call() {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(_) => 0,
+    }
+}
+
+fn status_json(home: &Home) -> (Option<i32>, Vec<Value>) {
+    let out = home.run(&["status", "--json"]);
+    (out.code, serde_json::from_str::<Vec<Value>>(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.text())))
+}
+
+#[test]
+fn start_status_stop() {
+    let home = Home::new(&[]);
+    let port = free_port();
+    let pid = start(&home, port, &[]);
+    assert!(process_alive(pid));
+    assert_eq!(get(port, "/ready"), 200);
+    assert!(home.path().join(format!("logs/mlx-serve-{port}.log")).is_file());
+
+    // status: pid, port, uptime, version, models, as text and JSON.
+    let out = home.run(&["status"]);
+    assert!(out.ok(), "{}", out.text());
+    for want in [format!("running at http://127.0.0.1:{port}"), format!("pid      {pid}"), "uptime".into(), env!("CARGO_PKG_VERSION").into(), "(none loaded)".into()] {
+        assert!(out.stdout.contains(&want), "no {want:?} in:\n{}", out.stdout);
+    }
+    let (code, list) = status_json(&home);
+    assert_eq!(code, Some(0));
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["pid"], json!(pid));
+    assert_eq!(list[0]["port"], json!(port));
+    assert_eq!(list[0]["ready"], json!(true));
+    assert_eq!(list[0]["version"], json!(env!("CARGO_PKG_VERSION")));
+
+    // A second start on the same port is refused, naming the running server.
+    let again = home.run(&["start", "--port", &port.to_string()]);
+    assert!(!again.ok(), "{}", again.text());
+    assert!(again.stderr.contains("already running") && again.stderr.contains(&pid.to_string()), "{}", again.text());
+
+    // stop: graceful, PID file and socket removed, port free again.
+    let out = home.run(&["stop", "--port", &port.to_string()]);
+    assert!(out.ok() && out.stdout.contains("stopped"), "{}", out.text());
+    assert!(wait_gone(pid, Duration::from_secs(5)), "pid {pid} still alive after stop");
+    assert!(!home.pid_file(port).exists());
+    assert!(!home.path().join(format!("run/mlx-serve-{port}.sock")).exists());
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "port {port} still taken");
+    let log = std::fs::read_to_string(home.path().join(format!("logs/mlx-serve-{port}.log"))).unwrap();
+    assert!(log.contains("SIGTERM: shutting down") && log.contains("stopped"), "{log}");
+
+    // Nothing runs: status exits 3, stop is a no-op that says so.
+    let out = home.run(&["status"]);
+    assert_eq!(out.code, Some(3), "{}", out.text());
+    assert!(out.stdout.contains("not running"), "{}", out.text());
+    let out = home.run(&["stop"]);
+    assert!(out.ok() && out.stdout.contains("not running"), "{}", out.text());
+}
+
+#[test]
+fn stop_all_stops_every_server() {
+    let home = Home::new(&[]);
+    let (p1, p2) = (free_port(), free_port());
+    let pid1 = start(&home, p1, &[]);
+    let pid2 = start(&home, p2, &[]);
+    let (_, list) = status_json(&home);
+    assert_eq!(list.len(), 2, "{list:?}");
+    // Without --port and with two servers, `ctl` asks which one.
+    let out = home.run(&["ctl", "workers"]);
+    assert!(!out.ok() && out.stderr.contains("--port"), "{}", out.text());
+
+    let out = home.run(&["stop", "--all"]);
+    assert!(out.ok(), "{}", out.text());
+    assert!(wait_gone(pid1, Duration::from_secs(5)) && wait_gone(pid2, Duration::from_secs(5)));
+    assert!(home.recorded_pids().is_empty());
+    assert_eq!(status_json(&home).1.len(), 0);
+}
+
+#[test]
+fn stale_pid_file_is_cleaned() {
+    let home = Home::new(&[]);
+    let port = free_port();
+    // The pid of a process that has exited: what a crash or a reboot leaves behind.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    std::fs::create_dir_all(home.path().join("run")).unwrap();
+    std::fs::write(home.pid_file(port), format!("{}\n", gone.id())).unwrap();
+
+    let out = home.run(&["status"]);
+    assert_eq!(out.code, Some(3), "{}", out.text());
+    assert!(!home.pid_file(port).exists(), "status left the stale PID file");
+
+    std::fs::write(home.pid_file(port), format!("{}\n", gone.id())).unwrap();
+    let out = home.run(&["start", "--port", &port.to_string()]);
+    assert!(out.ok(), "{}", out.text());
+    assert!(out.stderr.contains("stale PID file"), "{}", out.text());
+    let pid: i32 = std::fs::read_to_string(home.pid_file(port)).unwrap().trim().parse().unwrap();
+    assert_ne!(pid, gone.id() as i32);
+
+    // A stale file for another port is reported by stop too.
+    let other = free_port();
+    std::fs::write(home.pid_file(other), format!("{}\n", gone.id())).unwrap();
+    let out = home.run(&["stop", "--port", &other.to_string()]);
+    assert!(out.ok() && out.stdout.contains("stale"), "{}", out.text());
+    assert!(!home.pid_file(other).exists());
+}
+
+#[test]
+fn busy_port_is_refused() {
+    let home = Home::new(&[]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = home.run(&["start", "--port", &port.to_string()]);
+    assert!(!out.ok(), "{}", out.text());
+    assert!(out.stderr.contains(&format!("port {port}")) && out.stderr.contains("already in use"), "{}", out.text());
+    assert!(home.recorded_pids().is_empty());
+    // The foreground daemon says the same and exits non-zero.
+    let out = home.run(&["start", "--foreground", "--port", &port.to_string()]);
+    assert!(!out.ok() && out.stderr.contains("already in use"), "{}", out.text());
+}
+
+#[test]
+fn stop_times_out_then_force_kills() {
+    let home = Home::new(&[]);
+    let port = free_port();
+    let pid = start(&home, port, &[]);
+    // A stopped process cannot handle SIGTERM: the graceful path must time out.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let out = home.run(&["stop", "--port", &port.to_string(), "--timeout", "1"]);
+    assert!(!out.ok() && out.stderr.contains("--force"), "{}", out.text());
+    assert!(process_alive(pid));
+    let out = home.run(&["stop", "--port", &port.to_string(), "--timeout", "1", "--force"]);
+    assert!(out.ok() && out.stdout.contains("killed"), "{}", out.text());
+    assert!(wait_gone(pid, Duration::from_secs(5)));
+    assert!(!home.pid_file(port).exists());
+}
+
+/// The `ctl workers --json` row for `model`.
+fn worker_row(home: &Home, model: &str) -> Value {
+    let out = home.run(&["ctl", "workers", "--json"]);
+    assert!(out.ok(), "{}", out.text());
+    let rows: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
+    rows.into_iter().find(|r| r["model"] == model).unwrap_or_else(|| panic!("no {model} in {}", out.stdout))
+}
+
+#[test]
+fn ctl_commands_against_a_live_server() {
+    let model = "tiny-bert-embed";
+    let home = Home::new(&[model, "tiny-bert-rerank"]);
+    let port = free_port();
+    let daemon = start(&home, port, &[]);
+
+    // The control socket is private.
+    let run = home.path().join("run");
+    assert_eq!(std::fs::metadata(&run).unwrap().permissions().mode() & 0o777, 0o700);
+    let sock = run.join(format!("mlx-serve-{port}.sock"));
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let out = home.run(&["ctl", "workers"]);
+    assert!(out.ok(), "{}", out.text());
+    let header: Vec<&str> = out.stdout.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["MODEL", "TYPE", "PID", "STATE", "UPTIME", "RESTARTS", "QUEUE", "BATCHES", "MEMORY"]);
+
+    // load: a real worker process, child of the daemon.
+    let out = home.run(&["ctl", "load", model]);
+    assert!(out.ok() && out.stdout.contains(&format!("loaded {model}")), "{}", out.text());
+    let row = worker_row(&home, model);
+    assert_eq!(row["state"], "ready");
+    let worker = row["pid"].as_i64().unwrap() as i32;
+    assert!(process_alive(worker));
+    assert_eq!(parent_of(worker), Some(daemon));
+    assert!(row["memory_bytes"].as_u64().unwrap() > 0, "{row}");
+
+    // Work shows up in the batch counter; the text table has the row.
+    let (code, _) = post_embeddings(port, model);
+    assert_eq!(code, 200);
+    let row = worker_row(&home, model);
+    assert!(row["batches"].as_u64().unwrap() >= 1, "{row}");
+    let out = home.run(&["ctl", "workers"]);
+    let line = out.stdout.lines().find(|l| l.starts_with(model)).unwrap_or_else(|| panic!("{}", out.stdout));
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!((cells[1], cells[2], cells[3]), ("embedding", worker.to_string().as_str(), "ready"), "{line}");
+    let status = home.run(&["status"]);
+    assert!(status.stdout.contains(model), "{}", status.text());
+
+    // restart: a new worker replaces the old one.
+    let out = home.run(&["ctl", "restart", model]);
+    assert!(out.ok() && out.stdout.contains("restarted"), "{}", out.text());
+    let row = worker_row(&home, model);
+    let new_worker = row["pid"].as_i64().unwrap() as i32;
+    assert_ne!(new_worker, worker);
+    assert!(wait_gone(worker, Duration::from_secs(10)), "old worker {worker} still alive");
+    assert_eq!(row["state"], "ready");
+    assert_eq!(post_embeddings(port, model).0, 200);
+
+    // evict: the worker stops, the model stays known.
+    let out = home.run(&["ctl", "evict", model, "--json"]);
+    assert!(out.ok(), "{}", out.text());
+    assert_eq!(serde_json::from_str::<Value>(&out.stdout).unwrap()["model"], model);
+    assert!(wait_gone(new_worker, Duration::from_secs(10)));
+    let row = worker_row(&home, model);
+    assert_eq!(row["state"], "stopped");
+    assert_eq!(row["pid"], Value::Null);
+
+    // Errors are clear and exit non-zero.
+    let out = home.run(&["ctl", "evict", model]);
+    assert!(!out.ok() && out.stderr.contains("not loaded"), "{}", out.text());
+    let out = home.run(&["ctl", "load", "no-such-model"]);
+    assert!(!out.ok() && out.stderr.contains("no-such-model"), "{}", out.text());
+
+    // A reranker through ctl too, with --port given explicitly.
+    let out = home.run(&["ctl", "load", "tiny-bert-rerank", "--port", &port.to_string()]);
+    assert!(out.ok(), "{}", out.text());
+    assert_eq!(worker_row(&home, "tiny-bert-rerank")["kind"], "reranker");
+
+    // No server on a port: ctl says so.
+    let out = home.run(&["ctl", "workers", "--port", &free_port().to_string()]);
+    assert!(!out.ok() && out.stderr.contains("control socket"), "{}", out.text());
+}
+
+fn post_embeddings(port: u16, model: &str) -> (u16, Value) {
+    let body = json!({"model": model, "input": ["hello world", "a second input"]});
+    match ureq::post(&format!("http://127.0.0.1:{port}/v1/embeddings")).timeout(Duration::from_secs(60)).send_json(body) {
+        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn request_log_has_one_json_line_per_request() {
+    let model = "tiny-bert-embed";
+    let home = Home::new(&[model]);
+    home.write_config("logging:\n  format: json\n  level: info\n");
+    let port = free_port();
+    start(&home, port, &[]);
+    assert_eq!(post_embeddings(port, model).0, 200);
+    let body = json!({"model": "missing-model", "input": "x"});
+    let _ = ureq::post(&format!("http://127.0.0.1:{port}/v1/embeddings")).send_json(body);
+    let out = home.run(&["stop", "--port", &port.to_string()]);
+    assert!(out.ok(), "{}", out.text());
+
+    let log = std::fs::read_to_string(home.path().join(format!("logs/mlx-serve-{port}.log"))).unwrap();
+    let requests: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|v| v["target"] == "request")
+        .collect();
+    assert_eq!(requests.len(), 2, "{log}");
+    let ok = &requests[0];
+    assert_eq!(ok["model"], model);
+    assert_eq!(ok["inputs"], 2);
+    assert!(ok["tokens"].as_u64().unwrap() >= 4, "{ok}");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["endpoint"], "/v1/embeddings");
+    assert!(ok["ms"].as_str().unwrap().parse::<f64>().unwrap() > 0.0, "{ok}");
+    assert_eq!(requests[1]["status"], 404);
+    assert_ne!(ok["id"], requests[1]["id"]);
+}
+
+#[test]
+fn foreground_server_is_seen_by_status_and_stop() {
+    // What launchd/systemd run: `start --foreground` writes the same PID file.
+    let server = Server::start(ServerOptions::default());
+    let home = server.home.path().to_owned();
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(mlx_serve_tests::server::binary("mlx-serve"));
+        cmd.args(args).env("MLX_SERVE_HOME", &home).env("RUST_BACKTRACE", "0").env_remove("MLX_SERVE_PORT");
+        mlx_serve_tests::cli::run(cmd, Duration::from_secs(60))
+    };
+    let out = cli(&["status", "--json"]);
+    let list: Vec<Value> = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.text()));
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["port"], json!(server.port));
+    assert_eq!(list[0]["pid"], json!(server.pid()));
+    let out = cli(&["stop"]);
+    assert!(out.ok() && out.stdout.contains("stopped"), "{}", out.text());
+    // (Until the harness reaps it, the exited daemon is a zombie, which counts as gone.)
+    assert!(wait_gone(server.pid() as i32, Duration::from_secs(10)));
+}
+
+fn plist(path: &Path) -> Value {
+    let script = "import json, plistlib, sys; print(json.dumps(plistlib.load(open(sys.argv[1], 'rb'))))";
+    let out = Command::new(python()).args(["-c", script]).arg(path).output().expect("python");
+    assert!(out.status.success(), "plistlib: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn launchd_agent_parses_back_with_its_keys() {
+    let home = Home::new(&[]);
+    home.write_config("service:\n  auto_start: false\n  restart_on_failure: true\n  restart_delay: 7\n");
+    let out = home.run(&["service", "install", "--manager", "launchd"]);
+    assert!(out.ok(), "{}", out.text());
+    let file = home.user_home.join("Library/LaunchAgents/com.mlx-serve.server.plist");
+    let p = plist(&file);
+    let exe = mlx_serve_tests::server::binary("mlx-serve").canonicalize().unwrap();
+    assert_eq!(p["Label"], "com.mlx-serve.server");
+    assert_eq!(p["ProgramArguments"], json!([exe.to_str().unwrap(), "start", "--foreground"]));
+    assert_eq!(p["RunAtLoad"], false);
+    assert_eq!(p["KeepAlive"], json!({"SuccessfulExit": false}));
+    assert_eq!(p["ThrottleInterval"], 7);
+    let logs = home.path().join("logs").display().to_string();
+    assert!(p["StandardOutPath"].as_str().unwrap().starts_with(&logs), "{p}");
+    assert!(p["StandardErrorPath"].as_str().unwrap().starts_with(&logs), "{p}");
+    assert_eq!(p["EnvironmentVariables"]["MLX_SERVE_HOME"], home.path().to_str().unwrap());
+    assert_eq!(p["WorkingDirectory"], home.path().to_str().unwrap());
+
+    // Other settings change the keys; --print shows the same file without writing.
+    home.write_config("service:\n  auto_start: true\n  restart_on_failure: false\n");
+    let out = home.run(&["service", "install", "--manager", "launchd", "--print"]);
+    assert!(out.ok(), "{}", out.text());
+    let printed = home.path().join("printed.plist");
+    std::fs::write(&printed, &out.stdout).unwrap();
+    let p = plist(&printed);
+    assert_eq!(p["RunAtLoad"], true);
+    assert_eq!(p["KeepAlive"], false);
+    assert_eq!(p["ThrottleInterval"], 5);
+
+    let out = home.run(&["service", "uninstall", "--manager", "launchd"]);
+    assert!(out.ok(), "{}", out.text());
+    assert!(!file.exists());
+
+    // brew services' own agent: refuse and explain.
+    let agents = home.user_home.join("Library/LaunchAgents");
+    std::fs::write(agents.join("homebrew.mxcl.mlx-serve.plist"), "<plist/>").unwrap();
+    let out = home.run(&["service", "install", "--manager", "launchd"]);
+    assert!(!out.ok() && out.stderr.contains("brew services"), "{}", out.text());
+    assert!(!file.exists());
+}
+
+#[test]
+fn systemd_unit_is_valid() {
+    let home = Home::new(&[]);
+    home.write_config("service:\n  restart_delay: 3\n");
+    let out = home.run(&["service", "install", "--manager", "systemd"]);
+    assert!(out.ok(), "{}", out.text());
+    let unit_path = home.user_home.join(".config/systemd/user/mlx-serve.service");
+    let unit = std::fs::read_to_string(&unit_path).unwrap();
+    let exe = mlx_serve_tests::server::binary("mlx-serve").canonicalize().unwrap();
+    for line in [
+        format!("ExecStart={} start --foreground", exe.display()),
+        "Restart=on-failure".into(),
+        "RestartSec=3".into(),
+        format!("Environment=MLX_SERVE_HOME={}", home.path().display()),
+        "WantedBy=default.target".into(),
+    ] {
+        assert!(unit.lines().any(|l| l == line), "no {line:?} in:\n{unit}");
+    }
+
+    // systemd's own checker, where it is installed (Debian package systemd).
+    if Command::new("systemd-analyze").arg("--version").output().is_ok() {
+        let out = Command::new("systemd-analyze").args(["verify"]).arg(&unit_path).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "systemd-analyze verify:\n{text}\n{unit}");
+        assert!(!text.contains("mlx-serve.service"), "systemd-analyze warns:\n{text}");
+        // The checker does reject a broken unit (so the check above means something).
+        let broken = home.path().join("broken.service");
+        std::fs::write(&broken, unit.replace("ExecStart=", "ExecStart=/nonexistent/")).unwrap();
+        let out = Command::new("systemd-analyze").args(["verify"]).arg(&broken).output().unwrap();
+        assert!(!out.status.success(), "systemd-analyze accepted a missing binary");
+    } else {
+        eprintln!("systemd-analyze not installed: unit checked by its lines only");
+    }
+
+    // start/stop go through systemctl --user; without a user manager they fail clearly.
+    let out = home.run(&["service", "status", "--manager", "systemd"]);
+    assert!(out.stdout.contains("installed"), "{}", out.text());
+    let out = home.run(&["service", "uninstall", "--manager", "systemd"]);
+    assert!(out.ok(), "{}", out.text());
+    assert!(!unit_path.exists());
+
+    // brew services' unit: refuse and explain.
+    std::fs::create_dir_all(unit_path.parent().unwrap()).unwrap();
+    std::fs::write(unit_path.parent().unwrap().join("homebrew.mlx-serve.service"), "[Service]\n").unwrap();
+    let out = home.run(&["service", "install", "--manager", "systemd"]);
+    assert!(!out.ok() && out.stderr.contains("brew services"), "{}", out.text());
+    assert!(!unit_path.exists());
+}
