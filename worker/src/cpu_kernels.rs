@@ -79,6 +79,22 @@ simd_dispatch! {
     }
 }
 
+simd_dispatch! {
+    fn softmax_inplace_impl(x: &mut [f32], scale: f32) {
+        let m = lanes_max(x);
+        for v in x.iter_mut() {
+            *v = exp_neg((*v - m) * scale);
+        }
+        let inv = 1.0 / lanes_sum(x);
+        x.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// softmax(scale · x) of one row, in place.
+pub fn softmax_inplace(x: &mut [f32], scale: f32) {
+    softmax_inplace_impl(x, scale)
+}
+
 /// Below this many elements threads cost more than they save.
 const PARALLEL_MIN: usize = 1 << 16;
 

@@ -5,9 +5,11 @@
 //! Map: `server` (socket loop) → `engine` (load, dtype policy, run a batch) →
 //! `models/*` (one file per architecture) → `pooling` / `heads`; `weights` loads
 //! safetensors; `quantize` writes MLX-quantized copies; `blas` checks the BLAS binding;
-//! `cpu_kernels` are host-side GELU/softmax for the CPU backend (MLX's are scalar on x86).
+//! `cpu_kernels` / `cpu_attention` are host-side GELU, softmax and encoder attention for
+//! the CPU backend (MLX's elementwise kernels are scalar on x86).
 
 mod blas;
+mod cpu_attention;
 mod cpu_kernels;
 mod engine;
 mod heads;

@@ -12,6 +12,7 @@ use mlx_rs::{ops, Array};
 use serde_json::Value;
 
 use super::{attention, cfg_f32, cfg_i32, embed, merge_heads, split_heads, Activation, AttnMask, Inputs, Network};
+use crate::cpu_attention::attention_from_qkv;
 use crate::weights::{Linear, Weights};
 
 /// LayerNorm parameters.
@@ -112,15 +113,30 @@ impl Bert {
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
-            let hs = split_heads(&qkv, b, l, &[self.heads; 3], self.head_dim)?;
-            let mask = AttnMask::Padding { lengths: &inputs.lengths, key_mask: &inputs.key_mask };
-            let ctx = attention(&hs[0], &hs[1], &hs[2], scale, mask)?;
-            let attn = layer.attn_out.forward(&merge_heads(&ctx, b, l)?)?;
+            let ctx = self.attention(&qkv, inputs, scale)?;
+            let attn = layer.attn_out.forward(&ctx)?;
             x = layer.attn_norm.apply(&attn.add(&x)?)?;
             let h = self.act.apply(&layer.intermediate.forward(&x)?)?;
             x = layer.out_norm.apply(&layer.output.forward(&h)?.add(&x)?)?;
         }
         Ok(x)
+    }
+}
+
+impl Bert {
+    /// Self-attention from the fused projection `[batch * len, 3 * hidden]` to
+    /// `[batch * len, hidden]`.
+    fn attention(&self, qkv: &Array, inputs: &Inputs, scale: f32) -> Result<Array> {
+        let (b, l) = (inputs.batch, inputs.len);
+        if !cfg!(feature = "metal") {
+            let (heads, dim) = (self.heads as usize, self.head_dim as usize);
+            if let Some(ctx) = attention_from_qkv(qkv, &inputs.lengths, l as usize, heads, dim, scale)? {
+                return Ok(ctx);
+            }
+        }
+        let hs = split_heads(qkv, b, l, &[self.heads; 3], self.head_dim)?;
+        let mask = AttnMask::Padding { lengths: &inputs.lengths, key_mask: &inputs.key_mask };
+        merge_heads(&attention(&hs[0], &hs[1], &hs[2], scale, mask)?, b, l)
     }
 }
 
