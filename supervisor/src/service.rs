@@ -111,8 +111,23 @@ struct Facts {
     env: Vec<(String, String)>,
 }
 
+/// This executable, by a path that survives upgrades: a Homebrew install runs from
+/// `<prefix>/Cellar/mlx-serve/<version>/bin`, which the next `brew upgrade` deletes, so
+/// the `<prefix>/opt/mlx-serve` link is used instead when it exists.
+fn program_path() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the mlx-serve executable")?;
+    let text = exe.display().to_string();
+    if let Some(i) = text.find("/Cellar/mlx-serve/") {
+        let stable = PathBuf::from(&text[..i]).join("opt/mlx-serve/bin/mlx-serve");
+        if stable.is_file() {
+            return Ok(stable);
+        }
+    }
+    Ok(exe)
+}
+
 fn facts() -> Result<Facts> {
-    let program = std::env::current_exe().context("cannot find the mlx-serve executable")?;
+    let program = program_path()?;
     let home = std::path::absolute(home_dir())?;
     let mut env = vec![("MLX_SERVE_HOME".to_owned(), home.display().to_string())];
     // Keep what this shell uses, so the service runs the same configuration.
@@ -218,6 +233,14 @@ pub fn command(action: Action, manager: Option<Manager>, print: bool, config: &C
     }
     if matches!(action, Action::Install | Action::Start | Action::Enable) {
         refuse_if_brew_manages(manager)?;
+        let port = config.server.port;
+        let running = if action == Action::Install { crate::lifecycle::running() } else { Vec::new() };
+        if let Some((_, pid, _)) = running.into_iter().find(|(p, _, _)| *p == port) {
+            println!(
+                "note: mlx-serve (pid {pid}) already serves port {port}; the service cannot bind it \
+                 until that one stops (`mlx-serve stop --port {port}`)"
+            );
+        }
     }
     match manager {
         Manager::Launchd => launchd(action, config),
