@@ -70,7 +70,7 @@ impl Printer {
                         bar.finish();
                     }
                 } else {
-                    let quarter = if total == 0 { 4 } else { completed * 4 / total };
+                    let quarter = (completed * 4).checked_div(total).unwrap_or(4);
                     let last = st.quarters.get(&file).copied();
                     if last.is_none() || last.is_some_and(|q| quarter > q) {
                         st.quarters.insert(file.clone(), quarter);

@@ -329,10 +329,7 @@ impl PullStream {
                 }
             }
             match &p.done {
-                Some(Ok(o)) => {
-                    if o.up_to_date {
-                        out.push_str(&format!("{}\n", json!({"status": format!("{} is up to date", o.name)})));
-                    }
+                Some(Ok(_)) => {
                     out.push_str(&format!("{}\n", json!({"status": "success"})));
                     self.finished = true;
                 }
