@@ -578,3 +578,23 @@ fn ollama_model_api_pull_tags_show_ps_delete() {
     assert!(out.contains("OK"), "{out}");
     assert_eq!(server.stop(), Some(0));
 }
+
+#[test]
+fn preload_downloads_a_missing_alias_then_loads_it() {
+    let hub = FakeHub::start();
+    hub.add_repo("acme/mini", minilm_repo());
+    let hf_home = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerOptions {
+        config: Some("models:\n  aliases:\n    mini: acme/mini\n".into()),
+        env: vec![("HF_ENDPOINT".into(), hub.endpoint()), ("HF_HOME".into(), hf_home.path().display().to_string())],
+        args: vec!["--preload".into(), "mini".into()],
+        ..Default::default()
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.worker_pids().is_empty() {
+        assert!(Instant::now() < deadline, "preload did not start a worker:\n{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(store_entries(server.home.path()), vec!["mini"]);
+    assert_eq!(server.stop(), Some(0));
+}

@@ -89,17 +89,9 @@ pub async fn run(config: Config) -> Result<()> {
     let pool = Pool::new(Store::new(models_dir), config.clone(), runner_cfg);
     let state = AppState::new(pool.clone(), config.clone());
 
-    for name in &config.models.preload {
-        match pool.get(name).await {
-            Ok(entry) => {
-                tokio::spawn(async move {
-                    if let Err(e) = entry.runner.load().await {
-                        tracing::error!(model = %entry.name, "preload failed: {e}");
-                    }
-                });
-            }
-            Err(e) => tracing::error!(model = %name, "cannot preload: {e:?}"),
-        }
+    // In the background: a preloaded alias or repo id may need a download first.
+    for name in config.models.preload.clone() {
+        tokio::spawn(api::preload(state.clone(), name));
     }
 
     if let Some(l) = metrics_listener {

@@ -107,3 +107,26 @@ pub async fn ensure_installed(state: &AppState, requested: &str, target: &Resolv
         }
     }
 }
+
+/// Loads a `models.preload` model at start: resolves aliases and repo ids, downloads it
+/// first when it is missing and `models.auto_download` allows, then starts its worker.
+pub async fn preload(state: super::SharedState, requested: String) {
+    let loaded = async {
+        let target = resolve_name(&state, &requested).map_err(|e| e.message)?;
+        if state.pool.store().find(&target.name).is_none() {
+            let Some(req) = pull_request(&state, &target, None).filter(|_| state.config.models.auto_download) else {
+                return Err("not installed (and not downloadable: models.auto_download is off or it names no repo)".into());
+            };
+            let download = match state.downloads.start(req) {
+                Started::New(d) | Started::Joined(d) => d,
+                Started::PreviousFailed(e) => return Err(e.message),
+            };
+            download.wait().await.map_err(|e| e.message)?;
+        }
+        let entry = state.pool.get(&target.name).await.map_err(|e| format!("{e:?}"))?;
+        entry.runner.load().await.map_err(|e| e.to_string())
+    };
+    if let Err(e) = loaded.await {
+        tracing::error!(model = %requested, "cannot preload: {e}");
+    }
+}

@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::downloads::Downloads;
 use crate::metrics::metrics;
 use crate::pool::Pool;
+pub use autodownload::preload;
 pub use error::ApiError;
 
 /// Shared by every handler.
