@@ -95,6 +95,75 @@ pub fn softmax_inplace(x: &mut [f32], scale: f32) {
     softmax_inplace_impl(x, scale)
 }
 
+simd_dispatch! {
+    fn add_layer_norm_row(x: &[f32], r: &[f32], w: &[f32], b: &[f32], eps: f32, o: &mut [f32]) {
+        for ((o, &x), &r) in o.iter_mut().zip(x).zip(r) {
+            *o = x + r;
+        }
+        let n = o.len() as f32;
+        let mean = lanes_sum(o) / n;
+        let mut acc = [0f32; 8];
+        let chunks = o.chunks_exact(8);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for i in 0..8 {
+                let d = c[i] - mean;
+                acc[i] += d * d;
+            }
+        }
+        let var = (acc.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / n;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((o, &w), &b) in o.iter_mut().zip(w).zip(b) {
+            *o = (*o - mean) * inv * w + b;
+        }
+    }
+}
+
+/// `LayerNorm(x + residual)` over the last axis of `[rows, hidden]` float32 arrays (BERT's
+/// post-LN residual blocks), one pass per row instead of MLX's add + composed LayerNorm
+/// (reductions and elementwise ops, scalar on x86). Biased variance, as torch computes it.
+/// `None` when an input is not a contiguous float32 array of the expected shape.
+pub fn add_layer_norm_f32(x: &Array, residual: &Array, weight: &Array, bias: &Array, eps: f32) -> Result<Option<Array>> {
+    let all_f32 = [x, residual, weight, bias].iter().all(|a| a.dtype() == Dtype::Float32);
+    if !all_f32 || x.ndim() != 2 || x.shape() != residual.shape() {
+        return Ok(None);
+    }
+    let hidden = x.dim(1) as usize;
+    for a in [x, residual, weight, bias] {
+        a.eval()?;
+    }
+    let (Ok(xs), Ok(rs), Ok(ws), Ok(bs)) = (
+        x.try_as_slice::<f32>(),
+        residual.try_as_slice::<f32>(),
+        weight.try_as_slice::<f32>(),
+        bias.try_as_slice::<f32>(),
+    ) else {
+        return Ok(None);
+    };
+    if ws.len() != hidden || bs.len() != hidden {
+        return Ok(None);
+    }
+    let mut out = vec![0f32; xs.len()];
+    let rows = |o: &mut [f32], xs: &[f32], rs: &[f32]| {
+        for ((o, x), r) in o.chunks_exact_mut(hidden).zip(xs.chunks_exact(hidden)).zip(rs.chunks_exact(hidden)) {
+            add_layer_norm_row(x, r, ws, bs, eps, o);
+        }
+    };
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    if threads <= 1 || xs.len() < PARALLEL_MIN {
+        rows(&mut out, xs, rs);
+    } else {
+        let per = (xs.len() / hidden).div_ceil(threads) * hidden;
+        std::thread::scope(|s| {
+            for ((o, x), r) in out.chunks_mut(per).zip(xs.chunks(per)).zip(rs.chunks(per)) {
+                let rows = &rows;
+                s.spawn(move || rows(o, x, r));
+            }
+        });
+    }
+    Ok(Some(Array::from_slice(&out, x.shape())))
+}
+
 /// Below this many elements threads cost more than they save.
 const PARALLEL_MIN: usize = 1 << 16;
 

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::{attention, cfg_f32, cfg_i32, embed, merge_heads, split_heads, Activation, AttnMask, Inputs, Network};
 use crate::cpu_attention::attention_from_qkv;
+use crate::cpu_kernels::add_layer_norm_f32;
 use crate::weights::{Linear, Weights};
 
 /// LayerNorm parameters.
@@ -29,6 +30,16 @@ impl Norm {
 
     fn apply(&self, x: &Array) -> Result<Array> {
         Ok(layer_norm(x, &self.weight, &self.bias, self.eps)?)
+    }
+
+    /// `LayerNorm(x + residual)`; fused on the host on the CPU backend (cpu_kernels.rs).
+    fn add_apply(&self, x: &Array, residual: &Array) -> Result<Array> {
+        if !cfg!(feature = "metal") {
+            if let Some(y) = add_layer_norm_f32(x, residual, &self.weight, &self.bias, self.eps)? {
+                return Ok(y);
+            }
+        }
+        self.apply(&x.add(residual)?)
     }
 }
 
@@ -115,9 +126,9 @@ impl Bert {
             let qkv = layer.qkv.forward(&x)?;
             let ctx = self.attention(&qkv, inputs, scale)?;
             let attn = layer.attn_out.forward(&ctx)?;
-            x = layer.attn_norm.apply(&attn.add(&x)?)?;
+            x = layer.attn_norm.add_apply(&attn, &x)?;
             let h = self.act.apply(&layer.intermediate.forward(&x)?)?;
-            x = layer.out_norm.apply(&layer.output.forward(&h)?.add(&x)?)?;
+            x = layer.out_norm.add_apply(&layer.output.forward(&h)?, &x)?;
         }
         Ok(x)
     }
