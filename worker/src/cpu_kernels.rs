@@ -62,8 +62,12 @@ macro_rules! simd_dispatch {
 }
 
 simd_dispatch! {
-    fn gelu_slice(out: &mut [f32], src: &[f32]) {
-        out.iter_mut().zip(src).for_each(|(o, &v)| *o = gelu(v));
+    fn gelu_rows(out: &mut [f32], src: &[f32], bias: &[f32]) {
+        for (o, x) in out.chunks_exact_mut(bias.len()).zip(src.chunks_exact(bias.len())) {
+            for ((o, &x), &b) in o.iter_mut().zip(x).zip(bias) {
+                *o = gelu(x + b);
+            }
+        }
     }
 }
 
@@ -96,9 +100,9 @@ pub fn softmax_inplace(x: &mut [f32], scale: f32) {
 }
 
 simd_dispatch! {
-    fn add_layer_norm_row(x: &[f32], r: &[f32], w: &[f32], b: &[f32], eps: f32, o: &mut [f32]) {
-        for ((o, &x), &r) in o.iter_mut().zip(x).zip(r) {
-            *o = x + r;
+    fn add_layer_norm_row(x: &[f32], xb: &[f32], r: &[f32], w: &[f32], b: &[f32], eps: f32, o: &mut [f32]) {
+        for (((o, &x), &xb), &r) in o.iter_mut().zip(x).zip(xb).zip(r) {
+            *o = x + xb + r;
         }
         let n = o.len() as f32;
         let mean = lanes_sum(o) / n;
@@ -119,34 +123,44 @@ simd_dispatch! {
     }
 }
 
-/// `LayerNorm(x + residual)` over the last axis of `[rows, hidden]` float32 arrays (BERT's
-/// post-LN residual blocks), one pass per row instead of MLX's add + composed LayerNorm
-/// (reductions and elementwise ops, scalar on x86). Biased variance, as torch computes it.
-/// `None` when an input is not a contiguous float32 array of the expected shape.
-pub fn add_layer_norm_f32(x: &Array, residual: &Array, weight: &Array, bias: &Array, eps: f32) -> Result<Option<Array>> {
-    let all_f32 = [x, residual, weight, bias].iter().all(|a| a.dtype() == Dtype::Float32);
+/// `LayerNorm(x + x_bias + residual)` over the last axis of `[rows, hidden]` float32 arrays
+/// (BERT's post-LN residual blocks; `x_bias` is the preceding linear layer's bias), one
+/// pass per row instead of MLX's adds + composed LayerNorm (reductions and elementwise ops,
+/// scalar on x86). Biased variance, as torch computes it. `None` when an input is not a
+/// contiguous float32 array of the expected shape.
+pub fn add_layer_norm_f32(x: &Array, x_bias: Option<&Array>, residual: &Array, weight: &Array, bias: &Array, eps: f32) -> Result<Option<Array>> {
+    let zero_bias;
+    let x_bias = match x_bias {
+        Some(b) => b,
+        None => {
+            zero_bias = Array::zeros::<f32>(&[x.dim(-1)])?;
+            &zero_bias
+        }
+    };
+    let all_f32 = [x, x_bias, residual, weight, bias].iter().all(|a| a.dtype() == Dtype::Float32);
     if !all_f32 || x.ndim() != 2 || x.shape() != residual.shape() {
         return Ok(None);
     }
     let hidden = x.dim(1) as usize;
-    for a in [x, residual, weight, bias] {
+    for a in [x, x_bias, residual, weight, bias] {
         a.eval()?;
     }
-    let (Ok(xs), Ok(rs), Ok(ws), Ok(bs)) = (
+    let (Ok(xs), Ok(xbs), Ok(rs), Ok(ws), Ok(bs)) = (
         x.try_as_slice::<f32>(),
+        x_bias.try_as_slice::<f32>(),
         residual.try_as_slice::<f32>(),
         weight.try_as_slice::<f32>(),
         bias.try_as_slice::<f32>(),
     ) else {
         return Ok(None);
     };
-    if ws.len() != hidden || bs.len() != hidden {
+    if ws.len() != hidden || bs.len() != hidden || xbs.len() != hidden {
         return Ok(None);
     }
     let mut out = vec![0f32; xs.len()];
     let rows = |o: &mut [f32], xs: &[f32], rs: &[f32]| {
         for ((o, x), r) in o.chunks_exact_mut(hidden).zip(xs.chunks_exact(hidden)).zip(rs.chunks_exact(hidden)) {
-            add_layer_norm_row(x, r, ws, bs, eps, o);
+            add_layer_norm_row(x, xbs, r, ws, bs, eps, o);
         }
     };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
@@ -167,23 +181,39 @@ pub fn add_layer_norm_f32(x: &Array, residual: &Array, weight: &Array, bias: &Ar
 /// Below this many elements threads cost more than they save.
 const PARALLEL_MIN: usize = 1 << 16;
 
-/// Exact GELU of a float32 array, computed on the host; `None` when `x` is not a
-/// contiguous float32 array (the caller then uses MLX's kernel).
-pub fn gelu_f32(x: &Array) -> Result<Option<Array>> {
-    if x.dtype() != Dtype::Float32 {
+/// Exact GELU of `x + bias` (bias over the last axis, zeros when absent) for a float32
+/// `[rows, features]` array, computed on the host; `None` when an input is not a
+/// contiguous float32 array of matching shape (the caller then uses MLX's kernel).
+pub fn gelu_f32(x: &Array, bias: Option<&Array>) -> Result<Option<Array>> {
+    if x.dtype() != Dtype::Float32 || x.ndim() != 2 || bias.is_some_and(|b| b.dtype() != Dtype::Float32) {
         return Ok(None);
     }
+    let features = x.dim(1) as usize;
     x.eval()?;
     let Ok(src) = x.try_as_slice::<f32>() else { return Ok(None) };
+    let zeros;
+    let bias: &[f32] = match bias {
+        Some(b) => {
+            b.eval()?;
+            match b.try_as_slice::<f32>() {
+                Ok(s) if s.len() == features => s,
+                _ => return Ok(None),
+            }
+        }
+        None => {
+            zeros = vec![0f32; features];
+            &zeros
+        }
+    };
     let mut out = vec![0f32; src.len()];
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     if threads <= 1 || src.len() < PARALLEL_MIN {
-        gelu_slice(&mut out, src);
+        gelu_rows(&mut out, src, bias);
     } else {
-        let chunk = src.len().div_ceil(threads);
+        let per = (src.len() / features).div_ceil(threads) * features;
         std::thread::scope(|s| {
-            for (o, i) in out.chunks_mut(chunk).zip(src.chunks(chunk)) {
-                s.spawn(move || gelu_slice(o, i));
+            for (o, i) in out.chunks_mut(per).zip(src.chunks(per)) {
+                s.spawn(move || gelu_rows(o, i, bias));
             }
         });
     }

@@ -88,10 +88,15 @@ enum Command {
     },
     /// Load a safetensors file and print its tensors and a checksum computed with MLX.
     Inspect { file: PathBuf },
-    /// Measure fp32 matmul throughput (GFLOP/s) of n×n×n products.
+    /// Measure fp32 matmul throughput (GFLOP/s) of n×n×n products, or of a linear layer
+    /// `[m, k] · [n, k]ᵀ + bias` (what the models run) with --m/--k.
     BenchMatmul {
         #[arg(long, default_value_t = 1024)]
         n: i32,
+        #[arg(long)]
+        m: Option<i32>,
+        #[arg(long)]
+        k: Option<i32>,
         #[arg(long, default_value_t = 20)]
         iters: u32,
     },
@@ -121,7 +126,8 @@ fn main() -> Result<()> {
             bench_forward(&model, batch, seq, iters, &compute_dtype)
         }
         Command::Inspect { file } => inspect(&file),
-        Command::BenchMatmul { n, iters } => bench_matmul(n, iters),
+        Command::BenchMatmul { n, m: None, k: None, iters } => bench_matmul(n, iters),
+        Command::BenchMatmul { n, m, k, iters } => bench_linear(m.unwrap_or(n), k.unwrap_or(n), n, iters),
     }
 }
 
@@ -203,6 +209,26 @@ fn inspect(file: &std::path::Path) -> Result<()> {
         println!("{name}: {:?} {:?}", t.shape(), t.dtype());
     }
     println!("{} tensors, {params} parameters, sum {checksum:.6}, {:.3}s", names.len(), start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn bench_linear(m: i32, k: i32, n: i32, iters: u32) -> Result<()> {
+    blas::report();
+    let x = mlx_rs::random::normal::<f32>(&[m, k], None, None, None)?;
+    let w = mlx_rs::random::normal::<f32>(&[n, k], None, None, None)?;
+    let b = mlx_rs::random::normal::<f32>(&[n], None, None, None)?;
+    mlx_rs::transforms::eval([&x, &w, &b])?;
+    let lin = weights::Linear::Dense { w_t: w.t(), bias: Some(b) };
+    let mut best = f64::INFINITY;
+    for i in 0..iters + 3 {
+        let t = Instant::now();
+        lin.forward(&x)?.eval()?;
+        if i >= 3 {
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+    }
+    let gflops = 2.0 * m as f64 * k as f64 * n as f64 / best / 1e9;
+    println!("mlx-serve-worker linear [{m}, {k}] x [{n}, {k}]^T + bias: best {:.2} ms, {gflops:.1} GFLOP/s", best * 1e3);
     Ok(())
 }
 

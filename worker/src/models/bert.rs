@@ -32,14 +32,19 @@ impl Norm {
         Ok(layer_norm(x, &self.weight, &self.bias, self.eps)?)
     }
 
-    /// `LayerNorm(x + residual)`; fused on the host on the CPU backend (cpu_kernels.rs).
-    fn add_apply(&self, x: &Array, residual: &Array) -> Result<Array> {
+    /// `LayerNorm(x + x_bias + residual)`; fused on the host on the CPU backend
+    /// (cpu_kernels.rs).
+    fn add_apply(&self, x: &Array, x_bias: Option<&Array>, residual: &Array) -> Result<Array> {
         if !cfg!(feature = "metal") {
-            if let Some(y) = add_layer_norm_f32(x, residual, &self.weight, &self.bias, self.eps)? {
+            if let Some(y) = add_layer_norm_f32(x, x_bias, residual, &self.weight, &self.bias, self.eps)? {
                 return Ok(y);
             }
         }
-        self.apply(&x.add(residual)?)
+        let sum = x.add(residual)?;
+        self.apply(&match x_bias {
+            Some(b) => sum.add(b)?,
+            None => sum,
+        })
     }
 }
 
@@ -125,10 +130,13 @@ impl Bert {
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
             let ctx = self.attention(&qkv, inputs, scale)?;
-            let attn = layer.attn_out.forward(&ctx)?;
-            x = layer.attn_norm.add_apply(&attn, &x)?;
-            let h = self.act.apply(&layer.intermediate.forward(&x)?)?;
-            x = layer.out_norm.add_apply(&layer.output.forward(&h)?, &x)?;
+            // Biases of these three go into the next host kernel (Linear::forward_unbiased).
+            let (attn, attn_bias) = layer.attn_out.forward_unbiased(&ctx)?;
+            x = layer.attn_norm.add_apply(&attn, attn_bias, &x)?;
+            let (inter, inter_bias) = layer.intermediate.forward_unbiased(&x)?;
+            let h = self.act.apply_biased(&inter, inter_bias)?;
+            let (out, out_bias) = layer.output.forward_unbiased(&h)?;
+            x = layer.out_norm.add_apply(&out, out_bias, &x)?;
         }
         Ok(x)
     }

@@ -81,14 +81,24 @@ impl Activation {
         })
     }
 
-    /// mlx-rs's versions are `compile`d, so the elementwise chain is one fused kernel.
-    pub fn apply(self, x: &Array) -> Result<Array> {
+    /// `act(x + bias)`. mlx-rs's activations are `compile`d (one fused kernel); on the CPU
+    /// backend GELU and its bias run on the host instead.
+    pub fn apply_biased(self, x: &Array, bias: Option<&Array>) -> Result<Array> {
+        // CPU backend: MLX's compiled erf kernel is scalar on x86 (see cpu_kernels.rs).
+        if matches!(self, Activation::Gelu) && !cfg!(feature = "metal") {
+            if let Some(y) = crate::cpu_kernels::gelu_f32(x, bias)? {
+                return Ok(y);
+            }
+        }
+        let biased;
+        let x = match bias {
+            Some(b) => {
+                biased = x.add(b)?;
+                &biased
+            }
+            None => x,
+        };
         Ok(match self {
-            // CPU backend: MLX's compiled erf kernel is scalar on x86 (see cpu_kernels.rs).
-            Activation::Gelu if !cfg!(feature = "metal") => match crate::cpu_kernels::gelu_f32(x)? {
-                Some(y) => y,
-                None => mlx_rs::nn::gelu(x)?,
-            },
             Activation::Gelu => mlx_rs::nn::gelu(x)?,
             Activation::GeluTanh => mlx_rs::nn::gelu_approximate(x)?,
             Activation::Relu => mlx_rs::nn::relu(x)?,
