@@ -85,8 +85,12 @@ fn store(config: &Config) -> Store {
     Store::new(config.models_dir())
 }
 
+/// One thread: hf-hub spawns a task per 10 MB chunk and they take their turn in spawn
+/// order here, so a file arrives front to back and an interrupted download resumes from
+/// where it stopped (hf-hub only records the contiguous prefix; on a multi-threaded
+/// runtime chunks may finish out of order and a resume may start further back).
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 /// Whether a `pull` argument means a folder: a path that starts like one, or an existing

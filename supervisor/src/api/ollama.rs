@@ -290,13 +290,18 @@ pub async fn pull(State(state): State<SharedState>, body: Result<Bytes, BytesRej
     Ok(resp)
 }
 
-/// Turns a download's progress into NDJSON lines, at most one progress line per file
-/// every [`PullStream::PERIOD`], every status line once.
+/// Turns a download's progress into NDJSON lines: every status line once, in order, and
+/// the progress of the file being pulled at most every [`PullStream::PERIOD`]. Files are
+/// pulled one after another, so when a new status arrives the previous file's progress
+/// is final and is sent first (a watcher that woke late still reports 100 %).
 struct PullStream {
     download: std::sync::Arc<Download>,
     rx: tokio::sync::watch::Receiver<crate::downloads::Progress>,
     statuses_sent: usize,
-    last_progress: Option<(String, u64)>,
+    /// The file of the last "pulling FILE" status.
+    current: Option<String>,
+    /// Bytes last reported per file.
+    reported: std::collections::HashMap<String, u64>,
     finished: bool,
 }
 
@@ -305,7 +310,17 @@ impl PullStream {
 
     fn new(download: std::sync::Arc<Download>) -> PullStream {
         let rx = download.subscribe();
-        PullStream { download, rx, statuses_sent: 0, last_progress: None, finished: false }
+        PullStream { download, rx, statuses_sent: 0, current: None, reported: Default::default(), finished: false }
+    }
+
+    /// A progress line for `file` unless its byte count was already reported.
+    fn file_progress(&mut self, p: &crate::downloads::Progress, file: &str, out: &mut String) {
+        if let Some((f, completed, total)) = p.files.iter().find(|f| f.0 == file) {
+            if self.reported.get(f) != Some(completed) {
+                self.reported.insert(f.clone(), *completed);
+                out.push_str(&progress_line(f, *completed, *total));
+            }
+        }
     }
 
     /// The lines to send next, or None when the stream is over.
@@ -317,16 +332,25 @@ impl PullStream {
             let p = self.rx.borrow_and_update().clone();
             let mut out = String::new();
             for status in &p.history[self.statuses_sent.min(p.history.len())..] {
-                out.push_str(&line(status, &p));
+                if let Some(prev) = self.current.take() {
+                    self.file_progress(&p, &prev, &mut out);
+                }
+                match status.strip_prefix("pulling ").filter(|f| *f != "manifest") {
+                    Some(file) => {
+                        // Before its first bytes (or when it came from the cache) the
+                        // file has no progress yet: send the bare status.
+                        if !p.files.iter().any(|x| x.0 == file) {
+                            out.push_str(&format!("{}\n", json!({"status": status})));
+                        }
+                        self.file_progress(&p, file, &mut out);
+                        self.current = Some(file.to_owned());
+                    }
+                    None => out.push_str(&format!("{}\n", json!({"status": status}))),
+                }
             }
             self.statuses_sent = p.history.len();
-            if let Some(file) = p.status.strip_prefix("pulling ") {
-                if let Some((f, completed, total)) = p.files.iter().find(|f| f.0 == file) {
-                    if self.last_progress.as_ref() != Some(&(f.clone(), *completed)) {
-                        self.last_progress = Some((f.clone(), *completed));
-                        out.push_str(&progress_line(f, *completed, *total));
-                    }
-                }
+            if let Some(cur) = self.current.clone() {
+                self.file_progress(&p, &cur, &mut out);
             }
             match &p.done {
                 Some(Ok(_)) => {
@@ -353,13 +377,6 @@ impl PullStream {
 
 fn progress_line(file: &str, completed: u64, total: u64) -> String {
     format!("{}\n", json!({"status": format!("pulling {file}"), "digest": file, "total": total, "completed": completed}))
-}
-
-fn line(status: &str, p: &crate::downloads::Progress) -> String {
-    match status.strip_prefix("pulling ").and_then(|f| p.files.iter().find(|x| x.0 == f)) {
-        Some((f, completed, total)) => progress_line(f, *completed, *total),
-        None => format!("{}\n", json!({"status": status})),
-    }
 }
 
 pub async fn version() -> Json<Value> {
