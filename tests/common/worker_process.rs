@@ -63,7 +63,7 @@ pub struct Worker {
 
 /// What the worker said after Hello.
 pub enum Started {
-    Ready(Worker, ModelInfo),
+    Ready(Box<Worker>, ModelInfo),
     LoadFailed { reason: String, status: Option<ExitStatus>, stderr: String },
 }
 
@@ -116,7 +116,7 @@ impl Worker {
         match w.recv()? {
             WorkerMessage::Ready(info) => {
                 w.conn.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-                Ok(Started::Ready(w, info))
+                Ok(Started::Ready(Box::new(w), info))
             }
             WorkerMessage::LoadFailed { reason } => {
                 let status = w.wait_exit(Duration::from_secs(20));
@@ -130,7 +130,7 @@ impl Worker {
     /// Starts a worker that must load.
     pub fn ready(model: &Path, extra: &[&str]) -> Result<(Worker, ModelInfo)> {
         match Worker::start(model, extra)? {
-            Started::Ready(w, info) => Ok((w, info)),
+            Started::Ready(w, info) => Ok((*w, info)),
             Started::LoadFailed { reason, .. } => bail!("{} failed to load: {reason}", model.display()),
         }
     }
