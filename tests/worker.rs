@@ -226,6 +226,32 @@ fn bf16_weights_in_shards_load_and_compute_in_f32() {
     assert!(min_cos >= 0.99, "bf16 weights: min cosine {min_cos}");
 }
 
+#[test]
+fn half_precision_compute_runs_the_mlx_kernel_path() {
+    // --compute-dtype bfloat16/float16 bypasses the f32 host kernels, so every model runs
+    // on MLX's own attention, GELU and norms: the path a GPU (Metal) build takes.
+    for (name, dtype) in [("tiny-bert-embed", "bfloat16"), ("tiny-xlmr-embed", "float16"), ("tiny-qwen3-embed", "bfloat16")] {
+        let reference = fixtures::embed_reference(name).unwrap();
+        let (mut w, info) = Worker::ready(&fixtures::model_dir(name), &["--compute-dtype", dtype]).unwrap();
+        assert_eq!(info.compute_dtype, dtype);
+        let mut min_cos = 1.0f64;
+        for case in &reference.cases {
+            let rows = w.embed(batch(&case.input_ids, case.token_type_ids.as_ref())).unwrap();
+            for (got, want) in rows.iter().zip(&case.embeddings) {
+                min_cos = min_cos.min(cosine(got, want));
+            }
+        }
+        eprintln!("{name} computed in {dtype}: min cosine to the f32 reference {min_cos:.5}");
+        assert!(min_cos >= 0.99, "{name} in {dtype}: min cosine {min_cos}");
+    }
+    let reference = fixtures::rerank_reference("tiny-bert-rerank").unwrap();
+    let (mut w, _) = Worker::ready(&fixtures::model_dir("tiny-bert-rerank"), &["--compute-dtype", "float16"]).unwrap();
+    for case in &reference.cases {
+        let scores = w.score(batch(&case.pairs_input_ids, case.pairs_token_type_ids.as_ref())).unwrap();
+        assert!(max_abs_diff(&scores, &case.scores) < 0.02, "{}: {scores:?} vs {:?}", case.name, case.scores);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Faults
 // ---------------------------------------------------------------------------------------
