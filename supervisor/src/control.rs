@@ -238,7 +238,7 @@ async fn worker_row(e: &ModelEntry) -> WorkerRow {
         in_flight: s.in_flight,
         batches: s.batches,
         memory_bytes: memory_bytes.or(s.worker_stats.filter(|_| loaded).map(|w| w.rss_bytes)),
-        preload: e.runner.preload,
+        preload: e.runner.is_preloaded(),
         last_error: s.last_error,
     }
 }

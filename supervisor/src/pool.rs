@@ -35,7 +35,7 @@ pub struct ModelEntry {
 
 #[derive(Debug, Clone)]
 pub enum ResolveError {
-    NotFound(String),
+    NotFound,
     Broken(String),
 }
 
@@ -67,14 +67,10 @@ impl Pool {
         &self.inner.store
     }
 
-    pub fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
     /// The entry for `requested` (a store name or `org/name` repo id), creating its
     /// runner on first use.
     pub async fn get(&self, requested: &str) -> Result<Arc<ModelEntry>, ResolveError> {
-        let dir = self.inner.store.find(requested).ok_or_else(|| ResolveError::NotFound(requested.to_owned()))?;
+        let dir = self.inner.store.find(requested).ok_or_else(|| ResolveError::NotFound)?;
         let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or(requested).to_owned();
         if let Some(e) = self.inner.entries.lock().unwrap().get(&name) {
             return Ok(e.clone());
@@ -180,7 +176,7 @@ impl Pool {
             return;
         }
         // Least recently used first; preloaded models last.
-        loaded.sort_by_key(|e| (e.runner.preload, e.runner.status.lock().unwrap().last_used));
+        loaded.sort_by_key(|e| (e.runner.is_preloaded(), e.runner.status.lock().unwrap().last_used));
         let mut excess = loaded.len() + 1 - limit;
         for e in loaded {
             if excess == 0 {
@@ -210,7 +206,7 @@ impl Pool {
             tokio::time::sleep(period).await;
             for e in self.entries() {
                 let idle_for = Instant::now().saturating_duration_since(e.runner.status.lock().unwrap().last_used);
-                if e.runner.preload || !e.runner.is_loaded() || !e.runner.is_idle() || idle_for < ttl {
+                if e.runner.is_preloaded() || !e.runner.is_loaded() || !e.runner.is_idle() || idle_for < ttl {
                     continue;
                 }
                 if e.runner.evict().await.is_ok() {

@@ -122,7 +122,10 @@ pub enum PoolRequest {
 pub struct RunnerHandle {
     pub name: String,
     pub kind: ModelKind,
-    pub preload: bool,
+    /// Preloaded models stay through TTL sweeps and are evicted last. Set at creation
+    /// when `models.preload` names the store folder, or later by the preload task (which
+    /// may only know the model's alias until its download finished).
+    preloaded: Arc<std::sync::atomic::AtomicBool>,
     tx: mpsc::UnboundedSender<RunnerMsg>,
     queued: Arc<AtomicUsize>,
     max_queue: usize,
@@ -155,6 +158,14 @@ impl RunnerHandle {
             return Err(JobError::Unavailable("server is shutting down".into()));
         }
         Ok(rx)
+    }
+
+    pub fn is_preloaded(&self) -> bool {
+        self.preloaded.load(Ordering::SeqCst)
+    }
+
+    pub fn mark_preloaded(&self) {
+        self.preloaded.store(true, Ordering::SeqCst);
     }
 
     pub fn queued(&self) -> usize {
@@ -304,7 +315,7 @@ pub fn spawn_runner(
         internal_tx,
     };
     tokio::spawn(runner.run(rx, internal_rx));
-    RunnerHandle { name, kind, preload, tx, queued, max_queue: cfg.max_queue, status }
+    RunnerHandle { name, kind, preloaded: Arc::new(preload.into()), tx, queued, max_queue: cfg.max_queue, status }
 }
 
 async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<WorkerEvent>>) -> WorkerEvent {

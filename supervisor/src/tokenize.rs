@@ -57,7 +57,6 @@ pub struct ModelTokenizer {
     rerank_template: Option<(Vec<u32>, Vec<u32>, Tokenizer)>,
     pub max_tokens: usize,
     pub family: Family,
-    pub pooling: Pooling,
 }
 
 fn truncation(max_length: usize) -> TruncationParams {
@@ -105,7 +104,7 @@ impl ModelTokenizer {
         } else {
             None
         };
-        Ok(ModelTokenizer { tokenizer, rerank_template, max_tokens, family: facts.family, pooling: facts.pooling })
+        Ok(ModelTokenizer { tokenizer, rerank_template, max_tokens, family: facts.family })
     }
 
     fn check(&self, enc: &Encoding, index: usize, truncate: bool) -> Result<(), TokenizeError> {

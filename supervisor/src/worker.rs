@@ -46,8 +46,6 @@ pub struct WorkerProcess {
     child: Child,
     outbox: mpsc::UnboundedSender<Vec<u8>>,
     socket_path: PathBuf,
-    /// Last lines the worker wrote to stderr (why it died, usually).
-    pub stderr_tail: Arc<Mutex<VecDeque<String>>>,
 }
 
 /// Locates `mlx-serve-worker`: `MLX_SERVE_WORKER_BIN`, else beside this executable.
@@ -199,7 +197,7 @@ impl WorkerProcess {
         tokio::spawn(reader_task(stream.clone(), events_tx, stderr_tail.clone()));
         let (outbox, outbox_rx) = mpsc::unbounded_channel();
         tokio::spawn(writer_task(stream, outbox_rx));
-        Ok((WorkerProcess { pid, info, child, outbox, socket_path, stderr_tail }, events_rx))
+        Ok((WorkerProcess { pid, info, child, outbox, socket_path }, events_rx))
     }
 
     /// Queues a message for the worker. Fails only when the writer is gone (worker died;

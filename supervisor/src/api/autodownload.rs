@@ -124,6 +124,7 @@ pub async fn preload(state: super::SharedState, requested: String) {
             download.wait().await.map_err(|e| e.message)?;
         }
         let entry = state.pool.get(&target.name).await.map_err(|e| format!("{e:?}"))?;
+        entry.runner.mark_preloaded();
         entry.runner.load().await.map_err(|e| e.to_string())
     };
     if let Err(e) = loaded.await {

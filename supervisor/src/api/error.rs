@@ -76,10 +76,6 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
 
-    pub fn unsupported_media(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request_error", message)
-    }
-
     pub fn with_code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self

@@ -50,13 +50,13 @@ pub async fn resolve(state: &AppState, model: &str, kind: Option<ModelKind>) -> 
     // downloaded first (api/autodownload.rs).
     let target = autodownload::resolve_name(state, model)?;
     let mut entry = state.pool.get(&target.name).await;
-    if matches!(entry, Err(ResolveError::NotFound(_))) {
+    if matches!(entry, Err(ResolveError::NotFound)) {
         autodownload::ensure_installed(state, model, &target).await?;
         entry = state.pool.get(&target.name).await;
     }
     let entry = match entry {
         Ok(e) => e,
-        Err(ResolveError::NotFound(_)) => return Err(ApiError::model_not_found(model)),
+        Err(ResolveError::NotFound) => return Err(ApiError::model_not_found(model)),
         Err(ResolveError::Broken(reason)) => return Err(ApiError::internal(reason).with_code("model_unusable")),
     };
     if let Some(kind) = kind {

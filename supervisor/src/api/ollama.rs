@@ -164,7 +164,7 @@ pub async fn ps(State(state): State<SharedState>) -> Json<Value> {
         let idle = status.last_used.elapsed().as_secs();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let mut v = model_json(m);
-        v["expires_at"] = json!(if ttl == 0 || e.runner.preload { rfc3339(now + 100 * 365 * 86_400) } else { rfc3339(now + ttl.saturating_sub(idle)) });
+        v["expires_at"] = json!(if ttl == 0 || e.runner.is_preloaded() { rfc3339(now + 100 * 365 * 86_400) } else { rfc3339(now + ttl.saturating_sub(idle)) });
         v["size_vram"] = json!(status.worker_stats.map(|s| s.rss_bytes).unwrap_or(m.size_bytes));
         v["state"] = json!(status.state.as_str());
         models.push(v);
