@@ -349,3 +349,35 @@ fn ready_and_health() {
     let (status, ready) = server.get("/ready");
     assert_eq!((status, ready["status"].as_str()), (200, Some("ready")));
 }
+
+#[test]
+fn poison_input_fails_alone_after_two_crashes() {
+    // The worker aborts on any batch holding token 7777 (test fault injection), like an
+    // MLX abort on a bad input would. Token 7777 is an ordinary vocabulary id.
+    let server = Arc::new(Server::start(ServerOptions {
+        models: vec![MINILM],
+        env: vec![("MLX_SERVE_WORKER_ABORT_ON_TOKEN".into(), "7777".into())],
+        config: Some("batch:\n  max_wait_ms: 50\n".into()),
+        ..Default::default()
+    }));
+    let (status, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm up"}));
+    assert_eq!(status, 200);
+    let mut handles = Vec::new();
+    for c in 0..8 {
+        let server = server.clone();
+        handles.push(std::thread::spawn(move || {
+            server.post("/v1/embeddings", &json!({"model": MINILM, "input": format!("innocent request {c} {}", "words ".repeat(30))}))
+        }));
+    }
+    let poison = server.post("/v1/embeddings", &json!({"model": MINILM, "input": [[101, 7777, 102]]}));
+    for h in handles {
+        let (status, resp) = h.join().unwrap();
+        assert_eq!(status, 200, "an innocent request failed: {resp}");
+    }
+    assert_eq!(poison.0, 500, "{}", poison.1);
+    let message = poison.1["error"]["message"].as_str().unwrap();
+    assert!(message.contains("crashed twice"), "{message}");
+    // The model keeps serving.
+    let (status, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "still alive"}));
+    assert_eq!(status, 200);
+}

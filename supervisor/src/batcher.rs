@@ -4,7 +4,8 @@
 //! batch: everything when it fits, otherwise a window of items of similar length that
 //! includes the oldest item (so nothing starves), chosen to waste the least padding,
 //! within `max_batch_size` sequences and `max_batch_tokens` padded tokens. Items of a
-//! batch that was lost in a worker crash go back to the head of the queue.
+//! batch that was lost in a worker crash go back to the head of the queue and are then
+//! sent one per batch, so a poison input is found and fails alone.
 //!
 //! When to dispatch (work-conserving, pipelined) is the runner's decision; see
 //! `runner.rs`.
@@ -63,6 +64,11 @@ impl Queue {
         }
     }
 
+    /// True when the next item survived a worker crash (it will be sent alone).
+    pub fn head_is_suspect(&self) -> bool {
+        self.items.front().is_some_and(|i| i.crashes > 0)
+    }
+
     /// When the oldest item arrived.
     pub fn oldest(&self) -> Option<Instant> {
         self.items.iter().map(|i| i.enqueued).min()
@@ -90,6 +96,11 @@ impl Queue {
         let n = self.items.len();
         if n == 0 {
             return Vec::new();
+        }
+        // An item that was in flight when a worker crashed goes alone: if it is what kills
+        // the worker, the next crash then fails only it, not its batch mates.
+        if self.items[0].crashes > 0 {
+            return vec![self.items.pop_front().unwrap()];
         }
         let max_size = limits.max_batch_size.max(1);
         let longest = self.items.iter().map(Item::len).max().unwrap_or(0);
@@ -195,6 +206,18 @@ mod tests {
         assert_eq!(b.len(), 2, "2 × 400 fits 1000, 3 × 400 does not");
         let huge = Limits { max_batch_size: 4, max_batch_tokens: 10 };
         assert_eq!(q.plan(huge).len(), 1, "an item over budget still goes alone");
+    }
+
+    #[test]
+    fn crash_survivors_go_alone() {
+        let mut q = Queue::default();
+        let mut suspect = item(0, 5);
+        suspect.crashes = 1;
+        q.requeue_front(vec![suspect, { let mut s = item(1, 5); s.crashes = 1; s }]);
+        q.push(item(2, 5));
+        assert_eq!(q.plan(LIMITS).iter().map(|i| i.job).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(q.plan(LIMITS).iter().map(|i| i.job).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(q.plan(LIMITS).len(), 1);
     }
 
     #[test]

@@ -642,6 +642,12 @@ impl Runner {
             return;
         }
         while self.worker.is_some() && self.in_flight.len() < PIPELINE_DEPTH && !self.queue.is_empty() {
+            // Crash survivors run alone, with nothing else in flight beside them: a second
+            // crash then convicts exactly one input.
+            let suspect_in_flight = self.in_flight.values().any(|b| b.items.iter().any(|i| i.crashes > 0));
+            if suspect_in_flight || (self.queue.head_is_suspect() && !self.in_flight.is_empty()) {
+                break;
+            }
             let go = self.in_flight.is_empty()
                 || self.queue.has_full_batch(self.cfg.limits)
                 || self.queue.oldest().is_some_and(|t| t + self.cfg.max_wait <= now);

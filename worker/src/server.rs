@@ -31,6 +31,15 @@ pub const EXIT_BROKEN_STREAM: i32 = 3;
 /// After this long without a message, MLX's buffer cache is returned to the system.
 const IDLE_RELEASE: Duration = Duration::from_secs(2);
 
+/// Fault injection for the supervisor's crash-recovery tests: when set to a token id, the
+/// worker aborts (like an MLX abort would) on any batch containing that id. Never set in
+/// normal operation; the tests set it to check that a poison input fails alone.
+const ABORT_ON_TOKEN_ENV: &str = "MLX_SERVE_WORKER_ABORT_ON_TOKEN";
+
+fn abort_on_token() -> Option<u32> {
+    std::env::var(ABORT_ON_TOKEN_ENV).ok().and_then(|v| v.parse().ok())
+}
+
 enum Incoming {
     Message(SupervisorMessage),
     Eof,
@@ -90,6 +99,7 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
         }
     })?;
 
+    let poison = abort_on_token();
     let mut idle_released = false;
     loop {
         let item = match rx.recv_timeout(IDLE_RELEASE) {
@@ -104,6 +114,14 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             Err(RecvTimeoutError::Disconnected) => return Ok(0),
         };
         idle_released = false;
+        if let (Some(t), Incoming::Message(SupervisorMessage::Embed { batch, .. } | SupervisorMessage::Score { batch, .. })) =
+            (poison, &item)
+        {
+            if batch.tokens.contains(&t) {
+                eprintln!("mlx-serve-worker: {ABORT_ON_TOKEN_ENV}={t} found in a batch; aborting");
+                std::process::abort();
+            }
+        }
         let reply = match item {
             Incoming::Eof => return Ok(0),
             Incoming::Broken(e) => {
