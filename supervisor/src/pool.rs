@@ -44,6 +44,9 @@ struct PoolInner {
     config: Arc<Config>,
     runner_cfg: RunnerConfig,
     entries: Mutex<HashMap<String, Arc<ModelEntry>>>,
+    /// Serializes first-use creation, so a burst of requests for a new model loads its
+    /// tokenizer once (64 parallel loads of a tokenizer.json cost ~300 MB of heap).
+    creating: tokio::sync::Mutex<()>,
     requests: mpsc::UnboundedSender<PoolRequest>,
 }
 
@@ -56,7 +59,7 @@ impl Pool {
     pub fn new(store: Store, config: Arc<Config>, runner_cfg: RunnerConfig) -> Pool {
         let (tx, rx) = mpsc::unbounded_channel();
         let pool = Pool {
-            inner: Arc::new(PoolInner { store, config, runner_cfg, entries: Mutex::new(HashMap::new()), requests: tx }),
+            inner: Arc::new(PoolInner { store, config, runner_cfg, entries: Mutex::new(HashMap::new()), creating: tokio::sync::Mutex::new(()), requests: tx }),
         };
         tokio::spawn(pool.clone().serve_requests(rx));
         tokio::spawn(pool.clone().sweep_idle());
@@ -72,6 +75,10 @@ impl Pool {
     pub async fn get(&self, requested: &str) -> Result<Arc<ModelEntry>, ResolveError> {
         let dir = self.inner.store.find(requested).ok_or_else(|| ResolveError::NotFound)?;
         let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or(requested).to_owned();
+        if let Some(e) = self.inner.entries.lock().unwrap().get(&name) {
+            return Ok(e.clone());
+        }
+        let _creating = self.inner.creating.lock().await;
         if let Some(e) = self.inner.entries.lock().unwrap().get(&name) {
             return Ok(e.clone());
         }

@@ -28,7 +28,8 @@ use crate::weights::{dtype_name, LoadPolicy, Weights};
 
 /// Default bound on MLX's buffer cache: enough to reuse a batch's buffers, small enough that
 /// an idle worker does not hold on to its peak.
-pub const DEFAULT_CACHE_LIMIT_MB: usize = 256;
+/// (64 MiB: same MiniLM throughput as 256 over HTTP, worker RSS 184 vs 375 MiB under load.)
+pub const DEFAULT_CACHE_LIMIT_MB: usize = 64;
 
 /// How to load a model.
 #[derive(Debug, Clone)]
