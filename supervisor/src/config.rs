@@ -188,7 +188,7 @@ impl Default for ModelsConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { max_embedding_models: 2, max_reranker_models: 1, ttl_seconds: 1800, worker_cache_limit_mb: 64 }
+        CacheConfig { max_embedding_models: 2, max_reranker_models: 1, ttl_seconds: 1800, worker_cache_limit_mb: 512 }
     }
 }
 
