@@ -598,3 +598,36 @@ fn preload_downloads_a_missing_alias_then_loads_it() {
     assert_eq!(store_entries(server.home.path()), vec!["mini"]);
     assert_eq!(server.stop(), Some(0));
 }
+
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap().flatten() {
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+#[test]
+fn cli_remove_stops_the_running_servers_worker_first() {
+    let server = Server::start(ServerOptions::default());
+    let store = server.home.path().join("models").join("tiny-bert-embed");
+    copy_tree(&mlx_serve_tests::fixtures::model_dir("tiny-bert-embed"), &store);
+    let (status, _) = server.post("/v1/embeddings", &json!({"model": "tiny-bert-embed", "input": "hello"}));
+    assert_eq!(status, 200);
+    let worker = server.worker_pids()[0];
+    let out = Command::new(binary("mlx-serve"))
+        .args(["remove", "tiny-bert-embed"])
+        .env("MLX_SERVE_HOME", server.home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!store.exists());
+    assert!(!Path::new(&format!("/proc/{worker}")).exists(), "the worker was stopped before its files went away");
+    assert!(server.worker_pids().is_empty());
+    let (status, _) = server.post("/v1/embeddings", &json!({"model": "tiny-bert-embed", "input": "hello"}));
+    assert_eq!(status, 404);
+}

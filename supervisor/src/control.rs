@@ -36,6 +36,9 @@ pub enum Request {
     Evict { model: String },
     /// Stop and start the model's worker (in-flight work finishes first).
     Restart { model: String },
+    /// Stop the model's worker and forget its runner: its files are about to be removed
+    /// (`mlx-serve remove`). Answers ok when the model was not in use.
+    Forget { model: String },
 }
 
 /// The line the daemon answers with: `{"ok": true, "result": …}` or `{"ok": false, "error": …}`.
@@ -192,6 +195,10 @@ async fn handle(state: &SharedState, addr: SocketAddr, request: Request) -> Resu
             tracing::info!(model = %entry.name, reason = "ctl", "evicted worker");
             Ok(serde_json::json!({"model": entry.name}))
         }
+        Request::Forget { model } => {
+            state.pool.forget(&model).await;
+            Ok(serde_json::json!({"model": model}))
+        }
         Request::Restart { model } => {
             let entry = known_entry(state, &model).await?;
             let old_pid = entry.runner.status.lock().unwrap().pid;
@@ -293,6 +300,7 @@ pub fn ctl_command(port: u16, request: Request, json: bool, timeout: Duration) -
             result["seconds"].as_f64().unwrap_or_default()
         ),
         Request::Evict { .. } => println!("evicted {}", result["model"].as_str().unwrap_or_default()),
+        Request::Forget { .. } => println!("stopped {}", result["model"].as_str().unwrap_or_default()),
         Request::Restart { .. } => println!(
             "restarted {} (worker pid {} → {})",
             result["model"].as_str().unwrap_or_default(),

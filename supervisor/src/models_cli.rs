@@ -287,6 +287,13 @@ pub fn show_cmd(config: &Config, args: ShowArgs) -> Result<()> {
 pub fn remove_cmd(config: &Config, args: RemoveArgs) -> Result<()> {
     let store = store(config);
     let (name, path) = find_installed(config, &store, &args.model)?;
+    // Running servers of this home stop the model's worker first (their control sockets).
+    for (port, _pid, _) in crate::lifecycle::running() {
+        let forget = crate::control::Request::Forget { model: name.clone() };
+        if let Err(e) = crate::control::request(port, &forget, std::time::Duration::from_secs(30)) {
+            eprintln!("warning: could not ask the server on port {port} to stop {name}'s worker: {e:#}");
+        }
+    }
     // Rename first: the name disappears at once, even if deleting many files takes time.
     let trash = store.dir().join(format!(".deleting-{name}-{}", std::process::id()));
     std::fs::rename(&path, &trash).with_context(|| format!("cannot remove {}", path.display()))?;
