@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use mlx_serve_tests::cli::{self, Output};
 use mlx_serve_tests::fake_hub::{folder_files, FakeHub};
 use mlx_serve_tests::fixtures::{cosine, embed_reference, minilm_dir};
 use mlx_serve_tests::server::{binary, run_client, Server, ServerOptions};
@@ -28,17 +29,11 @@ fn minilm_repo() -> Vec<(String, Vec<u8>)> {
     files
 }
 
-struct CliOut {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `mlx-serve ARGS` with its own home, the fake hub as HF_ENDPOINT and an HF cache
 /// under the home; killed after 180 s.
-fn mlx_serve(home: &Path, hub: &FakeHub, args: &[&str]) -> CliOut {
-    let mut child = Command::new(binary("mlx-serve"))
-        .args(args)
+fn mlx_serve(home: &Path, hub: &FakeHub, args: &[&str]) -> Output {
+    let mut cmd = Command::new(binary("mlx-serve"));
+    cmd.args(args)
         .env("MLX_SERVE_HOME", home)
         .env("MLX_SERVE_WORKER_BIN", binary("mlx-serve-worker"))
         .env("HF_ENDPOINT", hub.endpoint())
@@ -46,35 +41,8 @@ fn mlx_serve(home: &Path, hub: &FakeHub, args: &[&str]) -> CliOut {
         .env_remove("MLX_SERVE_CONFIG")
         .env_remove("MLX_SERVE_MODELS_DIR")
         .env_remove("HF_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run mlx-serve");
-    let mut out_pipe = child.stdout.take().unwrap();
-    let mut err_pipe = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out_pipe.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("mlx-serve {args:?} did not finish in 180 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    CliOut { ok: status.success(), stdout: out_t.join().unwrap(), stderr: err_t.join().unwrap() }
+        .stdin(Stdio::null());
+    cli::run(cmd, Duration::from_secs(180))
 }
 
 fn models_dir(home: &Path) -> PathBuf {
@@ -118,7 +86,7 @@ fn pull_by_repo_alias_and_folder_then_list_show_remove() {
 
     // By repo id.
     let out = mlx_serve(home.path(), &hub, &["pull", "sentence-transformers/all-MiniLM-L6-v2"]);
-    assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("installed all-MiniLM-L6-v2"), "{}", out.stdout);
     // Not a terminal: plain progress lines.
     assert!(out.stderr.contains("model.safetensors: 100%"), "{}", out.stderr);
@@ -145,18 +113,18 @@ fn pull_by_repo_alias_and_folder_then_list_show_remove() {
     // Again: the revision is unchanged, nothing is downloaded.
     hub.clear_requests();
     let out = mlx_serve(home.path(), &hub, &["pull", "sentence-transformers/all-MiniLM-L6-v2"]);
-    assert!(out.ok && out.stdout.contains("up to date"), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.ok() && out.stdout.contains("up to date"), "{}\n{}", out.stdout, out.stderr);
     assert!(hub.requests().iter().all(|r| !r.contains("/resolve/") && !r.contains("/cdn/")), "{:?}", hub.requests());
 
     // By a user alias from config.yaml.
     let out = mlx_serve(home.path(), &hub, &["pull", "tiny"]);
-    assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
     assert_eq!(metadata(home.path(), "mini-copy")["repo"], "acme/mini-copy");
 
     // From a folder, under another name.
     let folder = minilm_dir().unwrap();
     let out = mlx_serve(home.path(), &hub, &["pull", folder.to_str().unwrap(), "--name", "minilm-local"]);
-    assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
     let meta = metadata(home.path(), "minilm-local");
     assert_eq!(meta["source_type"], "folder");
     assert_eq!(meta["revision"], Value::Null);
@@ -166,11 +134,11 @@ fn pull_by_repo_alias_and_folder_then_list_show_remove() {
     );
     // The same name twice is refused, not overwritten.
     let out = mlx_serve(home.path(), &hub, &["pull", folder.to_str().unwrap(), "--name", "minilm-local"]);
-    assert!(!out.ok && out.stderr.contains("already installed"), "{}", out.stderr);
+    assert!(!out.ok() && out.stderr.contains("already installed"), "{}", out.stderr);
 
     // list, show, remove.
     let out = mlx_serve(home.path(), &hub, &["list"]);
-    assert!(out.ok, "{}", out.stderr);
+    assert!(out.ok(), "{}", out.stderr);
     for name in ["all-MiniLM-L6-v2", "mini-copy", "minilm-local"] {
         let line = out.stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}:\n{}", out.stdout));
         assert!(line.contains("embedding") && line.contains("BertModel") && line.contains("MiB"), "{line}");
@@ -185,10 +153,10 @@ fn pull_by_repo_alias_and_folder_then_list_show_remove() {
     let out = mlx_serve(home.path(), &hub, &["list", "--aliases"]);
     assert!(out.stdout.contains("qwen-embedding") && out.stdout.contains("tiny "), "{}", out.stdout);
     let out = mlx_serve(home.path(), &hub, &["remove", "minilm-local"]);
-    assert!(out.ok, "{}", out.stderr);
+    assert!(out.ok(), "{}", out.stderr);
     assert_eq!(store_entries(home.path()), vec!["all-MiniLM-L6-v2", "mini-copy"]);
     let out = mlx_serve(home.path(), &hub, &["remove", "minilm-local"]);
-    assert!(!out.ok && out.stderr.contains("not installed"), "{}", out.stderr);
+    assert!(!out.ok() && out.stderr.contains("not installed"), "{}", out.stderr);
 }
 
 #[test]
@@ -206,28 +174,28 @@ fn pulls_that_must_fail_leave_nothing_behind() {
     let home = tempfile::tempdir().unwrap();
 
     let out = mlx_serve(home.path(), &hub, &["pull", "acme/does-not-exist"]);
-    assert!(!out.ok);
+    assert!(!out.ok());
     assert!(out.stderr.contains("acme/does-not-exist was not found") && out.stderr.contains("HTTP 404"), "{}", out.stderr);
 
     let out = mlx_serve(home.path(), &hub, &["pull", "acme/pickled"]);
-    assert!(!out.ok);
+    assert!(!out.ok());
     assert!(out.stderr.contains("only pickle weights (pytorch_model.bin)") && out.stderr.contains("safetensors only"), "{}", out.stderr);
     assert!(hub.requests().iter().all(|r| !r.contains("pytorch_model.bin")), "pickle was fetched");
 
     // An architecture the worker cannot run is refused before its weights are downloaded.
     let out = mlx_serve(home.path(), &hub, &["pull", "acme/gpt2-like"]);
-    assert!(!out.ok);
+    assert!(!out.ok());
     assert!(out.stderr.contains("unsupported architecture"), "{}", out.stderr);
     assert!(body_requests(&hub, "gpt2-like/resolve/main/model.safetensors").is_empty(), "{:?}", hub.requests());
 
     for bad in ["../evil", "a/b", ".."] {
         let out = mlx_serve(home.path(), &hub, &["pull", "acme/pickled", "--name", bad]);
-        assert!(!out.ok && out.stderr.contains("invalid model name"), "{bad}: {}", out.stderr);
+        assert!(!out.ok() && out.stderr.contains("invalid model name"), "{bad}: {}", out.stderr);
     }
     let out = mlx_serve(home.path(), &hub, &["pull", "nonsense-name"]);
-    assert!(!out.ok && out.stderr.contains("not a Hugging Face repo id"), "{}", out.stderr);
+    assert!(!out.ok() && out.stderr.contains("not a Hugging Face repo id"), "{}", out.stderr);
     let out = mlx_serve(home.path(), &hub, &["pull", "./no/such/folder"]);
-    assert!(!out.ok && out.stderr.contains("No such file"), "{}", out.stderr);
+    assert!(!out.ok() && out.stderr.contains("No such file"), "{}", out.stderr);
 
     let entries = store_entries(home.path());
     assert!(entries.is_empty(), "store should be empty: {entries:?}");
@@ -244,7 +212,7 @@ fn dropped_connection_leaves_no_half_model_and_the_rerun_resumes() {
     let home = tempfile::tempdir().unwrap();
 
     let out = mlx_serve(home.path(), &hub, &["pull", "acme/minilm"]);
-    assert!(!out.ok, "the pull should fail:\n{}", out.stdout);
+    assert!(!out.ok(), "the pull should fail:\n{}", out.stdout);
     assert!(out.stderr.contains("downloading model.safetensors") && out.stderr.contains("failed"), "{}", out.stderr);
     assert!(store_entries(home.path()).is_empty(), "half model left: {:?}", store_entries(home.path()));
     let first_run = body_requests(&hub, &sha);
@@ -255,7 +223,7 @@ fn dropped_connection_leaves_no_half_model_and_the_rerun_resumes() {
     std::fs::create_dir_all(stale.join("1_Pooling")).unwrap();
     hub.clear_requests();
     let out = mlx_serve(home.path(), &hub, &["pull", "acme/minilm"]);
-    assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
     assert_eq!(std::fs::read(models_dir(home.path()).join("minilm/model.safetensors")).unwrap(), weights);
     assert_eq!(store_entries(home.path()), vec!["minilm"]);
     // The rerun resumed from the last complete chunk instead of starting over.
@@ -328,15 +296,15 @@ fn quantized_models_pull_list_and_serve() {
 
     // pull --quantize installs only the quantized variant.
     let out = mlx_serve(home, &hub, &["pull", "minilm", "--quantize", "8bit"]);
-    assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
     assert_eq!(store_entries(home), vec!["all-MiniLM-L6-v2-8bit"]);
     let out = mlx_serve(home, &hub, &["pull", "minilm"]);
-    assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
     let out = mlx_serve(home, &hub, &["quantize", "minilm", "--bits", "4"]);
-    assert!(out.ok, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("installed all-MiniLM-L6-v2-4bit"), "{}", out.stdout);
     let out = mlx_serve(home, &hub, &["quantize", "minilm", "--bits", "4"]);
-    assert!(!out.ok && out.stderr.contains("already exists"), "{}", out.stderr);
+    assert!(!out.ok() && out.stderr.contains("already exists"), "{}", out.stderr);
     assert_eq!(store_entries(home), vec!["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-4bit", "all-MiniLM-L6-v2-8bit"]);
 
     let f32_size = source_file("model.safetensors").len() as u64;
