@@ -245,7 +245,7 @@ fn find_installed(config: &Config, store: &Store, requested: &str) -> Result<(St
 pub fn show_cmd(config: &Config, args: ShowArgs) -> Result<()> {
     let store = store(config);
     let (name, path) = find_installed(config, &store, &args.model)?;
-    let installed = store.list().into_iter().find(|m| m.path == path).context("model vanished")?;
+    let installed = store.installed(&name).context("model vanished")?;
     let meta = ModelMetadata::read(&path);
     let facts = installed.facts.as_ref();
     let v = json!({

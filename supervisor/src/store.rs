@@ -67,6 +67,11 @@ fn folder_size_and_mtime(dir: &Path) -> (u64, u64) {
     (size, mtime)
 }
 
+fn describe(name: String, path: PathBuf) -> InstalledModel {
+    let (size_bytes, modified) = folder_size_and_mtime(&path);
+    InstalledModel { facts: model_dir::inspect(&path), name, path, size_bytes, modified }
+}
+
 impl Store {
     pub fn new(dir: PathBuf) -> Self {
         Store { dir }
@@ -92,21 +97,35 @@ impl Store {
     /// Every folder with a config.json, sorted by name. Temporary download folders
     /// (leading dot) are skipped.
     pub fn list(&self) -> Vec<InstalledModel> {
+        let mut models: Vec<InstalledModel> =
+            self.folders().into_iter().map(|(name, path)| describe(name, path)).collect();
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        models
+    }
+
+    /// One installed model by store name or repo id (sizes walk only its own folder).
+    pub fn installed(&self, requested: &str) -> Option<InstalledModel> {
+        let path = self.find(requested)?;
+        let name = path.file_name()?.to_str()?.to_owned();
+        Some(describe(name, path))
+    }
+
+    /// Names and facts of every model, without walking their files for sizes.
+    pub fn facts(&self) -> Vec<(String, Result<ModelFacts, String>)> {
+        self.folders().into_iter().map(|(name, path)| (name, model_dir::inspect(&path))).collect()
+    }
+
+    /// (name, path) of every folder with a config.json; temporary ones (leading dot) skipped.
+    fn folders(&self) -> Vec<(String, PathBuf)> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
-        let mut models: Vec<InstalledModel> = entries
+        entries
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().to_str()?.to_owned();
-                if validate_name(&name).is_err() || !e.path().join("config.json").is_file() {
-                    return None;
-                }
-                let path = e.path();
-                let (size_bytes, modified) = folder_size_and_mtime(&path);
-                Some(InstalledModel { facts: model_dir::inspect(&path), name, path, size_bytes, modified })
+                let ok = validate_name(&name).is_ok() && e.path().join("config.json").is_file();
+                ok.then(|| (name, e.path()))
             })
-            .collect();
-        models.sort_by(|a, b| a.name.cmp(&b.name));
-        models
+            .collect()
     }
 }
 

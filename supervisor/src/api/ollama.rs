@@ -192,8 +192,7 @@ pub async fn show(State(state): State<SharedState>, body: Result<Bytes, BytesRej
     let target = resolve_name(&state, &name)?;
     let store = state.pool.store();
     let m = store
-        .find(&target.name)
-        .and_then(|p| store.list().into_iter().find(|m| m.path == p))
+        .installed(&target.name)
         .ok_or_else(|| ApiError::not_found(format!("model '{name}' not found")))?;
     let facts = m.facts.as_ref().map_err(|e| ApiError::internal(e.clone()))?;
     let capability = match facts.kind {

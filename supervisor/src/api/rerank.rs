@@ -48,14 +48,15 @@ fn document_text(i: usize, v: Value) -> Result<String, ApiError> {
 
 /// The model used when a TEI-shaped request names none: the only installed reranker.
 async fn default_reranker(state: &SharedState) -> Result<String, ApiError> {
-    let rerankers: Vec<String> = state
+    let mut rerankers: Vec<String> = state
         .pool
         .store()
-        .list()
+        .facts()
         .into_iter()
-        .filter(|m| m.facts.as_ref().is_ok_and(|f| f.kind == mlx_serve_protocol::ModelKind::Reranker))
-        .map(|m| m.name)
+        .filter(|(_, facts)| facts.as_ref().is_ok_and(|f| f.kind == mlx_serve_protocol::ModelKind::Reranker))
+        .map(|(name, _)| name)
         .collect();
+    rerankers.sort();
     match rerankers.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(ApiError::invalid_param("model", "`model` is required (no reranker is installed)")),
