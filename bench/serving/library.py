@@ -1,0 +1,69 @@
+"""sentence-transformers in this process, called the way its users call it.
+
+`model.encode(texts, batch_size=32)` on a list (it sorts the list by length, so its batches
+carry little padding), torch CPU with its default threads, no HTTP and no client. In a
+timed run it encodes successive chunks of 256 texts from the start of the same stream the
+servers get (each chunk one `encode` call, as an ingest loop would make); with a fixed
+number of texts, one call on all of them.
+
+It is also the reference the servers' answers are checked against (`vectors`).
+"""
+import os
+import time
+
+import numpy as np
+
+CHUNK = 256
+
+
+class SentenceTransformers:
+    def __init__(self, model_dir):
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading bars in the report
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        import sentence_transformers
+        import torch
+        self._torch = torch
+        self.model = sentence_transformers.SentenceTransformer(str(model_dir), device="cpu")
+        dims = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dims = dims()
+        self.label = (f"sentence-transformers {sentence_transformers.__version__} (torch {torch.__version__}, "
+                      f"{torch.get_num_threads()} threads of {os.cpu_count()} CPUs)")
+        self._cache = {}
+
+    def encode(self, texts):
+        with self._torch.inference_mode():
+            return self.model.encode(texts, batch_size=32, convert_to_numpy=True)
+
+    def throughput(self, texts, seconds=None, count=None) -> dict:
+        """texts/s over a timed stream of 256-text `encode` calls, or one call on `count` texts."""
+        self.encode(texts[-64:])  # warm-up on texts outside the measured prefix
+        if count is not None:
+            batch = [texts[i % len(texts)] for i in range(count)]
+            start = time.perf_counter()
+            self.encode(batch)
+            return {"rate": count / (time.perf_counter() - start), "done": count}
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            chunk = [texts[(done + k) % len(texts)] for k in range(CHUNK)]
+            self.encode(chunk)
+            done += CHUNK
+        return {"rate": done / (time.perf_counter() - start), "done": done}
+
+    def latency(self, texts, n=100, warm=10) -> list:
+        """Seconds per `encode([text])`, one text at a time."""
+        for t in texts[-warm:]:
+            self.encode([t])
+        out = []
+        for t in texts[:n]:
+            t0 = time.perf_counter()
+            self.encode([t])
+            out.append(time.perf_counter() - t0)
+        return out
+
+    def vectors(self, texts) -> np.ndarray:
+        """Reference vectors (cached per text) for checking servers' answers."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if todo:
+            for t, v in zip(todo, self.encode(todo), strict=True):
+                self._cache[t] = v
+        return np.stack([self._cache[t] for t in texts])
