@@ -22,7 +22,6 @@ class SentenceTransformers:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         import sentence_transformers
         import torch
-        self._torch = torch
         self.model = sentence_transformers.SentenceTransformer(str(model_dir), device="cpu")
         dims = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dims = dims()
@@ -31,8 +30,7 @@ class SentenceTransformers:
         self._cache = {}
 
     def encode(self, texts):
-        with self._torch.inference_mode():
-            return self.model.encode(texts, batch_size=32, convert_to_numpy=True)
+        return self.model.encode(texts, batch_size=32)
 
     def throughput(self, texts, seconds=None, count=None) -> dict:
         """texts/s over a timed stream of 256-text `encode` calls, or one call on `count` texts."""
