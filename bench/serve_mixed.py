@@ -61,8 +61,13 @@ def machine() -> str:
     return f"{model}, {info.get('CPU(s)', '?').strip()} CPUs ({len(os.sched_getaffinity(0))} usable)"
 
 
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+def loadavg(warn=False) -> str:
+    """The 1/5/15-minute load averages; `warn`: say so when other work already fills the CPUs."""
+    avg = Path("/proc/loadavg").read_text().split()[:3]
+    cpus = len(os.sched_getaffinity(0))
+    busy = warn and float(avg[0]) > cpus
+    return " ".join(avg) + (f"\nWARNING: more runnable work than {cpus} CPUs before the run: other jobs share "
+                            "this machine, so every row is slowed unevenly (multi-threaded torch most)" if busy else "")
 
 
 def tree_state() -> str:
@@ -142,7 +147,6 @@ def run_rows(args, sets, st, model_dir):
             if not args.quick:
                 st_passes.append(run_st(st, sets, args))
         except KeyboardInterrupt:
-            say("\ninterrupted: stopping servers")
             sys.exit(130)
     return rows, st_passes, st_p50
 
@@ -195,7 +199,12 @@ def print_report(args, sets, rows, st_passes, st_p50):
 
 
 def interrupted(*_):
-    """SIGTERM ends the run as Ctrl-C does, so the servers are stopped on the way out."""
+    """Ctrl-C or SIGTERM: end the run; the servers are stopped on the way out. A second
+    signal while they stop is ignored, so it cannot cut the stopping short."""
+    if getattr(interrupted, "seen", False):
+        return
+    interrupted.seen = True
+    say("\ninterrupted: stopping servers (a loaded server finishes its accepted requests first)")
     raise KeyboardInterrupt
 
 
@@ -220,10 +229,11 @@ def main():
     args.latency_n = 30 if args.quick else 100
     model_dir = args.model_dir.resolve()
 
+    signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
     started = time.monotonic()
     say(f"# mlx-serve mixed-length benchmark, seed {args.seed}")
-    say(f"machine: {machine()}; load average at start: {loadavg()}")
+    say(f"machine: {machine()}; load average at start: {loadavg(warn=True)}")
     say(f"tree: {tree_state()}; binaries: {args.bin_dir}")
     if stale_binaries(args.bin_dir):
         say("WARNING: some .rs files are newer than the binaries: if they changed, rebuild "
@@ -242,7 +252,7 @@ def main():
 
     rows, st_passes, st_p50 = run_rows(args, sets, st, model_dir)
     print_report(args, sets, rows, st_passes, st_p50)
-    say(f"\nload average at end: {loadavg()}; total {time.monotonic() - started:.0f} s")
+    say(f"\nload average at end (this run's own included): {loadavg()}; total {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

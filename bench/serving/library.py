@@ -41,18 +41,23 @@ class SentenceTransformers:
             self.encode(batch)
             return {"rate": count / (time.perf_counter() - start), "done": count}
         done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            chunk = [texts[(done + k) % len(texts)] for k in range(CHUNK)]
-            self.encode(chunk)
-            done += CHUNK
+        while (elapsed := time.perf_counter() - start) < seconds:
+            # Near the end, a smaller last call (down to one batch of 32), so a slow machine
+            # does not overrun the window by a whole 256-text call.
+            left = done / elapsed * (seconds - elapsed) if done else CHUNK
+            n = max(32, min(CHUNK, round(left / 32) * 32))
+            self.encode([texts[(done + k) % len(texts)] for k in range(n)])
+            done += n
         return {"rate": done / (time.perf_counter() - start), "done": done}
 
-    def latency(self, texts, n=100, warm=10) -> list:
-        """Seconds per `encode([text])`, one text at a time."""
+    def latency(self, texts, n=100, warm=10, budget_s=15) -> list:
+        """Seconds per `encode([text])`, one text at a time (n texts, or fewer past budget_s)."""
         for t in texts[-warm:]:
             self.encode([t])
-        out = []
+        out, start = [], time.perf_counter()
         for t in texts[:n]:
+            if len(out) >= 20 and time.perf_counter() - start > budget_s:
+                break
             t0 = time.perf_counter()
             self.encode([t])
             out.append(time.perf_counter() - t0)

@@ -94,7 +94,7 @@ def throughput(url, model, texts, dims, clients=64, seconds=None, count=None) ->
     return asyncio.run(_throughput(url, model, texts, dims, clients, seconds, count))
 
 
-def verify(res: LoadResult, texts, reference, limit=160):
+def verify(res: LoadResult, texts, reference, limit=96):
     """Compare up to `limit` sampled answers with `reference(list_of_texts) -> unit vectors`
     (sentence-transformers). Sets res.error on a mismatch; returns the lowest cosine."""
     idx = sorted(res.samples)[:limit]
@@ -110,21 +110,24 @@ def verify(res: LoadResult, texts, reference, limit=160):
     return float(cos.min())
 
 
-async def _latency(url, model, texts, dims, n, warm):
+async def _latency(url, model, texts, dims, n, warm, budget_s):
     async with aiohttp.ClientSession() as session:
         for t in texts[-warm:]:
             await _embed(session, url, model, t, dims)
-        lat = []
+        lat, start = [], time.perf_counter()
         for t in texts[:n]:
+            if len(lat) >= 20 and time.perf_counter() - start > budget_s:
+                break
             t0 = time.perf_counter()
             await _embed(session, url, model, t, dims)
             lat.append(time.perf_counter() - t0)
     return lat
 
 
-def latency(url, model, texts, dims, n=100, warm=10) -> dict:
-    """p50 / p90 ms of n sequential one-text requests (after `warm` unmeasured ones)."""
-    lat = asyncio.run(_latency(url, model, texts, dims, n, warm))
+def latency(url, model, texts, dims, n=100, warm=10, budget_s=15) -> dict:
+    """p50 / p90 ms of n sequential one-text requests (after `warm` unmeasured ones; fewer
+    than n past budget_s, so a slow server cannot stretch the run)."""
+    lat = asyncio.run(_latency(url, model, texts, dims, n, warm, budget_s))
     return percentiles(lat)
 
 

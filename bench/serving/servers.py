@@ -39,9 +39,12 @@ class Process:
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid = self.proc.pid
 
-    def log_tail(self, lines=15) -> str:
+    def log_tail(self, lines=10) -> str:
+        """The log's first and last lines (an error is often first, a backtrace after it)."""
         text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join("    " + line for line in text[-lines:])
+        if len(text) > 2 * lines:
+            text = text[:lines] + ["    ..."] + text[-lines:]
+        return "\n".join("    " + line for line in text)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
