@@ -247,6 +247,7 @@ def main():
     if args.fixed:
         sets.update(texts.fixed_sets(vocab, args.seed, n_short // 4, n_long // 4))
     st = library.SentenceTransformers(model_dir)
+    say(f"library: {st.label}")
     for name, ts in sets.items():
         say(f"{name}: {texts.describe(ts, st.model.tokenizer)}")
 

@@ -1,6 +1,6 @@
 """The printed result: per-row details, the comparison table and issue 12's targets.
 
-A row is a dict: `label`; per text set (`short`, `long`, `fixed short`, `fixed long`) a dict
+A row is a dict: `label`; per text set (`short`, `long`, and with --fixed `fixed 7 words`, `fixed 81 words`) a dict
 with `rate` (texts/s, None when the row failed), `error`, `done`, `min_cosine`, `batches`
 (from /metrics) and `peak_rss`; `p50` (`p50_ms`, `p90_ms`); `rss_warm` (after the warm-up), `rss_after` (bytes);
 or `skipped` with the reason.
