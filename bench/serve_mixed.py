@@ -61,13 +61,18 @@ def machine() -> str:
     return f"{model}, {info.get('CPU(s)', '?').strip()} CPUs ({len(os.sched_getaffinity(0))} usable)"
 
 
-def loadavg(warn=False) -> str:
-    """The 1/5/15-minute load averages; `warn`: say so when other work already fills the CPUs."""
-    avg = Path("/proc/loadavg").read_text().split()[:3]
-    cpus = len(os.sched_getaffinity(0))
-    busy = warn and float(avg[0]) > cpus
-    return " ".join(avg) + (f"\nWARNING: more runnable work than {cpus} CPUs before the run: other jobs share "
-                            "this machine, so every row is slowed unevenly (multi-threaded torch most)" if busy else "")
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def busy() -> bool:
+    """More runnable work than CPUs (before the run starts: other jobs on the machine)."""
+    return os.getloadavg()[0] > len(os.sched_getaffinity(0))
+
+
+BUSY = ("WARNING: the machine was busy before the run (load average above its CPU count): every row "
+        "is slowed unevenly, torch's multi-threaded rows most (its threads wait for each other), so "
+        "the ratios and PASS/MISS {} are not evidence; rerun on a quiet machine")
 
 
 def tree_state() -> str:
@@ -193,6 +198,8 @@ def print_report(args, sets, rows, st_passes, st_p50):
     say(f"\n## Summary (seed {args.seed}, {args.clients} clients, {per_load} per load; {machine()})\n")
     say(report.comparison(rows, st_row, sets, st_p50))
     say("\n" + report.targets(rows[0], rows[1], st_row, st_p50))
+    if args.busy:
+        say("\n" + BUSY.format("above"))
     if args.json:
         args.json.write_text(json.dumps({"seed": args.seed, "machine": machine(), "sentence_transformers": st_row,
                                          "st_one_text": st_p50, "rows": rows}, indent=1, default=str))
@@ -233,7 +240,10 @@ def main():
     signal.signal(signal.SIGTERM, interrupted)
     started = time.monotonic()
     say(f"# mlx-serve mixed-length benchmark, seed {args.seed}")
-    say(f"machine: {machine()}; load average at start: {loadavg(warn=True)}")
+    args.busy = busy()
+    say(f"machine: {machine()}; load average at start: {loadavg()}")
+    if args.busy:
+        say(BUSY.format("below"))
     say(f"tree: {tree_state()}; binaries: {args.bin_dir}")
     if stale_binaries(args.bin_dir):
         say("WARNING: some .rs files are newer than the binaries: if they changed, rebuild "
