@@ -25,6 +25,10 @@ impl Inputs {
             Inputs::Ids(i) => i.len(),
         }
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 pub struct Embedded {

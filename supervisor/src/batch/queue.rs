@@ -28,8 +28,13 @@ pub struct Item {
 }
 
 impl Item {
+    /// Its length in tokens.
     pub fn len(&self) -> usize {
         self.tokens.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.ids.is_empty()
     }
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::ConfigError;
 use crate::paths::home_dir;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -125,21 +125,6 @@ pub struct ServiceConfig {
     pub restart_on_failure: bool,
     /// Seconds between restarts (launchd ThrottleInterval, systemd RestartSec).
     pub restart_delay: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            models: ModelsConfig::default(),
-            cache: CacheConfig::default(),
-            batch: BatchConfig::default(),
-            limits: LimitsConfig::default(),
-            metrics: MetricsConfig::default(),
-            logging: LoggingConfig::default(),
-            service: ServiceConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {
