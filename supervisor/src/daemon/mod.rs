@@ -14,6 +14,8 @@ mod control_server;
 pub mod pidfile;
 pub mod service;
 mod stop;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::net::SocketAddr;
