@@ -35,18 +35,30 @@ impl StderrTail {
     }
 }
 
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("connection cut inside a frame: {0}")]
+    Cut(std::io::Error),
+    /// A bad header (another protocol version, oversized) or an undecodable payload.
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+}
+
 /// Reads one frame; `Ok(None)` at a clean end of stream.
-pub async fn read_frame(mut rx: &Stream) -> Result<Option<WorkerMessage>, String> {
+pub async fn read_frame(mut rx: &Stream) -> Result<Option<WorkerMessage>, FrameError> {
     let mut header = [0u8; codec::HEADER_LEN];
     match rx.read_exact(&mut header).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(FrameError::Io(e)),
     }
-    let len = codec::decode_header(&header).map_err(|e| e.to_string())?;
+    let len = codec::decode_header(&header)?;
     let mut payload = vec![0u8; len];
-    rx.read_exact(&mut payload).await.map_err(|e| format!("connection cut inside a frame: {e}"))?;
-    codec::decode_payload(&payload).map(Some).map_err(|e| e.to_string())
+    rx.read_exact(&mut payload).await.map_err(FrameError::Cut)?;
+    Ok(Some(codec::decode_payload(&payload)?))
 }
 
 /// Forwards frames as events until the connection ends, then reports `Died` with the
@@ -60,7 +72,7 @@ pub async fn reader_task(stream: Arc<Stream>, events: mpsc::UnboundedSender<Work
                 }
             }
             Ok(None) => break "worker closed the connection".to_owned(),
-            Err(e) => break e,
+            Err(e) => break e.to_string(),
         }
     };
     // Let the stderr reader catch the last words (an MLX abort message, say). Not a

@@ -152,7 +152,7 @@ async fn handshake(
     // `&Stream` reads and writes, so the reader and writer tasks share one Arc.
     let stream = Arc::new(stream);
     let refuse = StartError::Handshake;
-    match read_frame(&stream).await.map_err(refuse)? {
+    match read_frame(&stream).await.map_err(|e| refuse(e.to_string()))? {
         Some(WorkerMessage::Hello { protocol_version, .. }) if protocol_version == PROTOCOL_VERSION => {}
         Some(WorkerMessage::Hello { protocol_version, worker_version, .. }) => {
             return Err(refuse(format!(
@@ -162,7 +162,7 @@ async fn handshake(
         other => return Err(refuse(format!("worker did not say Hello: {other:?}"))),
     }
     let ready = tokio::select! {
-        msg = read_frame(&stream) => msg.map_err(refuse)?,
+        msg = read_frame(&stream) => msg.map_err(|e| refuse(e.to_string()))?,
         _ = child.wait() => None,
     };
     match ready {
