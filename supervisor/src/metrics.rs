@@ -121,7 +121,7 @@ impl Metrics {
         for component in ["worker", "mlx_active", "mlx_cache"] {
             let _ = self.memory_usage_bytes.remove_label_values(&[component, model]);
         }
-        for state in crate::runner::WorkerState::ALL {
+        for state in crate::worker::WorkerState::ALL {
             let _ = self.worker_state.remove_label_values(&[model, state.as_str()]);
         }
     }

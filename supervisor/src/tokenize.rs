@@ -48,6 +48,9 @@ pub enum TokenizeError {
     TooLong { index: usize, limit: usize },
     #[error("tokenizer failed: {0}")]
     Failed(String),
+    /// The model's tokenizer files cannot be loaded.
+    #[error("{0}")]
+    Load(String),
 }
 
 pub struct ModelTokenizer {
@@ -82,7 +85,11 @@ fn to_tokens(enc: &Encoding, with_types: bool) -> Tokens {
 }
 
 impl ModelTokenizer {
-    pub fn load(dir: &Path, facts: &ModelFacts) -> Result<Self, String> {
+    pub fn load(dir: &Path, facts: &ModelFacts) -> Result<Self, TokenizeError> {
+        Self::load_inner(dir, facts).map_err(TokenizeError::Load)
+    }
+
+    fn load_inner(dir: &Path, facts: &ModelFacts) -> Result<Self, String> {
         let path = dir.join("tokenizer.json");
         let mut base = Tokenizer::from_file(&path).map_err(|e| format!("cannot load {}: {e}", path.display()))?;
         base.with_padding(None);

@@ -1,8 +1,17 @@
-//! API errors in the OpenAI shape: `{"error": {"message", "type", "code", "param"}}`.
+//! API errors in the OpenAI shape: `{"error": {"message", "type", "code", "param"}}`
+//! (Ollama routes re-render them as `{"error": "..."}`, `ollama.rs`).
+//!
+//! Every lower layer's error converts into [`ApiError`] here, and this is the one place
+//! that decides its status and code: a resolve failure, a failed download, a job's error.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+
+use crate::resolve::ResolveError;
+use crate::runner::JobError;
+use crate::store::StoreError;
+use crate::tokenize::TokenizeError;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -79,6 +88,66 @@ impl ApiError {
     pub fn with_code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self
+    }
+}
+
+impl From<ResolveError> for ApiError {
+    fn from(e: ResolveError) -> Self {
+        let message = e.to_string();
+        match e {
+            ResolveError::Missing | ResolveError::WrongKind { .. } => ApiError::invalid_param("model", message),
+            ResolveError::InvalidName(_) => ApiError::invalid_param("model", message).with_code("invalid_model_name"),
+            ResolveError::NotFound(model) => ApiError::model_not_found(&model),
+            ResolveError::Unusable(_) => ApiError::internal(message).with_code("model_unusable"),
+            ResolveError::Downloading(_) => {
+                ApiError::unavailable(message, RETRY_AFTER_DOWNLOAD).with_code("model_downloading")
+            }
+            ResolveError::DownloadFailed(e) => e.into(),
+            ResolveError::NotLoaded(_) => ApiError::not_found(message),
+        }
+    }
+}
+
+/// Seconds a client is told to wait before asking again for a model being downloaded.
+const RETRY_AFTER_DOWNLOAD: u64 = 10;
+
+/// A failed pull (`/api/pull`, auto-download).
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let message = e.to_string();
+        match e {
+            StoreError::NotFound(_) => ApiError::not_found(message).with_code("model_not_found"),
+            StoreError::Refused(_) | StoreError::InvalidName(_) | StoreError::Invalid(_) => {
+                ApiError::invalid_param("model", message).with_code("model_unsupported")
+            }
+            StoreError::Failed(_) => {
+                let mut err = ApiError::internal(message).with_code("download_failed");
+                err.status = StatusCode::BAD_GATEWAY;
+                err
+            }
+        }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        let message = e.to_string();
+        match e {
+            JobError::Invalid(_) => ApiError::invalid(message),
+            JobError::WorkerFailed { .. } | JobError::Poisoned { .. } => ApiError::internal(message),
+            JobError::LoadFailed { .. } | JobError::ShuttingDown => ApiError::unavailable(message, 5),
+            JobError::Overloaded { .. } => ApiError::overloaded(message),
+        }
+    }
+}
+
+impl ApiError {
+    /// A tokenizer error for the inputs in `param`.
+    pub fn tokenize(e: TokenizeError, param: &str) -> Self {
+        match e {
+            TokenizeError::TooLong { .. } => ApiError::invalid_param(param, e.to_string()).with_code("context_length_exceeded"),
+            TokenizeError::Failed(m) | TokenizeError::Load(m) => ApiError::internal(m),
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! The work behind every API shape: resolve the model, tokenize, queue, await the worker.
+//! The work behind every API shape: resolve the model, validate and tokenize the inputs,
+//! submit them to the model's runner, await the answer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,9 +7,8 @@ use std::time::Duration;
 use mlx_serve_protocol::model_dir::Family;
 use mlx_serve_protocol::ModelKind;
 
-use super::{autodownload, ApiError, AppState};
-use crate::pool::{ModelEntry, ResolveError};
-use crate::runner::{JobError, JobOutput};
+use super::{ApiError, AppState};
+use crate::runner::{JobOutput, ModelEntry};
 use crate::tokenize::{qwen3_embedding_query, TokenizeError, Tokens};
 
 /// Inputs of an embeddings request.
@@ -25,6 +25,10 @@ impl Inputs {
             Inputs::Ids(i) => i.len(),
         }
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 pub struct Embedded {
@@ -39,43 +43,6 @@ pub struct Scored {
     pub entry: Arc<ModelEntry>,
     pub scores: Vec<f32>,
     pub tokens: usize,
-}
-
-/// Finds the model, checks it is of the `kind` the endpoint serves.
-pub async fn resolve(state: &AppState, model: &str, kind: Option<ModelKind>) -> Result<Arc<ModelEntry>, ApiError> {
-    if model.is_empty() {
-        return Err(ApiError::invalid_param("model", "`model` is required"));
-    }
-    // Aliases, repo ids and `-4bit` variants name a store folder; a missing one may be
-    // downloaded first (api/autodownload.rs).
-    let target = autodownload::resolve_name(state, model)?;
-    let mut entry = state.pool.get(&target.name).await;
-    if matches!(entry, Err(ResolveError::NotFound)) {
-        autodownload::ensure_installed(state, model, &target).await?;
-        entry = state.pool.get(&target.name).await;
-    }
-    let entry = match entry {
-        Ok(e) => e,
-        Err(ResolveError::NotFound) => return Err(ApiError::model_not_found(model)),
-        Err(ResolveError::Broken(reason)) => return Err(ApiError::internal(reason).with_code("model_unusable")),
-    };
-    if let Some(kind) = kind {
-        if entry.facts.kind != kind {
-            let hint = match entry.facts.kind {
-                ModelKind::Embedding => "it is an embedding model: use /v1/embeddings",
-                ModelKind::Reranker => "it is a reranker: use /v1/rerank",
-            };
-            return Err(ApiError::invalid_param("model", format!("model `{model}` cannot serve this endpoint; {hint}")));
-        }
-    }
-    Ok(entry)
-}
-
-fn tokenize_error(e: TokenizeError, param: &str) -> ApiError {
-    match e {
-        TokenizeError::TooLong { .. } => ApiError::invalid_param(param, e.to_string()).with_code("context_length_exceeded"),
-        TokenizeError::Failed(m) => ApiError::internal(m),
-    }
 }
 
 /// Runs tokenization off the async threads when it is more than a few microseconds.
@@ -99,25 +66,16 @@ fn check_request_tokens(state: &AppState, seqs: &[Tokens]) -> Result<usize, ApiE
 }
 
 async fn run(state: &AppState, entry: &ModelEntry, seqs: Vec<Tokens>) -> Result<JobOutput, ApiError> {
-    let rx = entry.runner.submit(seqs).map_err(job_error)?;
+    let rx = entry.runner.submit(seqs)?;
     let timeout = Duration::from_secs(state.config.limits.request_timeout_seconds);
     match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(result)) => result.map_err(job_error),
+        Ok(Ok(result)) => Ok(result?),
         Ok(Err(_)) => Err(ApiError::unavailable("the model runner stopped (server shutting down?)", 1)),
         Err(_) => Err(ApiError::timeout(format!(
             "model `{}` did not answer within limits.request_timeout_seconds ({}s)",
             entry.name,
             timeout.as_secs()
         ))),
-    }
-}
-
-pub fn job_error(e: JobError) -> ApiError {
-    match e {
-        JobError::Invalid(m) => ApiError::invalid(m),
-        JobError::Internal(m) => ApiError::internal(m),
-        JobError::Unavailable(m) => ApiError::unavailable(m, 5),
-        JobError::Overloaded(m) => ApiError::overloaded(m),
     }
 }
 
@@ -129,7 +87,7 @@ pub async fn embed(
     truncate: Option<bool>,
     instruction: Option<String>,
 ) -> Result<Embedded, ApiError> {
-    let entry = resolve(state, model, Some(ModelKind::Embedding)).await?;
+    let entry = state.resolver().entry(model, Some(ModelKind::Embedding)).await?;
     let n = inputs.len();
     if n == 0 {
         return Err(ApiError::invalid_param("input", "`input` must not be empty"));
@@ -158,7 +116,7 @@ pub async fn embed(
                 tok.encode_texts(&refs, truncate)
             })
             .await?
-            .map_err(|e| tokenize_error(e, "input"))?
+            .map_err(|e| ApiError::tokenize(e, "input"))?
         }
         Inputs::Ids(lists) => {
             let vocab = entry.facts.vocab_size as i64;
@@ -177,7 +135,7 @@ pub async fn embed(
                 let mut ids: Vec<u32> = ids.into_iter().map(|t| t as u32).collect();
                 if ids.len() > max {
                     if !truncate {
-                        return Err(tokenize_error(TokenizeError::TooLong { index: i, limit: max }, "input"));
+                        return Err(ApiError::tokenize(TokenizeError::TooLong { index: i, limit: max }, "input"));
                     }
                     ids.truncate(max);
                 }
@@ -202,7 +160,7 @@ pub async fn rerank(
     truncate: Option<bool>,
     instruction: Option<String>,
 ) -> Result<Scored, ApiError> {
-    let entry = resolve(state, model, Some(ModelKind::Reranker)).await?;
+    let entry = state.resolver().entry(model, Some(ModelKind::Reranker)).await?;
     if query.is_empty() {
         return Err(ApiError::invalid_param("query", "`query` must not be empty"));
     }
@@ -224,7 +182,7 @@ pub async fn rerank(
         tok.encode_pairs(&query, &refs, instruction.as_deref(), truncate)
     })
     .await?
-    .map_err(|e| tokenize_error(e, "documents"))?;
+    .map_err(|e| ApiError::tokenize(e, "documents"))?;
     let tokens = check_request_tokens(state, &seqs)?;
     match run(state, &entry, seqs).await? {
         JobOutput::Scores(scores) => Ok(Scored { entry, scores, tokens }),

@@ -12,7 +12,6 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::inference::resolve;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
 
 #[derive(Deserialize)]
@@ -29,7 +28,7 @@ struct TokenizeRequest {
 pub async fn tokenize(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let req: TokenizeRequest = parse_body(body)?;
     if let (Some(query), Some(documents)) = (&req.query, &req.documents) {
-        let entry = resolve(&state, &req.model, None).await?;
+        let entry = state.resolver().entry(&req.model, None).await?;
         let refs: Vec<&str> = documents.iter().map(String::as_str).collect();
         let truncate = req.truncate.unwrap_or(state.config.limits.truncate);
         let seqs = entry
@@ -67,7 +66,7 @@ pub async fn tokenize(State(state): State<SharedState>, body: Result<Bytes, Byte
     if texts.len() > state.config.limits.max_inputs_per_request {
         return Err(ApiError::too_large("too many inputs (limits.max_inputs_per_request)"));
     }
-    let entry = resolve(&state, &req.model, None).await?;
+    let entry = state.resolver().entry(&req.model, None).await?;
     let truncate = req.truncate.unwrap_or(state.config.limits.truncate);
     let mut data = Vec::with_capacity(texts.len());
     let mut total = 0;

@@ -1,0 +1,120 @@
+//! `MLX_SERVE_*` environment overrides: the level between the config file and CLI flags.
+//! Only the variables below are config keys; others (`MLX_SERVE_HOME`, `MLX_SERVE_CONFIG`,
+//! `MLX_SERVE_WORKER_BIN`) are paths read in `paths.rs`.
+
+use std::path::PathBuf;
+
+use super::{Config, ConfigError};
+
+/// Applies the `MLX_SERVE_*` overrides to `config`; returns `(section.key, variable)` for
+/// each value set. The v0.1 names (HOST, PORT, MODELS_DIR, LOG_LEVEL, PRELOAD_MODELS,
+/// AUTO_DOWNLOAD) are kept.
+pub fn apply(config: &mut Config) -> Result<Vec<(&'static str, String)>, ConfigError> {
+    config.apply_env()
+}
+
+impl Config {
+    fn apply_env(&mut self) -> Result<Vec<(&'static str, String)>, ConfigError> {
+        let mut set = Vec::new();
+        let mut vars: Vec<(String, String)> = std::env::vars().collect();
+        vars.sort();
+        for (var, value) in vars {
+            let Some(name) = var.strip_prefix("MLX_SERVE_") else { continue };
+            let key = self
+                .apply_env_var(name, &value)
+                .map_err(|reason| ConfigError::Env { var: var.clone(), value: value.clone(), reason })?;
+            if let Some(key) = key {
+                set.push((key, var));
+            }
+        }
+        Ok(set)
+    }
+
+    /// Applies one `MLX_SERVE_<name>` variable; returns the key it set, if it is a config
+    /// variable.
+    fn apply_env_var(&mut self, name: &str, value: &str) -> Result<Option<&'static str>, String> {
+        fn parse<T: std::str::FromStr>(v: &str) -> Result<T, String>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim().parse::<T>().map_err(|e| e.to_string())
+        }
+        fn boolean(v: &str) -> Result<bool, String> {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                other => Err(format!("expected true or false, got {other:?}")),
+            }
+        }
+        let key = match name {
+            "HOST" => {
+                self.server.host = value.to_owned();
+                "server.host"
+            }
+            "PORT" => {
+                self.server.port = parse(value)?;
+                "server.port"
+            }
+            "MODELS_DIR" => {
+                self.models.directory = Some(PathBuf::from(value));
+                "models.directory"
+            }
+            "LOG_LEVEL" => {
+                self.logging.level = value.to_owned();
+                "logging.level"
+            }
+            "LOG_FORMAT" => {
+                self.logging.format = value.to_owned();
+                "logging.format"
+            }
+            "PRELOAD_MODELS" => {
+                self.models.preload =
+                    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+                "models.preload"
+            }
+            "AUTO_DOWNLOAD" => {
+                self.models.auto_download = boolean(value)?;
+                "models.auto_download"
+            }
+            "MAX_BATCH_SIZE" => {
+                self.batch.max_batch_size = parse(value)?;
+                "batch.max_batch_size"
+            }
+            "MAX_WAIT_MS" => {
+                self.batch.max_wait_ms = parse(value)?;
+                "batch.max_wait_ms"
+            }
+            "TTL_SECONDS" => {
+                self.cache.ttl_seconds = parse(value)?;
+                "cache.ttl_seconds"
+            }
+            "METRICS_ENABLED" => {
+                self.metrics.enabled = boolean(value)?;
+                "metrics.enabled"
+            }
+            "COMPUTE_DTYPE" => {
+                self.models.compute_dtype = value.to_owned();
+                "models.compute_dtype"
+            }
+            // Variables that are not config keys (paths of binaries, home, config file).
+            _ => return Ok(None),
+        };
+        Ok(Some(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_set_their_keys() {
+        let mut c = Config::default();
+        assert_eq!(c.apply_env_var("PORT", "9001"), Ok(Some("server.port")));
+        assert_eq!(c.apply_env_var("PRELOAD_MODELS", "a, b,,"), Ok(Some("models.preload")));
+        assert_eq!(c.apply_env_var("AUTO_DOWNLOAD", "off"), Ok(Some("models.auto_download")));
+        assert_eq!(c.apply_env_var("HOME", "/x"), Ok(None));
+        assert_eq!((c.server.port, c.models.preload.clone(), c.models.auto_download), (9001, vec!["a".into(), "b".into()], false));
+        assert!(c.apply_env_var("PORT", "many").is_err());
+    }
+}

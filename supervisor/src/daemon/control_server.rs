@@ -1,0 +1,194 @@
+//! The daemon's side of the control socket (`control/` describes the language): a task
+//! next to the HTTP listener that answers `status`, `workers`, `load`, `evict`,
+//! `restart` and `forget`. Model names resolve through `resolve/` exactly as in HTTP
+//! requests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+
+use super::DaemonError;
+use crate::config::Config;
+use crate::control::{client_url, Request, Response, ServerStatus, WorkerRow};
+use crate::paths;
+use crate::resolve::{ResolveError, Resolver};
+use crate::runner::{ModelEntry, Pool, RunnerError};
+use crate::store::downloads::Downloads;
+
+/// What the control socket serves from.
+pub struct ControlState {
+    pub pool: Pool,
+    pub downloads: Arc<Downloads>,
+    pub config: Arc<Config>,
+    pub addr: SocketAddr,
+    pub started: Instant,
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Why a control request failed; its message is what the client prints.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+}
+
+/// Removes the socket file when the daemon stops.
+pub struct ControlSocket {
+    path: PathBuf,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the control socket for the daemon and serves it in a task.
+pub fn serve(state: ControlState) -> Result<ControlSocket, DaemonError> {
+    let path = paths::control_socket_path(state.addr.port());
+    paths::ensure_run_dir().map_err(|e| DaemonError::io(format!("cannot create {}", paths::run_dir().display()), e))?;
+    // A socket file left by a killed daemon: nothing answers on it (the port was free
+    // or we would not be here), so it is safe to replace.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)
+        .map_err(|e| DaemonError::io(format!("cannot create control socket {}", path.display()), e))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| DaemonError::io(format!("cannot chmod {}", path.display()), e))?;
+    }
+    let state = Arc::new(state);
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(handle_connection(state.clone(), stream));
+                }
+                Err(e) => {
+                    tracing::warn!("control socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(ControlSocket { path })
+}
+
+async fn handle_connection(state: Arc<ControlState>, stream: tokio::net::UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => {
+                if matches!(request, Request::Status | Request::Workers) {
+                    tracing::debug!(target: "control", request = %line.trim(), "control request");
+                } else {
+                    tracing::info!(target: "control", request = %line.trim(), "control request");
+                }
+                match handle(&state, request).await {
+                    Ok(result) => Response { ok: true, result: Some(result), error: None },
+                    Err(e) => Response { ok: false, result: None, error: Some(e.to_string()) },
+                }
+            }
+            Err(e) => Response { ok: false, result: None, error: Some(format!("bad control request: {e}")) },
+        };
+        let mut out = serde_json::to_vec(&response).unwrap_or_default();
+        out.push(b'\n');
+        if write.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn handle(state: &ControlState, request: Request) -> Result<serde_json::Value, Failure> {
+    let resolver = Resolver::new(&state.pool, &state.downloads, &state.config);
+    match request {
+        Request::Status => {
+            let loaded_models =
+                state.pool.entries().iter().filter(|e| e.runner.is_loaded()).map(|e| e.name.clone()).collect();
+            let host = state.addr.ip().to_string();
+            let status = ServerStatus {
+                pid: std::process::id(),
+                url: client_url(&host, state.addr.port()),
+                host,
+                port: state.addr.port(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                uptime_seconds: state.started.elapsed().as_secs(),
+                ready: state.ready.load(Ordering::SeqCst),
+                home: paths::home_dir(),
+                loaded_models,
+            };
+            Ok(to_json(&status))
+        }
+        Request::Workers => {
+            let mut rows = Vec::new();
+            for e in state.pool.entries() {
+                rows.push(worker_row(&e).await);
+            }
+            Ok(to_json(&rows))
+        }
+        Request::Load { model } => {
+            let entry = resolver.entry(&model, None).await?;
+            let start = Instant::now();
+            entry.runner.load().await?;
+            Ok(serde_json::json!({
+                "model": entry.name,
+                "pid": entry.runner.status.lock().unwrap().pid,
+                "seconds": start.elapsed().as_secs_f64(),
+            }))
+        }
+        Request::Evict { model } => {
+            let entry = resolver.known_entry(&model)?;
+            entry.runner.evict().await?;
+            tracing::info!(model = %entry.name, reason = "ctl", "evicted worker");
+            Ok(serde_json::json!({"model": entry.name}))
+        }
+        Request::Forget { model } => {
+            state.pool.forget(&model).await;
+            Ok(serde_json::json!({"model": model}))
+        }
+        Request::Restart { model } => {
+            let entry = resolver.known_entry(&model)?;
+            let old_pid = entry.runner.status.lock().unwrap().pid;
+            entry.runner.restart().await?;
+            let pid = entry.runner.status.lock().unwrap().pid;
+            Ok(serde_json::json!({"model": entry.name, "old_pid": old_pid, "pid": pid}))
+        }
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+async fn worker_row(e: &ModelEntry) -> WorkerRow {
+    let loaded = e.runner.is_loaded();
+    let memory_bytes = if loaded {
+        tokio::time::timeout(Duration::from_secs(1), e.runner.stats()).await.ok().flatten().map(|s| s.rss_bytes)
+    } else {
+        None
+    };
+    let s = e.runner.status.lock().unwrap().clone();
+    WorkerRow {
+        model: e.name.clone(),
+        kind: e.facts.kind.as_str().to_owned(),
+        pid: s.pid,
+        state: s.state.as_str().to_owned(),
+        uptime_seconds: s.started_at.map(|t| t.elapsed().as_secs()),
+        restarts: s.restarts,
+        queued: e.runner.queued(),
+        in_flight: s.in_flight,
+        batches: s.batches,
+        memory_bytes: memory_bytes.or(s.worker_stats.filter(|_| loaded).map(|w| w.rss_bytes)),
+        preload: e.runner.is_preloaded(),
+        last_error: s.last_error,
+    }
+}

@@ -1,0 +1,190 @@
+//! The daemon: everything about running the server as a process.
+//!
+//! - This file: [`run`] — config → store → pool → HTTP listeners → graceful shutdown
+//!   (stop accepting, finish accepted requests, stop workers) — callable in-process with
+//!   any listener and shutdown future; [`serve`] is what `start --foreground` runs.
+//! - `control_server.rs`: the control socket (`ctl`, `status`, `stop`, `remove`).
+//! - `pidfile.rs`: `<home>/run/mlx-serve-<port>.pid`, and finding running daemons.
+//! - `background.rs`: `start` without `--foreground` (re-exec detached, wait for ready).
+//! - `stop.rs`: SIGTERM, wait, SIGKILL with `--force`.
+//! - `service/`: launchd agent / systemd user unit.
+
+mod background;
+mod control_server;
+pub mod pidfile;
+pub mod service;
+mod stop;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::batch::Limits;
+use crate::config::{Config, ConfigError};
+use crate::control::ControlError;
+use crate::paths;
+use crate::resolve;
+use crate::runner::{Pool, PoolConfig, RunnerConfig};
+use crate::store::downloads::Downloads;
+use crate::store::Store;
+use crate::worker::{ProcessLauncher, WorkerLauncher, WorkerOptions};
+
+pub use background::{start_background, BackgroundStart};
+pub use stop::{stop, Stopped};
+
+/// Why the daemon (or a command about it) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl DaemonError {
+    pub fn io(what: impl Into<String>, cause: std::io::Error) -> DaemonError {
+        DaemonError::Io { what: what.into(), cause }
+    }
+}
+
+/// Sets up `tracing` from `logging.level` / `logging.format` (RUST_LOG wins when set).
+pub fn init_logging(config: &Config) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.logging.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = if config.logging.format == "json" { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+}
+
+/// Binds `host:port`, saying clearly when the port is taken.
+pub async fn bind(host: &str, port: u16) -> Result<TcpListener, DaemonError> {
+    let addr: SocketAddr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| DaemonError::io(format!("cannot resolve {host}"), e))?
+        .next()
+        .ok_or_else(|| DaemonError::Failed(format!("no address for {host}")))?;
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(DaemonError::Failed(format!(
+            "port {port} on {host} is already in use (another mlx-serve? `mlx-serve status`)"
+        ))),
+        Err(e) => Err(DaemonError::io(format!("cannot listen on {addr}"), e)),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// `mlx-serve start --foreground`: binds the configured port and runs until SIGTERM/SIGINT.
+pub async fn serve(config: Config) -> Result<(), DaemonError> {
+    config.validate()?;
+    let listener = bind(&config.server.host, config.server.port).await?;
+    run(config, listener, shutdown_signal()).await
+}
+
+/// Runs the daemon on `listener` with real worker processes until `shutdown` resolves.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), DaemonError> {
+    let binary = paths::worker_binary();
+    if !binary.is_file() {
+        return Err(DaemonError::Failed(format!(
+            "worker binary {} not found (set MLX_SERVE_WORKER_BIN)",
+            binary.display()
+        )));
+    }
+    let launcher = ProcessLauncher::new(WorkerOptions {
+        binary,
+        compute_dtype: config.models.compute_dtype.clone(),
+        cache_limit_mb: config.cache.worker_cache_limit_mb,
+        start_timeout: Duration::from_secs(config.limits.worker_start_timeout_seconds),
+        socket_dir: paths::worker_socket_dir(),
+    });
+    run_with(config, listener, shutdown, Arc::new(launcher)).await
+}
+
+/// [`run`] with any way of starting workers.
+pub async fn run_with(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    launcher: Arc<dyn WorkerLauncher>,
+) -> Result<(), DaemonError> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let models_dir = config.models_dir();
+    std::fs::create_dir_all(&models_dir).map_err(|e| DaemonError::io(format!("cannot create {}", models_dir.display()), e))?;
+    let runner_cfg = RunnerConfig {
+        limits: Limits { max_batch_size: config.batch.max_batch_size, max_batch_tokens: config.batch.max_batch_tokens },
+        max_wait: Duration::from_millis(config.batch.max_wait_ms),
+        max_queue: config.batch.max_queue_size,
+        stop_grace: Duration::from_secs(5),
+        launcher,
+    };
+    let metrics_listener = match (config.metrics.enabled, config.metrics.port) {
+        (true, Some(port)) => Some(bind(&config.server.host, port).await?),
+        _ => None,
+    };
+    let store = Store::new(models_dir);
+    let pool_cfg = PoolConfig { cache: config.cache.clone(), preload: config.models.preload.clone() };
+    let pool = Pool::new(store.clone(), pool_cfg, runner_cfg);
+    let downloads = Arc::new(Downloads::new(store));
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = AppState::new(pool.clone(), downloads.clone(), config.clone(), ready.clone());
+
+    // In the background: a preloaded alias or repo id may need a download first.
+    for name in config.models.preload.clone() {
+        tokio::spawn(resolve::preload(pool.clone(), downloads.clone(), config.clone(), name));
+    }
+    if let Some(l) = metrics_listener {
+        let app = api::metrics_router(state.clone());
+        tokio::spawn(async move { axum::serve(l, app).await });
+    }
+    let addr = listener.local_addr().map_err(|e| DaemonError::io("cannot read the listening address", e))?;
+    // Control socket first, then the PID file: a PID file means `ctl`/`status` can talk
+    // to us. Both are removed when they drop at the end of `run`.
+    let control = control_server::ControlState {
+        pool: pool.clone(),
+        downloads,
+        config: config.clone(),
+        addr,
+        started: Instant::now(),
+        ready: ready.clone(),
+    };
+    let _control = control_server::serve(control)?;
+    let _pid_file = pidfile::PidFile::create(addr.port())?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "mlx-serve listening on http://{addr}");
+    ready.store(true, Ordering::SeqCst);
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            ready.store(false, Ordering::SeqCst);
+        })
+        .await
+        .map_err(|e| DaemonError::io("the HTTP server failed", e))?;
+    let grace = Duration::from_secs(config.server.shutdown_timeout_seconds);
+    if tokio::time::timeout(grace, pool.shutdown()).await.is_err() {
+        tracing::warn!("workers did not stop within {grace:?}");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! The worker's life inside a runner: starting it (after the pool made room), what a
+//! finished start does, evict and restart on request, a crash (with `recovery.rs`'s
+//! verdict on the inputs in flight), shutdown, and publishing the state.
+
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{next_event, Runner, StartDone};
+use crate::batch::Item;
+use crate::metrics::metrics;
+use crate::runner::handle::{JobError, PoolRequest, RunnerError};
+use crate::runner::recovery;
+use crate::worker::{Started, WorkerEvent, WorkerState};
+
+impl Runner {
+    pub(super) fn start_worker(&mut self) {
+        self.starting = true;
+        self.generation += 1;
+        self.set_state(WorkerState::Starting);
+        let generation = self.generation;
+        let (name, dir, kind) = (self.name.clone(), self.dir.clone(), self.kind);
+        let launcher = self.cfg.launcher.clone();
+        let pool = self.pool.clone();
+        let started = self.started_tx.clone();
+        tokio::spawn(async move {
+            let (tx, rx) = oneshot::channel();
+            if pool.send(PoolRequest::MakeRoom { kind, name: name.clone(), reply: tx }).is_ok() {
+                let _ = rx.await;
+            }
+            let t0 = Instant::now();
+            let result = launcher.start(&name, &dir).await;
+            let _ = started.send(StartDone { generation, result, took: t0.elapsed() });
+        });
+    }
+
+    pub(super) fn on_started(&mut self, done: StartDone) {
+        let StartDone { generation, result, took } = done;
+        if generation != self.generation {
+            if let Ok(started) = result {
+                tokio::spawn(started.link.kill());
+            }
+            return;
+        }
+        self.starting = false;
+        match result {
+            Ok(Started { link, events }) => {
+                metrics().model_load_seconds.with_label_values(&[&self.name]).observe(took.as_secs_f64());
+                tracing::info!(model = %self.name, pid = link.pid(), seconds = took.as_secs_f64(), "worker ready");
+                {
+                    let mut s = self.status.lock().unwrap();
+                    s.pid = Some(link.pid());
+                    s.started_at = Some(Instant::now());
+                    s.started_wall = Some(SystemTime::now());
+                    s.info = Some(link.info().clone());
+                    s.last_error = None;
+                }
+                self.worker = Some(link);
+                self.events = Some(events);
+                self.restart_at = None;
+                for waiter in self.load_waiters.drain(..).chain(self.restart_waiters.drain(..)) {
+                    let _ = waiter.send(Ok(()));
+                }
+            }
+            Err(reason) => {
+                self.start_failures += 1;
+                tracing::error!(model = %self.name, attempt = self.start_failures, "worker failed to start: {reason}");
+                self.status.lock().unwrap().last_error = Some(reason.to_string());
+                for waiter in self.load_waiters.drain(..).chain(self.restart_waiters.drain(..)) {
+                    let _ = waiter.send(Err(RunnerError::LoadFailed { model: self.name.clone(), reason: reason.clone() }));
+                }
+                // Load failures are usually deterministic (corrupt weights, unsupported
+                // architecture): answer the waiting requests now with the reason. The next
+                // request tries again, but not before the back-off has passed.
+                self.fail_all_queued(JobError::LoadFailed { model: self.name.clone(), reason });
+                self.set_state(WorkerState::Failed);
+                self.restart_at = Some(Instant::now() + recovery::start_retry_delay(self.start_failures));
+            }
+        }
+    }
+
+    /// Stops an idle worker to give its memory back.
+    pub(super) async fn evict(&mut self) -> Result<(), RunnerError> {
+        let busy = !self.queue.is_empty() || !self.in_flight.is_empty() || self.starting;
+        if busy {
+            return Err(RunnerError::Busy(self.name.clone()));
+        }
+        let Some(w) = self.worker.take() else { return Err(RunnerError::NotLoaded(self.name.clone())) };
+        self.events = None;
+        self.set_state(WorkerState::Draining);
+        w.stop(self.cfg.stop_grace).await;
+        metrics().cache_evictions_total.with_label_values(&[self.kind.as_str()]).inc();
+        self.set_stopped();
+        Ok(())
+    }
+
+    /// Performs a requested restart once nothing is in flight (an idle worker at once).
+    pub(super) async fn restart_if_requested(&mut self) {
+        if self.restart_requested && self.in_flight.is_empty() {
+            self.restart_requested = false;
+            if let Some(w) = self.worker.take() {
+                self.events = None;
+                self.set_state(WorkerState::Draining);
+                w.stop(self.cfg.stop_grace).await;
+                self.set_stopped();
+                self.start_worker();
+            }
+        }
+    }
+
+    pub(super) async fn on_worker_died(&mut self, reason: String) {
+        let Some(w) = self.worker.take() else { return };
+        self.events = None;
+        let pid = w.pid();
+        w.kill().await;
+        tracing::error!(model = %self.name, pid, "worker died: {reason}");
+        metrics().worker_restarts_total.with_label_values(&[&self.name]).inc();
+        let restarts = {
+            let mut s = self.status.lock().unwrap();
+            s.restarts += 1;
+            s.last_error = Some(reason.clone());
+            s.pid = None;
+            s.restarts
+        };
+        for (_, waiter) in self.stats_waiters.drain() {
+            let _ = waiter.send(None);
+        }
+        let batches = std::mem::take(&mut self.in_flight).into_values().map(|b| b.items).collect();
+        let verdict = recovery::sort_out(batches);
+        for item in verdict.convicted {
+            self.fail_job(item.job, JobError::Poisoned { index: item.index, reason: reason.clone() });
+        }
+        let retry: Vec<Item> = verdict.retry.into_iter().filter(|i| self.jobs.contains(i.job)).collect();
+        self.queued.fetch_add(retry.len(), Ordering::SeqCst);
+        self.queue.requeue_front(retry);
+        self.set_state(WorkerState::Restarting);
+        self.restart_at = Some(Instant::now() + recovery::restart_delay(restarts));
+    }
+
+    pub(super) async fn shutdown(&mut self) {
+        // Finish what is in flight, answer the rest as unavailable.
+        let deadline = Instant::now() + self.cfg.stop_grace;
+        while !self.in_flight.is_empty() && Instant::now() < deadline {
+            let ev = tokio::select! {
+                ev = next_event(&mut self.events) => ev,
+                _ = tokio::time::sleep_until(deadline) => break,
+            };
+            if matches!(ev, WorkerEvent::Died(_)) {
+                break;
+            }
+            self.on_worker_event(ev).await;
+        }
+        for batch in std::mem::take(&mut self.in_flight).into_values() {
+            for item in batch.items {
+                self.jobs.fail(item.job, JobError::ShuttingDown);
+            }
+        }
+        self.fail_all_queued(JobError::ShuttingDown);
+        if let Some(w) = self.worker.take() {
+            self.set_state(WorkerState::Draining);
+            w.stop(self.cfg.stop_grace).await;
+        }
+        self.set_stopped();
+        self.publish_status();
+    }
+
+    pub(super) fn set_state(&self, state: WorkerState) {
+        self.status.lock().unwrap().state = state;
+    }
+
+    pub(super) fn set_stopped(&self) {
+        let mut s = self.status.lock().unwrap();
+        s.state = WorkerState::Stopped;
+        s.pid = None;
+        s.started_at = None;
+        s.started_wall = None;
+    }
+
+    pub(super) fn publish_status(&self) {
+        let mut s = self.status.lock().unwrap();
+        s.in_flight = self.in_flight.len();
+        if self.worker.is_some() {
+            s.state = if self.in_flight.is_empty() { WorkerState::Ready } else { WorkerState::Busy };
+        }
+        let m = metrics();
+        m.queue_depth.with_label_values(&[&self.name]).set(self.queue.len() as f64);
+        for st in WorkerState::ALL {
+            m.worker_state.with_label_values(&[&self.name, st.as_str()]).set(if st == s.state { 1.0 } else { 0.0 });
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The runner's interface: [`RunnerHandle`], what requests and the pool hold, the
+//! messages it turns into, what a job answers, and what the runner tells the pool.
+//!
+//! Requests submit jobs (their tokenized inputs) and await a oneshot answer; the pool and
+//! the control socket send load / evict / restart. The queue bound is enforced here, in
+//! the caller's task, so an overloaded model answers 429 without touching its runner.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use mlx_serve_protocol::{ModelInfo, ModelKind, WorkerStats};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::metrics::metrics;
+use crate::tokenize::Tokens;
+use crate::worker::{StartError, WorkerState};
+
+/// A finished job: one row per input, or one score per input.
+#[derive(Debug, PartialEq)]
+pub enum JobOutput {
+    /// `n × dim` row-major.
+    Rows { dim: usize, data: Vec<f32> },
+    Scores(Vec<f32>),
+}
+
+/// Why a job got no output. The API maps each to its status (`api/error.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The worker refused the input (out-of-range ids, unsupported): the client's fault.
+    #[error("{0}")]
+    Invalid(String),
+    /// The worker failed on the batch for its own reasons.
+    #[error("model {model} failed: {message}")]
+    WorkerFailed { model: String, message: String },
+    /// The input was in flight during two worker crashes: probably what kills it.
+    #[error("input {index} was being processed when the model worker crashed twice ({reason}); it was not retried again")]
+    Poisoned { index: u32, reason: String },
+    /// The worker cannot start; the reason is the worker's.
+    #[error("model {model} failed to load: {reason}")]
+    LoadFailed { model: String, reason: StartError },
+    #[error("model {model} has {queued} inputs queued (limit {limit}); retry shortly")]
+    Overloaded { model: String, queued: usize, limit: usize },
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+pub type JobResult = Result<JobOutput, JobError>;
+
+/// Why load / evict / restart did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunnerError {
+    #[error("model {0} has work queued or in flight")]
+    Busy(String),
+    #[error("model {0} is not loaded")]
+    NotLoaded(String),
+    #[error("model {model} failed to load: {reason}")]
+    LoadFailed { model: String, reason: StartError },
+    #[error("runner stopped")]
+    Stopped,
+}
+
+/// What `ctl workers`, `/api/ps` and the pool read about a runner.
+#[derive(Debug, Clone)]
+pub struct RunnerStatus {
+    pub state: WorkerState,
+    pub pid: Option<u32>,
+    pub started_at: Option<Instant>,
+    pub started_wall: Option<SystemTime>,
+    pub restarts: u32,
+    pub batches: u64,
+    /// Batches sent to the worker and not yet answered.
+    pub in_flight: usize,
+    pub last_used: Instant,
+    pub info: Option<ModelInfo>,
+    pub last_error: Option<String>,
+    pub worker_stats: Option<WorkerStats>,
+}
+
+impl Default for RunnerStatus {
+    fn default() -> RunnerStatus {
+        RunnerStatus {
+            state: WorkerState::Stopped,
+            pid: None,
+            started_at: None,
+            started_wall: None,
+            restarts: 0,
+            batches: 0,
+            in_flight: 0,
+            last_used: Instant::now(),
+            info: None,
+            last_error: None,
+            worker_stats: None,
+        }
+    }
+}
+
+/// What the runner's inbox carries.
+pub enum RunnerMsg {
+    Job { seqs: Vec<Tokens>, reply: oneshot::Sender<JobResult> },
+    /// Start the worker now (preload, `ctl load`); answers when ready or failed.
+    Load(oneshot::Sender<Result<(), RunnerError>>),
+    /// Stop the worker if nothing is queued or in flight.
+    Evict(oneshot::Sender<Result<(), RunnerError>>),
+    /// Stop and start the worker (waits for in-flight work).
+    Restart(oneshot::Sender<Result<(), RunnerError>>),
+    Stats(oneshot::Sender<Option<WorkerStats>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Requests from runners to the pool.
+pub enum PoolRequest {
+    /// A worker of `kind` is about to start: evict others to respect the per-type limit.
+    MakeRoom { kind: ModelKind, name: String, reply: oneshot::Sender<()> },
+}
+
+/// How everyone else talks to a model's runner. Cheap to clone.
+#[derive(Clone)]
+pub struct RunnerHandle {
+    pub name: String,
+    pub kind: ModelKind,
+    /// Preloaded models stay through TTL sweeps and are evicted last. Set at creation
+    /// when `models.preload` names the store folder, or later by the preload task (which
+    /// may only know the model's alias until its download finished).
+    preloaded: Arc<AtomicBool>,
+    tx: mpsc::UnboundedSender<RunnerMsg>,
+    /// Inputs queued and not yet sent (shared with the runner, which decrements it).
+    queued: Arc<AtomicUsize>,
+    max_queue: usize,
+    pub status: Arc<Mutex<RunnerStatus>>,
+}
+
+impl RunnerHandle {
+    pub(super) fn new(
+        name: String,
+        kind: ModelKind,
+        preloaded: bool,
+        tx: mpsc::UnboundedSender<RunnerMsg>,
+        queued: Arc<AtomicUsize>,
+        max_queue: usize,
+        status: Arc<Mutex<RunnerStatus>>,
+    ) -> RunnerHandle {
+        RunnerHandle { name, kind, preloaded: Arc::new(preloaded.into()), tx, queued, max_queue, status }
+    }
+
+    /// Queues a job; refuses with `Overloaded` past the queue bound (a job larger than
+    /// the bound is still taken when nothing else waits).
+    pub fn submit(&self, seqs: Vec<Tokens>) -> Result<oneshot::Receiver<JobResult>, JobError> {
+        let n = seqs.len();
+        let before = self.queued.fetch_add(n, Ordering::SeqCst);
+        if before + n > self.max_queue && before > 0 {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            return Err(JobError::Overloaded { model: self.name.clone(), queued: before, limit: self.max_queue });
+        }
+        let hit = matches!(self.state(), WorkerState::Ready | WorkerState::Busy);
+        let counter = if hit { &metrics().cache_hits_total } else { &metrics().cache_misses_total };
+        counter.with_label_values(&[self.kind.as_str()]).inc();
+        let (reply, rx) = oneshot::channel();
+        self.status.lock().unwrap().last_used = Instant::now();
+        if self.tx.send(RunnerMsg::Job { seqs, reply }).is_err() {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            return Err(JobError::ShuttingDown);
+        }
+        Ok(rx)
+    }
+
+    pub fn is_preloaded(&self) -> bool {
+        self.preloaded.load(Ordering::SeqCst)
+    }
+
+    pub fn mark_preloaded(&self) {
+        self.preloaded.store(true, Ordering::SeqCst);
+    }
+
+    /// Inputs waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    pub fn state(&self) -> WorkerState {
+        self.status.lock().unwrap().state
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> RunnerMsg) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn load(&self) -> Result<(), RunnerError> {
+        self.ask(RunnerMsg::Load).await.unwrap_or(Err(RunnerError::Stopped))
+    }
+
+    pub async fn evict(&self) -> Result<(), RunnerError> {
+        self.ask(RunnerMsg::Evict).await.unwrap_or(Err(RunnerError::Stopped))
+    }
+
+    pub async fn restart(&self) -> Result<(), RunnerError> {
+        self.ask(RunnerMsg::Restart).await.unwrap_or(Err(RunnerError::Stopped))
+    }
+
+    /// The worker's memory figures, when it answers.
+    pub async fn stats(&self) -> Option<WorkerStats> {
+        self.ask(RunnerMsg::Stats).await.flatten()
+    }
+
+    /// Finishes what is in flight, answers the rest as unavailable, stops the worker.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(RunnerMsg::Shutdown).await;
+    }
+
+    /// True while a worker process exists or is starting.
+    pub fn is_loaded(&self) -> bool {
+        self.state().is_loaded()
+    }
+
+    /// Nothing queued and nothing in flight.
+    pub fn is_idle(&self) -> bool {
+        self.queued() == 0 && self.status.lock().unwrap().in_flight == 0
+    }
+}

@@ -1,0 +1,124 @@
+//! The requests a runner is answering: each job's inputs are in the queue or in flight,
+//! and its rows or scores are gathered here ("scatter") until the last one arrives, when
+//! the job's oneshot gets the whole answer in input order.
+
+use std::collections::HashMap;
+
+use mlx_serve_protocol::ModelKind;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::handle::{JobError, JobOutput, JobResult};
+use crate::batch::Item;
+use crate::tokenize::Tokens;
+
+/// What a worker returned for one batch, row `i` belonging to the batch's item `i`.
+#[derive(Clone, Copy)]
+pub enum BatchOutput<'a> {
+    Rows { dim: usize, data: &'a [f32] },
+    Scores(&'a [f32]),
+}
+
+struct Job {
+    reply: oneshot::Sender<JobResult>,
+    n: usize,
+    remaining: usize,
+    dim: usize,
+    data: Vec<f32>,
+}
+
+#[derive(Default)]
+pub struct Jobs {
+    table: HashMap<u64, Job>,
+    next: u64,
+}
+
+impl Jobs {
+    /// Registers a request and returns its inputs as queue items.
+    pub fn add(&mut self, seqs: Vec<Tokens>, reply: oneshot::Sender<JobResult>, now: Instant) -> Vec<Item> {
+        let job = self.next;
+        self.next += 1;
+        let n = seqs.len();
+        self.table.insert(job, Job { reply, n, remaining: n, dim: 0, data: Vec::new() });
+        seqs.into_iter()
+            .enumerate()
+            .map(|(index, tokens)| Item { job, index: index as u32, tokens, crashes: 0, enqueued: now })
+            .collect()
+    }
+
+    /// The job still waits for an answer.
+    pub fn contains(&self, job: u64) -> bool {
+        self.table.contains_key(&job)
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.table.keys().copied().collect()
+    }
+
+    /// Forgets jobs whose requester went away (client disconnect, request timeout).
+    pub fn drop_abandoned(&mut self) {
+        self.table.retain(|_, j| !j.reply.is_closed());
+    }
+
+    /// Writes a batch's output into its jobs and answers the jobs that are complete. An
+    /// output of the wrong size fails the batch's jobs instead of being trusted.
+    pub fn scatter(&mut self, model: &str, kind: ModelKind, items: &[Item], output: BatchOutput<'_>) {
+        let width = match output {
+            BatchOutput::Rows { dim, .. } => dim,
+            BatchOutput::Scores(_) => 1,
+        };
+        let len = match output {
+            BatchOutput::Rows { data, .. } => data.len(),
+            BatchOutput::Scores(s) => s.len(),
+        };
+        if width == 0 || len != items.len() * width {
+            let message = format!("the worker answered {len} values for {} inputs", items.len());
+            for item in items {
+                self.fail(item.job, JobError::WorkerFailed { model: model.to_owned(), message: message.clone() });
+            }
+            return;
+        }
+        for (row, item) in items.iter().enumerate() {
+            let Some(job) = self.table.get_mut(&item.job) else { continue };
+            let i = item.index as usize;
+            match output {
+                BatchOutput::Rows { dim, data } => {
+                    if job.dim == 0 {
+                        job.dim = dim;
+                        job.data = vec![0.0; job.n * dim];
+                    }
+                    job.data[i * dim..(i + 1) * dim].copy_from_slice(&data[row * dim..(row + 1) * dim]);
+                }
+                BatchOutput::Scores(scores) => {
+                    if job.data.is_empty() {
+                        job.data = vec![0.0; job.n];
+                        job.dim = 1;
+                    }
+                    job.data[i] = scores[row];
+                }
+            }
+            job.remaining -= 1;
+            if job.remaining == 0 {
+                let job = self.table.remove(&item.job).expect("job present");
+                let out = match kind {
+                    ModelKind::Embedding => JobOutput::Rows { dim: job.dim, data: job.data },
+                    ModelKind::Reranker => JobOutput::Scores(job.data),
+                };
+                let _ = job.reply.send(Ok(out));
+            }
+        }
+    }
+
+    /// Answers `job` with `err`. Its other inputs are dropped when they are met (the queue
+    /// filters by [`Jobs::contains`]; rows for it are ignored). False when it was already
+    /// answered.
+    pub fn fail(&mut self, job: u64, err: JobError) -> bool {
+        match self.table.remove(&job) {
+            Some(j) => {
+                let _ = j.reply.send(Err(err));
+                true
+            }
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The worker pool: one runner per model in use, created on first use, and the tasks that
+//! apply the eviction policy (`eviction.rs`).
+//!
+//! A runner (and its tokenizer) is created the first time a model is asked for; its
+//! worker process starts when work arrives and stops on eviction.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mlx_serve_protocol::model_dir::{self, ModelFacts};
+use mlx_serve_protocol::ModelKind;
+use tokio::sync::mpsc;
+
+use super::actor::spawn_runner;
+use super::eviction;
+use super::handle::{PoolRequest, RunnerHandle};
+use super::RunnerConfig;
+use crate::config::CacheConfig;
+use crate::metrics::{metrics, process_rss_bytes};
+use crate::store::Store;
+use crate::tokenize::ModelTokenizer;
+
+/// A model in use: its facts, its tokenizer and its runner.
+pub struct ModelEntry {
+    pub name: String,
+    pub dir: PathBuf,
+    pub facts: ModelFacts,
+    pub tokenizer: Arc<ModelTokenizer>,
+    pub runner: RunnerHandle,
+}
+
+/// Why the pool has no entry for a model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("model is not installed")]
+    NotFound,
+    /// Installed, but its files cannot be used (unsupported, broken tokenizer).
+    #[error("{0}")]
+    Unusable(String),
+}
+
+/// What the pool needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub cache: CacheConfig,
+    /// `models.preload`, as the user wrote the names.
+    pub preload: Vec<String>,
+}
+
+struct PoolInner {
+    store: Store,
+    config: PoolConfig,
+    runner_cfg: RunnerConfig,
+    entries: Mutex<HashMap<String, Arc<ModelEntry>>>,
+    /// Serializes first-use creation, so a burst of requests for a new model loads its
+    /// tokenizer once (64 parallel loads of a tokenizer.json cost ~300 MB of heap).
+    creating: tokio::sync::Mutex<()>,
+    requests: mpsc::UnboundedSender<PoolRequest>,
+}
+
+/// The runners by model. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<PoolInner>,
+}
+
+impl Pool {
+    /// A pool over `store`; starts its eviction tasks (needs a tokio runtime).
+    pub fn new(store: Store, config: PoolConfig, runner_cfg: RunnerConfig) -> Pool {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = PoolInner {
+            store,
+            config,
+            runner_cfg,
+            entries: Mutex::new(HashMap::new()),
+            creating: tokio::sync::Mutex::new(()),
+            requests: tx,
+        };
+        let pool = Pool { inner: Arc::new(inner) };
+        tokio::spawn(pool.clone().serve_requests(rx));
+        tokio::spawn(pool.clone().sweep_idle());
+        pool
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The entry for `requested` (a store name or `org/name` repo id), creating its
+    /// runner on first use.
+    pub async fn get(&self, requested: &str) -> Result<Arc<ModelEntry>, EntryError> {
+        let dir = self.inner.store.find(requested).ok_or(EntryError::NotFound)?;
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or(requested).to_owned();
+        if let Some(e) = self.entry(&name) {
+            return Ok(e);
+        }
+        let _creating = self.inner.creating.lock().await;
+        if let Some(e) = self.entry(&name) {
+            return Ok(e);
+        }
+        let load_dir = dir.clone();
+        let (facts, tokenizer) = tokio::task::spawn_blocking(move || {
+            let facts = model_dir::inspect(&load_dir)?;
+            let tokenizer = ModelTokenizer::load(&load_dir, &facts).map_err(|e| e.to_string())?;
+            Ok::<_, String>((facts, tokenizer))
+        })
+        .await
+        .map_err(|e| EntryError::Unusable(e.to_string()))?
+        .map_err(|e| EntryError::Unusable(format!("model {name}: {e}")))?;
+        let store = &self.inner.store;
+        let preload = self.inner.config.preload.iter().any(|p| p == &name || store.find(p).as_ref() == Some(&dir));
+        let runner = spawn_runner(
+            name.clone(),
+            dir.clone(),
+            facts.kind,
+            preload,
+            self.inner.runner_cfg.clone(),
+            self.inner.requests.clone(),
+        );
+        let entry = Arc::new(ModelEntry { name: name.clone(), dir, facts, tokenizer: Arc::new(tokenizer), runner });
+        self.inner.entries.lock().unwrap().insert(name, entry.clone());
+        Ok(entry)
+    }
+
+    /// The entry of a model already in use, by store name.
+    pub fn entry(&self, name: &str) -> Option<Arc<ModelEntry>> {
+        self.inner.entries.lock().unwrap().get(name).cloned()
+    }
+
+    /// Entries created so far (loaded or not), sorted by name.
+    pub fn entries(&self) -> Vec<Arc<ModelEntry>> {
+        let mut v: Vec<_> = self.inner.entries.lock().unwrap().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    fn runners(&self) -> Vec<RunnerHandle> {
+        self.entries().iter().map(|e| e.runner.clone()).collect()
+    }
+
+    /// Stops a model's worker and forgets its runner (before its files are removed).
+    pub async fn forget(&self, name: &str) {
+        let entry = self.inner.entries.lock().unwrap().remove(name);
+        if let Some(e) = entry {
+            e.runner.shutdown().await;
+            // After shutdown, so the stopped runner cannot publish its series again.
+            metrics().forget_model(name);
+        }
+    }
+
+    /// Stops every worker (graceful shutdown).
+    pub async fn shutdown(&self) {
+        let entries = self.entries();
+        futures_util::future::join_all(entries.iter().map(|e| e.runner.shutdown())).await;
+    }
+
+    /// Updates the gauges derived from runner states, and worker memory.
+    pub async fn refresh_gauges(&self) {
+        let m = metrics();
+        let entries = self.entries();
+        for kind in [ModelKind::Embedding, ModelKind::Reranker] {
+            let n = entries.iter().filter(|e| e.facts.kind == kind && e.runner.is_loaded()).count();
+            m.models_loaded.with_label_values(&[kind.as_str()]).set(n as f64);
+        }
+        m.memory_usage_bytes.with_label_values(&["supervisor", ""]).set(process_rss_bytes() as f64);
+        for e in &entries {
+            let stats = if e.runner.is_loaded() {
+                tokio::time::timeout(Duration::from_millis(500), e.runner.stats()).await.ok().flatten()
+            } else {
+                None
+            };
+            let (rss, active, cache) =
+                stats.map(|s| (s.rss_bytes, s.mlx_active_bytes, s.mlx_cache_bytes)).unwrap_or((0, 0, 0));
+            m.memory_usage_bytes.with_label_values(&["worker", &e.name]).set(rss as f64);
+            m.memory_usage_bytes.with_label_values(&["mlx_active", &e.name]).set(active as f64);
+            m.memory_usage_bytes.with_label_values(&["mlx_cache", &e.name]).set(cache as f64);
+        }
+    }
+
+    async fn serve_requests(self, mut rx: mpsc::UnboundedReceiver<PoolRequest>) {
+        while let Some(req) = rx.recv().await {
+            match req {
+                PoolRequest::MakeRoom { kind, name, reply } => {
+                    let limit = match kind {
+                        ModelKind::Embedding => self.inner.config.cache.max_embedding_models,
+                        ModelKind::Reranker => self.inner.config.cache.max_reranker_models,
+                    };
+                    eviction::make_room(self.runners(), kind, &name, limit).await;
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+
+    async fn sweep_idle(self) {
+        let ttl = self.inner.config.cache.ttl_seconds;
+        if ttl == 0 {
+            return;
+        }
+        let ttl = Duration::from_secs(ttl);
+        loop {
+            tokio::time::sleep(eviction::sweep_period(ttl)).await;
+            eviction::sweep(self.runners(), ttl).await;
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The model store: `<models dir>/<name>/` folders in Hugging Face layout, and everything
+//! that puts models there.
+//!
+//! A folder placed there by hand is as good as a pulled one: its type, pooling and limits
+//! come from its own files (`mlx_serve_protocol::model_dir`). Names from requests never
+//! reach the filesystem unchecked ([`validate_name`]).
+//!
+//! - `aliases.rs`: the names users type (aliases, repo ids, `-4bit` variants) → store names.
+//! - `pull/`: a model from the Hugging Face Hub or a local folder into the store.
+//! - `quantize.rs`: an MLX-quantized copy, made by the worker binary.
+//! - `staging.rs`: the temporary folders both write into, and the rename into place.
+//! - `metadata.rs`: `mlx-serve.json` and what we read from safetensors headers.
+//! - `downloads.rs`: the daemon's shared downloads in flight, with progress.
+
+pub mod aliases;
+pub mod downloads;
+pub mod metadata;
+pub mod pull;
+pub mod quantize;
+mod staging;
+
+use std::path::{Path, PathBuf};
+
+use mlx_serve_protocol::model_dir::{self, ModelFacts};
+
+/// What can go wrong putting a model into the store (or naming one). `Clone`: a failed
+/// download is reported to everyone who waited for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid model name {0:?}: use letters, digits, '-', '_' and '.', without path separators or '..'")]
+    InvalidName(String),
+    /// A bad argument (quantization bits, group size).
+    #[error("{0}")]
+    Invalid(String),
+    /// The repo or folder does not exist (or is private without a token).
+    #[error("{0}")]
+    NotFound(String),
+    /// It exists but we will not install it (pickle only, unsupported, corrupt layout).
+    #[error("{0}")]
+    Refused(String),
+    /// Network, disk or worker failure.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// An installed model.
+#[derive(Debug, Clone)]
+pub struct InstalledModel {
+    pub name: String,
+    pub path: PathBuf,
+    pub facts: Result<ModelFacts, String>,
+    pub size_bytes: u64,
+    /// Seconds since the Unix epoch of the folder's newest file.
+    pub modified: u64,
+}
+
+/// Checks that a model name is one path component we are willing to create or read:
+/// no separators, no `..`, no leading dot, no control characters, not too long.
+pub fn validate_name(name: &str) -> Result<(), StoreError> {
+    let bad = name.is_empty()
+        || name.len() > 200
+        || name.starts_with('.')
+        || name.contains("..")
+        || name.chars().any(|c| c == '/' || c == '\\' || c == '\0' || c.is_control());
+    if bad {
+        Err(StoreError::InvalidName(name.to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
+/// The store folder name for a Hugging Face repo id: its last component
+/// (`sentence-transformers/all-MiniLM-L6-v2` → `all-MiniLM-L6-v2`).
+pub fn name_for_repo(repo: &str) -> &str {
+    repo.rsplit('/').next().unwrap_or(repo)
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+fn folder_size_and_mtime(dir: &Path) -> (u64, u64) {
+    let mut size = 0;
+    let mut mtime = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                size += md.len();
+                if let Ok(m) = md.modified() {
+                    let secs = m.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                    mtime = mtime.max(secs);
+                }
+            }
+        }
+    }
+    (size, mtime)
+}
+
+fn describe(name: String, path: PathBuf) -> InstalledModel {
+    let (size_bytes, modified) = folder_size_and_mtime(&path);
+    InstalledModel { facts: model_dir::inspect(&path), name, path, size_bytes, modified }
+}
+
+impl Store {
+    pub fn new(dir: PathBuf) -> Self {
+        Store { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Folder of model `name` (whether or not it exists).
+    pub fn path_of(&self, name: &str) -> Result<PathBuf, StoreError> {
+        validate_name(name)?;
+        Ok(self.dir.join(name))
+    }
+
+    /// Finds an installed model by name or by repo id (`org/name`).
+    pub fn find(&self, requested: &str) -> Option<PathBuf> {
+        let name = if requested.matches('/').count() == 1 { name_for_repo(requested) } else { requested };
+        let path = self.path_of(name).ok()?;
+        path.join("config.json").is_file().then_some(path)
+    }
+
+    /// Every folder with a config.json, sorted by name. Temporary download folders
+    /// (leading dot) are skipped.
+    pub fn list(&self) -> Vec<InstalledModel> {
+        let mut models: Vec<InstalledModel> =
+            self.folders().into_iter().map(|(name, path)| describe(name, path)).collect();
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        models
+    }
+
+    /// One installed model by store name or repo id (sizes walk only its own folder).
+    pub fn installed(&self, requested: &str) -> Option<InstalledModel> {
+        let path = self.find(requested)?;
+        let name = path.file_name()?.to_str()?.to_owned();
+        Some(describe(name, path))
+    }
+
+    /// Names and facts of every model, without walking their files for sizes.
+    pub fn facts(&self) -> Vec<(String, Result<ModelFacts, String>)> {
+        self.folders().into_iter().map(|(name, path)| (name, model_dir::inspect(&path))).collect()
+    }
+
+    /// (name, path) of every folder with a config.json; temporary ones (leading dot) skipped.
+    fn folders(&self) -> Vec<(String, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.to_owned();
+                let ok = validate_name(&name).is_ok() && e.path().join("config.json").is_file();
+                ok.then(|| (name, e.path()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for bad in ["", "..", "../x", "a/b", "a\\b", ".hidden", "x\0y", "a/../b"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["all-MiniLM-L6-v2", "bge-small-en-v1.5-4bit", "Qwen3_Embedding"] {
+            assert!(validate_name(good).is_ok(), "{good:?}");
+        }
+        assert_eq!(name_for_repo("BAAI/bge-m3"), "bge-m3");
+    }
+}

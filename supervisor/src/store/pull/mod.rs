@@ -1,0 +1,140 @@
+//! `pull`: a model from the Hugging Face Hub (through `hf-hub`) or a local folder in HF
+//! layout into the store, optionally quantized on the way.
+//!
+//! - Only the files a model needs are fetched ([`wanted`]); a repo whose weights are
+//!   pickle only is refused: mlx-serve loads safetensors and nothing else.
+//! - The small files come first, so an unsupported architecture is refused before any
+//!   weights are downloaded.
+//! - Everything lands in `<store>/.partial-<name>-<pid>/` and is renamed into place when
+//!   complete and verified (size, sha256 where the hub gives it, safetensors layout). A
+//!   failed or interrupted pull leaves no model folder; the next pull removes stale
+//!   partial folders and resumes from hf-hub's cache (`$HF_HOME/hub`, where the bytes
+//!   already downloaded are kept in `.sync.part` files).
+//!
+//! `hub.rs` pulls from the Hub, `folder.rs` imports a folder, `files.rs` picks the files;
+//! both sources end in [`finish`] here (metadata, optional quantization, install).
+
+mod files;
+mod folder;
+mod hub;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+
+use mlx_serve_protocol::model_dir;
+use mlx_serve_protocol::ModelKind;
+
+use crate::store::metadata::{self, ModelMetadata};
+use crate::store::quantize;
+use crate::store::staging::{install, Staging};
+use crate::store::{validate_name, Store, StoreError};
+
+pub use files::wanted;
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A Hugging Face repo id, `owner/name`.
+    Hub(String),
+    /// A folder in Hugging Face layout.
+    Folder(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct PullRequest {
+    pub source: Source,
+    /// Store name of the unquantized model (the quantized one gets `-4bit`/`-8bit`).
+    pub name: String,
+    /// Branch, tag or commit (hub only).
+    pub revision: String,
+    /// Overrides the detected type.
+    pub kind: Option<ModelKind>,
+    pub quantize: Option<quantize::Spec>,
+    /// `mlx-serve-worker`, which does the quantization.
+    pub worker_bin: PathBuf,
+}
+
+impl PullRequest {
+    /// The store name the pull installs.
+    pub fn installed_name(&self) -> String {
+        match self.quantize {
+            Some(q) => q.variant_name(&self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// Progress of a pull.
+#[derive(Debug, Clone)]
+pub enum PullEvent {
+    Status(String),
+    /// Bytes of one file so far (`completed` counts what a resumed download already had).
+    File { file: String, completed: u64, total: u64 },
+}
+
+pub type Reporter = Arc<dyn Fn(PullEvent) + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct PullOutcome {
+    pub name: String,
+    pub path: PathBuf,
+    /// The installed model already had this revision; nothing was downloaded.
+    pub up_to_date: bool,
+    pub metadata: ModelMetadata,
+}
+
+/// Checks the folder holds a model the worker can run, with the type asked for.
+fn check_model(dir: &Path, source: &str, kind: Option<ModelKind>) -> Result<model_dir::ModelFacts, StoreError> {
+    if let Some(kind) = kind {
+        // model_dir reads the declared type from mlx-serve.json.
+        let declared = ModelMetadata { kind: kind.as_str().into(), ..Default::default() };
+        declared.write(dir).map_err(|e| StoreError::Failed(e.to_string()))?;
+    }
+    model_dir::inspect(dir).map_err(|e| StoreError::Refused(format!("{source}: {e}")))
+}
+
+/// Runs a pull to the end.
+pub async fn pull(store: &Store, req: &PullRequest, report: Reporter) -> Result<PullOutcome, StoreError> {
+    validate_name(&req.name)?;
+    let installed_name = req.installed_name();
+    validate_name(&installed_name)?;
+    std::fs::create_dir_all(store.dir()).map_err(|e| StoreError::Failed(format!("cannot create {}: {e}", store.dir().display())))?;
+    match &req.source {
+        Source::Hub(repo) => hub::pull_hub(store, req, repo, &installed_name, report).await,
+        Source::Folder(dir) => folder::pull_folder(store, req, dir, &installed_name, report).await,
+    }
+}
+
+/// Writes metadata, quantizes when asked, and moves the model into place.
+async fn finish(
+    store: &Store,
+    req: &PullRequest,
+    partial: Staging,
+    installed_name: &str,
+    facts: &model_dir::ModelFacts,
+    mut meta: ModelMetadata,
+    report: Reporter,
+) -> Result<PullOutcome, StoreError> {
+    report(PullEvent::Status("verifying sha256 digest".into()));
+    meta.kind = facts.kind.as_str().into();
+    meta.architecture = facts.architecture.clone();
+    meta.dtype = metadata::dominant_dtype(&partial.path)?;
+    meta.original_size = metadata::weights_size(&partial.path);
+    meta.created = metadata::now_rfc3339();
+    meta.quantization = facts
+        .config
+        .get("quantization")
+        .and_then(|q| Some(metadata::Quantization { bits: q["bits"].as_u64()? as u8, group_size: q["group_size"].as_u64()? as u32 }));
+    meta.write(&partial.path).map_err(|e| StoreError::Failed(format!("cannot write metadata: {e}")))?;
+    report(PullEvent::Status("writing manifest".into()));
+    let (path, meta) = match req.quantize {
+        Some(spec) => {
+            report(PullEvent::Status(format!("quantizing to {}-bit (group size {})", spec.bits, spec.group_size)));
+            quantize::into_store(store, &req.worker_bin, &partial.path, installed_name, spec, &meta).await?
+        }
+        None => (install(store, &partial.path, installed_name)?, meta),
+    };
+    drop(partial);
+    Ok(PullOutcome { name: installed_name.to_owned(), path, up_to_date: false, metadata: meta })
+}
