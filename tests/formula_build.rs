@@ -84,8 +84,9 @@ fn resource_mirror(dir: &Path) -> PathBuf {
         let archive = mirror.join(format!("{name}.{ext}"));
         let mut pack = match *ext {
             "zip" => {
-                let mut c = Command::new("zip");
-                c.arg("-qr").arg(&archive).arg(top);
+                // Python's zipfile: `zip` itself is not among the packages setup installs.
+                let mut c = Command::new("python3");
+                c.args(["-m", "zipfile", "-c"]).arg(&archive).arg(top);
                 c
             }
             _ => {
