@@ -82,6 +82,26 @@ class MlxServe < Formula
     ENV["MLX_SERVE_DEV_CACHE"] = (buildpath/".cache").to_s
     system "scripts/setup", "--mlx-sys-only"
 
+    # Xcode 26 no longer bundles the Metal compiler: it is a separate download, and
+    # without it MLX's build fails at its `xcrun metal` steps, long after the crates have
+    # built. Fail first, with the fix. The error text and the fix are
+    # Xcode's own ("cannot execute tool 'metal' due to missing Metal Toolchain; use:
+    # xcodebuild -downloadComponent MetalToolchain", actions/runner-images#13094).
+    unless quiet_system "xcrun", "-sdk", "macosx", "metal", "--version"
+      odie "Xcode's Metal toolchain is missing (Xcode 26 downloads it separately). Install it with\n  " \
+           "xcodebuild -downloadComponent MetalToolchain\nthen run `brew install mlx-serve` again."
+    end
+
+    # MLX builds its fastest Metal kernels (NAX) only when Metal 4, the macOS 26.2 SDK and a
+    # deployment target >= 26.2 are all there (mlx/backend/metal/CMakeLists.txt, v0.32:
+    # "NAX kernels require ... MACOSX_DEPLOYMENT_TARGET >= 26.2"), and CMake takes the
+    # target from MACOSX_DEPLOYMENT_TARGET. Pin it to this Mac's major.minor version, as
+    # homebrew/core's `mlx` formula does (Formula/m/mlx.rb: `ENV["MACOSX_DEPLOYMENT_TARGET"]
+    # = "#{MacOS.version.major}.#{MacOS.version.minor.to_i}"`), from the full version so a
+    # 26.2 Mac gets 26.2. The build then needs this macOS or newer: see `caveats`.
+    macos = MacOS.full_version
+    ENV["MACOSX_DEPLOYMENT_TARGET"] = "#{macos.major}.#{macos.minor.to_i}"
+
     pinned = (buildpath/".deps/mlx-sys/src/mlx-c/CMakeLists.txt").read[/GIT_TAG v([0-9.]+)/, 1]
     mlx_version = resource("mlx").version.to_s
     if pinned != mlx_version
@@ -111,6 +131,15 @@ class MlxServe < Formula
 
     system "cargo", "install", *std_cargo_args(path: "supervisor")
     system "cargo", "install", *std_cargo_args(path: "worker", features: "metal")
+  end
+
+  def caveats
+    <<~CAVEATS
+      mlx-serve was built for this version of macOS (MACOSX_DEPLOYMENT_TARGET), so MLX uses
+      the fastest Metal kernels it has. After upgrading macOS (to 26.2 or newer in
+      particular), rebuild to get the newer kernels:
+        brew reinstall mlx-serve
+    CAVEATS
   end
 
   # `brew services start mlx-serve` runs the daemon in the foreground under launchd (label

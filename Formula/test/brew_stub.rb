@@ -27,6 +27,20 @@ module OS
   end
 end
 
+# Homebrew's MacOS.full_version (a MacOSVersion: major, minor), fixed to macOS 26.2 so the
+# install steps read the same on every machine.
+module MacOS
+  Version = Struct.new(:major, :minor) do
+    def to_s
+      "#{major}.#{minor}"
+    end
+  end
+
+  def self.full_version
+    Version.new(26, 2)
+  end
+end
+
 # Homebrew's Version, reduced to what the formula reads: the version parsed from a url.
 module StubVersion
   def self.from_url(url)
@@ -234,6 +248,15 @@ class Formula
   def system(*args)
     @calls << { args: args.map(&:to_s), env: ENV.to_h }
     true
+  end
+
+  # `quiet_system` (output hidden, status returned): recorded; it answers with
+  # `quiet_system_status`, true unless a check sets it (a Mac without the Metal toolchain).
+  attr_writer :quiet_system_status
+
+  def quiet_system(*args)
+    @calls << { args: args.map(&:to_s), env: ENV.to_h }
+    @quiet_system_status.nil? ? true : @quiet_system_status
   end
 
   def odie(message)

@@ -93,7 +93,7 @@ ensure
   ENV.replace(saved)
 end
 
-def run_install(klass, pin_line)
+def run_install(klass, pin_line, metal_toolchain: true)
   Dir.mktmpdir("formula-install") do |dir|
     root = Pathname(dir)
     cmakelists = root/"buildpath/.deps/mlx-sys/src/mlx-c/CMakeLists.txt"
@@ -101,6 +101,7 @@ def run_install(klass, pin_line)
     cmakelists.write("FetchContent_Declare(\n  mlx\n  #{pin_line})\n")
     formula = klass.new(prefix: root/"Cellar/mlx-serve/0", buildpath: root/"buildpath",
                         testpath: root/"test", homebrew_prefix: root/"brew")
+    formula.quiet_system_status = metal_toolchain
     Dir.chdir(root/"buildpath") do
       with_env do
         formula.install
@@ -137,6 +138,15 @@ run_install(klass, pin_line) do |formula, died|
     want = (formula.libexec/"mlx").to_s
     "MLX_RS_METAL_PATH=#{got.inspect}, want #{want}" unless got == want
   end
+  check("install: MACOSX_DEPLOYMENT_TARGET pinned to the Mac's major.minor version") do
+    got = cargo.first && cargo.first[:env]["MACOSX_DEPLOYMENT_TARGET"]
+    "MACOSX_DEPLOYMENT_TARGET=#{got.inspect}, want \"26.2\" on macOS 26.2" unless got == "26.2"
+  end
+  check("install: the Metal toolchain is checked before cargo runs") do
+    xcrun = calls.index { |c| c[:args].first(4) == %w[xcrun -sdk macosx metal] }
+    first_cargo = calls.index { |c| c[:args].first == "cargo" }
+    "no `xcrun -sdk macosx metal` check before cargo" unless xcrun && first_cargo && xcrun < first_cargo
+  end
   check("install: CMake FetchContent fed only from staged resources") do
     env = cargo.first && cargo.first[:env]
     toolchain = env && env["CMAKE_TOOLCHAIN_FILE"]
@@ -163,6 +173,22 @@ check("install: MLX version skew stops the build with both versions named") do
 
     "cargo ran before the check" if formula.calls.any? { |c| c[:args].first == "cargo" }
   end
+end
+
+check("install: a missing Metal toolchain stops the build with the download command") do
+  klass.resources.each_value { |r| r.staged_to.clear }
+  run_install(klass, pin_line, metal_toolchain: false) do |formula, died|
+    next "no odie without the Metal toolchain" unless died
+
+    fix = "xcodebuild -downloadComponent MetalToolchain"
+    next "message lacks the fix: #{died.message}" unless died.message.include?(fix)
+
+    "cargo ran before the check" if formula.calls.any? { |c| c[:args].first == "cargo" }
+  end
+end
+check("caveats: tell to rebuild after a macOS upgrade (deployment target)") do
+  text = klass.new(prefix: "/keg", buildpath: "/build", testpath: "/test", homebrew_prefix: "/brew").caveats.to_s
+  "caveats lack `brew reinstall mlx-serve`: #{text.inspect}" unless text.include?("brew reinstall mlx-serve")
 end
 
 # ---- service ----

@@ -1,0 +1,423 @@
+#!/usr/bin/env python3
+"""The GPU checks of issue 18, one step per call (bench/gpu/run_checks.sh runs each with
+its own time limit and collects what they write):
+
+  refs     sentence-transformers float32 (CPU, this Python) on every fixture case and on
+           MiniLM: the references parity compares against
+  parity   the real supervisor + worker at one compute dtype (--dtype): every fixture
+           model and MiniLM over HTTP, compared with refs
+  traffic  mixed-length texts in random order over HTTP (64 and 256 clients) beside
+           sentence-transformers fp16 on the same GPU; one-request p50 beside ST's
+           one-text time; GPU memory per worker under load (nvidia-smi)
+  memory   every model loaded: GPU memory per worker process; then each evicted (control
+           socket): what is left
+  report   one report (markdown) from the steps' JSON files
+
+Each step writes <work>/<step>[-<dtype>].json. --no-gpu (a CPU build, e.g. to test this
+script) runs sentence-transformers on the CPU in float32 and skips nvidia-smi.
+"""
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+EMBED_MIN_COS = {"float32": 0.9999, "float16": 0.999, "bfloat16": 0.999, "auto": 0.999}
+EMBED_MAX_DIFF_FP32 = 1e-4      # tests/api.rs: the CPU build's tolerance
+SCORE_MAX_DIFF = {"float32": 1e-4, "float16": 5e-3, "bfloat16": 1e-2, "auto": 5e-3}
+MINILM = "all-MiniLM-L6-v2"
+WORDS = ("the of and to in is for on with as by at from that this which model server vector search "
+         "query document memory apple silicon metal batch token latency throughput river mountain "
+         "city music science history language market energy system network data learning neural "
+         "fast local private open source cloud garden winter bread engine travel ocean").split()
+
+
+def wjson(path, obj):
+    Path(path).write_text(json.dumps(obj, indent=1))
+
+
+def rjson(path):
+    return json.loads(Path(path).read_text())
+
+
+# ---------------------------------------------------------------- server
+
+class Server:
+    """mlx-serve start --foreground on port 0 with a fresh home; stderr to a log file."""
+
+    def __init__(self, bin_dir, models, config, log_path):
+        self.home = tempfile.mkdtemp(prefix="mlx-serve-gpu-")
+        (Path(self.home) / "models").mkdir()
+        for name, path in models.items():
+            (Path(self.home) / "models" / name).symlink_to(Path(path).resolve())
+        (Path(self.home) / "config.yaml").write_text(config)
+        env = dict(os.environ, MLX_SERVE_HOME=self.home, RUST_LOG="warn,mlx_serve::server=info")
+        for k in ("MLX_SERVE_CONFIG", "MLX_SERVE_WORKER_BIN", "MLX_SERVE_COMPUTE_DTYPE"):
+            env.pop(k, None)
+        self.log = open(log_path, "a")
+        self.proc = subprocess.Popen([str(Path(bin_dir) / "mlx-serve"), "start", "--foreground", "--port", "0"],
+                                     env=env, stderr=subprocess.PIPE, stdout=self.log, text=True)
+        for line in self.proc.stderr:
+            self.log.write(line)
+            m = re.search(r"listening on http://([\d.]+):(\d+)", line)
+            if m:
+                self.url, self.port = f"http://{m.group(1)}:{m.group(2)}", int(m.group(2))
+                break
+        else:
+            raise SystemExit(f"mlx-serve did not start (exit {self.proc.wait()}); see {log_path}")
+        # Keep draining stderr so the server never blocks on a full pipe.
+        threading.Thread(target=lambda: [self.log.write(l) for l in self.proc.stderr], daemon=True).start()
+
+    def control(self, cmd, **args):
+        """One JSON line on the control socket (docs/running.md)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(120)
+            s.connect(str(Path(self.home) / "run" / f"mlx-serve-{self.port}.sock"))
+            s.sendall((json.dumps({"cmd": cmd, **args}) + "\n").encode())
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        reply = json.loads(data)
+        if not reply.get("ok"):
+            raise RuntimeError(f"control {cmd} {args}: {reply.get('error')}")
+        return reply.get("result")
+
+    def worker_pids(self):
+        """{model: pid} of the running workers."""
+        result = self.control("workers")
+        rows = result if isinstance(result, list) else result.get("workers", [])
+        return {r["model"]: r["pid"] for r in rows if r.get("pid")}
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def post(url, body, timeout=300):
+    import urllib.request
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def config_yaml(dtype, extra=""):
+    return (f"models:\n  compute_dtype: {dtype}\n  auto_download: false\n"
+            "cache:\n  max_embedding_models: 16\n  max_reranker_models: 16\n  ttl_seconds: 0\n" + extra)
+
+
+# ---------------------------------------------------------------- GPU memory
+
+def gpu_apps():
+    """{pid: MiB} from nvidia-smi's compute processes."""
+    out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, timeout=30).stdout
+    apps = {}
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0].isdigit():
+            apps[int(parts[0])] = float(parts[1]) if parts[1].replace(".", "").isdigit() else None
+    return apps
+
+
+def gpu_used_mib():
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return float(out.split()[0])
+
+
+# ---------------------------------------------------------------- references
+
+def step_refs(a):
+    import numpy as np
+    import torch
+    import sentence_transformers
+    import transformers
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    refs = {"versions": {"torch": torch.__version__, "sentence_transformers": sentence_transformers.__version__,
+                         "transformers": transformers.__version__}, "models": {}}
+    for ref_file in sorted(Path(a.refs_dir).glob("*.json")):
+        ref = rjson(ref_file)
+        name = ref["model"]
+        model_dir = Path(a.models) / name
+        if not model_dir.is_dir():
+            continue
+        out = {"kind": ref["kind"], "cases": []}
+        if ref["kind"] == "embedding":
+            # float32 whatever the stored weights (the bundled MiniLM's are float16).
+            st = SentenceTransformer(str(model_dir), device="cpu", model_kwargs={"dtype": torch.float32})
+            for case in ref["cases"]:
+                # OpenAI's API (and mlx-serve) refuse empty strings: tests/api.rs skips them too.
+                keep = [i for i, t in enumerate(case["texts"]) if t]
+                if not keep:
+                    continue
+                texts = [case["texts"][i] for i in keep]
+                emb = st.encode(texts, convert_to_numpy=True, normalize_embeddings=True, batch_size=64)
+                stored = np.asarray([case["embeddings"][i] for i in keep], dtype=np.float32)
+                stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+                out["cases"].append({"name": case["name"], "texts": texts, "embeddings": emb.tolist(),
+                                     "input_ids": [case["input_ids"][i] for i in keep],
+                                     "vs_stored_max_diff": float(np.abs(emb - stored).max())})
+        elif "yes_token_id" in ref:  # Qwen3-Reranker recipe: sigmoid(logit_yes - logit_no), last position
+            from transformers import AutoModelForCausalLM
+            lm = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+            for case in ref["cases"]:
+                scores = []
+                with torch.no_grad():
+                    for ids in case["pairs_input_ids"]:
+                        logits = lm(torch.tensor([ids])).logits[0, -1]
+                        scores.append(float(torch.sigmoid(logits[ref["yes_token_id"]] - logits[ref["no_token_id"]])))
+                out["cases"].append({"name": case["name"], "query": case["query"], "documents": case["documents"],
+                                     "instruction": case.get("instruction"), "scores": scores,
+                                     "vs_stored_max_diff": float(np.abs(np.array(scores) - case["scores"]).max())})
+        else:
+            ce = CrossEncoder(str(model_dir), device="cpu", model_kwargs={"dtype": torch.float32})
+            for case in ref["cases"]:
+                scores = ce.predict([(case["query"], d) for d in case["documents"]], convert_to_numpy=True)
+                out["cases"].append({"name": case["name"], "query": case["query"], "documents": case["documents"],
+                                     "scores": [float(s) for s in scores],
+                                     "vs_stored_max_diff": float(np.abs(scores - np.array(case["scores"])).max())})
+        refs["models"][name] = out
+    wjson(Path(a.work) / "refs.json", refs)
+    print(f"refs: {len(refs['models'])} models ({', '.join(refs['models'])})")
+
+
+# ---------------------------------------------------------------- parity
+
+def parity_case(url, name, ref, case, dtype):
+    """(max error, min cos or None, note) of one reference case over HTTP."""
+    import numpy as np
+    if ref["kind"] == "embedding":
+        got = post(url + "/v1/embeddings", {"model": name, "input": case["texts"]})
+        g = np.array([d["embedding"] for d in sorted(got["data"], key=lambda d: d["index"])], dtype=np.float64)
+        g /= np.linalg.norm(g, axis=1, keepdims=True)
+        w = np.asarray(case["embeddings"], dtype=np.float64)
+        cos, diff = float((g * w).sum(1).min()), float(np.abs(g - w).max())
+        ok = cos >= EMBED_MIN_COS[dtype] and (dtype != "float32" or diff <= EMBED_MAX_DIFF_FP32)
+        note = ""
+        if not ok:  # tell a tokenizer difference from a numeric one
+            tok = post(url + "/v1/tokenize", {"model": name, "input": case["texts"]})
+            bad = [i for i, (t, w) in enumerate(zip(tok["data"], case["input_ids"])) if t["token_ids"] != w]
+            note = f"tokens differ from the reference tokenizer's for text(s) {bad}" if bad else "same tokens"
+        return ok, diff, cos, note
+    body = {"model": name, "query": case["query"], "documents": case["documents"], "return_documents": False}
+    if case.get("instruction"):
+        body["instruction"] = case["instruction"]
+    got = post(url + "/v1/rerank", body)
+    scores = {r["index"]: r["relevance_score"] for r in got["results"]}
+    err = max(abs(scores[i] - s) for i, s in enumerate(case["scores"]))
+    return err <= SCORE_MAX_DIFF[dtype], err, None, ""
+
+
+def step_parity(a):
+    refs = rjson(Path(a.work) / "refs.json")["models"]
+    models = {n: Path(a.models) / n for n in refs}
+    server = Server(a.bin, models, config_yaml(a.dtype), Path(a.work) / f"server-parity-{a.dtype}.log")
+    result = {"dtype": a.dtype, "models": {}}
+    try:
+        for name, ref in refs.items():
+            row = {"kind": ref["kind"], "ok": True, "max_diff": 0.0, "failed_cases": []}
+            if ref["kind"] == "embedding":
+                row["min_cos"] = 1.0
+            t0 = time.perf_counter()
+            for case in ref["cases"]:
+                try:  # one case's failure is reported, the others still run
+                    ok, diff, cos, note = parity_case(server.url, name, ref, case, a.dtype)
+                except Exception as e:
+                    body = e.read().decode(errors="replace")[:300] if hasattr(e, "read") else ""
+                    ok, diff, cos, note = False, None, None, f"{type(e).__name__}: {e} {body}"
+                if diff is not None:
+                    row["max_diff"] = max(row["max_diff"], diff)
+                if cos is not None:
+                    row["min_cos"] = min(row["min_cos"], cos)
+                if not ok:
+                    row["ok"] = False
+                    row["failed_cases"].append(f"{case['name']}: {note}".rstrip(": "))
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            result["models"][name] = row
+            print(f"parity {a.dtype} {name}: {json.dumps(row)}", flush=True)
+    finally:
+        server.stop()
+    wjson(Path(a.work) / f"parity-{a.dtype}.json", result)
+
+
+# ---------------------------------------------------------------- traffic
+
+def make_texts(n, lo, hi, seed):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))).capitalize() + "." for _ in range(n)]
+
+
+async def load(url, model, texts, clients, seconds):
+    import aiohttp
+    done, errors = 0, 0
+    stop_at = time.perf_counter() + seconds
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
+        async def client(i):
+            nonlocal done, errors
+            rng = random.Random(i)
+            while time.perf_counter() < stop_at:
+                body = {"model": model, "input": rng.choice(texts), "encoding_format": "base64"}
+                async with session.post(url + "/v1/embeddings", json=body) as r:
+                    await r.read()
+                    if r.status == 200:
+                        done += 1
+                    else:
+                        errors += 1
+        start = time.perf_counter()
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        return done / (time.perf_counter() - start), errors
+
+
+def one_request_p50(url, model, texts, n):
+    lat = []
+    for i in range(n + 5):
+        t0 = time.perf_counter()
+        post(url + "/v1/embeddings", {"model": model, "input": texts[i % len(texts)]})
+        if i >= 5:
+            lat.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(lat)
+
+
+def st_rates(model_dir, sets, seconds, no_gpu):
+    import torch
+    from sentence_transformers import SentenceTransformer
+    device, dtype = ("cpu", torch.float32) if no_gpu else ("cuda", torch.float16)
+    st = SentenceTransformer(str(model_dir), device=device, model_kwargs={"dtype": dtype})
+    out = {"device": device, "dtype": str(dtype).replace("torch.", "")}
+    step = 32 if no_gpu else 256  # texts per encode() call between clock reads
+    for name, texts in sets.items():
+        st.encode(texts[:64], batch_size=32)
+        n, i, start = 0, 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            chunk = texts[i % len(texts):i % len(texts) + step]
+            st.encode(chunk, batch_size=32)
+            n += len(chunk)
+            i += step
+        out[name] = n / (time.perf_counter() - start)
+    lat = []
+    for i in range(105):
+        t0 = time.perf_counter()
+        st.encode([sets["short"][i]], batch_size=1)
+        if not no_gpu:
+            torch.cuda.synchronize()
+        if i >= 5:
+            lat.append((time.perf_counter() - t0) * 1e3)
+    out["one_text_p50_ms"] = statistics.median(lat)
+    return out
+
+
+def step_traffic(a):
+    sets = {"short": make_texts(4096, 3, 12, 1), "long": make_texts(2048, 6, 120, 2)}
+    server = Server(a.bin, {MINILM: Path(a.models) / MINILM}, config_yaml(a.dtype), Path(a.work) / "server-traffic.log")
+    result = {"dtype": a.dtype, "seconds": a.seconds, "server": {}, "gpu_mib_under_load": None}
+    samples, stop = [], threading.Event()
+    try:
+        post(server.url + "/v1/embeddings", {"model": MINILM, "input": "warm up"})
+        if not a.no_gpu:
+            def sample():
+                while not stop.is_set():
+                    pids = server.worker_pids()
+                    apps = gpu_apps()
+                    samples.append({m: apps.get(p) for m, p in pids.items()})
+                    stop.wait(0.5)
+            threading.Thread(target=sample, daemon=True).start()
+        for name, texts in sets.items():
+            for clients in (64, 256):
+                asyncio.run(load(server.url, MINILM, texts, clients, 2))  # warm-up: shapes, batch sizes
+                rate, errors = asyncio.run(load(server.url, MINILM, texts, clients, a.seconds))
+                result["server"][f"{name}_{clients}"] = {"texts_per_s": rate, "errors": errors}
+                print(f"traffic {name} {clients} clients: {rate:.0f} texts/s, {errors} errors", flush=True)
+        stop.set()
+        result["one_request_p50_ms"] = one_request_p50(server.url, MINILM, sets["short"], 200)
+        if samples:
+            peaks = [s.get(MINILM) for s in samples if s.get(MINILM)]
+            result["gpu_mib_under_load"] = max(peaks) if peaks else None
+    finally:
+        stop.set()
+        server.stop()
+        wjson(Path(a.work) / "traffic.json", result)  # kept if the library side runs out of time
+    result["st"] = st_rates(Path(a.models) / MINILM, sets, a.seconds, a.no_gpu)
+    wjson(Path(a.work) / "traffic.json", result)
+    print(json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------- memory
+
+def step_memory(a):
+    refs = rjson(Path(a.work) / "refs.json")["models"]
+    models = {n: Path(a.models) / n for n in refs}
+    result = {"dtype": a.dtype, "baseline_mib": None if a.no_gpu else gpu_used_mib(), "loaded": {}, "after_evict": {}}
+    server = Server(a.bin, models, config_yaml(a.dtype), Path(a.work) / "server-memory.log")
+    try:
+        for name in models:
+            server.control("load", model=name)
+        pids = server.worker_pids()
+        apps = {} if a.no_gpu else gpu_apps()
+        result["total_loaded_mib"] = None if a.no_gpu else gpu_used_mib()
+        for name, pid in pids.items():
+            result["loaded"][name] = {"pid": pid, "gpu_mib": apps.get(pid)}
+        for name in models:
+            server.control("evict", model=name)
+        left = server.worker_pids()
+        apps = {} if a.no_gpu else gpu_apps()
+        result["after_evict"] = {"workers": left, "gpu_apps_of_workers": {p: apps.get(p) for p in
+                                 [r["pid"] for r in result["loaded"].values()] if p in apps},
+                                 "total_mib": None if a.no_gpu else gpu_used_mib()}
+    finally:
+        server.stop()
+    wjson(Path(a.work) / "memory.json", result)
+    print(json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------- report
+
+def step_report(a):
+    from report import render  # bench/gpu/report.py
+    text = render(Path(a.work))
+    print(text)
+    Path(a.work, "report.md").write_text(text)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["refs", "parity", "traffic", "memory", "report"])
+    ap.add_argument("--bin", help="folder with mlx-serve and mlx-serve-worker")
+    ap.add_argument("--models", help="folder with one model folder per name")
+    ap.add_argument("--refs-dir", help="tests/fixtures/reference")
+    ap.add_argument("--work", required=True, help="where each step writes its JSON")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--seconds", type=float, default=8)
+    ap.add_argument("--no-gpu", action="store_true")
+    a = ap.parse_args()
+    Path(a.work).mkdir(parents=True, exist_ok=True)
+    {"refs": step_refs, "parity": step_parity, "traffic": step_traffic, "memory": step_memory,
+     "report": step_report}[a.step](a)
+
+
+def _exit_on_sigterm(signum, _frame):
+    # `timeout` stops a step with SIGTERM: unwind so each Server.stop() in a `finally` runs.
+    raise SystemExit(128 + signum)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    main()
