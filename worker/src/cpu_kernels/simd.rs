@@ -115,15 +115,16 @@ macro_rules! simd_dispatch {
             /// `simd::available()` (both only return levels this CPU supports).
             #[allow(clippy::too_many_arguments)]
             pub(in $crate::cpu_kernels) fn at(level: Level, $($arg: $ty),*) {
+                // SAFETY: `level` is one the CPU supports (see above), and these
+                // functions only need the target features of their level.
+                #[cfg(target_arch = "x86_64")]
                 match level {
-                    // SAFETY: `level` is one the CPU supports (see above), and these
-                    // functions only need the target features of their level.
-                    #[cfg(target_arch = "x86_64")]
-                    Level::Avx512 => unsafe { avx512($($arg),*) },
-                    #[cfg(target_arch = "x86_64")]
-                    Level::Avx2 => unsafe { avx2($($arg),*) },
-                    _ => generic($($arg),*),
+                    Level::Avx512 => return unsafe { avx512($($arg),*) },
+                    Level::Avx2 => return unsafe { avx2($($arg),*) },
+                    Level::Baseline => {}
                 }
+                let _ = level; // Baseline here (the only level off x86-64)
+                generic($($arg),*)
             }
         }
     };
