@@ -4,7 +4,9 @@
 //!   runtime the build used (`DEP_MLX_LIBDIR`, published by our patched mlx-sys);
 //! - OpenBLAS placed first in the symbol scope. The MLX wheel bundles the reference BLAS,
 //!   which makes fp32 matmul ~30x slower; a DT_NEEDED entry on the executable is searched
-//!   before libmlx's own dependencies, so `cblas_sgemm` binds to OpenBLAS.
+//!   before libmlx's own dependencies, so `cblas_sgemm` binds to OpenBLAS. Debian's
+//!   pthread OpenBLAS measured best against BLIS, MKL and PyPI's newer OpenBLAS at the
+//!   worker's shapes (`bench/blas_libraries.sh`, docs/cpu-backend.md).
 use std::{env, path::Path};
 
 const OPENBLAS_DIRS: &[&str] = &[

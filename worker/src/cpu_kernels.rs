@@ -7,9 +7,22 @@
 //! `simd::erf` 5%). This file computes it on the host instead: a branch-free rational erf
 //! that the Rust compiler vectorizes, split across the cores. Only the CPU build uses it;
 //! on a GPU the MLX kernel is the fast path.
+//!
+//! Each kernel body is compiled for SSE2/NEON, AVX2 and AVX-512 and picked at run time
+//! (`simd.rs`); `tests.rs` checks every level against a scalar reference, and
+//! `mlx-serve-worker bench-kernels` (`bench.rs`) times them side by side. Results go back to
+//! MLX through `Array::from_slice`, one copy: MLX's CPU allocator cannot adopt a foreign
+//! buffer (`mlx_array_new_data_managed` copies too, checked with MLX 0.32.2).
+
+pub mod bench;
+mod simd;
+#[cfg(test)]
+mod tests;
 
 use anyhow::Result;
 use mlx_rs::{Array, Dtype};
+
+use simd::simd_dispatch;
 
 /// erf(x) for f32, Eigen's / XLA's rational approximation (`generic_fast_erf_float`):
 /// clamp to [-4, 4] (erf is ±1 in f32 beyond), odd degree-13 numerator over even degree-8
@@ -38,29 +51,6 @@ fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Instantiates `$body` (a loop over inline(always) helpers) twice on x86-64: once for the
-/// baseline target (SSE2, 4 lanes) and once with AVX2 + FMA (8 lanes), chosen at run time.
-/// The binary stays portable; CPUs that have AVX2 get the wider loop.
-macro_rules! simd_dispatch {
-    (fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
-        fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn generic($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($arg: $ty),*) {
-                generic($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features `avx2` was compiled for.
-                return unsafe { avx2($($arg),*) };
-            }
-            generic($($arg),*)
-        }
-    };
-}
-
 simd_dispatch! {
     fn gelu_rows(out: &mut [f32], src: &[f32], bias: &[f32]) {
         for (o, x) in out.chunks_exact_mut(bias.len()).zip(src.chunks_exact(bias.len())) {
@@ -74,11 +64,7 @@ simd_dispatch! {
 simd_dispatch! {
     fn softmax_row(x: &[f32], o: &mut [f32], scale: f32) {
         let m = lanes_max(x);
-        // Separate passes so each one vectorizes: exp, then a lane-wise sum, then scale.
-        for (o, &v) in o.iter_mut().zip(x) {
-            *o = exp_neg((v - m) * scale);
-        }
-        let inv = 1.0 / lanes_sum(o);
+        let inv = 1.0 / exp_sum_into(x, o, m, scale);
         o.iter_mut().for_each(|v| *v *= inv);
     }
 }
@@ -86,12 +72,41 @@ simd_dispatch! {
 simd_dispatch! {
     fn softmax_inplace_impl(x: &mut [f32], scale: f32) {
         let m = lanes_max(x);
-        for v in x.iter_mut() {
-            *v = exp_neg((*v - m) * scale);
+        let mut acc = [0f32; LANES];
+        let mut chunks = x.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for i in 0..LANES {
+                c[i] = exp_neg((c[i] - m) * scale);
+                acc[i] += c[i];
+            }
         }
-        let inv = 1.0 / lanes_sum(x);
+        let mut sum = tree(acc, |a, b| a + b);
+        for v in chunks.into_remainder() {
+            *v = exp_neg((*v - m) * scale);
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
         x.iter_mut().for_each(|v| *v *= inv);
     }
+}
+
+/// `o = e^((x - m)·scale)`, returning the sum of `o` (one pass: exp and a lane-wise sum).
+#[inline(always)]
+fn exp_sum_into(x: &[f32], o: &mut [f32], m: f32, scale: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (mut oc, mut xc) = (o.chunks_exact_mut(LANES), x.chunks_exact(LANES));
+    for (o, x) in (&mut oc).zip(&mut xc) {
+        for i in 0..LANES {
+            o[i] = exp_neg((x[i] - m) * scale);
+            acc[i] += o[i];
+        }
+    }
+    let mut sum = tree(acc, |a, b| a + b);
+    for (o, &x) in oc.into_remainder().iter_mut().zip(xc.remainder()) {
+        *o = exp_neg((x - m) * scale);
+        sum += *o;
+    }
+    sum
 }
 
 /// softmax(scale · x) of one row, in place.
@@ -100,25 +115,20 @@ pub fn softmax_inplace(x: &mut [f32], scale: f32) {
 }
 
 simd_dispatch! {
-    fn add_layer_norm_row(x: &[f32], xb: &[f32], r: &[f32], w: &[f32], b: &[f32], eps: f32, o: &mut [f32]) {
-        for (((o, &x), &xb), &r) in o.iter_mut().zip(x).zip(xb).zip(r) {
-            *o = x + xb + r;
-        }
-        let n = o.len() as f32;
-        let mean = lanes_sum(o) / n;
-        let mut acc = [0f32; 8];
-        let chunks = o.chunks_exact(8);
-        let rest = chunks.remainder();
-        for c in chunks {
-            for i in 0..8 {
-                let d = c[i] - mean;
-                acc[i] += d * d;
+    /// `LayerNorm(x + xb + r)` of each `w.len()`-wide row of `x` and `r` into `o`.
+    fn add_layer_norm_rows(x: &[f32], xb: &[f32], r: &[f32], w: &[f32], b: &[f32], eps: f32, o: &mut [f32]) {
+        let hidden = w.len();
+        for ((o, x), r) in o.chunks_exact_mut(hidden).zip(x.chunks_exact(hidden)).zip(r.chunks_exact(hidden)) {
+            for (((o, &x), &xb), &r) in o.iter_mut().zip(x).zip(xb).zip(r) {
+                *o = x + xb + r;
             }
-        }
-        let var = (acc.iter().sum::<f32>() + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / n;
-        let inv = 1.0 / (var + eps).sqrt();
-        for ((o, &w), &b) in o.iter_mut().zip(w).zip(b) {
-            *o = (*o - mean) * inv * w + b;
+            let n = o.len() as f32;
+            let mean = lanes_sum(o) / n;
+            let var = lanes_sq_dev(o, mean) / n;
+            let inv = 1.0 / (var + eps).sqrt();
+            for ((o, &w), &b) in o.iter_mut().zip(w).zip(b) {
+                *o = (*o - mean) * inv * w + b;
+            }
         }
     }
 }
@@ -158,11 +168,7 @@ pub fn add_layer_norm_f32(x: &Array, x_bias: Option<&Array>, residual: &Array, w
         return Ok(None);
     }
     let mut out = vec![0f32; xs.len()];
-    let rows = |o: &mut [f32], xs: &[f32], rs: &[f32]| {
-        for ((o, x), r) in o.chunks_exact_mut(hidden).zip(xs.chunks_exact(hidden)).zip(rs.chunks_exact(hidden)) {
-            add_layer_norm_row(x, xbs, r, ws, bs, eps, o);
-        }
-    };
+    let rows = |o: &mut [f32], xs: &[f32], rs: &[f32]| add_layer_norm_rows(xs, xbs, rs, ws, bs, eps, o);
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     if threads <= 1 || xs.len() < PARALLEL_MIN {
         rows(&mut out, xs, rs);
@@ -223,6 +229,9 @@ pub fn gelu_f32(x: &Array, bias: Option<&Array>) -> Result<Option<Array>> {
 /// e^x for x ≤ 0 (softmax after subtracting the row max), Cephes `expf`: x = n·ln2 + r,
 /// degree-6 polynomial for e^r, 2^n through the exponent bits. ~1 ulp; branch-free (the
 /// rounding uses the 1.5·2²³ trick instead of `round`, which SSE2 cannot vectorize).
+/// 2^n comes from the integer bits of that sum (`t`'s low mantissa bits hold n), not from
+/// `n as i32`: Rust's saturating float-to-int cast does not vectorize, and put the exp loop
+/// on one lane at a time.
 #[inline(always)]
 fn exp_neg(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -230,7 +239,8 @@ fn exp_neg(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
     let x = x.max(-87.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND; // bits: 0x4B40_0000 + n, for n in [-126, 0]
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -239,35 +249,78 @@ fn exp_neg(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5; // Cephes 5.0000001201e-1, which is 0.5 in f32
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // (bits + 127) << 23 keeps the low 9 bits of n + 127 (in [1, 127]) as the exponent
+    // field: exactly 2^n.
+    y * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
 }
 
-/// Max and sum with 8 independent lanes: a plain `fold` over f32 is a serial dependency
-/// chain (float addition is not reassociated), this form is vectorized.
+/// max(a, b) for non-NaN inputs as one vector instruction (`f32::max`'s NaN rule costs a
+/// compare and a blend per vector).
+#[inline(always)]
+fn max_fast(a: f32, b: f32) -> f32 {
+    if a > b { a } else { b }
+}
+
+/// Independent accumulators in the reductions below: a plain `fold` over f32 is a serial
+/// dependency chain (float addition is not reassociated); 16 lanes fill one AVX-512
+/// register, two AVX2 or four SSE/NEON registers, so every level vectorizes them.
+const LANES: usize = 16;
+
+/// Folds the lanes pairwise (8 + 8, 4 + 4, …): four dependent steps instead of a chain of
+/// 15, in an order fixed for every level.
+#[inline(always)]
+fn tree(mut acc: [f32; LANES], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            acc[i] = f(acc[i], acc[i + width]);
+        }
+        width /= 2;
+    }
+    acc[0]
+}
+
+/// Max of `x` (−∞ when empty).
 #[inline(always)]
 fn lanes_max(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let chunks = x.chunks_exact(8);
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();
     for c in chunks {
-        for i in 0..8 {
-            acc[i] = acc[i].max(c[i]);
+        for i in 0..LANES {
+            acc[i] = max_fast(acc[i], c[i]);
         }
     }
-    rest.iter().chain(acc.iter()).fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+    rest.iter().fold(tree(acc, max_fast), |a, &b| max_fast(a, b))
 }
 
+/// Sum of `x`.
 #[inline(always)]
 fn lanes_sum(x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = x.chunks_exact(8);
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();
     for c in chunks {
-        for i in 0..8 {
+        for i in 0..LANES {
             acc[i] += c[i];
         }
     }
-    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+    tree(acc, |a, b| a + b) + rest.iter().sum::<f32>()
+}
+
+/// Sum of `(x - mean)²`.
+#[inline(always)]
+fn lanes_sq_dev(x: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            let d = c[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    tree(acc, |a, b| a + b) + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()
 }
 
 /// Which keys a query may attend to.
@@ -323,22 +376,3 @@ pub fn masked_softmax_f32(scores: &Array, scale: f32, mask: KeyMask) -> Result<O
     Ok(Some(Array::from_slice(&out, scores.shape())))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn exp_is_accurate_on_softmax_inputs() {
-        for i in 0..2000 {
-            let x = -(i as f32) * 0.043;
-            let (got, want) = (super::exp_neg(x) as f64, (x as f64).exp());
-            assert!((got - want).abs() <= 3e-7 * want + 1e-38, "exp({x}) = {got}, want {want}");
-        }
-    }
-
-    #[test]
-    fn erf_matches_reference_values() {
-        // erf values from the standard tables (Abramowitz & Stegun 7.1).
-        for (x, want) in [(0.0f32, 0.0f64), (0.5, 0.520_499_877_8), (1.0, 0.842_700_792_9), (2.0, 0.995_322_265_0), (-1.5, -0.966_105_146_5), (5.0, 1.0)] {
-            assert!((super::erf(x) as f64 - want).abs() < 1e-6, "erf({x}) = {}", super::erf(x));
-        }
-    }
-}

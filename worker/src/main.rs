@@ -85,6 +85,16 @@ enum Command {
         iters: u32,
         #[arg(long, default_value = "auto")]
         compute_dtype: String,
+        /// Comma-separated token count of each sequence (mixed lengths); overrides
+        /// --batch and --seq.
+        #[arg(long, value_delimiter = ',')]
+        lengths: Vec<usize>,
+    },
+    /// Time each host kernel (GELU, LayerNorm, softmax) at each SIMD level this CPU has,
+    /// one thread, at MiniLM's shapes; one JSON line per kernel and level.
+    BenchKernels {
+        #[arg(long, default_value_t = 10)]
+        rounds: u32,
     },
     /// Load a safetensors file and print its tensors and a checksum computed with MLX.
     Inspect { file: PathBuf },
@@ -122,8 +132,13 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::BenchForward { model, batch, seq, iters, compute_dtype } => {
-            bench_forward(&model, batch, seq, iters, &compute_dtype)
+        Command::BenchForward { model, batch, seq, iters, compute_dtype, lengths } => {
+            let lengths = if lengths.is_empty() { vec![seq; batch] } else { lengths };
+            bench_forward(&model, &lengths, iters, &compute_dtype)
+        }
+        Command::BenchKernels { rounds } => {
+            cpu_kernels::bench::run(rounds);
+            Ok(())
         }
         Command::Inspect { file } => inspect(&file),
         Command::BenchMatmul { n, m: None, k: None, iters } => bench_matmul(n, iters),
@@ -131,22 +146,24 @@ fn main() -> Result<()> {
     }
 }
 
-/// Times full batches (forward + pooling/head + copy-out) of `batch` × `seq` tokens.
-fn bench_forward(model: &Path, batch: usize, seq: usize, iters: u32, compute_dtype: &str) -> Result<()> {
+/// Times full batches (forward + pooling/head + copy-out) of sequences of `lengths` tokens
+/// (right-padded to the longest, as the supervisor sends them); tokens/s count real tokens.
+fn bench_forward(model: &Path, lengths: &[usize], iters: u32, compute_dtype: &str) -> Result<()> {
     blas::report();
     let opts = Options { compute_dtype: engine::parse_dtype(compute_dtype)?, ..Options::default() };
     let mut engine = Engine::load(model, &opts)?;
     let info = engine.info().clone();
-    if seq > info.max_tokens as usize || seq < 2 || batch == 0 {
-        bail!("--seq must be in 2..={} and --batch > 0", info.max_tokens);
+    let (batch, seq, tokens_total) = (lengths.len(), lengths.iter().copied().max().unwrap_or(0), lengths.iter().sum::<usize>());
+    if seq > info.max_tokens as usize || lengths.iter().any(|&n| n < 2) || batch == 0 {
+        bail!("every sequence length must be in 2..={} and --batch > 0", info.max_tokens);
     }
     // Deterministic ids from the upper part of the vocabulary (ordinary tokens, no specials).
     let lo = info.vocab_size / 4;
     let span = info.vocab_size - lo;
     let mut state = 0x2545_f491_u32;
     let mut tokens = TokenBatch::new();
-    for _ in 0..batch {
-        let ids: Vec<u32> = (0..seq)
+    for &len in lengths {
+        let ids: Vec<u32> = (0..len)
             .map(|_| {
                 state ^= state << 13;
                 state ^= state >> 17;
@@ -175,7 +192,7 @@ fn bench_forward(model: &Path, batch: usize, seq: usize, iters: u32, compute_dty
         best = best.min(s);
     }
     let secs = total / iters as f64;
-    let tps = (batch * seq) as f64 / secs;
+    let tps = tokens_total as f64 / secs;
     println!(
         "{}",
         serde_json::json!({
@@ -184,11 +201,12 @@ fn bench_forward(model: &Path, batch: usize, seq: usize, iters: u32, compute_dty
             "compute_dtype": info.compute_dtype,
             "batch": batch,
             "seq": seq,
+            "tokens": tokens_total,
             "iters": iters,
             "ms_per_batch": secs * 1e3,
             "tokens_per_second": tps,
             "best_ms_per_batch": best * 1e3,
-            "best_tokens_per_second": (batch * seq) as f64 / best,
+            "best_tokens_per_second": tokens_total as f64 / best,
         })
     );
     Ok(())
