@@ -72,18 +72,6 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    fn softmax_row(x: &[f32], o: &mut [f32], scale: f32) {
-        let m = lanes_max(x);
-        // Separate passes so each one vectorizes: exp, then a lane-wise sum, then scale.
-        for (o, &v) in o.iter_mut().zip(x) {
-            *o = exp_neg((v - m) * scale);
-        }
-        let inv = 1.0 / lanes_sum(o);
-        o.iter_mut().for_each(|v| *v *= inv);
-    }
-}
-
-simd_dispatch! {
     fn softmax_inplace_impl(x: &mut [f32], scale: f32) {
         let m = lanes_max(x);
         for v in x.iter_mut() {
@@ -268,59 +256,6 @@ fn lanes_sum(x: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
-}
-
-/// Which keys a query may attend to.
-#[derive(Clone, Copy)]
-pub enum KeyMask<'a> {
-    /// Keys `0..lengths[b]` of batch row `b` (bidirectional encoder, right padding).
-    Lengths(&'a [i32]),
-    /// Keys `0..=q` (causal decoder; with right padding these are all real for real `q`).
-    /// Rows are queries `0..q_len` repeated (grouped-query heads are stacked along rows).
-    Causal { q_len: usize },
-}
-
-/// softmax(scale · scores) over the last axis of `[batch, heads, q, k]` float32 scores,
-/// masked keys getting exactly 0 (as an additive -inf mask would); `None` when `scores` is
-/// not a contiguous float32 array.
-pub fn masked_softmax_f32(scores: &Array, scale: f32, mask: KeyMask) -> Result<Option<Array>> {
-    if scores.dtype() != Dtype::Float32 || scores.ndim() != 4 {
-        return Ok(None);
-    }
-    scores.eval()?;
-    let Ok(src) = scores.try_as_slice::<f32>() else { return Ok(None) };
-    let (heads, lq, lk) = (scores.dim(1) as usize, scores.dim(2) as usize, scores.dim(3) as usize);
-    let rows_per_batch = heads * lq; // rows of one batch entry
-    let mut out = vec![0f32; src.len()];
-    let row_fn = |row: usize, x: &[f32], o: &mut [f32]| {
-        let n = match mask {
-            KeyMask::Lengths(l) => l[row / rows_per_batch] as usize,
-            KeyMask::Causal { q_len } => row % q_len + 1,
-        }
-        .clamp(1, lk);
-        softmax_row(&x[..n], &mut o[..n], scale);
-        o[n..].fill(0.0);
-    };
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
-    let rows = src.len() / lk;
-    if threads <= 1 || src.len() < PARALLEL_MIN {
-        for (r, (o, x)) in out.chunks_mut(lk).zip(src.chunks(lk)).enumerate() {
-            row_fn(r, x, o);
-        }
-    } else {
-        let per = rows.div_ceil(threads);
-        std::thread::scope(|s| {
-            for (t, (o, x)) in out.chunks_mut(per * lk).zip(src.chunks(per * lk)).enumerate() {
-                let row_fn = &row_fn;
-                s.spawn(move || {
-                    for (r, (o, x)) in o.chunks_mut(lk).zip(x.chunks(lk)).enumerate() {
-                        row_fn(t * per + r, x, o);
-                    }
-                });
-            }
-        });
-    }
-    Ok(Some(Array::from_slice(&out, scores.shape())))
 }
 
 #[cfg(test)]
