@@ -174,9 +174,9 @@ fn worker_rss_returns_to_idle_after_load() {
     std::thread::sleep(Duration::from_secs(3));
     let idle = rss_bytes(pid).unwrap();
 
-    // Load: 24 batches of 32 mixed-length sequences up to the model's limit.
+    // Load: 12 batches of 32 mixed-length sequences up to the model's limit.
     let mut peak = idle;
-    for batch in load_batches(info.vocab_size, info.max_tokens as usize, 24, 32) {
+    for batch in load_batches(info.vocab_size, info.max_tokens as usize, 12, 32) {
         let rows = w.embed(batch).unwrap();
         assert_eq!(rows.len(), 32);
         peak = peak.max(rss_bytes(pid).unwrap());

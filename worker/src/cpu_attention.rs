@@ -142,7 +142,7 @@ pub fn packed_attention(q: HeadBlock, k: HeadBlock, v: HeadBlock, offsets: &[i32
     } else {
         std::thread::scope(|s| {
             for _ in 1..threads {
-                s.spawn(&work);
+                s.spawn(work);
             }
             work();
         });

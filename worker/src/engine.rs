@@ -11,6 +11,7 @@
 //! - CPU: fp32 matmul goes through BLAS while half-precision and quantized matmuls are far
 //!   slower there, so compute in float32, dequantize quantized layers at load, and run the
 //!   elementwise steps and attention in host kernels.
+//!
 //! `--compute-dtype` overrides the float dtype; any dtype but float32 runs MLX ops only.
 //!
 //! Batches run packed (`packing.rs`): no pad token enters the network.
