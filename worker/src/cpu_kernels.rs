@@ -5,8 +5,8 @@
 //! Profiling all-MiniLM-L6-v2 at 32 × 128 tokens put the exact-GELU kernel at ~40% of the
 //! forward pass, more than the BLAS GEMMs (perf: `__fmaf_fma3` 21%, `simd::exp` 10%,
 //! `simd::erf` 5%). This file computes it on the host instead: a branch-free rational erf
-//! that the Rust compiler vectorizes, split across the cores. Only the CPU build uses it;
-//! on a GPU the MLX kernel is the fast path.
+//! that the Rust compiler vectorizes, split across the cores. Only the CPU backend in float32
+//! uses it; on a GPU (chosen at run time, engine.rs) the MLX kernel is the fast path.
 
 use anyhow::Result;
 use mlx_rs::{Array, Dtype};
