@@ -8,10 +8,10 @@
 //! mark of recent working sets that decays, so a burst of long batches does not pin its
 //! memory after traffic turns short. `--cache-limit-mb N` (N > 0) fixes the limit instead.
 //!
-//! Idle release (after a quiet period, `server.rs`): MLX's cache is emptied and, on glibc,
-//! `malloc_trim(0)` hands the freed heap back (host-kernel scratch buffers and MLX's CPU
-//! buffers come from malloc; freed chunks below the top of an arena stay resident until
-//! trimmed). docs/worker.md, "Memory", has the measurements.
+//! Idle release (after a quiet period, `server.rs`): MLX's cache is emptied (what holds a
+//! load's memory afterwards) and, on glibc, `malloc_trim(0)` hands back free heap pages that
+//! smaller allocations leave below the top of an arena. docs/worker.md, "Memory", has the
+//! measurements.
 
 use mlx_rs::memory;
 
