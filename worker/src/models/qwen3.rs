@@ -202,9 +202,11 @@ impl Qwen3 {
     /// Per-head RMSNorm, then RoPE at each token's own position, of `[total, heads *
     /// head_dim]` columns; returns `[total, heads * head_dim]`.
     ///
-    /// MLX's RoPE counts positions along axis -2 from an offset per leading index; laying
-    /// the tokens out as `[total, heads, 1, head_dim]` makes every token its own leading
-    /// index, so the offsets array *is* the position ids.
+    /// MLX's RoPE counts positions along axis -2 from an offset that may be a vector with
+    /// one entry per index of axis 0 (`mlx/fast.cpp`, `rope`: "a scalar or vector with
+    /// x.shape(0) elements"; mlx-lm's batched decoding relies on it on Metal and CUDA).
+    /// Laying the tokens out as `[total, heads, 1, head_dim]` makes every token its own
+    /// axis-0 index, so the offsets vector *is* the position ids.
     fn norm_rope(&self, x: &Array, weight: &Array, heads: i32, positions: &Array) -> Result<Array> {
         let total = x.dim(0);
         let x = x.reshape(&[total, heads, 1, self.head_dim])?;
