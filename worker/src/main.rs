@@ -101,6 +101,9 @@ enum Command {
         iters: u32,
         #[arg(long, default_value = "auto")]
         compute_dtype: String,
+        /// As for `serve`: 0 = sized from the working set.
+        #[arg(long, default_value_t = 0)]
+        cache_limit_mb: usize,
     },
     /// Load a safetensors file and print its tensors and a checksum computed with MLX.
     Inspect { file: PathBuf },
@@ -138,8 +141,13 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::BenchForward { model, batch, seq, mixed, ids, iters, compute_dtype } => {
-            bench_forward(&model, BenchShape { batch, seq, mixed, ids }, iters, &compute_dtype)
+        Command::BenchForward { model, batch, seq, mixed, ids, iters, compute_dtype, cache_limit_mb } => {
+            let opts = Options {
+                compute_dtype: engine::parse_dtype(&compute_dtype)?,
+                cache_limit_bytes: cache_limit_mb.checked_mul(1 << 20).context("--cache-limit-mb is too large")?,
+                ..Options::default()
+            };
+            bench_forward(&model, BenchShape { batch, seq, mixed, ids }, iters, &opts)
         }
         Command::Inspect { file } => inspect(&file),
         Command::BenchMatmul { n, m: None, k: None, iters } => bench_matmul(n, iters),
@@ -156,10 +164,9 @@ struct BenchShape {
 }
 
 /// Times full batches (forward + pooling/head + copy-out).
-fn bench_forward(model: &Path, shape: BenchShape, iters: u32, compute_dtype: &str) -> Result<()> {
+fn bench_forward(model: &Path, shape: BenchShape, iters: u32, opts: &Options) -> Result<()> {
     blas::report();
-    let opts = Options { compute_dtype: engine::parse_dtype(compute_dtype)?, ..Options::default() };
-    let mut engine = Engine::load(model, &opts)?;
+    let mut engine = Engine::load(model, opts)?;
     let info = engine.info().clone();
     let BenchShape { batch, seq, mixed, ids } = shape;
     let mut tokens = TokenBatch::new();
@@ -224,6 +231,9 @@ fn bench_forward(model: &Path, shape: BenchShape, iters: u32, compute_dtype: &st
             "tokens": real,
             "padded_tokens": tokens.len() * tokens.max_len(),
             "computed_tokens_per_batch": stats.padded_tokens / stats.batches.max(1),
+            "mlx_cache_limit_mib": stats.mlx_cache_limit_bytes >> 20,
+            "mlx_peak_mib": stats.mlx_peak_bytes >> 20,
+            "mlx_cache_mib": stats.mlx_cache_bytes >> 20,
             "iters": iters,
             "ms_per_batch": secs * 1e3,
             "tokens_per_second": real as f64 / secs,
