@@ -17,7 +17,7 @@ use mlx_serve_tests::worker_process::{Started, TempDir, Worker};
 const EMBED_MIN_COSINE: f64 = 0.99999;
 const EMBED_MAX_DIFF: f64 = 1e-4;
 const SCORE_MAX_DIFF: f64 = 1e-4;
-/// The same sequence alone and inside a padded batch.
+/// The same sequence alone and inside a batch with others (tests/packed.rs: busy mixed batches).
 const BATCH_INVARIANCE: f64 = 1e-5;
 
 fn check_embedding_model(name: &str) {

@@ -16,11 +16,14 @@
 
 pub mod codec;
 pub mod model_dir;
+pub mod model_files;
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: `ModelInfo::packed` (the worker computes batches without padding),
+///    `WorkerStats::mlx_cache_limit_bytes`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// What a model produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +154,13 @@ pub struct ModelInfo {
     /// Which library answered `cblas_sgemm` (Linux CPU backend), for the operator.
     pub blas: String,
     pub load_seconds: f64,
+    /// True when the worker computes a batch packed: every position-wise layer runs on the
+    /// batch's real tokens only (`TokenBatch::tokens.len()` rows), attention stays within
+    /// each sequence, and no pad token enters the network. The tokens it computes per
+    /// batch are then the real tokens; a padded count (`max_len × sequences`) would
+    /// overstate the work. (A GPU worker pads keys inside attention to group sequences of
+    /// similar length; attention is a small share of the work, see docs/worker.md.)
+    pub packed: bool,
 }
 
 /// Memory and work counters of one worker.
@@ -162,13 +172,17 @@ pub struct WorkerStats {
     pub mlx_peak_bytes: u64,
     /// MLX's buffer cache (freed arrays kept for reuse); bounded by the cache limit.
     pub mlx_cache_bytes: u64,
+    /// The cache limit in force: fixed by `--cache-limit-mb`, or sized from the working set
+    /// of recent batches.
+    pub mlx_cache_limit_bytes: u64,
     /// Resident set size of the worker process.
     pub rss_bytes: u64,
     pub batches: u64,
     pub sequences: u64,
     /// Real (unpadded) tokens processed.
     pub tokens: u64,
-    /// Tokens including padding (`padded_tokens - tokens` is wasted work).
+    /// Rows the position-wise layers computed, padding included (`padded_tokens - tokens`
+    /// is wasted work; equal to `tokens` for a packed worker).
     pub padded_tokens: u64,
 }
 

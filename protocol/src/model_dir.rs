@@ -200,7 +200,7 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, String> {
     let tok_limit = read_json(&dir.join("tokenizer_config.json"))?
         .and_then(|c| get_u32(&c, "model_max_length"))
         .filter(|&n| n < 1_000_000);
-    let max_tokens = st_limit.or(tok_limit).unwrap_or(usable).min(usable).min(DEFAULT_MAX_TOKENS_CAP).max(1);
+    let max_tokens = st_limit.or(tok_limit).unwrap_or(usable).min(usable).clamp(1, DEFAULT_MAX_TOKENS_CAP);
 
     Ok(ModelFacts {
         kind,

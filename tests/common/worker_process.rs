@@ -216,6 +216,22 @@ impl Worker {
     pub fn stderr(&self) -> String {
         read_stderr(self.dir.path())
     }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Resident set size of process `pid` in bytes (`VmRSS` of /proc/PID/status; Linux only).
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no VmRSS in /proc/PID/status")?;
+    Ok(kib << 10)
 }
 
 fn read_stderr(dir: &Path) -> String {

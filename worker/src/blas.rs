@@ -1,7 +1,7 @@
 //! Which BLAS answers `cblas_sgemm` in this process.
 //!
 //! On Linux the MLX CPU wheel bundles the reference BLAS; fp32 matmul through it is ~30x
-//! slower than OpenBLAS (notes/mlx-on-linux.md). build.rs links OpenBLAS first in the
+//! slower than OpenBLAS (docs/worker.md, "Backends"). build.rs links OpenBLAS first in the
 //! symbol scope; this checks at start-up that it worked, because a wrong link order fails
 //! silently (only slowly).
 

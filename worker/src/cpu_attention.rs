@@ -1,14 +1,18 @@
-//! Encoder self-attention computed on the host for the CPU backend, straight from the fused
-//! Q/K/V projection.
+//! Attention over a packed batch, computed on the host for the CPU backend.
 //!
 //! MLX's CPU path for attention copies Q, K and V into `[batch, heads, len, head_dim]`,
 //! runs a batched matmul, a scalar-`exp` softmax, another batched matmul and copies the
-//! result back (copies alone were ~7% of a MiniLM forward pass in perf). Here each
-//! (sequence, head) pair is two BLAS calls on strided views of the projection output
-//! (`lda` = the projection width, so no copies), with the softmax of cpu_kernels.rs in
-//! between, while the 64 KiB score tile is still in cache. Padding costs nothing: only a
-//! sequence's real queries and keys enter the GEMMs; padded query rows come out as zeros
-//! (they are never read by pooling).
+//! result back (the copies alone were ~7% of a MiniLM forward pass in perf). Here each
+//! (sequence, head) pair is two BLAS calls on strided views of the projection outputs
+//! (`lda` = the projection's width, so nothing is copied), with the softmax of
+//! cpu_kernels.rs in between while the score tile is still in cache. Sequences are packed
+//! (`packing.rs`): a sequence's queries and keys are its own rows, so no pad token exists
+//! and none is computed.
+//!
+//! Grouped-query attention reads the kv head `h / (heads / kv_heads)` for query head `h`;
+//! causal attention (decoders) lets row `i` of a sequence see its keys `0..=i`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Result;
 use mlx_rs::{Array, Dtype};
@@ -39,70 +43,109 @@ extern "C" {
     );
 }
 
+/// Heads stored as column blocks of a 2-D `[rows, width]` float32 array: head `h` of row
+/// `r` is `width`-strided at columns `col + h * head_dim ..`.
+#[derive(Clone, Copy)]
+pub struct HeadBlock<'a> {
+    pub array: &'a Array,
+    pub col: usize,
+    pub heads: usize,
+}
+
+/// A checked, host-readable [`HeadBlock`].
+struct HostBlock<'a> {
+    data: &'a [f32],
+    width: usize,
+    col: usize,
+}
+
+impl<'a> HeadBlock<'a> {
+    fn host(&self, rows: usize, head_dim: usize) -> Result<Option<HostBlock<'a>>> {
+        let a = self.array;
+        if a.dtype() != Dtype::Float32 || a.ndim() != 2 || a.dim(0) as usize != rows {
+            return Ok(None);
+        }
+        let width = a.dim(1) as usize;
+        if self.col + self.heads * head_dim > width {
+            return Ok(None);
+        }
+        a.eval()?;
+        Ok(a.try_as_slice::<f32>().ok().map(|data| HostBlock { data, width, col: self.col }))
+    }
+}
+
 /// Output pointer shared by the worker threads; each (sequence, head) task writes a
-/// disjoint set of `head_dim`-wide column blocks.
+/// disjoint block of rows × `head_dim` columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint regions (see `attention_from_qkv`), and the scope joins
-// every thread before the buffer is used again.
+// SAFETY: tasks write disjoint regions (see `packed_attention`), and the scope joins every
+// thread before the buffer is used again.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// Bidirectional attention over real tokens for a right-padded batch.
-///
-/// `qkv` is `[batch * len, 3 * heads * head_dim]` float32 (all query heads, then key heads,
-/// then value heads, as the fused projection produces it); returns `[batch * len,
-/// heads * head_dim]`. `None` when `qkv` is not a contiguous float32 array.
-pub fn attention_from_qkv(qkv: &Array, lengths: &[i32], len: usize, heads: usize, head_dim: usize, scale: f32) -> Result<Option<Array>> {
-    if qkv.dtype() != Dtype::Float32 || qkv.ndim() != 2 {
+/// Attention of every sequence of a packed batch (`offsets`: row boundaries) over its own
+/// rows; returns `[rows, q.heads * head_dim]`. `None` when an operand is not a contiguous
+/// float32 2-D array of the batch's rows (the caller then uses MLX).
+pub fn packed_attention(q: HeadBlock, k: HeadBlock, v: HeadBlock, offsets: &[i32], head_dim: usize, scale: f32, causal: bool) -> Result<Option<Array>> {
+    let rows = *offsets.last().unwrap_or(&0) as usize;
+    let (heads, kv_heads) = (q.heads, k.heads);
+    if rows == 0 || kv_heads == 0 || v.heads != kv_heads || heads % kv_heads != 0 {
         return Ok(None);
     }
-    qkv.eval()?;
-    let Ok(src) = qkv.try_as_slice::<f32>() else { return Ok(None) };
-    let width = 3 * heads * head_dim;
+    let (Some(qh), Some(kh), Some(vh)) = (q.host(rows, head_dim)?, k.host(rows, head_dim)?, v.host(rows, head_dim)?) else {
+        return Ok(None);
+    };
+    let group = heads / kv_heads;
     let out_width = heads * head_dim;
-    let batch = lengths.len();
-    if src.len() != batch * len * width {
-        return Ok(None);
-    }
-    let mut out = vec![0f32; batch * len * out_width];
+    let mut out = vec![0f32; rows * out_width];
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let tasks = batch * heads;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8).min(tasks);
-    let run = |first: usize, last: usize| {
-        let mut scores = vec![0f32; len * len];
-        for task in first..last {
-            let (b, h) = (task / heads, task % heads);
-            let n = (lengths[b].max(1) as usize).min(len);
-            let base = b * len * width;
-            let q = src[base + h * head_dim..].as_ptr();
-            let k = src[base + (heads + h) * head_dim..].as_ptr();
-            let v = src[base + (2 * heads + h) * head_dim..].as_ptr();
+
+    // Longest sequences first and handed out one at a time: with mixed lengths a static
+    // split would leave threads idle behind the one holding the long sequences.
+    let seqs = offsets.len() - 1;
+    let mut tasks: Vec<(usize, usize)> = (0..seqs).flat_map(|s| (0..heads).map(move |h| (s, h))).collect();
+    tasks.sort_by_key(|&(s, _)| std::cmp::Reverse(offsets[s + 1] - offsets[s]));
+    let max_len = offsets.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut scores = vec![0f32; max_len * max_len];
+        loop {
+            let t = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(s, h)) = tasks.get(t) else { return };
+            let first = offsets[s] as usize;
+            let n = offsets[s + 1] as usize - first;
+            let kv = h / group;
+            let qp = qh.data[first * qh.width + qh.col + h * head_dim..].as_ptr();
+            let kp = kh.data[first * kh.width + kh.col + kv * head_dim..].as_ptr();
+            let vp = vh.data[first * vh.width + vh.col + kv * head_dim..].as_ptr();
             let o = out_ptr;
-            // SAFETY: pointers and leading dimensions describe n × head_dim blocks inside
-            // `src` (n ≤ len rows of `width` floats from `base`), an n × n block of
-            // `scores`, and rows b*len..b*len+n, columns h*head_dim.. of `out`, which no
-            // other task touches.
+            // SAFETY: each pointer starts a block of n rows × head_dim columns inside its
+            // operand (rows first..first+n ≤ rows, columns col + head·head_dim + head_dim ≤
+            // width, checked in `host`), `scores` holds n × n ≤ max_len² floats, and the
+            // destination block (rows first..first+n, columns h·head_dim..) is written by
+            // this task alone.
             unsafe {
-                cblas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, n as i32, n as i32, head_dim as i32, 1.0, q, width as i32, k, width as i32, 0.0, scores.as_mut_ptr(), n as i32);
-                for row in scores[..n * n].chunks_exact_mut(n) {
-                    softmax_inplace(row, scale);
+                cblas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, n as i32, n as i32, head_dim as i32, 1.0, qp, qh.width as i32, kp, kh.width as i32, 0.0, scores.as_mut_ptr(), n as i32);
+                for (i, row) in scores[..n * n].chunks_exact_mut(n).enumerate() {
+                    let keys = if causal { i + 1 } else { n };
+                    softmax_inplace(&mut row[..keys], scale);
+                    row[keys..].fill(0.0);
                 }
-                let dst = o.0.add(b * len * out_width + h * head_dim);
-                cblas_sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, n as i32, head_dim as i32, n as i32, 1.0, scores.as_ptr(), n as i32, v, width as i32, 0.0, dst, out_width as i32);
+                let dst = o.0.add(first * out_width + h * head_dim);
+                cblas_sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, n as i32, head_dim as i32, n as i32, 1.0, scores.as_ptr(), n as i32, vp, vh.width as i32, 0.0, dst, out_width as i32);
             }
         }
     };
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8).min(tasks.len());
     if threads <= 1 {
-        run(0, tasks);
+        work();
     } else {
-        let per = tasks.div_ceil(threads);
         std::thread::scope(|s| {
-            for t in 0..threads {
-                let run = &run;
-                s.spawn(move || run(t * per, ((t + 1) * per).min(tasks)));
+            for _ in 1..threads {
+                s.spawn(work);
             }
+            work();
         });
     }
-    Ok(Some(Array::from_slice(&out, &[(batch * len) as i32, out_width as i32])))
+    Ok(Some(Array::from_slice(&out, &[rows as i32, out_width as i32])))
 }

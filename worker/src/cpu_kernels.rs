@@ -5,8 +5,8 @@
 //! Profiling all-MiniLM-L6-v2 at 32 × 128 tokens put the exact-GELU kernel at ~40% of the
 //! forward pass, more than the BLAS GEMMs (perf: `__fmaf_fma3` 21%, `simd::exp` 10%,
 //! `simd::erf` 5%). This file computes it on the host instead: a branch-free rational erf
-//! that the Rust compiler vectorizes, split across the cores. Only the CPU build uses it;
-//! on a GPU the MLX kernel is the fast path.
+//! that the Rust compiler vectorizes, split across the cores. Only the CPU backend in float32
+//! uses it; on a GPU (chosen at run time, engine.rs) the MLX kernel is the fast path.
 //!
 //! Each kernel body is compiled for SSE2/NEON, AVX2 and AVX-512 and picked at run time
 //! (`simd.rs`); `tests.rs` checks every level against a scalar reference, and
@@ -62,6 +62,9 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
+    /// Out-of-place softmax of one row: what `softmax_inplace` is tested and benched against
+    /// (tests and `bench-kernels` call it per SIMD level, so the dispatcher itself is unused).
+    #[allow(dead_code)]
     fn softmax_row(x: &[f32], o: &mut [f32], scale: f32) {
         let m = lanes_max(x);
         let inv = 1.0 / exp_sum_into(x, o, m, scale);
@@ -321,58 +324,5 @@ fn lanes_sq_dev(x: &[f32], mean: f32) -> f32 {
         }
     }
     tree(acc, |a, b| a + b) + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()
-}
-
-/// Which keys a query may attend to.
-#[derive(Clone, Copy)]
-pub enum KeyMask<'a> {
-    /// Keys `0..lengths[b]` of batch row `b` (bidirectional encoder, right padding).
-    Lengths(&'a [i32]),
-    /// Keys `0..=q` (causal decoder; with right padding these are all real for real `q`).
-    /// Rows are queries `0..q_len` repeated (grouped-query heads are stacked along rows).
-    Causal { q_len: usize },
-}
-
-/// softmax(scale · scores) over the last axis of `[batch, heads, q, k]` float32 scores,
-/// masked keys getting exactly 0 (as an additive -inf mask would); `None` when `scores` is
-/// not a contiguous float32 array.
-pub fn masked_softmax_f32(scores: &Array, scale: f32, mask: KeyMask) -> Result<Option<Array>> {
-    if scores.dtype() != Dtype::Float32 || scores.ndim() != 4 {
-        return Ok(None);
-    }
-    scores.eval()?;
-    let Ok(src) = scores.try_as_slice::<f32>() else { return Ok(None) };
-    let (heads, lq, lk) = (scores.dim(1) as usize, scores.dim(2) as usize, scores.dim(3) as usize);
-    let rows_per_batch = heads * lq; // rows of one batch entry
-    let mut out = vec![0f32; src.len()];
-    let row_fn = |row: usize, x: &[f32], o: &mut [f32]| {
-        let n = match mask {
-            KeyMask::Lengths(l) => l[row / rows_per_batch] as usize,
-            KeyMask::Causal { q_len } => row % q_len + 1,
-        }
-        .clamp(1, lk);
-        softmax_row(&x[..n], &mut o[..n], scale);
-        o[n..].fill(0.0);
-    };
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
-    let rows = src.len() / lk;
-    if threads <= 1 || src.len() < PARALLEL_MIN {
-        for (r, (o, x)) in out.chunks_mut(lk).zip(src.chunks(lk)).enumerate() {
-            row_fn(r, x, o);
-        }
-    } else {
-        let per = rows.div_ceil(threads);
-        std::thread::scope(|s| {
-            for (t, (o, x)) in out.chunks_mut(per * lk).zip(src.chunks(per * lk)).enumerate() {
-                let row_fn = &row_fn;
-                s.spawn(move || {
-                    for (r, (o, x)) in o.chunks_mut(lk).zip(x.chunks(lk)).enumerate() {
-                        row_fn(t * per + r, x, o);
-                    }
-                });
-            }
-        });
-    }
-    Ok(Some(Array::from_slice(&out, scores.shape())))
 }
 

@@ -1,61 +1,54 @@
 //! The engine: loads one model and runs batches of token ids through it.
 //!
-//! Load: `model_dir::inspect` (kind, family, pooling, limits) → weights (dtype policy) →
-//! the architecture → the head → one tiny warm-up batch, so every lazily loaded tensor is
-//! read and every compiled kernel is built before `Ready` is sent.
+//! Load: `model_dir::inspect` (kind, family, pooling, limits) → the architecture's typed
+//! config → weights (dtype policy) → the network → the head → one tiny warm-up batch, so
+//! every lazily loaded tensor is read and every compiled kernel is built before `Ready`.
 //!
-//! Dtype policy (DESIGN.md §4): on the CPU backend fp32 matmul goes through BLAS while
-//! half-precision and quantized matmuls are far slower (notes/mlx-on-linux.md: 0.25–0.47 s
-//! for 512×1024×1024), so compute in float32 and dequantize quantized layers at load. On a
-//! GPU backend compute in the stored dtype and keep quantized layers for quantized matmul.
-//! `--compute-dtype` overrides the float dtype.
+//! Device and dtype policy (docs/worker.md, "Backends"), decided at run time from MLX's
+//! default device, not from how the binary was compiled:
+//! - GPU (Metal, CUDA): compute in the stored float dtype (half precision for most
+//!   checkpoints), keep quantized layers quantized (quantized matmul), MLX ops only.
+//! - CPU: fp32 matmul goes through BLAS while half-precision and quantized matmuls are far
+//!   slower there, so compute in float32, dequantize quantized layers at load, and run the
+//!   elementwise steps and attention in host kernels.
+//!
+//! `--compute-dtype` overrides the float dtype; any dtype but float32 runs MLX ops only.
+//!
+//! Batches run packed (`packing.rs`): no pad token enters the network.
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
-use mlx_rs::{memory, Array, Dtype};
-use mlx_serve_protocol::model_dir::{self, Family, Pooling};
+use mlx_rs::{Array, Device, DeviceType, Dtype};
+use mlx_serve_protocol::model_dir::{self, Family, ModelFacts, Pooling};
 use mlx_serve_protocol::{ModelInfo, ModelKind, TokenBatch, WorkerStats};
 
 use crate::heads::{CrossEncoder, Head, YesNo};
-use crate::models::bert::Bert;
-use crate::models::qwen3::Qwen3;
-use crate::models::xlm_roberta::XlmRoberta;
-use crate::models::{Inputs, Network};
+use crate::memory::MemoryPolicy;
+use crate::models::bert::{self, Bert, BertConfig};
+use crate::models::qwen3::{self, Qwen3, Qwen3Config};
+use crate::models::xlm_roberta::{self, XlmRoberta, XlmRobertaConfig};
+use crate::models::{parse_config, Inputs, Kernels, Network};
+use crate::packing::{AttentionBuckets, Packing};
 use crate::pooling;
-use crate::weights::{dtype_name, LoadPolicy, Weights};
-
-/// Default bound on MLX's buffer cache: enough to reuse a batch's buffers, small enough that
-/// an idle worker does not hold on to its peak.
-/// The cache is emptied after 2 s idle anyway (server.rs), so this only bounds memory under
-/// load. Measured over HTTP on MiniLM, 32 × ~90-token batches: 64 MiB → 59 texts/s,
-/// 256 → 68, 512 → 73 (fresh buffers page-fault; reused ones do not).
-pub const DEFAULT_CACHE_LIMIT_MB: usize = 512;
+use crate::weights::{dtype_name, LoadPolicy, StorageConfig, Weights};
 
 /// How to load a model.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Overrides the kind detected from the folder.
     pub kind: Option<ModelKind>,
-    /// `None` = the backend's policy (see module docs).
+    /// `None` = the device's policy (see module docs).
     pub compute_dtype: Option<Dtype>,
+    /// Fixed bound on MLX's buffer cache; 0 = sized from the batches run (`memory.rs`).
     pub cache_limit_bytes: usize,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Options { kind: None, compute_dtype: None, cache_limit_bytes: DEFAULT_CACHE_LIMIT_MB << 20 }
-    }
-}
-
-/// The MLX device this build computes on.
-pub fn device_name() -> &'static str {
-    if cfg!(feature = "metal") {
-        "gpu"
-    } else {
-        "cpu"
-    }
+/// True when MLX's default device is a GPU (a Metal or CUDA build on a machine that has
+/// one); MLX picks it at start-up.
+pub fn on_gpu() -> bool {
+    Device::try_default().ok().and_then(|d| d.get_type().ok()).is_some_and(|t| matches!(t, DeviceType::Gpu))
 }
 
 pub fn parse_dtype(s: &str) -> Result<Option<Dtype>> {
@@ -79,71 +72,81 @@ pub struct Engine {
     /// Segment ids must be below it (0 or 1 → only zeros).
     type_vocab: u32,
     max_tokens: u32,
+    memory: MemoryPolicy,
     stats: WorkerStats,
+}
+
+/// The facts of the folder with `--kind` applied.
+fn facts_for(dir: &Path, kind: Option<ModelKind>) -> Result<ModelFacts> {
+    let mut facts = model_dir::inspect(dir).map_err(|e| anyhow!(e))?;
+    if let Some(kind) = kind.filter(|&k| k != facts.kind) {
+        facts.kind = kind;
+        facts.pooling = match (kind, facts.family) {
+            (ModelKind::Reranker, Family::Qwen3) => Pooling::YesNo,
+            (ModelKind::Reranker, _) => Pooling::CrossEncoder,
+            (ModelKind::Embedding, Family::Qwen3) => Pooling::LastToken,
+            (ModelKind::Embedding, _) => Pooling::Cls,
+        };
+        facts.normalize = kind == ModelKind::Embedding;
+    }
+    Ok(facts)
 }
 
 impl Engine {
     pub fn load(dir: &Path, opts: &Options) -> Result<Engine> {
         let start = Instant::now();
-        #[cfg(feature = "metal")]
-        mlx_rs::Device::set_default(&mlx_rs::Device::gpu());
-        memory::set_cache_limit(opts.cache_limit_bytes)?;
-
-        let mut facts = model_dir::inspect(dir).map_err(|e| anyhow!(e))?;
-        if let Some(kind) = opts.kind {
-            if kind != facts.kind {
-                facts.kind = kind;
-                facts.pooling = match (kind, facts.family) {
-                    (ModelKind::Reranker, Family::Qwen3) => Pooling::YesNo,
-                    (ModelKind::Reranker, _) => Pooling::CrossEncoder,
-                    (ModelKind::Embedding, Family::Qwen3) => Pooling::LastToken,
-                    (ModelKind::Embedding, _) => Pooling::Cls,
-                };
-                facts.normalize = kind == ModelKind::Embedding;
-            }
-        }
-        let config = &facts.config;
-
-        let gpu = cfg!(feature = "metal");
-        let mut w = Weights::load(dir, config, LoadPolicy { compute: Dtype::Float32, dequantize: !gpu })?;
+        let memory = MemoryPolicy::new(opts.cache_limit_bytes)?;
+        let facts = facts_for(dir, opts.kind)?;
+        let gpu = on_gpu();
+        let storage: StorageConfig = parse_config(&facts.config)?;
+        let sanitize = match facts.family {
+            Family::Bert => bert::sanitize,
+            Family::XlmRoberta => xlm_roberta::sanitize,
+            Family::Qwen3 => qwen3::sanitize,
+        };
+        let mut w = Weights::load(dir, &storage, sanitize, LoadPolicy { compute: Dtype::Float32, dequantize: !gpu })?;
         let compute = match opts.compute_dtype {
             Some(d) => d,
             None if gpu => w.stored_float_dtype().unwrap_or(Dtype::Float32),
             None => Dtype::Float32,
         };
         w.set_policy(LoadPolicy { compute, dequantize: !gpu });
+        let kernels = if !gpu && compute == Dtype::Float32 { Kernels::Host } else { Kernels::Mlx };
 
-        let (network, head): (Box<dyn Network>, Head) = match facts.family {
+        let pool_head = Head::Pool { pooling: facts.pooling, normalize: facts.normalize };
+        let (network, head, type_vocab): (Box<dyn Network>, Head, i32) = match facts.family {
             Family::Bert => {
-                let net = Bert::load(config, &mut w)?;
+                let config: BertConfig = parse_config(&facts.config)?;
+                let net = Bert::load(&config, &mut w, kernels)?;
                 let head = match facts.pooling {
-                    Pooling::CrossEncoder => Head::CrossEncoder(CrossEncoder::load_bert(config, &mut w, net.hidden_size())?),
-                    p => Head::Pool { pooling: p, normalize: facts.normalize },
+                    Pooling::CrossEncoder => Head::CrossEncoder(CrossEncoder::load_bert(config.num_labels(), &mut w, net.hidden_size())?),
+                    _ => pool_head,
                 };
-                (Box::new(net), head)
+                (Box::new(net), head, config.type_vocab_size)
             }
             Family::XlmRoberta => {
-                let net = XlmRoberta::load(config, &mut w)?;
+                let config: XlmRobertaConfig = parse_config(&facts.config)?;
+                let net = XlmRoberta::load(&config, &mut w, kernels)?;
                 let head = match facts.pooling {
-                    Pooling::CrossEncoder => Head::CrossEncoder(CrossEncoder::load_xlmr(config, &mut w, net.hidden_size())?),
-                    p => Head::Pool { pooling: p, normalize: facts.normalize },
+                    Pooling::CrossEncoder => Head::CrossEncoder(CrossEncoder::load_xlmr(config.bert.num_labels(), &mut w, net.hidden_size())?),
+                    _ => pool_head,
                 };
-                (Box::new(net), head)
+                (Box::new(net), head, config.bert.type_vocab_size)
             }
             Family::Qwen3 => {
-                let net = Qwen3::load(config, &mut w)?;
+                let config: Qwen3Config = parse_config(&facts.config)?;
+                let net = Qwen3::load(&config, &mut w, kernels)?;
                 let head = match facts.pooling {
                     Pooling::YesNo => Head::YesNo(YesNo::load(dir, &mut w, &net)?),
                     Pooling::CrossEncoder => bail!("Qwen3 sequence-classification heads are not supported"),
-                    p => Head::Pool { pooling: p, normalize: facts.normalize },
+                    _ => pool_head,
                 };
-                (Box::new(net), head)
+                (Box::new(net), head, 0)
             }
         };
         if matches!(head, Head::Pool { .. }) != (facts.kind == ModelKind::Embedding) {
             bail!("{} cannot serve as {}", facts.architecture, facts.kind.as_str());
         }
-        let type_vocab = config.get("type_vocab_size").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
         let hidden = network.hidden_size();
         let stored_dtype = w.stored_dtype();
         drop(w); // unused tensors (MLM heads, position_ids buffers) are released here
@@ -160,9 +163,10 @@ impl Engine {
             normalize: facts.normalize,
             stored_dtype,
             compute_dtype: dtype_name(compute).into(),
-            device: device_name().into(),
+            device: if gpu { "gpu" } else { "cpu" }.into(),
             blas: crate::blas::sgemm_provider(),
             load_seconds: 0.0,
+            packed: true,
         };
         let mut engine = Engine {
             network,
@@ -170,8 +174,9 @@ impl Engine {
             kind: facts.kind,
             info,
             vocab: facts.vocab_size,
-            type_vocab,
+            type_vocab: type_vocab.max(0) as u32,
             max_tokens: facts.max_tokens,
+            memory,
             stats: WorkerStats::default(),
         };
         // Warm-up: reads every weight from disk and builds compiled kernels now, not on the
@@ -216,66 +221,68 @@ impl Engine {
         Ok(())
     }
 
-    /// Pads the batch on the right to its longest sequence.
+    /// The batch as the network takes it: ids, segment ids and per-sequence positions of
+    /// all tokens back to back, plus the attention plan MLX kernels need.
     fn prepare(&self, batch: &TokenBatch) -> Result<Inputs> {
-        let b = batch.len();
-        let l = batch.max_len();
-        let pad = self.network.pad_id();
-        let mut ids = vec![pad as i32; b * l];
-        let mut types = vec![0i32; b * l];
-        let mut mask = vec![false; b * l];
-        let mut positions: Option<Vec<i32>> = None;
-        let mut lengths = Vec::with_capacity(b);
-        for i in 0..b {
-            let seq = batch.sequence(i);
-            let row = i * l;
-            for (j, &t) in seq.iter().enumerate() {
-                ids[row + j] = t as i32;
-            }
-            for (j, &t) in batch.sequence_type_ids(i).iter().enumerate() {
-                types[row + j] = t as i32;
-            }
-            mask[row..row + seq.len()].fill(true);
-            if let Some(p) = self.network.position_ids(seq, l) {
-                positions.get_or_insert_with(|| Vec::with_capacity(b * l)).extend(p);
-            }
-            lengths.push(seq.len() as i32);
+        let total = batch.tokens.len();
+        let ids: Vec<i32> = batch.tokens.iter().map(|&t| t as i32).collect();
+        let types: Vec<i32> = if batch.type_ids.is_empty() {
+            vec![0; total]
+        } else {
+            batch.type_ids.iter().map(|&t| t as i32).collect()
+        };
+        let mut positions = Vec::with_capacity(total);
+        for i in 0..batch.len() {
+            self.network.position_ids(batch.sequence(i), &mut positions);
         }
-        let (bi, li) = (b as i32, l as i32);
+        let packing = Packing { offsets: batch.offsets.iter().map(|&o| o as i32).collect() };
+        let buckets = match self.network.kernels() {
+            Kernels::Mlx => Some(AttentionBuckets::new(&packing)?),
+            Kernels::Host => None,
+        };
+        let n = total as i32;
         Ok(Inputs {
-            ids: Array::from_slice(&ids, &[bi * li]),
-            type_ids: Array::from_slice(&types, &[bi * li]),
-            positions: positions.map(|p| Array::from_slice(&p, &[bi, li])),
-            key_mask: Array::from_slice(&mask, &[bi, 1, 1, li]),
-            lengths,
-            batch: bi,
-            len: li,
+            ids: Array::from_slice(&ids, &[n]),
+            type_ids: Array::from_slice(&types, &[n]),
+            positions: Array::from_slice(&positions, &[n]),
+            packing,
+            buckets,
         })
     }
 
     /// Runs the network and the head; returns `[batch, dim]` rows or `[batch]` scores (f32).
     fn run(&mut self, batch: &TokenBatch) -> Result<Array> {
+        self.memory.before_batch();
         let inputs = self.prepare(batch)?;
         let hidden = self.network.forward(&inputs)?;
-        let (lengths, len) = (&inputs.lengths, inputs.len);
+        let packing = &inputs.packing;
         let out = match &self.head {
             Head::Pool { pooling, normalize } => {
-                let pooled = pooling::pool(&hidden, *pooling, lengths, len)?.as_dtype(Dtype::Float32)?;
+                let pooled = pooling::pool(&hidden, *pooling, packing)?.as_dtype(Dtype::Float32)?;
                 if *normalize {
                     pooling::l2_normalize(&pooled)?
                 } else {
                     pooled
                 }
             }
-            Head::CrossEncoder(h) => h.score(&hidden, lengths, len)?.as_dtype(Dtype::Float32)?,
-            Head::YesNo(h) => h.score(&hidden.as_dtype(Dtype::Float32)?, lengths, len)?,
+            Head::CrossEncoder(h) => h.score(&hidden, packing)?.as_dtype(Dtype::Float32)?,
+            Head::YesNo(h) => h.score(&hidden.as_dtype(Dtype::Float32)?, packing)?,
         };
         out.eval()?;
+        drop((hidden, inputs));
+        self.memory.after_batch();
+        let tokens = batch.tokens.len() as u64;
         self.stats.batches += 1;
         self.stats.sequences += batch.len() as u64;
-        self.stats.tokens += batch.tokens.len() as u64;
-        self.stats.padded_tokens += (inputs.batch * inputs.len) as u64;
+        self.stats.tokens += tokens;
+        // Packed: the position-wise layers computed exactly the real tokens.
+        self.stats.padded_tokens += tokens;
         Ok(out)
+    }
+
+    /// Gives idle memory back to the OS (MLX cache, C heap).
+    pub fn release_idle_memory(&mut self) {
+        self.memory.release_idle();
     }
 
     /// Embedding rows, row-major `[batch, dim]`.
@@ -300,9 +307,10 @@ impl Engine {
     /// Counters plus MLX and process memory.
     pub fn stats(&self) -> WorkerStats {
         WorkerStats {
-            mlx_active_bytes: memory::active_memory().unwrap_or(0) as u64,
-            mlx_peak_bytes: memory::peak_memory().unwrap_or(0) as u64,
-            mlx_cache_bytes: memory::cache_memory().unwrap_or(0) as u64,
+            mlx_active_bytes: mlx_rs::memory::active_memory().unwrap_or(0) as u64,
+            mlx_peak_bytes: self.memory.peak_since_start() as u64,
+            mlx_cache_bytes: mlx_rs::memory::cache_memory().unwrap_or(0) as u64,
+            mlx_cache_limit_bytes: self.memory.cache_limit() as u64,
             rss_bytes: rss_bytes(),
             ..self.stats.clone()
         }

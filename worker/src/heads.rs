@@ -16,6 +16,7 @@ use mlx_rs::{ops, Array};
 use serde_json::Value;
 
 use crate::models::qwen3::Qwen3;
+use crate::packing::Packing;
 use crate::pooling;
 use crate::weights::{Linear, Weights};
 
@@ -25,8 +26,7 @@ pub struct CrossEncoder {
     out: Linear,
 }
 
-fn check_single_label(config: &Value) -> Result<()> {
-    let labels = config.get("id2label").and_then(Value::as_object).map(|m| m.len()).unwrap_or(1);
+fn check_single_label(labels: usize) -> Result<()> {
     if labels != 1 {
         bail!("cross-encoder has {labels} labels; mlx-serve scores with single-logit (num_labels = 1) rerankers only");
     }
@@ -35,8 +35,8 @@ fn check_single_label(config: &Value) -> Result<()> {
 
 impl CrossEncoder {
     /// BERT: BertPooler (`pooler.dense`) and `classifier`.
-    pub fn load_bert(config: &Value, w: &mut Weights, hidden: i32) -> Result<CrossEncoder> {
-        check_single_label(config)?;
+    pub fn load_bert(num_labels: usize, w: &mut Weights, hidden: i32) -> Result<CrossEncoder> {
+        check_single_label(num_labels)?;
         Ok(CrossEncoder {
             dense: w.linear("pooler.dense", hidden, hidden, true).context("BERT cross-encoder pooler")?,
             out: w.linear("classifier", hidden, 1, true).context("BERT cross-encoder classifier")?,
@@ -44,19 +44,19 @@ impl CrossEncoder {
     }
 
     /// XLM-R: XLMRobertaClassificationHead (`classifier.dense`, `classifier.out_proj`).
-    pub fn load_xlmr(config: &Value, w: &mut Weights, hidden: i32) -> Result<CrossEncoder> {
-        check_single_label(config)?;
+    pub fn load_xlmr(num_labels: usize, w: &mut Weights, hidden: i32) -> Result<CrossEncoder> {
+        check_single_label(num_labels)?;
         Ok(CrossEncoder {
             dense: w.linear("classifier.dense", hidden, hidden, true)?,
             out: w.linear("classifier.out_proj", hidden, 1, true)?,
         })
     }
 
-    /// Scores `[batch]` from final states `[batch * len, hidden]`.
-    pub fn score(&self, hidden: &Array, lengths: &[i32], len: i32) -> Result<Array> {
-        let cls = pooling::cls(hidden, lengths, len)?;
+    /// Scores `[batch]` from final states `[total, hidden]`.
+    pub fn score(&self, hidden: &Array, packing: &Packing) -> Result<Array> {
+        let cls = pooling::cls(hidden, packing)?;
         let logits = self.out.forward(&ops::tanh(self.dense.forward(&cls)?)?)?;
-        Ok(ops::sigmoid(&logits.reshape(&[lengths.len() as i32])?)?)
+        Ok(ops::sigmoid(&logits.reshape(&[packing.len() as i32])?)?)
     }
 }
 
@@ -108,12 +108,12 @@ impl YesNo {
         Ok(YesNo { rows_t })
     }
 
-    /// Scores `[batch]` from final states `[batch * len, hidden]`.
-    pub fn score(&self, hidden: &Array, lengths: &[i32], len: i32) -> Result<Array> {
-        let last = pooling::last_token(hidden, lengths, len)?;
+    /// Scores `[batch]` from final states `[total, hidden]`.
+    pub fn score(&self, hidden: &Array, packing: &Packing) -> Result<Array> {
+        let last = pooling::last_token(hidden, packing)?;
         let logits = last.matmul(&self.rows_t)?; // [batch, 2] = (yes, no)
         let parts = logits.split_at_indices(&[1], 1)?;
-        let diff = parts[0].subtract(&parts[1])?.reshape(&[lengths.len() as i32])?;
+        let diff = parts[0].subtract(&parts[1])?.reshape(&[packing.len() as i32])?;
         Ok(ops::sigmoid(&diff)?)
     }
 }

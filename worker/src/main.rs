@@ -2,18 +2,23 @@
 //!
 //! The worker is pure compute: it receives token ids over a Unix socket and answers with
 //! f32 rows or scores (see `mlx-serve-protocol`). No HTTP, no JSON API, no downloads.
-//! Map: `server` (socket loop) → `engine` (load, dtype policy, run a batch) →
-//! `models/*` (one file per architecture) → `pooling` / `heads`; `weights` loads
-//! safetensors; `quantize` writes MLX-quantized copies; `blas` checks the BLAS binding;
-//! `cpu_kernels` / `cpu_attention` are host-side GELU, softmax and encoder attention for
-//! the CPU backend (MLX's elementwise kernels are scalar on x86).
+//! Map: `server` (socket loop, idle release) → `engine` (load, device and dtype policy,
+//! run a batch) → `packing` (a batch as packed rows, attention buckets) → `models/*` (one
+//! file per architecture; `models/attention` over packed sequences) → `pooling` / `heads`;
+//! `memory` sizes MLX's buffer cache from the work and gives idle memory back; `weights`
+//! loads safetensors; `quantize` writes MLX-quantized copies; `blas` checks the BLAS
+//! binding; `cpu_kernels` / `cpu_attention` are host-side GELU, LayerNorm, softmax and
+//! attention for the CPU backend (MLX's elementwise kernels are scalar on x86).
+//! docs/worker.md describes the design and its measurements.
 
 mod blas;
 mod cpu_attention;
 mod cpu_kernels;
 mod engine;
 mod heads;
+mod memory;
 mod models;
+mod packing;
 mod pooling;
 mod quantize;
 mod server;
@@ -58,8 +63,9 @@ enum Command {
         /// auto (float32 on CPU, stored dtype on GPU), float32, float16 or bfloat16.
         #[arg(long, default_value = "auto")]
         compute_dtype: String,
-        /// Bound on MLX's buffer cache (freed buffers kept for reuse).
-        #[arg(long, default_value_t = engine::DEFAULT_CACHE_LIMIT_MB)]
+        /// Bound on MLX's buffer cache (freed buffers kept for reuse), in MiB; 0 = sized
+        /// automatically from the working set of recent batches.
+        #[arg(long, default_value_t = 0)]
         cache_limit_mb: usize,
     },
     /// Write an MLX-quantized copy of a model folder (linear layers only).
@@ -77,18 +83,27 @@ enum Command {
     BenchForward {
         #[arg(long)]
         model: PathBuf,
+        /// Sequences per batch.
         #[arg(long, default_value_t = 32)]
         batch: usize,
+        /// Tokens per sequence (with --mixed: the longest).
         #[arg(long, default_value_t = 128)]
         seq: usize,
+        /// Lengths drawn uniformly from 8..=seq, in random order (fixed seed), instead of
+        /// every sequence `seq` tokens long.
+        #[arg(long)]
+        mixed: bool,
+        /// Token ids to run instead of generated ones: a JSON list of lists (one batch),
+        /// e.g. what a reference tokenizer produced for the texts it encodes.
+        #[arg(long, conflicts_with = "mixed")]
+        ids: Option<PathBuf>,
         #[arg(long, default_value_t = 10)]
         iters: u32,
         #[arg(long, default_value = "auto")]
         compute_dtype: String,
-        /// Comma-separated token count of each sequence (mixed lengths); overrides
-        /// --batch and --seq.
-        #[arg(long, value_delimiter = ',')]
-        lengths: Vec<usize>,
+        /// As for `serve`: 0 = sized from the working set.
+        #[arg(long, default_value_t = 0)]
+        cache_limit_mb: usize,
     },
     /// Time each host kernel (GELU, LayerNorm, softmax) at each SIMD level this CPU has,
     /// one thread, at MiniLM's shapes; one JSON line per kernel and level.
@@ -122,7 +137,7 @@ fn main() -> Result<()> {
                     KindArg::Reranker => ModelKind::Reranker,
                 }),
                 compute_dtype: engine::parse_dtype(&compute_dtype)?,
-                cache_limit_bytes: cache_limit_mb << 20,
+                cache_limit_bytes: cache_limit_mb.checked_mul(1 << 20).context("--cache-limit-mb is too large")?,
             };
             let code = server::run(&socket, &model, &opts)?;
             std::process::exit(code);
@@ -132,9 +147,13 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::BenchForward { model, batch, seq, iters, compute_dtype, lengths } => {
-            let lengths = if lengths.is_empty() { vec![seq; batch] } else { lengths };
-            bench_forward(&model, &lengths, iters, &compute_dtype)
+        Command::BenchForward { model, batch, seq, mixed, ids, iters, compute_dtype, cache_limit_mb } => {
+            let opts = Options {
+                compute_dtype: engine::parse_dtype(&compute_dtype)?,
+                cache_limit_bytes: cache_limit_mb.checked_mul(1 << 20).context("--cache-limit-mb is too large")?,
+                ..Options::default()
+            };
+            bench_forward(&model, BenchShape { batch, seq, mixed, ids }, iters, &opts)
         }
         Command::BenchKernels { rounds } => {
             cpu_kernels::bench::run(rounds);
@@ -146,32 +165,48 @@ fn main() -> Result<()> {
     }
 }
 
-/// Times full batches (forward + pooling/head + copy-out) of sequences of `lengths` tokens
-/// (right-padded to the longest, as the supervisor sends them); tokens/s count real tokens.
-fn bench_forward(model: &Path, lengths: &[usize], iters: u32, compute_dtype: &str) -> Result<()> {
+/// What `bench-forward` runs.
+struct BenchShape {
+    batch: usize,
+    seq: usize,
+    mixed: bool,
+    ids: Option<PathBuf>,
+}
+
+/// Times full batches (forward + pooling/head + copy-out).
+fn bench_forward(model: &Path, shape: BenchShape, iters: u32, opts: &Options) -> Result<()> {
     blas::report();
-    let opts = Options { compute_dtype: engine::parse_dtype(compute_dtype)?, ..Options::default() };
-    let mut engine = Engine::load(model, &opts)?;
+    let mut engine = Engine::load(model, opts)?;
     let info = engine.info().clone();
-    let (batch, seq, tokens_total) = (lengths.len(), lengths.iter().copied().max().unwrap_or(0), lengths.iter().sum::<usize>());
-    if seq > info.max_tokens as usize || lengths.iter().any(|&n| n < 2) || batch == 0 {
-        bail!("every sequence length must be in 2..={} and --batch > 0", info.max_tokens);
-    }
-    // Deterministic ids from the upper part of the vocabulary (ordinary tokens, no specials).
-    let lo = info.vocab_size / 4;
-    let span = info.vocab_size - lo;
-    let mut state = 0x2545_f491_u32;
+    let BenchShape { batch, seq, mixed, ids } = shape;
     let mut tokens = TokenBatch::new();
-    for &len in lengths {
-        let ids: Vec<u32> = (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                lo + state % span
-            })
-            .collect();
-        tokens.push(&ids, &[]);
+    if let Some(path) = ids {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let seqs: Vec<Vec<u32>> = serde_json::from_str(&text).with_context(|| format!("{}: not a JSON list of token-id lists", path.display()))?;
+        for s in &seqs {
+            tokens.push(s, &[]);
+        }
+        engine.validate(&tokens).map_err(anyhow::Error::msg)?;
+    } else {
+        if seq > info.max_tokens as usize || seq < 8 || batch == 0 {
+            bail!("--seq must be in 8..={} and --batch > 0", info.max_tokens);
+        }
+        // Deterministic ids from the upper part of the vocabulary (ordinary tokens, no
+        // specials), xorshift32; lengths from the same generator.
+        let lo = info.vocab_size / 4;
+        let span = info.vocab_size - lo;
+        let mut state = 0x2545_f491_u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        for _ in 0..batch {
+            let n = if mixed { 8 + next() as usize % (seq - 7) } else { seq };
+            let ids: Vec<u32> = (0..n).map(|_| lo + next() % span).collect();
+            tokens.push(&ids, &[]);
+        }
     }
     let once = |engine: &mut Engine| -> Result<()> {
         match engine.kind() {
@@ -192,21 +227,28 @@ fn bench_forward(model: &Path, lengths: &[usize], iters: u32, compute_dtype: &st
         best = best.min(s);
     }
     let secs = total / iters as f64;
-    let tps = tokens_total as f64 / secs;
+    let real = tokens.tokens.len();
+    let stats = engine.stats();
     println!(
         "{}",
         serde_json::json!({
             "model": model.display().to_string(),
             "architecture": info.architecture,
             "compute_dtype": info.compute_dtype,
-            "batch": batch,
-            "seq": seq,
-            "tokens": tokens_total,
+            "device": info.device,
+            "batch": tokens.len(),
+            "seq": tokens.max_len(),
+            "tokens": real,
+            "padded_tokens": tokens.len() * tokens.max_len(),
+            "computed_tokens_per_batch": stats.padded_tokens / stats.batches.max(1),
+            "mlx_cache_limit_mib": stats.mlx_cache_limit_bytes >> 20,
+            "mlx_peak_mib": stats.mlx_peak_bytes >> 20,
+            "mlx_cache_mib": stats.mlx_cache_bytes >> 20,
             "iters": iters,
             "ms_per_batch": secs * 1e3,
-            "tokens_per_second": tps,
+            "tokens_per_second": real as f64 / secs,
             "best_ms_per_batch": best * 1e3,
-            "best_tokens_per_second": tokens_total as f64 / best,
+            "best_tokens_per_second": real as f64 / best,
         })
     );
     Ok(())

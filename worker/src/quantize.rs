@@ -19,6 +19,8 @@ use mlx_rs::{ops, Array};
 use serde::Serialize;
 use serde_json::Value;
 
+use mlx_serve_protocol::model_files;
+
 use crate::weights::{check_safetensors, safetensors_files, QuantSpec};
 
 /// What the command prints (one JSON line).
@@ -32,21 +34,15 @@ pub struct Report {
     pub kept_tensors: usize,
 }
 
-/// Files that are weights in some format: never copied (the quantized safetensors replace
-/// them, and pickle files are never carried along).
-fn is_weight_file(name: &str) -> bool {
-    let ext = Path::new(name).extension().and_then(|e| e.to_str()).unwrap_or("");
-    name == "model.safetensors.index.json"
-        || ["safetensors", "bin", "pt", "pth", "ckpt", "h5", "msgpack", "onnx", "gguf", "pkl"].contains(&ext)
-}
-
+/// Copies everything but weights: files of any weight format (`model_files::is_weight_file`)
+/// are replaced by the quantized safetensors, and pickle files are never carried along.
 fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     std::fs::create_dir_all(dst)?;
     for entry in std::fs::read_dir(src)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let from = entry.path();
-        if name.starts_with('.') || is_weight_file(&name) || name == "onnx" || name == "openvino" {
+        if name.starts_with('.') || model_files::is_weight_file(&name) || name == "onnx" || name == "openvino" {
             continue;
         }
         if from.is_dir() {

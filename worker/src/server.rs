@@ -14,7 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
@@ -28,7 +28,8 @@ pub const EXIT_LOAD_FAILED: i32 = 2;
 /// Exit code when the supervisor's stream is broken.
 pub const EXIT_BROKEN_STREAM: i32 = 3;
 
-/// After this long without a message, MLX's buffer cache is returned to the system.
+/// After this long without a batch, idle memory (MLX's buffer cache, the C heap's free
+/// pages) is returned to the system (`memory.rs`). Stats requests do not count as work.
 const IDLE_RELEASE: Duration = Duration::from_secs(2);
 
 /// Fault injection for the supervisor's crash-recovery tests: when set to a token id, the
@@ -100,20 +101,23 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
     })?;
 
     let poison = abort_on_token();
+    // The load itself leaves freed buffers behind: release them after the first quiet period.
+    let mut last_batch = Instant::now();
     let mut idle_released = false;
     loop {
-        let item = match rx.recv_timeout(IDLE_RELEASE) {
+        let wait = if idle_released { IDLE_RELEASE } else { IDLE_RELEASE.saturating_sub(last_batch.elapsed()) };
+        let item = match rx.recv_timeout(wait) {
             Ok(item) => item,
             Err(RecvTimeoutError::Timeout) => {
                 if !idle_released {
-                    let _ = mlx_rs::memory::clear_cache();
+                    engine.release_idle_memory();
                     idle_released = true;
                 }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return Ok(0),
         };
-        idle_released = false;
+        let is_batch = matches!(item, Incoming::Message(SupervisorMessage::Embed { .. } | SupervisorMessage::Score { .. }));
         if let (Some(t), Incoming::Message(SupervisorMessage::Embed { batch, .. } | SupervisorMessage::Score { batch, .. })) =
             (poison, &item)
         {
@@ -142,6 +146,11 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
         if let Err(e) = codec::write(&mut out, &reply) {
             eprintln!("mlx-serve-worker: cannot answer the supervisor ({e}); exiting");
             return Ok(EXIT_BROKEN_STREAM);
+        }
+        if is_batch {
+            // The quiet period counts from the end of the last batch.
+            last_batch = Instant::now();
+            idle_released = false;
         }
     }
 }

@@ -1,44 +1,39 @@
 //! Model weights: every `*.safetensors` of a model folder, checked before MLX sees them.
 //!
-//! Only safetensors are read: a pickle checkpoint (`pytorch_model.bin`) can run code when
-//! unpickled, so a folder that has nothing else is refused with a clear message. Each file's
-//! header is parsed and checked against the file size here first, because MLX loads tensor
-//! data lazily: a truncated file would otherwise fail much later, in the middle of a forward
-//! pass, with a less helpful message.
+//! Which files are weights, the pickle refusal and the header checks are the shared rules of
+//! `mlx_serve_protocol::model_files`; every file's header is checked there before MLX
+//! opens it (MLX reads tensor data lazily, so a truncated file would otherwise fail in the
+//! middle of a forward pass).
 //!
-//! Checkpoint names are sanitized once (`bert.`/`roberta.`/`model.` prefixes dropped, old
-//! `gamma`/`beta` LayerNorm names renamed, as transformers does) so architecture code asks
-//! for `encoder.layer.0.attention.self.query.weight` whichever head the checkpoint was saved
+//! Checkpoint names are mapped once at load by the architecture's own `sanitize` (in its
+//! `models/*.rs` file), so architecture code asks for
+//! `encoder.layer.0.attention.self.query.weight` whichever head the checkpoint was saved
 //! with. [`Weights::take`] checks shapes against what config.json implies.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use mlx_rs::{ops, Array, Dtype};
-use serde_json::Value;
+use mlx_serve_protocol::model_files;
+use serde::Deserialize;
 
 /// MLX affine quantization parameters (mlx-lm's `"quantization"` block in config.json).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct QuantSpec {
     pub group_size: i32,
     pub bits: i32,
 }
 
+/// The part of config.json every architecture shares: how its linear layers are stored.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StorageConfig {
+    /// `"quantization": {"group_size": G, "bits": B}` for an MLX-quantized checkpoint.
+    #[serde(default)]
+    pub quantization: Option<QuantSpec>,
+}
+
 impl QuantSpec {
-    /// Reads `config.json`'s `"quantization": {"group_size": G, "bits": B}`, if present.
-    pub fn from_config(config: &Value) -> Result<Option<QuantSpec>> {
-        let Some(q) = config.get("quantization").filter(|q| !q.is_null()) else { return Ok(None) };
-        let get = |k: &str| q.get(k).and_then(Value::as_i64).map(|v| v as i32);
-        let spec = QuantSpec {
-            group_size: get("group_size").ok_or_else(|| anyhow!("config.json quantization has no group_size"))?,
-            bits: get("bits").ok_or_else(|| anyhow!("config.json quantization has no bits"))?,
-        };
-        spec.check()?;
-        Ok(Some(spec))
-    }
 
     pub fn check(&self) -> Result<()> {
         if ![2, 3, 4, 6, 8].contains(&self.bits) || ![32, 64, 128].contains(&self.group_size) {
@@ -158,141 +153,15 @@ pub struct Weights {
     stored: Option<Dtype>,
 }
 
-/// Extensions of checkpoint formats that are never loaded (pickle can execute code).
-const UNSAFE_WEIGHTS: &[&str] = &["bin", "pt", "pth", "ckpt", "pkl"];
-
-/// The safetensors files of `dir`: the shards named by `model.safetensors.index.json`, or
-/// every `*.safetensors` in the folder.
+/// The safetensors files of the model in `dir` (rules: `mlx_serve_protocol::model_files`).
 pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let index = dir.join("model.safetensors.index.json");
-    if index.exists() {
-        let text = std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?;
-        let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
-        let map = v
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .ok_or_else(|| anyhow!("{} has no weight_map", index.display()))?;
-        let mut files: Vec<String> = map.values().filter_map(Value::as_str).map(str::to_owned).collect();
-        files.sort();
-        files.dedup();
-        let mut out = Vec::new();
-        for f in files {
-            if f.contains('/') || f.contains("..") {
-                bail!("{}: shard name {f:?} is not a plain file name", index.display());
-            }
-            let p = dir.join(&f);
-            if !p.exists() {
-                bail!("missing weight shard {f} (listed in model.safetensors.index.json)");
-            }
-            out.push(p);
-        }
-        return Ok(out);
-    }
-    let mut files = Vec::new();
-    let mut unsafe_found = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading model folder {}", dir.display()))? {
-        let path = entry?.path();
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-        if ext == "safetensors" {
-            files.push(path);
-        } else if UNSAFE_WEIGHTS.contains(&ext) {
-            unsafe_found.push(path.file_name().unwrap().to_string_lossy().into_owned());
-        }
-    }
-    files.sort();
-    if files.is_empty() {
-        if unsafe_found.is_empty() {
-            bail!("no *.safetensors weights in {}", dir.display());
-        }
-        bail!(
-            "{} has only pickle weights ({}); mlx-serve loads safetensors only (pickle can run code when loaded). \
-             Use a repository revision that ships model.safetensors, or convert the checkpoint to safetensors",
-            dir.display(),
-            unsafe_found.join(", ")
-        );
-    }
-    Ok(files)
+    Ok(model_files::weight_files(dir)?)
 }
 
-/// Bytes per element of a safetensors dtype name, for the ones mlx-serve can meet.
-fn dtype_size(name: &str) -> Option<usize> {
-    Some(match name {
-        "F64" | "I64" | "U64" => 8,
-        "F32" | "I32" | "U32" => 4,
-        "F16" | "BF16" | "I16" | "U16" => 2,
-        "I8" | "U8" | "BOOL" => 1,
-        _ => return None,
-    })
-}
-
-/// Parses and checks a safetensors header against the file's size; returns the tensor count.
-/// Format: u64 LE header length, JSON header `{name: {dtype, shape, data_offsets}}`, data.
+/// Checks a safetensors header against the file (see `model_files::read_header`); returns
+/// the tensor count.
 pub fn check_safetensors(path: &Path) -> Result<usize> {
-    let name = path.display();
-    let mut f = File::open(path).with_context(|| format!("cannot open {name}"))?;
-    let file_len = f.metadata()?.len();
-    let mut len8 = [0u8; 8];
-    f.read_exact(&mut len8).map_err(|_| anyhow!("{name} is truncated or not a safetensors file (shorter than 8 bytes)"))?;
-    let header_len = u64::from_le_bytes(len8);
-    if header_len > 100 << 20 || header_len + 8 > file_len {
-        bail!("{name} is corrupt or truncated: header length {header_len} does not fit a {file_len}-byte file");
-    }
-    let mut header = vec![0u8; header_len as usize];
-    f.read_exact(&mut header).with_context(|| format!("{name}: reading the header"))?;
-    let header: Value = serde_json::from_slice(&header)
-        .map_err(|e| anyhow!("{name} is corrupt: its safetensors header is not valid JSON ({e})"))?;
-    let map = header.as_object().ok_or_else(|| anyhow!("{name} is corrupt: header is not a JSON object"))?;
-    let data_len = file_len - 8 - header_len;
-    let mut count = 0;
-    for (tensor, info) in map {
-        if tensor == "__metadata__" {
-            continue;
-        }
-        let dtype = info.get("dtype").and_then(Value::as_str).unwrap_or("?");
-        let size = dtype_size(dtype).ok_or_else(|| anyhow!("{name}: tensor {tensor} has unsupported dtype {dtype}"))?;
-        let shape: Vec<u64> = info
-            .get("shape")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_u64).collect())
-            .ok_or_else(|| anyhow!("{name} is corrupt: tensor {tensor} has no shape"))?;
-        let offsets: Vec<u64> = info
-            .get("data_offsets")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_u64).collect())
-            .filter(|o: &Vec<u64>| o.len() == 2)
-            .ok_or_else(|| anyhow!("{name} is corrupt: tensor {tensor} has no data_offsets"))?;
-        let want = shape.iter().product::<u64>() * size as u64;
-        if offsets[1] < offsets[0] || offsets[1] - offsets[0] != want {
-            bail!("{name} is corrupt: tensor {tensor} ({dtype} {shape:?}) has data_offsets {offsets:?}");
-        }
-        if offsets[1] > data_len {
-            bail!(
-                "{name} is truncated: tensor {tensor} ends at byte {} of the data section, which has only {data_len} bytes",
-                offsets[1]
-            );
-        }
-        count += 1;
-    }
-    Ok(count)
-}
-
-/// Checkpoint name → the name architecture code uses.
-fn sanitize(name: &str) -> String {
-    let mut n = name;
-    for prefix in ["bert.", "roberta.", "xlm_roberta.", "model."] {
-        if let Some(rest) = n.strip_prefix(prefix) {
-            n = rest;
-            break;
-        }
-    }
-    // Old TF-converted BERT checkpoints (transformers renames these the same way).
-    if let Some(stem) = n.strip_suffix(".gamma") {
-        return format!("{stem}.weight");
-    }
-    if let Some(stem) = n.strip_suffix(".beta") {
-        return format!("{stem}.bias");
-    }
-    n.to_owned()
+    Ok(model_files::read_header(path)?.tensors.len())
 }
 
 fn is_float(d: Dtype) -> bool {
@@ -310,9 +179,13 @@ pub fn dtype_name(d: Dtype) -> &'static str {
 }
 
 impl Weights {
-    /// Loads (lazily, through MLX) every tensor of the model in `dir`.
-    pub fn load(dir: &Path, config: &Value, policy: LoadPolicy) -> Result<Weights> {
-        let quant = QuantSpec::from_config(config)?;
+    /// Loads (lazily, through MLX) every tensor of the model in `dir`, renaming each with
+    /// the architecture's `sanitize`.
+    pub fn load(dir: &Path, storage: &StorageConfig, sanitize: fn(&str) -> String, policy: LoadPolicy) -> Result<Weights> {
+        let quant = storage.quantization;
+        if let Some(q) = quant {
+            q.check()?;
+        }
         let mut tensors = HashMap::new();
         let mut stored = None;
         for file in safetensors_files(dir)? {
@@ -457,18 +330,5 @@ impl Weights {
             );
         }
         Ok((w, scales, biases))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sanitize;
-
-    #[test]
-    fn names_are_sanitized() {
-        assert_eq!(sanitize("bert.encoder.layer.0.output.dense.weight"), "encoder.layer.0.output.dense.weight");
-        assert_eq!(sanitize("roberta.embeddings.LayerNorm.gamma"), "embeddings.LayerNorm.weight");
-        assert_eq!(sanitize("model.layers.0.self_attn.q_proj.weight"), "layers.0.self_attn.q_proj.weight");
-        assert_eq!(sanitize("classifier.out_proj.bias"), "classifier.out_proj.bias");
     }
 }

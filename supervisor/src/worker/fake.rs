@@ -115,6 +115,7 @@ fn info() -> ModelInfo {
         device: "cpu".into(),
         blas: "none".into(),
         load_seconds: 0.0,
+        packed: true,
     }
 }
 

@@ -1,20 +1,105 @@
 //! BERT encoder (all-MiniLM, bge-*-en, e5, gte-base): word + position + token-type
 //! embeddings, post-LayerNorm transformer blocks, exact GELU by default.
 //!
-//! Follows transformers' `modeling_bert.py` (BertEmbeddings, BertSelfAttention with an
-//! additive key-padding mask, BertSelfOutput/BertOutput as `LayerNorm(x + dense(h))`).
-//! XLM-RoBERTa is the same network with other position ids, so `xlm_roberta.rs` reuses
-//! [`Bert`] through [`Bert::load`] and [`Bert::encode`].
+//! Follows transformers' `modeling_bert.py` (BertEmbeddings, BertSelfAttention,
+//! BertSelfOutput/BertOutput as `LayerNorm(x + dense(h))`). XLM-RoBERTa is the same network
+//! with other position ids, so `xlm_roberta.rs` reuses [`Bert`] through [`Bert::load`].
+
+use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 use mlx_rs::fast::layer_norm;
-use mlx_rs::{ops, Array};
-use serde_json::Value;
+use mlx_rs::Array;
+use serde::Deserialize;
 
-use super::{attention, cfg_f32, cfg_i32, embed, merge_heads, split_heads, Activation, AttnMask, Inputs, Network};
-use crate::cpu_attention::attention_from_qkv;
+use super::attention::{attention, Heads};
+use super::{check_positive, embed, strip_prefix, Activation, Inputs, Kernels, Network};
+use crate::cpu_attention::HeadBlock;
 use crate::cpu_kernels::add_layer_norm_f32;
 use crate::weights::{Linear, Weights};
+
+/// config.json of a BERT model (transformers' `BertConfig`; fields mlx-serve reads).
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub hidden_size: i32,
+    pub num_attention_heads: i32,
+    pub num_hidden_layers: i32,
+    pub intermediate_size: i32,
+    pub vocab_size: i32,
+    pub max_position_embeddings: i32,
+    #[serde(default = "default_type_vocab_size")]
+    pub type_vocab_size: i32,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f32,
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    /// Only `"absolute"` is implemented.
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+    /// Labels of a `*ForSequenceClassification` head (transformers' `num_labels` is its
+    /// length; one label when absent).
+    #[serde(default)]
+    pub id2label: Option<BTreeMap<String, String>>,
+}
+
+fn default_type_vocab_size() -> i32 {
+    2
+}
+fn default_layer_norm_eps() -> f32 {
+    1e-12
+}
+fn default_hidden_act() -> String {
+    "gelu".into()
+}
+
+impl BertConfig {
+    pub fn num_labels(&self) -> usize {
+        self.id2label.as_ref().map_or(1, BTreeMap::len)
+    }
+
+    fn check(&self) -> Result<()> {
+        check_positive(&[
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("intermediate_size", self.intermediate_size),
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ])?;
+        if self.type_vocab_size < 0 {
+            bail!("config.json: type_vocab_size = {} is out of range", self.type_vocab_size);
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            bail!(
+                "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        if let Some(t) = self.position_embedding_type.as_deref().filter(|t| *t != "absolute") {
+            bail!("unsupported position_embedding_type {t:?} (only \"absolute\")");
+        }
+        Ok(())
+    }
+}
+
+/// Checkpoint names → module names: a task head's `bert.` prefix dropped; old TF-converted
+/// checkpoints' LayerNorm `gamma`/`beta` renamed to `weight`/`bias` (transformers does the
+/// same in `_fix_state_dict_key_on_load`).
+pub fn sanitize(name: &str) -> String {
+    legacy_norm_names(strip_prefix(name, &["bert."]))
+}
+
+/// `….gamma` → `….weight`, `….beta` → `….bias`.
+pub fn legacy_norm_names(name: &str) -> String {
+    if let Some(stem) = name.strip_suffix(".gamma") {
+        return format!("{stem}.weight");
+    }
+    if let Some(stem) = name.strip_suffix(".beta") {
+        return format!("{stem}.bias");
+    }
+    name.to_owned()
+}
 
 /// LayerNorm parameters.
 struct Norm {
@@ -32,10 +117,10 @@ impl Norm {
         Ok(layer_norm(x, &self.weight, &self.bias, self.eps)?)
     }
 
-    /// `LayerNorm(x + x_bias + residual)`; fused on the host on the CPU backend
+    /// `LayerNorm(x + x_bias + residual)`; one fused pass on the host with host kernels
     /// (cpu_kernels.rs).
-    fn add_apply(&self, x: &Array, x_bias: Option<&Array>, residual: &Array) -> Result<Array> {
-        if !cfg!(feature = "metal") {
+    fn add_apply(&self, kernels: Kernels, x: &Array, x_bias: Option<&Array>, residual: &Array) -> Result<Array> {
+        if kernels == Kernels::Host {
             if let Some(y) = add_layer_norm_f32(x, x_bias, residual, &self.weight, &self.bias, self.eps)? {
                 return Ok(y);
             }
@@ -69,38 +154,26 @@ pub struct Bert {
     heads: i32,
     head_dim: i32,
     act: Activation,
+    kernels: Kernels,
 }
 
 impl Bert {
-    pub fn load(config: &Value, w: &mut Weights) -> Result<Bert> {
-        let hidden = cfg_i32(config, "hidden_size")?;
-        let heads = cfg_i32(config, "num_attention_heads")?;
-        let layers_n = cfg_i32(config, "num_hidden_layers")?;
-        let inter = cfg_i32(config, "intermediate_size")?;
-        let vocab = cfg_i32(config, "vocab_size")?;
-        let positions = cfg_i32(config, "max_position_embeddings")?;
-        let type_vocab = config.get("type_vocab_size").and_then(Value::as_i64).unwrap_or(2) as i32;
-        let eps = cfg_f32(config, "layer_norm_eps", 1e-12);
-        if hidden % heads != 0 {
-            bail!("config.json: hidden_size {hidden} is not a multiple of num_attention_heads {heads}");
-        }
-        if let Some(t) = config.get("position_embedding_type").and_then(Value::as_str) {
-            if t != "absolute" {
-                bail!("unsupported position_embedding_type {t:?} (only \"absolute\")");
-            }
-        }
-        let act = Activation::from_config(config)?;
+    pub fn load(config: &BertConfig, w: &mut Weights, kernels: Kernels) -> Result<Bert> {
+        config.check()?;
+        let (hidden, heads, inter) = (config.hidden_size, config.num_attention_heads, config.intermediate_size);
+        let eps = config.layer_norm_eps;
+        let act = Activation::from_name(&config.hidden_act)?;
 
-        let word = w.take("embeddings.word_embeddings.weight", &[vocab, hidden])?;
-        let position = w.take("embeddings.position_embeddings.weight", &[positions, hidden])?;
-        let token_type = if type_vocab > 0 {
-            w.take_opt("embeddings.token_type_embeddings.weight", &[type_vocab, hidden])?
+        let word = w.take("embeddings.word_embeddings.weight", &[config.vocab_size, hidden])?;
+        let position = w.take("embeddings.position_embeddings.weight", &[config.max_position_embeddings, hidden])?;
+        let token_type = if config.type_vocab_size > 0 {
+            w.take_opt("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, hidden])?
         } else {
             None
         };
         let emb_norm = Norm::load(w, "embeddings.LayerNorm", hidden, eps)?;
-        let mut layers = Vec::with_capacity(layers_n as usize);
-        for i in 0..layers_n {
+        let mut layers = Vec::with_capacity(config.num_hidden_layers as usize);
+        for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             let q = w.linear(&format!("{p}.attention.self.query"), hidden, hidden, true)?;
             let k = w.linear(&format!("{p}.attention.self.key"), hidden, hidden, true)?;
@@ -114,62 +187,75 @@ impl Bert {
                 out_norm: Norm::load(w, &format!("{p}.output.LayerNorm"), hidden, eps)?,
             });
         }
-        Ok(Bert { word, position, token_type, emb_norm, layers, hidden, heads, head_dim: hidden / heads, act })
-    }
-
-    /// Runs the encoder with the given `[batch, len]` position ids.
-    pub fn encode(&self, inputs: &Inputs, positions: &Array) -> Result<Array> {
-        let (b, l) = (inputs.batch, inputs.len);
-        let mut x = embed(&self.word, &inputs.ids)?;
-        x = x.add(embed(&self.position, &positions.reshape(&[b * l])?)?)?;
-        if let Some(tt) = &self.token_type {
-            x = x.add(embed(tt, &inputs.type_ids)?)?;
-        }
-        x = self.emb_norm.apply(&x)?;
-        let scale = 1.0 / (self.head_dim as f32).sqrt();
-        for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x)?;
-            let ctx = self.attention(&qkv, inputs, scale)?;
-            // Biases of these three go into the next host kernel (Linear::forward_unbiased).
-            let (attn, attn_bias) = layer.attn_out.forward_unbiased(&ctx)?;
-            x = layer.attn_norm.add_apply(&attn, attn_bias, &x)?;
-            let (inter, inter_bias) = layer.intermediate.forward_unbiased(&x)?;
-            let h = self.act.apply_biased(&inter, inter_bias)?;
-            let (out, out_bias) = layer.output.forward_unbiased(&h)?;
-            x = layer.out_norm.add_apply(&out, out_bias, &x)?;
-        }
-        Ok(x)
-    }
-}
-
-impl Bert {
-    /// Self-attention from the fused projection `[batch * len, 3 * hidden]` to
-    /// `[batch * len, hidden]`.
-    fn attention(&self, qkv: &Array, inputs: &Inputs, scale: f32) -> Result<Array> {
-        let (b, l) = (inputs.batch, inputs.len);
-        if !cfg!(feature = "metal") {
-            let (heads, dim) = (self.heads as usize, self.head_dim as usize);
-            if let Some(ctx) = attention_from_qkv(qkv, &inputs.lengths, l as usize, heads, dim, scale)? {
-                return Ok(ctx);
-            }
-        }
-        let hs = split_heads(qkv, b, l, &[self.heads; 3], self.head_dim)?;
-        let mask = AttnMask::Padding { lengths: &inputs.lengths, key_mask: &inputs.key_mask };
-        merge_heads(&attention(&hs[0], &hs[1], &hs[2], scale, mask)?, b, l)
+        Ok(Bert { word, position, token_type, emb_norm, layers, hidden, heads, head_dim: hidden / heads, act, kernels })
     }
 }
 
 impl Network for Bert {
     fn forward(&self, inputs: &Inputs) -> Result<Array> {
-        let positions = match &inputs.positions {
-            Some(p) => p.clone(),
-            // Absolute positions 0..len for every row (right padding keeps them aligned).
-            None => ops::broadcast_to(ops::arange::<_, i32>(0, inputs.len, None)?, &[inputs.batch, inputs.len])?,
-        };
-        self.encode(inputs, &positions)
+        let mut x = embed(&self.word, &inputs.ids)?;
+        x = x.add(embed(&self.position, &inputs.positions)?)?;
+        if let Some(tt) = &self.token_type {
+            x = x.add(embed(tt, &inputs.type_ids)?)?;
+        }
+        x = self.emb_norm.apply(&x)?;
+        let scale = 1.0 / (self.head_dim as f32).sqrt();
+        let (heads, width) = (self.heads as usize, self.hidden as usize);
+        for layer in &self.layers {
+            let qkv = layer.qkv.forward(&x)?;
+            let parts = Heads {
+                q: HeadBlock { array: &qkv, col: 0, heads },
+                k: HeadBlock { array: &qkv, col: width, heads },
+                v: HeadBlock { array: &qkv, col: 2 * width, heads },
+                head_dim: self.head_dim,
+            };
+            let ctx = attention(self.kernels, &parts, inputs, scale, false)?;
+            // Biases of these three go into the next host kernel (Linear::forward_unbiased).
+            let (attn, attn_bias) = layer.attn_out.forward_unbiased(&ctx)?;
+            x = layer.attn_norm.add_apply(self.kernels, &attn, attn_bias, &x)?;
+            let (inter, inter_bias) = layer.intermediate.forward_unbiased(&x)?;
+            let h = self.act.apply_biased(self.kernels, &inter, inter_bias)?;
+            let (out, out_bias) = layer.output.forward_unbiased(&h)?;
+            x = layer.out_norm.add_apply(self.kernels, &out, out_bias, &x)?;
+        }
+        Ok(x)
     }
 
     fn hidden_size(&self) -> i32 {
         self.hidden
+    }
+
+    fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_sanitized() {
+        assert_eq!(sanitize("bert.encoder.layer.0.output.dense.weight"), "encoder.layer.0.output.dense.weight");
+        assert_eq!(sanitize("bert.embeddings.LayerNorm.gamma"), "embeddings.LayerNorm.weight");
+        assert_eq!(sanitize("bert.pooler.dense.bias"), "pooler.dense.bias");
+        assert_eq!(sanitize("classifier.bias"), "classifier.bias");
+    }
+
+    #[test]
+    fn config_defaults_and_checks() {
+        let v = serde_json::json!({"hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 2,
+            "intermediate_size": 64, "vocab_size": 100, "max_position_embeddings": 64});
+        let c: BertConfig = super::super::parse_config(&v).unwrap();
+        assert_eq!((c.type_vocab_size, c.layer_norm_eps, c.hidden_act.as_str(), c.num_labels()), (2, 1e-12, "gelu", 1));
+        c.check().unwrap();
+        let mut bad = v.clone();
+        bad["num_attention_heads"] = 5.into();
+        let c: BertConfig = super::super::parse_config(&bad).unwrap();
+        assert!(c.check().unwrap_err().to_string().contains("multiple"));
+        let mut missing = v;
+        missing.as_object_mut().unwrap().remove("hidden_size");
+        let err = super::super::parse_config::<BertConfig>(&missing).unwrap_err().to_string();
+        assert!(err.contains("hidden_size"), "{err}");
     }
 }

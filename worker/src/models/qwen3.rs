@@ -4,17 +4,118 @@
 //! Follows transformers' `modeling_qwen3.py` (Qwen3Attention: q_norm/k_norm over head_dim
 //! before RoPE; rotate-half RoPE, i.e. MLX's non-"traditional" layout).
 //!
-//! Padding: batches are right-padded and attention is causal, so a real token at position
-//! `i` only sees keys `0..=i`, all of them real; no extra key mask is needed, and every real
-//! token's position id is simply its index (RoPE offset 0), as for a sequence alone.
+//! Packed batches: every token's RoPE position is its index in its own sequence (each
+//! sequence is encoded as if alone, from position 0), and attention is causal within the
+//! sequence.
 
 use anyhow::{bail, Result};
-use mlx_rs::fast::{rms_norm, rope};
+use mlx_rs::fast::{rms_norm, rope_dynamic};
 use mlx_rs::Array;
-use serde_json::Value;
+use serde::Deserialize;
 
-use super::{attention, cfg_f32, cfg_i32, embed, merge_heads, split_heads, AttnMask, Inputs, Network};
+use super::attention::{attention, Heads};
+use super::{check_positive, embed, strip_prefix, Inputs, Kernels, Network};
+use crate::cpu_attention::HeadBlock;
 use crate::weights::{Linear, Weights};
+
+/// `rope_scaling` / `rope_parameters` of config.json.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RopeParameters {
+    #[serde(default)]
+    pub rope_type: Option<String>,
+    /// Older spelling of `rope_type`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub rope_theta: Option<f32>,
+}
+
+/// config.json of a Qwen3 model (transformers' `Qwen3Config`; fields mlx-serve reads).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Qwen3Config {
+    pub hidden_size: i32,
+    pub num_attention_heads: i32,
+    /// Grouped-query attention; `num_attention_heads` when absent.
+    #[serde(default)]
+    pub num_key_value_heads: Option<i32>,
+    /// `hidden_size / num_attention_heads` when absent.
+    #[serde(default)]
+    pub head_dim: Option<i32>,
+    pub intermediate_size: i32,
+    pub num_hidden_layers: i32,
+    pub vocab_size: i32,
+    #[serde(default = "default_rms_norm_eps")]
+    pub rms_norm_eps: f32,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    /// Top-level `rope_theta` (Hub checkpoints, transformers 4.x).
+    #[serde(default)]
+    pub rope_theta: Option<f32>,
+    #[serde(default)]
+    pub rope_scaling: Option<RopeParameters>,
+    /// transformers 5 moves `rope_theta` in here.
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+}
+
+fn default_rms_norm_eps() -> f32 {
+    1e-6
+}
+
+impl Qwen3Config {
+    pub fn kv_heads(&self) -> i32 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> i32 {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// RoPE base; only the default RoPE type is implemented (no scaling).
+    pub fn rope_theta(&self) -> Result<f32> {
+        for rp in [&self.rope_scaling, &self.rope_parameters].into_iter().flatten() {
+            let ty = rp.rope_type.as_deref().or(rp.kind.as_deref()).unwrap_or("default");
+            if ty != "default" {
+                bail!("unsupported RoPE scaling {ty:?} in config.json (only default RoPE is implemented)");
+            }
+            if let Some(t) = rp.rope_theta {
+                return Ok(t);
+            }
+        }
+        Ok(self.rope_theta.unwrap_or(10000.0))
+    }
+
+    fn check(&self) -> Result<()> {
+        check_positive(&[
+            ("hidden_size", self.hidden_size),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.kv_heads()),
+            ("head_dim", self.head_dim()),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("vocab_size", self.vocab_size),
+        ])?;
+        if self.num_attention_heads % self.kv_heads() != 0 {
+            bail!(
+                "config.json: num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.kv_heads()
+            );
+        }
+        if self.use_sliding_window {
+            bail!("sliding-window attention is not supported");
+        }
+        Ok(())
+    }
+}
+
+/// Checkpoint names → module names: the causal LM's `model.` prefix dropped (`lm_head`
+/// stays as it is).
+pub fn sanitize(name: &str) -> String {
+    strip_prefix(name, &["model."]).to_owned()
+}
 
 struct Layer {
     input_norm: Array,
@@ -41,47 +142,20 @@ pub struct Qwen3 {
     eps: f32,
     rope_theta: f32,
     vocab: i32,
-}
-
-/// `rope_theta` at the top level (Hub checkpoints, transformers 4.x) or inside
-/// `rope_parameters` (transformers 5); only the default RoPE type is implemented.
-fn rope_theta(config: &Value) -> Result<f32> {
-    for key in ["rope_scaling", "rope_parameters"] {
-        if let Some(rs) = config.get(key).filter(|v| !v.is_null()) {
-            let ty = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("default");
-            if ty != "default" {
-                bail!("unsupported RoPE scaling {ty:?} in config.json (only default RoPE is implemented)");
-            }
-            if let Some(t) = rs.get("rope_theta").and_then(Value::as_f64) {
-                return Ok(t as f32);
-            }
-        }
-    }
-    Ok(cfg_f32(config, "rope_theta", 10000.0))
+    kernels: Kernels,
 }
 
 impl Qwen3 {
-    pub fn load(config: &Value, w: &mut Weights) -> Result<Qwen3> {
-        let hidden = cfg_i32(config, "hidden_size")?;
-        let heads = cfg_i32(config, "num_attention_heads")?;
-        let kv_heads = config.get("num_key_value_heads").and_then(Value::as_i64).map(|v| v as i32).unwrap_or(heads);
-        let head_dim = config.get("head_dim").and_then(Value::as_i64).map(|v| v as i32).unwrap_or(hidden / heads);
-        let intermediate = cfg_i32(config, "intermediate_size")?;
-        let layers_n = cfg_i32(config, "num_hidden_layers")?;
-        let vocab = cfg_i32(config, "vocab_size")?;
-        let eps = cfg_f32(config, "rms_norm_eps", 1e-6);
-        let bias = config.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
-        if kv_heads <= 0 || heads % kv_heads != 0 {
-            bail!("config.json: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}");
-        }
-        if config.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false) {
-            bail!("sliding-window attention is not supported");
-        }
-        let rope_theta = rope_theta(config)?;
+    pub fn load(config: &Qwen3Config, w: &mut Weights, kernels: Kernels) -> Result<Qwen3> {
+        config.check()?;
+        let (hidden, heads, kv_heads, head_dim) = (config.hidden_size, config.num_attention_heads, config.kv_heads(), config.head_dim());
+        let intermediate = config.intermediate_size;
+        let bias = config.attention_bias;
+        let rope_theta = config.rope_theta()?;
 
-        let embed_tokens = w.take("embed_tokens.weight", &[vocab, hidden])?;
-        let mut layers = Vec::with_capacity(layers_n as usize);
-        for i in 0..layers_n {
+        let embed_tokens = w.take("embed_tokens.weight", &[config.vocab_size, hidden])?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers as usize);
+        for i in 0..config.num_hidden_layers {
             let p = format!("layers.{i}");
             let q = w.linear(&format!("{p}.self_attn.q_proj"), hidden, heads * head_dim, bias)?;
             let k = w.linear(&format!("{p}.self_attn.k_proj"), hidden, kv_heads * head_dim, bias)?;
@@ -100,7 +174,20 @@ impl Qwen3 {
             });
         }
         let norm = w.take("norm.weight", &[hidden])?;
-        Ok(Qwen3 { embed_tokens, layers, norm, hidden, heads, kv_heads, head_dim, intermediate, eps, rope_theta, vocab })
+        Ok(Qwen3 {
+            embed_tokens,
+            layers,
+            norm,
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            intermediate,
+            eps: config.rms_norm_eps,
+            rope_theta,
+            vocab: config.vocab_size,
+            kernels,
+        })
     }
 
     /// The input embedding table `[vocab, hidden]` (the lm_head when embeddings are tied).
@@ -111,24 +198,44 @@ impl Qwen3 {
     pub fn vocab_size(&self) -> i32 {
         self.vocab
     }
+
+    /// Per-head RMSNorm, then RoPE at each token's own position, of `[total, heads *
+    /// head_dim]` columns; returns `[total, heads * head_dim]`.
+    ///
+    /// MLX's RoPE counts positions along axis -2 from an offset that may be a vector with
+    /// one entry per index of axis 0 (`mlx/fast.cpp`, `rope`: "a scalar or vector with
+    /// x.shape(0) elements"; mlx-lm's batched decoding relies on it on Metal and CUDA).
+    /// Laying the tokens out as `[total, heads, 1, head_dim]` makes every token its own
+    /// axis-0 index, so the offsets vector *is* the position ids.
+    fn norm_rope(&self, x: &Array, weight: &Array, heads: i32, positions: &Array) -> Result<Array> {
+        let total = x.dim(0);
+        let x = x.reshape(&[total, heads, 1, self.head_dim])?;
+        let x = rms_norm(&x, Some(weight), self.eps)?;
+        let x = rope_dynamic(&x, self.head_dim, false, self.rope_theta, 1.0, positions, None)?;
+        Ok(x.reshape(&[total, heads * self.head_dim])?)
+    }
 }
 
 impl Network for Qwen3 {
     fn forward(&self, inputs: &Inputs) -> Result<Array> {
-        let (b, l) = (inputs.batch, inputs.len);
         let scale = 1.0 / (self.head_dim as f32).sqrt();
+        let (q_width, kv_width) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
         let mut x = embed(&self.embed_tokens, &inputs.ids)?;
         for layer in &self.layers {
             let r = rms_norm(&x, Some(&layer.input_norm), self.eps)?;
             let qkv = layer.qkv.forward(&r)?;
-            let hs = split_heads(&qkv, b, l, &[self.heads, self.kv_heads, self.kv_heads], self.head_dim)?;
-            let q = rms_norm(&hs[0], Some(&layer.q_norm), self.eps)?;
-            let k = rms_norm(&hs[1], Some(&layer.k_norm), self.eps)?;
-            let q = rope(&q, self.head_dim, false, self.rope_theta, 1.0, 0, None)?;
-            let k = rope(&k, self.head_dim, false, self.rope_theta, 1.0, 0, None)?;
-            // GQA: fewer kv heads than query heads, no tiling (see models::attention).
-            let ctx = attention(&q, &k, &hs[2], scale, AttnMask::Causal)?;
-            x = x.add(layer.o_proj.forward(&merge_heads(&ctx, b, l)?)?)?;
+            let parts = qkv.split_at_indices(&[q_width, q_width + kv_width], 1)?;
+            let q = self.norm_rope(&parts[0], &layer.q_norm, self.heads, &inputs.positions)?;
+            let k = self.norm_rope(&parts[1], &layer.k_norm, self.kv_heads, &inputs.positions)?;
+            let heads = Heads {
+                q: HeadBlock { array: &q, col: 0, heads: self.heads as usize },
+                k: HeadBlock { array: &k, col: 0, heads: self.kv_heads as usize },
+                // V straight from the fused projection: a column block, no copy.
+                v: HeadBlock { array: &qkv, col: (q_width + kv_width) as usize, heads: self.kv_heads as usize },
+                head_dim: self.head_dim,
+            };
+            let ctx = attention(self.kernels, &heads, inputs, scale, true)?;
+            x = x.add(layer.o_proj.forward(&ctx)?)?;
             let r = rms_norm(&x, Some(&layer.post_norm), self.eps)?;
             let gu = layer.gate_up.forward(&r)?;
             let parts = gu.split_at_indices(&[self.intermediate], 1)?;
@@ -140,5 +247,37 @@ impl Network for Qwen3 {
 
     fn hidden_size(&self) -> i32 {
         self.hidden
+    }
+
+    fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_theta_from_either_place() {
+        let base = serde_json::json!({"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "intermediate_size": 128, "num_hidden_layers": 2, "vocab_size": 100});
+        let c: Qwen3Config = super::super::parse_config(&base).unwrap();
+        assert_eq!((c.rope_theta().unwrap(), c.head_dim(), c.kv_heads()), (10000.0, 16, 2));
+        let mut v = base.clone();
+        v["rope_theta"] = 1_000_000.into();
+        assert_eq!(super::super::parse_config::<Qwen3Config>(&v).unwrap().rope_theta().unwrap(), 1e6);
+        let mut v = base.clone();
+        v["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 5e5});
+        assert_eq!(super::super::parse_config::<Qwen3Config>(&v).unwrap().rope_theta().unwrap(), 5e5);
+        let mut v = base;
+        v["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0});
+        assert!(super::super::parse_config::<Qwen3Config>(&v).unwrap().rope_theta().is_err());
+    }
+
+    #[test]
+    fn names_are_sanitized() {
+        assert_eq!(sanitize("model.layers.0.self_attn.q_proj.weight"), "layers.0.self_attn.q_proj.weight");
+        assert_eq!(sanitize("lm_head.weight"), "lm_head.weight");
     }
 }

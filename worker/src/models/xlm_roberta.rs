@@ -5,14 +5,35 @@
 //! `mask = ids != padding_idx; positions = cumsum(mask) * mask + padding_idx`, i.e. real
 //! tokens count from `padding_idx + 1` and padding tokens sit at `padding_idx`. The
 //! position table therefore has `padding_idx + 1` slots before the first usable position.
+//! A packed batch has no padding, so this runs per sequence on the host; a pad id that a
+//! client sent inside a sequence still gets `padding_idx`, as in transformers.
 
 use anyhow::Result;
 use mlx_rs::Array;
-use serde_json::Value;
+use serde::Deserialize;
 
-use super::bert::Bert;
-use super::{Inputs, Network};
+use super::bert::{legacy_norm_names, Bert, BertConfig};
+use super::{strip_prefix, Inputs, Kernels, Network};
 use crate::weights::Weights;
+
+/// config.json of an XLM-RoBERTa model: BERT's fields plus the padding id.
+#[derive(Debug, Clone, Deserialize)]
+pub struct XlmRobertaConfig {
+    #[serde(flatten)]
+    pub bert: BertConfig,
+    #[serde(default = "default_pad_token_id")]
+    pub pad_token_id: u32,
+}
+
+fn default_pad_token_id() -> u32 {
+    1
+}
+
+/// Checkpoint names → module names: a task head's `roberta.` prefix dropped, legacy
+/// LayerNorm names renamed as for BERT.
+pub fn sanitize(name: &str) -> String {
+    legacy_norm_names(strip_prefix(name, &["roberta.", "xlm_roberta."]))
+}
 
 pub struct XlmRoberta {
     bert: Bert,
@@ -20,15 +41,13 @@ pub struct XlmRoberta {
 }
 
 impl XlmRoberta {
-    pub fn load(config: &Value, w: &mut Weights) -> Result<XlmRoberta> {
-        let padding_idx = config.get("pad_token_id").and_then(Value::as_u64).unwrap_or(1) as u32;
-        Ok(XlmRoberta { bert: Bert::load(config, w)?, padding_idx })
+    pub fn load(config: &XlmRobertaConfig, w: &mut Weights, kernels: Kernels) -> Result<XlmRoberta> {
+        Ok(XlmRoberta { bert: Bert::load(&config.bert, w, kernels)?, padding_idx: config.pad_token_id })
     }
 }
 
-/// RoBERTa position ids for `seq` right-padded to `len` with the padding token.
-pub fn position_ids(seq: &[u32], len: usize, padding_idx: u32) -> Vec<i32> {
-    let mut out = Vec::with_capacity(len);
+/// RoBERTa position ids of one sequence.
+pub fn position_ids(seq: &[u32], padding_idx: u32, out: &mut Vec<i32>) {
     let mut count = 0i32;
     for &t in seq {
         if t == padding_idx {
@@ -38,26 +57,23 @@ pub fn position_ids(seq: &[u32], len: usize, padding_idx: u32) -> Vec<i32> {
             out.push(padding_idx as i32 + count);
         }
     }
-    out.resize(len, padding_idx as i32);
-    out
 }
 
 impl Network for XlmRoberta {
     fn forward(&self, inputs: &Inputs) -> Result<Array> {
-        let positions = inputs.positions.as_ref().ok_or_else(|| anyhow::anyhow!("XLM-R needs host position ids"))?;
-        self.bert.encode(inputs, positions)
+        self.bert.forward(inputs)
     }
 
     fn hidden_size(&self) -> i32 {
         self.bert.hidden_size()
     }
 
-    fn position_ids(&self, seq: &[u32], len: usize) -> Option<Vec<i32>> {
-        Some(position_ids(seq, len, self.padding_idx))
+    fn position_ids(&self, seq: &[u32], out: &mut Vec<i32>) {
+        position_ids(seq, self.padding_idx, out)
     }
 
-    fn pad_id(&self) -> u32 {
-        self.padding_idx
+    fn kernels(&self) -> Kernels {
+        self.bert.kernels()
     }
 }
 
@@ -65,6 +81,18 @@ impl Network for XlmRoberta {
 mod tests {
     #[test]
     fn positions_skip_padding() {
-        assert_eq!(super::position_ids(&[0, 5, 1, 2], 6, 1), vec![2, 3, 1, 4, 1, 1]);
+        let mut out = vec![7];
+        super::position_ids(&[0, 5, 1, 2], 1, &mut out);
+        assert_eq!(out, vec![7, 2, 3, 1, 4]);
+    }
+
+    #[test]
+    fn names_and_config() {
+        assert_eq!(super::sanitize("roberta.encoder.layer.1.output.LayerNorm.beta"), "encoder.layer.1.output.LayerNorm.bias");
+        assert_eq!(super::sanitize("classifier.out_proj.weight"), "classifier.out_proj.weight");
+        let v = serde_json::json!({"hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 2,
+            "intermediate_size": 64, "vocab_size": 100, "max_position_embeddings": 66, "type_vocab_size": 1});
+        let c: super::XlmRobertaConfig = super::super::parse_config(&v).unwrap();
+        assert_eq!((c.pad_token_id, c.bert.type_vocab_size, c.bert.max_position_embeddings), (1, 1, 66));
     }
 }

@@ -1,0 +1,104 @@
+//! Memory that tracks the work: how many freed MLX buffers the worker keeps between
+//! batches, and giving memory back to the OS when it sits idle.
+//!
+//! MLX keeps freed buffers in a cache for reuse (a fresh buffer page-faults on first touch;
+//! a reused one does not). The useful size of that cache is one batch's working set: the
+//! memory a batch allocates on top of the weights. [`MemoryPolicy`] measures it on every
+//! batch (MLX's peak minus what was live before) and sets the cache limit to a high-water
+//! mark of recent working sets (plus headroom) that decays, so a burst of long batches does not pin its
+//! memory after traffic turns short. `--cache-limit-mb N` (N > 0) fixes the limit instead.
+//!
+//! Idle release (after a quiet period, `server.rs`): MLX's cache is emptied (what holds a
+//! load's memory afterwards) and, on glibc, `malloc_trim(0)` hands back free heap pages that
+//! smaller allocations leave below the top of an arena. docs/worker.md, "Memory", has the
+//! measurements.
+
+use mlx_rs::memory;
+
+/// Each batch the high-water mark keeps this share of its previous value (the rest is
+/// forgotten unless the batch needs it again): after ~45 smaller batches it is a tenth.
+const DECAY: f64 = 0.95;
+
+/// Cache limit per byte of working set. A batch's freed buffers can add up to a little more
+/// than its peak live memory (buffers of sizes the cache could not reuse): all-MiniLM-L6-v2
+/// at 32 × 128 tokens peaks at 96 MiB above the weights, and an unbounded cache holds
+/// 102 MiB after it.
+const HEADROOM: f64 = 1.25;
+
+/// The limit is applied again only when it moves by more than this share (a setter call
+/// is cheap, but it also evicts cached buffers when it shrinks).
+const HYSTERESIS: f64 = 0.10;
+
+pub struct MemoryPolicy {
+    /// `Some(bytes)`: a fixed cache limit from `--cache-limit-mb`.
+    fixed: Option<usize>,
+    /// Decaying high-water mark of batch working sets, bytes.
+    high_water: f64,
+    /// The cache limit last given to MLX.
+    applied: usize,
+    /// MLX memory live before the current batch (weights and anything cached by design).
+    active_before: usize,
+    /// Highest MLX peak since start (the per-batch peak is reset to measure a batch).
+    peak_since_start: usize,
+}
+
+impl MemoryPolicy {
+    /// `fixed_bytes` 0 means automatic.
+    pub fn new(fixed_bytes: usize) -> anyhow::Result<MemoryPolicy> {
+        let fixed = (fixed_bytes > 0).then_some(fixed_bytes);
+        // Automatic starts with no cache: the first batch sizes it.
+        let applied = fixed.unwrap_or(0);
+        memory::set_cache_limit(applied)?;
+        Ok(MemoryPolicy { fixed, high_water: 0.0, applied, active_before: 0, peak_since_start: 0 })
+    }
+
+    /// The cache limit in force, bytes.
+    pub fn cache_limit(&self) -> usize {
+        self.applied
+    }
+
+    pub fn peak_since_start(&self) -> usize {
+        self.peak_since_start.max(memory::peak_memory().unwrap_or(0))
+    }
+
+    /// Call before running a batch.
+    pub fn before_batch(&mut self) {
+        self.peak_since_start = self.peak_since_start();
+        let _ = memory::reset_peak_memory();
+        self.active_before = memory::active_memory().unwrap_or(0);
+    }
+
+    /// Call after a batch's results are evaluated: folds its working set into the
+    /// high-water mark and moves the cache limit when it changed enough.
+    pub fn after_batch(&mut self) {
+        let peak = memory::peak_memory().unwrap_or(0);
+        self.peak_since_start = self.peak_since_start.max(peak);
+        let working_set = peak.saturating_sub(self.active_before) as f64;
+        self.high_water = working_set.max(self.high_water * DECAY);
+        if self.fixed.is_some() {
+            return;
+        }
+        let want = (self.high_water * HEADROOM) as usize;
+        let moved = (want as f64 - self.applied as f64).abs();
+        let changed = moved > HYSTERESIS * self.applied as f64 || (self.applied == 0 && want > 0);
+        if changed && memory::set_cache_limit(want).is_ok() {
+            self.applied = want;
+        }
+    }
+
+    /// Gives idle memory back: MLX's buffer cache, then the C heap's free pages.
+    pub fn release_idle(&mut self) {
+        let _ = memory::clear_cache();
+        trim_heap();
+    }
+}
+
+/// Returns free heap pages to the OS (glibc `malloc_trim`; other C libraries return large
+/// frees on their own, and macOS's allocator does not need it).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -1,0 +1,83 @@
+//! Scaled dot-product attention over a packed batch: every sequence attends over its own
+//! tokens only.
+//!
+//! - Host kernels (CPU backend, float32): `cpu_attention::packed_attention` reads each
+//!   sequence's rows in place; nothing is padded.
+//! - MLX (GPU backends; half precision on the CPU): the batch's sequences are cut into a few
+//!   buckets of similar length (`packing::AttentionBuckets`); each bucket is gathered into
+//!   `[rows, heads, len, head_dim]`, attended with MLX's fused kernel and a key mask (or the
+//!   causal mask), and the outputs are scattered back to the packed rows.
+//!
+//! `k`/`v` may have fewer heads than `q` (grouped-query attention): MLX's kernel and the
+//! host kernel both read kv head `h / group` for query head `h`, so K/V are never tiled.
+
+use anyhow::Result;
+use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
+use mlx_rs::ops::indexing::IndexOp;
+use mlx_rs::{ops, Array};
+
+use super::{Inputs, Kernels};
+use crate::cpu_attention::{packed_attention, HeadBlock};
+use crate::packing::{AttentionBuckets, Bucket};
+
+/// Query, key and value heads as column blocks of `[total, width]` arrays (the fused
+/// projection itself, or per-part arrays).
+pub struct Heads<'a> {
+    pub q: HeadBlock<'a>,
+    pub k: HeadBlock<'a>,
+    pub v: HeadBlock<'a>,
+    pub head_dim: i32,
+}
+
+/// Attention of every sequence over its own tokens; returns `[total, q.heads * head_dim]`.
+pub fn attention(kernels: Kernels, heads: &Heads, inputs: &Inputs, scale: f32, causal: bool) -> Result<Array> {
+    if kernels == Kernels::Host {
+        let offsets = &inputs.packing.offsets;
+        if let Some(out) = packed_attention(heads.q, heads.k, heads.v, offsets, heads.head_dim as usize, scale, causal)? {
+            return Ok(out);
+        }
+    }
+    let planned;
+    let buckets = match &inputs.buckets {
+        Some(b) => b,
+        None => {
+            planned = AttentionBuckets::new(&inputs.packing)?;
+            &planned
+        }
+    };
+    let mut outs = Vec::with_capacity(buckets.buckets.len());
+    for bucket in &buckets.buckets {
+        let q = bucket_heads(&heads.q, bucket, heads.head_dim)?;
+        let k = bucket_heads(&heads.k, bucket, heads.head_dim)?;
+        let v = bucket_heads(&heads.v, bucket, heads.head_dim)?;
+        // Right padding inside a bucket: under the causal mask a real query sees only real
+        // keys; otherwise the key mask hides the pad slots. Pad queries are dropped below.
+        let mask = match (&bucket.key_mask, causal) {
+            (_, true) => Some(ScaledDotProductAttentionMask::Causal),
+            (Some(m), false) => Some(ScaledDotProductAttentionMask::Array(m)),
+            (None, false) => None,
+        };
+        let o = scaled_dot_product_attention(&q, &k, &v, scale, mask, None)?;
+        let width = heads.q.heads as i32 * heads.head_dim;
+        outs.push(o.transpose_axes(&[0, 2, 1, 3])?.reshape(&[bucket.rows * bucket.len, width])?);
+    }
+    let all = if outs.len() == 1 { outs.pop().unwrap() } else { ops::concatenate(&outs, 0)? };
+    Ok(match &buckets.scatter {
+        Some(rows) => all.take_axis(rows, 0)?,
+        None => all,
+    })
+}
+
+/// The rows of one bucket from a head block, as `[rows, heads, len, head_dim]`.
+fn bucket_heads(block: &HeadBlock, bucket: &Bucket, head_dim: i32) -> Result<Array> {
+    let a = block.array;
+    let (col, width) = (block.col as i32, block.heads as i32 * head_dim);
+    let cols = if col == 0 && a.dim(1) == width { a.clone() } else { a.index((.., col..col + width)) };
+    let n = bucket.rows * bucket.len;
+    let rows = match &bucket.gather {
+        Some(g) => cols.take_axis(g, 0)?,
+        None if bucket.start == 0 && n == a.dim(0) => cols,
+        None => cols.index(bucket.start..bucket.start + n),
+    };
+    Ok(rows.reshape(&[bucket.rows, bucket.len, block.heads as i32, head_dim])?.transpose_axes(&[0, 2, 1, 3])?)
+}
