@@ -5,3 +5,4 @@ pub mod fixtures;
 pub mod worker_process;
 pub mod server;
 pub mod cli;
+pub mod balancer;
