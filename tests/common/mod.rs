@@ -6,3 +6,4 @@ pub mod worker_process;
 pub mod server;
 pub mod cli;
 pub mod balancer;
+pub mod manifests;
