@@ -150,6 +150,15 @@ fn replicas_behind_haproxy_lose_nothing_to_a_drain_and_only_started_responses_to
     for name in ["mac1", "mac2", "mac3"] {
         lb.wait_for(name, Duration::from_secs(10), |s| s.status == "UP");
     }
+    // Model management would reach one replica only: the balancer refuses it, in the
+    // Ollama routes' error shape.
+    match ureq::post(&lb.url("/api/pull")).send_json(json!({"model": "minilm"})) {
+        Err(ureq::Error::Status(403, r)) => {
+            let body: Value = r.into_json().unwrap();
+            assert!(body["error"].as_str().is_some_and(|e| e.contains("each instance")), "{body}");
+        }
+        other => panic!("/api/pull through the balancer: {other:?}"),
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let outcomes = Arc::new(Mutex::new(Vec::<Outcome>::new()));
