@@ -5,3 +5,5 @@ pub mod fixtures;
 pub mod worker_process;
 pub mod server;
 pub mod cli;
+pub mod balancer;
+pub mod manifests;

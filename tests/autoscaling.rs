@@ -1,0 +1,156 @@
+//! The HorizontalPodAutoscaler's metric, end to end short of a cluster: the prometheus-adapter
+//! rule in deploy/kubernetes/prometheus-adapter (rendered by Kustomize) queried on a real
+//! Prometheus that scrapes a real mlx-serve with the labels Kubernetes' pod scrape job gives
+//! it, while a real backlog builds in the server's queue (docs/deploy.md, "Autoscaling").
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mlx_serve_tests::manifests::{adapter_rule, missing_tool, on_path, render};
+use mlx_serve_tests::server::{Server, ServerOptions};
+use serde_json::{json, Value};
+
+const MINILM: &str = "all-MiniLM-L6-v2";
+
+/// Prometheus scraping one mlx-serve every second, with the `namespace` and `pod` labels
+/// the usual `kubernetes-pods` scrape job gives a pod. Killed when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    /// Starts it on port 0 and reads the port it bound from its log.
+    fn start(binary: &PathBuf, target: u16, namespace: &str, pod: &str) -> Prometheus {
+        let dir = tempfile::Builder::new().prefix("mlx-serve-prometheus").tempdir().unwrap();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: kubernetes-pods\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{target}']\n        labels: {{namespace: {namespace}, pod: {pod}}}\n"
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg("--web.listen-address=127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        let mut prom = Prometheus { child, port: 0, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while prom.port == 0 {
+            // `msg="Listening on" address=127.0.0.1:PORT` once the listener is bound.
+            let log = prom.log();
+            prom.port = log
+                .lines()
+                .filter(|l| l.contains("msg=\"Listening on\""))
+                .find_map(|l| l.rsplit(':').next()?.trim().parse().ok())
+                .unwrap_or(0);
+            assert!(Instant::now() < deadline, "Prometheus did not start:\n{log}");
+            std::thread::sleep(Duration::from_millis(100)); // polling its log file
+        }
+        prom
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    fn api(&self, path: &str, param: (&str, &str)) -> Value {
+        let r = ureq::get(&format!("http://127.0.0.1:{}/api/v1/{path}", self.port))
+            .query(param.0, param.1)
+            .timeout(Duration::from_secs(10))
+            .call();
+        match r {
+            Ok(resp) => resp.into_json().unwrap(),
+            Err(ureq::Error::Status(_, resp)) => resp.into_json().unwrap_or(Value::Null),
+            Err(e) => panic!("Prometheus API: {e}"),
+        }
+    }
+}
+
+/// The adapter's Go template for one pod: `<<.Series>>`, `<<.LabelMatchers>>` and
+/// `<<.GroupBy>>` as prometheus-adapter fills them in (its docs/config.md, "Querying").
+fn adapter_query(template: &str, series: &str, namespace: &str, pod: &str) -> String {
+    template
+        .replace("<<.Series>>", series)
+        .replace("<<.LabelMatchers>>", &format!("pod=~\"{pod}\",namespace=\"{namespace}\""))
+        .replace("<<.GroupBy>>", "pod")
+}
+
+#[test]
+fn autoscaling_metric_rises_with_a_backlog_on_a_real_prometheus() {
+    let Some(adapter_yaml) = render("deploy/kubernetes/prometheus-adapter") else {
+        return missing_tool("kubectl or kustomize (Kustomize)");
+    };
+    let Some(binary) = std::env::var_os("PROMETHEUS_BIN").map(PathBuf::from).or_else(|| on_path("prometheus")) else {
+        return missing_tool("prometheus (Debian package)");
+    };
+    let rule = adapter_rule(&adapter_yaml);
+    let series = rule["name"]["matches"].as_str().unwrap().trim_matches(|c| c == '^' || c == '$').to_owned();
+    let (namespace, pod) = ("mlx-serve-test", "mlx-serve-0");
+
+    let server = Server::start(ServerOptions {
+        models: vec![MINILM],
+        args: vec!["--preload".into(), MINILM.into()],
+        ..Default::default()
+    });
+    let (st, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm up"}));
+    assert_eq!(st, 200);
+    let prom = Prometheus::start(&binary, server.port, namespace, pod);
+
+    // A backlog: one request of 512 passages queues 512 inputs, drained 32 per batch.
+    let passages: Vec<String> = (0..512).map(|i| format!("passage {i} {}", "about rivers and mountains ".repeat(8))).collect();
+    let url = server.url("/v1/embeddings");
+    let burst = std::thread::spawn(move || {
+        let r = ureq::post(&url).timeout(Duration::from_secs(120)).send_json(json!({"model": MINILM, "input": passages}));
+        r.map_err(|e| e.to_string())?.into_json::<Value>().map_err(|e| e.to_string())
+    });
+
+    // The rule's series query finds the pod's series, and its metrics query, filled in as
+    // the adapter does for this pod, answers one value for it, above 0 while the queue holds
+    // inputs (Prometheus scrapes every second; the backlog lasts several).
+    let query = adapter_query(rule["metricsQuery"].as_str().unwrap(), &series, namespace, pod);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut finished_at: Option<Instant> = None;
+    let (found, value) = loop {
+        let found = prom.api("series", ("match[]", rule["seriesQuery"].as_str().unwrap()));
+        let answer = prom.api("query", ("query", &query));
+        let result = answer["data"]["result"].as_array().cloned().unwrap_or_default();
+        let value = result.first().and_then(|r| r["value"][1].as_str()?.parse::<f64>().ok());
+        if let Some(v) = value.filter(|v| *v > 0.0) {
+            assert_eq!(result.len(), 1, "one value per pod: {answer}");
+            assert_eq!(result[0]["metric"], json!({"pod": pod}), "{answer}");
+            break (found, v);
+        }
+        // A scrape taken during the backlog may land just after the request ends: allow 2 s.
+        if burst.is_finished() {
+            finished_at.get_or_insert_with(Instant::now);
+        }
+        assert!(
+            Instant::now() < deadline && finished_at.is_none_or(|t| t.elapsed() < Duration::from_secs(2)),
+            "the adapter query never rose above 0 during the backlog.\nquery: {query}\nanswer: {answer}\nseries: {found}\nlog:\n{}",
+            prom.log()
+        );
+        std::thread::sleep(Duration::from_millis(250)); // polling Prometheus between scrapes
+    };
+    let labels = &found["data"][0];
+    assert_eq!((labels["namespace"].as_str(), labels["pod"].as_str()), (Some(namespace), Some(pod)), "{found}");
+    eprintln!("adapter metric {} for {pod} during the backlog: {value:.1}", rule["name"]["as"]);
+    let reply = burst.join().unwrap().expect("the backlog request");
+    assert_eq!(reply["data"].as_array().map(Vec::len), Some(512));
+    drop(prom);
+    assert_eq!(server.stop(), Some(0));
+}
+
