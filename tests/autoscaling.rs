@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlx_serve_tests::manifests::{adapter_rule, missing_tool, on_path, render};
@@ -63,6 +65,20 @@ impl Prometheus {
         prom
     }
 
+    /// Waits until Prometheus has scraped the target once (`up` is 1 for the pod), so the
+    /// backlog is not over before the first scrape.
+    fn wait_for_first_scrape(&self, pod: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = self.api("query", ("query", &format!("up{{pod=\"{pod}\"}}")));
+            if answer["data"]["result"][0]["value"][1] == "1" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "Prometheus never scraped the server: {answer}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(200)); // polling for the first scrape
+        }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
@@ -109,21 +125,40 @@ fn autoscaling_metric_rises_with_a_backlog_on_a_real_prometheus() {
     let (st, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm up"}));
     assert_eq!(st, 200);
     let prom = Prometheus::start(&binary, server.port, namespace, pod);
+    prom.wait_for_first_scrape(pod);
 
-    // A backlog: one request of 512 passages queues 512 inputs, drained 32 per batch.
+    // A backlog for as long as the check needs: requests of 512 passages one after another,
+    // each queueing 512 inputs drained 32 per batch. A single request can end before
+    // Prometheus's next scrape on a fast machine, so the sender repeats until told to stop.
     let passages: Vec<String> = (0..512).map(|i| format!("passage {i} {}", "about rivers and mountains ".repeat(8))).collect();
     let url = server.url("/v1/embeddings");
-    let burst = std::thread::spawn(move || {
-        let r = ureq::post(&url).timeout(Duration::from_secs(120)).send_json(json!({"model": MINILM, "input": passages}));
-        r.map_err(|e| e.to_string())?.into_json::<Value>().map_err(|e| e.to_string())
-    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> Result<usize, String> {
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let reply: Value = ureq::post(&url)
+                    .timeout(Duration::from_secs(120))
+                    .send_json(json!({"model": MINILM, "input": passages}))
+                    .map_err(|e| e.to_string())?
+                    .into_json()
+                    .map_err(|e| e.to_string())?;
+                let rows = reply["data"].as_array().map(Vec::len);
+                if rows != Some(512) {
+                    return Err(format!("{rows:?} rows for 512 inputs"));
+                }
+                sent += 1;
+            }
+            Ok(sent)
+        })
+    };
 
     // The rule's series query finds the pod's series, and its metrics query, filled in as
     // the adapter does for this pod, answers one value for it, above 0 while the queue holds
-    // inputs (Prometheus scrapes every second; the backlog lasts several).
+    // inputs (Prometheus scrapes every second).
     let query = adapter_query(rule["metricsQuery"].as_str().unwrap(), &series, namespace, pod);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut finished_at: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(90);
     let (found, value) = loop {
         let found = prom.api("series", ("match[]", rule["seriesQuery"].as_str().unwrap()));
         let answer = prom.api("query", ("query", &query));
@@ -134,22 +169,19 @@ fn autoscaling_metric_rises_with_a_backlog_on_a_real_prometheus() {
             assert_eq!(result[0]["metric"], json!({"pod": pod}), "{answer}");
             break (found, v);
         }
-        // A scrape taken during the backlog may land just after the request ends: allow 2 s.
-        if burst.is_finished() {
-            finished_at.get_or_insert_with(Instant::now);
-        }
         assert!(
-            Instant::now() < deadline && finished_at.is_none_or(|t| t.elapsed() < Duration::from_secs(2)),
+            Instant::now() < deadline && !sender.is_finished(),
             "the adapter query never rose above 0 during the backlog.\nquery: {query}\nanswer: {answer}\nseries: {found}\nlog:\n{}",
             prom.log()
         );
         std::thread::sleep(Duration::from_millis(250)); // polling Prometheus between scrapes
     };
+    stop.store(true, Ordering::Relaxed);
     let labels = &found["data"][0];
     assert_eq!((labels["namespace"].as_str(), labels["pod"].as_str()), (Some(namespace), Some(pod)), "{found}");
     eprintln!("adapter metric {} for {pod} during the backlog: {value:.1}", rule["name"]["as"]);
-    let reply = burst.join().unwrap().expect("the backlog request");
-    assert_eq!(reply["data"].as_array().map(Vec::len), Some(512));
+    let requests = sender.join().unwrap().expect("the backlog requests");
+    eprintln!("{requests} requests of 512 passages answered in full");
     drop(prom);
     assert_eq!(server.stop(), Some(0));
 }
