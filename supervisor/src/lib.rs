@@ -14,13 +14,13 @@
 //! cli/        clap commands: start/stop/status/ctl/config/service, pull/list/show/remove/quantize
 //! daemon/     run(config, listener, shutdown), PID files, background start, stop,
 //!             control-socket server, launchd/systemd service files
-//! api/        HTTP routes per API family (OpenAI, Cohere/Jina/TEI, Ollama), errors → statuses
+//! api/        HTTP routes per API family (OpenAI, Cohere/Jina/TEI, Ollama), OpenAPI, errors → statuses
 //! resolve/    model name → running model: aliases, repo ids, auto-download, then the pool
 //! runner/     one actor per model (handle, loop, crash recovery, back-off), the pool, eviction
 //! batch/      the per-model queue, batch cutting, and the dispatch policy (a pure function)
 //! metrics     Prometheus registry and metric names
 //! worker/     a worker process behind a trait: spawn + handshake, IPC framing, state
-//! tokenize    HF tokenizers, truncation, reranker prompt templates
+//! tokenize    HF tokenizers, truncation, reranker prompt templates, models' named prompts
 //! control/    the control socket's JSON-lines language and its blocking client
 //! store/      models on disk: store, aliases, pull (hub/folder), quantize, downloads, metadata
 //! config/     schema and defaults, loading with provenance (file < env < CLI), YAML

@@ -8,10 +8,14 @@
 //!   `longest_first` truncation and segment ids, as `CrossEncoder` tokenizes.
 //! - Qwen3-Reranker: the prompt template from the Qwen3-Reranker model card (below).
 //! - Qwen3-Embedding queries: the model card's `Instruct: {task}\nQuery:{query}` prefix.
+//! - A model's named prompts (`config_sentence_transformers.json`): `prompts.rs`.
+
+mod prompts;
 
 use std::path::Path;
 
 use mlx_serve_protocol::model_dir::{Family, ModelFacts, Pooling};
+pub use prompts::{PromptError, Prompts};
 use tokenizers::{
     EncodeInput, Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
 };
@@ -60,6 +64,8 @@ pub struct ModelTokenizer {
     rerank_template: Option<(Vec<u32>, Vec<u32>, Tokenizer)>,
     pub max_tokens: usize,
     pub family: Family,
+    /// The model's named prompts and default prompt (embedding models).
+    pub prompts: Prompts,
 }
 
 fn truncation(max_length: usize) -> TruncationParams {
@@ -111,7 +117,7 @@ impl ModelTokenizer {
         } else {
             None
         };
-        Ok(ModelTokenizer { tokenizer, rerank_template, max_tokens, family: facts.family })
+        Ok(ModelTokenizer { tokenizer, rerank_template, max_tokens, family: facts.family, prompts: Prompts::load(dir) })
     }
 
     fn check(&self, enc: &Encoding, index: usize, truncate: bool) -> Result<(), TokenizeError> {

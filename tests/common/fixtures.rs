@@ -48,6 +48,22 @@ pub struct EmbedReference {
     pub pooling: String,
     pub max_seq_length: u32,
     pub cases: Vec<EmbedCase>,
+    /// `encode(texts, prompt_name=...)` with the model's own prompts (Qwen3-Embedding).
+    #[serde(default)]
+    pub prompt_cases: Vec<PromptCase>,
+}
+
+/// Texts embedded with one of the model's named prompts.
+#[derive(Debug, Deserialize)]
+pub struct PromptCase {
+    pub name: String,
+    pub prompt_name: String,
+    /// The prompt's text (what `prompt_name` stands for).
+    pub prompt: String,
+    pub texts: Vec<String>,
+    /// Ids of prompt + text, as the reference tokenizer makes them.
+    pub input_ids: Vec<Vec<u32>>,
+    pub embeddings: Vec<Vec<f32>>,
 }
 
 /// One reranking case: templated pair ids and reference scores.

@@ -6,7 +6,6 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::resolve::ResolveError;
 use crate::runner::JobError;
@@ -151,16 +150,32 @@ impl ApiError {
     }
 }
 
+/// The OpenAI error shape every non-Ollama, non-TEI, non-Cohere route answers with.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub message: String,
+    /// invalid_request_error, not_found_error, rate_limit_error, server_error
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub code: Option<String>,
+    pub param: Option<String>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "code": self.code,
-                "param": self.param,
-            }
-        });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message: self.message,
+                kind: self.kind.to_owned(),
+                code: self.code.map(str::to_owned),
+                param: self.param,
+            },
+        };
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -12,6 +12,8 @@ use serde_json::json;
 use super::SharedState;
 use crate::metrics::metrics as registry;
 
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/health", tag = "Operations", responses((status = 200, description = "`{status, version, uptime_seconds}`", body = serde_json::Value)))]
 pub async fn health(State(state): State<SharedState>) -> Json<serde_json::Value> {
     Json(json!({
         "status": "ok",
@@ -20,6 +22,9 @@ pub async fn health(State(state): State<SharedState>) -> Json<serde_json::Value>
     }))
 }
 
+/// Readiness: 503 while starting or shutting down.
+#[utoipa::path(get, path = "/ready", tag = "Operations",
+    responses((status = 200, description = "`{status: ready}`", body = serde_json::Value), (status = 503, body = super::error::ErrorBody, description = "not ready")))]
 pub async fn ready(State(state): State<SharedState>) -> Response {
     if state.ready.load(Ordering::SeqCst) {
         Json(json!({"status": "ready"})).into_response()
@@ -36,6 +41,8 @@ pub async fn metrics_handler_body(state: &SharedState) -> String {
     registry().render()
 }
 
+/// Prometheus metrics (text format; `docs/metrics.md`).
+#[utoipa::path(get, path = "/metrics", tag = "Operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<SharedState>) -> Response {
     let body = metrics_handler_body(&state).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()

@@ -79,14 +79,64 @@ async fn run(state: &AppState, entry: &ModelEntry, seqs: Vec<Tokens>) -> Result<
     }
 }
 
+/// How texts are turned into model input, beyond the texts themselves.
+#[derive(Debug, Clone, Default)]
+pub struct EmbedOptions {
+    /// `Some(false)`: an over-long input is an error; `None`: `limits.truncate`.
+    pub truncate: Option<bool>,
+    /// Extension: a query instruction (Qwen3-Embedding formats it as its model card says;
+    /// other models get it as a plain prefix).
+    pub instruction: Option<String>,
+    /// One of the model's named prompts (`config_sentence_transformers.json`).
+    pub prompt_name: Option<String>,
+    /// A raw prefix, as sentence-transformers' `encode(prompt=...)`.
+    pub prompt: Option<String>,
+}
+
+/// The texts the tokenizer sees: each input with the selected prompt (`prompt`,
+/// `prompt_name`, or the model's `default_prompt_name`) or the `instruction` in front.
+pub fn prompted_texts(entry: &ModelEntry, texts: Vec<String>, opts: &EmbedOptions) -> Result<Vec<String>, ApiError> {
+    if let Some(task) = &opts.instruction {
+        if opts.prompt.is_some() || opts.prompt_name.is_some() {
+            return Err(ApiError::invalid_param(
+                "instruction",
+                "send either `instruction` or `prompt`/`prompt_name`, not both",
+            ));
+        }
+        return Ok(match entry.facts.family {
+            Family::Qwen3 => texts.iter().map(|t| qwen3_embedding_query(task, t)).collect(),
+            _ => texts.iter().map(|t| format!("{task}{t}")).collect(),
+        });
+    }
+    let param = if opts.prompt.is_some() { "prompt" } else { "prompt_name" };
+    let prefix = entry
+        .tokenizer
+        .prompts
+        .select(opts.prompt_name.as_deref(), opts.prompt.as_deref())
+        .map_err(|e| ApiError::invalid_param(param, e.to_string()).with_code("invalid_prompt"))?;
+    Ok(match prefix {
+        Some(p) => texts.iter().map(|t| format!("{p}{t}")).collect(),
+        None => texts,
+    })
+}
+
+/// The 400 for token-id input on a server that refuses it (`limits.accept_token_ids:
+/// false`). LangChain's `OpenAIEmbeddings` sends tiktoken ids unless told otherwise.
+pub fn token_ids_refused() -> ApiError {
+    ApiError::invalid_param(
+        "input",
+        "this server refuses token-id input (limits.accept_token_ids: false): ids from another tokenizer \
+         embed to meaningless vectors. Send text. LangChain's OpenAIEmbeddings sends tiktoken ids by default; \
+         construct it with check_embedding_ctx_length=False",
+    )
+    .with_code("token_ids_refused")
+}
+
 /// Embeds texts or token-id lists with `model`.
-pub async fn embed(
-    state: &AppState,
-    model: &str,
-    inputs: Inputs,
-    truncate: Option<bool>,
-    instruction: Option<String>,
-) -> Result<Embedded, ApiError> {
+pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOptions) -> Result<Embedded, ApiError> {
+    if matches!(inputs, Inputs::Ids(_)) && !state.config.limits.accept_token_ids {
+        return Err(token_ids_refused());
+    }
     let entry = state.resolver().entry(model, Some(ModelKind::Embedding)).await?;
     let n = inputs.len();
     if n == 0 {
@@ -98,17 +148,13 @@ pub async fn embed(
             "{n} inputs in one request; the limit (limits.max_inputs_per_request) is {max_inputs}"
         )));
     }
-    let truncate = truncate.unwrap_or(state.config.limits.truncate);
+    let truncate = opts.truncate.unwrap_or(state.config.limits.truncate);
     let seqs = match inputs {
         Inputs::Texts(texts) => {
             if let Some(i) = texts.iter().position(|t| t.is_empty()) {
                 return Err(ApiError::invalid_param("input", format!("input {i} is an empty string")));
             }
-            let texts = match (&instruction, entry.facts.family) {
-                (Some(task), Family::Qwen3) => texts.iter().map(|t| qwen3_embedding_query(task, t)).collect(),
-                (Some(prefix), _) => texts.iter().map(|t| format!("{prefix}{t}")).collect(),
-                (None, _) => texts,
-            };
+            let texts = prompted_texts(&entry, texts, &opts)?;
             let heavy = texts.iter().map(String::len).sum::<usize>() > 8192;
             let tok = entry.tokenizer.clone();
             off_thread(heavy, move || {
@@ -119,6 +165,12 @@ pub async fn embed(
             .map_err(|e| ApiError::tokenize(e, "input"))?
         }
         Inputs::Ids(lists) => {
+            if opts.instruction.is_some() || opts.prompt.is_some() || opts.prompt_name.is_some() {
+                return Err(ApiError::invalid_param(
+                    "input",
+                    "a prompt or instruction applies to text input; token ids are the complete model input",
+                ));
+            }
             let vocab = entry.facts.vocab_size as i64;
             let max = entry.facts.max_tokens as usize;
             let mut seqs = Vec::with_capacity(lists.len());
@@ -129,7 +181,11 @@ pub async fn embed(
                 if let Some(bad) = ids.iter().find(|&&t| t < 0 || (vocab > 0 && t >= vocab)) {
                     return Err(ApiError::invalid_param(
                         "input",
-                        format!("input {i} has token id {bad}, outside the model's vocabulary [0, {vocab})"),
+                        format!(
+                            "input {i} has token id {bad}, outside the model's vocabulary [0, {vocab}) \
+                             (ids from another tokenizer? LangChain's OpenAIEmbeddings sends tiktoken ids unless \
+                             constructed with check_embedding_ctx_length=False)"
+                        ),
                     ));
                 }
                 let mut ids: Vec<u32> = ids.into_iter().map(|t| t as u32).collect();

@@ -1,26 +1,39 @@
 //! The HTTP surface: routes, shared state, request logging and metrics, errors.
 //!
-//! Handlers live one API family per file (`openai`, `rerank`, `tokenize`, `models`,
-//! `ollama` + `ollama_pull`, `health`) and are thin: they translate their API's shape to
-//! the calls in `inference.rs` (resolve model → tokenize → submit → await) and back.
-//! Errors from every layer below become an [`ApiError`] in `error.rs`.
+//! Handlers live one API family per file (`openai`, `rerank`, `tokenize`, `models`, `tei`,
+//! `cohere`, `ollama` + `ollama_pull`, `health`, `openapi`) and are thin: they translate
+//! their API's shape to the calls in `inference.rs` (resolve model → prompt → tokenize →
+//! submit → await) and back; `input.rs` holds the input unions, `encode.rs` the output
+//! encodings. Errors from every layer below become an [`ApiError`] in `error.rs`.
+//!
+//! Request bodies are typed (they make the OpenAPI document, `openapi.rs`) and refuse
+//! unknown fields with a 400 that names them: a misspelt or unsupported option must not
+//! be ignored silently. Fields a known client sends that change nothing here (`user`,
+//! `priority`, `keep_alive`…) are declared and ignored.
 
 mod body;
+mod cohere;
+mod cohere_meta;
+mod default_model;
+mod encode;
 pub mod error;
 mod health;
 pub mod inference;
+mod input;
 mod models;
 mod observe;
 mod ollama;
 mod ollama_pull;
 mod openai;
+pub mod openapi;
 mod rerank;
 mod state;
+mod tei;
 mod tokenize;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 
 pub use body::parse_body;
@@ -28,31 +41,50 @@ pub use error::ApiError;
 pub use observe::{with_log, RequestLog};
 pub use state::{AppState, SharedState};
 
-/// Every route of the main listener.
+/// Every route of the main listener. Each path also answers with a trailing slash
+/// (`/v1/embeddings/`), since clients differ in how they join base URL and path.
 pub fn router(state: SharedState) -> Router {
     let body_limit = state.config.limits.max_request_bytes;
-    let mut app = Router::new()
-        .route("/v1/embeddings", post(openai::embeddings))
-        .route("/embeddings", post(openai::embeddings))
-        .route("/v1/rerank", post(rerank::rerank))
-        .route("/rerank", post(rerank::rerank))
-        .route("/v2/rerank", post(rerank::rerank))
-        .route("/v1/tokenize", post(tokenize::tokenize))
-        .route("/tokenize", post(tokenize::tokenize))
-        .route("/v1/models", get(models::list))
-        .route("/models", get(models::list))
-        .route("/api/embed", post(ollama::embed))
-        .route("/api/embeddings", post(ollama::embeddings_legacy))
-        .route("/api/tags", get(ollama::tags))
-        .route("/api/ps", get(ollama::ps))
-        .route("/api/show", post(ollama::show))
-        .route("/api/delete", delete(ollama::delete))
-        .route("/api/pull", post(ollama_pull::pull))
-        .route("/api/version", get(ollama::version))
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready));
+    let mut routes: Vec<(&str, MethodRouter<SharedState>)> = vec![
+        ("/v1/embeddings", post(openai::embeddings)),
+        ("/embeddings", post(openai::embeddings)),
+        ("/v1/rerank", post(rerank::rerank)),
+        ("/rerank", post(rerank::rerank)),
+        ("/v2/rerank", post(rerank::rerank)),
+        ("/v1/tokenize", post(tokenize::tokenize)),
+        ("/tokenize", post(tokenize::tokenize)),
+        ("/v1/models", get(models::list)),
+        ("/models", get(models::list)),
+        ("/v1/models/{*id}", get(models::retrieve)),
+        ("/models/{*id}", get(models::retrieve)),
+        ("/", post(tei::root)),
+        ("/embed", post(tei::embed)),
+        ("/info", get(tei::info)),
+        ("/v1/embed", post(cohere::embed_v1)),
+        ("/v2/embed", post(cohere::embed_v2)),
+        ("/api/embed", post(ollama::embed)),
+        ("/api/embeddings", post(ollama::embeddings_legacy)),
+        ("/api/tags", get(ollama::tags)),
+        ("/api/ps", get(ollama::ps)),
+        ("/api/show", post(ollama::show)),
+        ("/api/delete", delete(ollama::delete)),
+        ("/api/pull", post(ollama_pull::pull)),
+        ("/api/version", get(ollama::version)),
+        ("/openapi.json", get(openapi::openapi_json)),
+        ("/docs", get(openapi::docs)),
+        ("/health", get(health::health)),
+        ("/ready", get(health::ready)),
+    ];
     if state.config.metrics.enabled {
-        app = app.route("/metrics", get(health::metrics));
+        routes.push(("/metrics", get(health::metrics)));
+    }
+    let mut app = Router::new();
+    for (path, handler) in routes {
+        // A catch-all (`{*id}`) already takes what follows; "/" has no other spelling.
+        if path != "/" && !path.contains("{*") {
+            app = app.route(&format!("{path}/"), handler.clone());
+        }
+        app = app.route(path, handler);
     }
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -2,7 +2,10 @@
 //! `/api/embeddings`, `/api/tags`, `/api/ps`, `/api/show`, `/api/delete`, `/api/version`
 //! (`/api/pull` is in `ollama_pull.rs`). Errors use Ollama's shape, `{"error": "message"}`,
 //! with the same status codes. Model names may be store names, repo ids or aliases
-//! (`store/aliases.rs`).
+//! (`store/aliases.rs`). Unknown request fields are refused (400) as on every route;
+//! `keep_alive` and `options` are accepted and ignored (workers are kept by
+//! `cache.ttl_seconds`). Extension on `/api/embed`: `prompt_name`, one of the model's named
+//! prompts (the model's `default_prompt_name` applies without it, on both embed routes).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,8 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
-use super::inference::{self, Inputs};
+use super::inference::{self, EmbedOptions, Inputs};
+use super::input::TextInput;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
 use crate::resolve::ResolveError;
 use crate::store::metadata::{rfc3339, ModelMetadata};
@@ -52,41 +57,51 @@ impl IntoResponse for OllamaError {
     }
 }
 
-#[derive(Deserialize)]
-struct EmbedRequest {
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OllamaEmbedRequest {
     #[serde(default)]
-    model: String,
-    input: Option<Value>,
-    truncate: Option<bool>,
-    dimensions: Option<i64>,
+    pub model: String,
+    pub input: Option<TextInput>,
+    pub truncate: Option<bool>,
+    #[schema(minimum = 1)]
+    pub dimensions: Option<i64>,
+    /// Extension: one of the model's named prompts.
+    pub prompt_name: Option<String>,
+    /// Accepted and ignored.
+    #[schema(value_type = Option<Object>)]
     #[allow(dead_code)]
-    keep_alive: Option<Value>,
+    pub keep_alive: Option<Value>,
+    /// Accepted and ignored.
+    #[schema(value_type = Option<Object>)]
     #[allow(dead_code)]
-    options: Option<Value>,
+    pub options: Option<Value>,
+}
+
+/// The `{"error": "..."}` body of every Ollama route's errors.
+#[derive(serde::Serialize, ToSchema)]
+pub struct OllamaErrorBody {
+    pub error: String,
 }
 
 fn nanos(d: Duration) -> u64 {
     d.as_nanos().min(u64::MAX as u128) as u64
 }
 
+/// Embed texts (Ollama `/api/embed`).
+#[utoipa::path(post, path = "/api/embed", tag = "Ollama", operation_id = "ollama_embed", request_body = OllamaEmbedRequest,
+    responses((status = 200, description = "`{model, embeddings, total_duration, load_duration, prompt_eval_count}`",
+        body = serde_json::Value), (status = "4XX", body = OllamaErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
 pub async fn embed(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OllamaError> {
     let t0 = Instant::now();
-    let req: EmbedRequest = parse_body(body)?;
+    let req: OllamaEmbedRequest = parse_body(body)?;
     let inputs = match req.input {
-        Some(Value::String(s)) => Inputs::Texts(vec![s]),
-        Some(Value::Array(items)) => Inputs::Texts(
-            items
-                .into_iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s),
-                    _ => Err(ApiError::invalid("invalid input type: `input` must be a string or a list of strings")),
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-        _ => return Err(ApiError::invalid("`input` is required: a string or a list of strings").into()),
+        Some(input) => Inputs::Texts(input.into_texts()),
+        None => return Err(ApiError::invalid("`input` is required: a string or a list of strings").into()),
     };
     let n = inputs.len();
-    let out = inference::embed(&state, &req.model, inputs, req.truncate, None).await?;
+    let opts = EmbedOptions { truncate: req.truncate, prompt_name: req.prompt_name, ..Default::default() };
+    let out = inference::embed(&state, &req.model, inputs, opts).await?;
     let (dim, data) = match req.dimensions {
         Some(d) if d < 1 || d as usize > out.dim => {
             return Err(ApiError::invalid(format!("dimensions must be between 1 and {}", out.dim)).into())
@@ -105,21 +120,33 @@ pub async fn embed(State(state): State<SharedState>, body: Result<Bytes, BytesRe
     Ok(with_log(Json(body), RequestLog { model: out.entry.name.clone(), inputs: n, tokens: out.tokens }))
 }
 
-#[derive(Deserialize)]
-struct LegacyRequest {
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyRequest {
     #[serde(default)]
-    model: String,
-    prompt: Option<String>,
+    pub model: String,
+    /// The text to embed (not a prompt prefix: Ollama's name).
+    pub prompt: Option<String>,
+    /// Accepted and ignored.
+    #[schema(value_type = Option<Object>)]
+    #[allow(dead_code)]
+    pub keep_alive: Option<Value>,
+    /// Accepted and ignored.
+    #[schema(value_type = Option<Object>)]
+    #[allow(dead_code)]
+    pub options: Option<Value>,
 }
 
 /// Legacy `/api/embeddings`: `{model, prompt}` → `{embedding}`.
+#[utoipa::path(post, path = "/api/embeddings", tag = "Ollama", request_body = LegacyRequest,
+    responses((status = 200, description = "`{embedding}`", body = serde_json::Value), (status = "4XX", body = OllamaErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
 pub async fn embeddings_legacy(
     State(state): State<SharedState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OllamaError> {
     let req: LegacyRequest = parse_body(body)?;
     let prompt = req.prompt.ok_or_else(|| ApiError::invalid("`prompt` is required"))?;
-    let out = inference::embed(&state, &req.model, Inputs::Texts(vec![prompt]), None, None).await?;
+    let out = inference::embed(&state, &req.model, Inputs::Texts(vec![prompt]), EmbedOptions::default()).await?;
     let log = RequestLog { model: out.entry.name.clone(), inputs: 1, tokens: out.tokens };
     Ok(with_log(Json(json!({"embedding": out.data})), log))
 }
@@ -158,11 +185,15 @@ fn model_json(m: &InstalledModel) -> Value {
     })
 }
 
+/// Installed models (Ollama `/api/tags`).
+#[utoipa::path(get, path = "/api/tags", tag = "Ollama", responses((status = 200, description = "`{models}`", body = serde_json::Value)))]
 pub async fn tags(State(state): State<SharedState>) -> Json<Value> {
     let models: Vec<Value> = state.pool.store().list().iter().map(model_json).collect();
     Json(json!({"models": models}))
 }
 
+/// Loaded models (Ollama `/api/ps`).
+#[utoipa::path(get, path = "/api/ps", tag = "Ollama", responses((status = 200, description = "`{models}`", body = serde_json::Value)))]
 pub async fn ps(State(state): State<SharedState>) -> Json<Value> {
     let installed = state.pool.store().list();
     let ttl = state.config.cache.ttl_seconds;
@@ -186,11 +217,15 @@ pub async fn ps(State(state): State<SharedState>) -> Json<Value> {
     Json(json!({"models": models, "downloads": downloads}))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NameRequest {
     pub model: Option<String>,
     /// Older Ollama clients send `name`.
     pub name: Option<String>,
+    /// `/api/show`: accepted and ignored.
+    #[allow(dead_code)]
+    pub verbose: Option<bool>,
 }
 
 impl NameRequest {
@@ -199,6 +234,9 @@ impl NameRequest {
     }
 }
 
+/// Model details (Ollama `/api/show`).
+#[utoipa::path(post, path = "/api/show", tag = "Ollama", request_body = NameRequest,
+    responses((status = 200, description = "model details", body = serde_json::Value), (status = "4XX", body = OllamaErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
 pub async fn show(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, OllamaError> {
     let name = parse_body::<NameRequest>(body)?.model()?;
     let target = state.resolver().resolve_name(&name)?;
@@ -235,6 +273,9 @@ pub async fn show(State(state): State<SharedState>, body: Result<Bytes, BytesRej
     })))
 }
 
+/// Remove a model (Ollama `/api/delete`).
+#[utoipa::path(delete, path = "/api/delete", tag = "Ollama", request_body = NameRequest,
+    responses((status = 200, description = "removed"), (status = "4XX", body = OllamaErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
 pub async fn delete(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OllamaError> {
     let name = parse_body::<NameRequest>(body)?.model()?;
     let target = state.resolver().resolve_name(&name)?;
@@ -249,6 +290,8 @@ pub async fn delete(State(state): State<SharedState>, body: Result<Bytes, BytesR
     Ok(StatusCode::OK.into_response())
 }
 
+/// Server version (Ollama `/api/version`).
+#[utoipa::path(get, path = "/api/version", tag = "Ollama", responses((status = 200, description = "`{version}`", body = serde_json::Value)))]
 pub async fn version() -> Json<Value> {
     Json(json!({"version": env!("CARGO_PKG_VERSION")}))
 }

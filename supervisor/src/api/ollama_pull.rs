@@ -15,14 +15,16 @@ use super::ollama::{NameRequest, OllamaError};
 use super::{parse_body, ApiError, SharedState};
 use crate::store::downloads::{Download, Progress, Started};
 
-#[derive(Deserialize)]
-struct PullBody {
-    model: Option<String>,
-    name: Option<String>,
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullBody {
+    pub model: Option<String>,
+    pub name: Option<String>,
     /// Default true: an NDJSON progress stream; false: one object at the end.
-    stream: Option<bool>,
+    pub stream: Option<bool>,
+    /// Accepted and ignored.
     #[allow(dead_code)]
-    insecure: Option<bool>,
+    pub insecure: Option<bool>,
 }
 
 /// `POST /api/pull`: pulls a repo id or alias into the store. Streams NDJSON lines
@@ -30,9 +32,12 @@ struct PullBody {
 /// `{"status": "pulling <file>", "digest": "<file>", "total": N, "completed": M}`, then
 /// `{"status": "verifying sha256 digest"}`, `{"status": "writing manifest"}`,
 /// `{"status": "success"}`; a failure is an `{"error": "..."}` line.
+#[utoipa::path(post, path = "/api/pull", tag = "Ollama", request_body = PullBody,
+    responses((status = 200, description = "NDJSON progress lines, or one object with `stream: false`"),
+        (status = "4XX", body = super::ollama::OllamaErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
 pub async fn pull(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OllamaError> {
     let req: PullBody = parse_body(body)?;
-    let name = NameRequest { model: req.model, name: req.name }.model()?;
+    let name = NameRequest { model: req.model, name: req.name, verbose: None }.model()?;
     let resolver = state.resolver();
     let target = resolver.resolve_name(&name)?;
     let Some(pull_req) = resolver.pull_request(&target, None) else {

@@ -1,84 +1,90 @@
 //! `POST /v1/embeddings`, OpenAI-compatible.
 //!
 //! `input`: a string, a list of strings, a list of token ids, or a list of token-id lists
-//! (OpenAI API reference, "Create embeddings"). `encoding_format`: `float` or `base64`
+//! (OpenAI API reference, "Create embeddings"; token ids can be refused with
+//! `limits.accept_token_ids: false`). `encoding_format`: `float` or `base64`
 //! (little-endian f32, what the official Python client requests by default). `dimensions`:
 //! truncate, then L2-renormalize. `user` is accepted and ignored.
+//!
+//! Unknown fields are refused with a 400 naming them, as OpenAI's own API does
+//! ("Unrecognized request argument supplied"): a misspelt `prompt_name` must not return the
+//! un-prompted vector silently.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::Response;
-use base64::Engine;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::inference::{self, Inputs};
+use super::encode::{self, Vector};
+use super::inference::{self, EmbedOptions};
+use super::input::EmbeddingInput;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
 
-#[derive(Deserialize)]
-struct EmbeddingsRequest {
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsRequest {
+    /// Model name: store name, repo id (`BAAI/bge-m3`) or alias.
     #[serde(default)]
-    model: String,
-    input: Option<Value>,
-    #[serde(default)]
-    encoding_format: Option<String>,
-    #[serde(default)]
-    dimensions: Option<i64>,
-    #[serde(default)]
+    pub model: String,
+    pub input: Option<EmbeddingInput>,
+    /// `float` (default) or `base64` (little-endian float32).
+    pub encoding_format: Option<String>,
+    /// Keep the first N dimensions, then L2-renormalize (Matryoshka).
+    #[schema(minimum = 1)]
+    pub dimensions: Option<i64>,
+    /// Accepted and ignored (OpenAI's end-user id).
+    #[schema(value_type = Option<String>)]
     #[allow(dead_code)]
-    user: Option<Value>,
-    /// Extension: a query instruction for models that want one (Qwen3-Embedding formats
-    /// it as its model card says; other models get it as a plain prefix).
-    #[serde(default)]
-    instruction: Option<String>,
+    pub user: Option<serde_json::Value>,
+    /// Extension: one of the model's named prompts (`config_sentence_transformers.json`
+    /// `prompts`, e.g. `query`); 400 for a name the model does not have.
+    pub prompt_name: Option<String>,
+    /// Extension: a raw prefix put before every text (wins over `prompt_name`).
+    pub prompt: Option<String>,
+    /// Extension: a query instruction (Qwen3-Embedding formats it as
+    /// `Instruct: {instruction}\nQuery:{text}`; other models get a plain prefix).
+    pub instruction: Option<String>,
     /// Extension: `false` makes over-long inputs an error instead of truncating them.
-    #[serde(default)]
-    truncate: Option<bool>,
+    pub truncate: Option<bool>,
 }
 
-/// Classifies OpenAI's `input` union.
-pub fn parse_input(value: Value) -> Result<Inputs, ApiError> {
-    let bad = || {
-        ApiError::invalid_param(
-            "input",
-            "`input` must be a string, a list of strings, a list of token ids, or a list of token-id lists",
-        )
-    };
-    let token = |v: &Value| -> Result<i64, ApiError> {
-        v.as_i64().ok_or_else(|| ApiError::invalid_param("input", format!("token ids must be integers, got {v}")))
-    };
-    match value {
-        Value::String(s) => Ok(Inputs::Texts(vec![s])),
-        Value::Array(items) => match items.first() {
-            None => Err(ApiError::invalid_param("input", "`input` must not be an empty list")),
-            Some(Value::String(_)) => items
-                .into_iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s),
-                    _ => Err(bad()),
-                })
-                .collect::<Result<_, _>>()
-                .map(Inputs::Texts),
-            Some(Value::Number(_)) => Ok(Inputs::Ids(vec![items.iter().map(token).collect::<Result<_, _>>()?])),
-            Some(Value::Array(_)) => items
-                .into_iter()
-                .map(|v| match v {
-                    Value::Array(ids) => ids.iter().map(token).collect::<Result<Vec<_>, _>>(),
-                    _ => Err(bad()),
-                })
-                .collect::<Result<_, _>>()
-                .map(Inputs::Ids),
-            Some(_) => Err(bad()),
-        },
-        _ => Err(bad()),
+#[derive(Serialize, ToSchema)]
+pub struct Embedding {
+    /// Always `embedding`.
+    pub object: &'static str,
+    pub index: usize,
+    pub embedding: Vector,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+impl Usage {
+    pub fn new(tokens: usize) -> Usage {
+        Usage { prompt_tokens: tokens, total_tokens: tokens }
     }
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct EmbeddingsResponse {
+    /// Always `list`.
+    pub object: &'static str,
+    pub data: Vec<Embedding>,
+    pub model: String,
+    pub usage: Usage,
+}
+
+/// Create embeddings (OpenAI).
+#[utoipa::path(post, path = "/v1/embeddings", tag = "OpenAI", request_body = EmbeddingsRequest,
+    responses((status = 200, body = EmbeddingsResponse, description = "success"), (status = "4XX", body = super::error::ErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
 pub async fn embeddings(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let req: EmbeddingsRequest = parse_body(body)?;
     let input = req.input.ok_or_else(|| ApiError::invalid_param("input", "`input` is required"))?;
-    let inputs = parse_input(input)?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -89,45 +95,22 @@ pub async fn embeddings(State(state): State<SharedState>, body: Result<Bytes, By
             ))
         }
     };
-    if let Some(d) = req.dimensions {
-        if d < 1 {
-            return Err(ApiError::invalid_param("dimensions", "`dimensions` must be a positive integer"));
-        }
-    }
-    let n = inputs.len();
-    let out = inference::embed(&state, &req.model, inputs, req.truncate, req.instruction).await?;
-    let (dim, data) = match req.dimensions {
-        Some(d) if d as usize > out.dim => {
-            return Err(ApiError::invalid_param(
-                "dimensions",
-                format!("model `{}` makes {}-dimensional embeddings; `dimensions` {d} is larger", req.model, out.dim),
-            ))
-        }
-        Some(d) if (d as usize) < out.dim => (d as usize, inference::shorten_rows(&out.data, out.dim, d as usize)),
-        _ => (out.dim, out.data),
-    };
-    let rows: Vec<Value> = data
+    let dims = encode::check_dimensions(req.dimensions, "dimensions")?;
+    let inputs = input.into();
+    let opts = EmbedOptions { truncate: req.truncate, instruction: req.instruction, prompt_name: req.prompt_name, prompt: req.prompt };
+    let out = inference::embed(&state, &req.model, inputs, opts).await?;
+    let (dim, data) = encode::shorten(&out, dims, &req.model, "dimensions")?;
+    let n = data.len() / dim.max(1);
+    let rows = data
         .chunks_exact(dim)
         .enumerate()
-        .map(|(index, row)| {
-            let embedding = if base64 {
-                let mut bytes = Vec::with_capacity(row.len() * 4);
-                for x in row {
-                    bytes.extend_from_slice(&x.to_le_bytes());
-                }
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                json!(row)
-            };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
+        .map(|(index, row)| Embedding {
+            object: "embedding",
+            index,
+            embedding: if base64 { Vector::Base64(encode::base64_f32(row)) } else { Vector::Float(row.to_vec()) },
         })
         .collect();
-    let body = json!({
-        "object": "list",
-        "data": rows,
-        "model": req.model,
-        "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
-    });
+    let body = EmbeddingsResponse { object: "list", data: rows, model: req.model, usage: Usage::new(out.tokens) };
     let log = RequestLog { model: out.entry.name.clone(), inputs: n, tokens: out.tokens };
     Ok(with_log(axum::Json(body), log))
 }

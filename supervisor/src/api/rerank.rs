@@ -1,71 +1,180 @@
 //! `POST /v1/rerank`, `/rerank`, `/v2/rerank`.
 //!
 //! - Jina / Cohere shape: `{model, query, documents: [str | {text}], top_n,
-//!   return_documents}` → `{model, results: [{index, relevance_score, document?}], usage}`
-//!   sorted by score. Seed extras: `return_text` adds `text_output` "yes"/"no" by
-//!   `decision_threshold` (default 0.5); `instruction` for Qwen3-Reranker.
+//!   return_documents}` → `{id, model, results: [{index, relevance_score, document?}],
+//!   usage, meta}` sorted by score (`id` and `meta` as Cohere's responses have them).
+//!   Seed extras: `return_text` adds `text_output` "yes"/"no" by `decision_threshold`
+//!   (default 0.5); `instruction` for Qwen3-Reranker. Cohere's `priority` and
+//!   `max_chunks_per_doc` are accepted and ignored; `rank_fields` other than `["text"]`,
+//!   `max_tokens_per_doc` and `relevant_spans` are refused (400), as are unknown fields.
 //! - TEI shape (`texts` instead of `documents`): `{query, texts, raw_scores, return_text,
 //!   truncate}` → a bare array `[{index, score, text?}]` sorted by score; `raw_scores`
-//!   returns logits instead of probabilities (TEI router/src/http/types.rs).
+//!   returns logits instead of probabilities (TEI router/src/http/types.rs `RerankRequest`,
+//!   `Rank`). Without `model`, the only installed reranker (`default_model.rs`).
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use mlx_serve_protocol::ModelKind;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
+use super::cohere_meta::{response_id, Meta};
+use super::default_model::model_or_only;
 use super::inference;
+use super::openai::Usage;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
 
-#[derive(Deserialize)]
-struct RerankRequest {
-    #[serde(default)]
-    model: Option<String>,
-    query: Option<String>,
-    documents: Option<Vec<Value>>,
-    /// TEI's name for the documents.
-    texts: Option<Vec<Value>>,
-    top_n: Option<i64>,
-    return_documents: Option<bool>,
-    return_text: Option<bool>,
-    decision_threshold: Option<f64>,
-    raw_scores: Option<bool>,
-    truncate: Option<bool>,
-    instruction: Option<String>,
+/// A document: a string, or an object whose `text` is ranked (Cohere v1, Jina).
+#[derive(ToSchema)]
+#[serde(untagged)]
+pub enum Document {
+    Text(String),
+    #[schema(value_type = Object)]
+    Object(serde_json::Map<String, Value>),
 }
 
-fn document_text(i: usize, v: Value) -> Result<String, ApiError> {
-    match v {
-        Value::String(s) => Ok(s),
-        Value::Object(mut o) => match o.remove("text") {
+impl<'de> Deserialize<'de> for Document {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(Document::Text(s)),
+            Value::Object(o) => Ok(Document::Object(o)),
+            other => Err(serde::de::Error::custom(format!(
+                "a document must be a string or an object with a string `text`, got {other}"
+            ))),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerankRequest {
+    /// Required, except in the TEI shape with one reranker installed.
+    pub model: Option<String>,
+    pub query: Option<String>,
+    pub documents: Option<Vec<Document>>,
+    /// TEI's name for the documents; the response is then TEI's bare array.
+    pub texts: Option<Vec<Document>>,
+    #[schema(minimum = 1)]
+    pub top_n: Option<i64>,
+    /// Default true (Jina/Cohere shape).
+    pub return_documents: Option<bool>,
+    /// Seed extra: add `text_output` "yes"/"no" (TEI shape: add `text`).
+    pub return_text: Option<bool>,
+    /// Threshold for `text_output`, 0..1, default 0.5.
+    pub decision_threshold: Option<f64>,
+    /// TEI: logits instead of probabilities.
+    pub raw_scores: Option<bool>,
+    /// `false`: an over-long pair is an error instead of being truncated.
+    pub truncate: Option<bool>,
+    /// TEI: only `Right` (the default) is supported.
+    pub truncation_direction: Option<String>,
+    /// Qwen3-Reranker task instruction.
+    pub instruction: Option<String>,
+    /// Cohere v1: only `["text"]`.
+    pub rank_fields: Option<Vec<String>>,
+    /// Cohere: accepted and ignored.
+    #[allow(dead_code)]
+    pub priority: Option<i64>,
+    /// Cohere v1: accepted and ignored (long documents are truncated, not chunked).
+    #[allow(dead_code)]
+    pub max_chunks_per_doc: Option<i64>,
+    /// Cohere v2: refused.
+    pub max_tokens_per_doc: Option<i64>,
+    /// Cohere v2: refused.
+    #[schema(value_type = Option<Object>)]
+    pub relevant_spans: Option<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DocumentText {
+    pub text: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RerankResult {
+    pub index: usize,
+    pub relevance_score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<DocumentText>,
+    /// "yes" / "no" by `decision_threshold` (with `return_text`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_output: Option<&'static str>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CohereRerankResponse {
+    pub id: String,
+    /// Always `list`.
+    pub object: &'static str,
+    pub model: String,
+    pub results: Vec<RerankResult>,
+    pub usage: Usage,
+    pub meta: Meta,
+}
+
+/// One TEI rank (TEI `Rank`).
+#[derive(Serialize, ToSchema)]
+pub struct TeiRank {
+    pub index: usize,
+    pub score: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum RerankResponse {
+    Cohere(CohereRerankResponse),
+    Tei(Vec<TeiRank>),
+}
+
+fn document_text(i: usize, d: Document) -> Result<String, ApiError> {
+    let bad = || ApiError::invalid_param("documents", format!("document {i} must be a string or an object with a string `text`"));
+    match d {
+        Document::Text(s) => Ok(s),
+        Document::Object(mut o) => match o.remove("text") {
             Some(Value::String(s)) => Ok(s),
-            _ => Err(ApiError::invalid_param("documents", format!("document {i} must be a string or an object with a string `text`"))),
+            _ => Err(bad()),
         },
-        _ => Err(ApiError::invalid_param("documents", format!("document {i} must be a string or an object with a string `text`"))),
     }
 }
 
-/// The model used when a TEI-shaped request names none: the only installed reranker.
-async fn default_reranker(state: &SharedState) -> Result<String, ApiError> {
-    let mut rerankers: Vec<String> = state
-        .pool
-        .store()
-        .facts()
-        .into_iter()
-        .filter(|(_, facts)| facts.as_ref().is_ok_and(|f| f.kind == mlx_serve_protocol::ModelKind::Reranker))
-        .map(|(name, _)| name)
-        .collect();
-    rerankers.sort();
-    match rerankers.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(ApiError::invalid_param("model", "`model` is required (no reranker is installed)")),
-        _ => Err(ApiError::invalid_param("model", format!("`model` is required; installed rerankers: {}", rerankers.join(", ")))),
+fn check_cohere_options(req: &RerankRequest) -> Result<(), ApiError> {
+    if let Some(fields) = &req.rank_fields {
+        if fields.iter().any(|f| f != "text") {
+            return Err(ApiError::invalid_param("rank_fields", "only the `text` field of a document is ranked"));
+        }
     }
+    if req.max_tokens_per_doc.is_some() {
+        return Err(ApiError::invalid_param(
+            "max_tokens_per_doc",
+            "`max_tokens_per_doc` is not supported: pairs are truncated at the model's limit (send `truncate: false` to refuse long ones)",
+        ));
+    }
+    if req.relevant_spans.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::invalid_param("relevant_spans", "`relevant_spans` is not supported"));
+    }
+    super::input::check_truncation_direction(req.truncation_direction.as_deref())
 }
 
-pub async fn rerank(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+/// The version in Cohere's `meta.api_version`: the route's.
+fn api_version(path: &axum::http::Uri) -> &'static str {
+    if path.path().starts_with("/v2/") { "2" } else { "1" }
+}
+
+/// Rerank documents against a query (Jina / Cohere / TEI shapes).
+#[utoipa::path(post, path = "/v1/rerank", tag = "Rerank", request_body = RerankRequest,
+    responses((status = 200, body = RerankResponse, description = "success"), (status = "4XX", body = super::error::ErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
+pub async fn rerank(
+    State(state): State<SharedState>,
+    uri: axum::http::Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let req: RerankRequest = parse_body(body)?;
+    check_cohere_options(&req)?;
     let tei_shape = req.documents.is_none() && req.texts.is_some();
     let raw_docs = req
         .documents
@@ -85,7 +194,7 @@ pub async fn rerank(State(state): State<SharedState>, body: Result<Bytes, BytesR
     }
     let model = match req.model {
         Some(m) if !m.is_empty() => m,
-        _ if tei_shape => default_reranker(&state).await?,
+        _ if tei_shape => model_or_only(&state, None, ModelKind::Reranker)?,
         _ => return Err(ApiError::invalid_param("model", "`model` is required")),
     };
     let n_docs = documents.len();
@@ -101,41 +210,37 @@ pub async fn rerank(State(state): State<SharedState>, body: Result<Bytes, BytesR
 
     if tei_shape {
         let raw = req.raw_scores.unwrap_or(false);
-        let results: Vec<Value> = order
+        let results = order
             .iter()
             .map(|&i| {
                 let p = out.scores[i] as f64;
                 let score = if raw { (p / (1.0 - p)).ln() } else { p };
-                let mut r = json!({"index": i, "score": score});
-                if return_text {
-                    r["text"] = json!(documents[i]);
-                }
-                r
+                TeiRank { index: i, score, text: return_text.then(|| documents[i].clone()) }
             })
             .collect();
-        return Ok(with_log(axum::Json(Value::Array(results)), log));
+        return Ok(with_log(axum::Json(RerankResponse::Tei(results)), log));
     }
 
     let return_documents = req.return_documents.unwrap_or(true);
-    let results: Vec<Value> = order
+    let results = order
         .iter()
         .map(|&i| {
             let score = out.scores[i];
-            let mut r = json!({"index": i, "relevance_score": score});
-            if return_documents {
-                r["document"] = json!({"text": documents[i]});
+            RerankResult {
+                index: i,
+                relevance_score: score,
+                document: return_documents.then(|| DocumentText { text: documents[i].clone() }),
+                text_output: return_text.then_some(if (score as f64) >= threshold { "yes" } else { "no" }),
             }
-            if return_text {
-                r["text_output"] = json!(if (score as f64) >= threshold { "yes" } else { "no" });
-            }
-            r
         })
         .collect();
-    let body = json!({
-        "object": "list",
-        "model": model,
-        "results": results,
-        "usage": {"prompt_tokens": out.tokens, "total_tokens": out.tokens},
-    });
-    Ok(with_log(axum::Json(body), log))
+    let body = CohereRerankResponse {
+        id: response_id(),
+        object: "list",
+        model,
+        results,
+        usage: Usage::new(out.tokens),
+        meta: Meta::new(api_version(&uri), out.tokens),
+    };
+    Ok(with_log(axum::Json(RerankResponse::Cohere(body)), log))
 }

@@ -1,7 +1,12 @@
-//! `POST /v1/tokenize`: `{model, input: str | [str], truncate?}` →
-//! `{model, data: [{index, tokens, token_ids}], usage}`. Answers from the supervisor's
-//! tokenizer without waking a worker; the ids are exactly what `/v1/embeddings` would
-//! send for the same text (and embedding those ids gives the same vector).
+//! `POST /v1/tokenize`, in the plan's shape: `{model, input: str | [str]}` →
+//! `{model, data: [{index, tokens: COUNT, token_ids}], usage}`. With
+//! `return_token_strings: true` each item also has `token_strings` (the tokenizer's pieces).
+//!
+//! Answers from the supervisor's tokenizer without waking a worker; the ids are exactly what
+//! `/v1/embeddings` sends for the same request — the same prompt selection (`prompt_name`,
+//! `prompt`, `instruction`, the model's `default_prompt_name`) and truncation — so embedding
+//! those ids gives the same vector as embedding the text.
+//!
 //! Extension for rerankers: `{model, query, documents, instruction?}` returns the ids of
 //! each (query, document) pair as `/v1/rerank` sends them (template, segment ids).
 
@@ -9,80 +14,115 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use super::inference::{prompted_texts, EmbedOptions};
+use super::input::TextInput;
+use super::openai::Usage;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
 
-#[derive(Deserialize)]
-struct TokenizeRequest {
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeRequest {
     #[serde(default)]
-    model: String,
-    input: Option<Value>,
-    truncate: Option<bool>,
-    query: Option<String>,
-    documents: Option<Vec<String>>,
-    instruction: Option<String>,
+    pub model: String,
+    /// Texts to tokenize (embedding models; rerankers too, as single texts).
+    pub input: Option<TextInput>,
+    /// `false`: an input over the model's limit is an error instead of being truncated.
+    pub truncate: Option<bool>,
+    /// Also return each token's string.
+    pub return_token_strings: Option<bool>,
+    /// As on `/v1/embeddings`: a named prompt of the model.
+    pub prompt_name: Option<String>,
+    /// As on `/v1/embeddings`: a raw prefix.
+    pub prompt: Option<String>,
+    /// As on `/v1/embeddings` (with `input`) or `/v1/rerank` (with `query` + `documents`).
+    pub instruction: Option<String>,
+    /// Reranker pairs: the query…
+    pub query: Option<String>,
+    /// …and the documents paired with it.
+    pub documents: Option<Vec<String>>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct TokenizedText {
+    pub index: usize,
+    /// How many tokens (the length of `token_ids`).
+    pub tokens: usize,
+    pub token_ids: Vec<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_strings: Option<Vec<String>>,
+    /// Segment ids of a reranker pair (only when some are non-zero).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type_ids: Option<Vec<u8>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenizeResponse {
+    /// Always `list`.
+    pub object: &'static str,
+    pub model: String,
+    pub data: Vec<TokenizedText>,
+    pub usage: Usage,
+}
+
+fn respond(model: String, entry_name: String, data: Vec<TokenizedText>) -> Response {
+    let total = data.iter().map(|d| d.tokens).sum();
+    let log = RequestLog { model: entry_name, inputs: data.len(), tokens: total };
+    with_log(axum::Json(TokenizeResponse { object: "list", model, data, usage: Usage::new(total) }), log)
+}
+
+/// Tokenize texts (or reranker pairs) exactly as the model will see them.
+#[utoipa::path(post, path = "/v1/tokenize", tag = "mlx-serve", request_body = TokenizeRequest,
+    responses((status = 200, body = TokenizeResponse, description = "success"), (status = "4XX", body = super::error::ErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
 pub async fn tokenize(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let req: TokenizeRequest = parse_body(body)?;
+    let truncate = req.truncate.unwrap_or(state.config.limits.truncate);
     if let (Some(query), Some(documents)) = (&req.query, &req.documents) {
         let entry = state.resolver().entry(&req.model, None).await?;
         let refs: Vec<&str> = documents.iter().map(String::as_str).collect();
-        let truncate = req.truncate.unwrap_or(state.config.limits.truncate);
         let seqs = entry
             .tokenizer
             .encode_pairs(query, &refs, req.instruction.as_deref(), truncate)
             .map_err(|e| ApiError::invalid_param("documents", e.to_string()))?;
-        let total: usize = seqs.iter().map(|s| s.ids.len()).sum();
-        let data: Vec<Value> = seqs
-            .iter()
+        let data = seqs
+            .into_iter()
             .enumerate()
-            .map(|(index, s)| {
-                let mut v = json!({"index": index, "token_ids": s.ids});
-                if !s.type_ids.is_empty() {
-                    v["token_type_ids"] = json!(s.type_ids);
-                }
-                v
+            .map(|(index, s)| TokenizedText {
+                index,
+                tokens: s.ids.len(),
+                token_ids: s.ids,
+                token_strings: None,
+                token_type_ids: (!s.type_ids.is_empty()).then_some(s.type_ids),
             })
             .collect();
-        let body = json!({"object": "list", "model": req.model, "data": data,
-                          "usage": {"prompt_tokens": total, "total_tokens": total}});
-        return Ok(with_log(axum::Json(body), RequestLog { model: entry.name.clone(), inputs: seqs.len(), tokens: total }));
+        return Ok(respond(req.model, entry.name.clone(), data));
     }
-    let texts: Vec<String> = match req.input {
-        Some(Value::String(s)) => vec![s],
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .into_iter()
-            .map(|v| match v {
-                Value::String(s) => Ok(s),
-                _ => Err(ApiError::invalid_param("input", "`input` must be a string or a list of strings")),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(ApiError::invalid_param("input", "`input` must be a string or a non-empty list of strings")),
-        None => return Err(ApiError::invalid_param("input", "`input` is required")),
+    let texts = match req.input {
+        Some(input) => input.into_texts(),
+        None => return Err(ApiError::invalid_param("input", "`input` is required (or `query` and `documents`)")),
     };
     if texts.len() > state.config.limits.max_inputs_per_request {
         return Err(ApiError::too_large("too many inputs (limits.max_inputs_per_request)"));
     }
     let entry = state.resolver().entry(&req.model, None).await?;
-    let truncate = req.truncate.unwrap_or(state.config.limits.truncate);
+    let opts = EmbedOptions { truncate: None, instruction: req.instruction, prompt_name: req.prompt_name, prompt: req.prompt };
+    let texts = prompted_texts(&entry, texts, &opts)?;
+    let strings = req.return_token_strings.unwrap_or(false);
     let mut data = Vec::with_capacity(texts.len());
-    let mut total = 0;
     for (index, text) in texts.iter().enumerate() {
-        let (ids, tokens) = entry
+        let (ids, pieces) = entry
             .tokenizer
             .tokenize_with_pieces(text, truncate)
             .map_err(|e| ApiError::invalid_param("input", format!("input {index}: {e}")))?;
-        total += ids.len();
-        data.push(json!({"index": index, "tokens": tokens, "token_ids": ids}));
+        data.push(TokenizedText {
+            index,
+            tokens: ids.len(),
+            token_ids: ids,
+            token_strings: strings.then_some(pieces),
+            token_type_ids: None,
+        });
     }
-    let body = json!({
-        "object": "list",
-        "model": req.model,
-        "data": data,
-        "usage": {"prompt_tokens": total, "total_tokens": total},
-    });
-    Ok(with_log(axum::Json(body), RequestLog { model: entry.name.clone(), inputs: texts.len(), tokens: total }))
+    Ok(respond(req.model, entry.name.clone(), data))
 }

@@ -99,6 +99,9 @@ pub struct LimitsConfig {
     pub truncate: bool,
     /// Seconds to wait for a worker to load its model.
     pub worker_start_timeout_seconds: u64,
+    /// Take token-id lists as embeddings input (OpenAI allows it). False refuses them with
+    /// a 400: ids from another tokenizer (LangChain's tiktoken default) embed to garbage.
+    pub accept_token_ids: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +172,7 @@ impl Default for LimitsConfig {
             request_timeout_seconds: 120,
             truncate: true,
             worker_start_timeout_seconds: 120,
+            accept_token_ids: true,
         }
     }
 }

@@ -1,0 +1,58 @@
+"""huggingface_hub's InferenceClient, unmodified, against mlx-serve's TEI routes.
+
+Usage: python hf_client.py BASE_URL REFERENCE_JSON. The server has one embedding model
+installed (tiny-qwen3-embed), so requests name none, as with TEI. Every vector is compared
+with the sentence-transformers reference (REFERENCE_JSON, tests/fixtures/reference/).
+Exits non-zero on any mismatch."""
+import json
+import sys
+
+import huggingface_hub
+import numpy as np
+from huggingface_hub import InferenceClient
+from huggingface_hub.errors import HfHubHTTPError
+
+base, ref_path = sys.argv[1], sys.argv[2]
+ref = json.load(open(ref_path, encoding="utf-8"))
+client = InferenceClient(base_url=base)
+
+
+def close(got, want, what):
+    got, want = np.asarray(got, dtype=np.float32), np.asarray(want, dtype=np.float32)
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    diff = float(np.max(np.abs(got - want)))
+    assert diff <= 1e-4, (what, diff)
+
+
+# Plain texts: the reference's own cases, each a batch (feature_extraction posts {"inputs": [...]} to /).
+for case in ref["cases"]:
+    texts = [t for t in case["texts"] if t]
+    if len(texts) != len(case["texts"]):
+        continue
+    close(client.feature_extraction(texts), case["embeddings"], case["name"])
+# One string gives one row.
+single = client.feature_extraction(ref["cases"][0]["texts"][0])
+close(single, ref["cases"][0]["embeddings"][:1], "single string")
+
+# prompt_name selects the model's own prompt (config_sentence_transformers.json), exactly as
+# SentenceTransformer.encode(texts, prompt_name=...) does.
+for case in ref["prompt_cases"]:
+    got = client.feature_extraction(case["texts"], prompt_name=case["prompt_name"])
+    close(got, case["embeddings"], case["name"])
+# normalize (default true) and truncate pass through; dimensions truncates and renormalizes.
+q = ref["prompt_cases"][0]
+got = client.feature_extraction(q["texts"], prompt_name="query", normalize=True, truncate=True, dimensions=16)
+want = np.asarray(q["embeddings"], dtype=np.float32)[:, :16]
+close(got, want / np.linalg.norm(want, axis=1, keepdims=True), "dimensions=16")
+
+# A prompt the model does not have is an error that lists the ones it has.
+try:
+    client.feature_extraction("x", prompt_name="passage")
+    raise SystemExit("expected an error for an unknown prompt_name")
+except HfHubHTTPError as e:
+    assert e.response.status_code == 400, e.response.status_code
+    body = e.response.json()
+    assert body["error_type"] == "Validation", body
+    assert "passage" in body["error"] and "document, query" in body["error"], body
+
+print(f"huggingface_hub {huggingface_hub.__version__}: feature_extraction (plain, prompt_name, dimensions, errors) OK")
