@@ -9,9 +9,10 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mlx_serve_tests::cli::wait_gone;
+use mlx_serve_tests::process::Frozen;
 use mlx_serve_tests::fixtures::{cosine, rerank_reference};
 use mlx_serve_tests::server::{run_client, signal, Server, ServerOptions};
 use serde_json::{json, Value};
@@ -24,38 +25,6 @@ fn vector(resp: &Value, i: usize) -> Vec<f32> {
 
 fn texts(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("sentence number {i} about {} things", ["red", "green", "blue", "quiet", "long-winded and very detailed"][i % 5])).collect()
-}
-
-/// SIGSTOPs a worker; SIGCONT when dropped (also when the test fails half-way).
-struct Frozen(u32);
-
-impl Frozen {
-    fn new(pid: u32) -> Frozen {
-        signal(pid, nix::sys::signal::Signal::SIGSTOP);
-        Frozen(pid)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        signal(self.0, nix::sys::signal::Signal::SIGCONT);
-    }
-}
-
-/// `model`'s row from `ctl workers --json`: (state, queued inputs, batches in flight).
-fn queue_state(server: &Server, model: &str) -> (String, u64, u64) {
-    let row = server.worker_row(model);
-    (row["state"].as_str().unwrap_or("").to_owned(), row["queued"].as_u64().unwrap_or(0), row["in_flight"].as_u64().unwrap_or(0))
-}
-
-/// The value of the /metrics sample `name` whose labels contain every `labels` pair.
-fn metric(server: &Server, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (_, text) = server.get_text("/metrics");
-    text.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Sum of `mlx_serve_batch_size` observations and their count, from /metrics.
@@ -210,151 +179,15 @@ fn queue_bound_answers_429_with_retry_after() {
     assert_eq!(status, 200);
 }
 
-/// Names of the models with a worker, from `/api/ps`.
-fn loaded(server: &Server) -> Vec<String> {
-    let (_, ps) = server.get("/api/ps");
-    let mut v: Vec<String> = ps["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_owned()).collect();
-    v.sort();
-    v
-}
-
-fn embed_ok(server: &Server, model: &str) {
-    let (status, resp) = server.post("/v1/embeddings", &json!({"model": model, "input": "hello"}));
-    assert_eq!(status, 200, "{model}: {resp}");
-}
-
-#[test]
-fn least_recently_used_idle_worker_is_evicted_over_the_limit() {
-    // TTL off, so only the per-type limit can stop a worker, however slowly models load.
-    let server = Server::start(ServerOptions {
-        models: vec!["tiny-bert-embed", "tiny-xlmr-embed", "tiny-qwen3-embed"],
-        config: Some("cache:\n  ttl_seconds: 0\n  max_embedding_models: 2\n".into()),
-        ..Default::default()
-    });
-    embed_ok(&server, "tiny-bert-embed");
-    embed_ok(&server, "tiny-xlmr-embed");
-    embed_ok(&server, "tiny-bert-embed"); // now xlmr is the least recently used
-    let (bert, xlmr) = (server.worker_pid_of("tiny-bert-embed").unwrap(), server.worker_pid_of("tiny-xlmr-embed").unwrap());
-    assert_eq!(server.worker_pids().len(), 2);
-    // A third embedding model pushes out the least recently used one.
-    embed_ok(&server, "tiny-qwen3-embed");
-    assert_eq!(loaded(&server), ["tiny-bert-embed", "tiny-qwen3-embed"]);
-    assert_eq!(server.worker_pid_of("tiny-bert-embed"), Some(bert), "the recently used worker was not touched");
-    assert!(wait_gone(xlmr as i32, Duration::from_secs(10)), "the LRU worker process is still there");
-    assert_eq!(server.worker_pids().len(), 2);
-    // And an evicted model comes back on demand (evicting bert, now the LRU).
-    embed_ok(&server, "tiny-xlmr-embed");
-    assert_eq!(loaded(&server), ["tiny-qwen3-embed", "tiny-xlmr-embed"]);
-}
-
-#[test]
-fn idle_worker_is_stopped_after_the_ttl() {
-    // One model, so nothing but the TTL can stop its worker.
-    let server = Server::start(ServerOptions {
-        models: vec!["tiny-bert-embed"],
-        config: Some("cache:\n  ttl_seconds: 2\n".into()),
-        ..Default::default()
-    });
-    // Taken before the request: the server's own "last used" is later than this.
-    let last_use = Instant::now();
-    embed_ok(&server, "tiny-bert-embed");
-    let pid = server.worker_pid_of("tiny-bert-embed").unwrap();
-    // The sweeper runs every ttl/4 (0.5 s): gone within 2–2.5 s of the last use.
-    assert!(wait_gone(pid as i32, Duration::from_secs(30)), "TTL eviction did not happen");
-    let idle = last_use.elapsed();
-    assert!(idle >= Duration::from_secs(2), "stopped after {idle:?}, before the TTL of 2 s");
-    assert!(loaded(&server).is_empty());
-    assert_eq!(server.worker_row("tiny-bert-embed")["state"], "stopped");
-    // And it comes back on demand.
-    embed_ok(&server, "tiny-bert-embed");
-    assert_eq!(server.worker_pids().len(), 1);
-}
-
-#[test]
-fn preloaded_models_are_exempt_from_lru_eviction() {
-    // TTL off: only the limit of two embedding models can stop a worker.
-    let server = Server::start(ServerOptions {
-        models: vec!["tiny-bert-embed", "tiny-xlmr-embed", "tiny-qwen3-embed"],
-        config: Some("cache:\n  ttl_seconds: 0\n  max_embedding_models: 2\n".into()),
-        args: vec!["--preload".into(), "tiny-bert-embed".into()],
-        ..Default::default()
-    });
-    server.wait_for("the preloaded worker", Duration::from_secs(60), || server.worker_pid_of("tiny-bert-embed").is_some());
-    let preloaded = server.worker_pid_of("tiny-bert-embed").unwrap();
-    assert_eq!(server.worker_row("tiny-bert-embed")["preload"], true);
-    // The preloaded model is the least recently used of the three; the third start must
-    // evict xlmr all the same.
-    embed_ok(&server, "tiny-xlmr-embed");
-    let xlmr = server.worker_pid_of("tiny-xlmr-embed").unwrap();
-    embed_ok(&server, "tiny-qwen3-embed");
-    assert!(wait_gone(xlmr as i32, Duration::from_secs(10)), "xlmr should have made room");
-    assert_eq!(server.worker_pid_of("tiny-bert-embed"), Some(preloaded), "the preloaded worker was evicted");
-    assert_eq!(loaded(&server), ["tiny-bert-embed", "tiny-qwen3-embed"]);
-}
-
-#[test]
-fn preloaded_models_are_exempt_from_the_ttl() {
-    let server = Server::start(ServerOptions {
-        models: vec!["tiny-bert-embed", "tiny-xlmr-embed"],
-        config: Some("cache:\n  ttl_seconds: 1\n".into()),
-        args: vec!["--preload".into(), "tiny-bert-embed".into()],
-        ..Default::default()
-    });
-    server.wait_for("the preloaded worker", Duration::from_secs(60), || server.worker_pid_of("tiny-bert-embed").is_some());
-    let preloaded = server.worker_pid_of("tiny-bert-embed").unwrap();
-    // xlmr is used after the preload, so the preloaded worker has been idle longer: the
-    // sweep that stops xlmr has seen the preloaded one past its TTL too.
-    embed_ok(&server, "tiny-xlmr-embed");
-    let xlmr = server.worker_pid_of("tiny-xlmr-embed").unwrap();
-    assert!(wait_gone(xlmr as i32, Duration::from_secs(30)), "TTL eviction did not happen");
-    assert_eq!(server.worker_pid_of("tiny-bert-embed"), Some(preloaded), "the preloaded worker was stopped");
-    assert_eq!(loaded(&server), ["tiny-bert-embed"]);
-}
-
 /// Inputs the runner of `model` has accepted since `dispatched_before` (a reading of
 /// [`dispatched`]): the ones sent to the worker plus the ones waiting in its queue.
 fn accepted(server: &Server, model: &str, dispatched_before: f64) -> f64 {
-    dispatched(server) - dispatched_before + queue_state(server, model).1 as f64
+    dispatched(server) - dispatched_before + server.queue_state(model).1 as f64
 }
 
 /// Inputs sent to embedding workers so far (`mlx_serve_batch_size_sum`).
 fn dispatched(server: &Server) -> f64 {
-    metric(server, "mlx_serve_batch_size_sum", &[("endpoint", "embed")])
-}
-
-#[test]
-fn busy_worker_is_not_evicted() {
-    // TTL off; room for two embedding models.
-    let server = Arc::new(Server::start(ServerOptions {
-        models: vec![MINILM, "tiny-bert-embed", "tiny-xlmr-embed"],
-        config: Some("cache:\n  ttl_seconds: 0\n  max_embedding_models: 2\n".into()),
-        ..Default::default()
-    }));
-    embed_ok(&server, MINILM);
-    let minilm = server.worker_pid_of(MINILM).unwrap();
-    // Freeze MiniLM's worker and give it a request: it stays in flight until we thaw it.
-    let frozen = Frozen::new(minilm);
-    let busy = {
-        let server = server.clone();
-        std::thread::spawn(move || server.post("/v1/embeddings", &json!({"model": MINILM, "input": texts(8)})))
-    };
-    server.wait_for("MiniLM busy", Duration::from_secs(30), || queue_state(&server, MINILM).0 == "busy");
-    // tiny-bert loads (2 of 2) and is used after MiniLM's request: MiniLM is now the least
-    // recently used, so a third model must skip it (busy) and evict tiny-bert (idle).
-    embed_ok(&server, "tiny-bert-embed");
-    let bert = server.worker_pid_of("tiny-bert-embed").unwrap();
-    embed_ok(&server, "tiny-xlmr-embed");
-    assert!(!busy.is_finished(), "premise: MiniLM's request was in flight the whole time");
-    assert_eq!(queue_state(&server, MINILM).0, "busy");
-    assert!(wait_gone(bert as i32, Duration::from_secs(10)), "the idle model was not evicted");
-    assert_eq!(server.worker_pid_of(MINILM), Some(minilm), "the busy worker was replaced");
-    assert_eq!(loaded(&server), [MINILM, "tiny-xlmr-embed"]);
-    drop(frozen);
-    let (status, resp) = busy.join().unwrap();
-    assert_eq!(status, 200, "{resp}");
-    assert_eq!(resp["data"].as_array().unwrap().len(), 8);
-    assert_eq!(server.worker_pid_of(MINILM), Some(minilm), "same MiniLM worker after the request");
-    assert_eq!(server.worker_row(MINILM)["restarts"], 0);
+    server.metric("mlx_serve_batch_size_sum", &[("endpoint", "embed")])
 }
 
 #[test]
@@ -379,7 +212,7 @@ fn sigterm_finishes_accepted_requests_then_exits_zero() {
     server.wait_for("all four requests accepted", Duration::from_secs(30), || {
         accepted(&server, MINILM, before) == (20 + 21 + 22 + 23) as f64
     });
-    assert_eq!(queue_state(&server, MINILM).0, "busy");
+    assert_eq!(server.queue_state(MINILM).0, "busy");
     signal(server.pid(), nix::sys::signal::Signal::SIGTERM);
     // The server is shutting down: /ready says 503 or the listener is already closed.
     server.wait_for("not ready", Duration::from_secs(10), || {
@@ -554,16 +387,16 @@ fn poison_input_fails_alone_after_two_crashes() {
     };
     let mut handles = vec![post(json!("first in flight")), post(json!("second in flight"))];
     server.wait_for("two batches in flight", Duration::from_secs(30), || {
-        queue_state(&server, MINILM).2 == 2 && dispatched(&server) - sent_before == 2.0
+        server.queue_state(MINILM).2 == 2 && dispatched(&server) - sent_before == 2.0
     });
     for c in 0..8 {
         handles.push(post(json!(format!("innocent request {c} {}", "words ".repeat(30)))));
     }
     let poison = post(json!([[101, 7777, 102]]));
-    server.wait_for("innocents and poison queued", Duration::from_secs(30), || queue_state(&server, MINILM).1 == 9);
+    server.wait_for("innocents and poison queued", Duration::from_secs(30), || server.queue_state(MINILM).1 == 9);
     let (batches_of_9_to_16, crashes) = (
-        || metric(&server, "mlx_serve_batch_size_bucket", &[("endpoint", "embed"), ("le", "16")])
-            - metric(&server, "mlx_serve_batch_size_bucket", &[("endpoint", "embed"), ("le", "8")]),
+        || server.metric("mlx_serve_batch_size_bucket", &[("endpoint", "embed"), ("le", "16")])
+            - server.metric("mlx_serve_batch_size_bucket", &[("endpoint", "embed"), ("le", "8")]),
         || server.log_text().matches("worker died").count(),
     );
     let shared_before = batches_of_9_to_16();

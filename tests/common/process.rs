@@ -63,3 +63,21 @@ pub fn command_line(pid: u32) -> Vec<String> {
         .map(|p| p.cmd().iter().map(|a| a.to_string_lossy().into_owned()).collect())
         .unwrap_or_default()
 }
+
+/// A process stopped with SIGSTOP, continued (SIGCONT) when dropped, also when a test fails
+/// half-way. Tests freeze a worker to keep a request in flight for as long as they need,
+/// instead of hoping that a sleep is long enough.
+pub struct Frozen(pub u32);
+
+impl Frozen {
+    pub fn new(pid: u32) -> Frozen {
+        crate::server::signal(pid, nix::sys::signal::Signal::SIGSTOP);
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        crate::server::signal(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}

@@ -216,6 +216,31 @@ impl Server {
         self.ctl_workers().into_iter().find(|r| r["model"] == model).unwrap_or(Value::Null)
     }
 
+    /// `model`'s row from `ctl workers --json`: (state, queued inputs, batches in flight).
+    pub fn queue_state(&self, model: &str) -> (String, u64, u64) {
+        let row = self.worker_row(model);
+        (row["state"].as_str().unwrap_or("").to_owned(), row["queued"].as_u64().unwrap_or(0), row["in_flight"].as_u64().unwrap_or(0))
+    }
+
+    /// The sum of the /metrics samples `name` whose labels include every `labels` pair.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, text) = self.get_text("/metrics");
+        text.lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Names of the models with a worker, from `/api/ps`, sorted.
+    pub fn loaded_models(&self) -> Vec<String> {
+        let (_, ps) = self.get("/api/ps");
+        let mut v: Vec<String> =
+            ps["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_owned()).collect();
+        v.sort();
+        v
+    }
+
     /// Polls `cond` every 20 ms until it holds; panics with `what` and the log after `limit`.
     pub fn wait_for(&self, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
         let deadline = Instant::now() + limit;
