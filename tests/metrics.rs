@@ -435,7 +435,7 @@ impl Prometheus {
 
 fn prometheus_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("PROMETHEUS_BIN") {
-        return Some(PathBuf::from(p));
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     std::env::var_os("PATH")
         .into_iter()
