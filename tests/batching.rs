@@ -206,7 +206,7 @@ fn sigterm_finishes_accepted_requests_then_exits_zero() {
         let url = url.clone();
         handles.push(std::thread::spawn(move || {
             let r = ureq::post(&url).send_json(json!({"model": MINILM, "input": texts(20 + c)}));
-            r.map(|r| (r.status(), r.into_json::<Value>().unwrap()))
+            r.map(|r| (r.status(), r.into_json::<Value>().unwrap())).map_err(|e| e.to_string())
         }));
     }
     server.wait_for("all four requests accepted", Duration::from_secs(30), || {
