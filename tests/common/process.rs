@@ -56,6 +56,18 @@ pub fn exe_of(pid: u32) -> Option<PathBuf> {
     sys.process(Pid::from_u32(pid))?.exe().map(PathBuf::from)
 }
 
+/// Resident memory of a process in bytes (on Linux the `VmRSS` of `/proc/<pid>/status`, read
+/// from `statm`; on macOS the task's resident size).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let mut sys = System::new().expect("process table");
+    sys.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[Pid::from_u32(pid)]),
+        true,
+        ProcessRefreshKind::nothing().without_tasks().with_memory(),
+    );
+    sys.process(Pid::from_u32(pid)).map(|p| p.memory())
+}
+
 /// A process's arguments, the program first.
 pub fn command_line(pid: u32) -> Vec<String> {
     let sys = snapshot(ProcessesToUpdate::Some(&[Pid::from_u32(pid)]), true);
