@@ -1,7 +1,7 @@
 //! End-to-end tests of the HTTP API: the real `mlx-serve` binary on loopback, real workers
 //! running MLX, real model files, reference outputs from sentence-transformers.
 
-use mlx_serve_tests::fixtures::{cosine, embed_reference, max_abs_diff, rerank_reference};
+use mlx_serve_tests::fixtures::{cosine, embed_reference, max_abs_diff, paired, rerank_reference};
 use mlx_serve_tests::server::{Server, ServerOptions};
 use serde_json::{json, Value};
 
@@ -162,4 +162,232 @@ fn errors_have_openai_shape_and_status() {
     assert_eq!(got, 400);
     let (got, _) = server.post("/v1/rerank", &json!({"model": "tiny-bert-rerank", "query": "q", "documents": [3]}));
     assert_eq!(got, 400);
+}
+
+/// Token ids of `data[i]` in a `/v1/tokenize` answer.
+fn ids_of(tok: &Value, i: usize) -> Vec<u32> {
+    tok["data"][i]["token_ids"].as_array().unwrap_or_else(|| panic!("no ids in {tok}")).iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// Every case of an embedding model's reference through `/v1/tokenize` and `/v1/embeddings`:
+/// the supervisor's tokenizer (truncation, special tokens inside text, normalization) gives
+/// the reference tokenizer's ids, and the vectors match sentence-transformers'.
+fn check_model_over_http(server: &Server, model: &str) -> usize {
+    let reference = embed_reference(model).unwrap();
+    let mut texts_checked = 0;
+    for case in &reference.cases {
+        let (status, tok) = server.post("/v1/tokenize", &json!({"model": model, "input": case.texts}));
+        assert_eq!(status, 200, "{model}/{}: {tok}", case.name);
+        assert_eq!(tok["data"].as_array().unwrap().len(), case.texts.len());
+        for (i, want) in case.input_ids.iter().enumerate() {
+            assert_eq!(&ids_of(&tok, i), want, "{model}/{} text {i} {:?}", case.name, case.texts[i]);
+        }
+        let (status, resp) = server.post("/v1/embeddings", &json!({"model": model, "input": case.texts}));
+        assert_eq!(status, 200, "{model}/{}: {resp}", case.name);
+        let got = embeddings(&resp);
+        for (i, (g, want)) in paired(&got, &case.embeddings, &format!("{model}/{}", case.name)).enumerate() {
+            let (cos, diff) = (cosine(g, want), max_abs_diff(g, want));
+            assert!(cos >= 0.99999 && diff <= 1e-4, "{model}/{} text {i}: cosine {cos}, max diff {diff}", case.name);
+        }
+        let tokens: usize = case.input_ids.iter().map(Vec::len).sum();
+        assert_eq!(resp["usage"]["prompt_tokens"], tokens, "{model}/{}", case.name);
+        texts_checked += case.texts.len();
+    }
+    texts_checked
+}
+
+#[test]
+fn xlmr_and_qwen3_embedding_models_over_http_match_the_reference() {
+    // bge-m3 (XLM-R, CLS pooling) and Qwen3-Embedding (last token, <|endoftext|> appended).
+    let models = vec!["tiny-xlmr-embed", "tiny-qwen3-embed", "tiny-bert-embed"];
+    let server = Server::start(ServerOptions { models: models.clone(), ..Default::default() });
+    for model in models {
+        let n = check_model_over_http(&server, model);
+        eprintln!("{model}: {n} texts, ids and vectors as the reference");
+    }
+    // What the cases above must contain for the claims to mean something.
+    let raw = |model: &str| -> Value {
+        let path = mlx_serve_tests::fixtures::repo_root().join(format!("tests/fixtures/reference/{model}.json"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let case = |r: &Value, name: &str| -> Value {
+        r["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no case {name}")).clone()
+    };
+    // Truncation keeps the end-of-text token: the truncated passage ends in it, at the limit.
+    let qwen3 = raw("tiny-qwen3-embed");
+    let eot = qwen3["special_tokens"]["<|endoftext|>"].clone();
+    let long = case(&qwen3, "beyond_limit_truncated");
+    let ids = long["input_ids"][0].as_array().unwrap();
+    assert_eq!((ids.len() as u64, ids.last().unwrap()), (qwen3["max_seq_length"].as_u64().unwrap(), &eot));
+    let xlmr = raw("tiny-xlmr-embed");
+    let ids = case(&xlmr, "beyond_limit_truncated")["input_ids"][0].as_array().unwrap().clone();
+    assert_eq!((ids.len() as u64, ids.last().unwrap()), (xlmr["max_seq_length"].as_u64().unwrap(), &xlmr["special_tokens"]["</s>"]));
+    // Special tokens written inside the text are the special ids, not their characters.
+    let special = case(&qwen3, "special_tokens_in_text");
+    assert!(special["input_ids"][0].as_array().unwrap().contains(&qwen3["special_tokens"]["<|im_start|>"]));
+    let special = case(&xlmr, "special_tokens_in_text");
+    assert!(special["input_ids"][1].as_array().unwrap().contains(&xlmr["special_tokens"]["<mask>"]));
+}
+
+#[test]
+fn qwen3_instruction_extension_builds_the_model_card_prompt() {
+    // The reference formats queries as the Qwen3-Embedding model card does and records the
+    // format; the server gets the bare query and the task as `instruction`.
+    let model = "tiny-qwen3-embed";
+    let server = Server::start(ServerOptions { models: vec![model], ..Default::default() });
+    let path = mlx_serve_tests::fixtures::repo_root().join("tests/fixtures/reference/tiny-qwen3-embed.json");
+    let raw: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let (format, task) = (raw["query_instruction_format"].as_str().unwrap(), raw["default_task"].as_str().unwrap());
+    let reference = embed_reference(model).unwrap();
+    let case = reference.cases.iter().find(|c| c.name == "instruction_query").unwrap();
+    let mut checked = 0;
+    for (i, text) in case.texts.iter().enumerate() {
+        let Some(query) = text.split("\nQuery:").nth(1) else { continue };
+        assert_eq!(&format.replace("{task}", task).replace("{query}", query), text, "the reference's own format");
+        let (status, resp) = server.post("/v1/embeddings", &json!({"model": model, "input": query, "instruction": task}));
+        assert_eq!(status, 200, "{resp}");
+        let got = &embeddings(&resp)[0];
+        let cos = cosine(got, &case.embeddings[i]);
+        assert!(cos >= 0.99999, "query {query:?} with instruction: cosine {cos} to the model card prompt");
+        assert_eq!(resp["usage"]["prompt_tokens"], case.input_ids[i].len());
+        checked += 1;
+    }
+    assert_eq!(checked, 2, "the case has two instructed queries");
+}
+
+#[test]
+fn nfc_and_nfd_input_tokenize_as_the_reference() {
+    // Composed and decomposed forms of the same words: each model's own tokenizer decides
+    // (BERT strips accents, Qwen3 composes to NFC, the XLM-R fixture has no normalizer, as
+    // transformers 5 runs it without a SentencePiece charsmap); the server adds nothing.
+    let models = vec!["tiny-bert-embed", "tiny-xlmr-embed", "tiny-qwen3-embed"];
+    let server = Server::start(ServerOptions { models: models.clone(), ..Default::default() });
+    for model in models {
+        let reference = embed_reference(model).unwrap();
+        let case = reference.cases.iter().find(|c| c.name == "nfc_nfd").expect("nfc_nfd case (make_fixtures.py)");
+        assert_ne!(case.texts[0], case.texts[1], "two different strings");
+        assert!(case.texts[1].chars().count() > case.texts[0].chars().count(), "the second is decomposed");
+        for (i, text) in case.texts.iter().enumerate() {
+            let (status, tok) = server.post("/v1/tokenize", &json!({"model": model, "input": text}));
+            assert_eq!(status, 200, "{tok}");
+            assert_eq!(ids_of(&tok, 0), case.input_ids[i], "{model} form {i}");
+            let (status, resp) = server.post("/v1/embeddings", &json!({"model": model, "input": text}));
+            assert_eq!(status, 200, "{resp}");
+            assert!(cosine(&embeddings(&resp)[0], &case.embeddings[i]) >= 0.99999, "{model} form {i}");
+        }
+    }
+}
+
+/// A word that the model's tokenizer makes exactly one token of, also when repeated.
+fn one_token_word(server: &Server, model: &str) -> &'static str {
+    for word in ["the", "a", "word", "is", "x"] {
+        let count = |n: usize| {
+            let (status, tok) = server.post("/v1/tokenize", &json!({"model": model, "input": vec![word; n].join(" ")}));
+            assert_eq!(status, 200, "{tok}");
+            ids_of(&tok, 0).len()
+        };
+        if count(2) == count(1) + 1 && count(5) == count(1) + 4 {
+            return word;
+        }
+    }
+    panic!("no single-token word for {model}")
+}
+
+#[test]
+fn exactly_max_tokens_is_accepted_and_one_more_is_refused() {
+    let (embed, rerank) = ("tiny-bert-embed", "tiny-bert-rerank");
+    let server = Server::start(ServerOptions { models: vec![embed, rerank], ..Default::default() });
+    let limit = |model: &str| -> usize {
+        let (_, models) = server.get("/v1/models");
+        let m = models["data"].as_array().unwrap().iter().find(|m| m["id"] == model).unwrap().clone();
+        m["max_tokens"].as_u64().unwrap_or_else(|| panic!("no max_tokens in {m}")) as usize
+    };
+
+    // Embeddings: [CLS] + n words + [SEP].
+    let (max, word) = (limit(embed), one_token_word(&server, embed));
+    let text = |n: usize| vec![word; n].join(" ");
+    let (status, tok) = server.post("/v1/tokenize", &json!({"model": embed, "input": text(max - 2), "truncate": false}));
+    assert_eq!((status, ids_of(&tok, 0).len()), (200, max), "{tok}");
+    let (status, resp) = server.post("/v1/embeddings", &json!({"model": embed, "input": text(max - 2), "truncate": false}));
+    assert_eq!(status, 200, "exactly {max} tokens: {resp}");
+    assert_eq!(resp["usage"]["prompt_tokens"], max);
+    let (status, resp) = server.post("/v1/embeddings", &json!({"model": embed, "input": text(max - 1), "truncate": false}));
+    assert_eq!(status, 400, "{} tokens: {resp}", max + 1);
+    assert_eq!(resp["error"]["code"], "context_length_exceeded", "{resp}");
+    assert!(resp["error"]["message"].as_str().unwrap().contains(&max.to_string()), "{resp}");
+    // The same as token ids.
+    let ids = ids_of(&tok, 0);
+    let (status, resp) = server.post("/v1/embeddings", &json!({"model": embed, "input": [ids], "truncate": false}));
+    assert_eq!(status, 200, "{resp}");
+    let mut longer = ids.clone();
+    longer.insert(1, ids[1]);
+    let (status, resp) = server.post("/v1/embeddings", &json!({"model": embed, "input": [longer], "truncate": false}));
+    assert_eq!((status, &resp["error"]["code"]), (400, &json!("context_length_exceeded")), "{resp}");
+    // Truncation (the default) cuts the longer one to the limit.
+    let (status, resp) = server.post("/v1/embeddings", &json!({"model": embed, "input": text(max - 1)}));
+    assert_eq!((status, &resp["usage"]["prompt_tokens"]), (200, &json!(max)), "{resp}");
+
+    // Rerank pairs: [CLS] query [SEP] document [SEP], the pair counted as a whole.
+    let (max, word) = (limit(rerank), one_token_word(&server, rerank));
+    let doc = |n: usize| vec![word; n].join(" ");
+    let body = |n: usize| json!({"model": rerank, "query": word, "documents": [doc(n), word], "truncate": false});
+    let (status, tok) = server.post("/v1/tokenize", &body(max - 4));
+    assert_eq!((status, ids_of(&tok, 0).len()), (200, max), "{tok}");
+    let (status, resp) = server.post("/v1/rerank", &body(max - 4));
+    assert_eq!(status, 200, "a pair of exactly {max} tokens: {resp}");
+    assert_eq!(resp["results"].as_array().unwrap().len(), 2);
+    let (status, resp) = server.post("/v1/rerank", &body(max - 3));
+    assert_eq!(status, 400, "a pair of {} tokens: {resp}", max + 1);
+    assert_eq!(resp["error"]["code"], "context_length_exceeded", "{resp}");
+    let (status, resp) = server.post("/v1/rerank", &json!({"model": rerank, "query": word, "documents": [doc(max)]}));
+    assert_eq!(status, 200, "truncated by default: {resp}");
+}
+
+#[test]
+fn non_ascii_model_names_work_end_to_end() {
+    let name = "modèle-日本語-ß";
+    let server = Server::start(ServerOptions { models: vec!["tiny-bert-embed"], ..Default::default() });
+    mlx_serve_tests::server::link_model(
+        &mlx_serve_tests::fixtures::model_dir("tiny-bert-embed"),
+        &server.home.path().join("models").join(name),
+    );
+    let (_, models) = server.get("/v1/models");
+    assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == name), "{models}");
+    let reference = embed_reference("tiny-bert-embed").unwrap();
+    let case = &reference.cases[0];
+    let (status, resp) = server.post("/v1/embeddings", &json!({"model": name, "input": case.texts}));
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["model"], name);
+    assert!(cosine(&embeddings(&resp)[0], &case.embeddings[0]) >= 0.99999);
+    let (_, ps) = server.get("/api/ps");
+    assert!(ps["models"].as_array().unwrap().iter().any(|m| m["name"] == name), "{ps}");
+    assert!(server.worker_pid_of(name).is_some(), "a worker for {name}");
+    let (_, metrics) = server.get_text("/metrics");
+    assert!(metrics.contains(&format!("model=\"{name}\"")), "no label for {name}");
+    assert_eq!(server.worker_row(name)["state"], "ready");
+    // A name that differs only in normalization is another name (no silent aliasing).
+    let nfd: String = "mode\u{300}le-日本語-ß".into();
+    assert_ne!(nfd, name);
+    let (status, _) = server.post("/v1/embeddings", &json!({"model": nfd, "input": "x"}));
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn listens_on_ipv6_loopback() {
+    let server = Server::start(ServerOptions {
+        models: vec!["tiny-bert-embed"],
+        args: vec!["--host".into(), "::1".into()],
+        ..Default::default()
+    });
+    assert_eq!(server.addr.ip(), std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), "listening on {}", server.addr);
+    assert!(server.url("/").starts_with("http://[::1]:"));
+    let (status, resp) = server.post("/v1/embeddings", &json!({"model": "tiny-bert-embed", "input": "over IPv6"}));
+    assert_eq!(status, 200, "{resp}");
+    // Only there: the IPv4 loopback on the same port is not this server.
+    let v4 = ureq::get(&format!("http://127.0.0.1:{}/health", server.port)).timeout(std::time::Duration::from_secs(5)).call();
+    assert!(v4.is_err(), "also answering on IPv4: {v4:?}");
+    // The CLI finds it and prints a bracketed URL.
+    let status = server.cli(&["status"]);
+    assert!(status.stdout.contains(&format!("http://[::1]:{}", server.port)), "{}", status.text());
+    assert_eq!(server.stop(), Some(0));
 }

@@ -1,11 +1,19 @@
 //! Batching, backpressure and the self-healing worker pool, end to end: the real daemon,
 //! real workers, concurrent real HTTP clients, `kill -9` on real worker processes.
+//!
+//! Tests that need work to be "in flight" make it so instead of hoping a sleep is long
+//! enough: they freeze the worker process with SIGSTOP (a request sent to it then stays in
+//! flight for as long as the test wants), check the premise through `ctl workers`, and
+//! thaw it with SIGCONT.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mlx_serve_tests::fixtures::cosine;
+use mlx_serve_tests::cli::wait_gone;
+use mlx_serve_tests::process::Frozen;
+use mlx_serve_tests::fixtures::{cosine, rerank_reference};
 use mlx_serve_tests::server::{run_client, signal, Server, ServerOptions};
 use serde_json::{json, Value};
 
@@ -105,16 +113,19 @@ fn killed_worker_is_restarted_and_no_request_fails() {
             }
         }));
     }
-    // Kill the worker twice while requests are in flight.
+    // Kill the worker twice while requests are in flight: once 20 and once 60 requests
+    // have been answered (so clients are mid-stream), each time after the restarted worker
+    // is up.
+    let mut killed = Vec::new();
     for round in 0..2 {
-        let start = Instant::now();
-        while done.load(Ordering::SeqCst) < 20 + round * 40 && start.elapsed() < Duration::from_secs(60) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        server.wait_for("answered requests", Duration::from_secs(120), || done.load(Ordering::SeqCst) >= 20 + round * 40);
+        server.wait_for("a (re)started worker", Duration::from_secs(60), || {
+            server.worker_pids().iter().any(|p| !killed.contains(p))
+        });
         let pids = server.worker_pids();
         assert_eq!(pids.len(), 1, "one worker per model");
         signal(pids[0], nix::sys::signal::Signal::SIGKILL);
-        std::thread::sleep(Duration::from_millis(200));
+        killed.push(pids[0]);
     }
     for h in handles {
         h.join().unwrap();
@@ -168,64 +179,15 @@ fn queue_bound_answers_429_with_retry_after() {
     assert_eq!(status, 200);
 }
 
-#[test]
-fn idle_workers_are_evicted_by_ttl_and_lru() {
-    let server = Server::start(ServerOptions {
-        models: vec!["tiny-bert-embed", "tiny-xlmr-embed", "tiny-qwen3-embed"],
-        config: Some("cache:\n  ttl_seconds: 2\n  max_embedding_models: 2\n".into()),
-        ..Default::default()
-    });
-    let embed = |m: &str| {
-        let (status, resp) = server.post("/v1/embeddings", &json!({"model": m, "input": "hello"}));
-        assert_eq!(status, 200, "{resp}");
-    };
-    let loaded = || -> Vec<String> {
-        let (_, ps) = server.get("/api/ps");
-        ps["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_owned()).collect()
-    };
-    embed("tiny-bert-embed");
-    std::thread::sleep(Duration::from_millis(300));
-    embed("tiny-xlmr-embed");
-    assert_eq!(server.worker_pids().len(), 2);
-    // A third embedding model pushes out the least recently used one.
-    embed("tiny-qwen3-embed");
-    let now = loaded();
-    assert_eq!(server.worker_pids().len(), 2, "{now:?}");
-    assert!(!now.contains(&"tiny-bert-embed".to_owned()), "LRU evicted: {now:?}");
-    // All idle: TTL stops them (checked every ttl/4).
-    let start = Instant::now();
-    while !server.worker_pids().is_empty() && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(server.worker_pids().is_empty(), "TTL eviction did not happen");
-    assert!(loaded().is_empty());
-    // And an evicted model comes back on demand.
-    embed("tiny-bert-embed");
-    assert_eq!(server.worker_pids().len(), 1);
+/// Inputs the runner of `model` has accepted since `dispatched_before` (a reading of
+/// [`dispatched`]): the ones sent to the worker plus the ones waiting in its queue.
+fn accepted(server: &Server, model: &str, dispatched_before: f64) -> f64 {
+    dispatched(server) - dispatched_before + server.queue_state(model).1 as f64
 }
 
-#[test]
-fn busy_worker_is_not_evicted() {
-    let server = Arc::new(Server::start(ServerOptions {
-        models: vec![MINILM, "tiny-bert-embed"],
-        config: Some("cache:\n  max_embedding_models: 1\n".into()),
-        ..Default::default()
-    }));
-    let busy = {
-        let server = server.clone();
-        std::thread::spawn(move || {
-            for k in 0..20 {
-                let (status, resp) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": texts(32 + k)}));
-                assert_eq!(status, 200, "{resp}");
-            }
-        })
-    };
-    std::thread::sleep(Duration::from_millis(300));
-    for _ in 0..5 {
-        let (status, _) = server.post("/v1/embeddings", &json!({"model": "tiny-bert-embed", "input": "x"}));
-        assert_eq!(status, 200);
-    }
-    busy.join().unwrap();
+/// Inputs sent to embedding workers so far (`mlx_serve_batch_size_sum`).
+fn dispatched(server: &Server) -> f64 {
+    server.metric("mlx_serve_batch_size_sum", &[("endpoint", "embed")])
 }
 
 #[test]
@@ -234,20 +196,41 @@ fn sigterm_finishes_accepted_requests_then_exits_zero() {
     let (status, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm up"}));
     assert_eq!(status, 200);
     let worker = server.worker_pids()[0];
+    // Frozen, the worker cannot answer: the four requests below are certainly in flight or
+    // queued when SIGTERM arrives.
+    let frozen = Frozen::new(worker);
+    let before = dispatched(&server);
     let url = server.url("/v1/embeddings");
     let mut handles = Vec::new();
     for c in 0..4 {
         let url = url.clone();
         handles.push(std::thread::spawn(move || {
-            ureq::post(&url).send_json(json!({"model": MINILM, "input": texts(200 + c)})).map(|r| r.status())
+            let r = ureq::post(&url).send_json(json!({"model": MINILM, "input": texts(20 + c)}));
+            r.map(|r| (r.status(), r.into_json::<Value>().unwrap())).map_err(|e| e.to_string())
         }));
     }
-    std::thread::sleep(Duration::from_millis(150));
-    assert_eq!(server.stop(), Some(0));
-    for h in handles {
-        assert_eq!(h.join().unwrap().expect("accepted request finished"), 200);
+    server.wait_for("all four requests accepted", Duration::from_secs(30), || {
+        accepted(&server, MINILM, before) == (20 + 21 + 22 + 23) as f64
+    });
+    assert_eq!(server.queue_state(MINILM).0, "busy");
+    signal(server.pid(), nix::sys::signal::Signal::SIGTERM);
+    // The server is shutting down: /ready says 503 or the listener is already closed.
+    server.wait_for("not ready", Duration::from_secs(10), || {
+        !matches!(ureq::get(&server.url("/ready")).timeout(Duration::from_secs(5)).call(), Ok(r) if r.status() == 200)
+    });
+    // Nothing can have been answered yet: a request that ended was dropped by the server.
+    if let Some(i) = handles.iter().position(|h| h.is_finished()) {
+        let ended = handles.swap_remove(i).join().unwrap();
+        panic!("request {i} ended while its worker was frozen, during the drain: {ended:?}");
     }
-    assert!(!std::path::Path::new(&format!("/proc/{worker}")).exists(), "worker stopped with the server");
+    drop(frozen);
+    assert_eq!(server.wait_exit(), Some(0));
+    for (c, h) in handles.into_iter().enumerate() {
+        let (status, body) = h.join().unwrap().expect("accepted request finished");
+        assert_eq!(status, 200);
+        assert_eq!(body["data"].as_array().unwrap().len(), 20 + c);
+    }
+    assert!(wait_gone(worker as i32, Duration::from_secs(10)), "worker stopped with the server");
 }
 
 #[test]
@@ -283,12 +266,38 @@ fn rerank_in_jina_cohere_and_tei_shapes() {
     assert_eq!(cohere["results"].as_array().unwrap().len(), 3);
     assert_eq!(cohere["results"][0]["index"], jina["results"][0]["index"]);
     assert!(cohere["results"][0].get("document").is_none());
-    // Seed extras: return_text with a decision threshold.
-    let (_, extra) = server.post(
+    // Seed extras: return_text with a decision threshold between two of the reference
+    // scores (transformers' CrossEncoder), at the widest gap: the documents above it say
+    // "yes", those below "no".
+    let reference = rerank_reference("tiny-bert-rerank").unwrap();
+    let raw: Value = serde_json::from_str(
+        &std::fs::read_to_string(mlx_serve_tests::fixtures::repo_root().join("tests/fixtures/reference/tiny-bert-rerank.json")).unwrap(),
+    )
+    .unwrap();
+    let (case, raw_case) = reference
+        .cases
+        .iter()
+        .zip(raw["cases"].as_array().unwrap())
+        .max_by_key(|(c, _)| c.scores.len())
+        .unwrap();
+    let mut sorted = case.scores.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let gap = sorted.windows(2).max_by(|a, b| (a[1] - a[0]).partial_cmp(&(b[1] - b[0])).unwrap()).unwrap();
+    assert!(gap[1] - gap[0] > 1e-3, "the fixture's scores must differ: {sorted:?}");
+    let threshold = ((gap[0] + gap[1]) / 2.0) as f64;
+    let (status, extra) = server.post(
         "/v1/rerank",
-        &json!({"model": "tiny-bert-rerank", "query": "cat", "documents": docs, "return_text": true, "decision_threshold": 0.0}),
+        &json!({"model": "tiny-bert-rerank", "query": raw_case["query"], "documents": raw_case["documents"],
+                "return_text": true, "decision_threshold": threshold}),
     );
-    assert!(extra["results"].as_array().unwrap().iter().all(|r| r["text_output"] == "yes"));
+    assert_eq!(status, 200, "{extra}");
+    let results = extra["results"].as_array().unwrap();
+    assert_eq!(results.len(), case.scores.len());
+    for r in results {
+        let want = if case.scores[r["index"].as_u64().unwrap() as usize] as f64 > threshold { "yes" } else { "no" };
+        assert_eq!(r["text_output"], want, "threshold {threshold}, reference scores {:?}: {r}", case.scores);
+    }
+    assert!(results.iter().any(|r| r["text_output"] == "yes") && results.iter().any(|r| r["text_output"] == "no"));
     // TEI: texts + raw_scores → bare array with logits.
     let (status, tei) = server.post("/rerank", &json!({"query": "cat", "texts": docs, "raw_scores": true, "return_text": true}));
     assert_eq!(status, 200, "{tei}");
@@ -316,26 +325,35 @@ fn disconnected_clients_have_their_queued_inputs_dropped() {
     let (status, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm"}));
     assert_eq!(status, 200);
     let before = tokens_total(&server, MINILM);
-    // Keep the worker busy with many long inputs...
-    let big: Vec<String> = (0..256).map(|i| format!("{i} {}", "long passage words ".repeat(40))).collect();
+    let big: Vec<String> = (0..96).map(|i| format!("{i} {}", "long passage words ".repeat(40))).collect();
     let big_tokens = {
         let (_, tok) = server.post("/v1/tokenize", &json!({"model": MINILM, "input": big}));
         tok["usage"]["prompt_tokens"].as_f64().unwrap()
     };
+    // A frozen worker holds the big request in flight (and in the queue) for as long as
+    // the test needs.
+    let frozen = Frozen::new(server.worker_pids()[0]);
+    let sent_before = dispatched(&server);
     let busy = {
         let (server, big) = (server.clone(), big.clone());
         std::thread::spawn(move || server.post("/v1/embeddings", &json!({"model": MINILM, "input": big})).0)
     };
-    std::thread::sleep(Duration::from_millis(100));
-    // ...while a client gives up on a request that is still queued.
-    let gave_up = ureq::post(&server.url("/v1/embeddings"))
-        .timeout(Duration::from_millis(50))
-        .send_json(json!({"model": MINILM, "input": "a request whose client goes away"}));
-    assert!(gave_up.is_err(), "the client should have timed out");
+    server.wait_for("the big request accepted", Duration::from_secs(30), || accepted(&server, MINILM, sent_before) == 96.0);
+    // A client sends a request, which queues behind the big one, then goes away.
+    let mut gone = std::net::TcpStream::connect(server.addr).unwrap();
+    let body = json!({"model": MINILM, "input": "a request whose client goes away"}).to_string();
+    write!(gone, "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    server.wait_for("the abandoned request queued", Duration::from_secs(30), || accepted(&server, MINILM, sent_before) == 97.0);
+    drop(gone);
+    drop(frozen);
     assert_eq!(busy.join().unwrap(), 200);
-    std::thread::sleep(Duration::from_millis(200));
+    // The queue is first in, first out: once a later request is answered, the abandoned
+    // input would have gone to the worker before it.
+    let (status, resp) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "after"}));
+    assert_eq!(status, 200);
+    let after_tokens = resp["usage"]["prompt_tokens"].as_f64().unwrap();
     let computed = tokens_total(&server, MINILM) - before;
-    assert_eq!(computed, big_tokens, "the abandoned input must not reach the worker");
+    assert_eq!(computed, big_tokens + after_tokens, "the abandoned input must not reach the worker");
     let (_, metrics) = server.get_text("/metrics");
     assert!(metrics.lines().any(|l| l.starts_with("mlx_serve_queue_depth") && l.ends_with(" 0")));
 }
@@ -362,21 +380,42 @@ fn poison_input_fails_alone_after_two_crashes() {
     }));
     let (status, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm up"}));
     assert_eq!(status, 200);
-    let mut handles = Vec::new();
-    for c in 0..8 {
+    // Premise: the poison goes to the worker in one batch with innocent inputs. With the
+    // worker frozen, two one-input requests fill the pipeline (two batches in flight), so
+    // the innocent inputs and the poison all wait in the queue and leave it as one batch.
+    let frozen = Frozen::new(server.worker_pids()[0]);
+    let sent_before = dispatched(&server);
+    let post = |input: Value| {
         let server = server.clone();
-        handles.push(std::thread::spawn(move || {
-            server.post("/v1/embeddings", &json!({"model": MINILM, "input": format!("innocent request {c} {}", "words ".repeat(30))}))
-        }));
+        std::thread::spawn(move || server.post("/v1/embeddings", &json!({"model": MINILM, "input": input})))
+    };
+    let mut handles = vec![post(json!("first in flight")), post(json!("second in flight"))];
+    server.wait_for("two batches in flight", Duration::from_secs(30), || {
+        server.queue_state(MINILM).2 == 2 && dispatched(&server) - sent_before == 2.0
+    });
+    for c in 0..8 {
+        handles.push(post(json!(format!("innocent request {c} {}", "words ".repeat(30)))));
     }
-    let poison = server.post("/v1/embeddings", &json!({"model": MINILM, "input": [[101, 7777, 102]]}));
+    let poison = post(json!([[101, 7777, 102]]));
+    server.wait_for("innocents and poison queued", Duration::from_secs(30), || server.queue_state(MINILM).1 == 9);
+    let (batches_of_9_to_16, crashes) = (
+        || server.metric("mlx_serve_batch_size_bucket", &[("endpoint", "embed"), ("le", "16")])
+            - server.metric("mlx_serve_batch_size_bucket", &[("endpoint", "embed"), ("le", "8")]),
+        || server.log_text().matches("worker died").count(),
+    );
+    let shared_before = batches_of_9_to_16();
+    drop(frozen);
     for h in handles {
         let (status, resp) = h.join().unwrap();
         assert_eq!(status, 200, "an innocent request failed: {resp}");
     }
+    let poison = poison.join().unwrap();
     assert_eq!(poison.0, 500, "{}", poison.1);
     let message = poison.1["error"]["message"].as_str().unwrap();
     assert!(message.contains("crashed twice"), "{message}");
+    // The nine went to the worker together (one batch of 9) and that batch crashed it.
+    assert_eq!(batches_of_9_to_16() - shared_before, 1.0, "the poison never shared a batch with the innocent inputs");
+    assert!(crashes() >= 2, "{}", server.log_text());
     // The model keeps serving.
     let (status, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "still alive"}));
     assert_eq!(status, 200);

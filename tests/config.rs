@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mlx_serve_tests::cli::{free_port, Home};
+use mlx_serve_tests::cli::{candidate_port, parse_started, retry_on_port_clash, Home};
 use mlx_serve_tests::fixtures::repo_root;
 use serde_json::Value;
 
@@ -33,38 +33,51 @@ fn value_of(values: &[(String, Value, String, String)], key: &str) -> (Value, St
     (v.clone(), s.clone(), d.clone())
 }
 
-/// Starts in the background and returns the port from the printed URL.
-fn start_port(home: &Home, args: &[&str], env: &[(&str, &str)]) -> u16 {
+/// Starts in the background and returns the port from the printed URL; `Err` with the
+/// output when start fails (a clash on the port says "already in use").
+fn start_port(home: &Home, args: &[&str], env: &[(&str, &str)]) -> Result<u16, String> {
     let mut all = vec!["start"];
     all.extend_from_slice(args);
     let out = home.run_env(&all, env, Duration::from_secs(90));
-    assert!(out.ok(), "{}", out.text());
-    let url = out.stdout.split("running at http://").nth(1).expect("URL printed");
-    let port = url.split(|c: char| c.is_whitespace()).next().unwrap().rsplit(':').next().unwrap();
-    let port: u16 = port.parse().unwrap();
+    if !out.ok() {
+        return Err(out.text());
+    }
+    let port = parse_started(&out).port;
     let stop = home.run(&["stop", "--port", &port.to_string()]);
     assert!(stop.ok(), "{}", stop.text());
-    port
+    Ok(port)
 }
 
 #[test]
 fn precedence_file_then_env_then_cli() {
     let home = Home::new(&[]);
-    let (file_port, env_port, cli_port) = (free_port(), free_port(), free_port());
-    home.write_config(&format!("server:\n  port: {file_port}\n"));
-    let env_port_s = env_port.to_string();
-    let env = [("MLX_SERVE_PORT", env_port_s.as_str())];
+    // The ports themselves are what is tested, so they cannot be 0: candidates from the OS,
+    // and a fresh set if another process takes one before the server binds it.
+    retry_on_port_clash(|| {
+        let mut ports = vec![candidate_port()];
+        while ports.len() < 3 {
+            let p = candidate_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+        let (file_port, env_port, cli_port) = (ports[0], ports[1], ports[2]);
+        home.write_config(&format!("server:\n  port: {file_port}\n"));
+        let env_port_s = env_port.to_string();
+        let env = [("MLX_SERVE_PORT", env_port_s.as_str())];
 
-    // What `config` reports at each level.
-    let file_only = config_values(&home, &[]);
-    assert_eq!(value_of(&file_only, "server.port"), (Value::from(file_port), "file".into(), home.config_file().display().to_string()));
-    let with_env = config_values(&home, &env);
-    assert_eq!(value_of(&with_env, "server.port"), (Value::from(env_port), "env".into(), "MLX_SERVE_PORT".into()));
+        // What `config` reports at each level.
+        let file_only = config_values(&home, &[]);
+        assert_eq!(value_of(&file_only, "server.port"), (Value::from(file_port), "file".into(), home.config_file().display().to_string()));
+        let with_env = config_values(&home, &env);
+        assert_eq!(value_of(&with_env, "server.port"), (Value::from(env_port), "env".into(), "MLX_SERVE_PORT".into()));
 
-    // What the server really binds at each level.
-    assert_eq!(start_port(&home, &[], &[]), file_port);
-    assert_eq!(start_port(&home, &[], &env), env_port);
-    assert_eq!(start_port(&home, &["--port", &cli_port.to_string()], &env), cli_port);
+        // What the server really binds at each level.
+        assert_eq!(start_port(&home, &[], &[])?, file_port);
+        assert_eq!(start_port(&home, &[], &env)?, env_port);
+        assert_eq!(start_port(&home, &["--port", &cli_port.to_string()], &env)?, cli_port);
+        Ok(())
+    });
 }
 
 #[test]

@@ -8,21 +8,42 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use mlx_serve_tests::cli::{free_port, process_alive, wait_gone, Home};
+use mlx_serve_tests::cli::{candidate_port, parse_started, process_alive, retry_on_port_clash, wait_gone, Home, Started};
 use mlx_serve_tests::server::{python, Server, ServerOptions};
 use serde_json::{json, Value};
 
-/// `mlx-serve start --port PORT ARGS`; returns the daemon's pid (from its PID file).
-fn start(home: &Home, port: u16, args: &[&str]) -> i32 {
+/// `mlx-serve start --port PORT ARGS`; `Err` with the output when it fails (a port another
+/// process took first says "already in use": see `retry_on_port_clash`).
+fn start_on(home: &Home, port: u16, args: &[&str]) -> Result<Started, String> {
     let port_s = port.to_string();
     let mut all = vec!["start", "--port", &port_s];
     all.extend_from_slice(args);
     let out = home.run_env(&all, &[], Duration::from_secs(90));
+    if !out.ok() {
+        return Err(out.text());
+    }
+    let started = parse_started(&out);
+    assert_eq!(started.port, port, "{}", out.text());
+    check_pid_file(home, &started);
+    Ok(started)
+}
+
+/// `mlx-serve start --port 0 ARGS`: the OS picks a free port, `start` prints it.
+fn start(home: &Home, args: &[&str]) -> Started {
+    let mut all = vec!["start", "--port", "0"];
+    all.extend_from_slice(args);
+    let out = home.run_env(&all, &[], Duration::from_secs(90));
     assert!(out.ok(), "{}", out.text());
-    assert!(out.stdout.contains(&format!("running at http://127.0.0.1:{port}")), "{}", out.text());
-    let pid: i32 = std::fs::read_to_string(home.pid_file(port)).unwrap().trim().parse().unwrap();
-    assert!(out.stdout.contains(&format!("pid {pid}")), "{}", out.text());
-    pid
+    let started = parse_started(&out);
+    assert_ne!(started.port, 0, "{}", out.text());
+    check_pid_file(home, &started);
+    started
+}
+
+/// The PID file of the port `start` printed names the pid it printed.
+fn check_pid_file(home: &Home, s: &Started) {
+    let pid: i32 = std::fs::read_to_string(home.pid_file(s.port)).unwrap().trim().parse().unwrap();
+    assert_eq!(pid, s.pid, "{}", s.output);
 }
 
 fn get(port: u16, path: &str) -> u16 {
@@ -41,8 +62,10 @@ fn status_json(home: &Home) -> (Option<i32>, Vec<Value>) {
 #[test]
 fn start_status_stop() {
     let home = Home::new(&[]);
-    let port = free_port();
-    let pid = start(&home, port, &[]);
+    // A port of our own (this test checks the files named by it), retried on a clash.
+    let started = retry_on_port_clash(|| start_on(&home, candidate_port(), &[]));
+    let (port, pid) = (started.port, started.pid);
+    assert_eq!(started.log, home.path().join(format!("logs/mlx-serve-{port}.log")));
     assert!(process_alive(pid));
     assert_eq!(get(port, "/ready"), 200);
     assert!(home.path().join(format!("logs/mlx-serve-{port}.log")).is_file());
@@ -87,9 +110,8 @@ fn start_status_stop() {
 #[test]
 fn stop_all_stops_every_server() {
     let home = Home::new(&[]);
-    let (p1, p2) = (free_port(), free_port());
-    let pid1 = start(&home, p1, &[]);
-    let pid2 = start(&home, p2, &[]);
+    let pid1 = start(&home, &[]).pid;
+    let pid2 = start(&home, &[]).pid;
     let (_, list) = status_json(&home);
     assert_eq!(list.len(), 2, "{list:?}");
     // Without --port and with two servers, `ctl` asks which one.
@@ -106,26 +128,34 @@ fn stop_all_stops_every_server() {
 #[test]
 fn stale_pid_file_is_cleaned() {
     let home = Home::new(&[]);
-    let port = free_port();
     // The pid of a process that has exited: what a crash or a reboot leaves behind.
     let mut gone = Command::new("true").spawn().unwrap();
     gone.wait().unwrap();
     std::fs::create_dir_all(home.path().join("run")).unwrap();
-    std::fs::write(home.pid_file(port), format!("{}\n", gone.id())).unwrap();
-
+    // status only reads PID files: any port number will do.
+    std::fs::write(home.pid_file(1), format!("{}\n", gone.id())).unwrap();
     let out = home.run(&["status"]);
     assert_eq!(out.code, Some(3), "{}", out.text());
-    assert!(!home.pid_file(port).exists(), "status left the stale PID file");
+    assert!(!home.pid_file(1).exists(), "status left the stale PID file");
 
-    std::fs::write(home.pid_file(port), format!("{}\n", gone.id())).unwrap();
-    let out = home.run(&["start", "--port", &port.to_string()]);
-    assert!(out.ok(), "{}", out.text());
-    assert!(out.stderr.contains("stale PID file"), "{}", out.text());
-    let pid: i32 = std::fs::read_to_string(home.pid_file(port)).unwrap().trim().parse().unwrap();
+    // start on a port whose PID file is stale replaces it (the port must be ours to bind).
+    let started = retry_on_port_clash(|| {
+        let port = candidate_port();
+        std::fs::write(home.pid_file(port), format!("{}\n", gone.id())).unwrap();
+        let out = home.run(&["start", "--port", &port.to_string()]);
+        if !out.ok() {
+            let _ = std::fs::remove_file(home.pid_file(port));
+            return Err(out.text());
+        }
+        assert!(out.stderr.contains("stale PID file"), "{}", out.text());
+        Ok(parse_started(&out))
+    });
+    let pid: i32 = std::fs::read_to_string(home.pid_file(started.port)).unwrap().trim().parse().unwrap();
+    assert_eq!(pid, started.pid);
     assert_ne!(pid, gone.id() as i32);
 
-    // A stale file for another port is reported by stop too.
-    let other = free_port();
+    // A stale file for another port is reported by stop too (no server: nothing binds).
+    let other = started.port.wrapping_add(1).max(2);
     std::fs::write(home.pid_file(other), format!("{}\n", gone.id())).unwrap();
     let out = home.run(&["stop", "--port", &other.to_string()]);
     assert!(out.ok() && out.stdout.contains("stale"), "{}", out.text());
@@ -149,8 +179,7 @@ fn busy_port_is_refused() {
 #[test]
 fn stop_times_out_then_force_kills() {
     let home = Home::new(&[]);
-    let port = free_port();
-    let pid = start(&home, port, &[]);
+    let Started { port, pid, .. } = start(&home, &[]);
     // A stopped process cannot handle SIGTERM: the graceful path must time out.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGSTOP).unwrap();
     let out = home.run(&["stop", "--port", &port.to_string(), "--timeout", "1"]);
@@ -174,8 +203,7 @@ fn worker_row(home: &Home, model: &str) -> Value {
 fn ctl_commands_against_a_live_server() {
     let model = "tiny-bert-embed";
     let home = Home::new(&[model, "tiny-bert-rerank"]);
-    let port = free_port();
-    let daemon = start(&home, port, &[]);
+    let Started { port, pid: daemon, .. } = start(&home, &[]);
 
     // The control socket is private.
     let run = home.path().join("run");
@@ -241,7 +269,7 @@ fn ctl_commands_against_a_live_server() {
     assert_eq!(worker_row(&home, "tiny-bert-rerank")["kind"], "reranker");
 
     // No server on a port: ctl says so.
-    let out = home.run(&["ctl", "workers", "--port", &free_port().to_string()]);
+    let out = home.run(&["ctl", "workers", "--port", &port.wrapping_add(1).max(2).to_string()]);
     assert!(!out.ok() && out.stderr.contains("control socket"), "{}", out.text());
 }
 
@@ -255,8 +283,7 @@ fn post_embeddings(port: u16, model: &str) -> (u16, Value) {
 }
 
 fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
+    mlx_serve_tests::process::parent_of(pid as u32).map(|p| p as i32)
 }
 
 #[test]
@@ -264,15 +291,14 @@ fn request_log_has_one_json_line_per_request() {
     let model = "tiny-bert-embed";
     let home = Home::new(&[model]);
     home.write_config("logging:\n  format: json\n  level: info\n");
-    let port = free_port();
-    start(&home, port, &[]);
+    let Started { port, log: log_path, .. } = start(&home, &[]);
     assert_eq!(post_embeddings(port, model).0, 200);
     let body = json!({"model": "missing-model", "input": "x"});
     let _ = ureq::post(&format!("http://127.0.0.1:{port}/v1/embeddings")).send_json(body);
     let out = home.run(&["stop", "--port", &port.to_string()]);
     assert!(out.ok(), "{}", out.text());
 
-    let log = std::fs::read_to_string(home.path().join(format!("logs/mlx-serve-{port}.log"))).unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
     let requests: Vec<Value> = log
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))

@@ -4,11 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mlx_serve_tests::cli::{candidate_port, retry_on_port_clash};
 use mlx_serve_tests::fixtures::repo_root;
 use mlx_serve_tests::server::{run_client, signal, Server, ServerOptions};
 use serde_json::{json, Value};
@@ -127,15 +127,7 @@ fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
 
 /// The worker process serving `model` (its command line names the model folder).
 fn worker_pid_of(server: &Server, model: &str) -> Option<u32> {
-    server.worker_pids().into_iter().find(|pid| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains(model))
-            .unwrap_or(false)
-    })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    server.worker_pid_of(model)
 }
 
 const BERT: &str = "tiny-bert-embed";
@@ -344,11 +336,12 @@ fn metrics_disabled_means_404() {
 
 #[test]
 fn metrics_port_serves_a_second_listener() {
-    let port = free_port();
-    let server = Server::start(ServerOptions {
-        models: vec![BERT],
-        config: Some(format!("metrics:\n  port: {port}\n")),
-        ..Default::default()
+    // The server does not report the metrics listener's address, so the test names the
+    // port: a candidate from the OS, and another one if something takes it first.
+    let (server, port) = retry_on_port_clash(|| {
+        let port = candidate_port();
+        let opts = ServerOptions { models: vec![BERT], config: Some(format!("metrics:\n  port: {port}\n")), ..Default::default() };
+        Server::try_start(opts).map(|s| (s, port))
     });
     let (st, _) = server.post("/v1/embeddings", &json!({"model": BERT, "input": "counted once"}));
     assert_eq!(st, 200);
@@ -442,7 +435,7 @@ impl Prometheus {
 
 fn prometheus_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("PROMETHEUS_BIN") {
-        return Some(PathBuf::from(p));
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
     }
     std::env::var_os("PATH")
         .into_iter()
@@ -460,19 +453,36 @@ fn start_prometheus(binary: &PathBuf, target_port: u16) -> Prometheus {
          scrape_configs:\n  - job_name: mlx-serve\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
     );
     std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-    let port = free_port();
     let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    // Port 0: Prometheus logs the address it bound (`msg="Listening on" address=H:P`, at
+    // level info, in 2.x and 3.x alike); we read it back from its log.
     let child = Command::new(binary)
         .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
         .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
+        .arg("--web.listen-address=127.0.0.1:0")
+        .arg("--log.level=info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .expect("start prometheus");
-    Prometheus { child, port, dir }
+    let mut prom = Prometheus { child, port: 0, dir };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    prom.port = loop {
+        let port = prom.log().lines().filter(|l| l.contains("Listening on")).find_map(|l| {
+            let addr = l.split("address=").nth(1)?.split_whitespace().next()?.trim_matches('"');
+            addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
+        });
+        if let Some(p) = port.filter(|&p| p != 0) {
+            break p;
+        }
+        if let Ok(Some(status)) = prom.child.try_wait() {
+            panic!("prometheus exited ({status}):\n{}", prom.log());
+        }
+        assert!(Instant::now() < deadline, "prometheus did not say where it listens:\n{}", prom.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    prom
 }
 
 /// The PromQL examples in docs/metrics.md (```promql blocks, one query per line).
@@ -493,10 +503,10 @@ fn documented_queries() -> Vec<String> {
 
 #[test]
 fn prometheus_scrapes_and_answers_promql() {
-    let Some(binary) = prometheus_binary() else {
-        eprintln!("\n\n!!!!! SKIPPED: no `prometheus` binary (Debian package prometheus; scripts/setup installs it) !!!!!\n\n");
-        return;
-    };
+    // A missing tool fails the test: scripts/setup installs it (Debian package prometheus,
+    // Homebrew formula prometheus), and a suite that passes without it checked nothing here.
+    let binary = prometheus_binary()
+        .expect("no `prometheus` binary on PATH or in PROMETHEUS_BIN: run scripts/setup (it installs Prometheus)");
     let server = Server::start(ServerOptions { models: vec![BERT], ..Default::default() });
     let prom = start_prometheus(&binary, server.port);
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use mlx_serve_protocol::{codec, ErrorKind, ModelKind, SupervisorMessage, TokenBatch, WorkerMessage};
-use mlx_serve_tests::fixtures::{self, batch, cosine, max_abs_diff};
+use mlx_serve_tests::fixtures::{self, batch, cosine, max_abs_diff, paired};
 use mlx_serve_tests::worker_process::{Started, TempDir, Worker};
 
 /// Issue 3's bar for float32 embeddings.
@@ -29,8 +29,7 @@ fn check_embedding_model(name: &str) {
     let mut worst = (1.0f64, 0.0f64);
     for case in &reference.cases {
         let rows = w.embed(batch(&case.input_ids, case.token_type_ids.as_ref())).unwrap();
-        assert_eq!(rows.len(), case.embeddings.len());
-        for (i, (got, want)) in rows.iter().zip(&case.embeddings).enumerate() {
+        for (i, (got, want)) in paired(&rows, &case.embeddings, &format!("{name}/{}", case.name)).enumerate() {
             let (c, d) = (cosine(got, want), max_abs_diff(got, want));
             worst = (worst.0.min(c), worst.1.max(d));
             assert!(
@@ -88,7 +87,7 @@ fn tiny_bert_embedding_saved_by_sentence_transformers_6_matches() {
     let (mut w, _) = Worker::ready(&fixtures::model_dir("tiny-bert-embed-st6save"), &[]).unwrap();
     for case in &reference.cases {
         let rows = w.embed(batch(&case.input_ids, case.token_type_ids.as_ref())).unwrap();
-        for (got, want) in rows.iter().zip(&case.embeddings) {
+        for (got, want) in paired(&rows, &case.embeddings, &case.name) {
             assert!(max_abs_diff(got, want) <= EMBED_MAX_DIFF, "{}", case.name);
         }
     }
@@ -125,7 +124,9 @@ fn minilm_rows(model: &Path, extra: &[&str]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, m
     let (mut w, info) = Worker::ready(model, extra).unwrap();
     let (mut got, mut want) = (Vec::new(), Vec::new());
     for case in &reference.cases {
-        got.extend(w.embed(batch(&case.input_ids, case.token_type_ids.as_ref())).unwrap());
+        let rows = w.embed(batch(&case.input_ids, case.token_type_ids.as_ref())).unwrap();
+        paired(&rows, &case.embeddings, &case.name).count(); // checks rows and lengths
+        got.extend(rows);
         want.extend(case.embeddings.iter().cloned());
     }
     (got, want, info)
@@ -138,7 +139,7 @@ fn all_minilm_l6_v2_matches_sentence_transformers() {
     assert_eq!((info.output_dim, info.max_tokens, info.pooling.as_str()), (384, 256, "mean"));
     assert!(got.len() >= 16);
     let mut worst = (1.0f64, 0.0f64);
-    for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+    for (i, (g, r)) in paired(&got, &want, "all-MiniLM-L6-v2").enumerate() {
         let (c, d) = (cosine(g, r), max_abs_diff(g, r));
         worst = (worst.0.min(c), worst.1.max(d));
         assert!(c >= 0.9999, "text {i}: cosine {c}");
@@ -168,7 +169,7 @@ fn quantized_minilm_serves_at_8_and_4_bits() {
 
         let (got, want, info) = minilm_rows(&dst, &[]);
         assert_eq!(info.stored_dtype, format!("q{bits}"));
-        let cos: Vec<f64> = got.iter().zip(&want).map(|(g, r)| cosine(g, r)).collect();
+        let cos: Vec<f64> = paired(&got, &want, "quantized MiniLM").map(|(g, r)| cosine(g, r)).collect();
         let mean = cos.iter().sum::<f64>() / cos.len() as f64;
         let min = cos.iter().cloned().fold(1.0, f64::min);
         eprintln!(
@@ -176,12 +177,17 @@ fn quantized_minilm_serves_at_8_and_4_bits() {
             report["original_size"], report["quantized_size"]
         );
         assert!(report["quantized_size"].as_u64().unwrap() < report["original_size"].as_u64().unwrap());
+        // Measured on x86 / MLX CPU: 8-bit mean 0.99977 (min 0.99955), 4-bit mean 0.948
+        // (min 0.902). Round-to-nearest with a per-group scale and bias leaves a weight error
+        // of about range/(2^bits·√12) per group; going from 8 to 4 bits multiplies it by 16,
+        // and 1 - cosine (quadratic in the error) by ~250 at most: 2.3e-4 → ~0.05, as
+        // measured. The bounds sit at about twice the measured loss: a backend with other
+        // rounding stays inside them, a 4-bit path with a wrong scale, bias or group layout
+        // (cosines of 0.5 and below) does not.
         if bits == 8 {
-            assert!(mean >= 0.999, "8-bit mean cosine {mean}");
+            assert!(mean >= 0.9995 && min >= 0.999, "8-bit mean cosine {mean}, min {min}");
         } else {
-            // Reported, not a quality bar: 4-bit MiniLM (384-dim, 6 layers) loses visibly.
-            // This only catches a broken 4-bit path (garbage would be near 0).
-            assert!(mean >= 0.8, "4-bit mean cosine {mean}");
+            assert!(mean >= 0.9 && min >= 0.8, "4-bit mean cosine {mean}, min {min}");
         }
     }
 }
@@ -218,37 +224,75 @@ fn bf16_weights_in_shards_load_and_compute_in_f32() {
     let mut min_cos = 1.0f64;
     for case in &reference.cases {
         let rows = w.embed(batch(&case.input_ids, None)).unwrap();
-        for (got, want) in rows.iter().zip(&case.embeddings) {
+        for (got, want) in paired(&rows, &case.embeddings, &case.name) {
             min_cos = min_cos.min(cosine(got, want));
         }
     }
-    eprintln!("tiny-qwen3-embed as bf16 shards: min cosine to the f32 reference {min_cos:.5}");
-    assert!(min_cos >= 0.99, "bf16 weights: min cosine {min_cos}");
+    // Rounding the weights to bfloat16 costs about what computing in bfloat16 does (torch:
+    // half_precision.json); computed here in float32, it measured 1 - cos 1.6e-4.
+    let torch = torch_half_precision_error("tiny-qwen3-embed", "bfloat16");
+    eprintln!("tiny-qwen3-embed as bf16 shards: 1 - min cosine to the f32 reference {:.2e} (torch in bf16 {torch:.2e})", 1.0 - min_cos);
+    assert!(1.0 - min_cos <= HALF_PRECISION_FACTOR * torch, "bf16 weights: min cosine {min_cos}");
 }
+
+/// torch's own error in `dtype` on `model` (tests/fixtures/reference/half_precision.json,
+/// written by make_fixtures.py): embeddings `1 - min cosine`, rerankers max |score diff|.
+fn torch_half_precision_error(model: &str, dtype: &str) -> f64 {
+    let path = fixtures::repo_root().join("tests/fixtures/reference/half_precision.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let m = &v["models"][model][dtype];
+    m["min_cosine"].as_f64().map(|c| 1.0 - c).or_else(|| m["max_score_diff"].as_f64()).unwrap_or_else(|| panic!("no {model} {dtype}"))
+}
+
+/// How much worse than torch's half-precision forward ours may be. Rounding to bfloat16
+/// (8-bit mantissa) or float16 (11-bit) at each op is what dominates both errors; the
+/// kernels differ in accumulation order (and on Metal in their tiling), which moves the
+/// error by small factors: measured here (x86, MLX CPU) our error is 0.3–2.5× torch's.
+/// 4× leaves room for other CPUs and GPUs, and is still far below what a wrong kernel
+/// costs (a dropped mask or a wrong norm epsilon moves cosines by 1e-2, scores by 0.1).
+const HALF_PRECISION_FACTOR: f64 = 4.0;
+/// Floors for errors so small that they are at float32's own noise (f16 on tiny models).
+const EMBED_ERROR_FLOOR: f64 = 3e-5;
+const SCORE_ERROR_FLOOR: f64 = 1e-3;
 
 #[test]
 fn half_precision_compute_runs_the_mlx_kernel_path() {
     // --compute-dtype bfloat16/float16 bypasses the f32 host kernels, so every model runs
-    // on MLX's own attention, GELU and norms: the path a GPU (Metal) build takes.
-    for (name, dtype) in [("tiny-bert-embed", "bfloat16"), ("tiny-xlmr-embed", "float16"), ("tiny-qwen3-embed", "bfloat16")] {
+    // on MLX's own attention, GELU and norms: the path a GPU (Metal) build takes. The bound
+    // is torch's error in the same dtype on the same weights (not a fixed 0.99, which a
+    // badly broken kernel passes on these tiny models).
+    for name in ["tiny-bert-embed", "tiny-xlmr-embed", "tiny-qwen3-embed"] {
         let reference = fixtures::embed_reference(name).unwrap();
-        let (mut w, info) = Worker::ready(&fixtures::model_dir(name), &["--compute-dtype", dtype]).unwrap();
-        assert_eq!(info.compute_dtype, dtype);
-        let mut min_cos = 1.0f64;
-        for case in &reference.cases {
-            let rows = w.embed(batch(&case.input_ids, case.token_type_ids.as_ref())).unwrap();
-            for (got, want) in rows.iter().zip(&case.embeddings) {
-                min_cos = min_cos.min(cosine(got, want));
+        for dtype in ["bfloat16", "float16"] {
+            let (mut w, info) = Worker::ready(&fixtures::model_dir(name), &["--compute-dtype", dtype]).unwrap();
+            assert_eq!(info.compute_dtype, dtype);
+            let mut min_cos = 1.0f64;
+            for case in &reference.cases {
+                let rows = w.embed(batch(&case.input_ids, case.token_type_ids.as_ref())).unwrap();
+                for (got, want) in paired(&rows, &case.embeddings, &format!("{name}/{}", case.name)) {
+                    min_cos = min_cos.min(cosine(got, want));
+                }
             }
+            let torch = torch_half_precision_error(name, dtype);
+            let bound = (HALF_PRECISION_FACTOR * torch).max(EMBED_ERROR_FLOOR);
+            eprintln!("{name} in {dtype}: 1 - min cosine {:.2e} (torch {torch:.2e}, bound {bound:.2e})", 1.0 - min_cos);
+            assert!(1.0 - min_cos <= bound, "{name} in {dtype}: min cosine {min_cos}, torch's error {torch:.2e}");
         }
-        eprintln!("{name} computed in {dtype}: min cosine to the f32 reference {min_cos:.5}");
-        assert!(min_cos >= 0.99, "{name} in {dtype}: min cosine {min_cos}");
     }
-    let reference = fixtures::rerank_reference("tiny-bert-rerank").unwrap();
-    let (mut w, _) = Worker::ready(&fixtures::model_dir("tiny-bert-rerank"), &["--compute-dtype", "float16"]).unwrap();
-    for case in &reference.cases {
-        let scores = w.score(batch(&case.pairs_input_ids, case.pairs_token_type_ids.as_ref())).unwrap();
-        assert!(max_abs_diff(&scores, &case.scores) < 0.02, "{}: {scores:?} vs {:?}", case.name, case.scores);
+    for name in ["tiny-bert-rerank", "tiny-xlmr-rerank", "tiny-qwen3-rerank"] {
+        let reference = fixtures::rerank_reference(name).unwrap();
+        for dtype in ["bfloat16", "float16"] {
+            let (mut w, _) = Worker::ready(&fixtures::model_dir(name), &["--compute-dtype", dtype]).unwrap();
+            let mut worst = 0.0f64;
+            for case in &reference.cases {
+                let scores = w.score(batch(&case.pairs_input_ids, case.pairs_token_type_ids.as_ref())).unwrap();
+                worst = worst.max(max_abs_diff(&scores, &case.scores));
+            }
+            let torch = torch_half_precision_error(name, dtype);
+            let bound = (HALF_PRECISION_FACTOR * torch).max(SCORE_ERROR_FLOOR);
+            eprintln!("{name} in {dtype}: max score diff {worst:.2e} (torch {torch:.2e}, bound {bound:.2e})");
+            assert!(worst <= bound, "{name} in {dtype}: max score diff {worst}, torch's error {torch:.2e}");
+        }
     }
 }
 

@@ -155,18 +155,56 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Output {
     Output { code: status.code(), stdout: out_thread.join().unwrap(), stderr: err_thread.join().unwrap() }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
+/// What `mlx-serve start` printed about the daemon it started.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub port: u16,
+    pub pid: i32,
+    /// The log file it named (`logs: PATH`).
+    pub log: PathBuf,
+    pub output: String,
+}
+
+/// Reads the port, pid and log file from `start`'s output ("running at http://H:PORT (pid
+/// N)", "logs: PATH"): with `--port 0` this is how a caller learns the port the OS chose.
+pub fn parse_started(out: &Output) -> Started {
+    let url = out.stdout.split("running at http://").nth(1).unwrap_or_else(|| panic!("no URL in:\n{}", out.text()));
+    let authority = url.split_whitespace().next().unwrap();
+    let port = authority.rsplit(':').next().unwrap().parse().unwrap_or_else(|e| panic!("{e}: {}", out.text()));
+    let pid = url.split("(pid ").nth(1).and_then(|p| p.split(')').next()).and_then(|p| p.parse().ok());
+    let log = out.stdout.lines().find_map(|l| l.strip_prefix("logs: ")).map(PathBuf::from);
+    Started {
+        port,
+        pid: pid.unwrap_or_else(|| panic!("no pid in:\n{}", out.text())),
+        log: log.unwrap_or_else(|| panic!("no log path in:\n{}", out.text())),
+        output: out.text(),
+    }
+}
+
+/// A port number to try for a test that must name the port itself (config precedence,
+/// port-named files): one the OS handed out a moment ago. Another process can take it
+/// before the server binds it, so callers retry on "already in use" ([`retry_on_port_clash`]).
+pub fn candidate_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs `attempt` with fresh candidate ports until it does not fail on a port another
+/// process took in between (the error text says "already in use"); 5 tries.
+pub fn retry_on_port_clash<T>(mut attempt: impl FnMut() -> Result<T, String>) -> T {
+    let mut last = String::new();
+    for _ in 0..5 {
+        match attempt() {
+            Ok(v) => return v,
+            Err(e) if e.contains("already in use") => last = e,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("five candidate ports were taken before the server bound them:\n{last}")
 }
 
 /// True while `pid` exists and is not a zombie.
 pub fn process_alive(pid: i32) -> bool {
-    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
-        return false;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).is_some_and(|s| s == "Z")
+    crate::process::alive(pid as u32)
 }
 
 /// Waits until `pid` is gone; false on timeout.

@@ -107,7 +107,11 @@ pub fn batch(ids: &[Vec<u32>], type_ids: Option<&Vec<Vec<u8>>>) -> TokenBatch {
     b
 }
 
+/// Cosine similarity of two vectors of the same, non-zero length (a length mismatch or an
+/// empty vector is a bug in the thing under test, never a pass).
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "vector lengths differ");
+    assert!(!a.is_empty(), "empty vectors");
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
@@ -116,6 +120,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
+    assert!(!a.is_empty(), "empty vectors");
     a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max)
 }
 
@@ -176,4 +181,15 @@ pub fn f32_bytes_to_bf16(bytes: &[u8]) -> Vec<u8> {
             ((rounded >> 16) as u16).to_le_bytes()
         })
         .collect()
+}
+
+/// Pairs output rows with reference rows after checking there are as many of each, at
+/// least one, and of equal lengths: a `zip` alone would pass on zero or too few rows.
+pub fn paired<'a>(got: &'a [Vec<f32>], want: &'a [Vec<f32>], what: &str) -> impl Iterator<Item = (&'a [f32], &'a [f32])> {
+    assert_eq!(got.len(), want.len(), "{what}: {} rows, the reference has {}", got.len(), want.len());
+    assert!(!got.is_empty(), "{what}: no rows");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.len(), w.len(), "{what}[{i}]: vector of {} values, the reference has {}", g.len(), w.len());
+    }
+    got.iter().zip(want).map(|(g, w)| (g.as_slice(), w.as_slice()))
 }

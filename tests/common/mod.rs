@@ -7,3 +7,4 @@ pub mod server;
 pub mod cli;
 pub mod balancer;
 pub mod manifests;
+pub mod process;

@@ -1,8 +1,11 @@
 //! A real `mlx-serve` daemon for end-to-end tests: its own home folder (MLX_SERVE_HOME) with
 //! chosen models linked into `models/`, an optional config.yaml, port 0 (the OS picks a
-//! free port; we read it from the "listening on" log line), real workers running MLX.
+//! free port; we read the bound address from the "listening on" log line), real workers
+//! running MLX. Worker processes are found in the OS process table (common/process.rs),
+//! not through the server, so tests see what really runs.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -48,6 +51,8 @@ pub struct ServerOptions {
 
 pub struct Server {
     pub port: u16,
+    /// The address the server reported it listens on (`127.0.0.1:PORT`, `[::1]:PORT`).
+    pub addr: SocketAddr,
     pub home: tempfile::TempDir,
     child: Option<Child>,
     /// Every line the server wrote to stderr.
@@ -56,6 +61,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(opts: ServerOptions) -> Server {
+        Server::try_start(opts).unwrap_or_else(|log| panic!("mlx-serve did not start:\n{log}"))
+    }
+
+    /// Starts the server; `Err(log)` when it exits or stays silent for 30 s instead of
+    /// listening (for tests that must give it a port of their own and retry on a clash).
+    pub fn try_start(opts: ServerOptions) -> Result<Server, String> {
         let home = tempfile::Builder::new().prefix("mlx-serve-test").tempdir().unwrap();
         let models = home.path().join("models");
         std::fs::create_dir_all(&models).unwrap();
@@ -96,26 +107,30 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let port = rest.split(|c: char| !c.is_ascii_digit() && c != ':' && c != '.').next().unwrap_or("");
-                    if let Some(p) = port.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) {
-                        let _ = port_tx.send(p);
+                    let addr = rest.split(|c: char| c.is_whitespace() || c == '"').next().unwrap_or("");
+                    if let Ok(addr) = addr.parse::<SocketAddr>() {
+                        let _ = port_tx.send(addr);
                     }
                 }
                 log2.lock().unwrap().push(line);
             }
         });
-        let port = match port_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(p) => p,
+        // The reader thread drops the sender when stderr closes (the server exited), so a
+        // failed start is seen at once; 30 s covers a slow start on a loaded machine.
+        let addr = match port_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
-                panic!("mlx-serve did not start:\n{}", log.lock().unwrap().join("\n"));
+                let _ = child.wait();
+                let text = log.lock().unwrap().join("\n");
+                return Err(text);
             }
         };
-        Server { port, home, child: Some(child), log }
+        Ok(Server { port: addr.port(), addr, home, child: Some(child), log })
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}{path}", self.addr)
     }
 
     pub fn pid(&self) -> u32 {
@@ -145,9 +160,14 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
-    pub fn stop(mut self) -> Option<i32> {
+    pub fn stop(self) -> Option<i32> {
+        signal(self.pid(), nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit()
+    }
+
+    /// Waits (30 s at most) for the server to exit by itself; returns the exit code.
+    pub fn wait_exit(mut self) -> Option<i32> {
         let mut child = self.child.take().unwrap();
-        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -155,7 +175,7 @@ impl Server {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("mlx-serve did not stop within 30 s after SIGTERM:\n{}", self.log_text());
+                panic!("mlx-serve did not exit within 30 s:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -165,15 +185,81 @@ impl Server {
     pub fn worker_pids(&self) -> Vec<u32> {
         child_pids(self.pid(), "mlx-serve-worker")
     }
+
+    /// The worker process serving `model` (its command line names the model's folder).
+    pub fn worker_pid_of(&self, model: &str) -> Option<u32> {
+        let folder = format!("/models/{model}");
+        self.worker_pids().into_iter().find(|&pid| crate::process::command_line(pid).iter().any(|a| a.ends_with(&folder)))
+    }
+
+    /// Runs `mlx-serve ARGS` against this server's home (60 s limit).
+    pub fn cli(&self, args: &[&str]) -> crate::cli::Output {
+        let mut cmd = Command::new(binary("mlx-serve"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MLX_SERVE_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(args).env("MLX_SERVE_HOME", self.home.path()).env("RUST_BACKTRACE", "0");
+        crate::cli::run(cmd, Duration::from_secs(60))
+    }
+
+    /// `mlx-serve ctl workers --json`: the server's own view of its workers.
+    pub fn ctl_workers(&self) -> Vec<Value> {
+        let out = self.cli(&["ctl", "workers", "--json", "--port", &self.port.to_string()]);
+        assert!(out.ok(), "{}", out.text());
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.text()))
+    }
+
+    /// The `ctl workers --json` row of `model` (Null when the server does not know it yet).
+    pub fn worker_row(&self, model: &str) -> Value {
+        self.ctl_workers().into_iter().find(|r| r["model"] == model).unwrap_or(Value::Null)
+    }
+
+    /// `model`'s row from `ctl workers --json`: (state, queued inputs, batches in flight).
+    pub fn queue_state(&self, model: &str) -> (String, u64, u64) {
+        let row = self.worker_row(model);
+        (row["state"].as_str().unwrap_or("").to_owned(), row["queued"].as_u64().unwrap_or(0), row["in_flight"].as_u64().unwrap_or(0))
+    }
+
+    /// The sum of the /metrics samples `name` whose labels include every `labels` pair.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, text) = self.get_text("/metrics");
+        text.lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Names of the models with a worker, from `/api/ps`, sorted.
+    pub fn loaded_models(&self) -> Vec<String> {
+        let (_, ps) = self.get("/api/ps");
+        let mut v: Vec<String> =
+            ps["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_owned()).collect();
+        v.sort();
+        v
+    }
+
+    /// Polls `cond` every 20 ms until it holds; panics with `what` and the log after `limit`.
+    pub fn wait_for(&self, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // Listed before the kill: once the server is gone they are init's children.
+            let workers = child_pids(child.id(), "mlx-serve-worker");
             signal(child.id(), nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
             // Workers notice the closed socket and exit; make sure.
-            for pid in child_pids(child.id(), "mlx-serve-worker") {
+            for pid in workers {
                 signal(pid, nix::sys::signal::Signal::SIGKILL);
             }
         }
@@ -199,22 +285,9 @@ pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
 
-/// Children of `parent` whose command name is `name` (from /proc).
+/// Live children of `parent` whose binary is `name` (the OS process table, any platform).
 pub fn child_pids(parent: u32, name: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return pids };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // pid (comm) state ppid ...
-        let Some(close) = stat.rfind(')') else { continue };
-        let comm = &stat[stat.find('(').unwrap_or(0) + 1..close];
-        let ppid = stat[close + 2..].split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) && name.starts_with(comm) {
-            pids.push(pid);
-        }
-    }
-    pids
+    crate::process::children(parent, name)
 }
 
 /// Links (or copies, where links fail) a model folder into a store.

@@ -223,15 +223,9 @@ impl Worker {
     }
 }
 
-/// Resident set size of process `pid` in bytes (`VmRSS` of /proc/PID/status; Linux only).
+/// Resident set size of process `pid` in bytes (the OS process table: common/process.rs).
 pub fn rss_bytes(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .context("no VmRSS in /proc/PID/status")?;
-    Ok(kib << 10)
+    crate::process::rss_bytes(pid).with_context(|| format!("no process {pid}"))
 }
 
 fn read_stderr(dir: &Path) -> String {
