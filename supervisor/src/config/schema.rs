@@ -63,7 +63,8 @@ pub struct CacheConfig {
     pub max_reranker_models: usize,
     /// Idle seconds before a worker is stopped to give memory back (0 = never).
     pub ttl_seconds: u64,
-    /// MLX buffer-cache bound per worker, MiB.
+    /// MLX buffer-cache bound per worker, MiB; 0 = automatic (the worker sizes it to one
+    /// batch's working set: docs/worker.md, "Memory").
     pub worker_cache_limit_mb: u64,
 }
 
@@ -152,7 +153,7 @@ impl Default for ModelsConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { max_embedding_models: 2, max_reranker_models: 1, ttl_seconds: 1800, worker_cache_limit_mb: 512 }
+        CacheConfig { max_embedding_models: 2, max_reranker_models: 1, ttl_seconds: 1800, worker_cache_limit_mb: 0 }
     }
 }
 
