@@ -61,7 +61,7 @@ class Server:
         for name, path in models.items():
             (Path(self.home) / "models" / name).symlink_to(Path(path).resolve())
         (Path(self.home) / "config.yaml").write_text(config)
-        env = dict(os.environ, MLX_SERVE_HOME=self.home, RUST_LOG="warn,mlx_serve::server=info")
+        env = dict(os.environ, MLX_SERVE_HOME=self.home, RUST_LOG="warn,mlx_serve::daemon=info")
         for k in ("MLX_SERVE_CONFIG", "MLX_SERVE_WORKER_BIN", "MLX_SERVE_COMPUTE_DTYPE"):
             env.pop(k, None)
         self.log = open(log_path, "a")
