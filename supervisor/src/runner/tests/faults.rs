@@ -45,7 +45,10 @@ async fn a_crash_implicates_only_the_batch_being_computed() {
     let a = submit(&h, &[1]);
     settle().await;
     let b = submit(&h, &[2, 3]);
-    tokio::time::sleep(super::MAX_WAIT).await; // [2, 3] is sent ahead while [1] computes
+    // [2, 3] is sent ahead while [1] computes, at max_wait (the pace is unknown yet); the
+    // settle lets the runner's timer fire before `c` is submitted at the same instant.
+    tokio::time::sleep(super::MAX_WAIT).await;
+    settle().await;
     let c = submit(&h, &[4, 5]);
     gate.add_permits(1);
     assert_eq!(a.await.unwrap().unwrap(), rows(&[1]));
