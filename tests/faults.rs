@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlx_serve_tests::cli::{run, Output};
-use mlx_serve_tests::server::{binary, signal, Server, ServerOptions};
+use mlx_serve_tests::cli::Output;
+use mlx_serve_tests::process;
+use mlx_serve_tests::server::{signal, Server, ServerOptions};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -18,17 +19,13 @@ const MINILM: &str = "all-MiniLM-L6-v2";
 
 /// `mlx-serve ctl ARGS` against `server` (its home, its port).
 fn ctl(server: &Server, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(binary("mlx-serve"));
-    cmd.arg("ctl").args(args).args(["--port", &server.port.to_string()]).env("MLX_SERVE_HOME", server.home.path());
-    run(cmd, Duration::from_secs(120))
+    let port = server.port.to_string();
+    server.cli(&[&["ctl"], args, &["--port", &port]].concat())
 }
 
 /// The `ctl workers --json` row of MiniLM.
 fn worker_row(server: &Server) -> Value {
-    let out = ctl(server, &["workers", "--json"]);
-    assert!(out.ok(), "{}", out.text());
-    let rows: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
-    rows.into_iter().find(|r| r["model"] == MINILM).unwrap_or_else(|| panic!("no {MINILM} in {}", out.stdout))
+    server.worker_row(MINILM)
 }
 
 /// The one worker's pid, once there is exactly one and it is not `old`.
@@ -46,14 +43,15 @@ fn wait_for_worker(server: &Server, old: Option<u32>, within: Duration) -> u32 {
     }
 }
 
-fn gone(pid: u32) -> bool {
-    // A reaped process has no /proc entry; a zombie would mean nobody reaped it.
-    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+/// True once `pid`, a worker of `server`, has exited and been reaped: a zombie would still
+/// name the server as its parent.
+fn gone(server: &Server, pid: u32) -> bool {
+    process::parent_of(pid) != Some(server.pid())
 }
 
-fn wait_gone(pid: u32, within: Duration) -> bool {
+fn wait_gone(server: &Server, pid: u32, within: Duration) -> bool {
     let start = Instant::now();
-    while !gone(pid) {
+    while !gone(server, pid) {
         if start.elapsed() > within {
             return false;
         }
@@ -133,7 +131,7 @@ fn a_stopped_worker_is_killed_by_the_watchdog_and_no_request_fails() {
     stop.store(true, Ordering::SeqCst);
     let failures = join_all(clients);
     assert!(failures.is_empty(), "requests failed across a stopped worker: {failures:?}");
-    assert!(wait_gone(stopped, Duration::from_secs(10)), "the stopped worker {stopped} was not killed and reaped");
+    assert!(wait_gone(&server, stopped, Duration::from_secs(10)), "the stopped worker {stopped} was not killed and reaped");
     assert_ne!(fresh, stopped);
     let log = server.log_text();
     assert!(log.contains("worker died: stopped (SIGSTOP) during a batch"), "{log}");
@@ -165,7 +163,7 @@ fn timed_out_requests_leave_the_queue_and_evict_force_stops_a_stopped_worker() {
     let out = ctl(&server, &["evict", MINILM, "--force"]);
     assert!(out.ok(), "{}", out.text());
     assert!(t0.elapsed() < Duration::from_secs(10), "evict --force took {:?}", t0.elapsed());
-    assert!(wait_gone(stopped, Duration::from_secs(10)), "the stopped worker {stopped} is still there");
+    assert!(wait_gone(&server, stopped, Duration::from_secs(10)), "the stopped worker {stopped} is still there");
     assert_eq!(worker_row(&server)["state"], "stopped");
     // The next request starts a new worker.
     assert_eq!(server.post("/v1/embeddings", &json!({"model": MINILM, "input": "after evict"})).0, 200);
@@ -194,7 +192,7 @@ fn restart_replaces_a_stopped_worker_and_retries_its_work() {
     assert!(t0.elapsed() < Duration::from_secs(60), "restart took {:?}", t0.elapsed());
     let (status, resp) = waiting.join().unwrap();
     assert_eq!(status, 200, "the request held by the stopped worker was retried on the new one: {resp}");
-    assert!(wait_gone(stopped, Duration::from_secs(10)));
+    assert!(wait_gone(&server, stopped, Duration::from_secs(10)));
     assert_eq!(worker_row(&server)["restarts"], 0, "an operator's restart is not a crash");
 }
 
