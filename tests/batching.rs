@@ -91,6 +91,36 @@ fn concurrent_requests_share_batches_and_get_the_same_vectors() {
 }
 
 #[test]
+fn a_token_budget_not_a_count_sizes_batches() {
+    // Workers pack batches, so the budget counts real tokens: 64 short queries fit one
+    // batch, 16 long passages of the same budget need several.
+    let server = Server::start(ServerOptions {
+        models: vec![MINILM],
+        config: Some("batch:\n  max_batch_size: 64\n  max_batch_tokens: 1024\n".into()),
+        ..Default::default()
+    });
+    let run = |input: Vec<String>| {
+        let (_, tok) = server.post("/v1/tokenize", &json!({"model": MINILM, "input": input}));
+        let tokens = tok["usage"]["prompt_tokens"].as_f64().unwrap();
+        let (_, before) = batch_stats(&server);
+        let (status, resp) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": input}));
+        assert_eq!(status, 200, "{resp}");
+        let (_, after) = batch_stats(&server);
+        (tokens, after - before)
+    };
+    let (short_tokens, short_batches) = run((0..64).map(|i| format!("query {i}")).collect());
+    assert!(short_tokens <= 1024.0, "the premise: 64 short queries fit the budget ({short_tokens} tokens)");
+    assert_eq!(short_batches, 1.0, "64 short queries ({short_tokens} tokens) went in one batch");
+    let (long_tokens, long_batches) = run((0..16).map(|i| format!("{i} {}", "a long passage of words ".repeat(24))).collect());
+    let least = (long_tokens / 1024.0).ceil();
+    assert!(least >= 2.0, "the premise: 16 passages overflow the budget ({long_tokens} tokens)");
+    assert!(long_batches >= least && long_batches <= least + 1.0, "16 passages ({long_tokens} tokens) went in {long_batches} batches");
+    let (_, text) = server.get_text("/metrics");
+    let counter = |name: &str| text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(counter("mlx_serve_padded_tokens_total"), counter("mlx_serve_tokens_total"), "a packed worker computes no padding");
+}
+
+#[test]
 fn killed_worker_is_restarted_and_no_request_fails() {
     let server = Arc::new(Server::start(ServerOptions { models: vec![MINILM], ..Default::default() }));
     let (status, reference) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "steady text"}));

@@ -134,7 +134,9 @@ impl From<JobError> for ApiError {
         match e {
             JobError::Invalid(_) => ApiError::invalid(message),
             JobError::WorkerFailed { .. } | JobError::Poisoned { .. } => ApiError::internal(message),
-            JobError::LoadFailed { .. } | JobError::ShuttingDown => ApiError::unavailable(message, 5),
+            JobError::LoadFailed { .. } | JobError::Unavailable { .. } | JobError::ShuttingDown => {
+                ApiError::unavailable(message, 5)
+            }
             JobError::Overloaded { .. } => ApiError::overloaded(message),
         }
     }

@@ -1,12 +1,19 @@
-//! When to send the next batch: work-conserving and pipelined.
+//! When to send the next batch: work-conserving, pipelined, and cut as late as is useful.
 //!
 //! - An idle worker gets what is queued at once: a lone request never waits.
-//! - While the worker computes, at most one more batch is sent ahead of it
-//!   ([`PIPELINE_DEPTH`] = 2), so IPC and tokenization overlap compute; that batch goes
-//!   when a full batch is waiting or the oldest item has waited `batch.max_wait_ms`.
-//!   Otherwise the queue keeps filling and is cut when the worker answers.
-//! - Inputs that survived a worker crash run alone, with nothing else in flight beside
-//!   them, so a second crash convicts exactly one input (`runner/recovery.rs`).
+//! - While the worker computes, one more batch may be sent ahead of it
+//!   ([`PIPELINE_DEPTH`] = 2), so it finds its next batch ready the moment it finishes
+//!   the current one. That batch is cut as late as possible, so that it holds everything
+//!   that arrived meanwhile: just before the worker is predicted to be free (from its
+//!   observed speed, `pace.rs`), or at once when a full batch is waiting (waiting could
+//!   not make it fuller). Until the worker's speed is known (its first batch),
+//!   `batch.max_wait_ms` after the oldest input arrived stands in for the prediction.
+//!   Committing inputs early to a half-empty batch would leave the next one emptier and
+//!   the worker running more, smaller batches; waiting costs no latency, since the worker
+//!   is busy anyway.
+//! - Suspects (inputs in flight when a worker crashed or hung) run alone, with nothing
+//!   else in flight beside them, so a second death convicts exactly one input
+//!   (`runner/recovery.rs`).
 //!
 //! Which items form the batch is `Queue::plan`'s business (it always includes the oldest,
 //! so nothing starves).
@@ -15,7 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::queue::{Limits, Queue};
+use super::queue::{Layout, Limits, Queue};
 
 /// Batches sent to a worker and not yet answered: one computing, one waiting.
 pub const PIPELINE_DEPTH: usize = 2;
@@ -25,8 +32,21 @@ pub const PIPELINE_DEPTH: usize = 2;
 pub struct InFlight {
     /// Batches sent and not answered.
     pub batches: usize,
-    /// One of them holds an input that was in flight during a crash.
+    /// One of them holds a suspect.
     pub suspect: bool,
+    /// When the next batch should be cut to be ready as the worker finishes what it is
+    /// computing (`Pace::cut_at`); None while its speed is unknown.
+    pub cut_at: Option<Instant>,
+}
+
+/// The settings the policy applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub limits: Limits,
+    pub layout: Layout,
+    /// `batch.max_wait_ms`: how long the next batch may wait to fill while the worker is
+    /// busy and its speed is not known yet.
+    pub max_wait: Duration,
 }
 
 /// What the runner should do next about the queue.
@@ -39,7 +59,7 @@ pub enum Decision {
 }
 
 /// Decides whether to send a batch now. Pure: the same inputs give the same answer.
-pub fn decide(queue: &Queue, in_flight: InFlight, now: Instant, limits: Limits, max_wait: Duration) -> Decision {
+pub fn decide(queue: &Queue, in_flight: InFlight, now: Instant, rules: Rules) -> Decision {
     let Some(oldest) = queue.oldest() else { return Decision::Wait(None) };
     // The pipeline is full, or a suspect runs alone: the worker's answer wakes us.
     if in_flight.batches >= PIPELINE_DEPTH || in_flight.suspect {
@@ -51,8 +71,11 @@ pub fn decide(queue: &Queue, in_flight: InFlight, now: Instant, limits: Limits, 
     if queue.head_is_suspect() {
         return Decision::Wait(None);
     }
-    let due = oldest + max_wait;
-    if queue.has_full_batch(limits) || due <= now {
+    if queue.has_full_batch(rules.limits, rules.layout) {
+        return Decision::Send;
+    }
+    let due = in_flight.cut_at.unwrap_or(oldest + rules.max_wait);
+    if due <= now {
         Decision::Send
     } else {
         Decision::Wait(Some(due))
@@ -65,77 +88,99 @@ mod tests {
     use crate::batch::Item;
     use crate::tokenize::Tokens;
 
-    const LIMITS: Limits = Limits { max_batch_size: 4, max_batch_tokens: 1000 };
     const WAIT: Duration = Duration::from_millis(50);
+    const RULES: Rules =
+        Rules { limits: Limits { max_batch_size: 4, max_batch_tokens: 1000 }, layout: Layout::Padded, max_wait: WAIT };
+
+    fn item(job: u64, len: usize, at: Instant) -> Item {
+        Item::new(job, 0, Tokens { ids: vec![1; len], type_ids: vec![] }, at)
+    }
 
     fn queue_of(lens: &[usize], at: Instant) -> Queue {
         let mut q = Queue::default();
         for (job, &len) in lens.iter().enumerate() {
-            let tokens = Tokens { ids: vec![1; len], type_ids: vec![] };
-            q.push(Item { job: job as u64, index: 0, tokens, crashes: 0, enqueued: at });
+            q.push(item(job as u64, len, at));
         }
         q
     }
 
     fn busy(batches: usize) -> InFlight {
-        InFlight { batches, suspect: false }
+        InFlight { batches, ..Default::default() }
     }
 
     #[test]
     fn empty_queue_waits_for_work() {
         let now = Instant::now();
-        assert_eq!(decide(&Queue::default(), busy(0), now, LIMITS, WAIT), Decision::Wait(None));
+        assert_eq!(decide(&Queue::default(), busy(0), now, RULES), Decision::Wait(None));
     }
 
     #[test]
     fn a_lone_request_never_waits() {
         let now = Instant::now();
-        assert_eq!(decide(&queue_of(&[5], now), busy(0), now, LIMITS, WAIT), Decision::Send);
+        assert_eq!(decide(&queue_of(&[5], now), busy(0), now, RULES), Decision::Send);
+        let known = InFlight { cut_at: Some(now + WAIT), ..busy(0) };
+        assert_eq!(decide(&queue_of(&[5], now), known, now, RULES), Decision::Send);
     }
 
     #[test]
-    fn one_batch_is_pipelined_ahead_when_full_or_due() {
+    fn the_next_batch_is_cut_just_before_the_worker_is_free() {
         let t0 = Instant::now();
-        // Worker busy with one batch: a partial batch waits for max_wait…
         let q = queue_of(&[5, 6], t0);
-        assert_eq!(decide(&q, busy(1), t0, LIMITS, WAIT), Decision::Wait(Some(t0 + WAIT)));
-        // …and goes once the oldest item has waited that long.
-        assert_eq!(decide(&q, busy(1), t0 + WAIT, LIMITS, WAIT), Decision::Send);
-        // A full batch goes at once.
-        let full = queue_of(&[5, 5, 5, 5], t0);
-        assert_eq!(decide(&full, busy(1), t0, LIMITS, WAIT), Decision::Send);
-        // A full token budget counts as full too.
-        let long = queue_of(&[600, 600], t0);
-        assert_eq!(decide(&long, busy(1), t0, LIMITS, WAIT), Decision::Send);
+        // The worker will be free in 300 ms: no reason to commit these two at max_wait.
+        let computing = InFlight { cut_at: Some(t0 + 6 * WAIT), ..busy(1) };
+        assert_eq!(decide(&q, computing, t0 + WAIT, RULES), Decision::Wait(Some(t0 + 6 * WAIT)));
+        assert_eq!(decide(&q, computing, t0 + 6 * WAIT, RULES), Decision::Send);
+        // A worker quicker than max_wait gets its next batch sooner.
+        let quick = InFlight { cut_at: Some(t0 + WAIT / 5), ..busy(1) };
+        assert_eq!(decide(&q, quick, t0, RULES), Decision::Wait(Some(t0 + WAIT / 5)));
+    }
+
+    #[test]
+    fn until_the_speed_is_known_max_wait_stands_in() {
+        let t0 = Instant::now();
+        let q = queue_of(&[5, 6], t0);
+        assert_eq!(decide(&q, busy(1), t0, RULES), Decision::Wait(Some(t0 + WAIT)));
+        assert_eq!(decide(&q, busy(1), t0 + WAIT, RULES), Decision::Send);
+    }
+
+    #[test]
+    fn a_full_batch_goes_at_once() {
+        let t0 = Instant::now();
+        let computing = InFlight { cut_at: Some(t0 + 10 * WAIT), ..busy(1) };
+        assert_eq!(decide(&queue_of(&[5, 5, 5, 5], t0), computing, t0, RULES), Decision::Send);
+        // A full token budget counts as full too: padded, 2 × 600 > 1000…
+        let long = queue_of(&[600, 100], t0);
+        assert_eq!(decide(&long, computing, t0, RULES), Decision::Send);
+        // …while packed, 700 real tokens leave room.
+        let packed = Rules { layout: Layout::Packed, ..RULES };
+        assert_eq!(decide(&long, computing, t0, packed), Decision::Wait(Some(t0 + 10 * WAIT)));
     }
 
     #[test]
     fn never_more_than_one_batch_ahead() {
         let t0 = Instant::now();
         let full = queue_of(&[5, 5, 5, 5, 5], t0);
-        assert_eq!(decide(&full, busy(PIPELINE_DEPTH), t0 + 10 * WAIT, LIMITS, WAIT), Decision::Wait(None));
+        assert_eq!(decide(&full, busy(PIPELINE_DEPTH), t0 + 10 * WAIT, RULES), Decision::Wait(None));
     }
 
     #[test]
     fn suspects_run_alone() {
         let t0 = Instant::now();
         let q = queue_of(&[5, 5, 5, 5], t0);
-        let suspect = InFlight { batches: 1, suspect: true };
-        assert_eq!(decide(&q, suspect, t0 + WAIT, LIMITS, WAIT), Decision::Wait(None));
+        let suspect = InFlight { suspect: true, ..busy(1) };
+        assert_eq!(decide(&q, suspect, t0 + WAIT, RULES), Decision::Wait(None));
         // A suspect at the head waits for the pipeline to drain, then goes.
         let mut q = queue_of(&[5], t0);
-        let tokens = Tokens { ids: vec![1; 5], type_ids: vec![] };
-        q.requeue_front(vec![Item { job: 9, index: 0, tokens, crashes: 1, enqueued: t0 }]);
-        assert_eq!(decide(&q, busy(1), t0 + WAIT, LIMITS, WAIT), Decision::Wait(None));
-        assert_eq!(decide(&q, busy(0), t0, LIMITS, WAIT), Decision::Send);
+        q.requeue_front(vec![Item { strikes: 1, deaths: 1, ..item(9, 5, t0) }]);
+        assert_eq!(decide(&q, busy(1), t0 + WAIT, RULES), Decision::Wait(None));
+        assert_eq!(decide(&q, busy(0), t0, RULES), Decision::Send);
     }
 
     #[test]
-    fn the_oldest_sets_the_deadline() {
+    fn the_oldest_sets_the_fallback_deadline() {
         let t0 = Instant::now();
         let mut q = queue_of(&[5], t0 + WAIT);
-        let tokens = Tokens { ids: vec![1; 5], type_ids: vec![] };
-        q.push(Item { job: 7, index: 0, tokens, crashes: 0, enqueued: t0 });
-        assert_eq!(decide(&q, busy(1), t0, LIMITS, WAIT), Decision::Wait(Some(t0 + WAIT)));
+        q.push(item(7, 5, t0));
+        assert_eq!(decide(&q, busy(1), t0, RULES), Decision::Wait(Some(t0 + WAIT)));
     }
 }

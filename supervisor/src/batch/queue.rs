@@ -1,11 +1,22 @@
 //! The per-model queue and batch planning — the one place batches are cut.
 //!
 //! Items (one tokenized input each) wait in arrival order. [`Queue::plan`] cuts the next
-//! batch: everything when it fits, otherwise a window of items of similar length that
-//! includes the oldest item (so nothing starves), chosen to waste the least padding,
-//! within `max_batch_size` sequences and `max_batch_tokens` padded tokens. Items of a
-//! batch that was lost in a worker crash go back to the head of the queue and are then
-//! sent one per batch, so a poison input is found and fails alone.
+//! batch. It always includes the oldest item, so nothing starves, and holds at most
+//! `max_batch_size` sequences and `max_batch_tokens` tokens *as the worker computes them*
+//! ([`Layout`]):
+//!
+//! - A packed worker computes a batch's real tokens, so the batch is filled in arrival
+//!   order, passing over an item that would overflow the token budget for later, smaller
+//!   ones, until the sequence or the token budget is reached.
+//! - A padded worker computes sequences × longest: everything when it fits, otherwise a
+//!   window of items of similar length that includes the oldest, chosen to hold the most
+//!   items and then to waste the least padding.
+//!
+//! An item longer than the token budget still goes, alone. Items that were in flight when
+//! a worker died in a way that implicates its inputs ("suspects", `runner/recovery.rs`) go
+//! back to the head of the queue and are then sent one per batch, so a poison input is
+//! found and fails alone. Either way the batch is sorted by length (a worker that groups
+//! sequences of similar length for attention finds them in order).
 //!
 //! When to cut one is `policy.rs`'s decision.
 
@@ -22,12 +33,19 @@ pub struct Item {
     pub job: u64,
     pub index: u32,
     pub tokens: Tokens,
-    /// Times it was in flight when a worker crashed.
-    pub crashes: u8,
+    /// Times it was in flight when a worker died in a way that implicates its inputs (a
+    /// crash, a hang): one makes it a suspect, sent alone; two convict it.
+    pub strikes: u8,
+    /// Times it was in flight when a worker died, whatever the cause (bounds retries).
+    pub deaths: u8,
     pub enqueued: Instant,
 }
 
 impl Item {
+    pub fn new(job: u64, index: u32, tokens: Tokens, enqueued: Instant) -> Item {
+        Item { job, index, tokens, strikes: 0, deaths: 0, enqueued }
+    }
+
     /// Its length in tokens.
     pub fn len(&self) -> usize {
         self.tokens.ids.len()
@@ -36,13 +54,45 @@ impl Item {
     pub fn is_empty(&self) -> bool {
         self.tokens.ids.is_empty()
     }
+
+    /// It was in flight during a death that implicates its inputs: it runs alone.
+    pub fn is_suspect(&self) -> bool {
+        self.strikes > 0
+    }
 }
 
 /// Bounds on one batch (`batch.max_batch_size`, `batch.max_batch_tokens`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_batch_size: usize,
+    /// Tokens as the worker computes them ([`Layout::computed`]).
     pub max_batch_tokens: usize,
+}
+
+/// How the worker computes a batch, which decides what a batch costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Every sequence padded to the batch's longest (protocol 1 workers).
+    Padded,
+    /// Sequences packed end to end, no padding (`ModelInfo::packed`).
+    Packed,
+}
+
+impl Layout {
+    /// Tokens the worker computes for `n` sequences, the longest `longest` tokens long,
+    /// `sum` tokens in all.
+    pub fn computed(self, n: usize, longest: usize, sum: usize) -> usize {
+        match self {
+            Layout::Padded => n * longest,
+            Layout::Packed => sum,
+        }
+    }
+
+    /// The same for a batch of items.
+    pub fn cost(self, items: &[Item]) -> usize {
+        let longest = items.iter().map(Item::len).max().unwrap_or(0);
+        self.computed(items.len(), longest, items.iter().map(Item::len).sum())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -63,16 +113,16 @@ impl Queue {
         self.items.push_back(item);
     }
 
-    /// Puts items back at the head, keeping their order (crash retry).
+    /// Puts items back at the head, keeping their order (retry after a worker died).
     pub fn requeue_front(&mut self, items: Vec<Item>) {
         for item in items.into_iter().rev() {
             self.items.push_front(item);
         }
     }
 
-    /// True when the next item survived a worker crash (it will be sent alone).
+    /// True when the next item is a suspect (it will be sent alone).
     pub fn head_is_suspect(&self) -> bool {
-        self.items.front().is_some_and(|i| i.crashes > 0)
+        self.items.front().is_some_and(Item::is_suspect)
     }
 
     /// When the oldest item arrived.
@@ -87,35 +137,75 @@ impl Queue {
         before - self.items.len()
     }
 
-    /// True when a full batch is waiting (no reason to wait for more).
-    pub fn has_full_batch(&self, limits: Limits) -> bool {
-        if self.items.len() >= limits.max_batch_size {
+    /// True when a full batch is waiting: waiting longer could not make it fuller.
+    pub fn has_full_batch(&self, limits: Limits, layout: Layout) -> bool {
+        let n = self.items.len();
+        if n >= limits.max_batch_size {
             return true;
         }
         let longest = self.items.iter().map(Item::len).max().unwrap_or(0);
-        longest * self.items.len() >= limits.max_batch_tokens
+        let sum = self.items.iter().map(Item::len).sum();
+        layout.computed(n, longest, sum) >= limits.max_batch_tokens
     }
 
-    /// Takes the next batch, or nothing when the queue is empty. A single item longer
-    /// than the token budget still goes alone.
-    pub fn plan(&mut self, limits: Limits) -> Vec<Item> {
-        let n = self.items.len();
-        if n == 0 {
+    /// Takes the next batch, or nothing when the queue is empty.
+    pub fn plan(&mut self, limits: Limits, layout: Layout) -> Vec<Item> {
+        if self.items.is_empty() {
             return Vec::new();
         }
         // An item that was in flight when a worker crashed goes alone: if it is what kills
         // the worker, the next crash then fails only it, not its batch mates.
-        if self.items[0].crashes > 0 {
+        if self.head_is_suspect() {
             return vec![self.items.pop_front().unwrap()];
         }
+        let chosen = match layout {
+            Layout::Packed => self.fill_in_order(limits),
+            Layout::Padded => self.similar_lengths(limits),
+        };
+        let mut batch = Vec::new();
+        let mut rest = VecDeque::with_capacity(self.items.len());
+        for (i, item) in self.items.drain(..).enumerate() {
+            if chosen[i] {
+                batch.push(item);
+            } else {
+                rest.push_back(item);
+            }
+        }
+        self.items = rest;
+        batch.sort_by_key(Item::len);
+        batch
+    }
+
+    /// Packed: items in arrival order while they fit (one over budget goes alone).
+    fn fill_in_order(&self, limits: Limits) -> Vec<bool> {
+        let max_size = limits.max_batch_size.max(1);
+        let mut chosen = vec![false; self.items.len()];
+        let (mut count, mut tokens) = (0, 0);
+        for (i, item) in self.items.iter().enumerate() {
+            if count == max_size || tokens >= limits.max_batch_tokens {
+                break;
+            }
+            if item.is_suspect() {
+                continue;
+            }
+            if count == 0 || tokens + item.len() <= limits.max_batch_tokens {
+                chosen[i] = true;
+                count += 1;
+                tokens += item.len();
+            }
+        }
+        chosen
+    }
+
+    /// Padded: everything when it fits, otherwise the best window of similar lengths
+    /// around the oldest item (the head).
+    fn similar_lengths(&self, limits: Limits) -> Vec<bool> {
+        let n = self.items.len();
         let max_size = limits.max_batch_size.max(1);
         let longest = self.items.iter().map(Item::len).max().unwrap_or(0);
         if n <= max_size && longest * n <= limits.max_batch_tokens {
-            let mut all: Vec<Item> = self.items.drain(..).collect();
-            all.sort_by_key(Item::len);
-            return all;
+            return vec![true; n];
         }
-
         // Sort positions by length; the oldest item is the one at the queue head.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&i| (self.items[i].len(), i));
@@ -150,11 +240,11 @@ impl Queue {
             }
         }
         let (start, end, _, _) = best.unwrap_or((anchor, anchor + 1, 1, 0));
-        let mut chosen: Vec<usize> = order[start..end].to_vec();
-        chosen.sort_unstable_by(|a, b| b.cmp(a));
-        let mut batch: Vec<Item> = chosen.into_iter().map(|i| self.items.remove(i).unwrap()).collect();
-        batch.sort_by_key(Item::len);
-        batch
+        let mut chosen = vec![false; n];
+        for &i in &order[start..end] {
+            chosen[i] = true;
+        }
+        chosen
     }
 }
 
@@ -163,43 +253,73 @@ mod tests {
     use super::*;
 
     fn item(job: u64, len: usize) -> Item {
-        Item {
-            job,
-            index: 0,
-            tokens: Tokens { ids: vec![1; len], type_ids: vec![] },
-            crashes: 0,
-            enqueued: Instant::now(),
-        }
+        Item::new(job, 0, Tokens { ids: vec![1; len], type_ids: vec![] }, Instant::now())
+    }
+
+    fn suspect(job: u64, len: usize) -> Item {
+        Item { strikes: 1, deaths: 1, ..item(job, len) }
+    }
+
+    fn jobs(batch: &[Item]) -> Vec<u64> {
+        batch.iter().map(|i| i.job).collect()
     }
 
     const LIMITS: Limits = Limits { max_batch_size: 4, max_batch_tokens: 1000 };
+    use Layout::{Packed, Padded};
 
     #[test]
     fn small_queue_goes_whole() {
-        let mut q = Queue::default();
-        for (j, l) in [(0, 5), (1, 50), (2, 7)] {
-            q.push(item(j, l));
+        for layout in [Padded, Packed] {
+            let mut q = Queue::default();
+            for (j, l) in [(0, 5), (1, 50), (2, 7)] {
+                q.push(item(j, l));
+            }
+            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![0, 2, 1], "sorted by length");
+            assert!(q.is_empty());
         }
-        let b = q.plan(LIMITS);
-        assert_eq!(b.iter().map(|i| i.job).collect::<Vec<_>>(), vec![0, 2, 1]);
-        assert!(q.is_empty());
     }
 
     #[test]
-    fn groups_similar_lengths_and_keeps_the_oldest() {
+    fn padded_groups_similar_lengths_and_keeps_the_oldest() {
         let mut q = Queue::default();
         // Oldest is long; several short ones and other long ones follow.
         for (j, l) in [(0, 100), (1, 5), (2, 6), (3, 101), (4, 5), (5, 99), (6, 7), (7, 102)] {
             q.push(item(j, l));
         }
-        let b = q.plan(LIMITS);
-        let jobs: Vec<u64> = b.iter().map(|i| i.job).collect();
-        assert!(jobs.contains(&0), "oldest must be served: {jobs:?}");
-        assert!(b.iter().all(|i| i.len() >= 99), "long ones together: {jobs:?}");
+        let b = q.plan(LIMITS, Padded);
+        assert!(jobs(&b).contains(&0), "oldest must be served: {:?}", jobs(&b));
+        assert!(b.iter().all(|i| i.len() >= 99), "long ones together: {:?}", jobs(&b));
         assert_eq!(b.len(), 4);
-        let b2 = q.plan(LIMITS);
+        let b2 = q.plan(LIMITS, Padded);
         assert!(b2.iter().all(|i| i.len() <= 7));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn packed_fills_in_arrival_order_whatever_the_lengths() {
+        let mut q = Queue::default();
+        for (j, l) in [(0, 100), (1, 5), (2, 6), (3, 101), (4, 5), (5, 99)] {
+            q.push(item(j, l));
+        }
+        // Mixing lengths costs a packed worker nothing: the four oldest go.
+        assert_eq!(jobs(&q.plan(LIMITS, Packed)), vec![1, 2, 0, 3]);
+        assert_eq!(jobs(&q.plan(LIMITS, Packed)), vec![4, 5]);
+    }
+
+    #[test]
+    fn packed_budget_counts_real_tokens_and_passes_over_what_does_not_fit() {
+        let mut q = Queue::default();
+        for (j, l) in [(0, 400), (1, 500), (2, 300), (3, 50), (4, 60)] {
+            q.push(item(j, l));
+        }
+        // 400 + 500 = 900; 300 would overflow 1000, the next 50 fits, then the size limit.
+        let b = q.plan(LIMITS, Packed);
+        assert_eq!(jobs(&b), vec![3, 0, 1]);
+        assert_eq!(Packed.cost(&b), 950);
+        // The item passed over is now the oldest and goes first.
+        assert_eq!(jobs(&q.plan(LIMITS, Packed)), vec![4, 2]);
+        // Padded, the same three would count 3 × 500.
+        assert_eq!(Padded.cost(&b), 1500);
     }
 
     #[test]
@@ -208,22 +328,39 @@ mod tests {
         for j in 0..4 {
             q.push(item(j, 400));
         }
-        let b = q.plan(LIMITS);
-        assert_eq!(b.len(), 2, "2 × 400 fits 1000, 3 × 400 does not");
+        assert_eq!(q.plan(LIMITS, Padded).len(), 2, "2 × 400 fits 1000, 3 × 400 does not");
         let huge = Limits { max_batch_size: 4, max_batch_tokens: 10 };
-        assert_eq!(q.plan(huge).len(), 1, "an item over budget still goes alone");
+        assert_eq!(q.plan(huge, Padded).len(), 1, "an item over budget still goes alone");
+        assert_eq!(q.plan(huge, Packed).len(), 1, "an item over budget still goes alone");
+    }
+
+    #[test]
+    fn a_full_batch_is_full_by_sequences_or_computed_tokens() {
+        let mut q = Queue::default();
+        for j in 0..3 {
+            q.push(item(j, 300));
+        }
+        q.push(item(3, 50));
+        assert!(q.has_full_batch(LIMITS, Packed), "4 sequences");
+        // Padded: 4 × 300 ≥ 1000; packed: 950 real tokens leave room.
+        let roomy = Limits { max_batch_size: 6, ..LIMITS };
+        assert!(q.has_full_batch(roomy, Padded));
+        assert!(!q.has_full_batch(roomy, Packed));
+        q.push(item(4, 60));
+        assert!(q.has_full_batch(roomy, Packed), "1010 real tokens");
     }
 
     #[test]
     fn crash_survivors_go_alone() {
-        let mut q = Queue::default();
-        let mut suspect = item(0, 5);
-        suspect.crashes = 1;
-        q.requeue_front(vec![suspect, { let mut s = item(1, 5); s.crashes = 1; s }]);
-        q.push(item(2, 5));
-        assert_eq!(q.plan(LIMITS).iter().map(|i| i.job).collect::<Vec<_>>(), vec![0]);
-        assert_eq!(q.plan(LIMITS).iter().map(|i| i.job).collect::<Vec<_>>(), vec![1]);
-        assert_eq!(q.plan(LIMITS).len(), 1);
+        for layout in [Padded, Packed] {
+            let mut q = Queue::default();
+            q.requeue_front(vec![suspect(0, 5), suspect(1, 5)]);
+            q.push(item(2, 5));
+            q.push(item(3, 5));
+            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![0]);
+            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![1]);
+            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![2, 3]);
+        }
     }
 
     #[test]
@@ -232,6 +369,6 @@ mod tests {
         q.push(item(1, 5));
         q.requeue_front(vec![item(0, 5)]);
         assert_eq!(q.items.front().unwrap().job, 0);
-        assert!(q.has_full_batch(Limits { max_batch_size: 2, max_batch_tokens: 100 }));
+        assert!(q.has_full_batch(Limits { max_batch_size: 2, max_batch_tokens: 100 }, Padded));
     }
 }

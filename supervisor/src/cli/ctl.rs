@@ -30,8 +30,15 @@ pub enum CtlCommand {
     /// Start a model's worker now (waits until it is ready).
     Load { model: String },
     /// Stop a model's worker to free its memory (refused while it has work).
-    Evict { model: String },
-    /// Restart a model's worker (in-flight work finishes first).
+    Evict {
+        model: String,
+        /// Stop it even with work queued or in flight (a worker that hangs); that work is
+        /// answered 503.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restart a model's worker (in-flight work gets a few seconds to finish, then is
+    /// retried on the new worker).
     Restart { model: String },
 }
 
@@ -42,7 +49,7 @@ pub fn ctl_cmd(args: CtlArgs) -> Result<()> {
     let (request, timeout) = match args.command {
         CtlCommand::Workers => (Request::Workers, Duration::from_secs(15)),
         CtlCommand::Load { model } => (Request::Load { model }, load_timeout),
-        CtlCommand::Evict { model } => (Request::Evict { model }, Duration::from_secs(60)),
+        CtlCommand::Evict { model, force } => (Request::Evict { model, force }, Duration::from_secs(60)),
         CtlCommand::Restart { model } => (Request::Restart { model }, load_timeout),
     };
     ctl_command(port, request, args.json, timeout)

@@ -84,6 +84,14 @@ impl Config {
                 self.batch.max_wait_ms = parse(value)?;
                 "batch.max_wait_ms"
             }
+            "MAX_BATCH_TOKENS" => {
+                self.batch.max_batch_tokens = parse(value)?;
+                "batch.max_batch_tokens"
+            }
+            "HUNG_WORKER_SECONDS" => {
+                self.limits.hung_worker_seconds = parse(value)?;
+                "limits.hung_worker_seconds"
+            }
             "TTL_SECONDS" => {
                 self.cache.ttl_seconds = parse(value)?;
                 "cache.ttl_seconds"

@@ -73,11 +73,13 @@ pub struct CacheConfig {
 pub struct BatchConfig {
     /// Most sequences in one batch sent to a worker.
     pub max_batch_size: usize,
-    /// How long a batch may wait to fill while the worker is busy with another. An idle
-    /// worker always gets queued work at once; while it is busy, waiting costs no latency
-    /// and fills batches (64 clients on MiniLM: 5 ms → 496 texts/s, 50 ms → 539).
+    /// How long a batch may wait to fill while the worker is busy with another and its
+    /// speed is not known yet (its first batch). An idle worker always gets queued work at
+    /// once; once the worker has been timed, the next batch is cut just before it is
+    /// predicted to be free (`batch/policy.rs`).
     pub max_wait_ms: u64,
-    /// Most padded tokens (sequences × longest) in one batch.
+    /// Most tokens one batch may make the worker compute: real tokens for a worker that
+    /// packs batches, sequences × longest for one that pads them.
     pub max_batch_tokens: usize,
     /// Most sequences queued per model; past it requests get 429.
     pub max_queue_size: usize,
@@ -103,6 +105,10 @@ pub struct LimitsConfig {
     /// Take token-id lists as embeddings input (OpenAI allows it). False refuses them with
     /// a 400: ids from another tokenizer (LangChain's tiktoken default) embed to garbage.
     pub accept_token_ids: bool,
+    /// A batch running longer than this, and 10 times longer than the model's observed
+    /// time for a batch of its size, means the worker hangs: it is killed and restarted and
+    /// its inputs retried. 0 turns the watchdog off.
+    pub hung_worker_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,6 +180,7 @@ impl Default for LimitsConfig {
             truncate: true,
             worker_start_timeout_seconds: 120,
             accept_token_ids: true,
+            hung_worker_seconds: 30,
         }
     }
 }

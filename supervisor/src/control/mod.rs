@@ -26,9 +26,15 @@ pub enum Request {
     Workers,
     /// Start the model's worker now (like `preload`).
     Load { model: String },
-    /// Stop the model's worker (refused while it has work queued or in flight).
-    Evict { model: String },
-    /// Stop and start the model's worker (in-flight work finishes first).
+    /// Stop the model's worker (refused while it has work queued or in flight, unless
+    /// `force`: then that work is answered as unavailable).
+    Evict {
+        model: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+    },
+    /// Stop and start the model's worker (in-flight work gets a grace period to finish,
+    /// then is retried on the new worker).
     Restart { model: String },
     /// Stop the model's worker and forget its runner: its files are about to be removed
     /// (`mlx-serve remove`). Answers ok when the model was not in use.

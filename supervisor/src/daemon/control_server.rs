@@ -145,10 +145,14 @@ async fn handle(state: &ControlState, request: Request) -> Result<serde_json::Va
                 "seconds": start.elapsed().as_secs_f64(),
             }))
         }
-        Request::Evict { model } => {
+        Request::Evict { model, force } => {
             let entry = resolver.known_entry(&model)?;
-            entry.runner.evict().await?;
-            tracing::info!(model = %entry.name, reason = "ctl", "evicted worker");
+            if force {
+                entry.runner.force_evict().await?;
+            } else {
+                entry.runner.evict().await?;
+            }
+            tracing::info!(model = %entry.name, reason = "ctl", force, "evicted worker");
             Ok(serde_json::json!({"model": entry.name}))
         }
         Request::Forget { model } => {

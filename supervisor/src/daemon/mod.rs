@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
-use crate::batch::Limits;
 use crate::config::{Config, ConfigError};
 use crate::control::ControlError;
 use crate::paths;
@@ -133,13 +132,7 @@ pub async fn run_with(
     let config = Arc::new(config);
     let models_dir = config.models_dir();
     std::fs::create_dir_all(&models_dir).map_err(|e| DaemonError::io(format!("cannot create {}", models_dir.display()), e))?;
-    let runner_cfg = RunnerConfig {
-        limits: Limits { max_batch_size: config.batch.max_batch_size, max_batch_tokens: config.batch.max_batch_tokens },
-        max_wait: Duration::from_millis(config.batch.max_wait_ms),
-        max_queue: config.batch.max_queue_size,
-        stop_grace: Duration::from_secs(5),
-        launcher,
-    };
+    let runner_cfg = RunnerConfig::from_config(&config, launcher);
     let metrics_listener = match (config.metrics.enabled, config.metrics.port) {
         (true, Some(port)) => Some(bind(&config.server.host, port).await?),
         _ => None,

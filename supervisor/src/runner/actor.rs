@@ -1,12 +1,14 @@
 //! One model's runner: an actor task that owns the model's queue, its jobs and its worker.
 //!
 //! Everything arrives as an event — a message from a [`RunnerHandle`](super::RunnerHandle),
-//! a worker event, a finished start, a timer — and after each one the runner pumps: it
-//! starts a worker when work waits (`recovery.rs` decides when), and sends batches while
-//! the dispatch policy says so (`batch/policy.rs`). Crashes are handled in
-//! `Runner::on_worker_died` with `recovery.rs`'s verdict. The worker's life (start,
-//! evict, restart, crash, shutdown) is in `actor/lifecycle.rs`.
+//! a worker event, a finished start, a timer — and after each one the runner checks its
+//! deadlines (the watchdog on the batch being computed, a requested restart's grace) and
+//! pumps: it starts a worker when work waits (`recovery.rs` decides when), and sends
+//! batches while the dispatch policy says so (`batch/policy.rs`). Dispatch, answers and
+//! the watchdog are in `actor/dispatch.rs`; the worker's life (start, evict, restart,
+//! death, shutdown) in `actor/lifecycle.rs`.
 
+mod dispatch;
 mod lifecycle;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,22 +17,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mlx_serve_protocol::{ErrorKind, ModelKind, SupervisorMessage, TokenBatch, WorkerMessage, WorkerStats};
+use mlx_serve_protocol::{ErrorKind, ModelKind, SupervisorMessage, WorkerMessage, WorkerStats};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::handle::{JobError, PoolRequest, RunnerError, RunnerHandle, RunnerMsg, RunnerStatus};
 use super::jobs::{BatchOutput, Jobs};
-use super::recovery;
 use super::RunnerConfig;
-use crate::batch::{decide, Decision, InFlight, Item, Queue};
-use crate::metrics::metrics;
-use crate::worker::{StartError, Started, WorkerEvent, WorkerLink, WorkerState};
+use crate::batch::{Item, Layout, Pace, Queue};
+use crate::worker::{Cause, Death, StartError, Started, WorkerEvent, WorkerLink};
 
 /// A batch sent to the worker and not yet answered.
 struct SentBatch {
     items: Vec<Item>,
     sent: Instant,
+    /// Tokens the worker computes for it (`Layout::cost`).
+    cost: usize,
 }
 
 /// A worker start that finished (in its own task, so the runner keeps answering).
@@ -50,8 +52,16 @@ struct Runner {
     queue: Queue,
     jobs: Jobs,
     next_batch: u64,
-    /// By batch id, which is also the order they were sent.
+    /// By batch id, which is also the order they were sent; the worker computes them in
+    /// that order, so the first is the one being computed.
     in_flight: BTreeMap<u64, SentBatch>,
+    /// When the first batch in flight began computing: when it was sent to an idle
+    /// worker, or when the batch before it was answered.
+    head_since: Instant,
+    /// The worker's observed speed; kept across restarts (same model, same machine).
+    pace: Pace,
+    /// How the current worker computes batches.
+    layout: Layout,
     worker: Option<Box<dyn WorkerLink>>,
     events: Option<mpsc::UnboundedReceiver<WorkerEvent>>,
     /// Bumped on every start, so a start that finishes after it was superseded is dropped.
@@ -62,6 +72,8 @@ struct Runner {
     load_waiters: Vec<Waiter>,
     restart_waiters: Vec<Waiter>,
     restart_requested: bool,
+    /// A requested restart stops waiting for in-flight work at this time.
+    restart_deadline: Option<Instant>,
     stats_waiters: HashMap<u64, oneshot::Sender<Option<WorkerStats>>>,
     queued: Arc<AtomicUsize>,
     status: Arc<Mutex<RunnerStatus>>,
@@ -92,6 +104,9 @@ pub fn spawn_runner(
         jobs: Jobs::default(),
         next_batch: 0,
         in_flight: BTreeMap::new(),
+        head_since: Instant::now(),
+        pace: Pace::default(),
+        layout: Layout::Padded,
         worker: None,
         events: None,
         generation: 0,
@@ -101,6 +116,7 @@ pub fn spawn_runner(
         load_waiters: Vec::new(),
         restart_waiters: Vec::new(),
         restart_requested: false,
+        restart_deadline: None,
         stats_waiters: HashMap::new(),
         queued: queued.clone(),
         status: status.clone(),
@@ -113,7 +129,10 @@ pub fn spawn_runner(
 
 async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<WorkerEvent>>) -> WorkerEvent {
     match events {
-        Some(rx) => rx.recv().await.unwrap_or(WorkerEvent::Died("worker event stream ended".into())),
+        Some(rx) => rx
+            .recv()
+            .await
+            .unwrap_or_else(|| WorkerEvent::Died(Death::new(Cause::Unknown, "worker event stream ended"))),
         None => std::future::pending().await,
     }
 }
@@ -143,40 +162,29 @@ impl Runner {
                 Some(done) = started.recv() => self.on_started(done),
                 _ = sleep_until_opt(wake), if wake.is_some() => {}
             }
+            self.check_deadlines().await;
             self.pump();
             self.publish_status();
         }
     }
 
-    fn in_flight(&self) -> InFlight {
-        let suspect = self.in_flight.values().any(|b| b.items.iter().any(|i| i.crashes > 0));
-        InFlight { batches: self.in_flight.len(), suspect }
-    }
-
-    fn dispatch_decision(&self, now: Instant) -> Decision {
-        decide(&self.queue, self.in_flight(), now, self.cfg.limits, self.cfg.max_wait)
-    }
-
-    /// The next time the loop must wake without an event: a pipelined batch's max_wait
-    /// deadline, or a restart back-off.
+    /// The next time the loop must wake without an event: the next batch's cut, the
+    /// watchdog, a restart's grace, or a restart back-off.
     fn next_wake(&self) -> Option<Instant> {
-        let deadline = match self.worker.is_some().then(|| self.dispatch_decision(Instant::now())) {
-            Some(Decision::Wait(t)) => t,
-            _ => None,
-        };
-        match (self.restart_at, deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.restart_at, self.dispatch_deadline(), self.hang_deadline(), self.restart_deadline]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     async fn on_message(&mut self, msg: RunnerMsg) {
         match msg {
-            RunnerMsg::Job { seqs, reply } => {
-                for item in self.jobs.add(seqs, reply, Instant::now()) {
+            RunnerMsg::Job { job, seqs, reply } => {
+                for item in self.jobs.add(job, seqs, reply, Instant::now()) {
                     self.queue.push(item);
                 }
             }
+            RunnerMsg::Cancel(job) => self.cancel(job),
             RunnerMsg::Load(reply) => {
                 if self.worker.is_some() {
                     let _ = reply.send(Ok(()));
@@ -187,14 +195,15 @@ impl Runner {
                     self.start_failures = 0;
                 }
             }
-            RunnerMsg::Evict(reply) => {
-                let _ = reply.send(self.evict().await);
+            RunnerMsg::Evict { force, reply } => {
+                let _ = reply.send(self.evict(force).await);
             }
             RunnerMsg::Restart(reply) => {
                 if self.worker.is_none() && !self.starting {
                     self.load_waiters.push(reply);
                 } else {
                     self.restart_requested = true;
+                    self.restart_deadline.get_or_insert(Instant::now() + self.cfg.stop_grace);
                     self.restart_waiters.push(reply);
                     self.restart_if_requested().await;
                 }
@@ -221,10 +230,10 @@ impl Runner {
     async fn on_worker_event(&mut self, ev: WorkerEvent) {
         match ev {
             WorkerEvent::Message(WorkerMessage::Embeddings { id, dim, data }) => {
-                self.complete_batch(id, BatchOutput::Rows { dim: dim as usize, data: &data })
+                self.complete_batch(id, Some(BatchOutput::Rows { dim: dim as usize, data: &data }));
             }
             WorkerEvent::Message(WorkerMessage::Scores { id, scores }) => {
-                self.complete_batch(id, BatchOutput::Scores(&scores))
+                self.complete_batch(id, Some(BatchOutput::Scores(&scores)));
             }
             WorkerEvent::Message(WorkerMessage::Stats { id, stats }) => {
                 self.status.lock().unwrap().worker_stats = Some(stats.clone());
@@ -233,7 +242,7 @@ impl Runner {
                 }
             }
             WorkerEvent::Message(WorkerMessage::Error { id, kind, message }) => {
-                if let Some(batch) = self.in_flight.remove(&id) {
+                if let Some(batch) = self.complete_batch(id, None) {
                     let err = match kind {
                         ErrorKind::InvalidInput | ErrorKind::Unsupported => JobError::Invalid(message),
                         ErrorKind::Internal => JobError::WorkerFailed { model: self.name.clone(), message },
@@ -246,16 +255,8 @@ impl Runner {
             WorkerEvent::Message(other) => {
                 tracing::warn!(model = %self.name, "unexpected worker message {other:?}");
             }
-            WorkerEvent::Died(reason) => self.on_worker_died(reason).await,
+            WorkerEvent::Died(death) => self.lose_worker(death).await,
         }
-        self.restart_if_requested().await;
-    }
-
-    fn complete_batch(&mut self, id: u64, output: BatchOutput<'_>) {
-        let Some(batch) = self.in_flight.remove(&id) else { return };
-        metrics().model_inference_seconds.with_label_values(&[&self.name]).observe(batch.sent.elapsed().as_secs_f64());
-        self.start_failures = 0;
-        self.jobs.scatter(&self.name, self.kind, &batch.items, output);
     }
 
     /// Answers `job` with `err` and drops its inputs still in the queue.
@@ -275,56 +276,12 @@ impl Runner {
         }
     }
 
-    /// Starts a worker when work waits, dispatches batches while the policy says so.
-    fn pump(&mut self) {
-        let now = Instant::now();
-        if self.worker.is_none() {
-            if !self.starting {
-                let wanted = !self.queue.is_empty() || !self.load_waiters.is_empty();
-                let crashed = self.status.lock().unwrap().state == WorkerState::Restarting;
-                if recovery::should_start(wanted, crashed, self.restart_at, now) {
-                    self.restart_at = None;
-                    self.start_worker();
-                }
-            }
-            return;
+    /// Forgets a job whose ticket was dropped (timeout, disconnect): its queued inputs
+    /// leave the queue now and stop counting toward its bound.
+    fn cancel(&mut self, job: u64) {
+        if self.jobs.forget(job) {
+            let removed = self.queue.retain(|i| i.job != job);
+            self.queued.fetch_sub(removed, Ordering::SeqCst);
         }
-        while self.dispatch_decision(now) == Decision::Send && self.dispatch() {}
-    }
-
-    /// Sends one batch; false when nothing was sent.
-    fn dispatch(&mut self) -> bool {
-        // Drop inputs whose requester went away (client disconnect, timeout).
-        self.jobs.drop_abandoned();
-        let jobs = &self.jobs;
-        let dropped = self.queue.retain(|i| jobs.contains(i.job));
-        self.queued.fetch_sub(dropped, Ordering::SeqCst);
-        let items = self.queue.plan(self.cfg.limits);
-        if items.is_empty() {
-            return false;
-        }
-        self.queued.fetch_sub(items.len(), Ordering::SeqCst);
-        let mut batch = TokenBatch::new();
-        let mut real = 0u64;
-        for item in &items {
-            batch.push(&item.tokens.ids, &item.tokens.type_ids);
-            real += item.len() as u64;
-        }
-        let padded = (batch.max_len() * items.len()) as u64;
-        let id = self.next_batch;
-        self.next_batch += 1;
-        let (msg, endpoint) = match self.kind {
-            ModelKind::Embedding => (SupervisorMessage::Embed { id, batch }, "embed"),
-            ModelKind::Reranker => (SupervisorMessage::Score { id, batch }, "rerank"),
-        };
-        let m = metrics();
-        m.batch_size.with_label_values(&[endpoint]).observe(items.len() as f64);
-        m.tokens_total.with_label_values(&[&self.name]).inc_by(real);
-        m.padded_tokens_total.with_label_values(&[&self.name]).inc_by(padded);
-        self.status.lock().unwrap().batches += 1;
-        let sent = self.worker.as_ref().map(|w| w.send(&msg));
-        self.in_flight.insert(id, SentBatch { items, sent: Instant::now() });
-        // A failed send means the worker is gone; its Died event requeues the batch.
-        matches!(sent, Some(Ok(())))
     }
 }

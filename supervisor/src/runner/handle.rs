@@ -1,12 +1,18 @@
 //! The runner's interface: [`RunnerHandle`], what requests and the pool hold, the
 //! messages it turns into, what a job answers, and what the runner tells the pool.
 //!
-//! Requests submit jobs (their tokenized inputs) and await a oneshot answer; the pool and
+//! Requests submit jobs (their tokenized inputs) and await a [`JobTicket`]; the pool and
 //! the control socket send load / evict / restart. The queue bound is enforced here, in
-//! the caller's task, so an overloaded model answers 429 without touching its runner.
+//! the caller's task, so an overloaded model answers 429 without touching its runner. A
+//! ticket dropped unanswered (the request timed out, its client went away) tells the
+//! runner, which takes the job's inputs out of the queue at once, so they stop counting
+//! toward the bound and never reach the worker.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use mlx_serve_protocol::{ModelInfo, ModelKind, WorkerStats};
@@ -34,9 +40,14 @@ pub enum JobError {
     /// The worker failed on the batch for its own reasons.
     #[error("model {model} failed: {message}")]
     WorkerFailed { model: String, message: String },
-    /// The input was in flight during two worker crashes: probably what kills it.
+    /// The input was being computed during two worker deaths that implicate it (crashes,
+    /// hangs): probably what kills the worker. `reason` is the last death's cause.
     #[error("input {index} was being processed when the model worker crashed twice ({reason}); it was not retried again")]
     Poisoned { index: u32, reason: String },
+    /// The model cannot serve the job now: its worker was stopped by the operator, or died
+    /// too many times while the job's inputs were in flight (`runner/recovery.rs`).
+    #[error("model {model} is unavailable: {reason}")]
+    Unavailable { model: String, reason: String },
     /// The worker cannot start; the reason is the worker's.
     #[error("model {model} failed to load: {reason}")]
     LoadFailed { model: String, reason: StartError },
@@ -51,7 +62,7 @@ pub type JobResult = Result<JobOutput, JobError>;
 /// Why load / evict / restart did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RunnerError {
-    #[error("model {0} has work queued or in flight")]
+    #[error("model {0} has work queued or in flight (`ctl evict --force` stops it anyway, failing that work)")]
     Busy(String),
     #[error("model {0} is not loaded")]
     NotLoaded(String),
@@ -98,12 +109,15 @@ impl Default for RunnerStatus {
 
 /// What the runner's inbox carries.
 pub enum RunnerMsg {
-    Job { seqs: Vec<Tokens>, reply: oneshot::Sender<JobResult> },
+    Job { job: u64, seqs: Vec<Tokens>, reply: oneshot::Sender<JobResult> },
+    /// The job's ticket was dropped unanswered: forget it and its queued inputs.
+    Cancel(u64),
     /// Start the worker now (preload, `ctl load`); answers when ready or failed.
     Load(oneshot::Sender<Result<(), RunnerError>>),
-    /// Stop the worker if nothing is queued or in flight.
-    Evict(oneshot::Sender<Result<(), RunnerError>>),
-    /// Stop and start the worker (waits for in-flight work).
+    /// Stop the worker if nothing is queued or in flight; with `force`, stop it anyway and
+    /// answer that work as unavailable.
+    Evict { force: bool, reply: oneshot::Sender<Result<(), RunnerError>> },
+    /// Stop and start the worker (waits a grace period for in-flight work).
     Restart(oneshot::Sender<Result<(), RunnerError>>),
     Stats(oneshot::Sender<Option<WorkerStats>>),
     Shutdown(oneshot::Sender<()>),
@@ -125,6 +139,8 @@ pub struct RunnerHandle {
     /// may only know the model's alias until its download finished).
     preloaded: Arc<AtomicBool>,
     tx: mpsc::UnboundedSender<RunnerMsg>,
+    /// Job ids, given out here so a ticket knows its own.
+    next_job: Arc<AtomicU64>,
     /// Inputs queued and not yet sent (shared with the runner, which decrements it).
     queued: Arc<AtomicUsize>,
     max_queue: usize,
@@ -141,12 +157,13 @@ impl RunnerHandle {
         max_queue: usize,
         status: Arc<Mutex<RunnerStatus>>,
     ) -> RunnerHandle {
-        RunnerHandle { name, kind, preloaded: Arc::new(preloaded.into()), tx, queued, max_queue, status }
+        let next_job = Arc::default();
+        RunnerHandle { name, kind, preloaded: Arc::new(preloaded.into()), tx, next_job, queued, max_queue, status }
     }
 
     /// Queues a job; refuses with `Overloaded` past the queue bound (a job larger than
     /// the bound is still taken when nothing else waits).
-    pub fn submit(&self, seqs: Vec<Tokens>) -> Result<oneshot::Receiver<JobResult>, JobError> {
+    pub fn submit(&self, seqs: Vec<Tokens>) -> Result<JobTicket, JobError> {
         let n = seqs.len();
         let before = self.queued.fetch_add(n, Ordering::SeqCst);
         if before + n > self.max_queue && before > 0 {
@@ -158,11 +175,12 @@ impl RunnerHandle {
         counter.with_label_values(&[self.kind.as_str()]).inc();
         let (reply, rx) = oneshot::channel();
         self.status.lock().unwrap().last_used = Instant::now();
-        if self.tx.send(RunnerMsg::Job { seqs, reply }).is_err() {
+        let job = self.next_job.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(RunnerMsg::Job { job, seqs, reply }).is_err() {
             self.queued.fetch_sub(n, Ordering::SeqCst);
             return Err(JobError::ShuttingDown);
         }
-        Ok(rx)
+        Ok(JobTicket { rx, job, runner: self.tx.clone(), answered: false })
     }
 
     pub fn is_preloaded(&self) -> bool {
@@ -192,8 +210,15 @@ impl RunnerHandle {
         self.ask(RunnerMsg::Load).await.unwrap_or(Err(RunnerError::Stopped))
     }
 
+    /// Stops the worker to free its memory; refused while it has work.
     pub async fn evict(&self) -> Result<(), RunnerError> {
-        self.ask(RunnerMsg::Evict).await.unwrap_or(Err(RunnerError::Stopped))
+        self.ask(|reply| RunnerMsg::Evict { force: false, reply }).await.unwrap_or(Err(RunnerError::Stopped))
+    }
+
+    /// Stops the worker even with work queued or in flight (a hung worker, say); that work
+    /// is answered as unavailable.
+    pub async fn force_evict(&self) -> Result<(), RunnerError> {
+        self.ask(|reply| RunnerMsg::Evict { force: true, reply }).await.unwrap_or(Err(RunnerError::Stopped))
     }
 
     pub async fn restart(&self) -> Result<(), RunnerError> {
@@ -218,5 +243,36 @@ impl RunnerHandle {
     /// Nothing queued and nothing in flight.
     pub fn is_idle(&self) -> bool {
         self.queued() == 0 && self.status.lock().unwrap().in_flight == 0
+    }
+}
+
+/// A submitted job's answer, to be awaited. Dropping it unanswered cancels the job: the
+/// runner takes its inputs out of the queue (they stop counting toward the queue bound) and
+/// ignores rows computed for it.
+pub struct JobTicket {
+    rx: oneshot::Receiver<JobResult>,
+    job: u64,
+    runner: mpsc::UnboundedSender<RunnerMsg>,
+    answered: bool,
+}
+
+impl Future for JobTicket {
+    /// `Err` when the runner stopped without answering.
+    type Output = Result<JobResult, oneshot::error::RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let polled = Pin::new(&mut self.rx).poll(cx);
+        if polled.is_ready() {
+            self.answered = true;
+        }
+        polled
+    }
+}
+
+impl Drop for JobTicket {
+    fn drop(&mut self) {
+        if !self.answered {
+            let _ = self.runner.send(RunnerMsg::Cancel(self.job));
+        }
     }
 }

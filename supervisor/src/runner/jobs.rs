@@ -30,20 +30,21 @@ struct Job {
 #[derive(Default)]
 pub struct Jobs {
     table: HashMap<u64, Job>,
-    next: u64,
 }
 
 impl Jobs {
-    /// Registers a request and returns its inputs as queue items.
-    pub fn add(&mut self, seqs: Vec<Tokens>, reply: oneshot::Sender<JobResult>, now: Instant) -> Vec<Item> {
-        let job = self.next;
-        self.next += 1;
+    /// Registers request `job` (its id comes from the handle) and returns its inputs as
+    /// queue items.
+    pub fn add(&mut self, job: u64, seqs: Vec<Tokens>, reply: oneshot::Sender<JobResult>, now: Instant) -> Vec<Item> {
         let n = seqs.len();
         self.table.insert(job, Job { reply, n, remaining: n, dim: 0, data: Vec::new() });
-        seqs.into_iter()
-            .enumerate()
-            .map(|(index, tokens)| Item { job, index: index as u32, tokens, crashes: 0, enqueued: now })
-            .collect()
+        seqs.into_iter().enumerate().map(|(index, tokens)| Item::new(job, index as u32, tokens, now)).collect()
+    }
+
+    /// Forgets `job` without answering it (its requester went away); false when it was
+    /// already answered.
+    pub fn forget(&mut self, job: u64) -> bool {
+        self.table.remove(&job).is_some()
     }
 
     /// The job still waits for an answer.

@@ -3,15 +3,18 @@
 //!
 //! - `handle.rs`: [`RunnerHandle`], how requests, the pool and the control socket talk to
 //!   a runner; the job and error types.
-//! - `actor.rs` (+ `actor/lifecycle.rs`): the runner task — events in, batches out,
-//!   scatter answers back, start / evict / restart / crash / shutdown of its worker.
+//! - `actor.rs` (+ `actor/dispatch.rs`, `actor/lifecycle.rs`): the runner task — events
+//!   in, batches out, answers scattered back, the watchdog, start / evict / restart /
+//!   death / shutdown of its worker.
 //! - `jobs.rs`: the requests being answered and the scatter of rows into them.
-//! - `recovery.rs`: crash verdicts (retry, or convict an input in flight during two
-//!   crashes) and restart back-off, as pure functions.
+//! - `recovery.rs`: what a worker's death does to the inputs it held (retry, suspect,
+//!   convict, give up), when a batch means the worker hangs, restart back-off; pure
+//!   functions.
 //! - `pool.rs`: runners by model, created on first use; `eviction.rs`: TTL and LRU.
 //!
 //! The runner reaches its worker only through `worker::WorkerLauncher` / `WorkerLink`, so
-//! `tests.rs` drives it with a fake worker that hangs, answers slowly or dies on cue.
+//! `tests/` drives it with a fake worker that hangs, answers slowly, crashes or is killed
+//! on cue, on a paused clock.
 
 mod actor;
 mod eviction;
@@ -26,21 +29,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::batch::Limits;
+use crate::config::Config;
 use crate::worker::WorkerLauncher;
 
 pub use actor::spawn_runner;
-pub use handle::{JobError, JobOutput, JobResult, PoolRequest, RunnerError, RunnerHandle, RunnerStatus};
+pub use handle::{JobError, JobOutput, JobResult, JobTicket, PoolRequest, RunnerError, RunnerHandle, RunnerStatus};
 pub use pool::{EntryError, ModelEntry, Pool, PoolConfig};
 
 /// Settings every runner of a daemon shares.
 #[derive(Clone)]
 pub struct RunnerConfig {
     pub limits: Limits,
-    /// `batch.max_wait_ms`: how long a batch may wait to fill while the worker is busy.
+    /// `batch.max_wait_ms`: how long the next batch may wait to fill while the worker is
+    /// busy, before its speed is known (`batch/policy.rs`).
     pub max_wait: Duration,
     /// `batch.max_queue_size`: inputs queued per model before requests get 429.
     pub max_queue: usize,
-    /// How long a worker may take to exit when asked before it is killed.
+    /// How long a worker may take to exit when asked before it is killed, and how long a
+    /// requested restart waits for in-flight work.
     pub stop_grace: Duration,
+    /// `limits.hung_worker_seconds`: the watchdog's floor (zero: no watchdog).
+    pub hung_after: Duration,
     pub launcher: Arc<dyn WorkerLauncher>,
+}
+
+impl RunnerConfig {
+    /// The runner settings of `config`, starting workers with `launcher`.
+    pub fn from_config(config: &Config, launcher: Arc<dyn WorkerLauncher>) -> RunnerConfig {
+        RunnerConfig {
+            limits: Limits { max_batch_size: config.batch.max_batch_size, max_batch_tokens: config.batch.max_batch_tokens },
+            max_wait: Duration::from_millis(config.batch.max_wait_ms),
+            max_queue: config.batch.max_queue_size,
+            stop_grace: Duration::from_secs(5),
+            hung_after: Duration::from_secs(config.limits.hung_worker_seconds),
+            launcher,
+        }
+    }
 }

@@ -1,10 +1,20 @@
-//! Crash recovery: what happens to the inputs a dead worker held, and when the runner
-//! tries again. Pure functions; the runner applies them.
+//! Crash recovery: what happens to the inputs a dead worker held, when the runner tries
+//! again, and when a batch means the worker hangs. Pure functions; the runner applies them.
 //!
-//! - A crash puts the inputs that were in flight back at the head of the queue, in order.
-//! - Those survivors are then sent one per batch with nothing else in flight
-//!   (`batch/policy.rs`), so an input in flight during a second crash is convicted: it
-//!   fails alone with a 500 that says so, and its batch mates are unharmed.
+//! - A worker's death puts the inputs that were in flight back at the head of the queue,
+//!   in the order they were sent.
+//! - How it died decides what that says about them (`worker/death.rs`). A crash or a hang
+//!   implicates the batch it was computing (the oldest in flight; the other one was only
+//!   waiting): those inputs become suspects, sent one per batch with nothing else in
+//!   flight (`batch/policy.rs`), so a suspect being computed during a second such death is
+//!   convicted: it fails alone with a 500 that says so, and its batch mates are unharmed.
+//!   A kill from outside (SIGKILL, SIGTERM, the OOM killer, a stopped worker) implicates
+//!   nothing: the inputs are retried as they were.
+//! - Whatever the cause, an input in flight during [`MAX_DEATHS`] deaths is not retried
+//!   again (503), so nothing retries forever.
+//! - A batch running [`HANG_FACTOR`] times longer than the model's observed time for its
+//!   size, and longer than `limits.hung_worker_seconds`, means the worker hangs: the
+//!   runner kills it, and its death is handled as above.
 //! - The first restart after a crash is immediate (requests are waiting); repeated crashes
 //!   and failed starts back off exponentially, 250 ms doubling up to 30 s.
 
@@ -16,6 +26,14 @@ use crate::batch::Item;
 
 /// Cap on the exponent of the start back-off.
 pub const MAX_START_FAILURES: u32 = 6;
+
+/// Worker deaths, of any cause, an input may be in flight for before it fails.
+pub const MAX_DEATHS: u8 = 4;
+
+/// How many times the observed time for its size a batch may take before the worker is
+/// taken as hung. Generous: a busy machine slows batches down, and killing a worker that
+/// was only slow costs a reload and a strike against its inputs.
+pub const HANG_FACTOR: u32 = 10;
 
 /// 250 ms × 2^`failures`, at most 30 s.
 pub fn backoff(failures: u32) -> Duration {
@@ -44,25 +62,46 @@ pub fn should_start(wanted: bool, crashed: bool, restart_at: Option<Instant>, no
     (wanted && (restart_at.is_none() || due)) || (crashed && due)
 }
 
-/// What a crash does to the inputs that were in flight.
+/// When the batch that began computing at `started` means the worker hangs: `HANG_FACTOR`
+/// × its predicted time, at least `floor`; before the model's speed is known (its first
+/// batch ever), `HANG_FACTOR` × `floor`.
+pub fn hang_deadline(started: Instant, predicted: Option<Duration>, floor: Duration) -> Instant {
+    let allowed = match predicted {
+        Some(took) => took.saturating_mul(HANG_FACTOR).max(floor),
+        None => floor.saturating_mul(HANG_FACTOR),
+    };
+    started + allowed
+}
+
+/// What a worker's death does to the inputs that were in flight.
 #[derive(Debug, Default)]
 pub struct Verdict {
     /// Back to the head of the queue, in the order they were sent.
     pub retry: Vec<Item>,
-    /// In flight during two crashes: they fail.
+    /// Computed during two deaths that implicate them: they fail as poison.
     pub convicted: Vec<Item>,
+    /// In flight during `MAX_DEATHS` deaths: they fail as unavailable.
+    pub exhausted: Vec<Item>,
 }
 
-/// Sorts the in-flight batches of a crashed worker (in the order they were sent) into
-/// retries and convictions.
-pub fn sort_out(batches: Vec<Vec<Item>>) -> Verdict {
+/// Sorts the in-flight batches of a dead worker (in the order they were sent; the first
+/// was being computed) into retries, convictions and exhausted retries. `implicates`: the
+/// death implicates the batch being computed (`Cause::implicates_input`).
+pub fn sort_out(batches: Vec<Vec<Item>>, implicates: bool) -> Verdict {
     let mut verdict = Verdict::default();
-    for mut item in batches.into_iter().flatten() {
-        item.crashes = item.crashes.saturating_add(1);
-        if item.crashes >= 2 {
-            verdict.convicted.push(item);
-        } else {
-            verdict.retry.push(item);
+    for (n, batch) in batches.into_iter().enumerate() {
+        for mut item in batch {
+            item.deaths = item.deaths.saturating_add(1);
+            if implicates && n == 0 {
+                item.strikes = item.strikes.saturating_add(1);
+            }
+            if item.strikes >= 2 {
+                verdict.convicted.push(item);
+            } else if item.deaths >= MAX_DEATHS {
+                verdict.exhausted.push(item);
+            } else {
+                verdict.retry.push(item);
+            }
         }
     }
     verdict
@@ -73,16 +112,39 @@ mod tests {
     use super::*;
     use crate::tokenize::Tokens;
 
-    fn item(job: u64, crashes: u8) -> Item {
+    fn item(job: u64, strikes: u8, deaths: u8) -> Item {
         let tokens = Tokens { ids: vec![1, 2], type_ids: vec![] };
-        Item { job, index: 0, tokens, crashes, enqueued: Instant::now() }
+        Item { strikes, deaths, ..Item::new(job, 0, tokens, Instant::now()) }
+    }
+
+    fn marks(items: &[Item]) -> Vec<(u64, u8, u8)> {
+        items.iter().map(|i| (i.job, i.strikes, i.deaths)).collect()
     }
 
     #[test]
-    fn second_crash_convicts() {
-        let v = sort_out(vec![vec![item(1, 0), item(2, 0)], vec![item(3, 1)]]);
-        assert_eq!(v.retry.iter().map(|i| (i.job, i.crashes)).collect::<Vec<_>>(), [(1, 1), (2, 1)]);
-        assert_eq!(v.convicted.iter().map(|i| i.job).collect::<Vec<_>>(), [3]);
+    fn a_crash_implicates_the_batch_being_computed_and_a_second_convicts() {
+        let v = sort_out(vec![vec![item(1, 0, 0), item(2, 0, 0)], vec![item(3, 0, 0)]], true);
+        assert_eq!(marks(&v.retry), [(1, 1, 1), (2, 1, 1), (3, 0, 1)], "the waiting batch is not implicated");
+        let v = sort_out(vec![vec![item(1, 1, 1)]], true);
+        assert_eq!(marks(&v.convicted), [(1, 2, 2)]);
+    }
+
+    #[test]
+    fn a_kill_implicates_nothing_but_retries_are_bounded() {
+        let v = sort_out(vec![vec![item(1, 1, 1), item(2, 0, 2)]], false);
+        assert_eq!(marks(&v.retry), [(1, 1, 2), (2, 0, 3)]);
+        assert!(v.convicted.is_empty());
+        let v = sort_out(vec![vec![item(1, 0, MAX_DEATHS - 1)]], false);
+        assert_eq!(marks(&v.exhausted), [(1, 0, MAX_DEATHS)]);
+    }
+
+    #[test]
+    fn a_hang_is_many_times_the_observed_time_with_a_floor() {
+        let t0 = Instant::now();
+        let floor = Duration::from_secs(30);
+        assert_eq!(hang_deadline(t0, Some(Duration::from_secs(10)), floor), t0 + Duration::from_secs(100));
+        assert_eq!(hang_deadline(t0, Some(Duration::from_millis(20)), floor), t0 + floor);
+        assert_eq!(hang_deadline(t0, None, floor), t0 + floor * HANG_FACTOR, "first batch ever: generous");
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! A fake worker for unit tests (compiled only under `cfg(test)`): the runner under test
 //! talks to it through the same traits as to a real process, and the test scripts how it
-//! behaves — fail at load, answer slowly, hang, die on a chosen batch or input — and reads
-//! what it was sent. It stands in for the worker *around* the runner; the real worker is
-//! exercised by the end-to-end suites.
+//! behaves — fail at load, answer slowly, hang, crash or be killed on a chosen batch or
+//! input — and reads what it was sent. It stands in for the worker *around* the runner;
+//! the real worker is exercised by the end-to-end suites.
 //!
 //! Answers are a function of the input, so a test can check each request got its own
 //! rows back: an embedding row is `[first token, length]`, a score is the first token.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,8 +18,22 @@ use futures_util::FutureExt;
 use mlx_serve_protocol::{ModelInfo, ModelKind, SupervisorMessage, TokenBatch, WorkerMessage, WorkerStats};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
-use super::{LinkClosed, StartError, Started, WorkerEvent, WorkerLauncher, WorkerLink};
+use super::{Cause, Death, LinkClosed, StartError, Started, WorkerEvent, WorkerLauncher, WorkerLink};
+
+/// What happens to a worker on a given batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// It crashes (SIGSEGV), as an input that breaks MLX would make it.
+    Crash,
+    /// Someone kills it (SIGKILL: an operator, the OOM killer).
+    Kill,
+    /// It never answers, while running (hung on its input).
+    Hang,
+    /// It never answers because someone stopped it (SIGSTOP).
+    Stop,
+}
 
 /// How fake workers behave; change it at any time, new batches see the change.
 #[derive(Default)]
@@ -26,16 +42,24 @@ pub struct Script {
     pub fail_starts: u32,
     /// Each start takes this long.
     pub start_delay: Duration,
-    /// A batch holding this first token kills the worker (a poison input).
+    /// A batch holding this first token crashes the worker (a poison input).
     pub poison: Option<u32>,
+    /// A batch holding this first token hangs the worker (an input that hangs it).
+    pub hang_token: Option<u32>,
     /// The worker dies on the n-th batch sent overall (1-based, counted in [`Log`]).
     pub crash_on_batch: Option<usize>,
-    /// Each answer takes this long (a slow worker).
+    /// Faults by batch number (1-based, counted in [`Log`]).
+    pub faults: BTreeMap<usize, Fault>,
+    /// Each answer takes this long (a slow worker)…
     pub delay: Duration,
+    /// …plus this long per token of the batch (as the worker computes them).
+    pub per_token: Duration,
     /// Batches are received but never answered (a hung worker).
     pub hang: bool,
     /// When set, each answer waits for a permit (the test releases answers one by one).
     pub gate: Option<Arc<Semaphore>>,
+    /// The worker says it computes batches packed (no padding).
+    pub packed: bool,
 }
 
 /// What fake workers saw.
@@ -44,6 +68,8 @@ pub struct Log {
     pub starts: usize,
     /// First token of every sequence, per batch, in the order the runner sent them.
     pub batches: Vec<Vec<u32>>,
+    /// When each batch was sent.
+    pub sent_at: Vec<Instant>,
     pub stops: usize,
     pub kills: usize,
 }
@@ -91,8 +117,11 @@ impl WorkerLauncher for FakeLauncher {
             }
             let (outbox, inbox) = mpsc::unbounded_channel();
             let (events_tx, events) = mpsc::unbounded_channel();
-            let task = tokio::spawn(serve(inbox, events_tx, this.clone()));
-            let link = FakeLink { pid, info: info(), outbox, task: task.abort_handle(), log: this.log.clone() };
+            let stopped = Arc::new(AtomicBool::new(false));
+            let task = tokio::spawn(serve(inbox, events_tx, this.clone(), stopped.clone()));
+            let packed = this.script.lock().unwrap().packed;
+            let link =
+                FakeLink { pid, info: info(), packed, stopped, outbox, task: task.abort_handle(), log: this.log.clone() };
             Ok(Started { link: Box::new(link), events })
         }
         .boxed()
@@ -129,6 +158,7 @@ async fn serve(
     mut inbox: mpsc::UnboundedReceiver<(SupervisorMessage, usize)>,
     events: mpsc::UnboundedSender<WorkerEvent>,
     fake: FakeLauncher,
+    stopped: Arc<AtomicBool>,
 ) {
     while let Some((msg, n)) = inbox.recv().await {
         let (id, batch, embed) = match msg {
@@ -142,20 +172,39 @@ async fn serve(
             SupervisorMessage::Shutdown => return,
         };
         let first = firsts(&batch);
-        let (poisoned, hang, delay, gate) = {
+        let (fault, delay, gate) = {
             let s = fake.script.lock().unwrap();
-            let poisoned = s.poison.is_some_and(|p| first.contains(&p)) || s.crash_on_batch == Some(n);
-            (poisoned, s.hang, s.delay, s.gate.clone())
+            let fault = if s.poison.is_some_and(|p| first.contains(&p)) || s.crash_on_batch == Some(n) {
+                Some(Fault::Crash)
+            } else if s.hang || s.hang_token.is_some_and(|p| first.contains(&p)) {
+                Some(Fault::Hang)
+            } else {
+                s.faults.get(&n).copied()
+            };
+            let tokens: usize = (0..batch.len()).map(|i| batch.sequence(i).len()).sum();
+            (fault, s.delay + s.per_token * tokens as u32, s.gate.clone())
         };
-        if poisoned {
-            let _ = events.send(WorkerEvent::Died("fake worker crashed (SIGSEGV)".into()));
-            return;
-        }
-        if hang {
-            continue;
-        }
+        // The gate stands for the computation: a fault strikes while the batch computes.
         if let Some(gate) = gate {
             gate.acquire().await.expect("gate open").forget();
+        }
+        match fault {
+            Some(Fault::Crash) => {
+                let _ = events.send(WorkerEvent::Died(Death::new(Cause::Signal(11), "fake worker crashed")));
+                return;
+            }
+            Some(Fault::Kill) => {
+                let _ = events.send(WorkerEvent::Died(Death::new(Cause::Signal(9), "fake worker killed")));
+                return;
+            }
+            Some(Fault::Stop) => {
+                stopped.store(true, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+            }
+            // Receives nothing more: a worker stuck in a batch reads no further frames
+            // that matter (it would never answer them).
+            Some(Fault::Hang) => std::future::pending::<()>().await,
+            None => {}
         }
         tokio::time::sleep(delay).await;
         let answer = if embed {
@@ -171,6 +220,8 @@ async fn serve(
 struct FakeLink {
     pid: u32,
     info: ModelInfo,
+    packed: bool,
+    stopped: Arc<AtomicBool>,
     outbox: mpsc::UnboundedSender<(SupervisorMessage, usize)>,
     task: AbortHandle,
     log: Arc<Mutex<Log>>,
@@ -185,6 +236,14 @@ impl WorkerLink for FakeLink {
         &self.info
     }
 
+    fn packed(&self) -> bool {
+        self.packed
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
     fn send(&self, msg: &SupervisorMessage) -> Result<(), LinkClosed> {
         if self.outbox.is_closed() {
             return Err(LinkClosed);
@@ -193,6 +252,7 @@ impl WorkerLink for FakeLink {
             SupervisorMessage::Embed { batch, .. } | SupervisorMessage::Score { batch, .. } => {
                 let mut log = self.log.lock().unwrap();
                 log.batches.push(firsts(batch));
+                log.sent_at.push(Instant::now());
                 log.batches.len()
             }
             _ => 0,

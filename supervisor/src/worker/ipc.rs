@@ -1,11 +1,10 @@
 //! Framed I/O on a worker's socket: reading one frame (`protocol::codec`: length header,
-//! then a bincode payload), the reader task that turns frames into [`WorkerEvent`]s, the
+//! then a bincode payload), the reader loop that turns frames into [`WorkerEvent`]s, the
 //! writer task that sends what the runner queued (so a slow socket never blocks the
 //! runner), and the last lines of the worker's stderr, which explain most deaths.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use interprocess::local_socket::tokio::Stream;
 use mlx_serve_protocol::{codec, WorkerMessage};
@@ -61,25 +60,16 @@ pub async fn read_frame(mut rx: &Stream) -> Result<Option<WorkerMessage>, FrameE
     Ok(Some(codec::decode_payload(&payload)?))
 }
 
-/// Forwards frames as events until the connection ends, then reports `Died` with the
-/// reason and the worker's last stderr lines.
-pub async fn reader_task(stream: Arc<Stream>, events: mpsc::UnboundedSender<WorkerEvent>, tail: StderrTail) {
-    let reason = loop {
+/// Forwards frames as events until the connection ends; returns why it ended, or None
+/// when nobody listens any more.
+pub async fn reader_task(stream: Arc<Stream>, events: &mpsc::UnboundedSender<WorkerEvent>) -> Option<String> {
+    loop {
         match read_frame(&stream).await {
-            Ok(Some(msg)) => {
-                if events.send(WorkerEvent::Message(msg)).is_err() {
-                    return;
-                }
-            }
-            Ok(None) => break "worker closed the connection".to_owned(),
-            Err(e) => break e.to_string(),
+            Ok(Some(msg)) => events.send(WorkerEvent::Message(msg)).ok()?,
+            Ok(None) => return Some("worker closed the connection".to_owned()),
+            Err(e) => return Some(e.to_string()),
         }
-    };
-    // Let the stderr reader catch the last words (an MLX abort message, say). Not a
-    // synchronisation: a reason without them is still correct, just less helpful.
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    let last = tail.text();
-    let _ = events.send(WorkerEvent::Died(if last.is_empty() { reason } else { format!("{reason}: {last}") }));
+    }
 }
 
 /// Writes queued frames in order until the queue closes or the socket fails.

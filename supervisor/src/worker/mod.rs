@@ -7,8 +7,10 @@
 //! the way ollama's scheduler tests inject a fake runner. The real one is `process.rs`
 //! (spawn `mlx-serve-worker`, handshake over a Unix socket) with its framing in `ipc.rs`.
 //! The conversation itself is described in `protocol/src/lib.rs` and
-//! `docs/architecture.md` ("The worker protocol").
+//! `docs/architecture.md` ("The worker protocol"). How a worker died, and whether that
+//! implicates its inputs, is `death.rs`.
 
+mod death;
 #[cfg(test)]
 pub mod fake;
 mod ipc;
@@ -22,6 +24,7 @@ use futures_util::future::BoxFuture;
 use mlx_serve_protocol::{ModelInfo, SupervisorMessage, WorkerMessage};
 use tokio::sync::mpsc;
 
+pub use death::{Cause, Death};
 pub use process::{ProcessLauncher, WorkerOptions};
 pub use state::WorkerState;
 
@@ -29,8 +32,9 @@ pub use state::WorkerState;
 #[derive(Debug)]
 pub enum WorkerEvent {
     Message(WorkerMessage),
-    /// The connection ended (process exit, crash, broken frame), with what we know.
-    Died(String),
+    /// The connection ended (process exit, crash, broken frame), with how the process
+    /// ended when it could be learnt.
+    Died(Death),
 }
 
 /// Why a worker did not become ready. The messages are what `ctl load` and the failed
@@ -73,6 +77,15 @@ pub trait WorkerLink: Send + Sync {
     fn pid(&self) -> u32;
     /// What the worker said about its model in Ready.
     fn info(&self) -> &ModelInfo;
+    /// True when the worker computes a batch packed, without padding: the tokens it
+    /// computes are the real ones, and a batch is planned by its real tokens. A worker
+    /// that pads every sequence to the batch's longest says false (`ModelInfo::packed`).
+    fn packed(&self) -> bool {
+        self.info().packed
+    }
+    /// True when the process is stopped by a signal (SIGSTOP, SIGTSTP): not computing,
+    /// so a batch that takes too long is not its input's doing.
+    fn is_stopped(&self) -> bool;
     /// Queues a message; never blocks (a writer task drains the queue).
     fn send(&self, msg: &SupervisorMessage) -> Result<(), LinkClosed>;
     /// Asks the worker to exit, waits up to `grace`, then kills it.

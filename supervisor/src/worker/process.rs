@@ -3,7 +3,9 @@
 //! The supervisor listens on a fresh socket in a private (0700) folder, starts
 //! `mlx-serve-worker serve --socket S --model DIR`, and waits for the worker to connect,
 //! say Hello (protocol version checked) and then Ready or LoadFailed, all within
-//! `limits.worker_start_timeout_seconds`. Afterwards `ipc.rs` moves the frames.
+//! `limits.worker_start_timeout_seconds`. Afterwards `ipc.rs` moves the frames, a task
+//! owns the child process (it reaps it and kills it on request), and the end of the
+//! connection is reported as a [`Death`] with the process' exit status (`death.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,10 +20,12 @@ use interprocess::local_socket::{GenericFilePath, ListenerOptions};
 use mlx_serve_protocol::{codec, ModelInfo, SupervisorMessage, WorkerMessage, PROTOCOL_VERSION};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use std::process::ExitStatus;
+
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::ipc::{read_frame, reader_task, writer_task, StderrTail};
-use super::{LinkClosed, StartError, Started, WorkerLauncher, WorkerLink};
+use super::{Cause, Death, LinkClosed, StartError, Started, WorkerEvent, WorkerLauncher, WorkerLink};
 
 /// How to start workers.
 #[derive(Debug, Clone)]
@@ -53,11 +57,13 @@ impl WorkerLauncher for ProcessLauncher {
     }
 }
 
-/// A running, handshaken worker process.
+/// A running, handshaken worker process. The child itself belongs to the task `keep`
+/// started; dropping this kills it.
 struct WorkerProcess {
     pid: u32,
     info: ModelInfo,
-    child: Child,
+    kill: Option<oneshot::Sender<()>>,
+    exit: watch::Receiver<Option<ExitStatus>>,
     outbox: mpsc::UnboundedSender<Vec<u8>>,
     socket_path: PathBuf,
 }
@@ -122,13 +128,88 @@ async fn start(model_name: &str, model_dir: &Path, opts: &WorkerOptions) -> Resu
     };
     drop(listener);
     let _ = std::fs::remove_file(&socket_path);
+    Ok(connect(pid, info, child, stream, tail, socket_path))
+}
 
+/// A handshaken worker: its events (frames, then how it died), its outbox, and the task
+/// that keeps the process.
+fn connect(pid: u32, info: ModelInfo, child: Child, stream: Arc<Stream>, tail: StderrTail, socket_path: PathBuf) -> Started {
+    let (kill, exit) = keep(child);
     let (events_tx, events) = mpsc::unbounded_channel();
-    tokio::spawn(reader_task(stream.clone(), events_tx, tail));
+    tokio::spawn(report_events(stream.clone(), events_tx, tail, exit.clone()));
     let (outbox, outbox_rx) = mpsc::unbounded_channel();
     tokio::spawn(writer_task(stream, outbox_rx));
-    let link = WorkerProcess { pid, info, child, outbox, socket_path };
-    Ok(Started { link: Box::new(link), events })
+    let link = WorkerProcess { pid, info, kill: Some(kill), exit, outbox, socket_path };
+    Started { link: Box::new(link), events }
+}
+
+/// How long a worker that closed its connection may take to exit before its death is
+/// reported without a status (it is then killed by the runner).
+const EXIT_AFTER_HANGUP: Duration = Duration::from_secs(2);
+
+/// Hands the child to a task that reaps it (so its exit status is known: `death.rs`
+/// reads it) and kills it when told to, or when the link is dropped.
+fn keep(mut child: Child) -> (oneshot::Sender<()>, watch::Receiver<Option<ExitStatus>>) {
+    let (kill, kill_rx) = oneshot::channel::<()>();
+    let (exit_tx, exit) = watch::channel(None);
+    tokio::spawn(async move {
+        let status = tokio::select! {
+            status = child.wait() => status,
+            // Told to, or the link was dropped.
+            _ = kill_rx => {
+                let _ = child.start_kill();
+                child.wait().await
+            }
+        };
+        exit_tx.send_replace(status.ok());
+    });
+    (kill, exit)
+}
+
+/// The exit status, once the process has been reaped, waiting at most `within`.
+async fn exit_status(exit: &watch::Receiver<Option<ExitStatus>>, within: Duration) -> Option<ExitStatus> {
+    let mut exit = exit.clone();
+    let status = tokio::time::timeout(within, exit.wait_for(Option::is_some)).await.ok()?.ok()?;
+    *status
+}
+
+/// Forwards the worker's frames as events; when the connection ends, reports the death
+/// with how the process ended and its last stderr lines.
+async fn report_events(
+    stream: Arc<Stream>,
+    events: mpsc::UnboundedSender<WorkerEvent>,
+    tail: StderrTail,
+    exit: watch::Receiver<Option<ExitStatus>>,
+) {
+    let Some(reason) = reader_task(stream, &events).await else { return };
+    let cause = match exit_status(&exit, EXIT_AFTER_HANGUP).await {
+        Some(status) => Cause::from_status(status),
+        None => Cause::Unknown,
+    };
+    // Let the stderr reader catch the last words (an MLX abort message, say). Not a
+    // synchronisation: a reason without them is still correct, just less helpful.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let last = tail.text();
+    let detail = if last.is_empty() { reason } else { format!("{reason}: {last}") };
+    let _ = events.send(WorkerEvent::Died(Death::new(cause, detail)));
+}
+
+/// Whether process `pid` is stopped by a signal: state `T` (or `t`, traced) in
+/// /proc/PID/stat on Linux (proc(5)), in `ps -o stat=` elsewhere.
+fn process_stopped(pid: u32) -> bool {
+    let state = if cfg!(target_os = "linux") {
+        // "pid (comm) S …": comm may hold spaces and parentheses; the state follows the last ')'.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+    } else {
+        std::process::Command::new("ps")
+            .args(["-o", "stat=", "-p", &pid.to_string()])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim_start().chars().next())
+    };
+    matches!(state, Some('T' | 't'))
 }
 
 /// Accept → Hello (version checked) → Ready or LoadFailed. A worker that exits first is
@@ -185,6 +266,10 @@ impl WorkerLink for WorkerProcess {
         &self.info
     }
 
+    fn is_stopped(&self) -> bool {
+        process_stopped(self.pid)
+    }
+
     fn send(&self, msg: &SupervisorMessage) -> Result<(), LinkClosed> {
         // Encoding our own messages cannot fail short of a bug; it is reported as a closed
         // link, the one failure the runner knows.
@@ -195,8 +280,12 @@ impl WorkerLink for WorkerProcess {
     fn stop(mut self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()> {
         async move {
             let _ = self.send(&SupervisorMessage::Shutdown);
-            if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
-                let _ = self.child.kill().await;
+            if exit_status(&self.exit, grace).await.is_none() {
+                if let Some(kill) = self.kill.take() {
+                    let _ = kill.send(());
+                }
+                // SIGKILL cannot be caught; the wait only bounds a process stuck in the kernel.
+                exit_status(&self.exit, grace).await;
             }
             let _ = std::fs::remove_file(&self.socket_path);
         }
@@ -205,7 +294,10 @@ impl WorkerLink for WorkerProcess {
 
     fn kill(mut self: Box<Self>) -> BoxFuture<'static, ()> {
         async move {
-            let _ = self.child.kill().await;
+            if let Some(kill) = self.kill.take() {
+                let _ = kill.send(());
+            }
+            exit_status(&self.exit, Duration::from_secs(5)).await;
         }
         .boxed()
     }

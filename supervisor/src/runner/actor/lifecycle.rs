@@ -1,6 +1,7 @@
 //! The worker's life inside a runner: starting it (after the pool made room), what a
-//! finished start does, evict and restart on request, a crash (with `recovery.rs`'s
-//! verdict on the inputs in flight), shutdown, and publishing the state.
+//! finished start does, evict and restart on request (forcibly for a worker that hangs),
+//! a death (with `recovery.rs`'s verdict on the inputs in flight), shutdown, and
+//! publishing the state.
 
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
@@ -9,11 +10,11 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{next_event, Runner, StartDone};
-use crate::batch::Item;
+use crate::batch::{Item, Layout};
 use crate::metrics::metrics;
 use crate::runner::handle::{JobError, PoolRequest, RunnerError};
 use crate::runner::recovery;
-use crate::worker::{Started, WorkerEvent, WorkerState};
+use crate::worker::{Death, Started, WorkerEvent, WorkerState};
 
 impl Runner {
     pub(super) fn start_worker(&mut self) {
@@ -48,7 +49,7 @@ impl Runner {
         match result {
             Ok(Started { link, events }) => {
                 metrics().model_load_seconds.with_label_values(&[&self.name]).observe(took.as_secs_f64());
-                tracing::info!(model = %self.name, pid = link.pid(), seconds = took.as_secs_f64(), "worker ready");
+                tracing::info!(model = %self.name, pid = link.pid(), seconds = took.as_secs_f64(), packed = link.packed(), "worker ready");
                 {
                     let mut s = self.status.lock().unwrap();
                     s.pid = Some(link.pid());
@@ -57,6 +58,7 @@ impl Runner {
                     s.info = Some(link.info().clone());
                     s.last_error = None;
                 }
+                self.layout = if link.packed() { Layout::Packed } else { Layout::Padded };
                 self.worker = Some(link);
                 self.events = Some(events);
                 self.restart_at = None;
@@ -81,62 +83,122 @@ impl Runner {
         }
     }
 
-    /// Stops an idle worker to give its memory back.
-    pub(super) async fn evict(&mut self) -> Result<(), RunnerError> {
+    /// Stops the worker to give its memory back: only an idle one, unless `force`, which
+    /// stops it whatever it is doing (a worker that hangs) and answers its queued and
+    /// in-flight work as unavailable.
+    pub(super) async fn evict(&mut self, force: bool) -> Result<(), RunnerError> {
         let busy = !self.queue.is_empty() || !self.in_flight.is_empty() || self.starting;
-        if busy {
+        if busy && !force {
             return Err(RunnerError::Busy(self.name.clone()));
         }
-        let Some(w) = self.worker.take() else { return Err(RunnerError::NotLoaded(self.name.clone())) };
-        self.events = None;
+        if self.worker.is_none() && !self.starting {
+            return Err(RunnerError::NotLoaded(self.name.clone()));
+        }
+        if force {
+            let err = JobError::Unavailable {
+                model: self.name.clone(),
+                reason: "its worker was stopped by the operator (ctl evict --force); retry to start it again".into(),
+            };
+            for item in self.take_in_flight().into_iter().flatten() {
+                self.fail_job(item.job, err.clone());
+            }
+            self.fail_all_queued(err);
+            // A start under way is dropped when it finishes (its generation is stale).
+            self.generation += 1;
+            self.starting = false;
+            for waiter in self.load_waiters.drain(..).chain(self.restart_waiters.drain(..)) {
+                let _ = waiter.send(Err(RunnerError::NotLoaded(self.name.clone())));
+            }
+            self.restart_requested = false;
+            self.restart_deadline = None;
+        }
         self.set_state(WorkerState::Draining);
-        w.stop(self.cfg.stop_grace).await;
+        if let Some(w) = self.worker.take() {
+            self.events = None;
+            if force {
+                w.kill().await;
+            } else {
+                w.stop(self.cfg.stop_grace).await;
+            }
+        }
+        self.drop_stats_waiters();
         metrics().cache_evictions_total.with_label_values(&[self.kind.as_str()]).inc();
+        self.restart_at = None;
         self.set_stopped();
         Ok(())
     }
 
-    /// Performs a requested restart once nothing is in flight (an idle worker at once).
+    /// Performs a requested restart once nothing is in flight (an idle worker at once), or
+    /// when the grace for in-flight work has passed: the worker is then killed and that
+    /// work retried on the new one as it was (the operator's restart is not its doing).
     pub(super) async fn restart_if_requested(&mut self) {
-        if self.restart_requested && self.in_flight.is_empty() {
-            self.restart_requested = false;
-            if let Some(w) = self.worker.take() {
-                self.events = None;
-                self.set_state(WorkerState::Draining);
-                w.stop(self.cfg.stop_grace).await;
-                self.set_stopped();
-                self.start_worker();
-            }
+        if !self.restart_requested {
+            return;
         }
+        let waited_enough = self.restart_deadline.is_some_and(|t| t <= Instant::now());
+        if !self.in_flight.is_empty() && !waited_enough {
+            return;
+        }
+        self.restart_requested = false;
+        self.restart_deadline = None;
+        let Some(w) = self.worker.take() else { return };
+        self.events = None;
+        self.set_state(WorkerState::Draining);
+        if self.in_flight.is_empty() {
+            w.stop(self.cfg.stop_grace).await;
+        } else {
+            tracing::warn!(model = %self.name, pid = w.pid(), "restart: in-flight work did not finish in time; killing the worker");
+            w.kill().await;
+            let retry: Vec<Item> = self.take_in_flight().into_iter().flatten().filter(|i| self.jobs.contains(i.job)).collect();
+            self.queued.fetch_add(retry.len(), Ordering::SeqCst);
+            self.queue.requeue_front(retry);
+        }
+        self.drop_stats_waiters();
+        self.set_stopped();
+        self.start_worker();
     }
 
-    pub(super) async fn on_worker_died(&mut self, reason: String) {
+    /// The worker is gone (its connection ended, or the watchdog found it hung): kill what
+    /// is left of it, judge the inputs it held by how it died, and schedule the restart.
+    pub(super) async fn lose_worker(&mut self, death: Death) {
         let Some(w) = self.worker.take() else { return };
         self.events = None;
         let pid = w.pid();
         w.kill().await;
-        tracing::error!(model = %self.name, pid, "worker died: {reason}");
+        let implicates = death.cause.implicates_input();
+        tracing::error!(model = %self.name, pid, implicates_input = implicates, "worker died: {death}");
         metrics().worker_restarts_total.with_label_values(&[&self.name]).inc();
         let restarts = {
             let mut s = self.status.lock().unwrap();
             s.restarts += 1;
-            s.last_error = Some(reason.clone());
+            s.last_error = Some(death.to_string());
             s.pid = None;
             s.restarts
         };
-        for (_, waiter) in self.stats_waiters.drain() {
-            let _ = waiter.send(None);
-        }
-        let batches = std::mem::take(&mut self.in_flight).into_values().map(|b| b.items).collect();
-        let verdict = recovery::sort_out(batches);
+        self.drop_stats_waiters();
+        let verdict = recovery::sort_out(self.take_in_flight(), implicates);
+        let cause = death.cause.to_string();
         for item in verdict.convicted {
-            self.fail_job(item.job, JobError::Poisoned { index: item.index, reason: reason.clone() });
+            self.fail_job(item.job, JobError::Poisoned { index: item.index, reason: cause.clone() });
         }
-        let retry: Vec<Item> = verdict.retry.into_iter().filter(|i| self.jobs.contains(i.job)).collect();
+        for item in verdict.exhausted {
+            let reason = format!(
+                "its worker died {} times while input {} was being processed (last: {cause}); it was not retried again",
+                item.deaths, item.index
+            );
+            self.fail_job(item.job, JobError::Unavailable { model: self.name.clone(), reason });
+        }
+        let retry: Vec<Item> = verdict.retry.into_iter().collect();
         self.queued.fetch_add(retry.len(), Ordering::SeqCst);
         self.queue.requeue_front(retry);
         self.set_state(WorkerState::Restarting);
         self.restart_at = Some(Instant::now() + recovery::restart_delay(restarts));
+    }
+
+    fn drop_stats_waiters(&mut self) {
+        for (_, waiter) in self.stats_waiters.drain() {
+            let _ = waiter.send(None);
+        }
     }
 
     pub(super) async fn shutdown(&mut self) {
@@ -152,10 +214,8 @@ impl Runner {
             }
             self.on_worker_event(ev).await;
         }
-        for batch in std::mem::take(&mut self.in_flight).into_values() {
-            for item in batch.items {
-                self.jobs.fail(item.job, JobError::ShuttingDown);
-            }
+        for item in self.take_in_flight().into_iter().flatten() {
+            self.jobs.fail(item.job, JobError::ShuttingDown);
         }
         self.fail_all_queued(JobError::ShuttingDown);
         if let Some(w) = self.worker.take() {

@@ -1,28 +1,36 @@
 //! The runner and eviction driven with a fake worker (`worker/fake.rs`): dispatch policy
-//! end to end, crash recovery and poison conviction, hung and slow workers, failed starts
-//! and back-off, eviction of idle workers only.
+//! end to end, crash recovery and poison conviction, slow workers, failed starts and
+//! back-off, eviction of idle workers only (here); deaths, hangs, the watchdog and forced
+//! evict / restart (`faults.rs`); properties over random traffic and faults
+//! (`properties.rs`).
 //!
 //! Time is paused (`start_paused`): the clock moves only when every task waits, so a
 //! `settle()` (a 1 ms sleep) lets the runner handle everything already sent before the
-//! test looks, and `max_wait` or back-off deadlines pass exactly, never flakily.
+//! test looks, and `max_wait`, back-off or watchdog deadlines pass exactly, never flakily.
+
+mod faults;
+mod properties;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mlx_serve_protocol::ModelKind;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
 use super::eviction;
-use super::handle::{JobError, JobOutput, JobResult, PoolRequest, RunnerError, RunnerHandle};
+use super::handle::{JobError, JobOutput, JobTicket, PoolRequest, RunnerError, RunnerHandle};
 use super::{spawn_runner, RunnerConfig};
 use crate::batch::Limits;
+use crate::metrics::metrics;
 use crate::tokenize::Tokens;
 use crate::worker::fake::{FakeLauncher, Script};
 use crate::worker::WorkerState;
 
 const MAX_WAIT: Duration = Duration::from_millis(50);
+/// The watchdog's floor in these tests.
+const HUNG_AFTER: Duration = Duration::from_secs(30);
 
 fn config(fake: &FakeLauncher) -> RunnerConfig {
     RunnerConfig {
@@ -30,12 +38,18 @@ fn config(fake: &FakeLauncher) -> RunnerConfig {
         max_wait: MAX_WAIT,
         max_queue: 100,
         stop_grace: Duration::from_secs(1),
+        hung_after: HUNG_AFTER,
         launcher: Arc::new(fake.clone()),
     }
 }
 
 /// A runner on a fake worker, with a pool that always has room.
 fn runner(name: &str, script: Script) -> (RunnerHandle, FakeLauncher) {
+    runner_with(name, script, |_| {})
+}
+
+/// The same with settings changed by `tune`.
+fn runner_with(name: &str, script: Script, tune: impl FnOnce(&mut RunnerConfig)) -> (RunnerHandle, FakeLauncher) {
     let fake = FakeLauncher::new(script);
     let (pool_tx, mut pool_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -43,7 +57,9 @@ fn runner(name: &str, script: Script) -> (RunnerHandle, FakeLauncher) {
             let _ = reply.send(());
         }
     });
-    let handle = spawn_runner(name.into(), PathBuf::from("/nowhere"), ModelKind::Embedding, false, config(&fake), pool_tx);
+    let mut cfg = config(&fake);
+    tune(&mut cfg);
+    let handle = spawn_runner(name.into(), PathBuf::from("/nowhere"), ModelKind::Embedding, false, cfg, pool_tx);
     (handle, fake)
 }
 
@@ -54,7 +70,7 @@ fn input(first: u32, len: usize) -> Tokens {
     Tokens { ids, type_ids: vec![] }
 }
 
-fn submit(h: &RunnerHandle, firsts: &[u32]) -> oneshot::Receiver<JobResult> {
+fn submit(h: &RunnerHandle, firsts: &[u32]) -> JobTicket {
     h.submit(firsts.iter().map(|&f| input(f, 3)).collect()).expect("queued")
 }
 
@@ -186,17 +202,6 @@ async fn repeated_crashes_back_off() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_hung_worker_is_not_evicted_and_its_request_times_out() {
-    let (h, _fake) = runner("hung", Script { hang: true, ..Default::default() });
-    let rx = submit(&h, &[1]);
-    // The API's limits.request_timeout_seconds does this in the server.
-    assert!(tokio::time::timeout(Duration::from_secs(5), rx).await.is_err());
-    assert_eq!(h.state(), WorkerState::Busy);
-    assert!(matches!(h.evict().await, Err(RunnerError::Busy(_))), "a busy worker is never evicted");
-    assert!(h.is_loaded());
-}
-
-#[tokio::test(start_paused = true)]
 async fn a_slow_reply_is_waited_for() {
     let (h, fake) = runner("slow", Script { delay: Duration::from_secs(2), ..Default::default() });
     let t0 = Instant::now();
@@ -207,6 +212,64 @@ async fn a_slow_reply_is_waited_for() {
     assert!(t0.elapsed() >= Duration::from_secs(2));
     assert_eq!(b.await.unwrap().unwrap(), rows(&[2]));
     assert_eq!(fake.batches(), [vec![1], vec![2]], "the second was sent ahead, not batched late");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_batch_is_cut_just_before_the_worker_is_free() {
+    // 10 ms + 1 ms per token: a batch of one 3-token input takes 13 ms, of 100 tokens 110 ms.
+    let script = Script { delay: Duration::from_millis(10), per_token: Duration::from_millis(1), ..Default::default() };
+    let (h, fake) = runner("cut-late", script);
+    // The worker is timed on two sizes, so the runner knows both costs.
+    submit(&h, &[1]).await.unwrap().unwrap();
+    h.submit(vec![input(9, 50)]).unwrap().await.unwrap().unwrap();
+    let t0 = Instant::now();
+    let long = h.submit(vec![input(2, 100)]).unwrap();
+    // Inputs keep arriving while it computes, long after max_wait (50 ms).
+    let mut later = Vec::new();
+    for k in 0..3 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        later.push(submit(&h, &[10 + k]));
+    }
+    long.await.unwrap().unwrap();
+    for t in later {
+        t.await.unwrap().unwrap();
+    }
+    let (batches, sent_at) = {
+        let log = fake.log.lock().unwrap();
+        (log.batches.clone(), log.sent_at.clone())
+    };
+    assert_eq!(batches[2..], [vec![2], vec![10, 11, 12]], "one batch with all that arrived, not one cut at max_wait");
+    let cut = sent_at[3] - t0;
+    assert!(cut > Duration::from_millis(90) && cut < Duration::from_millis(110), "cut just before the worker was free: {cut:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_packed_worker_gets_batches_by_real_tokens_and_metrics_say_so() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (h, fake) = runner_with("packed", Script { gate: Some(gate.clone()), packed: true, ..Default::default() }, |c| {
+        c.limits = Limits { max_batch_size: 8, max_batch_tokens: 400 };
+    });
+    let first = submit(&h, &[1]);
+    settle().await;
+    // One long and three short: padded they would cost 4 × 300 > 400; packed, 330 tokens.
+    let mixed = h.submit(vec![input(2, 300), input(3, 10), input(4, 10), input(5, 10)]).unwrap();
+    settle().await;
+    gate.add_permits(2);
+    first.await.unwrap().unwrap();
+    mixed.await.unwrap().unwrap();
+    assert_eq!(fake.batches(), [vec![1], vec![3, 4, 5, 2]], "one batch, sorted by length");
+    let m = metrics();
+    assert_eq!(m.tokens_total.with_label_values(&["packed"]).get(), 333);
+    assert_eq!(m.padded_tokens_total.with_label_values(&["packed"]).get(), 333, "a packed worker computes no padding");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_padded_worker_is_charged_its_padding() {
+    let (h, _fake) = runner("padded", Script::default());
+    h.submit(vec![input(2, 30), input(3, 10)]).unwrap().await.unwrap().unwrap();
+    let m = metrics();
+    assert_eq!(m.tokens_total.with_label_values(&["padded"]).get(), 40);
+    assert_eq!(m.padded_tokens_total.with_label_values(&["padded"]).get(), 60);
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,0 +1,154 @@
+//! How long the worker takes for a batch, learnt from the batches it answered.
+//!
+//! A line, `seconds = fixed + per_token × tokens` (tokens as the worker computes them,
+//! `Layout::computed`), fitted by exponentially weighted least squares: each answered batch
+//! weighs 1 and older ones fade by [`DECAY`] per batch, so the fit follows a machine that
+//! gets busier or a buffer cache that warms up. When the recent batches are all of about
+//! one size, or the fit says something impossible (a negative part), time is taken as
+//! proportional to tokens. Attention's cost grows with the square of a sequence's length,
+//! but for the lengths embedding models take it is a small share (`docs/architecture.md`),
+//! and both uses below leave a margin.
+//!
+//! Two uses: the dispatch policy cuts the next batch just before the worker is predicted
+//! to be free ([`Pace::cut_at`], `policy.rs`), and the runner's watchdog tells a slow
+//! batch from a hung worker (`runner/recovery.rs`).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Weight of the past per new batch: the fit remembers about ten batches.
+const DECAY: f64 = 0.9;
+
+/// How early, before the worker is predicted to be free, the next batch is cut: an eighth
+/// of the running batch's predicted time, within these bounds. Early enough for the batch
+/// to be encoded, sent and decoded before the worker needs it (well under a millisecond on
+/// an idle machine, more on a busy one), late enough to take in what arrives meanwhile.
+/// Cutting late costs little: a worker that finishes first gets the next batch the moment
+/// its answer arrives.
+const MIN_LEAD: Duration = Duration::from_millis(1);
+const MAX_LEAD: Duration = Duration::from_millis(25);
+
+/// The worker's observed speed.
+#[derive(Debug, Clone, Default)]
+pub struct Pace {
+    // Exponentially weighted sums of 1, tokens, seconds, tokens², tokens × seconds.
+    w: f64,
+    x: f64,
+    y: f64,
+    xx: f64,
+    xy: f64,
+}
+
+impl Pace {
+    /// Records that a batch of `tokens` took `took` in the worker.
+    pub fn observe(&mut self, tokens: usize, took: Duration) {
+        let (x, y) = (tokens as f64, took.as_secs_f64());
+        self.w = self.w * DECAY + 1.0;
+        self.x = self.x * DECAY + x;
+        self.y = self.y * DECAY + y;
+        self.xx = self.xx * DECAY + x * x;
+        self.xy = self.xy * DECAY + x * y;
+    }
+
+    /// `(fixed seconds, seconds per token)`, or None before the first batch.
+    fn line(&self) -> Option<(f64, f64)> {
+        if self.w == 0.0 {
+            return None;
+        }
+        let (mx, my) = (self.x / self.w, self.y / self.w);
+        let var = self.xx / self.w - mx * mx;
+        // A spread of sizes under 5% of the mean cannot place a line.
+        if var > (0.05 * mx).powi(2) {
+            let slope = (self.xy / self.w - mx * my) / var;
+            let fixed = my - slope * mx;
+            if slope >= 0.0 && fixed >= 0.0 {
+                return Some((fixed, slope));
+            }
+        }
+        Some(if mx > 0.0 { (0.0, my / mx) } else { (my, 0.0) })
+    }
+
+    /// How long a batch of `tokens` should take, once one batch has been timed.
+    pub fn predict(&self, tokens: usize) -> Option<Duration> {
+        let (fixed, per_token) = self.line()?;
+        Some(Duration::from_secs_f64((fixed + per_token * tokens as f64).clamp(0.0, 86_400.0)))
+    }
+
+    /// When to cut the next batch for a worker that began a batch of `tokens` at
+    /// `started`: a little before it is predicted to finish. None before the first batch.
+    pub fn cut_at(&self, started: Instant, tokens: usize) -> Option<Instant> {
+        let took = self.predict(tokens)?;
+        let lead = (took / 8).clamp(MIN_LEAD, MAX_LEAD);
+        Some((started + took).checked_sub(lead).unwrap_or(started).max(started))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(x: u64) -> Duration {
+        Duration::from_millis(x)
+    }
+
+    /// Equal within a microsecond (float sums round).
+    fn near(a: Option<Duration>, b: Duration) -> bool {
+        a.is_some_and(|a| a.abs_diff(b) < Duration::from_micros(1))
+    }
+
+    #[test]
+    fn nothing_is_predicted_before_a_batch_was_timed() {
+        assert_eq!(Pace::default().predict(100), None);
+        assert_eq!(Pace::default().cut_at(Instant::now(), 100), None);
+    }
+
+    #[test]
+    fn learns_a_fixed_cost_and_a_cost_per_token() {
+        let mut p = Pace::default();
+        // 2 ms per batch + 0.1 ms per token.
+        for tokens in [100, 1000, 300, 2000, 50, 800] {
+            p.observe(tokens, Duration::from_secs_f64(0.002 + 0.0001 * tokens as f64));
+        }
+        let got = p.predict(4000).unwrap().as_secs_f64();
+        assert!((got - 0.402).abs() < 1e-6, "{got}");
+        let got = p.predict(0).unwrap().as_secs_f64();
+        assert!((got - 0.002).abs() < 1e-6, "{got}");
+    }
+
+    #[test]
+    fn one_size_is_taken_as_proportional() {
+        let mut p = Pace::default();
+        p.observe(100, ms(10));
+        assert!(near(p.predict(300), ms(30)));
+        p.observe(100, ms(20));
+        let got = p.predict(100).unwrap();
+        assert!(got > ms(15) && got < ms(20), "recent batches weigh more: {got:?}");
+    }
+
+    #[test]
+    fn follows_a_worker_that_slows_down() {
+        let mut p = Pace::default();
+        for _ in 0..20 {
+            p.observe(100, ms(10));
+            p.observe(200, ms(20));
+        }
+        for _ in 0..30 {
+            p.observe(100, ms(40));
+            p.observe(200, ms(80));
+        }
+        let got = p.predict(150).unwrap();
+        assert!(got > ms(55) && got < ms(65), "{got:?}");
+    }
+
+    #[test]
+    fn cuts_a_little_before_the_worker_is_free() {
+        let mut p = Pace::default();
+        p.observe(100, ms(80));
+        let t0 = Instant::now();
+        let since = |t: Option<Instant>| t.map(|t| t - t0);
+        assert!(near(since(p.cut_at(t0, 100)), ms(70)), "an eighth early");
+        assert!(near(since(p.cut_at(t0, 5)), ms(3)), "at least 1 ms early");
+        assert!(near(since(p.cut_at(t0, 10_000)), ms(8000 - 25)), "at most 25 ms early");
+    }
+}

@@ -1,0 +1,159 @@
+//! The runner's traffic with its worker: cutting and sending batches when the policy says
+//! so, taking answers back (and timing them, so the runner learns the worker's pace), and
+//! the watchdog on the batch being computed.
+
+use std::sync::atomic::Ordering;
+
+use mlx_serve_protocol::{ModelKind, SupervisorMessage, TokenBatch};
+use tokio::time::Instant;
+
+use super::{Runner, SentBatch};
+use crate::batch::{decide, Decision, InFlight, Item, Rules};
+use crate::metrics::metrics;
+use crate::runner::jobs::BatchOutput;
+use crate::runner::recovery;
+use crate::worker::{Cause, Death, WorkerState};
+
+impl Runner {
+    fn in_flight_now(&self) -> InFlight {
+        let suspect = self.in_flight.values().any(|b| b.items.iter().any(Item::is_suspect));
+        let cut_at = self.in_flight.values().next().and_then(|head| self.pace.cut_at(self.head_since, head.cost));
+        InFlight { batches: self.in_flight.len(), suspect, cut_at }
+    }
+
+    fn rules(&self) -> Rules {
+        Rules { limits: self.cfg.limits, layout: self.layout, max_wait: self.cfg.max_wait }
+    }
+
+    fn dispatch_decision(&self, now: Instant) -> Decision {
+        if self.restart_requested {
+            // A restart waits for what is in flight; sending more would delay it.
+            return Decision::Wait(None);
+        }
+        decide(&self.queue, self.in_flight_now(), now, self.rules())
+    }
+
+    /// When the policy wants to be asked again without an event.
+    pub(super) fn dispatch_deadline(&self) -> Option<Instant> {
+        match self.worker.is_some().then(|| self.dispatch_decision(Instant::now())) {
+            Some(Decision::Wait(t)) => t,
+            _ => None,
+        }
+    }
+
+    /// When the batch being computed means the worker hangs (None: nothing in flight, or
+    /// the watchdog is off).
+    pub(super) fn hang_deadline(&self) -> Option<Instant> {
+        if self.cfg.hung_after.is_zero() || self.worker.is_none() {
+            return None;
+        }
+        let head = self.in_flight.values().next()?;
+        Some(recovery::hang_deadline(self.head_since, self.pace.predict(head.cost), self.cfg.hung_after))
+    }
+
+    /// Acts on the deadlines that passed: a hung worker is killed (and its inputs retried
+    /// as after a crash), a requested restart stops waiting.
+    pub(super) async fn check_deadlines(&mut self) {
+        let now = Instant::now();
+        if self.hang_deadline().is_some_and(|t| t <= now) {
+            let stopped = self.worker.as_ref().is_some_and(|w| w.is_stopped());
+            let head = self.in_flight.values().next().expect("a batch in flight");
+            let detail = format!(
+                "a batch of {} inputs ({} tokens) ran {:.1} s; the model's observed time for that size is {}",
+                head.items.len(),
+                head.cost,
+                (now - self.head_since).as_secs_f64(),
+                match self.pace.predict(head.cost) {
+                    Some(t) => format!("{:.3} s", t.as_secs_f64()),
+                    None => "not known yet".into(),
+                }
+            );
+            self.lose_worker(Death::new(Cause::Hung { stopped }, detail)).await;
+        }
+        self.restart_if_requested().await;
+    }
+
+    /// Starts a worker when work waits, dispatches batches while the policy says so.
+    pub(super) fn pump(&mut self) {
+        let now = Instant::now();
+        if self.worker.is_none() {
+            if !self.starting {
+                let wanted = !self.queue.is_empty() || !self.load_waiters.is_empty();
+                let crashed = self.status.lock().unwrap().state == WorkerState::Restarting;
+                if recovery::should_start(wanted, crashed, self.restart_at, now) {
+                    self.restart_at = None;
+                    self.start_worker();
+                }
+            }
+            return;
+        }
+        while self.dispatch_decision(now) == Decision::Send && self.dispatch() {}
+    }
+
+    /// Sends one batch; false when nothing was sent.
+    fn dispatch(&mut self) -> bool {
+        // Drop inputs whose requester went away without its ticket saying so.
+        self.jobs.drop_abandoned();
+        let jobs = &self.jobs;
+        let dropped = self.queue.retain(|i| jobs.contains(i.job));
+        self.queued.fetch_sub(dropped, Ordering::SeqCst);
+        let items = self.queue.plan(self.cfg.limits, self.layout);
+        if items.is_empty() {
+            return false;
+        }
+        self.queued.fetch_sub(items.len(), Ordering::SeqCst);
+        let mut batch = TokenBatch::new();
+        let mut real = 0u64;
+        for item in &items {
+            batch.push(&item.tokens.ids, &item.tokens.type_ids);
+            real += item.len() as u64;
+        }
+        let cost = self.layout.cost(&items);
+        let id = self.next_batch;
+        self.next_batch += 1;
+        let (msg, endpoint) = match self.kind {
+            ModelKind::Embedding => (SupervisorMessage::Embed { id, batch }, "embed"),
+            ModelKind::Reranker => (SupervisorMessage::Score { id, batch }, "rerank"),
+        };
+        let m = metrics();
+        m.batch_size.with_label_values(&[endpoint]).observe(items.len() as f64);
+        m.tokens_total.with_label_values(&[&self.name]).inc_by(real);
+        // What the worker computes: the real tokens when it packs, padding included when not.
+        m.padded_tokens_total.with_label_values(&[&self.name]).inc_by(cost as u64);
+        self.status.lock().unwrap().batches += 1;
+        let sent = self.worker.as_ref().map(|w| w.send(&msg));
+        let now = Instant::now();
+        if self.in_flight.is_empty() {
+            self.head_since = now;
+        }
+        self.in_flight.insert(id, SentBatch { items, sent: now, cost });
+        // A failed send means the worker is gone; its Died event requeues the batch.
+        matches!(sent, Some(Ok(())))
+    }
+
+    /// Takes an answered batch out of flight and, with its rows or scores, answers its
+    /// jobs. The batch being computed finished: the worker's pace learns how long it took,
+    /// and the next batch begins computing now.
+    pub(super) fn complete_batch(&mut self, id: u64, output: Option<BatchOutput<'_>>) -> Option<SentBatch> {
+        let was_head = self.in_flight.keys().next() == Some(&id);
+        let batch = self.in_flight.remove(&id)?;
+        let now = Instant::now();
+        if was_head {
+            if output.is_some() {
+                self.pace.observe(batch.cost, now - self.head_since);
+            }
+            self.head_since = now;
+        }
+        metrics().model_inference_seconds.with_label_values(&[&self.name]).observe((now - batch.sent).as_secs_f64());
+        if let Some(output) = output {
+            self.start_failures = 0;
+            self.jobs.scatter(&self.name, self.kind, &batch.items, output);
+        }
+        Some(batch)
+    }
+
+    /// Every batch in flight, in the order sent (the first was being computed).
+    pub(super) fn take_in_flight(&mut self) -> Vec<Vec<Item>> {
+        std::mem::take(&mut self.in_flight).into_values().map(|b| b.items).collect()
+    }
+}
