@@ -16,6 +16,7 @@ mod cpu_attention;
 mod cpu_kernels;
 mod engine;
 mod heads;
+mod layers;
 mod memory;
 mod models;
 mod packing;
@@ -68,7 +69,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         cache_limit_mb: usize,
     },
-    /// Write an MLX-quantized copy of a model folder (linear layers only).
+    /// Write an MLX-quantized copy of a model folder (every matrix: linear layers and
+    /// embedding tables; docs/models.md, "Quantization"); prints one JSON report line.
     Quantize {
         #[arg(long)]
         src: PathBuf,
@@ -78,6 +80,18 @@ enum Command {
         bits: String,
         #[arg(long, default_value = "64", value_parser = ["32", "64", "128"])]
         group_size: String,
+        /// uniform: every matrix at --bits; mixed: the most error-sensitive ones at 8 bits.
+        /// Default: mixed for 4 bits, uniform for 8.
+        #[arg(long, value_parser = ["uniform", "mixed"])]
+        recipe: Option<String>,
+        /// PATTERN=BITS: tensors whose checkpoint name contains PATTERN get BITS (2-8; 0
+        /// keeps them unquantized), ahead of the recipe. Repeatable; the first match wins.
+        #[arg(long = "bits-for", value_name = "PATTERN=BITS")]
+        bits_for: Vec<String>,
+        /// Token set (JSON, mlx_serve_protocol::quantization::EvalSet) to measure the copy
+        /// against the original on; the report then carries the numbers.
+        #[arg(long)]
+        eval: Option<PathBuf>,
     },
     /// Measure the forward pass (with pooling/head) in tokens per second.
     BenchForward {
@@ -142,8 +156,15 @@ fn main() -> Result<()> {
             let code = server::run(&socket, &model, &opts)?;
             std::process::exit(code);
         }
-        Command::Quantize { src, dst, bits, group_size } => {
-            let report = quantize::run(&src, &dst, bits.parse()?, group_size.parse()?)?;
+        Command::Quantize { src, dst, bits, group_size, recipe, bits_for, eval } => {
+            let opts = quantize::Options {
+                bits: bits.parse()?,
+                group_size: group_size.parse()?,
+                recipe: recipe.as_deref().map(quantize::plan::Recipe::parse).transpose()?,
+                overrides: bits_for.iter().map(|s| quantize::plan::Override::parse(s)).collect::<Result<_>>()?,
+                eval,
+            };
+            let report = quantize::run(&src, &dst, &opts)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -278,7 +299,7 @@ fn bench_linear(m: i32, k: i32, n: i32, iters: u32) -> Result<()> {
     let w = mlx_rs::random::normal::<f32>(&[n, k], None, None, None)?;
     let b = mlx_rs::random::normal::<f32>(&[n], None, None, None)?;
     mlx_rs::transforms::eval([&x, &w, &b])?;
-    let lin = weights::Linear::Dense { w_t: w.t(), bias: Some(b) };
+    let lin = layers::Linear::Dense { w_t: w.t(), bias: Some(b) };
     let mut best = f64::INFINITY;
     for i in 0..iters + 3 {
         let t = Instant::now();
