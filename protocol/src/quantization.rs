@@ -84,6 +84,9 @@ pub struct QuantizationDetails {
     pub method: String,
     /// `uniform` or `mixed` (docs/models.md, "Quantization").
     pub recipe: String,
+    /// What the recipe did for this model and why, one line.
+    #[serde(default)]
+    pub note: String,
     /// The recipe's base bits and group size (most tensors).
     pub bits: u8,
     pub group_size: u32,

@@ -68,6 +68,10 @@ enum Command {
         /// automatically from the working set of recent batches.
         #[arg(long, default_value_t = 0)]
         cache_limit_mb: usize,
+        /// Keep quantized layers quantized (quantized matmul) on the CPU backend too, as a
+        /// GPU does; slower there, for checking that path (docs/worker.md, "Backends").
+        #[arg(long)]
+        keep_quantized: bool,
     },
     /// Write an MLX-quantized copy of a model folder (every matrix: linear layers and
     /// embedding tables; docs/models.md, "Quantization"); prints one JSON report line.
@@ -144,7 +148,7 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { socket, model, kind, compute_dtype, cache_limit_mb } => {
+        Command::Serve { socket, model, kind, compute_dtype, cache_limit_mb, keep_quantized } => {
             let opts = Options {
                 kind: kind.map(|k| match k {
                     KindArg::Embedding => ModelKind::Embedding,
@@ -152,6 +156,7 @@ fn main() -> Result<()> {
                 }),
                 compute_dtype: engine::parse_dtype(&compute_dtype)?,
                 cache_limit_bytes: cache_limit_mb.checked_mul(1 << 20).context("--cache-limit-mb is too large")?,
+                keep_quantized,
             };
             let code = server::run(&socket, &model, &opts)?;
             std::process::exit(code);

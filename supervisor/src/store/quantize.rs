@@ -142,6 +142,9 @@ pub fn summary(meta: &ModelMetadata) -> Vec<String> {
     let mut lines = Vec::new();
     if let Some(d) = &meta.quantization_details {
         lines.push(format!("{} ({} recipe), group size {}, scales {}", meta.quantization.as_deref().unwrap_or("?"), d.recipe, d.group_size, d.scales_dtype));
+        if !d.note.is_empty() {
+            lines.push(format!("  {}", d.note));
+        }
         for g in &d.quantized {
             lines.push(format!("  {}-bit: {} matrices", g.bits, g.tensors.len()));
         }

@@ -151,6 +151,7 @@ fn convert(src: &Path, tensors: &BTreeMap<String, Array>, plan: &Plan) -> Result
     let details = QuantizationDetails {
         method: "mlx-affine".into(),
         recipe: plan.recipe.as_str().into(),
+        note: plan.note(),
         bits: plan.base.bits as u8,
         group_size: plan.base.group_size as u32,
         scales_dtype: dtype_name(scales_dtype.unwrap_or(float)).into(),
@@ -185,7 +186,6 @@ pub fn run(src: &Path, dst: &Path, opts: &Options) -> Result<QuantizeReport> {
         None => None,
     };
     let recipe = opts.recipe.unwrap_or_else(|| Recipe::default_for(opts.bits));
-    let plan = Plan::new(&facts, base, recipe, opts.overrides.clone());
 
     let parent = dst.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
@@ -200,6 +200,7 @@ pub fn run(src: &Path, dst: &Path, opts: &Options) -> Result<QuantizeReport> {
     let result = (|| -> Result<QuantizeReport> {
         copy_tree(src, &tmp)?;
         let (tensors, original_size) = load_all(src)?;
+        let plan = Plan::new(&facts, base, recipe, opts.overrides.clone(), tensors.iter().map(|(n, t)| (n.as_str(), t.shape())));
         let converted = convert(src, &tensors, &plan)?;
         drop(tensors);
         let target = tmp.join("model.safetensors");
