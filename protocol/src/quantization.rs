@@ -2,8 +2,8 @@
 //! hands to `mlx-serve-worker quantize --eval FILE`, and the report the worker prints (one
 //! JSON line), which the supervisor stores in `mlx-serve.json` and `mlx-serve show` prints.
 //!
-//! The worker owns the meaning of these numbers (worker/src/quantize/); docs/models.md,
-//! "Quantization", explains them to users.
+//! The worker owns the meaning of these numbers (worker/src/quantize/);
+//! docs/quantization.md explains them to users.
 
 use serde::{Deserialize, Serialize};
 
@@ -82,7 +82,7 @@ pub struct QuantizationDetails {
     /// `mlx-affine`: per group of `group_size` inputs, `w ≈ scale · q + bias`, `q` an
     /// unsigned `bits`-bit integer (MLX's `quantize`).
     pub method: String,
-    /// `uniform` or `mixed` (docs/models.md, "Quantization").
+    /// `uniform` or `mixed` (docs/quantization.md).
     pub recipe: String,
     /// What the recipe did for this model and why, one line.
     #[serde(default)]

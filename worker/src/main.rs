@@ -74,7 +74,7 @@ enum Command {
         keep_quantized: bool,
     },
     /// Write an MLX-quantized copy of a model folder (every matrix: linear layers and
-    /// embedding tables; docs/models.md, "Quantization"); prints one JSON report line.
+    /// embedding tables; docs/quantization.md); prints one JSON report line.
     Quantize {
         #[arg(long)]
         src: PathBuf,
@@ -84,8 +84,8 @@ enum Command {
         bits: String,
         #[arg(long, default_value = "64", value_parser = ["32", "64", "128"])]
         group_size: String,
-        /// uniform: every matrix at --bits; mixed: the most error-sensitive ones at 8 bits.
-        /// Default: mixed for 4 bits, uniform for 8.
+        /// uniform: every matrix at --bits; mixed: more bits where the error hurts most
+        /// (quantize/plan.rs). Default: mixed for 4 bits, uniform for 8.
         #[arg(long, value_parser = ["uniform", "mixed"])]
         recipe: Option<String>,
         /// PATTERN=BITS: tensors whose checkpoint name contains PATTERN get BITS (2-8; 0

@@ -76,8 +76,8 @@ pub struct RemoveArgs {
 
 #[derive(Args)]
 #[command(after_help = "Every matrix is quantized (linear layers and embedding tables); vectors, tiny matrices and a \
-Qwen3-Reranker's yes/no rows stay exact. The copy is checked against the original on built-in texts; \
-`mlx-serve show NAME-4bit` prints what was done and the numbers (docs/models.md, \"Quantization\").\n\n\
+Qwen3-Reranker's yes/no rows stay exact. The copy is checked against the original on built-in texts (cosine, \
+recall@10, nDCG@10), printed here and by `mlx-serve show NAME-4bit` (docs/quantization.md).\n\n\
 Defaults: group size 64 (32 costs ~6% more bytes at 4 bits, 128 loses quality); recipe mixed at 4 bits \
 (uniform 4-bit changes small models' embeddings too much), uniform at 8 (cosine to the original >= 0.999).")]
 pub struct QuantizeArgs {
@@ -88,8 +88,9 @@ pub struct QuantizeArgs {
     pub bits: String,
     #[arg(long, default_value_t = 64, value_parser = clap::builder::PossibleValuesParser::new(["32", "64", "128"]).map(|s| s.parse::<u32>().unwrap()))]
     pub group_size: u32,
-    /// uniform: every matrix at --bits; mixed: the most error-sensitive matrices at 8 bits,
-    /// the rest at --bits [default: mixed for 4 bits, uniform for 8]
+    /// uniform: every matrix at --bits; mixed: more bits where the error hurts most (small
+    /// encoders: linear layers at 8, tables at 4; larger models: mlx-lm mixed_4_6)
+    /// [default: mixed for 4 bits, uniform for 8]
     #[arg(long, value_parser = quantize::RECIPES)]
     pub recipe: Option<String>,
 }

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::tokenize::{qwen3_embedding_query, ModelTokenizer, Tokens, QWEN3_RERANK_DEFAULT_INSTRUCTION};
 
-/// `quality_set.json`, also read by bench/quantization_quality.py.
+/// `quality_set.json` (docs/quantization.md describes it).
 const SET: &str = include_str!("quality_set.json");
 
 #[derive(Deserialize)]

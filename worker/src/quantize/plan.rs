@@ -15,7 +15,7 @@
 //! - embedding tables hold at least a third of the matrix weights (small encoders:
 //!   all-MiniLM-L6-v2 52%, bge-m3 45%): the tables at 4 bits and the linear layers at 8.
 //!   The size is in the tables, and they tolerate 4 bits; the error comes from the layers
-//!   (measured on all-MiniLM-L6-v2, docs/models.md "Quantization": uniform 4-bit mean
+//!   (measured on all-MiniLM-L6-v2, docs/quantization.md: uniform 4-bit mean
 //!   cosine 0.964, this 0.998);
 //! - otherwise (Qwen3-Embedding-0.6B: 26%), mlx-lm's `mixed_4_6`: the attention value and
 //!   feed-forward output projections of the first and last eighth of the blocks and of
