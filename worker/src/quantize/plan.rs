@@ -259,7 +259,8 @@ impl Plan {
     /// between), and an lm_head.
     fn sensitive(&self, name: &str) -> bool {
         let n = self.layers;
-        let more_bits = |i: usize| i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2);
+        // `i - n / 8` only runs when `i >= n / 8` (short-circuit).
+        let more_bits = |i: usize| i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
         match role(name) {
             Role::AttentionValue | Role::FeedForwardOut => block_index(name).is_some_and(more_bits),
             Role::LmHead => true,
