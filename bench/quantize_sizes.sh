@@ -3,7 +3,9 @@
 # "Quantization"): random bfloat16 weights with the real model's config (28 layers, hidden
 # 1024, vocab 151669, tied embeddings; the Hub's config.json), the tiny Qwen3 fixture's
 # tokenizer. Sizes depend only on shapes and dtypes, so they are the real model's; the
-# quality line it prints is random weights against themselves and means nothing.
+# quality line it prints is random weights against themselves and means nothing. The
+# quality check runs the 0.6B model twice on the CPU: many minutes; the 4-bit file's size
+# is in the store's .quantizing-* folder as soon as it is written.
 #
 #   bash bench/quantize_sizes.sh            # needs target/release and ~4 GB free in /tmp
 set -euo pipefail
