@@ -17,6 +17,7 @@
 pub mod codec;
 pub mod model_dir;
 pub mod model_files;
+pub mod quantization;
 
 use serde::{Deserialize, Serialize};
 

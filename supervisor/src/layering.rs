@@ -23,9 +23,11 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("batch", &["tokenize"]),
     ("metrics", &["worker"]),
     ("worker", &[]),
-    ("tokenize", &[]),
     ("control", &["paths"]),
-    ("store", &[]),
+    // store/quality_set.rs tokenizes the quantization quality check with the model's own
+    // tokenizer, exactly as requests are tokenized.
+    ("store", &["tokenize"]),
+    ("tokenize", &[]),
     ("config", &["paths"]),
     ("paths", &[]),
 ];

@@ -20,9 +20,9 @@
 //! batch/      the per-model queue, batch cutting, and the dispatch policy (a pure function)
 //! metrics     Prometheus registry and metric names
 //! worker/     a worker process behind a trait: spawn + handshake, IPC framing, state
-//! tokenize    HF tokenizers, truncation, reranker prompt templates, models' named prompts
 //! control/    the control socket's JSON-lines language and its blocking client
 //! store/      models on disk: store, aliases, pull (hub/folder), quantize, downloads, metadata
+//! tokenize    HF tokenizers, truncation, reranker prompt templates, models' named prompts
 //! config/     schema and defaults, loading with provenance (file < env < CLI), YAML
 //! paths       where files live: home, config, run/, logs/, worker binary and sockets
 //! ```

@@ -43,6 +43,8 @@ pub struct Options {
     pub compute_dtype: Option<Dtype>,
     /// Fixed bound on MLX's buffer cache; 0 = sized from the batches run (`memory.rs`).
     pub cache_limit_bytes: usize,
+    /// Keep quantized layers quantized on the CPU backend too (the GPU path, for tests).
+    pub keep_quantized: bool,
 }
 
 /// True when MLX's default device is a GPU (a Metal or CUDA build on a machine that has
@@ -98,19 +100,20 @@ impl Engine {
         let memory = MemoryPolicy::new(opts.cache_limit_bytes)?;
         let facts = facts_for(dir, opts.kind)?;
         let gpu = on_gpu();
+        let dequantize = !gpu && !opts.keep_quantized;
         let storage: StorageConfig = parse_config(&facts.config)?;
         let sanitize = match facts.family {
             Family::Bert => bert::sanitize,
             Family::XlmRoberta => xlm_roberta::sanitize,
             Family::Qwen3 => qwen3::sanitize,
         };
-        let mut w = Weights::load(dir, &storage, sanitize, LoadPolicy { compute: Dtype::Float32, dequantize: !gpu })?;
+        let mut w = Weights::load(dir, &storage, sanitize, LoadPolicy { compute: Dtype::Float32, dequantize })?;
         let compute = match opts.compute_dtype {
             Some(d) => d,
             None if gpu => w.stored_float_dtype().unwrap_or(Dtype::Float32),
             None => Dtype::Float32,
         };
-        w.set_policy(LoadPolicy { compute, dequantize: !gpu });
+        w.set_policy(LoadPolicy { compute, dequantize });
         let kernels = if !gpu && compute == Dtype::Float32 { Kernels::Host } else { Kernels::Mlx };
 
         let pool_head = Head::Pool { pooling: facts.pooling, normalize: facts.normalize };

@@ -18,7 +18,8 @@ use serde_json::Value;
 use crate::models::qwen3::Qwen3;
 use crate::packing::Packing;
 use crate::pooling;
-use crate::weights::{Linear, Weights};
+use crate::layers::Linear;
+use crate::weights::Weights;
 
 /// `tanh(dense(h_cls))` → `out` → sigmoid.
 pub struct CrossEncoder {
@@ -60,6 +61,11 @@ impl CrossEncoder {
     }
 }
 
+/// The lm_head rows of "yes" and "no" (`[2, hidden]`, unquantized) and their token ids
+/// (`[2]` int32), as a quantized copy of a Qwen3-Reranker stores them.
+pub const YES_NO_ROWS: &str = "lm_head.yes_no.weight";
+pub const YES_NO_IDS: &str = "lm_head.yes_no.token_ids";
+
 /// Qwen3-Reranker's P("yes") judge.
 pub struct YesNo {
     /// `[hidden, 2]`: the lm_head rows of "yes" and "no", transposed for one small GEMM.
@@ -97,11 +103,19 @@ impl YesNo {
         }
         let hidden = crate::models::Network::hidden_size(model);
         let ids = [yes_id as i32, no_id as i32];
-        // An untied lm_head is its own tensor; a tied one is the input embedding table.
-        let rows = if w.has("lm_head.weight") {
+        // A quantized copy stores the two rows unquantized (worker/src/quantize/plan.rs);
+        // else an untied lm_head is its own tensor and a tied one is the input embeddings.
+        let rows = if w.has(YES_NO_ROWS) {
+            let stored = w.take_raw(YES_NO_IDS)?;
+            let stored: Vec<i32> = stored.as_dtype(mlx_rs::Dtype::Int32)?.as_slice::<i32>().to_vec();
+            if stored != ids {
+                bail!("{YES_NO_ROWS} holds the rows of token ids {stored:?}, but tokenizer.json's \"yes\"/\"no\" are {ids:?}");
+            }
+            w.take(YES_NO_ROWS, &[2, hidden])?
+        } else if w.has("lm_head.weight") {
             w.rows("lm_head", vocab, hidden, &ids)?
         } else {
-            model.embedding_table().take_axis(Array::from_slice(&ids, &[2]), 0)?
+            model.embedding().lookup(&Array::from_slice(&ids, &[2]))?
         };
         let rows_t = rows.t();
         rows_t.eval()?;

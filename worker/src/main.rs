@@ -16,6 +16,7 @@ mod cpu_attention;
 mod cpu_kernels;
 mod engine;
 mod heads;
+mod layers;
 mod memory;
 mod models;
 mod packing;
@@ -67,8 +68,13 @@ enum Command {
         /// automatically from the working set of recent batches.
         #[arg(long, default_value_t = 0)]
         cache_limit_mb: usize,
+        /// Keep quantized layers quantized (quantized matmul) on the CPU backend too, as a
+        /// GPU does; slower there, for checking that path (docs/worker.md, "Backends").
+        #[arg(long)]
+        keep_quantized: bool,
     },
-    /// Write an MLX-quantized copy of a model folder (linear layers only).
+    /// Write an MLX-quantized copy of a model folder (every matrix: linear layers and
+    /// embedding tables; docs/quantization.md); prints one JSON report line.
     Quantize {
         #[arg(long)]
         src: PathBuf,
@@ -78,6 +84,18 @@ enum Command {
         bits: String,
         #[arg(long, default_value = "64", value_parser = ["32", "64", "128"])]
         group_size: String,
+        /// uniform: every matrix at --bits; mixed: more bits where the error hurts most
+        /// (quantize/plan.rs). Default: mixed for 4 bits, uniform for 8.
+        #[arg(long, value_parser = ["uniform", "mixed"])]
+        recipe: Option<String>,
+        /// PATTERN=BITS: tensors whose checkpoint name contains PATTERN get BITS (2-8; 0
+        /// keeps them unquantized), ahead of the recipe. Repeatable; the first match wins.
+        #[arg(long = "bits-for", value_name = "PATTERN=BITS")]
+        bits_for: Vec<String>,
+        /// Token set (JSON, mlx_serve_protocol::quantization::EvalSet) to measure the copy
+        /// against the original on; the report then carries the numbers.
+        #[arg(long)]
+        eval: Option<PathBuf>,
     },
     /// Measure the forward pass (with pooling/head) in tokens per second.
     BenchForward {
@@ -130,7 +148,7 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { socket, model, kind, compute_dtype, cache_limit_mb } => {
+        Command::Serve { socket, model, kind, compute_dtype, cache_limit_mb, keep_quantized } => {
             let opts = Options {
                 kind: kind.map(|k| match k {
                     KindArg::Embedding => ModelKind::Embedding,
@@ -138,12 +156,20 @@ fn main() -> Result<()> {
                 }),
                 compute_dtype: engine::parse_dtype(&compute_dtype)?,
                 cache_limit_bytes: cache_limit_mb.checked_mul(1 << 20).context("--cache-limit-mb is too large")?,
+                keep_quantized,
             };
             let code = server::run(&socket, &model, &opts)?;
             std::process::exit(code);
         }
-        Command::Quantize { src, dst, bits, group_size } => {
-            let report = quantize::run(&src, &dst, bits.parse()?, group_size.parse()?)?;
+        Command::Quantize { src, dst, bits, group_size, recipe, bits_for, eval } => {
+            let opts = quantize::Options {
+                bits: bits.parse()?,
+                group_size: group_size.parse()?,
+                recipe: recipe.as_deref().map(quantize::plan::Recipe::parse).transpose()?,
+                overrides: bits_for.iter().map(|s| quantize::plan::Override::parse(s)).collect::<Result<_>>()?,
+                eval,
+            };
+            let report = quantize::run(&src, &dst, &opts)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -278,7 +304,7 @@ fn bench_linear(m: i32, k: i32, n: i32, iters: u32) -> Result<()> {
     let w = mlx_rs::random::normal::<f32>(&[n, k], None, None, None)?;
     let b = mlx_rs::random::normal::<f32>(&[n], None, None, None)?;
     mlx_rs::transforms::eval([&x, &w, &b])?;
-    let lin = weights::Linear::Dense { w_t: w.t(), bias: Some(b) };
+    let lin = layers::Linear::Dense { w_t: w.t(), bias: Some(b) };
     let mut best = f64::INFINITY;
     for i in 0..iters + 3 {
         let t = Instant::now();

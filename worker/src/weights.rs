@@ -17,31 +17,83 @@ use anyhow::{anyhow, bail, Result};
 use mlx_rs::{ops, Array, Dtype};
 use mlx_serve_protocol::model_files;
 use serde::Deserialize;
+use serde_json::Value;
 
-/// MLX affine quantization parameters (mlx-lm's `"quantization"` block in config.json).
+use crate::layers::{Embedding, Linear};
+
+/// MLX affine quantization parameters of one layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct QuantSpec {
     pub group_size: i32,
     pub bits: i32,
 }
 
-/// The part of config.json every architecture shares: how its linear layers are stored.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct StorageConfig {
-    /// `"quantization": {"group_size": G, "bits": B}` for an MLX-quantized checkpoint.
-    #[serde(default)]
-    pub quantization: Option<QuantSpec>,
-}
-
 impl QuantSpec {
-
+    /// What MLX's affine `quantize` accepts (mlx/ops.cpp, `quantize`).
     pub fn check(&self) -> Result<()> {
-        if ![2, 3, 4, 6, 8].contains(&self.bits) || ![32, 64, 128].contains(&self.group_size) {
-            bail!("unsupported quantization: {} bits, group size {} (supported: 4 or 8 bits, group 32/64/128)",
-                self.bits, self.group_size);
+        if ![2, 3, 4, 5, 6, 8].contains(&self.bits) || ![32, 64, 128].contains(&self.group_size) {
+            bail!(
+                "unsupported quantization: {} bits, group size {} (supported: 2, 3, 4, 5, 6 or 8 bits, group 32/64/128)",
+                self.bits,
+                self.group_size
+            );
         }
         Ok(())
     }
+}
+
+/// config.json's `"quantization"` block, in mlx-lm's format (mlx_lm/utils.py, `load_model`
+/// and `quantize_model`): the default `group_size` and `bits`, plus one entry per layer
+/// quantized otherwise, keyed by its checkpoint path: `{"group_size": G, "bits": B}`, or
+/// `false` for a layer left unquantized.
+#[derive(Debug, Clone, Deserialize)]
+pub struct QuantConfig {
+    pub group_size: i32,
+    pub bits: i32,
+    /// Only `"affine"` (absent in older files).
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(flatten)]
+    pub layers: HashMap<String, Value>,
+}
+
+impl QuantConfig {
+    pub fn default_spec(&self) -> QuantSpec {
+        QuantSpec { group_size: self.group_size, bits: self.bits }
+    }
+
+    /// Per-layer specs by sanitized layer name (`None`: stored unquantized), every spec
+    /// checked.
+    fn layer_specs(&self, sanitize: fn(&str) -> String) -> Result<HashMap<String, Option<QuantSpec>>> {
+        if let Some(mode) = self.mode.as_deref().filter(|m| *m != "affine") {
+            bail!("unsupported quantization mode {mode:?} (only MLX affine quantization)");
+        }
+        self.default_spec().check()?;
+        let mut out = HashMap::new();
+        for (path, v) in &self.layers {
+            let spec = match v {
+                Value::Bool(false) => None,
+                Value::Object(_) => {
+                    let spec = QuantSpec::deserialize(v).map_err(|e| anyhow!("quantization entry {path:?}: {e}"))?;
+                    spec.check()?;
+                    Some(spec)
+                }
+                // Other scalar keys (e.g. a future option) are not layers.
+                _ => continue,
+            };
+            let name = sanitize(&format!("{path}.weight"));
+            out.insert(name.strip_suffix(".weight").unwrap_or(&name).to_owned(), spec);
+        }
+        Ok(out)
+    }
+}
+
+/// The part of config.json every architecture shares: how its layers are stored.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StorageConfig {
+    /// Present for an MLX-quantized checkpoint.
+    #[serde(default)]
+    pub quantization: Option<QuantConfig>,
 }
 
 /// How linear layers are materialised (the engine's dtype policy).
@@ -53,101 +105,11 @@ pub struct LoadPolicy {
     pub dequantize: bool,
 }
 
-/// A dense or MLX-quantized linear layer, `y = x Wᵀ + b`.
-pub enum Linear {
-    Dense { w_t: Array, bias: Option<Array> },
-    Quantized { w: Array, scales: Array, biases: Array, bias: Option<Array>, spec: QuantSpec },
-}
-
-impl Linear {
-    /// Applies the layer to `x` of shape `[.., in]`.
-    pub fn forward(&self, x: &Array) -> Result<Array> {
-        Ok(match self {
-            // addmm folds the bias into the GEMM (BLAS beta = 1) instead of a separate pass.
-            Linear::Dense { w_t, bias: Some(b) } if x.ndim() == 2 => ops::addmm(b, x, w_t, 1.0, 1.0)?,
-            Linear::Dense { w_t, bias } => {
-                let y = x.matmul(w_t)?;
-                match bias {
-                    Some(b) => y.add(b)?,
-                    None => y,
-                }
-            }
-            Linear::Quantized { w, scales, biases, bias, spec } => {
-                let y = ops::quantized_matmul(x, w, scales, biases, true, spec.group_size, spec.bits)?;
-                match bias {
-                    Some(b) => y.add(b)?,
-                    None => y,
-                }
-            }
-        })
-    }
-
-    /// `x Wᵀ` and the bias still to add, for callers that fuse the bias into their next
-    /// host kernel: `addmm` first copies the broadcast bias into the output, ~8% of a wide
-    /// GEMM's time on the CPU backend. Quantized layers return their full result.
-    pub fn forward_unbiased(&self, x: &Array) -> Result<(Array, Option<&Array>)> {
-        match self {
-            Linear::Dense { w_t, bias } => Ok((x.matmul(w_t)?, bias.as_ref())),
-            Linear::Quantized { .. } => Ok((self.forward(x)?, None)),
-        }
-    }
-
-    /// Stacks layers that read the same input into one wider layer (fused Q/K/V, gate/up):
-    /// one large GEMM is faster than several small ones.
-    pub fn concat(parts: Vec<Linear>) -> Result<Linear> {
-        let bias_of = |l: &Linear| match l {
-            Linear::Dense { bias, .. } | Linear::Quantized { bias, .. } => bias.clone(),
-        };
-        let biases: Vec<Option<Array>> = parts.iter().map(bias_of).collect();
-        let bias = if biases.iter().all(Option::is_some) {
-            let b: Vec<Array> = biases.into_iter().flatten().collect();
-            Some(ops::concatenate(&b, 0)?)
-        } else if biases.iter().all(Option::is_none) {
-            None
-        } else {
-            bail!("cannot fuse linear layers with and without bias")
-        };
-        if parts.iter().all(|p| matches!(p, Linear::Dense { .. })) {
-            let ws: Vec<Array> = parts
-                .iter()
-                .map(|p| match p {
-                    Linear::Dense { w_t, .. } => w_t.clone(),
-                    _ => unreachable!(),
-                })
-                .collect();
-            let w_t = ops::concatenate(&ws, 1)?;
-            w_t.eval()?;
-            return Ok(Linear::Dense { w_t, bias });
-        }
-        let mut ws = Vec::new();
-        let mut ss = Vec::new();
-        let mut bs = Vec::new();
-        let mut spec0 = None;
-        for p in &parts {
-            match p {
-                Linear::Quantized { w, scales, biases, spec, .. } if spec0.is_none() || spec0 == Some(*spec) => {
-                    spec0 = Some(*spec);
-                    ws.push(w.clone());
-                    ss.push(scales.clone());
-                    bs.push(biases.clone());
-                }
-                _ => bail!("cannot fuse dense and quantized (or differently quantized) linear layers"),
-            }
-        }
-        Ok(Linear::Quantized {
-            w: ops::concatenate(&ws, 0)?,
-            scales: ops::concatenate(&ss, 0)?,
-            biases: ops::concatenate(&bs, 0)?,
-            bias,
-            spec: spec0.unwrap(),
-        })
-    }
-}
-
 /// All tensors of a model folder, by sanitized name.
 pub struct Weights {
     tensors: HashMap<String, Array>,
-    quant: Option<QuantSpec>,
+    /// The default quantization and the layers quantized otherwise (or not at all).
+    quant: Option<(QuantSpec, HashMap<String, Option<QuantSpec>>)>,
     policy: LoadPolicy,
     /// dtype of the floating-point tensors on disk.
     stored: Option<Dtype>,
@@ -182,10 +144,10 @@ impl Weights {
     /// Loads (lazily, through MLX) every tensor of the model in `dir`, renaming each with
     /// the architecture's `sanitize`.
     pub fn load(dir: &Path, storage: &StorageConfig, sanitize: fn(&str) -> String, policy: LoadPolicy) -> Result<Weights> {
-        let quant = storage.quantization;
-        if let Some(q) = quant {
-            q.check()?;
-        }
+        let quant = match &storage.quantization {
+            Some(q) => Some((q.default_spec(), q.layer_specs(sanitize)?)),
+            None => None,
+        };
         let mut tensors = HashMap::new();
         let mut stored = None;
         for file in safetensors_files(dir)? {
@@ -204,8 +166,8 @@ impl Weights {
 
     /// `float32`, `bfloat16`, ... or `q4`/`q8` for quantized checkpoints.
     pub fn stored_dtype(&self) -> String {
-        match self.quant {
-            Some(q) => format!("q{}", q.bits),
+        match &self.quant {
+            Some((q, _)) => format!("q{}", q.bits),
             None => self.stored.map(dtype_name).unwrap_or("unknown").to_owned(),
         }
     }
@@ -269,18 +231,13 @@ impl Weights {
         } else {
             self.take_opt(&format!("{prefix}.bias"), &[out_dim])?
         };
-        let scales_name = format!("{prefix}.scales");
-        if !self.has(&scales_name) {
+        if !self.has(&format!("{prefix}.scales")) {
             let w = self.take(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
             return Ok(Linear::Dense { w_t: w.t(), bias });
         }
-        let spec = self.quant.ok_or_else(|| {
-            anyhow!("{prefix} is quantized ({scales_name} present) but config.json has no \"quantization\" block")
-        })?;
-        let (w, scales, biases) = self.take_quantized(prefix, in_dim, out_dim, spec)?;
+        let (w, scales, biases, spec) = self.take_quantized(prefix, in_dim, out_dim)?;
         if self.policy.dequantize {
-            let dense = ops::dequantize(&w, &scales, &biases, spec.group_size, spec.bits)?.as_dtype(self.policy.compute)?;
-            dense.eval()?;
+            let dense = self.dequantized(&w, &scales, &biases, spec)?;
             Ok(Linear::Dense { w_t: dense.t(), bias })
         } else {
             let scales = self.cast(scales)?;
@@ -289,31 +246,72 @@ impl Weights {
         }
     }
 
-    /// Rows `rows` of the [vocab, hidden] matrix `name` (dense or quantized), in compute dtype.
-    pub fn rows(&mut self, name_prefix: &str, vocab: i32, hidden: i32, rows: &[i32]) -> Result<Array> {
+    /// The embedding table `prefix` (`prefix.weight` [rows, dim]), dense or quantized,
+    /// materialised per the load policy like a linear layer.
+    pub fn embedding(&mut self, prefix: &str, rows: i32, dim: i32) -> Result<Embedding> {
+        if !self.has(&format!("{prefix}.scales")) {
+            return Ok(Embedding::Dense(self.take(&format!("{prefix}.weight"), &[rows, dim])?));
+        }
+        let (w, scales, biases, spec) = self.take_quantized(prefix, dim, rows)?;
+        if self.policy.dequantize {
+            return Ok(Embedding::Dense(self.dequantized(&w, &scales, &biases, spec)?));
+        }
+        Ok(Embedding::Quantized { w, scales: self.cast(scales)?, biases: self.cast(biases)?, spec })
+    }
+
+    /// Like [`embedding`](Self::embedding) but `None` when the table is absent.
+    pub fn embedding_opt(&mut self, prefix: &str, rows: i32, dim: i32) -> Result<Option<Embedding>> {
+        if self.has(&format!("{prefix}.weight")) {
+            self.embedding(prefix, rows, dim).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Rows `rows` of the [vocab, hidden] matrix `prefix` (dense or quantized) in compute
+    /// dtype, without materialising the rest of it (a reranker's two lm_head rows).
+    pub fn rows(&mut self, prefix: &str, vocab: i32, hidden: i32, rows: &[i32]) -> Result<Array> {
         let idx = Array::from_slice(rows, &[rows.len() as i32]);
-        if self.has(&format!("{name_prefix}.scales")) {
-            let spec = self.quant.ok_or_else(|| anyhow!("{name_prefix} is quantized but config.json has no quantization"))?;
-            let (w, s, b) = self.take_quantized(name_prefix, hidden, vocab, spec)?;
+        if self.has(&format!("{prefix}.scales")) {
+            let (w, s, b, spec) = self.take_quantized(prefix, hidden, vocab)?;
             let pick = |a: &Array| a.take_axis(&idx, 0);
             let dense = ops::dequantize(pick(&w)?, pick(&s)?, &pick(&b)?, spec.group_size, spec.bits)?;
             return Ok(dense.as_dtype(self.policy.compute)?);
         }
-        let w = self.take_raw(&format!("{name_prefix}.weight"))?;
+        let w = self.take_raw(&format!("{prefix}.weight"))?;
         if w.shape() != [vocab, hidden] {
-            bail!("tensor {name_prefix}.weight has shape {:?} but config.json implies {:?}", w.shape(), [vocab, hidden]);
+            bail!("tensor {prefix}.weight has shape {:?} but config.json implies {:?}", w.shape(), [vocab, hidden]);
         }
         let r = w.take_axis(&idx, 0)?;
         self.cast(r)
     }
 
-    fn take_quantized(&mut self, prefix: &str, in_dim: i32, out_dim: i32, spec: QuantSpec) -> Result<(Array, Array, Array)> {
+    /// A quantized matrix dequantized into the compute dtype and evaluated (the packed
+    /// arrays are freed once nothing else holds them).
+    fn dequantized(&self, w: &Array, scales: &Array, biases: &Array, spec: QuantSpec) -> Result<Array> {
+        let dense = ops::dequantize(w, scales, biases, spec.group_size, spec.bits)?.as_dtype(self.policy.compute)?;
+        dense.eval()?;
+        Ok(dense)
+    }
+
+    /// The packed weight, scales and biases of the quantized matrix `prefix` ([out, in]
+    /// before packing) and how it was quantized (its own entry in config.json's
+    /// quantization block, else the default); shapes checked against that.
+    fn take_quantized(&mut self, prefix: &str, in_dim: i32, out_dim: i32) -> Result<(Array, Array, Array, QuantSpec)> {
+        let (default, layers) = self.quant.as_ref().ok_or_else(|| {
+            anyhow!("{prefix} is quantized ({prefix}.scales present) but config.json has no \"quantization\" block")
+        })?;
+        let spec = match layers.get(prefix) {
+            Some(Some(spec)) => *spec,
+            Some(None) => bail!("{prefix} is quantized but config.json's quantization block says it is not"),
+            None => *default,
+        };
         let w = self.take_raw(&format!("{prefix}.weight"))?;
         let scales = self.take_raw(&format!("{prefix}.scales"))?;
         let biases = self.take_raw(&format!("{prefix}.biases"))?;
         let packed = in_dim * spec.bits / 32;
         let groups = in_dim / spec.group_size;
-        if w.dtype() != Dtype::Uint32 || w.shape() != [out_dim, packed] {
+        if w.dtype() != Dtype::Uint32 || w.shape() != [out_dim, packed] || in_dim % spec.group_size != 0 {
             bail!(
                 "quantized tensor {prefix}.weight is {:?} {:?}, expected uint32 [{out_dim}, {packed}] for {} bits",
                 w.dtype(),
@@ -329,6 +327,6 @@ impl Weights {
                 spec.group_size
             );
         }
-        Ok((w, scales, biases))
+        Ok((w, scales, biases, spec))
     }
 }

@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use mlx_serve_protocol::quantization::{Quality, QuantizationDetails};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -14,14 +15,27 @@ use super::StoreError;
 
 pub const FILE: &str = "mlx-serve.json";
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Quantization {
-    pub bits: u8,
-    pub group_size: u32,
+/// `"4bit"` / `"8bit"`: the plan's `quantization` value (its base bits; a mixed recipe's
+/// other layers are in `quantization_details`).
+pub fn quantization_label(bits: u8) -> String {
+    format!("{bits}bit")
+}
+
+/// Reads `quantization` as written now (`"4bit"`) or by earlier versions
+/// (`{"bits": 4, "group_size": 64}`).
+fn de_quantization<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<Value>::deserialize(d)? {
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Object(o)) => o.get("bits").and_then(Value::as_u64).map(|b| quantization_label(b as u8)),
+        _ => None,
+    })
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelMetadata {
+    /// Store name (the folder's name when installed).
+    #[serde(default)]
+    pub name: String,
     /// `huggingface`, `folder` or `quantize`.
     pub source_type: String,
     /// Repo id, folder path, or (quantize) the store name it was made from.
@@ -36,11 +50,20 @@ pub struct ModelMetadata {
     pub architecture: String,
     /// Dtype of the stored float weights: float32, float16, bfloat16.
     pub dtype: String,
-    pub quantization: Option<Quantization>,
+    /// `"4bit"`, `"8bit"`, or null when not quantized.
+    #[serde(default, deserialize_with = "de_quantization")]
+    pub quantization: Option<String>,
     /// Bytes of safetensors weights before quantization.
     pub original_size: u64,
     /// Bytes of safetensors weights after quantization (absent when not quantized).
     pub quantized_size: Option<u64>,
+    /// Exactly what was quantized and how; what was kept in full precision and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_details: Option<QuantizationDetails>,
+    /// The quantized model against the original on the built-in quality set, measured when
+    /// it was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<Quality>,
     /// RFC 3339 UTC.
     pub created: String,
 }
@@ -162,6 +185,19 @@ pub fn dominant_dtype(dir: &Path) -> Result<String, StoreError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quantization_is_read_in_either_shape() {
+        let m: super::ModelMetadata = serde_json::from_str(r#"{"source_type":"quantize","source":"m","repo":null,
+            "revision":null,"type":"embedding","architecture":"BertModel","dtype":"float32",
+            "quantization":{"bits":8,"group_size":64},"original_size":1,"quantized_size":1,"created":""}"#)
+        .unwrap();
+        assert_eq!(m.quantization.as_deref(), Some("8bit"));
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["quantization"], "8bit");
+        let back: super::ModelMetadata = serde_json::from_value(v).unwrap();
+        assert_eq!(back, m);
+    }
+
     #[test]
     fn rfc3339_known_dates() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");

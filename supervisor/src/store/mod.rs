@@ -7,7 +7,8 @@
 //!
 //! - `aliases.rs`: the names users type (aliases, repo ids, `-4bit` variants) → store names.
 //! - `pull/`: a model from the Hugging Face Hub or a local folder into the store.
-//! - `quantize.rs`: an MLX-quantized copy, made by the worker binary.
+//! - `quantize.rs`: an MLX-quantized copy, made by the worker binary; `quality_set.rs`:
+//!   the texts its quality is measured on.
 //! - `staging.rs`: the temporary folders both write into, and the rename into place.
 //! - `metadata.rs`: `mlx-serve.json` and what we read from safetensors headers.
 //! - `downloads.rs`: the daemon's shared downloads in flight, with progress.
@@ -16,6 +17,7 @@ pub mod aliases;
 pub mod downloads;
 pub mod metadata;
 pub mod pull;
+mod quality_set;
 pub mod quantize;
 mod staging;
 

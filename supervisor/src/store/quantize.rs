@@ -1,16 +1,21 @@
 //! `quantize`: an MLX-quantized copy of a stored model, `NAME-4bit` / `NAME-8bit`.
 //!
 //! The supervisor never links MLX, so the work is done by `mlx-serve-worker quantize
-//! --src DIR --dst DIR --bits B --group-size G` (worker/src/quantize.rs), which prints one
-//! JSON line with the sizes. The worker writes into a `.quantizing-*` folder of the store;
-//! metadata is added there and the folder is renamed into place, so a failed or killed
-//! quantization leaves no half model.
+//! --src DIR --dst DIR --bits B --group-size G [--recipe R] --eval FILE`
+//! (worker/src/quantize/), which prints one JSON report line
+//! (`mlx_serve_protocol::quantization::QuantizeReport`): sizes, exactly what was quantized
+//! and how, and the copy's quality against the original on the built-in set
+//! (`quality_set.rs`, tokenized here). The worker writes into a `.quantizing-*` folder of
+//! the store; metadata is added there and the folder is renamed into place, so a failed or
+//! killed quantization leaves no half model.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use mlx_serve_protocol::model_dir;
+use mlx_serve_protocol::quantization::QuantizeReport;
 
-use super::metadata::{self, ModelMetadata, Quantization};
+use super::metadata::{self, ModelMetadata};
+use super::quality_set;
 use super::staging::{install, Staging};
 use super::{Store, StoreError};
 
@@ -47,13 +52,6 @@ impl Spec {
     }
 }
 
-/// The JSON line `mlx-serve-worker quantize` prints.
-#[derive(Debug, Deserialize)]
-struct WorkerReport {
-    original_size: u64,
-    quantized_size: u64,
-}
-
 /// Quantizes the model folder `src` into the store as `name`, with metadata `base` (its
 /// source fields set by the caller) plus the quantization and sizes. Returns the installed
 /// folder and its metadata.
@@ -65,6 +63,23 @@ pub async fn into_store(
     spec: Spec,
     base: &ModelMetadata,
 ) -> Result<(PathBuf, ModelMetadata), StoreError> {
+    into_store_with(store, worker_bin, src, name, spec, None, base).await
+}
+
+/// Recipes `mlx-serve quantize --recipe` offers (worker/src/quantize/plan.rs); `None` is
+/// the worker's default for the bits (mixed at 4, uniform at 8).
+pub const RECIPES: [&str; 2] = ["mixed", "uniform"];
+
+/// [`into_store`] with a recipe.
+pub async fn into_store_with(
+    store: &Store,
+    worker_bin: &Path,
+    src: &Path,
+    name: &str,
+    spec: Spec,
+    recipe: Option<&str>,
+    base: &ModelMetadata,
+) -> Result<(PathBuf, ModelMetadata), StoreError> {
     let failed = StoreError::Failed;
     if !worker_bin.is_file() {
         return Err(failed(format!(
@@ -72,15 +87,26 @@ pub async fn into_store(
             worker_bin.display()
         )));
     }
+    let facts = model_dir::inspect(src).map_err(|e| failed(format!("{name}: {e}")))?;
+    let eval = quality_set::tokenized(src, &facts).map_err(|e| failed(format!("tokenizing the quality check: {e}")))?;
     let staging = Staging::create(store, &format!(".quantizing-{name}-"))?;
     let dst = staging.path.join(name);
-    let out = tokio::process::Command::new(worker_bin)
-        .arg("quantize")
+    let eval_path = staging.path.join("quality-set.json");
+    let eval_json = serde_json::to_vec(&eval).map_err(|e| failed(e.to_string()))?;
+    std::fs::write(&eval_path, eval_json).map_err(|e| failed(format!("cannot write {}: {e}", eval_path.display())))?;
+    let mut cmd = tokio::process::Command::new(worker_bin);
+    cmd.arg("quantize")
         .arg("--src")
         .arg(src)
         .arg("--dst")
         .arg(&dst)
         .args(["--bits", &spec.bits.to_string(), "--group-size", &spec.group_size.to_string()])
+        .arg("--eval")
+        .arg(&eval_path);
+    if let Some(recipe) = recipe {
+        cmd.args(["--recipe", recipe]);
+    }
+    let out = cmd
         .kill_on_drop(true)
         .output()
         .await
@@ -90,21 +116,63 @@ pub async fn into_store(
         return Err(failed(format!("quantization failed ({}): {}", out.status, stderr.trim())));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: WorkerReport = stdout
+    let report: QuantizeReport = stdout
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
         .ok_or_else(|| failed(format!("the worker printed no report: {stdout}")))?;
     let meta = ModelMetadata {
-        quantization: Some(Quantization { bits: spec.bits, group_size: spec.group_size }),
+        name: name.to_owned(),
+        quantization: Some(metadata::quantization_label(spec.bits)),
         original_size: report.original_size,
         quantized_size: Some(report.quantized_size),
+        quantization_details: Some(report.details),
+        quality: report.quality,
         created: metadata::now_rfc3339(),
         ..base.clone()
     };
     meta.write(&dst).map_err(|e| failed(format!("cannot write metadata: {e}")))?;
     let path = install(store, &dst, name)?;
     Ok((path, meta))
+}
+
+/// What `mlx-serve show` prints for a quantized model: how it was made and its measured
+/// quality, a few lines.
+pub fn summary(meta: &ModelMetadata) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(d) = &meta.quantization_details {
+        lines.push(format!("{} ({} recipe), group size {}, scales {}", meta.quantization.as_deref().unwrap_or("?"), d.recipe, d.group_size, d.scales_dtype));
+        if !d.note.is_empty() {
+            lines.push(format!("  {}", d.note));
+        }
+        for g in &d.quantized {
+            lines.push(format!("  {}-bit: {} matrices", g.bits, g.tensors.len()));
+        }
+        for k in &d.kept {
+            let names = if k.tensors.len() <= 3 { k.tensors.join(", ") } else { format!("{} tensors", k.tensors.len()) };
+            lines.push(format!("  kept: {names} ({})", k.why));
+        }
+    }
+    if meta.original_size > 0 {
+        if let Some(q) = meta.quantized_size {
+            lines.push(format!("size: {q} of {} bytes ({:.1}%)", meta.original_size, 100.0 * q as f64 / meta.original_size as f64));
+        }
+    }
+    if let Some(q) = &meta.quality {
+        let mut parts = Vec::new();
+        if let (Some(mean), Some(min)) = (q.mean_cosine, q.min_cosine) {
+            parts.push(format!("cosine to the original mean {mean:.5}, worst {min:.5} ({} texts)", q.sequences));
+        }
+        if let (Some(mean), Some(max)) = (q.mean_score_diff, q.max_score_diff) {
+            parts.push(format!("score difference mean {mean:.2e}, largest {max:.2e} ({} pairs)", q.sequences));
+        }
+        parts.push(format!(
+            "ranking agreement recall@10 {:.3}, nDCG@10 {:.3} ({} queries x {} documents)",
+            q.recall_at_10, q.ndcg_at_10, q.queries, q.documents
+        ));
+        lines.push(format!("quality: {}", parts.join("; ")));
+    }
+    lines
 }
 
 #[cfg(test)]

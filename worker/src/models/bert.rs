@@ -13,10 +13,11 @@ use mlx_rs::Array;
 use serde::Deserialize;
 
 use super::attention::{attention, Heads};
-use super::{check_positive, embed, strip_prefix, Activation, Inputs, Kernels, Network};
+use super::{check_positive, strip_prefix, Activation, Inputs, Kernels, Network};
 use crate::cpu_attention::HeadBlock;
 use crate::cpu_kernels::add_layer_norm_f32;
-use crate::weights::{Linear, Weights};
+use crate::layers::{Embedding, Linear};
+use crate::weights::Weights;
 
 /// config.json of a BERT model (transformers' `BertConfig`; fields mlx-serve reads).
 #[derive(Debug, Clone, Deserialize)]
@@ -145,9 +146,9 @@ struct Layer {
 
 /// The BERT body (embeddings + encoder), without pooler or heads.
 pub struct Bert {
-    word: Array,
-    position: Array,
-    token_type: Option<Array>,
+    word: Embedding,
+    position: Embedding,
+    token_type: Option<Embedding>,
     emb_norm: Norm,
     layers: Vec<Layer>,
     hidden: i32,
@@ -164,10 +165,10 @@ impl Bert {
         let eps = config.layer_norm_eps;
         let act = Activation::from_name(&config.hidden_act)?;
 
-        let word = w.take("embeddings.word_embeddings.weight", &[config.vocab_size, hidden])?;
-        let position = w.take("embeddings.position_embeddings.weight", &[config.max_position_embeddings, hidden])?;
+        let word = w.embedding("embeddings.word_embeddings", config.vocab_size, hidden)?;
+        let position = w.embedding("embeddings.position_embeddings", config.max_position_embeddings, hidden)?;
         let token_type = if config.type_vocab_size > 0 {
-            w.take_opt("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, hidden])?
+            w.embedding_opt("embeddings.token_type_embeddings", config.type_vocab_size, hidden)?
         } else {
             None
         };
@@ -193,10 +194,10 @@ impl Bert {
 
 impl Network for Bert {
     fn forward(&self, inputs: &Inputs) -> Result<Array> {
-        let mut x = embed(&self.word, &inputs.ids)?;
-        x = x.add(embed(&self.position, &inputs.positions)?)?;
+        let mut x = self.word.lookup(&inputs.ids)?;
+        x = x.add(self.position.lookup(&inputs.positions)?)?;
         if let Some(tt) = &self.token_type {
-            x = x.add(embed(tt, &inputs.type_ids)?)?;
+            x = x.add(tt.lookup(&inputs.type_ids)?)?;
         }
         x = self.emb_norm.apply(&x)?;
         let scale = 1.0 / (self.head_dim as f32).sqrt();

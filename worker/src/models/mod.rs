@@ -125,8 +125,3 @@ impl Activation {
         })
     }
 }
-
-/// Gathers rows of an embedding table for int32 ids.
-pub fn embed(table: &Array, ids: &Array) -> Result<Array> {
-    Ok(table.take_axis(ids, 0)?)
-}

@@ -14,9 +14,10 @@ use mlx_rs::Array;
 use serde::Deserialize;
 
 use super::attention::{attention, Heads};
-use super::{check_positive, embed, strip_prefix, Inputs, Kernels, Network};
+use super::{check_positive, strip_prefix, Inputs, Kernels, Network};
 use crate::cpu_attention::HeadBlock;
-use crate::weights::{Linear, Weights};
+use crate::layers::{Embedding, Linear};
+use crate::weights::Weights;
 
 /// `rope_scaling` / `rope_parameters` of config.json.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -131,7 +132,7 @@ struct Layer {
 }
 
 pub struct Qwen3 {
-    embed_tokens: Array,
+    embed_tokens: Embedding,
     layers: Vec<Layer>,
     norm: Array,
     hidden: i32,
@@ -153,7 +154,7 @@ impl Qwen3 {
         let bias = config.attention_bias;
         let rope_theta = config.rope_theta()?;
 
-        let embed_tokens = w.take("embed_tokens.weight", &[config.vocab_size, hidden])?;
+        let embed_tokens = w.embedding("embed_tokens", config.vocab_size, hidden)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers as usize);
         for i in 0..config.num_hidden_layers {
             let p = format!("layers.{i}");
@@ -191,7 +192,7 @@ impl Qwen3 {
     }
 
     /// The input embedding table `[vocab, hidden]` (the lm_head when embeddings are tied).
-    pub fn embedding_table(&self) -> &Array {
+    pub fn embedding(&self) -> &Embedding {
         &self.embed_tokens
     }
 
@@ -220,7 +221,7 @@ impl Network for Qwen3 {
     fn forward(&self, inputs: &Inputs) -> Result<Array> {
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         let (q_width, kv_width) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
-        let mut x = embed(&self.embed_tokens, &inputs.ids)?;
+        let mut x = self.embed_tokens.lookup(&inputs.ids)?;
         for layer in &self.layers {
             let r = rms_norm(&x, Some(&layer.input_norm), self.eps)?;
             let qkv = layer.qkv.forward(&r)?;

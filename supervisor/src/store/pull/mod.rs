@@ -122,10 +122,8 @@ async fn finish(
     meta.dtype = metadata::dominant_dtype(&partial.path)?;
     meta.original_size = metadata::weights_size(&partial.path);
     meta.created = metadata::now_rfc3339();
-    meta.quantization = facts
-        .config
-        .get("quantization")
-        .and_then(|q| Some(metadata::Quantization { bits: q["bits"].as_u64()? as u8, group_size: q["group_size"].as_u64()? as u32 }));
+    meta.name = installed_name.to_owned();
+    meta.quantization = facts.config.get("quantization").and_then(|q| Some(metadata::quantization_label(q["bits"].as_u64()? as u8)));
     meta.write(&partial.path).map_err(|e| StoreError::Failed(format!("cannot write metadata: {e}")))?;
     report(PullEvent::Status("writing manifest".into()));
     let (path, meta) = match req.quantize {

@@ -1,0 +1,84 @@
+//! The built-in set a quantized model is checked on (`quality_set.json`): 40 varied texts
+//! (lengths from one word to a paragraph, 12 languages and scripts, code, numbers, logs,
+//! emoji, typos) and a retrieval task of 20 queries × 60 documents (3 per topic, from a
+//! direct answer to a tangent). Rerankers score the first 4 queries against the first 20
+//! documents (which hold those queries' topics and others).
+//!
+//! The supervisor tokenizes it with the model's own tokenizer, exactly as requests are
+//! tokenized (Qwen3-Embedding queries get the model card's query instruction, Qwen3-Reranker
+//! pairs its prompt), and `mlx-serve-worker quantize --eval` runs it through the original
+//! and the quantized model (worker/src/quantize/quality.rs).
+
+use std::path::Path;
+
+use mlx_serve_protocol::model_dir::{Family, ModelFacts};
+use mlx_serve_protocol::quantization::{EvalSet, Sequence};
+use mlx_serve_protocol::ModelKind;
+use serde::Deserialize;
+
+use crate::tokenize::{qwen3_embedding_query, ModelTokenizer, Tokens, QWEN3_RERANK_DEFAULT_INSTRUCTION};
+
+/// `quality_set.json` (docs/quantization.md describes it).
+const SET: &str = include_str!("quality_set.json");
+
+#[derive(Deserialize)]
+struct Texts {
+    texts: Vec<String>,
+    queries: Vec<String>,
+    documents: Vec<String>,
+    rerank_queries: usize,
+    rerank_documents: usize,
+}
+
+fn texts() -> Texts {
+    serde_json::from_str(SET).expect("quality_set.json is valid")
+}
+
+fn sequences(tokens: Vec<Tokens>) -> Vec<Sequence> {
+    tokens.into_iter().map(|t| Sequence { ids: t.ids, type_ids: t.type_ids }).collect()
+}
+
+/// The set tokenized for the model in `dir`.
+pub fn tokenized(dir: &Path, facts: &ModelFacts) -> Result<EvalSet, String> {
+    let tokenizer = ModelTokenizer::load(dir, facts).map_err(|e| e.to_string())?;
+    let set = texts();
+    let encode = |texts: &[String]| -> Result<Vec<Sequence>, String> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        tokenizer.encode_texts(&refs, true).map(sequences).map_err(|e| e.to_string())
+    };
+    Ok(match facts.kind {
+        ModelKind::Embedding => {
+            // Qwen3-Embedding encodes queries with an instruction (its model card).
+            let queries: Vec<String> = match facts.family {
+                Family::Qwen3 => {
+                    set.queries.iter().map(|q| qwen3_embedding_query(QWEN3_RERANK_DEFAULT_INSTRUCTION, q)).collect()
+                }
+                _ => set.queries.clone(),
+            };
+            EvalSet {
+                texts: encode(&set.texts)?,
+                queries: encode(&queries)?,
+                documents: encode(&set.documents)?,
+                pair_groups: Vec::new(),
+            }
+        }
+        ModelKind::Reranker => {
+            let docs: Vec<&str> = set.documents.iter().take(set.rerank_documents).map(String::as_str).collect();
+            let groups = set.queries[..set.rerank_queries]
+                .iter()
+                .map(|q| tokenizer.encode_pairs(q, &docs, None, true).map(sequences).map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?;
+            EvalSet { pair_groups: groups, ..EvalSet::default() }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_set_parses_and_is_consistent() {
+        let set = super::texts();
+        assert_eq!((set.texts.len(), set.queries.len(), set.documents.len()), (40, 20, 60));
+        assert!(set.rerank_queries <= set.queries.len() && set.rerank_documents <= set.documents.len());
+    }
+}

@@ -1,0 +1,130 @@
+//! `mlx-serve quantize` of a Qwen3-Reranker-shaped model: the head's yes/no rows stay exact,
+//! everything else is quantized, the quality check runs on scored pairs, and the copy
+//! serves through real workers. (all-MiniLM-L6-v2's quantization: tests/models.rs,
+//! tests/worker.rs.)
+//!
+//! The model is tests/fixtures/models/tiny-qwen3-rerank (tokenizer, config) widened to
+//! hidden 64 / intermediate 128, so that its matrices hold whole groups of 64, with
+//! deterministic random weights: the check compares the copy with its own original, so
+//! no external reference is needed.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mlx_serve_tests::cli::{self, Output};
+use mlx_serve_tests::fixtures::{self, RawTensor};
+use mlx_serve_tests::server::binary;
+use mlx_serve_tests::worker_process::{TempDir, Worker};
+use serde_json::Value;
+
+fn mlx_serve(home: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(binary("mlx-serve"));
+    cmd.args(args)
+        .env("MLX_SERVE_HOME", home)
+        .env("MLX_SERVE_WORKER_BIN", binary("mlx-serve-worker"))
+        .env_remove("MLX_SERVE_CONFIG")
+        .env_remove("MLX_SERVE_MODELS_DIR")
+        .stdin(Stdio::null());
+    cli::run(cmd, Duration::from_secs(300))
+}
+
+/// Deterministic normal(0, std) values (xorshift + Box-Muller), as little-endian f32 bytes.
+fn normal_f32_bytes(n: usize, std: f32, seed: &mut u64) -> Vec<u8> {
+    let mut uniform = || {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        ((*seed >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..n)
+        .flat_map(|_| {
+            let (u, v) = (uniform(), uniform());
+            let z = (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos();
+            ((z as f32) * std).to_le_bytes()
+        })
+        .collect()
+}
+
+/// tiny-qwen3-rerank widened to hidden 64 (4 heads of 16), intermediate 128, in `dir`.
+fn wide_qwen3_reranker(dir: &Path) {
+    let src = fixtures::model_dir("tiny-qwen3-rerank");
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["hidden_size"].as_u64(), config["intermediate_size"].as_u64()), (Some(48), Some(96)));
+    config["hidden_size"] = 64.into();
+    config["intermediate_size"] = 128.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let widen = |d: u64| match d {
+        48 => 64,
+        96 => 128,
+        d => d,
+    };
+    // transformers initializes Qwen3 weights normal(0, initializer_range).
+    let std = config["initializer_range"].as_f64().unwrap() as f32;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let tensors: Vec<RawTensor> = fixtures::read_safetensors(&src.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(name, dtype, shape, _)| {
+            assert_eq!(dtype, "F32", "{name}");
+            let shape: Vec<u64> = shape.into_iter().map(widen).collect();
+            let n = shape.iter().product::<u64>() as usize;
+            let data = if shape.len() == 1 { 1f32.to_le_bytes().repeat(n) } else { normal_f32_bytes(n, std, &mut seed) };
+            (name, dtype, shape, data)
+        })
+        .collect();
+    fixtures::write_safetensors(&dir.join("model.safetensors"), &tensors).unwrap();
+}
+
+#[test]
+fn qwen3_reranker_quantizes_with_exact_yes_no_rows() {
+    let tmp = TempDir::new("qrerank").unwrap();
+    let home = tmp.path().join("home");
+    let src = tmp.path().join("qwen3-rerank-64");
+    wide_qwen3_reranker(&src);
+    let out = mlx_serve(&home, &["pull", src.to_str().unwrap(), "--name", "rr"]);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
+    let models = home.join("models");
+    let mut report = String::new();
+    for (bits, max_diff) in [(8, 1e-2), (4, 5e-2)] {
+        let out = mlx_serve(&home, &["quantize", "rr", "--bits", &bits.to_string()]);
+        assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
+        let name = format!("rr-{bits}bit");
+        let meta: Value = serde_json::from_str(&std::fs::read_to_string(models.join(&name).join("mlx-serve.json")).unwrap()).unwrap();
+        let (d, q) = (&meta["quantization_details"], &meta["quality"]);
+        // The tied embedding table is quantized; its yes/no rows are kept exact beside it.
+        let quantized: Vec<&str> =
+            d["quantized"].as_array().unwrap().iter().flat_map(|g| g["tensors"].as_array().unwrap()).filter_map(Value::as_str).collect();
+        assert!(quantized.contains(&"model.embed_tokens.weight") && quantized.contains(&"model.layers.1.mlp.down_proj.weight"), "{d}");
+        let kept = d["kept"].as_array().unwrap();
+        assert!(kept.iter().any(|k| k["tensors"].as_array().unwrap().contains(&"lm_head.yes_no.weight".into())), "{d}");
+        let tensors = fixtures::read_safetensors(&models.join(&name).join("model.safetensors")).unwrap();
+        let rows = tensors.iter().find(|t| t.0 == "lm_head.yes_no.weight").expect("yes/no rows stored");
+        assert_eq!((rows.1.as_str(), rows.2.clone()), ("F32", vec![2, 64]));
+        // Measured on 4 queries x 20 documents of scored pairs.
+        let (mean, max) = (q["mean_score_diff"].as_f64().unwrap(), q["max_score_diff"].as_f64().unwrap());
+        assert_eq!((q["queries"].as_u64(), q["documents"].as_u64(), q["sequences"].as_u64()), (Some(4), Some(20), Some(80)), "{q}");
+        assert!(out.stdout.contains("score difference mean"), "{}", out.stdout);
+        report.push_str(&format!("\n{bits}-bit: {}", out.stdout.lines().find(|l| l.starts_with("quality:")).unwrap()));
+        // Issue 17: Qwen3-Reranker 8-bit scores within 1e-2 of the original.
+        assert!(max <= max_diff, "{bits}-bit: largest score difference {max} (mean {mean})");
+
+        // The copy serves: a real worker scores pairs, kept quantized (a GPU's path) or not.
+        let pair = fixtures::rerank_reference("tiny-qwen3-rerank").unwrap().cases[0].pairs_input_ids.clone();
+        let mut scores = Vec::new();
+        for extra in [&[][..], &["--keep-quantized"][..]] {
+            let (mut w, info) = Worker::ready(&models.join(&name), extra).unwrap();
+            assert_eq!(info.stored_dtype, format!("q{bits}"));
+            scores.push(w.score(fixtures::batch(&pair, None)).unwrap());
+        }
+        let spread = scores[0].iter().fold((1f32, 0f32), |(lo, hi), s| (lo.min(*s), hi.max(*s)));
+        report.push_str(&format!(" (scores of one query from {:.4} to {:.4})", spread.0, spread.1));
+        let diff = scores[0].iter().zip(&scores[1]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-4, "kept quantized vs dequantized: {diff}");
+    }
+    println!("Qwen3-Reranker shape (hidden 64, random weights), quality at quantize time:{report}");
+}

@@ -1,0 +1,231 @@
+//! `mlx-serve-worker quantize`: an MLX-quantized copy of a model folder, and optionally its
+//! quality measured against the original.
+//!
+//! Matrices become MLX affine quantization (per group of `group_size` inputs:
+//! `w ≈ scale * q + bias`, `q` packed into uint32): `<name>.weight` (uint32),
+//! `<name>.scales`, `<name>.biases` (the checkpoint's float dtype); a layer's own
+//! `<name>.bias` stays. `plan.rs` decides per tensor (which matrices, how many bits, what
+//! stays unquantized and why). config.json gets mlx-lm's `"quantization"` block: the base
+//! `group_size`/`bits`/`mode` plus an entry per layer quantized otherwise (mlx_lm/utils.py,
+//! `quantize_model`), which is how the loader (`weights.rs`) reads it back.
+//!
+//! With `--eval FILE` (a token set the supervisor made, `mlx_serve_protocol::quantization`)
+//! `quality.rs` runs the original and the copy on it before the copy is moved into place.
+//!
+//! The copy is built in a temporary folder next to `dst` and renamed into place, so a
+//! crash never leaves a half-written model where the supervisor would look for one.
+
+pub mod plan;
+pub mod quality;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use mlx_rs::{ops, Array, Dtype};
+use mlx_serve_protocol::model_dir;
+use mlx_serve_protocol::model_files;
+use mlx_serve_protocol::quantization::{EvalSet, KeptGroup, QuantizationDetails, QuantizeReport, QuantizedGroup};
+use serde_json::Value;
+
+use crate::heads::{token_id, YES_NO_IDS, YES_NO_ROWS};
+use crate::weights::{check_safetensors, dtype_name, safetensors_files, QuantSpec};
+use plan::{Decision, Override, Plan, Recipe};
+
+/// What to make.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub bits: i32,
+    pub group_size: i32,
+    /// `None`: [`Recipe::default_for`] the bits.
+    pub recipe: Option<Recipe>,
+    pub overrides: Vec<Override>,
+    /// Token set to measure quality on.
+    pub eval: Option<PathBuf>,
+}
+
+/// Copies everything but weights: files of any weight format (`model_files::is_weight_file`)
+/// are replaced by the quantized safetensors, and pickle files are never carried along.
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let from = entry.path();
+        if name.starts_with('.') || model_files::is_weight_file(&name) || name == "onnx" || name == "openvino" {
+            continue;
+        }
+        if from.is_dir() {
+            copy_tree(&from, &dst.join(&name))?;
+        } else {
+            std::fs::copy(&from, dst.join(&name)).with_context(|| format!("copying {}", from.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn is_float(d: Dtype) -> bool {
+    matches!(d, Dtype::Float16 | Dtype::Float32 | Dtype::Bfloat16 | Dtype::Float64)
+}
+
+/// The token ids of "yes" and "no" (a Qwen3-Reranker's scored rows).
+fn yes_no_ids(src: &Path) -> Result<[i32; 2]> {
+    let path = src.join("tokenizer.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let tok: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let find = |t: &str| token_id(&tok, t).map(|i| i as i32).ok_or_else(|| anyhow!("tokenizer.json has no {t:?} token"));
+    Ok([find("yes")?, find("no")?])
+}
+
+/// Every tensor of the checkpoint by name (MLX loads lazily: data is read when written).
+fn load_all(src: &Path) -> Result<(BTreeMap<String, Array>, u64)> {
+    let mut all = BTreeMap::new();
+    let mut size = 0;
+    for file in safetensors_files(src)? {
+        check_safetensors(&file)?;
+        size += file_size(&file);
+        let tensors = Array::load_safetensors(&file).with_context(|| format!("loading {}", file.display()))?;
+        all.extend(tensors);
+    }
+    Ok((all, size))
+}
+
+/// The quantized tensors and what was done, per [`Plan`].
+struct Converted {
+    tensors: Vec<(String, Array)>,
+    details: QuantizationDetails,
+    /// config.json's per-layer entries (layers quantized otherwise than the base).
+    layer_entries: serde_json::Map<String, Value>,
+}
+
+fn convert(src: &Path, tensors: &BTreeMap<String, Array>, plan: &Plan) -> Result<Converted> {
+    let mut out: Vec<(String, Array)> = Vec::new();
+    let mut quantized: BTreeMap<(i32, i32), Vec<String>> = BTreeMap::new();
+    let mut kept: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut layer_entries = serde_json::Map::new();
+    let mut scales_dtype = None;
+    for (name, t) in tensors {
+        match plan.decide(name, t.shape(), is_float(t.dtype())) {
+            Decision::Quantize(spec) => {
+                let (w, scales, biases) = ops::quantize(t, spec.group_size, spec.bits)
+                    .with_context(|| format!("quantizing {name} ({:?}) to {} bits", t.shape(), spec.bits))?;
+                scales_dtype.get_or_insert(scales.dtype());
+                let stem = name.strip_suffix(".weight").unwrap_or(name);
+                out.push((format!("{stem}.weight"), w));
+                out.push((format!("{stem}.scales"), scales));
+                out.push((format!("{stem}.biases"), biases));
+                if spec != plan.base {
+                    layer_entries.insert(stem.to_owned(), serde_json::json!({"group_size": spec.group_size, "bits": spec.bits}));
+                }
+                quantized.entry((spec.bits, spec.group_size)).or_default().push(name.clone());
+            }
+            Decision::Keep(why) => {
+                out.push((name.clone(), t.clone()));
+                kept.entry(why).or_default().push(name.clone());
+            }
+            Decision::Drop => {}
+        }
+    }
+    if plan.yes_no {
+        // The rows the reranker scores with: of the untied lm_head when there is one, else
+        // of the (tied) input embeddings, taken before quantization.
+        let ids = yes_no_ids(src)?;
+        let table = ["lm_head.weight", "model.embed_tokens.weight", "embed_tokens.weight"]
+            .iter()
+            .find_map(|n| tensors.get(*n).map(|t| (*n, t)));
+        let Some((table_name, table)) = table else { bail!("Qwen3 reranker without lm_head or embed_tokens weights") };
+        let rows = table.take_axis(Array::from_slice(&ids, &[2]), 0)?;
+        out.push((YES_NO_ROWS.to_owned(), rows));
+        out.push((YES_NO_IDS.to_owned(), Array::from_slice(&ids, &[2])));
+        let why = format!(
+            "the rows of \"yes\" and \"no\" of {table_name}: all a Qwen3 reranker's score reads, kept exact{}",
+            if table_name == "lm_head.weight" { "; the rest of the untied lm_head is not stored" } else { "" }
+        );
+        kept.entry(why).or_default().push(YES_NO_ROWS.to_owned());
+    }
+    let float = tensors.values().map(|t| t.dtype()).find(|d| is_float(*d)).unwrap_or(Dtype::Float32);
+    let details = QuantizationDetails {
+        method: "mlx-affine".into(),
+        recipe: plan.recipe.as_str().into(),
+        note: plan.note(),
+        bits: plan.base.bits as u8,
+        group_size: plan.base.group_size as u32,
+        scales_dtype: dtype_name(scales_dtype.unwrap_or(float)).into(),
+        quantized: quantized
+            .into_iter()
+            .rev()
+            .map(|((bits, group_size), tensors)| QuantizedGroup { bits: bits as u8, group_size: group_size as u32, tensors })
+            .collect(),
+        kept: kept.into_iter().map(|(why, tensors)| KeptGroup { why, tensors }).collect(),
+    };
+    Ok(Converted { tensors: out, details, layer_entries })
+}
+
+pub fn run(src: &Path, dst: &Path, opts: &Options) -> Result<QuantizeReport> {
+    let base = QuantSpec { group_size: opts.group_size, bits: opts.bits };
+    base.check()?;
+    if dst.exists() {
+        bail!("{} already exists; remove it or choose another destination", dst.display());
+    }
+    let config_path = src.join("config.json");
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+    let mut config: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", config_path.display()))?;
+    if config.get("quantization").is_some_and(|q| !q.is_null()) {
+        bail!("{} is already quantized", src.display());
+    }
+    let facts = model_dir::inspect(src).map_err(|e| anyhow!(e))?;
+    let eval: Option<EvalSet> = match &opts.eval {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Some(serde_json::from_str(&text).with_context(|| format!("{}: not an evaluation set", p.display()))?)
+        }
+        None => None,
+    };
+    let recipe = opts.recipe.unwrap_or_else(|| Recipe::default_for(opts.bits));
+
+    let parent = dst.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let tmp: PathBuf = parent.join(format!(
+        ".{}.tmp-{}",
+        dst.file_name().and_then(|n| n.to_str()).unwrap_or("quantized"),
+        std::process::id()
+    ));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    let result = (|| -> Result<QuantizeReport> {
+        copy_tree(src, &tmp)?;
+        let (tensors, original_size) = load_all(src)?;
+        let plan = Plan::new(&facts, base, recipe, opts.overrides.clone(), tensors.iter().map(|(n, t)| (n.as_str(), t.shape())));
+        let converted = convert(src, &tensors, &plan)?;
+        drop(tensors);
+        let target = tmp.join("model.safetensors");
+        let metadata = HashMap::from([("format".to_string(), "mlx".to_string())]);
+        Array::save_safetensors(converted.tensors.iter().map(|(n, a)| (n.as_str(), a)), &metadata, &target)
+            .with_context(|| format!("writing {}", target.display()))?;
+        drop(converted.tensors);
+        let mut block = serde_json::json!({ "group_size": base.group_size, "bits": base.bits, "mode": "affine" });
+        block.as_object_mut().unwrap().extend(converted.layer_entries);
+        config["quantization"] = block;
+        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)? + "\n")?;
+        let quality = match &eval {
+            Some(set) => Some(quality::measure(src, &tmp, set).context("measuring the quantized model's quality")?),
+            None => None,
+        };
+        Ok(QuantizeReport { original_size, quantized_size: file_size(&target), details: converted.details, quality })
+    })();
+    match result {
+        Ok(report) => {
+            std::fs::rename(&tmp, dst).with_context(|| format!("moving {} into place", dst.display()))?;
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
