@@ -59,7 +59,7 @@ pub(super) async fn pull_folder(
         .map_err(|e| StoreError::Failed(format!("cannot copy {}: {e}", from.display())))?;
         report(PullEvent::File { file: file.clone(), completed: total, total });
         if file.ends_with(".safetensors") {
-            metadata::safetensors_header(&to)?;
+            metadata::check_safetensors(&to, file)?;
         }
     }
     let facts = check_model(&partial.path, &source, req)?;

@@ -225,6 +225,7 @@ async fn verify(cached: &Path, stored: &Path, file: &str, sibling: Option<&Sibli
     let want_size = sibling.and_then(|s| s.lfs.as_ref().and_then(|l| l.size).or(s.size));
     let want_sha = sibling.and_then(|s| s.lfs.as_ref()).and_then(|l| l.sha256.clone());
     let path = stored.to_path_buf();
+    let shown = file.to_owned();
     let is_weights = file.ends_with(".safetensors");
     let problem = tokio::task::spawn_blocking(move || -> Option<String> {
         if let Some(want) = want_size {
@@ -240,8 +241,8 @@ async fn verify(cached: &Path, stored: &Path, file: &str, sibling: Option<&Sibli
             }
         }
         if is_weights {
-            if let Err(e) = metadata::safetensors_header(&path) {
-                return Some(e.to_string());
+            if let Err(e) = metadata::check_safetensors(&path, &shown) {
+                return Some(format!("fails the safetensors check ({e})"));
             }
         }
         None
