@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mlx_serve_tests::fake_hub::{folder_files, FakeHub};
+use mlx_serve_tests::fake_hub::{error_line, folder_files, FakeHub};
 use mlx_serve_tests::fixtures::{cosine, model_dir};
 use mlx_serve_tests::server::{Server, ServerOptions};
 use serde_json::{json, Value};
@@ -132,7 +132,7 @@ fn ambiguous_and_unknown_names_are_one_line_errors_that_say_what_to_do() {
     // The CLI runs with RUST_BACKTRACE=1 (FakeHub::mlx_serve): still one line.
     let out = hub.mlx_serve(home.path(), &["pull", "twin"], &[]);
     assert!(!out.ok());
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.text());
+    error_line(&out);
     assert!(out.stderr.starts_with("error: `twin` is ambiguous: 2 repos"), "{}", out.text());
     assert!(out.stderr.contains("`mlx-serve pull a/twin` (900 downloads), `mlx-serve pull b/twin` (200 downloads)"), "{}", out.text());
     let out = hub.mlx_serve(home.path(), &["pull", "twin-8bit"], &[]);
@@ -140,7 +140,7 @@ fn ambiguous_and_unknown_names_are_one_line_errors_that_say_what_to_do() {
 
     let out = hub.mlx_serve(home.path(), &["pull", "no-such-model"], &[]);
     assert!(!out.ok());
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.text());
+    error_line(&out);
     assert!(out.stderr.contains("no model named `no-such-model`"), "{}", out.text());
     assert!(out.stderr.contains(&format!("GET {}/api/models?search=no-such-model", hub.endpoint())), "{}", out.text());
     // The pull line the error gives works.
@@ -239,7 +239,7 @@ fn a_gated_repo_says_how_to_set_hf_token_and_the_token_is_sent() {
 
     let out = hub.mlx_serve(home.path(), &["pull", "gated-embedder"], &[]);
     assert!(!out.ok());
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.text());
+    error_line(&out);
     for part in ["HTTP 401", "set HF_TOKEN to a read token from", "/settings/tokens", &format!("accept its conditions at {page}")] {
         assert!(out.stderr.contains(part), "{part}: {}", out.text());
     }

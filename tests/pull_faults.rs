@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mlx_serve_tests::cli::Output;
-use mlx_serve_tests::fake_hub::{folder_files, FakeHub};
+use mlx_serve_tests::fake_hub::{error_line, folder_files, FakeHub};
 use mlx_serve_tests::fixtures::minilm_dir;
 use mlx_serve_tests::server::binary;
 
@@ -182,7 +182,7 @@ fn confined(
 /// size limit was reached), in one line.
 fn says_full(out: &Output) {
     assert!(!out.ok(), "{}", out.text());
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.text());
+    error_line(&out);
     let full = out.stderr.contains("the disk is full") || out.stderr.contains("the disk holding the model store is full");
     let limit = confinement() == Confinement::Limits && out.stderr.contains("file size limit");
     assert!(full || limit, "{}", out.text());
@@ -244,7 +244,7 @@ fn an_unwritable_store_refuses_pull_and_quantize_clearly() {
     let copy_in = format!("cp -r '{}' '{}/minilm'", minilm_dir().unwrap().display(), models.display());
     let (out, listing) = confined(&hub, home.path(), &models, 0, true, &copy_in, &["pull", "acme/mini"]);
     assert!(!out.ok(), "{}", out.text());
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.text());
+    error_line(&out);
     assert!(out.stderr.contains("read-only") || out.stderr.contains("no permission to write"), "{}", out.text());
     assert_eq!(listing, vec!["minilm"]);
     let (out, listing) = confined(&hub, home.path(), &models, 0, true, &copy_in, &["quantize", "minilm", "--bits", "8"]);

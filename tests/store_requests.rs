@@ -68,7 +68,11 @@ fn copy_tree(src: &Path, dst: &Path) {
 
 #[test]
 fn requests_racing_a_delete_get_200_or_404() {
-    let server = Server::start(ServerOptions::default());
+    // Once the model is gone its bare name is searched for on the hub, which has no repo
+    // of that name: a 404 too.
+    let hub = FakeHub::start();
+    let hf_home = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerOptions { env: hub.server_env(hf_home.path()), ..Default::default() });
     let store = server.home.path().join("models").join("tiny-bert-embed");
     let port = server.port;
     let mut statuses: Vec<(u16, String)> = Vec::new();
@@ -153,5 +157,26 @@ fn a_failed_download_is_remembered_not_retried_by_every_request() {
     let (status, _) = server.post("/api/pull", &json!({"model": "gone", "stream": false}));
     assert_eq!(status, 404);
     assert_eq!(info_requests(), 2, "{:?}", hub.requests());
+    assert_eq!(server.stop(), Some(0));
+}
+
+#[test]
+fn a_bare_name_the_hub_cannot_be_asked_about_is_a_404_that_says_why() {
+    // The hub answers the search 503 every time (4 attempts, then given up): the request
+    // names a model this server does not have, so a 404 that says the search failed, not
+    // a 502, and the failure is remembered like a failed download.
+    let hub = FakeHub::start();
+    hub.fail_next("/api/models", 503, 100, None);
+    let hf_home = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerOptions { env: hub.server_env(hf_home.path()), ..Default::default() });
+    for i in 0..2 {
+        let (status, body) = server.post("/v1/embeddings", &json!({"model": "unheard-of", "input": "x"}));
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(body["error"]["code"], "model_not_found", "{body}");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("`unheard-of` is not installed") && msg.contains("could not be searched") && msg.contains("HTTP 503"), "{msg}");
+        assert_eq!(msg.contains("it is tried again on a request after"), i > 0, "{msg}");
+    }
+    assert_eq!(hub.searches().len(), 4, "four attempts for the first request, none for the second: {:?}", hub.searches());
     assert_eq!(server.stop(), Some(0));
 }

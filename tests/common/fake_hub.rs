@@ -94,6 +94,19 @@ fn sha256_hex(data: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, data).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The one error line of a failed `mlx-serve` command: exactly one `error:` line, the last
+/// on stderr (progress lines such as `pulling manifest` may come before it), and no stack
+/// trace or panic anywhere, whatever `RUST_BACKTRACE` says.
+pub fn error_line(out: &Output) -> &str {
+    assert!(!out.ok(), "the command succeeded: {}", out.text());
+    let errors: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{}", out.text());
+    assert_eq!(out.stderr.trim_end().lines().last(), Some(errors[0]), "{}", out.text());
+    let lower = out.stderr.to_lowercase();
+    assert!(!lower.contains("backtrace") && !lower.contains("panicked"), "{}", out.text());
+    errors[0]
+}
+
 /// Every file of a folder (recursively), paths relative to it; dot files skipped.
 pub fn folder_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();

@@ -117,6 +117,15 @@ impl<'a> Resolver<'a> {
             }
             Err(e) => {
                 tracing::warn!(model = requested, "cannot resolve: {e}");
+                // The Hub could not be asked (offline, down): to the client the model is
+                // still one this server does not have, so a 404, saying why nothing more
+                // was found (a 502 would blame a Hub the request never named).
+                let e = match e {
+                    StoreError::Failed(why) => StoreError::NotFound(format!(
+                        "model `{requested}` is not installed and is not an alias, and the Hub could not be searched for it: {why}"
+                    )),
+                    e => e,
+                };
                 self.downloads.remember_name_failure(&base, e.clone());
                 Err(download_error(requested, e))
             }
