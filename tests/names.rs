@@ -328,3 +328,48 @@ fn the_plan_example_config_preloads_qwen3_embedding_and_serves_its_4bit_variant(
     assert!(cos > 0.9, "4-bit row against the preloaded model: cosine {cos}");
     assert_eq!(server.stop(), Some(0));
 }
+
+/// The same text precomposed (NFC, what keyboards type) and decomposed (NFD, how macOS's
+/// older file systems stored names): `임베딩-café`.
+const NAME_NFC: &str = "\u{C784}\u{BCA0}\u{B529}-caf\u{E9}";
+const NAME_NFD: &str = "\u{110B}\u{1175}\u{11B7}\u{1107}\u{1166}\u{1103}\u{1175}\u{11BC}-cafe\u{301}";
+
+#[test]
+fn a_non_ascii_model_name_is_one_model_typed_nfc_or_nfd() {
+    assert_ne!(NAME_NFC.as_bytes(), NAME_NFD.as_bytes());
+    // A model folder named in NFD (copied from a Mac, say), on a file system that keeps
+    // names as bytes (Linux): asked for in either form, it is one model with one worker.
+    let hub = FakeHub::start();
+    let hf_home = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerOptions { env: hub.server_env(hf_home.path()), ..Default::default() });
+    let store = models(server.home.path());
+    let out = hub.mlx_serve(server.home.path(), &["pull", &model_dir("tiny-bert-embed").display().to_string(), "--name", NAME_NFD], &[]);
+    assert!(out.ok(), "{}", out.text());
+    assert!(store.join(NAME_NFD).join("config.json").is_file());
+
+    let mut rows = Vec::new();
+    for name in [NAME_NFC, NAME_NFD] {
+        let (status, body) = server.post("/v1/embeddings", &json!({"model": name, "input": ["hello world"]}));
+        assert_eq!(status, 200, "{name}: {body}\n{}", server.log_text());
+        rows.push(embedding(&body, 0));
+    }
+    assert_eq!(rows[0], rows[1]);
+    assert_eq!(server.worker_pids().len(), 1, "one model, one worker");
+    let (_, tags) = server.get("/api/tags");
+    let names: Vec<&str> = tags["models"].as_array().unwrap().iter().filter_map(|m| m["name"].as_str()).collect();
+    assert_eq!(names, vec![NAME_NFD], "{tags}");
+    // The CLI finds it by either form too.
+    let out = hub.mlx_serve(server.home.path(), &["show", NAME_NFC, "--json"], &[]);
+    assert!(out.ok(), "{}", out.text());
+    let shown: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.text()));
+    assert_eq!(shown["name"], NAME_NFD, "{shown}");
+
+    // Deleted by the other form: gone, and then a 404 in the API's shape.
+    let resp = ureq::delete(&server.url("/api/delete")).send_json(json!({"model": NAME_NFC}));
+    assert_eq!(resp.map(|r| r.status()).unwrap_or_else(|e| panic!("{e}")), 200);
+    assert!(!store.join(NAME_NFD).exists());
+    let (status, body) = server.post("/v1/embeddings", &json!({"model": NAME_NFC, "input": "x"}));
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains(NAME_NFC), "{body}");
+    assert_eq!(server.stop(), Some(0));
+}

@@ -308,7 +308,9 @@ fn find_installed(config: &Config, store: &Store, requested: &str) -> Result<(St
     let path = store
         .find(&r.name)
         .with_context(|| format!("model {requested:?} is not installed (`mlx-serve list` shows what is)"))?;
-    Ok((r.name, path))
+    // The folder's own spelling (`Store::find` matches names in any Unicode normalization).
+    let name = path.file_name().and_then(|n| n.to_str()).map_or(r.name, str::to_owned);
+    Ok((name, path))
 }
 
 pub fn show_cmd(config: &Config, args: ShowArgs) -> Result<()> {

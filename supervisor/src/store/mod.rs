@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use mlx_serve_protocol::model_dir::{self, ModelFacts};
 use mlx_serve_protocol::ModelKind;
+use unicode_normalization::UnicodeNormalization;
 
 /// What can go wrong putting a model into the store (or naming one). `Clone`: a failed
 /// download is reported to everyone who waited for it.
@@ -151,11 +152,22 @@ impl Store {
         Ok(self.dir.join(name))
     }
 
-    /// Finds an installed model by name or by repo id (`org/name`).
+    /// Finds an installed model by name or by repo id (`org/name`), as the folder's own
+    /// spelling. A non-ASCII name matches the folder whose name is the same text in
+    /// Unicode NFC: macOS file systems treat `café` typed precomposed (NFC) and decomposed
+    /// (NFD) as one name, Linux ones as two; compared in NFC, a name means one model on
+    /// both, and the pool never runs one model twice under two spellings.
     pub fn find(&self, requested: &str) -> Option<PathBuf> {
         let name = if requested.matches('/').count() == 1 { name_for_repo(requested) } else { requested };
         let path = self.path_of(name).ok()?;
-        path.join("config.json").is_file().then_some(path)
+        if name.is_ascii() {
+            return path.join("config.json").is_file().then_some(path);
+        }
+        let wanted: String = name.nfc().collect();
+        let mut folders = self.folders();
+        // The exact spelling first, when two folders differ only in normalization (Linux).
+        folders.sort_by_key(|(n, _)| n != name);
+        folders.into_iter().find(|(n, _)| n.nfc().eq(wanted.chars())).map(|(_, p)| p)
     }
 
     /// Every folder with a config.json, sorted by name. Temporary download folders

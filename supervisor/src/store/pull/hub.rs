@@ -83,6 +83,9 @@ fn retryable(e: &HubError) -> bool {
     match e {
         HubError::RequestError(re) => re.status().map(|s| hub_api::transient(s.as_u16())).unwrap_or(false),
         HubError::LockAcquisition(_) => true,
+        // hf-hub 0.4.3 does not check the status of the CDN's answer after the hub's
+        // redirect (api/tokio.rs, `metadata`): a 429 or 5xx there surfaces as this.
+        HubError::MissingHeader(h) => *h == reqwest::header::CONTENT_RANGE,
         _ => false,
     }
 }
