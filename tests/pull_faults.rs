@@ -219,8 +219,9 @@ fn a_full_disk_during_quantize_leaves_nothing_and_says_so() {
     let hub = minilm_hub();
     let home = tempfile::tempdir().unwrap();
     let models = home.path().join("models");
-    // Room for MiniLM (91 MB) but not for its 8-bit copy (60 MB) beside it.
-    let copy_in = format!("cp -r '{}' '{}/minilm'", minilm_dir().unwrap().display(), models.display());
+    // Room for MiniLM (91 MB) but not for its 8-bit copy (60 MB) beside it. `-L`: the
+    // fixture folder may be a link to a shared download, and a copied link takes no room.
+    let copy_in = format!("cp -rL '{}' '{}/minilm'", minilm_dir().unwrap().display(), models.display());
     let (out, listing) = confined(&hub, home.path(), &models, 120, false, &copy_in, &["quantize", "minilm", "--bits", "8"]);
     says_full(&out);
     assert_eq!(listing, vec!["minilm"], "a partial quantization was left");
@@ -241,7 +242,7 @@ fn an_unwritable_store_refuses_pull_and_quantize_clearly() {
     let hub = minilm_hub();
     let home = tempfile::tempdir().unwrap();
     let models = home.path().join("models");
-    let copy_in = format!("cp -r '{}' '{}/minilm'", minilm_dir().unwrap().display(), models.display());
+    let copy_in = format!("cp -rL '{}' '{}/minilm'", minilm_dir().unwrap().display(), models.display());
     let (out, listing) = confined(&hub, home.path(), &models, 0, true, &copy_in, &["pull", "acme/mini"]);
     assert!(!out.ok(), "{}", out.text());
     error_line(&out);

@@ -94,10 +94,20 @@ fn check_not_quantized(src: &Path, name: &str) -> Result<(), StoreError> {
 }
 
 /// The worker's error in one line, without file paths of the store: the last line that is
-/// not part of a backtrace, or what the OS said when the disk filled up.
-fn worker_error(stderr: &str, store: &Store) -> String {
+/// not part of a backtrace, or what the OS said when the disk filled up. MLX reports a
+/// failed write without the OS's reason (`[write] Unable to write N bytes to file`,
+/// mlx/io); a write fails for want of space or quota nearly always, so it is reported as
+/// that, with `free`, the space left on the store's disk once the worker gave up.
+fn worker_error(stderr: &str, store: &Store, free: Option<u64>) -> String {
     if stderr.contains("No space left on device") || stderr.contains("os error 28") {
         return "the disk holding the model store is full; free some space and try again".into();
+    }
+    if stderr.contains("Unable to write ") {
+        let free = free.map(|f| format!(", {} free once it gave up", indicatif::HumanBytes(f))).unwrap_or_default();
+        return format!(
+            "the disk holding the model store is full or over quota (MLX could not write the quantized copy{free}); \
+             free some space and try again"
+        );
     }
     if stderr.contains("File too large") || stderr.contains("os error 27") {
         return "a file size limit was reached writing the quantized copy (ulimit -f)".into();
@@ -152,7 +162,10 @@ pub async fn into_store(
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         tracing::warn!(model = name, status = %out.status, "quantization failed: {}", stderr.trim());
-        return Err(failed(format!("quantizing to {name} failed: {}", worker_error(&stderr, store))));
+        let free = nix::sys::statvfs::statvfs(store.dir())
+            .ok()
+            .map(|s| (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64));
+        return Err(failed(format!("quantizing to {name} failed: {}", worker_error(&stderr, store, free))));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: WorkerReport = stdout
@@ -189,8 +202,12 @@ mod tests {
     fn worker_errors_are_one_line_without_store_paths() {
         let store = Store::new("/home/u/.mlx-serve/models".into());
         let stderr = "Error: cannot read /home/u/.mlx-serve/models/m/model.safetensors: bad header\n\nStack backtrace:\n   0: anyhow::error\n      at /rust/src/x.rs:1\n";
-        assert_eq!(worker_error(stderr, &store), "cannot read <models>/m/model.safetensors: bad header");
+        assert_eq!(worker_error(stderr, &store, None), "cannot read <models>/m/model.safetensors: bad header");
         let full = "Error: writing\n\nCaused by:\n    No space left on device (os error 28)\n";
-        assert!(worker_error(full, &store).contains("disk holding the model store is full"));
+        assert!(worker_error(full, &store, None).contains("disk holding the model store is full"));
+        // MLX's own write error, which gives no reason.
+        let mlx = "Error: writing /home/u/.mlx-serve/models/x/model.safetensors\n\nCaused by:\n    \"[write] Unable to write 21832091 bytes to file. at io.cpp:135\"\n";
+        let msg = worker_error(mlx, &store, Some(4096));
+        assert!(msg.contains("disk holding the model store is full or over quota") && msg.contains("4.00 KiB free"), "{msg}");
     }
 }
