@@ -182,7 +182,7 @@ fn confined(
 /// size limit was reached), in one line.
 fn says_full(out: &Output) {
     assert!(!out.ok(), "{}", out.text());
-    error_line(&out);
+    error_line(out);
     let full = out.stderr.contains("the disk is full") || out.stderr.contains("the disk holding the model store is full");
     let limit = confinement() == Confinement::Limits && out.stderr.contains("file size limit");
     assert!(full || limit, "{}", out.text());

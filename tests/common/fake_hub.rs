@@ -337,7 +337,7 @@ fn search(s: &Shared, query: &str) -> String {
     let mut found: Vec<(&String, &HubRepo)> = s.repos.iter().filter(|(id, _)| id.to_lowercase().contains(&needle)).collect();
     found.sort_by(|a, b| a.0.cmp(b.0));
     if get("sort").as_deref() == Some("downloads") {
-        found.sort_by(|a, b| b.1.downloads.cmp(&a.1.downloads));
+        found.sort_by_key(|r| std::cmp::Reverse(r.1.downloads));
     }
     if let Some(limit) = get("limit").and_then(|l| l.parse::<usize>().ok()) {
         found.truncate(limit);

@@ -125,6 +125,14 @@ fn worker_error(stderr: &str, store: &Store, free: Option<u64>) -> String {
     line.replace(&store.dir().display().to_string(), "<models>")
 }
 
+/// Bytes free for us on the disk holding `dir`.
+// The statvfs counts are u64 on Linux and narrower on macOS: the casts are for the latter.
+#[allow(clippy::unnecessary_cast)]
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
+}
+
 /// Quantizes the model folder `src` into the store as `name`, with metadata `base` (its
 /// source fields set by the caller) plus the quantization and sizes. Returns the installed
 /// folder and its metadata.
@@ -162,9 +170,7 @@ pub async fn into_store(
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         tracing::warn!(model = name, status = %out.status, "quantization failed: {}", stderr.trim());
-        let free = nix::sys::statvfs::statvfs(store.dir())
-            .ok()
-            .map(|s| (s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64));
+        let free = free_bytes(store.dir());
         return Err(failed(format!("quantizing to {name} failed: {}", worker_error(&stderr, store, free))));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
