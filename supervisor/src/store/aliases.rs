@@ -108,7 +108,8 @@ pub fn resolve(
         source,
     };
     let direct = |req: &str| -> Result<Resolved, StoreError> {
-        if installed(req) {
+        // A repo id that is installed is still a repo id (below): its store name is its last part.
+        if installed(req) && !is_repo_id(req) {
             validate_name(req)?;
             return Ok(Resolved { name: req.to_owned(), repo: None, quantize: None, source: NameSource::Installed });
         }
