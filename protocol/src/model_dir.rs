@@ -29,6 +29,19 @@ pub enum Family {
 }
 
 impl Family {
+    /// The family of a config.json `model_type`, when the worker runs it.
+    pub fn of_model_type(model_type: &str) -> Option<Family> {
+        match model_type {
+            "bert" => Some(Family::Bert),
+            "xlm-roberta" | "roberta" => Some(Family::XlmRoberta),
+            "qwen3" => Some(Family::Qwen3),
+            _ => None,
+        }
+    }
+
+    /// The `model_type`s [`Family::of_model_type`] knows, for messages.
+    pub const SUPPORTED_MODEL_TYPES: &'static str = "bert, xlm-roberta, qwen3";
+
     pub fn as_str(self) -> &'static str {
         match self {
             Family::Bert => "bert",
@@ -109,16 +122,12 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, String> {
         .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
         .unwrap_or_default();
     let architecture = architectures.first().cloned().unwrap_or_else(|| model_type.to_owned());
-    let family = match model_type {
-        "bert" => Family::Bert,
-        "xlm-roberta" | "roberta" => Family::XlmRoberta,
-        "qwen3" => Family::Qwen3,
-        other => {
-            return Err(format!(
-                "unsupported architecture: model_type {other:?} ({architecture}); supported: bert, xlm-roberta, qwen3"
-            ))
-        }
-    };
+    let family = Family::of_model_type(model_type).ok_or_else(|| {
+        format!(
+            "unsupported architecture: model_type {model_type:?} ({architecture}); supported: {}",
+            Family::SUPPORTED_MODEL_TYPES
+        )
+    })?;
 
     let modules = read_json(&dir.join("modules.json"))?;
     let module_path = |suffix: &str| -> Option<String> {

@@ -9,8 +9,19 @@
 //!   (the sha256), `X-Linked-Size` and `X-Repo-Commit`. hf-hub reads the commit and etag
 //!   from the 302 and follows it for `Content-Range` and the bytes.
 //!
+//! - `GET /api/models?search=S&sort=downloads&limit=N&expand=P...` → the model search
+//!   (huggingface_hub `HfApi.list_models`): repos whose id contains S (ignoring case), most
+//!   downloaded first, at most N; with `expand` (also `expand[]`) only `_id`, `id` and the
+//!   listed properties (`downloads`, `gated`, `config` with `architectures` and
+//!   `model_type` from the repo's config.json, `siblings` as `[{rfilename}]`), otherwise
+//!   the Hub's default fields.
+//! - A gated repo ([`FakeHub::gate`]) answers its info and files as the Hub does: 401 with
+//!   `X-Error-Code: GatedRepo` without `Authorization: Bearer …`, 403 with a token that
+//!   has not been granted access, the files with the granted one.
+//!
 //! Test knobs: drop the connection once in the middle of a file, slow every body down,
-//! and a log of every request (path and range).
+//! answer the next requests to a path with a transient error, and a log of every request
+//! (path and range; the token and query in [`FakeHub::log`]).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -21,6 +32,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
+
+use crate::cli::{self, Output};
+use crate::server::binary;
 
 #[derive(Clone)]
 struct HubFile {
@@ -34,6 +48,27 @@ struct HubFile {
 struct HubRepo {
     commit: String,
     files: Vec<HubFile>,
+    downloads: u64,
+    /// The token granted access to this gated repo.
+    gated: Option<String>,
+}
+
+/// One request as the hub saw it.
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub path: String,
+    pub query: String,
+    pub range: Option<String>,
+    /// The bearer token sent, if any.
+    pub token: Option<String>,
+}
+
+/// The next `times` requests whose path contains `path` answer `status`.
+struct Failing {
+    path: String,
+    status: u16,
+    times: usize,
+    retry_after: Option<u64>,
 }
 
 #[derive(Default)]
@@ -43,7 +78,9 @@ struct Shared {
     drop_once: Option<(String, u64)>,
     /// Pause before each chunk of 1 MiB of body.
     slow: Option<Duration>,
+    failing: Vec<Failing>,
     requests: Vec<String>,
+    log: Vec<Logged>,
 }
 
 pub struct FakeHub {
@@ -55,6 +92,19 @@ pub struct FakeHub {
 
 fn sha256_hex(data: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, data).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The one error line of a failed `mlx-serve` command: exactly one `error:` line, the last
+/// on stderr (progress lines such as `pulling manifest` may come before it), and no stack
+/// trace or panic anywhere, whatever `RUST_BACKTRACE` says.
+pub fn error_line(out: &Output) -> &str {
+    assert!(!out.ok(), "the command succeeded: {}", out.text());
+    let errors: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{}", out.text());
+    assert_eq!(out.stderr.trim_end().lines().last(), Some(errors[0]), "{}", out.text());
+    let lower = out.stderr.to_lowercase();
+    assert!(!lower.contains("backtrace") && !lower.contains("panicked"), "{}", out.text());
+    errors[0]
 }
 
 /// Every file of a folder (recursively), paths relative to it; dot files skipped.
@@ -110,6 +160,32 @@ impl FakeHub {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// `mlx-serve ARGS` with `home` as its home, this hub as `HF_ENDPOINT`, a Hugging Face
+    /// cache under the home, no `HF_TOKEN` and `RUST_BACKTRACE=1` (errors must stay one
+    /// line even so) unless `env` sets them; killed after 180 s.
+    pub fn mlx_serve(&self, home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = std::process::Command::new(binary("mlx-serve"));
+        cmd.args(args)
+            .env("MLX_SERVE_HOME", home)
+            .env("MLX_SERVE_WORKER_BIN", binary("mlx-serve-worker"))
+            .env("HF_ENDPOINT", self.endpoint())
+            .env("HF_HOME", home.join("hf"))
+            .env("RUST_BACKTRACE", "1")
+            .env_remove("MLX_SERVE_CONFIG")
+            .env_remove("MLX_SERVE_MODELS_DIR")
+            .env_remove("HF_TOKEN")
+            .stdin(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cli::run(cmd, Duration::from_secs(180))
+    }
+
+    /// Environment for a server that downloads from this hub into `hf_home`.
+    pub fn server_env(&self, hf_home: &Path) -> Vec<(String, String)> {
+        vec![("HF_ENDPOINT".into(), self.endpoint()), ("HF_HOME".into(), hf_home.display().to_string())]
+    }
+
     /// Adds a repo; `*.safetensors`, `*.bin` and other weight files are served as LFS files.
     pub fn add_repo(&self, repo_id: &str, files: Vec<(String, Vec<u8>)>) -> String {
         let commit = sha256_hex(repo_id.as_bytes())[..40].to_owned();
@@ -120,8 +196,35 @@ impl FakeHub {
                 HubFile { sha256: sha256_hex(&data), path, data: Arc::new(data), lfs }
             })
             .collect();
-        self.shared.lock().unwrap().repos.insert(repo_id.to_owned(), HubRepo { commit: commit.clone(), files });
+        let repo = HubRepo { commit: commit.clone(), files, downloads: 0, gated: None };
+        self.shared.lock().unwrap().repos.insert(repo_id.to_owned(), repo);
         commit
+    }
+
+    /// The repo's download count, as the search reports it.
+    pub fn set_downloads(&self, repo_id: &str, downloads: u64) {
+        self.shared.lock().unwrap().repos.get_mut(repo_id).expect("add_repo first").downloads = downloads;
+    }
+
+    /// Makes the repo gated: only requests with `Authorization: Bearer {token}` get it.
+    pub fn gate(&self, repo_id: &str, token: &str) {
+        self.shared.lock().unwrap().repos.get_mut(repo_id).expect("add_repo first").gated = Some(token.to_owned());
+    }
+
+    /// The next `times` requests whose path contains `path` answer `status` (with
+    /// `Retry-After` when given), as a hub under load does.
+    pub fn fail_next(&self, path: &str, status: u16, times: usize, retry_after: Option<u64>) {
+        self.shared.lock().unwrap().failing.push(Failing { path: path.to_owned(), status, times, retry_after });
+    }
+
+    /// Every request so far, with its query and token.
+    pub fn log(&self) -> Vec<Logged> {
+        self.shared.lock().unwrap().log.clone()
+    }
+
+    /// The queries of the model searches so far.
+    pub fn searches(&self) -> Vec<String> {
+        self.log().into_iter().filter(|l| l.path == "/api/models").map(|l| l.query).collect()
     }
 
     /// The next body of `file` that crosses byte `offset` stops there and the connection closes.
@@ -140,7 +243,9 @@ impl FakeHub {
     }
 
     pub fn clear_requests(&self) {
-        self.shared.lock().unwrap().requests.clear();
+        let mut s = self.shared.lock().unwrap();
+        s.requests.clear();
+        s.log.clear();
     }
 }
 
@@ -172,6 +277,110 @@ fn not_found(conn: &mut TcpStream, code: &str, message: &str) -> std::io::Result
         &[("Content-Type".into(), "application/json".into()), ("X-Error-Code".into(), code.into())],
         body.as_bytes(),
     )
+}
+
+/// How the Hub refuses a gated repo: 401 without a token, 403 with one that was not
+/// granted access (both with `X-Error-Code: GatedRepo`).
+fn gate_refusal(repo: &HubRepo, repo_id: &str, token: Option<&str>) -> Option<(&'static str, String)> {
+    let granted = repo.gated.as_deref()?;
+    match token {
+        Some(t) if t == granted => None,
+        Some(_) => Some(("403 Forbidden", format!("Access to model {repo_id} is restricted and you are not in the authorized list."))),
+        None => Some(("401 Unauthorized", format!("Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it."))),
+    }
+}
+
+fn refuse(conn: &mut TcpStream, (status, message): (&str, String)) -> std::io::Result<()> {
+    let body = json!({"error": message}).to_string();
+    let headers = [("Content-Type".into(), "application/json".into()), ("X-Error-Code".into(), "GatedRepo".into())];
+    respond(conn, status, &headers, body.as_bytes())
+}
+
+/// `%XX` and `+` decoding of one query value.
+fn url_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The model search (see the module docs).
+fn search(s: &Shared, query: &str) -> String {
+    let params: Vec<(String, String)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (url_decode(k), url_decode(v))
+        })
+        .collect();
+    let get = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let needle = get("search").unwrap_or_default().to_lowercase();
+    let expand: Vec<String> =
+        params.iter().filter(|(k, _)| k == "expand" || k == "expand[]").map(|(_, v)| v.clone()).collect();
+    let mut found: Vec<(&String, &HubRepo)> = s.repos.iter().filter(|(id, _)| id.to_lowercase().contains(&needle)).collect();
+    found.sort_by(|a, b| a.0.cmp(b.0));
+    if get("sort").as_deref() == Some("downloads") {
+        found.sort_by_key(|r| std::cmp::Reverse(r.1.downloads));
+    }
+    if let Some(limit) = get("limit").and_then(|l| l.parse::<usize>().ok()) {
+        found.truncate(limit);
+    }
+    let results: Vec<serde_json::Value> = found
+        .into_iter()
+        .map(|(id, repo)| {
+            let object_id = &sha256_hex(id.as_bytes())[..24];
+            let mut v = json!({"_id": object_id, "id": id});
+            let config = repo.files.iter().find(|f| f.path == "config.json").and_then(|f| serde_json::from_slice::<serde_json::Value>(&f.data).ok());
+            let property = |name: &str| -> serde_json::Value {
+                match name {
+                    "downloads" => json!(repo.downloads),
+                    "gated" => if repo.gated.is_some() { json!("manual") } else { json!(false) },
+                    "config" => match &config {
+                        Some(c) => json!({"architectures": c["architectures"], "model_type": c["model_type"]}),
+                        None => serde_json::Value::Null,
+                    },
+                    "siblings" => json!(repo.files.iter().map(|f| json!({"rfilename": f.path})).collect::<Vec<_>>()),
+                    "likes" => json!(0),
+                    "private" => json!(false),
+                    "tags" => json!([]),
+                    "createdAt" => json!("2022-03-02T23:29:04.000Z"),
+                    _ => serde_json::Value::Null,
+                }
+            };
+            if expand.is_empty() {
+                for name in ["likes", "private", "downloads", "tags", "createdAt"] {
+                    v[name] = property(name);
+                }
+                v["modelId"] = json!(id);
+            } else {
+                for name in &expand {
+                    let value = property(name);
+                    if !value.is_null() {
+                        v[name.as_str()] = value;
+                    }
+                }
+            }
+            v
+        })
+        .collect();
+    serde_json::Value::Array(results).to_string()
 }
 
 /// `bytes=a-b` (inclusive; `b` may lie past the end, as hf-hub's last chunk does) → a..=b clamped.
@@ -243,6 +452,7 @@ fn handle(mut conn: TcpStream, shared: &Mutex<Shared>, cdn_port: u16) -> std::io
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let mut range = None;
+    let mut token = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
@@ -252,11 +462,33 @@ fn handle(mut conn: TcpStream, shared: &Mutex<Shared>, cdn_port: u16) -> std::io
             if k.trim().eq_ignore_ascii_case("range") {
                 range = Some(v.trim().to_owned());
             }
+            if k.trim().eq_ignore_ascii_case("authorization") {
+                token = v.trim().strip_prefix("Bearer ").map(str::to_owned);
+            }
         }
     }
     let target = request_line.split_whitespace().nth(1).unwrap_or("/").to_owned();
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    shared.lock().unwrap().requests.push(format!("{path} {}", range.as_deref().unwrap_or("-")));
+    let failing = {
+        let mut s = shared.lock().unwrap();
+        s.requests.push(format!("{path} {}", range.as_deref().unwrap_or("-")));
+        s.log.push(Logged { path: path.to_owned(), query: query.to_owned(), range: range.clone(), token: token.clone() });
+        match s.failing.iter_mut().find(|f| f.times > 0 && path.contains(&f.path)) {
+            Some(f) => {
+                f.times -= 1;
+                Some((f.status, f.retry_after))
+            }
+            None => None,
+        }
+    };
+    if let Some((status, retry_after)) = failing {
+        let headers: Vec<(String, String)> = retry_after.map(|s| ("Retry-After".into(), s.to_string())).into_iter().collect();
+        return respond(&mut conn, &format!("{status} Transient"), &headers, b"{\"error\": \"try again\"}");
+    }
+    if path == "/api/models" {
+        let body = search(&shared.lock().unwrap(), query);
+        return respond(&mut conn, "200 OK", &[("Content-Type".into(), "application/json".into())], body.as_bytes());
+    }
 
     // The CDN: /cdn/{sha256}
     if let Some(sha) = path.strip_prefix("/cdn/") {
@@ -276,6 +508,10 @@ fn handle(mut conn: TcpStream, shared: &Mutex<Shared>, cdn_port: u16) -> std::io
             drop(s);
             return not_found(&mut conn, "RepoNotFound", "Repository not found");
         };
+        if let Some(refusal) = gate_refusal(repo, repo_id, token.as_deref()) {
+            drop(s);
+            return refuse(&mut conn, refusal);
+        }
         let blobs = query.contains("blobs=true");
         let siblings: Vec<_> = repo
             .files
@@ -305,6 +541,10 @@ fn handle(mut conn: TcpStream, shared: &Mutex<Shared>, cdn_port: u16) -> std::io
             drop(s);
             return not_found(&mut conn, "RepoNotFound", "Repository not found");
         };
+        if let Some(refusal) = gate_refusal(repo, &repo_id, token.as_deref()) {
+            drop(s);
+            return refuse(&mut conn, refusal);
+        }
         let commit = repo.commit.clone();
         let Some(file) = repo.files.iter().find(|f| f.path == file_path).cloned() else {
             drop(s);

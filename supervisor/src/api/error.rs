@@ -102,6 +102,12 @@ impl From<ResolveError> for ApiError {
                 ApiError::unavailable(message, RETRY_AFTER_DOWNLOAD).with_code("model_downloading")
             }
             ResolveError::DownloadFailed(e) => e.into(),
+            ResolveError::RecentlyFailed { error, retry_in } => {
+                let mut err = ApiError::from(error);
+                err.message = message;
+                err.retry_after = Some(retry_in);
+                err
+            }
             ResolveError::NotLoaded(_) => ApiError::not_found(message),
         }
     }
@@ -118,6 +124,14 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(_) => ApiError::not_found(message).with_code("model_not_found"),
             StoreError::Refused(_) | StoreError::InvalidName(_) | StoreError::Invalid(_) => {
                 ApiError::invalid_param("model", message).with_code("model_unsupported")
+            }
+            StoreError::Ambiguous(_) => ApiError::invalid_param("model", message).with_code("model_ambiguous"),
+            StoreError::WrongKind { .. } => ApiError::invalid_param("model", message),
+            // The Hub refused the server's credentials (HF_TOKEN), not the client's.
+            StoreError::Denied(_) => {
+                let mut err = ApiError::internal(message).with_code("hub_access_denied");
+                err.status = StatusCode::BAD_GATEWAY;
+                err
             }
             StoreError::Failed(_) => {
                 let mut err = ApiError::internal(message).with_code("download_failed");

@@ -66,6 +66,18 @@ fn check_request_tokens(state: &AppState, seqs: &[Tokens]) -> Result<usize, ApiE
 }
 
 async fn run(state: &AppState, entry: &ModelEntry, seqs: Vec<Tokens>) -> Result<JobOutput, ApiError> {
+    let result = run_job(state, entry, seqs).await;
+    match result {
+        // Its worker stopped or failed to load because the model was deleted meanwhile: as
+        // if the request had come a moment later.
+        Err(e) if e.status.is_server_error() && state.pool.store().find(&entry.name).is_none() => {
+            Err(ApiError::model_not_found(&entry.name))
+        }
+        other => other,
+    }
+}
+
+async fn run_job(state: &AppState, entry: &ModelEntry, seqs: Vec<Tokens>) -> Result<JobOutput, ApiError> {
     let rx = entry.runner.submit(seqs)?;
     let timeout = Duration::from_secs(state.config.limits.request_timeout_seconds);
     match tokio::time::timeout(timeout, rx).await {

@@ -282,10 +282,12 @@ pub async fn delete(State(state): State<SharedState>, body: Result<Bytes, BytesR
     let store = state.pool.store();
     let path = store.find(&target.name).ok_or_else(|| ApiError::not_found(format!("model '{name}' not found")))?;
     let dir_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-    // Stop its worker first, then remove the folder atomically (rename, then delete).
-    state.pool.forget(&dir_name).await;
+    // The name goes first (rename): from then on no request can start the model again,
+    // and one that was under way finds it gone (404). Then its worker stops (its open
+    // files stay readable until then), then the files go.
     let trash = store.dir().join(format!(".deleting-{dir_name}-{}", std::process::id()));
     std::fs::rename(&path, &trash).map_err(|e| ApiError::internal(format!("cannot remove {dir_name}: {e}")))?;
+    state.pool.forget(&dir_name).await;
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(trash)).await;
     Ok(StatusCode::OK.into_response())
 }

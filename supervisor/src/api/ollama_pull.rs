@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::ollama::{NameRequest, OllamaError};
 use super::{parse_body, ApiError, SharedState};
-use crate::store::downloads::{Download, Progress, Started};
+use crate::store::downloads::{Download, Progress};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -39,7 +39,8 @@ pub async fn pull(State(state): State<SharedState>, body: Result<Bytes, BytesRej
     let req: PullBody = parse_body(body)?;
     let name = NameRequest { model: req.model, name: req.name, verbose: None }.model()?;
     let resolver = state.resolver();
-    let target = resolver.resolve_name(&name)?;
+    // A bare name may be searched for on the Hub, as `mlx-serve pull NAME` does.
+    let target = resolver.resolve(&name).await?;
     let Some(pull_req) = resolver.pull_request(&target, None) else {
         // Not a repo id or alias: fine when it is installed (a folder import, say).
         return match state.pool.store().find(&target.name) {
@@ -50,13 +51,8 @@ pub async fn pull(State(state): State<SharedState>, body: Result<Bytes, BytesRej
             .into()),
         };
     };
-    let download = loop {
-        match state.downloads.start(pull_req.clone()) {
-            Started::New(d) | Started::Joined(d) => break d,
-            // An explicit pull retries what failed before.
-            Started::PreviousFailed(_) => continue,
-        }
-    };
+    // An explicit pull retries at once what failed before.
+    let download = state.downloads.start_now(pull_req);
     if req.stream == Some(false) {
         return match download.wait().await {
             Ok(_) => Ok(Json(json!({"status": "success"})).into_response()),

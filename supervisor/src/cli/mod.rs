@@ -52,9 +52,18 @@ enum Command {
     Quantize(models::QuantizeArgs),
 }
 
-/// Parses the process arguments and runs the command.
-pub fn main() -> Result<()> {
-    run(Cli::parse())
+/// Parses the process arguments, runs the command, and reports an error as one line on
+/// stderr (`error: what failed: why`), whatever `RUST_BACKTRACE` says: returning the error
+/// from `main` would print its Debug form, with a stack trace when the variable is set.
+pub fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {line}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs one parsed command.

@@ -1,6 +1,10 @@
 //! The model commands: `pull`, `list`, `show`, `remove`, `quantize`. They work on the
 //! store directly (no daemon needed); a running daemon sees the result on its next
 //! request (`remove` first asks running daemons to stop the model's worker).
+//!
+//! Names resolve as in the daemon (`store::names`): `pull NAME` of a bare name nothing
+//! local knows searches the Hub and says which repo it chose; `list` and `show` show the
+//! names the store remembers; `remove` forgets the model's names.
 
 use std::path::{Path, PathBuf};
 
@@ -16,11 +20,12 @@ use crate::config::Config;
 use crate::control::{self, Request};
 use crate::daemon::pidfile;
 use crate::paths::worker_binary;
-use crate::store::aliases;
-use crate::store::metadata::{self, rfc3339, ModelMetadata};
+use crate::store::aliases::{self, NameSource};
+use crate::store::metadata::{rfc3339, ModelMetadata};
+use crate::store::names::{self, remembered};
 use crate::store::pull::{self, PullRequest, Source};
 use crate::store::quantize::{self, Spec};
-use crate::store::{validate_name, Store};
+use crate::store::{lock, name_for_repo, validate_name, Store};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum KindArg {
@@ -31,7 +36,8 @@ pub enum KindArg {
 #[derive(Args)]
 pub struct PullArgs {
     /// Hugging Face repo id (BAAI/bge-m3), alias (bge-m3, see `mlx-serve list --aliases`),
-    /// or a local folder in Hugging Face layout (./my-model).
+    /// a bare model name (Qwen3-Embedding-0.6B: the most downloaded repo of that name on
+    /// the Hub), or a local folder in Hugging Face layout (./my-model).
     pub model: String,
     /// Model type, when detection from config.json gets it wrong.
     #[arg(long = "type", value_enum)]
@@ -118,37 +124,75 @@ fn as_folder(arg: &str) -> Option<PathBuf> {
     (path_like || (arg.contains('/') && expanded.join("config.json").is_file())).then_some(expanded)
 }
 
+/// Prints a line to stdout; a closed pipe (`mlx-serve pull … | head -1`) is not an error.
+fn say(line: &str) -> Result<()> {
+    use std::io::Write;
+    match writeln!(std::io::stdout(), "{line}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Where `pull NAME` (not a folder) gets the model, and its store name without a
+/// quantization suffix; `quantize` takes the suffix's bits when the name has one.
+fn pull_source(config: &Config, store: &Store, rt: &tokio::runtime::Runtime, model: &str, quantize: &mut Option<Spec>, group_size: u32) -> Result<(Source, String)> {
+    // An installed model pulled again by its store name: check its repo for a newer revision.
+    if !aliases::is_repo_id(model) && !model.contains('/') {
+        if let Some(dir) = store.find(model) {
+            if quantize.is_some() {
+                return Ok((Source::Folder(dir), model.to_owned()));
+            }
+            return match ModelMetadata::read(&dir).and_then(|m| m.repo) {
+                Some(repo) => Ok((Source::Hub(repo), model.to_owned())),
+                None => bail!("{model} is installed, and it has no Hugging Face repo to pull from (it was imported from a folder)"),
+            };
+        }
+    }
+    // Installed names count only for `NAME-4bit` (made from the installed NAME).
+    let installed = |n: &str| n != model && store.find(n).is_some();
+    let resolution = rt.block_on(names::resolve(model, &config.models.aliases, store, installed, true))?;
+    if let Some(text) = &resolution.explanation {
+        say(text)?;
+    }
+    let r = resolution.target;
+    let mut name = r.name;
+    if let Some(bits) = r.quantize {
+        name = name.strip_suffix(&format!("-{bits}bit")).unwrap_or(&name).to_owned();
+        *quantize = quantize.or(Some(Spec { bits, group_size }));
+    }
+    let installed_base = quantize.and_then(|_| store.find(&name));
+    match (installed_base, r.repo) {
+        // A variant of an installed model: made from its folder, no download.
+        (Some(dir), _) => Ok((Source::Folder(dir), name)),
+        (None, Some(repo)) => {
+            if r.source == NameSource::RepoId {
+                if let Some(old) = names::repoint(store, &repo)? {
+                    say(&format!("`{}` now means {repo} (it meant {})", name_for_repo(&repo), old.repo))?;
+                }
+            }
+            Ok((Source::Hub(repo), name))
+        }
+        (None, None) => bail!(
+            "{model:?} is not a Hugging Face repo id (owner/name), a known alias, an installed model, or a folder \
+             (`mlx-serve list --aliases` shows the aliases)"
+        ),
+    }
+}
+
 pub fn pull_cmd(config: &Config, args: PullArgs) -> Result<()> {
     let store = store(config);
     let mut quantize = match &args.quantize {
         Some(q) => Some(Spec::new(Spec::parse_bits(q)?, args.group_size)?),
         None => None,
     };
+    let rt = runtime()?;
     let (source, default_name) = match as_folder(&args.model) {
         Some(dir) => {
             let real = std::fs::canonicalize(&dir).with_context(|| format!("folder {}", dir.display()))?;
             let name = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             (Source::Folder(dir), name)
         }
-        None => {
-            // Installed names count only for `NAME-4bit` (made from the installed NAME): a
-            // plain pull of an installed repo checks the hub for a newer revision.
-            let installed = |n: &str| n != args.model && store.find(n).is_some();
-            let r = aliases::resolve(&args.model, &config.models.aliases, installed)?;
-            let mut name = r.name;
-            if let Some(bits) = r.quantize {
-                name = name.strip_suffix(&format!("-{bits}bit")).unwrap_or(&name).to_owned();
-                quantize = quantize.or(Some(Spec { bits, group_size: args.group_size }));
-            }
-            match (r.repo, quantize) {
-                (Some(repo), _) => (Source::Hub(repo), name),
-                (None, Some(_)) if store.find(&name).is_some() => (Source::Folder(store.find(&name).unwrap()), name),
-                _ => bail!(
-                    "{:?} is not a Hugging Face repo id (owner/name), a known alias, or a folder (`mlx-serve list --aliases` shows the aliases)",
-                    args.model
-                ),
-            }
-        }
+        None => pull_source(config, &store, &rt, &args.model, &mut quantize, args.group_size)?,
     };
     let name = args.name.clone().unwrap_or(default_name);
     validate_name(&name)?;
@@ -160,11 +204,12 @@ pub fn pull_cmd(config: &Config, args: PullArgs) -> Result<()> {
             KindArg::Embedding => ModelKind::Embedding,
             KindArg::Reranker => ModelKind::Reranker,
         }),
+        expect_kind: None,
         quantize,
         worker_bin: worker_binary(),
     };
     let printer = Printer::new();
-    let outcome = runtime()?.block_on(async {
+    let outcome = rt.block_on(async {
         tokio::select! {
             r = pull::pull(&store, &req, printer.reporter()) => r.map_err(anyhow::Error::from),
             // Dropping the pull removes its partial folder.
@@ -174,11 +219,11 @@ pub fn pull_cmd(config: &Config, args: PullArgs) -> Result<()> {
     printer.finish();
     let outcome = outcome?;
     if outcome.up_to_date {
-        println!("{} is up to date ({})", outcome.name, outcome.path.display());
+        say(&format!("{} is up to date ({})", outcome.name, outcome.path.display()))?;
     } else {
         let m = &outcome.metadata;
         let size = m.quantized_size.unwrap_or(m.original_size);
-        println!("installed {} ({}, {}, {}) in {}", outcome.name, m.kind, m.architecture, HumanBytes(size), outcome.path.display());
+        say(&format!("installed {} ({}, {}, {}) in {}", outcome.name, m.kind, m.architecture, HumanBytes(size), outcome.path.display()))?;
     }
     Ok(())
 }
@@ -190,19 +235,30 @@ fn quant_label(m: &Option<ModelMetadata>, config: &serde_json::Value) -> String 
     m.as_ref().map(|m| m.dtype.clone()).filter(|d| !d.is_empty()).unwrap_or_else(|| "-".into())
 }
 
+/// The names the store remembers for the model with metadata `meta`, as JSON.
+fn remembered_names(store: &Store, meta: &Option<ModelMetadata>) -> serde_json::Value {
+    let Some(repo) = meta.as_ref().and_then(|m| m.repo.as_deref()) else { return json!([]) };
+    let names: Vec<_> = remembered::names_of(store, repo)
+        .into_iter()
+        .map(|(name, r)| json!({"name": name, "how": r.how, "at": r.at, "downloads": r.downloads}))
+        .collect();
+    json!(names)
+}
+
 pub fn list_cmd(config: &Config, args: ListArgs) -> Result<()> {
     if args.aliases {
         let table = aliases::table(&config.models.aliases);
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&table)?);
+            say(&serde_json::to_string_pretty(&table)?)?;
         } else {
             for (alias, target) in &table {
-                println!("{alias:<20} {target}");
+                say(&format!("{alias:<20} {target}"))?;
             }
         }
         return Ok(());
     }
-    let models = store(config).list();
+    let store = store(config);
+    let models = store.list();
     if args.json {
         let v: Vec<_> = models
             .iter()
@@ -216,25 +272,27 @@ pub fn list_cmd(config: &Config, args: ListArgs) -> Result<()> {
                     "type": m.facts.as_ref().ok().map(|f| f.kind.as_str()),
                     "architecture": m.facts.as_ref().ok().map(|f| f.architecture.clone()),
                     "error": m.facts.as_ref().err(),
+                    "names": remembered_names(&store, &meta),
                     "metadata": meta,
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return say(&serde_json::to_string_pretty(&v)?);
     }
-    if models.is_empty() {
-        println!("no models in {} (`mlx-serve pull minilm` installs one)", config.models_dir().display());
-        return Ok(());
+    let names = remembered::all(&store);
+    if models.is_empty() && names.is_empty() {
+        return say(&format!("no models in {} (`mlx-serve pull minilm` installs one)", config.models_dir().display()));
     }
-    println!("{:<36} {:<10} {:<32} {:<12} {:>10}  MODIFIED", "NAME", "TYPE", "ARCHITECTURE", "WEIGHTS", "SIZE");
+    if !models.is_empty() {
+        say(&format!("{:<36} {:<10} {:<32} {:<12} {:>10}  MODIFIED", "NAME", "TYPE", "ARCHITECTURE", "WEIGHTS", "SIZE"))?;
+    }
     for m in &models {
         let meta = ModelMetadata::read(&m.path);
         let (kind, arch, quant) = match &m.facts {
             Ok(f) => (f.kind.as_str().to_owned(), f.architecture.clone(), quant_label(&meta, &f.config)),
             Err(e) => ("?".into(), format!("unusable: {e}"), "-".into()),
         };
-        println!(
+        say(&format!(
             "{:<36} {:<10} {:<32} {:<12} {:>10}  {}",
             m.name,
             kind,
@@ -242,24 +300,34 @@ pub fn list_cmd(config: &Config, args: ListArgs) -> Result<()> {
             quant,
             HumanBytes(m.size_bytes).to_string(),
             rfc3339(m.modified)
-        );
+        ))?;
+    }
+    if !names.is_empty() {
+        say("\nnames found on the Hub (`mlx-serve pull OWNER/NAME` re-points one, `mlx-serve remove NAME` forgets it):")?;
+        for (name, r) in &names {
+            let installed = if store.find(name_for_repo(&r.repo)).is_some() { "" } else { "  (not installed)" };
+            let downloads = r.downloads.map(|d| format!(", {d} downloads")).unwrap_or_default();
+            say(&format!("  {name:<34} {:<44} by {} on {}{downloads}{installed}", r.repo, r.how, r.at))?;
+        }
     }
     Ok(())
 }
 
-/// The installed folder for a name, repo id or alias.
+/// The installed folder for a name, repo id, alias or remembered name.
 fn find_installed(config: &Config, store: &Store, requested: &str) -> Result<(String, PathBuf)> {
-    let r = aliases::resolve(requested, &config.models.aliases, |n| store.find(n).is_some())?;
+    let r = names::resolve_local(requested, &config.models.aliases, store, |n| store.find(n).is_some())?.target;
     let path = store
         .find(&r.name)
         .with_context(|| format!("model {requested:?} is not installed (`mlx-serve list` shows what is)"))?;
-    Ok((r.name, path))
+    // The folder's own spelling (`Store::find` matches names in any Unicode normalization).
+    let name = path.file_name().and_then(|n| n.to_str()).map_or(r.name, str::to_owned);
+    Ok((name, path))
 }
 
 pub fn show_cmd(config: &Config, args: ShowArgs) -> Result<()> {
     let store = store(config);
     let (name, path) = find_installed(config, &store, &args.model)?;
-    let installed = store.installed(&name).context("model vanished")?;
+    let installed = store.installed(&name).context("the model was removed meanwhile")?;
     let meta = ModelMetadata::read(&path);
     let facts = installed.facts.as_ref();
     let v = json!({
@@ -275,28 +343,38 @@ pub fn show_cmd(config: &Config, args: ShowArgs) -> Result<()> {
         "hidden_size": facts.ok().map(|f| f.hidden_size),
         "vocab_size": facts.ok().map(|f| f.vocab_size),
         "error": facts.err(),
+        "names": remembered_names(&store, &meta),
         "metadata": meta,
     });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return say(&serde_json::to_string_pretty(&v)?);
     }
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
     for (k, val) in v.as_object().unwrap() {
         match val {
             serde_json::Value::Null => {}
+            serde_json::Value::Array(a) if a.is_empty() => {}
+            serde_json::Value::Array(a) => {
+                say(&format!("{k}:"))?;
+                for item in a {
+                    // A remembered name: `NAME  by search on DATE, N downloads`.
+                    let downloads = item["downloads"].as_u64().map(|d| format!(", {d} downloads")).unwrap_or_default();
+                    say(&format!("  {:<16} by {} on {}{downloads}", text(&item["name"]), text(&item["how"]), text(&item["at"])))?;
+                }
+            }
             serde_json::Value::Object(o) => {
-                println!("{k}:");
+                say(&format!("{k}:"))?;
                 for (k2, v2) in o {
                     // Printed below as a summary.
                     if k2 == "quantization_details" || k2 == "quality" {
                         continue;
                     }
                     if !v2.is_null() {
-                        println!("  {k2:<16} {}", v2.as_str().map(str::to_owned).unwrap_or_else(|| v2.to_string()));
+                        say(&format!("  {k2:<16} {}", text(v2)))?;
                     }
                 }
             }
-            _ => println!("{k:<18} {}", val.as_str().map(str::to_owned).unwrap_or_else(|| val.to_string())),
+            _ => say(&format!("{k:<18} {}", text(val)))?,
         }
     }
     let summary = meta.as_ref().map(quantize::summary).unwrap_or_default();
@@ -312,18 +390,32 @@ pub fn show_cmd(config: &Config, args: ShowArgs) -> Result<()> {
 pub fn remove_cmd(config: &Config, args: RemoveArgs) -> Result<()> {
     let store = store(config);
     let (name, path) = find_installed(config, &store, &args.model)?;
-    // Running servers of this home stop the model's worker first (their control sockets).
+    let repo = ModelMetadata::read(&path).and_then(|m| m.repo);
+    // The name goes first (rename), so no running server starts the model again and a
+    // request under way finds it gone; then the servers of this home stop its worker
+    // (their control sockets); then the files go.
+    let trash = store.dir().join(format!(".deleting-{name}-{}", std::process::id()));
+    std::fs::rename(&path, &trash).with_context(|| format!("cannot remove {}", path.display()))?;
     for (port, _pid, _) in pidfile::running() {
         let forget = Request::Forget { model: name.clone() };
         if let Err(e) = control::request(port, &forget, std::time::Duration::from_secs(30)) {
             eprintln!("warning: could not ask the server on port {port} to stop {name}'s worker: {e}");
         }
     }
-    // Rename first: the name disappears at once, even if deleting many files takes time.
-    let trash = store.dir().join(format!(".deleting-{name}-{}", std::process::id()));
-    std::fs::rename(&path, &trash).with_context(|| format!("cannot remove {}", path.display()))?;
     std::fs::remove_dir_all(&trash).with_context(|| format!("cannot delete {}", trash.display()))?;
-    println!("removed {name}");
+    say(&format!("removed {name}"))?;
+    // Its names: the one typed, and those remembered for its repo. A quantized variant
+    // shares its base's repo, and the base keeps them.
+    let forget: Vec<String> = match (&repo, aliases::split_variant(&name)) {
+        (Some(repo), None) => remembered::names_of(&store, repo).into_iter().map(|(n, _)| n).collect(),
+        _ => Vec::new(),
+    };
+    for n in forget.iter().map(String::as_str).chain(std::iter::once(args.model.as_str())) {
+        if let Some(r) = remembered::get(&store, n) {
+            remembered::forget(&store, n)?;
+            say(&format!("forgot that `{n}` means {} (the next use of the name searches the Hub again)", r.repo))?;
+        }
+    }
     Ok(())
 }
 
@@ -333,41 +425,36 @@ pub fn quantize_cmd(config: &Config, args: QuantizeArgs) -> Result<()> {
     let spec = Spec::new(args.bits.parse()?, args.group_size)?;
     let dst_name = spec.variant_name(&name);
     validate_name(&dst_name)?;
-    if store.find(&dst_name).is_some() {
-        bail!("{dst_name} already exists; `mlx-serve remove {dst_name}` first to make it again");
-    }
-    let mut base = ModelMetadata::read(&src).unwrap_or_default();
-    if base.kind.is_empty() {
-        // A folder placed in the store by hand: describe it from its own files.
-        let facts = mlx_serve_protocol::model_dir::inspect(&src).map_err(anyhow::Error::msg)?;
-        base.kind = facts.kind.as_str().into();
-        base.architecture = facts.architecture;
-        base.dtype = metadata::dominant_dtype(&src).unwrap_or_default();
-    }
-    base.source_type = "quantize".into();
-    base.source = name.clone();
     let printer = Printer::new();
     let report = printer.reporter();
-    report(pull::PullEvent::Status(format!("quantizing {name} to {}-bit (group size {})", spec.bits, spec.group_size)));
     let worker_bin = worker_binary();
     let result = runtime()?.block_on(async {
         tokio::select! {
-            r = quantize::into_store_with(&store, &worker_bin, &src, &dst_name, spec, args.recipe.as_deref(), &base) => r.map_err(anyhow::Error::from),
+            r = async {
+                let waiting = report.clone();
+                let message = format!("waiting for another install of {dst_name} to finish");
+                let _lock = lock::acquire(&store, &dst_name, move || waiting(pull::PullEvent::Status(message))).await?;
+                if store.find(&dst_name).is_some() {
+                    return Err(anyhow::anyhow!("{dst_name} already exists; `mlx-serve remove {dst_name}` first to make it again"));
+                }
+                report(pull::PullEvent::Status(format!("quantizing {name} to {}-bit (group size {})", spec.bits, spec.group_size)));
+                Ok(quantize::installed_variant(&store, &worker_bin, &src, &name, spec, args.recipe.as_deref()).await?)
+            } => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; nothing was installed")),
         }
     });
     printer.finish();
     let (path, meta) = result?;
     let q = meta.quantized_size.unwrap_or(0);
-    println!(
+    say(&format!(
         "installed {dst_name} in {}: weights {} → {} ({:.1}%)",
         path.display(),
         HumanBytes(meta.original_size),
         HumanBytes(q),
         100.0 * q as f64 / meta.original_size.max(1) as f64
-    );
+    ))?;
     if let Some(line) = quantize::summary(&meta).into_iter().find(|l| l.starts_with("quality:")) {
-        println!("{line}");
+        say(&line)?;
     }
     Ok(())
 }

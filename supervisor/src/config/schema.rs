@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
-use crate::paths::home_dir;
+use crate::paths::{home_dir, user_home};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -207,9 +207,16 @@ impl Default for ServiceConfig {
 pub const EXAMPLE: &str = include_str!("../../../config.example.yaml");
 
 impl Config {
-    /// The model store directory.
+    /// The model store directory. A leading `~` is the user's home, as in the plan's
+    /// example config (`directory: ~/.mlx-serve/models`): YAML does not expand it.
     pub fn models_dir(&self) -> PathBuf {
-        self.models.directory.clone().unwrap_or_else(|| home_dir().join("models"))
+        match &self.models.directory {
+            Some(dir) => match dir.strip_prefix("~") {
+                Ok(rest) => user_home().join(rest),
+                Err(_) => dir.clone(),
+            },
+            None => home_dir().join("models"),
+        }
     }
 
     /// Checks values that parse but make no sense.
@@ -250,6 +257,18 @@ mod tests {
     fn example_is_the_defaults() {
         let parsed = crate::config::parse_yaml(EXAMPLE, std::path::Path::new("config.example.yaml")).unwrap();
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn a_models_directory_under_tilde_is_in_the_users_home() {
+        let mut c = Config::default();
+        c.models.directory = Some("~/.mlx-serve/models".into());
+        assert_eq!(c.models_dir(), user_home().join(".mlx-serve/models"));
+        c.models.directory = Some("/srv/models".into());
+        assert_eq!(c.models_dir(), PathBuf::from("/srv/models"));
+        // Only a whole `~` component: `~other/x` is a folder named so.
+        c.models.directory = Some("~other/x".into());
+        assert_eq!(c.models_dir(), PathBuf::from("~other/x"));
     }
 
     #[test]

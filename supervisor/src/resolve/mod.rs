@@ -1,10 +1,18 @@
 //! Name resolution: from the model name a client typed to a model the pool runs.
 //!
-//! Aliases, repo ids and `-4bit` variants name a store folder (`store::aliases`); a
-//! missing one may be downloaded first when `models.auto_download` allows
-//! (`autodownload.rs`); then the pool hands out its entry. The HTTP API and the control
-//! socket both resolve through here, so `ctl load bge-m3` and a request for `bge-m3` mean
-//! the same model.
+//! Names go through `store::names`: installed model, alias, the last part of an alias's
+//! repo, repo id, then for a bare name the repo the store remembers for it or a Hub model
+//! search (only with `models.auto_download`: a search leads to a download). A missing
+//! model may be downloaded first (`autodownload.rs`); then the pool hands out its entry.
+//! The HTTP API and the control socket both resolve through here, so `ctl load bge-m3`
+//! and a request for `bge-m3` mean the same model.
+//!
+//! Nothing is made for a request that will be refused: a request to the endpoint of the
+//! other model type is refused before a download or quantization starts (from the
+//! installed base's files, or from the repo's small files before its weights). A failed
+//! Hub search or download is remembered for a minute (`store::downloads`), and requests
+//! in that time get its error with the time left. A model deleted while a request was on
+//! its way is a 404, as if the request had come a moment later.
 
 mod autodownload;
 
@@ -14,9 +22,9 @@ use mlx_serve_protocol::ModelKind;
 
 use crate::config::Config;
 use crate::runner::{EntryError, ModelEntry, Pool};
-use crate::store::aliases::{self, Resolved};
+use crate::store::aliases::{self, NameSource, Resolved};
 use crate::store::downloads::Downloads;
-use crate::store::StoreError;
+use crate::store::{kind_hint, names, StoreError};
 
 pub use autodownload::preload;
 
@@ -39,17 +47,29 @@ pub enum ResolveError {
     /// A download is under way (started now, or still running after the wait).
     #[error("{0}")]
     Downloading(String),
+    /// A Hub search or download failed (just now).
     #[error(transparent)]
     DownloadFailed(StoreError),
+    /// The search or download failed less than a minute ago; not tried again before
+    /// `retry_in` seconds.
+    #[error("{error} (this failed {} s ago; it is tried again on a request after {retry_in} s, or at once by `mlx-serve pull` / POST /api/pull)", failed_ago(*retry_in))]
+    RecentlyFailed { error: StoreError, retry_in: u64 },
     /// `ctl evict/restart` of a model without a runner.
     #[error("model {0} is not loaded (see `mlx-serve ctl workers`)")]
     NotLoaded(String),
 }
 
-fn kind_hint(kind: ModelKind) -> &'static str {
-    match kind {
-        ModelKind::Embedding => "it is an embedding model: use /v1/embeddings",
-        ModelKind::Reranker => "it is a reranker: use /v1/rerank",
+fn failed_ago(retry_in: u64) -> u64 {
+    crate::store::downloads::RETRY_FAILED_AFTER.as_secs().saturating_sub(retry_in)
+}
+
+/// A store error of a search or download, with a model of the wrong type as the request's
+/// own error.
+fn download_error(requested: &str, e: StoreError) -> ResolveError {
+    match e {
+        StoreError::WrongKind { kind, .. } => ResolveError::WrongKind { model: requested.to_owned(), kind },
+        StoreError::InvalidName(_) => ResolveError::InvalidName(e),
+        e => ResolveError::DownloadFailed(e),
     }
 }
 
@@ -65,28 +85,73 @@ impl<'a> Resolver<'a> {
         Resolver { pool, downloads, config }
     }
 
-    /// Resolves a requested name against the store and the alias table.
+    /// Resolves a requested name against the store, the alias table and the names the
+    /// store remembers; never asks the Hub.
     pub fn resolve_name(&self, requested: &str) -> Result<Resolved, ResolveError> {
         let store = self.pool.store();
-        aliases::resolve(requested, &self.config.models.aliases, |n| store.find(n).is_some())
+        names::resolve_local(requested, &self.config.models.aliases, store, |n| store.find(n).is_some())
+            .map(|r| r.target)
             .map_err(ResolveError::InvalidName)
     }
 
+    /// Resolves a requested name, searching the Hub for a bare name nothing local knows
+    /// when `models.auto_download` is on. One search at a time; a failed one is remembered.
+    pub async fn resolve(&self, requested: &str) -> Result<Resolved, ResolveError> {
+        let local = self.resolve_name(requested)?;
+        if local.source != NameSource::Unknown || !self.config.models.auto_download {
+            return Ok(local);
+        }
+        let base = aliases::split_variant(&local.name).map_or(local.name.as_str(), |(b, _)| b).to_owned();
+        let _one_search = self.downloads.searching().await;
+        if let Some((error, left)) = self.downloads.name_failure(&base) {
+            return Err(ResolveError::RecentlyFailed { error, retry_in: left.as_secs().max(1) });
+        }
+        let store = self.pool.store();
+        let installed = |n: &str| store.find(n).is_some();
+        match names::resolve(requested, &self.config.models.aliases, store, installed, true).await {
+            Ok(r) => {
+                if let Some(text) = &r.explanation {
+                    tracing::info!(model = requested, "{text}");
+                }
+                Ok(r.target)
+            }
+            Err(e) => {
+                tracing::warn!(model = requested, "cannot resolve: {e}");
+                // The Hub could not be asked (offline, down): to the client the model is
+                // still one this server does not have, so a 404, saying why nothing more
+                // was found (a 502 would blame a Hub the request never named).
+                let e = match e {
+                    StoreError::Failed(why) => StoreError::NotFound(format!(
+                        "model `{requested}` is not installed and is not an alias, and the Hub could not be searched for it: {why}"
+                    )),
+                    e => e,
+                };
+                self.downloads.remember_name_failure(&base, e.clone());
+                Err(download_error(requested, e))
+            }
+        }
+    }
+
     /// The pool entry for `model`, downloading it first when it is missing and config
-    /// allows; with `kind`, checks the model is of the kind the endpoint serves.
+    /// allows; with `kind`, checks the model is of the kind the endpoint serves, before
+    /// anything is downloaded or quantized for it.
     pub async fn entry(&self, model: &str, kind: Option<ModelKind>) -> Result<Arc<ModelEntry>, ResolveError> {
         if model.is_empty() {
             return Err(ResolveError::Missing);
         }
-        let target = self.resolve_name(model)?;
+        let target = self.resolve(model).await?;
         let mut entry = self.pool.get(&target.name).await;
         if matches!(entry, Err(EntryError::NotFound)) {
-            self.ensure_installed(model, &target).await?;
+            self.ensure_installed(model, &target, kind).await?;
             entry = self.pool.get(&target.name).await;
         }
         let entry = match entry {
             Ok(e) => e,
             Err(EntryError::NotFound) => return Err(ResolveError::NotFound(model.to_owned())),
+            // Its folder went away between the lookup and the load: a delete won the race.
+            Err(EntryError::Unusable(_)) if self.pool.store().find(&target.name).is_none() => {
+                return Err(ResolveError::NotFound(model.to_owned()))
+            }
             Err(EntryError::Unusable(reason)) => return Err(ResolveError::Unusable(reason)),
         };
         match kind {

@@ -2,8 +2,11 @@
 //! `-4bit` / `-8bit` quantized variants of any of them.
 //!
 //! [`resolve`] turns one of those into the store folder it lives in and, when it can be
-//! downloaded, the repo it comes from. User aliases (`models.aliases` in config.yaml)
-//! override the built-in ones.
+//! downloaded, the repo it comes from, trying in order: an installed model, an alias, the
+//! last part of an alias's repo (`Qwen3-Embedding-0.6B` → `Qwen/Qwen3-Embedding-0.6B`,
+//! from `qwen-embedding`), a repo id. User aliases (`models.aliases` in config.yaml)
+//! override the built-in ones. A bare name none of these knows is [`NameSource::Unknown`]:
+//! `names/` looks for it on the Hub.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +41,38 @@ pub struct Resolved {
     pub repo: Option<String>,
     /// Bits when the name asks for a quantized variant.
     pub quantize: Option<u8>,
+    /// What the name (or, for a variant, its base) was found as.
+    pub source: NameSource,
+}
+
+/// How a name was found, in the order they are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameSource {
+    /// A model in the store.
+    Installed,
+    /// An alias (built in or from config).
+    Alias,
+    /// The last part of an alias's repo id.
+    AliasTarget,
+    /// An `owner/name` repo id.
+    RepoId,
+    /// A remembered Hub search (`names/`).
+    Remembered,
+    /// A Hub search just now (`names/`).
+    Searched,
+    /// A bare name nothing local knows.
+    Unknown,
+}
+
+/// The repo among the alias targets whose last part is `name` (ignoring case, as the Hub
+/// does): the user's aliases first, then the built-ins.
+pub fn alias_target(name: &str, user: &BTreeMap<String, String>) -> Option<String> {
+    let matches = |repo: &&str| is_repo_id(repo) && name_for_repo(repo).eq_ignore_ascii_case(name);
+    user.values()
+        .map(String::as_str)
+        .find(matches)
+        .or_else(|| BUILTIN.iter().map(|(_, r)| *r).find(matches))
+        .map(str::to_owned)
 }
 
 /// Whether `s` looks like a Hugging Face repo id: `owner/name`, both plain components.
@@ -56,9 +91,9 @@ pub fn table(user: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     t
 }
 
-/// Resolves `requested` (store name, repo id, alias, or any of them with `-4bit`/`-8bit`).
-/// `installed` says whether a store name exists, so an installed model named like an
-/// alias wins over the alias.
+/// Resolves `requested` (store name, repo id, alias, alias repo's last part, or any of them
+/// with `-4bit`/`-8bit`). `installed` says whether a store name exists, so an installed
+/// model named like an alias wins over the alias.
 pub fn resolve(
     requested: &str,
     user: &BTreeMap<String, String>,
@@ -66,27 +101,55 @@ pub fn resolve(
 ) -> Result<Resolved, StoreError> {
     let requested = requested.trim();
     let aliases = table(user);
+    let repo = |target: &str, source| Resolved {
+        name: name_for_repo(target).to_owned(),
+        repo: Some(target.to_owned()),
+        quantize: None,
+        source,
+    };
     let direct = |req: &str| -> Result<Resolved, StoreError> {
-        // An alias target may itself be a store name or a repo id; one level only.
-        let target = if installed(req) { req } else { aliases.get(req).map(String::as_str).unwrap_or(req) };
-        if is_repo_id(target) {
-            return Ok(Resolved { name: name_for_repo(target).to_owned(), repo: Some(target.to_owned()), quantize: None });
+        // A repo id that is installed is still a repo id (below): its store name is its last part.
+        if installed(req) && !is_repo_id(req) {
+            validate_name(req)?;
+            return Ok(Resolved { name: req.to_owned(), repo: None, quantize: None, source: NameSource::Installed });
         }
-        validate_name(target)?;
-        Ok(Resolved { name: target.to_owned(), repo: None, quantize: None })
+        if let Some(target) = aliases.get(req) {
+            // An alias target may itself be a store name or a repo id; one level only.
+            if is_repo_id(target) {
+                return Ok(repo(target, NameSource::Alias));
+            }
+            validate_name(target)?;
+            let source = if installed(target) { NameSource::Installed } else { NameSource::Alias };
+            return Ok(Resolved { name: target.clone(), repo: None, quantize: None, source });
+        }
+        if is_repo_id(req) {
+            return Ok(repo(req, NameSource::RepoId));
+        }
+        validate_name(req)?;
+        match alias_target(req, user) {
+            Some(target) => Ok(repo(&target, NameSource::AliasTarget)),
+            None => Ok(Resolved { name: req.to_owned(), repo: None, quantize: None, source: NameSource::Unknown }),
+        }
     };
     if installed(requested) {
         return direct(requested);
     }
     for (suffix, bits) in QUANT_SUFFIXES {
         if let Some(base) = requested.strip_suffix(suffix).filter(|b| !b.is_empty()) {
-            if installed(base) || aliases.contains_key(base) || is_repo_id(base) {
-                let r = direct(base)?;
-                return Ok(Resolved { name: format!("{}{suffix}", r.name), repo: r.repo, quantize: Some(*bits) });
+            let r = direct(base)?;
+            if r.source != NameSource::Unknown {
+                return Ok(Resolved { name: format!("{}{suffix}", r.name), quantize: Some(*bits), ..r });
             }
         }
     }
     direct(requested)
+}
+
+/// `NAME-4bit` → (`NAME`, 4); `None` without a quantization suffix.
+pub fn split_variant(name: &str) -> Option<(&str, u8)> {
+    QUANT_SUFFIXES
+        .iter()
+        .find_map(|(suffix, bits)| name.strip_suffix(suffix).filter(|b| !b.is_empty()).map(|b| (b, *bits)))
 }
 
 #[cfg(test)]
@@ -115,7 +178,30 @@ mod tests {
         // The variant of an installed model without a repo: made from the installed one.
         let r = resolve("local-8bit", &user, |n| n == "local").unwrap();
         assert_eq!((r.name.as_str(), r.repo, r.quantize), ("local-8bit", None, Some(8)));
-        assert_eq!(resolve("plain", &user, none).unwrap(), Resolved { name: "plain".into(), repo: None, quantize: None });
+        let plain = resolve("plain", &user, none).unwrap();
+        assert_eq!((plain.name.as_str(), plain.repo, plain.source), ("plain", None, NameSource::Unknown));
+        let q = resolve("plain-4bit", &user, none).unwrap();
+        assert_eq!((q.name.as_str(), q.quantize, q.source), ("plain-4bit", None, NameSource::Unknown));
+        assert_eq!(split_variant("plain-4bit"), Some(("plain", 4)));
+        assert_eq!(split_variant("-8bit"), None);
+    }
+
+    #[test]
+    fn the_last_part_of_an_alias_repo_names_it() {
+        let user = BTreeMap::from([("docs".to_string(), "acme/bge-m3".to_string())]);
+        let r = resolve("Qwen3-Embedding-0.6B", &BTreeMap::new(), none).unwrap();
+        assert_eq!((r.repo.as_deref(), r.source), (Some("Qwen/Qwen3-Embedding-0.6B"), NameSource::AliasTarget));
+        // Case as the Hub spells it; the store name follows the repo.
+        let r = resolve("qwen3-embedding-0.6b-4bit", &BTreeMap::new(), none).unwrap();
+        assert_eq!((r.name.as_str(), r.quantize), ("Qwen3-Embedding-0.6B-4bit", Some(4)));
+        // A user alias's repo wins over a built-in one with the same last part; an alias
+        // itself wins over both.
+        assert_eq!(alias_target("bge-m3", &user).as_deref(), Some("acme/bge-m3"));
+        let r = resolve("bge-m3", &user, none).unwrap();
+        assert_eq!((r.repo.as_deref(), r.source), (Some("BAAI/bge-m3"), NameSource::Alias));
+        // An installed model of that name is used as it is.
+        let r = resolve("Qwen3-Embedding-0.6B", &BTreeMap::new(), |n| n == "Qwen3-Embedding-0.6B").unwrap();
+        assert_eq!((r.repo, r.source), (None, NameSource::Installed));
     }
 
     #[test]

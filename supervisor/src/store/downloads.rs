@@ -3,12 +3,15 @@
 //! that `/api/ps` and `/v1/models` show.
 //!
 //! A download runs in its own task, so a client that disconnects does not cancel what
-//! other requests wait for. A failed download stays in the table until someone asks for
-//! the model again, so the next request learns why instead of silently starting over.
+//! other requests wait for. A failed download is remembered for [`RETRY_FAILED_AFTER`]:
+//! requests in that time get its error and when it will be tried again, instead of each
+//! starting a download that fails the same way (an unknown repo, no network, a gated repo
+//! without a token). An explicit pull ([`Downloads::start_now`]) tries at once. A Hub
+//! search for a bare name that failed is remembered the same way ([`Downloads::name_failure`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -38,6 +41,11 @@ impl Progress {
     }
 }
 
+/// How long a failed download or name search is remembered before a request may try it
+/// again: long enough that a burst of requests does not hammer the Hub, short enough that
+/// a fixed network is noticed soon.
+pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(60);
+
 pub struct Download {
     /// Store name being installed.
     pub name: String,
@@ -45,6 +53,8 @@ pub struct Download {
     pub source: String,
     pub started_unix: u64,
     started: Instant,
+    /// When it ended (set once).
+    ended: OnceLock<Instant>,
     progress: watch::Sender<Progress>,
 }
 
@@ -96,31 +106,85 @@ pub enum Started {
     New(Arc<Download>),
     /// The model was already downloading; this is that download.
     Joined(Arc<Download>),
-    /// The last attempt failed; it is forgotten now, so the next call starts over.
-    PreviousFailed(StoreError),
+    /// The last attempt failed less than [`RETRY_FAILED_AFTER`] ago; the next try is
+    /// allowed after `retry_in`.
+    RecentlyFailed { error: StoreError, retry_in: Duration },
+}
+
+/// A failure being remembered: what it was, and how long until it may be tried again.
+fn still_remembered(ended: Instant) -> Option<Duration> {
+    RETRY_FAILED_AFTER.checked_sub(ended.elapsed()).filter(|d| !d.is_zero())
 }
 
 pub struct Downloads {
     store: Store,
     table: Mutex<HashMap<String, Arc<Download>>>,
+    /// Bare names whose Hub search failed: when, and why.
+    failed_names: Mutex<HashMap<String, (Instant, StoreError)>>,
+    /// One Hub search at a time: a burst of requests for a new name searches once.
+    search: tokio::sync::Mutex<()>,
 }
 
 impl Downloads {
     pub fn new(store: Store) -> Downloads {
-        Downloads { store, table: Mutex::new(HashMap::new()) }
+        Downloads {
+            store,
+            table: Mutex::new(HashMap::new()),
+            failed_names: Mutex::new(HashMap::new()),
+            search: tokio::sync::Mutex::new(()),
+        }
     }
 
-    /// Starts pulling `req` unless the same model is already being pulled.
+    /// Held while a bare name is searched for (see [`Downloads::name_failure`]).
+    pub async fn searching(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.search.lock().await
+    }
+
+    /// Starts pulling `req` unless the same model is already being pulled, or its last
+    /// attempt failed recently.
     pub fn start(self: &Arc<Self>, req: PullRequest) -> Started {
+        self.start_inner(req, false)
+    }
+
+    /// Like [`Downloads::start`], but a recent failure does not stop it (an explicit pull).
+    pub fn start_now(self: &Arc<Self>, req: PullRequest) -> Arc<Download> {
+        match self.start_inner(req, true) {
+            Started::New(d) | Started::Joined(d) => d,
+            Started::RecentlyFailed { .. } => unreachable!("start_inner(force) forgets failures"),
+        }
+    }
+
+    /// The error of a Hub search for `name` that failed less than [`RETRY_FAILED_AFTER`]
+    /// ago, and how long until it may be searched again.
+    pub fn name_failure(&self, name: &str) -> Option<(StoreError, Duration)> {
+        let mut failed = self.failed_names.lock().unwrap();
+        match failed.get(name).map(|(at, e)| (still_remembered(*at), e.clone())) {
+            Some((Some(left), e)) => Some((e, left)),
+            Some((None, _)) => {
+                failed.remove(name);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remembers that the Hub search for `name` failed with `error`.
+    pub fn remember_name_failure(&self, name: &str, error: StoreError) {
+        self.failed_names.lock().unwrap().insert(name.to_owned(), (Instant::now(), error));
+    }
+
+    fn start_inner(self: &Arc<Self>, req: PullRequest, force: bool) -> Started {
         let name = req.installed_name();
         let mut table = self.table.lock().unwrap();
         if let Some(d) = table.get(&name) {
             match d.snapshot().done {
                 None => return Started::Joined(d.clone()),
-                Some(Err(e)) => {
-                    table.remove(&name);
-                    return Started::PreviousFailed(e);
-                }
+                Some(Err(error)) => match d.ended.get().and_then(|at| still_remembered(*at)) {
+                    Some(retry_in) if !force => return Started::RecentlyFailed { error, retry_in },
+                    _ => {
+                        table.remove(&name);
+                    }
+                },
                 Some(Ok(_)) => {
                     table.remove(&name);
                 }
@@ -136,6 +200,7 @@ impl Downloads {
             source,
             started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             started: Instant::now(),
+            ended: OnceLock::new(),
             progress: tx,
         });
         table.insert(name.clone(), download.clone());
@@ -162,19 +227,54 @@ impl Downloads {
                 Ok(o) => tracing::info!(model = %o.name, up_to_date = o.up_to_date, secs = d.started.elapsed().as_secs_f64(), "download finished"),
                 Err(e) => tracing::warn!(model = %d.name, "download failed: {e}"),
             }
-            let ok = result.is_ok();
+            // A model of the other type than a request needed says nothing about the
+            // next request: not remembered.
+            let forget = matches!(result, Ok(_) | Err(StoreError::WrongKind { .. }));
+            let _ = d.ended.set(Instant::now());
             d.progress.send_modify(|p| p.done = Some(result));
-            if ok {
-                this.table.lock().unwrap().remove(&d.name);
+            if forget {
+                let mut table = this.table.lock().unwrap();
+                if table.get(&d.name).is_some_and(|x| Arc::ptr_eq(x, &d)) {
+                    table.remove(&d.name);
+                }
             }
         });
         Started::New(download)
     }
 
-    /// Downloads in the table (running, or failed and not yet reported), by name.
+    /// Downloads in the table (running, or failed and still remembered), by name.
     pub fn list(&self) -> Vec<Arc<Download>> {
-        let mut v: Vec<_> = self.table.lock().unwrap().values().cloned().collect();
+        let mut table = self.table.lock().unwrap();
+        table.retain(|_, d| d.ended.get().is_none_or(|at| still_remembered(*at).is_some()));
+        let mut v: Vec<_> = table.values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_remembered_for_a_while() {
+        let now = Instant::now();
+        let left = still_remembered(now).unwrap();
+        assert!(left > RETRY_FAILED_AFTER - Duration::from_secs(5) && left <= RETRY_FAILED_AFTER, "{left:?}");
+        if let Some(long_ago) = now.checked_sub(RETRY_FAILED_AFTER + Duration::from_secs(1)) {
+            assert_eq!(still_remembered(long_ago), None);
+        }
+        let d = Downloads::new(Store::new("/nonexistent".into()));
+        assert!(d.name_failure("x").is_none());
+        d.remember_name_failure("x", StoreError::NotFound("no repo named x".into()));
+        let (e, left) = d.name_failure("x").unwrap();
+        assert_eq!(e, StoreError::NotFound("no repo named x".into()));
+        assert!(left.as_secs() >= RETRY_FAILED_AFTER.as_secs() - 5);
+        // Expired entries are dropped when asked for.
+        if let Some(long_ago) = now.checked_sub(RETRY_FAILED_AFTER + Duration::from_secs(1)) {
+            d.failed_names.lock().unwrap().insert("old".into(), (long_ago, StoreError::Failed("x".into())));
+            assert!(d.name_failure("old").is_none());
+            assert!(d.failed_names.lock().unwrap().get("old").is_none());
+        }
     }
 }

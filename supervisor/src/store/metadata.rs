@@ -2,14 +2,16 @@
 //! say (where it came from, when, how it was quantized, how big it was before).
 //!
 //! `model_dir::inspect` reads its `type`, which overrides the detected kind (that is how
-//! `pull --type` sticks).
+//! `pull --type` sticks). Which files are weights, and what a valid safetensors header is,
+//! are the rules both binaries share (`mlx_serve_protocol::model_files`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use mlx_serve_protocol::model_files::{self, SafetensorsHeader};
 use mlx_serve_protocol::quantization::{Quality, QuantizationDetails};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::StoreError;
 
@@ -100,91 +102,115 @@ pub fn rfc3339(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// Total bytes of the `*.safetensors` files at the top of `dir`.
+/// Total bytes of the model's safetensors weights in `dir` (which files those are:
+/// `model_files::weight_files`, the rules the worker loads by); 0 when there are none.
 pub fn weights_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
+    model_files::weight_files(dir)
+        .map(|files| files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
 }
 
-/// The safetensors header: `u64` little-endian length, then that many bytes of JSON
-/// (format: huggingface/safetensors README, "Format").
-pub fn safetensors_header(path: &Path) -> Result<Value, StoreError> {
-    let refused = StoreError::Refused;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| refused(format!("{}: {e}", path.display())))?;
-    let total = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| refused(format!("{}: too short for safetensors: {e}", path.display())))?;
-    let n = u64::from_le_bytes(len);
-    if n > 100 << 20 || 8 + n > total {
-        return Err(refused(format!("{}: not a safetensors file (header length {n})", path.display())));
-    }
-    let mut buf = vec![0u8; n as usize];
-    f.read_exact(&mut buf).map_err(|e| refused(format!("{}: {e}", path.display())))?;
-    let header: Value =
-        serde_json::from_slice(&buf).map_err(|e| refused(format!("{}: bad safetensors header: {e}", path.display())))?;
-    // The data offsets must end exactly at the end of the file: a truncated or padded
-    // download fails here rather than in the worker.
-    let end = header
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .filter(|(k, _)| *k != "__metadata__")
-                .filter_map(|(_, t)| t["data_offsets"][1].as_u64())
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0);
-    if 8 + n + end != total {
-        return Err(refused(format!(
-            "{}: safetensors data ends at byte {} but the file has {total} bytes (incomplete download?)",
-            path.display(),
-            8 + n + end
+/// Checks the safetensors file at `path` as the worker will read it
+/// (`model_files::read_header`), and that its tensors end exactly where the file ends (a
+/// truncated or padded download fails here rather than in the worker). Errors name the
+/// file as `shown`, not by its path.
+pub fn check_safetensors(path: &Path, shown: &str) -> Result<SafetensorsHeader, StoreError> {
+    let hide_path = |e: String| e.replace(&path.display().to_string(), shown);
+    let header = model_files::read_header(path).map_err(|e| StoreError::Refused(hide_path(e.to_string())))?;
+    if !header.is_exact() {
+        let end = header.tensors.iter().map(|t| t.end).max().unwrap_or(0);
+        return Err(StoreError::Refused(format!(
+            "{shown}: safetensors data ends at byte {end} of its data section, which has {} bytes (incomplete download?)",
+            header.data_len
         )));
     }
     Ok(header)
 }
 
-/// The float dtype holding most parameters in the folder's safetensors files.
+/// The float dtype (`float32`, `float16`, `bfloat16`) holding most bytes of the model's
+/// weights in `dir`.
 pub fn dominant_dtype(dir: &Path) -> Result<String, StoreError> {
-    let mut by_dtype: std::collections::BTreeMap<String, u64> = Default::default();
-    let entries = std::fs::read_dir(dir).map_err(|e| StoreError::Refused(format!("{}: {e}", dir.display())))?;
-    for e in entries.flatten() {
-        if !e.file_name().to_string_lossy().ends_with(".safetensors") {
-            continue;
-        }
-        let header = safetensors_header(&e.path())?;
-        for (name, t) in header.as_object().into_iter().flatten() {
-            if name == "__metadata__" {
-                continue;
+    let refused = |e: model_files::ModelFilesError| StoreError::Refused(e.to_string());
+    let mut by_dtype: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for file in model_files::weight_files(dir).map_err(refused)? {
+        for t in model_files::read_header(&file).map_err(refused)?.tensors {
+            if let Some(name) = model_files::float_dtype_name(&t.dtype) {
+                *by_dtype.entry(name).or_default() += t.end - t.start;
             }
-            let bytes = t["data_offsets"][1].as_u64().unwrap_or(0) - t["data_offsets"][0].as_u64().unwrap_or(0);
-            let dtype = t["dtype"].as_str().unwrap_or("");
-            *by_dtype.entry(dtype.to_owned()).or_default() += bytes;
         }
     }
-    let name = |d: &str| match d {
-        "F32" => "float32",
-        "F16" => "float16",
-        "BF16" => "bfloat16",
-        "F64" => "float64",
-        _ => "",
-    };
-    Ok(by_dtype
-        .iter()
-        .filter(|(d, _)| !name(d).is_empty())
-        .max_by_key(|(_, n)| **n)
-        .map(|(d, _)| name(d).to_owned())
-        .unwrap_or_default())
+    Ok(by_dtype.iter().max_by_key(|(_, n)| **n).map(|(d, _)| (*d).to_owned()).unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A safetensors file of one tensor `dtype` of `n` elements (4-byte F32 or 2-byte BF16),
+    /// with `extra` bytes past its data.
+    fn write_st(path: &Path, dtype: &str, n: u64, extra: usize) {
+        let size = if dtype == "F32" { 4 } else { 2 };
+        let header = format!(r#"{{"w":{{"dtype":"{dtype}","shape":[{n}],"data_offsets":[0,{}]}}}}"#, n * size);
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.resize(bytes.len() + (n * size) as usize + extra, 0);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// A fresh folder under the temp dir, removed on drop.
+    struct Tmp(std::path::PathBuf);
+    impl Tmp {
+        fn new(tag: &str) -> Tmp {
+            let p = std::env::temp_dir().join(format!("mlx-serve-metadata-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Tmp(p)
+        }
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn weights_follow_the_shared_model_file_rules() {
+        let dir = Tmp::new("shards");
+        let d = dir.path();
+        // A sharded checkpoint: only the shards its index names are weights, not a stray
+        // safetensors file beside them.
+        write_st(&d.join("a.safetensors"), "BF16", 100, 0);
+        write_st(&d.join("b.safetensors"), "F32", 10, 0);
+        write_st(&d.join("stray.safetensors"), "F32", 1000, 0);
+        std::fs::write(d.join(model_files::SHARD_INDEX), r#"{"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}"#).unwrap();
+        let file_len = |f: &str| std::fs::metadata(d.join(f)).unwrap().len();
+        assert_eq!(weights_size(d), file_len("a.safetensors") + file_len("b.safetensors"));
+        assert_eq!(dominant_dtype(d).unwrap(), "bfloat16");
+        // Pickle only: no weights, and the dtype question is refused with the shared reason.
+        let p = Tmp::new("pickle");
+        std::fs::write(p.path().join("pytorch_model.bin"), b"x").unwrap();
+        assert_eq!(weights_size(p.path()), 0);
+        let StoreError::Refused(msg) = dominant_dtype(p.path()).unwrap_err() else { panic!() };
+        assert!(msg.contains("only pickle weights (pytorch_model.bin)"), "{msg}");
+    }
+
+    #[test]
+    fn a_safetensors_file_with_bytes_past_its_data_is_refused_without_its_path() {
+        let dir = Tmp::new("exact");
+        let path = dir.path().join("model.safetensors");
+        write_st(&path, "F32", 8, 0);
+        assert_eq!(check_safetensors(&path, "model.safetensors").unwrap().tensors.len(), 1);
+        write_st(&path, "F32", 8, 3);
+        let msg = check_safetensors(&path, "model.safetensors").unwrap_err().to_string();
+        assert!(msg.contains("incomplete download") && !msg.contains(&dir.path().display().to_string()), "{msg}");
+        std::fs::write(&path, [1u8, 0, 0]).unwrap();
+        let msg = check_safetensors(&path, "model.safetensors").unwrap_err().to_string();
+        assert!(msg.starts_with("model.safetensors is truncated"), "{msg}");
+    }
+
     #[test]
     fn quantization_is_read_in_either_shape() {
         let m: super::ModelMetadata = serde_json::from_str(r#"{"source_type":"quantize","source":"m","repo":null,
@@ -200,8 +226,8 @@ mod tests {
 
     #[test]
     fn rfc3339_known_dates() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(1_764_028_800), "2025-11-25T00:00:00Z");
-        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_764_028_800), "2025-11-25T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 }

@@ -6,16 +6,24 @@
 //! reach the filesystem unchecked ([`validate_name`]).
 //!
 //! - `aliases.rs`: the names users type (aliases, repo ids, `-4bit` variants) → store names.
+//! - `names/`: bare names nothing local knows → a Hugging Face repo, by a Hub search,
+//!   remembered in the store.
+//! - `hub_api.rs`: Hub endpoint, token, refusals (gated, private, missing) and retries.
 //! - `pull/`: a model from the Hugging Face Hub or a local folder into the store.
 //! - `quantize.rs`: an MLX-quantized copy, made by the worker binary; `quality_set.rs`:
 //!   the texts its quality is measured on.
 //! - `staging.rs`: the temporary folders both write into, and the rename into place.
+//! - `lock.rs`: one install of a repo or name at a time, across processes.
 //! - `metadata.rs`: `mlx-serve.json` and what we read from safetensors headers.
-//! - `downloads.rs`: the daemon's shared downloads in flight, with progress.
+//! - `downloads.rs`: the daemon's shared downloads in flight, with progress, and the
+//!   failures it remembers for a while.
 
 pub mod aliases;
 pub mod downloads;
+pub mod hub_api;
+pub mod lock;
 pub mod metadata;
+pub mod names;
 pub mod pull;
 mod quality_set;
 pub mod quantize;
@@ -24,6 +32,8 @@ mod staging;
 use std::path::{Path, PathBuf};
 
 use mlx_serve_protocol::model_dir::{self, ModelFacts};
+use mlx_serve_protocol::ModelKind;
+use unicode_normalization::UnicodeNormalization;
 
 /// What can go wrong putting a model into the store (or naming one). `Clone`: a failed
 /// download is reported to everyone who waited for it.
@@ -40,9 +50,29 @@ pub enum StoreError {
     /// It exists but we will not install it (pickle only, unsupported, corrupt layout).
     #[error("{0}")]
     Refused(String),
+    /// A gated or private repo, without a token or with one that has no access (the
+    /// message says how to set `HF_TOKEN`).
+    #[error("{0}")]
+    Denied(String),
+    /// A bare name that several repos answer to (the message lists them, each with the
+    /// `mlx-serve pull` line that picks it).
+    #[error("{0}")]
+    Ambiguous(String),
+    /// The model is of the other type than the one the request needs (found before its
+    /// weights were fetched).
+    #[error("model `{model}` cannot serve this endpoint; {}", kind_hint(*kind))]
+    WrongKind { model: String, kind: ModelKind },
     /// Network, disk or worker failure.
     #[error("{0}")]
     Failed(String),
+}
+
+/// Where a model of `kind` is served.
+pub fn kind_hint(kind: ModelKind) -> &'static str {
+    match kind {
+        ModelKind::Embedding => "it is an embedding model: use /v1/embeddings",
+        ModelKind::Reranker => "it is a reranker: use /v1/rerank",
+    }
 }
 
 /// An installed model.
@@ -124,11 +154,22 @@ impl Store {
         Ok(self.dir.join(name))
     }
 
-    /// Finds an installed model by name or by repo id (`org/name`).
+    /// Finds an installed model by name or by repo id (`org/name`), as the folder's own
+    /// spelling. A non-ASCII name matches the folder whose name is the same text in
+    /// Unicode NFC: macOS file systems treat `café` typed precomposed (NFC) and decomposed
+    /// (NFD) as one name, Linux ones as two; compared in NFC, a name means one model on
+    /// both, and the pool never runs one model twice under two spellings.
     pub fn find(&self, requested: &str) -> Option<PathBuf> {
         let name = if requested.matches('/').count() == 1 { name_for_repo(requested) } else { requested };
         let path = self.path_of(name).ok()?;
-        path.join("config.json").is_file().then_some(path)
+        if name.is_ascii() {
+            return path.join("config.json").is_file().then_some(path);
+        }
+        let wanted: String = name.nfc().collect();
+        let mut folders = self.folders();
+        // The exact spelling first, when two folders differ only in normalization (Linux).
+        folders.sort_by_key(|(n, _)| n != name);
+        folders.into_iter().find(|(n, _)| n.nfc().eq(wanted.chars())).map(|(_, p)| p)
     }
 
     /// Every folder with a config.json, sorted by name. Temporary download folders

@@ -7,7 +7,8 @@
 //! and how, and the copy's quality against the original on the built-in set
 //! (`quality_set.rs`, tokenized here). The worker writes into a `.quantizing-*` folder of
 //! the store; metadata is added there and the folder is renamed into place, so a failed or
-//! killed quantization leaves no half model.
+//! killed quantization leaves no half model. A model that is quantized already is refused
+//! before the worker starts; the worker's error is logged in full and reported in one line.
 
 use std::path::{Path, PathBuf};
 
@@ -52,6 +53,85 @@ impl Spec {
     }
 }
 
+/// The quantized variant `spec.variant_name(name)` of the installed model `name` (folder
+/// `src`), described from its metadata or, for a folder placed by hand, its own files;
+/// `recipe` as [`into_store_with`] takes it.
+pub async fn installed_variant(
+    store: &Store,
+    worker_bin: &Path,
+    src: &Path,
+    name: &str,
+    spec: Spec,
+    recipe: Option<&str>,
+) -> Result<(PathBuf, ModelMetadata), StoreError> {
+    let mut base = ModelMetadata::read(src).unwrap_or_default();
+    if base.kind.is_empty() {
+        let facts = model_dir::inspect(src).map_err(|e| StoreError::Refused(format!("{name}: {e}")))?;
+        base.kind = facts.kind.as_str().into();
+        base.architecture = facts.architecture;
+        base.dtype = metadata::dominant_dtype(src).unwrap_or_default();
+    }
+    base.source_type = "quantize".into();
+    base.source = name.to_owned();
+    into_store_with(store, worker_bin, src, &spec.variant_name(name), spec, recipe, &base).await
+}
+
+/// Refuses to quantize a model whose config.json already has a `quantization` block.
+fn check_not_quantized(src: &Path, name: &str) -> Result<(), StoreError> {
+    let config: serde_json::Value = std::fs::read_to_string(src.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    match config.get("quantization").filter(|q| !q.is_null()) {
+        Some(q) => Err(StoreError::Refused(format!(
+            "{} is quantized already ({}-bit); quantize the original model instead",
+            src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| name.to_owned()),
+            q["bits"]
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The worker's error in one line, without file paths of the store: the last line that is
+/// not part of a backtrace, or what the OS said when the disk filled up. MLX reports a
+/// failed write without the OS's reason (`[write] Unable to write N bytes to file`,
+/// mlx/io); a write fails for want of space or quota nearly always, so it is reported as
+/// that, with `free`, the space left on the store's disk once the worker gave up.
+fn worker_error(stderr: &str, store: &Store, free: Option<u64>) -> String {
+    if stderr.contains("No space left on device") || stderr.contains("os error 28") {
+        return "the disk holding the model store is full; free some space and try again".into();
+    }
+    if stderr.contains("Unable to write ") {
+        let free = free.map(|f| format!(", {} free once it gave up", indicatif::HumanBytes(f))).unwrap_or_default();
+        return format!(
+            "the disk holding the model store is full or over quota (MLX could not write the quantized copy{free}); \
+             free some space and try again"
+        );
+    }
+    if stderr.contains("File too large") || stderr.contains("os error 27") {
+        return "a file size limit was reached writing the quantized copy (ulimit -f)".into();
+    }
+    let line = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .filter(|l| !l.starts_with("Stack backtrace") && !l.starts_with("at ") && !l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .find(|l| l.starts_with("Error:"))
+        .or_else(|| stderr.lines().map(str::trim).rfind(|l| !l.is_empty()))
+        .unwrap_or("no message")
+        .trim_start_matches("Error:")
+        .trim();
+    line.replace(&store.dir().display().to_string(), "<models>")
+}
+
+/// Bytes free for us on the disk holding `dir`.
+// The statvfs counts are u64 on Linux and narrower on macOS: the casts are for the latter.
+#[allow(clippy::unnecessary_cast)]
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
+}
+
 /// Quantizes the model folder `src` into the store as `name`, with metadata `base` (its
 /// source fields set by the caller) plus the quantization and sizes. Returns the installed
 /// folder and its metadata.
@@ -81,6 +161,7 @@ pub async fn into_store_with(
     base: &ModelMetadata,
 ) -> Result<(PathBuf, ModelMetadata), StoreError> {
     let failed = StoreError::Failed;
+    check_not_quantized(src, name)?;
     if !worker_bin.is_file() {
         return Err(failed(format!(
             "quantization needs the worker binary, {} was not found (set MLX_SERVE_WORKER_BIN)",
@@ -102,7 +183,9 @@ pub async fn into_store_with(
         .arg(&dst)
         .args(["--bits", &spec.bits.to_string(), "--group-size", &spec.group_size.to_string()])
         .arg("--eval")
-        .arg(&eval_path);
+        .arg(&eval_path)
+        // Its error, not a stack trace (the user's shell may set RUST_BACKTRACE).
+        .env("RUST_BACKTRACE", "0");
     if let Some(recipe) = recipe {
         cmd.args(["--recipe", recipe]);
     }
@@ -113,14 +196,16 @@ pub async fn into_store_with(
         .map_err(|e| failed(format!("cannot run {}: {e}", worker_bin.display())))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(failed(format!("quantization failed ({}): {}", out.status, stderr.trim())));
+        tracing::warn!(model = name, status = %out.status, "quantization failed: {}", stderr.trim());
+        let free = free_bytes(store.dir());
+        return Err(failed(format!("quantizing to {name} failed: {}", worker_error(&stderr, store, free))));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report: QuantizeReport = stdout
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
-        .ok_or_else(|| failed(format!("the worker printed no report: {stdout}")))?;
+        .ok_or_else(|| failed(format!("quantizing to {name} failed: the worker printed no report")))?;
     let meta = ModelMetadata {
         name: name.to_owned(),
         quantization: Some(metadata::quantization_label(spec.bits)),
@@ -131,7 +216,7 @@ pub async fn into_store_with(
         created: metadata::now_rfc3339(),
         ..base.clone()
     };
-    meta.write(&dst).map_err(|e| failed(format!("cannot write metadata: {e}")))?;
+    meta.write(&dst).map_err(|e| failed(format!("cannot write metadata: {}", super::staging::io_problem(&e))))?;
     let path = install(store, &dst, name)?;
     Ok((path, meta))
 }
@@ -186,5 +271,18 @@ mod tests {
         assert!(Spec::parse_bits("3bit").is_err());
         assert!(Spec::new(4, 48).is_err());
         assert_eq!(Spec::new(8, 64).unwrap().variant_name("m"), "m-8bit");
+    }
+
+    #[test]
+    fn worker_errors_are_one_line_without_store_paths() {
+        let store = Store::new("/home/u/.mlx-serve/models".into());
+        let stderr = "Error: cannot read /home/u/.mlx-serve/models/m/model.safetensors: bad header\n\nStack backtrace:\n   0: anyhow::error\n      at /rust/src/x.rs:1\n";
+        assert_eq!(worker_error(stderr, &store, None), "cannot read <models>/m/model.safetensors: bad header");
+        let full = "Error: writing\n\nCaused by:\n    No space left on device (os error 28)\n";
+        assert!(worker_error(full, &store, None).contains("disk holding the model store is full"));
+        // MLX's own write error, which gives no reason.
+        let mlx = "Error: writing /home/u/.mlx-serve/models/x/model.safetensors\n\nCaused by:\n    \"[write] Unable to write 21832091 bytes to file. at io.cpp:135\"\n";
+        let msg = worker_error(mlx, &store, Some(4096));
+        assert!(msg.contains("disk holding the model store is full or over quota") && msg.contains("4.00 KiB free"), "{msg}");
     }
 }

@@ -1,6 +1,10 @@
 //! Staging folders: a pull or a quantization writes into `<store>/.<what>-<name>-<pid>/`
 //! and the finished model is renamed into place, so a failed or killed one leaves no half
 //! model. Names with a leading dot are never listed as models (`Store::list`).
+//!
+//! Two installs of one name may race (two `mlx-serve pull` processes, a pull and the
+//! daemon's auto-download): each has its own staging folder, and the last rename wins
+//! with a complete model either way.
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +24,7 @@ impl Staging {
         let path = store.dir().join(format!("{prefix}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path)
-            .map_err(|e| StoreError::Failed(format!("cannot create {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::Failed(format!("cannot create {}: {}", path.display(), io_problem(&e))))?;
         Ok(Staging { path })
     }
 }
@@ -44,19 +48,48 @@ fn remove_stale(store: &Store, prefix: &str) {
     }
 }
 
-/// Moves a complete folder to `<store>/<name>`, replacing an older copy.
+/// An I/O error in words a user can act on: a full disk, a read-only or unwritable
+/// folder, a file size limit; otherwise the error itself.
+pub fn io_problem(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::StorageFull => format!("the disk is full ({e}); free some space and try again"),
+        ErrorKind::ReadOnlyFilesystem => format!("the file system is read-only ({e})"),
+        ErrorKind::PermissionDenied => format!("no permission to write there ({e})"),
+        ErrorKind::FileTooLarge => format!("a file size limit was reached ({e})"),
+        _ => e.to_string(),
+    }
+}
+
+/// Moves a complete folder to `<store>/<name>`, replacing an older copy. When another
+/// install of the same name lands in between, this one replaces it (both are complete).
 pub fn install(store: &Store, from: &Path, name: &str) -> Result<PathBuf, StoreError> {
     let dest = store.path_of(name)?;
     let old = store.dir().join(format!(".deleting-{name}-{}", std::process::id()));
-    let replacing = dest.exists();
-    if replacing {
-        std::fs::rename(&dest, &old)
-            .map_err(|e| StoreError::Failed(format!("cannot replace {}: {e}", dest.display())))?;
-    }
-    std::fs::rename(from, &dest)
-        .map_err(|e| StoreError::Failed(format!("cannot move the model into {}: {e}", dest.display())))?;
-    if replacing {
+    let failed = |e: std::io::Error| {
+        StoreError::Failed(format!("cannot move the model into {}: {}", dest.display(), io_problem(&e)))
+    };
+    for _ in 0..3 {
         let _ = std::fs::remove_dir_all(&old);
+        let replacing = dest.exists();
+        if replacing {
+            match std::fs::rename(&dest, &old) {
+                Ok(()) => {}
+                // Another install moved it away first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        match std::fs::rename(from, &dest) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(&old);
+                return Ok(dest);
+            }
+            // Another install put its copy there after our check: replace that one.
+            Err(e) if dest.exists() => tracing::debug!("{}: {e}; replacing the other install", dest.display()),
+            Err(e) => return Err(failed(e)),
+        }
     }
-    Ok(dest)
+    let _ = std::fs::remove_dir_all(&old);
+    Err(StoreError::Failed(format!("cannot move the model into {}: other installs of {name} keep replacing it", dest.display())))
 }

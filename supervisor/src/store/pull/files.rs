@@ -1,16 +1,17 @@
 //! Which files of a repo or folder make a model we can run: the small files below, the
 //! safetensors weights, and sentence-transformers module folders. Pickle weights are never
-//! fetched, and a repo that has nothing else is refused with a message that says how to
-//! convert it.
+//! fetched (which files are pickle: `mlx_serve_protocol::model_files`, the rules both
+//! binaries share), and a repo that has nothing else is refused with a message that says
+//! how to convert it.
 
-use std::path::Path;
+use mlx_serve_protocol::model_files;
 
 use crate::store::{validate_name, StoreError};
 
 /// Small files a model folder may need, besides `*.safetensors`.
 const WANTED_FILES: &[&str] = &[
     "config.json",
-    "model.safetensors.index.json",
+    model_files::SHARD_INDEX,
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -25,9 +26,6 @@ const WANTED_FILES: &[&str] = &[
     "sentence_bert_config.json",
     "config_sentence_transformers.json",
 ];
-
-/// Weight formats that unpickle arbitrary Python objects when loaded; never fetched.
-const PICKLE_EXTENSIONS: &[&str] = &["bin", "pt", "pth", "ckpt", "pkl", "pickle"];
 
 /// Whether a repo file (path relative to the repo root) is one we fetch: the files above,
 /// top-level safetensors, and the config and weights of sentence-transformers module
@@ -49,9 +47,10 @@ pub fn wanted(path: &str) -> bool {
     }
 }
 
+/// Pickle weights (`model_files::is_pickle`) at the top of the repo: what a repo without
+/// safetensors usually has instead.
 fn is_top_level_pickle(path: &str) -> bool {
-    !path.contains('/')
-        && Path::new(path).extension().and_then(|e| e.to_str()).is_some_and(|e| PICKLE_EXTENSIONS.contains(&e))
+    !path.contains('/') && model_files::is_pickle(path)
 }
 
 /// Picks the files to fetch, refusing repos without safetensors weights.

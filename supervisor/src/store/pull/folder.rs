@@ -42,7 +42,7 @@ pub(super) async fn pull_folder(
     let mut checked = false;
     for file in &files {
         if file.ends_with(".safetensors") && !checked {
-            check_model(&partial.path, &source, req.kind)?;
+            check_model(&partial.path, &source, req)?;
             checked = true;
         }
         let from = dir.join(file);
@@ -59,10 +59,10 @@ pub(super) async fn pull_folder(
         .map_err(|e| StoreError::Failed(format!("cannot copy {}: {e}", from.display())))?;
         report(PullEvent::File { file: file.clone(), completed: total, total });
         if file.ends_with(".safetensors") {
-            metadata::safetensors_header(&to)?;
+            metadata::check_safetensors(&to, file)?;
         }
     }
-    let facts = check_model(&partial.path, &source, req.kind)?;
+    let facts = check_model(&partial.path, &source, req)?;
     let meta = ModelMetadata {
         source_type: "folder".into(),
         source: dir.display().to_string(),

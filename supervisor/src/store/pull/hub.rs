@@ -2,21 +2,21 @@
 //! wanted file downloaded (or taken from hf-hub's cache) into the staging folder, and
 //! verified — size, sha256 where the hub gives it, safetensors layout.
 //!
-//! Hub access follows the Hugging Face conventions: `HF_ENDPOINT`, `HF_HOME` (through
-//! `ApiBuilder::from_env`) and `HF_TOKEN` (read here: hf-hub 0.4 only reads the token file
-//! in `$HF_HOME`).
+//! Hub access (endpoint, token, what a 401/403/404 means, retries of transient failures)
+//! is `store::hub_api`; the download cache is hf-hub's, in `$HF_HOME/hub`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use hf_hub::api::tokio::{ApiBuilder, ApiError as HubError, Progress};
+use hf_hub::api::tokio::{ApiError as HubError, ApiRepo, Progress};
 use hf_hub::{Repo, RepoType};
 use serde::Deserialize;
 
 use super::{check_model, files, finish, PullEvent, PullOutcome, PullRequest, Reporter};
+use crate::store::hub_api::{self, endpoint};
 use crate::store::metadata::{self, ModelMetadata};
-use crate::store::staging::Staging;
+use crate::store::staging::{io_problem, Staging};
 use crate::store::{Store, StoreError};
 
 /// What the hub says about one repo file (`GET /api/models/{repo}/revision/{rev}?blobs=true`).
@@ -61,31 +61,72 @@ impl Progress for FileProgress {
     async fn finish(&mut self) {}
 }
 
-fn hub_error(repo: &str, endpoint: &str, what: &str, e: HubError) -> StoreError {
-    if let HubError::RequestError(re) = &e {
-        match re.status().map(|s| s.as_u16()) {
-            Some(401) | Some(403) | Some(404) => {
-                return StoreError::NotFound(format!(
-                    "{what}: {repo} was not found on {endpoint} (HTTP {}); check the name, or set HF_TOKEN for a private or gated repo",
-                    re.status().unwrap().as_u16()
-                ));
-            }
-            _ => {}
+/// A download error of hf-hub as a [`StoreError`]: refusals through `hub_api::refusal`,
+/// a full or read-only disk said plainly, anything else with its causes.
+fn hub_error(repo: &str, what: &str, e: &HubError) -> StoreError {
+    match e {
+        HubError::RequestError(re) if re.status().is_some_and(|s| s.is_client_error()) => {
+            hub_api::refusal(re.status().unwrap().as_u16(), None, repo, what)
         }
+        HubError::IoError(io) => StoreError::Failed(format!(
+            "{what} into the Hugging Face cache ({}) failed: {}",
+            hf_hub::Cache::from_env().path().display(),
+            io_problem(io)
+        )),
+        _ => StoreError::Failed(format!("{what} from {} failed: {}", endpoint(), hub_api::error_chain(e))),
     }
-    // reqwest's Display hides the cause ("error decoding response body"); show the chain.
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    StoreError::Failed(format!("{what} from {endpoint} failed: {msg}"))
 }
 
-fn endpoint() -> String {
-    std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()).unwrap_or_else(|| "https://huggingface.co".into())
+/// Whether a download error is worth another try: a transient HTTP status, a dropped or
+/// refused connection, or hf-hub's lock on the blob held by another download.
+fn retryable(e: &HubError) -> bool {
+    match e {
+        HubError::RequestError(re) => re.status().map(|s| hub_api::transient(s.as_u16())).unwrap_or(false),
+        HubError::LockAcquisition(_) => true,
+        // hf-hub 0.4.3 does not check the status of the CDN's answer after the hub's
+        // redirect (api/tokio.rs, `metadata`): a 429 or 5xx there surfaces as this.
+        HubError::MissingHeader(h) => *h == reqwest::header::CONTENT_RANGE,
+        _ => false,
+    }
+}
+
+/// Downloads `file` into hf-hub's cache, resuming and retrying transient failures
+/// (`hub_api::wait_before_retry`); returns its path in the cache.
+async fn download(repo: &ApiRepo, repo_id: &str, file: &str, report: &Reporter) -> Result<std::path::PathBuf, StoreError> {
+    let what = format!("downloading {file}");
+    let mut attempt = 1;
+    loop {
+        // A fresh byte count per attempt: hf-hub reports a resumed file's bytes again.
+        let progress =
+            FileProgress { file: file.to_owned(), total: 0, done: Arc::new(AtomicU64::new(0)), report: report.clone() };
+        match repo.download_with_progress(file, progress).await {
+            Ok(p) => return Ok(p),
+            Err(e) if retryable(&e) => match hub_api::wait_before_retry(attempt, None) {
+                Some(wait) => {
+                    tracing::warn!(repo = repo_id, attempt, "{what}: {e}; trying again in {:.1}s", wait.as_secs_f64());
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                None => return Err(hub_api::gave_up(&what, attempt, &hub_api::error_chain(&e), None)),
+            },
+            Err(e) => return Err(hub_error(repo_id, &what, &e)),
+        }
+    }
+}
+
+/// The file list and commit of `repo_id` at `revision` (`GET /api/models/{repo}/revision/{rev}?blobs=true`).
+async fn repo_info(api: &hf_hub::api::tokio::Api, repo: &Repo, repo_id: &str) -> Result<RepoInfo, StoreError> {
+    let what = "reading the file list";
+    let url = format!("{}/api/{}", endpoint(), repo.api_url());
+    let resp = hub_api::get(api, &url, &[("blobs", "true")], what).await?;
+    let status = resp.status().as_u16();
+    if status >= 400 {
+        let code = resp.headers().get("x-error-code").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        return Err(hub_api::refusal(status, code.as_deref(), repo_id, what));
+    }
+    resp.json()
+        .await
+        .map_err(|e| StoreError::Failed(format!("{what} from {} failed: {}", endpoint(), hub_api::error_chain(&e))))
 }
 
 /// Hard-links (same filesystem: no second copy on disk) or copies `from` to `to`.
@@ -122,19 +163,11 @@ pub(super) async fn pull_hub(
     installed_name: &str,
     report: Reporter,
 ) -> Result<PullOutcome, StoreError> {
-    let endpoint = endpoint();
     report(PullEvent::Status("pulling manifest".into()));
-    let mut builder = ApiBuilder::from_env().with_progress(false);
-    if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
-        builder = builder.with_token(Some(token));
-    }
-    let api = builder.build().map_err(|e| StoreError::Failed(format!("cannot set up the Hugging Face client: {e}")))?;
-    let repo = api.repo(Repo::with_revision(repo_id.to_owned(), RepoType::Model, req.revision.clone()));
-    let info: RepoInfo = async {
-        repo.info_request().query(&[("blobs", "true")]).send().await?.error_for_status()?.json().await
-    }
-    .await
-    .map_err(|e| hub_error(repo_id, &endpoint, "reading the file list", HubError::RequestError(e)))?;
+    let api = hub_api::api()?;
+    let hub_repo = Repo::with_revision(repo_id.to_owned(), RepoType::Model, req.revision.clone());
+    let info = repo_info(&api, &hub_repo, repo_id).await?;
+    let repo = api.repo(hub_repo);
 
     if let Some(existing) = store.find(installed_name).and_then(|p| ModelMetadata::read(&p).map(|m| (p, m))) {
         if existing.1.revision.as_deref() == Some(info.sha.as_str()) && existing.1.repo.as_deref() == Some(repo_id) {
@@ -155,26 +188,21 @@ pub(super) async fn pull_hub(
     let mut checked = false;
     for file in &files {
         if file.ends_with(".safetensors") && !checked {
-            check_model(&partial.path, repo_id, req.kind)?;
+            check_model(&partial.path, repo_id, req)?;
             checked = true;
         }
         let sibling = info.siblings.iter().find(|s| &s.rfilename == file);
-        let progress =
-            FileProgress { file: file.clone(), total: 0, done: Arc::new(AtomicU64::new(0)), report: report.clone() };
         report(PullEvent::Status(format!("pulling {file}")));
         let cached = match snapshot.join(file) {
             // Already in hf-hub's cache at this commit (an earlier pull, or Python's hub).
             p if p.is_file() => p,
-            _ => repo
-                .download_with_progress(file, progress)
-                .await
-                .map_err(|e| hub_error(repo_id, &endpoint, &format!("downloading {file}"), e))?,
+            _ => download(&repo, repo_id, file, &report).await?,
         };
         let dest = partial.path.join(file);
-        link_or_copy(&cached, &dest).map_err(|e| StoreError::Failed(format!("cannot store {file}: {e}")))?;
+        link_or_copy(&cached, &dest).map_err(|e| StoreError::Failed(format!("cannot store {file}: {}", io_problem(&e))))?;
         verify(&cached, &dest, file, sibling).await?;
     }
-    let facts = check_model(&partial.path, repo_id, req.kind)?;
+    let facts = check_model(&partial.path, repo_id, req)?;
     finish(
         store,
         req,
@@ -200,6 +228,7 @@ async fn verify(cached: &Path, stored: &Path, file: &str, sibling: Option<&Sibli
     let want_size = sibling.and_then(|s| s.lfs.as_ref().and_then(|l| l.size).or(s.size));
     let want_sha = sibling.and_then(|s| s.lfs.as_ref()).and_then(|l| l.sha256.clone());
     let path = stored.to_path_buf();
+    let shown = file.to_owned();
     let is_weights = file.ends_with(".safetensors");
     let problem = tokio::task::spawn_blocking(move || -> Option<String> {
         if let Some(want) = want_size {
@@ -215,8 +244,8 @@ async fn verify(cached: &Path, stored: &Path, file: &str, sibling: Option<&Sibli
             }
         }
         if is_weights {
-            if let Err(e) = metadata::safetensors_header(&path) {
-                return Some(e.to_string());
+            if let Err(e) = metadata::check_safetensors(&path, &shown) {
+                return Some(format!("fails the safetensors check ({e})"));
             }
         }
         None

@@ -10,24 +10,27 @@
 //!   failed or interrupted pull leaves no model folder; the next pull removes stale
 //!   partial folders and resumes from hf-hub's cache (`$HF_HOME/hub`, where the bytes
 //!   already downloaded are kept in `.sync.part` files).
+//! - A pull holds the install lock of its repo (or, from a folder, of its name) for its
+//!   whole run (`store::lock`): a second pull of the same model waits, then finds it
+//!   installed.
 //!
 //! `hub.rs` pulls from the Hub, `folder.rs` imports a folder, `files.rs` picks the files;
 //! both sources end in [`finish`] here (metadata, optional quantization, install).
 
-mod files;
+pub(crate) mod files;
 mod folder;
 mod hub;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-
 use mlx_serve_protocol::model_dir;
 use mlx_serve_protocol::ModelKind;
 
+use crate::store::lock;
 use crate::store::metadata::{self, ModelMetadata};
 use crate::store::quantize;
-use crate::store::staging::{install, Staging};
+use crate::store::staging::{install, io_problem, Staging};
 use crate::store::{validate_name, Store, StoreError};
 
 pub use files::wanted;
@@ -50,6 +53,9 @@ pub struct PullRequest {
     pub revision: String,
     /// Overrides the detected type.
     pub kind: Option<ModelKind>,
+    /// Refuse the model, before its weights are fetched, unless it is of this type (a
+    /// request to an endpoint of one type must not install a model of the other).
+    pub expect_kind: Option<ModelKind>,
     pub quantize: Option<quantize::Spec>,
     /// `mlx-serve-worker`, which does the quantization.
     pub worker_bin: PathBuf,
@@ -85,13 +91,17 @@ pub struct PullOutcome {
 }
 
 /// Checks the folder holds a model the worker can run, with the type asked for.
-fn check_model(dir: &Path, source: &str, kind: Option<ModelKind>) -> Result<model_dir::ModelFacts, StoreError> {
-    if let Some(kind) = kind {
+fn check_model(dir: &Path, source: &str, req: &PullRequest) -> Result<model_dir::ModelFacts, StoreError> {
+    if let Some(kind) = req.kind {
         // model_dir reads the declared type from mlx-serve.json.
         let declared = ModelMetadata { kind: kind.as_str().into(), ..Default::default() };
-        declared.write(dir).map_err(|e| StoreError::Failed(e.to_string()))?;
+        declared.write(dir).map_err(|e| StoreError::Failed(io_problem(&e)))?;
     }
-    model_dir::inspect(dir).map_err(|e| StoreError::Refused(format!("{source}: {e}")))
+    let facts = model_dir::inspect(dir).map_err(|e| StoreError::Refused(format!("{source}: {e}")))?;
+    match req.expect_kind {
+        Some(want) if want != facts.kind => Err(StoreError::WrongKind { model: req.installed_name(), kind: facts.kind }),
+        _ => Ok(facts),
+    }
 }
 
 /// Runs a pull to the end.
@@ -99,11 +109,45 @@ pub async fn pull(store: &Store, req: &PullRequest, report: Reporter) -> Result<
     validate_name(&req.name)?;
     let installed_name = req.installed_name();
     validate_name(&installed_name)?;
-    std::fs::create_dir_all(store.dir()).map_err(|e| StoreError::Failed(format!("cannot create {}: {e}", store.dir().display())))?;
-    match &req.source {
-        Source::Hub(repo) => hub::pull_hub(store, req, repo, &installed_name, report).await,
-        Source::Folder(dir) => folder::pull_folder(store, req, dir, &installed_name, report).await,
+    std::fs::create_dir_all(store.dir())
+        .map_err(|e| StoreError::Failed(format!("cannot create {}: {}", store.dir().display(), io_problem(&e))))?;
+    let key = match &req.source {
+        Source::Hub(repo) => repo.clone(),
+        Source::Folder(_) => installed_name.clone(),
+    };
+    let waiting = report.clone();
+    let message = format!("waiting for another pull of {key} to finish");
+    let _lock = lock::acquire(store, &key, move || waiting(PullEvent::Status(message))).await?;
+    match (&req.source, req.quantize) {
+        (Source::Hub(repo), _) => hub::pull_hub(store, req, repo, &installed_name, report).await,
+        (Source::Folder(dir), Some(spec)) if dir.parent() == Some(store.dir()) => {
+            quantize_installed(store, req, dir, spec, report).await
+        }
+        (Source::Folder(dir), _) => folder::pull_folder(store, req, dir, &installed_name, report).await,
     }
+}
+
+/// A quantized variant of a model in the store, made straight from its folder.
+async fn quantize_installed(
+    store: &Store,
+    req: &PullRequest,
+    dir: &Path,
+    spec: quantize::Spec,
+    report: Reporter,
+) -> Result<PullOutcome, StoreError> {
+    let installed_name = req.installed_name();
+    if let Some(path) = store.find(&installed_name) {
+        // Another pull made it while this one waited for the lock.
+        let metadata = ModelMetadata::read(&path).unwrap_or_default();
+        return Ok(PullOutcome { name: installed_name, path, up_to_date: true, metadata });
+    }
+    let facts = model_dir::inspect(dir).map_err(|e| StoreError::Refused(format!("{}: {e}", req.name)))?;
+    if req.expect_kind.is_some_and(|k| k != facts.kind) {
+        return Err(StoreError::WrongKind { model: installed_name, kind: facts.kind });
+    }
+    report(PullEvent::Status(format!("quantizing {} to {}-bit (group size {})", req.name, spec.bits, spec.group_size)));
+    let (path, metadata) = quantize::installed_variant(store, &req.worker_bin, dir, &req.name, spec, None).await?;
+    Ok(PullOutcome { name: installed_name, path, up_to_date: false, metadata })
 }
 
 /// Writes metadata, quantizes when asked, and moves the model into place.
@@ -124,7 +168,7 @@ async fn finish(
     meta.created = metadata::now_rfc3339();
     meta.name = installed_name.to_owned();
     meta.quantization = facts.config.get("quantization").and_then(|q| Some(metadata::quantization_label(q["bits"].as_u64()? as u8)));
-    meta.write(&partial.path).map_err(|e| StoreError::Failed(format!("cannot write metadata: {e}")))?;
+    meta.write(&partial.path).map_err(|e| StoreError::Failed(format!("cannot write metadata: {}", io_problem(&e))))?;
     report(PullEvent::Status("writing manifest".into()));
     let (path, meta) = match req.quantize {
         Some(spec) => {
