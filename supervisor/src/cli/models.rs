@@ -21,6 +21,7 @@ use crate::store::metadata::{self, rfc3339, ModelMetadata};
 use crate::store::pull::{self, PullRequest, Source};
 use crate::store::quantize::{self, Spec};
 use crate::store::{validate_name, Store};
+use crate::console::{errln, outln};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum KindArg {
@@ -163,11 +164,11 @@ pub fn pull_cmd(config: &Config, args: PullArgs) -> Result<()> {
     printer.finish();
     let outcome = outcome?;
     if outcome.up_to_date {
-        println!("{} is up to date ({})", outcome.name, outcome.path.display());
+        outln!("{} is up to date ({})", outcome.name, outcome.path.display());
     } else {
         let m = &outcome.metadata;
         let size = m.quantized_size.unwrap_or(m.original_size);
-        println!("installed {} ({}, {}, {}) in {}", outcome.name, m.kind, m.architecture, HumanBytes(size), outcome.path.display());
+        outln!("installed {} ({}, {}, {}) in {}", outcome.name, m.kind, m.architecture, HumanBytes(size), outcome.path.display());
     }
     Ok(())
 }
@@ -183,10 +184,10 @@ pub fn list_cmd(config: &Config, args: ListArgs) -> Result<()> {
     if args.aliases {
         let table = aliases::table(&config.models.aliases);
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&table)?);
+            outln!("{}", serde_json::to_string_pretty(&table)?);
         } else {
             for (alias, target) in &table {
-                println!("{alias:<20} {target}");
+                outln!("{alias:<20} {target}");
             }
         }
         return Ok(());
@@ -209,21 +210,21 @@ pub fn list_cmd(config: &Config, args: ListArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     if models.is_empty() {
-        println!("no models in {} (`mlx-serve pull minilm` installs one)", config.models_dir().display());
+        outln!("no models in {} (`mlx-serve pull minilm` installs one)", config.models_dir().display());
         return Ok(());
     }
-    println!("{:<36} {:<10} {:<32} {:<12} {:>10}  MODIFIED", "NAME", "TYPE", "ARCHITECTURE", "WEIGHTS", "SIZE");
+    outln!("{:<36} {:<10} {:<32} {:<12} {:>10}  MODIFIED", "NAME", "TYPE", "ARCHITECTURE", "WEIGHTS", "SIZE");
     for m in &models {
         let meta = ModelMetadata::read(&m.path);
         let (kind, arch, quant) = match &m.facts {
             Ok(f) => (f.kind.as_str().to_owned(), f.architecture.clone(), quant_label(&meta, &f.config)),
             Err(e) => ("?".into(), format!("unusable: {e}"), "-".into()),
         };
-        println!(
+        outln!(
             "{:<36} {:<10} {:<32} {:<12} {:>10}  {}",
             m.name,
             kind,
@@ -267,21 +268,21 @@ pub fn show_cmd(config: &Config, args: ShowArgs) -> Result<()> {
         "metadata": meta,
     });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     for (k, val) in v.as_object().unwrap() {
         match val {
             serde_json::Value::Null => {}
             serde_json::Value::Object(o) => {
-                println!("{k}:");
+                outln!("{k}:");
                 for (k2, v2) in o {
                     if !v2.is_null() {
-                        println!("  {k2:<16} {}", v2.as_str().map(str::to_owned).unwrap_or_else(|| v2.to_string()));
+                        outln!("  {k2:<16} {}", v2.as_str().map(str::to_owned).unwrap_or_else(|| v2.to_string()));
                     }
                 }
             }
-            _ => println!("{k:<18} {}", val.as_str().map(str::to_owned).unwrap_or_else(|| val.to_string())),
+            _ => outln!("{k:<18} {}", val.as_str().map(str::to_owned).unwrap_or_else(|| val.to_string())),
         }
     }
     Ok(())
@@ -294,14 +295,14 @@ pub fn remove_cmd(config: &Config, args: RemoveArgs) -> Result<()> {
     for (port, _pid, _) in pidfile::running() {
         let forget = Request::Forget { model: name.clone() };
         if let Err(e) = control::request(port, &forget, std::time::Duration::from_secs(30)) {
-            eprintln!("warning: could not ask the server on port {port} to stop {name}'s worker: {e}");
+            errln!("warning: could not ask the server on port {port} to stop {name}'s worker: {e}");
         }
     }
     // Rename first: the name disappears at once, even if deleting many files takes time.
     let trash = store.dir().join(format!(".deleting-{name}-{}", std::process::id()));
     std::fs::rename(&path, &trash).with_context(|| format!("cannot remove {}", path.display()))?;
     std::fs::remove_dir_all(&trash).with_context(|| format!("cannot delete {}", trash.display()))?;
-    println!("removed {name}");
+    outln!("removed {name}");
     Ok(())
 }
 
@@ -337,7 +338,7 @@ pub fn quantize_cmd(config: &Config, args: QuantizeArgs) -> Result<()> {
     printer.finish();
     let (path, meta) = result?;
     let q = meta.quantized_size.unwrap_or(0);
-    println!(
+    outln!(
         "installed {dst_name} in {}: weights {} → {} ({:.1}%)",
         path.display(),
         HumanBytes(meta.original_size),
