@@ -24,8 +24,9 @@
 //! CJK text has tokens every few bytes, so its first piece already holds enough) is
 //! split where the piece ends. Usage counts stay exact: they count the ids sent, which
 //! truncation decides from the head alone. A cross-encoder pair is truncated
-//! `longest_first`, which also depends on which text is the longer: a pair's heads are
-//! grown until that is settled ([`ModelTokenizer::settle`]). Many texts are tokenized in batches of at most
+//! `longest_first`, which also depends on which text is the longer: that is settled by
+//! counting further ([`ModelTokenizer::settle`]), and what is encoded stays a head of
+//! each text ([`ModelTokenizer::pair_heads`]). Many texts are tokenized in batches of at most
 //! [`GROUP_BYTES`], each turned into ids before the next, so a request's tokenizer memory
 //! does not grow with its number of inputs.
 
@@ -152,6 +153,7 @@ fn piece_end(text: &str, start: usize, max: usize) -> usize {
 }
 
 /// The start of a text, measured in pieces ([`ModelTokenizer::measure`]).
+#[derive(Clone, Copy)]
 struct Head<'t> {
     text: &'t str,
     /// Where the head ends in `text`.
@@ -278,7 +280,9 @@ impl ModelTokenizer {
     /// text's: `longest_first` truncation keeps the shorter sequence whole when it fits
     /// and gives the longer one the odd token otherwise, so which is longer must not
     /// change by cutting. Afterwards at least one head is its whole text, and the heads'
-    /// counts are equal only when both are. Counting costs at most the shorter text.
+    /// counts are equal only when both are. Counting costs at most the shorter text; the
+    /// settled heads are for comparing only (two long texts of about the same length end
+    /// up whole): [`ModelTokenizer::pair_heads`] cuts what is encoded.
     fn settle<'t>(&self, a: &mut Head<'t>, b: &mut Head<'t>) -> Result<(), TokenizeError> {
         if a.is_whole() && b.is_whole() {
             return Ok(());
@@ -294,6 +298,32 @@ impl ModelTokenizer {
             };
             self.grow(grow)?;
         }
+    }
+
+    /// The heads of a (query, document) pair to encode: the short heads `query` and `doc`
+    /// ([`ModelTokenizer::measure`]), the one that is truly the longer grown by a piece or
+    /// two until it is the longer head too (`query_longer`, from
+    /// [`ModelTokenizer::settle`]). Both stay within a piece or so of the model's limit,
+    /// so `longest_first` truncation makes the same decision as on the whole texts (the
+    /// shorter is whole whenever its exact length matters) without the tokenizer ever
+    /// holding a long text: a truncated pair keeps what it cut as `overflowing`, and
+    /// merging the two sides' overflows is quadratic in their lengths.
+    fn pair_heads<'t>(
+        &self,
+        mut query: Head<'t>,
+        mut doc: Head<'t>,
+        query_longer: bool,
+    ) -> Result<(&'t str, &'t str), TokenizeError> {
+        if query_longer {
+            while !query.is_whole() && self.count(&mut query)? <= self.count(&mut doc)? {
+                self.grow(&mut query)?;
+            }
+        } else {
+            while !doc.is_whole() && self.count(&mut doc)? < self.count(&mut query)? {
+                self.grow(&mut doc)?;
+            }
+        }
+        Ok((query.as_str(), doc.as_str()))
     }
 
     fn check(&self, enc: &Encoding, index: usize, truncate: bool) -> Result<(), TokenizeError> {
@@ -345,16 +375,11 @@ impl ModelTokenizer {
         if self.count(&mut query)? == 0 {
             return Err(TokenizeError::EmptyQuery);
         }
-        let mut heads: Vec<Head> = documents.iter().map(|d| self.measure(d)).collect::<Result<_, _>>()?;
-        if self.rerank_template.is_none() {
-            for doc in &mut heads {
-                self.settle(&mut query, doc)?;
-            }
-        }
-        let query = query.as_str();
-        let documents: Vec<&str> = heads.iter().map(Head::as_str).collect();
-        let mut out = Vec::with_capacity(documents.len());
+        let heads: Vec<Head> = documents.iter().map(|d| self.measure(d)).collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(heads.len());
         if let Some((prefix, suffix, body_tok)) = &self.rerank_template {
+            let query = query.as_str();
+            let documents: Vec<&str> = heads.iter().map(Head::as_str).collect();
             let instruction = self.head(instruction.unwrap_or(QWEN3_RERANK_DEFAULT_INSTRUCTION))?;
             let extra = instruction.len() + query.len();
             for (first, group) in groups(&documents, |d| d.len() + extra) {
@@ -371,9 +396,19 @@ impl ModelTokenizer {
             }
             return Ok(out);
         }
+        // Which text of each pair is the longer, by counting: the query's head grows
+        // across documents, so the query is counted at most once in all.
+        let mut counted = query;
+        let mut pairs = Vec::with_capacity(heads.len());
+        for &doc in &heads {
+            let mut counted_doc = doc;
+            self.settle(&mut counted, &mut counted_doc)?;
+            let query_longer = self.count(&mut counted)? > self.count(&mut counted_doc)?;
+            pairs.push(self.pair_heads(query, doc, query_longer)?);
+        }
         let with_types = self.family == Family::Bert;
-        for (first, group) in groups(&documents, |d| d.len() + query.len()) {
-            let inputs: Vec<EncodeInput> = group.iter().map(|d| EncodeInput::from((query, *d))).collect();
+        for (first, group) in groups(&pairs, |(q, d)| q.len() + d.len()) {
+            let inputs: Vec<EncodeInput> = group.iter().map(|&(q, d)| EncodeInput::from((q, d))).collect();
             for (k, enc) in self.tokenizer.encode_batch_fast(inputs, true).map_err(fail)?.iter().enumerate() {
                 self.check(enc, first + k, truncate)?;
                 out.push(to_tokens(enc, with_types));
@@ -483,6 +518,19 @@ mod tests {
         let ids = tok.encode_texts(&[&text], true).unwrap();
         assert_eq!(ids[0].ids.len(), tok.max_tokens);
         assert!(matches!(tok.encode_texts(&[&text], false), Err(TokenizeError::TooLong { .. })));
+    }
+
+    #[test]
+    fn a_pair_of_huge_texts_is_encoded_from_heads() {
+        // Equal lengths (settling counts both texts to the end) and one word apart either way.
+        let (whole, cut) = pair("tiny-bert-rerank", 4096);
+        for (q, d) in [(5000, 5000), (5001, 5000), (5000, 5001)] {
+            same_pairs(&whole, &cut, &"q ".repeat(q), &"d ".repeat(d));
+        }
+        // Whole, these two would be merged overflow by overflow: millions of encodings.
+        let big = "w ".repeat(1_000_000);
+        let ids = cut.encode_pairs(&big, &[&big], None, true).unwrap();
+        assert_eq!(ids[0].ids.len(), cut.max_tokens);
     }
 
     #[test]
