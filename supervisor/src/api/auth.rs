@@ -31,6 +31,8 @@ impl ApiKeyCheck {
     }
 
     fn is_open(&self, path: &str) -> bool {
+        // Every route also answers with a trailing slash (`api/mod.rs`).
+        let path = if path.len() > 1 { path.strip_suffix('/').unwrap_or(path) } else { path };
         OPEN_ROUTES.contains(&path) || (self.metrics_open && path == "/metrics")
     }
 
@@ -104,6 +106,8 @@ mod tests {
     fn health_is_open_and_metrics_as_configured() {
         let strict = ApiKeyCheck::new("k", true);
         assert!(strict.is_open("/health") && strict.is_open("/ready") && !strict.is_open("/metrics"));
+        assert!(strict.is_open("/health/") && !strict.is_open("/health//") && !strict.is_open("/healthz"));
+        assert!(!strict.is_open("/") && !strict.is_open("/docs") && !strict.is_open("/openapi.json"));
         assert!(!strict.is_open("/v1/embeddings") && !strict.is_open("/api/pull"));
         assert!(ApiKeyCheck::new("k", false).is_open("/metrics"));
     }

@@ -140,7 +140,7 @@ pub fn prompted_texts(entry: &ModelEntry, texts: Vec<String>, opts: &EmbedOption
         .map_err(|e| ApiError::invalid_param(param, e.to_string()).with_code("invalid_prompt"))?;
     match prefix {
         Some(p) => {
-            let p = head(p)?;
+            let p = head(&p)?;
             texts.iter().map(|t| Ok(format!("{p}{}", head(t)?))).collect()
         }
         None => Ok(texts),

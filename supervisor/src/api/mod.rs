@@ -113,13 +113,17 @@ pub fn metrics_router(state: SharedState) -> Router {
         .with_state(state)
 }
 
-/// An error in the shape of the API `path` belongs to: Ollama's `{"error": "…"}` under
-/// `/api/`, OpenAI's `{"error": {message, type, code, param}}` elsewhere.
+/// An error in the shape of the API `path` belongs to, for what answers before a handler
+/// (the API key, body limits): Ollama's `{"error": "…"}` under `/api/`, TEI's
+/// `{error, error_type}` on its own routes, Cohere's `{id, message}` on its embed routes,
+/// OpenAI's `{"error": {message, type, code, param}}` elsewhere.
 pub fn error_for_route(path: &str, e: ApiError) -> Response {
-    if path.starts_with("/api/") {
-        ollama::OllamaError::from(e).into_response()
-    } else {
-        e.into_response()
+    let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    match path {
+        _ if path.starts_with("/api/") => ollama::OllamaError::from(e).into_response(),
+        "/" | "/embed" | "/info" => tei::TeiError::from(e).into_response(),
+        "/v1/embed" | "/v2/embed" => cohere::CohereError::from(e).into_response(),
+        _ => e.into_response(),
     }
 }
 
