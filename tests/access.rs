@@ -76,13 +76,12 @@ fn metrics_may_stay_open_and_exposed_binds_are_warned_about() {
 #[test]
 fn the_cli_passes_the_key_on_without_showing_it() {
     let home = Home::new(&["tiny-bert-embed"]);
-    let port = mlx_serve_tests::cli::free_port().to_string();
-    let out = home.run(&["start", "--port", &port, "--api-key", KEY]);
+    let out = home.run(&["start", "--port", "0", "--api-key", KEY]);
     assert!(out.ok(), "{}", out.text());
-    let pid = home.recorded_pids()[0];
+    let started = mlx_serve_tests::cli::parse_started(&out);
+    let (port, pid) = (started.port, started.pid);
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(!String::from_utf8_lossy(&cmdline).contains(KEY), "the daemon's command line shows the key");
-    let port: u16 = port.parse().unwrap();
     assert_eq!(raw::request(port, "GET /v1/models HTTP/1.1", b"").status, 401);
     let ok = raw::request(port, &format!("GET /v1/models HTTP/1.1\r\nAuthorization: Bearer {KEY}"), b"");
     assert_eq!(ok.status, 200, "{ok:?}");

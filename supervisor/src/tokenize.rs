@@ -180,7 +180,7 @@ const GROUP_BYTES: usize = 64 << 10;
 
 /// Consecutive runs of `items` of at most [`GROUP_BYTES`] (by `size`; one item when it is
 /// larger), each with the index of its first item.
-fn groups<'a, T>(items: &'a [T], size: impl Fn(&T) -> usize) -> Vec<(usize, &'a [T])> {
+fn groups<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<(usize, &[T])> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, item) in items.iter().enumerate() {
