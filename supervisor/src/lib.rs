@@ -25,6 +25,7 @@
 //! tokenize    HF tokenizers, truncation, reranker prompt templates, models' named prompts
 //! config/     schema and defaults, loading with provenance (file < env < CLI), YAML
 //! paths       where files live: home, config, run/, logs/, worker binary and sockets
+//! console     CLI output that survives a closed pipe (`| head`)
 //! ```
 //!
 //! The design facts the comments rely on (the data path, the worker conversation,
@@ -34,6 +35,7 @@ pub mod api;
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod daemon;
 pub mod metrics;

@@ -1,18 +1,22 @@
 //! Where mlx-serve keeps its files, in one place: the home folder and what lives under it,
 //! the config file, the daemon's PID files and control sockets, the worker binary and the
 //! worker sockets. Everything here is a path computed from the environment; nothing is
-//! created except the two private folders that must exist with the right mode.
+//! created except the private `run/` folder, which must be ours with mode 0700.
 //!
 //! ```text
 //! $MLX_SERVE_HOME (default ~/.mlx-serve)
 //! ├─ config.yaml                  (MLX_SERVE_CONFIG overrides the path)
 //! ├─ models/<name>/               the store (models.directory overrides it)
-//! ├─ run/  (0700)                 mlx-serve-<port>.pid, mlx-serve-<port>.sock (0600)
+//! ├─ run/  (0700, ours)           mlx-serve-<port>.pid, mlx-serve-<port>.sock (0600),
+//! │                               w<pid>-<n>.sock, one per worker while it starts
 //! └─ logs/                        mlx-serve-<port>.log (background start), service.log
-//! $TMPDIR/mlx-serve-<uid>/ (0700) w<pid>-<n>.sock, one per worker while it starts
 //! ```
+//!
+//! Sockets live only in `run/`, never in a shared folder such as `/tmp`: whoever can
+//! create or replace a socket there could pose as a worker or as the daemon. `run/` is
+//! checked before use (not a symbolic link, owned by this user, no access for others).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `MLX_SERVE_HOME`, default `~/.mlx-serve`.
 pub fn home_dir() -> PathBuf {
@@ -35,7 +39,7 @@ pub fn config_path() -> PathBuf {
         .unwrap_or_else(|| home_dir().join("config.yaml"))
 }
 
-/// `<home>/run`: PID files and control sockets.
+/// `<home>/run`: PID files, the control socket, worker sockets.
 pub fn run_dir() -> PathBuf {
     home_dir().join("run")
 }
@@ -45,13 +49,48 @@ pub fn logs_dir() -> PathBuf {
     home_dir().join("logs")
 }
 
-/// Creates `<home>/run` with mode 0700 (it holds the control sockets).
+/// Creates `<home>/run` with mode 0700 if missing and checks it is private (it holds the
+/// control and worker sockets): see [`private_dir`].
 pub fn ensure_run_dir() -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
     let dir = run_dir();
-    std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    private_dir(&dir)?;
     Ok(dir)
+}
+
+/// Makes sure `dir` is a folder only we can use: created with mode 0700 when missing;
+/// otherwise it must be a real folder (`lstat`: a symbolic link is refused, wherever it
+/// points) owned by this process's user. A folder of ours that others may enter is
+/// narrowed to 0700. Anything else is an error that says what is wrong.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let refuse = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.file_type().is_symlink() {
+        return Err(refuse(format!("{} is a symbolic link; it must be a folder of its own (remove the link)", dir.display())));
+    }
+    if !meta.is_dir() {
+        return Err(refuse(format!("{} is not a folder", dir.display())));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(refuse(format!(
+            "{} belongs to uid {}, not to this user (uid {me}); another user could pose as the server there: \
+             remove the folder or give it to this user",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// The PID file of the daemon listening on `port`.
@@ -78,14 +117,9 @@ pub fn worker_binary() -> PathBuf {
     exe.with_file_name("mlx-serve-worker")
 }
 
-/// A private folder for worker sockets: `$TMPDIR/mlx-serve-<uid>` (0700). Short on
-/// purpose: Unix socket paths are limited to ~104 bytes.
-pub fn worker_socket_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mlx-serve-{}", nix::unistd::getuid()));
-    let _ = std::fs::create_dir_all(&dir);
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
-    }
-    dir
+/// The folder for worker sockets: `<home>/run`, checked private ([`private_dir`]). Socket
+/// names are short (`w<pid>-<n>.sock`): Unix socket paths are limited to ~104 bytes, the
+/// same bound the control socket beside them already has.
+pub fn worker_socket_dir() -> std::io::Result<PathBuf> {
+    ensure_run_dir()
 }

@@ -8,3 +8,4 @@ pub mod cli;
 pub mod balancer;
 pub mod manifests;
 pub mod process;
+pub mod raw;

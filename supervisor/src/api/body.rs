@@ -1,11 +1,244 @@
-//! Reading a request body as JSON, with every failure (too large, unreadable, empty, not
-//! JSON, wrong shape) as an OpenAI-shaped 4xx.
+//! Request bodies: reading them under limits, and parsing them as JSON.
+//!
+//! [`admit`] (a middleware in front of every handler) reads the whole body before the
+//! handler runs, and bounds what bodies can cost:
+//!
+//! - size: past `limits.max_request_bytes` a 413, from `Content-Length` before anything
+//!   is read, or as soon as a chunked body passes it;
+//! - time: the body must arrive within `server.body_read_timeout_seconds` of its headers,
+//!   or the client gets a 408 and the connection is closed (a slow client holds no memory
+//!   or task for longer);
+//! - memory: every request in progress holds a charge on one budget,
+//!   `limits.max_inflight_request_bytes`, until its answer is ready. The charge is the
+//!   body (taken before a declared body is read, and as a chunked one arrives) plus what
+//!   decoding it will allocate (each JSON string, number and container as a
+//!   `serde_json::Value` would hold it — an upper bound of what the handlers' typed
+//!   structs take; see [`decoded_size`]), so a body of millions of tiny numbers is charged
+//!   what it costs, not its byte size. A request whose charge alone exceeds the budget
+//!   gets a 413; one that does not fit beside the requests in progress gets a 429 with
+//!   `Retry-After`. Tokenization after decoding is bounded per input (`tokenize.rs`), so
+//!   the supervisor's memory for requests stays within a small multiple of the budget.
+//!
+//! [`parse_body`] turns the bytes into a handler's request type, every failure (empty,
+//! not JSON, wrong shape) an OpenAI-shaped 400.
 
-use axum::body::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use serde::de::DeserializeOwned;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body_util::BodyExt;
+use serde::de::{DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::ApiError;
+use super::{error_for_route, ApiError, SharedState};
+
+/// The budget behind `limits.max_inflight_request_bytes`: a semaphore of KiB (tokio
+/// takes at most `u32::MAX` permits at once).
+pub struct InflightBudget {
+    kib: Arc<Semaphore>,
+    /// The budget in bytes.
+    total: usize,
+}
+
+impl InflightBudget {
+    pub fn new(total: usize) -> InflightBudget {
+        let kib = total.div_ceil(1024).clamp(1, u32::MAX as usize);
+        InflightBudget { kib: Arc::new(Semaphore::new(kib)), total }
+    }
+
+    /// Bytes charged by requests in progress now.
+    pub fn in_use(&self) -> usize {
+        (self.total.div_ceil(1024).clamp(1, u32::MAX as usize) - self.kib.available_permits()) << 10
+    }
+
+    /// Takes `bytes` from the budget (rounded up to KiB), or nothing when they do not fit.
+    fn charge(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let kib = bytes.div_ceil(1024).min(u32::MAX as usize) as u32;
+        self.kib.clone().try_acquire_many_owned(kib).ok()
+    }
+
+    fn overloaded(&self) -> ApiError {
+        ApiError::overloaded(format!(
+            "the server is handling {} MiB of requests (limits.max_inflight_request_bytes is {} MiB); retry shortly",
+            self.in_use() >> 20,
+            self.total >> 20
+        ))
+    }
+}
+
+/// The middleware: reads the body under the size, time and memory limits above.
+pub async fn admit(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    let limits = &state.config.limits;
+    let path = req.uri().path().to_owned();
+    let refuse = |e: ApiError| error_for_route(&path, e);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Refused before its body is read: the connection closes rather than read it.
+    if declared.is_some_and(|n| n > limits.max_request_bytes as u64) {
+        return closing(refuse(too_large(limits.max_request_bytes)));
+    }
+    let budget = &state.inflight;
+    // A declared body is charged before it is read, a chunked one as it arrives: no
+    // body is buffered beyond the budget.
+    let Some(mut permit) = budget.charge(declared.unwrap_or(0) as usize) else {
+        return closing(refuse(budget.overloaded()));
+    };
+    let (parts, body) = req.into_parts();
+    let timeout = Duration::from_secs(state.config.server.body_read_timeout_seconds);
+    let read = read_limited(body, declared, limits.max_request_bytes, budget, &mut permit);
+    let bytes = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(ReadError::TooLarge)) => return closing(refuse(too_large(limits.max_request_bytes))),
+        Ok(Err(ReadError::Overloaded)) => return closing(refuse(budget.overloaded())),
+        Ok(Err(ReadError::Failed(e))) => return refuse(ApiError::invalid(format!("cannot read the request body: {e}"))),
+        Err(_) => {
+            let mut e = ApiError::invalid(format!(
+                "the request body did not arrive within server.body_read_timeout_seconds ({} s)",
+                timeout.as_secs()
+            ))
+            .with_code("request_timeout");
+            e.status = StatusCode::REQUEST_TIMEOUT;
+            return closing(refuse(e));
+        }
+    };
+    // What decoding will take, beside the body, until the body is dropped. Scanning
+    // megabytes takes milliseconds: off the async threads.
+    let decoded = if bytes.len() > 1 << 20 {
+        let scan = bytes.clone();
+        tokio::task::spawn_blocking(move || decoded_size(&scan)).await.unwrap_or(usize::MAX)
+    } else {
+        decoded_size(&bytes)
+    };
+    if bytes.len().saturating_add(decoded) > budget.total {
+        return refuse(ApiError::too_large(format!(
+            "decoding this request would take about {} MiB beside its body, more than \
+             limits.max_inflight_request_bytes ({} MiB) allows",
+            decoded >> 20,
+            budget.total >> 20
+        )));
+    }
+    match budget.charge(decoded) {
+        Some(more) => permit.merge(more),
+        None => return refuse(budget.overloaded()),
+    }
+    let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    drop(permit);
+    resp
+}
+
+/// Asks the client to close the connection (its body was not read to the end).
+fn closing(mut resp: Response) -> Response {
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::too_large(format!("request body exceeds limits.max_request_bytes ({limit} bytes)"))
+}
+
+enum ReadError {
+    TooLarge,
+    /// A chunked body outgrew what the budget has left.
+    Overloaded,
+    Failed(String),
+}
+
+/// Reads a body into one buffer, refusing it as soon as it passes `limit`; what a
+/// chunked body adds beyond its `declared` length is charged to `permit` as it arrives.
+async fn read_limited(
+    mut body: Body,
+    declared: Option<u64>,
+    limit: usize,
+    budget: &InflightBudget,
+    permit: &mut OwnedSemaphorePermit,
+) -> Result<Bytes, ReadError> {
+    let declared = declared.unwrap_or(0) as usize;
+    let mut buf = Vec::with_capacity(declared.min(limit));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Failed(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(ReadError::TooLarge);
+            }
+            let beyond = (buf.len() + data.len()).saturating_sub(declared.max(buf.len()));
+            if beyond > 0 {
+                permit.merge(budget.charge(beyond).ok_or(ReadError::Overloaded)?);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// An upper bound of the heap a JSON text takes once decoded, counted as
+/// `serde_json::Value` would hold it (32 bytes per value, plus string contents and map
+/// keys), by a pass that allocates nothing. Text that is not JSON counts as its length
+/// (the handler refuses it without decoding much).
+pub fn decoded_size(json: &[u8]) -> usize {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    de.deserialize_any(SizeOf).unwrap_or(json.len())
+}
+
+/// Bytes of one `serde_json::Value` on the heap, without its contents.
+const VALUE: usize = 32;
+
+struct SizeOf;
+
+impl<'de> serde::de::DeserializeSeed<'de> for SizeOf {
+    type Value = usize;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_any(SizeOf)
+    }
+}
+
+impl<'de> Visitor<'de> for SizeOf {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
+        Ok(VALUE)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
+        Ok(VALUE)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
+        Ok(VALUE)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
+        Ok(VALUE)
+    }
+    fn visit_unit<E>(self) -> Result<usize, E> {
+        Ok(VALUE)
+    }
+    fn visit_str<E>(self, s: &str) -> Result<usize, E> {
+        Ok(VALUE + s.len())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut total = VALUE;
+        while let Some(n) = seq.next_element_seed(SizeOf)? {
+            total = total.saturating_add(n);
+        }
+        Ok(total)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+        let mut total = VALUE;
+        while let Some(k) = map.next_key_seed(SizeOf)? {
+            // A map entry: the key string, its value, and the map's own node.
+            total = total.saturating_add(k).saturating_add(map.next_value_seed(SizeOf)?).saturating_add(VALUE);
+        }
+        Ok(total)
+    }
+}
 
 /// Parses a JSON body, mapping every failure to an OpenAI-shaped error.
 pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
@@ -20,4 +253,17 @@ pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> R
         return Err(ApiError::invalid("request body is empty; send a JSON object"));
     }
     serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoded_size_counts_values_not_bytes() {
+        let ids = format!("[{}1]", "1,".repeat(1000));
+        assert_eq!(decoded_size(ids.as_bytes()), VALUE + 1001 * VALUE);
+        assert_eq!(decoded_size(br#"{"input": "abc"}"#), VALUE + (VALUE + 5) + (VALUE + 3) + VALUE);
+        assert_eq!(decoded_size(b"not json"), 8);
+    }
 }

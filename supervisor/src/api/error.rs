@@ -3,6 +3,10 @@
 //!
 //! Every lower layer's error converts into [`ApiError`] here, and this is the one place
 //! that decides its status and code: a resolve failure, a failed download, a job's error.
+//!
+//! Server-side failures never carry internals to the client: a worker's stderr (MLX
+//! aborts, Rust backtraces), file paths, a tokenizer's or quantizer's own words go to the
+//! log ([`ApiError::concealed`]); the client gets a short message naming what failed.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -88,6 +92,13 @@ impl ApiError {
         self.code = Some(code);
         self
     }
+
+    /// A 500 saying `public`; `detail` (paths, stderr, backtraces) is logged, not sent.
+    pub fn concealed(public: impl Into<String>, detail: &str) -> Self {
+        let public = public.into();
+        tracing::error!("{public}: {detail}");
+        ApiError::internal(format!("{public} (the server log has the details)"))
+    }
 }
 
 impl From<ResolveError> for ApiError {
@@ -97,7 +108,9 @@ impl From<ResolveError> for ApiError {
             ResolveError::Missing | ResolveError::WrongKind { .. } => ApiError::invalid_param("model", message),
             ResolveError::InvalidName(_) => ApiError::invalid_param("model", message).with_code("invalid_model_name"),
             ResolveError::NotFound(model) => ApiError::model_not_found(&model),
-            ResolveError::Unusable(_) => ApiError::internal(message).with_code("model_unusable"),
+            ResolveError::Unusable(_) => {
+                ApiError::concealed("the model's files cannot be used", &message).with_code("model_unusable")
+            }
             ResolveError::Downloading(_) => {
                 ApiError::unavailable(message, RETRY_AFTER_DOWNLOAD).with_code("model_downloading")
             }
@@ -134,7 +147,8 @@ impl From<StoreError> for ApiError {
                 err
             }
             StoreError::Failed(_) => {
-                let mut err = ApiError::internal(message).with_code("download_failed");
+                let mut err = ApiError::concealed("the model could not be downloaded or prepared", &message)
+                    .with_code("download_failed");
                 err.status = StatusCode::BAD_GATEWAY;
                 err
             }
@@ -147,10 +161,18 @@ impl From<JobError> for ApiError {
         let message = e.to_string();
         match e {
             JobError::Invalid(_) => ApiError::invalid(message),
-            JobError::WorkerFailed { .. } | JobError::Poisoned { .. } => ApiError::internal(message),
-            JobError::LoadFailed { .. } | JobError::Unavailable { .. } | JobError::ShuttingDown => {
-                ApiError::unavailable(message, 5)
-            }
+            JobError::WorkerFailed { model, .. } => ApiError::concealed(format!("model {model} failed on this input"), &message),
+            // The runner logged the worker's death with its last words; the reason is
+            // what the worker printed, so it stays there.
+            JobError::Poisoned { index, .. } => ApiError::internal(format!(
+                "input {index} was being processed when the model worker crashed twice; it was not retried again \
+                 (the server log has the worker's last words)"
+            )),
+            JobError::LoadFailed { model, .. } => ApiError::unavailable(
+                format!("model {model} failed to load (the server log has the reason; `mlx-serve ctl workers` shows it)"),
+                5,
+            ),
+            JobError::Unavailable { .. } | JobError::ShuttingDown => ApiError::unavailable(message, 5),
             JobError::Overloaded { .. } => ApiError::overloaded(message),
         }
     }
@@ -161,7 +183,10 @@ impl ApiError {
     pub fn tokenize(e: TokenizeError, param: &str) -> Self {
         match e {
             TokenizeError::TooLong { .. } => ApiError::invalid_param(param, e.to_string()).with_code("context_length_exceeded"),
-            TokenizeError::Failed(m) | TokenizeError::Load(m) => ApiError::internal(m),
+            TokenizeError::Empty { .. } => ApiError::invalid_param(param, e.to_string()),
+            TokenizeError::EmptyQuery => ApiError::invalid_param("query", e.to_string()),
+            TokenizeError::Failed(m) => ApiError::concealed("the tokenizer failed on this input", &m),
+            TokenizeError::Load(m) => ApiError::concealed("the model's tokenizer cannot be loaded", &m),
         }
     }
 }

@@ -45,10 +45,21 @@ pub struct Scored {
     pub tokens: usize,
 }
 
-/// Runs tokenization off the async threads when it is more than a few microseconds.
+/// Runs tokenization off the async threads when it is more than a few microseconds, at
+/// most one such job per core at a time: it is CPU-bound, and each job holds up to a
+/// batch of encodings (`tokenize.rs`), so this bounds the tokenizer's memory too.
 async fn off_thread<T: Send + 'static>(heavy: bool, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
     if heavy {
-        tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))
+        let slots = SLOTS.get_or_init(|| {
+            tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+        });
+        let _slot = slots.acquire().await.map_err(|_| ApiError::unavailable("server is shutting down", 1))?;
+        tokio::task::spawn_blocking(f).await.map_err(|e| {
+            // A panic inside the tokenizer: its message (files, lines) stays in the log.
+            tracing::error!("tokenizer task failed: {e}");
+            ApiError::internal("tokenization failed (the server log has the details)")
+        })
     } else {
         Ok(f())
     }
@@ -107,7 +118,13 @@ pub struct EmbedOptions {
 
 /// The texts the tokenizer sees: each input with the selected prompt (`prompt`,
 /// `prompt_name`, or the model's `default_prompt_name`) or the `instruction` in front.
+///
+/// Each text and the prompt are cut to their heads first (`tokenize.rs`): a long prompt
+/// is not copied whole into every input, nor a long text into a new string.
 pub fn prompted_texts(entry: &ModelEntry, texts: Vec<String>, opts: &EmbedOptions) -> Result<Vec<String>, ApiError> {
+    let head = |t: &'_ str| -> Result<String, ApiError> {
+        entry.tokenizer.head(t).map(str::to_owned).map_err(|e| ApiError::tokenize(e, "input"))
+    };
     if let Some(task) = &opts.instruction {
         if opts.prompt.is_some() || opts.prompt_name.is_some() {
             return Err(ApiError::invalid_param(
@@ -115,10 +132,17 @@ pub fn prompted_texts(entry: &ModelEntry, texts: Vec<String>, opts: &EmbedOption
                 "send either `instruction` or `prompt`/`prompt_name`, not both",
             ));
         }
-        return Ok(match entry.facts.family {
-            Family::Qwen3 => texts.iter().map(|t| qwen3_embedding_query(task, t)).collect(),
-            _ => texts.iter().map(|t| format!("{task}{t}")).collect(),
-        });
+        let task = head(task)?;
+        return texts
+            .iter()
+            .map(|t| {
+                let t = head(t)?;
+                Ok(match entry.facts.family {
+                    Family::Qwen3 => qwen3_embedding_query(&task, &t),
+                    _ => format!("{task}{t}"),
+                })
+            })
+            .collect();
     }
     let param = if opts.prompt.is_some() { "prompt" } else { "prompt_name" };
     let prefix = entry
@@ -126,10 +150,13 @@ pub fn prompted_texts(entry: &ModelEntry, texts: Vec<String>, opts: &EmbedOption
         .prompts
         .select(opts.prompt_name.as_deref(), opts.prompt.as_deref())
         .map_err(|e| ApiError::invalid_param(param, e.to_string()).with_code("invalid_prompt"))?;
-    Ok(match prefix {
-        Some(p) => texts.iter().map(|t| format!("{p}{t}")).collect(),
-        None => texts,
-    })
+    match prefix {
+        Some(p) => {
+            let p = head(&p)?;
+            texts.iter().map(|t| Ok(format!("{p}{}", head(t)?))).collect()
+        }
+        None => Ok(texts),
+    }
 }
 
 /// The 400 for token-id input on a server that refuses it (`limits.accept_token_ids:
@@ -166,15 +193,16 @@ pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOpt
             if let Some(i) = texts.iter().position(|t| t.is_empty()) {
                 return Err(ApiError::invalid_param("input", format!("input {i} is an empty string")));
             }
-            let texts = prompted_texts(&entry, texts, &opts)?;
-            let heavy = texts.iter().map(String::len).sum::<usize>() > 8192;
-            let tok = entry.tokenizer.clone();
+            let heavy = texts.iter().map(String::len).sum::<usize>()
+                + opts.instruction.as_ref().or(opts.prompt.as_ref()).map_or(0, String::len)
+                > 8192;
+            let model = entry.clone();
             off_thread(heavy, move || {
+                let texts = prompted_texts(&model, texts, &opts)?;
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                tok.encode_texts(&refs, truncate)
+                model.tokenizer.encode_texts(&refs, truncate).map_err(|e| ApiError::tokenize(e, "input"))
             })
-            .await?
-            .map_err(|e| ApiError::tokenize(e, "input"))?
+            .await??
         }
         Inputs::Ids(lists) => {
             if opts.instruction.is_some() || opts.prompt.is_some() || opts.prompt_name.is_some() {

@@ -10,7 +10,13 @@
 //! unknown fields with a 400 that names them: a misspelt or unsupported option must not
 //! be ignored silently. Fields a known client sends that change nothing here (`user`,
 //! `priority`, `keep_alive`…) are declared and ignored.
+//!
+//! Around every route, outermost first: `observe.rs` (metrics, request log), a panic
+//! catcher (a short 500, the panic only in the log), `auth.rs` (the optional API key,
+//! before any body is read), `body.rs` (body size, read time and the in-flight memory
+//! budget).
 
+mod auth;
 mod body;
 mod cohere;
 mod cohere_meta;
@@ -33,10 +39,12 @@ mod tokenize;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 
-pub use body::parse_body;
+pub use auth::ApiKeyCheck;
+pub use body::{decoded_size, parse_body, InflightBudget};
 pub use error::ApiError;
 pub use observe::{with_log, RequestLog};
 pub use state::{AppState, SharedState};
@@ -88,14 +96,47 @@ pub fn router(state: SharedState) -> Router {
     }
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), body::admit))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(state.clone(), observe::observe))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
-/// The `/metrics` listener used when `metrics.port` is set.
+/// The `/metrics` listener used when `metrics.port` is set (the API key applies as on
+/// the main port).
 pub fn metrics_router(state: SharedState) -> Router {
-    Router::new().route("/metrics", get(health::metrics)).with_state(state)
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
+        .with_state(state)
+}
+
+/// An error in the shape of the API `path` belongs to, for what answers before a handler
+/// (the API key, body limits): Ollama's `{"error": "…"}` under `/api/`, TEI's
+/// `{error, error_type}` on its own routes, Cohere's `{id, message}` on its embed routes,
+/// OpenAI's `{"error": {message, type, code, param}}` elsewhere.
+pub fn error_for_route(path: &str, e: ApiError) -> Response {
+    let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    match path {
+        _ if path.starts_with("/api/") => ollama::OllamaError::from(e).into_response(),
+        "/" | "/embed" | "/info" => tei::TeiError::from(e).into_response(),
+        "/v1/embed" | "/v2/embed" => cohere::CohereError::from(e).into_response(),
+        _ => e.into_response(),
+    }
+}
+
+/// A handler panicked: a bug. The panic message stays in the log (it may name files and
+/// lines); the client gets a short 500.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!("a request handler panicked: {what}");
+    ApiError::internal("internal error (the server log has the details)").into_response()
 }
 
 async fn not_found(req: Request) -> ApiError {

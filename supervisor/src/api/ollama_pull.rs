@@ -137,7 +137,8 @@ impl PullStream {
                     self.finished = true;
                 }
                 Some(Err(e)) => {
-                    out.push_str(&format!("{}\n", json!({"error": e.to_string()})));
+                    // The client gets the short message; details go to the log.
+                    out.push_str(&format!("{}\n", json!({"error": ApiError::from(e.clone()).message})));
                     self.finished = true;
                 }
                 None => {}

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::{ApiKeyCheck, InflightBudget};
 use crate::config::Config;
 use crate::resolve::Resolver;
 use crate::runner::Pool;
@@ -21,11 +22,26 @@ pub struct AppState {
     /// load balancers drain us). Shared with the control socket.
     pub ready: Arc<AtomicBool>,
     pub(super) next_request_id: AtomicU64,
+    /// `server.api_key`, when set.
+    pub(super) api_key: Option<ApiKeyCheck>,
+    /// `limits.max_inflight_request_bytes`.
+    pub(super) inflight: InflightBudget,
 }
 
 impl AppState {
     pub fn new(pool: Pool, downloads: Arc<Downloads>, config: Arc<Config>, ready: Arc<AtomicBool>) -> Arc<AppState> {
-        Arc::new(AppState { pool, downloads, config, started: Instant::now(), ready, next_request_id: AtomicU64::new(1) })
+        let api_key = config.server.api_key.as_ref().map(|k| ApiKeyCheck::new(&k.0, config.metrics.require_api_key));
+        let inflight = InflightBudget::new(config.limits.max_inflight_request_bytes);
+        Arc::new(AppState {
+            pool,
+            downloads,
+            config,
+            started: Instant::now(),
+            ready,
+            next_request_id: AtomicU64::new(1),
+            api_key,
+            inflight,
+        })
     }
 
     /// Model names → pool entries, with auto-download.

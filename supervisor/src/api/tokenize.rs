@@ -21,6 +21,7 @@ use super::inference::{prompted_texts, EmbedOptions};
 use super::input::TextInput;
 use super::openai::Usage;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
+use crate::tokenize::TokenizeError;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -80,12 +81,19 @@ pub async fn tokenize(State(state): State<SharedState>, body: Result<Bytes, Byte
     let req: TokenizeRequest = parse_body(body)?;
     let truncate = req.truncate.unwrap_or(state.config.limits.truncate);
     if let (Some(query), Some(documents)) = (&req.query, &req.documents) {
+        let max_docs = state.config.limits.max_documents_per_rerank;
+        if documents.len() > max_docs {
+            return Err(ApiError::too_large(format!(
+                "{} documents in one request; the limit (limits.max_documents_per_rerank) is {max_docs}",
+                documents.len()
+            )));
+        }
         let entry = state.resolver().entry(&req.model, None).await?;
         let refs: Vec<&str> = documents.iter().map(String::as_str).collect();
         let seqs = entry
             .tokenizer
             .encode_pairs(query, &refs, req.instruction.as_deref(), truncate)
-            .map_err(|e| ApiError::invalid_param("documents", e.to_string()))?;
+            .map_err(|e| ApiError::tokenize(e, "documents"))?;
         let data = seqs
             .into_iter()
             .enumerate()
@@ -115,7 +123,10 @@ pub async fn tokenize(State(state): State<SharedState>, body: Result<Bytes, Byte
         let (ids, pieces) = entry
             .tokenizer
             .tokenize_with_pieces(text, truncate)
-            .map_err(|e| ApiError::invalid_param("input", format!("input {index}: {e}")))?;
+            .map_err(|e| match e {
+                TokenizeError::TooLong { limit, .. } => ApiError::tokenize(TokenizeError::TooLong { index, limit }, "input"),
+                e => ApiError::tokenize(e, "input"),
+            })?;
         data.push(TokenizedText {
             index,
             tokens: ids.len(),

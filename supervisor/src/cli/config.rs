@@ -6,6 +6,7 @@ use clap::Args;
 
 use crate::config::{Effective, EXAMPLE};
 use crate::paths;
+use crate::console::{self, outln};
 
 #[derive(Args)]
 pub struct ConfigArgs {
@@ -25,7 +26,7 @@ pub fn config_cmd(args: ConfigArgs) -> Result<()> {
         return print_out(EXAMPLE);
     }
     if args.path {
-        println!("{}", paths::config_path().display());
+        outln!("{}", paths::config_path().display());
         return Ok(());
     }
     let effective = Effective::load()?;
@@ -46,9 +47,6 @@ pub fn config_cmd(args: ConfigArgs) -> Result<()> {
 
 /// Writes to stdout; a closed pipe (`mlx-serve config | head`) is not an error.
 fn print_out(text: &str) -> Result<()> {
-    use std::io::Write;
-    match std::io::stdout().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
+    console::write_out(text);
+    Ok(())
 }

@@ -10,6 +10,7 @@ use super::format::{human_bytes, human_duration};
 use crate::config::Config;
 use crate::control::{self, Request, WorkerRow};
 use crate::daemon::pidfile;
+use crate::console::{out, outln};
 
 #[derive(Args)]
 pub struct CtlArgs {
@@ -60,24 +61,24 @@ pub fn ctl_cmd(args: CtlArgs) -> Result<()> {
 fn ctl_command(port: u16, request: Request, json: bool, timeout: Duration) -> Result<()> {
     let result = control::request(port, &request, timeout)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        outln!("{}", serde_json::to_string_pretty(&result)?);
         return Ok(());
     }
     match request {
         Request::Workers => {
             let rows: Vec<WorkerRow> = serde_json::from_value(result)?;
-            print!("{}", workers_table(&rows));
+            out!("{}", workers_table(&rows));
         }
-        Request::Status => println!("{}", serde_json::to_string_pretty(&result)?),
-        Request::Load { .. } => println!(
+        Request::Status => outln!("{}", serde_json::to_string_pretty(&result)?),
+        Request::Load { .. } => outln!(
             "loaded {} (worker pid {}) in {:.1} s",
             result["model"].as_str().unwrap_or_default(),
             result["pid"],
             result["seconds"].as_f64().unwrap_or_default()
         ),
-        Request::Evict { .. } => println!("evicted {}", result["model"].as_str().unwrap_or_default()),
-        Request::Forget { .. } => println!("stopped {}", result["model"].as_str().unwrap_or_default()),
-        Request::Restart { .. } => println!(
+        Request::Evict { .. } => outln!("evicted {}", result["model"].as_str().unwrap_or_default()),
+        Request::Forget { .. } => outln!("stopped {}", result["model"].as_str().unwrap_or_default()),
+        Request::Restart { .. } => outln!(
             "restarted {} (worker pid {} → {})",
             result["model"].as_str().unwrap_or_default(),
             result["old_pid"],

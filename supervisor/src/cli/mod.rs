@@ -66,8 +66,17 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-/// Runs one parsed command.
+/// Runs one parsed command. Output goes through `console`, so a closed pipe never
+/// panics; another write failure makes the command fail at the end.
 pub fn run(cli: Cli) -> Result<()> {
+    run_command(cli)?;
+    match crate::console::failure() {
+        Some(e) => anyhow::bail!(e),
+        None => Ok(()),
+    }
+}
+
+fn run_command(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Start(args) => server::start_cmd(args),
         Command::Stop(args) => server::stop_cmd(args),

@@ -25,6 +25,7 @@ use crate::store::metadata::{rfc3339, ModelMetadata};
 use crate::store::names::{self, remembered};
 use crate::store::pull::{self, PullRequest, Source};
 use crate::store::quantize::{self, Spec};
+use crate::console::errln;
 use crate::store::{lock, name_for_repo, validate_name, Store};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -124,13 +125,11 @@ fn as_folder(arg: &str) -> Option<PathBuf> {
     (path_like || (arg.contains('/') && expanded.join("config.json").is_file())).then_some(expanded)
 }
 
-/// Prints a line to stdout; a closed pipe (`mlx-serve pull … | head -1`) is not an error.
+/// Prints a line to stdout through `console` (a closed pipe, `mlx-serve pull … | head -1`,
+/// is not an error).
 fn say(line: &str) -> Result<()> {
-    use std::io::Write;
-    match writeln!(std::io::stdout(), "{line}") {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
+    crate::console::write_out(&format!("{line}\n"));
+    Ok(())
 }
 
 /// Where `pull NAME` (not a folder) gets the model, and its store name without a
@@ -379,9 +378,9 @@ pub fn show_cmd(config: &Config, args: ShowArgs) -> Result<()> {
     }
     let summary = meta.as_ref().map(quantize::summary).unwrap_or_default();
     if !summary.is_empty() {
-        println!("quantization:");
+        say("quantization:")?;
         for line in summary {
-            println!("  {line}");
+            say(&format!("  {line}"))?;
         }
     }
     Ok(())
@@ -399,7 +398,7 @@ pub fn remove_cmd(config: &Config, args: RemoveArgs) -> Result<()> {
     for (port, _pid, _) in pidfile::running() {
         let forget = Request::Forget { model: name.clone() };
         if let Err(e) = control::request(port, &forget, std::time::Duration::from_secs(30)) {
-            eprintln!("warning: could not ask the server on port {port} to stop {name}'s worker: {e}");
+            errln!("warning: could not ask the server on port {port} to stop {name}'s worker: {e}");
         }
     }
     std::fs::remove_dir_all(&trash).with_context(|| format!("cannot delete {}", trash.display()))?;

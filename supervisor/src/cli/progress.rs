@@ -9,6 +9,7 @@ use std::time::Duration;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
 use crate::store::pull::{PullEvent, Reporter};
+use crate::console::errln;
 
 pub struct Printer {
     tty: bool,
@@ -49,7 +50,7 @@ impl Printer {
                     sp.enable_steady_tick(Duration::from_millis(120));
                     st.spinner = Some(sp);
                 } else {
-                    eprintln!("{s}");
+                    errln!("{s}");
                 }
             }
             PullEvent::File { file, completed, total } => {
@@ -74,7 +75,7 @@ impl Printer {
                     let last = st.quarters.get(&file).copied();
                     if last.is_none() || last.is_some_and(|q| quarter > q) {
                         st.quarters.insert(file.clone(), quarter);
-                        eprintln!("{file}: {}% ({} of {})", quarter * 25, HumanBytes(completed), HumanBytes(total));
+                        errln!("{file}: {}% ({} of {})", quarter * 25, HumanBytes(completed), HumanBytes(total));
                     }
                 }
             }

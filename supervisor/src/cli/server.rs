@@ -9,11 +9,12 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::format::human_duration;
-use crate::config::{Config, Effective};
+use crate::config::{ApiKey, Config, Effective};
 use crate::control::ServerStatus;
 use crate::daemon::pidfile::{self, probe, Probe};
 use crate::daemon::{self, Stopped};
 use crate::paths::home_dir;
+use crate::console::{errln, outln};
 
 /// Extra time `stop` allows beyond `server.shutdown_timeout_seconds` (workers stopping).
 const STOP_MARGIN: Duration = Duration::from_secs(15);
@@ -24,7 +25,8 @@ pub struct StartArgs {
     /// the server is started in the background and this command returns once it is ready.
     #[arg(long)]
     pub foreground: bool,
-    /// Address to bind (default 127.0.0.1: there is no authentication).
+    /// Address to bind (default 127.0.0.1). Another address exposes the server to the
+    /// network: set an API key too.
     #[arg(long)]
     pub host: Option<String>,
     /// Port to listen on (default 8000).
@@ -33,6 +35,11 @@ pub struct StartArgs {
     /// Model to load at start (repeatable); replaces models.preload.
     #[arg(long = "preload", value_name = "MODEL")]
     pub preload: Vec<String>,
+    /// Require `Authorization: Bearer KEY` on every route but /health and /ready
+    /// (server.api_key). Other local users can read a flag in `ps`: prefer the config
+    /// file or MLX_SERVE_API_KEY.
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
 }
 
 impl StartArgs {
@@ -51,6 +58,12 @@ impl StartArgs {
         out
     }
 
+    /// Environment for the re-executed daemon: the API key travels there rather than on
+    /// its command line, where `ps` would show it for as long as the daemon runs.
+    fn forward_env(&self) -> Vec<(OsString, OsString)> {
+        self.api_key.iter().map(|k| ("MLX_SERVE_API_KEY".into(), k.into())).collect()
+    }
+
     /// Defaults < file < environment < these flags.
     fn effective(&self) -> Result<Effective> {
         let mut effective = Effective::load()?;
@@ -63,6 +76,9 @@ impl StartArgs {
         if !self.preload.is_empty() {
             effective.set_from_cli("models.preload", "--preload", |c| c.models.preload = self.preload.clone());
         }
+        if let Some(key) = &self.api_key {
+            effective.set_from_cli("server.api_key", "--api-key", |c| c.server.api_key = Some(ApiKey(key.clone())));
+        }
         effective.config.validate()?;
         Ok(effective)
     }
@@ -71,13 +87,13 @@ impl StartArgs {
 pub fn start_cmd(args: StartArgs) -> Result<()> {
     let effective = args.effective()?;
     if !args.foreground {
-        let started = daemon::start_background(&effective.config, &args.forward())?;
+        let started = daemon::start_background(&effective.config, &args.forward(), &args.forward_env())?;
         if let Some(pid) = started.removed_stale {
-            eprintln!("removed a stale PID file (pid {pid} is no longer an mlx-serve server)");
+            errln!("removed a stale PID file (pid {pid} is no longer an mlx-serve server)");
         }
-        println!("mlx-serve {} is running at {} (pid {})", env!("CARGO_PKG_VERSION"), started.url, started.pid);
-        println!("logs: {}", started.log_path.display());
-        println!("stop it with: mlx-serve stop --port {}", started.port);
+        outln!("mlx-serve {} is running at {} (pid {})", env!("CARGO_PKG_VERSION"), started.url, started.pid);
+        outln!("logs: {}", started.log_path.display());
+        outln!("stop it with: mlx-serve stop --port {}", started.port);
         return Ok(());
     }
     daemon::init_logging(&effective.config);
@@ -112,7 +128,7 @@ pub fn stop_cmd(args: StopArgs) -> Result<()> {
     let ports = if args.all {
         let ports = pidfile::ports_with_pid_files();
         if ports.is_empty() {
-            println!("no mlx-serve is running (home {})", home_dir().display());
+            outln!("no mlx-serve is running (home {})", home_dir().display());
         }
         ports
     } else {
@@ -121,16 +137,16 @@ pub fn stop_cmd(args: StopArgs) -> Result<()> {
     let mut failed = Vec::new();
     for port in ports {
         match daemon::stop(port, args.force, timeout) {
-            Ok(Stopped::NotRunning) => println!("mlx-serve is not running on port {port}"),
+            Ok(Stopped::NotRunning) => outln!("mlx-serve is not running on port {port}"),
             Ok(Stopped::Stale { pid }) => {
-                println!("mlx-serve is not running on port {port} (removed a stale PID file for pid {pid})")
+                outln!("mlx-serve is not running on port {port} (removed a stale PID file for pid {pid})")
             }
-            Ok(Stopped::Stopped { pid }) => println!("stopped mlx-serve on port {port} (pid {pid})"),
+            Ok(Stopped::Stopped { pid }) => outln!("stopped mlx-serve on port {port} (pid {pid})"),
             Ok(Stopped::Killed { pid }) => {
-                println!("killed mlx-serve on port {port} (pid {pid}) after {} s", timeout.as_secs())
+                outln!("killed mlx-serve on port {port} (pid {pid}) after {} s", timeout.as_secs())
             }
             Err(e) => {
-                eprintln!("{e}");
+                errln!("{e}");
                 failed.push(port);
             }
         }
@@ -169,26 +185,26 @@ pub fn status_cmd(args: StatusArgs) -> Result<()> {
                 None => serde_json::json!({"pid": pid, "port": port, "responding": false}),
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
     } else if servers.is_empty() {
         match port {
-            Some(p) => println!("mlx-serve is not running on port {p}"),
-            None => println!("mlx-serve is not running (home {})", home_dir().display()),
+            Some(p) => outln!("mlx-serve is not running on port {p}"),
+            None => outln!("mlx-serve is not running (home {})", home_dir().display()),
         }
     } else {
         for (port, pid, status) in &servers {
             match status {
                 Some(s) => {
-                    println!("mlx-serve {} running at {}", s.version, s.url);
-                    println!("  pid      {}", s.pid);
-                    println!("  port     {}", s.port);
-                    println!("  uptime   {}", human_duration(s.uptime_seconds));
-                    println!("  ready    {}", if s.ready { "yes" } else { "no" });
+                    outln!("mlx-serve {} running at {}", s.version, s.url);
+                    outln!("  pid      {}", s.pid);
+                    outln!("  port     {}", s.port);
+                    outln!("  uptime   {}", human_duration(s.uptime_seconds));
+                    outln!("  ready    {}", if s.ready { "yes" } else { "no" });
                     let models = if s.loaded_models.is_empty() { "(none loaded)".to_owned() } else { s.loaded_models.join(", ") };
-                    println!("  models   {models}");
-                    println!("  home     {}", s.home.display());
+                    outln!("  models   {models}");
+                    outln!("  home     {}", s.home.display());
                 }
-                None => println!("mlx-serve on port {port} (pid {pid}) is running but did not answer on its control socket"),
+                None => outln!("mlx-serve on port {port} (pid {pid}) is running but did not answer on its control socket"),
             }
         }
     }

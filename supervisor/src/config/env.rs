@@ -100,6 +100,26 @@ impl Config {
                 self.metrics.enabled = boolean(value)?;
                 "metrics.enabled"
             }
+            "API_KEY" => {
+                self.server.api_key = Some(super::ApiKey(value.to_owned()));
+                "server.api_key"
+            }
+            "HEADER_READ_TIMEOUT_SECONDS" => {
+                self.server.header_read_timeout_seconds = parse(value)?;
+                "server.header_read_timeout_seconds"
+            }
+            "BODY_READ_TIMEOUT_SECONDS" => {
+                self.server.body_read_timeout_seconds = parse(value)?;
+                "server.body_read_timeout_seconds"
+            }
+            "MAX_CONNECTIONS" => {
+                self.server.max_connections = parse(value)?;
+                "server.max_connections"
+            }
+            "MAX_INFLIGHT_REQUEST_BYTES" => {
+                self.limits.max_inflight_request_bytes = parse(value)?;
+                "limits.max_inflight_request_bytes"
+            }
             "COMPUTE_DTYPE" => {
                 self.models.compute_dtype = value.to_owned();
                 "models.compute_dtype"
@@ -124,5 +144,7 @@ mod tests {
         assert_eq!(c.apply_env_var("HOME", "/x"), Ok(None));
         assert_eq!((c.server.port, c.models.preload.clone(), c.models.auto_download), (9001, vec!["a".into(), "b".into()], false));
         assert!(c.apply_env_var("PORT", "many").is_err());
+        assert_eq!(c.apply_env_var("API_KEY", "k1"), Ok(Some("server.api_key")));
+        assert_eq!(c.server.api_key, Some(crate::config::ApiKey("k1".into())));
     }
 }

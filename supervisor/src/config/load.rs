@@ -39,6 +39,9 @@ pub struct Effective {
     origins: BTreeMap<String, Origin>,
 }
 
+/// Keys whose values `mlx-serve config` never prints.
+const SECRET_KEYS: [&str; 1] = ["server.api_key"];
+
 /// One line of `mlx-serve config`: a key, its effective value and where it came from.
 #[derive(Debug, Clone, Serialize)]
 pub struct Entry {
@@ -83,11 +86,13 @@ impl Effective {
         self.origins.insert(key.to_owned(), Origin { source: Source::Cli, detail: flag.to_owned() });
     }
 
-    /// Every `section.key` in schema order with its value and origin.
+    /// Every `section.key` in schema order with its value and origin. A secret (the API
+    /// key) shows as `"<set>"`, never its value.
     pub fn entries(&self) -> Vec<Entry> {
         yaml::flatten(&self.config)
             .into_iter()
             .map(|(key, value)| {
+                let value = if SECRET_KEYS.contains(&key.as_str()) && !value.is_null() { "<set>".into() } else { value };
                 let origin =
                     self.origins.get(&key).cloned().unwrap_or(Origin { source: Source::Default, detail: String::new() });
                 Entry { key, value, origin }
@@ -139,5 +144,14 @@ mod tests {
         let port = e.entries().into_iter().find(|x| x.key == "server.port").unwrap();
         assert_eq!((port.value, port.origin.source, port.origin.detail.as_str()), (serde_json::json!(9), Source::Cli, "--port"));
         assert!(e.render().contains("cli --port"));
+    }
+
+    #[test]
+    fn the_api_key_is_never_printed() {
+        let mut e = Effective::defaults();
+        e.set_from_cli("server.api_key", "--api-key", |c| c.server.api_key = Some(crate::config::ApiKey("s3cret-key".into())));
+        let text = format!("{}{}{:?}", e.render(), serde_json::to_string(&e.entries()).unwrap(), e.config);
+        assert!(!text.contains("s3cret-key"), "{text}");
+        assert!(e.render().contains("<set>"));
     }
 }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 pub use load::{Effective, Entry, Origin, Source};
 pub use schema::{
-    BatchConfig, CacheConfig, Config, LimitsConfig, LoggingConfig, MetricsConfig, ModelsConfig, ServerConfig,
+    ApiKey, BatchConfig, CacheConfig, Config, LimitsConfig, LoggingConfig, MetricsConfig, ModelsConfig, ServerConfig,
     ServiceConfig, EXAMPLE,
 };
 pub use yaml::parse_yaml;

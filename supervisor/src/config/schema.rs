@@ -29,11 +29,33 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Bind address. Loopback by default: there is no authentication.
+    /// Bind address. Loopback by default: without `api_key` there is no authentication.
     pub host: String,
     pub port: u16,
     /// Seconds to wait for accepted requests to finish on SIGTERM before workers are stopped.
     pub shutdown_timeout_seconds: u64,
+    /// When set, every route but `/health` and `/ready` needs `Authorization: Bearer <key>`
+    /// (`/metrics` too unless `metrics.require_api_key` is false).
+    pub api_key: Option<ApiKey>,
+    /// Seconds a client has to send a request's headers (also how long an idle keep-alive
+    /// connection stays open); past it the connection is closed.
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a client has to send a request's body once its headers arrived (408 past it).
+    pub body_read_timeout_seconds: u64,
+    /// Most HTTP connections open at once; further connections are closed at once.
+    pub max_connections: usize,
+}
+
+/// The API key: compared in constant time (`api/auth.rs`), never printed (`Debug` and
+/// `mlx-serve config` show that it is set, not what it is).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ApiKey(pub String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<set>)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +122,9 @@ pub struct LimitsConfig {
     pub request_timeout_seconds: u64,
     /// Truncate inputs longer than the model's limit (false: 400 instead).
     pub truncate: bool,
+    /// Memory for requests being handled at once, summed over all requests: each is charged
+    /// its body plus what decoding it takes (`api/body.rs`); past it requests get 429.
+    pub max_inflight_request_bytes: usize,
     /// Seconds to wait for a worker to load its model.
     pub worker_start_timeout_seconds: u64,
     /// Take token-id lists as embeddings input (OpenAI allows it). False refuses them with
@@ -118,6 +143,8 @@ pub struct MetricsConfig {
     /// Serve /metrics on a second listener too (the main port always has it when
     /// enabled). Not 9090 by default: that is Prometheus' own port.
     pub port: Option<u16>,
+    /// With `server.api_key` set, `/metrics` needs the key too (false: open to scrapers).
+    pub require_api_key: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,7 +166,15 @@ pub struct ServiceConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { host: "127.0.0.1".into(), port: 8000, shutdown_timeout_seconds: 30 }
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            shutdown_timeout_seconds: 30,
+            api_key: None,
+            header_read_timeout_seconds: 30,
+            body_read_timeout_seconds: 60,
+            max_connections: 512,
+        }
     }
 }
 
@@ -178,6 +213,7 @@ impl Default for LimitsConfig {
             max_documents_per_rerank: 1000,
             request_timeout_seconds: 120,
             truncate: true,
+            max_inflight_request_bytes: 64 << 20,
             worker_start_timeout_seconds: 120,
             accept_token_ids: true,
             hung_worker_seconds: 30,
@@ -187,7 +223,7 @@ impl Default for LimitsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { enabled: true, port: None }
+        MetricsConfig { enabled: true, port: None, require_api_key: true }
     }
 }
 
@@ -230,6 +266,22 @@ impl Config {
         }
         if self.batch.max_batch_tokens == 0 {
             problems.push("batch.max_batch_tokens must be at least 1");
+        }
+        if let Some(ApiKey(key)) = &self.server.api_key {
+            // It travels in an HTTP header: visible ASCII, no spaces.
+            if key.is_empty() || key.len() > 256 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                problems.push("server.api_key must be 1 to 256 visible ASCII characters without spaces (remove the key to turn authentication off)");
+            }
+        }
+        if self.server.header_read_timeout_seconds == 0 || self.server.body_read_timeout_seconds == 0 {
+            problems.push("server.header_read_timeout_seconds and server.body_read_timeout_seconds must be at least 1");
+        }
+        if self.server.max_connections == 0 {
+            problems.push("server.max_connections must be at least 1");
+        }
+        // A body is charged its size plus what it decodes to (about as much again for text).
+        if self.limits.max_inflight_request_bytes / 2 < self.limits.max_request_bytes {
+            problems.push("limits.max_inflight_request_bytes must be at least twice limits.max_request_bytes (a body is charged its size plus what decoding it takes)");
         }
         if !matches!(self.logging.format.as_str(), "text" | "json") {
             problems.push("logging.format must be text or json");

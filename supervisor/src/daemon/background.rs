@@ -30,8 +30,13 @@ pub struct BackgroundStart {
 }
 
 /// Starts the daemon detached and waits until it is ready. `forward` are the CLI flags to
-/// pass on (the daemon re-reads config and environment).
-pub fn start_background(config: &Config, forward: &[OsString]) -> Result<BackgroundStart, DaemonError> {
+/// pass on (the daemon re-reads config and environment), `env` variables to add (secrets,
+/// which must not show on its command line).
+pub fn start_background(
+    config: &Config,
+    forward: &[OsString],
+    env: &[(OsString, OsString)],
+) -> Result<BackgroundStart, DaemonError> {
     config.validate()?;
     let port = config.server.port;
     let host = &config.server.host;
@@ -58,7 +63,7 @@ pub fn start_background(config: &Config, forward: &[OsString]) -> Result<Backgro
     let exe = std::env::current_exe().map_err(|e| DaemonError::io("cannot find the mlx-serve executable", e))?;
     let mut cmd = Command::new(exe);
     let (out, err) = (log.try_clone().map_err(open_error)?, log.try_clone().map_err(open_error)?);
-    cmd.args(["start", "--foreground"]).args(forward).stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.args(["start", "--foreground"]).args(forward).envs(env.iter().cloned()).stdin(Stdio::null()).stdout(out).stderr(err);
     {
         use std::os::unix::process::CommandExt;
         // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.

@@ -2,6 +2,10 @@
 //! next to the HTTP listener that answers `status`, `workers`, `load`, `evict`,
 //! `restart` and `forget`. Model names resolve through `resolve/` exactly as in HTTP
 //! requests.
+//!
+//! A connection is bounded like an HTTP one: a request line longer than
+//! [`MAX_LINE_BYTES`] or not finished within [`LINE_TIMEOUT`] gets an error answer and
+//! the connection is closed, so a stuck or hostile client holds neither memory nor a task.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
 use super::DaemonError;
@@ -20,6 +24,11 @@ use crate::paths;
 use crate::resolve::{ResolveError, Resolver};
 use crate::runner::{ModelEntry, Pool, RunnerError};
 use crate::store::downloads::Downloads;
+
+/// The longest request line accepted (requests are a command and a model name).
+pub const MAX_LINE_BYTES: usize = 64 << 10;
+/// How long a client has to send each request line once connected or answered.
+pub const LINE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the control socket serves from.
 pub struct ControlState {
@@ -54,7 +63,7 @@ impl Drop for ControlSocket {
 /// Binds the control socket for the daemon and serves it in a task.
 pub fn serve(state: ControlState) -> Result<ControlSocket, DaemonError> {
     let path = paths::control_socket_path(state.addr.port());
-    paths::ensure_run_dir().map_err(|e| DaemonError::io(format!("cannot create {}", paths::run_dir().display()), e))?;
+    paths::ensure_run_dir().map_err(|e| DaemonError::io("cannot use the run folder", e))?;
     // A socket file left by a killed daemon: nothing answers on it (the port was free
     // or we would not be here), so it is safe to replace.
     let _ = std::fs::remove_file(&path);
@@ -82,10 +91,37 @@ pub fn serve(state: ControlState) -> Result<ControlSocket, DaemonError> {
     Ok(ControlSocket { path })
 }
 
+/// Reads one request line within the bounds above: `Ok(None)` at the end of the stream,
+/// `Err` with what to tell the client before closing.
+async fn read_line(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Result<Option<String>, String> {
+    let mut buf = Vec::new();
+    let limited = (&mut *reader).take(MAX_LINE_BYTES as u64 + 1);
+    tokio::pin!(limited);
+    match tokio::time::timeout(LINE_TIMEOUT, limited.read_until(b'\n', &mut buf)).await {
+        Err(_) => Err(format!("no complete request line within {} s", LINE_TIMEOUT.as_secs())),
+        Ok(Err(e)) => Err(format!("cannot read the request: {e}")),
+        Ok(Ok(0)) => Ok(None),
+        Ok(Ok(_)) if buf.len() > MAX_LINE_BYTES => Err(format!("request line longer than {MAX_LINE_BYTES} bytes")),
+        Ok(Ok(_)) => String::from_utf8(buf).map(Some).map_err(|_| "the request is not UTF-8".to_owned()),
+    }
+}
+
 async fn handle_connection(state: Arc<ControlState>, stream: tokio::net::UnixStream) {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut reader = BufReader::new(read);
+    loop {
+        let line = match read_line(&mut reader).await {
+            Ok(Some(line)) => line,
+            Ok(None) => return,
+            Err(why) => {
+                tracing::warn!(target: "control", "closing a control connection: {why}");
+                let response = Response { ok: false, result: None, error: Some(why) };
+                let mut out = serde_json::to_vec(&response).unwrap_or_default();
+                out.push(b'\n');
+                let _ = tokio::time::timeout(LINE_TIMEOUT, write.write_all(&out)).await;
+                return;
+            }
+        };
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(request) => {
                 if matches!(request, Request::Status | Request::Workers) {
@@ -102,7 +138,8 @@ async fn handle_connection(state: Arc<ControlState>, stream: tokio::net::UnixStr
         };
         let mut out = serde_json::to_vec(&response).unwrap_or_default();
         out.push(b'\n');
-        if write.write_all(&out).await.is_err() {
+        // A client that does not read its answer is dropped like one that does not write.
+        if !matches!(tokio::time::timeout(LINE_TIMEOUT, write.write_all(&out)).await, Ok(Ok(()))) {
             return;
         }
     }

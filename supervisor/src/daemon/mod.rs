@@ -3,6 +3,8 @@
 //! - This file: [`run`] — config → store → pool → HTTP listeners → graceful shutdown
 //!   (stop accepting, finish accepted requests, stop workers) — callable in-process with
 //!   any listener and shutdown future; [`serve`] is what `start --foreground` runs.
+//! - `http.rs`: the HTTP accept loop (header read timeout, connection cap, graceful
+//!   shutdown).
 //! - `control_server.rs`: the control socket (`ctl`, `status`, `stop`, `remove`).
 //! - `pidfile.rs`: `<home>/run/mlx-serve-<port>.pid`, and finding running daemons.
 //! - `background.rs`: `start` without `--foreground` (re-exec detached, wait for ready).
@@ -11,7 +13,10 @@
 
 mod background;
 mod control_server;
+mod http;
 pub mod pidfile;
+#[cfg(test)]
+mod request_fuzz;
 pub mod service;
 mod stop;
 #[cfg(test)]
@@ -54,6 +59,17 @@ pub enum DaemonError {
 impl DaemonError {
     pub fn io(what: impl Into<String>, cause: std::io::Error) -> DaemonError {
         DaemonError::Io { what: what.into(), cause }
+    }
+}
+
+/// Says loudly when the server is reachable from other machines without an API key.
+fn warn_if_exposed(config: &Config, addr: SocketAddr) {
+    if config.server.api_key.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} without an API key: anyone who can reach this address can use, pull and delete \
+             models; set server.api_key (or MLX_SERVE_API_KEY, --api-key), or bind 127.0.0.1",
+            addr.ip()
+        );
     }
 }
 
@@ -116,7 +132,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         compute_dtype: config.models.compute_dtype.clone(),
         cache_limit_mb: config.cache.worker_cache_limit_mb,
         start_timeout: Duration::from_secs(config.limits.worker_start_timeout_seconds),
-        socket_dir: paths::worker_socket_dir(),
+        socket_dir: paths::worker_socket_dir()
+            .map_err(|e| DaemonError::Failed(format!("worker socket folder: {e}")))?,
     });
     run_with(config, listener, shutdown, Arc::new(launcher)).await
 }
@@ -148,11 +165,16 @@ pub async fn run_with(
     for name in config.models.preload.clone() {
         tokio::spawn(resolve::preload(pool.clone(), downloads.clone(), config.clone(), name));
     }
+    let limits = http::ConnectionLimits {
+        header_read_timeout: Duration::from_secs(config.server.header_read_timeout_seconds),
+        max_connections: config.server.max_connections,
+    };
     if let Some(l) = metrics_listener {
         let app = api::metrics_router(state.clone());
-        tokio::spawn(async move { axum::serve(l, app).await });
+        tokio::spawn(http::serve(l, app, limits, std::future::pending()));
     }
     let addr = listener.local_addr().map_err(|e| DaemonError::io("cannot read the listening address", e))?;
+    warn_if_exposed(&config, addr);
     // Control socket first, then the PID file: a PID file means `ctl`/`status` can talk
     // to us. Both are removed when they drop at the end of `run`.
     let control = control_server::ControlState {
@@ -167,13 +189,11 @@ pub async fn run_with(
     let _pid_file = pidfile::PidFile::create(addr.port())?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "mlx-serve listening on http://{addr}");
     ready.store(true, Ordering::SeqCst);
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            ready.store(false, Ordering::SeqCst);
-        })
-        .await
-        .map_err(|e| DaemonError::io("the HTTP server failed", e))?;
+    http::serve(listener, api::router(state), limits, async move {
+        shutdown.await;
+        ready.store(false, Ordering::SeqCst);
+    })
+    .await;
     let grace = Duration::from_secs(config.server.shutdown_timeout_seconds);
     if tokio::time::timeout(grace, pool.shutdown()).await.is_err() {
         tracing::warn!("workers did not stop within {grace:?}");

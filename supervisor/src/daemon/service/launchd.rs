@@ -5,6 +5,7 @@
 use super::{fail, find_tool, remove_file, render, require_installed, run_tool, service_file, write_file};
 use super::{Action, Manager, ServiceError, LAUNCHD_LABEL};
 use crate::config::Config;
+use crate::console::outln;
 
 pub(super) fn launchd(action: Action, config: &Config) -> Result<(), ServiceError> {
     let plist = service_file(Manager::Launchd);
@@ -14,11 +15,11 @@ pub(super) fn launchd(action: Action, config: &Config) -> Result<(), ServiceErro
     let target = format!("{domain}/{LAUNCHD_LABEL}");
     if action == Action::Install {
         write_file(&plist, &render(Manager::Launchd, config)?)?;
-        println!("wrote {plist_str}");
+        outln!("wrote {plist_str}");
     }
     let Some(launchctl) = find_tool("launchctl") else {
         match action {
-            Action::Install => println!("launchctl not found (not macOS?): the agent is written but not loaded"),
+            Action::Install => outln!("launchctl not found (not macOS?): the agent is written but not loaded"),
             Action::Uninstall => {}
             _ => fail!("launchctl not found: launchd agents exist only on macOS (use --manager systemd on Linux)"),
         }
@@ -43,9 +44,9 @@ pub(super) fn launchd(action: Action, config: &Config) -> Result<(), ServiceErro
             }
             if config.service.auto_start {
                 check(run_tool(&launchctl, &["bootstrap", &domain, &plist_str])?, "bootstrap")?;
-                println!("loaded {LAUNCHD_LABEL}: it runs now and at every login");
+                outln!("loaded {LAUNCHD_LABEL}: it runs now and at every login");
             } else {
-                println!("service.auto_start is false: start it with `mlx-serve service start`");
+                outln!("service.auto_start is false: start it with `mlx-serve service start`");
             }
         }
         Action::Uninstall => {
@@ -65,7 +66,7 @@ pub(super) fn launchd(action: Action, config: &Config) -> Result<(), ServiceErro
             if action == Action::Start {
                 check(run_tool(&launchctl, &["kickstart", &target])?, "kickstart")?;
             }
-            println!("{LAUNCHD_LABEL}: {}", if action == Action::Start { "started" } else { "enabled" });
+            outln!("{LAUNCHD_LABEL}: {}", if action == Action::Start { "started" } else { "enabled" });
         }
         Action::Stop | Action::Disable => {
             if action == Action::Disable {
@@ -74,17 +75,17 @@ pub(super) fn launchd(action: Action, config: &Config) -> Result<(), ServiceErro
             if loaded() {
                 check(run_tool(&launchctl, &["bootout", &target])?, "bootout")?;
             }
-            println!("{LAUNCHD_LABEL}: {}", if action == Action::Stop { "stopped" } else { "disabled" });
+            outln!("{LAUNCHD_LABEL}: {}", if action == Action::Stop { "stopped" } else { "disabled" });
         }
         Action::Status => {
-            println!("agent file: {plist_str} ({})", if plist.exists() { "installed" } else { "not installed" });
+            outln!("agent file: {plist_str} ({})", if plist.exists() { "installed" } else { "not installed" });
             let (ok, out) = run_tool(&launchctl, &["print", &target])?;
             if ok {
                 for line in out.lines().map(str::trim).filter(|l| l.starts_with("state =") || l.starts_with("pid =")) {
-                    println!("launchd: {line}");
+                    outln!("launchd: {line}");
                 }
             } else {
-                println!("launchd: not loaded");
+                outln!("launchd: not loaded");
             }
         }
     }

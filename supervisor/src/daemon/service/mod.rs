@@ -38,6 +38,7 @@ macro_rules! fail {
     ($($arg:tt)*) => { return Err(ServiceError(format!($($arg)*))) };
 }
 use fail;
+use crate::console::{out, outln};
 
 pub const LAUNCHD_LABEL: &str = "com.mlx-serve.server";
 pub const SYSTEMD_UNIT: &str = "mlx-serve.service";
@@ -140,7 +141,7 @@ fn run_tool(tool: &Path, args: &[&str]) -> Result<(bool, String), ServiceError> 
 pub fn command(action: Action, manager: Option<Manager>, print: bool, config: &Config) -> Result<(), ServiceError> {
     let manager = manager.unwrap_or_else(Manager::native);
     if print {
-        print!("{}", render(manager, config)?);
+        out!("{}", render(manager, config)?);
         return Ok(());
     }
     if matches!(action, Action::Install | Action::Start | Action::Enable) {
@@ -148,7 +149,7 @@ pub fn command(action: Action, manager: Option<Manager>, print: bool, config: &C
         let port = config.server.port;
         let running = if action == Action::Install { pidfile::running() } else { Vec::new() };
         if let Some((_, pid, _)) = running.into_iter().find(|(p, _, _)| *p == port) {
-            println!(
+            outln!(
                 "note: mlx-serve (pid {pid}) already serves port {port}; the service cannot bind it \
                  until that one stops (`mlx-serve stop --port {port}`)"
             );
@@ -177,11 +178,11 @@ fn require_installed(path: &Path) -> Result<(), ServiceError> {
 fn remove_file(path: &Path) -> Result<(), ServiceError> {
     match std::fs::remove_file(path) {
         Ok(()) => {
-            println!("removed {}", path.display());
+            outln!("removed {}", path.display());
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!("not installed ({} does not exist)", path.display());
+            outln!("not installed ({} does not exist)", path.display());
             Ok(())
         }
         Err(e) => Err(ServiceError(format!("cannot remove {}: {e}", path.display()))),

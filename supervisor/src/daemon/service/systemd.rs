@@ -5,12 +5,13 @@
 use super::{fail, find_tool, remove_file, render, require_installed, run_tool, service_file, write_file};
 use super::{Action, Manager, ServiceError, SYSTEMD_UNIT};
 use crate::config::Config;
+use crate::console::outln;
 
 pub(super) fn systemd(action: Action, config: &Config) -> Result<(), ServiceError> {
     let unit = service_file(Manager::Systemd);
     if action == Action::Install {
         write_file(&unit, &render(Manager::Systemd, config)?)?;
-        println!("wrote {}", unit.display());
+        outln!("wrote {}", unit.display());
     }
     let systemctl = find_tool("systemctl");
     let user = |args: &[&str]| -> Result<(bool, String), ServiceError> {
@@ -29,21 +30,21 @@ pub(super) fn systemd(action: Action, config: &Config) -> Result<(), ServiceErro
     match action {
         Action::Install => {
             if systemctl.is_none() {
-                println!("systemctl not found: the unit is written; without systemd run `mlx-serve start` instead");
+                outln!("systemctl not found: the unit is written; without systemd run `mlx-serve start` instead");
                 return Ok(());
             }
             // Best effort: a machine without a user session bus (containers, ssh without
             // lingering) can still get the file.
             let (ok, out) = user(&["daemon-reload"])?;
             if !ok {
-                println!("note: systemctl --user daemon-reload failed ({out}); the unit is written but not loaded");
+                outln!("note: systemctl --user daemon-reload failed ({out}); the unit is written but not loaded");
                 return Ok(());
             }
             if config.service.auto_start {
                 check(user(&["enable", "--now", SYSTEMD_UNIT])?, "enable --now")?;
-                println!("enabled and started {SYSTEMD_UNIT}: it runs now and at every login");
+                outln!("enabled and started {SYSTEMD_UNIT}: it runs now and at every login");
             } else {
-                println!("service.auto_start is false: start it with `mlx-serve service start`");
+                outln!("service.auto_start is false: start it with `mlx-serve service start`");
             }
         }
         Action::Uninstall => {
@@ -56,10 +57,10 @@ pub(super) fn systemd(action: Action, config: &Config) -> Result<(), ServiceErro
             }
         }
         Action::Status => {
-            println!("unit file: {} ({})", unit.display(), if unit.exists() { "installed" } else { "not installed" });
+            outln!("unit file: {} ({})", unit.display(), if unit.exists() { "installed" } else { "not installed" });
             if systemctl.is_some() {
                 let (_, out) = user(&["status", "--no-pager", SYSTEMD_UNIT])?;
-                println!("{out}");
+                outln!("{out}");
             }
         }
         Action::Start | Action::Stop | Action::Enable | Action::Disable => {
@@ -78,7 +79,7 @@ pub(super) fn systemd(action: Action, config: &Config) -> Result<(), ServiceErro
                 _ => "disable",
             };
             check(user(&[verb, SYSTEMD_UNIT])?, verb)?;
-            println!("{SYSTEMD_UNIT}: {verb} done");
+            outln!("{SYSTEMD_UNIT}: {verb} done");
         }
     }
     Ok(())

@@ -1,0 +1,88 @@
+//! The HTTP accept loop, in place of `axum::serve`, for the limits it cannot set:
+//!
+//! - `server.header_read_timeout_seconds`: hyper closes a connection whose request
+//!   headers have not all arrived in time — a client sending a byte a second is dropped,
+//!   and so is a keep-alive connection idle that long (the timer runs while hyper waits
+//!   for the next request's head);
+//! - `server.max_connections`: past it, a new connection is closed as soon as it is
+//!   accepted (the listen backlog keeps draining, so the kernel never queues clients
+//!   we would not serve), with a warning in the log at most every 10 s.
+//!
+//! The body read timeout is the body middleware's (`api/body.rs`): it can answer 408.
+//! Shutdown is graceful as with `axum::serve`: stop accepting, let each connection finish
+//! the request it is on, close idle ones, wait for all.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// Connection limits for [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// How often a refused connection is logged at most.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains the connections.
+pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits, shutdown: impl Future<Output = ()>) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
+    let graceful = GracefulShutdown::new();
+    let mut last_refusal_log: Option<Instant> = None;
+    let mut refused_since_log = 0u64;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Per-connection errors (reset before accept) are not ours; running out
+                    // of file descriptors is: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            refused_since_log += 1;
+            if last_refusal_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY) {
+                tracing::warn!(
+                    refused = refused_since_log,
+                    last_peer = %peer,
+                    "server.max_connections ({}) reached: closing new connections",
+                    limits.max_connections
+                );
+                last_refusal_log = Some(Instant::now());
+                refused_since_log = 0;
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %peer, "connection ended: {e}");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
