@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use mlx_serve_protocol::model_files::{self, SafetensorsHeader};
 use mlx_serve_protocol::quantization::{Quality, QuantizationDetails};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::StoreError;
 
