@@ -11,6 +11,9 @@ its own time limit and collects what they write):
            one-text time; GPU memory per worker under load (nvidia-smi)
   memory   every model loaded: GPU memory per worker process; then each evicted (control
            socket): what is left
+  quant    MiniLM and its 8-bit and 4-bit copies, made here by `mlx-serve quantize` (the
+           CUDA worker quantizes): quantize report, GPU memory per worker and texts/s on the
+           same mixed traffic (64 clients) for each
   report   one report (markdown) from the steps' JSON files
 
 Each step writes <work>/<step>[-<dtype>].json. --no-gpu (a CPU build, e.g. to test this
@@ -389,6 +392,43 @@ def step_memory(a):
     print(json.dumps(result), flush=True)
 
 
+# ---------------------------------------------------------------- quantized
+
+def step_quant(a):
+    sets = {"short": make_texts(4096, 3, 12, 1), "long": make_texts(2048, 6, 120, 2)}
+    server = Server(a.bin, {MINILM: Path(a.models) / MINILM}, config_yaml(a.dtype), Path(a.work) / "server-quant.log")
+    result = {"dtype": a.dtype, "seconds": a.seconds, "quantize": {}, "models": {}}
+    try:
+        env = dict(os.environ, MLX_SERVE_HOME=server.home)
+        for k in ("MLX_SERVE_CONFIG", "MLX_SERVE_WORKER_BIN"):
+            env.pop(k, None)
+        for bits in (8, 4):
+            t0 = time.perf_counter()
+            out = subprocess.run([str(Path(a.bin) / "mlx-serve"), "quantize", MINILM, "--bits", str(bits)],
+                                 env=env, capture_output=True, text=True, timeout=150)
+            result["quantize"][f"{bits}bit"] = {"rc": out.returncode, "seconds": round(time.perf_counter() - t0, 1),
+                                                "output": (out.stdout + out.stderr)[-800:]}
+            print(f"quantize {bits}-bit: rc {out.returncode}\n{(out.stdout + out.stderr)[-800:]}", flush=True)
+        for name in (MINILM, f"{MINILM}-8bit", f"{MINILM}-4bit"):
+            row = {}
+            try:
+                post(server.url + "/v1/embeddings", {"model": name, "input": "warm up"})
+                for set_name, texts in sets.items():
+                    asyncio.run(load(server.url, name, texts, 64, 1))  # warm-up: shapes
+                    rate, errors = asyncio.run(load(server.url, name, texts, 64, a.seconds))
+                    row[set_name] = {"texts_per_s": rate, "errors": errors}
+                pid = server.worker_pids().get(name)
+                row["gpu_mib"] = None if a.no_gpu else gpu_apps().get(pid)
+                server.control("evict", model=name)
+            except Exception as e:  # one model's failure is reported, the others still run
+                row["error"] = f"{type(e).__name__}: {e}"
+            result["models"][name] = row
+            print(f"quant {name}: {json.dumps(row)}", flush=True)
+    finally:
+        server.stop()
+        wjson(Path(a.work) / "quant.json", result)
+
+
 # ---------------------------------------------------------------- report
 
 def step_report(a):
@@ -400,7 +440,7 @@ def step_report(a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["refs", "parity", "traffic", "memory", "report"])
+    ap.add_argument("step", choices=["refs", "parity", "traffic", "memory", "quant", "report"])
     ap.add_argument("--bin", help="folder with mlx-serve and mlx-serve-worker")
     ap.add_argument("--models", help="folder with one model folder per name")
     ap.add_argument("--refs-dir", help="tests/fixtures/reference")
@@ -411,7 +451,7 @@ def main():
     a = ap.parse_args()
     Path(a.work).mkdir(parents=True, exist_ok=True)
     {"refs": step_refs, "parity": step_parity, "traffic": step_traffic, "memory": step_memory,
-     "report": step_report}[a.step](a)
+     "quant": step_quant, "report": step_report}[a.step](a)
 
 
 def _exit_on_sigterm(signum, _frame):

@@ -88,4 +88,14 @@ def render(work):
         clean = not after.get("workers") and not after.get("gpu_apps_of_workers")
         lines += ["", f"After evicting every model: workers {after.get('workers')}, GPU processes of those workers "
                       f"{after.get('gpu_apps_of_workers')}, GPU used {after.get('total_mib')} MiB: {_verdict(clean)}"]
+    q = _load(work, "quant.json")
+    if q:
+        lines += ["", f"## Quantized MiniLM (compute_dtype {q['dtype']}; 64 clients, {q['seconds']} s a set)", "",
+                  "| model | short texts/s | long texts/s | GPU MiB | note |", "|---|---|---|---|---|"]
+        for name, row in q["models"].items():
+            rate = lambda k: f"{row[k]['texts_per_s']:.0f}" if k in row else "-"
+            lines.append(f"| {name} | {rate('short')} | {rate('long')} | {row.get('gpu_mib')} | {row.get('error', '')} |")
+        for bits, r in q["quantize"].items():
+            last = [l for l in r["output"].splitlines() if l.strip()][-3:]
+            lines.append(f"\n`quantize --bits {bits[0]}` (rc {r['rc']}, {r['seconds']} s): " + " / ".join(last))
     return "\n".join(lines) + "\n"

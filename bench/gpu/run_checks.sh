@@ -33,6 +33,7 @@
 #   traffic  mixed-length texts over HTTP, 64/256 clients, beside ST fp16; one-request p50
 #   memory   GPU memory per loaded model; after eviction
 #   parity-bfloat16
+#   quant    MiniLM vs its 8-bit and 4-bit copies quantized there: GPU memory, texts/s
 #   report   one markdown report, printed and written to $OUT/report.md
 # $OUT (the device tool's; default ./gpu-out) gets report.md, run.log and results.tar.gz
 # (every step's JSON and the server logs).
@@ -171,6 +172,7 @@ if step layout 120 layout; then
     step traffic 240 "${CHECKS[@]}" traffic --dtype auto
     step memory 120 "${CHECKS[@]}" memory --dtype auto
     step parity-bfloat16 150 "${CHECKS[@]}" parity --dtype bfloat16
+    step quant 120 "${CHECKS[@]}" quant --dtype auto --seconds 4
   fi
 fi
 # steps.tsv -> steps.json for the report
