@@ -199,6 +199,7 @@ fn app() -> &'static App {
                 max_wait: Duration::from_millis(1),
                 max_queue: 64,
                 stop_grace: Duration::from_secs(1),
+                hung_after: Duration::ZERO, // no watchdog: the fake worker answers at once
                 launcher: Arc::new(FakeLauncher::default()),
             };
             let s = Store::new(store.clone());
