@@ -214,7 +214,7 @@ fn preload_and_requests_by_bare_name_download_the_right_repo_and_quantize() {
     let (status, body) = server.post("/v1/embeddings", &json!({"model": "tiny-xlm-8bit", "input": ["hello world"]}));
     assert_eq!(status, 200, "{body}\n{}", server.log_text());
     let meta = metadata(&store.join("tiny-xlm-8bit"));
-    assert_eq!((meta["repo"].as_str(), meta["quantization"]["bits"].as_u64()), (Some("xlm/tiny-xlm"), Some(8)));
+    assert_eq!((meta["repo"].as_str(), meta["quantization"].as_str()), (Some("xlm/tiny-xlm"), Some("8bit")));
     assert!(!store.join("tiny-xlm").exists());
 
     // `-4bit` of the installed, searched one: made from its folder, no second download.
@@ -222,7 +222,7 @@ fn preload_and_requests_by_bare_name_download_the_right_repo_and_quantize() {
     let (status, body) = server.post("/v1/embeddings", &json!({"model": "tiny-embedder-4bit", "input": ["hello world"]}));
     assert_eq!(status, 200, "{body}\n{}", server.log_text());
     assert!(touched(&hub, "popular/tiny-embedder").is_empty(), "{:?}", hub.requests());
-    assert_eq!(metadata(&store.join("tiny-embedder-4bit"))["quantization"]["bits"], 4);
+    assert_eq!(metadata(&store.join("tiny-embedder-4bit"))["quantization"], "4bit");
     let cos = cosine(&embedding(&body, 0), &f32_row);
     assert!(cos > 0.9, "4-bit row against float32: cosine {cos}");
     assert_eq!(server.stop(), Some(0));
@@ -322,7 +322,7 @@ fn the_plan_example_config_preloads_qwen3_embedding_and_serves_its_4bit_variant(
     assert_eq!(body["model"], "Qwen3-Embedding-0.6B-4bit");
     assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 48);
     let meta = metadata(&store.join("Qwen3-Embedding-0.6B-4bit"));
-    assert_eq!((meta["quantization"]["bits"].as_u64(), meta["repo"].as_str()), (Some(4), Some("Qwen/Qwen3-Embedding-0.6B")));
+    assert_eq!((meta["quantization"].as_str(), meta["repo"].as_str()), (Some("4bit"), Some("Qwen/Qwen3-Embedding-0.6B")));
     let (_, base) = server.post("/v1/embeddings", &json!({"model": "Qwen3-Embedding-0.6B", "input": ["hello world"]}));
     let cos = cosine(&embedding(&body, 0), &embedding(&base, 0));
     assert!(cos > 0.9, "4-bit row against the preloaded model: cosine {cos}");

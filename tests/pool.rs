@@ -224,7 +224,6 @@ fn a_model_that_fails_to_load_is_reported_and_retried_after_a_back_off() {
 }
 
 #[test]
-#[ignore = "bug: a load failure's API message carries the server's paths (`cannot load model /home/.../models/NAME: /home/.../model.safetensors is truncated ...`): runner.rs puts the worker's reason into the 503 as is"]
 fn a_load_failure_message_shows_no_server_paths() {
     let server = Server::start(ServerOptions::default());
     broken_model(&server);

@@ -219,16 +219,16 @@ fn a_full_disk_during_quantize_leaves_nothing_and_says_so() {
     let hub = minilm_hub();
     let home = tempfile::tempdir().unwrap();
     let models = home.path().join("models");
-    // Room for MiniLM (91 MB) but not for its 8-bit copy (60 MB) beside it. `-L`: the
+    // Room for MiniLM (91 MB) but not for its 8-bit copy (25 MB) beside it. `-L`: the
     // fixture folder may be a link to a shared download, and a copied link takes no room.
     let copy_in = format!("cp -rL '{}' '{}/minilm'", minilm_dir().unwrap().display(), models.display());
-    let (out, listing) = confined(&hub, home.path(), &models, 120, false, &copy_in, &["quantize", "minilm", "--bits", "8"]);
+    let (out, listing) = confined(&hub, home.path(), &models, 100, false, &copy_in, &["quantize", "minilm", "--bits", "8"]);
     says_full(&out);
     assert_eq!(listing, vec!["minilm"], "a partial quantization was left");
 
     // The same, when a pull quantizes on the way in.
     // Room for the download (91 MB), not for the quantized copy beside it.
-    let (out, listing) = confined(&hub, home.path(), &models, 120, false, "true", &["pull", "acme/mini", "--quantize", "8bit"]);
+    let (out, listing) = confined(&hub, home.path(), &models, 100, false, "true", &["pull", "acme/mini", "--quantize", "8bit"]);
     says_full(&out);
     assert!(listing.is_empty(), "left in the store: {listing:?}");
 }

@@ -351,7 +351,10 @@ def step_traffic(a):
                 result["server"][f"{name}_{clients}"] = {"texts_per_s": rate, "errors": errors}
                 print(f"traffic {name} {clients} clients: {rate:.0f} texts/s, {errors} errors", flush=True)
         stop.set()
-        result["one_request_p50_ms"] = one_request_p50(server.url, MINILM, sets["short"], 200)
+        try:  # a failure here must not lose the rates above nor skip the library's side
+            result["one_request_p50_ms"] = one_request_p50(server.url, MINILM, sets["short"], 200)
+        except Exception as e:
+            result["one_request_p50_error"] = f"{type(e).__name__}: {e}"
         if samples:
             peaks = [s.get(MINILM) for s in samples if s.get(MINILM)]
             result["gpu_mib_under_load"] = max(peaks) if peaks else None

@@ -172,7 +172,7 @@ if step layout 120 layout; then
     step traffic 240 "${CHECKS[@]}" traffic --dtype auto
     step memory 120 "${CHECKS[@]}" memory --dtype auto
     step parity-bfloat16 150 "${CHECKS[@]}" parity --dtype bfloat16
-    step quant 120 "${CHECKS[@]}" quant --dtype auto --seconds 4
+    step quant 150 "${CHECKS[@]}" quant --dtype auto --seconds 3
   fi
 fi
 # steps.tsv -> steps.json for the report

@@ -93,6 +93,10 @@ impl Server {
             .env("MLX_SERVE_HOME", home.path())
             .env_remove("MLX_SERVE_CONFIG")
             .env("RUST_LOG", "info")
+            // Hermetic: a bare name nothing local knows is searched for on the Hub; no test
+            // reaches the real one (a closed loopback port refuses at once). Tests with a
+            // fake hub set HF_ENDPOINT in `env`, which comes after.
+            .env("HF_ENDPOINT", "http://127.0.0.1:9")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

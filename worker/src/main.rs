@@ -145,7 +145,22 @@ enum Command {
     },
 }
 
+/// MLX's CUDA backend keeps one compiled attention graph per input shape (256 by default)
+/// and, past that, fails the operation with "Cache thrashing is happening" (its check is
+/// on by default). Mixed-length traffic makes many shapes (rows x length per bucket), so
+/// the worker keeps more of them and turns the failure into what it is: a slowdown. Only
+/// when the user has not set them; the names are libmlx's own (MLX 0.32). No effect on
+/// Metal or the CPU backend.
+fn mlx_cuda_defaults() {
+    for (name, value) in [("MLX_CUDA_SDPA_CACHE_SIZE", "2048"), ("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")] {
+        if std::env::var_os(name).is_none() {
+            std::env::set_var(name, value);
+        }
+    }
+}
+
 fn main() -> Result<()> {
+    mlx_cuda_defaults(); // before MLX reads its environment
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { socket, model, kind, compute_dtype, cache_limit_mb, keep_quantized } => {

@@ -156,6 +156,25 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A worker's reason for a client: its first line, every absolute path cut to its last
+/// component (`/home/u/.mlx-serve/models/m/model.safetensors is truncated` ->
+/// `model.safetensors is truncated`). The full text is in the server log.
+fn without_paths(reason: &str) -> String {
+    let first = reason.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no reason given");
+    first
+        .split(' ')
+        .map(|word| match word.find('/') {
+            Some(at) if word[..at].chars().all(|c| "\"'`(".contains(c)) => {
+                let tail = word.trim_end_matches(|c: char| ":,;)\"'`.".contains(c));
+                let name = tail.rsplit('/').find(|p| !p.is_empty()).unwrap_or("");
+                format!("{}{name}{}", &word[..at], &word[tail.len()..])
+            }
+            _ => word.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl From<JobError> for ApiError {
     fn from(e: JobError) -> Self {
         let message = e.to_string();
@@ -168,8 +187,8 @@ impl From<JobError> for ApiError {
                 "input {index} was being processed when the model worker crashed twice; it was not retried again \
                  (the server log has the worker's last words)"
             )),
-            JobError::LoadFailed { model, .. } => ApiError::unavailable(
-                format!("model {model} failed to load (the server log has the reason; `mlx-serve ctl workers` shows it)"),
+            JobError::LoadFailed { model, reason } => ApiError::unavailable(
+                format!("model {model} failed to load: {}", without_paths(&reason.to_string())),
                 5,
             ),
             JobError::Unavailable { .. } | JobError::ShuttingDown => ApiError::unavailable(message, 5),
@@ -228,5 +247,17 @@ impl IntoResponse for ApiError {
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.status.as_u16(), self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn load_failure_reasons_lose_their_paths() {
+        assert_eq!(
+            super::without_paths("cannot load model /home/u/.mlx-serve/models/m: /home/u/.mlx-serve/models/m/model.safetensors is truncated\n   0: backtrace"),
+            "cannot load model m: model.safetensors is truncated"
+        );
+        assert_eq!(super::without_paths("bad `/x/y/config.json`."), "bad `config.json`.");
     }
 }

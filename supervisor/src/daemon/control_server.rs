@@ -106,6 +106,23 @@ async fn read_line(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> R
     }
 }
 
+/// Reads and drops what a refused client is still sending, for a second at most: closing
+/// a Unix socket with unread data resets the connection, and the client would lose the
+/// answer it has not read yet (an HTTP server's lingering close).
+async fn linger(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) {
+    let mut sink = [0u8; 16 << 10];
+    let drain = async {
+        let mut total = 0usize;
+        while total < (16 << 20) {
+            match reader.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
 async fn handle_connection(state: Arc<ControlState>, stream: tokio::net::UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -119,6 +136,8 @@ async fn handle_connection(state: Arc<ControlState>, stream: tokio::net::UnixStr
                 let mut out = serde_json::to_vec(&response).unwrap_or_default();
                 out.push(b'\n');
                 let _ = tokio::time::timeout(LINE_TIMEOUT, write.write_all(&out)).await;
+                let _ = write.shutdown().await;
+                linger(&mut reader).await;
                 return;
             }
         };

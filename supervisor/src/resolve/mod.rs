@@ -122,7 +122,7 @@ impl<'a> Resolver<'a> {
                 // was found (a 502 would blame a Hub the request never named).
                 let e = match e {
                     StoreError::Failed(why) => StoreError::NotFound(format!(
-                        "model `{requested}` is not installed and is not an alias, and the Hub could not be searched for it: {why}"
+                        "model `{requested}` does not exist here (not installed, not an alias), and the Hub could not be searched for it: {why}"
                     )),
                     e => e,
                 };
