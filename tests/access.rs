@@ -198,7 +198,7 @@ fn failures_are_answered_without_internals() {
     // The operator still finds the reason in the log.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !server.log_text().contains("worker failed to start") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // polling interval of a condition wait (bounded by its deadline)
     }
     assert!(server.log_text().contains("worker failed to start"), "{}", server.log_text());
 }

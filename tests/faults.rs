@@ -39,7 +39,7 @@ fn wait_for_worker(server: &Server, old: Option<u32>, within: Duration) -> u32 {
             }
         }
         assert!(start.elapsed() < within, "no new worker within {within:?} (pids {pids:?}):\n{}", server.log_text());
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // polling interval of a condition wait (bounded by its deadline)
     }
 }
 
@@ -55,7 +55,7 @@ fn wait_gone(server: &Server, pid: u32, within: Duration) -> bool {
         if start.elapsed() > within {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // polling interval of a condition wait (bounded by its deadline)
     }
     true
 }
@@ -66,7 +66,7 @@ fn wait_busy(server: &Server) {
     let start = Instant::now();
     while worker_row(server)["state"] != "busy" {
         assert!(start.elapsed() < Duration::from_secs(60), "the worker never got the request: {}", worker_row(server));
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // polling interval of a condition wait (bounded by its deadline)
     }
 }
 
@@ -98,7 +98,7 @@ fn wait_done(done: &AtomicUsize, at_least: usize) {
     let start = Instant::now();
     while done.load(Ordering::SeqCst) < at_least {
         assert!(start.elapsed() < Duration::from_secs(120), "clients stalled at {}", done.load(Ordering::SeqCst));
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(10)); // polling interval of a condition wait (bounded by its deadline)
     }
 }
 

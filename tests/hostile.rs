@@ -192,7 +192,7 @@ fn connections_past_the_cap_are_closed_at_once() {
             break;
         }
         assert!(Instant::now() < deadline, "no connection served after the held ones closed");
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100)); // polling interval of a condition wait (bounded by its deadline)
     }
 }
 
@@ -273,7 +273,7 @@ fn with_closed_pipe(home: &Home, args: &[&str], stderr_too: bool) -> mlx_serve_t
             break status;
         }
         assert!(Instant::now() < deadline, "{args:?} did not finish");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // polling interval of a condition wait (bounded by its deadline)
     };
     mlx_serve_tests::cli::Output { code: status.code(), stdout: String::new(), stderr: String::new() }
 }

@@ -310,7 +310,7 @@ fn metrics_move_with_real_traffic() {
         if now.value("mlx_serve_worker_restarts_total", &[("model", XLMR)]) >= 1.0 || Instant::now() > deadline {
             break now;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200)); // polling interval of a condition wait (bounded by its deadline)
     };
     assert_eq!(restarted.value("mlx_serve_worker_restarts_total", &[("model", XLMR)]), 1.0, "{}", restarted.dump());
     assert_eq!(restarted.value("mlx_serve_worker_restarts_total", &[("model", RERANK)]), 0.0);
@@ -482,7 +482,7 @@ fn start_prometheus(binary: &PathBuf, target_port: u16) -> Prometheus {
             panic!("prometheus exited ({status}):\n{}", prom.log());
         }
         assert!(Instant::now() < deadline, "prometheus did not say where it listens:\n{}", prom.log());
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // polling interval of a condition wait (bounded by its deadline)
     };
     prom
 }
@@ -538,7 +538,7 @@ fn prometheus_scrapes_and_answers_promql() {
                 .unwrap_or_default(),
             prom.log()
         );
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(500)); // polling interval of a condition wait (bounded by its deadline)
     };
     eprintln!("Prometheus: requests_total {count}, p50 request duration {:.2} ms", median * 1e3);
     assert!(count >= 1.0, "requests counter {count}");

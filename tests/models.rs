@@ -256,7 +256,7 @@ fn interrupted_pull_leaves_nothing() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !hub.requests().iter().any(|r| r.starts_with("/cdn/") && !r.ends_with("bytes=0-0")) {
         assert!(Instant::now() < deadline, "the download never started");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // polling interval of a condition wait (bounded by its deadline)
     }
     assert!(store_entries(home.path()).iter().any(|e| e.starts_with(".partial-minilm-")));
     mlx_serve_tests::server::signal(child.id(), nix::sys::signal::Signal::SIGINT);
@@ -266,7 +266,7 @@ fn interrupted_pull_leaves_nothing() {
             break s;
         }
         assert!(Instant::now() < deadline, "pull did not stop on SIGINT");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // polling interval of a condition wait (bounded by its deadline)
     };
     let mut stderr = String::new();
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
@@ -406,7 +406,7 @@ fn watch_downloads(server: &Server, secs: u64, mut pred: impl FnMut(&Value) -> b
             return seen;
         }
         assert!(Instant::now() < deadline, "downloads did not settle: {seen:?}");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // polling interval of a condition wait (bounded by its deadline)
     }
 }
 
@@ -595,7 +595,7 @@ fn preload_downloads_a_missing_alias_then_loads_it() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while server.worker_pids().is_empty() {
         assert!(Instant::now() < deadline, "preload did not start a worker:\n{}", server.log_text());
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // polling interval of a condition wait (bounded by its deadline)
     }
     assert_eq!(store_entries(server.home.path()), vec!["mini"]);
     assert_eq!(server.stop(), Some(0));

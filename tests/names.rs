@@ -176,7 +176,7 @@ fn wait_for_worker(server: &Server, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while server.worker_pids().is_empty() {
         assert!(Instant::now() < deadline, "no worker started:\n{}", server.log_text());
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // polling interval of a condition wait (bounded by its deadline)
     }
 }
 

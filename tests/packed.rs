@@ -162,7 +162,7 @@ fn wait_rss(w: &mut Worker, timeout: Duration, done: impl Fn(u64) -> bool) -> u6
         if done(rss) || Instant::now() > deadline {
             return rss;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200)); // polling interval of a condition wait (bounded by its deadline)
     }
 }
 

@@ -76,7 +76,7 @@ fn two_pulls_of_one_model_from_two_processes_agree() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !hub.requests().iter().any(|r| r.starts_with("/cdn/") && !r.ends_with("bytes=0-0")) {
         assert!(Instant::now() < deadline, "the first download never started");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // polling interval of a condition wait (bounded by its deadline)
     }
     let second = spawn_pull(&hub, home.path(), "acme/mini");
     let (a, b) = (finish(first), finish(second));

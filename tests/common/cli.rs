@@ -150,7 +150,7 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Output {
             let _ = child.wait();
             panic!("{cmd:?} did not finish within {timeout:?}");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // polling interval of a condition wait (bounded by its deadline)
     };
     Output { code: status.code(), stdout: out_thread.join().unwrap(), stderr: err_thread.join().unwrap() }
 }
@@ -214,7 +214,7 @@ pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
         if !process_alive(pid) {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50)); // polling interval of a condition wait (bounded by its deadline)
     }
     false
 }

@@ -434,7 +434,7 @@ fn send_file(
     let upto = cut.unwrap_or(body.len());
     for chunk in body[..upto].chunks(1 << 20) {
         if let Some(p) = slow {
-            std::thread::sleep(p);
+            std::thread::sleep(p); // pacing: the hub serves slowly on purpose
         }
         conn.write_all(chunk)?;
     }
