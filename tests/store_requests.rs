@@ -174,7 +174,7 @@ fn a_bare_name_the_hub_cannot_be_asked_about_is_a_404_that_says_why() {
         assert_eq!(status, 404, "{body}");
         assert_eq!(body["error"]["code"], "model_not_found", "{body}");
         let msg = body["error"]["message"].as_str().unwrap();
-        assert!(msg.contains("`unheard-of` is not installed") && msg.contains("could not be searched") && msg.contains("HTTP 503"), "{msg}");
+        assert!(msg.contains("`unheard-of` does not exist here (not installed") && msg.contains("could not be searched") && msg.contains("HTTP 503"), "{msg}");
         assert_eq!(msg.contains("it is tried again on a request after"), i > 0, "{msg}");
     }
     assert_eq!(hub.searches().len(), 4, "four attempts for the first request, none for the second: {:?}", hub.searches());
