@@ -6,8 +6,9 @@
 //!
 //! Device and dtype policy (docs/worker.md, "Backends"), decided at run time from MLX's
 //! default device, not from how the binary was compiled:
-//! - GPU (Metal, CUDA): compute in the stored float dtype (half precision for most
-//!   checkpoints), keep quantized layers quantized (quantized matmul), MLX ops only.
+//! - GPU (Metal, CUDA): compute in half precision (the checkpoint's float16 or bfloat16;
+//!   float16 for a float32 checkpoint), keep quantized layers quantized (quantized
+//!   matmul), MLX ops only.
 //! - CPU: fp32 matmul goes through BLAS while half-precision and quantized matmuls are far
 //!   slower there, so compute in float32, dequantize quantized layers at load, and run the
 //!   elementwise steps and attention in host kernels.
@@ -20,17 +21,18 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
-use mlx_rs::{Array, Device, DeviceType, Dtype};
+use mlx_rs::{Array, Dtype};
 use mlx_serve_protocol::model_dir::{self, Family, ModelFacts, Pooling};
 use mlx_serve_protocol::{ModelInfo, ModelKind, TokenBatch, WorkerStats};
 
+use crate::device::on_gpu;
 use crate::heads::{CrossEncoder, Head, YesNo};
 use crate::memory::MemoryPolicy;
 use crate::models::bert::{self, Bert, BertConfig};
 use crate::models::qwen3::{self, Qwen3, Qwen3Config};
 use crate::models::xlm_roberta::{self, XlmRoberta, XlmRobertaConfig};
 use crate::models::{parse_config, Inputs, Kernels, Network};
-use crate::packing::{AttentionBuckets, Packing};
+use crate::packing::{AttentionBuckets, BucketShapes, Packing};
 use crate::pooling;
 use crate::weights::{dtype_name, LoadPolicy, StorageConfig, Weights};
 
@@ -47,10 +49,17 @@ pub struct Options {
     pub keep_quantized: bool,
 }
 
-/// True when MLX's default device is a GPU (a Metal or CUDA build on a machine that has
-/// one); MLX picks it at start-up.
-pub fn on_gpu() -> bool {
-    Device::try_default().ok().and_then(|d| d.get_type().ok()).is_some_and(|t| matches!(t, DeviceType::Gpu))
+/// Attention shapes: on a GPU rounded to a ladder (bounded per-shape kernel builds), on the
+/// CPU exact (nothing is built per shape there). `MLX_SERVE_ATTENTION_SHAPES=exact|ladder`
+/// overrides it, to measure one against the other (bench/gpu/diag.sh).
+fn bucket_shapes(gpu: bool) -> Result<BucketShapes> {
+    Ok(match std::env::var("MLX_SERVE_ATTENTION_SHAPES").ok().as_deref() {
+        None | Some("") if gpu => BucketShapes::Ladder,
+        None | Some("") => BucketShapes::Exact,
+        Some("exact") => BucketShapes::Exact,
+        Some("ladder") => BucketShapes::Ladder,
+        Some(other) => bail!("MLX_SERVE_ATTENTION_SHAPES={other:?}: expected exact or ladder"),
+    })
 }
 
 pub fn parse_dtype(s: &str) -> Result<Option<Dtype>> {
@@ -75,6 +84,8 @@ pub struct Engine {
     type_vocab: u32,
     max_tokens: u32,
     memory: MemoryPolicy,
+    /// Attention rectangle shapes of the MLX path.
+    shapes: BucketShapes,
     stats: WorkerStats,
 }
 
@@ -110,7 +121,9 @@ impl Engine {
         let mut w = Weights::load(dir, &storage, sanitize, LoadPolicy { compute: Dtype::Float32, dequantize })?;
         let compute = match opts.compute_dtype {
             Some(d) => d,
-            None if gpu => w.stored_float_dtype().unwrap_or(Dtype::Float32),
+            // Half precision on a GPU, as sentence-transformers and TEI run there: the
+            // checkpoint's own half dtype, float16 for a float32 one.
+            None if gpu => w.stored_float_dtype().filter(|&d| d != Dtype::Float32).unwrap_or(Dtype::Float16),
             None => Dtype::Float32,
         };
         w.set_policy(LoadPolicy { compute, dequantize });
@@ -180,13 +193,14 @@ impl Engine {
             type_vocab: type_vocab.max(0) as u32,
             max_tokens: facts.max_tokens,
             memory,
+            shapes: bucket_shapes(gpu)?,
             stats: WorkerStats::default(),
         };
         // Warm-up: reads every weight from disk and builds compiled kernels now, not on the
         // first request; a broken checkpoint fails here, before Ready.
-        let mut warm = TokenBatch::new();
-        warm.push(&[0, 0], &[]);
-        engine.run(&warm)?;
+        for warm in warm_up_batches(gpu, facts.max_tokens) {
+            engine.run(&warm)?;
+        }
         engine.stats = WorkerStats::default();
         engine.info.load_seconds = start.elapsed().as_secs_f64();
         Ok(engine)
@@ -240,7 +254,7 @@ impl Engine {
         }
         let packing = Packing { offsets: batch.offsets.iter().map(|&o| o as i32).collect() };
         let buckets = match self.network.kernels() {
-            Kernels::Mlx => Some(AttentionBuckets::new(&packing)?),
+            Kernels::Mlx => Some(AttentionBuckets::new(&packing, self.shapes)?),
             Kernels::Host => None,
         };
         let n = total as i32;
@@ -320,6 +334,33 @@ impl Engine {
     }
 }
 
+/// Token counts of the warm-up batches on a GPU: kernels and graphs MLX builds per shape the
+/// first time one runs (cuDNN attention graphs, matmul plans, quantized-matmul variants by
+/// row count) are built here, before Ready, for a spread of batch sizes: one in each
+/// row-count class of MLX's quantized matmul (≤ 16, 32, 64, 128 rows, more; `dispatch_tile`
+/// in mlx/backend/cuda/quantized/qmm/qmm_sm90.cu, MLX 0.32), so no first request waits.
+const GPU_WARM_UP_TOKENS: [u32; 5] = [2, 24, 48, 96, 200];
+
+/// The warm-up batches: on the CPU one tiny batch; on a GPU [`GPU_WARM_UP_TOKENS`], each split
+/// into sequences of at most `max_tokens` token-id-0 tokens.
+fn warm_up_batches(gpu: bool, max_tokens: u32) -> Vec<TokenBatch> {
+    let totals: &[u32] = if gpu { &GPU_WARM_UP_TOKENS } else { &GPU_WARM_UP_TOKENS[..1] };
+    let longest = max_tokens.max(2);
+    totals
+        .iter()
+        .map(|&total| {
+            let mut batch = TokenBatch::new();
+            let mut left = total;
+            while left > 0 {
+                let n = left.min(longest);
+                batch.push(&vec![0; n as usize], &[]);
+                left -= n;
+            }
+            batch
+        })
+        .collect()
+}
+
 /// Copies a float32 result to the host (made row-contiguous first if it is a view).
 fn to_vec_f32(a: &Array) -> Result<Vec<f32>> {
     if let Ok(s) = a.try_as_slice::<f32>() {
@@ -351,5 +392,21 @@ pub fn rss_bytes() -> u64 {
         } else {
             0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warm_up_covers_each_row_class_within_the_model_limit() {
+        let gpu = warm_up_batches(true, 64);
+        let totals: Vec<usize> = gpu.iter().map(|b| b.tokens.len()).collect();
+        assert_eq!(totals, vec![2, 24, 48, 96, 200]);
+        assert!(gpu.iter().all(|b| b.max_len() <= 64));
+        assert_eq!(gpu[4].len(), 4, "200 tokens as 64 + 64 + 64 + 8");
+        let cpu = warm_up_batches(false, 512);
+        assert_eq!((cpu.len(), cpu[0].tokens.len()), (1, 2));
     }
 }

@@ -21,6 +21,24 @@ pub enum Linear {
     Parts(Vec<Linear>),
 }
 
+/// How a quantized layer multiplies: MLX's quantized matmul, except on MLX's CUDA backend,
+/// where each product dequantizes the layer's weights (a transient dense copy of one layer)
+/// and runs a dense matmul; the weights stay quantized in memory either way. Measured on an
+/// NVIDIA H200 with MLX 0.32 (docs/gpu-results.md): the CUDA quantized-matmul kernel is
+/// compiled (NVRTC) on first use for each row-count class, about 50 s each, and a batch of
+/// 11 tokens after the warm-up hung inside it; dequantize-then-matmul ran MiniLM 8-bit at
+/// the quantized kernel's speed (batches of 256 passages: 32.4 vs 36.1 ms). Metal's quantized
+/// kernels are prebuilt and are what mlx-lm runs. `MLX_SERVE_QUANTIZED_MATMUL=kernel` or
+/// `=dequantize` overrides the choice.
+fn dequantize_first() -> bool {
+    static D: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *D.get_or_init(|| match std::env::var("MLX_SERVE_QUANTIZED_MATMUL").ok().as_deref() {
+        Some("dequantize") => true,
+        Some("kernel") => false,
+        _ => crate::device::on_cuda(),
+    })
+}
+
 impl Linear {
     /// Applies the layer to `x` of shape `[.., in]`.
     pub fn forward(&self, x: &Array) -> Result<Array> {
@@ -34,17 +52,31 @@ impl Linear {
                     None => y,
                 }
             }
+            Linear::Quantized { .. } => self.forward_quantized(x, dequantize_first())?,
+            Linear::Parts(parts) => {
+                let ys: Vec<Array> = parts.iter().map(|p| p.forward(x)).collect::<Result<_>>()?;
+                ops::concatenate(&ys, -1)?
+            }
+        })
+    }
+
+    /// A quantized layer through MLX's quantized matmul, or (`dequantize`) its weights
+    /// dequantized for this product and a dense matmul.
+    fn forward_quantized(&self, x: &Array, dequantize: bool) -> Result<Array> {
+        Ok(match self {
             Linear::Quantized { w, scales, biases, bias, spec } => {
-                let y = ops::quantized_matmul(x, w, scales, biases, true, spec.group_size, spec.bits)?;
+                let y = if dequantize {
+                    let full = ops::dequantize(w, scales, biases, spec.group_size, spec.bits)?.as_dtype(x.dtype())?;
+                    x.matmul(&full.t())?
+                } else {
+                    ops::quantized_matmul(x, w, scales, biases, true, spec.group_size, spec.bits)?
+                };
                 match bias {
                     Some(b) => y.add(b)?,
                     None => y,
                 }
             }
-            Linear::Parts(parts) => {
-                let ys: Vec<Array> = parts.iter().map(|p| p.forward(x)).collect::<Result<_>>()?;
-                ops::concatenate(&ys, -1)?
-            }
+            _ => self.forward(x)?,
         })
     }
 
@@ -149,5 +181,26 @@ impl Embedding {
                 ops::dequantize(&w, &s, &b, spec.group_size, spec.bits)?
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dequantize-then-matmul gives what MLX's quantized matmul gives.
+    #[test]
+    fn quantized_products_agree() {
+        let (out, inp) = (96, 128);
+        let v: Vec<f32> = (0..out * inp).map(|i| ((i * 53 % 197) as f32 / 98.0) - 1.0).collect();
+        let dense = Array::from_slice(&v, &[out, inp]);
+        let (w, scales, biases) = ops::quantize(&dense, 64, 8).unwrap();
+        let layer = Linear::Quantized { w, scales, biases, bias: Some(Array::from_slice(&vec![0.5f32; out as usize], &[out])), spec: QuantSpec { group_size: 64, bits: 8 } };
+        let xv: Vec<f32> = (0..11 * inp).map(|i| ((i * 31 % 89) as f32 / 44.0) - 1.0).collect();
+        let x = Array::from_slice(&xv, &[11, inp]);
+        let a = layer.forward_quantized(&x, false).unwrap();
+        let b = layer.forward_quantized(&x, true).unwrap();
+        let worst = a.subtract(&b).unwrap().abs().unwrap().max(None).unwrap().item_exact::<f32>();
+        assert!(worst < 1e-3, "max diff {worst}");
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! The worker is pure compute: it receives token ids over a Unix socket and answers with
 //! f32 rows or scores (see `mlx-serve-protocol`). No HTTP, no JSON API, no downloads.
-//! Map: `server` (socket loop, idle release) → `engine` (load, device and dtype policy,
-//! run a batch) → `packing` (a batch as packed rows, attention buckets) → `models/*` (one
+//! Map: `server` (socket loop, idle release) → `engine` (load, dtype policy, run a batch;
+//! `device` says whether MLX computes on a GPU, and whether that is CUDA) → `packing` (a batch as packed rows, attention buckets) → `models/*` (one
 //! file per architecture; `models/attention` over packed sequences) → `pooling` / `heads`;
 //! `memory` sizes MLX's buffer cache from the work and gives idle memory back; `weights`
 //! loads safetensors; `quantize` writes MLX-quantized copies; `blas` checks the BLAS
@@ -14,6 +14,7 @@
 mod blas;
 mod cpu_attention;
 mod cpu_kernels;
+mod device;
 mod engine;
 mod heads;
 mod layers;
@@ -61,7 +62,7 @@ enum Command {
         /// Overrides the kind detected from the model folder.
         #[arg(long, value_enum)]
         kind: Option<KindArg>,
-        /// auto (float32 on CPU, stored dtype on GPU), float32, float16 or bfloat16.
+        /// auto (float32 on CPU; on GPU the checkpoint's half dtype, float16 for float32 ones), float32, float16 or bfloat16.
         #[arg(long, default_value = "auto")]
         compute_dtype: String,
         /// Bound on MLX's buffer cache (freed buffers kept for reuse), in MiB; 0 = sized
@@ -115,6 +116,13 @@ enum Command {
         /// e.g. what a reference tokenizer produced for the texts it encodes.
         #[arg(long, conflicts_with = "mixed")]
         ids: Option<PathBuf>,
+        /// Run VARY different --mixed batches (as traffic brings them) instead of one batch
+        /// again and again: once cold (first sight of each batch's shapes), then warm.
+        #[arg(long, default_value_t = 0, conflicts_with = "ids")]
+        vary: u32,
+        /// Keep quantized layers quantized on the CPU backend too (as `serve`).
+        #[arg(long)]
+        keep_quantized: bool,
         #[arg(long, default_value_t = 10)]
         iters: u32,
         #[arg(long, default_value = "auto")]
@@ -145,14 +153,19 @@ enum Command {
     },
 }
 
-/// MLX's CUDA backend keeps one compiled attention graph per input shape (256 by default)
-/// and, past that, fails the operation with "Cache thrashing is happening" (its check is
-/// on by default). Mixed-length traffic makes many shapes (rows x length per bucket), so
-/// the worker keeps more of them and turns the failure into what it is: a slowdown. Only
-/// when the user has not set them; the names are libmlx's own (MLX 0.32). No effect on
-/// Metal or the CPU backend.
-fn mlx_cuda_defaults() {
-    for (name, value) in [("MLX_CUDA_SDPA_CACHE_SIZE", "2048"), ("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")] {
+/// libmlx settings the worker changes from MLX's defaults, only where the user has not set
+/// them (names are libmlx's own, MLX 0.32):
+/// - MLX's CUDA backend keeps one compiled attention graph per input shape (256 by default)
+///   and, past that, fails the operation with "Cache thrashing is happening". Mixed-length
+///   traffic makes many shapes, so the worker keeps more of them and turns the failure into
+///   what it is: a slowdown (`MLX_CUDA_SDPA_CACHE_SIZE`, `MLX_ENABLE_CACHE_THRASHING_CHECK`).
+/// - float32 matmuls on a GPU run as TF32 (10-bit mantissa) unless `MLX_ENABLE_TF32=0`: off,
+///   so `compute_dtype: float32` computes in float32 (the GPU default is half precision
+///   anyway; who asks for float32 asks for its accuracy).
+///
+/// No effect on the CPU backend.
+fn mlx_gpu_defaults() {
+    for (name, value) in [("MLX_CUDA_SDPA_CACHE_SIZE", "2048"), ("MLX_ENABLE_CACHE_THRASHING_CHECK", "0"), ("MLX_ENABLE_TF32", "0")] {
         if std::env::var_os(name).is_none() {
             std::env::set_var(name, value);
         }
@@ -160,7 +173,7 @@ fn mlx_cuda_defaults() {
 }
 
 fn main() -> Result<()> {
-    mlx_cuda_defaults(); // before MLX reads its environment
+    mlx_gpu_defaults(); // before MLX reads its environment
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { socket, model, kind, compute_dtype, cache_limit_mb, keep_quantized } => {
@@ -188,13 +201,14 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::BenchForward { model, batch, seq, mixed, ids, iters, compute_dtype, cache_limit_mb } => {
+        Command::BenchForward { model, batch, seq, mixed, ids, vary, keep_quantized, iters, compute_dtype, cache_limit_mb } => {
             let opts = Options {
                 compute_dtype: engine::parse_dtype(&compute_dtype)?,
                 cache_limit_bytes: cache_limit_mb.checked_mul(1 << 20).context("--cache-limit-mb is too large")?,
+                keep_quantized,
                 ..Options::default()
             };
-            bench_forward(&model, BenchShape { batch, seq, mixed, ids }, iters, &opts)
+            bench_forward(&model, BenchShape { batch, seq, mixed: mixed || vary > 0, ids, vary }, iters, &opts)
         }
         Command::BenchKernels { rounds } => {
             cpu_kernels::bench::run(rounds);
@@ -212,6 +226,7 @@ struct BenchShape {
     seq: usize,
     mixed: bool,
     ids: Option<PathBuf>,
+    vary: u32,
 }
 
 /// Times full batches (forward + pooling/head + copy-out).
@@ -219,21 +234,24 @@ fn bench_forward(model: &Path, shape: BenchShape, iters: u32, opts: &Options) ->
     blas::report();
     let mut engine = Engine::load(model, opts)?;
     let info = engine.info().clone();
-    let BenchShape { batch, seq, mixed, ids } = shape;
-    let mut tokens = TokenBatch::new();
+    let BenchShape { batch, seq, mixed, ids, vary } = shape;
+    let mut batches = Vec::new();
     if let Some(path) = ids {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let seqs: Vec<Vec<u32>> = serde_json::from_str(&text).with_context(|| format!("{}: not a JSON list of token-id lists", path.display()))?;
+        let mut tokens = TokenBatch::new();
         for s in &seqs {
             tokens.push(s, &[]);
         }
         engine.validate(&tokens).map_err(anyhow::Error::msg)?;
+        batches.push(tokens);
     } else {
         if seq > info.max_tokens as usize || seq < 8 || batch == 0 {
             bail!("--seq must be in 8..={} and --batch > 0", info.max_tokens);
         }
         // Deterministic ids from the upper part of the vocabulary (ordinary tokens, no
-        // specials), xorshift32; lengths from the same generator.
+        // specials), xorshift32; lengths (and with --vary, batch sizes from batch/2 up)
+        // from the same generator.
         let lo = info.vocab_size / 4;
         let span = info.vocab_size - lo;
         let mut state = 0x2545_f491_u32;
@@ -243,32 +261,51 @@ fn bench_forward(model: &Path, shape: BenchShape, iters: u32, opts: &Options) ->
             state ^= state << 5;
             state
         };
-        for _ in 0..batch {
-            let n = if mixed { 8 + next() as usize % (seq - 7) } else { seq };
-            let ids: Vec<u32> = (0..n).map(|_| lo + next() % span).collect();
-            tokens.push(&ids, &[]);
+        for _ in 0..vary.max(1) {
+            let rows = if vary > 0 { batch.div_ceil(2) + next() as usize % (batch / 2 + 1) } else { batch };
+            let mut tokens = TokenBatch::new();
+            for _ in 0..rows.min(batch) {
+                let n = if mixed { 8 + next() as usize % (seq - 7) } else { seq };
+                let ids: Vec<u32> = (0..n).map(|_| lo + next() % span).collect();
+                tokens.push(&ids, &[]);
+            }
+            batches.push(tokens);
         }
     }
-    let once = |engine: &mut Engine| -> Result<()> {
+    let once = |engine: &mut Engine, tokens: &TokenBatch| -> Result<()> {
         match engine.kind() {
-            ModelKind::Embedding => engine.embed(&tokens).map(|_| ()),
-            ModelKind::Reranker => engine.score(&tokens).map(|_| ()),
+            ModelKind::Embedding => engine.embed(tokens).map(|_| ()),
+            ModelKind::Reranker => engine.score(tokens).map(|_| ()),
         }
     };
-    for _ in 0..2 {
-        once(&mut engine)?;
+    let real: usize = batches.iter().map(|b| b.tokens.len()).sum();
+    let sequences: usize = batches.iter().map(TokenBatch::len).sum();
+    // --vary: the first pass meets every batch's shapes for the first time.
+    let mut cold = None;
+    if vary > 0 {
+        let t = Instant::now();
+        for b in &batches {
+            once(&mut engine, b)?;
+        }
+        cold = Some(t.elapsed().as_secs_f64() / batches.len() as f64);
+    } else {
+        for _ in 0..2 {
+            once(&mut engine, &batches[0])?;
+        }
     }
-    // Mean and best per batch: on a shared machine the best is the steadier number.
+    // Mean and best per pass: on a shared machine the best is the steadier number.
     let (mut total, mut best) = (0f64, f64::INFINITY);
     for _ in 0..iters {
         let t = Instant::now();
-        once(&mut engine)?;
-        let s = t.elapsed().as_secs_f64();
+        for b in &batches {
+            once(&mut engine, b)?;
+        }
+        let s = t.elapsed().as_secs_f64() / batches.len() as f64;
         total += s;
         best = best.min(s);
     }
     let secs = total / iters as f64;
-    let real = tokens.tokens.len();
+    let per_batch = |n: usize| n as f64 / batches.len() as f64;
     let stats = engine.stats();
     println!(
         "{}",
@@ -277,19 +314,23 @@ fn bench_forward(model: &Path, shape: BenchShape, iters: u32, opts: &Options) ->
             "architecture": info.architecture,
             "compute_dtype": info.compute_dtype,
             "device": info.device,
-            "batch": tokens.len(),
-            "seq": tokens.max_len(),
-            "tokens": real,
-            "padded_tokens": tokens.len() * tokens.max_len(),
+            "batches": batches.len(),
+            "batch": per_batch(sequences),
+            "seq": batches.iter().map(TokenBatch::max_len).max(),
+            "tokens": per_batch(real),
+            "padded_tokens": per_batch(batches.iter().map(|b| b.len() * b.max_len()).sum()),
             "computed_tokens_per_batch": stats.padded_tokens / stats.batches.max(1),
             "mlx_cache_limit_mib": stats.mlx_cache_limit_bytes >> 20,
             "mlx_peak_mib": stats.mlx_peak_bytes >> 20,
             "mlx_cache_mib": stats.mlx_cache_bytes >> 20,
             "iters": iters,
+            "cold_ms_per_batch": cold.map(|c| c * 1e3),
+            "cold_sequences_per_second": cold.map(|c| per_batch(sequences) / c),
             "ms_per_batch": secs * 1e3,
-            "tokens_per_second": real as f64 / secs,
+            "tokens_per_second": per_batch(real) / secs,
+            "sequences_per_second": per_batch(sequences) / secs,
             "best_ms_per_batch": best * 1e3,
-            "best_tokens_per_second": real as f64 / best,
+            "best_tokens_per_second": per_batch(real) / best,
         })
     );
     Ok(())

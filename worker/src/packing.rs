@@ -158,8 +158,46 @@ pub struct AttentionBuckets {
     pub scatter: Option<Array>,
 }
 
+/// Which rectangle shapes the buckets take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketShapes {
+    /// Each bucket exactly as long as its longest member, one row per member.
+    Exact,
+    /// Lengths and row counts rounded up to [`ladder`] steps, so a stream of mixed batches
+    /// reuses a bounded set of attention shapes: MLX's CUDA backend builds and caches one
+    /// cuDNN attention graph per shape (tens of milliseconds each), which exact shapes
+    /// rebuild for nearly every batch (docs/worker.md, "Packed batches").
+    Ladder,
+}
+
+/// The smallest step of the ladder `8, 16, 24, 32, 48, 64, 96, 128, 192, 256, …` (powers of
+/// two and one and a half times them) that holds `n`: under half again as long as `n` from
+/// 16 up, and 12 shapes up to 512 tokens.
+pub fn ladder(n: i32) -> i32 {
+    let mut step = 8;
+    loop {
+        if n <= step {
+            return step;
+        }
+        let half = step + step / 2;
+        if step >= 16 && n <= half {
+            return half;
+        }
+        step *= 2;
+    }
+}
+
+/// [`ladder`] for row counts: 1, 2, 4 and 8 exactly, then the ladder.
+fn ladder_rows(n: i32) -> i32 {
+    if n <= 8 {
+        (n.max(1) as u32).next_power_of_two() as i32
+    } else {
+        ladder(n)
+    }
+}
+
 impl AttentionBuckets {
-    pub fn new(packing: &Packing) -> Result<AttentionBuckets> {
+    pub fn new(packing: &Packing, shapes: BucketShapes) -> Result<AttentionBuckets> {
         let lengths: Vec<i32> = packing.lengths().collect();
         let plan = plan_buckets(&lengths);
         let mut buckets = Vec::with_capacity(plan.len());
@@ -168,9 +206,12 @@ impl AttentionBuckets {
         let mut in_order = true;
         let mut next_row = 0i32;
         for members in &plan {
-            let len = members.iter().map(|&i| lengths[i]).max().unwrap_or(1).max(1);
-            let rows = members.len() as i32;
-            let padded = members.iter().any(|&i| lengths[i] != len);
+            let longest = members.iter().map(|&i| lengths[i]).max().unwrap_or(1).max(1);
+            let (len, rows) = match shapes {
+                BucketShapes::Exact => (longest, members.len() as i32),
+                BucketShapes::Ladder => (ladder(longest), ladder_rows(members.len() as i32)),
+            };
+            let padded = len != longest || rows != members.len() as i32 || members.iter().any(|&i| lengths[i] != len);
             let consecutive = members.windows(2).all(|w| w[1] == w[0] + 1);
             let start = packing.offsets[members[0]];
             let mut gather = Vec::new();
@@ -183,6 +224,15 @@ impl AttentionBuckets {
                 }
                 for j in 0..n {
                     scatter[(first + j) as usize] = base + slot as i32 * len + j;
+                }
+            }
+            // Filler rows (row count rounded up): copies of the first member's first token
+            // that see only that key (no all-masked softmax row); their outputs are dropped.
+            for _ in members.len() as i32..rows {
+                let first = packing.offsets[members[0]];
+                for j in 0..len {
+                    gather.push(first);
+                    mask.push(j == 0);
                 }
             }
             in_order &= !padded && consecutive && start == next_row;
@@ -261,9 +311,32 @@ mod tests {
     }
 
     #[test]
+    fn ladder_steps() {
+        let steps: Vec<i32> = [1, 8, 9, 16, 17, 24, 25, 33, 49, 65, 97, 129, 200, 257, 385, 512].map(ladder).to_vec();
+        assert_eq!(steps, vec![8, 8, 16, 16, 24, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 512]);
+        // Never half again as long as the length, past the first steps.
+        assert!((16..=4096).all(|n| ladder(n) >= n && ladder(n) * 2 <= n * 3), "ladder overshoots");
+        assert_eq!([1, 3, 5, 8, 9, 31, 33].map(ladder_rows), [1, 4, 8, 8, 16, 32, 48]);
+    }
+
+    #[test]
+    fn ladder_buckets_round_shapes_and_keep_every_row() {
+        let p = Packing::from_lengths([2, 9, 3, 9, 30]);
+        let b = AttentionBuckets::new(&p, BucketShapes::Ladder).unwrap();
+        for bucket in &b.buckets {
+            assert_eq!((bucket.len, bucket.rows), (ladder(bucket.len), ladder_rows(bucket.rows)));
+            let mask = bucket.key_mask.as_ref().expect("rounded buckets are masked");
+            // Every row, filler rows too, sees at least one key.
+            let m = mask.as_slice::<bool>();
+            assert!(m.chunks(bucket.len as usize).all(|row| row.iter().any(|&k| k)));
+        }
+        assert!(b.scatter.is_some());
+    }
+
+    #[test]
     fn buckets_gather_and_scatter_every_row_once() {
         let p = Packing::from_lengths([2, 9, 3, 9]);
-        let b = AttentionBuckets::new(&p).unwrap();
+        let b = AttentionBuckets::new(&p, BucketShapes::Exact).unwrap();
         let scatter = b.scatter.as_ref().expect("mixed batch needs a scatter").as_slice::<i32>().to_vec();
         let mut slots: Vec<i32> = Vec::new();
         let mut base = 0;
@@ -283,7 +356,7 @@ mod tests {
         assert_eq!(slots, (0..p.total()).collect::<Vec<_>>());
 
         // A rectangle in packed order needs neither gather nor scatter.
-        let b = AttentionBuckets::new(&Packing::from_lengths([5, 5, 5])).unwrap();
+        let b = AttentionBuckets::new(&Packing::from_lengths([5, 5, 5]), BucketShapes::Exact).unwrap();
         assert!(b.scatter.is_none() && b.buckets.len() == 1 && b.buckets[0].gather.is_none());
         assert!(b.buckets[0].key_mask.is_none());
     }

@@ -4,7 +4,9 @@
 //! and exits 2), then answers frames until Shutdown or end of stream (exit 0). A broken
 //! stream (closed mid-frame, garbage, another protocol version) is reported on stderr and
 //! ends the worker with exit code 3: a worker must never hang on a peer it cannot
-//! understand. Bad batches get an `Error` answer and the worker keeps serving.
+//! understand. Bad batches get an `Error` answer and the worker keeps serving, except after
+//! a GPU error (exit 4): on CUDA a failed launch leaves the process's context unusable, so
+//! every later batch would fail too; the supervisor restarts a worker that exits.
 //!
 //! Frames are read and decoded on a separate thread, so the next batch (the supervisor keeps
 //! one in flight ahead) is decoded while the current one computes. The channel is bounded:
@@ -27,6 +29,15 @@ use crate::engine::{Engine, Options};
 pub const EXIT_LOAD_FAILED: i32 = 2;
 /// Exit code when the supervisor's stream is broken.
 pub const EXIT_BROKEN_STREAM: i32 = 3;
+/// Exit code after a batch failed with a GPU error (answered first).
+pub const EXIT_DEVICE_ERROR: i32 = 4;
+
+/// An MLX error from the GPU runtime rather than from the batch: CUDA's API names
+/// (`cudaGraphAddKernelNode(...) failed`, `cudaPeekAtLastError() failed`, "CUDA error") or
+/// Metal's command-buffer failure ("[METAL] Command buffer execution failed").
+fn is_device_error(message: &str) -> bool {
+    message.to_ascii_lowercase().contains("cuda") || message.contains("[METAL]")
+}
 
 /// After this long without a batch, idle memory (MLX's buffer cache, the C heap's free
 /// pages) is returned to the system (`memory.rs`). Stats requests do not count as work.
@@ -147,6 +158,12 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             eprintln!("mlx-serve-worker: cannot answer the supervisor ({e}); exiting");
             return Ok(EXIT_BROKEN_STREAM);
         }
+        if let WorkerMessage::Error { kind: ErrorKind::Internal, message, .. } = &reply {
+            if is_device_error(message) {
+                eprintln!("mlx-serve-worker: GPU error ({message}); exiting so that a fresh process takes over");
+                return Ok(EXIT_DEVICE_ERROR);
+            }
+        }
         if is_batch {
             // The quiet period counts from the end of the last batch.
             last_batch = Instant::now();
@@ -178,4 +195,18 @@ fn answer(id: u64, check: Result<(), (ErrorKind, String)>, compute: impl FnOnce(
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_errors_are_told_from_batch_errors() {
+        assert!(is_device_error("cudaGraphAddKernelNode(&node, graph_, NULL, 0, &params) failed: invalid argument"));
+        assert!(is_device_error("cudaPeekAtLastError() failed: invalid argument"));
+        assert!(is_device_error("[METAL] Command buffer execution failed: Caused GPU Timeout Error"));
+        assert!(!is_device_error("sequence 0 has 600 tokens; this model accepts at most 512"));
+        assert!(!is_device_error("[reshape] Cannot reshape array of size 6 into shape (4)."));
+    }
 }
