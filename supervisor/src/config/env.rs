@@ -88,6 +88,14 @@ impl Config {
                 self.batch.max_batch_tokens = parse(value)?;
                 "batch.max_batch_tokens"
             }
+            "GPU_MAX_BATCH_SIZE" => {
+                self.batch.gpu_max_batch_size = parse(value)?;
+                "batch.gpu_max_batch_size"
+            }
+            "GPU_MAX_BATCH_TOKENS" => {
+                self.batch.gpu_max_batch_tokens = parse(value)?;
+                "batch.gpu_max_batch_tokens"
+            }
             "HUNG_WORKER_SECONDS" => {
                 self.limits.hung_worker_seconds = parse(value)?;
                 "limits.hung_worker_seconds"

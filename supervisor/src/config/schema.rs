@@ -73,7 +73,7 @@ pub struct ModelsConfig {
     pub auto_download_on_request: bool,
     /// User aliases: name → repo id or model name.
     pub aliases: BTreeMap<String, String>,
-    /// Dtype the worker computes in: auto (float32 on CPU, stored dtype on GPU),
+    /// Dtype the worker computes in: auto (float32 on CPU, half precision on GPU),
     /// float32, float16, bfloat16.
     pub compute_dtype: String,
 }
@@ -105,6 +105,11 @@ pub struct BatchConfig {
     pub max_batch_tokens: usize,
     /// Most sequences queued per model; past it requests get 429.
     pub max_queue_size: usize,
+    /// `max_batch_size` for a worker that computes on a GPU (Metal, CUDA): one batch of a
+    /// few hundred sequences keeps a GPU busy where 32 leave it waiting on the host.
+    pub gpu_max_batch_size: usize,
+    /// `max_batch_tokens` for a worker that computes on a GPU.
+    pub gpu_max_batch_tokens: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,7 +205,14 @@ impl Default for CacheConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_batch_size: 32, max_wait_ms: 50, max_batch_tokens: 16384, max_queue_size: 4096 }
+        BatchConfig {
+            max_batch_size: 32,
+            max_wait_ms: 50,
+            max_batch_tokens: 16384,
+            max_queue_size: 4096,
+            gpu_max_batch_size: 256,
+            gpu_max_batch_tokens: 32768,
+        }
     }
 }
 
@@ -266,6 +278,12 @@ impl Config {
         }
         if self.batch.max_batch_tokens == 0 {
             problems.push("batch.max_batch_tokens must be at least 1");
+        }
+        if self.batch.gpu_max_batch_size == 0 {
+            problems.push("batch.gpu_max_batch_size must be at least 1");
+        }
+        if self.batch.gpu_max_batch_tokens == 0 {
+            problems.push("batch.gpu_max_batch_tokens must be at least 1");
         }
         if let Some(ApiKey(key)) = &self.server.api_key {
             // It travels in an HTTP header: visible ASCII, no spaces.

@@ -196,6 +196,7 @@ fn app() -> &'static App {
         let router = rt.block_on(async {
             let runner_cfg = RunnerConfig {
                 limits: Limits { max_batch_size: 8, max_batch_tokens: 4096 },
+                gpu_limits: Limits { max_batch_size: 8, max_batch_tokens: 4096 },
                 max_wait: Duration::from_millis(1),
                 max_queue: 64,
                 stop_grace: Duration::from_secs(1),

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::handle::{JobError, PoolRequest, RunnerError, RunnerHandle, RunnerMsg, RunnerStatus};
 use super::jobs::{BatchOutput, Jobs};
 use super::RunnerConfig;
-use crate::batch::{Item, Layout, Pace, Queue};
+use crate::batch::{Item, Layout, Limits, Pace, Queue};
 use crate::worker::{Cause, Death, StartError, Started, WorkerEvent, WorkerLink};
 
 /// A batch sent to the worker and not yet answered.
@@ -62,6 +62,8 @@ struct Runner {
     pace: Pace,
     /// How the current worker computes batches.
     layout: Layout,
+    /// Batch bounds for the current worker's device (`RunnerConfig::limits` or `gpu_limits`).
+    limits: Limits,
     worker: Option<Box<dyn WorkerLink>>,
     events: Option<mpsc::UnboundedReceiver<WorkerEvent>>,
     /// Bumped on every start, so a start that finishes after it was superseded is dropped.
@@ -95,6 +97,7 @@ pub fn spawn_runner(
     let status = Arc::new(Mutex::new(RunnerStatus::default()));
     let (started_tx, started_rx) = mpsc::unbounded_channel();
     let max_queue = cfg.max_queue;
+    let cfg_limits = cfg.limits;
     let runner = Runner {
         name: name.clone(),
         dir,
@@ -107,6 +110,7 @@ pub fn spawn_runner(
         head_since: Instant::now(),
         pace: Pace::default(),
         layout: Layout::Padded,
+        limits: cfg_limits,
         worker: None,
         events: None,
         generation: 0,

@@ -39,7 +39,11 @@ pub use pool::{EntryError, ModelEntry, Pool, PoolConfig};
 /// Settings every runner of a daemon shares.
 #[derive(Clone)]
 pub struct RunnerConfig {
+    /// Batch bounds for a worker on the CPU (`batch.max_batch_size`, `max_batch_tokens`).
     pub limits: Limits,
+    /// Batch bounds for a worker on a GPU (`batch.gpu_max_batch_size`, `gpu_max_batch_tokens`),
+    /// chosen when the worker reports its device at Ready.
+    pub gpu_limits: Limits,
     /// `batch.max_wait_ms`: how long the next batch may wait to fill while the worker is
     /// busy, before its speed is known (`batch/policy.rs`).
     pub max_wait: Duration,
@@ -58,6 +62,7 @@ impl RunnerConfig {
     pub fn from_config(config: &Config, launcher: Arc<dyn WorkerLauncher>) -> RunnerConfig {
         RunnerConfig {
             limits: Limits { max_batch_size: config.batch.max_batch_size, max_batch_tokens: config.batch.max_batch_tokens },
+            gpu_limits: Limits { max_batch_size: config.batch.gpu_max_batch_size, max_batch_tokens: config.batch.gpu_max_batch_tokens },
             max_wait: Duration::from_millis(config.batch.max_wait_ms),
             max_queue: config.batch.max_queue_size,
             stop_grace: Duration::from_secs(5),

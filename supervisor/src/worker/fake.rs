@@ -60,6 +60,8 @@ pub struct Script {
     pub gate: Option<Arc<Semaphore>>,
     /// The worker says it computes batches packed (no padding).
     pub packed: bool,
+    /// The worker says it computes on a GPU.
+    pub gpu: bool,
 }
 
 /// What fake workers saw.
@@ -119,16 +121,19 @@ impl WorkerLauncher for FakeLauncher {
             let (events_tx, events) = mpsc::unbounded_channel();
             let stopped = Arc::new(AtomicBool::new(false));
             let task = tokio::spawn(serve(inbox, events_tx, this.clone(), stopped.clone()));
-            let packed = this.script.lock().unwrap().packed;
+            let (packed, gpu) = {
+                let script = this.script.lock().unwrap();
+                (script.packed, script.gpu)
+            };
             let link =
-                FakeLink { pid, info: info(), packed, stopped, outbox, task: task.abort_handle(), log: this.log.clone() };
+                FakeLink { pid, info: info(gpu), packed, stopped, outbox, task: task.abort_handle(), log: this.log.clone() };
             Ok(Started { link: Box::new(link), events })
         }
         .boxed()
     }
 }
 
-fn info() -> ModelInfo {
+fn info(gpu: bool) -> ModelInfo {
     ModelInfo {
         kind: ModelKind::Embedding,
         architecture: "FakeModel".into(),
@@ -141,7 +146,7 @@ fn info() -> ModelInfo {
         normalize: false,
         stored_dtype: "float32".into(),
         compute_dtype: "float32".into(),
-        device: "cpu".into(),
+        device: if gpu { "gpu" } else { "cpu" }.into(),
         blas: "none".into(),
         load_seconds: 0.0,
         packed: true,

@@ -22,7 +22,7 @@ impl Runner {
     }
 
     fn rules(&self) -> Rules {
-        Rules { limits: self.cfg.limits, layout: self.layout, max_wait: self.cfg.max_wait }
+        Rules { limits: self.limits, layout: self.layout, max_wait: self.cfg.max_wait }
     }
 
     fn dispatch_decision(&self, now: Instant) -> Decision {
@@ -97,7 +97,7 @@ impl Runner {
         let jobs = &self.jobs;
         let dropped = self.queue.retain(|i| jobs.contains(i.job));
         self.queued.fetch_sub(dropped, Ordering::SeqCst);
-        let items = self.queue.plan(self.cfg.limits, self.layout);
+        let items = self.queue.plan(self.limits, self.layout);
         if items.is_empty() {
             return false;
         }

@@ -59,6 +59,7 @@ impl Runner {
                     s.last_error = None;
                 }
                 self.layout = if link.packed() { Layout::Packed } else { Layout::Padded };
+                self.limits = if link.info().device == "gpu" { self.cfg.gpu_limits } else { self.cfg.limits };
                 self.worker = Some(link);
                 self.events = Some(events);
                 self.restart_at = None;

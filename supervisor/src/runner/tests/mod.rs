@@ -35,6 +35,7 @@ const HUNG_AFTER: Duration = Duration::from_secs(30);
 fn config(fake: &FakeLauncher) -> RunnerConfig {
     RunnerConfig {
         limits: Limits { max_batch_size: 4, max_batch_tokens: 1000 },
+        gpu_limits: Limits { max_batch_size: 6, max_batch_tokens: 2000 },
         max_wait: MAX_WAIT,
         max_queue: 100,
         stop_grace: Duration::from_secs(1),
@@ -261,6 +262,23 @@ async fn a_packed_worker_gets_batches_by_real_tokens_and_metrics_say_so() {
     let m = metrics();
     assert_eq!(m.tokens_total.with_label_values(&["packed"]).get(), 333);
     assert_eq!(m.padded_tokens_total.with_label_values(&["packed"]).get(), 333, "a packed worker computes no padding");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gpu_worker_gets_the_gpu_batch_limits() {
+    for (gpu, want) in [(false, vec![vec![1], vec![2, 3, 4, 5], vec![6, 7, 8]]), (true, vec![vec![1], vec![2, 3, 4, 5, 6, 7], vec![8]])] {
+        let gate = Arc::new(Semaphore::new(0));
+        let (h, fake) = runner(if gpu { "gpu-limits" } else { "cpu-limits" }, Script { gate: Some(gate.clone()), gpu, ..Default::default() });
+        let first = submit(&h, &[1]);
+        settle().await;
+        // Seven more while the first computes: batches of 4 (CPU bounds) or 6 (GPU bounds).
+        let rest = submit(&h, &[2, 3, 4, 5, 6, 7, 8]);
+        settle().await;
+        gate.add_permits(3);
+        first.await.unwrap().unwrap();
+        rest.await.unwrap().unwrap();
+        assert_eq!(fake.batches(), want, "gpu = {gpu}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
