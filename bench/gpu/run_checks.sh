@@ -2,7 +2,8 @@
 # The GPU checks of issue 18 on the device machine, from the files bench/gpu/pack.sh made:
 # lays them out, runs the real supervisor + CUDA worker, prints one report.
 #
-#   bash bench/gpu/run_checks.sh [--no-gpu] [--bundle DIR] [--seconds S] [--budget S]
+#   bash bench/gpu/run_checks.sh [--no-gpu] [--diag] [--only STEP,...] [--bundle DIR]
+#                                [--seconds S] [--budget S]
 #
 # How to run it (device time is short: two calls, back to back):
 #   here:   scripts/setup --cuda && bench/gpu/pack.sh     -> .gpu/t1, .gpu/t2 (57 MiB each)
@@ -37,14 +38,21 @@
 #   report   one markdown report, printed and written to $OUT/report.md
 # $OUT (the device tool's; default ./gpu-out) gets report.md, run.log and results.tar.gz
 # (every step's JSON and the server logs).
+# --only: just these of the steps after env (e.g. `--only quant`, or `--only refs,parity-float16`;
+# parity steps need refs), to split the checks over two calls on a warm machine.
+# --diag: instead of the steps above, the worker-level experiments of bench/gpu/diag.py
+# (Qwen3 batches, quantized kernels, attention shapes; DIAG_PARTS=part,... picks) and a
+# shorter traffic step (skipped when --only names other steps).
 # --no-gpu: a CPU bundle (pack.sh --cpu) on a machine without a GPU: no nvidia-smi, ST on
 # the CPU; to test this script before spending GPU time.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-NO_GPU=0 BUNDLE=$ROOT/.gpu SECONDS_PER=8 BUDGET=560
+NO_GPU=0 BUNDLE=$ROOT/.gpu SECONDS_PER=8 BUDGET=560 DIAG=0 ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-gpu) NO_GPU=1;;
+    --diag) DIAG=1;;
+    --only) ONLY=",$2,"; shift;;
     --bundle) BUNDLE=$(realpath -m "$2"); shift;;
     --seconds) SECONDS_PER=$2; shift;;
     --budget) BUDGET=$2; shift;;
@@ -116,6 +124,8 @@ step() {
 
 PREFIX=$WORK/prefix
 MODELS=$WORK/models
+# want STEP: true unless --only names other steps.
+want() { [ -z "$ONLY" ] || [[ "$ONLY" == *",$1,"* ]]; }
 layout() {
   set -e
   rm -rf "$PREFIX" "$MODELS" && mkdir -p "$PREFIX" "$MODELS"
@@ -165,14 +175,19 @@ CHECKS=("$PY" "$ROOT/bench/gpu/checks.py" --bin "$PREFIX/bin" --models "$MODELS"
 
 if step layout 120 layout; then
   step env 60 env_facts
-  if step refs 150 "${CHECKS[@]}" refs; then
+  if [ "$DIAG" = 1 ]; then
+    # --diag: the worker-level experiments of bench/gpu/diag.py, then a shorter traffic step.
+    step diag 500 "$PY" "$ROOT/bench/gpu/diag.py" --bin "$PREFIX/bin" --models "$MODELS" --work "$WORK/results" \
+      --only "${DIAG_PARTS:-qwen3,quant,shapes}"
+    want traffic && step traffic 200 "${CHECKS[@]}" traffic --dtype auto --seconds 4
+  elif ! want refs || step refs 150 "${CHECKS[@]}" refs; then
     # bfloat16 last: if time runs short, the throughput and memory numbers come first.
-    step parity-float32 150 "${CHECKS[@]}" parity --dtype float32
-    step parity-float16 150 "${CHECKS[@]}" parity --dtype float16
-    step traffic 240 "${CHECKS[@]}" traffic --dtype auto
-    step memory 120 "${CHECKS[@]}" memory --dtype auto
-    step parity-bfloat16 150 "${CHECKS[@]}" parity --dtype bfloat16
-    step quant 150 "${CHECKS[@]}" quant --dtype auto --seconds 3
+    want parity-float32 && step parity-float32 150 "${CHECKS[@]}" parity --dtype float32
+    want parity-float16 && step parity-float16 150 "${CHECKS[@]}" parity --dtype float16
+    want traffic && step traffic 240 "${CHECKS[@]}" traffic --dtype auto
+    want memory && step memory 120 "${CHECKS[@]}" memory --dtype auto
+    want parity-bfloat16 && step parity-bfloat16 150 "${CHECKS[@]}" parity --dtype bfloat16
+    want quant && step quant 480 "${CHECKS[@]}" quant --dtype auto --seconds 3
   fi
 fi
 # steps.tsv -> steps.json for the report
@@ -181,6 +196,7 @@ json.dump([{"step":r[0],"status":r[1],"seconds":r[2],"note":r[3]} for r in rows]
   "$STEPS" "$WORK/results/steps.json"
 step report 30 "${CHECKS[@]}" report
 cp -f "$WORK/results/report.md" "$OUT/report.md" 2>/dev/null
+cp -f "$WORK/results/diag.jsonl" "$OUT/diag.jsonl" 2>/dev/null
 tar -C "$WORK/results" -czf "$OUT/results.tar.gz" .
 echo
 echo "run_checks: done in $(( $(date +%s) - START ))s; report, run.log, results.tar.gz in $OUT"
