@@ -203,12 +203,18 @@ fn a_model_that_fails_to_load_is_reported_and_retried_after_a_back_off() {
         let (status, err) = server.post("/v1/embeddings", &body);
         assert_eq!(status, 503, "{err}");
     }
-    let attempts: Vec<f64> = server
-        .log_text()
-        .lines()
-        .filter(|l| l.contains("worker failed to start") && l.contains(&format!("model={model}")))
-        .filter_map(log_time)
-        .collect();
+    let attempts = || -> Vec<f64> {
+        server
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("worker failed to start") && l.contains(&format!("model={model}")))
+            .filter_map(log_time)
+            .collect()
+    };
+    // The log is read by another thread: the third attempt's line may land just after the
+    // answer it caused.
+    server.wait_for("the third load attempt in the log", Duration::from_secs(5), || attempts().len() >= 3);
+    let attempts = attempts();
     assert_eq!(attempts.len(), 3, "one load attempt per request, spaced:\n{}", server.log_text());
     let gaps: Vec<f64> = attempts.windows(2).map(|w| (w[1] - w[0]).rem_euclid(86400.0)).collect();
     assert!(gaps[0] >= 0.5 && gaps[1] >= 1.0, "attempts {gaps:?} s apart, want the back-off of 0.5 s then 1 s");
