@@ -80,6 +80,7 @@ fn concurrent_large_bodies_get_429_and_numbers_get_413() {
     // Two clients declare 2.5 MB bodies and send their first bytes: 5 of the 8 MiB are
     // taken until their bodies arrive (each then costs its body again, decoded).
     let body = serde_json::to_vec(&json!({"model": "tiny-bert-embed", "input": "word ".repeat(500_000)})).unwrap();
+    let third_body = serde_json::to_vec(&json!({"model": "tiny-bert-embed", "input": "word ".repeat(800_000)})).unwrap();
     let head = |path: &str, len: usize| {
         format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n")
     };
@@ -99,15 +100,17 @@ fn concurrent_large_bodies_get_429_and_numbers_get_413() {
         // The server reads the two headers in a few milliseconds; this pause only makes a
         // raced round (retried below) unlikely.
         std::thread::sleep(Duration::from_millis(100));
-        // A third declares 3.9 MiB, within max_request_bytes but not within what is left.
+        // A third sends 3.9 MiB, within max_request_bytes but not within what is left: it is
+        // refused before its body is kept, and gets its 429 once the body is drained (no
+        // broken pipe for a client still writing it).
         let deadline = Instant::now() + Duration::from_secs(3);
         let third = loop {
-            // A refusal comes as soon as the headers are read; no answer within a second
-            // means the first two were not charged yet (the server waits for this body).
-            let mut s = connect(server.port, Duration::from_secs(1));
-            s.write_all(head("/api/embed", 4_089_446).as_bytes()).unwrap();
+            let mut s = connect(server.port, Duration::from_secs(30));
+            s.write_all(head("/api/embed", third_body.len()).as_bytes()).unwrap();
+            s.write_all(&third_body).unwrap();
             match read_answer(&mut s) {
                 Ok(a) if a.status == 429 => break Some(a),
+                // Answered (200): it was read before the first two were charged.
                 _ if Instant::now() > deadline => break None,
                 _ => {}
             }
@@ -118,7 +121,7 @@ fn concurrent_large_bodies_get_429_and_numbers_get_413() {
         assert!(third.header("retry-after").is_some(), "{third:?}");
         assert!(third.json()["error"].as_str().is_some_and(|m| m.contains("max_inflight_request_bytes")), "Ollama shape: {third:?}");
         // The first two finish normally, one after the other, unless the race above
-        // refused one of them (answered 429 and closed before its body was sent).
+        // refused one of them (its 429 comes once its body is drained).
         let mut raced = false;
         for s in &mut slow {
             if s.write_all(&body[1024..]).is_err() {
@@ -145,6 +148,31 @@ fn concurrent_large_bodies_get_429_and_numbers_get_413() {
     assert!(a.body.contains("max_inflight_request_bytes"), "{}", a.body);
     // And the server is as it was.
     assert_eq!(server.post("/v1/embeddings", &json!({"model": "tiny-bert-embed", "input": "ok"})).0, 200);
+}
+
+#[test]
+fn a_body_refused_unread_is_drained_so_the_client_reads_its_answer() {
+    let config = "limits:\n  max_request_bytes: 65536\n";
+    let server = Server::start(ServerOptions { models: vec!["tiny-bert-embed"], config: Some(config.into()), ..Default::default() });
+    let ok = serde_json::to_vec(&json!({"model": "tiny-bert-embed", "input": "fine"})).unwrap();
+    let post = |len: usize| format!("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n");
+    // 100 KB declared and sent in full, over the 64 KiB limit: refused from its headers,
+    // read and dropped, answered 413, and the connection serves the next request.
+    let mut s = connect(server.port, Duration::from_secs(30));
+    s.write_all(post(100_000).as_bytes()).unwrap();
+    s.write_all(&vec![b' '; 100_000]).expect("the server reads a refused body instead of closing on the client");
+    let a = read_answer(&mut s).unwrap();
+    assert_eq!(a.status, 413, "{a:?}");
+    assert!(a.body.contains("max_request_bytes"), "{a:?}");
+    s.write_all(post(ok.len()).as_bytes()).unwrap();
+    s.write_all(&ok).unwrap();
+    assert_eq!(read_answer(&mut s).unwrap().status, 200, "the connection is still usable");
+    // Far over the limit (more than twice it): answered and closed without reading.
+    let mut s = connect(server.port, Duration::from_secs(10));
+    s.write_all(post(10_000_000).as_bytes()).unwrap();
+    let a = read_answer(&mut s).unwrap();
+    assert_eq!(a.status, 413, "{a:?}");
+    assert!(closed_by_server(&mut s), "a 10 MB body is not read");
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! handler runs, and bounds what bodies can cost:
 //!
 //! - size: past `limits.max_request_bytes` a 413, from `Content-Length` before anything
-//!   is read, or as soon as a chunked body passes it;
+//!   is kept, or as soon as a chunked body passes it (a body refused before it is read is
+//!   still read and dropped when that is cheap, so the client gets the answer: `after_drain`);
 //! - time: the body must arrive within `server.body_read_timeout_seconds` of its headers,
 //!   or the client gets a 408 and the connection is closed (a slow client holds no memory
 //!   or task for longer);
@@ -81,18 +82,22 @@ pub async fn admit(State(state): State<SharedState>, req: Request, next: Next) -
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    // Refused before its body is read: the connection closes rather than read it.
+    let timeout = Duration::from_secs(state.config.server.body_read_timeout_seconds);
+    // Refused before its body is read. The body is read and dropped first, when that is
+    // cheap (see `drain`), so that a client still sending it gets the answer rather than
+    // a broken pipe; otherwise the connection closes.
     if declared.is_some_and(|n| n > limits.max_request_bytes as u64) {
-        return closing(refuse(too_large(limits.max_request_bytes)));
+        let (parts, body) = req.into_parts();
+        return after_drain(&parts, body, 2 * limits.max_request_bytes as u64, timeout, refuse(too_large(limits.max_request_bytes))).await;
     }
     let budget = &state.inflight;
     // A declared body is charged before it is read, a chunked one as it arrives: no
     // body is buffered beyond the budget.
     let Some(mut permit) = budget.charge(declared.unwrap_or(0) as usize) else {
-        return closing(refuse(budget.overloaded()));
+        let (parts, body) = req.into_parts();
+        return after_drain(&parts, body, limits.max_request_bytes as u64, timeout, refuse(budget.overloaded())).await;
     };
     let (parts, body) = req.into_parts();
-    let timeout = Duration::from_secs(state.config.server.body_read_timeout_seconds);
     let read = read_limited(body, declared, limits.max_request_bytes, budget, &mut permit);
     let bytes = match tokio::time::timeout(timeout, read).await {
         Ok(Ok(bytes)) => bytes,
@@ -132,6 +137,33 @@ pub async fn admit(State(state): State<SharedState>, req: Request, next: Next) -
     let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     drop(permit);
     resp
+}
+
+/// `resp` for a request refused before its body was read: the body is read and dropped
+/// first when it declares at most `limit` bytes and arrives within `timeout` (memory: one
+/// frame at a time), and the connection stays usable; otherwise, or when the client waits
+/// for `Expect: 100-continue` (it sends no body then), the connection is closed. A client
+/// writing its body while the server closes gets a broken pipe instead of the answer
+/// (nginx's lingering close solves the same problem).
+async fn after_drain(parts: &axum::http::request::Parts, body: Body, limit: u64, timeout: Duration, resp: Response) -> Response {
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let waits_for_continue = parts.headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if waits_for_continue || !declared.is_some_and(|n| n <= limit) {
+        return closing(resp);
+    }
+    let drained = tokio::time::timeout(timeout, async {
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                return false;
+            }
+        }
+        true
+    });
+    match drained.await {
+        Ok(true) => resp,
+        _ => closing(resp),
+    }
 }
 
 /// Asks the client to close the connection (its body was not read to the end).
