@@ -67,7 +67,7 @@ impl Linear {
             Linear::Quantized { w, scales, biases, bias, spec } => {
                 let y = if dequantize {
                     let full = ops::dequantize(w, scales, biases, spec.group_size, spec.bits)?.as_dtype(x.dtype())?;
-                    x.matmul(&full.t())?
+                    x.matmul(full.t())?
                 } else {
                     ops::quantized_matmul(x, w, scales, biases, true, spec.group_size, spec.bits)?
                 };

@@ -148,7 +148,7 @@ pub async fn admit(State(state): State<SharedState>, req: Request, next: Next) -
 async fn after_drain(parts: &axum::http::request::Parts, body: Body, limit: u64, timeout: Duration, resp: Response) -> Response {
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let waits_for_continue = parts.headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if waits_for_continue || !declared.is_some_and(|n| n <= limit) {
+    if waits_for_continue || declared.is_none_or(|n| n > limit) {
         return closing(resp);
     }
     let drained = tokio::time::timeout(timeout, async {
