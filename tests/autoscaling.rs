@@ -3,96 +3,28 @@
 //! Prometheus that scrapes a real mlx-serve with the labels Kubernetes' pod scrape job gives
 //! it, while a real backlog builds in the server's queue (docs/deploy.md, "Autoscaling").
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlx_serve_tests::manifests::{adapter_rule, missing_tool, on_path, render};
+use mlx_serve_tests::manifests::{adapter_rule, missing_tool, render};
+use mlx_serve_tests::prometheus::{self, Prometheus};
 use mlx_serve_tests::server::{Server, ServerOptions};
 use serde_json::{json, Value};
 
 const MINILM: &str = "all-MiniLM-L6-v2";
 
-/// Prometheus scraping one mlx-serve every second, with the `namespace` and `pod` labels
-/// the usual `kubernetes-pods` scrape job gives a pod. Killed when dropped.
-struct Prometheus {
-    child: std::process::Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    /// Starts it on port 0 and reads the port it bound from its log.
-    fn start(binary: &PathBuf, target: u16, namespace: &str, pod: &str) -> Prometheus {
-        let dir = tempfile::Builder::new().prefix("mlx-serve-prometheus").tempdir().unwrap();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: kubernetes-pods\n    \
-             static_configs:\n      - targets: ['127.0.0.1:{target}']\n        labels: {{namespace: {namespace}, pod: {pod}}}\n"
-        );
-        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg("--web.listen-address=127.0.0.1:0")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus");
-        let mut prom = Prometheus { child, port: 0, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while prom.port == 0 {
-            // `msg="Listening on" address=127.0.0.1:PORT` once the listener is bound.
-            let log = prom.log();
-            prom.port = log
-                .lines()
-                .filter(|l| l.contains("msg=\"Listening on\""))
-                .find_map(|l| l.rsplit(':').next()?.trim().parse().ok())
-                .unwrap_or(0);
-            assert!(Instant::now() < deadline, "Prometheus did not start:\n{log}");
-            std::thread::sleep(Duration::from_millis(100)); // polling its log file
+/// Waits until Prometheus has scraped the target once (`up` is 1 for the pod), so the
+/// backlog is not over before the first scrape.
+fn wait_for_first_scrape(prom: &Prometheus, pod: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = prom.query(&format!("up{{pod=\"{pod}\"}}"));
+        if answer["data"]["result"][0]["value"][1] == "1" {
+            return;
         }
-        prom
-    }
-
-    /// Waits until Prometheus has scraped the target once (`up` is 1 for the pod), so the
-    /// backlog is not over before the first scrape.
-    fn wait_for_first_scrape(&self, pod: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let answer = self.api("query", ("query", &format!("up{{pod=\"{pod}\"}}")));
-            if answer["data"]["result"][0]["value"][1] == "1" {
-                return;
-            }
-            assert!(Instant::now() < deadline, "Prometheus never scraped the server: {answer}\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(200)); // polling for the first scrape
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    fn api(&self, path: &str, param: (&str, &str)) -> Value {
-        let r = ureq::get(&format!("http://127.0.0.1:{}/api/v1/{path}", self.port))
-            .query(param.0, param.1)
-            .timeout(Duration::from_secs(10))
-            .call();
-        match r {
-            Ok(resp) => resp.into_json().unwrap(),
-            Err(ureq::Error::Status(_, resp)) => resp.into_json().unwrap_or(Value::Null),
-            Err(e) => panic!("Prometheus API: {e}"),
-        }
+        assert!(Instant::now() < deadline, "Prometheus never scraped the server: {answer}\n{}", prom.log());
+        std::thread::sleep(Duration::from_millis(200)); // polling for the first scrape
     }
 }
 
@@ -110,7 +42,7 @@ fn autoscaling_metric_rises_with_a_backlog_on_a_real_prometheus() {
     let Some(adapter_yaml) = render("deploy/kubernetes/prometheus-adapter") else {
         return missing_tool("kubectl or kustomize (Kustomize)");
     };
-    let Some(binary) = std::env::var_os("PROMETHEUS_BIN").map(PathBuf::from).or_else(|| on_path("prometheus")) else {
+    let Some(binary) = prometheus::binary() else {
         return missing_tool("prometheus (Debian package)");
     };
     let rule = adapter_rule(&adapter_yaml);
@@ -124,8 +56,9 @@ fn autoscaling_metric_rises_with_a_backlog_on_a_real_prometheus() {
     });
     let (st, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm up"}));
     assert_eq!(st, 200);
-    let prom = Prometheus::start(&binary, server.port, namespace, pod);
-    prom.wait_for_first_scrape(pod);
+    // The labels the usual `kubernetes-pods` scrape job gives a pod.
+    let prom = Prometheus::start(&binary, server.port, "kubernetes-pods", &[("namespace", namespace), ("pod", pod)]);
+    wait_for_first_scrape(&prom, pod);
 
     // A backlog for as long as the check needs: requests of 512 passages one after another,
     // each queueing 512 inputs drained 32 per batch. A single request can end before

@@ -4,12 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mlx_serve_tests::cli::{candidate_port, retry_on_port_clash};
-use mlx_serve_tests::fixtures::repo_root;
+use mlx_serve_tests::fixtures::{copy_dir, repo_root};
+use mlx_serve_tests::prometheus::{self, Prometheus};
 use mlx_serve_tests::server::{run_client, signal, Server, ServerOptions};
 use serde_json::{json, Value};
 
@@ -360,19 +359,6 @@ fn metrics_port_serves_a_second_listener() {
     assert_eq!(server.stop(), Some(0));
 }
 
-/// Copies a folder tree (a fixture model, so deleting it cannot touch the original).
-fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap().flatten() {
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
-}
-
 #[test]
 fn deleted_model_leaves_no_series() {
     let server = Server::start(ServerOptions { models: vec![XLMR], ..Default::default() });
@@ -402,91 +388,6 @@ fn deleted_model_leaves_no_series() {
 // ---------------------------------------------------------------------------------------
 // A real Prometheus server.
 
-/// Kills Prometheus when the test ends, however it ends.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    /// `GET /api/v1/query`; returns the JSON answer (status "success" or "error").
-    fn query(&self, promql: &str) -> Value {
-        let r = ureq::get(&format!("http://127.0.0.1:{}/api/v1/query", self.port))
-            .query("query", promql)
-            .timeout(Duration::from_secs(10))
-            .call();
-        match r {
-            Ok(resp) => resp.into_json().unwrap_or(Value::Null),
-            Err(ureq::Error::Status(_, resp)) => resp.into_json().unwrap_or(Value::Null),
-            Err(_) => Value::Null, // not listening yet
-        }
-    }
-}
-
-fn prometheus_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("PROMETHEUS_BIN") {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join("prometheus"))
-        .find(|p| p.is_file())
-}
-
-fn start_prometheus(binary: &PathBuf, target_port: u16) -> Prometheus {
-    let dir = tempfile::Builder::new().prefix("mlx-serve-prometheus").tempdir().unwrap();
-    // scrape_timeout must not exceed scrape_interval (Prometheus refuses the config).
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-         scrape_configs:\n  - job_name: mlx-serve\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
-    );
-    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    // Port 0: Prometheus logs the address it bound (`msg="Listening on" address=H:P`, at
-    // level info, in 2.x and 3.x alike); we read it back from its log.
-    let child = Command::new(binary)
-        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg("--web.listen-address=127.0.0.1:0")
-        .arg("--log.level=info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start prometheus");
-    let mut prom = Prometheus { child, port: 0, dir };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    prom.port = loop {
-        let port = prom.log().lines().filter(|l| l.contains("Listening on")).find_map(|l| {
-            let addr = l.split("address=").nth(1)?.split_whitespace().next()?.trim_matches('"');
-            addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
-        });
-        if let Some(p) = port.filter(|&p| p != 0) {
-            break p;
-        }
-        if let Ok(Some(status)) = prom.child.try_wait() {
-            panic!("prometheus exited ({status}):\n{}", prom.log());
-        }
-        assert!(Instant::now() < deadline, "prometheus did not say where it listens:\n{}", prom.log());
-        std::thread::sleep(Duration::from_millis(50)); // polling interval of a condition wait (bounded by its deadline)
-    };
-    prom
-}
-
 /// The PromQL examples in docs/metrics.md (```promql blocks, one query per line).
 fn documented_queries() -> Vec<String> {
     let doc = std::fs::read_to_string(repo_root().join("docs/metrics.md")).expect("docs/metrics.md");
@@ -507,10 +408,10 @@ fn documented_queries() -> Vec<String> {
 fn prometheus_scrapes_and_answers_promql() {
     // A missing tool fails the test: scripts/setup installs it (Debian package prometheus,
     // Homebrew formula prometheus), and a suite that passes without it checked nothing here.
-    let binary = prometheus_binary()
+    let binary = prometheus::binary()
         .expect("no `prometheus` binary on PATH or in PROMETHEUS_BIN: run scripts/setup (it installs Prometheus)");
     let server = Server::start(ServerOptions { models: vec![BERT], ..Default::default() });
-    let prom = start_prometheus(&binary, server.port);
+    let prom = Prometheus::start(&binary, server.port, "mlx-serve", &[]);
 
     let counter = r#"mlx_serve_requests_total{job="mlx-serve",endpoint="/v1/embeddings",status="200"}"#;
     let p50 = r#"histogram_quantile(0.5, sum by (le) (rate(mlx_serve_request_duration_seconds_bucket{job="mlx-serve",endpoint="/v1/embeddings"}[5s])))"#;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use mlx_serve_tests::cli::{self, Output};
 use mlx_serve_tests::fake_hub::{folder_files, FakeHub};
-use mlx_serve_tests::fixtures::{cosine, embed_reference, minilm_dir};
+use mlx_serve_tests::fixtures::{copy_dir, cosine, embed_reference, minilm_dir};
 use mlx_serve_tests::server::{binary, run_client, Server, ServerOptions};
 use serde_json::{json, Value};
 
@@ -601,23 +601,11 @@ fn preload_downloads_a_missing_alias_then_loads_it() {
     assert_eq!(server.stop(), Some(0));
 }
 
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap().flatten() {
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
-}
-
 #[test]
 fn cli_remove_stops_the_running_servers_worker_first() {
     let server = Server::start(ServerOptions::default());
     let store = server.home.path().join("models").join("tiny-bert-embed");
-    copy_tree(&mlx_serve_tests::fixtures::model_dir("tiny-bert-embed"), &store);
+    copy_dir(&mlx_serve_tests::fixtures::model_dir("tiny-bert-embed"), &store);
     let (status, _) = server.post("/v1/embeddings", &json!({"model": "tiny-bert-embed", "input": "hello"}));
     assert_eq!(status, 200);
     let worker = server.worker_pids()[0];

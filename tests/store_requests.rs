@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mlx_serve_tests::fake_hub::{folder_files, FakeHub};
-use mlx_serve_tests::fixtures::{minilm_dir, model_dir};
+use mlx_serve_tests::fixtures::{copy_dir, minilm_dir, model_dir};
 use mlx_serve_tests::server::{Server, ServerOptions};
 use serde_json::{json, Value};
 
@@ -54,18 +54,6 @@ fn a_request_for_the_wrong_endpoint_downloads_and_quantizes_nothing() {
     assert_eq!(server.stop(), Some(0));
 }
 
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap().flatten() {
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).unwrap();
-        }
-    }
-}
-
 #[test]
 fn requests_racing_a_delete_get_200_or_404() {
     // Once the model is gone its bare name is searched for on the hub, which has no repo
@@ -77,7 +65,7 @@ fn requests_racing_a_delete_get_200_or_404() {
     let port = server.port;
     let mut statuses: Vec<(u16, String)> = Vec::new();
     for _round in 0..6 {
-        copy_tree(&model_dir("tiny-bert-embed"), &store);
+        copy_dir(&model_dir("tiny-bert-embed"), &store);
         let (status, _) = server.post("/v1/embeddings", &json!({"model": "tiny-bert-embed", "input": "warm"}));
         assert_eq!(status, 200);
         // Clients keep asking while the model is deleted under them; each stops once it has

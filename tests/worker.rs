@@ -366,22 +366,10 @@ fn half_precision_compute_runs_the_mlx_kernel_path() {
 fn copy_model(name: &str, tmp: &TempDir) -> std::path::PathBuf {
     let src = fixtures::model_dir(name);
     let dst = tmp.path().join(name);
-    copy_dir(&src, &dst);
+    fixtures::copy_dir(&src, &dst);
     dst
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
-}
 
 /// Starts a worker that must refuse to load; returns its reason.
 fn load_failure(model: &Path) -> String {

@@ -12,6 +12,20 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// Copies a folder tree (a fixture model, so that a test can change or delete its copy
+/// without touching the original).
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap().flatten() {
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
 /// `tests/fixtures/models/<name>`.
 pub fn model_dir(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures/models").join(name)

@@ -8,4 +8,5 @@ pub mod cli;
 pub mod balancer;
 pub mod manifests;
 pub mod process;
+pub mod prometheus;
 pub mod raw;

@@ -51,7 +51,7 @@ pub struct Options {
 
 /// Attention shapes: on a GPU rounded to a ladder (bounded per-shape kernel builds), on the
 /// CPU exact (nothing is built per shape there). `MLX_SERVE_ATTENTION_SHAPES=exact|ladder`
-/// overrides it, to measure one against the other (bench/gpu/diag.sh).
+/// overrides it, to measure one against the other (bench/gpu/diag.py).
 fn bucket_shapes(gpu: bool) -> Result<BucketShapes> {
     Ok(match std::env::var("MLX_SERVE_ATTENTION_SHAPES").ok().as_deref() {
         None | Some("") if gpu => BucketShapes::Ladder,
@@ -334,17 +334,19 @@ impl Engine {
     }
 }
 
-/// Token counts of the warm-up batches on a GPU: kernels and graphs MLX builds per shape the
-/// first time one runs (cuDNN attention graphs, matmul plans, quantized-matmul variants by
-/// row count) are built here, before Ready, for a spread of batch sizes: one in each
-/// row-count class of MLX's quantized matmul (≤ 16, 32, 64, 128 rows, more; `dispatch_tile`
-/// in mlx/backend/cuda/quantized/qmm/qmm_sm90.cu, MLX 0.32), so no first request waits.
-const GPU_WARM_UP_TOKENS: [u32; 5] = [2, 24, 48, 96, 200];
+/// Token counts of the warm-up batches. The CPU runs the first only (it reads every weight
+/// and fails a broken checkpoint before Ready). A GPU runs all: kernels and graphs MLX
+/// builds per shape the first time one runs (cuDNN attention graphs, matmul plans,
+/// quantized-matmul variants by row count) are built here for a spread of batch sizes, one
+/// in each row-count class of MLX's quantized matmul (≤ 16, 32, 64, 128 rows, more;
+/// `dispatch_tile` in mlx/backend/cuda/quantized/qmm/qmm_sm90.cu, MLX 0.32), so no first
+/// request waits.
+const WARM_UP_TOKENS: [u32; 5] = [2, 24, 48, 96, 200];
 
-/// The warm-up batches: on the CPU one tiny batch; on a GPU [`GPU_WARM_UP_TOKENS`], each split
-/// into sequences of at most `max_tokens` token-id-0 tokens.
+/// The warm-up batches ([`WARM_UP_TOKENS`]), each split into sequences of at most
+/// `max_tokens` token-id-0 tokens.
 fn warm_up_batches(gpu: bool, max_tokens: u32) -> Vec<TokenBatch> {
-    let totals: &[u32] = if gpu { &GPU_WARM_UP_TOKENS } else { &GPU_WARM_UP_TOKENS[..1] };
+    let totals: &[u32] = if gpu { &WARM_UP_TOKENS } else { &WARM_UP_TOKENS[..1] };
     let longest = max_tokens.max(2);
     totals
         .iter()

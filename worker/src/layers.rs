@@ -39,6 +39,17 @@ fn dequantize_first() -> bool {
     })
 }
 
+/// `x · wᵀ` of a quantized weight through MLX's quantized matmul, or (`dequantize`) with
+/// the weight dequantized for this product and a dense matmul.
+fn quantized_product(x: &Array, w: &Array, scales: &Array, biases: &Array, spec: QuantSpec, dequantize: bool) -> Result<Array> {
+    Ok(if dequantize {
+        let full = ops::dequantize(w, scales, biases, spec.group_size, spec.bits)?.as_dtype(x.dtype())?;
+        x.matmul(full.t())?
+    } else {
+        ops::quantized_matmul(x, w, scales, biases, true, spec.group_size, spec.bits)?
+    })
+}
+
 impl Linear {
     /// Applies the layer to `x` of shape `[.., in]`.
     pub fn forward(&self, x: &Array) -> Result<Array> {
@@ -52,31 +63,17 @@ impl Linear {
                     None => y,
                 }
             }
-            Linear::Quantized { .. } => self.forward_quantized(x, dequantize_first())?,
-            Linear::Parts(parts) => {
-                let ys: Vec<Array> = parts.iter().map(|p| p.forward(x)).collect::<Result<_>>()?;
-                ops::concatenate(&ys, -1)?
-            }
-        })
-    }
-
-    /// A quantized layer through MLX's quantized matmul, or (`dequantize`) its weights
-    /// dequantized for this product and a dense matmul.
-    fn forward_quantized(&self, x: &Array, dequantize: bool) -> Result<Array> {
-        Ok(match self {
             Linear::Quantized { w, scales, biases, bias, spec } => {
-                let y = if dequantize {
-                    let full = ops::dequantize(w, scales, biases, spec.group_size, spec.bits)?.as_dtype(x.dtype())?;
-                    x.matmul(full.t())?
-                } else {
-                    ops::quantized_matmul(x, w, scales, biases, true, spec.group_size, spec.bits)?
-                };
+                let y = quantized_product(x, w, scales, biases, *spec, dequantize_first())?;
                 match bias {
                     Some(b) => y.add(b)?,
                     None => y,
                 }
             }
-            _ => self.forward(x)?,
+            Linear::Parts(parts) => {
+                let ys: Vec<Array> = parts.iter().map(|p| p.forward(x)).collect::<Result<_>>()?;
+                ops::concatenate(&ys, -1)?
+            }
         })
     }
 
@@ -195,11 +192,11 @@ mod tests {
         let v: Vec<f32> = (0..out * inp).map(|i| ((i * 53 % 197) as f32 / 98.0) - 1.0).collect();
         let dense = Array::from_slice(&v, &[out, inp]);
         let (w, scales, biases) = ops::quantize(&dense, 64, 8).unwrap();
-        let layer = Linear::Quantized { w, scales, biases, bias: Some(Array::from_slice(&vec![0.5f32; out as usize], &[out])), spec: QuantSpec { group_size: 64, bits: 8 } };
+        let spec = QuantSpec { group_size: 64, bits: 8 };
         let xv: Vec<f32> = (0..11 * inp).map(|i| ((i * 31 % 89) as f32 / 44.0) - 1.0).collect();
         let x = Array::from_slice(&xv, &[11, inp]);
-        let a = layer.forward_quantized(&x, false).unwrap();
-        let b = layer.forward_quantized(&x, true).unwrap();
+        let a = quantized_product(&x, &w, &scales, &biases, spec, false).unwrap();
+        let b = quantized_product(&x, &w, &scales, &biases, spec, true).unwrap();
         let worst = a.subtract(&b).unwrap().abs().unwrap().max(None).unwrap().item_exact::<f32>();
         assert!(worst < 1e-3, "max diff {worst}");
     }

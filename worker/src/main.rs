@@ -3,8 +3,8 @@
 //! The worker is pure compute: it receives token ids over a Unix socket and answers with
 //! f32 rows or scores (see `mlx-serve-protocol`). No HTTP, no JSON API, no downloads.
 //! Map: `server` (socket loop, idle release) → `engine` (load, dtype policy, run a batch;
-//! `device` says whether MLX computes on a GPU, and whether that is CUDA) → `packing` (a batch as packed rows, attention buckets) → `models/*` (one
-//! file per architecture; `models/attention` over packed sequences) → `pooling` / `heads`;
+//! `device` says whether MLX computes on a GPU, and whether that is CUDA) → `packing` (a
+//! batch as packed rows, attention buckets) → `models/*` (one file per architecture; `models/attention` over packed sequences) → `pooling` / `heads`;
 //! `memory` sizes MLX's buffer cache from the work and gives idle memory back; `weights`
 //! loads safetensors; `quantize` writes MLX-quantized copies; `blas` checks the BLAS
 //! binding; `cpu_kernels` / `cpu_attention` are host-side GELU, LayerNorm, softmax and
@@ -62,7 +62,8 @@ enum Command {
         /// Overrides the kind detected from the model folder.
         #[arg(long, value_enum)]
         kind: Option<KindArg>,
-        /// auto (float32 on CPU; on GPU the checkpoint's half dtype, float16 for float32 ones), float32, float16 or bfloat16.
+        /// auto (float32 on CPU; on GPU the checkpoint's half dtype, float16 for float32
+        /// ones), float32, float16 or bfloat16.
         #[arg(long, default_value = "auto")]
         compute_dtype: String,
         /// Bound on MLX's buffer cache (freed buffers kept for reuse), in MiB; 0 = sized

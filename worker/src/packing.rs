@@ -211,7 +211,7 @@ impl AttentionBuckets {
                 BucketShapes::Exact => (longest, members.len() as i32),
                 BucketShapes::Ladder => (ladder(longest), ladder_rows(members.len() as i32)),
             };
-            let padded = len != longest || rows != members.len() as i32 || members.iter().any(|&i| lengths[i] != len);
+            let padded = rows != members.len() as i32 || members.iter().any(|&i| lengths[i] != len);
             let consecutive = members.windows(2).all(|w| w[1] == w[0] + 1);
             let start = packing.offsets[members[0]];
             let mut gather = Vec::new();
@@ -229,9 +229,8 @@ impl AttentionBuckets {
             // Filler rows (row count rounded up): copies of the first member's first token
             // that see only that key (no all-masked softmax row); their outputs are dropped.
             for _ in members.len() as i32..rows {
-                let first = packing.offsets[members[0]];
                 for j in 0..len {
-                    gather.push(first);
+                    gather.push(start);
                     mask.push(j == 0);
                 }
             }

@@ -84,18 +84,17 @@ pub async fn admit(State(state): State<SharedState>, req: Request, next: Next) -
         .and_then(|v| v.parse::<u64>().ok());
     let timeout = Duration::from_secs(state.config.server.body_read_timeout_seconds);
     // Refused before its body is read. The body is read and dropped first, when that is
-    // cheap (see `drain`), so that a client still sending it gets the answer rather than
+    // cheap (`after_drain`), so that a client still sending it gets the answer rather than
     // a broken pipe; otherwise the connection closes.
     if declared.is_some_and(|n| n > limits.max_request_bytes as u64) {
-        let (parts, body) = req.into_parts();
-        return after_drain(&parts, body, 2 * limits.max_request_bytes as u64, timeout, refuse(too_large(limits.max_request_bytes))).await;
+        let limit = 2 * limits.max_request_bytes as u64;
+        return after_drain(req, declared, limit, timeout, refuse(too_large(limits.max_request_bytes))).await;
     }
     let budget = &state.inflight;
     // A declared body is charged before it is read, a chunked one as it arrives: no
     // body is buffered beyond the budget.
     let Some(mut permit) = budget.charge(declared.unwrap_or(0) as usize) else {
-        let (parts, body) = req.into_parts();
-        return after_drain(&parts, body, limits.max_request_bytes as u64, timeout, refuse(budget.overloaded())).await;
+        return after_drain(req, declared, limits.max_request_bytes as u64, timeout, refuse(budget.overloaded())).await;
     };
     let (parts, body) = req.into_parts();
     let read = read_limited(body, declared, limits.max_request_bytes, budget, &mut permit);
@@ -139,20 +138,19 @@ pub async fn admit(State(state): State<SharedState>, req: Request, next: Next) -
     resp
 }
 
-/// `resp` for a request refused before its body was read: the body is read and dropped
-/// first when it declares at most `limit` bytes and arrives within `timeout` (memory: one
-/// frame at a time), and the connection stays usable; otherwise, or when the client waits
-/// for `Expect: 100-continue` (it sends no body then), the connection is closed. A client
-/// writing its body while the server closes gets a broken pipe instead of the answer
-/// (nginx's lingering close solves the same problem).
-async fn after_drain(parts: &axum::http::request::Parts, body: Body, limit: u64, timeout: Duration, resp: Response) -> Response {
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let waits_for_continue = parts.headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+/// `resp` for `req`, refused before its body was read: the body (`declared` bytes) is read
+/// and dropped first when it declares at most `limit` bytes and arrives within `timeout`
+/// (memory: one frame at a time), and the connection stays usable; otherwise, or when the
+/// client waits for `Expect: 100-continue` (it sends no body then), the connection is
+/// closed. A client writing its body while the server closes gets a broken pipe instead of
+/// the answer (nginx's lingering close solves the same problem).
+async fn after_drain(req: Request, declared: Option<u64>, limit: u64, timeout: Duration, resp: Response) -> Response {
+    let waits_for_continue = req.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if waits_for_continue || declared.is_none_or(|n| n > limit) {
         return closing(resp);
     }
     let drained = tokio::time::timeout(timeout, async {
-        let mut body = body;
+        let mut body = req.into_body();
         while let Some(frame) = body.frame().await {
             if frame.is_err() {
                 return false;

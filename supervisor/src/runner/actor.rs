@@ -97,11 +97,12 @@ pub fn spawn_runner(
     let status = Arc::new(Mutex::new(RunnerStatus::default()));
     let (started_tx, started_rx) = mpsc::unbounded_channel();
     let max_queue = cfg.max_queue;
-    let cfg_limits = cfg.limits;
     let runner = Runner {
         name: name.clone(),
         dir,
         kind,
+        // Until a worker says which device it computes on (read before `cfg` moves in).
+        limits: cfg.limits,
         cfg,
         queue: Queue::default(),
         jobs: Jobs::default(),
@@ -110,7 +111,6 @@ pub fn spawn_runner(
         head_since: Instant::now(),
         pace: Pace::default(),
         layout: Layout::Padded,
-        limits: cfg_limits,
         worker: None,
         events: None,
         generation: 0,

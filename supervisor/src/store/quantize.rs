@@ -55,7 +55,7 @@ impl Spec {
 
 /// The quantized variant `spec.variant_name(name)` of the installed model `name` (folder
 /// `src`), described from its metadata or, for a folder placed by hand, its own files;
-/// `recipe` as [`into_store_with`] takes it.
+/// `recipe` as [`into_store`] takes it.
 pub async fn installed_variant(
     store: &Store,
     worker_bin: &Path,
@@ -73,7 +73,7 @@ pub async fn installed_variant(
     }
     base.source_type = "quantize".into();
     base.source = name.to_owned();
-    into_store_with(store, worker_bin, src, &spec.variant_name(name), spec, recipe, &base).await
+    into_store(store, worker_bin, src, &spec.variant_name(name), spec, recipe, &base).await
 }
 
 /// Refuses to quantize a model whose config.json already has a `quantization` block.
@@ -132,26 +132,14 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     Some((s.blocks_available() as u64).saturating_mul(s.fragment_size() as u64))
 }
 
-/// Quantizes the model folder `src` into the store as `name`, with metadata `base` (its
-/// source fields set by the caller) plus the quantization and sizes. Returns the installed
-/// folder and its metadata.
-pub async fn into_store(
-    store: &Store,
-    worker_bin: &Path,
-    src: &Path,
-    name: &str,
-    spec: Spec,
-    base: &ModelMetadata,
-) -> Result<(PathBuf, ModelMetadata), StoreError> {
-    into_store_with(store, worker_bin, src, name, spec, None, base).await
-}
-
 /// Recipes `mlx-serve quantize --recipe` offers (worker/src/quantize/plan.rs); `None` is
 /// the worker's default for the bits (mixed at 4, uniform at 8).
 pub const RECIPES: [&str; 2] = ["mixed", "uniform"];
 
-/// [`into_store`] with a recipe.
-pub async fn into_store_with(
+/// Quantizes the model folder `src` into the store as `name` with `recipe` (`None`: the
+/// worker's default for the bits), with metadata `base` (its source fields set by the
+/// caller) plus the quantization and sizes. Returns the installed folder and its metadata.
+pub async fn into_store(
     store: &Store,
     worker_bin: &Path,
     src: &Path,

@@ -173,7 +173,7 @@ async fn finish(
     let (path, meta) = match req.quantize {
         Some(spec) => {
             report(PullEvent::Status(format!("quantizing to {}-bit (group size {})", spec.bits, spec.group_size)));
-            quantize::into_store(store, &req.worker_bin, &partial.path, installed_name, spec, &meta).await?
+            quantize::into_store(store, &req.worker_bin, &partial.path, installed_name, spec, None, &meta).await?
         }
         None => (install(store, &partial.path, installed_name)?, meta),
     };
