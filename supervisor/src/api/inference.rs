@@ -181,12 +181,7 @@ pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOpt
     if n == 0 {
         return Err(ApiError::invalid_param("input", "`input` must not be empty"));
     }
-    let max_inputs = state.config.limits.max_inputs_per_request;
-    if n > max_inputs {
-        return Err(ApiError::too_large(format!(
-            "{n} inputs in one request; the limit (limits.max_inputs_per_request) is {max_inputs}"
-        )));
-    }
+    check_input_count(state, n)?;
     let truncate = opts.truncate.unwrap_or(state.config.limits.truncate);
     let seqs = match inputs {
         Inputs::Texts(texts) => {
@@ -263,13 +258,7 @@ pub async fn rerank(
     if documents.is_empty() {
         return Err(ApiError::invalid_param("documents", "`documents` must not be empty"));
     }
-    let max_docs = state.config.limits.max_documents_per_rerank;
-    if documents.len() > max_docs {
-        return Err(ApiError::too_large(format!(
-            "{} documents in one request; the limit (limits.max_documents_per_rerank) is {max_docs}",
-            documents.len()
-        )));
-    }
+    check_document_count(state, documents.len())?;
     let truncate = truncate.unwrap_or(state.config.limits.truncate);
     let heavy = documents.iter().map(String::len).sum::<usize>() > 8192;
     let tok = entry.tokenizer.clone();
@@ -296,4 +285,26 @@ pub fn shorten_rows(data: &[f32], dim: usize, dims: usize) -> Vec<f32> {
         out.extend(part.iter().map(|x| x * scale));
     }
     out
+}
+
+/// `limits.max_inputs_per_request`: 413 past it.
+pub fn check_input_count(state: &AppState, n: usize) -> Result<(), ApiError> {
+    let max_inputs = state.config.limits.max_inputs_per_request;
+    if n > max_inputs {
+        return Err(ApiError::too_large(format!(
+            "{n} inputs in one request; the limit (limits.max_inputs_per_request) is {max_inputs}"
+        )));
+    }
+    Ok(())
+}
+
+/// `limits.max_documents_per_rerank`: 413 past it.
+pub fn check_document_count(state: &AppState, n: usize) -> Result<(), ApiError> {
+    let max_docs = state.config.limits.max_documents_per_rerank;
+    if n > max_docs {
+        return Err(ApiError::too_large(format!(
+            "{n} documents in one request; the limit (limits.max_documents_per_rerank) is {max_docs}"
+        )));
+    }
+    Ok(())
 }

@@ -17,7 +17,7 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::inference::{prompted_texts, EmbedOptions};
+use super::inference::{check_document_count, check_input_count, prompted_texts, EmbedOptions};
 use super::input::TextInput;
 use super::openai::Usage;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
@@ -81,13 +81,7 @@ pub async fn tokenize(State(state): State<SharedState>, body: Result<Bytes, Byte
     let req: TokenizeRequest = parse_body(body)?;
     let truncate = req.truncate.unwrap_or(state.config.limits.truncate);
     if let (Some(query), Some(documents)) = (&req.query, &req.documents) {
-        let max_docs = state.config.limits.max_documents_per_rerank;
-        if documents.len() > max_docs {
-            return Err(ApiError::too_large(format!(
-                "{} documents in one request; the limit (limits.max_documents_per_rerank) is {max_docs}",
-                documents.len()
-            )));
-        }
+        check_document_count(&state, documents.len())?;
         let entry = state.resolver().entry(&req.model, None).await?;
         let refs: Vec<&str> = documents.iter().map(String::as_str).collect();
         let seqs = entry
@@ -111,9 +105,7 @@ pub async fn tokenize(State(state): State<SharedState>, body: Result<Bytes, Byte
         Some(input) => input.into_texts(),
         None => return Err(ApiError::invalid_param("input", "`input` is required (or `query` and `documents`)")),
     };
-    if texts.len() > state.config.limits.max_inputs_per_request {
-        return Err(ApiError::too_large("too many inputs (limits.max_inputs_per_request)"));
-    }
+    check_input_count(&state, texts.len())?;
     let entry = state.resolver().entry(&req.model, None).await?;
     let opts = EmbedOptions { truncate: None, instruction: req.instruction, prompt_name: req.prompt_name, prompt: req.prompt };
     let texts = prompted_texts(&entry, texts, &opts)?;
