@@ -51,9 +51,15 @@ fn the_api_key_guards_every_route_but_health() {
     }
     // A refused request costs no body reading: a 401 comes back before the body is sent.
     let mut s = raw::connect(server.port, Duration::from_secs(10));
-    std::io::Write::write_all(&mut s, b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n").unwrap();
+    std::io::Write::write_all(&mut s, b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        .unwrap();
     assert_eq!(raw::read_answer(&mut s).unwrap().status, 401);
-    let a = post_json(server.port, "/v1/embeddings", &[&format!("Authorization: {bearer}")], &json!({"model": "all-MiniLM-L6-v2", "input": "x"}));
+    let a = post_json(
+        server.port,
+        "/v1/embeddings",
+        &[&format!("Authorization: {bearer}")],
+        &json!({"model": "all-MiniLM-L6-v2", "input": "x"}),
+    );
     assert_eq!(a.status, 200, "{a:?}");
     // The official clients' own way of passing a key.
     let out = run_client("api_key_clients.py", &server, &[KEY, "all-MiniLM-L6-v2", "tiny-bert-rerank"]);
@@ -64,12 +70,17 @@ fn the_api_key_guards_every_route_but_health() {
 #[test]
 fn metrics_may_stay_open_and_exposed_binds_are_warned_about() {
     let config = format!("server:\n  api_key: {KEY}\nmetrics:\n  require_api_key: false\n");
-    let server = Server::start(ServerOptions { models: vec!["tiny-bert-embed"], config: Some(config), ..Default::default() });
+    let server =
+        Server::start(ServerOptions { models: vec!["tiny-bert-embed"], config: Some(config), ..Default::default() });
     assert_eq!(raw::request(server.port, "GET /metrics HTTP/1.1", b"").status, 200);
     assert_eq!(raw::request(server.port, "GET /v1/models HTTP/1.1", b"").status, 401);
     assert!(!server.log_text().contains("without an API key"), "a key is set: no warning");
     drop(server);
-    let server = Server::start(ServerOptions { models: vec!["tiny-bert-embed"], args: vec!["--host".into(), "0.0.0.0".into()], ..Default::default() });
+    let server = Server::start(ServerOptions {
+        models: vec!["tiny-bert-embed"],
+        args: vec!["--host".into(), "0.0.0.0".into()],
+        ..Default::default()
+    });
     assert!(server.log_text().contains("without an API key"), "{}", server.log_text());
 }
 
@@ -129,7 +140,11 @@ fn worker_sockets_stay_out_of_folders_others_control() {
     assert_eq!(server.post("/v1/embeddings", &json!({"model": "tiny-bert-embed", "input": "hi"})).0, 200);
     stop.store(true, Ordering::SeqCst);
     watcher.join().unwrap();
-    assert!(!seen.load(Ordering::SeqCst), "a worker socket appeared in {}, a folder another user owns", shared.display());
+    assert!(
+        !seen.load(Ordering::SeqCst),
+        "a worker socket appeared in {}, a folder another user owns",
+        shared.display()
+    );
     let run_dir = std::fs::symlink_metadata(server.home.path().join("run")).unwrap();
     assert_eq!((run_dir.mode() & 0o777, run_dir.uid()), (0o700, nix::unistd::getuid().as_raw()));
 }

@@ -74,7 +74,10 @@ fn rerankers_match_reference_scores_over_http() {
     for model in models {
         let reference = rerank_reference(model).unwrap();
         let raw: Value = serde_json::from_str(
-            &std::fs::read_to_string(mlx_serve_tests::fixtures::repo_root().join(format!("tests/fixtures/reference/{model}.json"))).unwrap(),
+            &std::fs::read_to_string(
+                mlx_serve_tests::fixtures::repo_root().join(format!("tests/fixtures/reference/{model}.json")),
+            )
+            .unwrap(),
         )
         .unwrap();
         for (case, raw_case) in reference.cases.iter().zip(raw["cases"].as_array().unwrap()) {
@@ -95,7 +98,9 @@ fn rerankers_match_reference_scores_over_http() {
                 assert_eq!(&tok["data"][i]["token_ids"], &json!(want), "{model} {} pair {i} ids", case.name);
                 let types = case.pairs_token_type_ids.as_ref().map(|t| &t[i]).filter(|t| t.iter().any(|&x| x != 0));
                 match types {
-                    Some(t) => assert_eq!(&tok["data"][i]["token_type_ids"], &json!(t), "{model} {} pair {i} types", case.name),
+                    Some(t) => {
+                        assert_eq!(&tok["data"][i]["token_type_ids"], &json!(t), "{model} {} pair {i} types", case.name)
+                    }
                     None => assert!(tok["data"][i].get("token_type_ids").is_none()),
                 }
             }
@@ -109,7 +114,12 @@ fn rerankers_match_reference_scores_over_http() {
                 let score = r["relevance_score"].as_f64().unwrap();
                 assert!(score <= prev, "sorted by score");
                 prev = score;
-                assert!((score - case.scores[i] as f64).abs() <= 1e-4, "{model} {} doc {i}: {score} vs {}", case.name, case.scores[i]);
+                assert!(
+                    (score - case.scores[i] as f64).abs() <= 1e-4,
+                    "{model} {} doc {i}: {score} vs {}",
+                    case.name,
+                    case.scores[i]
+                );
                 assert!(r.get("document").is_none());
             }
         }
@@ -144,14 +154,16 @@ fn errors_have_openai_shape_and_status() {
         assert!(message.contains(needle), "{body}: {message:?} lacks {needle:?}");
     }
     let long = "word ".repeat(400);
-    let (got, resp) = server.post("/v1/embeddings", &json!({"model": "all-MiniLM-L6-v2", "input": long, "truncate": false}));
+    let (got, resp) =
+        server.post("/v1/embeddings", &json!({"model": "all-MiniLM-L6-v2", "input": long, "truncate": false}));
     assert_eq!(got, 400, "{resp}");
     assert_eq!(resp["error"]["code"], "context_length_exceeded");
     let (got, resp) = server.post("/v1/embeddings", &json!({"model": "all-MiniLM-L6-v2", "input": long}));
     assert_eq!(got, 200, "truncated by default: {resp}");
     assert_eq!(resp["usage"]["prompt_tokens"], 256);
     // Invalid JSON, wrong method, unknown route.
-    let resp = ureq::post(&server.url("/v1/embeddings")).set("content-type", "application/json").send_string("{not json");
+    let resp =
+        ureq::post(&server.url("/v1/embeddings")).set("content-type", "application/json").send_string("{not json");
     assert!(matches!(resp, Err(ureq::Error::Status(400, _))));
     let (got, _) = server.get("/v1/embeddings");
     assert_eq!(got, 405);
@@ -169,7 +181,12 @@ fn errors_have_openai_shape_and_status() {
 
 /// Token ids of `data[i]` in a `/v1/tokenize` answer.
 fn ids_of(tok: &Value, i: usize) -> Vec<u32> {
-    tok["data"][i]["token_ids"].as_array().unwrap_or_else(|| panic!("no ids in {tok}")).iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    tok["data"][i]["token_ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ids in {tok}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Every case of an embedding model's reference through `/v1/tokenize` and `/v1/embeddings`:
@@ -214,7 +231,13 @@ fn xlmr_and_qwen3_embedding_models_over_http_match_the_reference() {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     };
     let case = |r: &Value, name: &str| -> Value {
-        r["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no case {name}")).clone()
+        r["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no case {name}"))
+            .clone()
     };
     // Truncation keeps the end-of-text token: the truncated passage ends in it, at the limit.
     let qwen3 = raw("tiny-qwen3-embed");
@@ -224,7 +247,10 @@ fn xlmr_and_qwen3_embedding_models_over_http_match_the_reference() {
     assert_eq!((ids.len() as u64, ids.last().unwrap()), (qwen3["max_seq_length"].as_u64().unwrap(), &eot));
     let xlmr = raw("tiny-xlmr-embed");
     let ids = case(&xlmr, "beyond_limit_truncated")["input_ids"][0].as_array().unwrap().clone();
-    assert_eq!((ids.len() as u64, ids.last().unwrap()), (xlmr["max_seq_length"].as_u64().unwrap(), &xlmr["special_tokens"]["</s>"]));
+    assert_eq!(
+        (ids.len() as u64, ids.last().unwrap()),
+        (xlmr["max_seq_length"].as_u64().unwrap(), &xlmr["special_tokens"]["</s>"])
+    );
     // Special tokens written inside the text are the special ids, not their characters.
     let special = case(&qwen3, "special_tokens_in_text");
     assert!(special["input_ids"][0].as_array().unwrap().contains(&qwen3["special_tokens"]["<|im_start|>"]));
@@ -247,7 +273,8 @@ fn qwen3_instruction_extension_builds_the_model_card_prompt() {
     for (i, text) in case.texts.iter().enumerate() {
         let Some(query) = text.split("\nQuery:").nth(1) else { continue };
         assert_eq!(&format.replace("{task}", task).replace("{query}", query), text, "the reference's own format");
-        let (status, resp) = server.post("/v1/embeddings", &json!({"model": model, "input": query, "instruction": task}));
+        let (status, resp) =
+            server.post("/v1/embeddings", &json!({"model": model, "input": query, "instruction": task}));
         assert_eq!(status, 200, "{resp}");
         let got = &embeddings(&resp)[0];
         let cos = cosine(got, &case.embeddings[i]);
@@ -309,12 +336,15 @@ fn exactly_max_tokens_is_accepted_and_one_more_is_refused() {
     // Embeddings: [CLS] + n words + [SEP].
     let (max, word) = (limit(embed), one_token_word(&server, embed));
     let text = |n: usize| vec![word; n].join(" ");
-    let (status, tok) = server.post("/v1/tokenize", &json!({"model": embed, "input": text(max - 2), "truncate": false}));
+    let (status, tok) =
+        server.post("/v1/tokenize", &json!({"model": embed, "input": text(max - 2), "truncate": false}));
     assert_eq!((status, ids_of(&tok, 0).len()), (200, max), "{tok}");
-    let (status, resp) = server.post("/v1/embeddings", &json!({"model": embed, "input": text(max - 2), "truncate": false}));
+    let (status, resp) =
+        server.post("/v1/embeddings", &json!({"model": embed, "input": text(max - 2), "truncate": false}));
     assert_eq!(status, 200, "exactly {max} tokens: {resp}");
     assert_eq!(resp["usage"]["prompt_tokens"], max);
-    let (status, resp) = server.post("/v1/embeddings", &json!({"model": embed, "input": text(max - 1), "truncate": false}));
+    let (status, resp) =
+        server.post("/v1/embeddings", &json!({"model": embed, "input": text(max - 1), "truncate": false}));
     assert_eq!(status, 400, "{} tokens: {resp}", max + 1);
     assert_eq!(resp["error"]["code"], "context_length_exceeded", "{resp}");
     assert!(resp["error"]["message"].as_str().unwrap().contains(&max.to_string()), "{resp}");
@@ -390,7 +420,9 @@ fn listens_on_ipv6_loopback() {
     let (status, resp) = server.post("/v1/embeddings", &json!({"model": "tiny-bert-embed", "input": "over IPv6"}));
     assert_eq!(status, 200, "{resp}");
     // Only there: the IPv4 loopback on the same port is not this server.
-    let v4 = ureq::get(&format!("http://127.0.0.1:{}/health", server.port)).timeout(std::time::Duration::from_secs(5)).call();
+    let v4 = ureq::get(&format!("http://127.0.0.1:{}/health", server.port))
+        .timeout(std::time::Duration::from_secs(5))
+        .call();
     assert!(v4.is_err(), "also answering on IPv4: {v4:?}");
     // The CLI finds it and prints a bracketed URL.
     let status = server.cli(&["status"]);

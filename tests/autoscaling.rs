@@ -63,7 +63,8 @@ fn autoscaling_metric_rises_with_a_backlog_on_a_real_prometheus() {
     // A backlog for as long as the check needs: requests of 512 passages one after another,
     // each queueing 512 inputs drained 32 per batch. A single request can end before
     // Prometheus's next scrape on a fast machine, so the sender repeats until told to stop.
-    let passages: Vec<String> = (0..512).map(|i| format!("passage {i} {}", "about rivers and mountains ".repeat(8))).collect();
+    let passages: Vec<String> =
+        (0..512).map(|i| format!("passage {i} {}", "about rivers and mountains ".repeat(8))).collect();
     let url = server.url("/v1/embeddings");
     let stop = Arc::new(AtomicBool::new(false));
     let sender = {
@@ -118,4 +119,3 @@ fn autoscaling_metric_rises_with_a_backlog_on_a_real_prometheus() {
     drop(prom);
     assert_eq!(server.stop(), Some(0));
 }
-

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mlx_serve_tests::cli::wait_gone;
-use mlx_serve_tests::process::Frozen;
 use mlx_serve_tests::fixtures::{cosine, rerank_reference};
+use mlx_serve_tests::process::Frozen;
 use mlx_serve_tests::server::{run_client, signal, Server, ServerOptions};
 use serde_json::{json, Value};
 
@@ -24,7 +24,14 @@ fn vector(resp: &Value, i: usize) -> Vec<f32> {
 }
 
 fn texts(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("sentence number {i} about {} things", ["red", "green", "blue", "quiet", "long-winded and very detailed"][i % 5])).collect()
+    (0..n)
+        .map(|i| {
+            format!(
+                "sentence number {i} about {} things",
+                ["red", "green", "blue", "quiet", "long-winded and very detailed"][i % 5]
+            )
+        })
+        .collect()
 }
 
 /// Sum of `mlx_serve_batch_size` observations and their count, from /metrics.
@@ -111,13 +118,22 @@ fn a_token_budget_not_a_count_sizes_batches() {
     let (short_tokens, short_batches) = run((0..64).map(|i| format!("query {i}")).collect());
     assert!(short_tokens <= 1024.0, "the premise: 64 short queries fit the budget ({short_tokens} tokens)");
     assert_eq!(short_batches, 1.0, "64 short queries ({short_tokens} tokens) went in one batch");
-    let (long_tokens, long_batches) = run((0..16).map(|i| format!("{i} {}", "a long passage of words ".repeat(24))).collect());
+    let (long_tokens, long_batches) =
+        run((0..16).map(|i| format!("{i} {}", "a long passage of words ".repeat(24))).collect());
     let least = (long_tokens / 1024.0).ceil();
     assert!(least >= 2.0, "the premise: 16 passages overflow the budget ({long_tokens} tokens)");
-    assert!(long_batches >= least && long_batches <= least + 1.0, "16 passages ({long_tokens} tokens) went in {long_batches} batches");
+    assert!(
+        long_batches >= least && long_batches <= least + 1.0,
+        "16 passages ({long_tokens} tokens) went in {long_batches} batches"
+    );
     let (_, text) = server.get_text("/metrics");
-    let counter = |name: &str| text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
-    assert_eq!(counter("mlx_serve_padded_tokens_total"), counter("mlx_serve_tokens_total"), "a packed worker computes no padding");
+    let counter =
+        |name: &str| text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(
+        counter("mlx_serve_padded_tokens_total"),
+        counter("mlx_serve_tokens_total"),
+        "a packed worker computes no padding"
+    );
 }
 
 #[test]
@@ -134,7 +150,8 @@ fn killed_worker_is_restarted_and_no_request_fails() {
         let (server, done, reference) = (server.clone(), done.clone(), reference.clone());
         handles.push(std::thread::spawn(move || {
             for k in 0..25 {
-                let input = vec!["steady text".to_owned(), format!("client {c} request {k} {}", "padding words ".repeat(k))];
+                let input =
+                    vec!["steady text".to_owned(), format!("client {c} request {k} {}", "padding words ".repeat(k))];
                 let (status, resp) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": input}));
                 assert_eq!(status, 200, "request failed across a worker crash: {resp}");
                 let cos = cosine(&vector(&resp, 0), &reference);
@@ -148,7 +165,8 @@ fn killed_worker_is_restarted_and_no_request_fails() {
     // is up.
     let mut killed = Vec::new();
     for round in 0..2 {
-        server.wait_for("answered requests", Duration::from_secs(120), || done.load(Ordering::SeqCst) >= 20 + round * 40);
+        server
+            .wait_for("answered requests", Duration::from_secs(120), || done.load(Ordering::SeqCst) >= 20 + round * 40);
         server.wait_for("a (re)started worker", Duration::from_secs(60), || {
             server.worker_pids().iter().any(|p| !killed.contains(p))
         });
@@ -201,7 +219,8 @@ fn queue_bound_answers_429_with_retry_after() {
     for h in handles {
         h.join().unwrap();
     }
-    let (ok, limited, other) = (counts[0].load(Ordering::SeqCst), counts[1].load(Ordering::SeqCst), counts[2].load(Ordering::SeqCst));
+    let (ok, limited, other) =
+        (counts[0].load(Ordering::SeqCst), counts[1].load(Ordering::SeqCst), counts[2].load(Ordering::SeqCst));
     println!("ok {ok}, 429 {limited}, other {other}");
     assert!(ok > 0 && limited > 0 && other == 0, "ok {ok}, 429 {limited}, other {other}");
     // Still healthy afterwards.
@@ -301,15 +320,14 @@ fn rerank_in_jina_cohere_and_tei_shapes() {
     // "yes", those below "no".
     let reference = rerank_reference("tiny-bert-rerank").unwrap();
     let raw: Value = serde_json::from_str(
-        &std::fs::read_to_string(mlx_serve_tests::fixtures::repo_root().join("tests/fixtures/reference/tiny-bert-rerank.json")).unwrap(),
+        &std::fs::read_to_string(
+            mlx_serve_tests::fixtures::repo_root().join("tests/fixtures/reference/tiny-bert-rerank.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
-    let (case, raw_case) = reference
-        .cases
-        .iter()
-        .zip(raw["cases"].as_array().unwrap())
-        .max_by_key(|(c, _)| c.scores.len())
-        .unwrap();
+    let (case, raw_case) =
+        reference.cases.iter().zip(raw["cases"].as_array().unwrap()).max_by_key(|(c, _)| c.scores.len()).unwrap();
     let mut sorted = case.scores.clone();
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let gap = sorted.windows(2).max_by(|a, b| (a[1] - a[0]).partial_cmp(&(b[1] - b[0])).unwrap()).unwrap();
@@ -329,7 +347,8 @@ fn rerank_in_jina_cohere_and_tei_shapes() {
     }
     assert!(results.iter().any(|r| r["text_output"] == "yes") && results.iter().any(|r| r["text_output"] == "no"));
     // TEI: texts + raw_scores → bare array with logits.
-    let (status, tei) = server.post("/rerank", &json!({"query": "cat", "texts": docs, "raw_scores": true, "return_text": true}));
+    let (status, tei) =
+        server.post("/rerank", &json!({"query": "cat", "texts": docs, "raw_scores": true, "return_text": true}));
     assert_eq!(status, 200, "{tei}");
     let arr = tei.as_array().unwrap();
     assert_eq!(arr.len(), 3);
@@ -368,12 +387,21 @@ fn disconnected_clients_have_their_queued_inputs_dropped() {
         let (server, big) = (server.clone(), big.clone());
         std::thread::spawn(move || server.post("/v1/embeddings", &json!({"model": MINILM, "input": big})).0)
     };
-    server.wait_for("the big request accepted", Duration::from_secs(30), || accepted(&server, MINILM, sent_before) == 96.0);
+    server.wait_for("the big request accepted", Duration::from_secs(30), || {
+        accepted(&server, MINILM, sent_before) == 96.0
+    });
     // A client sends a request, which queues behind the big one, then goes away.
     let mut gone = std::net::TcpStream::connect(server.addr).unwrap();
     let body = json!({"model": MINILM, "input": "a request whose client goes away"}).to_string();
-    write!(gone, "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    server.wait_for("the abandoned request queued", Duration::from_secs(30), || accepted(&server, MINILM, sent_before) == 97.0);
+    write!(
+        gone,
+        "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    server.wait_for("the abandoned request queued", Duration::from_secs(30), || {
+        accepted(&server, MINILM, sent_before) == 97.0
+    });
     drop(gone);
     drop(frozen);
     assert_eq!(busy.join().unwrap(), 200);
@@ -429,8 +457,10 @@ fn poison_input_fails_alone_after_two_crashes() {
     let poison = post(json!([[101, 7777, 102]]));
     server.wait_for("innocents and poison queued", Duration::from_secs(30), || server.queue_state(MINILM).1 == 9);
     let (batches_of_9_to_16, crashes) = (
-        || server.metric("mlx_serve_batch_size_bucket", &[("endpoint", "embed"), ("le", "16")])
-            - server.metric("mlx_serve_batch_size_bucket", &[("endpoint", "embed"), ("le", "8")]),
+        || {
+            server.metric("mlx_serve_batch_size_bucket", &[("endpoint", "embed"), ("le", "16")])
+                - server.metric("mlx_serve_batch_size_bucket", &[("endpoint", "embed"), ("le", "8")])
+        },
         || server.log_text().matches("worker died").count(),
     );
     let shared_before = batches_of_9_to_16();

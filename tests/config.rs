@@ -68,7 +68,10 @@ fn precedence_file_then_env_then_cli() {
 
         // What `config` reports at each level.
         let file_only = config_values(&home, &[]);
-        assert_eq!(value_of(&file_only, "server.port"), (Value::from(file_port), "file".into(), home.config_file().display().to_string()));
+        assert_eq!(
+            value_of(&file_only, "server.port"),
+            (Value::from(file_port), "file".into(), home.config_file().display().to_string())
+        );
         let with_env = config_values(&home, &env);
         assert_eq!(value_of(&with_env, "server.port"), (Value::from(env_port), "env".into(), "MLX_SERVE_PORT".into()));
 
@@ -112,7 +115,8 @@ fn config_prints_each_value_with_its_source() {
     let out = home.run(&["config", "--path"]);
     assert_eq!(out.stdout.trim(), home.config_file().display().to_string());
     let other = home.path().join("elsewhere.yaml");
-    let out = home.run_env(&["config", "--path"], &[("MLX_SERVE_CONFIG", other.to_str().unwrap())], Duration::from_secs(30));
+    let out =
+        home.run_env(&["config", "--path"], &[("MLX_SERVE_CONFIG", other.to_str().unwrap())], Duration::from_secs(30));
     assert_eq!(out.stdout.trim(), other.display().to_string());
 }
 

@@ -66,7 +66,8 @@ fn effective_config(docs: &[Value], container: &Value) -> impl Fn(&str) -> Value
     assert!(out.ok(), "the pod's config.yaml and environment are refused by mlx-serve:\n{}", out.text());
     let values: Value = serde_json::from_str(&out.stdout).unwrap();
     move |key: &str| {
-        values["values"].as_array().unwrap().iter().find(|v| v["key"] == key).unwrap_or_else(|| panic!("no {key}"))["value"]
+        values["values"].as_array().unwrap().iter().find(|v| v["key"] == key).unwrap_or_else(|| panic!("no {key}"))
+            ["value"]
             .clone()
     }
 }
@@ -86,7 +87,8 @@ fn check_overlay(dir: &str, yaml: &str, image_tag: &str) -> Vec<Value> {
     let docs = documents(yaml);
     let deploy = find(&docs, "Deployment");
     let spec = &deploy["spec"]["template"]["spec"];
-    let c = spec["containers"].as_array().unwrap().iter().find(|c| c["name"] == "mlx-serve").expect("container mlx-serve");
+    let c =
+        spec["containers"].as_array().unwrap().iter().find(|c| c["name"] == "mlx-serve").expect("container mlx-serve");
     let config = effective_config(&docs, c);
     let ctx = format!("{dir}: {}", serde_json::to_string_pretty(deploy).unwrap());
 
@@ -117,9 +119,13 @@ fn check_overlay(dir: &str, yaml: &str, image_tag: &str) -> Vec<Value> {
     let sleep = &c["lifecycle"]["preStop"]["exec"]["command"];
     assert_eq!(sleep[0], "sleep", "{ctx}");
     let pre_stop = int(&sleep[1]);
-    let needed = pre_stop + int(&config("limits.request_timeout_seconds")) + int(&config("server.shutdown_timeout_seconds"));
+    let needed =
+        pre_stop + int(&config("limits.request_timeout_seconds")) + int(&config("server.shutdown_timeout_seconds"));
     let grace = int(&spec["terminationGracePeriodSeconds"]);
-    assert!(grace >= needed, "{dir}: terminationGracePeriodSeconds {grace} < preStop + request timeout + shutdown timeout = {needed}");
+    assert!(
+        grace >= needed,
+        "{dir}: terminationGracePeriodSeconds {grace} < preStop + request timeout + shutdown timeout = {needed}"
+    );
 
     // Models: pulled by the init container, preloaded, and nothing downloaded on demand.
     let preload = config("models.preload");
@@ -130,7 +136,10 @@ fn check_overlay(dir: &str, yaml: &str, image_tag: &str) -> Vec<Value> {
     assert_eq!(init["envFrom"], c["envFrom"], "init container and server see the same models");
 
     // Memory sized (docs/deploy.md, Sizing), and selectors that select these pods.
-    assert!(c["resources"]["requests"]["memory"].is_string() && c["resources"]["limits"]["memory"].is_string(), "{ctx}");
+    assert!(
+        c["resources"]["requests"]["memory"].is_string() && c["resources"]["limits"]["memory"].is_string(),
+        "{ctx}"
+    );
     let selector = &deploy["spec"]["selector"]["matchLabels"];
     assert!(selector.as_object().is_some_and(|s| !s.is_empty()), "{ctx}");
     for (k, v) in selector.as_object().unwrap() {
@@ -235,10 +244,9 @@ fn image_recipe_runs_tested_commands_and_matches_the_manifests() {
             {
                 continue;
             }
-            let (prefix, _) = TESTED_COMMANDS
-                .iter()
-                .find(|(p, _)| command.starts_with(p))
-                .unwrap_or_else(|| panic!("{}: `{command}` is run by no test; cover it, then list it here", path.display()));
+            let (prefix, _) = TESTED_COMMANDS.iter().find(|(p, _)| command.starts_with(p)).unwrap_or_else(|| {
+                panic!("{}: `{command}` is run by no test; cover it, then list it here", path.display())
+            });
             if prefix.contains("apt-get install") {
                 for package in command[prefix.len()..].split_whitespace() {
                     assert!(

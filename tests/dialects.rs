@@ -57,12 +57,14 @@ fn qwen3_prompt_name_equals_sentence_transformers() {
         let (status, resp) = server.post("/embed", &json!({"inputs": case.texts, "prompt_name": case.prompt_name}));
         assert_eq!(status, 200, "{resp}");
         assert_rows(&bare_rows(&resp), &case.embeddings, &format!("{} /embed", case.name));
-        let (status, resp) = server.post("/api/embed", &json!({"model": QWEN, "input": case.texts, "prompt_name": case.prompt_name}));
+        let (status, resp) =
+            server.post("/api/embed", &json!({"model": QWEN, "input": case.texts, "prompt_name": case.prompt_name}));
         assert_eq!(status, 200, "{resp}");
         let got: Vec<Vec<f32>> = serde_json::from_value(resp["embeddings"].clone()).unwrap();
         assert_rows(&got, &case.embeddings, &format!("{} /api/embed", case.name));
         // /v1/tokenize applies the same prompt: the reference tokenizer's ids of prompt + text.
-        let (status, tok) = server.post("/v1/tokenize", &json!({"model": QWEN, "input": case.texts, "prompt_name": case.prompt_name}));
+        let (status, tok) =
+            server.post("/v1/tokenize", &json!({"model": QWEN, "input": case.texts, "prompt_name": case.prompt_name}));
         assert_eq!(status, 200, "{tok}");
         for (i, want) in case.input_ids.iter().enumerate() {
             assert_eq!(tok["data"][i]["token_ids"], json!(want), "{} ids {i}", case.name);
@@ -136,12 +138,14 @@ fn default_prompt_name_applies_like_sentence_transformers() {
     assert_rows(&[legacy], &query.embeddings[..1], "default prompt, Ollama legacy");
     // Another named prompt replaces it (the empty `document` prompt: plain text).
     let doc = &reference.prompt_cases[1];
-    let (_, resp) = server.post("/v1/embeddings", &json!({"model": model, "input": doc.texts, "prompt_name": "document"}));
+    let (_, resp) =
+        server.post("/v1/embeddings", &json!({"model": model, "input": doc.texts, "prompt_name": "document"}));
     assert_rows(&rows(&resp), &doc.embeddings, "document overrides the default");
     // Tokenize → ids → embed gives the same vector: ids carry the prompt already.
     let (_, tok) = server.post("/v1/tokenize", &json!({"model": model, "input": query.texts[0]}));
     assert_eq!(tok["data"][0]["token_ids"], json!(query.input_ids[0]));
-    let (status, resp) = server.post("/v1/embeddings", &json!({"model": model, "input": [tok["data"][0]["token_ids"]]}));
+    let (status, resp) =
+        server.post("/v1/embeddings", &json!({"model": model, "input": [tok["data"][0]["token_ids"]]}));
     assert_eq!(status, 200, "{resp}");
     assert_rows(&rows(&resp), &query.embeddings[..1], "ids from /v1/tokenize");
     let (_, info) = server.get(&format!("/info?model={model}"));
@@ -152,7 +156,8 @@ fn default_prompt_name_applies_like_sentence_transformers() {
 #[test]
 fn tokenize_has_the_plans_shape() {
     let server = Server::start(ServerOptions { models: vec!["all-MiniLM-L6-v2"], ..Default::default() });
-    let (status, resp) = server.post("/v1/tokenize", &json!({"model": "all-MiniLM-L6-v2", "input": ["Hello world", "How are you?"]}));
+    let (status, resp) =
+        server.post("/v1/tokenize", &json!({"model": "all-MiniLM-L6-v2", "input": ["Hello world", "How are you?"]}));
     assert_eq!(status, 200, "{resp}");
     assert_eq!(resp["model"], "all-MiniLM-L6-v2");
     for (i, item) in resp["data"].as_array().unwrap().iter().enumerate() {
@@ -163,7 +168,10 @@ fn tokenize_has_the_plans_shape() {
     }
     // [CLS] hello world [SEP]
     assert_eq!(resp["data"][0]["token_ids"], json!([101, 7592, 2088, 102]));
-    let (_, resp) = server.post("/v1/tokenize", &json!({"model": "all-MiniLM-L6-v2", "input": "Hello world", "return_token_strings": true}));
+    let (_, resp) = server.post(
+        "/v1/tokenize",
+        &json!({"model": "all-MiniLM-L6-v2", "input": "Hello world", "return_token_strings": true}),
+    );
     assert_eq!(resp["data"][0]["token_strings"], json!(["[CLS]", "hello", "world", "[SEP]"]));
     assert_eq!(server.stop(), Some(0));
 }
@@ -189,7 +197,10 @@ fn tei_routes_serve_huggingface_hub_inference_client() {
 
 #[test]
 fn model_omitted_needs_exactly_one_model_of_the_type() {
-    let server = Server::start(ServerOptions { models: vec![QWEN, "tiny-bert-embed", "tiny-bert-rerank"], ..Default::default() });
+    let server = Server::start(ServerOptions {
+        models: vec![QWEN, "tiny-bert-embed", "tiny-bert-rerank"],
+        ..Default::default()
+    });
     // Two embedding models: the request must name one, and the error lists them.
     let (status, resp) = server.post("/embed", &json!({"inputs": "x"}));
     assert_eq!(status, 400, "{resp}");
@@ -212,13 +223,17 @@ fn cohere_client_embeds_float_binary_and_reranks() {
     let out = run_client("cohere_client.py", &server, &[&reference(QWEN), &reference("tiny-bert-rerank")]);
     assert!(out.contains("v2 embed"), "{out}");
     // Jina / Cohere rerank responses carry Cohere's id and meta.
-    let (status, resp) = server.post("/v1/rerank", &json!({"model": "tiny-bert-rerank", "query": "q", "documents": ["a"]}));
+    let (status, resp) =
+        server.post("/v1/rerank", &json!({"model": "tiny-bert-rerank", "query": "q", "documents": ["a"]}));
     assert_eq!(status, 200, "{resp}");
     assert_eq!(resp["id"].as_str().unwrap().len(), 36);
     assert_eq!(resp["meta"]["api_version"]["version"], "1");
     assert!(resp["meta"]["billed_units"]["input_tokens"].as_u64().unwrap() > 0);
     // An unknown embedding type is refused in Cohere's error shape.
-    let (status, resp) = server.post("/v2/embed", &json!({"model": QWEN, "texts": ["x"], "input_type": "search_query", "embedding_types": ["int4"]}));
+    let (status, resp) = server.post(
+        "/v2/embed",
+        &json!({"model": QWEN, "texts": ["x"], "input_type": "search_query", "embedding_types": ["int4"]}),
+    );
     assert_eq!(status, 400, "{resp}");
     assert!(resp["message"].as_str().unwrap().contains("int4"));
     assert_eq!(server.stop(), Some(0));

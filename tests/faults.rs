@@ -72,7 +72,12 @@ fn wait_busy(server: &Server) {
 
 /// `clients` threads each sending one-text requests until `stop`; each returns how many
 /// it sent and every failure it saw.
-fn load(server: &Arc<Server>, clients: usize, stop: &Arc<AtomicBool>, done: &Arc<AtomicUsize>) -> Vec<std::thread::JoinHandle<Vec<String>>> {
+fn load(
+    server: &Arc<Server>,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+    done: &Arc<AtomicUsize>,
+) -> Vec<std::thread::JoinHandle<Vec<String>>> {
     (0..clients)
         .map(|c| {
             let (server, stop, done) = (server.clone(), stop.clone(), done.clone());
@@ -131,7 +136,10 @@ fn a_stopped_worker_is_killed_by_the_watchdog_and_no_request_fails() {
     stop.store(true, Ordering::SeqCst);
     let failures = join_all(clients);
     assert!(failures.is_empty(), "requests failed across a stopped worker: {failures:?}");
-    assert!(wait_gone(&server, stopped, Duration::from_secs(10)), "the stopped worker {stopped} was not killed and reaped");
+    assert!(
+        wait_gone(&server, stopped, Duration::from_secs(10)),
+        "the stopped worker {stopped} was not killed and reaped"
+    );
     assert_ne!(fresh, stopped);
     let log = server.log_text();
     assert!(log.contains("worker died: stopped (SIGSTOP) during a batch"), "{log}");
@@ -144,7 +152,9 @@ fn timed_out_requests_leave_the_queue_and_evict_force_stops_a_stopped_worker() {
     // No watchdog here: what a hung worker does to the queue, and the operator's way out.
     let server = Server::start(ServerOptions {
         models: vec![MINILM],
-        config: Some("batch:\n  max_queue_size: 4\nlimits:\n  hung_worker_seconds: 0\n  request_timeout_seconds: 1\n".into()),
+        config: Some(
+            "batch:\n  max_queue_size: 4\nlimits:\n  hung_worker_seconds: 0\n  request_timeout_seconds: 1\n".into(),
+        ),
         ..Default::default()
     });
     assert_eq!(server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm up"})).0, 200);
@@ -158,7 +168,11 @@ fn timed_out_requests_leave_the_queue_and_evict_force_stops_a_stopped_worker() {
         assert_eq!(status, 504, "round {round}: {resp}");
     }
     let out = ctl(&server, &["evict", MINILM]);
-    assert!(!out.ok() && out.stderr.contains("--force"), "a busy worker is not evicted without --force: {}", out.text());
+    assert!(
+        !out.ok() && out.stderr.contains("--force"),
+        "a busy worker is not evicted without --force: {}",
+        out.text()
+    );
     let t0 = Instant::now();
     let out = ctl(&server, &["evict", MINILM, "--force"]);
     assert!(out.ok(), "{}", out.text());
@@ -182,7 +196,9 @@ fn restart_replaces_a_stopped_worker_and_retries_its_work() {
     signal(stopped, Signal::SIGSTOP);
     let waiting = {
         let server = server.clone();
-        std::thread::spawn(move || server.post("/v1/embeddings", &json!({"model": MINILM, "input": "held by a stopped worker"})))
+        std::thread::spawn(move || {
+            server.post("/v1/embeddings", &json!({"model": MINILM, "input": "held by a stopped worker"}))
+        })
     };
     wait_busy(&server);
     let t0 = Instant::now();

@@ -57,7 +57,8 @@ fn the_formula_passes_every_check() {
 #[test]
 fn a_service_flag_start_does_not_accept_fails_the_check() {
     let dir = tempfile::tempdir().unwrap();
-    let formula = broken_formula(dir.path(), r#""start", "--foreground"]"#, r#""start", "--foreground", "--daemonize"]"#);
+    let formula =
+        broken_formula(dir.path(), r#""start", "--foreground"]"#, r#""start", "--foreground", "--daemonize"]"#);
     let out = check_formula(Some(&formula));
     let log = text(&out);
     assert!(!out.status.success(), "a --daemonize service passed:\n{log}");

@@ -174,7 +174,10 @@ fn configure_mlx_c(dir: &Path, install: &Install) -> mlx_serve_tests::cli::Outpu
         // The `cmake` crate (0.1.58, src/lib.rs) turns the CMAKE_TOOLCHAIN_FILE environment
         // variable into this define.
         .arg(format!("-DCMAKE_TOOLCHAIN_FILE={toolchain}"))
-        .arg(format!("-DCMAKE_PROJECT_TOP_LEVEL_INCLUDES={}", repo_root().join("Formula/test/trap_fetchcontent.cmake").display()))
+        .arg(format!(
+            "-DCMAKE_PROJECT_TOP_LEVEL_INCLUDES={}",
+            repo_root().join("Formula/test/trap_fetchcontent.cmake").display()
+        ))
         .args([
             "-DCMAKE_INSTALL_PREFIX=.",
             "-DCMAKE_C_COMPILER=/usr/bin/cc",
@@ -215,7 +218,14 @@ fn brew_install_steps_run_on_a_release_tree_and_mlx_c_configures_offline_from_th
         let target = buildpath.join("fetchcontent").join(name);
         assert_eq!(install.report["staged"][name], serde_json::json!([target.to_str().unwrap()]));
     }
-    for file in ["mlx/CMakeLists.txt", "mlx/mlx/array.h", "metal_cpp/Metal/Metal.hpp", "json/single_include/nlohmann/json.hpp", "fmt/CMakeLists.txt", "gguflib/gguflib.c"] {
+    for file in [
+        "mlx/CMakeLists.txt",
+        "mlx/mlx/array.h",
+        "metal_cpp/Metal/Metal.hpp",
+        "json/single_include/nlohmann/json.hpp",
+        "fmt/CMakeLists.txt",
+        "gguflib/gguflib.c",
+    ] {
         assert!(buildpath.join("fetchcontent").join(file).is_file(), "fetchcontent/{file} not staged");
     }
 

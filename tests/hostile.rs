@@ -26,10 +26,14 @@ fn peak_growth(server: &Server, send: impl FnOnce()) -> u64 {
 
 #[test]
 fn huge_texts_cost_a_bounded_multiple_of_their_size() {
-    let server = Server::start(ServerOptions { models: vec!["all-MiniLM-L6-v2", "tiny-bert-rerank"], ..Default::default() });
+    let server =
+        Server::start(ServerOptions { models: vec!["all-MiniLM-L6-v2", "tiny-bert-rerank"], ..Default::default() });
     // Load the tokenizers and workers first: their memory is not the requests'.
     assert_eq!(server.post("/v1/embeddings", &json!({"model": "all-MiniLM-L6-v2", "input": "warm up"})).0, 200);
-    assert_eq!(server.post("/v1/rerank", &json!({"model": "tiny-bert-rerank", "query": "q", "documents": ["d"]})).0, 200);
+    assert_eq!(
+        server.post("/v1/rerank", &json!({"model": "tiny-bert-rerank", "query": "q", "documents": ["d"]})).0,
+        200
+    );
 
     // One string of two million one-letter words (4 MB): the model keeps 256 tokens.
     let words = "a ".repeat(2_000_000);
@@ -63,7 +67,10 @@ fn huge_texts_cost_a_bounded_multiple_of_their_size() {
 #[ignore = "not done: a 3 MiB rerank body of two equal 1M-word texts peaks at ~175 MiB in the supervisor (10 GB before the pair-heads fix), above 5x the body; the allocation is not found yet"]
 fn a_huge_rerank_pair_costs_a_bounded_multiple_of_its_size() {
     let server = Server::start(ServerOptions { models: vec!["tiny-bert-rerank"], ..Default::default() });
-    assert_eq!(server.post("/v1/rerank", &json!({"model": "tiny-bert-rerank", "query": "q", "documents": ["d"]})).0, 200);
+    assert_eq!(
+        server.post("/v1/rerank", &json!({"model": "tiny-bert-rerank", "query": "q", "documents": ["d"]})).0,
+        200
+    );
     // A reranker pair whose query and document are both huge, of the same length.
     let body = json!({"model": "tiny-bert-rerank", "query": "q ".repeat(1_000_000), "documents": ["d ".repeat(1_000_000)], "return_documents": false});
     let size = serde_json::to_vec(&body).unwrap().len() as u64;
@@ -76,11 +83,16 @@ fn a_huge_rerank_pair_costs_a_bounded_multiple_of_its_size() {
 #[test]
 fn concurrent_large_bodies_get_429_and_numbers_get_413() {
     let config = "limits:\n  max_request_bytes: 4194304\n  max_inflight_request_bytes: 8388608\n";
-    let server = Server::start(ServerOptions { models: vec!["tiny-bert-embed"], config: Some(config.into()), ..Default::default() });
+    let server = Server::start(ServerOptions {
+        models: vec!["tiny-bert-embed"],
+        config: Some(config.into()),
+        ..Default::default()
+    });
     // Two clients declare 2.5 MB bodies and send their first bytes: 5 of the 8 MiB are
     // taken until their bodies arrive (each then costs its body again, decoded).
     let body = serde_json::to_vec(&json!({"model": "tiny-bert-embed", "input": "word ".repeat(500_000)})).unwrap();
-    let third_body = serde_json::to_vec(&json!({"model": "tiny-bert-embed", "input": "word ".repeat(800_000)})).unwrap();
+    let third_body =
+        serde_json::to_vec(&json!({"model": "tiny-bert-embed", "input": "word ".repeat(800_000)})).unwrap();
     let head = |path: &str, len: usize| {
         format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n")
     };
@@ -119,7 +131,10 @@ fn concurrent_large_bodies_get_429_and_numbers_get_413() {
         let Some(third) = third else { continue };
         assert_eq!(third.status, 429, "{third:?}");
         assert!(third.header("retry-after").is_some(), "{third:?}");
-        assert!(third.json()["error"].as_str().is_some_and(|m| m.contains("max_inflight_request_bytes")), "Ollama shape: {third:?}");
+        assert!(
+            third.json()["error"].as_str().is_some_and(|m| m.contains("max_inflight_request_bytes")),
+            "Ollama shape: {third:?}"
+        );
         // The first two finish normally, one after the other, unless the race above
         // refused one of them (its 429 comes once its body is drained).
         let mut raced = false;
@@ -140,7 +155,12 @@ fn concurrent_large_bodies_get_429_and_numbers_get_413() {
             break;
         }
     }
-    assert_eq!(clean_rounds, 1, "every round raced: the first two bodies were never charged before the third\n{}", server.log_text());
+    assert_eq!(
+        clean_rounds,
+        1,
+        "every round raced: the first two bodies were never charged before the third\n{}",
+        server.log_text()
+    );
     // A body of two million small numbers is 4 MB on the wire but ~64 MB decoded.
     let ids = format!("{{\"model\": \"tiny-bert-embed\", \"input\": [[{}1]]}}", "1,".repeat(1_900_000));
     let a = raw::request(server.port, "POST /v1/embeddings HTTP/1.1\r\nContent-Type: application/json", ids.as_bytes());
@@ -153,9 +173,15 @@ fn concurrent_large_bodies_get_429_and_numbers_get_413() {
 #[test]
 fn a_body_refused_unread_is_drained_so_the_client_reads_its_answer() {
     let config = "limits:\n  max_request_bytes: 65536\n";
-    let server = Server::start(ServerOptions { models: vec!["tiny-bert-embed"], config: Some(config.into()), ..Default::default() });
+    let server = Server::start(ServerOptions {
+        models: vec!["tiny-bert-embed"],
+        config: Some(config.into()),
+        ..Default::default()
+    });
     let ok = serde_json::to_vec(&json!({"model": "tiny-bert-embed", "input": "fine"})).unwrap();
-    let post = |len: usize| format!("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n");
+    let post = |len: usize| {
+        format!("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n")
+    };
     // 100 KB declared and sent in full, over the 64 KiB limit: refused from its headers,
     // read and dropped, answered 413, and the connection serves the next request.
     let mut s = connect(server.port, Duration::from_secs(30));
@@ -178,7 +204,11 @@ fn a_body_refused_unread_is_drained_so_the_client_reads_its_answer() {
 #[test]
 fn slow_clients_are_dropped_and_others_are_served() {
     let config = "server:\n  header_read_timeout_seconds: 2\n  body_read_timeout_seconds: 2\n";
-    let server = Server::start(ServerOptions { models: vec!["tiny-bert-embed"], config: Some(config.into()), ..Default::default() });
+    let server = Server::start(ServerOptions {
+        models: vec!["tiny-bert-embed"],
+        config: Some(config.into()),
+        ..Default::default()
+    });
     let request = b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n";
     // 200 connections sending their headers one byte a second.
     let mut slow: Vec<_> = (0..200).map(|_| Some(connect(server.port, Duration::from_millis(1)))).collect();
@@ -223,7 +253,11 @@ fn slow_clients_are_dropped_and_others_are_served() {
 #[test]
 fn connections_past_the_cap_are_closed_at_once() {
     let config = "server:\n  max_connections: 20\n";
-    let server = Server::start(ServerOptions { models: vec!["tiny-bert-embed"], config: Some(config.into()), ..Default::default() });
+    let server = Server::start(ServerOptions {
+        models: vec!["tiny-bert-embed"],
+        config: Some(config.into()),
+        ..Default::default()
+    });
     let held: Vec<_> = (0..20).map(|_| connect(server.port, Duration::from_secs(5))).collect();
     // The 21st connection is accepted and closed without an answer. The kernel accepts
     // connections before the server does, so "closed" is what the client can observe.
@@ -241,7 +275,8 @@ fn connections_past_the_cap_are_closed_at_once() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut s = connect(server.port, Duration::from_secs(5));
-        let ok = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").is_ok() && read_answer(&mut s).is_ok_and(|a| a.status == 200);
+        let ok = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").is_ok()
+            && read_answer(&mut s).is_ok_and(|a| a.status == 200);
         if ok {
             break;
         }
@@ -297,11 +332,13 @@ fn inputs_empty_after_tokenization_and_too_many_pairs_are_refused() {
     }
     let (status, v) = server.post("/api/embed", &json!({"model": "tiny-bert-embed", "input": "\u{0}"}));
     assert!(status == 400 && v["error"].is_string(), "{status} {v}");
-    let (status, v) = server.post("/v1/rerank", &json!({"model": "tiny-bert-rerank", "query": "\u{0}", "documents": ["a"]}));
+    let (status, v) =
+        server.post("/v1/rerank", &json!({"model": "tiny-bert-rerank", "query": "\u{0}", "documents": ["a"]}));
     assert_eq!((status, v["error"]["param"].as_str()), (400, Some("query")), "{v}");
     // /v1/tokenize pair mode obeys the rerank document limit.
     let docs = json!(["a", "b", "c", "d"]);
-    let (status, v) = server.post("/v1/tokenize", &json!({"model": "tiny-bert-rerank", "query": "q", "documents": docs}));
+    let (status, v) =
+        server.post("/v1/tokenize", &json!({"model": "tiny-bert-rerank", "query": "q", "documents": docs}));
     assert_eq!((status, v["error"]["code"].as_str()), (413, Some("request_too_large")), "{v}");
     let (status, v) = server.post("/v1/rerank", &json!({"model": "tiny-bert-rerank", "query": "q", "documents": docs}));
     assert_eq!(status, 413, "{v}");

@@ -107,8 +107,7 @@ fn installed_copy_serves_after_being_moved_and_never_loads_the_checkouts_mlx() {
     });
     let reference = embed_reference("all-MiniLM-L6-v2").unwrap();
     let case = reference.cases.iter().find(|c| c.texts.iter().all(|t| !t.is_empty())).expect("a case");
-    let (status, body) =
-        server.post("/v1/embeddings", &json!({"model": "all-MiniLM-L6-v2", "input": case.texts}));
+    let (status, body) = server.post("/v1/embeddings", &json!({"model": "all-MiniLM-L6-v2", "input": case.texts}));
     assert_eq!(status, 200, "{body}\n{}", server.log_text());
     let rows = body["data"].as_array().unwrap();
     assert_eq!(rows.len(), case.texts.len());
@@ -125,7 +124,8 @@ fn installed_copy_serves_after_being_moved_and_never_loads_the_checkouts_mlx() {
     let exe = std::fs::read_link(format!("/proc/{}/exe", pids[0])).unwrap();
     assert_eq!(exe, worker.canonicalize().unwrap());
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", pids[0])).unwrap();
-    let mapped: Vec<&str> = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.contains(".so")).collect();
+    let mapped: Vec<&str> =
+        maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter(|p| p.contains(".so")).collect();
     let libmlx_real = libmlx.canonicalize().unwrap();
     assert!(mapped.iter().any(|p| Path::new(p) == libmlx_real), "libmlx not mapped from the prefix: {mapped:?}");
     let leaked: Vec<&&str> = mapped.iter().filter(|p| under_checkout(p)).collect();

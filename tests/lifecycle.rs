@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use mlx_serve_tests::cli::{candidate_port, parse_started, process_alive, retry_on_port_clash, wait_gone, Home, Started};
+use mlx_serve_tests::cli::{
+    candidate_port, parse_started, process_alive, retry_on_port_clash, wait_gone, Home, Started,
+};
 use mlx_serve_tests::server::{python, Server, ServerOptions};
 use serde_json::{json, Value};
 
@@ -73,7 +75,13 @@ fn start_status_stop() {
     // status: pid, port, uptime, version, models, as text and JSON.
     let out = home.run(&["status"]);
     assert!(out.ok(), "{}", out.text());
-    for want in [format!("running at http://127.0.0.1:{port}"), format!("pid      {pid}"), "uptime".into(), env!("CARGO_PKG_VERSION").into(), "(none loaded)".into()] {
+    for want in [
+        format!("running at http://127.0.0.1:{port}"),
+        format!("pid      {pid}"),
+        "uptime".into(),
+        env!("CARGO_PKG_VERSION").into(),
+        "(none loaded)".into(),
+    ] {
         assert!(out.stdout.contains(&want), "no {want:?} in:\n{}", out.stdout);
     }
     let (code, list) = status_json(&home);
@@ -275,7 +283,8 @@ fn ctl_commands_against_a_live_server() {
 
 fn post_embeddings(port: u16, model: &str) -> (u16, Value) {
     let body = json!({"model": model, "input": ["hello world", "a second input"]});
-    match ureq::post(&format!("http://127.0.0.1:{port}/v1/embeddings")).timeout(Duration::from_secs(60)).send_json(body) {
+    match ureq::post(&format!("http://127.0.0.1:{port}/v1/embeddings")).timeout(Duration::from_secs(60)).send_json(body)
+    {
         Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
         Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
         Err(e) => panic!("{e}"),

@@ -25,7 +25,8 @@ fn worker_links_mlx_and_openblas_first() {
     assert!(libs.contains("libmlx.so =>") && !libs.contains("libmlx.so => not found"), "{libs}");
     assert!(libs.contains("libopenblas.so.0 =>"), "{libs}");
     // The worker checks at start-up which library answers cblas_sgemm.
-    let out = Command::new(binary("mlx-serve-worker")).args(["bench-matmul", "--n", "64", "--iters", "1"]).output().unwrap();
+    let out =
+        Command::new(binary("mlx-serve-worker")).args(["bench-matmul", "--n", "64", "--iters", "1"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("BLAS:") && stderr.contains("openblas"), "{stderr}");

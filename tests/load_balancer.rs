@@ -77,7 +77,14 @@ fn embeddings(reply: &Value) -> Vec<Vec<f32>> {
 }
 
 /// One client: requests of 1-4 mixed-length texts plus a marker, until `stop` or its bound.
-fn client(seed: u64, url: String, refs: Arc<Vec<Vec<f32>>>, next_id: Arc<AtomicU64>, stop: Arc<AtomicBool>, out: Arc<Mutex<Vec<Outcome>>>) {
+fn client(
+    seed: u64,
+    url: String,
+    refs: Arc<Vec<Vec<f32>>>,
+    next_id: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    out: Arc<Mutex<Vec<Outcome>>>,
+) {
     let mut rng = Rng(seed);
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
     for _ in 0..MAX_REQUESTS_PER_CLIENT {
@@ -165,7 +172,8 @@ fn replicas_behind_haproxy_lose_nothing_to_a_drain_and_only_started_responses_to
     let next_id = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..CLIENTS as u64)
         .map(|i| {
-            let (url, refs, next_id, stop, out) = (lb.url("/v1/embeddings"), refs.clone(), next_id.clone(), stop.clone(), outcomes.clone());
+            let (url, refs, next_id, stop, out) =
+                (lb.url("/v1/embeddings"), refs.clone(), next_id.clone(), stop.clone(), outcomes.clone());
             std::thread::spawn(move || client(0x9e37_79b9_7f4a_7c15 ^ (i + 1), url, refs, next_id, stop, out))
         })
         .collect();
@@ -186,11 +194,14 @@ fn replicas_behind_haproxy_lose_nothing_to_a_drain_and_only_started_responses_to
     // queue, more than the balanced load can put there (each client has at most 5 inputs in
     // flight), so a deeper queue means mac1 has accepted this request.
     let drained = servers[0].as_ref().unwrap();
-    let passages: Vec<String> = (0..128).map(|i| format!("passage {i}: {}", "rivers cross the mountain city ".repeat(8))).collect();
+    let passages: Vec<String> =
+        (0..128).map(|i| format!("passage {i}: {}", "rivers cross the mountain city ".repeat(8))).collect();
     let direct = {
         let url = drained.url("/v1/embeddings");
         std::thread::spawn(move || {
-            let r = ureq::post(&url).timeout(Duration::from_secs(120)).send_json(json!({"model": MINILM, "input": passages}));
+            let r = ureq::post(&url)
+                .timeout(Duration::from_secs(120))
+                .send_json(json!({"model": MINILM, "input": passages}));
             r.map_err(|e| e.to_string())?.into_json::<Value>().map_err(|e| e.to_string())
         })
     };
@@ -214,7 +225,10 @@ fn replicas_behind_haproxy_lose_nothing_to_a_drain_and_only_started_responses_to
     let drained_log = drained.log_text();
     let after_term = drained_log.split("SIGTERM: shutting down").nth(1).unwrap_or_default().to_owned();
     let finished: Vec<&str> = after_term.lines().filter(|l| l.contains("endpoint=/v1/embeddings")).collect();
-    assert!(!finished.is_empty() && finished.iter().all(|l| l.contains("status=200")), "mac1 after SIGTERM:\n{after_term}");
+    assert!(
+        !finished.is_empty() && finished.iter().all(|l| l.contains("status=200")),
+        "mac1 after SIGTERM:\n{after_term}"
+    );
     assert_eq!(servers[0].take().unwrap().stop(), Some(0), "the drained replica exits 0");
     wait_for_load(12);
 

@@ -29,9 +29,9 @@ struct Scrape {
 
 impl Scrape {
     fn matching<'a>(&'a self, name: &'a str, labels: &'a [(&str, &str)]) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples
-            .iter()
-            .filter(move |s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        self.samples.iter().filter(move |s| {
+            s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
     }
 
     /// Sum of the samples named `name` whose labels include `labels` (0 when none).
@@ -71,19 +71,20 @@ fn scrape(server: &Server, target: &str) -> Scrape {
         "exposition content type: {}",
         v["content_type"]
     );
-    let families = v["families"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, t)| (k.clone(), t.as_str().unwrap().to_owned()))
-        .collect();
+    let families =
+        v["families"].as_object().unwrap().iter().map(|(k, t)| (k.clone(), t.as_str().unwrap().to_owned())).collect();
     let samples = v["samples"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| Sample {
             name: s["name"].as_str().unwrap().to_owned(),
-            labels: s["labels"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect(),
+            labels: s["labels"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect(),
             value: s["value"].as_f64().unwrap_or_else(|| s["value"].as_str().unwrap().parse().unwrap()),
         })
         .collect();
@@ -161,7 +162,8 @@ fn metrics_move_with_real_traffic() {
     bert_tokens += resp["usage"]["prompt_tokens"].as_f64().unwrap();
     // 2. BERT again, three inputs of different lengths in one request: a hit, one batch
     //    of three, and padding.
-    let three = json!({"model": BERT, "input": ["a", "a somewhat longer input", "the longest input of these three by far"]});
+    let three =
+        json!({"model": BERT, "input": ["a", "a somewhat longer input", "the longest input of these three by far"]});
     let (st, resp, n) = post_sized(&server, embed, &three);
     assert_eq!(st, 200, "{resp}");
     embed_bytes += n;
@@ -184,7 +186,8 @@ fn metrics_move_with_real_traffic() {
     assert_eq!(st, 200, "{resp}");
     embed_bytes += n;
     // 6. A reranker: miss, then hit; three documents each time.
-    let rerank = json!({"model": RERANK, "query": "what is mlx", "documents": ["an array framework", "a cat", "apple silicon"]});
+    let rerank =
+        json!({"model": RERANK, "query": "what is mlx", "documents": ["an array framework", "a cat", "apple silicon"]});
     for _ in 0..2 {
         let (st, resp, _) = post_sized(&server, "/v1/rerank", &rerank);
         assert_eq!(st, 200, "{resp}");
@@ -341,7 +344,11 @@ fn metrics_port_serves_a_second_listener() {
     // port: a candidate from the OS, and another one if something takes it first.
     let (server, port) = retry_on_port_clash(|| {
         let port = candidate_port();
-        let opts = ServerOptions { models: vec![BERT], config: Some(format!("metrics:\n  port: {port}\n")), ..Default::default() };
+        let opts = ServerOptions {
+            models: vec![BERT],
+            config: Some(format!("metrics:\n  port: {port}\n")),
+            ..Default::default()
+        };
         Server::try_start(opts).map(|s| (s, port))
     });
     let (st, _) = server.post("/v1/embeddings", &json!({"model": BERT, "input": "counted once"}));

@@ -93,13 +93,25 @@ fn pull_by_repo_alias_and_folder_then_list_show_remove() {
     // Not a terminal: plain progress lines.
     assert!(out.stderr.contains("model.safetensors: 100%"), "{}", out.stderr);
     let dir = models_dir(home.path()).join("all-MiniLM-L6-v2");
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "modules.json", "1_Pooling/config.json", "sentence_bert_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "vocab.txt",
+        "modules.json",
+        "1_Pooling/config.json",
+        "sentence_bert_config.json",
+    ] {
         assert_eq!(std::fs::read(dir.join(f)).unwrap(), source_file(f), "{f}");
     }
     for f in ["pytorch_model.bin", "onnx", "openvino", "README.md", "data_config.json"] {
         assert!(!dir.join(f).exists(), "{f} should not be fetched");
     }
-    assert!(hub.requests().iter().all(|r| !r.contains("pytorch_model.bin") && !r.contains("onnx")), "{:?}", hub.requests());
+    assert!(
+        hub.requests().iter().all(|r| !r.contains("pytorch_model.bin") && !r.contains("onnx")),
+        "{:?}",
+        hub.requests()
+    );
     let meta = metadata(home.path(), "all-MiniLM-L6-v2");
     assert_eq!(meta["source_type"], "huggingface");
     assert_eq!(meta["repo"], "sentence-transformers/all-MiniLM-L6-v2");
@@ -142,7 +154,8 @@ fn pull_by_repo_alias_and_folder_then_list_show_remove() {
     let out = mlx_serve(home.path(), &hub, &["list"]);
     assert!(out.ok(), "{}", out.stderr);
     for name in ["all-MiniLM-L6-v2", "mini-copy", "minilm-local"] {
-        let line = out.stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}:\n{}", out.stdout));
+        let line =
+            out.stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}:\n{}", out.stdout));
         assert!(line.contains("embedding") && line.contains("BertModel") && line.contains("MiB"), "{line}");
     }
     let out = mlx_serve(home.path(), &hub, &["list", "--json"]);
@@ -151,7 +164,10 @@ fn pull_by_repo_alias_and_folder_then_list_show_remove() {
     assert!(listed[0]["size"].as_u64().unwrap() > source_file("model.safetensors").len() as u64);
     let out = mlx_serve(home.path(), &hub, &["show", "tiny", "--json"]);
     let shown: Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!((shown["name"].as_str(), shown["pooling"].as_str(), shown["max_tokens"].as_u64()), (Some("mini-copy"), Some("mean"), Some(256)));
+    assert_eq!(
+        (shown["name"].as_str(), shown["pooling"].as_str(), shown["max_tokens"].as_u64()),
+        (Some("mini-copy"), Some("mean"), Some(256))
+    );
     let out = mlx_serve(home.path(), &hub, &["list", "--aliases"]);
     assert!(out.stdout.contains("qwen-embedding") && out.stdout.contains("tiny "), "{}", out.stdout);
     let out = mlx_serve(home.path(), &hub, &["remove", "minilm-local"]);
@@ -165,23 +181,31 @@ fn pull_by_repo_alias_and_folder_then_list_show_remove() {
 fn pulls_that_must_fail_leave_nothing_behind() {
     let hub = FakeHub::start();
     let minilm = minilm_files();
-    let small: Vec<(String, Vec<u8>)> =
-        minilm.iter().filter(|f| f.0 != "model.safetensors").cloned().collect();
+    let small: Vec<(String, Vec<u8>)> = minilm.iter().filter(|f| f.0 != "model.safetensors").cloned().collect();
     let mut pickled = small.clone();
     pickled.push(("pytorch_model.bin".into(), b"not really pickle".to_vec()));
     hub.add_repo("acme/pickled", pickled);
-    let mut gpt2 = vec![("config.json".to_string(), br#"{"model_type": "gpt2", "architectures": ["GPT2Model"]}"#.to_vec())];
+    let mut gpt2 =
+        vec![("config.json".to_string(), br#"{"model_type": "gpt2", "architectures": ["GPT2Model"]}"#.to_vec())];
     gpt2.push(("model.safetensors".into(), source_file("model.safetensors").to_vec()));
     hub.add_repo("acme/gpt2-like", gpt2);
     let home = tempfile::tempdir().unwrap();
 
     let out = mlx_serve(home.path(), &hub, &["pull", "acme/does-not-exist"]);
     assert!(!out.ok());
-    assert!(out.stderr.contains("acme/does-not-exist was not found") && out.stderr.contains("HTTP 404"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("acme/does-not-exist was not found") && out.stderr.contains("HTTP 404"),
+        "{}",
+        out.stderr
+    );
 
     let out = mlx_serve(home.path(), &hub, &["pull", "acme/pickled"]);
     assert!(!out.ok());
-    assert!(out.stderr.contains("only pickle weights (pytorch_model.bin)") && out.stderr.contains("safetensors only"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("only pickle weights (pytorch_model.bin)") && out.stderr.contains("safetensors only"),
+        "{}",
+        out.stderr
+    );
     assert!(hub.requests().iter().all(|r| !r.contains("pytorch_model.bin")), "pickle was fetched");
 
     // An architecture the worker cannot run is refused before its weights are downloaded.
@@ -308,7 +332,10 @@ fn quantized_models_pull_list_and_serve() {
     assert!(out.stdout.contains("installed all-MiniLM-L6-v2-4bit"), "{}", out.stdout);
     // The quality check runs at quantize time and is printed.
     let printed = out.stdout.lines().find(|l| l.starts_with("quality:")).unwrap_or_else(|| panic!("{}", out.stdout));
-    assert!(printed.contains("recall@10") && printed.contains("nDCG@10") && printed.contains("20 queries x 60 documents"), "{printed}");
+    assert!(
+        printed.contains("recall@10") && printed.contains("nDCG@10") && printed.contains("20 queries x 60 documents"),
+        "{printed}"
+    );
     println!("mlx-serve quantize minilm --bits 4:\n{}", out.stdout.trim());
     let out = mlx_serve(home, &hub, &["quantize", "minilm", "--bits", "4"]);
     assert!(!out.ok() && out.stderr.contains("already exists"), "{}", out.stderr);
@@ -330,17 +357,37 @@ fn quantized_models_pull_list_and_serve() {
         sizes.push((if bits == 8 { "8-bit" } else { "4-bit" }, q));
         // Exactly what was quantized, and what was kept and why.
         let d = &meta["quantization_details"];
-        assert_eq!((d["method"].as_str(), d["bits"].as_u64(), d["group_size"].as_u64()), (Some("mlx-affine"), Some(bits), Some(64)), "{d}");
-        let quantized: Vec<&str> =
-            d["quantized"].as_array().unwrap().iter().flat_map(|g| g["tensors"].as_array().unwrap()).filter_map(Value::as_str).collect();
-        assert!(quantized.contains(&"embeddings.word_embeddings.weight") && quantized.contains(&"encoder.layer.0.attention.self.query.weight"), "{d}");
+        assert_eq!(
+            (d["method"].as_str(), d["bits"].as_u64(), d["group_size"].as_u64()),
+            (Some("mlx-affine"), Some(bits), Some(64)),
+            "{d}"
+        );
+        let quantized: Vec<&str> = d["quantized"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["tensors"].as_array().unwrap())
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            quantized.contains(&"embeddings.word_embeddings.weight")
+                && quantized.contains(&"encoder.layer.0.attention.self.query.weight"),
+            "{d}"
+        );
         let kept = d["kept"].as_array().unwrap();
         assert!(kept.iter().all(|k| !k["why"].as_str().unwrap().is_empty()), "{d}");
-        assert!(kept.iter().any(|k| k["tensors"].as_array().unwrap().contains(&json!("embeddings.token_type_embeddings.weight"))), "{d}");
+        assert!(
+            kept.iter()
+                .any(|k| k["tensors"].as_array().unwrap().contains(&json!("embeddings.token_type_embeddings.weight"))),
+            "{d}"
+        );
         // The quality measured at quantize time (issue 17's bars), against the f32 model.
         let quality = &meta["quality"];
-        let (mean, recall, ndcg) =
-            (quality["mean_cosine"].as_f64().unwrap(), quality["recall_at_10"].as_f64().unwrap(), quality["ndcg_at_10"].as_f64().unwrap());
+        let (mean, recall, ndcg) = (
+            quality["mean_cosine"].as_f64().unwrap(),
+            quality["recall_at_10"].as_f64().unwrap(),
+            quality["ndcg_at_10"].as_f64().unwrap(),
+        );
         println!("{name}: quality at quantize time {quality}");
         assert_eq!((quality["queries"].as_u64(), quality["documents"].as_u64()), (Some(20), Some(60)), "{quality}");
         if bits == 8 {
@@ -353,7 +400,13 @@ fn quantized_models_pull_list_and_serve() {
     assert!(sizes[1].1 * 10 <= f32_size * 3 && sizes[2].1 < sizes[1].1, "{sizes:?}");
     let out = mlx_serve(home, &hub, &["show", "all-MiniLM-L6-v2-4bit"]);
     assert!(out.ok(), "{}", out.stderr);
-    for want in ["quantization:", "4bit (mixed recipe), group size 64", "8-bit: 37 matrices", "4-bit: 2 matrices", "quality: cosine to the original"] {
+    for want in [
+        "quantization:",
+        "4bit (mixed recipe), group size 64",
+        "8-bit: 37 matrices",
+        "4-bit: 2 matrices",
+        "quality: cosine to the original",
+    ] {
         assert!(out.stdout.contains(want), "{want:?} not in:\n{}", out.stdout);
     }
     let out = mlx_serve(home, &hub, &["list"]);
@@ -373,9 +426,11 @@ fn quantized_models_pull_list_and_serve() {
         }
     }
     let f32_rows = embed(&server, "all-MiniLM-L6-v2", &texts);
-    let mean = |a: &[Vec<f32>], b: &[&Vec<f32>]| a.iter().zip(b).map(|(x, y)| cosine(x, y)).sum::<f64>() / a.len() as f64;
+    let mean =
+        |a: &[Vec<f32>], b: &[&Vec<f32>]| a.iter().zip(b).map(|(x, y)| cosine(x, y)).sum::<f64>() / a.len() as f64;
     let f32_refs: Vec<&Vec<f32>> = f32_rows.iter().collect();
-    let mut report = format!("f32: {} bytes, cosine to sentence-transformers {:.6}", f32_size, mean(&f32_rows, &st_vectors));
+    let mut report =
+        format!("f32: {} bytes, cosine to sentence-transformers {:.6}", f32_size, mean(&f32_rows, &st_vectors));
     for (label, model, min_cos) in [("8-bit", "all-MiniLM-L6-v2-8bit", 0.999), ("4-bit", "minilm-4bit", 0.98)] {
         let rows = embed(&server, model, &texts);
         let to_f32 = mean(&rows, &f32_refs);
@@ -535,7 +590,9 @@ fn ollama_model_api_pull_tags_show_ps_delete() {
     assert_eq!(weights.last().unwrap()["completed"], size);
     let statuses: Vec<&str> = lines.iter().filter_map(|l| l["status"].as_str()).collect();
     let at = |s: &str| statuses.iter().position(|x| *x == s).unwrap_or_else(|| panic!("{s} missing: {statuses:?}"));
-    assert!(at("pulling manifest") < at("pulling config.json") && at("verifying sha256 digest") < at("writing manifest"));
+    assert!(
+        at("pulling manifest") < at("pulling config.json") && at("verifying sha256 digest") < at("writing manifest")
+    );
 
     // stream=false: one object.
     let (status, resp) = server.post("/api/pull", &json!({"model": "acme/mini", "stream": false}));

@@ -69,14 +69,24 @@ fn a_bare_name_is_searched_pulled_remembered_repointed_and_forgotten() {
     let out = hub.mlx_serve(home.path(), &["pull", "tiny-embedder"], &[]);
     assert!(out.ok(), "{}", out.text());
     assert!(
-        out.stdout.contains("`tiny-embedder` is popular/tiny-embedder (the most downloaded of 2 servable repos named tiny-embedder"),
+        out.stdout.contains(
+            "`tiny-embedder` is popular/tiny-embedder (the most downloaded of 2 servable repos named tiny-embedder"
+        ),
         "{}",
         out.text()
     );
     // The search as huggingface_hub sends it, once.
     let searches = hub.searches();
     assert_eq!(searches.len(), 1, "{searches:?}");
-    for part in ["search=tiny-embedder", "sort=downloads", "limit=100", "expand=downloads", "expand=config", "expand=siblings", "expand=gated"] {
+    for part in [
+        "search=tiny-embedder",
+        "sort=downloads",
+        "limit=100",
+        "expand=downloads",
+        "expand=config",
+        "expand=siblings",
+        "expand=gated",
+    ] {
         assert!(searches[0].split('&').any(|p| p == part), "{part} missing: {}", searches[0]);
     }
     // Only the chosen repo was read: the others were judged from the search results.
@@ -87,12 +97,17 @@ fn a_bare_name_is_searched_pulled_remembered_repointed_and_forgotten() {
     assert_eq!(metadata(&dir)["repo"], "popular/tiny-embedder");
 
     // Remembered in the store, shown by list and show.
-    let names: Value = serde_json::from_str(&std::fs::read_to_string(models(home.path()).join(".names.json")).unwrap()).unwrap();
+    let names: Value =
+        serde_json::from_str(&std::fs::read_to_string(models(home.path()).join(".names.json")).unwrap()).unwrap();
     assert_eq!(names["names"]["tiny-embedder"]["repo"], "popular/tiny-embedder");
     assert_eq!(names["names"]["tiny-embedder"]["how"], "search");
     assert_eq!(names["names"]["tiny-embedder"]["downloads"], 5000);
     let out = hub.mlx_serve(home.path(), &["list"], &[]);
-    let line = out.stdout.lines().find(|l| l.trim_start().starts_with("tiny-embedder ") && l.contains("popular/")).unwrap_or_else(|| panic!("{}", out.text()));
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("tiny-embedder ") && l.contains("popular/"))
+        .unwrap_or_else(|| panic!("{}", out.text()));
     assert!(line.contains("by search") && line.contains("5000 downloads"), "{line}");
     let out = hub.mlx_serve(home.path(), &["show", "tiny-embedder", "--json"], &[]);
     let shown: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.text()));
@@ -109,13 +124,18 @@ fn a_bare_name_is_searched_pulled_remembered_repointed_and_forgotten() {
     // Pulling another repo of that name by its id re-points the name.
     let out = hub.mlx_serve(home.path(), &["pull", "copy/tiny-embedder"], &[]);
     assert!(out.ok(), "{}", out.text());
-    assert!(out.stdout.contains("`tiny-embedder` now means copy/tiny-embedder (it meant popular/tiny-embedder)"), "{}", out.text());
+    assert!(
+        out.stdout.contains("`tiny-embedder` now means copy/tiny-embedder (it meant popular/tiny-embedder)"),
+        "{}",
+        out.text()
+    );
     assert_eq!(metadata(&dir)["repo"], "copy/tiny-embedder");
 
     // Removing the model forgets the name.
     let out = hub.mlx_serve(home.path(), &["remove", "tiny-embedder"], &[]);
     assert!(out.ok() && out.stdout.contains("forgot that `tiny-embedder` means copy/tiny-embedder"), "{}", out.text());
-    let names: Value = serde_json::from_str(&std::fs::read_to_string(models(home.path()).join(".names.json")).unwrap()).unwrap();
+    let names: Value =
+        serde_json::from_str(&std::fs::read_to_string(models(home.path()).join(".names.json")).unwrap()).unwrap();
     assert_eq!(names["names"], json!({}));
 }
 
@@ -134,7 +154,11 @@ fn ambiguous_and_unknown_names_are_one_line_errors_that_say_what_to_do() {
     assert!(!out.ok());
     error_line(&out);
     assert!(out.stderr.starts_with("error: `twin` is ambiguous: 2 repos"), "{}", out.text());
-    assert!(out.stderr.contains("`mlx-serve pull a/twin` (900 downloads), `mlx-serve pull b/twin` (200 downloads)"), "{}", out.text());
+    assert!(
+        out.stderr.contains("`mlx-serve pull a/twin` (900 downloads), `mlx-serve pull b/twin` (200 downloads)"),
+        "{}",
+        out.text()
+    );
     let out = hub.mlx_serve(home.path(), &["pull", "twin-8bit"], &[]);
     assert!(out.stderr.contains("`mlx-serve pull a/twin-8bit` (900 downloads)"), "{}", out.text());
 
@@ -146,7 +170,8 @@ fn ambiguous_and_unknown_names_are_one_line_errors_that_say_what_to_do() {
     // The pull line the error gives works.
     let out = hub.mlx_serve(home.path(), &["pull", "a/twin"], &[]);
     assert!(out.ok(), "{}", out.text());
-    let listed = std::fs::read_dir(models(home.path())).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned());
+    let listed =
+        std::fs::read_dir(models(home.path())).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned());
     assert!(listed.filter(|n| !n.starts_with('.')).eq(["twin".to_string()]));
 
     // The server answers the same in the API's shape: 400 for an ambiguous name, 404 for
@@ -155,7 +180,10 @@ fn ambiguous_and_unknown_names_are_one_line_errors_that_say_what_to_do() {
     let server = Server::start(ServerOptions { env: hub.server_env(hf_home.path()), ..Default::default() });
     let (status, body) = server.post("/v1/embeddings", &json!({"model": "twin", "input": "x"}));
     assert_eq!(status, 400, "{body}");
-    assert_eq!((body["error"]["code"].as_str(), body["error"]["param"].as_str()), (Some("model_ambiguous"), Some("model")));
+    assert_eq!(
+        (body["error"]["code"].as_str(), body["error"]["param"].as_str()),
+        (Some("model_ambiguous"), Some("model"))
+    );
     assert!(body["error"]["message"].as_str().unwrap().contains("`mlx-serve pull b/twin`"), "{body}");
     let before = hub.searches().len();
     for i in 0..3 {
@@ -205,7 +233,8 @@ fn preload_and_requests_by_bare_name_download_the_right_repo_and_quantize() {
     let f32_row = embedding(&body, 0);
 
     // A reranker by bare name on the rerank endpoint.
-    let (status, body) = server.post("/v1/rerank", &json!({"model": "tiny-judge", "query": "q", "documents": ["a", "b"]}));
+    let (status, body) =
+        server.post("/v1/rerank", &json!({"model": "tiny-judge", "query": "q", "documents": ["a", "b"]}));
     assert_eq!(status, 200, "{body}\n{}", server.log_text());
     assert_eq!(metadata(&store.join("tiny-judge"))["repo"], "judges/tiny-judge");
 
@@ -219,7 +248,8 @@ fn preload_and_requests_by_bare_name_download_the_right_repo_and_quantize() {
 
     // `-4bit` of the installed, searched one: made from its folder, no second download.
     hub.clear_requests();
-    let (status, body) = server.post("/v1/embeddings", &json!({"model": "tiny-embedder-4bit", "input": ["hello world"]}));
+    let (status, body) =
+        server.post("/v1/embeddings", &json!({"model": "tiny-embedder-4bit", "input": ["hello world"]}));
     assert_eq!(status, 200, "{body}\n{}", server.log_text());
     assert!(touched(&hub, "popular/tiny-embedder").is_empty(), "{:?}", hub.requests());
     assert_eq!(metadata(&store.join("tiny-embedder-4bit"))["quantization"], "4bit");
@@ -240,13 +270,25 @@ fn a_gated_repo_says_how_to_set_hf_token_and_the_token_is_sent() {
     let out = hub.mlx_serve(home.path(), &["pull", "gated-embedder"], &[]);
     assert!(!out.ok());
     error_line(&out);
-    for part in ["HTTP 401", "set HF_TOKEN to a read token from", "/settings/tokens", &format!("accept its conditions at {page}")] {
+    for part in [
+        "HTTP 401",
+        "set HF_TOKEN to a read token from",
+        "/settings/tokens",
+        &format!("accept its conditions at {page}"),
+    ] {
         assert!(out.stderr.contains(part), "{part}: {}", out.text());
     }
     let out = hub.mlx_serve(home.path(), &["pull", "guarded/gated-embedder"], &[("HF_TOKEN", "hf_not_granted")]);
     assert!(!out.ok());
-    assert!(out.stderr.contains("HTTP 403") && out.stderr.contains(&format!("accept its conditions at {page}")), "{}", out.text());
-    assert!(std::fs::read_dir(models(home.path())).unwrap().flatten().all(|e| e.file_name().to_string_lossy().starts_with('.')));
+    assert!(
+        out.stderr.contains("HTTP 403") && out.stderr.contains(&format!("accept its conditions at {page}")),
+        "{}",
+        out.text()
+    );
+    assert!(std::fs::read_dir(models(home.path()))
+        .unwrap()
+        .flatten()
+        .all(|e| e.file_name().to_string_lossy().starts_with('.')));
 
     hub.clear_requests();
     let out = hub.mlx_serve(home.path(), &["pull", "guarded/gated-embedder"], &[("HF_TOKEN", "hf_granted")]);
@@ -314,15 +356,23 @@ fn the_plan_example_config_preloads_qwen3_embedding_and_serves_its_4bit_variant(
     // `~` is the user's home.
     let store = user_home.path().join(".mlx-serve/models");
     assert_eq!(metadata(&store.join("Qwen3-Embedding-0.6B"))["repo"], "Qwen/Qwen3-Embedding-0.6B");
-    assert!(server.log_text().lines().any(|l| l.starts_with('{') && l.contains("listening on")), "JSON logs:\n{}", server.log_text());
+    assert!(
+        server.log_text().lines().any(|l| l.starts_with('{') && l.contains("listening on")),
+        "JSON logs:\n{}",
+        server.log_text()
+    );
 
     // The plan's request (§2.4.2), verbatim.
-    let (status, body) = server.post("/v1/embeddings", &json!({"model": "Qwen3-Embedding-0.6B-4bit", "input": ["hello world"]}));
+    let (status, body) =
+        server.post("/v1/embeddings", &json!({"model": "Qwen3-Embedding-0.6B-4bit", "input": ["hello world"]}));
     assert_eq!(status, 200, "{body}\n{}", server.log_text());
     assert_eq!(body["model"], "Qwen3-Embedding-0.6B-4bit");
     assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 48);
     let meta = metadata(&store.join("Qwen3-Embedding-0.6B-4bit"));
-    assert_eq!((meta["quantization"].as_str(), meta["repo"].as_str()), (Some("4bit"), Some("Qwen/Qwen3-Embedding-0.6B")));
+    assert_eq!(
+        (meta["quantization"].as_str(), meta["repo"].as_str()),
+        (Some("4bit"), Some("Qwen/Qwen3-Embedding-0.6B"))
+    );
     let (_, base) = server.post("/v1/embeddings", &json!({"model": "Qwen3-Embedding-0.6B", "input": ["hello world"]}));
     let cos = cosine(&embedding(&body, 0), &embedding(&base, 0));
     assert!(cos > 0.9, "4-bit row against the preloaded model: cosine {cos}");
@@ -343,7 +393,11 @@ fn a_non_ascii_model_name_is_one_model_typed_nfc_or_nfd() {
     let hf_home = tempfile::tempdir().unwrap();
     let server = Server::start(ServerOptions { env: hub.server_env(hf_home.path()), ..Default::default() });
     let store = models(server.home.path());
-    let out = hub.mlx_serve(server.home.path(), &["pull", &model_dir("tiny-bert-embed").display().to_string(), "--name", NAME_NFD], &[]);
+    let out = hub.mlx_serve(
+        server.home.path(),
+        &["pull", &model_dir("tiny-bert-embed").display().to_string(), "--name", NAME_NFD],
+        &[],
+    );
     assert!(out.ok(), "{}", out.text());
     assert!(store.join(NAME_NFD).join("config.json").is_file());
 

@@ -46,7 +46,14 @@ fn busy_batch(target: &[u32], target_types: &[u8], vocab: u32, max_len: usize) -
 }
 
 /// One text alone and inside a busy batch: embedding rows (or a one-element score row).
-fn alone_and_busy(w: &mut Worker, kind: ModelKind, ids: &[u32], types: &[u8], vocab: u32, max_len: usize) -> (Vec<f32>, Vec<f32>) {
+fn alone_and_busy(
+    w: &mut Worker,
+    kind: ModelKind,
+    ids: &[u32],
+    types: &[u8],
+    vocab: u32,
+    max_len: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let mut alone = TokenBatch::new();
     alone.push(ids, types);
     let (busy, at) = busy_batch(ids, types, vocab, max_len);
@@ -85,8 +92,14 @@ fn longest_case(name: &str) -> (ModelKind, Vec<u32>, Vec<u8>, Vec<f32>, usize) {
     }
 }
 
-const FIXTURES: [&str; 6] =
-    ["tiny-bert-embed", "tiny-xlmr-embed", "tiny-qwen3-embed", "tiny-bert-rerank", "tiny-xlmr-rerank", "tiny-qwen3-rerank"];
+const FIXTURES: [&str; 6] = [
+    "tiny-bert-embed",
+    "tiny-xlmr-embed",
+    "tiny-qwen3-embed",
+    "tiny-bert-rerank",
+    "tiny-xlmr-rerank",
+    "tiny-qwen3-rerank",
+];
 
 #[test]
 fn one_text_alone_and_in_a_busy_mixed_batch_agree_float32_host_kernels() {
@@ -124,7 +137,11 @@ fn one_text_alone_and_in_a_busy_mixed_batch_agree_on_the_mlx_kernel_path() {
         match kind {
             ModelKind::Embedding => {
                 assert!(cosine(&alone, &busy) >= 0.9999 && d <= 5e-3, "{name}: alone vs busy batch differ by {d}");
-                assert!(cosine(&alone, &reference) >= 0.999, "{name}: cosine to the reference {}", cosine(&alone, &reference));
+                assert!(
+                    cosine(&alone, &reference) >= 0.999,
+                    "{name}: cosine to the reference {}",
+                    cosine(&alone, &reference)
+                );
             }
             ModelKind::Reranker => {
                 assert!(d <= 5e-3, "{name}: alone vs busy batch scores differ by {d}");

@@ -33,7 +33,8 @@ fn least_recently_used_idle_worker_is_evicted_over_the_limit() {
     embed_ok(&server, "tiny-bert-embed");
     embed_ok(&server, "tiny-xlmr-embed");
     embed_ok(&server, "tiny-bert-embed"); // now xlmr is the least recently used
-    let (bert, xlmr) = (server.worker_pid_of("tiny-bert-embed").unwrap(), server.worker_pid_of("tiny-xlmr-embed").unwrap());
+    let (bert, xlmr) =
+        (server.worker_pid_of("tiny-bert-embed").unwrap(), server.worker_pid_of("tiny-xlmr-embed").unwrap());
     assert_eq!(server.worker_pids().len(), 2);
     // A third embedding model pushes out the least recently used one.
     embed_ok(&server, "tiny-qwen3-embed");
@@ -78,7 +79,9 @@ fn preloaded_models_are_exempt_from_lru_eviction() {
         args: vec!["--preload".into(), "tiny-bert-embed".into()],
         ..Default::default()
     });
-    server.wait_for("the preloaded worker", Duration::from_secs(60), || server.worker_pid_of("tiny-bert-embed").is_some());
+    server.wait_for("the preloaded worker", Duration::from_secs(60), || {
+        server.worker_pid_of("tiny-bert-embed").is_some()
+    });
     let preloaded = server.worker_pid_of("tiny-bert-embed").unwrap();
     assert_eq!(server.worker_row("tiny-bert-embed")["preload"], true);
     // The preloaded model is the least recently used of the three; the third start must
@@ -99,7 +102,9 @@ fn preloaded_models_are_exempt_from_the_ttl() {
         args: vec!["--preload".into(), "tiny-bert-embed".into()],
         ..Default::default()
     });
-    server.wait_for("the preloaded worker", Duration::from_secs(60), || server.worker_pid_of("tiny-bert-embed").is_some());
+    server.wait_for("the preloaded worker", Duration::from_secs(60), || {
+        server.worker_pid_of("tiny-bert-embed").is_some()
+    });
     let preloaded = server.worker_pid_of("tiny-bert-embed").unwrap();
     // xlmr is used after the preload, so the preloaded worker has been idle longer: the
     // sweep that stops xlmr has seen the preloaded one past its TTL too.
@@ -109,7 +114,6 @@ fn preloaded_models_are_exempt_from_the_ttl() {
     assert_eq!(server.worker_pid_of("tiny-bert-embed"), Some(preloaded), "the preloaded worker was stopped");
     assert_eq!(server.loaded_models(), ["tiny-bert-embed"]);
 }
-
 
 #[test]
 fn busy_worker_is_not_evicted() {
@@ -145,7 +149,6 @@ fn busy_worker_is_not_evicted() {
     assert_eq!(server.worker_pid_of(MINILM), Some(minilm), "same MiniLM worker after the request");
     assert_eq!(server.worker_row(MINILM)["restarts"], 0);
 }
-
 
 /// Seconds since midnight of a log line's timestamp (`2026-11-30T08:15:13.006369Z ...`).
 fn log_time(line: &str) -> Option<f64> {
@@ -187,7 +190,10 @@ fn a_model_that_fails_to_load_is_reported_and_retried_after_a_back_off() {
     let err: Value = resp.into_json().unwrap();
     let message = err["error"]["message"].as_str().unwrap();
     assert_eq!(err["error"]["type"], "server_error", "{err}");
-    assert!(message.contains(model) && message.contains("failed to load") && message.contains("truncated"), "{message}");
+    assert!(
+        message.contains(model) && message.contains("failed to load") && message.contains("truncated"),
+        "{message}"
+    );
     assert!(!message.contains("RUST_BACKTRACE") && !message.contains("panicked"), "{message}");
     // Seen from the server: state failed with the reason, no worker process.
     let row = server.worker_row(model);

@@ -107,7 +107,12 @@ enum Confinement {
 fn confinement() -> Confinement {
     let ok = cfg!(target_os = "linux")
         && Command::new("unshare")
-            .args(["-rm", "sh", "-c", "d=$(mktemp -d) && mount -t tmpfs -o size=1m none \"$d\" && umount \"$d\" && rmdir \"$d\""])
+            .args([
+                "-rm",
+                "sh",
+                "-c",
+                "d=$(mktemp -d) && mount -t tmpfs -o size=1m none \"$d\" && umount \"$d\" && rmdir \"$d\"",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -133,7 +138,9 @@ fn confined(
 ) -> (Output, Vec<String>) {
     let d = dir.display();
     let (setup, limit) = match (confinement(), read_only) {
-        (Confinement::Tmpfs, false) => (format!("mount -t tmpfs -o size={size_mb}m none '{d}' && {prepare}"), String::new()),
+        (Confinement::Tmpfs, false) => {
+            (format!("mount -t tmpfs -o size={size_mb}m none '{d}' && {prepare}"), String::new())
+        }
         (Confinement::Tmpfs, true) => {
             (format!("mount -t tmpfs -o size=200m none '{d}' && {prepare} && mount -o remount,ro '{d}'"), String::new())
         }
@@ -183,7 +190,8 @@ fn confined(
 fn says_full(out: &Output) {
     assert!(!out.ok(), "{}", out.text());
     error_line(out);
-    let full = out.stderr.contains("the disk is full") || out.stderr.contains("the disk holding the model store is full");
+    let full =
+        out.stderr.contains("the disk is full") || out.stderr.contains("the disk holding the model store is full");
     let limit = confinement() == Confinement::Limits && out.stderr.contains("file size limit");
     assert!(full || limit, "{}", out.text());
 }
@@ -222,13 +230,15 @@ fn a_full_disk_during_quantize_leaves_nothing_and_says_so() {
     // Room for MiniLM (91 MB) but not for its 8-bit copy (25 MB) beside it. `-L`: the
     // fixture folder may be a link to a shared download, and a copied link takes no room.
     let copy_in = format!("cp -rL '{}' '{}/minilm'", minilm_dir().unwrap().display(), models.display());
-    let (out, listing) = confined(&hub, home.path(), &models, 100, false, &copy_in, &["quantize", "minilm", "--bits", "8"]);
+    let (out, listing) =
+        confined(&hub, home.path(), &models, 100, false, &copy_in, &["quantize", "minilm", "--bits", "8"]);
     says_full(&out);
     assert_eq!(listing, vec!["minilm"], "a partial quantization was left");
 
     // The same, when a pull quantizes on the way in.
     // Room for the download (91 MB), not for the quantized copy beside it.
-    let (out, listing) = confined(&hub, home.path(), &models, 100, false, "true", &["pull", "acme/mini", "--quantize", "8bit"]);
+    let (out, listing) =
+        confined(&hub, home.path(), &models, 100, false, "true", &["pull", "acme/mini", "--quantize", "8bit"]);
     says_full(&out);
     assert!(listing.is_empty(), "left in the store: {listing:?}");
 }
@@ -248,7 +258,8 @@ fn an_unwritable_store_refuses_pull_and_quantize_clearly() {
     error_line(&out);
     assert!(out.stderr.contains("read-only") || out.stderr.contains("no permission to write"), "{}", out.text());
     assert_eq!(listing, vec!["minilm"]);
-    let (out, listing) = confined(&hub, home.path(), &models, 0, true, &copy_in, &["quantize", "minilm", "--bits", "8"]);
+    let (out, listing) =
+        confined(&hub, home.path(), &models, 0, true, &copy_in, &["quantize", "minilm", "--bits", "8"]);
     assert!(!out.ok(), "{}", out.text());
     assert!(out.stderr.contains("read-only") || out.stderr.contains("no permission to write"), "{}", out.text());
     assert_eq!(listing, vec!["minilm"]);

@@ -73,7 +73,8 @@ fn wide_qwen3_reranker(dir: &Path) {
             assert_eq!(dtype, "F32", "{name}");
             let shape: Vec<u64> = shape.into_iter().map(widen).collect();
             let n = shape.iter().product::<u64>() as usize;
-            let data = if shape.len() == 1 { 1f32.to_le_bytes().repeat(n) } else { normal_f32_bytes(n, std, &mut seed) };
+            let data =
+                if shape.len() == 1 { 1f32.to_le_bytes().repeat(n) } else { normal_f32_bytes(n, std, &mut seed) };
             (name, dtype, shape, data)
         })
         .collect();
@@ -94,12 +95,22 @@ fn qwen3_reranker_quantizes_with_exact_yes_no_rows() {
         let out = mlx_serve(&home, &["quantize", "rr", "--bits", &bits.to_string()]);
         assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
         let name = format!("rr-{bits}bit");
-        let meta: Value = serde_json::from_str(&std::fs::read_to_string(models.join(&name).join("mlx-serve.json")).unwrap()).unwrap();
+        let meta: Value =
+            serde_json::from_str(&std::fs::read_to_string(models.join(&name).join("mlx-serve.json")).unwrap()).unwrap();
         let (d, q) = (&meta["quantization_details"], &meta["quality"]);
         // The tied embedding table is quantized; its yes/no rows are kept exact beside it.
-        let quantized: Vec<&str> =
-            d["quantized"].as_array().unwrap().iter().flat_map(|g| g["tensors"].as_array().unwrap()).filter_map(Value::as_str).collect();
-        assert!(quantized.contains(&"model.embed_tokens.weight") && quantized.contains(&"model.layers.1.mlp.down_proj.weight"), "{d}");
+        let quantized: Vec<&str> = d["quantized"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["tensors"].as_array().unwrap())
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            quantized.contains(&"model.embed_tokens.weight")
+                && quantized.contains(&"model.layers.1.mlp.down_proj.weight"),
+            "{d}"
+        );
         let kept = d["kept"].as_array().unwrap();
         assert!(kept.iter().any(|k| k["tensors"].as_array().unwrap().contains(&"lm_head.yes_no.weight".into())), "{d}");
         let tensors = fixtures::read_safetensors(&models.join(&name).join("model.safetensors")).unwrap();
@@ -107,7 +118,11 @@ fn qwen3_reranker_quantizes_with_exact_yes_no_rows() {
         assert_eq!((rows.1.as_str(), rows.2.clone()), ("F32", vec![2, 64]));
         // Measured on 4 queries x 20 documents of scored pairs.
         let (mean, max) = (q["mean_score_diff"].as_f64().unwrap(), q["max_score_diff"].as_f64().unwrap());
-        assert_eq!((q["queries"].as_u64(), q["documents"].as_u64(), q["sequences"].as_u64()), (Some(4), Some(20), Some(80)), "{q}");
+        assert_eq!(
+            (q["queries"].as_u64(), q["documents"].as_u64(), q["sequences"].as_u64()),
+            (Some(4), Some(20), Some(80)),
+            "{q}"
+        );
         assert!(out.stdout.contains("score difference mean"), "{}", out.stdout);
         report.push_str(&format!("\n{bits}-bit: {}", out.stdout.lines().find(|l| l.starts_with("quality:")).unwrap()));
         // Issue 17: Qwen3-Reranker 8-bit scores within 1e-2 of the original.

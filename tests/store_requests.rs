@@ -39,7 +39,10 @@ fn a_request_for_the_wrong_endpoint_downloads_and_quantizes_nothing() {
     // before the quantization (which took seconds and wrote a 53 MB variant).
     let (status, body) = rerank("minilm-4bit");
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("it is an embedding model: use /v1/embeddings"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("it is an embedding model: use /v1/embeddings"),
+        "{body}"
+    );
     assert_eq!(store_entries(server.home.path()), vec!["all-MiniLM-L6-v2"]);
 
     // A repo not installed: refused from its small files, before its weights.
@@ -82,7 +85,9 @@ fn requests_racing_a_delete_get_200_or_404() {
                         } else {
                             ("/v1/tokenize", json!({"model": "tiny-bert-embed", "input": "some words"}))
                         };
-                        let r = ureq::post(&format!("http://127.0.0.1:{port}{path}")).timeout(Duration::from_secs(60)).send_json(body);
+                        let r = ureq::post(&format!("http://127.0.0.1:{port}{path}"))
+                            .timeout(Duration::from_secs(60))
+                            .send_json(body);
                         let (status, text) = match r {
                             Ok(resp) => (resp.status(), String::new()),
                             Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().unwrap_or_default()),
@@ -162,9 +167,19 @@ fn a_bare_name_the_hub_cannot_be_asked_about_is_a_404_that_says_why() {
         assert_eq!(status, 404, "{body}");
         assert_eq!(body["error"]["code"], "model_not_found", "{body}");
         let msg = body["error"]["message"].as_str().unwrap();
-        assert!(msg.contains("`unheard-of` does not exist here (not installed") && msg.contains("could not be searched") && msg.contains("HTTP 503"), "{msg}");
+        assert!(
+            msg.contains("`unheard-of` does not exist here (not installed")
+                && msg.contains("could not be searched")
+                && msg.contains("HTTP 503"),
+            "{msg}"
+        );
         assert_eq!(msg.contains("it is tried again on a request after"), i > 0, "{msg}");
     }
-    assert_eq!(hub.searches().len(), 4, "four attempts for the first request, none for the second: {:?}", hub.searches());
+    assert_eq!(
+        hub.searches().len(),
+        4,
+        "four attempts for the first request, none for the second: {:?}",
+        hub.searches()
+    );
     assert_eq!(server.stop(), Some(0));
 }

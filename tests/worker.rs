@@ -187,14 +187,20 @@ fn quantized_minilm_serves_at_8_and_4_bits() {
         assert_eq!(dtype("embeddings.token_type_embeddings.weight"), "F32", "two rows stay as they are");
         let details = &report["details"];
         let groups = details["quantized"].as_array().unwrap();
-        let at = |b: u64| groups.iter().find(|g| g["bits"] == b).map(|g| g["tensors"].as_array().unwrap().len()).unwrap_or(0);
+        let at = |b: u64| {
+            groups.iter().find(|g| g["bits"] == b).map(|g| g["tensors"].as_array().unwrap().len()).unwrap_or(0)
+        };
         if bits == 8 {
             assert_eq!((at(8), at(4), details["recipe"].as_str()), (39, 0, Some("uniform")), "{details}");
         } else {
             // The default 4-bit recipe for a table-heavy model: tables at 4, the 37 linear
             // layers (36 in the blocks and the pooler) at 8 (worker/src/quantize/plan.rs), each recorded in config.json.
             assert_eq!((at(8), at(4), details["recipe"].as_str()), (37, 2, Some("mixed")), "{details}");
-            assert_eq!(q["encoder.layer.5.intermediate.dense"], serde_json::json!({"group_size": 64, "bits": 8}), "{q}");
+            assert_eq!(
+                q["encoder.layer.5.intermediate.dense"],
+                serde_json::json!({"group_size": 64, "bits": 8}),
+                "{q}"
+            );
             assert!(q.get("embeddings.word_embeddings").is_none(), "{q}");
         }
         let (orig, size) = (report["original_size"].as_u64().unwrap(), report["quantized_size"].as_u64().unwrap());
@@ -230,7 +236,8 @@ fn quantized_layers_kept_quantized_match_dequantized() {
     // the CPU dequantizes at load. --keep-quantized runs the GPU path here. Q/K at 4 bits
     // and V at 8 cannot share one GEMM, so the fused QKV runs as parts.
     let tmp = TempDir::new("keepq").unwrap();
-    let (dst, _) = quantize_minilm(&tmp, "minilm-4bit", &["--bits", "4", "--recipe", "uniform", "--bits-for", "self.value=8"]);
+    let (dst, _) =
+        quantize_minilm(&tmp, "minilm-4bit", &["--bits", "4", "--recipe", "uniform", "--bits-for", "self.value=8"]);
     // Weights held after load (MLX active memory before any batch): packed vs float32.
     let held = |extra: &[&str]| Worker::ready(&dst, extra).unwrap().0.stats().unwrap().mlx_active_bytes;
     let (dense_bytes, packed_bytes) = (held(&[]), held(&["--keep-quantized"]));
@@ -238,7 +245,8 @@ fn quantized_layers_kept_quantized_match_dequantized() {
     // (docs/worker.md), and each request must finish within the harness's timeout on a
     // loaded machine.
     let reference = fixtures::embed_reference("all-MiniLM-L6-v2").unwrap();
-    let ids: Vec<Vec<u32>> = reference.cases.iter().flat_map(|c| c.input_ids.iter().cloned()).filter(|t| t.len() <= 64).collect();
+    let ids: Vec<Vec<u32>> =
+        reference.cases.iter().flat_map(|c| c.input_ids.iter().cloned()).filter(|t| t.len() <= 64).collect();
     assert!(ids.len() >= 10, "{}", ids.len());
     let rows = |extra: &[&str]| -> Vec<Vec<f32>> {
         let (mut w, _) = Worker::ready(&dst, extra).unwrap();
@@ -293,7 +301,10 @@ fn bf16_weights_in_shards_load_and_compute_in_f32() {
     // Rounding the weights to bfloat16 costs about what computing in bfloat16 does (torch:
     // half_precision.json); computed here in float32, it measured 1 - cos 1.6e-4.
     let torch = torch_half_precision_error("tiny-qwen3-embed", "bfloat16");
-    eprintln!("tiny-qwen3-embed as bf16 shards: 1 - min cosine to the f32 reference {:.2e} (torch in bf16 {torch:.2e})", 1.0 - min_cos);
+    eprintln!(
+        "tiny-qwen3-embed as bf16 shards: 1 - min cosine to the f32 reference {:.2e} (torch in bf16 {torch:.2e})",
+        1.0 - min_cos
+    );
     assert!(1.0 - min_cos <= HALF_PRECISION_FACTOR * torch, "bf16 weights: min cosine {min_cos}");
 }
 
@@ -303,7 +314,11 @@ fn torch_half_precision_error(model: &str, dtype: &str) -> f64 {
     let path = fixtures::repo_root().join("tests/fixtures/reference/half_precision.json");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let m = &v["models"][model][dtype];
-    m["min_cosine"].as_f64().map(|c| 1.0 - c).or_else(|| m["max_score_diff"].as_f64()).unwrap_or_else(|| panic!("no {model} {dtype}"))
+    m["min_cosine"]
+        .as_f64()
+        .map(|c| 1.0 - c)
+        .or_else(|| m["max_score_diff"].as_f64())
+        .unwrap_or_else(|| panic!("no {model} {dtype}"))
 }
 
 /// How much worse than torch's half-precision forward ours may be. Rounding to bfloat16
@@ -369,7 +384,6 @@ fn copy_model(name: &str, tmp: &TempDir) -> std::path::PathBuf {
     fixtures::copy_dir(&src, &dst);
     dst
 }
-
 
 /// Starts a worker that must refuse to load; returns its reason.
 fn load_failure(model: &Path) -> String {

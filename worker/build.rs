@@ -9,10 +9,8 @@
 //!   worker's shapes (`bench/blas_libraries.sh`, docs/cpu-backend.md).
 use std::{env, path::Path};
 
-const OPENBLAS_DIRS: &[&str] = &[
-    "/usr/lib/x86_64-linux-gnu/openblas-pthread",
-    "/usr/lib/aarch64-linux-gnu/openblas-pthread",
-];
+const OPENBLAS_DIRS: &[&str] =
+    &["/usr/lib/x86_64-linux-gnu/openblas-pthread", "/usr/lib/aarch64-linux-gnu/openblas-pthread"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=MLX_SERVE_NO_OPENBLAS");

@@ -40,8 +40,7 @@ fn config() -> bincode::config::Configuration {
 /// Encodes `msg` as one complete frame.
 pub fn encode<M: Serialize>(msg: &M) -> Result<Vec<u8>, CodecError> {
     let mut frame = vec![0u8; HEADER_LEN];
-    bincode::serde::encode_into_std_write(msg, &mut frame, config())
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    bincode::serde::encode_into_std_write(msg, &mut frame, config()).map_err(|e| CodecError::Encode(e.to_string()))?;
     let len = frame.len() - HEADER_LEN;
     if len > MAX_FRAME_BYTES {
         return Err(CodecError::TooLarge(len));
@@ -66,8 +65,8 @@ pub fn decode_header(header: &[u8; HEADER_LEN]) -> Result<usize, CodecError> {
 
 /// Decodes a payload (the bytes after the header).
 pub fn decode_payload<M: DeserializeOwned>(payload: &[u8]) -> Result<M, CodecError> {
-    let (msg, used) = bincode::serde::decode_from_slice(payload, config())
-        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    let (msg, used) =
+        bincode::serde::decode_from_slice(payload, config()).map_err(|e| CodecError::Decode(e.to_string()))?;
     if used != payload.len() {
         return Err(CodecError::Decode(format!("{} trailing bytes", payload.len() - used)));
     }

@@ -191,10 +191,18 @@ pub struct WorkerStats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SupervisorMessage {
     /// Pooled embedding rows for every sequence.
-    Embed { id: u64, batch: TokenBatch },
+    Embed {
+        id: u64,
+        batch: TokenBatch,
+    },
     /// One relevance score per sequence; each sequence is an already templated pair.
-    Score { id: u64, batch: TokenBatch },
-    Stats { id: u64 },
+    Score {
+        id: u64,
+        batch: TokenBatch,
+    },
+    Stats {
+        id: u64,
+    },
     /// Finish what was received, answer it, then exit 0.
     Shutdown,
 }
@@ -213,14 +221,34 @@ pub enum ErrorKind {
 /// Worker → supervisor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WorkerMessage {
-    Hello { protocol_version: u16, worker_version: String, pid: u32 },
+    Hello {
+        protocol_version: u16,
+        worker_version: String,
+        pid: u32,
+    },
     Ready(ModelInfo),
-    LoadFailed { reason: String },
+    LoadFailed {
+        reason: String,
+    },
     /// Row-major `rows × dim` float32.
-    Embeddings { id: u64, dim: u32, data: Vec<f32> },
-    Scores { id: u64, scores: Vec<f32> },
-    Stats { id: u64, stats: WorkerStats },
-    Error { id: u64, kind: ErrorKind, message: String },
+    Embeddings {
+        id: u64,
+        dim: u32,
+        data: Vec<f32>,
+    },
+    Scores {
+        id: u64,
+        scores: Vec<f32>,
+    },
+    Stats {
+        id: u64,
+        stats: WorkerStats,
+    },
+    Error {
+        id: u64,
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 #[cfg(test)]

@@ -99,9 +99,9 @@ pub const DEFAULT_MAX_TOKENS_CAP: u32 = 8192;
 
 fn read_json(path: &Path) -> Result<Option<Value>, String> {
     match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| format!("{} is not valid JSON: {e}", path.display())),
+        Ok(text) => {
+            serde_json::from_str(&text).map(Some).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
@@ -113,8 +113,7 @@ fn get_u32(v: &Value, key: &str) -> Option<u32> {
 
 /// Reads the facts of the model in `dir`.
 pub fn inspect(dir: &Path) -> Result<ModelFacts, String> {
-    let config = read_json(&dir.join("config.json"))?
-        .ok_or_else(|| format!("{} has no config.json", dir.display()))?;
+    let config = read_json(&dir.join("config.json"))?.ok_or_else(|| format!("{} has no config.json", dir.display()))?;
     let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
     let architectures: Vec<String> = config
         .get("architectures")
@@ -204,8 +203,7 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, String> {
         Family::XlmRoberta => positions.saturating_sub(get_u32(&config, "pad_token_id").unwrap_or(1) + 1),
         _ => positions,
     };
-    let st_limit = read_json(&dir.join("sentence_bert_config.json"))?
-        .and_then(|c| get_u32(&c, "max_seq_length"));
+    let st_limit = read_json(&dir.join("sentence_bert_config.json"))?.and_then(|c| get_u32(&c, "max_seq_length"));
     let tok_limit = read_json(&dir.join("tokenizer_config.json"))?
         .and_then(|c| get_u32(&c, "model_max_length"))
         .filter(|&n| n < 1_000_000);

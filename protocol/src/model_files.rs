@@ -206,8 +206,8 @@ pub fn read_header(path: &Path) -> Result<SafetensorsHeader, ModelFilesError> {
     }
     let mut header = vec![0u8; header_len as usize];
     f.read_exact(&mut header).map_err(|e| io_err(path, e))?;
-    let map: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| corrupt(format!("its safetensors header is not valid JSON ({e})")))?;
+    let map: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| corrupt(format!("its safetensors header is not valid JSON ({e})")))?;
     let data_len = file_len - 8 - header_len;
     let mut tensors = Vec::with_capacity(map.len());
     for (tensor, value) in map {
@@ -215,7 +215,8 @@ pub fn read_header(path: &Path) -> Result<SafetensorsHeader, ModelFilesError> {
             continue;
         }
         let raw: RawTensor = serde_json::from_value(value).map_err(|e| corrupt(format!("tensor {tensor}: {e}")))?;
-        let size = dtype_size(&raw.dtype).ok_or_else(|| corrupt(format!("tensor {tensor} has unsupported dtype {}", raw.dtype)))?;
+        let size = dtype_size(&raw.dtype)
+            .ok_or_else(|| corrupt(format!("tensor {tensor} has unsupported dtype {}", raw.dtype)))?;
         let (start, end) = raw.data_offsets;
         let want = raw.shape.iter().try_fold(size as u64, |acc, &d| acc.checked_mul(d));
         if end < start || Some(end - start) != want {
@@ -255,7 +256,10 @@ mod tests {
 
     /// A safetensors file with one F32 tensor of `n` elements, plus `extra` trailing bytes.
     fn write_st(path: &Path, n: u64, extra: usize) {
-        let header = format!(r#"{{"__metadata__":{{"format":"pt"}},"w":{{"dtype":"F32","shape":[{n}],"data_offsets":[0,{}]}}}}"#, n * 4);
+        let header = format!(
+            r#"{{"__metadata__":{{"format":"pt"}},"w":{{"dtype":"F32","shape":[{n}],"data_offsets":[0,{}]}}}}"#,
+            n * 4
+        );
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
         bytes.extend_from_slice(header.as_bytes());
         bytes.extend(std::iter::repeat_n(0u8, n as usize * 4 + extra));
@@ -312,7 +316,12 @@ mod tests {
 
         std::fs::write(t.0.join(SHARD_INDEX), r#"{"weight_map":{"a":"missing.safetensors"}}"#).unwrap();
         assert_eq!(weight_files(&t.0).unwrap_err(), ModelFilesError::MissingShard("missing.safetensors".into()));
-        for bad in [r#"{"weight_map":{"a":"../x.safetensors"}}"#, r#"{"weight_map":{"a":"pytorch_model.bin"}}"#, r#"{"weight_map":{}}"#, "[]"] {
+        for bad in [
+            r#"{"weight_map":{"a":"../x.safetensors"}}"#,
+            r#"{"weight_map":{"a":"pytorch_model.bin"}}"#,
+            r#"{"weight_map":{}}"#,
+            "[]",
+        ] {
             std::fs::write(t.0.join(SHARD_INDEX), bad).unwrap();
             assert!(matches!(weight_files(&t.0), Err(ModelFilesError::BadIndex { .. })), "{bad}");
         }

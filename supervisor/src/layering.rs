@@ -79,7 +79,10 @@ fn ident(s: &str) -> &str {
 fn references(me: &Module, code: &str) -> Vec<Module> {
     let mut out = Vec::new();
     // Paths start after a character that cannot be part of a longer path.
-    let starts = code.match_indices("crate::").map(|(i, _)| (i, true)).chain(code.match_indices("super::").map(|(i, _)| (i, false)));
+    let starts = code
+        .match_indices("crate::")
+        .map(|(i, _)| (i, true))
+        .chain(code.match_indices("super::").map(|(i, _)| (i, false)));
     for (i, is_crate) in starts {
         if i > 0 && code[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':') {
             continue;
@@ -245,7 +248,10 @@ fn no_import_cycle_between_files() {
 #[test]
 fn the_scanner_sees_paths() {
     let me: Module = vec!["runner".into(), "actor".into()];
-    let refs = references(&me, "use crate::{batch::Queue, metrics};\nlet x = crate::paths::home_dir();\nuse super::handle::X;");
+    let refs = references(
+        &me,
+        "use crate::{batch::Queue, metrics};\nlet x = crate::paths::home_dir();\nuse super::handle::X;",
+    );
     let names: Vec<String> = refs.iter().map(|m| m.join("::")).collect();
     assert_eq!(names, ["batch::Queue", "metrics", "paths::home_dir", "runner::handle::X"]);
     let mut edges = BTreeMap::new();

@@ -48,53 +48,128 @@ impl Metrics {
         let r = Registry::new();
         let m = Metrics {
             requests_total: register_int_counter_vec_with_registry!(
-                "mlx_serve_requests_total", "HTTP requests answered, by route template and status code",
-                &["endpoint", "status"], r).unwrap(),
+                "mlx_serve_requests_total",
+                "HTTP requests answered, by route template and status code",
+                &["endpoint", "status"],
+                r
+            )
+            .unwrap(),
             request_duration_seconds: register_histogram_vec_with_registry!(
-                "mlx_serve_request_duration_seconds", "Time from request to response, by route template",
-                &["endpoint"], exponential(0.0005, 2.0, 18), r).unwrap(),
+                "mlx_serve_request_duration_seconds",
+                "Time from request to response, by route template",
+                &["endpoint"],
+                exponential(0.0005, 2.0, 18),
+                r
+            )
+            .unwrap(),
             request_size_bytes: register_histogram_vec_with_registry!(
-                "mlx_serve_request_size_bytes", "Request body size, by route template",
-                &["endpoint"], exponential(64.0, 4.0, 10), r).unwrap(),
+                "mlx_serve_request_size_bytes",
+                "Request body size, by route template",
+                &["endpoint"],
+                exponential(64.0, 4.0, 10),
+                r
+            )
+            .unwrap(),
             model_load_seconds: register_histogram_vec_with_registry!(
-                "mlx_serve_model_load_seconds", "Time for a worker to start and load its model",
-                &["model"], exponential(0.05, 2.0, 12), r).unwrap(),
+                "mlx_serve_model_load_seconds",
+                "Time for a worker to start and load its model",
+                &["model"],
+                exponential(0.05, 2.0, 12),
+                r
+            )
+            .unwrap(),
             model_inference_seconds: register_histogram_vec_with_registry!(
-                "mlx_serve_model_inference_seconds", "Time a batch spent in the worker (send to answer)",
-                &["model"], exponential(0.0005, 2.0, 16), r).unwrap(),
+                "mlx_serve_model_inference_seconds",
+                "Time a batch spent in the worker (send to answer)",
+                &["model"],
+                exponential(0.0005, 2.0, 16),
+                r
+            )
+            .unwrap(),
             models_loaded: register_gauge_vec_with_registry!(
-                "mlx_serve_models_loaded", "Models with a running worker, by type", &["type"], r).unwrap(),
+                "mlx_serve_models_loaded",
+                "Models with a running worker, by type",
+                &["type"],
+                r
+            )
+            .unwrap(),
             cache_hits_total: register_int_counter_vec_with_registry!(
-                "mlx_serve_cache_hits_total", "Requests that found their model's worker already loaded",
-                &["type"], r).unwrap(),
+                "mlx_serve_cache_hits_total",
+                "Requests that found their model's worker already loaded",
+                &["type"],
+                r
+            )
+            .unwrap(),
             cache_misses_total: register_int_counter_vec_with_registry!(
-                "mlx_serve_cache_misses_total", "Requests that had to start their model's worker",
-                &["type"], r).unwrap(),
+                "mlx_serve_cache_misses_total",
+                "Requests that had to start their model's worker",
+                &["type"],
+                r
+            )
+            .unwrap(),
             cache_evictions_total: register_int_counter_vec_with_registry!(
-                "mlx_serve_cache_evictions_total", "Workers stopped to give memory back (TTL, LRU, ctl)",
-                &["type"], r).unwrap(),
+                "mlx_serve_cache_evictions_total",
+                "Workers stopped to give memory back (TTL, LRU, ctl)",
+                &["type"],
+                r
+            )
+            .unwrap(),
             memory_usage_bytes: register_gauge_vec_with_registry!(
                 "mlx_serve_memory_usage_bytes",
                 "Memory: component=supervisor (RSS) or worker (RSS, per model), mlx_active, mlx_cache",
-                &["component", "model"], r).unwrap(),
+                &["component", "model"],
+                r
+            )
+            .unwrap(),
             batch_size: register_histogram_vec_with_registry!(
-                "mlx_serve_batch_size", "Sequences per batch sent to a worker",
-                &["endpoint"], exponential(1.0, 2.0, 12), r).unwrap(),
+                "mlx_serve_batch_size",
+                "Sequences per batch sent to a worker",
+                &["endpoint"],
+                exponential(1.0, 2.0, 12),
+                r
+            )
+            .unwrap(),
             queue_depth: register_gauge_vec_with_registry!(
-                "mlx_serve_queue_depth", "Inputs waiting for a worker, per model", &["model"], r).unwrap(),
+                "mlx_serve_queue_depth",
+                "Inputs waiting for a worker, per model",
+                &["model"],
+                r
+            )
+            .unwrap(),
             worker_restarts_total: register_int_counter_vec_with_registry!(
-                "mlx_serve_worker_restarts_total", "Workers restarted after a crash", &["model"], r).unwrap(),
+                "mlx_serve_worker_restarts_total",
+                "Workers restarted after a crash",
+                &["model"],
+                r
+            )
+            .unwrap(),
             tokens_total: register_int_counter_vec_with_registry!(
-                "mlx_serve_tokens_total", "Real (unpadded) tokens sent to workers", &["model"], r).unwrap(),
+                "mlx_serve_tokens_total",
+                "Real (unpadded) tokens sent to workers",
+                &["model"],
+                r
+            )
+            .unwrap(),
             padded_tokens_total: register_int_counter_vec_with_registry!(
                 "mlx_serve_padded_tokens_total",
                 "Tokens including padding sent to workers (padding ratio = 1 - tokens/padded)",
-                &["model"], r).unwrap(),
+                &["model"],
+                r
+            )
+            .unwrap(),
             worker_state: register_gauge_vec_with_registry!(
-                "mlx_serve_worker_state", "1 for the state each model's worker is in",
-                &["model", "state"], r).unwrap(),
+                "mlx_serve_worker_state",
+                "1 for the state each model's worker is in",
+                &["model", "state"],
+                r
+            )
+            .unwrap(),
             uptime_seconds: register_gauge_with_registry!(
-                "mlx_serve_uptime_seconds", "Seconds since the supervisor started", r).unwrap(),
+                "mlx_serve_uptime_seconds",
+                "Seconds since the supervisor started",
+                r
+            )
+            .unwrap(),
             registry: r,
         };
         // Series whose label values are known up front start at 0, so rate() and

@@ -73,7 +73,10 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     }
     let meta = std::fs::symlink_metadata(dir)?;
     if meta.file_type().is_symlink() {
-        return Err(refuse(format!("{} is a symbolic link; it must be a folder of its own (remove the link)", dir.display())));
+        return Err(refuse(format!(
+            "{} is a symbolic link; it must be a folder of its own (remove the link)",
+            dir.display()
+        )));
     }
     if !meta.is_dir() {
         return Err(refuse(format!("{} is not a folder", dir.display())));

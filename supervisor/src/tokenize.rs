@@ -37,8 +37,7 @@ use std::path::Path;
 use mlx_serve_protocol::model_dir::{Family, ModelFacts, Pooling};
 pub use prompts::{PromptError, Prompts};
 use tokenizers::{
-    PostProcessor,
-    EncodeInput, Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+    EncodeInput, Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
 /// Qwen3-Reranker prompt, from the Qwen/Qwen3-Reranker-0.6B model card ("Transformers
@@ -227,7 +226,16 @@ impl ModelTokenizer {
             None
         };
         let chunk_bytes = (max_tokens * CHUNK_BYTES_PER_TOKEN).max(MIN_CHUNK_BYTES);
-        Ok(ModelTokenizer { tokenizer, plain: base, added_single, rerank_template, max_tokens, family: facts.family, prompts: Prompts::load(dir), chunk_bytes })
+        Ok(ModelTokenizer {
+            tokenizer,
+            plain: base,
+            added_single,
+            rerank_template,
+            max_tokens,
+            family: facts.family,
+            prompts: Prompts::load(dir),
+            chunk_bytes,
+        })
     }
 
     /// Smaller pieces, for tests of the cut.
@@ -460,7 +468,8 @@ mod tests {
             1..8,
         )
         .prop_map(|cs| cs.into_iter().collect::<String>());
-        let sep = prop::sample::select(vec![" ", " ", "  ", " \n", "\n ", "\t", "\n", " \u{a0}", "   ", "\u{3000}", ""]);
+        let sep =
+            prop::sample::select(vec![" ", " ", "  ", " \n", "\n ", "\t", "\n", " \u{a0}", "   ", "\u{3000}", ""]);
         prop::collection::vec((word, sep), 1..120).prop_map(|parts| {
             parts
                 .into_iter()

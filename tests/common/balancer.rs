@@ -80,7 +80,9 @@ impl Balancer {
         let mut child = cmd.spawn().expect("start haproxy");
         drop(listener); // HAProxy holds the socket now
         let log = Arc::new(Mutex::new(Vec::new()));
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for stream in
+            [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())]
+        {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -123,7 +125,11 @@ impl Balancer {
             lines
                 .map(|l| l.split(',').collect::<Vec<_>>())
                 .filter(|f| f.len() > status && f[px] == "mlx_serve" && f[sv].starts_with("mac"))
-                .map(|f| ServerStat { name: f[sv].into(), status: f[status].into(), current: f[scur].parse().unwrap_or(0) })
+                .map(|f| ServerStat {
+                    name: f[sv].into(),
+                    status: f[status].into(),
+                    current: f[scur].parse().unwrap_or(0),
+                })
                 .collect(),
         )
     }

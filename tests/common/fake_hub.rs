@@ -334,7 +334,8 @@ fn search(s: &Shared, query: &str) -> String {
     let needle = get("search").unwrap_or_default().to_lowercase();
     let expand: Vec<String> =
         params.iter().filter(|(k, _)| k == "expand" || k == "expand[]").map(|(_, v)| v.clone()).collect();
-    let mut found: Vec<(&String, &HubRepo)> = s.repos.iter().filter(|(id, _)| id.to_lowercase().contains(&needle)).collect();
+    let mut found: Vec<(&String, &HubRepo)> =
+        s.repos.iter().filter(|(id, _)| id.to_lowercase().contains(&needle)).collect();
     found.sort_by(|a, b| a.0.cmp(b.0));
     if get("sort").as_deref() == Some("downloads") {
         found.sort_by_key(|r| std::cmp::Reverse(r.1.downloads));
@@ -347,11 +348,21 @@ fn search(s: &Shared, query: &str) -> String {
         .map(|(id, repo)| {
             let object_id = &sha256_hex(id.as_bytes())[..24];
             let mut v = json!({"_id": object_id, "id": id});
-            let config = repo.files.iter().find(|f| f.path == "config.json").and_then(|f| serde_json::from_slice::<serde_json::Value>(&f.data).ok());
+            let config = repo
+                .files
+                .iter()
+                .find(|f| f.path == "config.json")
+                .and_then(|f| serde_json::from_slice::<serde_json::Value>(&f.data).ok());
             let property = |name: &str| -> serde_json::Value {
                 match name {
                     "downloads" => json!(repo.downloads),
-                    "gated" => if repo.gated.is_some() { json!("manual") } else { json!(false) },
+                    "gated" => {
+                        if repo.gated.is_some() {
+                            json!("manual")
+                        } else {
+                            json!(false)
+                        }
+                    }
                     "config" => match &config {
                         Some(c) => json!({"architectures": c["architectures"], "model_type": c["model_type"]}),
                         None => serde_json::Value::Null,
@@ -402,7 +413,12 @@ fn send_file(
     let len = file.data.len() as u64;
     let (status, start, end) = match parse_range(range, len) {
         Some((a, _)) if a >= len => {
-            return respond(conn, "416 Range Not Satisfiable", &[("Content-Range".into(), format!("bytes */{len}"))], b"")
+            return respond(
+                conn,
+                "416 Range Not Satisfiable",
+                &[("Content-Range".into(), format!("bytes */{len}"))],
+                b"",
+            )
         }
         Some((a, b)) => ("206 Partial Content", a, b),
         None => ("200 OK", 0, len.saturating_sub(1)),
@@ -472,7 +488,12 @@ fn handle(mut conn: TcpStream, shared: &Mutex<Shared>, cdn_port: u16) -> std::io
     let failing = {
         let mut s = shared.lock().unwrap();
         s.requests.push(format!("{path} {}", range.as_deref().unwrap_or("-")));
-        s.log.push(Logged { path: path.to_owned(), query: query.to_owned(), range: range.clone(), token: token.clone() });
+        s.log.push(Logged {
+            path: path.to_owned(),
+            query: query.to_owned(),
+            range: range.clone(),
+            token: token.clone(),
+        });
         match s.failing.iter_mut().find(|f| f.times > 0 && path.contains(&f.path)) {
             Some(f) => {
                 f.times -= 1;
@@ -482,7 +503,8 @@ fn handle(mut conn: TcpStream, shared: &Mutex<Shared>, cdn_port: u16) -> std::io
         }
     };
     if let Some((status, retry_after)) = failing {
-        let headers: Vec<(String, String)> = retry_after.map(|s| ("Retry-After".into(), s.to_string())).into_iter().collect();
+        let headers: Vec<(String, String)> =
+            retry_after.map(|s| ("Retry-After".into(), s.to_string())).into_iter().collect();
         return respond(&mut conn, &format!("{status} Transient"), &headers, b"{\"error\": \"try again\"}");
     }
     if path == "/api/models" {
@@ -492,9 +514,12 @@ fn handle(mut conn: TcpStream, shared: &Mutex<Shared>, cdn_port: u16) -> std::io
 
     // The CDN: /cdn/{sha256}
     if let Some(sha) = path.strip_prefix("/cdn/") {
-        let file = shared.lock().unwrap().repos.values().flat_map(|r| r.files.iter()).find(|f| f.sha256 == sha).cloned();
+        let file =
+            shared.lock().unwrap().repos.values().flat_map(|r| r.files.iter()).find(|f| f.sha256 == sha).cloned();
         return match file {
-            Some(f) => send_file(&mut conn, shared, &f, range.as_deref(), vec![("ETag".into(), format!("\"{}\"", f.sha256))]),
+            Some(f) => {
+                send_file(&mut conn, shared, &f, range.as_deref(), vec![("ETag".into(), format!("\"{}\"", f.sha256))])
+            }
             None => not_found(&mut conn, "EntryNotFound", "no such blob"),
         };
     }

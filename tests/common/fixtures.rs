@@ -199,7 +199,11 @@ pub fn f32_bytes_to_bf16(bytes: &[u8]) -> Vec<u8> {
 
 /// Pairs output rows with reference rows after checking there are as many of each, at
 /// least one, and of equal lengths: a `zip` alone would pass on zero or too few rows.
-pub fn paired<'a>(got: &'a [Vec<f32>], want: &'a [Vec<f32>], what: &str) -> impl Iterator<Item = (&'a [f32], &'a [f32])> {
+pub fn paired<'a>(
+    got: &'a [Vec<f32>],
+    want: &'a [Vec<f32>],
+    what: &str,
+) -> impl Iterator<Item = (&'a [f32], &'a [f32])> {
     assert_eq!(got.len(), want.len(), "{what}: {} rows, the reference has {}", got.len(), want.len());
     assert!(!got.is_empty(), "{what}: no rows");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {

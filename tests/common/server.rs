@@ -17,9 +17,8 @@ use crate::fixtures::{minilm_dir, model_dir, repo_root};
 
 /// `target/release/<name>`, or `$MLX_SERVE_BIN_DIR/<name>`.
 pub fn binary(name: &str) -> PathBuf {
-    let dir = std::env::var_os("MLX_SERVE_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/release"));
+    let dir =
+        std::env::var_os("MLX_SERVE_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target/release"));
     let path = dir.join(name);
     assert!(path.is_file(), "{} is missing: run `cargo build --release` first (scripts/test does)", path.display());
     path
@@ -193,7 +192,9 @@ impl Server {
     /// The worker process serving `model` (its command line names the model's folder).
     pub fn worker_pid_of(&self, model: &str) -> Option<u32> {
         let folder = format!("/models/{model}");
-        self.worker_pids().into_iter().find(|&pid| crate::process::command_line(pid).iter().any(|a| a.ends_with(&folder)))
+        self.worker_pids()
+            .into_iter()
+            .find(|&pid| crate::process::command_line(pid).iter().any(|a| a.ends_with(&folder)))
     }
 
     /// Runs `mlx-serve ARGS` against this server's home (60 s limit).
@@ -223,7 +224,11 @@ impl Server {
     /// `model`'s row from `ctl workers --json`: (state, queued inputs, batches in flight).
     pub fn queue_state(&self, model: &str) -> (String, u64, u64) {
         let row = self.worker_row(model);
-        (row["state"].as_str().unwrap_or("").to_owned(), row["queued"].as_u64().unwrap_or(0), row["in_flight"].as_u64().unwrap_or(0))
+        (
+            row["state"].as_str().unwrap_or("").to_owned(),
+            row["queued"].as_u64().unwrap_or(0),
+            row["in_flight"].as_u64().unwrap_or(0),
+        )
     }
 
     /// The sum of the /metrics samples `name` whose labels include every `labels` pair.

@@ -234,7 +234,9 @@ fn read_stderr(dir: &Path) -> String {
 
 fn check_id(m: &WorkerMessage, id: u64) -> Result<()> {
     let got = match m {
-        WorkerMessage::Embeddings { id, .. } | WorkerMessage::Scores { id, .. } | WorkerMessage::Error { id, .. } => *id,
+        WorkerMessage::Embeddings { id, .. } | WorkerMessage::Scores { id, .. } | WorkerMessage::Error { id, .. } => {
+            *id
+        }
         other => bail!("unexpected answer {other:?}"),
     };
     anyhow::ensure!(got == id, "answer for request {got}, expected {id}");

@@ -86,13 +86,22 @@ unsafe impl Sync for OutPtr {}
 /// Attention of every sequence of a packed batch (`offsets`: row boundaries) over its own
 /// rows; returns `[rows, q.heads * head_dim]`. `None` when an operand is not a contiguous
 /// float32 2-D array of the batch's rows (the caller then uses MLX).
-pub fn packed_attention(q: HeadBlock, k: HeadBlock, v: HeadBlock, offsets: &[i32], head_dim: usize, scale: f32, causal: bool) -> Result<Option<Array>> {
+pub fn packed_attention(
+    q: HeadBlock,
+    k: HeadBlock,
+    v: HeadBlock,
+    offsets: &[i32],
+    head_dim: usize,
+    scale: f32,
+    causal: bool,
+) -> Result<Option<Array>> {
     let rows = *offsets.last().unwrap_or(&0) as usize;
     let (heads, kv_heads) = (q.heads, k.heads);
     if rows == 0 || kv_heads == 0 || v.heads != kv_heads || heads % kv_heads != 0 {
         return Ok(None);
     }
-    let (Some(qh), Some(kh), Some(vh)) = (q.host(rows, head_dim)?, k.host(rows, head_dim)?, v.host(rows, head_dim)?) else {
+    let (Some(qh), Some(kh), Some(vh)) = (q.host(rows, head_dim)?, k.host(rows, head_dim)?, v.host(rows, head_dim)?)
+    else {
         return Ok(None);
     };
     let group = heads / kv_heads;
@@ -125,14 +134,44 @@ pub fn packed_attention(q: HeadBlock, k: HeadBlock, v: HeadBlock, offsets: &[i32
             // destination block (rows first..first+n, columns h·head_dim..) is written by
             // this task alone.
             unsafe {
-                cblas_sgemm(ROW_MAJOR, NO_TRANS, TRANS, n as i32, n as i32, head_dim as i32, 1.0, qp, qh.width as i32, kp, kh.width as i32, 0.0, scores.as_mut_ptr(), n as i32);
+                cblas_sgemm(
+                    ROW_MAJOR,
+                    NO_TRANS,
+                    TRANS,
+                    n as i32,
+                    n as i32,
+                    head_dim as i32,
+                    1.0,
+                    qp,
+                    qh.width as i32,
+                    kp,
+                    kh.width as i32,
+                    0.0,
+                    scores.as_mut_ptr(),
+                    n as i32,
+                );
                 for (i, row) in scores[..n * n].chunks_exact_mut(n).enumerate() {
                     let keys = if causal { i + 1 } else { n };
                     softmax_inplace(&mut row[..keys], scale);
                     row[keys..].fill(0.0);
                 }
                 let dst = o.0.add(first * out_width + h * head_dim);
-                cblas_sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, n as i32, head_dim as i32, n as i32, 1.0, scores.as_ptr(), n as i32, vp, vh.width as i32, 0.0, dst, out_width as i32);
+                cblas_sgemm(
+                    ROW_MAJOR,
+                    NO_TRANS,
+                    NO_TRANS,
+                    n as i32,
+                    head_dim as i32,
+                    n as i32,
+                    1.0,
+                    scores.as_ptr(),
+                    n as i32,
+                    vp,
+                    vh.width as i32,
+                    0.0,
+                    dst,
+                    out_width as i32,
+                );
             }
         }
     };

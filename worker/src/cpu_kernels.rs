@@ -141,7 +141,14 @@ simd_dispatch! {
 /// pass per row instead of MLX's adds + composed LayerNorm (reductions and elementwise ops,
 /// scalar on x86). Biased variance, as torch computes it. `None` when an input is not a
 /// contiguous float32 array of the expected shape.
-pub fn add_layer_norm_f32(x: &Array, x_bias: Option<&Array>, residual: &Array, weight: &Array, bias: &Array, eps: f32) -> Result<Option<Array>> {
+pub fn add_layer_norm_f32(
+    x: &Array,
+    x_bias: Option<&Array>,
+    residual: &Array,
+    weight: &Array,
+    bias: &Array,
+    eps: f32,
+) -> Result<Option<Array>> {
     let zero_bias;
     let x_bias = match x_bias {
         Some(b) => b,
@@ -261,7 +268,11 @@ fn exp_neg(x: f32) -> f32 {
 /// compare and a blend per vector).
 #[inline(always)]
 fn max_fast(a: f32, b: f32) -> f32 {
-    if a > b { a } else { b }
+    if a > b {
+        a
+    } else {
+        b
+    }
 }
 
 /// Independent accumulators in the reductions below: a plain `fold` over f32 is a serial
@@ -325,4 +336,3 @@ fn lanes_sq_dev(x: &[f32], mean: f32) -> f32 {
     }
     tree(acc, |a, b| a + b) + rest.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()
 }
-

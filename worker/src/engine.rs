@@ -135,7 +135,9 @@ impl Engine {
                 let config: BertConfig = parse_config(&facts.config)?;
                 let net = Bert::load(&config, &mut w, kernels)?;
                 let head = match facts.pooling {
-                    Pooling::CrossEncoder => Head::CrossEncoder(CrossEncoder::load_bert(config.num_labels(), &mut w, net.hidden_size())?),
+                    Pooling::CrossEncoder => {
+                        Head::CrossEncoder(CrossEncoder::load_bert(config.num_labels(), &mut w, net.hidden_size())?)
+                    }
                     _ => pool_head,
                 };
                 (Box::new(net), head, config.type_vocab_size)
@@ -144,7 +146,11 @@ impl Engine {
                 let config: XlmRobertaConfig = parse_config(&facts.config)?;
                 let net = XlmRoberta::load(&config, &mut w, kernels)?;
                 let head = match facts.pooling {
-                    Pooling::CrossEncoder => Head::CrossEncoder(CrossEncoder::load_xlmr(config.bert.num_labels(), &mut w, net.hidden_size())?),
+                    Pooling::CrossEncoder => Head::CrossEncoder(CrossEncoder::load_xlmr(
+                        config.bert.num_labels(),
+                        &mut w,
+                        net.hidden_size(),
+                    )?),
                     _ => pool_head,
                 };
                 (Box::new(net), head, config.bert.type_vocab_size)
@@ -225,7 +231,11 @@ impl Engine {
         for i in 0..batch.len() {
             let seq = batch.sequence(i);
             if seq.len() > self.max_tokens as usize {
-                return Err(format!("sequence {i} has {} tokens; this model accepts at most {}", seq.len(), self.max_tokens));
+                return Err(format!(
+                    "sequence {i} has {} tokens; this model accepts at most {}",
+                    seq.len(),
+                    self.max_tokens
+                ));
             }
             if let Some(&bad) = seq.iter().find(|&&t| t >= self.vocab) {
                 return Err(format!("sequence {i}: token id {bad} is outside the vocabulary (size {})", self.vocab));
@@ -243,11 +253,8 @@ impl Engine {
     fn prepare(&self, batch: &TokenBatch) -> Result<Inputs> {
         let total = batch.tokens.len();
         let ids: Vec<i32> = batch.tokens.iter().map(|&t| t as i32).collect();
-        let types: Vec<i32> = if batch.type_ids.is_empty() {
-            vec![0; total]
-        } else {
-            batch.type_ids.iter().map(|&t| t as i32).collect()
-        };
+        let types: Vec<i32> =
+            if batch.type_ids.is_empty() { vec![0; total] } else { batch.type_ids.iter().map(|&t| t as i32).collect() };
         let mut positions = Vec::with_capacity(total);
         for i in 0..batch.len() {
             self.network.position_ids(batch.sequence(i), &mut positions);

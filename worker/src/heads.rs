@@ -15,10 +15,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use mlx_rs::{ops, Array};
 use serde_json::Value;
 
+use crate::layers::Linear;
 use crate::models::qwen3::Qwen3;
 use crate::packing::Packing;
 use crate::pooling;
-use crate::layers::Linear;
 use crate::weights::Weights;
 
 /// `tanh(dense(h_cls))` → `out` → sigmoid.
@@ -84,9 +84,11 @@ pub fn token_id(tokenizer: &Value, token: &str) -> Option<u32> {
             return Some(i as u32);
         }
     }
-    tokenizer.get("added_tokens")?.as_array()?.iter().find_map(|t| {
-        (t.get("content")?.as_str()? == token).then(|| t.get("id")?.as_u64().map(|i| i as u32))?
-    })
+    tokenizer
+        .get("added_tokens")?
+        .as_array()?
+        .iter()
+        .find_map(|t| (t.get("content")?.as_str()? == token).then(|| t.get("id")?.as_u64().map(|i| i as u32))?)
 }
 
 impl YesNo {
@@ -94,7 +96,8 @@ impl YesNo {
         let path = dir.join("tokenizer.json");
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("Qwen3 reranker needs {} to find the \"yes\"/\"no\" token ids", path.display()))?;
-        let tok: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let tok: Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
         let find = |t: &str| token_id(&tok, t).ok_or_else(|| anyhow!("tokenizer.json has no {t:?} token"));
         let (yes_id, no_id) = (find("yes")?, find("no")?);
         let vocab = model.vocab_size();
@@ -135,7 +138,10 @@ impl YesNo {
 /// What turns final hidden states into a batch answer.
 pub enum Head {
     /// Embeddings: pool, then optionally L2-normalize.
-    Pool { pooling: mlx_serve_protocol::model_dir::Pooling, normalize: bool },
+    Pool {
+        pooling: mlx_serve_protocol::model_dir::Pooling,
+        normalize: bool,
+    },
     CrossEncoder(CrossEncoder),
     YesNo(YesNo),
 }

@@ -14,8 +14,17 @@ use crate::weights::QuantSpec;
 
 /// A dense or MLX-quantized linear layer, `y = x Wᵀ + b`.
 pub enum Linear {
-    Dense { w_t: Array, bias: Option<Array> },
-    Quantized { w: Array, scales: Array, biases: Array, bias: Option<Array>, spec: QuantSpec },
+    Dense {
+        w_t: Array,
+        bias: Option<Array>,
+    },
+    Quantized {
+        w: Array,
+        scales: Array,
+        biases: Array,
+        bias: Option<Array>,
+        spec: QuantSpec,
+    },
     /// Layers fused by [`Linear::concat`] that could not share one GEMM (stored
     /// differently): each runs on the input and the outputs are concatenated.
     Parts(Vec<Linear>),
@@ -41,7 +50,14 @@ fn dequantize_first() -> bool {
 
 /// `x · wᵀ` of a quantized weight through MLX's quantized matmul, or (`dequantize`) with
 /// the weight dequantized for this product and a dense matmul.
-fn quantized_product(x: &Array, w: &Array, scales: &Array, biases: &Array, spec: QuantSpec, dequantize: bool) -> Result<Array> {
+fn quantized_product(
+    x: &Array,
+    w: &Array,
+    scales: &Array,
+    biases: &Array,
+    spec: QuantSpec,
+    dequantize: bool,
+) -> Result<Array> {
     Ok(if dequantize {
         let full = ops::dequantize(w, scales, biases, spec.group_size, spec.bits)?.as_dtype(x.dtype())?;
         x.matmul(full.t())?

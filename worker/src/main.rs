@@ -166,7 +166,9 @@ enum Command {
 ///
 /// No effect on the CPU backend.
 fn mlx_gpu_defaults() {
-    for (name, value) in [("MLX_CUDA_SDPA_CACHE_SIZE", "2048"), ("MLX_ENABLE_CACHE_THRASHING_CHECK", "0"), ("MLX_ENABLE_TF32", "0")] {
+    for (name, value) in
+        [("MLX_CUDA_SDPA_CACHE_SIZE", "2048"), ("MLX_ENABLE_CACHE_THRASHING_CHECK", "0"), ("MLX_ENABLE_TF32", "0")]
+    {
         if std::env::var_os(name).is_none() {
             std::env::set_var(name, value);
         }
@@ -202,7 +204,18 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::BenchForward { model, batch, seq, mixed, ids, vary, keep_quantized, iters, compute_dtype, cache_limit_mb } => {
+        Command::BenchForward {
+            model,
+            batch,
+            seq,
+            mixed,
+            ids,
+            vary,
+            keep_quantized,
+            iters,
+            compute_dtype,
+            cache_limit_mb,
+        } => {
             let opts = Options {
                 compute_dtype: engine::parse_dtype(&compute_dtype)?,
                 cache_limit_bytes: cache_limit_mb.checked_mul(1 << 20).context("--cache-limit-mb is too large")?,
@@ -239,7 +252,8 @@ fn bench_forward(model: &Path, shape: BenchShape, iters: u32, opts: &Options) ->
     let mut batches = Vec::new();
     if let Some(path) = ids {
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let seqs: Vec<Vec<u32>> = serde_json::from_str(&text).with_context(|| format!("{}: not a JSON list of token-id lists", path.display()))?;
+        let seqs: Vec<Vec<u32>> = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a JSON list of token-id lists", path.display()))?;
         let mut tokens = TokenBatch::new();
         for s in &seqs {
             tokens.push(s, &[]);
@@ -371,7 +385,10 @@ fn bench_linear(m: i32, k: i32, n: i32, iters: u32) -> Result<()> {
         }
     }
     let gflops = 2.0 * m as f64 * k as f64 * n as f64 / best / 1e9;
-    println!("mlx-serve-worker linear [{m}, {k}] x [{n}, {k}]^T + bias: best {:.2} ms, {gflops:.1} GFLOP/s", best * 1e3);
+    println!(
+        "mlx-serve-worker linear [{m}, {k}] x [{n}, {k}]^T + bias: best {:.2} ms, {gflops:.1} GFLOP/s",
+        best * 1e3
+    );
     Ok(())
 }
 

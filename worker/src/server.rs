@@ -128,9 +128,12 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             }
             Err(RecvTimeoutError::Disconnected) => return Ok(0),
         };
-        let is_batch = matches!(item, Incoming::Message(SupervisorMessage::Embed { .. } | SupervisorMessage::Score { .. }));
-        if let (Some(t), Incoming::Message(SupervisorMessage::Embed { batch, .. } | SupervisorMessage::Score { batch, .. })) =
-            (poison, &item)
+        let is_batch =
+            matches!(item, Incoming::Message(SupervisorMessage::Embed { .. } | SupervisorMessage::Score { .. }));
+        if let (
+            Some(t),
+            Incoming::Message(SupervisorMessage::Embed { batch, .. } | SupervisorMessage::Score { batch, .. }),
+        ) = (poison, &item)
         {
             if batch.tokens.contains(&t) {
                 eprintln!("mlx-serve-worker: {ABORT_ON_TOKEN_ENV}={t} found in a batch; aborting");
@@ -147,7 +150,9 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             Incoming::Message(SupervisorMessage::Stats { id }) => WorkerMessage::Stats { id, stats: engine.stats() },
             Incoming::Message(SupervisorMessage::Embed { id, batch }) => {
                 let check = precheck(&engine, ModelKind::Embedding, &batch);
-                answer(id, check, || engine.embed(&batch).map(|(dim, data)| WorkerMessage::Embeddings { id, dim, data }))
+                answer(id, check, || {
+                    engine.embed(&batch).map(|(dim, data)| WorkerMessage::Embeddings { id, dim, data })
+                })
             }
             Incoming::Message(SupervisorMessage::Score { id, batch }) => {
                 let check = precheck(&engine, ModelKind::Reranker, &batch);
@@ -175,21 +180,33 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
 /// The request fits this model: right kind of model, valid batch.
 fn precheck(engine: &Engine, wants: ModelKind, batch: &TokenBatch) -> Result<(), (ErrorKind, String)> {
     if engine.kind() != wants {
-        let msg = format!("this worker serves a {} model; it cannot answer a {} request", engine.kind().as_str(), wants.as_str());
+        let msg = format!(
+            "this worker serves a {} model; it cannot answer a {} request",
+            engine.kind().as_str(),
+            wants.as_str()
+        );
         return Err((ErrorKind::Unsupported, msg));
     }
     engine.validate(batch).map_err(|m| (ErrorKind::InvalidInput, m))
 }
 
 /// Runs `compute` for a checked batch, turning failures (and panics) into Error answers.
-fn answer(id: u64, check: Result<(), (ErrorKind, String)>, compute: impl FnOnce() -> Result<WorkerMessage>) -> WorkerMessage {
+fn answer(
+    id: u64,
+    check: Result<(), (ErrorKind, String)>,
+    compute: impl FnOnce() -> Result<WorkerMessage>,
+) -> WorkerMessage {
     if let Err((kind, message)) = check {
         return WorkerMessage::Error { id, kind, message };
     }
     match catch_unwind(AssertUnwindSafe(compute)) {
         Ok(Ok(msg)) => msg,
         Ok(Err(e)) => WorkerMessage::Error { id, kind: ErrorKind::Internal, message: format!("{e:#}") },
-        Err(p) => WorkerMessage::Error { id, kind: ErrorKind::Internal, message: format!("worker panicked: {}", panic_text(&p)) },
+        Err(p) => WorkerMessage::Error {
+            id,
+            kind: ErrorKind::Internal,
+            message: format!("worker panicked: {}", panic_text(&p)),
+        },
     }
 }
 

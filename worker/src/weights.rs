@@ -143,7 +143,12 @@ pub fn dtype_name(d: Dtype) -> &'static str {
 impl Weights {
     /// Loads (lazily, through MLX) every tensor of the model in `dir`, renaming each with
     /// the architecture's `sanitize`.
-    pub fn load(dir: &Path, storage: &StorageConfig, sanitize: fn(&str) -> String, policy: LoadPolicy) -> Result<Weights> {
+    pub fn load(
+        dir: &Path,
+        storage: &StorageConfig,
+        sanitize: fn(&str) -> String,
+        policy: LoadPolicy,
+    ) -> Result<Weights> {
         let quant = match &storage.quantization {
             Some(q) => Some((q.default_spec(), q.layer_specs(sanitize)?)),
             None => None,
@@ -152,8 +157,7 @@ impl Weights {
         let mut stored = None;
         for file in safetensors_files(dir)? {
             check_safetensors(&file)?;
-            let loaded = Array::load_safetensors(&file)
-                .map_err(|e| anyhow!("cannot load {}: {e}", file.display()))?;
+            let loaded = Array::load_safetensors(&file).map_err(|e| anyhow!("cannot load {}: {e}", file.display()))?;
             for (name, t) in loaded {
                 if stored.is_none() && is_float(t.dtype()) && name.ends_with("weight") {
                     stored = Some(t.dtype());
@@ -215,11 +219,8 @@ impl Weights {
     }
 
     fn cast(&self, t: Array) -> Result<Array> {
-        let t = if is_float(t.dtype()) && t.dtype() != self.policy.compute {
-            t.as_dtype(self.policy.compute)?
-        } else {
-            t
-        };
+        let t =
+            if is_float(t.dtype()) && t.dtype() != self.policy.compute { t.as_dtype(self.policy.compute)? } else { t };
         Ok(t)
     }
 

@@ -77,11 +77,8 @@ pub async fn admit(State(state): State<SharedState>, req: Request, next: Next) -
     let limits = &state.config.limits;
     let path = req.uri().path().to_owned();
     let refuse = |e: ApiError| error_for_route(&path, e);
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let timeout = Duration::from_secs(state.config.server.body_read_timeout_seconds);
     // Refused before its body is read. The body is read and dropped first, when that is
     // cheap (`after_drain`), so that a client still sending it gets the answer rather than
@@ -102,7 +99,9 @@ pub async fn admit(State(state): State<SharedState>, req: Request, next: Next) -
         Ok(Ok(bytes)) => bytes,
         Ok(Err(ReadError::TooLarge)) => return closing(refuse(too_large(limits.max_request_bytes))),
         Ok(Err(ReadError::Overloaded)) => return closing(refuse(budget.overloaded())),
-        Ok(Err(ReadError::Failed(e))) => return refuse(ApiError::invalid(format!("cannot read the request body: {e}"))),
+        Ok(Err(ReadError::Failed(e))) => {
+            return refuse(ApiError::invalid(format!("cannot read the request body: {e}")))
+        }
         Err(_) => {
             let mut e = ApiError::invalid(format!(
                 "the request body did not arrive within server.body_read_timeout_seconds ({} s)",
@@ -145,7 +144,8 @@ pub async fn admit(State(state): State<SharedState>, req: Request, next: Next) -
 /// closed. A client writing its body while the server closes gets a broken pipe instead of
 /// the answer (nginx's lingering close solves the same problem).
 async fn after_drain(req: Request, declared: Option<u64>, limit: u64, timeout: Duration, resp: Response) -> Response {
-    let waits_for_continue = req.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let waits_for_continue =
+        req.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if waits_for_continue || declared.is_none_or(|n| n > limit) {
         return closing(resp);
     }

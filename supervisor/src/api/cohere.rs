@@ -136,7 +136,9 @@ fn prompt_for(input_type: &str, prompts: &Prompts) -> Result<Option<String>, Api
         other => {
             return Err(ApiError::invalid_param(
                 "input_type",
-                format!("input_type must be search_query, search_document, classification or clustering, got {other:?}"),
+                format!(
+                    "input_type must be search_query, search_document, classification or clustering, got {other:?}"
+                ),
             ))
         }
     };
@@ -165,14 +167,20 @@ fn check(req: &CohereEmbedRequest) -> Result<(), ApiError> {
 /// Embed texts (Cohere v1).
 #[utoipa::path(post, path = "/v1/embed", tag = "Cohere", request_body = CohereEmbedRequest,
     responses((status = 200, body = CohereEmbedResponse, description = "success"), (status = "4XX", body = CohereErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
-pub async fn embed_v1(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, CohereError> {
+pub async fn embed_v1(
+    State(state): State<SharedState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, CohereError> {
     Ok(embed(&state, parse_body(body)?, 1).await?)
 }
 
 /// Embed texts (Cohere v2).
 #[utoipa::path(post, path = "/v2/embed", tag = "Cohere", request_body = CohereEmbedRequest,
     responses((status = 200, body = CohereEmbedResponse, description = "success"), (status = "4XX", body = CohereErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
-pub async fn embed_v2(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, CohereError> {
+pub async fn embed_v2(
+    State(state): State<SharedState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, CohereError> {
     Ok(embed(&state, parse_body(body)?, 2).await?)
 }
 
@@ -181,15 +189,26 @@ async fn embed(state: &SharedState, req: CohereEmbedRequest, version: u8) -> Res
     let texts = req.texts.ok_or_else(|| ApiError::invalid_param("texts", "`texts` is required"))?;
     let model = match version {
         1 => model_or_only(state, req.model, ModelKind::Embedding)?,
-        _ => req.model.filter(|m| !m.is_empty()).ok_or_else(|| ApiError::invalid_param("model", "`model` is required"))?,
+        _ => req
+            .model
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| ApiError::invalid_param("model", "`model` is required"))?,
     };
     let truncate = match req.truncate.as_deref() {
         None | Some("END") => Some(true),
         Some("NONE") => Some(false),
         Some("START") => {
-            return Err(ApiError::invalid_param("truncate", "truncate START is not supported; inputs are truncated at the end"))
+            return Err(ApiError::invalid_param(
+                "truncate",
+                "truncate START is not supported; inputs are truncated at the end",
+            ))
         }
-        Some(other) => return Err(ApiError::invalid_param("truncate", format!("truncate must be NONE, START or END, got {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "truncate",
+                format!("truncate must be NONE, START or END, got {other:?}"),
+            ))
+        }
     };
     let dims = encode::check_dimensions(req.output_dimension, "output_dimension")?;
     let entry = state.resolver().entry(&model, Some(ModelKind::Embedding)).await?;

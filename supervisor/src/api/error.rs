@@ -180,7 +180,9 @@ impl From<JobError> for ApiError {
         let message = e.to_string();
         match e {
             JobError::Invalid(_) => ApiError::invalid(message),
-            JobError::WorkerFailed { model, .. } => ApiError::concealed(format!("model {model} failed on this input"), &message),
+            JobError::WorkerFailed { model, .. } => {
+                ApiError::concealed(format!("model {model} failed on this input"), &message)
+            }
             // The runner logged the worker's death with its last words; the reason is
             // what the worker printed, so it stays there.
             JobError::Poisoned { index, .. } => ApiError::internal(format!(
@@ -201,7 +203,9 @@ impl ApiError {
     /// A tokenizer error for the inputs in `param`.
     pub fn tokenize(e: TokenizeError, param: &str) -> Self {
         match e {
-            TokenizeError::TooLong { .. } => ApiError::invalid_param(param, e.to_string()).with_code("context_length_exceeded"),
+            TokenizeError::TooLong { .. } => {
+                ApiError::invalid_param(param, e.to_string()).with_code("context_length_exceeded")
+            }
             TokenizeError::Empty { .. } => ApiError::invalid_param(param, e.to_string()),
             TokenizeError::EmptyQuery => ApiError::invalid_param("query", e.to_string()),
             TokenizeError::Failed(m) => ApiError::concealed("the tokenizer failed on this input", &m),

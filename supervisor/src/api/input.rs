@@ -38,7 +38,9 @@ impl EmbeddingInput {
             Value::Array(items) => match items.first() {
                 None => Err("`input` must not be an empty list".into()),
                 Some(Value::String(_)) => strings(items, EMBEDDING_INPUT).map(EmbeddingInput::Texts),
-                Some(Value::Number(_)) => items.iter().map(token).collect::<Result<_, _>>().map(EmbeddingInput::TokenIds),
+                Some(Value::Number(_)) => {
+                    items.iter().map(token).collect::<Result<_, _>>().map(EmbeddingInput::TokenIds)
+                }
                 Some(Value::Array(_)) => items
                     .into_iter()
                     .map(|v| match v {

@@ -33,11 +33,8 @@ pub fn with_log(resp: impl IntoResponse, log: RequestLog) -> Response {
 pub async fn observe(State(state): State<SharedState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     // Route templates only: raw paths would make label values unbounded.
-    let endpoint = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let endpoint =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)

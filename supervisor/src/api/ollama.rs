@@ -92,7 +92,10 @@ fn nanos(d: Duration) -> u64 {
 #[utoipa::path(post, path = "/api/embed", tag = "Ollama", operation_id = "ollama_embed", request_body = OllamaEmbedRequest,
     responses((status = 200, description = "`{model, embeddings, total_duration, load_duration, prompt_eval_count}`",
         body = serde_json::Value), (status = "4XX", body = OllamaErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
-pub async fn embed(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OllamaError> {
+pub async fn embed(
+    State(state): State<SharedState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OllamaError> {
     let t0 = Instant::now();
     let req: OllamaEmbedRequest = parse_body(body)?;
     let inputs = match req.input {
@@ -161,7 +164,11 @@ fn details(m: &InstalledModel) -> Value {
     let (family, quant) = match &m.facts {
         Ok(f) => (
             f.family.as_str().to_owned(),
-            json!(f.config.get("quantization").map(|q| format!("Q{}", q["bits"])).unwrap_or_else(|| float_level.into())),
+            json!(f
+                .config
+                .get("quantization")
+                .map(|q| format!("Q{}", q["bits"]))
+                .unwrap_or_else(|| float_level.into())),
         ),
         Err(_) => (String::new(), json!("")),
     };
@@ -207,7 +214,11 @@ pub async fn ps(State(state): State<SharedState>) -> Json<Value> {
         let idle = status.last_used.elapsed().as_secs();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let mut v = model_json(m);
-        v["expires_at"] = json!(if ttl == 0 || e.runner.is_preloaded() { rfc3339(now + 100 * 365 * 86_400) } else { rfc3339(now + ttl.saturating_sub(idle)) });
+        v["expires_at"] = json!(if ttl == 0 || e.runner.is_preloaded() {
+            rfc3339(now + 100 * 365 * 86_400)
+        } else {
+            rfc3339(now + ttl.saturating_sub(idle))
+        });
         v["size_vram"] = json!(status.worker_stats.map(|s| s.rss_bytes).unwrap_or(m.size_bytes));
         v["state"] = json!(status.state.as_str());
         models.push(v);
@@ -237,13 +248,14 @@ impl NameRequest {
 /// Model details (Ollama `/api/show`).
 #[utoipa::path(post, path = "/api/show", tag = "Ollama", request_body = NameRequest,
     responses((status = 200, description = "model details", body = serde_json::Value), (status = "4XX", body = OllamaErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
-pub async fn show(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, OllamaError> {
+pub async fn show(
+    State(state): State<SharedState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, OllamaError> {
     let name = parse_body::<NameRequest>(body)?.model()?;
     let target = state.resolver().resolve_name(&name)?;
     let store = state.pool.store();
-    let m = store
-        .installed(&target.name)
-        .ok_or_else(|| ApiError::not_found(format!("model '{name}' not found")))?;
+    let m = store.installed(&target.name).ok_or_else(|| ApiError::not_found(format!("model '{name}' not found")))?;
     let facts = m.facts.as_ref().map_err(|e| ApiError::internal(e.clone()))?;
     let capability = match facts.kind {
         mlx_serve_protocol::ModelKind::Embedding => "embedding",
@@ -276,7 +288,10 @@ pub async fn show(State(state): State<SharedState>, body: Result<Bytes, BytesRej
 /// Remove a model (Ollama `/api/delete`).
 #[utoipa::path(delete, path = "/api/delete", tag = "Ollama", request_body = NameRequest,
     responses((status = 200, description = "removed"), (status = "4XX", body = OllamaErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
-pub async fn delete(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OllamaError> {
+pub async fn delete(
+    State(state): State<SharedState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OllamaError> {
     let name = parse_body::<NameRequest>(body)?.model()?;
     let target = state.resolver().resolve_name(&name)?;
     let store = state.pool.store();

@@ -35,7 +35,10 @@ pub struct PullBody {
 #[utoipa::path(post, path = "/api/pull", tag = "Ollama", request_body = PullBody,
     responses((status = 200, description = "NDJSON progress lines, or one object with `stream: false`"),
         (status = "4XX", body = super::ollama::OllamaErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
-pub async fn pull(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, OllamaError> {
+pub async fn pull(
+    State(state): State<SharedState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OllamaError> {
     let req: PullBody = parse_body(body)?;
     let name = NameRequest { model: req.model, name: req.name, verbose: None }.model()?;
     let resolver = state.resolver();
@@ -148,7 +151,10 @@ impl PullStream {
             }
             if self.rx.changed().await.is_err() {
                 self.finished = true;
-                return Some(format!("{}\n", json!({"error": format!("the download of {} stopped", self.download.name)})));
+                return Some(format!(
+                    "{}\n",
+                    json!({"error": format!("the download of {} stopped", self.download.name)})
+                ));
             }
             tokio::time::sleep(Self::PERIOD).await;
         }
@@ -156,6 +162,8 @@ impl PullStream {
 }
 
 fn progress_line(file: &str, completed: u64, total: u64) -> String {
-    format!("{}\n", json!({"status": format!("pulling {file}"), "digest": file, "total": total, "completed": completed}))
+    format!(
+        "{}\n",
+        json!({"status": format!("pulling {file}"), "digest": file, "total": total, "completed": completed})
+    )
 }
-

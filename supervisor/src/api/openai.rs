@@ -82,7 +82,10 @@ pub struct EmbeddingsResponse {
 /// Create embeddings (OpenAI).
 #[utoipa::path(post, path = "/v1/embeddings", tag = "OpenAI", request_body = EmbeddingsRequest,
     responses((status = 200, body = EmbeddingsResponse, description = "success"), (status = "4XX", body = super::error::ErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
-pub async fn embeddings(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn embeddings(
+    State(state): State<SharedState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let req: EmbeddingsRequest = parse_body(body)?;
     let input = req.input.ok_or_else(|| ApiError::invalid_param("input", "`input` is required"))?;
     let base64 = match req.encoding_format.as_deref() {
@@ -97,7 +100,12 @@ pub async fn embeddings(State(state): State<SharedState>, body: Result<Bytes, By
     };
     let dims = encode::check_dimensions(req.dimensions, "dimensions")?;
     let inputs = input.into();
-    let opts = EmbedOptions { truncate: req.truncate, instruction: req.instruction, prompt_name: req.prompt_name, prompt: req.prompt };
+    let opts = EmbedOptions {
+        truncate: req.truncate,
+        instruction: req.instruction,
+        prompt_name: req.prompt_name,
+        prompt: req.prompt,
+    };
     let out = inference::embed(&state, &req.model, inputs, opts).await?;
     let (dim, data) = encode::shorten(&out, dims, &req.model, "dimensions")?;
     let n = data.len() / dim.max(1);

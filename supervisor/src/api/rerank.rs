@@ -132,7 +132,9 @@ pub enum RerankResponse {
 }
 
 fn document_text(i: usize, d: Document) -> Result<String, ApiError> {
-    let bad = || ApiError::invalid_param("documents", format!("document {i} must be a string or an object with a string `text`"));
+    let bad = || {
+        ApiError::invalid_param("documents", format!("document {i} must be a string or an object with a string `text`"))
+    };
     match d {
         Document::Text(s) => Ok(s),
         Document::Object(mut o) => match o.remove("text") {
@@ -162,7 +164,11 @@ fn check_cohere_options(req: &RerankRequest) -> Result<(), ApiError> {
 
 /// The version in Cohere's `meta.api_version`: the route's.
 fn api_version(path: &axum::http::Uri) -> &'static str {
-    if path.path().starts_with("/v2/") { "2" } else { "1" }
+    if path.path().starts_with("/v2/") {
+        "2"
+    } else {
+        "1"
+    }
 }
 
 /// Rerank documents against a query (Jina / Cohere / TEI shapes).
@@ -176,10 +182,8 @@ pub async fn rerank(
     let req: RerankRequest = parse_body(body)?;
     check_cohere_options(&req)?;
     let tei_shape = req.documents.is_none() && req.texts.is_some();
-    let raw_docs = req
-        .documents
-        .or(req.texts)
-        .ok_or_else(|| ApiError::invalid_param("documents", "`documents` is required"))?;
+    let raw_docs =
+        req.documents.or(req.texts).ok_or_else(|| ApiError::invalid_param("documents", "`documents` is required"))?;
     let query = req.query.ok_or_else(|| ApiError::invalid_param("query", "`query` is required"))?;
     let documents: Vec<String> =
         raw_docs.into_iter().enumerate().map(|(i, v)| document_text(i, v)).collect::<Result<_, _>>()?;

@@ -95,7 +95,10 @@ pub struct EmbedRequest {
 /// Embed texts (TEI). Returns one vector per input.
 #[utoipa::path(post, path = "/embed", tag = "TEI", operation_id = "tei_embed", request_body = EmbedRequest,
     responses((status = 200, body = Vec<Vec<f32>>, description = "success"), (status = "4XX", body = TeiErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
-pub async fn embed(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, TeiError> {
+pub async fn embed(
+    State(state): State<SharedState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, TeiError> {
     let req: EmbedRequest = parse_body(body)?;
     Ok(embed_request(&state, req).await?)
 }
@@ -104,17 +107,23 @@ async fn embed_request(state: &SharedState, req: EmbedRequest) -> Result<Respons
     let inputs = req.inputs.ok_or_else(|| ApiError::invalid_param("inputs", "`inputs` is required"))?;
     check_truncation_direction(req.truncation_direction.as_deref())?;
     if let Some(f) = req.encoding_format.as_deref().filter(|f| *f != "float") {
-        return Err(ApiError::invalid_param("encoding_format", format!("encoding_format must be \"float\" here, got {f:?}")));
+        return Err(ApiError::invalid_param(
+            "encoding_format",
+            format!("encoding_format must be \"float\" here, got {f:?}"),
+        ));
     }
     let dims = encode::check_dimensions(req.dimensions, "dimensions")?;
     let model = model_or_only(state, req.model, ModelKind::Embedding)?;
-    let opts = EmbedOptions { truncate: req.truncate, instruction: None, prompt_name: req.prompt_name, prompt: req.prompt };
+    let opts =
+        EmbedOptions { truncate: req.truncate, instruction: None, prompt_name: req.prompt_name, prompt: req.prompt };
     let normalize = req.normalize.unwrap_or(true);
     let out = inference::embed(state, &model, inputs.into(), opts).await?;
     if !normalize && out.entry.facts.normalize {
         return Err(ApiError::invalid_param(
             "normalize",
-            format!("model `{model}` normalizes its embeddings in its own pipeline; `normalize: false` cannot undo that"),
+            format!(
+                "model `{model}` normalizes its embeddings in its own pipeline; `normalize: false` cannot undo that"
+            ),
         ));
     }
     let (dim, mut data) = encode::shorten(&out, dims, &model, "dimensions")?;
@@ -130,7 +139,11 @@ async fn embed_request(state: &SharedState, req: EmbedRequest) -> Result<Respons
 #[utoipa::path(post, path = "/", tag = "TEI", request_body(content = serde_json::Value,
         description = "`{inputs, ...}` as for `/embed`, or `{query, texts, ...}` as for `/rerank`"),
     responses((status = 200, description = "as `/embed` or `/rerank`"), (status = "4XX", body = TeiErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
-pub async fn root(State(state): State<SharedState>, uri: axum::http::Uri, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn root(
+    State(state): State<SharedState>,
+    uri: axum::http::Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let bytes = match body {
         Ok(b) => b,
         Err(e) => return TeiError(parse_body::<Value>(Err(e)).unwrap_err()).into_response(),
@@ -145,7 +158,8 @@ pub async fn root(State(state): State<SharedState>, uri: axum::http::Uri, body: 
         };
     }
     if is_similarity {
-        let e = ApiError::invalid_param("inputs", "sentence similarity is not served; embed the sentences with `/embed`");
+        let e =
+            ApiError::invalid_param("inputs", "sentence similarity is not served; embed the sentences with `/embed`");
         return TeiError(e).into_response();
     }
     match parse_body::<EmbedRequest>(Ok(bytes)) {

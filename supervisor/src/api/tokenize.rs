@@ -77,7 +77,10 @@ fn respond(model: String, entry_name: String, data: Vec<TokenizedText>) -> Respo
 /// Tokenize texts (or reranker pairs) exactly as the model will see them.
 #[utoipa::path(post, path = "/v1/tokenize", tag = "mlx-serve", request_body = TokenizeRequest,
     responses((status = 200, body = TokenizeResponse, description = "success"), (status = "4XX", body = super::error::ErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
-pub async fn tokenize(State(state): State<SharedState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn tokenize(
+    State(state): State<SharedState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let req: TokenizeRequest = parse_body(body)?;
     let truncate = req.truncate.unwrap_or(state.config.limits.truncate);
     if let (Some(query), Some(documents)) = (&req.query, &req.documents) {
@@ -107,18 +110,18 @@ pub async fn tokenize(State(state): State<SharedState>, body: Result<Bytes, Byte
     };
     check_input_count(&state, texts.len())?;
     let entry = state.resolver().entry(&req.model, None).await?;
-    let opts = EmbedOptions { truncate: None, instruction: req.instruction, prompt_name: req.prompt_name, prompt: req.prompt };
+    let opts =
+        EmbedOptions { truncate: None, instruction: req.instruction, prompt_name: req.prompt_name, prompt: req.prompt };
     let texts = prompted_texts(&entry, texts, &opts)?;
     let strings = req.return_token_strings.unwrap_or(false);
     let mut data = Vec::with_capacity(texts.len());
     for (index, text) in texts.iter().enumerate() {
-        let (ids, pieces) = entry
-            .tokenizer
-            .tokenize_with_pieces(text, truncate)
-            .map_err(|e| match e {
-                TokenizeError::TooLong { limit, .. } => ApiError::tokenize(TokenizeError::TooLong { index, limit }, "input"),
-                e => ApiError::tokenize(e, "input"),
-            })?;
+        let (ids, pieces) = entry.tokenizer.tokenize_with_pieces(text, truncate).map_err(|e| match e {
+            TokenizeError::TooLong { limit, .. } => {
+                ApiError::tokenize(TokenizeError::TooLong { index, limit }, "input")
+            }
+            e => ApiError::tokenize(e, "input"),
+        })?;
         data.push(TokenizedText {
             index,
             tokens: ids.len(),

@@ -5,8 +5,8 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::config::{Effective, EXAMPLE};
-use crate::paths;
 use crate::console::{self, outln};
+use crate::paths;
 
 #[derive(Args)]
 pub struct ConfigArgs {

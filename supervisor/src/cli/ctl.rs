@@ -8,9 +8,9 @@ use clap::{Args, Subcommand};
 
 use super::format::{human_bytes, human_duration};
 use crate::config::Config;
+use crate::console::{out, outln};
 use crate::control::{self, Request, WorkerRow};
 use crate::daemon::pidfile;
-use crate::console::{out, outln};
 
 #[derive(Args)]
 pub struct CtlArgs {
@@ -105,7 +105,8 @@ fn workers_table(rows: &[WorkerRow]) -> String {
             r.memory_bytes.map(human_bytes).unwrap_or_else(dash),
         ]);
     }
-    let widths: Vec<usize> = (0..header.len()).map(|c| table.iter().map(|row| row[c].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> =
+        (0..header.len()).map(|c| table.iter().map(|row| row[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in &table {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();

@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::progress::Printer;
 use crate::config::Config;
+use crate::console::errln;
 use crate::control::{self, Request};
 use crate::daemon::pidfile;
 use crate::paths::worker_binary;
@@ -25,7 +26,6 @@ use crate::store::metadata::{rfc3339, ModelMetadata};
 use crate::store::names::{self, remembered};
 use crate::store::pull::{self, PullRequest, Source};
 use crate::store::quantize::{self, Spec};
-use crate::console::errln;
 use crate::store::{lock, name_for_repo, validate_name, Store};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,7 +121,8 @@ fn as_folder(arg: &str) -> Option<PathBuf> {
         Some(rest) => std::env::var_os("HOME").map(|h| Path::new(&h).join(rest))?,
         None => PathBuf::from(arg),
     };
-    let path_like = arg.starts_with('/') || arg.starts_with("./") || arg.starts_with("../") || arg.starts_with("~/") || arg == ".";
+    let path_like =
+        arg.starts_with('/') || arg.starts_with("./") || arg.starts_with("../") || arg.starts_with("~/") || arg == ".";
     (path_like || (arg.contains('/') && expanded.join("config.json").is_file())).then_some(expanded)
 }
 
@@ -134,7 +135,14 @@ fn say(line: &str) -> Result<()> {
 
 /// Where `pull NAME` (not a folder) gets the model, and its store name without a
 /// quantization suffix; `quantize` takes the suffix's bits when the name has one.
-fn pull_source(config: &Config, store: &Store, rt: &tokio::runtime::Runtime, model: &str, quantize: &mut Option<Spec>, group_size: u32) -> Result<(Source, String)> {
+fn pull_source(
+    config: &Config,
+    store: &Store,
+    rt: &tokio::runtime::Runtime,
+    model: &str,
+    quantize: &mut Option<Spec>,
+    group_size: u32,
+) -> Result<(Source, String)> {
     // An installed model pulled again by its store name: check its repo for a newer revision.
     if !aliases::is_repo_id(model) && !model.contains('/') {
         if let Some(dir) = store.find(model) {
@@ -222,7 +230,14 @@ pub fn pull_cmd(config: &Config, args: PullArgs) -> Result<()> {
     } else {
         let m = &outcome.metadata;
         let size = m.quantized_size.unwrap_or(m.original_size);
-        say(&format!("installed {} ({}, {}, {}) in {}", outcome.name, m.kind, m.architecture, HumanBytes(size), outcome.path.display()))?;
+        say(&format!(
+            "installed {} ({}, {}, {}) in {}",
+            outcome.name,
+            m.kind,
+            m.architecture,
+            HumanBytes(size),
+            outcome.path.display()
+        ))?;
     }
     Ok(())
 }
@@ -283,7 +298,10 @@ pub fn list_cmd(config: &Config, args: ListArgs) -> Result<()> {
         return say(&format!("no models in {} (`mlx-serve pull minilm` installs one)", config.models_dir().display()));
     }
     if !models.is_empty() {
-        say(&format!("{:<36} {:<10} {:<32} {:<12} {:>10}  MODIFIED", "NAME", "TYPE", "ARCHITECTURE", "WEIGHTS", "SIZE"))?;
+        say(&format!(
+            "{:<36} {:<10} {:<32} {:<12} {:>10}  MODIFIED",
+            "NAME", "TYPE", "ARCHITECTURE", "WEIGHTS", "SIZE"
+        ))?;
     }
     for m in &models {
         let meta = ModelMetadata::read(&m.path);
@@ -302,7 +320,9 @@ pub fn list_cmd(config: &Config, args: ListArgs) -> Result<()> {
         ))?;
     }
     if !names.is_empty() {
-        say("\nnames found on the Hub (`mlx-serve pull OWNER/NAME` re-points one, `mlx-serve remove NAME` forgets it):")?;
+        say(
+            "\nnames found on the Hub (`mlx-serve pull OWNER/NAME` re-points one, `mlx-serve remove NAME` forgets it):",
+        )?;
         for (name, r) in &names {
             let installed = if store.find(name_for_repo(&r.repo)).is_some() { "" } else { "  (not installed)" };
             let downloads = r.downloads.map(|d| format!(", {d} downloads")).unwrap_or_default();
@@ -358,7 +378,12 @@ pub fn show_cmd(config: &Config, args: ShowArgs) -> Result<()> {
                 for item in a {
                     // A remembered name: `NAME  by search on DATE, N downloads`.
                     let downloads = item["downloads"].as_u64().map(|d| format!(", {d} downloads")).unwrap_or_default();
-                    say(&format!("  {:<16} by {} on {}{downloads}", text(&item["name"]), text(&item["how"]), text(&item["at"])))?;
+                    say(&format!(
+                        "  {:<16} by {} on {}{downloads}",
+                        text(&item["name"]),
+                        text(&item["how"]),
+                        text(&item["at"])
+                    ))?;
                 }
             }
             serde_json::Value::Object(o) => {

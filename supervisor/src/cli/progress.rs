@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
-use crate::store::pull::{PullEvent, Reporter};
 use crate::console::errln;
+use crate::store::pull::{PullEvent, Reporter};
 
 pub struct Printer {
     tty: bool,
@@ -58,9 +58,11 @@ impl Printer {
                     let bar = st.bars.entry(file.clone()).or_insert_with(|| {
                         let bar = ProgressBar::new(total);
                         bar.set_style(
-                            ProgressStyle::with_template("{msg:30} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-                                .expect("valid template")
-                                .progress_chars("=> "),
+                            ProgressStyle::with_template(
+                                "{msg:30} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                            )
+                            .expect("valid template")
+                            .progress_chars("=> "),
                         );
                         bar.set_message(file.clone());
                         bar

@@ -10,11 +10,11 @@ use clap::Args;
 
 use super::format::human_duration;
 use crate::config::{ApiKey, Config, Effective};
+use crate::console::{errln, outln};
 use crate::control::ServerStatus;
 use crate::daemon::pidfile::{self, probe, Probe};
 use crate::daemon::{self, Stopped};
 use crate::paths::home_dir;
-use crate::console::{errln, outln};
 
 /// Extra time `stop` allows beyond `server.shutdown_timeout_seconds` (workers stopping).
 const STOP_MARGIN: Duration = Duration::from_secs(15);
@@ -200,11 +200,17 @@ pub fn status_cmd(args: StatusArgs) -> Result<()> {
                     outln!("  port     {}", s.port);
                     outln!("  uptime   {}", human_duration(s.uptime_seconds));
                     outln!("  ready    {}", if s.ready { "yes" } else { "no" });
-                    let models = if s.loaded_models.is_empty() { "(none loaded)".to_owned() } else { s.loaded_models.join(", ") };
+                    let models = if s.loaded_models.is_empty() {
+                        "(none loaded)".to_owned()
+                    } else {
+                        s.loaded_models.join(", ")
+                    };
                     outln!("  models   {models}");
                     outln!("  home     {}", s.home.display());
                 }
-                None => outln!("mlx-serve on port {port} (pid {pid}) is running but did not answer on its control socket"),
+                None => {
+                    outln!("mlx-serve on port {port} (pid {pid}) is running but did not answer on its control socket")
+                }
             }
         }
     }

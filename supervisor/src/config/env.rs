@@ -20,9 +20,11 @@ impl Config {
         vars.sort();
         for (var, value) in vars {
             let Some(name) = var.strip_prefix("MLX_SERVE_") else { continue };
-            let key = self
-                .apply_env_var(name, &value)
-                .map_err(|reason| ConfigError::Env { var: var.clone(), value: value.clone(), reason })?;
+            let key = self.apply_env_var(name, &value).map_err(|reason| ConfigError::Env {
+                var: var.clone(),
+                value: value.clone(),
+                reason,
+            })?;
             if let Some(key) = key {
                 set.push((key, var));
             }
@@ -150,7 +152,10 @@ mod tests {
         assert_eq!(c.apply_env_var("PRELOAD_MODELS", "a, b,,"), Ok(Some("models.preload")));
         assert_eq!(c.apply_env_var("AUTO_DOWNLOAD", "off"), Ok(Some("models.auto_download")));
         assert_eq!(c.apply_env_var("HOME", "/x"), Ok(None));
-        assert_eq!((c.server.port, c.models.preload.clone(), c.models.auto_download), (9001, vec!["a".into(), "b".into()], false));
+        assert_eq!(
+            (c.server.port, c.models.preload.clone(), c.models.auto_download),
+            (9001, vec!["a".into(), "b".into()], false)
+        );
         assert!(c.apply_env_var("PORT", "many").is_err());
         assert_eq!(c.apply_env_var("API_KEY", "k1"), Ok(Some("server.api_key")));
         assert_eq!(c.server.api_key, Some(crate::config::ApiKey("k1".into())));

@@ -92,9 +92,13 @@ impl Effective {
         yaml::flatten(&self.config)
             .into_iter()
             .map(|(key, value)| {
-                let value = if SECRET_KEYS.contains(&key.as_str()) && !value.is_null() { "<set>".into() } else { value };
-                let origin =
-                    self.origins.get(&key).cloned().unwrap_or(Origin { source: Source::Default, detail: String::new() });
+                let value =
+                    if SECRET_KEYS.contains(&key.as_str()) && !value.is_null() { "<set>".into() } else { value };
+                let origin = self
+                    .origins
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or(Origin { source: Source::Default, detail: String::new() });
                 Entry { key, value, origin }
             })
             .collect()
@@ -142,14 +146,19 @@ mod tests {
         let mut e = Effective::defaults();
         e.set_from_cli("server.port", "--port", |c| c.server.port = 9);
         let port = e.entries().into_iter().find(|x| x.key == "server.port").unwrap();
-        assert_eq!((port.value, port.origin.source, port.origin.detail.as_str()), (serde_json::json!(9), Source::Cli, "--port"));
+        assert_eq!(
+            (port.value, port.origin.source, port.origin.detail.as_str()),
+            (serde_json::json!(9), Source::Cli, "--port")
+        );
         assert!(e.render().contains("cli --port"));
     }
 
     #[test]
     fn the_api_key_is_never_printed() {
         let mut e = Effective::defaults();
-        e.set_from_cli("server.api_key", "--api-key", |c| c.server.api_key = Some(crate::config::ApiKey("s3cret-key".into())));
+        e.set_from_cli("server.api_key", "--api-key", |c| {
+            c.server.api_key = Some(crate::config::ApiKey("s3cret-key".into()))
+        });
         let text = format!("{}{}{:?}", e.render(), serde_json::to_string(&e.entries()).unwrap(), e.config);
         assert!(!text.contains("s3cret-key"), "{text}");
         assert!(e.render().contains("<set>"));

@@ -126,6 +126,9 @@ mod tests {
 
     #[test]
     fn keys_a_file_sets() {
-        assert_eq!(keys_in_yaml("server:\n  port: 1\nbatch:\n  max_wait_ms: 3\n"), ["server.port", "batch.max_wait_ms"]);
+        assert_eq!(
+            keys_in_yaml("server:\n  port: 1\nbatch:\n  max_wait_ms: 3\n"),
+            ["server.port", "batch.max_wait_ms"]
+        );
     }
 }

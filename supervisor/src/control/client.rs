@@ -24,9 +24,11 @@ pub fn request_at(path: &Path, request: &Request, timeout: Duration) -> Result<s
     line.push(b'\n');
     stream.write_all(&line).map_err(ControlError::Io)?;
     let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .map_err(|cause| ControlError::NoAnswer { path: path.to_owned(), timeout, cause })?;
+    BufReader::new(&stream).read_line(&mut answer).map_err(|cause| ControlError::NoAnswer {
+        path: path.to_owned(),
+        timeout,
+        cause,
+    })?;
     if answer.is_empty() {
         return Err(ControlError::Closed);
     }

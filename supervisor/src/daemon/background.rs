@@ -63,7 +63,12 @@ pub fn start_background(
     let exe = std::env::current_exe().map_err(|e| DaemonError::io("cannot find the mlx-serve executable", e))?;
     let mut cmd = Command::new(exe);
     let (out, err) = (log.try_clone().map_err(open_error)?, log.try_clone().map_err(open_error)?);
-    cmd.args(["start", "--foreground"]).args(forward).envs(env.iter().cloned()).stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.args(["start", "--foreground"])
+        .args(forward)
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
     {
         use std::os::unix::process::CommandExt;
         // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
@@ -135,7 +140,8 @@ fn http_ready(host: &str, port: u16) -> bool {
 
 /// The last `lines` lines written to `path` after byte `from`.
 fn log_tail(path: &Path, from: u64, lines: usize) -> String {
-    let text = std::fs::read(path).ok().map(|b| String::from_utf8_lossy(&b[(from as usize).min(b.len())..]).into_owned());
+    let text =
+        std::fs::read(path).ok().map(|b| String::from_utf8_lossy(&b[(from as usize).min(b.len())..]).into_owned());
     let text = text.unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

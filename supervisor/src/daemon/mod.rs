@@ -82,7 +82,11 @@ pub fn init_logging(config: &Config) {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = if config.logging.format == "json" { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+    let _ = if config.logging.format == "json" {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Binds `host:port`, saying clearly when the port is taken.
@@ -119,7 +123,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
 }
 
 /// Runs the daemon on `listener` with real worker processes until `shutdown` resolves.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), DaemonError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
     let binary = paths::worker_binary();
     if !binary.is_file() {
         return Err(DaemonError::Failed(format!(
@@ -148,7 +156,8 @@ pub async fn run_with(
     config.validate()?;
     let config = Arc::new(config);
     let models_dir = config.models_dir();
-    std::fs::create_dir_all(&models_dir).map_err(|e| DaemonError::io(format!("cannot create {}", models_dir.display()), e))?;
+    std::fs::create_dir_all(&models_dir)
+        .map_err(|e| DaemonError::io(format!("cannot create {}", models_dir.display()), e))?;
     let runner_cfg = RunnerConfig::from_config(&config, launcher);
     let metrics_listener = match (config.metrics.enabled, config.metrics.port) {
         (true, Some(port)) => Some(bind(&config.server.host, port).await?),

@@ -29,7 +29,8 @@ impl PidFile {
     /// Writes `<home>/run/mlx-serve-<port>.pid`. The daemon calls it after binding the
     /// port, so any older file for this port is stale and is replaced.
     pub fn create(port: u16) -> Result<PidFile, DaemonError> {
-        paths::ensure_run_dir().map_err(|e| DaemonError::io(format!("cannot create {}", paths::run_dir().display()), e))?;
+        paths::ensure_run_dir()
+            .map_err(|e| DaemonError::io(format!("cannot create {}", paths::run_dir().display()), e))?;
         let path = pid_file_path(port);
         let tmp = path.with_extension(format!("pid.{}", std::process::id()));
         std::fs::write(&tmp, format!("{}\n", std::process::id()))

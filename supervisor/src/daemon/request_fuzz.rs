@@ -47,11 +47,20 @@ struct Route {
 fn routes() -> Vec<Route> {
     let post = |path, valid| Route { method: Method::POST, path, valid, names_ok: true };
     vec![
-        post("/v1/embeddings", json!({"model": "emb", "input": ["hello world", "hi"], "encoding_format": "float", "dimensions": 2})),
+        post(
+            "/v1/embeddings",
+            json!({"model": "emb", "input": ["hello world", "hi"], "encoding_format": "float", "dimensions": 2}),
+        ),
         post("/embeddings", json!({"model": "emb", "input": [[101, 7592, 102]], "truncate": false})),
-        post("/v1/rerank", json!({"model": "rr", "query": "q", "documents": ["a", {"text": "b"}], "top_n": 1, "return_documents": true})),
+        post(
+            "/v1/rerank",
+            json!({"model": "rr", "query": "q", "documents": ["a", {"text": "b"}], "top_n": 1, "return_documents": true}),
+        ),
         post("/rerank", json!({"query": "q", "texts": ["a", "b"], "raw_scores": true, "return_text": true})),
-        post("/v2/rerank", json!({"model": "rr", "query": "q", "documents": ["a"], "decision_threshold": 0.5, "return_text": true})),
+        post(
+            "/v2/rerank",
+            json!({"model": "rr", "query": "q", "documents": ["a"], "decision_threshold": 0.5, "return_text": true}),
+        ),
         post("/v1/tokenize", json!({"model": "emb", "input": ["hello", "world"], "truncate": true})),
         post("/tokenize", json!({"model": "rr", "query": "q", "documents": ["a", "b"]})),
         post("/api/embed", json!({"model": "emb", "input": ["hello"], "truncate": true, "dimensions": 2})),
@@ -98,9 +107,26 @@ fn text() -> impl Strategy<Value = String> {
 fn field_name() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "model", "input", "query", "documents", "texts", "prompt", "top_n", "truncate", "dimensions",
-            "encoding_format", "instruction", "return_documents", "return_text", "raw_scores",
-            "decision_threshold", "name", "stream", "options", "keep_alive", "user",
+            "model",
+            "input",
+            "query",
+            "documents",
+            "texts",
+            "prompt",
+            "top_n",
+            "truncate",
+            "dimensions",
+            "encoding_format",
+            "instruction",
+            "return_documents",
+            "return_text",
+            "raw_scores",
+            "decision_threshold",
+            "name",
+            "stream",
+            "options",
+            "keep_alive",
+            "user",
         ])
         .prop_map(str::to_owned),
         "[a-z_]{1,12}",
@@ -204,8 +230,10 @@ fn app() -> &'static App {
                 launcher: Arc::new(FakeLauncher::default()),
             };
             let s = Store::new(store.clone());
-            let pool = Pool::new(s.clone(), PoolConfig { cache: config.cache.clone(), preload: Vec::new() }, runner_cfg);
-            let state = AppState::new(pool, Arc::new(Downloads::new(s)), Arc::new(config), Arc::new(AtomicBool::new(true)));
+            let pool =
+                Pool::new(s.clone(), PoolConfig { cache: config.cache.clone(), preload: Vec::new() }, runner_cfg);
+            let state =
+                AppState::new(pool, Arc::new(Downloads::new(s)), Arc::new(config), Arc::new(AtomicBool::new(true)));
             crate::api::router(state)
         });
         App { rt, router, store }
@@ -226,7 +254,15 @@ fn check(route: &Route, body: Vec<u8>) -> Result<(), TestCaseError> {
         let status = resp.status();
         (status, axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap())
     });
-    let shown = || format!("{} {} {:?} → {status} {:?}", route.method, route.path, String::from_utf8_lossy(&body), String::from_utf8_lossy(&bytes));
+    let shown = || {
+        format!(
+            "{} {} {:?} → {status} {:?}",
+            route.method,
+            route.path,
+            String::from_utf8_lossy(&body),
+            String::from_utf8_lossy(&bytes)
+        )
+    };
     prop_assert!(!status.is_server_error(), "a 5xx: {}", shown());
     if route.path == "/api/pull" && status.is_success() {
         return Ok(()); // an NDJSON stream
@@ -236,7 +272,8 @@ fn check(route: &Route, body: Vec<u8>) -> Result<(), TestCaseError> {
         prop_assert!(bytes.is_empty(), "a delete's 200 has no body: {}", shown());
         return Ok(());
     }
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| TestCaseError::fail(format!("not JSON ({e}): {}", shown())))?;
+    let v: Value =
+        serde_json::from_slice(&bytes).map_err(|e| TestCaseError::fail(format!("not JSON ({e}): {}", shown())))?;
     if status.is_client_error() {
         let message = if route.path.starts_with("/api/") {
             v["error"].as_str()
@@ -259,7 +296,8 @@ fn no_body_gets_a_5xx_a_wrong_shape_or_a_panic() {
     let seconds = std::env::var("MLX_SERVE_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20u64);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let routes = Arc::new(routes());
-    let mut runner = TestRunner::new(ProptestConfig { cases: 20_000, failure_persistence: None, ..ProptestConfig::default() });
+    let mut runner =
+        TestRunner::new(ProptestConfig { cases: 20_000, failure_persistence: None, ..ProptestConfig::default() });
     let cases = std::sync::atomic::AtomicUsize::new(0);
     let strategy = (0..routes.len()).prop_flat_map({
         let routes = routes.clone();

@@ -15,11 +15,17 @@ use crate::paths::{control_socket_path, pid_file_path};
 pub enum Stopped {
     NotRunning,
     /// The PID file named a process that is gone; it was removed.
-    Stale { pid: i32 },
+    Stale {
+        pid: i32,
+    },
     /// It exited after SIGTERM.
-    Stopped { pid: i32 },
+    Stopped {
+        pid: i32,
+    },
     /// It had to be killed (`force`).
-    Killed { pid: i32 },
+    Killed {
+        pid: i32,
+    },
 }
 
 /// Stops the daemon on `port`, waiting up to `timeout` after SIGTERM; with `force`, kills

@@ -53,7 +53,14 @@ async fn the_daemon_runs_in_process_with_a_fake_worker() {
     let port = listener.local_addr().unwrap().port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let fake = FakeLauncher::default();
-    let daemon = tokio::spawn(run_with(config, listener, async { let _ = stopped.await; }, Arc::new(fake.clone())));
+    let daemon = tokio::spawn(run_with(
+        config,
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+        Arc::new(fake.clone()),
+    ));
 
     // The PID file is written once the daemon serves; poll for it (a bounded wait, not a
     // synchronisation: the requests below retry nothing).
@@ -71,7 +78,8 @@ async fn the_daemon_runs_in_process_with_a_fake_worker() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     // The fake answers [first token, length] per input: [CLS] first, and lengths that add
     // up to the usage the API reports.
-    let rows: Vec<Vec<f64>> = v["data"].as_array().unwrap().iter().map(|d| serde_json::from_value(d["embedding"].clone()).unwrap()).collect();
+    let rows: Vec<Vec<f64>> =
+        v["data"].as_array().unwrap().iter().map(|d| serde_json::from_value(d["embedding"].clone()).unwrap()).collect();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r.len() == 2 && r[0] == rows[0][0]), "{rows:?}");
     assert_eq!(rows[0][1] + rows[1][1], v["usage"]["prompt_tokens"].as_f64().unwrap());
@@ -81,10 +89,11 @@ async fn the_daemon_runs_in_process_with_a_fake_worker() {
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("model_not_found"), "{body}");
 
-    let workers = tokio::task::spawn_blocking(move || control::request(port, &Request::Workers, Duration::from_secs(5)))
-        .await
-        .unwrap()
-        .unwrap();
+    let workers =
+        tokio::task::spawn_blocking(move || control::request(port, &Request::Workers, Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .unwrap();
     assert_eq!(workers[0]["model"], "tiny");
     assert_eq!(workers[0]["state"], "ready");
 

@@ -129,7 +129,9 @@ pub async fn preload(pool: Pool, downloads: Arc<Downloads>, config: Arc<Config>,
         let target = resolver.resolve(&requested).await?;
         if pool.store().find(&target.name).is_none() {
             let Some(req) = resolver.pull_request(&target, None).filter(|_| config.models.auto_download) else {
-                return Err("not installed (and not downloadable: models.auto_download is off or the name has no repo)".into());
+                return Err(
+                    "not installed (and not downloadable: models.auto_download is off or the name has no repo)".into(),
+                );
             };
             // Waits however long it takes (auto_download_timeout is a request's patience).
             let download = match downloads.start(req) {

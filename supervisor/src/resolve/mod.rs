@@ -37,7 +37,9 @@ pub enum ResolveError {
     /// Not a name we would ever read from disk (`..`, separators).
     #[error(transparent)]
     InvalidName(StoreError),
-    #[error("The model `{0}` does not exist. `GET /v1/models` lists installed models; `mlx-serve pull {0}` installs it.")]
+    #[error(
+        "The model `{0}` does not exist. `GET /v1/models` lists installed models; `mlx-serve pull {0}` installs it."
+    )]
     NotFound(String),
     /// Installed, but its files cannot be used.
     #[error("{0}")]

@@ -149,7 +149,11 @@ async fn sleep_until_opt(t: Option<Instant>) {
 }
 
 impl Runner {
-    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<RunnerMsg>, mut started: mpsc::UnboundedReceiver<StartDone>) {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::UnboundedReceiver<RunnerMsg>,
+        mut started: mpsc::UnboundedReceiver<StartDone>,
+    ) {
         loop {
             let wake = self.next_wake();
             tokio::select! {

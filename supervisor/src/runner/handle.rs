@@ -27,7 +27,10 @@ use crate::worker::{StartError, WorkerState};
 #[derive(Debug, PartialEq)]
 pub enum JobOutput {
     /// `n × dim` row-major.
-    Rows { dim: usize, data: Vec<f32> },
+    Rows {
+        dim: usize,
+        data: Vec<f32>,
+    },
     Scores(Vec<f32>),
 }
 
@@ -42,7 +45,9 @@ pub enum JobError {
     WorkerFailed { model: String, message: String },
     /// The input was being computed during two worker deaths that implicate it (crashes,
     /// hangs): probably what kills the worker. `reason` is the last death's cause.
-    #[error("input {index} was being processed when the model worker crashed twice ({reason}); it was not retried again")]
+    #[error(
+        "input {index} was being processed when the model worker crashed twice ({reason}); it was not retried again"
+    )]
     Poisoned { index: u32, reason: String },
     /// The model cannot serve the job now: its worker was stopped by the operator, or died
     /// too many times while the job's inputs were in flight (`runner/recovery.rs`).
@@ -109,14 +114,21 @@ impl Default for RunnerStatus {
 
 /// What the runner's inbox carries.
 pub enum RunnerMsg {
-    Job { job: u64, seqs: Vec<Tokens>, reply: oneshot::Sender<JobResult> },
+    Job {
+        job: u64,
+        seqs: Vec<Tokens>,
+        reply: oneshot::Sender<JobResult>,
+    },
     /// The job's ticket was dropped unanswered: forget it and its queued inputs.
     Cancel(u64),
     /// Start the worker now (preload, `ctl load`); answers when ready or failed.
     Load(oneshot::Sender<Result<(), RunnerError>>),
     /// Stop the worker if nothing is queued or in flight; with `force`, stop it anyway and
     /// answer that work as unavailable.
-    Evict { force: bool, reply: oneshot::Sender<Result<(), RunnerError>> },
+    Evict {
+        force: bool,
+        reply: oneshot::Sender<Result<(), RunnerError>>,
+    },
     /// Stop and start the worker (waits a grace period for in-flight work).
     Restart(oneshot::Sender<Result<(), RunnerError>>),
     Stats(oneshot::Sender<Option<WorkerStats>>),

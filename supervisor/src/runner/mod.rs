@@ -61,8 +61,14 @@ impl RunnerConfig {
     /// The runner settings of `config`, starting workers with `launcher`.
     pub fn from_config(config: &Config, launcher: Arc<dyn WorkerLauncher>) -> RunnerConfig {
         RunnerConfig {
-            limits: Limits { max_batch_size: config.batch.max_batch_size, max_batch_tokens: config.batch.max_batch_tokens },
-            gpu_limits: Limits { max_batch_size: config.batch.gpu_max_batch_size, max_batch_tokens: config.batch.gpu_max_batch_tokens },
+            limits: Limits {
+                max_batch_size: config.batch.max_batch_size,
+                max_batch_tokens: config.batch.max_batch_tokens,
+            },
+            gpu_limits: Limits {
+                max_batch_size: config.batch.gpu_max_batch_size,
+                max_batch_tokens: config.batch.gpu_max_batch_tokens,
+            },
             max_wait: Duration::from_millis(config.batch.max_wait_ms),
             max_queue: config.batch.max_queue_size,
             stop_grace: Duration::from_secs(5),

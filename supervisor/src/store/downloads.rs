@@ -224,7 +224,9 @@ impl Downloads {
             tracing::info!(model = %d.name, source = %d.source, "download started");
             let result = pull::pull(&this.store, &req, report).await;
             match &result {
-                Ok(o) => tracing::info!(model = %o.name, up_to_date = o.up_to_date, secs = d.started.elapsed().as_secs_f64(), "download finished"),
+                Ok(o) => {
+                    tracing::info!(model = %o.name, up_to_date = o.up_to_date, secs = d.started.elapsed().as_secs_f64(), "download finished")
+                }
                 Err(e) => tracing::warn!(model = %d.name, "download failed: {e}"),
             }
             // A model of the other type than a request needed says nothing about the

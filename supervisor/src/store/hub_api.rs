@@ -89,7 +89,9 @@ pub async fn get(api: &Api, url: &str, query: &[(&str, &str)], what: &str) -> Re
             Ok(resp) if !transient(resp.status().as_u16()) => return Ok(resp),
             Ok(resp) => (format!("HTTP {}", resp.status().as_u16()), retry_after(resp.headers())),
             Err(e) if e.is_connect() || e.is_timeout() => (error_chain(&e), None),
-            Err(e) => return Err(StoreError::Failed(format!("{what} from {} failed: {}", endpoint(), error_chain(&e)))),
+            Err(e) => {
+                return Err(StoreError::Failed(format!("{what} from {} failed: {}", endpoint(), error_chain(&e))))
+            }
         };
         match wait_before_retry(attempt, after) {
             Some(wait) => {

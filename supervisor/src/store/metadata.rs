@@ -186,7 +186,11 @@ mod tests {
         write_st(&d.join("a.safetensors"), "BF16", 100, 0);
         write_st(&d.join("b.safetensors"), "F32", 10, 0);
         write_st(&d.join("stray.safetensors"), "F32", 1000, 0);
-        std::fs::write(d.join(model_files::SHARD_INDEX), r#"{"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}"#).unwrap();
+        std::fs::write(
+            d.join(model_files::SHARD_INDEX),
+            r#"{"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}}"#,
+        )
+        .unwrap();
         let file_len = |f: &str| std::fs::metadata(d.join(f)).unwrap().len();
         assert_eq!(weights_size(d), file_len("a.safetensors") + file_len("b.safetensors"));
         assert_eq!(dominant_dtype(d).unwrap(), "bfloat16");
@@ -214,9 +218,11 @@ mod tests {
 
     #[test]
     fn quantization_is_read_in_either_shape() {
-        let m: super::ModelMetadata = serde_json::from_str(r#"{"source_type":"quantize","source":"m","repo":null,
+        let m: super::ModelMetadata = serde_json::from_str(
+            r#"{"source_type":"quantize","source":"m","repo":null,
             "revision":null,"type":"embedding","architecture":"BertModel","dtype":"float32",
-            "quantization":{"bits":8,"group_size":64},"original_size":1,"quantized_size":1,"created":""}"#)
+            "quantization":{"bits":8,"group_size":64},"original_size":1,"quantized_size":1,"created":""}"#,
+        )
         .unwrap();
         assert_eq!(m.quantization.as_deref(), Some("8bit"));
         let v = serde_json::to_value(&m).unwrap();

@@ -115,7 +115,11 @@ fn worker_error(stderr: &str, store: &Store, free: Option<u64>) -> String {
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .filter(|l| !l.starts_with("Stack backtrace") && !l.starts_with("at ") && !l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .filter(|l| {
+            !l.starts_with("Stack backtrace")
+                && !l.starts_with("at ")
+                && !l.chars().next().is_some_and(|c| c.is_ascii_digit())
+        })
         .find(|l| l.starts_with("Error:"))
         .or_else(|| stderr.lines().map(str::trim).rfind(|l| !l.is_empty()))
         .unwrap_or("no message")
@@ -214,7 +218,13 @@ pub async fn into_store(
 pub fn summary(meta: &ModelMetadata) -> Vec<String> {
     let mut lines = Vec::new();
     if let Some(d) = &meta.quantization_details {
-        lines.push(format!("{} ({} recipe), group size {}, scales {}", meta.quantization.as_deref().unwrap_or("?"), d.recipe, d.group_size, d.scales_dtype));
+        lines.push(format!(
+            "{} ({} recipe), group size {}, scales {}",
+            meta.quantization.as_deref().unwrap_or("?"),
+            d.recipe,
+            d.group_size,
+            d.scales_dtype
+        ));
         if !d.note.is_empty() {
             lines.push(format!("  {}", d.note));
         }
@@ -222,13 +232,18 @@ pub fn summary(meta: &ModelMetadata) -> Vec<String> {
             lines.push(format!("  {}-bit: {} matrices", g.bits, g.tensors.len()));
         }
         for k in &d.kept {
-            let names = if k.tensors.len() <= 3 { k.tensors.join(", ") } else { format!("{} tensors", k.tensors.len()) };
+            let names =
+                if k.tensors.len() <= 3 { k.tensors.join(", ") } else { format!("{} tensors", k.tensors.len()) };
             lines.push(format!("  kept: {names} ({})", k.why));
         }
     }
     if meta.original_size > 0 {
         if let Some(q) = meta.quantized_size {
-            lines.push(format!("size: {q} of {} bytes ({:.1}%)", meta.original_size, 100.0 * q as f64 / meta.original_size as f64));
+            lines.push(format!(
+                "size: {q} of {} bytes ({:.1}%)",
+                meta.original_size,
+                100.0 * q as f64 / meta.original_size as f64
+            ));
         }
     }
     if let Some(q) = &meta.quality {
@@ -271,6 +286,9 @@ mod tests {
         // MLX's own write error, which gives no reason.
         let mlx = "Error: writing /home/u/.mlx-serve/models/x/model.safetensors\n\nCaused by:\n    \"[write] Unable to write 21832091 bytes to file. at io.cpp:135\"\n";
         let msg = worker_error(mlx, &store, Some(4096));
-        assert!(msg.contains("disk holding the model store is full or over quota") && msg.contains("4.00 KiB free"), "{msg}");
+        assert!(
+            msg.contains("disk holding the model store is full or over quota") && msg.contains("4.00 KiB free"),
+            "{msg}"
+        );
     }
 }

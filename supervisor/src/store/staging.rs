@@ -91,5 +91,8 @@ pub fn install(store: &Store, from: &Path, name: &str) -> Result<PathBuf, StoreE
         }
     }
     let _ = std::fs::remove_dir_all(&old);
-    Err(StoreError::Failed(format!("cannot move the model into {}: other installs of {name} keep replacing it", dest.display())))
+    Err(StoreError::Failed(format!(
+        "cannot move the model into {}: other installs of {name} keep replacing it",
+        dest.display()
+    )))
 }

@@ -124,7 +124,10 @@ mod tests {
         assert_eq!(p.select(Some("document"), None), Ok(None));
         assert_eq!(p.select(Some("query"), Some("raw: ")), Ok(Some("raw: ".into())));
         let err = p.select(Some("passage"), None).unwrap_err();
-        assert_eq!(err.to_string(), "prompt_name `passage` is not one of this model's prompts (it has: document, query)");
+        assert_eq!(
+            err.to_string(),
+            "prompt_name `passage` is not one of this model's prompts (it has: document, query)"
+        );
         p.default_prompt_name = Some("query".into());
         assert_eq!(p.select(None, None), Ok(Some("Instruct: x\nQuery:".into())));
         p.include_prompt = false;

@@ -125,8 +125,15 @@ impl WorkerLauncher for FakeLauncher {
                 let script = this.script.lock().unwrap();
                 (script.packed, script.gpu)
             };
-            let link =
-                FakeLink { pid, info: info(gpu), packed, stopped, outbox, task: task.abort_handle(), log: this.log.clone() };
+            let link = FakeLink {
+                pid,
+                info: info(gpu),
+                packed,
+                stopped,
+                outbox,
+                task: task.abort_handle(),
+                log: this.log.clone(),
+            };
             Ok(Started { link: Box::new(link), events })
         }
         .boxed()

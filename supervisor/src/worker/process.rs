@@ -18,9 +18,9 @@ use futures_util::FutureExt;
 use interprocess::local_socket::tokio::{prelude::*, Stream};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions};
 use mlx_serve_protocol::{codec, ModelInfo, SupervisorMessage, WorkerMessage, PROTOCOL_VERSION};
+use std::process::ExitStatus;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use std::process::ExitStatus;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -133,7 +133,14 @@ async fn start(model_name: &str, model_dir: &Path, opts: &WorkerOptions) -> Resu
 
 /// A handshaken worker: its events (frames, then how it died), its outbox, and the task
 /// that keeps the process.
-fn connect(pid: u32, info: ModelInfo, child: Child, stream: Arc<Stream>, tail: StderrTail, socket_path: PathBuf) -> Started {
+fn connect(
+    pid: u32,
+    info: ModelInfo,
+    child: Child,
+    stream: Arc<Stream>,
+    tail: StderrTail,
+    socket_path: PathBuf,
+) -> Started {
     let (kill, exit) = keep(child);
     let (events_tx, events) = mpsc::unbounded_channel();
     tokio::spawn(report_events(stream.clone(), events_tx, tail, exit.clone()));

@@ -42,13 +42,18 @@ pub fn run(rounds: u32) {
     let ffn_in = values(TOKENS * FFN);
     let ffn_bias = values(FFN);
     let mut ffn_out = vec![0f32; TOKENS * FFN];
-    let (x, r, hb, w, b) = (values(TOKENS * HIDDEN), values(TOKENS * HIDDEN), values(HIDDEN), values(HIDDEN), values(HIDDEN));
+    let (x, r, hb, w, b) =
+        (values(TOKENS * HIDDEN), values(TOKENS * HIDDEN), values(HIDDEN), values(HIDDEN), values(HIDDEN));
     let mut ln_out = vec![0f32; TOKENS * HIDDEN];
     let scores = values(SCORE_ROWS * 128);
     let mut probs = vec![0f32; SCORE_ROWS * 128];
     let levels = available();
-    let kernels: [(&str, usize); 4] =
-        [("gelu 4096x1536", TOKENS * FFN), ("add_layer_norm 4096x384", TOKENS * HIDDEN), ("softmax 49152x128", SCORE_ROWS * 128), ("softmax_inplace 49152x128", SCORE_ROWS * 128)];
+    let kernels: [(&str, usize); 4] = [
+        ("gelu 4096x1536", TOKENS * FFN),
+        ("add_layer_norm 4096x384", TOKENS * HIDDEN),
+        ("softmax 49152x128", SCORE_ROWS * 128),
+        ("softmax_inplace 49152x128", SCORE_ROWS * 128),
+    ];
     let mut times = vec![[f64::INFINITY; 4]; levels.len()];
     // Alternate levels round by round so each sees the same machine load.
     for _ in 0..rounds {

@@ -62,7 +62,8 @@ fn gelu_rows_matches_scalar() {
             out
         });
         // Scalar: one element at a time, through black_box so nothing is vectorized.
-        let want: Vec<f64> = x.iter().enumerate().map(|(i, &v)| gelu(std::hint::black_box(v + bias[i % n])) as f64).collect();
+        let want: Vec<f64> =
+            x.iter().enumerate().map(|(i, &v)| gelu(std::hint::black_box(v + bias[i % n])) as f64).collect();
         assert_close(&got, &want, 0.0, 0.0, &format!("gelu n={n}"));
     }
 }
@@ -97,7 +98,8 @@ fn add_layer_norm_matches_f64() {
         let rows = 1 + case % 3;
         let seed = 10 * case as u32;
         let (x, r) = (values(rows * n, seed, -3.0, 3.0), values(rows * n, seed + 1, -3.0, 3.0));
-        let (xb, w, b) = (values(n, seed + 2, -1.0, 1.0), values(n, seed + 3, 0.5, 1.5), values(n, seed + 4, -1.0, 1.0));
+        let (xb, w, b) =
+            (values(n, seed + 2, -1.0, 1.0), values(n, seed + 3, 0.5, 1.5), values(n, seed + 4, -1.0, 1.0));
         let eps = 1e-12;
         let got = same_at_every_level(|l| {
             let mut out = vec![f32::NAN; x.len()];
@@ -109,7 +111,9 @@ fn add_layer_norm_matches_f64() {
             let s: Vec<f64> = (0..n).map(|i| x[row * n + i] as f64 + xb[i] as f64 + r[row * n + i] as f64).collect();
             let mean = s.iter().sum::<f64>() / n as f64;
             let var = s.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
-            want.extend(s.iter().enumerate().map(|(i, v)| (v - mean) / (var + eps as f64).sqrt() * w[i] as f64 + b[i] as f64));
+            want.extend(
+                s.iter().enumerate().map(|(i, v)| (v - mean) / (var + eps as f64).sqrt() * w[i] as f64 + b[i] as f64),
+            );
         }
         // n = 1: the row is its own mean, so the output is the bias exactly.
         assert_close(&got, &want, 2e-5, 2e-5, &format!("add_layer_norm n={n}"));
@@ -128,8 +132,14 @@ fn exp_is_accurate_on_softmax_inputs() {
 #[test]
 fn erf_matches_reference_values() {
     // erf values from the standard tables (Abramowitz & Stegun 7.1).
-    for (x, want) in [(0.0f32, 0.0f64), (0.5, 0.520_499_877_8), (1.0, 0.842_700_792_9), (2.0, 0.995_322_265_0), (-1.5, -0.966_105_146_5), (5.0, 1.0)] {
+    for (x, want) in [
+        (0.0f32, 0.0f64),
+        (0.5, 0.520_499_877_8),
+        (1.0, 0.842_700_792_9),
+        (2.0, 0.995_322_265_0),
+        (-1.5, -0.966_105_146_5),
+        (5.0, 1.0),
+    ] {
         assert!((erf(x) as f64 - want).abs() < 1e-6, "erf({x}) = {}", erf(x));
     }
 }
-

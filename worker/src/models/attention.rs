@@ -33,7 +33,8 @@ pub struct Heads<'a> {
 pub fn attention(kernels: Kernels, heads: &Heads, inputs: &Inputs, scale: f32, causal: bool) -> Result<Array> {
     if kernels == Kernels::Host {
         let offsets = &inputs.packing.offsets;
-        if let Some(out) = packed_attention(heads.q, heads.k, heads.v, offsets, heads.head_dim as usize, scale, causal)? {
+        if let Some(out) = packed_attention(heads.q, heads.k, heads.v, offsets, heads.head_dim as usize, scale, causal)?
+        {
             return Ok(out);
         }
     }

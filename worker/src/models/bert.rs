@@ -111,7 +111,11 @@ struct Norm {
 
 impl Norm {
     fn load(w: &mut Weights, prefix: &str, dim: i32, eps: f32) -> Result<Norm> {
-        Ok(Norm { weight: w.take(&format!("{prefix}.weight"), &[dim])?, bias: w.take(&format!("{prefix}.bias"), &[dim])?, eps })
+        Ok(Norm {
+            weight: w.take(&format!("{prefix}.weight"), &[dim])?,
+            bias: w.take(&format!("{prefix}.bias"), &[dim])?,
+            eps,
+        })
     }
 
     fn apply(&self, x: &Array) -> Result<Array> {

@@ -149,7 +149,8 @@ pub struct Qwen3 {
 impl Qwen3 {
     pub fn load(config: &Qwen3Config, w: &mut Weights, kernels: Kernels) -> Result<Qwen3> {
         config.check()?;
-        let (hidden, heads, kv_heads, head_dim) = (config.hidden_size, config.num_attention_heads, config.kv_heads(), config.head_dim());
+        let (hidden, heads, kv_heads, head_dim) =
+            (config.hidden_size, config.num_attention_heads, config.kv_heads(), config.head_dim());
         let intermediate = config.intermediate_size;
         let bias = config.attention_bias;
         let rope_theta = config.rope_theta()?;

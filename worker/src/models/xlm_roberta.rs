@@ -88,7 +88,10 @@ mod tests {
 
     #[test]
     fn names_and_config() {
-        assert_eq!(super::sanitize("roberta.encoder.layer.1.output.LayerNorm.beta"), "encoder.layer.1.output.LayerNorm.bias");
+        assert_eq!(
+            super::sanitize("roberta.encoder.layer.1.output.LayerNorm.beta"),
+            "encoder.layer.1.output.LayerNorm.bias"
+        );
         assert_eq!(super::sanitize("classifier.out_proj.weight"), "classifier.out_proj.weight");
         let v = serde_json::json!({"hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 2,
             "intermediate_size": 64, "vocab_size": 100, "max_position_embeddings": 66, "type_vocab_size": 1});

@@ -77,7 +77,8 @@ fn yes_no_ids(src: &Path) -> Result<[i32; 2]> {
     let path = src.join("tokenizer.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let tok: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let find = |t: &str| token_id(&tok, t).map(|i| i as i32).ok_or_else(|| anyhow!("tokenizer.json has no {t:?} token"));
+    let find =
+        |t: &str| token_id(&tok, t).map(|i| i as i32).ok_or_else(|| anyhow!("tokenizer.json has no {t:?} token"));
     Ok([find("yes")?, find("no")?])
 }
 
@@ -119,7 +120,8 @@ fn convert(src: &Path, tensors: &BTreeMap<String, Array>, plan: &Plan) -> Result
                 out.push((format!("{stem}.scales"), scales));
                 out.push((format!("{stem}.biases"), biases));
                 if spec != plan.base {
-                    layer_entries.insert(stem.to_owned(), serde_json::json!({"group_size": spec.group_size, "bits": spec.bits}));
+                    layer_entries
+                        .insert(stem.to_owned(), serde_json::json!({"group_size": spec.group_size, "bits": spec.bits}));
                 }
                 quantized.entry((spec.bits, spec.group_size)).or_default().push(name.clone());
             }
@@ -158,7 +160,11 @@ fn convert(src: &Path, tensors: &BTreeMap<String, Array>, plan: &Plan) -> Result
         quantized: quantized
             .into_iter()
             .rev()
-            .map(|((bits, group_size), tensors)| QuantizedGroup { bits: bits as u8, group_size: group_size as u32, tensors })
+            .map(|((bits, group_size), tensors)| QuantizedGroup {
+                bits: bits as u8,
+                group_size: group_size as u32,
+                tensors,
+            })
             .collect(),
         kept: kept.into_iter().map(|(why, tensors)| KeptGroup { why, tensors }).collect(),
     };
@@ -173,7 +179,8 @@ pub fn run(src: &Path, dst: &Path, opts: &Options) -> Result<QuantizeReport> {
     }
     let config_path = src.join("config.json");
     let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
-    let mut config: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", config_path.display()))?;
+    let mut config: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", config_path.display()))?;
     if config.get("quantization").is_some_and(|q| !q.is_null()) {
         bail!("{} is already quantized", src.display());
     }
@@ -200,7 +207,13 @@ pub fn run(src: &Path, dst: &Path, opts: &Options) -> Result<QuantizeReport> {
     let result = (|| -> Result<QuantizeReport> {
         copy_tree(src, &tmp)?;
         let (tensors, original_size) = load_all(src)?;
-        let plan = Plan::new(&facts, base, recipe, opts.overrides.clone(), tensors.iter().map(|(n, t)| (n.as_str(), t.shape())));
+        let plan = Plan::new(
+            &facts,
+            base,
+            recipe,
+            opts.overrides.clone(),
+            tensors.iter().map(|(n, t)| (n.as_str(), t.shape())),
+        );
         let converted = convert(src, &tensors, &plan)?;
         drop(tensors);
         let target = tmp.join("model.safetensors");

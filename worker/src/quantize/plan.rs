@@ -194,7 +194,10 @@ impl Plan {
     pub fn note(&self) -> String {
         let share = 100.0 * self.table_share;
         if self.base.bits >= 8 || self.recipe == Recipe::Uniform {
-            format!("every quantized matrix at {} bits; embedding tables hold {share:.0}% of the matrix weights", self.base.bits)
+            format!(
+                "every quantized matrix at {} bits; embedding tables hold {share:.0}% of the matrix weights",
+                self.base.bits
+            )
         } else if self.tables_heavy() {
             format!(
                 "embedding tables hold {share:.0}% of the matrix weights (at least a third): tables at {} bits, linear layers at 8",
@@ -352,11 +355,17 @@ mod tests {
         assert!(!mixed.tables_heavy(), "{}", mixed.table_share);
         let q4 = stored_bytes(&mixed, &t, 2);
         let q8 = stored_bytes(&plan(&t, 8, Recipe::Uniform, 28), &t, 2);
-        eprintln!("Qwen3-Embedding-0.6B shape: bf16 {bf16}, mixed 4-bit {q4} ({:.1}%), 8-bit {q8} ({:.1}%)",
-            100.0 * q4 as f64 / bf16 as f64, 100.0 * q8 as f64 / bf16 as f64);
+        eprintln!(
+            "Qwen3-Embedding-0.6B shape: bf16 {bf16}, mixed 4-bit {q4} ({:.1}%), 8-bit {q8} ({:.1}%)",
+            100.0 * q4 as f64 / bf16 as f64,
+            100.0 * q8 as f64 / bf16 as f64
+        );
         assert!(q4 * 100 <= bf16 * 30, "{q4} of {bf16}");
         // 14 of 28 blocks have their value and down projections at 6 bits.
-        let six = t.iter().filter(|(n, s)| mixed.decide(n, s, true) == Decision::Quantize(QuantSpec { bits: 6, group_size: 64 })).count();
+        let six = t
+            .iter()
+            .filter(|(n, s)| mixed.decide(n, s, true) == Decision::Quantize(QuantSpec { bits: 6, group_size: 64 }))
+            .count();
         assert_eq!(six, 28);
     }
 
@@ -369,7 +378,11 @@ mod tests {
             ("embeddings.token_type_embeddings.weight".into(), vec![2, 384]),
         ];
         for i in 0..6 {
-            for (n, s) in [("attention.self.query.weight", vec![384, 384]), ("intermediate.dense.weight", vec![1536, 384]), ("output.dense.weight", vec![384, 1536])] {
+            for (n, s) in [
+                ("attention.self.query.weight", vec![384, 384]),
+                ("intermediate.dense.weight", vec![1536, 384]),
+                ("output.dense.weight", vec![384, 1536]),
+            ] {
                 t.push((format!("encoder.layer.{i}.{n}"), s));
             }
         }

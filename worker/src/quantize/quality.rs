@@ -31,7 +31,11 @@ struct Outputs {
     scores: Vec<Vec<f32>>,
 }
 
-fn run_batches(engine: &mut Engine, seqs: &[Sequence], mut f: impl FnMut(&mut Engine, &TokenBatch) -> Result<()>) -> Result<()> {
+fn run_batches(
+    engine: &mut Engine,
+    seqs: &[Sequence],
+    mut f: impl FnMut(&mut Engine, &TokenBatch) -> Result<()>,
+) -> Result<()> {
     for chunk in seqs.chunks(BATCH) {
         let mut batch = TokenBatch::new();
         for s in chunk {

@@ -15,7 +15,6 @@ mod units;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-
 use crate::config::Config;
 use crate::daemon::pidfile;
 use crate::paths::{home_dir, user_home};
@@ -37,8 +36,8 @@ impl From<std::io::Error> for ServiceError {
 macro_rules! fail {
     ($($arg:tt)*) => { return Err(ServiceError(format!($($arg)*))) };
 }
-use fail;
 use crate::console::{out, outln};
+use fail;
 
 pub const LAUNCHD_LABEL: &str = "com.mlx-serve.server";
 pub const SYSTEMD_UNIT: &str = "mlx-serve.service";
@@ -106,7 +105,10 @@ fn brew_service_file(manager: Manager) -> Option<PathBuf> {
             PathBuf::from("/Library/LaunchDaemons").join(format!("{BREW_LAUNCHD_LABEL}.plist")),
         ],
         Manager::Systemd => {
-            vec![systemd_user_dir().join(BREW_SYSTEMD_UNIT), PathBuf::from("/etc/systemd/system").join(BREW_SYSTEMD_UNIT)]
+            vec![
+                systemd_user_dir().join(BREW_SYSTEMD_UNIT),
+                PathBuf::from("/etc/systemd/system").join(BREW_SYSTEMD_UNIT),
+            ]
         }
     };
     candidates.into_iter().find(|p| p.exists())
@@ -131,7 +133,10 @@ fn find_tool(tool: &str) -> Option<PathBuf> {
 
 /// Runs a manager tool; returns (success, combined output).
 fn run_tool(tool: &Path, args: &[&str]) -> Result<(bool, String), ServiceError> {
-    let out = Command::new(tool).args(args).output().map_err(|e| ServiceError(format!("cannot run {}: {e}", tool.display())))?;
+    let out = Command::new(tool)
+        .args(args)
+        .output()
+        .map_err(|e| ServiceError(format!("cannot run {}: {e}", tool.display())))?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     Ok((out.status.success(), text.trim_end().to_owned()))
@@ -188,4 +193,3 @@ fn remove_file(path: &Path) -> Result<(), ServiceError> {
         Err(e) => Err(ServiceError(format!("cannot remove {}: {e}", path.display()))),
     }
 }
-

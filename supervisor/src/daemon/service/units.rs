@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use super::{Manager, ServiceError, LAUNCHD_LABEL, PLIST_TEMPLATE, STOP_MARGIN_SECONDS};
-use crate::paths::home_dir;
 use crate::config::Config;
+use crate::paths::home_dir;
 
 /// The absolute paths and values the service file is built from.
 struct Facts {
@@ -19,7 +19,8 @@ struct Facts {
 /// `<prefix>/Cellar/mlx-serve/<version>/bin`, which the next `brew upgrade` deletes, so
 /// the `<prefix>/opt/mlx-serve` link is used instead when it exists.
 fn program_path() -> Result<PathBuf, ServiceError> {
-    let exe = std::env::current_exe().map_err(|e| ServiceError(format!("cannot find the mlx-serve executable: {e}")))?;
+    let exe =
+        std::env::current_exe().map_err(|e| ServiceError(format!("cannot find the mlx-serve executable: {e}")))?;
     let text = exe.display().to_string();
     if let Some(i) = text.find("/Cellar/mlx-serve/") {
         let stable = PathBuf::from(&text[..i]).join("opt/mlx-serve/bin/mlx-serve");
@@ -114,4 +115,3 @@ pub fn render(manager: Manager, config: &Config) -> Result<String, ServiceError>
         Manager::Systemd => render_unit(config, &f),
     })
 }
-

@@ -72,7 +72,8 @@ impl Runner {
                 tracing::error!(model = %self.name, attempt = self.start_failures, "worker failed to start: {reason}");
                 self.status.lock().unwrap().last_error = Some(reason.to_string());
                 for waiter in self.load_waiters.drain(..).chain(self.restart_waiters.drain(..)) {
-                    let _ = waiter.send(Err(RunnerError::LoadFailed { model: self.name.clone(), reason: reason.clone() }));
+                    let _ =
+                        waiter.send(Err(RunnerError::LoadFailed { model: self.name.clone(), reason: reason.clone() }));
                 }
                 // Load failures are usually deterministic (corrupt weights, unsupported
                 // architecture): answer the waiting requests now with the reason. The next
@@ -150,7 +151,8 @@ impl Runner {
         } else {
             tracing::warn!(model = %self.name, pid = w.pid(), "restart: in-flight work did not finish in time; killing the worker");
             w.kill().await;
-            let retry: Vec<Item> = self.take_in_flight().into_iter().flatten().filter(|i| self.jobs.contains(i.job)).collect();
+            let retry: Vec<Item> =
+                self.take_in_flight().into_iter().flatten().filter(|i| self.jobs.contains(i.job)).collect();
             self.queued.fetch_add(retry.len(), Ordering::SeqCst);
             self.queue.requeue_front(retry);
         }

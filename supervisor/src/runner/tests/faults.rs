@@ -41,7 +41,8 @@ async fn retries_are_bounded_whatever_the_cause() {
 #[tokio::test(start_paused = true)]
 async fn a_crash_implicates_only_the_batch_being_computed() {
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let (h, fake) = runner("crash-head", Script { gate: Some(gate.clone()), crash_on_batch: Some(2), ..Default::default() });
+    let (h, fake) =
+        runner("crash-head", Script { gate: Some(gate.clone()), crash_on_batch: Some(2), ..Default::default() });
     let a = submit(&h, &[1]);
     settle().await;
     let b = submit(&h, &[2, 3]);
@@ -58,7 +59,11 @@ async fn a_crash_implicates_only_the_batch_being_computed() {
     assert_eq!(b.await.unwrap().unwrap(), rows(&[2, 3]));
     assert_eq!(c.await.unwrap().unwrap(), rows(&[4, 5]));
     let batches = fake.batches();
-    assert_eq!(batches[3..], [vec![2], vec![3], vec![4, 5]], "suspects alone, the waiting batch as it was: {batches:?}");
+    assert_eq!(
+        batches[3..],
+        [vec![2], vec![3], vec![4, 5]],
+        "suspects alone, the waiting batch as it was: {batches:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -241,15 +241,19 @@ async fn the_next_batch_is_cut_just_before_the_worker_is_free() {
     };
     assert_eq!(batches[2..], [vec![2], vec![10, 11, 12]], "one batch with all that arrived, not one cut at max_wait");
     let cut = sent_at[3] - t0;
-    assert!(cut > Duration::from_millis(90) && cut < Duration::from_millis(110), "cut just before the worker was free: {cut:?}");
+    assert!(
+        cut > Duration::from_millis(90) && cut < Duration::from_millis(110),
+        "cut just before the worker was free: {cut:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_packed_worker_gets_batches_by_real_tokens_and_metrics_say_so() {
     let gate = Arc::new(Semaphore::new(0));
-    let (h, fake) = runner_with("packed", Script { gate: Some(gate.clone()), packed: true, ..Default::default() }, |c| {
-        c.limits = Limits { max_batch_size: 8, max_batch_tokens: 400 };
-    });
+    let (h, fake) =
+        runner_with("packed", Script { gate: Some(gate.clone()), packed: true, ..Default::default() }, |c| {
+            c.limits = Limits { max_batch_size: 8, max_batch_tokens: 400 };
+        });
     let first = submit(&h, &[1]);
     settle().await;
     // One long and three short: padded they would cost 4 × 300 > 400; packed, 330 tokens.
@@ -266,9 +270,15 @@ async fn a_packed_worker_gets_batches_by_real_tokens_and_metrics_say_so() {
 
 #[tokio::test(start_paused = true)]
 async fn a_gpu_worker_gets_the_gpu_batch_limits() {
-    for (gpu, want) in [(false, vec![vec![1], vec![2, 3, 4, 5], vec![6, 7, 8]]), (true, vec![vec![1], vec![2, 3, 4, 5, 6, 7], vec![8]])] {
+    for (gpu, want) in [
+        (false, vec![vec![1], vec![2, 3, 4, 5], vec![6, 7, 8]]),
+        (true, vec![vec![1], vec![2, 3, 4, 5, 6, 7], vec![8]]),
+    ] {
         let gate = Arc::new(Semaphore::new(0));
-        let (h, fake) = runner(if gpu { "gpu-limits" } else { "cpu-limits" }, Script { gate: Some(gate.clone()), gpu, ..Default::default() });
+        let (h, fake) = runner(
+            if gpu { "gpu-limits" } else { "cpu-limits" },
+            Script { gate: Some(gate.clone()), gpu, ..Default::default() },
+        );
         let first = submit(&h, &[1]);
         settle().await;
         // Seven more while the first computes: batches of 4 (CPU bounds) or 6 (GPU bounds).

@@ -122,7 +122,13 @@ pub fn repoint(store: &Store, repo: &str) -> Result<Option<Remembered>, StoreErr
     let name = name_for_repo(repo);
     match remembered::get(store, name) {
         Some(old) if old.repo != repo => {
-            let entry = Remembered { repo: repo.to_owned(), how: "pull".into(), at: now_rfc3339(), downloads: None, endpoint: None };
+            let entry = Remembered {
+                repo: repo.to_owned(),
+                how: "pull".into(),
+                at: now_rfc3339(),
+                downloads: None,
+                endpoint: None,
+            };
             remembered::forget(store, name)?;
             remembered::set(store, name, entry)?;
             Ok(Some(old))

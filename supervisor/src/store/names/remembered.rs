@@ -97,11 +97,16 @@ pub fn forget(store: &Store, name: &str) -> Result<bool, StoreError> {
 /// Read, change, write back, holding `<store>/.locks/names.lock` throughout.
 fn update(store: &Store, change: impl FnOnce(&mut BTreeMap<String, Remembered>)) -> Result<(), StoreError> {
     let file = path(store);
-    let failed = |e: std::io::Error| StoreError::Failed(format!("cannot update {}: {}", file.display(), io_problem(&e)));
+    let failed =
+        |e: std::io::Error| StoreError::Failed(format!("cannot update {}: {}", file.display(), io_problem(&e)));
     let locks = store.dir().join(".locks");
     std::fs::create_dir_all(&locks).map_err(failed)?;
-    let lock_file =
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(locks.join("names.lock")).map_err(failed)?;
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(locks.join("names.lock"))
+        .map_err(failed)?;
     // Held for a read and a small write: blocking here is brief.
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| failed(e.into()))?;
     let mut names = all(store);
@@ -124,7 +129,13 @@ mod tests {
     use super::*;
 
     fn entry(repo: &str) -> Remembered {
-        Remembered { repo: repo.into(), how: "search".into(), at: "2026-01-01T00:00:00Z".into(), downloads: Some(5), endpoint: None }
+        Remembered {
+            repo: repo.into(),
+            how: "search".into(),
+            at: "2026-01-01T00:00:00Z".into(),
+            downloads: Some(5),
+            endpoint: None,
+        }
     }
 
     #[test]

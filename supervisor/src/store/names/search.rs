@@ -156,10 +156,9 @@ pub async fn search(name: &str, suffix: &str) -> Result<Found, StoreError> {
         let hint = if status == 401 { "; check HF_TOKEN" } else { "" };
         return Err(StoreError::Failed(format!("{what} on {endpoint} failed: HTTP {status}{hint}")));
     }
-    let results: Vec<HubModel> = resp
-        .json()
-        .await
-        .map_err(|e| StoreError::Failed(format!("{what} on {endpoint}: unexpected answer: {}", hub_api::error_chain(&e))))?;
+    let results: Vec<HubModel> = resp.json().await.map_err(|e| {
+        StoreError::Failed(format!("{what} on {endpoint}: unexpected answer: {}", hub_api::error_chain(&e)))
+    })?;
     choose(name, suffix, &results, &endpoint)
 }
 
@@ -184,9 +183,9 @@ mod tests {
     #[test]
     fn the_most_downloaded_servable_repo_of_that_exact_name_wins() {
         let results = vec![
-            model("big/thing", 9_000_000, "gpt2", OK),            // unsupported architecture
+            model("big/thing", 9_000_000, "gpt2", OK), // unsupported architecture
             model("popular/thing", 5000, "bert", OK),
-            model("popular/thing-onnx", 90_000, "bert", OK),      // another name
+            model("popular/thing-onnx", 90_000, "bert", OK), // another name
             model("copy/Thing", 12, "bert", OK),
             model("pickled/thing", 400, "bert", &["config.json", "pytorch_model.bin"]),
         ];
@@ -207,12 +206,17 @@ mod tests {
 
     #[test]
     fn nothing_servable_says_what_was_found() {
-        let StoreError::NotFound(msg) = choose("nope", "", &[model("a/nope-onnx", 1, "bert", OK)], "E").unwrap_err() else {
+        let StoreError::NotFound(msg) = choose("nope", "", &[model("a/nope-onnx", 1, "bert", OK)], "E").unwrap_err()
+        else {
             panic!()
         };
         assert!(msg.contains("search=nope") && msg.contains("found 1 repos, none named exactly nope"), "{msg}");
-        let only_bad = vec![model("a/gpt", 5, "gpt2", OK), model("b/gpt", 5, "bert", &["config.json", "pytorch_model.bin"])];
+        let only_bad =
+            vec![model("a/gpt", 5, "gpt2", OK), model("b/gpt", 5, "bert", &["config.json", "pytorch_model.bin"])];
         let StoreError::Refused(msg) = choose("gpt", "", &only_bad, "E").unwrap_err() else { panic!() };
-        assert!(msg.contains("a/gpt (architecture gpt2 is not supported") && msg.contains("only pickle weights"), "{msg}");
+        assert!(
+            msg.contains("a/gpt (architecture gpt2 is not supported") && msg.contains("only pickle weights"),
+            "{msg}"
+        );
     }
 }

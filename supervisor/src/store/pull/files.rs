@@ -38,9 +38,9 @@ pub fn wanted(path: &str) -> bool {
     match parts.as_slice() {
         [file] => WANTED_FILES.contains(file) || file.ends_with(".safetensors"),
         [dir, file] => {
-            let module_dir = dir.split_once('_').is_some_and(|(n, rest)| {
-                !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty()
-            });
+            let module_dir = dir
+                .split_once('_')
+                .is_some_and(|(n, rest)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty());
             module_dir && (*file == "config.json" || file.ends_with(".safetensors"))
         }
         _ => false,
@@ -56,7 +56,9 @@ fn is_top_level_pickle(path: &str) -> bool {
 /// Picks the files to fetch, refusing repos without safetensors weights.
 pub fn select(source: &str, files: &[String]) -> Result<Vec<String>, StoreError> {
     if !files.iter().any(|f| f == "config.json") {
-        return Err(StoreError::Refused(format!("{source} has no config.json: it is not a model in Hugging Face layout")));
+        return Err(StoreError::Refused(format!(
+            "{source} has no config.json: it is not a model in Hugging Face layout"
+        )));
     }
     if !files.iter().any(|f| !f.contains('/') && f.ends_with(".safetensors")) {
         let pickles: Vec<&str> = files.iter().map(String::as_str).filter(|f| is_top_level_pickle(f)).collect();
@@ -83,10 +85,26 @@ mod tests {
 
     #[test]
     fn only_needed_files_are_fetched() {
-        for yes in ["config.json", "model.safetensors", "model-00001-of-00002.safetensors", "1_Pooling/config.json", "2_Dense/model.safetensors", "vocab.txt"] {
+        for yes in [
+            "config.json",
+            "model.safetensors",
+            "model-00001-of-00002.safetensors",
+            "1_Pooling/config.json",
+            "2_Dense/model.safetensors",
+            "vocab.txt",
+        ] {
             assert!(wanted(yes), "{yes}");
         }
-        for no in ["pytorch_model.bin", "onnx/model.onnx", "onnx/model.safetensors", "README.md", "../config.json", "1_Pooling/../../x", "a/b/c.json", ".gitattributes"] {
+        for no in [
+            "pytorch_model.bin",
+            "onnx/model.onnx",
+            "onnx/model.safetensors",
+            "README.md",
+            "../config.json",
+            "1_Pooling/../../x",
+            "a/b/c.json",
+            ".gitattributes",
+        ] {
             assert!(!wanted(no), "{no}");
         }
     }

@@ -92,7 +92,12 @@ fn retryable(e: &HubError) -> bool {
 
 /// Downloads `file` into hf-hub's cache, resuming and retrying transient failures
 /// (`hub_api::wait_before_retry`); returns its path in the cache.
-async fn download(repo: &ApiRepo, repo_id: &str, file: &str, report: &Reporter) -> Result<std::path::PathBuf, StoreError> {
+async fn download(
+    repo: &ApiRepo,
+    repo_id: &str,
+    file: &str,
+    report: &Reporter,
+) -> Result<std::path::PathBuf, StoreError> {
     let what = format!("downloading {file}");
     let mut attempt = 1;
     loop {
@@ -172,7 +177,12 @@ pub(super) async fn pull_hub(
     if let Some(existing) = store.find(installed_name).and_then(|p| ModelMetadata::read(&p).map(|m| (p, m))) {
         if existing.1.revision.as_deref() == Some(info.sha.as_str()) && existing.1.repo.as_deref() == Some(repo_id) {
             report(PullEvent::Status(format!("{installed_name} is up to date")));
-            return Ok(PullOutcome { name: installed_name.to_owned(), path: existing.0, up_to_date: true, metadata: existing.1 });
+            return Ok(PullOutcome {
+                name: installed_name.to_owned(),
+                path: existing.0,
+                up_to_date: true,
+                metadata: existing.1,
+            });
         }
     }
 
@@ -199,7 +209,8 @@ pub(super) async fn pull_hub(
             _ => download(&repo, repo_id, file, &report).await?,
         };
         let dest = partial.path.join(file);
-        link_or_copy(&cached, &dest).map_err(|e| StoreError::Failed(format!("cannot store {file}: {}", io_problem(&e))))?;
+        link_or_copy(&cached, &dest)
+            .map_err(|e| StoreError::Failed(format!("cannot store {file}: {}", io_problem(&e))))?;
         verify(&cached, &dest, file, sibling).await?;
     }
     let facts = check_model(&partial.path, repo_id, req)?;

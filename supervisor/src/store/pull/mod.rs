@@ -76,7 +76,11 @@ impl PullRequest {
 pub enum PullEvent {
     Status(String),
     /// Bytes of one file so far (`completed` counts what a resumed download already had).
-    File { file: String, completed: u64, total: u64 },
+    File {
+        file: String,
+        completed: u64,
+        total: u64,
+    },
 }
 
 pub type Reporter = Arc<dyn Fn(PullEvent) + Send + Sync>;
@@ -99,7 +103,9 @@ fn check_model(dir: &Path, source: &str, req: &PullRequest) -> Result<model_dir:
     }
     let facts = model_dir::inspect(dir).map_err(|e| StoreError::Refused(format!("{source}: {e}")))?;
     match req.expect_kind {
-        Some(want) if want != facts.kind => Err(StoreError::WrongKind { model: req.installed_name(), kind: facts.kind }),
+        Some(want) if want != facts.kind => {
+            Err(StoreError::WrongKind { model: req.installed_name(), kind: facts.kind })
+        }
         _ => Ok(facts),
     }
 }
@@ -167,7 +173,8 @@ async fn finish(
     meta.original_size = metadata::weights_size(&partial.path);
     meta.created = metadata::now_rfc3339();
     meta.name = installed_name.to_owned();
-    meta.quantization = facts.config.get("quantization").and_then(|q| Some(metadata::quantization_label(q["bits"].as_u64()? as u8)));
+    meta.quantization =
+        facts.config.get("quantization").and_then(|q| Some(metadata::quantization_label(q["bits"].as_u64()? as u8)));
     meta.write(&partial.path).map_err(|e| StoreError::Failed(format!("cannot write metadata: {}", io_problem(&e))))?;
     report(PullEvent::Status("writing manifest".into()));
     let (path, meta) = match req.quantize {
