@@ -4,4 +4,3 @@
 //! compared with transformers / sentence-transformers (tests/fixtures/reference).
 //! BERT, XLM-R and Qwen3 are in tests/worker.rs; a family added by
 //! docs/adding-an-architecture.md adds its cases here.
-

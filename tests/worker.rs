@@ -57,6 +57,24 @@ fn tiny_qwen3_reranker_matches_model_card_recipe() {
     check_reranker("tiny-qwen3-rerank");
 }
 
+/// The sentence-transformers pipeline beyond Pooling + Normalize (tests/fixtures/
+/// make_pipeline.py): LaBSE's CLS + Dense(tanh) + Normalize, two Dense layers without bias,
+/// max / position-weighted / √length pooling, a pipeline without Normalize, and Qwen3 with
+/// bidirectional attention plus a projection.
+#[test]
+fn sentence_transformers_pipelines_match() {
+    for name in [
+        "tiny-pipe-cls-dense-tanh",
+        "tiny-pipe-mean-dense2",
+        "tiny-pipe-max",
+        "tiny-pipe-weightedmean",
+        "tiny-pipe-sqrtlen",
+        "tiny-pipe-qwen3-bidir",
+    ] {
+        check_embedding_model(name);
+    }
+}
+
 /// MiniLM embeddings for every reference text, plus the worker's ModelInfo.
 fn minilm_rows(model: &Path, extra: &[&str]) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, mlx_serve_protocol::ModelInfo) {
     let reference = fixtures::embed_reference("all-MiniLM-L6-v2").unwrap();

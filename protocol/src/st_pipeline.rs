@@ -198,6 +198,18 @@ fn read_dense(dir: &Path, path: &str) -> Result<Dense, PipelineError> {
             .map(|n| n as u32)
             .ok_or_else(|| refused(format!("Dense ({path}): {key} is missing or out of range")))
     };
+    // Variants that change what the module computes (base/modules/dense.py, 6.2): a residual
+    // connection, or a Dense applied to another feature than the pooled sentence vector
+    // (token embeddings: a multi-vector model).
+    if c.get("use_residual").and_then(Value::as_bool) == Some(true) {
+        return Err(refused(format!("Dense ({path}): use_residual true is not supported")));
+    }
+    for key in ["module_input_name", "module_output_name"] {
+        match c.get(key).and_then(Value::as_str) {
+            None | Some("sentence_embedding") => {}
+            Some(other) => return Err(refused(format!("Dense ({path}): {key} {other:?} is not supported"))),
+        }
+    }
     // sentence-transformers' default is Tanh when the key is absent (Dense.__init__).
     let class = c.get("activation_function").and_then(Value::as_str).unwrap_or("torch.nn.modules.activation.Tanh");
     let activation = DenseActivation::parse(class)
@@ -314,6 +326,28 @@ mod tests {
             ),
             (serde_json::json!([t, module("x.Normalize", "n"), p]), vec![pool.clone()], "Normalize"),
             (serde_json::json!([t]), vec![], "Pooling"),
+            (
+                serde_json::json!([t, p, module("x.Dense", "2_Dense")]),
+                vec![
+                    pool.clone(),
+                    (
+                        "2_Dense/config.json",
+                        serde_json::json!({"in_features": 4, "out_features": 4, "use_residual": true}),
+                    ),
+                ],
+                "use_residual",
+            ),
+            (
+                serde_json::json!([t, p, module("x.Dense", "2_Dense")]),
+                vec![
+                    pool.clone(),
+                    (
+                        "2_Dense/config.json",
+                        serde_json::json!({"in_features": 4, "out_features": 4, "module_input_name": "token_embeddings"}),
+                    ),
+                ],
+                "token_embeddings",
+            ),
             (serde_json::json!([module("x.Transformer", "0_Transformer"), p]), vec![pool], "subfolder"),
         ] {
             let dir = folder(mods, &files);

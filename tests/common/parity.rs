@@ -68,4 +68,3 @@ pub fn check_reranker(name: &str) {
     assert!(at_limit, "{name}: the reference should include a pair at the length limit");
     eprintln!("{name}: {} cases, max score diff {worst:.2e}", reference.cases.len());
 }
-
