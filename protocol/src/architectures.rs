@@ -38,6 +38,10 @@ pub struct Architecture {
     pub instruction_format: Option<&'static str>,
     /// `type_vocab_size` when config.json omits it (transformers' config class default).
     pub type_vocab_default: u32,
+    /// Custom code (`auto_map` classes, `trust_remote_code` models) the worker's file
+    /// reimplements, as `module.Class` suffixes of the `auto_map` entries; any other custom
+    /// code is refused (it may compute something else than the family's standard class).
+    pub custom_code: &'static [&'static str],
 }
 
 /// Qwen3-Embedding's query format, from its model card ("Instruct: {task}\nQuery:{query}").
@@ -52,6 +56,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         positions: Positions::FromZero,
         instruction_format: None,
         type_vocab_default: 2,
+        custom_code: &[],
     },
     Architecture {
         family: "xlm_roberta",
@@ -60,6 +65,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         positions: Positions::AfterPadding,
         instruction_format: None,
         type_vocab_default: 2,
+        custom_code: &[],
     },
     Architecture {
         family: "qwen3",
@@ -68,6 +74,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         positions: Positions::FromZero,
         instruction_format: Some(QWEN3_INSTRUCTION),
         type_vocab_default: 0,
+        custom_code: &[],
     },
 ];
 
@@ -108,6 +115,12 @@ impl Family {
 
     pub fn body(self) -> Body {
         self.0.body
+    }
+
+    /// Whether the worker's file for this family computes the custom class `auto_map`
+    /// names (`repo--module.Class`).
+    pub fn reimplements(self, class: &str) -> bool {
+        self.0.custom_code.iter().any(|c| class.ends_with(c))
     }
 
     /// The query with the API's `instruction` applied as the model card writes it.

@@ -121,6 +121,10 @@ pub enum ModelDirError {
     DeclaredType(String),
     #[error("{0} has no sequence-classification head to rerank with")]
     NoScoringHead(String),
+    #[error(
+        "config.json: auto_map {entry} names custom code ({class}) that mlx-serve has not implemented; it is never run"
+    )]
+    CustomCode { entry: String, class: String },
     #[error("{architecture}: Dense module {path} takes {takes} inputs but gets {gets}")]
     DenseShape { architecture: String, path: String, takes: u32, gets: u32 },
 }
@@ -160,6 +164,17 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
         }
         None => ModelKind::Embedding,
     };
+
+    // trust_remote_code models: only custom code the family's file reimplements.
+    let entry = match kind {
+        ModelKind::Embedding => "AutoModel",
+        ModelKind::Reranker => "AutoModelForSequenceClassification",
+    };
+    if let Some(class) = config.get("auto_map").and_then(|m| m.get(entry)).and_then(Value::as_str) {
+        if !family.reimplements(class) {
+            return Err(ModelDirError::CustomCode { entry: entry.to_owned(), class: class.to_owned() });
+        }
+    }
 
     let hidden_size = get_u32(&config, "hidden_size").unwrap_or(0);
     let (pooling, dense, normalize) = match kind {
