@@ -10,7 +10,7 @@
 #   bash bench/quantize_sizes.sh            # needs target/release and ~4 GB free in /tmp
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-$HOME/.cache/mlx-serve/ref-venv/bin/python}
+PY=${PY:-$(cd "$(dirname "$0")/.." && pwd)/.deps/ref-venv/bin/python}
 work=$(mktemp -d /tmp/mlx-serve-qsize.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 src=$work/Qwen3-Embedding-0.6B-shape

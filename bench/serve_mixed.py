@@ -24,7 +24,7 @@ in a throwaway MLX_SERVE_HOME) and are stopped at the end, on error and on Ctrl-
 Worker forward speed at 32 x 128 tokens is measured by bench/worker_vs_sentence_transformers.sh.
 
 Usage (the reference Python has torch, sentence-transformers and aiohttp):
-  ~/.cache/mlx-serve/ref-venv/bin/python bench/serve_mixed.py [--seed 1] [--clients 64]
+  .deps/ref-venv/bin/python bench/serve_mixed.py [--seed 1] [--clients 64]
       [--seconds 15 | --texts N] [--fixed] [--quick] [--json FILE]
 Install Infinity once for its row (about 6 GB with torch's CUDA wheels):
   python3 -m venv ~/.cache/mlx-serve/infinity-venv

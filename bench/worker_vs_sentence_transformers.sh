@@ -12,11 +12,11 @@
 # (sequences × longest), "computed" what the worker's layers ran on.
 #
 # env: REF_PYTHON (python with torch + sentence-transformers; default
-#      ~/.cache/mlx-serve/ref-venv/bin/python), MLX_SERVE_WORKER_BIN, BATCH, SEQ, ITERS, ROUNDS.
+#      .deps/ref-venv/bin/python), MLX_SERVE_WORKER_BIN, BATCH, SEQ, ITERS, ROUNDS.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 model="${1:-$root/.deps/all-MiniLM-L6-v2}"
-python="${REF_PYTHON:-$HOME/.cache/mlx-serve/ref-venv/bin/python}"
+python="${REF_PYTHON:-$(cd "$(dirname "$0")/.." && pwd)/.deps/ref-venv/bin/python}"
 worker="${MLX_SERVE_WORKER_BIN:-$root/target/release/mlx-serve-worker}"
 batch="${BATCH:-32}" seq="${SEQ:-128}" iters="${ITERS:-8}" rounds="${ROUNDS:-3}"
 

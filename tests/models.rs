@@ -228,6 +228,117 @@ fn pulls_that_must_fail_leave_nothing_behind() {
     assert!(entries.is_empty(), "store should be empty: {entries:?}");
 }
 
+/// A repo with tiny-bert-embed's files (weights, tokenizer, sentence-transformers files)
+/// and `config.json` replaced, `files` added.
+fn repo_with(config: Value, files: &[(&str, Value)]) -> Vec<(String, Vec<u8>)> {
+    let mut repo = folder_files(&mlx_serve_tests::fixtures::model_dir("tiny-bert-embed"));
+    repo.retain(|(name, _)| name != "config.json" && !files.iter().any(|(f, _)| f == name));
+    repo.push(("config.json".into(), config.to_string().into_bytes()));
+    repo.extend(files.iter().map(|(f, v)| (f.to_string(), v.to_string().into_bytes())));
+    repo
+}
+
+/// Configs the worker would not compute exactly are refused at pull, naming the field,
+/// before any weight is downloaded — never loaded to answer with another function's
+/// vectors. The configs carry the fields of the Hub repos named (their config.json, sizes
+/// shrunk to the fixture's), the ones that decide.
+#[test]
+fn configs_the_worker_does_not_compute_are_refused_at_pull_naming_the_field() {
+    let hub = FakeHub::start();
+    let bert = |extra: Value| {
+        let mut c = json!({"model_type": "bert", "architectures": ["BertModel"], "hidden_size": 32,
+            "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 64, "vocab_size": 1000,
+            "max_position_embeddings": 128, "type_vocab_size": 2});
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        c
+    };
+    let pooling = |mode: Value| ("1_Pooling/config.json", json!({"pooling_mode": mode, "include_prompt": true}));
+    let cases: Vec<(&str, Vec<(String, Vec<u8>)>, &str)> = vec![
+        // jinaai/jina-embeddings-v2-base-en: BERT with ALiBi, GeGLU, custom code.
+        (
+            "jinaai/jina-embeddings-v2-base-en",
+            repo_with(
+                bert(json!({"architectures": ["JinaBertForMaskedLM"], "position_embedding_type": "alibi",
+                    "feed_forward_type": "geglu", "auto_map": {
+                        "AutoConfig": "jinaai/jina-bert-implementation--configuration_bert.JinaBertConfig",
+                        "AutoModel": "jinaai/jina-bert-implementation--modeling_bert.JinaBertModel"}})),
+                &[],
+            ),
+            "jina-bert-implementation--modeling_bert.JinaBertModel",
+        ),
+        // The same without auto_map (a converted copy): the position scheme is named.
+        (
+            "acme/jina-v2-converted",
+            repo_with(bert(json!({"position_embedding_type": "alibi"})), &[]),
+            "position_embedding_type \"alibi\"",
+        ),
+        // jinaai/jina-embeddings-v3: XLM-R with rotary positions and task LoRA adapters.
+        (
+            "jinaai/jina-embeddings-v3",
+            repo_with(
+                bert(json!({"model_type": "xlm-roberta", "architectures": ["XLMRobertaModel"],
+                    "position_embedding_type": "rotary", "lora_adaptations": ["retrieval.query", "retrieval.passage"],
+                    "max_position_embeddings": 8194, "pad_token_id": 1})),
+                &[],
+            ),
+            "position_embedding_type \"rotary\"",
+        ),
+        // A Qwen3 with sliding-window attention switched on.
+        (
+            "acme/qwen3-sliding",
+            repo_with(
+                json!({"model_type": "qwen3", "architectures": ["Qwen3Model"], "hidden_size": 32,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64,
+                    "num_hidden_layers": 2, "vocab_size": 1000, "use_sliding_window": true, "sliding_window": 64}),
+                &[pooling(json!("lasttoken"))],
+            ),
+            "use_sliding_window",
+        ),
+        // A Qwen3 with YaRN RoPE scaling.
+        (
+            "acme/qwen3-yarn",
+            repo_with(
+                json!({"model_type": "qwen3", "architectures": ["Qwen3Model"], "hidden_size": 32,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64,
+                    "num_hidden_layers": 2, "vocab_size": 1000, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}),
+                &[pooling(json!("lasttoken"))],
+            ),
+            "yarn",
+        ),
+        // Two pooling modes at once (concatenated by sentence-transformers).
+        ("acme/two-poolings", repo_with(bert(json!({})), &[pooling(json!(["cls", "max"]))]), "several modes"),
+        // A module sentence-transformers would run and we would not.
+        (
+            "acme/layernorm-module",
+            repo_with(
+                bert(json!({})),
+                &[(
+                    "modules.json",
+                    json!([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                        {"idx": 2, "name": "2", "path": "2_LayerNorm", "type": "sentence_transformers.models.LayerNorm"}]),
+                )],
+            ),
+            "sentence_transformers.models.LayerNorm",
+        ),
+    ];
+    for (repo, files, _) in &cases {
+        hub.add_repo(repo, files.clone());
+    }
+    let home = tempfile::tempdir().unwrap();
+    for (repo, _, needle) in &cases {
+        let out = mlx_serve(home.path(), &hub, &["pull", repo]);
+        assert!(!out.ok(), "{repo} must be refused");
+        assert!(out.stderr.contains(needle), "{repo}: the refusal should name {needle}: {}", out.stderr);
+        let name = repo.split('/').nth(1).unwrap();
+        assert!(
+            body_requests(&hub, &format!("{name}/resolve/main/model.safetensors")).is_empty(),
+            "{repo}: weights fetched"
+        );
+    }
+    assert!(store_entries(home.path()).is_empty(), "{:?}", store_entries(home.path()));
+}
+
 #[test]
 fn dropped_connection_leaves_no_half_model_and_the_rerun_resumes() {
     let hub = FakeHub::start();

@@ -14,7 +14,7 @@
 #   call 2: run(command="bash bench/gpu/run_checks.sh", carry=[".gpu/t2"], timeout_s=600)
 #           -> the report (also $OUT/report.md)
 # Test it here first on the CPU build: bench/gpu/pack.sh --cpu /tmp/b && KEEP=/tmp/k
-#   WORK=/tmp/w OUT=/tmp/o PY=~/.cache/mlx-serve/ref-venv/bin/python
+#   WORK=/tmp/w OUT=/tmp/o PY=.deps/ref-venv/bin/python
 #   bash bench/gpu/run_checks.sh --no-gpu --bundle /tmp/b --seconds 2 --budget 1800
 #
 # The bundle (default .gpu/, git-ignored) comes in transfers t1, t2, ... of at most 64 MiB,

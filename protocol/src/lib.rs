@@ -14,10 +14,13 @@
 //! [`codec`] frames messages (length + version + bincode); it is the only place that
 //! knows the wire encoding, so replacing bincode touches one file.
 
+pub mod architectures;
 pub mod codec;
+mod json_file;
 pub mod model_dir;
 pub mod model_files;
 pub mod quantization;
+pub mod st_pipeline;
 
 use serde::{Deserialize, Serialize};
 

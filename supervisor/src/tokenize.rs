@@ -34,7 +34,7 @@ mod prompts;
 
 use std::path::Path;
 
-use mlx_serve_protocol::model_dir::{Family, ModelFacts, Pooling};
+use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 pub use prompts::{PromptError, Prompts};
 use tokenizers::{
     EncodeInput, Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
@@ -48,11 +48,6 @@ pub const QWEN3_RERANK_PREFIX: &str = "<|im_start|>system\nJudge whether the Doc
 pub const QWEN3_RERANK_SUFFIX: &str = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n";
 pub const QWEN3_RERANK_DEFAULT_INSTRUCTION: &str =
     "Given a web search query, retrieve relevant passages that answer the query";
-
-/// Qwen3-Embedding query format, from the Qwen/Qwen3-Embedding-0.6B model card.
-pub fn qwen3_embedding_query(task: &str, query: &str) -> String {
-    format!("Instruct: {task}\nQuery:{query}")
-}
 
 fn qwen3_rerank_body(instruction: &str, query: &str, doc: &str) -> String {
     format!("<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}")
@@ -92,7 +87,8 @@ pub struct ModelTokenizer {
     /// Qwen3-Reranker: prefix and suffix ids and a tokenizer truncating the body.
     rerank_template: Option<(Vec<u32>, Vec<u32>, Tokenizer)>,
     pub max_tokens: usize,
-    pub family: Family,
+    /// Segment ids (0 query, 1 document) reach the network (`ModelFacts::uses_segment_ids`).
+    segment_ids: bool,
     /// The model's named prompts and default prompt (embedding models).
     pub prompts: Prompts,
     /// Texts longer than this are cut to a head first (module header); also the size of
@@ -232,7 +228,7 @@ impl ModelTokenizer {
             added_single,
             rerank_template,
             max_tokens,
-            family: facts.family,
+            segment_ids: facts.uses_segment_ids(),
             prompts: Prompts::load(dir),
             chunk_bytes,
         })
@@ -414,7 +410,7 @@ impl ModelTokenizer {
             let query_longer = self.count(&mut counted)? > self.count(&mut counted_doc)?;
             pairs.push(self.pair_heads(query, doc, query_longer)?);
         }
-        let with_types = self.family == Family::Bert;
+        let with_types = self.segment_ids;
         for (first, group) in groups(&pairs, |(q, d)| q.len() + d.len()) {
             let inputs: Vec<EncodeInput> = group.iter().map(|&(q, d)| EncodeInput::from((q, d))).collect();
             for (k, enc) in self.tokenizer.encode_batch_fast(inputs, true).map_err(fail)?.iter().enumerate() {

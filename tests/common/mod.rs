@@ -5,6 +5,7 @@ pub mod cli;
 pub mod fake_hub;
 pub mod fixtures;
 pub mod manifests;
+pub mod parity;
 pub mod process;
 pub mod prometheus;
 pub mod raw;

@@ -186,7 +186,12 @@ impl Server {
 
     /// Pids of this server's worker processes (children named mlx-serve-worker).
     pub fn worker_pids(&self) -> Vec<u32> {
+        // Serving workers only: a pull also runs `mlx-serve-worker check` (and `quantize`)
+        // for a moment.
         child_pids(self.pid(), "mlx-serve-worker")
+            .into_iter()
+            .filter(|&pid| crate::process::command_line(pid).get(1).is_some_and(|a| a == "serve"))
+            .collect()
     }
 
     /// The worker process serving `model` (its command line names the model's folder).

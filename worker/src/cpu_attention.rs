@@ -10,7 +10,8 @@
 //! and none is computed.
 //!
 //! Grouped-query attention reads the kv head `h / (heads / kv_heads)` for query head `h`;
-//! causal attention (decoders) lets row `i` of a sequence see its keys `0..=i`.
+//! which keys row `i` sees is the [`Mask`]'s (every key, `0..=i` for decoders, or a window
+//! around `i`), and a [`RelativeBias`] is added to the scores (MPNet).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -74,6 +75,51 @@ impl<'a> HeadBlock<'a> {
     }
 }
 
+/// Which keys of its own sequence a query at position `i` attends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mask {
+    /// Every key (encoders).
+    Full,
+    /// Keys `0..=i` (decoders).
+    Causal,
+    /// Keys `j` with `|i - j| <= radius` (ModernBERT's local layers, Gemma3's sliding
+    /// window).
+    #[allow(dead_code)] // until the first family with local attention is registered
+    Window(usize),
+}
+
+impl Mask {
+    /// The keys `lo..hi` that query `i` of an `n`-token sequence sees.
+    pub fn keys(self, i: usize, n: usize) -> (usize, usize) {
+        match self {
+            Mask::Full => (0, n),
+            Mask::Causal => (0, i + 1),
+            Mask::Window(r) => (i.saturating_sub(r), (i + r + 1).min(n)),
+        }
+    }
+}
+
+/// An additive score bias that depends on the head and the key's offset from the query
+/// (`j - i`) alone: MPNet's relative position buckets.
+#[derive(Debug, Clone)]
+pub struct RelativeBias {
+    /// `[heads, 2 * max_offset + 1]`: head `h`'s bias at offset `d` is at
+    /// `h * (2 * max_offset + 1) + d + max_offset`; offsets past `±max_offset` take the
+    /// edge value.
+    pub values: Vec<f32>,
+    pub max_offset: usize,
+    pub heads: usize,
+}
+
+impl RelativeBias {
+    /// Head `h`'s bias at offset `d = j - i`.
+    pub fn at(&self, h: usize, d: i64) -> f32 {
+        let m = self.max_offset as i64;
+        let width = 2 * self.max_offset + 1;
+        self.values[h * width + (d.clamp(-m, m) + m) as usize]
+    }
+}
+
 /// Output pointer shared by the worker threads; each (sequence, head) task writes a
 /// disjoint block of rows × `head_dim` columns.
 #[derive(Clone, Copy)]
@@ -93,11 +139,15 @@ pub fn packed_attention(
     offsets: &[i32],
     head_dim: usize,
     scale: f32,
-    causal: bool,
+    mask: Mask,
+    bias: Option<&RelativeBias>,
 ) -> Result<Option<Array>> {
     let rows = *offsets.last().unwrap_or(&0) as usize;
     let (heads, kv_heads) = (q.heads, k.heads);
     if rows == 0 || kv_heads == 0 || v.heads != kv_heads || heads % kv_heads != 0 {
+        return Ok(None);
+    }
+    if bias.is_some_and(|b| b.heads != heads) {
         return Ok(None);
     }
     let (Some(qh), Some(kh), Some(vh)) = (q.host(rows, head_dim)?, k.host(rows, head_dim)?, v.host(rows, head_dim)?)
@@ -151,9 +201,16 @@ pub fn packed_attention(
                     n as i32,
                 );
                 for (i, row) in scores[..n * n].chunks_exact_mut(n).enumerate() {
-                    let keys = if causal { i + 1 } else { n };
-                    softmax_inplace(&mut row[..keys], scale);
-                    row[keys..].fill(0.0);
+                    let (lo, hi) = mask.keys(i, n);
+                    if let Some(b) = bias {
+                        // softmax(scale·s + b) = softmax(scale·(s + b / scale)).
+                        for (j, s) in row.iter_mut().enumerate().take(hi).skip(lo) {
+                            *s += b.at(h, j as i64 - i as i64) / scale;
+                        }
+                    }
+                    softmax_inplace(&mut row[lo..hi], scale);
+                    row[..lo].fill(0.0);
+                    row[hi..].fill(0.0);
                 }
                 let dst = o.0.add(first * out_width + h * head_dim);
                 cblas_sgemm(

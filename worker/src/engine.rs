@@ -22,18 +22,15 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use mlx_rs::{Array, Dtype};
-use mlx_serve_protocol::model_dir::{self, Family, ModelFacts, Pooling};
+use mlx_serve_protocol::model_dir::{self, ModelFacts, Pooling};
 use mlx_serve_protocol::{ModelInfo, ModelKind, TokenBatch, WorkerStats};
 
 use crate::device::on_gpu;
-use crate::heads::{CrossEncoder, Head, YesNo};
+use crate::embedding_head::EmbeddingHead;
+use crate::heads::Scorer;
 use crate::memory::MemoryPolicy;
-use crate::models::bert::{self, Bert, BertConfig};
-use crate::models::qwen3::{self, Qwen3, Qwen3Config};
-use crate::models::xlm_roberta::{self, XlmRoberta, XlmRobertaConfig};
-use crate::models::{parse_config, Inputs, Kernels, Network};
+use crate::models::{self, parse_config, Inputs, Kernels, Load, Network};
 use crate::packing::{AttentionBuckets, BucketShapes, Packing};
-use crate::pooling;
 use crate::weights::{dtype_name, LoadPolicy, StorageConfig, Weights};
 
 /// How to load a model.
@@ -91,34 +88,47 @@ pub struct Engine {
 
 /// The facts of the folder with `--kind` applied.
 fn facts_for(dir: &Path, kind: Option<ModelKind>) -> Result<ModelFacts> {
-    let mut facts = model_dir::inspect(dir).map_err(|e| anyhow!(e))?;
+    let mut facts = model_dir::inspect(dir)?;
     if let Some(kind) = kind.filter(|&k| k != facts.kind) {
         facts.kind = kind;
-        facts.pooling = match (kind, facts.family) {
-            (ModelKind::Reranker, Family::Qwen3) => Pooling::YesNo,
-            (ModelKind::Reranker, _) => Pooling::CrossEncoder,
-            (ModelKind::Embedding, Family::Qwen3) => Pooling::LastToken,
-            (ModelKind::Embedding, _) => Pooling::Cls,
+        let body = facts.family.body();
+        facts.pooling = match kind {
+            ModelKind::Reranker => Pooling::scoring_for(body),
+            ModelKind::Embedding => Pooling::default_for(body),
         };
+        facts.dense.clear();
         facts.normalize = kind == ModelKind::Embedding;
+        facts.output_dim = if kind == ModelKind::Embedding { facts.hidden_size } else { 0 };
     }
     Ok(facts)
+}
+
+/// Checks that this worker computes the model in `dir` exactly as its files describe,
+/// reading only its JSON files: the facts, then the architecture's own refusals.
+/// `mlx-serve-worker check` runs this at pull time, before any weight is downloaded.
+pub fn check(dir: &Path, kind: Option<ModelKind>) -> Result<ModelFacts> {
+    let facts = facts_for(dir, kind)?;
+    let arch = models::architecture(&facts)?;
+    (arch.check)(&facts)?;
+    Ok(facts)
+}
+
+/// What turns final hidden states into a batch answer.
+enum Head {
+    Embed(EmbeddingHead),
+    Score(Scorer),
 }
 
 impl Engine {
     pub fn load(dir: &Path, opts: &Options) -> Result<Engine> {
         let start = Instant::now();
         let memory = MemoryPolicy::new(opts.cache_limit_bytes)?;
-        let facts = facts_for(dir, opts.kind)?;
+        let facts = check(dir, opts.kind)?;
+        let arch = models::architecture(&facts)?;
         let gpu = on_gpu();
         let dequantize = !gpu && !opts.keep_quantized;
         let storage: StorageConfig = parse_config(&facts.config)?;
-        let sanitize = match facts.family {
-            Family::Bert => bert::sanitize,
-            Family::XlmRoberta => xlm_roberta::sanitize,
-            Family::Qwen3 => qwen3::sanitize,
-        };
-        let mut w = Weights::load(dir, &storage, sanitize, LoadPolicy { compute: Dtype::Float32, dequantize })?;
+        let mut w = Weights::load(dir, &storage, arch.sanitize, LoadPolicy { compute: Dtype::Float32, dequantize })?;
         let compute = match opts.compute_dtype {
             Some(d) => d,
             // Half precision on a GPU, as sentence-transformers and TEI run there: the
@@ -126,49 +136,18 @@ impl Engine {
             None if gpu => w.stored_float_dtype().filter(|&d| d != Dtype::Float32).unwrap_or(Dtype::Float16),
             None => Dtype::Float32,
         };
-        w.set_policy(LoadPolicy { compute, dequantize });
+        let policy = LoadPolicy { compute, dequantize };
+        w.set_policy(policy);
         let kernels = if !gpu && compute == Dtype::Float32 { Kernels::Host } else { Kernels::Mlx };
 
-        let pool_head = Head::Pool { pooling: facts.pooling, normalize: facts.normalize };
-        let (network, head, type_vocab): (Box<dyn Network>, Head, i32) = match facts.family {
-            Family::Bert => {
-                let config: BertConfig = parse_config(&facts.config)?;
-                let net = Bert::load(&config, &mut w, kernels)?;
-                let head = match facts.pooling {
-                    Pooling::CrossEncoder => {
-                        Head::CrossEncoder(CrossEncoder::load_bert(config.num_labels(), &mut w, net.hidden_size())?)
-                    }
-                    _ => pool_head,
-                };
-                (Box::new(net), head, config.type_vocab_size)
-            }
-            Family::XlmRoberta => {
-                let config: XlmRobertaConfig = parse_config(&facts.config)?;
-                let net = XlmRoberta::load(&config, &mut w, kernels)?;
-                let head = match facts.pooling {
-                    Pooling::CrossEncoder => Head::CrossEncoder(CrossEncoder::load_xlmr(
-                        config.bert.num_labels(),
-                        &mut w,
-                        net.hidden_size(),
-                    )?),
-                    _ => pool_head,
-                };
-                (Box::new(net), head, config.bert.type_vocab_size)
-            }
-            Family::Qwen3 => {
-                let config: Qwen3Config = parse_config(&facts.config)?;
-                let net = Qwen3::load(&config, &mut w, kernels)?;
-                let head = match facts.pooling {
-                    Pooling::YesNo => Head::YesNo(YesNo::load(dir, &mut w, &net)?),
-                    Pooling::CrossEncoder => bail!("Qwen3 sequence-classification heads are not supported"),
-                    _ => pool_head,
-                };
-                (Box::new(net), head, 0)
-            }
+        let loaded = (arch.load)(&mut Load { facts: &facts, dir, weights: &mut w, kernels })?;
+        let network = loaded.network;
+        let head = match (facts.kind, loaded.scorer) {
+            (ModelKind::Embedding, None) => Head::Embed(EmbeddingHead::load(&facts, dir, policy)?),
+            (ModelKind::Reranker, Some(scorer)) => Head::Score(scorer),
+            (kind, _) => bail!("{} cannot serve as {}", facts.architecture, kind.as_str()),
         };
-        if matches!(head, Head::Pool { .. }) != (facts.kind == ModelKind::Embedding) {
-            bail!("{} cannot serve as {}", facts.architecture, facts.kind.as_str());
-        }
+        let type_vocab = facts.type_vocab_size;
         let hidden = network.hidden_size();
         let stored_dtype = w.stored_dtype();
         drop(w); // unused tensors (MLM heads, position_ids buffers) are released here
@@ -178,7 +157,7 @@ impl Engine {
             architecture: facts.architecture.clone(),
             family: facts.family.as_str().into(),
             hidden_size: hidden as u32,
-            output_dim: if facts.kind == ModelKind::Embedding { hidden as u32 } else { 0 },
+            output_dim: facts.output_dim,
             max_tokens: facts.max_tokens,
             vocab_size: facts.vocab_size,
             pooling: facts.pooling.as_str().into(),
@@ -196,7 +175,7 @@ impl Engine {
             kind: facts.kind,
             info,
             vocab: facts.vocab_size,
-            type_vocab: type_vocab.max(0) as u32,
+            type_vocab,
             max_tokens: facts.max_tokens,
             memory,
             shapes: bucket_shapes(gpu)?,
@@ -281,16 +260,8 @@ impl Engine {
         let hidden = self.network.forward(&inputs)?;
         let packing = &inputs.packing;
         let out = match &self.head {
-            Head::Pool { pooling, normalize } => {
-                let pooled = pooling::pool(&hidden, *pooling, packing)?.as_dtype(Dtype::Float32)?;
-                if *normalize {
-                    pooling::l2_normalize(&pooled)?
-                } else {
-                    pooled
-                }
-            }
-            Head::CrossEncoder(h) => h.score(&hidden, packing)?.as_dtype(Dtype::Float32)?,
-            Head::YesNo(h) => h.score(&hidden.as_dtype(Dtype::Float32)?, packing)?,
+            Head::Embed(h) => h.apply(&hidden, packing)?,
+            Head::Score(h) => h.score(&hidden, packing)?,
         };
         out.eval()?;
         drop((hidden, inputs));

@@ -15,8 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use mlx_rs::{ops, Array};
 use serde_json::Value;
 
-use crate::layers::Linear;
-use crate::models::qwen3::Qwen3;
+use crate::layers::{Embedding, Linear};
 use crate::packing::Packing;
 use crate::pooling;
 use crate::weights::Weights;
@@ -27,7 +26,8 @@ pub struct CrossEncoder {
     out: Linear,
 }
 
-fn check_single_label(labels: usize) -> Result<()> {
+/// Refuses a classification head with other than one label (checked at pull and load).
+pub fn check_single_label(labels: usize) -> Result<()> {
     if labels != 1 {
         bail!("cross-encoder has {labels} labels; mlx-serve scores with single-logit (num_labels = 1) rerankers only");
     }
@@ -92,19 +92,17 @@ pub fn token_id(tokenizer: &Value, token: &str) -> Option<u32> {
 }
 
 impl YesNo {
-    pub fn load(dir: &Path, w: &mut Weights, model: &Qwen3) -> Result<YesNo> {
-        let path = dir.join("tokenizer.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("Qwen3 reranker needs {} to find the \"yes\"/\"no\" token ids", path.display()))?;
-        let tok: Value =
-            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    /// The judge of a causal LM: `vocab` × `hidden`, `embedding` its input table (the
+    /// lm_head when tied).
+    pub fn load(dir: &Path, w: &mut Weights, vocab: i32, hidden: i32, embedding: &Embedding) -> Result<YesNo> {
+        let text = std::fs::read_to_string(dir.join("tokenizer.json"))
+            .context("the reranker needs tokenizer.json to find the \"yes\"/\"no\" token ids")?;
+        let tok: Value = serde_json::from_str(&text).context("tokenizer.json is not valid JSON")?;
         let find = |t: &str| token_id(&tok, t).ok_or_else(|| anyhow!("tokenizer.json has no {t:?} token"));
         let (yes_id, no_id) = (find("yes")?, find("no")?);
-        let vocab = model.vocab_size();
         if yes_id as i32 >= vocab || no_id as i32 >= vocab {
             bail!("\"yes\"/\"no\" token ids {yes_id}/{no_id} exceed vocab_size {vocab}");
         }
-        let hidden = crate::models::Network::hidden_size(model);
         let ids = [yes_id as i32, no_id as i32];
         // A quantized copy stores the two rows unquantized (worker/src/quantize/plan.rs);
         // else an untied lm_head is its own tensor and a tied one is the input embeddings.
@@ -118,7 +116,7 @@ impl YesNo {
         } else if w.has("lm_head.weight") {
             w.rows("lm_head", vocab, hidden, &ids)?
         } else {
-            model.embedding().lookup(&Array::from_slice(&ids, &[2]))?
+            embedding.lookup(&Array::from_slice(&ids, &[2]))?
         };
         let rows_t = rows.t();
         rows_t.eval()?;
@@ -135,13 +133,18 @@ impl YesNo {
     }
 }
 
-/// What turns final hidden states into a batch answer.
-pub enum Head {
-    /// Embeddings: pool, then optionally L2-normalize.
-    Pool {
-        pooling: mlx_serve_protocol::model_dir::Pooling,
-        normalize: bool,
-    },
+/// A reranker's scoring head: final hidden states → one score per sequence.
+pub enum Scorer {
     CrossEncoder(CrossEncoder),
     YesNo(YesNo),
+}
+
+impl Scorer {
+    /// Scores `[batch]` (float32) from final states `[total, hidden]`.
+    pub fn score(&self, hidden: &Array, packing: &Packing) -> Result<Array> {
+        match self {
+            Scorer::CrossEncoder(h) => Ok(h.score(hidden, packing)?.as_dtype(mlx_rs::Dtype::Float32)?),
+            Scorer::YesNo(h) => h.score(&hidden.as_dtype(mlx_rs::Dtype::Float32)?, packing),
+        }
+    }
 }

@@ -15,6 +15,7 @@ mod blas;
 mod cpu_attention;
 mod cpu_kernels;
 mod device;
+mod embedding_head;
 mod engine;
 mod heads;
 mod layers;
@@ -49,6 +50,15 @@ enum KindArg {
     Reranker,
 }
 
+impl KindArg {
+    fn kind(self) -> ModelKind {
+        match self {
+            KindArg::Embedding => ModelKind::Embedding,
+            KindArg::Reranker => ModelKind::Reranker,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve one model to the supervisor listening on SOCKET (started by mlx-serve).
@@ -74,6 +84,17 @@ enum Command {
         /// GPU does; slower there, for checking that path (docs/worker.md, "Backends").
         #[arg(long)]
         keep_quantized: bool,
+    },
+    /// Whether this worker computes the model in MODEL exactly as its files describe,
+    /// from its JSON files alone (no weights needed): prints one JSON line,
+    /// `{"ok": true, "family": ..., "pooling": ..., "output_dim": ...}` or
+    /// `{"ok": false, "reason": ...}`. `mlx-serve pull` asks this before downloading weights.
+    Check {
+        #[arg(long)]
+        model: PathBuf,
+        /// As for `serve`.
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
     },
     /// Write an MLX-quantized copy of a model folder (every matrix: linear layers and
     /// embedding tables; docs/quantization.md); prints one JSON report line.
@@ -181,16 +202,27 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve { socket, model, kind, compute_dtype, cache_limit_mb, keep_quantized } => {
             let opts = Options {
-                kind: kind.map(|k| match k {
-                    KindArg::Embedding => ModelKind::Embedding,
-                    KindArg::Reranker => ModelKind::Reranker,
-                }),
+                kind: kind.map(KindArg::kind),
                 compute_dtype: engine::parse_dtype(&compute_dtype)?,
                 cache_limit_bytes: cache_limit_mb.checked_mul(1 << 20).context("--cache-limit-mb is too large")?,
                 keep_quantized,
             };
             let code = server::run(&socket, &model, &opts)?;
             std::process::exit(code);
+        }
+        Command::Check { model, kind } => {
+            let verdict = match engine::check(&model, kind.map(KindArg::kind)) {
+                Ok(facts) => serde_json::json!({
+                    "ok": true,
+                    "family": facts.family.as_str(),
+                    "kind": facts.kind.as_str(),
+                    "pooling": facts.pooling.as_str(),
+                    "output_dim": facts.output_dim,
+                }),
+                Err(e) => serde_json::json!({"ok": false, "reason": format!("{e:#}")}),
+            };
+            println!("{verdict}");
+            Ok(())
         }
         Command::Quantize { src, dst, bits, group_size, recipe, bits_for, eval } => {
             let opts = quantize::Options {

@@ -65,12 +65,17 @@ impl Packing {
 
     /// `[B, T]` float32 matrix whose row `i` holds `1 / length(i)` on sequence `i`'s rows and
     /// 0 elsewhere: `M · hidden` is the per-sequence mean, one GEMM on every backend.
-    pub fn mean_matrix(&self) -> Array {
+    /// `[batch, total]` with row `i` holding `weight(length, j)` at sequence `i`'s `j`-th
+    /// token and zeros elsewhere: a pooling that is a weighted sum of each sequence's rows
+    /// is one GEMM with it.
+    pub fn weight_matrix(&self, weight: impl Fn(usize, usize) -> f32) -> Array {
         let (b, t) = (self.len(), self.total() as usize);
         let mut m = vec![0f32; b * t];
         for i in 0..b {
             let (s, e) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
-            m[i * t + s..i * t + e].fill(1.0 / (e - s) as f32);
+            for (j, slot) in m[i * t + s..i * t + e].iter_mut().enumerate() {
+                *slot = weight(e - s, j);
+            }
         }
         Array::from_slice(&m, &[b as i32, t as i32])
     }
@@ -301,7 +306,7 @@ mod tests {
         let p = Packing::from_lengths([3, 1, 2]);
         assert_eq!(p.offsets, vec![0, 3, 4, 6]);
         assert_eq!((p.len(), p.total(), p.length(2)), (3, 6, 2));
-        let m = p.mean_matrix();
+        let m = p.weight_matrix(|len, _| 1.0 / len as f32);
         assert_eq!(m.shape(), &[3, 6]);
         let v = m.as_slice::<f32>();
         assert_eq!(&v[..6], &[1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0, 0.0, 0.0, 0.0]);

@@ -1,13 +1,16 @@
-//! Sentence pooling of final hidden states, as sentence-transformers' `Pooling` and
-//! `Normalize` modules do it, for packed batches (`packing.rs`).
+//! Sentence pooling of final hidden states, as sentence-transformers' `Pooling` module does
+//! it (sentence_transformers/sentence_transformer/modules/pooling.py, 6.2), for packed
+//! batches (`packing.rs`).
 //!
-//! Each sequence's own rows only: CLS reads its first row, last-token its last row, and
-//! mean averages its rows (one `[B, T] · [T, hidden]` GEMM with a 1/length matrix, the same
-//! on every backend).
+//! Each sequence's own rows only: CLS reads its first row, last-token its last row, max
+//! takes each column's maximum over its rows, and the weighted sums (mean, mean / √length,
+//! position-weighted mean) are one `[B, T] · [T, hidden]` GEMM with a weight matrix, the
+//! same on every backend.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{ops, Array};
-use mlx_serve_protocol::model_dir::Pooling;
+use mlx_serve_protocol::model_dir::PoolingMode;
 
 use crate::packing::Packing;
 
@@ -21,19 +24,39 @@ pub fn last_token(hidden: &Array, packing: &Packing) -> Result<Array> {
     Ok(hidden.take_axis(packing.last_rows(), 0)?)
 }
 
-/// Mean over the tokens of each sequence, `[batch, hidden]`.
-pub fn mean(hidden: &Array, packing: &Packing) -> Result<Array> {
-    let m = packing.mean_matrix().as_dtype(hidden.dtype())?;
+/// `Σ_j weight(len, j) · row_j` per sequence, `[batch, hidden]`.
+fn weighted(hidden: &Array, packing: &Packing, weight: impl Fn(usize, usize) -> f32) -> Result<Array> {
+    let m = packing.weight_matrix(weight).as_dtype(hidden.dtype())?;
     Ok(m.matmul(hidden)?)
 }
 
+/// Mean over the tokens of each sequence, `[batch, hidden]`.
+pub fn mean(hidden: &Array, packing: &Packing) -> Result<Array> {
+    weighted(hidden, packing, |len, _| 1.0 / len as f32)
+}
+
+/// Per-column maximum over each sequence's rows, `[batch, hidden]`.
+pub fn max(hidden: &Array, packing: &Packing) -> Result<Array> {
+    let rows: Vec<Array> = (0..packing.len())
+        .map(|i| {
+            let (s, e) = (packing.offsets[i], packing.offsets[i + 1]);
+            hidden.index(s..e).max_axis(0, true)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(ops::concatenate(&rows, 0)?)
+}
+
 /// Pools `[total, hidden]` states into `[batch, hidden]`.
-pub fn pool(hidden: &Array, pooling: Pooling, packing: &Packing) -> Result<Array> {
-    match pooling {
-        Pooling::Cls => cls(hidden, packing),
-        Pooling::Mean => mean(hidden, packing),
-        Pooling::LastToken => last_token(hidden, packing),
-        other => bail!("{} is a scoring head, not an embedding pooling", other.as_str()),
+pub fn pool(hidden: &Array, mode: PoolingMode, packing: &Packing) -> Result<Array> {
+    match mode {
+        PoolingMode::Cls => cls(hidden, packing),
+        PoolingMode::Mean => mean(hidden, packing),
+        PoolingMode::Max => max(hidden, packing),
+        // sum / sqrt(length) (pooling.py: `mean_sum / torch.sqrt(mean_mask)`).
+        PoolingMode::MeanSqrtLen => weighted(hidden, packing, |len, _| 1.0 / (len as f32).sqrt()),
+        // Token j (from 0) weighs j + 1; the weights of a sequence of n sum to n(n+1)/2.
+        PoolingMode::WeightedMean => weighted(hidden, packing, |len, j| (j + 1) as f32 / (len * (len + 1) / 2) as f32),
+        PoolingMode::LastToken => last_token(hidden, packing),
     }
 }
 
@@ -41,4 +64,55 @@ pub fn pool(hidden: &Array, pooling: Pooling, packing: &Packing) -> Result<Array
 pub fn l2_normalize(x: &Array) -> Result<Array> {
     let norm = x.square()?.sum_axis(-1, true)?.sqrt()?;
     Ok(x.divide(ops::maximum(&norm, Array::from_f32(1e-12))?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every mode against a direct per-sequence computation on a mixed-length batch.
+    #[test]
+    fn every_mode_pools_each_sequence_alone() {
+        let lengths = [3, 1, 4];
+        let packing = Packing::from_lengths(lengths);
+        let hidden_dim = 2;
+        let rows: Vec<f32> = (0..8 * hidden_dim).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        let hidden = Array::from_slice(&rows, &[8, hidden_dim as i32]);
+        let seq = |i: usize| -> Vec<&[f32]> {
+            let s: usize = lengths[..i].iter().sum::<i32>() as usize;
+            (s..s + lengths[i] as usize).map(|r| &rows[r * hidden_dim..(r + 1) * hidden_dim]).collect()
+        };
+        for mode in [
+            PoolingMode::Cls,
+            PoolingMode::Mean,
+            PoolingMode::Max,
+            PoolingMode::MeanSqrtLen,
+            PoolingMode::WeightedMean,
+            PoolingMode::LastToken,
+        ] {
+            let got = pool(&hidden, mode, &packing).unwrap();
+            assert_eq!(got.shape(), &[3, hidden_dim as i32]);
+            let got = got.as_slice::<f32>().to_vec();
+            for i in 0..3 {
+                let toks = seq(i);
+                let n = toks.len() as f32;
+                for c in 0..hidden_dim {
+                    let col: Vec<f32> = toks.iter().map(|t| t[c]).collect();
+                    let want = match mode {
+                        PoolingMode::Cls => col[0],
+                        PoolingMode::LastToken => *col.last().unwrap(),
+                        PoolingMode::Mean => col.iter().sum::<f32>() / n,
+                        PoolingMode::Max => col.iter().copied().fold(f32::MIN, f32::max),
+                        PoolingMode::MeanSqrtLen => col.iter().sum::<f32>() / n.sqrt(),
+                        PoolingMode::WeightedMean => {
+                            col.iter().enumerate().map(|(j, v)| (j + 1) as f32 * v).sum::<f32>()
+                                / (1..=toks.len()).sum::<usize>() as f32
+                        }
+                    };
+                    let v = got[i * hidden_dim + c];
+                    assert!((v - want).abs() < 1e-5, "{mode:?} seq {i} col {c}: {v} vs {want}");
+                }
+            }
+        }
+    }
 }

@@ -4,12 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mlx_serve_protocol::model_dir::Family;
 use mlx_serve_protocol::ModelKind;
 
 use super::{ApiError, AppState};
 use crate::runner::{JobOutput, ModelEntry};
-use crate::tokenize::{qwen3_embedding_query, TokenizeError, Tokens};
+use crate::tokenize::{TokenizeError, Tokens};
 
 /// Inputs of an embeddings request.
 pub enum Inputs {
@@ -137,10 +136,7 @@ pub fn prompted_texts(entry: &ModelEntry, texts: Vec<String>, opts: &EmbedOption
             .iter()
             .map(|t| {
                 let t = head(t)?;
-                Ok(match entry.facts.family {
-                    Family::Qwen3 => qwen3_embedding_query(&task, &t),
-                    _ => format!("{task}{t}"),
-                })
+                Ok(entry.facts.family.instructed(&task, &t))
             })
             .collect();
     }

@@ -102,7 +102,7 @@ impl Pool {
         }
         let load_dir = dir.clone();
         let (facts, tokenizer) = tokio::task::spawn_blocking(move || {
-            let facts = model_dir::inspect(&load_dir)?;
+            let facts = model_dir::inspect(&load_dir).map_err(|e| e.to_string())?;
             let tokenizer = ModelTokenizer::load(&load_dir, &facts).map_err(|e| e.to_string())?;
             Ok::<_, String>((facts, tokenizer))
         })

@@ -12,7 +12,13 @@ use std::collections::BTreeMap;
 
 use super::{name_for_repo, validate_name, StoreError};
 
-/// Built-in aliases: short names for common embedding and reranking models.
+/// Built-in aliases: short names for common embedding and reranking models, and the
+/// Ollama library's embedding models under their Ollama names, so `ollama pull
+/// nomic-embed-text` and `/api/embed` with that name work unchanged. An Ollama name may
+/// carry a tag (`all-minilm:33m`): a tagged entry here names that tag's repo, and the tag
+/// `latest` (what Ollama clients add) is the name alone. Repos per tag from the Ollama
+/// library's model pages (ollama.com/library/NAME, tags and their source models,
+/// 2026-12).
 pub const BUILTIN: &[(&str, &str)] = &[
     ("qwen-embedding", "Qwen/Qwen3-Embedding-0.6B"),
     ("qwen-reranker", "Qwen/Qwen3-Reranker-0.6B"),
@@ -27,7 +33,51 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("e5-small", "intfloat/multilingual-e5-small"),
     ("e5-base", "intfloat/multilingual-e5-base"),
     ("e5-large", "intfloat/multilingual-e5-large"),
+    // One per family (docs/models.md).
+    ("nomic-embed", "nomic-ai/nomic-embed-text-v1.5"),
+    ("arctic-embed-m-long", "Snowflake/snowflake-arctic-embed-m-long"),
+    ("gte-modernbert", "Alibaba-NLP/gte-modernbert-base"),
+    ("gte-reranker-modernbert", "Alibaba-NLP/gte-reranker-modernbert-base"),
+    ("granite-embedding-r2", "ibm-granite/granite-embedding-english-r2"),
+    ("gte-multilingual", "Alibaba-NLP/gte-multilingual-base"),
+    ("gte-multilingual-reranker", "Alibaba-NLP/gte-multilingual-reranker-base"),
+    ("gte-large", "Alibaba-NLP/gte-large-en-v1.5"),
+    ("mpnet", "sentence-transformers/all-mpnet-base-v2"),
+    ("multi-qa-mpnet", "sentence-transformers/multi-qa-mpnet-base-dot-v1"),
+    ("distilbert", "sentence-transformers/msmarco-distilbert-base-v4"),
+    ("gte-qwen2", "Alibaba-NLP/gte-Qwen2-1.5B-instruct"),
+    ("labse", "sentence-transformers/LaBSE"),
+    // The Ollama library's embedding models.
+    ("nomic-embed-text", "nomic-ai/nomic-embed-text-v1.5"),
+    ("nomic-embed-text:v1.5", "nomic-ai/nomic-embed-text-v1.5"),
+    ("embeddinggemma", "google/embeddinggemma-300m"),
+    ("embeddinggemma:300m", "google/embeddinggemma-300m"),
+    ("mxbai-embed-large", "mixedbread-ai/mxbai-embed-large-v1"),
+    ("mxbai-embed-large:335m", "mixedbread-ai/mxbai-embed-large-v1"),
+    ("all-minilm", "sentence-transformers/all-MiniLM-L6-v2"),
+    ("all-minilm:22m", "sentence-transformers/all-MiniLM-L6-v2"),
+    ("all-minilm:l6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+    ("all-minilm:33m", "sentence-transformers/all-MiniLM-L12-v2"),
+    ("all-minilm:l12-v2", "sentence-transformers/all-MiniLM-L12-v2"),
+    ("snowflake-arctic-embed", "Snowflake/snowflake-arctic-embed-l"),
+    ("snowflake-arctic-embed:22m", "Snowflake/snowflake-arctic-embed-xs"),
+    ("snowflake-arctic-embed:33m", "Snowflake/snowflake-arctic-embed-s"),
+    ("snowflake-arctic-embed:110m", "Snowflake/snowflake-arctic-embed-m"),
+    ("snowflake-arctic-embed:137m", "Snowflake/snowflake-arctic-embed-m-long"),
+    ("snowflake-arctic-embed:335m", "Snowflake/snowflake-arctic-embed-l"),
+    ("snowflake-arctic-embed2", "Snowflake/snowflake-arctic-embed-l-v2.0"),
+    ("snowflake-arctic-embed2:568m", "Snowflake/snowflake-arctic-embed-l-v2.0"),
+    ("bge-m3:567m", "BAAI/bge-m3"),
+    ("bge-large:335m", "BAAI/bge-large-en-v1.5"),
+    ("granite-embedding", "ibm-granite/granite-embedding-30m-english"),
+    ("granite-embedding:30m", "ibm-granite/granite-embedding-30m-english"),
+    ("granite-embedding:278m", "ibm-granite/granite-embedding-278m-multilingual"),
+    ("paraphrase-multilingual", "sentence-transformers/paraphrase-multilingual-mpnet-base-v2"),
+    ("paraphrase-multilingual:278m", "sentence-transformers/paraphrase-multilingual-mpnet-base-v2"),
 ];
+
+/// The tag Ollama clients add to a name without one.
+const OLLAMA_DEFAULT_TAG: &str = ":latest";
 
 /// Quantization suffixes that name a variant of another model (`NAME-4bit`).
 const QUANT_SUFFIXES: &[(&str, u8)] = &[("-4bit", 4), ("-8bit", 8)];
@@ -100,6 +150,7 @@ pub fn resolve(
     installed: impl Fn(&str) -> bool,
 ) -> Result<Resolved, StoreError> {
     let requested = requested.trim();
+    let requested = requested.strip_suffix(OLLAMA_DEFAULT_TAG).unwrap_or(requested);
     let aliases = table(user);
     let repo = |target: &str, source| Resolved {
         name: name_for_repo(target).to_owned(),
@@ -202,6 +253,26 @@ mod tests {
         // An installed model of that name is used as it is.
         let r = resolve("Qwen3-Embedding-0.6B", &BTreeMap::new(), |n| n == "Qwen3-Embedding-0.6B").unwrap();
         assert_eq!((r.repo, r.source), (None, NameSource::Installed));
+    }
+
+    #[test]
+    fn ollama_library_names_and_tags() {
+        let user = BTreeMap::new();
+        for (name, repo) in [
+            ("nomic-embed-text", "nomic-ai/nomic-embed-text-v1.5"),
+            ("nomic-embed-text:latest", "nomic-ai/nomic-embed-text-v1.5"),
+            ("all-minilm:33m", "sentence-transformers/all-MiniLM-L12-v2"),
+            ("snowflake-arctic-embed2:latest", "Snowflake/snowflake-arctic-embed-l-v2.0"),
+            ("embeddinggemma", "google/embeddinggemma-300m"),
+            ("paraphrase-multilingual", "sentence-transformers/paraphrase-multilingual-mpnet-base-v2"),
+        ] {
+            let r = resolve(name, &user, none).unwrap();
+            assert_eq!((r.repo.as_deref(), r.source), (Some(repo), NameSource::Alias), "{name}");
+        }
+        // The quantized variant of an Ollama name, and an unknown tag.
+        let r = resolve("mxbai-embed-large-8bit", &user, none).unwrap();
+        assert_eq!((r.name.as_str(), r.quantize), ("mxbai-embed-large-v1-8bit", Some(8)));
+        assert!(resolve("all-minilm:999m", &user, none).is_err());
     }
 
     #[test]

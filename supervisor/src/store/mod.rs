@@ -136,7 +136,7 @@ fn folder_size_and_mtime(dir: &Path) -> (u64, u64) {
 
 fn describe(name: String, path: PathBuf) -> InstalledModel {
     let (size_bytes, modified) = folder_size_and_mtime(&path);
-    InstalledModel { facts: model_dir::inspect(&path), name, path, size_bytes, modified }
+    InstalledModel { facts: model_dir::inspect(&path).map_err(|e| e.to_string()), name, path, size_bytes, modified }
 }
 
 impl Store {
@@ -190,7 +190,10 @@ impl Store {
 
     /// Names and facts of every model, without walking their files for sizes.
     pub fn facts(&self) -> Vec<(String, Result<ModelFacts, String>)> {
-        self.folders().into_iter().map(|(name, path)| (name, model_dir::inspect(&path))).collect()
+        self.folders()
+            .into_iter()
+            .map(|(name, path)| (name, model_dir::inspect(&path).map_err(|e| e.to_string())))
+            .collect()
     }
 
     /// (name, path) of every folder with a config.json; temporary ones (leading dot) skipped.

@@ -11,12 +11,12 @@
 
 use std::path::Path;
 
-use mlx_serve_protocol::model_dir::{Family, ModelFacts};
+use mlx_serve_protocol::model_dir::ModelFacts;
 use mlx_serve_protocol::quantization::{EvalSet, Sequence};
 use mlx_serve_protocol::ModelKind;
 use serde::Deserialize;
 
-use crate::tokenize::{qwen3_embedding_query, ModelTokenizer, Tokens, QWEN3_RERANK_DEFAULT_INSTRUCTION};
+use crate::tokenize::{ModelTokenizer, Tokens, QWEN3_RERANK_DEFAULT_INSTRUCTION};
 
 /// `quality_set.json` (docs/quantization.md describes it).
 const SET: &str = include_str!("quality_set.json");
@@ -48,12 +48,13 @@ pub fn tokenized(dir: &Path, facts: &ModelFacts) -> Result<EvalSet, String> {
     };
     Ok(match facts.kind {
         ModelKind::Embedding => {
-            // Qwen3-Embedding encodes queries with an instruction (its model card).
-            let queries: Vec<String> = match facts.family {
-                Family::Qwen3 => {
-                    set.queries.iter().map(|q| qwen3_embedding_query(QWEN3_RERANK_DEFAULT_INSTRUCTION, q)).collect()
+            // Instruction-tuned embedders (Qwen3-Embedding) encode queries with an
+            // instruction in their model card's format.
+            let queries: Vec<String> = match facts.family.spec().instruction_format {
+                Some(_) => {
+                    set.queries.iter().map(|q| facts.family.instructed(QWEN3_RERANK_DEFAULT_INSTRUCTION, q)).collect()
                 }
-                _ => set.queries.clone(),
+                None => set.queries.clone(),
             };
             EvalSet {
                 texts: encode(&set.texts)?,

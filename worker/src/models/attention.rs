@@ -6,7 +6,8 @@
 //! - MLX (GPU backends; half precision on the CPU): the batch's sequences are cut into a few
 //!   buckets of similar length (`packing::AttentionBuckets`); each bucket is gathered into
 //!   `[rows, heads, len, head_dim]`, attended with MLX's fused kernel and a key mask (or the
-//!   causal mask), and the outputs are scattered back to the packed rows.
+//!   causal mask; or, for a window or a relative bias, an additive mask built on the host),
+//!   and the outputs are scattered back to the packed rows.
 //!
 //! `k`/`v` may have fewer heads than `q` (grouped-query attention): MLX's kernel and the
 //! host kernel both read kv head `h / group` for query head `h`, so K/V are never tiled.
@@ -18,6 +19,7 @@ use mlx_rs::{ops, Array};
 
 use super::{Inputs, Kernels};
 use crate::cpu_attention::{packed_attention, HeadBlock};
+pub use crate::cpu_attention::{Mask, RelativeBias};
 use crate::packing::{AttentionBuckets, Bucket, BucketShapes};
 
 /// Query, key and value heads as column blocks of `[total, width]` arrays (the fused
@@ -29,12 +31,20 @@ pub struct Heads<'a> {
     pub head_dim: i32,
 }
 
-/// Attention of every sequence over its own tokens; returns `[total, q.heads * head_dim]`.
-pub fn attention(kernels: Kernels, heads: &Heads, inputs: &Inputs, scale: f32, causal: bool) -> Result<Array> {
+/// Attention of every sequence over its own tokens, each query seeing the keys `mask`
+/// allows, with `bias` added to the scores; returns `[total, q.heads * head_dim]`.
+pub fn attention(
+    kernels: Kernels,
+    heads: &Heads,
+    inputs: &Inputs,
+    scale: f32,
+    mask: Mask,
+    bias: Option<&RelativeBias>,
+) -> Result<Array> {
     if kernels == Kernels::Host {
         let offsets = &inputs.packing.offsets;
-        if let Some(out) = packed_attention(heads.q, heads.k, heads.v, offsets, heads.head_dim as usize, scale, causal)?
-        {
+        let head_dim = heads.head_dim as usize;
+        if let Some(out) = packed_attention(heads.q, heads.k, heads.v, offsets, head_dim, scale, mask, bias)? {
             return Ok(out);
         }
     }
@@ -54,12 +64,17 @@ pub fn attention(kernels: Kernels, heads: &Heads, inputs: &Inputs, scale: f32, c
         // Right padding inside a bucket: under the causal mask a real query sees only real
         // keys; otherwise the key mask hides the pad slots. Pad queries (and the filler
         // rows of a rounded bucket) are dropped below.
-        let mask = match (&bucket.key_mask, causal) {
-            (_, true) => Some(ScaledDotProductAttentionMask::Causal),
-            (Some(m), false) => Some(ScaledDotProductAttentionMask::Array(m)),
-            (None, false) => None,
+        let built;
+        let sdpa_mask = match (mask, bias, &bucket.key_mask) {
+            (Mask::Causal, None, _) => Some(ScaledDotProductAttentionMask::Causal),
+            (Mask::Full, None, Some(m)) => Some(ScaledDotProductAttentionMask::Array(m)),
+            (Mask::Full, None, None) => None,
+            _ => {
+                built = additive_mask(bucket, mask, bias, heads.q.heads)?.as_dtype(q.dtype())?;
+                Some(ScaledDotProductAttentionMask::Array(&built))
+            }
         };
-        let o = scaled_dot_product_attention(&q, &k, &v, scale, mask, None)?;
+        let o = scaled_dot_product_attention(&q, &k, &v, scale, sdpa_mask, None)?;
         let width = heads.q.heads as i32 * heads.head_dim;
         outs.push(o.transpose_axes(&[0, 2, 1, 3])?.reshape(&[bucket.rows * bucket.len, width])?);
     }
@@ -67,6 +82,29 @@ pub fn attention(kernels: Kernels, heads: &Heads, inputs: &Inputs, scale: f32, c
     Ok(match &buckets.scatter {
         Some(rows) => all.take_axis(rows, 0)?,
         None => all,
+    })
+}
+
+/// `[rows, heads or 1, len, len]` float: the bias where query `i` may see key `j` (the
+/// mask allows it and `j` is a real token), −∞ elsewhere. Pad queries' rows are dropped
+/// after attention.
+fn additive_mask(bucket: &Bucket, mask: Mask, bias: Option<&RelativeBias>, heads: usize) -> Result<Array> {
+    let len = bucket.len as usize;
+    let planes = if bias.is_some() { heads } else { 1 };
+    let mut plane = vec![f32::NEG_INFINITY; planes * len * len];
+    for h in 0..planes {
+        for i in 0..len {
+            let (lo, hi) = mask.keys(i, len);
+            for j in lo..hi {
+                plane[(h * len + i) * len + j] = bias.map_or(0.0, |b| b.at(h, j as i64 - i as i64));
+            }
+        }
+    }
+    let m = Array::from_slice(&plane, &[1, planes as i32, len as i32, len as i32]);
+    Ok(match &bucket.key_mask {
+        // Pad keys of shorter members: −∞ where the key mask is false.
+        Some(keys) => ops::select(keys, &m, Array::from_f32(f32::NEG_INFINITY))?,
+        None => m,
     })
 }
 
@@ -103,7 +141,13 @@ mod tests {
         Array::from_slice(&v, &[rows, cols])
     }
 
-    fn run(kernels: Kernels, shapes: Option<BucketShapes>, lengths: &[i32], causal: bool) -> Vec<f32> {
+    fn run(
+        kernels: Kernels,
+        shapes: Option<BucketShapes>,
+        lengths: &[i32],
+        mask: Mask,
+        bias: Option<&RelativeBias>,
+    ) -> Vec<f32> {
         let packing = Packing::from_lengths(lengths.iter().copied());
         let (heads, kv_heads, head_dim) = (4usize, 2usize, 8i32);
         let total = packing.total();
@@ -118,24 +162,57 @@ mod tests {
         let zeros = Array::from_slice(&vec![0i32; total as usize], &[total]);
         let buckets = shapes.map(|s| AttentionBuckets::new(&packing, s).unwrap());
         let inputs = Inputs { ids: zeros.clone(), type_ids: zeros.clone(), positions: zeros, packing, buckets };
-        let out = attention(kernels, &h, &inputs, 0.35, causal).unwrap();
+        let out = attention(kernels, &h, &inputs, 0.35, mask, bias).unwrap();
         assert_eq!(out.shape(), &[total, heads as i32 * head_dim]);
         out.as_slice::<f32>().to_vec()
     }
 
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max)
+    }
+
     /// The MLX path agrees with the host kernels whether its buckets are exact rectangles or
     /// rounded up to the ladder (pad slots and filler rows never reach a real row), for
-    /// bidirectional and causal grouped-query attention.
+    /// bidirectional and causal grouped-query attention, windows and relative biases.
     #[test]
     fn bucket_shapes_do_not_change_the_result() {
         let lengths = [3, 17, 9, 17, 1, 40, 12, 5, 33];
-        for causal in [false, true] {
-            let host = run(Kernels::Host, None, &lengths, causal);
+        let bias = RelativeBias {
+            values: (0..4 * 11).map(|i| ((i * 13) % 7) as f32 * 0.4 - 1.2).collect(),
+            max_offset: 5,
+            heads: 4,
+        };
+        for (mask, bias) in [
+            (Mask::Full, None),
+            (Mask::Causal, None),
+            (Mask::Window(3), None),
+            (Mask::Full, Some(&bias)),
+            (Mask::Window(6), Some(&bias)),
+            (Mask::Causal, Some(&bias)),
+        ] {
+            let host = run(Kernels::Host, None, &lengths, mask, bias);
             for shapes in [BucketShapes::Exact, BucketShapes::Ladder] {
-                let mlx = run(Kernels::Mlx, Some(shapes), &lengths, causal);
-                let worst = host.iter().zip(&mlx).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(worst < 1e-5, "causal={causal} {shapes:?}: max diff {worst}");
+                let mlx = run(Kernels::Mlx, Some(shapes), &lengths, mask, bias);
+                let worst = max_diff(&host, &mlx);
+                assert!(worst < 1e-5, "{mask:?} bias {} {shapes:?}: max diff {worst}", bias.is_some());
             }
+        }
+    }
+
+    /// A window as wide as the longest sequence is full attention, and a bias that is the
+    /// same at every offset changes nothing (softmax is shift-invariant): each path is
+    /// checked against what attention must compute, not only against the other.
+    #[test]
+    fn windows_and_biases_reduce_to_plain_attention() {
+        let lengths = [3, 17, 9];
+        let flat = RelativeBias { values: vec![0.7; 4 * 3], max_offset: 1, heads: 4 };
+        for kernels in [Kernels::Host, Kernels::Mlx] {
+            let shapes = (kernels == Kernels::Mlx).then_some(BucketShapes::Exact);
+            let full = run(kernels, shapes, &lengths, Mask::Full, None);
+            assert!(max_diff(&full, &run(kernels, shapes, &lengths, Mask::Window(17), None)) < 1e-6);
+            assert!(max_diff(&full, &run(kernels, shapes, &lengths, Mask::Full, Some(&flat))) < 1e-5);
+            let narrow = run(kernels, shapes, &lengths, Mask::Window(1), None);
+            assert!(max_diff(&full, &narrow) > 1e-3, "{kernels:?}: a narrow window must change the result");
         }
     }
 }

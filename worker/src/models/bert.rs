@@ -12,12 +12,40 @@ use mlx_rs::fast::layer_norm;
 use mlx_rs::Array;
 use serde::Deserialize;
 
-use super::attention::{attention, Heads};
-use super::{check_positive, strip_prefix, Activation, Inputs, Kernels, Network};
+use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
+
+use super::attention::{attention, Heads, Mask};
+use super::{
+    check_positive, parse_config, strip_prefix, Activation, Architecture, Inputs, Kernels, Load, Loaded, Network,
+};
 use crate::cpu_attention::HeadBlock;
 use crate::cpu_kernels::add_layer_norm_f32;
+use crate::heads::{check_single_label, CrossEncoder, Scorer};
 use crate::layers::{Embedding, Linear};
 use crate::weights::Weights;
+
+pub const ARCHITECTURE: Architecture = Architecture { family: "bert", check, sanitize, load };
+
+fn check(facts: &ModelFacts) -> Result<()> {
+    let config: BertConfig = parse_config(&facts.config)?;
+    config.check()?;
+    if facts.pooling == Pooling::CrossEncoder {
+        check_single_label(config.num_labels())?;
+    }
+    Ok(())
+}
+
+fn load(l: &mut Load) -> Result<Loaded> {
+    let config: BertConfig = parse_config(&l.facts.config)?;
+    let net = Bert::load(&config, l.weights, l.kernels)?;
+    let scorer = match l.facts.pooling {
+        Pooling::CrossEncoder => {
+            Some(Scorer::CrossEncoder(CrossEncoder::load_bert(config.num_labels(), l.weights, net.hidden_size())?))
+        }
+        _ => None,
+    };
+    Ok(Loaded { network: Box::new(net), scorer })
+}
 
 /// config.json of a BERT model (transformers' `BertConfig`; fields mlx-serve reads).
 #[derive(Debug, Clone, Deserialize)]
@@ -58,7 +86,7 @@ impl BertConfig {
         self.id2label.as_ref().map_or(1, BTreeMap::len)
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         check_positive(&[
             ("hidden_size", self.hidden_size),
             ("num_attention_heads", self.num_attention_heads),
@@ -77,8 +105,14 @@ impl BertConfig {
                 self.num_attention_heads
             );
         }
-        if let Some(t) = self.position_embedding_type.as_deref().filter(|t| *t != "absolute") {
-            bail!("unsupported position_embedding_type {t:?} (only \"absolute\")");
+        match self.position_embedding_type.as_deref() {
+            None | Some("absolute") => {}
+            // jina-embeddings-v2 (BERT with ALiBi), jina-embeddings-v3 (XLM-R with rotary).
+            Some(t @ ("alibi" | "rotary")) => bail!(
+                "config.json: position_embedding_type {t:?} is not implemented (only \"absolute\"): \
+                 the jina-embeddings-v2/v3 variants of this architecture need custom code mlx-serve does not run"
+            ),
+            Some(t) => bail!("config.json: position_embedding_type {t:?} is not implemented (only \"absolute\")"),
         }
         Ok(())
     }
@@ -214,7 +248,7 @@ impl Network for Bert {
                 v: HeadBlock { array: &qkv, col: 2 * width, heads },
                 head_dim: self.head_dim,
             };
-            let ctx = attention(self.kernels, &parts, inputs, scale, false)?;
+            let ctx = attention(self.kernels, &parts, inputs, scale, Mask::Full, None)?;
             // Biases of these three go into the next host kernel (Linear::forward_unbiased).
             let (attn, attn_bias) = layer.attn_out.forward_unbiased(&ctx)?;
             x = layer.attn_norm.add_apply(self.kernels, &attn, attn_bias, &x)?;

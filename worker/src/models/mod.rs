@@ -1,6 +1,8 @@
 //! The transformer networks, one file per architecture: its typed config (deserialized
-//! from config.json, like mlx-lm's `ModelArgs`), its checkpoint-name `sanitize`, its
-//! modules and forward pass.
+//! from config.json, like mlx-lm's `ModelArgs`), the checks that refuse what it does not
+//! compute, its checkpoint-name `sanitize`, its modules and forward pass, and its scoring
+//! heads. Each file exports one [`Architecture`], listed in [`REGISTRY`] under the family
+//! name of its row in `mlx_serve_protocol::architectures` (docs/adding-an-architecture.md).
 //!
 //! Every network takes a packed batch ([`Inputs`], see `packing.rs`) and returns the final
 //! hidden states `[total_tokens, hidden]`, one row per real token; pooling and scoring
@@ -13,12 +15,59 @@ pub mod bert;
 pub mod qwen3;
 pub mod xlm_roberta;
 
+use std::path::Path;
+
 use anyhow::{anyhow, bail, Result};
 use mlx_rs::Array;
+use mlx_serve_protocol::model_dir::ModelFacts;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::heads::Scorer;
 use crate::packing::{AttentionBuckets, Packing};
+use crate::weights::Weights;
+
+/// Every architecture the worker computes, by family name.
+pub const REGISTRY: &[Architecture] = &[bert::ARCHITECTURE, xlm_roberta::ARCHITECTURE, qwen3::ARCHITECTURE];
+
+/// What one architecture file provides.
+pub struct Architecture {
+    /// The family's name in `mlx_serve_protocol::architectures`.
+    pub family: &'static str,
+    /// Refuses, naming the field, every config.json value this code would not honour
+    /// (a position scheme, a RoPE scaling, an attention variant, a head). Runs at pull time
+    /// (`mlx-serve-worker check`, before any weight is downloaded) and again at load.
+    pub check: fn(&ModelFacts) -> Result<()>,
+    /// Checkpoint tensor name → the name the architecture's `load` asks for.
+    pub sanitize: fn(&str) -> String,
+    /// Builds the network (and, for a reranker, its scoring head) from the weights.
+    pub load: fn(&mut Load) -> Result<Loaded>,
+}
+
+/// What `load` gets.
+pub struct Load<'a> {
+    pub facts: &'a ModelFacts,
+    /// The model folder (a reranker's tokenizer.json, for its "yes"/"no" ids).
+    pub dir: &'a Path,
+    pub weights: &'a mut Weights,
+    pub kernels: Kernels,
+}
+
+/// What `load` returns.
+pub struct Loaded {
+    pub network: Box<dyn Network>,
+    /// The reranker's scoring head; `None` for an embedding model (the engine pools).
+    pub scorer: Option<Scorer>,
+}
+
+/// The registered architecture of `facts`' family.
+pub fn architecture(facts: &ModelFacts) -> Result<&'static Architecture> {
+    let family = facts.family.as_str();
+    REGISTRY
+        .iter()
+        .find(|a| a.family == family)
+        .ok_or_else(|| anyhow!("family {family} has no implementation in this worker (a version mismatch?)"))
+}
 
 /// Which code computes the elementwise steps and attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,11 +13,39 @@ use mlx_rs::fast::{rms_norm, rope_dynamic};
 use mlx_rs::Array;
 use serde::Deserialize;
 
-use super::attention::{attention, Heads};
-use super::{check_positive, strip_prefix, Inputs, Kernels, Network};
+use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
+
+use super::attention::{attention, Heads, Mask};
+use super::{check_positive, parse_config, strip_prefix, Architecture, Inputs, Kernels, Load, Loaded, Network};
 use crate::cpu_attention::HeadBlock;
+use crate::heads::{Scorer, YesNo};
 use crate::layers::{Embedding, Linear};
 use crate::weights::Weights;
+
+pub const ARCHITECTURE: Architecture = Architecture { family: "qwen3", check, sanitize, load };
+
+fn check(facts: &ModelFacts) -> Result<()> {
+    let config: Qwen3Config = parse_config(&facts.config)?;
+    config.check()?;
+    config.rope_theta()?;
+    if facts.pooling == Pooling::CrossEncoder {
+        bail!("{}: Qwen3 sequence-classification heads are not implemented", facts.architecture);
+    }
+    Ok(())
+}
+
+fn load(l: &mut Load) -> Result<Loaded> {
+    let config: Qwen3Config = parse_config(&l.facts.config)?;
+    let net = Qwen3::load(&config, l.weights, l.kernels)?;
+    let scorer = match l.facts.pooling {
+        Pooling::YesNo => {
+            let yes_no = YesNo::load(l.dir, l.weights, net.vocab, net.hidden, &net.embed_tokens)?;
+            Some(Scorer::YesNo(yes_no))
+        }
+        _ => None,
+    };
+    Ok(Loaded { network: Box::new(net), scorer })
+}
 
 /// `rope_scaling` / `rope_parameters` of config.json.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -51,6 +79,10 @@ pub struct Qwen3Config {
     pub attention_bias: bool,
     #[serde(default)]
     pub use_sliding_window: bool,
+    /// Bidirectional attention (voyage-4-nano's embedder); transformers' Qwen3Model
+    /// ignores the flag, so a reference must apply it (tests/fixtures/make_fixtures.py).
+    #[serde(default)]
+    pub use_bidirectional_attention: bool,
     /// Top-level `rope_theta` (Hub checkpoints, transformers 4.x).
     #[serde(default)]
     pub rope_theta: Option<f32>,
@@ -106,7 +138,7 @@ impl Qwen3Config {
             );
         }
         if self.use_sliding_window {
-            bail!("sliding-window attention is not supported");
+            bail!("config.json: use_sliding_window true is not implemented (sliding-window attention)");
         }
         Ok(())
     }
@@ -143,6 +175,8 @@ pub struct Qwen3 {
     eps: f32,
     rope_theta: f32,
     vocab: i32,
+    /// False with `use_bidirectional_attention`.
+    causal: bool,
     kernels: Kernels,
 }
 
@@ -188,17 +222,9 @@ impl Qwen3 {
             eps: config.rms_norm_eps,
             rope_theta,
             vocab: config.vocab_size,
+            causal: !config.use_bidirectional_attention,
             kernels,
         })
-    }
-
-    /// The input embedding table `[vocab, hidden]` (the lm_head when embeddings are tied).
-    pub fn embedding(&self) -> &Embedding {
-        &self.embed_tokens
-    }
-
-    pub fn vocab_size(&self) -> i32 {
-        self.vocab
     }
 
     /// Per-head RMSNorm, then RoPE at each token's own position, of `[total, heads *
@@ -264,7 +290,8 @@ impl Network for Qwen3 {
                 v: HeadBlock { array: &qkv, col: (q_width + kv_width) as usize, heads: self.kv_heads as usize },
                 head_dim: self.head_dim,
             };
-            let ctx = attention(self.kernels, &heads, inputs, scale, true)?;
+            let mask = if self.causal { Mask::Causal } else { Mask::Full };
+            let ctx = attention(self.kernels, &heads, inputs, scale, mask, None)?;
             x = x.add(layer.o_proj.forward(&ctx)?)?;
             let r = rms_norm(&x, Some(&layer.post_norm), self.eps)?;
             let gu = layer.gate_up.forward(&r)?;

@@ -12,9 +12,35 @@ use anyhow::Result;
 use mlx_rs::Array;
 use serde::Deserialize;
 
+use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
+
 use super::bert::{legacy_norm_names, Bert, BertConfig};
-use super::{strip_prefix, Inputs, Kernels, Network};
+use super::{parse_config, strip_prefix, Architecture, Inputs, Kernels, Load, Loaded, Network};
+use crate::heads::{check_single_label, CrossEncoder, Scorer};
 use crate::weights::Weights;
+
+pub const ARCHITECTURE: Architecture = Architecture { family: "xlm_roberta", check, sanitize, load };
+
+fn check(facts: &ModelFacts) -> Result<()> {
+    let config: XlmRobertaConfig = parse_config(&facts.config)?;
+    config.bert.check()?;
+    if facts.pooling == Pooling::CrossEncoder {
+        check_single_label(config.bert.num_labels())?;
+    }
+    Ok(())
+}
+
+fn load(l: &mut Load) -> Result<Loaded> {
+    let config: XlmRobertaConfig = parse_config(&l.facts.config)?;
+    let net = XlmRoberta::load(&config, l.weights, l.kernels)?;
+    let scorer = match l.facts.pooling {
+        Pooling::CrossEncoder => {
+            Some(Scorer::CrossEncoder(CrossEncoder::load_xlmr(config.bert.num_labels(), l.weights, net.hidden_size())?))
+        }
+        _ => None,
+    };
+    Ok(Loaded { network: Box::new(net), scorer })
+}
 
 /// config.json of an XLM-RoBERTa model: BERT's fields plus the padding id.
 #[derive(Debug, Clone, Deserialize)]

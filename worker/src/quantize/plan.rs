@@ -24,7 +24,7 @@
 //!   within 30% of its bfloat16 size.
 
 use anyhow::{bail, Result};
-use mlx_serve_protocol::model_dir::{Family, ModelFacts, Pooling};
+use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 
 use crate::weights::QuantSpec;
 
@@ -158,7 +158,7 @@ impl Plan {
         shapes: impl IntoIterator<Item = (&'a str, &'a [i32])>,
     ) -> Plan {
         let layers = facts.config.get("num_hidden_layers").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
-        let yes_no = facts.family == Family::Qwen3 && facts.pooling == Pooling::YesNo;
+        let yes_no = facts.pooling == Pooling::YesNo;
         Plan::for_shapes(base, recipe, overrides, layers, yes_no, shapes)
     }
 

@@ -85,7 +85,7 @@ fn problem(m: &HubModel) -> Option<String> {
     match model_type {
         None => return Some("the Hub lists no model_type for it (no config.json?)".into()),
         Some(t) if Family::of_model_type(t).is_none() => {
-            return Some(format!("architecture {t} is not supported (supported: {})", Family::SUPPORTED_MODEL_TYPES))
+            return Some(format!("architecture {t} is not supported (supported: {})", Family::supported_model_types()))
         }
         Some(_) => {}
     }

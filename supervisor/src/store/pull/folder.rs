@@ -42,7 +42,7 @@ pub(super) async fn pull_folder(
     let mut checked = false;
     for file in &files {
         if file.ends_with(".safetensors") && !checked {
-            check_model(&partial.path, &source, req)?;
+            check_model(&partial.path, &source, req).await?;
             checked = true;
         }
         let from = dir.join(file);
@@ -62,7 +62,7 @@ pub(super) async fn pull_folder(
             metadata::check_safetensors(&to, file)?;
         }
     }
-    let facts = check_model(&partial.path, &source, req)?;
+    let facts = check_model(&partial.path, &source, req).await?;
     let meta = ModelMetadata {
         source_type: "folder".into(),
         source: dir.display().to_string(),

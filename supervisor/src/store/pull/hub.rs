@@ -198,7 +198,7 @@ pub(super) async fn pull_hub(
     let mut checked = false;
     for file in &files {
         if file.ends_with(".safetensors") && !checked {
-            check_model(&partial.path, repo_id, req)?;
+            check_model(&partial.path, repo_id, req).await?;
             checked = true;
         }
         let sibling = info.siblings.iter().find(|s| &s.rfilename == file);
@@ -213,7 +213,7 @@ pub(super) async fn pull_hub(
             .map_err(|e| StoreError::Failed(format!("cannot store {file}: {}", io_problem(&e))))?;
         verify(&cached, &dest, file, sibling).await?;
     }
-    let facts = check_model(&partial.path, repo_id, req)?;
+    let facts = check_model(&partial.path, repo_id, req).await?;
     finish(
         store,
         req,

@@ -20,6 +20,7 @@
 pub(crate) mod files;
 mod folder;
 mod hub;
+mod worker_check;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -94,14 +95,16 @@ pub struct PullOutcome {
     pub metadata: ModelMetadata,
 }
 
-/// Checks the folder holds a model the worker can run, with the type asked for.
-fn check_model(dir: &Path, source: &str, req: &PullRequest) -> Result<model_dir::ModelFacts, StoreError> {
+/// Checks the folder holds a model the worker runs exactly as described, with the type
+/// asked for.
+async fn check_model(dir: &Path, source: &str, req: &PullRequest) -> Result<model_dir::ModelFacts, StoreError> {
     if let Some(kind) = req.kind {
         // model_dir reads the declared type from mlx-serve.json.
         let declared = ModelMetadata { kind: kind.as_str().into(), ..Default::default() };
         declared.write(dir).map_err(|e| StoreError::Failed(io_problem(&e)))?;
     }
     let facts = model_dir::inspect(dir).map_err(|e| StoreError::Refused(format!("{source}: {e}")))?;
+    worker_check::check(&req.worker_bin, dir, source).await?;
     match req.expect_kind {
         Some(want) if want != facts.kind => {
             Err(StoreError::WrongKind { model: req.installed_name(), kind: facts.kind })

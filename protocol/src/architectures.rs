@@ -1,0 +1,159 @@
+//! The architectures mlx-serve runs: one row per family, keyed by config.json's
+//! `model_type`. The row holds what both binaries must know before any weight is read —
+//! whether the network is an encoder or a decoder (default pooling, how a reranker scores),
+//! how many position-table slots come before the first token, and a model card's
+//! instruction format. The code that computes each family is one file in
+//! `worker/src/models/` (registered there by the same name); adding a family is one row
+//! here, one file and one row there (docs/adding-an-architecture.md).
+
+/// Encoder (bidirectional attention: BERT and its descendants) or decoder (causal
+/// attention: the Qwen embedders and LLM rerankers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    Encoder,
+    Decoder,
+}
+
+/// Where a sequence's positions start in the position table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    /// `0..n` (BERT, rotary families).
+    FromZero,
+    /// RoBERTa: `pad_token_id + 1 + i`, so `pad_token_id + 1` slots are never a token's
+    /// (transformers' `create_position_ids_from_input_ids`).
+    AfterPadding,
+}
+
+/// One family of networks the worker implements.
+#[derive(Debug)]
+pub struct Architecture {
+    /// Our name for it (`ModelInfo::family`, `show`), the key of the worker's registry.
+    pub family: &'static str,
+    /// config.json `model_type` values it runs.
+    pub model_types: &'static [&'static str],
+    pub body: Body,
+    pub positions: Positions,
+    /// How the model card prefixes a query with a task description (`{task}`, `{text}`),
+    /// for the API's `instruction` field; `None`: the task is prepended as it is.
+    pub instruction_format: Option<&'static str>,
+    /// `type_vocab_size` when config.json omits it (transformers' config class default).
+    pub type_vocab_default: u32,
+    /// Custom code (`auto_map` classes, `trust_remote_code` models) the worker's file
+    /// reimplements, as `module.Class` suffixes of the `auto_map` entries; any other custom
+    /// code is refused (it may compute something else than the family's standard class).
+    pub custom_code: &'static [&'static str],
+}
+
+/// Qwen3-Embedding's query format, from its model card ("Instruct: {task}\nQuery:{query}").
+const QWEN3_INSTRUCTION: &str = "Instruct: {task}\nQuery:{text}";
+
+/// Every family, in the order `SUPPORTED` lists them.
+pub const ARCHITECTURES: &[Architecture] = &[
+    Architecture {
+        family: "bert",
+        model_types: &["bert"],
+        body: Body::Encoder,
+        positions: Positions::FromZero,
+        instruction_format: None,
+        type_vocab_default: 2,
+        custom_code: &[],
+    },
+    Architecture {
+        family: "xlm_roberta",
+        model_types: &["xlm-roberta", "roberta"],
+        body: Body::Encoder,
+        positions: Positions::AfterPadding,
+        instruction_format: None,
+        type_vocab_default: 2,
+        custom_code: &[],
+    },
+    Architecture {
+        family: "qwen3",
+        model_types: &["qwen3"],
+        body: Body::Decoder,
+        positions: Positions::FromZero,
+        instruction_format: Some(QWEN3_INSTRUCTION),
+        type_vocab_default: 0,
+        custom_code: &[],
+    },
+];
+
+/// A family: a reference to its row (compared by name).
+#[derive(Debug, Clone, Copy)]
+pub struct Family(&'static Architecture);
+
+impl PartialEq for Family {
+    fn eq(&self, other: &Family) -> bool {
+        self.0.family == other.0.family
+    }
+}
+impl Eq for Family {}
+
+impl Family {
+    /// The family of a config.json `model_type`, when the worker runs it.
+    pub fn of_model_type(model_type: &str) -> Option<Family> {
+        ARCHITECTURES.iter().find(|a| a.model_types.contains(&model_type)).map(Family)
+    }
+
+    /// The family registered under `name` (`ModelInfo::family`).
+    pub fn named(name: &str) -> Option<Family> {
+        ARCHITECTURES.iter().find(|a| a.family == name).map(Family)
+    }
+
+    /// The `model_type`s we run, for messages: `bert, xlm-roberta, roberta, qwen3`.
+    pub fn supported_model_types() -> String {
+        ARCHITECTURES.iter().flat_map(|a| a.model_types.iter().copied()).collect::<Vec<_>>().join(", ")
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0.family
+    }
+
+    pub fn spec(self) -> &'static Architecture {
+        self.0
+    }
+
+    pub fn body(self) -> Body {
+        self.0.body
+    }
+
+    /// Whether the worker's file for this family computes the custom class `auto_map`
+    /// names (`repo--module.Class`).
+    pub fn reimplements(self, class: &str) -> bool {
+        self.0.custom_code.iter().any(|c| class.ends_with(c))
+    }
+
+    /// The query with the API's `instruction` applied as the model card writes it.
+    pub fn instructed(self, task: &str, text: &str) -> String {
+        match self.0.instruction_format {
+            Some(format) => format.replace("{task}", task).replace("{text}", text),
+            None => format!("{task}{text}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_model_type_names_one_family() {
+        let mut seen = std::collections::HashSet::new();
+        for a in ARCHITECTURES {
+            assert!(Family::named(a.family).is_some());
+            for t in a.model_types {
+                assert!(seen.insert(*t), "{t} is listed twice");
+                assert_eq!(Family::of_model_type(t).unwrap().as_str(), a.family);
+            }
+        }
+        assert!(Family::of_model_type("gpt2").is_none());
+    }
+
+    #[test]
+    fn qwen3_instruction_is_the_model_cards() {
+        let q = Family::of_model_type("qwen3").unwrap();
+        assert_eq!(q.instructed("Find docs", "what is mlx"), "Instruct: Find docs\nQuery:what is mlx");
+        let b = Family::of_model_type("bert").unwrap();
+        assert_eq!(b.instructed("query: ", "x"), "query: x");
+    }
+}
