@@ -312,10 +312,18 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| repo_root().join(".deps/venv/bin/python"))
 }
 
+/// The test venv's Python with `PYTHONOPTIMIZE` unset, so a developer's setting does not
+/// change how the scripts run (their checks hold under `-O` too: tests/clients/check.py).
+pub fn python_command() -> Command {
+    let mut cmd = Command::new(python());
+    cmd.env_remove("PYTHONOPTIMIZE");
+    cmd
+}
+
 /// Runs a Python client script from tests/clients/ against the server; panics with its
 /// output unless it exits 0.
 pub fn run_client(script: &str, server: &Server, args: &[&str]) -> String {
-    let out = Command::new(python())
+    let out = python_command()
         .arg(repo_root().join("tests/clients").join(script))
         .arg(server.url(""))
         .args(args)
