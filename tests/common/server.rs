@@ -96,6 +96,9 @@ impl Server {
             // reaches the real one (a closed loopback port refuses at once). Tests with a
             // fake hub set HF_ENDPOINT in `env`, which comes after.
             .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            // float32 as the fixtures (common/worker_process.rs, PINNED_DTYPE); `env` may
+            // ask for another.
+            .env("MLX_SERVE_COMPUTE_DTYPE", crate::worker_process::PINNED_DTYPE)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
