@@ -419,11 +419,21 @@ fn listens_on_ipv6_loopback() {
     assert!(server.url("/").starts_with("http://[::1]:"));
     let (status, resp) = server.post("/v1/embeddings", &json!({"model": "tiny-bert-embed", "input": "over IPv6"}));
     assert_eq!(status, 200, "{resp}");
-    // Only there: the IPv4 loopback on the same port is not this server.
-    let v4 = ureq::get(&format!("http://127.0.0.1:{}/health", server.port))
+    // Only there: the IPv4 loopback on the same port is not this server. Another test's
+    // server may have that port on IPv4 (the OS handed it out there too), so what answers,
+    // if anything, must not know this server's model, installed under a name of its own.
+    let own = format!("ipv6-only-{}", std::process::id());
+    mlx_serve_tests::server::link_model(
+        &mlx_serve_tests::fixtures::model_dir("tiny-bert-embed"),
+        &server.home.path().join("models").join(&own),
+    );
+    let (_, listed) = server.get("/v1/models");
+    assert!(listed["data"].as_array().unwrap().iter().any(|m| m["id"] == own.as_str()), "{listed}");
+    let v4 = ureq::get(&format!("http://127.0.0.1:{}/v1/models", server.port))
         .timeout(std::time::Duration::from_secs(5))
-        .call();
-    assert!(v4.is_err(), "also answering on IPv4: {v4:?}");
+        .call()
+        .map(|r| r.into_string().unwrap_or_default());
+    assert!(!v4.as_ref().is_ok_and(|text| text.contains(&own)), "also answering on IPv4: {v4:?}");
     // The CLI finds it and prints a bracketed URL.
     let status = server.cli(&["status"]);
     assert!(status.stdout.contains(&format!("http://[::1]:{}", server.port)), "{}", status.text());

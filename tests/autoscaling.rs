@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlx_serve_tests::manifests::{adapter_rule, missing_tool, render};
+use mlx_serve_tests::manifests::{adapter_rule, render};
 use mlx_serve_tests::prometheus::{self, Prometheus};
 use mlx_serve_tests::server::{Server, ServerOptions};
+use mlx_serve_tests::tools::missing_tool;
 use serde_json::{json, Value};
 
 const MINILM: &str = "all-MiniLM-L6-v2";
@@ -40,10 +41,10 @@ fn adapter_query(template: &str, series: &str, namespace: &str, pod: &str) -> St
 #[test]
 fn autoscaling_metric_rises_with_a_backlog_on_a_real_prometheus() {
     let Some(adapter_yaml) = render("deploy/kubernetes/prometheus-adapter") else {
-        return missing_tool("kubectl or kustomize (Kustomize)");
+        return missing_tool("kustomize", "`kubectl kustomize` or `kustomize` renders deploy/kubernetes");
     };
     let Some(binary) = prometheus::binary() else {
-        return missing_tool("prometheus (Debian package)");
+        return missing_tool("prometheus", "Debian's or Homebrew's package prometheus, or PROMETHEUS_BIN");
     };
     let rule = adapter_rule(&adapter_yaml);
     let series = rule["name"]["matches"].as_str().unwrap().trim_matches(|c| c == '^' || c == '$').to_owned();

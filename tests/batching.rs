@@ -14,10 +14,16 @@ use std::time::Duration;
 use mlx_serve_tests::cli::wait_gone;
 use mlx_serve_tests::fixtures::{cosine, rerank_reference};
 use mlx_serve_tests::process::Frozen;
+use mlx_serve_tests::raw;
 use mlx_serve_tests::server::{run_client, signal, Server, ServerOptions};
 use serde_json::{json, Value};
 
 const MINILM: &str = "all-MiniLM-L6-v2";
+
+/// Config for the tests that freeze a worker: the watchdog (`limits.hung_worker_seconds`)
+/// would find the frozen worker hung, kill it and retry its inputs, which on a loaded
+/// machine can happen before the test has checked its premise.
+const NO_WATCHDOG: &str = "limits:\n  hung_worker_seconds: 0\n";
 
 fn vector(resp: &Value, i: usize) -> Vec<f32> {
     resp["data"][i]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
@@ -182,8 +188,10 @@ fn killed_worker_is_restarted_and_no_request_fails() {
     let pids = server.worker_pids();
     assert_eq!(pids.len(), 1);
     assert_ne!(pids[0], first_pid, "worker was restarted");
-    let log = server.log_text();
-    assert!(log.matches("worker died").count() >= 2, "{log}");
+    // The log arrives through a pipe read by another thread: wait for the lines.
+    server.wait_for("two deaths in the log", Duration::from_secs(10), || {
+        server.log_text().matches("worker died").count() >= 2
+    });
 }
 
 #[test]
@@ -228,6 +236,51 @@ fn queue_bound_answers_429_with_retry_after() {
     assert_eq!(status, 200);
 }
 
+#[test]
+fn tei_and_cohere_routes_answer_429_with_retry_after() {
+    const BERT: &str = "tiny-bert-embed";
+    let server = Arc::new(Server::start(ServerOptions {
+        models: vec![BERT],
+        config: Some(format!("batch:\n  max_batch_size: 1\n  max_queue_size: 1\n{NO_WATCHDOG}")),
+        ..Default::default()
+    }));
+    assert_eq!(server.post("/v1/embeddings", &json!({"model": BERT, "input": "warm up"})).0, 200);
+    // A frozen worker: two one-input batches go to it (one computing, one sent ahead) and
+    // the next input waits in the queue, which is then full.
+    let frozen = Frozen::new(server.worker_pids()[0]);
+    let fillers: Vec<_> = (0..4)
+        .map(|i| {
+            let server = server.clone();
+            std::thread::spawn(move || {
+                server.post("/v1/embeddings", &json!({"model": BERT, "input": format!("filler {i}")})).0
+            })
+        })
+        .collect();
+    server.wait_for("a full queue", Duration::from_secs(30), || server.queue_state(BERT).1 == 1);
+    for (path, body) in [
+        ("/embed", json!({"inputs": "refused"})),
+        ("/v1/embed", json!({"model": BERT, "texts": ["refused"]})),
+        (
+            "/v2/embed",
+            json!({"model": BERT, "texts": ["refused"], "input_type": "search_document", "embedding_types": ["float"]}),
+        ),
+    ] {
+        let a = raw::post_json(server.port, path, &[], &body);
+        assert_eq!(a.status, 429, "{path}: {a:?}");
+        assert!(a.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok()), "{path}: no Retry-After: {a:?}");
+        let v = a.json();
+        if path == "/embed" {
+            assert_eq!(v["error_type"], "Overloaded", "TEI shape: {a:?}");
+        } else {
+            assert!(v["message"].is_string() && v["id"].is_string(), "Cohere shape: {a:?}");
+        }
+    }
+    drop(frozen);
+    for f in fillers {
+        assert!(matches!(f.join().unwrap(), 200 | 429));
+    }
+}
+
 /// Inputs the runner of `model` has accepted since `dispatched_before` (a reading of
 /// [`dispatched`]): the ones sent to the worker plus the ones waiting in its queue.
 fn accepted(server: &Server, model: &str, dispatched_before: f64) -> f64 {
@@ -241,7 +294,8 @@ fn dispatched(server: &Server) -> f64 {
 
 #[test]
 fn sigterm_finishes_accepted_requests_then_exits_zero() {
-    let server = Server::start(ServerOptions { models: vec![MINILM], ..Default::default() });
+    let server =
+        Server::start(ServerOptions { models: vec![MINILM], config: Some(NO_WATCHDOG.into()), ..Default::default() });
     let (status, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm up"}));
     assert_eq!(status, 200);
     let worker = server.worker_pids()[0];
@@ -370,7 +424,11 @@ fn tokens_total(server: &Server, model: &str) -> f64 {
 
 #[test]
 fn disconnected_clients_have_their_queued_inputs_dropped() {
-    let server = Arc::new(Server::start(ServerOptions { models: vec![MINILM], ..Default::default() }));
+    let server = Arc::new(Server::start(ServerOptions {
+        models: vec![MINILM],
+        config: Some(NO_WATCHDOG.into()),
+        ..Default::default()
+    }));
     let (status, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm"}));
     assert_eq!(status, 200);
     let before = tokens_total(&server, MINILM);
@@ -427,13 +485,40 @@ fn ready_and_health() {
 }
 
 #[test]
+fn ready_answers_503_while_shutting_down() {
+    // One connection at most: a second one is closed at once while the first holds the
+    // slot, which tells the test that the server has accepted the first.
+    let server = Server::start(ServerOptions {
+        models: vec![MINILM],
+        config: Some("server:\n  max_connections: 1\n".into()),
+        ..Default::default()
+    });
+    let mut first = raw::connect(server.port, Duration::from_secs(30));
+    first.write_all(b"GET /ready HTTP/1.1\r\n").unwrap();
+    let mut second = raw::connect(server.port, Duration::from_secs(30));
+    assert!(raw::closed_by_server(&mut second), "the second connection was served: the first was not accepted");
+    // SIGTERM: the server stops accepting and finishes the requests on its connections;
+    // the first one's request arrives now, during the drain.
+    signal(server.pid(), nix::sys::signal::Signal::SIGTERM);
+    server.wait_for("the shutdown in the log", Duration::from_secs(10), || {
+        server.log_text().contains("SIGTERM: shutting down")
+    });
+    first.write_all(b"Host: x\r\n\r\n").unwrap();
+    let answer = raw::read_answer(&mut first).expect("an answer during the drain");
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(answer.header("retry-after").as_deref(), Some("1"), "{answer:?}");
+    assert_eq!(answer.json()["error"]["code"], "unavailable", "{answer:?}");
+    assert_eq!(server.wait_exit(), Some(0));
+}
+
+#[test]
 fn poison_input_fails_alone_after_two_crashes() {
     // The worker aborts on any batch holding token 7777 (test fault injection), like an
     // MLX abort on a bad input would. Token 7777 is an ordinary vocabulary id.
     let server = Arc::new(Server::start(ServerOptions {
         models: vec![MINILM],
         env: vec![("MLX_SERVE_WORKER_ABORT_ON_TOKEN".into(), "7777".into())],
-        config: Some("batch:\n  max_wait_ms: 50\n".into()),
+        config: Some(format!("batch:\n  max_wait_ms: 50\n{NO_WATCHDOG}")),
         ..Default::default()
     }));
     let (status, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm up"}));
@@ -475,7 +560,7 @@ fn poison_input_fails_alone_after_two_crashes() {
     assert!(message.contains("crashed twice"), "{message}");
     // The nine went to the worker together (one batch of 9) and that batch crashed it.
     assert_eq!(batches_of_9_to_16() - shared_before, 1.0, "the poison never shared a batch with the innocent inputs");
-    assert!(crashes() >= 2, "{}", server.log_text());
+    server.wait_for("two crashes in the log", Duration::from_secs(10), || crashes() >= 2);
     // The model keeps serving.
     let (status, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "still alive"}));
     assert_eq!(status, 200);

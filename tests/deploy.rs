@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use mlx_serve_tests::cli::Home;
 use mlx_serve_tests::fixtures::repo_root;
-use mlx_serve_tests::manifests::{adapter_rule, config_map, documents, find, missing_tool, render};
+use mlx_serve_tests::manifests::{adapter_rule, config_map, documents, find, render};
 use mlx_serve_tests::server::python;
+use mlx_serve_tests::tools::missing_tool;
 use serde_json::{json, Value};
 
 /// Oldest and newest Kubernetes versions the manifests must validate against.
@@ -161,7 +162,7 @@ fn check_overlay(dir: &str, yaml: &str, image_tag: &str) -> Vec<Value> {
 fn kubernetes_manifests_render_validate_and_agree() {
     let overlays = [("deploy/kubernetes/overlays/cpu", "cpu"), ("deploy/kubernetes/overlays/cuda", "cuda")];
     let Some(adapter_yaml) = render("deploy/kubernetes/prometheus-adapter") else {
-        return missing_tool("kubectl or kustomize (Kustomize)");
+        return missing_tool("kustomize", "`kubectl kustomize` or `kustomize` renders deploy/kubernetes");
     };
     let mut rendered = vec![("deploy/kubernetes/prometheus-adapter", adapter_yaml.clone())];
     for (dir, tag) in overlays {

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use mlx_serve_tests::fixtures::{embed_reference, max_abs_diff, model_dir, repo_root};
-use mlx_serve_tests::server::{run_client, Server, ServerOptions};
+use mlx_serve_tests::server::{python_command, run_client, Server, ServerOptions};
 use serde_json::{json, Value};
 
 const QWEN: &str = "tiny-qwen3-embed";
@@ -287,4 +287,103 @@ fn openapi_document_validates_and_lists_every_readme_route() {
     assert_eq!(status, 200);
     assert!(html.contains("<title>mlx-serve API</title>"));
     assert_eq!(server.stop(), Some(0));
+}
+
+#[test]
+fn client_scripts_check_without_bare_asserts() {
+    // `python -O` (PYTHONOPTIMIZE) removes `assert` statements: a script checking with them
+    // would pass on any answer. Python's own parser finds them, wherever they hide.
+    let finder = "import ast, glob, os, sys\n\
+        for p in sorted(glob.glob(os.path.join(sys.argv[1], '*.py'))):\n\
+        \x20   for n in ast.walk(ast.parse(open(p, encoding='utf-8').read())):\n\
+        \x20       if isinstance(n, ast.Assert):\n\
+        \x20           print(f'{os.path.basename(p)}:{n.lineno}')\n";
+    let out = python_command().args(["-c", finder]).arg(repo_root().join("tests/clients")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert!(found.is_empty(), "bare `assert` in client scripts (use check() from check.py):\n{found}");
+}
+
+#[test]
+fn cohere_output_dimension_keeps_the_first_dimensions_renormalized() {
+    const BERT: &str = "tiny-bert-embed";
+    let server = Server::start(ServerOptions { models: vec![BERT], ..Default::default() });
+    let case = &embed_reference(BERT).unwrap().cases[0];
+    let full = case.embeddings[0].len();
+    let n = full / 2;
+    // sentence-transformers' truncate_dim on a normalized model: the first n values,
+    // normalized again (computed here from the reference vectors).
+    let want: Vec<Vec<f32>> = case
+        .embeddings
+        .iter()
+        .map(|v| {
+            let head = &v[..n];
+            let norm = head.iter().map(|x| x * x).sum::<f32>().sqrt();
+            head.iter().map(|x| x / norm).collect()
+        })
+        .collect();
+    let body = json!({"model": BERT, "texts": case.texts, "embedding_types": ["float"], "output_dimension": n});
+    let (status, resp) = server.post("/v2/embed", &body);
+    assert_eq!(status, 200, "{resp}");
+    let got: Vec<Vec<f32>> = serde_json::from_value(resp["embeddings"]["float"].clone()).unwrap();
+    assert_rows(&got, &want, "/v2/embed output_dimension");
+    let (status, resp) = server.post("/v1/embed", &json!({"model": BERT, "texts": case.texts, "output_dimension": n}));
+    assert_eq!(status, 200, "{resp}");
+    let got: Vec<Vec<f32>> = serde_json::from_value(resp["embeddings"].clone()).unwrap();
+    assert_rows(&got, &want, "/v1/embed output_dimension");
+    // More dimensions than the model has, or none: Cohere's error shape.
+    for bad in [full + 1, 0] {
+        let (status, resp) = server.post("/v2/embed", &json!({"model": BERT, "texts": ["x"], "output_dimension": bad}));
+        assert_eq!(status, 400, "output_dimension {bad}: {resp}");
+        assert!(
+            resp["id"].is_string() && resp["message"].as_str().is_some_and(|m| m.contains("output_dimension")),
+            "{resp}"
+        );
+    }
+}
+
+#[test]
+fn truncate_false_refuses_long_inputs_on_every_route() {
+    const BERT: &str = "tiny-bert-embed";
+    const RERANK: &str = "tiny-bert-rerank";
+    let long = "word ".repeat(5000);
+    let server = Server::start(ServerOptions { models: vec![BERT, RERANK], ..Default::default() });
+    // Each route's own way to say it, refused in its own error shape; truncated without it.
+    let refused: [(&str, Value, fn(&Value) -> bool); 5] = [
+        ("/embed", json!({"model": BERT, "inputs": long, "truncate": false}), |v| v["error_type"] == "Validation"),
+        ("/v2/embed", json!({"model": BERT, "texts": [long], "truncate": "NONE"}), |v| {
+            v["id"].is_string() && v["message"].is_string()
+        }),
+        ("/api/embed", json!({"model": BERT, "input": long, "truncate": false}), |v| v["error"].is_string()),
+        ("/v1/embeddings", json!({"model": BERT, "input": long, "truncate": false}), |v| {
+            v["error"]["code"] == "context_length_exceeded"
+        }),
+        ("/v1/rerank", json!({"model": RERANK, "query": "q", "documents": [long], "truncate": false}), |v| {
+            v["error"]["code"] == "context_length_exceeded"
+        }),
+    ];
+    for (path, body, shape) in refused {
+        let (status, v) = server.post(path, &body);
+        assert_eq!(status, 400, "{path}: {v}");
+        assert!(shape(&v), "{path}: not the route's error shape: {v}");
+        let text = v.to_string();
+        assert!(text.contains("longer than the model's limit"), "{path}: {v}");
+        let mut truncated = body.clone();
+        truncated["truncate"] = if path == "/v2/embed" { json!("END") } else { json!(true) };
+        let (status, v) = server.post(path, &truncated);
+        assert_eq!(status, 200, "{path} truncating: {v}");
+    }
+    drop(server);
+    // `limits.truncate: false`: refused without a flag, truncated when the request asks.
+    let server = Server::start(ServerOptions {
+        models: vec![BERT],
+        config: Some("limits:\n  truncate: false\n".into()),
+        ..Default::default()
+    });
+    let (status, v) = server.post("/v1/embeddings", &json!({"model": BERT, "input": long}));
+    assert_eq!((status, &v["error"]["code"]), (400, &json!("context_length_exceeded")), "{v}");
+    let (status, v) = server.post("/embed", &json!({"inputs": long}));
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = server.post("/v1/embeddings", &json!({"model": BERT, "input": long, "truncate": true}));
+    assert_eq!(status, 200, "{v}");
 }

@@ -141,8 +141,11 @@ fn a_stopped_worker_is_killed_by_the_watchdog_and_no_request_fails() {
         "the stopped worker {stopped} was not killed and reaped"
     );
     assert_ne!(fresh, stopped);
+    // The log arrives through a pipe read by another thread: wait for the line.
+    server.wait_for("the death in the log", Duration::from_secs(10), || {
+        server.log_text().contains("worker died: stopped (SIGSTOP) during a batch")
+    });
     let log = server.log_text();
-    assert!(log.contains("worker died: stopped (SIGSTOP) during a batch"), "{log}");
     assert!(log.contains("implicates_input=false"), "a stopped worker is not its input's fault:\n{log}");
     println!("stopped worker replaced and 32 more requests answered {:.1} s after SIGSTOP", recovered.as_secs_f64());
 }
@@ -240,6 +243,9 @@ fn two_kills_a_second_apart_fail_no_request() {
     let failures = join_all(clients);
     assert!(failures.is_empty(), "requests failed across two kills: {failures:?}");
     assert_ne!(third, first);
+    server.wait_for("both deaths in the log", Duration::from_secs(10), || {
+        server.log_text().matches("worker died: killed by SIGKILL").count() >= 2
+    });
     let log = server.log_text();
     assert_eq!(log.matches("worker died: killed by SIGKILL").count(), 2, "{log}");
     assert!(!log.contains("implicates_input=true"), "a kill from outside is not the input's fault:\n{log}");

@@ -10,20 +10,25 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use mlx_serve_tests::cli::{run, Home};
-use mlx_serve_tests::raw::{self, closed_by_server, connect, proc_kib, read_answer};
+use mlx_serve_tests::raw::{self, closed_by_server, connect, read_answer};
 use mlx_serve_tests::server::{Server, ServerOptions};
 use serde_json::{json, Value};
 
 /// The supervisor's peak memory while `send` runs, above its memory just before, in bytes.
+/// Linux only, like the tests that use it: the peak since a chosen moment needs Linux's
+/// `clear_refs`, and macOS keeps only a process's lifetime peak, which the server's start
+/// and warm-up already set.
+#[cfg(target_os = "linux")]
 fn peak_growth(server: &Server, send: impl FnOnce()) -> u64 {
     // VmHWM is the peak since the process started: reset it so only `send` counts
     // (writing 5 to clear_refs resets the high-water mark, Linux ≥ 4.0).
     std::fs::write(format!("/proc/{}/clear_refs", server.pid()), "5").expect("reset VmHWM");
-    let before = proc_kib(server.pid(), "VmRSS");
+    let before = raw::proc_kib(server.pid(), "VmRSS");
     send();
-    (proc_kib(server.pid(), "VmHWM").saturating_sub(before)) * 1024
+    (raw::proc_kib(server.pid(), "VmHWM").saturating_sub(before)) * 1024
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn huge_texts_cost_a_bounded_multiple_of_their_size() {
     let server =
@@ -63,6 +68,7 @@ fn huge_texts_cost_a_bounded_multiple_of_their_size() {
     assert_eq!((status, v["error"]["code"].as_str()), (400, Some("context_length_exceeded")), "{v}");
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 #[ignore = "not done: a 3 MiB rerank body of two equal 1M-word texts peaks at ~175 MiB in the supervisor (10 GB before the pair-heads fix), above 5x the body; the allocation is not found yet"]
 fn a_huge_rerank_pair_costs_a_bounded_multiple_of_its_size() {
@@ -202,13 +208,59 @@ fn a_body_refused_unread_is_drained_so_the_client_reads_its_answer() {
 }
 
 #[test]
+fn a_chunked_body_over_the_limit_is_refused() {
+    // No Content-Length: the limit can only be found while the body arrives.
+    let server = Server::start(ServerOptions {
+        models: vec!["tiny-bert-embed"],
+        config: Some("limits:\n  max_request_bytes: 65536\n".into()),
+        ..Default::default()
+    });
+    let send = |body: Vec<u8>| {
+        let mut s = connect(server.port, Duration::from_secs(60));
+        let head = "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+        s.write_all(head.as_bytes()).unwrap();
+        // Written by another thread while this one reads: a server that answers before the
+        // body ends is read at once, whatever it does with the rest.
+        let mut writer = s.try_clone().unwrap();
+        let written = std::thread::spawn(move || {
+            for chunk in body.chunks(8192) {
+                let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), chunk, b"\r\n"].concat();
+                if writer.write_all(&framed).is_err() {
+                    return;
+                }
+            }
+            let _ = writer.write_all(b"0\r\n\r\n");
+        });
+        let answer = read_answer(&mut s).expect("an answer");
+        drop(s);
+        written.join().unwrap();
+        answer
+    };
+    let body =
+        |words: usize| serde_json::to_vec(&json!({"model": "tiny-bert-embed", "input": "x ".repeat(words)})).unwrap();
+    // Under the limit (about 40 KB), in chunks: served.
+    let a = send(body(20_000));
+    assert_eq!(a.status, 200, "{a:?}");
+    // Over it (about 120 KB and 1 MB): refused with 413, naming the limit.
+    for words in [60_000, 500_000] {
+        let a = send(body(words));
+        assert_eq!(a.status, 413, "{words} words: {a:?}");
+        assert!(a.body.contains("max_request_bytes"), "{a:?}");
+    }
+    assert_eq!(server.post("/v1/embeddings", &json!({"model": "tiny-bert-embed", "input": "ok"})).0, 200);
+}
+
+#[test]
 fn slow_clients_are_dropped_and_others_are_served() {
-    let config = "server:\n  header_read_timeout_seconds: 2\n  body_read_timeout_seconds: 2\n";
+    let config = "server:\n  header_read_timeout_seconds: 5\n  body_read_timeout_seconds: 2\n";
     let server = Server::start(ServerOptions {
         models: vec!["tiny-bert-embed"],
         config: Some(config.into()),
         ..Default::default()
     });
+    let embed = || server.post("/v1/embeddings", &json!({"model": "tiny-bert-embed", "input": "hello"}));
+    // The worker loads now, not beside the slow clients.
+    assert_eq!(embed().0, 200);
     let request = b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n";
     // 200 connections sending their headers one byte a second.
     let mut slow: Vec<_> = (0..200).map(|_| Some(connect(server.port, Duration::from_millis(1)))).collect();
@@ -220,7 +272,7 @@ fn slow_clients_are_dropped_and_others_are_served() {
     let start = Instant::now();
     let mut closed_at = vec![None; slow.len()];
     let mut served = 0;
-    for second in 0..10 {
+    for second in 0..15 {
         for (i, conn) in slow.iter_mut().enumerate() {
             let Some(s) = conn else { continue };
             let gone = s.write_all(&request[second..second + 1]).is_err() || closed_by_server(s);
@@ -229,11 +281,15 @@ fn slow_clients_are_dropped_and_others_are_served() {
                 *conn = None;
             }
         }
-        // A normal client meanwhile: answered, and quickly.
-        let t = Instant::now();
-        let (status, v) = server.post("/v1/embeddings", &json!({"model": "tiny-bert-embed", "input": "hello"}));
+        // A normal client meanwhile is answered. The first one while every slow client is
+        // still connected: not after the server dropped them, which a server busy with
+        // them could only have done (no clock involved but the 5 s header timeout).
+        let (status, v) = embed();
         assert_eq!(status, 200, "{v}");
-        assert!(t.elapsed() < Duration::from_secs(2), "a normal request took {:?} beside slow clients", t.elapsed());
+        if second == 0 {
+            let open = slow.iter_mut().flatten().map(|s| !closed_by_server(s)).filter(|&open| open).count();
+            assert_eq!(open, 200, "a normal request was answered only once slow clients were dropped");
+        }
         served += 1;
         if slow.iter().all(Option::is_none) {
             break;
@@ -242,7 +298,7 @@ fn slow_clients_are_dropped_and_others_are_served() {
         std::thread::sleep(Duration::from_secs(1));
     }
     let open = closed_at.iter().filter(|c| c.is_none()).count();
-    assert_eq!(open, 0, "{open} of 200 slow connections still open after {:?} (header timeout 2 s)", start.elapsed());
+    assert_eq!(open, 0, "{open} of 200 slow connections still open after {:?} (header timeout 5 s)", start.elapsed());
     assert!(served >= 2);
     let a = read_answer(&mut stalled).expect("a 408 for the stalled body");
     assert_eq!(a.status, 408, "{a:?}");
@@ -252,7 +308,9 @@ fn slow_clients_are_dropped_and_others_are_served() {
 
 #[test]
 fn connections_past_the_cap_are_closed_at_once() {
-    let config = "server:\n  max_connections: 20\n";
+    // A header timeout far longer than the test waits: a connection closed within the wait
+    // was closed by the cap, however slow the machine.
+    let config = "server:\n  max_connections: 20\n  header_read_timeout_seconds: 300\n";
     let server = Server::start(ServerOptions {
         models: vec!["tiny-bert-embed"],
         config: Some(config.into()),
@@ -261,18 +319,16 @@ fn connections_past_the_cap_are_closed_at_once() {
     let held: Vec<_> = (0..20).map(|_| connect(server.port, Duration::from_secs(5))).collect();
     // The 21st connection is accepted and closed without an answer. The kernel accepts
     // connections before the server does, so "closed" is what the client can observe.
-    let mut extra = connect(server.port, Duration::from_secs(5));
-    let t = Instant::now();
+    let mut extra = connect(server.port, Duration::from_secs(60));
     assert!(closed_by_server(&mut extra), "the 21st connection stayed open");
-    assert!(t.elapsed() < Duration::from_secs(3), "closing took {:?}", t.elapsed());
     // The log arrives through a pipe read by another thread: wait for the line.
     server.wait_for("the refusal in the log", Duration::from_secs(10), || {
         server.log_text().contains("server.max_connections (20) reached")
     });
     // Once clients leave, new ones are served (the server sees the close and frees the slot;
-    // it may take a moment, so retry for up to 5 s).
+    // it may take a moment, so retry).
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut s = connect(server.port, Duration::from_secs(5));
         let ok = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").is_ok()

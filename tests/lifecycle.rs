@@ -1,7 +1,7 @@
 //! The server's lifecycle through the real `mlx-serve` binary: background start / status /
 //! stop (one, --all, --force), stale PID files, busy ports, every `ctl` command against a
-//! live server with real workers, the request log, and the launchd/systemd files that
-//! `service install` writes.
+//! live server with real workers, the request log, the launchd/systemd files that
+//! `service install` writes, and what `service start/stop` ask of the service manager.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,7 +11,8 @@ use std::time::Duration;
 use mlx_serve_tests::cli::{
     candidate_port, parse_started, process_alive, retry_on_port_clash, wait_gone, Home, Started,
 };
-use mlx_serve_tests::server::{python, Server, ServerOptions};
+use mlx_serve_tests::server::{python_command, Server, ServerOptions};
+use mlx_serve_tests::tools::missing_tool;
 use serde_json::{json, Value};
 
 /// `mlx-serve start --port PORT ARGS`; `Err` with the output when it fails (a port another
@@ -348,7 +349,7 @@ fn foreground_server_is_seen_by_status_and_stop() {
 
 fn plist(path: &Path) -> Value {
     let script = "import json, plistlib, sys; print(json.dumps(plistlib.load(open(sys.argv[1], 'rb'))))";
-    let out = Command::new(python()).args(["-c", script]).arg(path).output().expect("python");
+    let out = python_command().args(["-c", script]).arg(path).output().expect("python");
     assert!(out.status.success(), "plistlib: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -415,8 +416,10 @@ fn systemd_unit_is_valid() {
         assert!(unit.lines().any(|l| l == line), "no {line:?} in:\n{unit}");
     }
 
-    // systemd's own checker, where it is installed (Debian package systemd).
-    if Command::new("systemd-analyze").arg("--version").output().is_ok() {
+    // systemd's own checker (Debian package systemd; no Mac has it).
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        missing_tool("systemd-analyze", "Debian's package systemd checks the unit");
+    } else {
         let out = Command::new("systemd-analyze").args(["verify"]).arg(&unit_path).output().unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "systemd-analyze verify:\n{text}\n{unit}");
@@ -426,8 +429,6 @@ fn systemd_unit_is_valid() {
         std::fs::write(&broken, unit.replace("ExecStart=", "ExecStart=/nonexistent/")).unwrap();
         let out = Command::new("systemd-analyze").args(["verify"]).arg(&broken).output().unwrap();
         assert!(!out.status.success(), "systemd-analyze accepted a missing binary");
-    } else {
-        eprintln!("systemd-analyze not installed: unit checked by its lines only");
     }
 
     // start/stop go through systemctl --user; without a user manager they fail clearly.
@@ -443,4 +444,130 @@ fn systemd_unit_is_valid() {
     let out = home.run(&["service", "install", "--manager", "systemd"]);
     assert!(!out.ok() && out.stderr.contains("brew services"), "{}", out.text());
     assert!(!unit_path.exists());
+}
+
+/// A stand-in for a service manager's command line tool (`systemctl`, `launchctl`) in a
+/// folder of its own: it appends its arguments to `calls`, keeps "loaded" in `state` (set
+/// by `bootstrap`, cleared by `bootout`; `print` fails while unloaded, as launchctl's does)
+/// and exits `$FAKE_EXIT` (default 0) with a message. Shell builtins only: the commands
+/// under test run with this folder alone on PATH.
+struct FakeManager {
+    dir: tempfile::TempDir,
+}
+
+impl FakeManager {
+    fn new(tool: &str) -> FakeManager {
+        let dir = tempfile::tempdir().unwrap();
+        let (calls, state) = (dir.path().join("calls"), dir.path().join("state"));
+        let script = format!(
+            "#!/bin/sh\n\
+             echo \"$*\" >> '{calls}'\n\
+             case \"$1\" in\n\
+             \x20 print) [ -s '{state}' ] || exit 113 ;;\n\
+             \x20 bootstrap) echo loaded > '{state}' ;;\n\
+             \x20 bootout) : > '{state}' ;;\n\
+             esac\n\
+             if [ \"${{FAKE_EXIT:-0}}\" != 0 ]; then echo 'Failed to connect to bus: No medium found' >&2; fi\n\
+             exit \"${{FAKE_EXIT:-0}}\"\n",
+            calls = calls.display(),
+            state = state.display()
+        );
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(bin.join(tool), script).unwrap();
+        std::fs::set_permissions(bin.join(tool), std::fs::Permissions::from_mode(0o755)).unwrap();
+        FakeManager { dir }
+    }
+
+    fn path(&self) -> String {
+        self.dir.path().join("bin").display().to_string()
+    }
+
+    /// The calls since the last look, one line each.
+    fn calls(&self) -> Vec<String> {
+        let file = self.dir.path().join("calls");
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let _ = std::fs::remove_file(&file);
+        text.lines().map(str::to_owned).collect()
+    }
+}
+
+#[test]
+fn service_start_and_stop_drive_systemd() {
+    let home = Home::new(&[]);
+    home.write_config("service:\n  auto_start: false\n");
+    let systemctl = FakeManager::new("systemctl");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec![("PATH", systemctl.path())];
+        all.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
+        let env: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        home.run_env(args, &env, Duration::from_secs(30))
+    };
+    // Not installed: said so, and systemd is not asked.
+    let out = run(&["service", "start", "--manager", "systemd"], &[]);
+    assert!(!out.ok() && out.stderr.contains("not installed"), "{}", out.text());
+    assert!(systemctl.calls().is_empty());
+    let out = run(&["service", "install", "--manager", "systemd"], &[]);
+    assert!(out.ok(), "{}", out.text());
+    assert_eq!(systemctl.calls(), ["--user daemon-reload"], "auto_start false: loaded, not started");
+    for verb in ["start", "stop"] {
+        let out = run(&["service", verb, "--manager", "systemd"], &[]);
+        assert!(out.ok() && out.stdout.contains(&format!("mlx-serve.service: {verb} done")), "{}", out.text());
+        assert_eq!(systemctl.calls(), [format!("--user {verb} mlx-serve.service")]);
+    }
+    // systemctl fails (no user session bus): its words in one error line.
+    let out = run(&["service", "start", "--manager", "systemd"], &[("FAKE_EXIT", "1")]);
+    assert!(!out.ok(), "{}", out.text());
+    let line = out.stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{}", out.text()));
+    assert!(line.contains("systemctl --user start failed") && line.contains("Failed to connect to bus"), "{line}");
+    assert!(!out.stderr.contains("panicked"), "{}", out.text());
+    // No systemd at all.
+    let empty = tempfile::tempdir().unwrap();
+    let out = home.run_env(
+        &["service", "stop", "--manager", "systemd"],
+        &[("PATH", empty.path().to_str().unwrap())],
+        Duration::from_secs(30),
+    );
+    assert!(!out.ok() && out.stderr.contains("systemctl not found"), "{}", out.text());
+}
+
+#[test]
+fn service_start_and_stop_drive_launchd() {
+    let home = Home::new(&[]);
+    home.write_config("service:\n  auto_start: false\n");
+    let launchctl = FakeManager::new("launchctl");
+    let env = [("PATH", launchctl.path())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = |args: &[&str]| home.run_env(args, &env, Duration::from_secs(30));
+    let uid = nix::unistd::getuid();
+    let plist = home.user_home.join("Library/LaunchAgents/com.mlx-serve.server.plist");
+    let out = run(&["service", "install", "--manager", "launchd"]);
+    assert!(out.ok() && plist.is_file(), "{}", out.text());
+    assert_eq!(launchctl.calls(), [format!("print gui/{uid}/com.mlx-serve.server")], "auto_start false: not loaded");
+    // start: load the agent, then run it now.
+    let out = run(&["service", "start", "--manager", "launchd"]);
+    assert!(out.ok() && out.stdout.contains("started"), "{}", out.text());
+    assert_eq!(
+        launchctl.calls(),
+        [
+            format!("print gui/{uid}/com.mlx-serve.server"),
+            format!("bootstrap gui/{uid} {}", plist.display()),
+            format!("kickstart gui/{uid}/com.mlx-serve.server"),
+        ]
+    );
+    // stop: unload it.
+    let out = run(&["service", "stop", "--manager", "launchd"]);
+    assert!(out.ok() && out.stdout.contains("stopped"), "{}", out.text());
+    assert_eq!(
+        launchctl.calls(),
+        [format!("print gui/{uid}/com.mlx-serve.server"), format!("bootout gui/{uid}/com.mlx-serve.server")]
+    );
+    // Without launchctl (Linux): a clear refusal.
+    let empty = tempfile::tempdir().unwrap();
+    let out = home.run_env(
+        &["service", "start", "--manager", "launchd"],
+        &[("PATH", empty.path().to_str().unwrap())],
+        Duration::from_secs(30),
+    );
+    assert!(!out.ok() && out.stderr.contains("launchctl not found"), "{}", out.text());
 }

@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mlx_serve_tests::balancer::Balancer;
+use mlx_serve_tests::balancer::{self, Balancer};
 use mlx_serve_tests::fixtures::cosine;
 use mlx_serve_tests::server::{child_pids, signal, Server, ServerOptions};
+use mlx_serve_tests::tools::missing_tool;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
@@ -133,6 +134,9 @@ fn ready(server: &Server) -> bool {
 
 #[test]
 fn replicas_behind_haproxy_lose_nothing_to_a_drain_and_only_started_responses_to_a_kill() {
+    let Some(haproxy) = balancer::haproxy() else {
+        return missing_tool("haproxy", "Debian's package haproxy (scripts/setup installs it), or Homebrew's");
+    };
     let t0 = Instant::now();
     let start = || {
         std::thread::spawn(|| {
@@ -152,7 +156,7 @@ fn replicas_behind_haproxy_lose_nothing_to_a_drain_and_only_started_responses_to
     for s in &servers[1..] {
         assert_eq!(s.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm up"})).0, 200);
     }
-    let lb = Balancer::start(&[servers[0].port, servers[1].port, servers[2].port]);
+    let lb = Balancer::start(&haproxy, &[servers[0].port, servers[1].port, servers[2].port]);
     let mut servers: Vec<Option<Server>> = servers.into_iter().map(Some).collect();
     for name in ["mac1", "mac2", "mac3"] {
         lb.wait_for(name, Duration::from_secs(10), |s| s.status == "UP");

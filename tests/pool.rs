@@ -117,10 +117,11 @@ fn preloaded_models_are_exempt_from_the_ttl() {
 
 #[test]
 fn busy_worker_is_not_evicted() {
-    // TTL off; room for two embedding models.
+    // TTL off; room for two embedding models; no watchdog, which would find the frozen
+    // worker hung and replace it (the premise is a busy worker, kept).
     let server = Arc::new(Server::start(ServerOptions {
         models: vec![MINILM, "tiny-bert-embed", "tiny-xlmr-embed"],
-        config: Some("cache:\n  ttl_seconds: 0\n  max_embedding_models: 2\n".into()),
+        config: Some("cache:\n  ttl_seconds: 0\n  max_embedding_models: 2\nlimits:\n  hung_worker_seconds: 0\n".into()),
         ..Default::default()
     }));
     embed_ok(&server, MINILM);

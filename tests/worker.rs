@@ -265,6 +265,21 @@ fn bf16_weights_in_shards_load_and_compute_in_f32() {
     assert!(1.0 - min_cos <= HALF_PRECISION_FACTOR * torch, "bf16 weights: min cosine {min_cos}");
 }
 
+#[test]
+fn auto_compute_dtype_is_float32_on_a_cpu_and_half_precision_on_a_gpu() {
+    // The harness pins float32 (common/worker_process.rs); `auto` is what users get.
+    let (_, info) = Worker::ready(&fixtures::model_dir("tiny-bert-embed"), &["--compute-dtype", "auto"]).unwrap();
+    match info.device.as_str() {
+        "cpu" => assert_eq!(info.compute_dtype, "float32"),
+        _ => assert!(
+            matches!(info.compute_dtype.as_str(), "float16" | "bfloat16"),
+            "{} on {}",
+            info.compute_dtype,
+            info.device
+        ),
+    }
+}
+
 /// torch's own error in `dtype` on `model` (tests/fixtures/reference/half_precision.json,
 /// written by make_fixtures.py): embeddings `1 - min cosine`, rerankers max |score diff|.
 fn torch_half_precision_error(model: &str, dtype: &str) -> f64 {

@@ -2,32 +2,35 @@
 own way to pass a key works, a wrong or missing key is the client's authentication error.
 
 Usage: python api_key_clients.py BASE_URL KEY EMBED_MODEL RERANK_MODEL. Exits non-zero on
-any mismatch. cohere is optional (tests/requirements.txt installs it)."""
+any mismatch. Without the cohere package the last line does not list cohere, and
+tests/access.rs fails unless MLX_SERVE_TEST_ALLOW_MISSING names it (tests/common/tools.rs)."""
 import sys
 
 import ollama
 import openai
 from openai import OpenAI
 
+from check import check
+
 base, key, model, reranker = sys.argv[1:5]
 
 # openai: api_key= becomes `Authorization: Bearer <key>`.
 good = OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
-assert len(good.embeddings.create(model=model, input="hello").data[0].embedding) > 0
+check(len(good.embeddings.create(model=model, input="hello").data[0].embedding) > 0)
 try:
     OpenAI(base_url=base + "/v1", api_key="wrong-key", max_retries=0).embeddings.create(model=model, input="hello")
     raise SystemExit("openai: a wrong key was accepted")
 except openai.AuthenticationError as e:
-    assert e.status_code == 401 and e.code == "invalid_api_key", (e.status_code, e.code)
+    check(e.status_code == 401 and e.code == "invalid_api_key", (e.status_code, e.code))
 
 # ollama: no api_key argument; headers= is how its docs pass credentials.
 authed = ollama.Client(host=base, headers={"Authorization": f"Bearer {key}"})
-assert len(authed.embed(model=model, input="hello").embeddings) == 1
+check(len(authed.embed(model=model, input="hello").embeddings) == 1)
 try:
     ollama.Client(host=base).embed(model=model, input="hello")
     raise SystemExit("ollama: a request without the key was accepted")
 except ollama.ResponseError as e:
-    assert e.status_code == 401, e.status_code
+    check(e.status_code == 401, e.status_code)
 
 checked = ["openai", "ollama"]
 try:
@@ -38,7 +41,7 @@ if cohere is not None:
     # cohere: ClientV2(api_key=...) sends the bearer key to POST /v2/rerank.
     co = cohere.ClientV2(api_key=key, base_url=base)
     res = co.rerank(model=reranker, query="what is mlx?", documents=["MLX is an array framework", "bananas"])
-    assert sorted(r.index for r in res.results) == [0, 1], res
+    check(sorted(r.index for r in res.results) == [0, 1], res)
     try:
         cohere.ClientV2(api_key="wrong-key", base_url=base).rerank(model=reranker, query="q", documents=["d"])
         raise SystemExit("cohere: a wrong key was accepted")

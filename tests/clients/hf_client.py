@@ -12,6 +12,8 @@ import numpy as np
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 
+from check import check
+
 base, ref_path = sys.argv[1], sys.argv[2]
 ref = json.load(open(ref_path, encoding="utf-8"))
 client = InferenceClient(base_url=base)
@@ -19,9 +21,9 @@ client = InferenceClient(base_url=base)
 
 def close(got, want, what):
     got, want = np.asarray(got, dtype=np.float32), np.asarray(want, dtype=np.float32)
-    assert got.shape == want.shape, (what, got.shape, want.shape)
+    check(got.shape == want.shape, (what, got.shape, want.shape))
     diff = float(np.max(np.abs(got - want)))
-    assert diff <= 1e-4, (what, diff)
+    check(diff <= 1e-4, (what, diff))
 
 
 # Plain texts: the reference's own cases, each a batch (feature_extraction posts {"inputs": [...]} to /).
@@ -50,9 +52,9 @@ try:
     client.feature_extraction("x", prompt_name="passage")
     raise SystemExit("expected an error for an unknown prompt_name")
 except HfHubHTTPError as e:
-    assert e.response.status_code == 400, e.response.status_code
+    check(e.response.status_code == 400, e.response.status_code)
     body = e.response.json()
-    assert body["error_type"] == "Validation", body
-    assert "passage" in body["error"] and "document, query" in body["error"], body
+    check(body["error_type"] == "Validation", body)
+    check("passage" in body["error"] and "document, query" in body["error"], body)
 
 print(f"huggingface_hub {huggingface_hub.__version__}: feature_extraction (plain, prompt_name, dimensions, errors) OK")

@@ -22,6 +22,8 @@ from importlib import resources
 import numpy as np
 import openai
 
+from check import check
+
 base, ref_path = sys.argv[1], sys.argv[2]
 ref = json.load(open(ref_path, encoding="utf-8"))
 
@@ -44,29 +46,29 @@ texts = case["texts"]
 
 # The default sends tiktoken ids: refused, with a message that names the flag to set.
 default = OpenAIEmbeddings(model=MODEL, base_url=base + "/v1", api_key="unused", max_retries=0)
-assert default.check_embedding_ctx_length is True
+check(default.check_embedding_ctx_length is True)
 try:
     default.embed_documents(texts[:3])
     raise SystemExit("expected the token-id input to be refused")
 except openai.BadRequestError as e:
-    assert "check_embedding_ctx_length=False" in str(e), str(e)
-    assert e.code == "token_ids_refused", e.code
+    check("check_embedding_ctx_length=False" in str(e), str(e))
+    check(e.code == "token_ids_refused", e.code)
 
 # The one correct line for mlx-serve: send text.
 emb = OpenAIEmbeddings(model=MODEL, base_url=base + "/v1", api_key="unused", check_embedding_ctx_length=False)
 got = np.asarray(emb.embed_documents(texts), dtype=np.float32)
 want = np.asarray(case["embeddings"], dtype=np.float32)
-assert got.shape == want.shape, (got.shape, want.shape)
-assert float(np.max(np.abs(got - want))) <= 1e-4, float(np.max(np.abs(got - want)))
+check(got.shape == want.shape, (got.shape, want.shape))
+check(float(np.max(np.abs(got - want))) <= 1e-4, float(np.max(np.abs(got - want))))
 q = np.asarray(emb.embed_query(texts[0]), dtype=np.float32)
-assert float(np.max(np.abs(q - want[0]))) <= 1e-4
+check(float(np.max(np.abs(q - want[0]))) <= 1e-4)
 
 # openai models.retrieve: by store name, by repo id (it contains a slash), by alias.
 client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
 for name in (MODEL, "sentence-transformers/all-MiniLM-L6-v2", "minilm"):
     m = client.models.retrieve(name)
-    assert m.id == name and m.object == "model", m
-    assert m.model_extra["type"] == "embedding" and m.model_extra["dimensions"] == 384, m
+    check(m.id == name and m.object == "model", m)
+    check(m.model_extra["type"] == "embedding" and m.model_extra["dimensions"] == 384, m)
 try:
     client.models.retrieve("acme/no-such-model")
     raise SystemExit("expected NotFoundError")

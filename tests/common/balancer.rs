@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,15 +41,21 @@ pub struct ServerStat {
     pub current: u64,
 }
 
-impl Balancer {
-    /// Starts HAProxy with `deploy/haproxy/haproxy.cfg` and `backends` (loopback ports) as
-    /// its servers mac1, mac2, mac3.
-    pub fn start(backends: &[u16; 3]) -> Balancer {
-        let haproxy = ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/opt/homebrew/sbin/haproxy"]
+/// The `haproxy` binary: on PATH, in Debian's /usr/sbin (not on a user's PATH), or
+/// Homebrew's sbin.
+pub fn haproxy() -> Option<PathBuf> {
+    crate::manifests::on_path("haproxy").or_else(|| {
+        ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/opt/homebrew/sbin/haproxy"]
             .into_iter()
             .map(PathBuf::from)
             .find(|p| p.is_file())
-            .expect("haproxy is missing (scripts/setup installs Debian's package)");
+    })
+}
+
+impl Balancer {
+    /// Starts `haproxy` with `deploy/haproxy/haproxy.cfg` and `backends` (loopback ports)
+    /// as its servers mac1, mac2, mac3.
+    pub fn start(haproxy: &Path, backends: &[u16; 3]) -> Balancer {
         let dir = tempfile::Builder::new().prefix("mlx-serve-lb").tempdir().unwrap();
         let stats = dir.path().join("stats.sock");
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

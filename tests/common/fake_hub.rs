@@ -2,7 +2,11 @@
 //! (hf-hub-0.4.3/src/api/tokio.rs):
 //!
 //! - `GET /api/models/{owner}/{name}/revision/{rev}[?blobs=true]` → `{sha, siblings:
-//!   [{rfilename, size, lfs: {sha256, size}}]}` (404 for an unknown repo, as the hub does).
+//!   [{rfilename, size, lfs: {sha256, size}}]}` of that revision: `main`, a name given to
+//!   [`FakeHub::add_revision`], or a commit. An unknown repo answers as the Hub does
+//!   (huggingface_hub `utils/_http.py`, `hf_raise_for_status`): 401 with `X-Error-Code:
+//!   RepoNotFound` without a token (the Hub will not say whether a private repo exists),
+//!   404 with one; an unknown revision 404 with `X-Error-Code: RevisionNotFound`.
 //! - `GET /{owner}/{name}/resolve/{rev}/{file}` with `Range`: small files answer 206 with
 //!   `ETag`, `X-Repo-Commit` and `Content-Range`; weight files (the hub's LFS files) answer
 //!   302 to a second listener (another origin, like the hub's CDN) with `X-Linked-Etag`
@@ -46,8 +50,11 @@ struct HubFile {
 }
 
 struct HubRepo {
+    /// `main`'s commit and files.
     commit: String,
     files: Vec<HubFile>,
+    /// Other revisions: (name, commit, files).
+    revisions: Vec<(String, String, Vec<HubFile>)>,
     downloads: u64,
     /// The token granted access to this gated repo.
     gated: Option<String>,
@@ -88,6 +95,30 @@ pub struct FakeHub {
     cdn_port: u16,
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
+}
+
+/// Files as the hub serves them: weight files (`*.safetensors`, `*.bin`, …) through LFS.
+fn hub_files(files: Vec<(String, Vec<u8>)>) -> Vec<HubFile> {
+    files
+        .into_iter()
+        .map(|(path, data)| {
+            let lfs = [".safetensors", ".bin", ".onnx", ".pt"].iter().any(|e| path.ends_with(e));
+            HubFile { sha256: sha256_hex(&data), path, data: Arc::new(data), lfs }
+        })
+        .collect()
+}
+
+impl HubRepo {
+    /// The commit and files of revision `rev`: `main`, a revision's name, or a commit.
+    fn at(&self, rev: &str) -> Option<(&str, &[HubFile])> {
+        if rev == "main" || rev == self.commit {
+            return Some((&self.commit, &self.files));
+        }
+        self.revisions
+            .iter()
+            .find(|(name, commit, _)| name == rev || commit == rev)
+            .map(|(_, c, f)| (c.as_str(), f.as_slice()))
+    }
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -186,18 +217,28 @@ impl FakeHub {
         vec![("HF_ENDPOINT".into(), self.endpoint()), ("HF_HOME".into(), hf_home.display().to_string())]
     }
 
-    /// Adds a repo; `*.safetensors`, `*.bin` and other weight files are served as LFS files.
+    /// Adds a repo (its `main`); `*.safetensors`, `*.bin` and other weight files are served
+    /// as LFS files. Returns `main`'s commit.
     pub fn add_repo(&self, repo_id: &str, files: Vec<(String, Vec<u8>)>) -> String {
         let commit = sha256_hex(repo_id.as_bytes())[..40].to_owned();
-        let files = files
-            .into_iter()
-            .map(|(path, data)| {
-                let lfs = [".safetensors", ".bin", ".onnx", ".pt"].iter().any(|e| path.ends_with(e));
-                HubFile { sha256: sha256_hex(&data), path, data: Arc::new(data), lfs }
-            })
-            .collect();
-        let repo = HubRepo { commit: commit.clone(), files, downloads: 0, gated: None };
+        let repo = HubRepo {
+            commit: commit.clone(),
+            files: hub_files(files),
+            revisions: Vec::new(),
+            downloads: 0,
+            gated: None,
+        };
         self.shared.lock().unwrap().repos.insert(repo_id.to_owned(), repo);
+        commit
+    }
+
+    /// Adds a revision (a branch or tag) named `name` to a repo, with files of its own.
+    /// Returns its commit.
+    pub fn add_revision(&self, repo_id: &str, name: &str, files: Vec<(String, Vec<u8>)>) -> String {
+        let commit = sha256_hex(format!("{repo_id}@{name}").as_bytes())[..40].to_owned();
+        let mut s = self.shared.lock().unwrap();
+        let repo = s.repos.get_mut(repo_id).expect("add_repo first");
+        repo.revisions.push((name.to_owned(), commit.clone(), hub_files(files)));
         commit
     }
 
@@ -277,6 +318,17 @@ fn not_found(conn: &mut TcpStream, code: &str, message: &str) -> std::io::Result
         &[("Content-Type".into(), "application/json".into()), ("X-Error-Code".into(), code.into())],
         body.as_bytes(),
     )
+}
+
+/// An unknown repo, as the Hub answers it: without a token it does not say whether a
+/// private repo of that name exists (401), with one it does (404); both `RepoNotFound`.
+fn repo_not_found(conn: &mut TcpStream, token: Option<&str>) -> std::io::Result<()> {
+    if token.is_some() {
+        return not_found(conn, "RepoNotFound", "Repository not found");
+    }
+    let body = json!({"error": "Invalid username or password."}).to_string();
+    let headers = [("Content-Type".into(), "application/json".into()), ("X-Error-Code".into(), "RepoNotFound".into())];
+    respond(conn, "401 Unauthorized", &headers, body.as_bytes())
 }
 
 /// How the Hub refuses a gated repo: 401 without a token, 403 with one that was not
@@ -514,8 +566,14 @@ fn handle(mut conn: TcpStream, shared: &Mutex<Shared>, cdn_port: u16) -> std::io
 
     // The CDN: /cdn/{sha256}
     if let Some(sha) = path.strip_prefix("/cdn/") {
-        let file =
-            shared.lock().unwrap().repos.values().flat_map(|r| r.files.iter()).find(|f| f.sha256 == sha).cloned();
+        let file = shared
+            .lock()
+            .unwrap()
+            .repos
+            .values()
+            .flat_map(|r| r.files.iter().chain(r.revisions.iter().flat_map(|rev| rev.2.iter())))
+            .find(|f| f.sha256 == sha)
+            .cloned();
         return match file {
             Some(f) => {
                 send_file(&mut conn, shared, &f, range.as_deref(), vec![("ETag".into(), format!("\"{}\"", f.sha256))])
@@ -525,21 +583,25 @@ fn handle(mut conn: TcpStream, shared: &Mutex<Shared>, cdn_port: u16) -> std::io
     }
     // Repo info.
     if let Some(rest) = path.strip_prefix("/api/models/") {
-        let Some((repo_id, _rev)) = rest.split_once("/revision/") else {
+        let Some((repo_id, rev)) = rest.split_once("/revision/") else {
             return not_found(&mut conn, "RepoNotFound", "Repository not found");
         };
+        let rev = url_decode(rev);
         let s = shared.lock().unwrap();
         let Some(repo) = s.repos.get(repo_id) else {
             drop(s);
-            return not_found(&mut conn, "RepoNotFound", "Repository not found");
+            return repo_not_found(&mut conn, token.as_deref());
         };
         if let Some(refusal) = gate_refusal(repo, repo_id, token.as_deref()) {
             drop(s);
             return refuse(&mut conn, refusal);
         }
+        let Some((commit, files)) = repo.at(&rev) else {
+            drop(s);
+            return not_found(&mut conn, "RevisionNotFound", &format!("Invalid rev id: {rev}"));
+        };
         let blobs = query.contains("blobs=true");
-        let siblings: Vec<_> = repo
-            .files
+        let siblings: Vec<_> = files
             .iter()
             .map(|f| {
                 let mut v = json!({"rfilename": f.path});
@@ -552,7 +614,7 @@ fn handle(mut conn: TcpStream, shared: &Mutex<Shared>, cdn_port: u16) -> std::io
                 v
             })
             .collect();
-        let body = json!({"id": repo_id, "modelId": repo_id, "sha": repo.commit, "siblings": siblings}).to_string();
+        let body = json!({"id": repo_id, "modelId": repo_id, "sha": commit, "siblings": siblings}).to_string();
         drop(s);
         return respond(&mut conn, "200 OK", &[("Content-Type".into(), "application/json".into())], body.as_bytes());
     }
@@ -560,18 +622,23 @@ fn handle(mut conn: TcpStream, shared: &Mutex<Shared>, cdn_port: u16) -> std::io
     let parts: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
     if parts.len() == 5 && parts[2] == "resolve" {
         let repo_id = format!("{}/{}", parts[0], parts[1]);
+        let rev = url_decode(parts[3]);
         let file_path = parts[4];
         let s = shared.lock().unwrap();
         let Some(repo) = s.repos.get(&repo_id) else {
             drop(s);
-            return not_found(&mut conn, "RepoNotFound", "Repository not found");
+            return repo_not_found(&mut conn, token.as_deref());
         };
         if let Some(refusal) = gate_refusal(repo, &repo_id, token.as_deref()) {
             drop(s);
             return refuse(&mut conn, refusal);
         }
-        let commit = repo.commit.clone();
-        let Some(file) = repo.files.iter().find(|f| f.path == file_path).cloned() else {
+        let Some((commit, files)) = repo.at(&rev) else {
+            drop(s);
+            return not_found(&mut conn, "RevisionNotFound", &format!("Invalid rev id: {rev}"));
+        };
+        let commit = commit.to_owned();
+        let Some(file) = files.iter().find(|f| f.path == file_path).cloned() else {
             drop(s);
             return not_found(&mut conn, "EntryNotFound", "Entry not found");
         };

@@ -8,15 +8,9 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 use crate::fixtures::repo_root;
-use crate::server::python;
+use crate::server::python_command;
 
-/// A tool the suite needs: missing is a failure in CI (scripts/setup provides it there) and
-/// a loud skip on a developer machine without it.
-pub fn missing_tool(what: &str) {
-    assert!(std::env::var_os("CI").is_none(), "{what} is missing (scripts/setup installs it)");
-    eprintln!("\n\n!!!!! SKIPPED: {what} is missing (scripts/setup installs it) !!!!!\n\n");
-}
-
+/// `name` in a folder of `PATH`.
 pub fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .into_iter()
@@ -47,7 +41,7 @@ pub fn render(dir: &str) -> Option<String> {
 /// The documents of a YAML stream, through PyYAML (tests/clients/yaml_docs.py).
 pub fn documents(yaml: &str) -> Vec<Value> {
     use std::io::Write;
-    let mut child = Command::new(python())
+    let mut child = python_command()
         .arg(repo_root().join("tests/clients/yaml_docs.py"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

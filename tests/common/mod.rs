@@ -10,4 +10,5 @@ pub mod process;
 pub mod prometheus;
 pub mod raw;
 pub mod server;
+pub mod tools;
 pub mod worker_process;

@@ -1,6 +1,6 @@
 //! Raw sockets and process figures for the hostile-client tests: HTTP/1.1 exchanges written
 //! by hand (a client that sends what no library would: partial headers, short bodies,
-//! one byte a second), and the memory of a process from /proc.
+//! one byte a second), and the memory of a process from /proc (Linux).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -91,16 +91,12 @@ pub fn closed_by_server(s: &mut TcpStream) -> bool {
     }
 }
 
-/// A `/proc/<pid>/status` figure in KiB (`VmRSS`, `VmHWM` — the peak).
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS`, `VmHWM` — the peak). Linux only.
+#[cfg(target_os = "linux")]
 pub fn proc_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix(field)?.trim_start_matches(':').split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
-}
-
-/// Open file descriptors of `pid`.
-pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }

@@ -96,6 +96,9 @@ impl Server {
             // reaches the real one (a closed loopback port refuses at once). Tests with a
             // fake hub set HF_ENDPOINT in `env`, which comes after.
             .env("HF_ENDPOINT", "http://127.0.0.1:9")
+            // float32 as the fixtures (common/worker_process.rs, PINNED_DTYPE); `env` may
+            // ask for another.
+            .env("MLX_SERVE_COMPUTE_DTYPE", crate::worker_process::PINNED_DTYPE)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -317,10 +320,18 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| repo_root().join(".deps/venv/bin/python"))
 }
 
+/// The test venv's Python with `PYTHONOPTIMIZE` unset, so a developer's setting does not
+/// change how the scripts run (their checks hold under `-O` too: tests/clients/check.py).
+pub fn python_command() -> Command {
+    let mut cmd = Command::new(python());
+    cmd.env_remove("PYTHONOPTIMIZE");
+    cmd
+}
+
 /// Runs a Python client script from tests/clients/ against the server; panics with its
 /// output unless it exits 0.
 pub fn run_client(script: &str, server: &Server, args: &[&str]) -> String {
-    let out = Command::new(python())
+    let out = python_command()
         .arg(repo_root().join("tests/clients").join(script))
         .arg(server.url(""))
         .args(args)

@@ -49,6 +49,12 @@ impl Drop for TempDir {
     }
 }
 
+/// The dtype workers and servers of the suite compute in unless a test asks for another:
+/// the fixtures' tolerances are float32's, and on Metal (or CUDA) `auto` means half
+/// precision. Tests of half precision pass `--compute-dtype` (worker) or set
+/// `MLX_SERVE_COMPUTE_DTYPE` (server) themselves.
+pub const PINNED_DTYPE: &str = "float32";
+
 /// How long a model may take to load (tiny models: well under a second; MiniLM: ~1 s).
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one batch may take.
@@ -68,8 +74,11 @@ pub enum Started {
 }
 
 impl Worker {
-    /// Spawns `mlx-serve-worker serve` for `model` and waits for Ready or LoadFailed.
+    /// Spawns `mlx-serve-worker serve` for `model` and waits for Ready or LoadFailed. It
+    /// computes in float32 unless `extra` names a `--compute-dtype`: the reference fixtures
+    /// are float32, and a GPU worker's default is half precision ([`PINNED_DTYPE`]).
     pub fn start(model: &Path, extra: &[&str]) -> Result<Started> {
+        let pinned: &[&str] = if extra.contains(&"--compute-dtype") { &[] } else { &["--compute-dtype", PINNED_DTYPE] };
         let dir = TempDir::new("worker")?;
         let sock = dir.path().join("w.sock");
         let listener = UnixListener::bind(&sock)?;
@@ -81,6 +90,7 @@ impl Worker {
             .arg(&sock)
             .arg("--model")
             .arg(model)
+            .args(pinned)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

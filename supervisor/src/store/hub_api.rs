@@ -4,8 +4,9 @@
 //! - Where and who follow the Hugging Face conventions: `HF_ENDPOINT` (a mirror),
 //!   `HF_TOKEN`, else the token file in `$HF_HOME` (what `huggingface-cli login` writes).
 //! - 401 and 403 are a gated or private repo ([`StoreError::Denied`], with what to do about
-//!   it), 404 an unknown one. The Hub says which in its `X-Error-Code` header
-//!   (`GatedRepo`, `RepoNotFound`, `EntryNotFound`; huggingface_hub `utils/_http.py`,
+//!   it), 404 an unknown one (or an unknown revision: `pull/hub.rs`). The Hub says which in
+//!   its `X-Error-Code` header (`GatedRepo`, `RepoNotFound`, `RevisionNotFound`,
+//!   `EntryNotFound`; huggingface_hub `utils/_http.py`,
 //!   `hf_raise_for_status`); without a token the Hub answers 401 for a repo it will not
 //!   show, so 401 without a code names both possibilities.
 //! - 5xx (except 501) and 429 are transient: retried [`ATTEMPTS`] times in all, waiting

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{input, rows, runner, runner_with, settle, submit, HUNG_AFTER};
+use super::{input, rows, runner, runner_with, settle, submit, within, HUNG_AFTER};
 use crate::runner::handle::{JobError, RunnerError};
 use crate::runner::recovery::{HANG_FACTOR, MAX_DEATHS};
 use crate::worker::fake::{Fault, Script};
@@ -71,7 +71,7 @@ async fn a_hung_worker_is_killed_by_the_watchdog_and_its_inputs_retried() {
     let (h, fake) = runner("hung-once", faults(&[(2, Fault::Hang)]));
     assert_eq!(submit(&h, &[1]).await.unwrap().unwrap(), rows(&[1]), "timed: the model's pace is known");
     let t0 = Instant::now();
-    let out = submit(&h, &[2, 3]).await.unwrap().unwrap();
+    let out = within(HUNG_AFTER * HANG_FACTOR, submit(&h, &[2, 3])).await.unwrap().unwrap();
     assert_eq!(out, rows(&[2, 3]));
     let took = t0.elapsed();
     assert!(took >= HUNG_AFTER && took < HUNG_AFTER + Duration::from_secs(1), "the floor applies: {took:?}");
@@ -84,7 +84,7 @@ async fn a_hung_worker_is_killed_by_the_watchdog_and_its_inputs_retried() {
 async fn a_stopped_worker_is_killed_and_implicates_nothing() {
     let (h, fake) = runner("stopped", faults(&[(2, Fault::Stop)]));
     submit(&h, &[1]).await.unwrap().unwrap();
-    let out = submit(&h, &[2, 3]).await.unwrap().unwrap();
+    let out = within(HUNG_AFTER * HANG_FACTOR, submit(&h, &[2, 3])).await.unwrap().unwrap();
     assert_eq!(out, rows(&[2, 3]));
     assert_eq!(fake.batches()[2..], [vec![2, 3]], "retried together");
     assert_eq!(h.status.lock().unwrap().restarts, 1);
@@ -96,10 +96,10 @@ async fn an_input_that_hangs_the_worker_twice_fails_alone() {
     submit(&h, &[1]).await.unwrap().unwrap();
     let poison = submit(&h, &[666]);
     let mates = submit(&h, &[7, 8]);
-    let err = poison.await.unwrap().unwrap_err();
+    let err = within(HUNG_AFTER * HANG_FACTOR * 4, poison).await.unwrap().unwrap_err();
     assert!(matches!(&err, JobError::Poisoned { .. }), "{err:?}");
     assert!(err.to_string().contains("hung"), "{err}");
-    assert_eq!(mates.await.unwrap().unwrap(), rows(&[7, 8]));
+    assert_eq!(within(HUNG_AFTER * HANG_FACTOR, mates).await.unwrap().unwrap(), rows(&[7, 8]));
 }
 
 #[tokio::test(start_paused = true)]

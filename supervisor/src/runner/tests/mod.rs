@@ -80,6 +80,13 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
+/// `f`, given at most `limit` of test time: a runner that never answers (a watchdog that
+/// does not fire) fails the test at once instead of hanging it, since paused time jumps to
+/// the limit when every task waits.
+async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| panic!("no answer within {limit:?} of test time"))
+}
+
 /// The rows the fake answers for inputs of length 3: `[first, 3]` each.
 fn rows(firsts: &[u32]) -> JobOutput {
     JobOutput::Rows { dim: 2, data: firsts.iter().flat_map(|&f| [f as f32, 3.0]).collect() }

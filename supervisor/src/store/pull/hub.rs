@@ -127,6 +127,13 @@ async fn repo_info(api: &hf_hub::api::tokio::Api, repo: &Repo, repo_id: &str) ->
     let status = resp.status().as_u16();
     if status >= 400 {
         let code = resp.headers().get("x-error-code").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if code.as_deref() == Some("RevisionNotFound") {
+            return Err(StoreError::NotFound(format!(
+                "{what}: {repo_id} has no revision {:?} on {} (HTTP {status}); --revision takes a branch, tag or commit of the repo",
+                repo.revision(),
+                endpoint()
+            )));
+        }
         return Err(hub_api::refusal(status, code.as_deref(), repo_id, what));
     }
     resp.json()
