@@ -228,9 +228,12 @@ fn pulls_that_must_fail_leave_nothing_behind() {
     assert!(entries.is_empty(), "store should be empty: {entries:?}");
 }
 
+/// A repo's files: (path, bytes).
+type RepoFiles = Vec<(String, Vec<u8>)>;
+
 /// A repo with tiny-bert-embed's files (weights, tokenizer, sentence-transformers files)
 /// and `config.json` replaced, `files` added.
-fn repo_with(config: Value, files: &[(&str, Value)]) -> Vec<(String, Vec<u8>)> {
+fn repo_with(config: Value, files: &[(&str, Value)]) -> RepoFiles {
     let mut repo = folder_files(&mlx_serve_tests::fixtures::model_dir("tiny-bert-embed"));
     repo.retain(|(name, _)| name != "config.json" && !files.iter().any(|(f, _)| f == name));
     repo.push(("config.json".into(), config.to_string().into_bytes()));
@@ -253,7 +256,7 @@ fn configs_the_worker_does_not_compute_are_refused_at_pull_naming_the_field() {
         c
     };
     let pooling = |mode: Value| ("1_Pooling/config.json", json!({"pooling_mode": mode, "include_prompt": true}));
-    let cases: Vec<(&str, Vec<(String, Vec<u8>)>, &str)> = vec![
+    let cases: Vec<(&str, RepoFiles, &str)> = vec![
         // jinaai/jina-embeddings-v2-base-en: BERT with ALiBi, GeGLU, custom code.
         (
             "jinaai/jina-embeddings-v2-base-en",

@@ -120,6 +120,14 @@ impl RelativeBias {
     }
 }
 
+/// How scores become weights: `softmax(scale · q·k + bias)` over the keys `mask` allows.
+#[derive(Clone, Copy)]
+pub struct Scoring<'a> {
+    pub scale: f32,
+    pub mask: Mask,
+    pub bias: Option<&'a RelativeBias>,
+}
+
 /// Output pointer shared by the worker threads; each (sequence, head) task writes a
 /// disjoint block of rows × `head_dim` columns.
 #[derive(Clone, Copy)]
@@ -138,10 +146,9 @@ pub fn packed_attention(
     v: HeadBlock,
     offsets: &[i32],
     head_dim: usize,
-    scale: f32,
-    mask: Mask,
-    bias: Option<&RelativeBias>,
+    scoring: Scoring,
 ) -> Result<Option<Array>> {
+    let Scoring { scale, mask, bias } = scoring;
     let rows = *offsets.last().unwrap_or(&0) as usize;
     let (heads, kv_heads) = (q.heads, k.heads);
     if rows == 0 || kv_heads == 0 || v.heads != kv_heads || heads % kv_heads != 0 {

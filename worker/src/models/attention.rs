@@ -18,7 +18,7 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{ops, Array};
 
 use super::{Inputs, Kernels};
-use crate::cpu_attention::{packed_attention, HeadBlock};
+use crate::cpu_attention::{packed_attention, HeadBlock, Scoring};
 pub use crate::cpu_attention::{Mask, RelativeBias};
 use crate::packing::{AttentionBuckets, Bucket, BucketShapes};
 
@@ -44,7 +44,8 @@ pub fn attention(
     if kernels == Kernels::Host {
         let offsets = &inputs.packing.offsets;
         let head_dim = heads.head_dim as usize;
-        if let Some(out) = packed_attention(heads.q, heads.k, heads.v, offsets, head_dim, scale, mask, bias)? {
+        let scoring = Scoring { scale, mask, bias };
+        if let Some(out) = packed_attention(heads.q, heads.k, heads.v, offsets, head_dim, scoring)? {
             return Ok(out);
         }
     }
