@@ -19,7 +19,10 @@
 //! The head is found by tokenizing pieces of `chunk_bytes` that end just before a run of
 //! spaces — a boundary no supported pre-tokenizer merges across (BERT splits on
 //! whitespace; Metaspace and byte-level BPE start a word at a space), so the tokens of the
-//! pieces are the tokens of the whole — and counting their tokens, keeping none. One
+//! pieces are the tokens of the whole — and counting their tokens, keeping none; the last
+//! piece is then cut at the first such boundary after the token the head needs
+//! ([`ModelTokenizer::trim`]), so a head holds about the model's limit, not a whole piece
+//! (a piece of one-letter words is thousands of tokens for a model that keeps 64). One
 //! approximation: a run of more than `chunk_bytes` bytes without a space (a base64 blob;
 //! CJK text has tokens every few bytes, so its first piece already holds enough) is
 //! split where the piece ends. Usage counts stay exact: they count the ids sent, which
@@ -147,6 +150,13 @@ fn piece_end(text: &str, start: usize, max: usize) -> usize {
     (start + 1..=limit).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(limit)
 }
 
+/// The first boundary at or after `from` and before `end` where a piece may end (as in
+/// [`piece_end`]: just before a space that follows a letter or digit).
+fn cut_after(text: &str, from: usize, end: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    (from.max(1)..end).find(|&i| bytes[i] == b' ' && text[..i].chars().next_back().is_some_and(char::is_alphanumeric))
+}
+
 /// The start of a text, measured in pieces ([`ModelTokenizer::measure`]).
 #[derive(Clone, Copy)]
 struct Head<'t> {
@@ -253,10 +263,35 @@ impl ModelTokenizer {
             return Ok(Head { text, end: text.len(), count: None });
         }
         let mut head = Head { text, end: 0, count: Some(0) };
-        while !head.is_whole() && head.count.unwrap_or(0) <= self.max_tokens + HEAD_MARGIN {
+        let keep = self.max_tokens + HEAD_MARGIN + 1;
+        // Where the last piece starts, and the tokens before it.
+        let mut last = (0, 0);
+        while !head.is_whole() && head.count.unwrap_or(0) < keep {
+            last = (head.end, head.count.unwrap_or(0));
             self.grow(&mut head)?;
         }
+        if head.count.unwrap_or(0) >= keep {
+            self.trim(&mut head, last, keep)?;
+        }
         Ok(head)
+    }
+
+    /// Cuts the head's last piece (from byte `start`, after `before` tokens) at the first
+    /// boundary a piece may end at ([`piece_end`]) after the head's `keep`-th token. A pair
+    /// of long texts is encoded from such heads, and for a truncated pair the tokenizer
+    /// merges the two sides' overflows pairwise: its work and memory grow with the product
+    /// of the sides' lengths (two heads of a 4 KiB piece of one-letter words each, for a
+    /// model of 64 tokens: 175 MiB). Left as it is when there is no such boundary.
+    fn trim(&self, head: &mut Head<'_>, (start, before): (usize, usize), keep: usize) -> Result<(), TokenizeError> {
+        let piece = self.plain.encode(&head.text[start..head.end], false).map_err(fail)?;
+        let Some(&(_, token_end)) = piece.get_offsets().get(keep - before - 1) else { return Ok(()) };
+        let Some(cut) = cut_after(head.text, start + token_end, head.end) else { return Ok(()) };
+        let n = self.plain.encode_fast(&head.text[start..cut], false).map_err(fail)?.len();
+        if before + n >= keep {
+            head.end = cut;
+            head.count = Some(before + n);
+        }
+        Ok(())
     }
 
     /// Adds the next piece of the text to `head`.
