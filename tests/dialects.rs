@@ -342,6 +342,9 @@ fn cohere_output_dimension_keeps_the_first_dimensions_renormalized() {
     }
 }
 
+/// A route, a body it must refuse, and whether the answer has the route's error shape.
+type Refusal = (&'static str, Value, fn(&Value) -> bool);
+
 #[test]
 fn truncate_false_refuses_long_inputs_on_every_route() {
     const BERT: &str = "tiny-bert-embed";
@@ -349,7 +352,7 @@ fn truncate_false_refuses_long_inputs_on_every_route() {
     let long = "word ".repeat(5000);
     let server = Server::start(ServerOptions { models: vec![BERT, RERANK], ..Default::default() });
     // Each route's own way to say it, refused in its own error shape; truncated without it.
-    let refused: [(&str, Value, fn(&Value) -> bool); 5] = [
+    let refused: [Refusal; 5] = [
         ("/embed", json!({"model": BERT, "inputs": long, "truncate": false}), |v| v["error_type"] == "Validation"),
         ("/v2/embed", json!({"model": BERT, "texts": [long], "truncate": "NONE"}), |v| {
             v["id"].is_string() && v["message"].is_string()
