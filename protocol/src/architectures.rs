@@ -76,6 +76,17 @@ pub const ARCHITECTURES: &[Architecture] = &[
         type_vocab_default: 0,
         custom_code: &[],
     },
+    Architecture {
+        family: "nomic_bert",
+        model_types: &["nomic_bert"],
+        body: Body::Encoder,
+        positions: Positions::FromZero,
+        instruction_format: None,
+        type_vocab_default: 2,
+        // nomic-ai/nomic-bert-2048's modeling_hf_nomic_bert.py, which nomic-embed-text and
+        // arctic-embed-m-long name in auto_map.
+        custom_code: &["modeling_hf_nomic_bert.NomicBertModel"],
+    },
 ];
 
 /// A family: a reference to its row (compared by name).

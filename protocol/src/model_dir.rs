@@ -5,7 +5,7 @@
 //!
 //! Files read (all optional except config.json):
 //! - `config.json`: `model_type` (its family: `architectures.rs`), `architectures`, sizes,
-//!   `max_position_embeddings`.
+//!   `max_position_embeddings` (or their GPT-2 spellings, [`config_u32`]).
 //! - `modules.json` and its modules' configs (sentence-transformers): pooling, Dense
 //!   layers, Normalize (`st_pipeline.rs`).
 //! - `sentence_bert_config.json`: `max_seq_length`, which wins over the tokenizer's limit
@@ -129,6 +129,20 @@ pub enum ModelDirError {
     DenseShape { architecture: String, path: String, takes: u32, gets: u32 },
 }
 
+/// A size from config.json under its transformers name, or under the GPT-2 name that
+/// transformers' `GPT2Config.attribute_map` maps it to (`n_embd`, `n_positions`): custom-code
+/// configs derived from GPT2Config (nomic-embed-text's `nomic_bert`) are saved that way.
+pub fn config_u32(config: &Value, key: &str) -> Option<u32> {
+    let gpt2 = match key {
+        "hidden_size" => "n_embd",
+        "max_position_embeddings" => "n_positions",
+        "num_attention_heads" => "n_head",
+        "num_hidden_layers" => "n_layer",
+        _ => return get_u32(config, key),
+    };
+    get_u32(config, key).or_else(|| get_u32(config, gpt2))
+}
+
 /// Reads the facts of the model in `dir`.
 pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
     let config = read_json(dir, "config.json")?.ok_or(ModelDirError::NoConfig)?;
@@ -176,7 +190,7 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
         }
     }
 
-    let hidden_size = get_u32(&config, "hidden_size").unwrap_or(0);
+    let hidden_size = config_u32(&config, "hidden_size").unwrap_or(0);
     let (pooling, dense, normalize) = match kind {
         ModelKind::Reranker => {
             let scoring = Pooling::scoring_for(family.body());
@@ -206,7 +220,7 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
     }
 
     // Position table size; XLM-R reserves padding_idx + 1 slots before the first position.
-    let positions = get_u32(&config, "max_position_embeddings").unwrap_or(512);
+    let positions = config_u32(&config, "max_position_embeddings").unwrap_or(512);
     let usable = match family.spec().positions {
         Positions::AfterPadding => positions.saturating_sub(get_u32(&config, "pad_token_id").unwrap_or(1) + 1),
         Positions::FromZero => positions,
@@ -231,4 +245,20 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
         type_vocab_size: get_u32(&config, "type_vocab_size").unwrap_or(family.spec().type_vocab_default),
         config,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_in_gpt2_spelling() {
+        let hub = serde_json::json!({"model_type": "nomic_bert", "n_embd": 768, "n_positions": 8192, "n_layer": 12});
+        assert_eq!(config_u32(&hub, "hidden_size"), Some(768));
+        assert_eq!(config_u32(&hub, "max_position_embeddings"), Some(8192));
+        assert_eq!(config_u32(&hub, "num_hidden_layers"), Some(12));
+        let both = serde_json::json!({"hidden_size": 64, "n_embd": 768});
+        assert_eq!(config_u32(&both, "hidden_size"), Some(64), "the transformers name wins");
+        assert_eq!(config_u32(&hub, "vocab_size"), None);
+    }
 }

@@ -136,15 +136,15 @@ pub fn legacy_norm_names(name: &str) -> String {
     name.to_owned()
 }
 
-/// LayerNorm parameters.
-struct Norm {
+/// LayerNorm parameters (shared with the other post-norm encoders).
+pub(super) struct Norm {
     weight: Array,
     bias: Array,
     eps: f32,
 }
 
 impl Norm {
-    fn load(w: &mut Weights, prefix: &str, dim: i32, eps: f32) -> Result<Norm> {
+    pub(super) fn load(w: &mut Weights, prefix: &str, dim: i32, eps: f32) -> Result<Norm> {
         Ok(Norm {
             weight: w.take(&format!("{prefix}.weight"), &[dim])?,
             bias: w.take(&format!("{prefix}.bias"), &[dim])?,
@@ -152,13 +152,19 @@ impl Norm {
         })
     }
 
-    fn apply(&self, x: &Array) -> Result<Array> {
+    pub(super) fn apply(&self, x: &Array) -> Result<Array> {
         Ok(layer_norm(x, &self.weight, &self.bias, self.eps)?)
     }
 
     /// `LayerNorm(x + x_bias + residual)`; one fused pass on the host with host kernels
     /// (cpu_kernels.rs).
-    fn add_apply(&self, kernels: Kernels, x: &Array, x_bias: Option<&Array>, residual: &Array) -> Result<Array> {
+    pub(super) fn add_apply(
+        &self,
+        kernels: Kernels,
+        x: &Array,
+        x_bias: Option<&Array>,
+        residual: &Array,
+    ) -> Result<Array> {
         if kernels == Kernels::Host {
             if let Some(y) = add_layer_norm_f32(x, x_bias, residual, &self.weight, &self.bias, self.eps)? {
                 return Ok(y);

@@ -12,7 +12,9 @@
 
 pub mod attention;
 pub mod bert;
+pub mod nomic_bert;
 pub mod qwen3;
+pub mod rope;
 pub mod xlm_roberta;
 
 use std::path::Path;
@@ -28,7 +30,8 @@ use crate::packing::{AttentionBuckets, Packing};
 use crate::weights::Weights;
 
 /// Every architecture the worker computes, by family name.
-pub const REGISTRY: &[Architecture] = &[bert::ARCHITECTURE, xlm_roberta::ARCHITECTURE, qwen3::ARCHITECTURE];
+pub const REGISTRY: &[Architecture] =
+    &[bert::ARCHITECTURE, xlm_roberta::ARCHITECTURE, qwen3::ARCHITECTURE, nomic_bert::ARCHITECTURE];
 
 /// What one architecture file provides.
 pub struct Architecture {
@@ -128,7 +131,7 @@ pub fn strip_prefix<'a>(name: &'a str, prefixes: &[&str]) -> &'a str {
 }
 
 /// Feed-forward activations by their transformers name (`hidden_act`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
     /// Exact erf GELU (transformers `"gelu"`).
     Gelu,

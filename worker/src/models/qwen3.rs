@@ -9,13 +9,14 @@
 //! sequence.
 
 use anyhow::{bail, Result};
-use mlx_rs::fast::{rms_norm, rope_dynamic};
+use mlx_rs::fast::rms_norm;
 use mlx_rs::Array;
 use serde::Deserialize;
 
 use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 
 use super::attention::{attention, Heads, Mask};
+use super::rope::{self, rope, RopeParameters};
 use super::{check_positive, parse_config, strip_prefix, Architecture, Inputs, Kernels, Load, Loaded, Network};
 use crate::cpu_attention::HeadBlock;
 use crate::heads::{Scorer, YesNo};
@@ -45,18 +46,6 @@ fn load(l: &mut Load) -> Result<Loaded> {
         _ => None,
     };
     Ok(Loaded { network: Box::new(net), scorer })
-}
-
-/// `rope_scaling` / `rope_parameters` of config.json.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RopeParameters {
-    #[serde(default)]
-    pub rope_type: Option<String>,
-    /// Older spelling of `rope_type`.
-    #[serde(default, rename = "type")]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub rope_theta: Option<f32>,
 }
 
 /// config.json of a Qwen3 model (transformers' `Qwen3Config`; fields mlx-serve reads).
@@ -108,16 +97,8 @@ impl Qwen3Config {
 
     /// RoPE base; only the default RoPE type is implemented (no scaling).
     pub fn rope_theta(&self) -> Result<f32> {
-        for rp in [&self.rope_scaling, &self.rope_parameters].into_iter().flatten() {
-            let ty = rp.rope_type.as_deref().or(rp.kind.as_deref()).unwrap_or("default");
-            if ty != "default" {
-                bail!("unsupported RoPE scaling {ty:?} in config.json (only default RoPE is implemented)");
-            }
-            if let Some(t) = rp.rope_theta {
-                return Ok(t);
-            }
-        }
-        Ok(self.rope_theta.unwrap_or(10000.0))
+        let blocks = [("rope_scaling", &self.rope_scaling), ("rope_parameters", &self.rope_parameters)];
+        rope::theta(&blocks, self.rope_theta, 10000.0)
     }
 
     fn check(&self) -> Result<()> {
@@ -227,49 +208,15 @@ impl Qwen3 {
         })
     }
 
-    /// Per-head RMSNorm, then RoPE at each token's own position, of `[total, heads *
-    /// head_dim]` columns; returns `[total, heads * head_dim]`.
-    ///
-    /// MLX's RoPE counts positions along axis -2 from an offset that may be a vector with
-    /// one entry per index of axis 0 (`mlx/fast.cpp`, `rope`: "a scalar or vector with
-    /// x.shape(0) elements"; mlx-lm's batched decoding relies on it on Metal and CUDA).
-    /// Laying the tokens out as `[total, heads, 1, head_dim]` makes every token its own
-    /// axis-0 index, so the offsets vector *is* the position ids.
-    ///
-    /// Heads narrower than 32: MLX's CUDA RoPE kernel asks for a thread block more than 64
-    /// deep (CUDA's limit on a block's z) when `head_dim / 2 < 16` and a batch holds over 64
-    /// tokens (block shape from `get_block_dims_common` in mlx/backend/common/utils.cpp,
-    /// MLX 0.32), and the launch fails. Such heads (test-sized models; released Qwen3
-    /// models use 128) take [`rope_by_ops`], the same rotation in plain MLX ops.
+    /// Per-head RMSNorm, then RoPE at each token's own position (`rope.rs`), of `[total,
+    /// heads * head_dim]` columns; returns `[total, heads * head_dim]`.
     fn norm_rope(&self, x: &Array, weight: &Array, heads: i32, positions: &Array) -> Result<Array> {
         let total = x.dim(0);
         let x = x.reshape(&[total, heads, 1, self.head_dim])?;
         let x = rms_norm(&x, Some(weight), self.eps)?;
-        let x = if self.head_dim >= 32 {
-            rope_dynamic(&x, self.head_dim, false, self.rope_theta, 1.0, positions, None)?
-        } else {
-            rope_by_ops(&x, self.rope_theta, positions)?
-        };
+        let x = rope(&x, self.rope_theta, 1.0, positions)?;
         Ok(x.reshape(&[total, heads * self.head_dim])?)
     }
-}
-
-/// Rotary position embedding of `[total, heads, 1, head_dim]` rows at `positions` (`[total]`),
-/// in the rotate-half layout of transformers' `apply_rotary_pos_emb`: for `i < head_dim / 2`,
-/// angle `position × theta^(-2i / head_dim)`, `out_i = x_i cos − x_{i+half} sin` and
-/// `out_{i+half} = x_{i+half} cos + x_i sin`. Angles in float32, as MLX's kernel does.
-fn rope_by_ops(x: &Array, theta: f32, positions: &Array) -> Result<Array> {
-    let (total, head_dim) = (x.dim(0), x.dim(-1));
-    let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half).map(|i| theta.powf(-2.0 * i as f32 / head_dim as f32)).collect();
-    let inv_freq = Array::from_slice(&inv_freq, &[1, 1, 1, half]);
-    let angles = positions.as_dtype(mlx_rs::Dtype::Float32)?.reshape(&[total, 1, 1, 1])?.multiply(&inv_freq)?;
-    let (cos, sin) = (angles.cos()?.as_dtype(x.dtype())?, angles.sin()?.as_dtype(x.dtype())?);
-    let parts = x.split_at_indices(&[half], -1)?;
-    let (x1, x2) = (&parts[0], &parts[1]);
-    let first = x1.multiply(&cos)?.subtract(&x2.multiply(&sin)?)?;
-    let second = x2.multiply(&cos)?.add(&x1.multiply(&sin)?)?;
-    Ok(mlx_rs::ops::concatenate(&[first, second], -1)?)
 }
 
 impl Network for Qwen3 {
@@ -314,23 +261,6 @@ impl Network for Qwen3 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The plain-ops RoPE matches MLX's kernel (on the CPU backend, where the kernel works for
-    /// every head size) at positions across a batch.
-    #[test]
-    fn rope_by_ops_matches_the_kernel() {
-        for head_dim in [8, 16, 64] {
-            let (total, heads) = (70, 3);
-            let v: Vec<f32> = (0..total * heads * head_dim).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
-            let x = Array::from_slice(&v, &[total, heads, 1, head_dim]);
-            let pos: Vec<i32> = (0..total).map(|i| i % 23 + (i / 23) * 5).collect();
-            let positions = Array::from_slice(&pos, &[total]);
-            let kernel = rope_dynamic(&x, head_dim, false, 1e6, 1.0, &positions, None).unwrap();
-            let ops = rope_by_ops(&x, 1e6, &positions).unwrap();
-            let worst = kernel.subtract(&ops).unwrap().abs().unwrap().max(None).unwrap().item_exact::<f32>();
-            assert!(worst < 1e-5, "head_dim {head_dim}: max diff {worst}");
-        }
-    }
 
     #[test]
     fn rope_theta_from_either_place() {
