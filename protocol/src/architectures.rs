@@ -76,6 +76,15 @@ pub const ARCHITECTURES: &[Architecture] = &[
         type_vocab_default: 0,
         custom_code: &[],
     },
+    Architecture {
+        family: "modernbert",
+        model_types: &["modernbert"],
+        body: Body::Encoder,
+        positions: Positions::FromZero,
+        instruction_format: None,
+        // ModernBERT has no segment table.
+        type_vocab_default: 0,
+    },
 ];
 
 /// A family: a reference to its row (compared by name).

@@ -12,6 +12,7 @@
 
 pub mod attention;
 pub mod bert;
+pub mod modernbert;
 pub mod qwen3;
 pub mod xlm_roberta;
 
@@ -28,7 +29,8 @@ use crate::packing::{AttentionBuckets, Packing};
 use crate::weights::Weights;
 
 /// Every architecture the worker computes, by family name.
-pub const REGISTRY: &[Architecture] = &[bert::ARCHITECTURE, xlm_roberta::ARCHITECTURE, qwen3::ARCHITECTURE];
+pub const REGISTRY: &[Architecture] =
+    &[bert::ARCHITECTURE, xlm_roberta::ARCHITECTURE, qwen3::ARCHITECTURE, modernbert::ARCHITECTURE];
 
 /// What one architecture file provides.
 pub struct Architecture {

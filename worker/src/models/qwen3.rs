@@ -245,13 +245,20 @@ impl Qwen3 {
         let total = x.dim(0);
         let x = x.reshape(&[total, heads, 1, self.head_dim])?;
         let x = rms_norm(&x, Some(weight), self.eps)?;
-        let x = if self.head_dim >= 32 {
-            rope_dynamic(&x, self.head_dim, false, self.rope_theta, 1.0, positions, None)?
-        } else {
-            rope_by_ops(&x, self.rope_theta, positions)?
-        };
+        let x = rope(&x, self.head_dim, self.rope_theta, positions)?;
         Ok(x.reshape(&[total, heads * self.head_dim])?)
     }
+}
+
+/// Rotary position embedding (rotate-half layout) of `[total, heads, 1, head_dim]` rows at
+/// `positions` (`[total]`): MLX's kernel, or [`rope_by_ops`] for heads narrower than 32
+/// (see [`Qwen3::norm_rope`] for both). Shared by the rotary families.
+pub(crate) fn rope(x: &Array, head_dim: i32, theta: f32, positions: &Array) -> Result<Array> {
+    Ok(if head_dim >= 32 {
+        rope_dynamic(x, head_dim, false, theta, 1.0, positions, None)?
+    } else {
+        rope_by_ops(x, theta, positions)?
+    })
 }
 
 /// Rotary position embedding of `[total, heads, 1, head_dim]` rows at `positions` (`[total]`),
