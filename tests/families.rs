@@ -5,10 +5,15 @@
 //! BERT, XLM-R and Qwen3 are in tests/worker.rs; a family added by
 //! docs/adding-an-architecture.md adds its cases here.
 
+use std::path::{Path, PathBuf};
+
 use mlx_serve_tests::fake_hub::{error_line, folder_files, FakeHub};
-use mlx_serve_tests::fixtures::{self, cosine};
-use mlx_serve_tests::parity::{check_embedding_model, check_half_precision, check_quantized, check_reranker};
+use mlx_serve_tests::fixtures::{self, batch, cosine, max_abs_diff, paired};
+use mlx_serve_tests::parity::{
+    check_embedding_model, check_half_precision, check_quantized, check_reranker, EMBED_MAX_DIFF, SCORE_MAX_DIFF,
+};
 use mlx_serve_tests::server::{Server, ServerOptions};
+use mlx_serve_tests::worker_process::{worker_bin, TempDir, Worker};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------
@@ -113,4 +118,252 @@ fn nomic_bert_pulled_from_the_hub_serves_or_is_refused_by_field() {
             hub.requests().into_iter().filter(|r| r.contains(&weights) && !r.ends_with("bytes=0-0")).collect();
         assert!(fetched.is_empty(), "{repo}: {fetched:?}");
     }
+}
+
+/// A fixture's reference JSON as it is (for the fields the shared structs do not hold).
+fn reference_json(name: &str) -> Value {
+    let path = fixtures::repo_root().join(format!("tests/fixtures/reference/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// How much worse than torch's own half-precision forward ours may be, with floors for
+/// errors at float32's noise: tests/worker.rs `half_precision_compute_runs_the_mlx_kernel_path`
+/// says why these values.
+const HALF_PRECISION_FACTOR: f64 = 4.0;
+const EMBED_ERROR_FLOOR: f64 = 3e-5;
+const SCORE_ERROR_FLOOR: f64 = 1e-3;
+
+/// `--compute-dtype float16` runs every step on MLX ops (the GPU's path: attention masks
+/// built as arrays, no host kernels); the error must stay within a few times torch's own
+/// float16 error on the same weights (the reference's `half_precision`, from its generator).
+fn check_float16(name: &str) {
+    let torch = &reference_json(name)["half_precision"]["float16"];
+    let (mut w, info) = Worker::ready(&fixtures::model_dir(name), &["--compute-dtype", "float16"]).unwrap();
+    assert_eq!(info.compute_dtype, "float16");
+    if let Some(torch_cos) = torch["min_cosine"].as_f64() {
+        let reference = fixtures::embed_reference(name).unwrap();
+        let mut min_cos = 1.0f64;
+        for case in &reference.cases {
+            let rows = w.embed(batch(&case.input_ids, case.token_type_ids.as_ref())).unwrap();
+            for (got, want) in paired(&rows, &case.embeddings, &format!("{name}/{}", case.name)) {
+                min_cos = min_cos.min(cosine(got, want));
+            }
+        }
+        let bound = (HALF_PRECISION_FACTOR * (1.0 - torch_cos)).max(EMBED_ERROR_FLOOR);
+        eprintln!(
+            "{name} in float16: 1 - min cosine {:.2e} (torch {:.2e}, bound {bound:.2e})",
+            1.0 - min_cos,
+            1.0 - torch_cos
+        );
+        assert!(1.0 - min_cos <= bound, "{name} in float16: min cosine {min_cos}");
+    } else {
+        let torch_diff = torch["max_score_diff"].as_f64().unwrap();
+        let reference = fixtures::rerank_reference(name).unwrap();
+        let mut worst = 0.0f64;
+        for case in &reference.cases {
+            let scores = w.score(batch(&case.pairs_input_ids, case.pairs_token_type_ids.as_ref())).unwrap();
+            worst = worst.max(max_abs_diff(&scores, &case.scores));
+        }
+        let bound = (HALF_PRECISION_FACTOR * torch_diff).max(SCORE_ERROR_FLOOR);
+        eprintln!("{name} in float16: max score diff {worst:.2e} (torch {torch_diff:.2e}, bound {bound:.2e})");
+        assert!(worst <= bound, "{name} in float16: max score diff {worst}");
+    }
+}
+
+/// `mlx-serve-worker quantize --bits 8` of a fixture into `tmp`; the copy's folder.
+fn quantize(name: &str, tmp: &TempDir) -> PathBuf {
+    let dst = tmp.path().join(format!("{name}-8bit"));
+    let out = std::process::Command::new(worker_bin())
+        .args(["quantize", "--bits", "8", "--src"])
+        .arg(fixtures::model_dir(name))
+        .arg("--dst")
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "quantize failed: {}", String::from_utf8_lossy(&out.stderr));
+    dst
+}
+
+/// Names of the tensors stored quantized (packed uint32) in a model folder.
+fn packed_tensors(dir: &Path) -> Vec<String> {
+    let tensors = fixtures::read_safetensors(&dir.join("model.safetensors")).unwrap();
+    tensors.into_iter().filter(|t| t.1 == "U32").map(|t| t.0).collect()
+}
+
+/// The 8-bit copy of an embedding fixture serves vectors close to the float ones: every
+/// matrix of the blocks quantized (named by `expect_packed`), cosine to the reference
+/// ≥ 0.998. Measured (x86, MLX CPU): 8-bit costs these random-weight models up to 1e-3 of
+/// cosine (tiny-modernbert-embed: min 0.99906); a swapped scale and bias gives cosines
+/// below 0.
+fn check_quantized_embedding(name: &str, expect_packed: &[&str]) {
+    let tmp = TempDir::new("fam-quant").unwrap();
+    let dst = quantize(name, &tmp);
+    let packed = packed_tensors(&dst);
+    for want in expect_packed {
+        assert!(packed.iter().any(|p| p.contains(want)), "{want} not quantized: {packed:?}");
+    }
+    let (mut w, info) = Worker::ready(&dst, &[]).unwrap();
+    assert_eq!(info.stored_dtype, "q8");
+    let reference = fixtures::embed_reference(name).unwrap();
+    let mut min_cos = 1.0f64;
+    for case in &reference.cases {
+        let rows = w.embed(batch(&case.input_ids, case.token_type_ids.as_ref())).unwrap();
+        for (got, want) in paired(&rows, &case.embeddings, &format!("{name}/{}", case.name)) {
+            min_cos = min_cos.min(cosine(got, want));
+        }
+    }
+    eprintln!("{name} 8-bit: min cosine to the float32 reference {min_cos:.6} ({} tensors packed)", packed.len());
+    assert!(min_cos >= 0.998, "{name} 8-bit: min cosine {min_cos}");
+}
+
+/// The 8-bit copy of a reranker fixture scores within 0.02 of the float reference
+/// (measured: tiny-modernbert-rerank 8.3e-3; a swapped scale and bias: 0.14).
+fn check_quantized_reranker(name: &str, expect_packed: &[&str]) {
+    let tmp = TempDir::new("fam-quant").unwrap();
+    let dst = quantize(name, &tmp);
+    let packed = packed_tensors(&dst);
+    for want in expect_packed {
+        assert!(packed.iter().any(|p| p.contains(want)), "{want} not quantized: {packed:?}");
+    }
+    let (mut w, _) = Worker::ready(&dst, &[]).unwrap();
+    let reference = fixtures::rerank_reference(name).unwrap();
+    let mut worst = 0.0f64;
+    for case in &reference.cases {
+        let scores = w.score(batch(&case.pairs_input_ids, case.pairs_token_type_ids.as_ref())).unwrap();
+        worst = worst.max(max_abs_diff(&scores, &case.scores));
+    }
+    eprintln!("{name} 8-bit: max score diff to the float32 reference {worst:.2e} ({} tensors packed)", packed.len());
+    assert!(worst <= 2e-2, "{name} 8-bit: max score diff {worst}");
+}
+
+/// The fixtures published on the fake hub as `repo`s, pulled with `mlx-serve pull` into a
+/// running server and served over HTTP: every reference case's texts (tokenized by the
+/// server) give the reference vectors, and every rerank case's documents its scores.
+fn pull_and_serve(repos: &[(&str, &str)]) {
+    let hub = FakeHub::start();
+    for (repo, name) in repos {
+        hub.add_repo(repo, folder_files(&fixtures::model_dir(name)));
+    }
+    let hf_home = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerOptions { env: hub.server_env(hf_home.path()), ..Default::default() });
+    for (repo, name) in repos {
+        let out = hub.mlx_serve(server.home.path(), &["pull", repo], &[]);
+        assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
+        let reference = reference_json(name);
+        for case in reference["cases"].as_array().unwrap() {
+            let label = format!("{name}/{} over HTTP", case["name"]);
+            if reference["kind"] == "embedding" {
+                let body = json!({"model": name, "input": case["texts"]});
+                let (status, resp) = server.post("/v1/embeddings", &body);
+                assert_eq!(status, 200, "{label}: {resp}");
+                let want: Vec<Vec<f32>> = serde_json::from_value(case["embeddings"].clone()).unwrap();
+                for (row, w) in resp["data"].as_array().unwrap().iter().zip(&want) {
+                    let got: Vec<f32> = serde_json::from_value(row["embedding"].clone()).unwrap();
+                    assert!(max_abs_diff(&got, w) <= EMBED_MAX_DIFF, "{label}");
+                }
+                assert_eq!(resp["data"].as_array().unwrap().len(), want.len(), "{label}");
+            } else {
+                let body = json!({"model": name, "query": case["query"], "documents": case["documents"]});
+                let (status, resp) = server.post("/v1/rerank", &body);
+                assert_eq!(status, 200, "{label}: {resp}");
+                let want: Vec<f32> = serde_json::from_value(case["scores"].clone()).unwrap();
+                let results = resp["results"].as_array().unwrap();
+                assert_eq!(results.len(), want.len(), "{label}");
+                for r in results {
+                    let (i, score) = (r["index"].as_u64().unwrap() as usize, r["relevance_score"].as_f64().unwrap());
+                    assert!((score - want[i] as f64).abs() <= SCORE_MAX_DIFF, "{label}: document {i}: {score}");
+                }
+            }
+        }
+    }
+    assert_eq!(server.stop(), Some(0));
+}
+
+/// A fixture whose config.json gets `field: value` is refused by `mlx-serve pull` naming
+/// the field, before its weights are downloaded.
+fn refused_at_pull(name: &str, field: &str, value: Value) {
+    let hub = FakeHub::start();
+    let mut files = folder_files(&fixtures::model_dir(name));
+    let weights = files.iter().find(|f| f.0 == "model.safetensors").unwrap();
+    let sha: String =
+        ring::digest::digest(&ring::digest::SHA256, &weights.1).as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let config = files.iter_mut().find(|f| f.0 == "config.json").unwrap();
+    let mut v: Value = serde_json::from_slice(&config.1).unwrap();
+    v[field] = value;
+    config.1 = serde_json::to_vec(&v).unwrap();
+    hub.add_repo("acme/refused", files);
+    let home = tempfile::tempdir().unwrap();
+    let out = hub.mlx_serve(home.path(), &["pull", "acme/refused"], &[]);
+    assert!(!out.ok(), "{name} with {field} was pulled");
+    assert!(out.stderr.contains(field), "{}", out.stderr);
+    let weights: Vec<String> = hub
+        .requests()
+        .into_iter()
+        .filter(|r| (r.contains("model.safetensors") || r.contains(&sha)) && !r.ends_with("bytes=0-0"))
+        .collect();
+    assert!(weights.is_empty(), "weights were downloaded: {weights:?}");
+    eprintln!("{name} with {field}: {}", out.stderr.trim());
+}
+
+// ---------------------------------------------------------------------------------------
+// modernbert (tests/fixtures/make_modernbert.py)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn modernbert_embedding_matches_sentence_transformers() {
+    check_embedding_model("tiny-modernbert-embed");
+}
+
+#[test]
+fn modernbert_reranker_matches_cross_encoder() {
+    check_reranker("tiny-modernbert-rerank");
+}
+
+#[test]
+fn modernbert_reranker_with_cls_pooling_matches_cross_encoder() {
+    // The same weights with `classifier_pooling: "cls"` (the generator scored that too).
+    let name = "tiny-modernbert-rerank";
+    let tmp = TempDir::new("modernbert-cls").unwrap();
+    let dir = tmp.path().join(name);
+    fixtures::copy_dir(&fixtures::model_dir(name), &dir);
+    let path = dir.join("config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(config["classifier_pooling"], "mean");
+    config["classifier_pooling"] = "cls".into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    let reference = reference_json(name);
+    let (mut w, _) = Worker::ready(&dir, &[]).unwrap();
+    for case in reference["cases"].as_array().unwrap() {
+        let ids: Vec<Vec<u32>> = serde_json::from_value(case["pairs_input_ids"].clone()).unwrap();
+        let want: Vec<f32> = serde_json::from_value(case["scores_cls_pooling"].clone()).unwrap();
+        let scores = w.score(batch(&ids, None)).unwrap();
+        let d = max_abs_diff(&scores, &want);
+        assert!(d <= SCORE_MAX_DIFF, "{}: scores {scores:?} vs {want:?}", case["name"]);
+    }
+}
+
+#[test]
+fn modernbert_runs_in_float16_on_mlx_ops() {
+    check_float16("tiny-modernbert-embed");
+    check_float16("tiny-modernbert-rerank");
+}
+
+#[test]
+fn modernbert_quantized_to_8_bits_stays_close() {
+    let blocks = ["embeddings.tok_embeddings", "attn.Wqkv", "attn.Wo", "mlp.Wi", "mlp.Wo"];
+    check_quantized_embedding("tiny-modernbert-embed", &blocks);
+    check_quantized_reranker("tiny-modernbert-rerank", &[&blocks[..], &["head.dense"]].concat());
+}
+
+#[test]
+fn modernbert_pulled_from_the_hub_serves_over_http() {
+    pull_and_serve(&[
+        ("Alibaba-NLP/tiny-modernbert-embed", "tiny-modernbert-embed"),
+        ("Alibaba-NLP/tiny-modernbert-rerank", "tiny-modernbert-rerank"),
+    ]);
+}
+
+#[test]
+fn modernbert_rope_scaling_is_refused_at_pull() {
+    refused_at_pull("tiny-modernbert-embed", "rope_scaling", json!({"rope_type": "yarn", "factor": 4.0}));
 }

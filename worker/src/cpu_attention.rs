@@ -84,7 +84,6 @@ pub enum Mask {
     Causal,
     /// Keys `j` with `|i - j| <= radius` (ModernBERT's local layers, Gemma3's sliding
     /// window).
-    #[allow(dead_code)] // until the first family with local attention is registered
     Window(usize),
 }
 

@@ -8,6 +8,8 @@
 //! - Qwen3-Reranker: the model card scores `softmax([logit_no, logit_yes])[1]` at the last
 //!   position, which equals `sigmoid(logit_yes - logit_no)`. Only the two lm_head rows for
 //!   "yes" and "no" are multiplied, never the whole vocabulary.
+//! - A family's own classification head, computed in its model file ([`ScoringHead`]):
+//!   ModernBERT's pooled `head.dense` + activation + `head.norm` + `classifier`.
 
 use std::path::Path;
 
@@ -133,10 +135,17 @@ impl YesNo {
     }
 }
 
+/// A classification head that only one family has, kept in that family's model file.
+pub trait ScoringHead {
+    /// Scores `[batch]` from final states `[total, hidden]`.
+    fn score(&self, hidden: &Array, packing: &Packing) -> Result<Array>;
+}
+
 /// A reranker's scoring head: final hidden states → one score per sequence.
 pub enum Scorer {
     CrossEncoder(CrossEncoder),
     YesNo(YesNo),
+    Family(Box<dyn ScoringHead>),
 }
 
 impl Scorer {
@@ -145,6 +154,7 @@ impl Scorer {
         match self {
             Scorer::CrossEncoder(h) => Ok(h.score(hidden, packing)?.as_dtype(mlx_rs::Dtype::Float32)?),
             Scorer::YesNo(h) => h.score(&hidden.as_dtype(mlx_rs::Dtype::Float32)?, packing),
+            Scorer::Family(h) => Ok(h.score(hidden, packing)?.as_dtype(mlx_rs::Dtype::Float32)?),
         }
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod attention;
 pub mod bert;
+pub mod modernbert;
 pub mod nomic_bert;
 pub mod qwen3;
 pub mod rope;
@@ -30,8 +31,13 @@ use crate::packing::{AttentionBuckets, Packing};
 use crate::weights::Weights;
 
 /// Every architecture the worker computes, by family name.
-pub const REGISTRY: &[Architecture] =
-    &[bert::ARCHITECTURE, xlm_roberta::ARCHITECTURE, qwen3::ARCHITECTURE, nomic_bert::ARCHITECTURE];
+pub const REGISTRY: &[Architecture] = &[
+    bert::ARCHITECTURE,
+    xlm_roberta::ARCHITECTURE,
+    qwen3::ARCHITECTURE,
+    nomic_bert::ARCHITECTURE,
+    modernbert::ARCHITECTURE,
+];
 
 /// What one architecture file provides.
 pub struct Architecture {
