@@ -86,6 +86,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
         // nomic-ai/nomic-bert-2048's modeling_hf_nomic_bert.py, which nomic-embed-text and
         // arctic-embed-m-long name in auto_map.
         custom_code: &["modeling_hf_nomic_bert.NomicBertModel"],
+    },
+    Architecture {
         family: "modernbert",
         model_types: &["modernbert"],
         body: Body::Encoder,
@@ -93,6 +95,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         instruction_format: None,
         // ModernBERT has no segment table.
         type_vocab_default: 0,
+        custom_code: &[],
     },
 ];
 
