@@ -211,13 +211,10 @@ fn failures_are_answered_without_internals() {
         env: vec![("RUST_BACKTRACE".into(), "full".into())],
         ..Default::default()
     });
+    // Its sentence-transformers module folders too: a folder without them is refused
+    // before any worker starts (a Pooling module without its config).
     let broken = server.home.path().join("models/broken");
-    std::fs::create_dir_all(&broken).unwrap();
-    for e in std::fs::read_dir(model_source("tiny-bert-embed")).unwrap().flatten() {
-        if e.path().is_file() {
-            std::fs::copy(e.path(), broken.join(e.file_name())).unwrap();
-        }
-    }
+    mlx_serve_tests::fixtures::copy_dir(&model_source("tiny-bert-embed"), &broken);
     std::fs::write(broken.join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": garbage}").unwrap();
     let home = server.home.path().to_string_lossy().into_owned();
     for (path, body) in [
