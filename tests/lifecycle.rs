@@ -223,7 +223,10 @@ fn ctl_commands_against_a_live_server() {
     let out = home.run(&["ctl", "workers"]);
     assert!(out.ok(), "{}", out.text());
     let header: Vec<&str> = out.stdout.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["MODEL", "TYPE", "PID", "STATE", "UPTIME", "RESTARTS", "QUEUE", "BATCHES", "MEMORY"]);
+    assert_eq!(
+        header,
+        ["MODEL", "TYPE", "PID", "STATE", "UPTIME", "RESTARTS", "QUEUE", "BATCHES", "MEMORY", "GPU-MEMORY"]
+    );
 
     // load: a real worker process, child of the daemon.
     let out = home.run(&["ctl", "load", model]);
@@ -280,6 +283,27 @@ fn ctl_commands_against_a_live_server() {
     // No server on a port: ctl says so.
     let out = home.run(&["ctl", "workers", "--port", &port.wrapping_add(1).max(2).to_string()]);
     assert!(!out.ok() && out.stderr.contains("control socket"), "{}", out.text());
+}
+
+#[test]
+fn workers_over_the_memory_budget_are_stopped_when_idle() {
+    let model = "tiny-bert-embed";
+    let home = Home::new(&[model]);
+    // 1 MiB: any real worker is over it, so it goes as soon as it is idle.
+    home.write_config("cache:\n  max_workers_memory_mb: 1\n");
+    let Started { port, .. } = start(&home, &[]);
+    let (code, _) = post_embeddings(port, model);
+    assert_eq!(code, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while worker_row(&home, model)["state"] != "stopped" {
+        assert!(std::time::Instant::now() < deadline, "the worker over the budget is still running");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = ureq::get(&format!("http://127.0.0.1:{port}/metrics")).call().unwrap().into_string().unwrap();
+    assert!(metrics.contains(r#"mlx_serve_cache_evictions_total{type="embedding"} 1"#), "{metrics}");
+    // The model stays served: the next request starts a worker again.
+    assert_eq!(post_embeddings(port, model).0, 200);
+    home.run(&["stop", "--port", &port.to_string()]);
 }
 
 fn post_embeddings(port: u16, model: &str) -> (u16, Value) {

@@ -14,6 +14,11 @@ its own time limit and collects what they write):
   quant    MiniLM and its 8-bit and 4-bit copies, made here by `mlx-serve quantize` (the
            CUDA worker quantizes): quantize report, GPU memory per worker and texts/s on the
            same mixed traffic (64 clients) for each
+  burst    issue 28's memory check: a mixed-length burst (256 one-text clients, --seconds),
+           then 15 s idle, sampling every 0.5 s the worker's GPU memory as nvidia-smi sees
+           it beside what `ctl workers` reports; once per BURST_VARIANTS entry
+           ("name" or "name:VAR=V;cache.key=V", ","-separated: environment variables and
+           cache.* config keys for the server)
   report   one report (markdown) from the steps' JSON files
 
 Each step writes <work>/<step>[-<dtype>].json. --no-gpu (a CPU build, e.g. to test this
@@ -58,13 +63,13 @@ def rjson(path):
 class Server:
     """mlx-serve start --foreground on port 0 with a fresh home; stderr to a log file."""
 
-    def __init__(self, bin_dir, models, config, log_path):
+    def __init__(self, bin_dir, models, config, log_path, env_extra=None):
         self.home = tempfile.mkdtemp(prefix="mlx-serve-gpu-")
         (Path(self.home) / "models").mkdir()
         for name, path in models.items():
             (Path(self.home) / "models" / name).symlink_to(Path(path).resolve())
         (Path(self.home) / "config.yaml").write_text(config)
-        env = dict(os.environ, MLX_SERVE_HOME=self.home, RUST_LOG="warn,mlx_serve::daemon=info")
+        env = dict(os.environ, MLX_SERVE_HOME=self.home, RUST_LOG="warn,mlx_serve::daemon=info", **(env_extra or {}))
         for k in ("MLX_SERVE_CONFIG", "MLX_SERVE_WORKER_BIN", "MLX_SERVE_COMPUTE_DTYPE"):
             env.pop(k, None)
         self.log = open(log_path, "a")
@@ -97,6 +102,10 @@ class Server:
         if not reply.get("ok"):
             raise RuntimeError(f"control {cmd} {args}: {reply.get('error')}")
         return reply.get("result")
+
+    def worker_rows(self):
+        result = self.control("workers")
+        return result if isinstance(result, list) else result.get("workers", [])
 
     def worker_pids(self):
         """{model: pid} of the running workers."""
@@ -457,6 +466,88 @@ def step_quant(a):
         wjson(Path(a.work) / "quant.json", result)
 
 
+# ---------------------------------------------------------------- burst (issue 28)
+
+def _variants():
+    out = []
+    for item in filter(None, os.environ.get("BURST_VARIANTS", "default").split(",")):
+        name, _, env = item.partition(":")
+        out.append((name, dict(kv.split("=", 1) for kv in filter(None, env.split(";")))))
+    return out
+
+
+def _memory_metrics(url):
+    """MiB per `component` of mlx_serve_memory_usage_bytes for MiniLM (docs/metrics.md)."""
+    import urllib.request
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for m in re.finditer(r'mlx_serve_memory_usage_bytes\{component="(\w+)",model="' + MINILM + r'"\} (\S+)', text):
+        out[m.group(1) + "_mib"] = round(float(m.group(2)) / 2**20, 1)
+    return out
+
+
+def step_burst(a):
+    texts = make_texts(4096, 3, 12, 1) + make_texts(2048, 6, 250, 2)
+    random.Random(3).shuffle(texts)
+    model_dir = Path(a.models) / MINILM
+    weights_mib = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 2**20
+    result = {"dtype": a.dtype, "seconds": a.seconds, "weights_mib": round(weights_mib, 1), "variants": {}}
+    for name, env in _variants():
+        row = {"env": env}
+        # "cache.key=value" entries are config keys, the rest environment variables.
+        keys = {k: env.pop(k) for k in [k for k in env if k.startswith("cache.")]}
+        lines = "".join(f"  {k.removeprefix('cache.')}: {v}\n" for k, v in keys.items())
+        config = config_yaml(a.dtype).replace("cache:\n", "cache:\n" + lines)
+        row["config"] = keys
+        server = Server(a.bin, {MINILM: model_dir}, config, Path(a.work) / f"server-burst-{name}.log", env)
+        samples, stop, t0 = [], threading.Event(), [time.perf_counter()]
+
+        def sample():
+            while not stop.is_set():
+                rows = {r["model"]: r for r in server.worker_rows()}
+                r = rows.get(MINILM, {})
+                smi = None if a.no_gpu else gpu_apps().get(r.get("pid"))
+                ctl = r.get("device_memory_bytes")
+                sample = {"t": round(time.perf_counter() - t0[0], 1), "smi_mib": smi,
+                          "ctl_mib": None if ctl is None else round(ctl / 2**20, 1)}
+                sample.update(_memory_metrics(server.url))
+                samples.append(sample)
+                stop.wait(0.5)
+        try:
+            post(server.url + "/v1/embeddings", {"model": MINILM, "input": "warm up"})
+            time.sleep(3)  # past the worker's idle release: the loaded figure
+            r = {x["model"]: x for x in server.worker_rows()}[MINILM]
+            row["loaded_smi_mib"] = None if a.no_gpu else gpu_apps().get(r["pid"])
+            threading.Thread(target=sample, daemon=True).start()
+            t0[0] = time.perf_counter()
+            rate, errors = load(server.url, MINILM, texts, 256, a.seconds)
+            burst_end = time.perf_counter() - t0[0]
+            row.update(texts_per_s=round(rate), errors=errors, burst_end_s=round(burst_end, 1))
+            time.sleep(15)
+            stop.set()
+            time.sleep(0.6)
+            under = [x["smi_mib"] for x in samples if x["t"] <= burst_end and x["smi_mib"]]
+            row["peak_smi_mib"] = max(under) if under else None
+            for key in ("driver_reserved_mib", "mlx_cache_mib", "mlx_active_mib"):
+                seen = [x[key] for x in samples if x["t"] <= burst_end and x.get(key) is not None]
+                row["peak_" + key] = max(seen) if seen else None
+            for after in (1, 2, 5, 10, 14):
+                near = [x for x in samples if x["t"] >= burst_end + after]
+                if near:
+                    row[f"idle_{after}s"] = {k: v for k, v in near[0].items() if k != "t"}
+            row["samples"] = samples
+        except Exception as e:  # one variant's failure is reported, the others still run
+            row["error"] = f"{type(e).__name__}: {e}"
+        finally:
+            stop.set()
+            server.stop()
+        result["variants"][name] = row
+        brief = {k: v for k, v in row.items() if k != "samples"}
+        print(f"burst {name}: {json.dumps(brief)}", flush=True)
+        wjson(Path(a.work) / "burst.json", result)
+
+
 # ---------------------------------------------------------------- report
 
 def step_report(a):
@@ -468,7 +559,7 @@ def step_report(a):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["refs", "parity", "traffic", "memory", "quant", "report"])
+    ap.add_argument("step", choices=["refs", "parity", "traffic", "memory", "quant", "burst", "report"])
     ap.add_argument("--bin", help="folder with mlx-serve and mlx-serve-worker")
     ap.add_argument("--models", help="folder with one model folder per name")
     ap.add_argument("--refs-dir", help="tests/fixtures/reference")
@@ -479,7 +570,7 @@ def main():
     a = ap.parse_args()
     Path(a.work).mkdir(parents=True, exist_ok=True)
     {"refs": step_refs, "parity": step_parity, "traffic": step_traffic, "memory": step_memory,
-     "quant": step_quant, "report": step_report}[a.step](a)
+     "quant": step_quant, "burst": step_burst, "report": step_report}[a.step](a)
 
 
 def _exit_on_sigterm(signum, _frame):

@@ -35,6 +35,10 @@
 #   memory   GPU memory per loaded model; after eviction
 #   parity-bfloat16
 #   quant    MiniLM vs its 8-bit and 4-bit copies quantized there: GPU memory, texts/s
+#   burst    (only with --only burst) issue 28's memory check: GPU memory of the MiniLM
+#            worker through a 256-client mixed burst (BURST_SECONDS, default 30) and 15 s
+#            idle, nvidia-smi beside `ctl workers`; BURST_VARIANTS="name:VAR=V;...,..." runs
+#            it once per server environment (BURST_DTYPE, default float16)
 #   report   one markdown report, printed and written to $OUT/report.md
 # $OUT (the device tool's; default ./gpu-out) gets report.md, run.log and results.tar.gz
 # (every step's JSON and the server logs).
@@ -188,6 +192,9 @@ if step layout 120 layout; then
     want memory && step memory 120 "${CHECKS[@]}" memory --dtype auto
     want parity-bfloat16 && step parity-bfloat16 150 "${CHECKS[@]}" parity --dtype bfloat16
     want quant && step quant 480 "${CHECKS[@]}" quant --dtype auto --seconds 3
+    # Issue 28's memory check: only when asked for (--only burst), BURST_VARIANTS picks runs.
+    [ -n "$ONLY" ] && want burst && step burst 560 "${CHECKS[@]}" burst --dtype "${BURST_DTYPE:-float16}" \
+      --seconds "${BURST_SECONDS:-30}"
   fi
 fi
 # steps.tsv -> steps.json for the report

@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 /// Bumped on every incompatible change to the messages below.
 /// 2: `ModelInfo::packed` (the worker computes batches without padding),
 ///    `WorkerStats::mlx_cache_limit_bytes`.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: `WorkerStats::device_bytes` and `driver_reserved_bytes` (accelerator memory as the
+///    system counts it).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// What a model produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +183,12 @@ pub struct WorkerStats {
     pub mlx_cache_limit_bytes: u64,
     /// Resident set size of the worker process.
     pub rss_bytes: u64,
+    /// Accelerator memory of the worker process as the system counts it (NVML on CUDA, the
+    /// physical footprint on Metal); `None` on the CPU or where the system does not say.
+    pub device_bytes: Option<u64>,
+    /// Device memory CUDA's allocators keep reserved for the worker outside MLX's counters
+    /// (the default memory pool and the graph allocator); 0 elsewhere.
+    pub driver_reserved_bytes: u64,
     pub batches: u64,
     pub sequences: u64,
     /// Real (unpadded) tokens processed.

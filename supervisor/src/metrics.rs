@@ -116,7 +116,7 @@ impl Metrics {
             .unwrap(),
             memory_usage_bytes: register_gauge_vec_with_registry!(
                 "mlx_serve_memory_usage_bytes",
-                "Memory: component=supervisor (RSS) or worker (RSS, per model), mlx_active, mlx_cache",
+                "Memory: component=supervisor (RSS) or, per model, worker (RSS), device (accelerator memory as the driver counts it), driver_reserved (CUDA pools), mlx_active, mlx_cache",
                 &["component", "model"],
                 r
             )
@@ -193,7 +193,7 @@ impl Metrics {
             let _ = v.remove_label_values(&[model]);
         }
         let _ = self.queue_depth.remove_label_values(&[model]);
-        for component in ["worker", "mlx_active", "mlx_cache"] {
+        for component in ["worker", "device", "driver_reserved", "mlx_active", "mlx_cache"] {
             let _ = self.memory_usage_bytes.remove_label_values(&[component, model]);
         }
         for state in crate::worker::WorkerState::ALL {

@@ -307,6 +307,8 @@ impl Engine {
             mlx_cache_bytes: mlx_rs::memory::cache_memory().unwrap_or(0) as u64,
             mlx_cache_limit_bytes: self.memory.cache_limit() as u64,
             rss_bytes: rss_bytes(),
+            device_bytes: crate::device_memory::process_device_bytes(),
+            driver_reserved_bytes: crate::cuda_driver::reserved_bytes().unwrap_or(0),
             ..self.stats.clone()
         }
     }

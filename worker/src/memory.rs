@@ -9,7 +9,8 @@
 //! memory after traffic turns short. `--cache-limit-mb N` (N > 0) fixes the limit instead.
 //!
 //! Idle release (after a quiet period, `server.rs`): MLX's cache is emptied (what holds a
-//! load's memory afterwards) and, on glibc, `malloc_trim(0)` hands back free heap pages that
+//! load's memory afterwards), on CUDA the driver's pools are trimmed (MLX's frees land
+//! there, `cuda_driver.rs`) and, on glibc, `malloc_trim(0)` hands back free heap pages that
 //! smaller allocations leave below the top of an arena. docs/worker.md, "Memory", has the
 //! measurements.
 
@@ -75,6 +76,9 @@ impl MemoryPolicy {
         self.peak_since_start = self.peak_since_start.max(peak);
         let working_set = peak.saturating_sub(self.active_before) as f64;
         self.high_water = working_set.max(self.high_water * DECAY);
+        // CUDA: what MLX frees past its cache limit goes to the driver's pool, which keeps it
+        // until trimmed (`cuda_driver.rs`); hold the pool to one working set too.
+        crate::cuda_driver::trim_pool_above((self.high_water * HEADROOM) as usize);
         if self.fixed.is_some() {
             return;
         }
@@ -86,9 +90,11 @@ impl MemoryPolicy {
         }
     }
 
-    /// Gives idle memory back: MLX's buffer cache, then the C heap's free pages.
+    /// Gives idle memory back: MLX's buffer cache, what CUDA's allocators keep reserved
+    /// after MLX freed it (`cuda_driver.rs`), then the C heap's free pages.
     pub fn release_idle(&mut self) {
         let _ = memory::clear_cache();
+        crate::cuda_driver::trim();
         trim_heap();
     }
 }

@@ -219,7 +219,9 @@ pub async fn ps(State(state): State<SharedState>) -> Json<Value> {
         } else {
             rfc3339(now + ttl.saturating_sub(idle))
         });
-        v["size_vram"] = json!(status.worker_stats.map(|s| s.rss_bytes).unwrap_or(m.size_bytes));
+        // Ollama's size_vram: accelerator memory where there is one, else the worker's RSS.
+        let vram = status.worker_stats.map(|s| s.device_bytes.unwrap_or(s.rss_bytes));
+        v["size_vram"] = json!(vram.unwrap_or(m.size_bytes));
         v["state"] = json!(status.state.as_str());
         models.push(v);
     }

@@ -89,7 +89,7 @@ fn ctl_command(port: u16, request: Request, json: bool, timeout: Duration) -> Re
 }
 
 fn workers_table(rows: &[WorkerRow]) -> String {
-    let header = ["MODEL", "TYPE", "PID", "STATE", "UPTIME", "RESTARTS", "QUEUE", "BATCHES", "MEMORY"];
+    let header = ["MODEL", "TYPE", "PID", "STATE", "UPTIME", "RESTARTS", "QUEUE", "BATCHES", "MEMORY", "GPU-MEMORY"];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for r in rows {
         let dash = || "-".to_owned();
@@ -103,6 +103,7 @@ fn workers_table(rows: &[WorkerRow]) -> String {
             r.queued.to_string(),
             r.batches.to_string(),
             r.memory_bytes.map(human_bytes).unwrap_or_else(dash),
+            r.device_memory_bytes.map(human_bytes).unwrap_or_else(dash),
         ]);
     }
     let widths: Vec<usize> =

@@ -88,6 +88,10 @@ pub struct CacheConfig {
     /// MLX buffer-cache bound per worker, MiB; 0 = automatic (the worker sizes it to one
     /// batch's working set: docs/worker.md, "Memory").
     pub worker_cache_limit_mb: u64,
+    /// Memory all loaded workers may hold together, MiB (accelerator memory as the driver
+    /// counts it where a worker has one, else resident memory); above it the least recently
+    /// used idle workers are stopped. 0 = no bound beyond the model counts.
+    pub max_workers_memory_mb: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,7 +203,13 @@ impl Default for ModelsConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { max_embedding_models: 2, max_reranker_models: 1, ttl_seconds: 1800, worker_cache_limit_mb: 0 }
+        CacheConfig {
+            max_embedding_models: 2,
+            max_reranker_models: 1,
+            ttl_seconds: 1800,
+            worker_cache_limit_mb: 0,
+            max_workers_memory_mb: 0,
+        }
     }
 }
 

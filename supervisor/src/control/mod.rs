@@ -84,6 +84,10 @@ pub struct WorkerRow {
     pub batches: u64,
     /// Resident memory of the worker process (bytes), when it answered a stats request.
     pub memory_bytes: Option<u64>,
+    /// Accelerator memory of the worker process as the driver or OS counts it (NVML on
+    /// CUDA, the physical footprint on Metal); `None` on the CPU.
+    #[serde(default)]
+    pub device_memory_bytes: Option<u64>,
     pub preload: bool,
     pub last_error: Option<String>,
 }

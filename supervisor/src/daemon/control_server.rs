@@ -231,12 +231,10 @@ fn to_json<T: Serialize>(value: &T) -> serde_json::Value {
 
 async fn worker_row(e: &ModelEntry) -> WorkerRow {
     let loaded = e.runner.is_loaded();
-    let memory_bytes = if loaded {
-        tokio::time::timeout(Duration::from_secs(1), e.runner.stats()).await.ok().flatten().map(|s| s.rss_bytes)
-    } else {
-        None
-    };
+    let fresh =
+        if loaded { tokio::time::timeout(Duration::from_secs(1), e.runner.stats()).await.ok().flatten() } else { None };
     let s = e.runner.status.lock().unwrap().clone();
+    let stats = fresh.or(s.worker_stats.clone().filter(|_| loaded));
     WorkerRow {
         model: e.name.clone(),
         kind: e.facts.kind.as_str().to_owned(),
@@ -247,7 +245,8 @@ async fn worker_row(e: &ModelEntry) -> WorkerRow {
         queued: e.runner.queued(),
         in_flight: s.in_flight,
         batches: s.batches,
-        memory_bytes: memory_bytes.or(s.worker_stats.filter(|_| loaded).map(|w| w.rss_bytes)),
+        memory_bytes: stats.as_ref().map(|w| w.rss_bytes),
+        device_memory_bytes: stats.and_then(|w| w.device_bytes),
         preload: e.runner.is_preloaded(),
         last_error: s.last_error,
     }

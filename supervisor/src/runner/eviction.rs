@@ -5,6 +5,11 @@
 //!   ones are stopped first, preloaded ones last ([`make_room`]).
 //! - A sweeper stops workers idle longer than `cache.ttl_seconds`; preloaded ones stay
 //!   ([`sweep`]).
+//! - With `cache.max_workers_memory_mb` set, the same sweeper stops the least recently used
+//!   idle workers while the loaded ones together hold more memory than that, each counted
+//!   by what it holds on its accelerator (driver's figure) or else its resident memory
+//!   ([`sweep_memory`]): model counts alone do not bound memory when one model's batches
+//!   grow it (docs/worker.md, "Memory").
 //! - A worker with work queued or in flight is never evicted: it is skipped here, and the
 //!   runner refuses an evict while it has work (`RunnerError::Busy`).
 
@@ -62,6 +67,32 @@ pub async fn sweep(runners: Vec<RunnerHandle>, ttl: Duration) {
         }
     }
 }
+
+/// One memory sweep: while the loaded workers hold more than `budget` bytes together, stops
+/// idle ones in eviction order. Returns the bytes still held.
+pub async fn sweep_memory(runners: Vec<RunnerHandle>, budget: u64) -> u64 {
+    let mut loaded = Vec::new();
+    for r in runners.into_iter().filter(|r| r.is_loaded()) {
+        let stats = tokio::time::timeout(Duration::from_millis(500), r.stats()).await.ok().flatten();
+        let bytes = stats.map(|s| s.device_bytes.unwrap_or(s.rss_bytes)).unwrap_or(0);
+        loaded.push((r, bytes));
+    }
+    let mut held: u64 = loaded.iter().map(|(_, bytes)| bytes).sum();
+    loaded.sort_by_key(|(r, _)| (r.is_preloaded(), r.status.lock().unwrap().last_used));
+    for (r, bytes) in loaded {
+        if held <= budget {
+            break;
+        }
+        if r.is_idle() && r.evict().await.is_ok() {
+            tracing::info!(model = %r.name, reason = "memory", bytes, budget, "evicted worker");
+            held -= bytes;
+        }
+    }
+    held
+}
+
+/// How often the memory sweep runs when `cache.max_workers_memory_mb` is set.
+pub const MEMORY_SWEEP_PERIOD: Duration = Duration::from_secs(2);
 
 /// How often the sweeper looks: a quarter of the TTL, between 250 ms and 10 s.
 pub fn sweep_period(ttl: Duration) -> Duration {

@@ -171,9 +171,12 @@ impl Pool {
             } else {
                 None
             };
-            let (rss, active, cache) =
-                stats.map(|s| (s.rss_bytes, s.mlx_active_bytes, s.mlx_cache_bytes)).unwrap_or((0, 0, 0));
-            m.memory_usage_bytes.with_label_values(&["worker", &e.name]).set(rss as f64);
+            let stats = stats.unwrap_or_default();
+            m.memory_usage_bytes.with_label_values(&["worker", &e.name]).set(stats.rss_bytes as f64);
+            m.memory_usage_bytes.with_label_values(&["device", &e.name]).set(stats.device_bytes.unwrap_or(0) as f64);
+            let reserved = stats.driver_reserved_bytes as f64;
+            m.memory_usage_bytes.with_label_values(&["driver_reserved", &e.name]).set(reserved);
+            let (active, cache) = (stats.mlx_active_bytes, stats.mlx_cache_bytes);
             m.memory_usage_bytes.with_label_values(&["mlx_active", &e.name]).set(active as f64);
             m.memory_usage_bytes.with_label_values(&["mlx_cache", &e.name]).set(cache as f64);
         }
@@ -195,14 +198,24 @@ impl Pool {
     }
 
     async fn sweep_idle(self) {
-        let ttl = self.inner.config.cache.ttl_seconds;
-        if ttl == 0 {
-            return;
-        }
-        let ttl = Duration::from_secs(ttl);
+        let cache = &self.inner.config.cache;
+        let ttl = (cache.ttl_seconds > 0).then(|| Duration::from_secs(cache.ttl_seconds));
+        let budget = (cache.max_workers_memory_mb > 0).then(|| cache.max_workers_memory_mb.saturating_mul(1 << 20));
+        let period = match (ttl, budget) {
+            (None, None) => return,
+            (Some(ttl), None) => eviction::sweep_period(ttl),
+            (ttl, Some(_)) => ttl.map_or(eviction::MEMORY_SWEEP_PERIOD, |t| {
+                eviction::sweep_period(t).min(eviction::MEMORY_SWEEP_PERIOD)
+            }),
+        };
         loop {
-            tokio::time::sleep(eviction::sweep_period(ttl)).await;
-            eviction::sweep(self.runners(), ttl).await;
+            tokio::time::sleep(period).await;
+            if let Some(ttl) = ttl {
+                eviction::sweep(self.runners(), ttl).await;
+            }
+            if let Some(budget) = budget {
+                eviction::sweep_memory(self.runners(), budget).await;
+            }
         }
     }
 }

@@ -354,6 +354,37 @@ async fn eviction_takes_idle_workers_only_least_recently_used_first() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn over_the_memory_budget_idle_workers_go_least_recently_used_first() {
+    // Each fake worker reports 1 MiB.
+    let (a, _) = runner("mem-a", Script::default());
+    let (b, _) = runner("mem-b", Script::default());
+    let (c, _) = runner("mem-c", Script::default());
+    for (i, r) in [&a, &b, &c].into_iter().enumerate() {
+        r.load().await.unwrap();
+        r.status.lock().unwrap().last_used = Instant::now() + Duration::from_secs(i as u64);
+    }
+    settle().await;
+    let all = || vec![a.clone(), b.clone(), c.clone()];
+    assert_eq!(eviction::sweep_memory(all(), 3 << 20).await, 3 << 20, "within the budget nothing goes");
+    assert!(a.is_loaded() && b.is_loaded() && c.is_loaded());
+    assert_eq!(eviction::sweep_memory(all(), (5 << 20) / 2).await, 2 << 20);
+    assert_eq!(a.state(), WorkerState::Stopped, "least recently used goes first");
+    assert!(b.is_loaded() && c.is_loaded());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_memory_budget_never_stops_a_busy_worker() {
+    let (busy, _) = runner("mem-busy", Script { hang: true, ..Default::default() });
+    let (idle, _) = runner("mem-idle", Script::default());
+    let _stuck = submit(&busy, &[1]);
+    idle.load().await.unwrap();
+    settle().await;
+    eviction::sweep_memory(vec![busy.clone(), idle.clone()], 0).await;
+    assert!(busy.is_loaded(), "work in flight keeps its worker");
+    assert_eq!(idle.state(), WorkerState::Stopped);
+}
+
+#[tokio::test(start_paused = true)]
 async fn preloaded_workers_go_last_and_survive_the_ttl() {
     let (pre, _) = runner("ttl-pre", Script::default());
     let (plain, _) = runner("ttl-plain", Script::default());
