@@ -216,9 +216,9 @@ fn check_quantized_embedding(name: &str, expect_packed: &[&str]) {
     assert!(min_cos >= 0.998, "{name} 8-bit: min cosine {min_cos}");
 }
 
-/// The 8-bit copy of a reranker fixture scores within 0.02 of the float reference
-/// (measured: tiny-modernbert-rerank 8.3e-3; a swapped scale and bias: 0.14).
-fn check_quantized_reranker(name: &str, expect_packed: &[&str]) {
+/// The 8-bit copy of a reranker fixture scores within `bound` of the float reference
+/// (measured: tiny-modernbert-rerank 8.3e-3, bound 0.02; a swapped scale and bias: 0.14).
+fn check_quantized_reranker(name: &str, expect_packed: &[&str], bound: f64) {
     let tmp = TempDir::new("fam-quant").unwrap();
     let dst = quantize(name, &tmp);
     let packed = packed_tensors(&dst);
@@ -233,7 +233,7 @@ fn check_quantized_reranker(name: &str, expect_packed: &[&str]) {
         worst = worst.max(max_abs_diff(&scores, &case.scores));
     }
     eprintln!("{name} 8-bit: max score diff to the float32 reference {worst:.2e} ({} tensors packed)", packed.len());
-    assert!(worst <= 2e-2, "{name} 8-bit: max score diff {worst}");
+    assert!(worst <= bound, "{name} 8-bit: max score diff {worst}");
 }
 
 /// The fixtures published on the fake hub as `repo`s, pulled with `mlx-serve pull` into a
@@ -352,7 +352,7 @@ fn modernbert_runs_in_float16_on_mlx_ops() {
 fn modernbert_quantized_to_8_bits_stays_close() {
     let blocks = ["embeddings.tok_embeddings", "attn.Wqkv", "attn.Wo", "mlp.Wi", "mlp.Wo"];
     check_quantized_embedding("tiny-modernbert-embed", &blocks);
-    check_quantized_reranker("tiny-modernbert-rerank", &[&blocks[..], &["head.dense"]].concat());
+    check_quantized_reranker("tiny-modernbert-rerank", &[&blocks[..], &["head.dense"]].concat(), 2e-2);
 }
 
 #[test]
@@ -366,4 +366,49 @@ fn modernbert_pulled_from_the_hub_serves_over_http() {
 #[test]
 fn modernbert_rope_scaling_is_refused_at_pull() {
     refused_at_pull("tiny-modernbert-embed", "rope_scaling", json!({"rope_type": "yarn", "factor": 4.0}));
+}
+
+// ---------------------------------------------------------------------------------------
+// mpnet: all-mpnet-base-v2, multi-qa-mpnet-base (tests/fixtures/make_mpnet.py): a relative
+// position bias on sequences up to 160 tokens (its buckets saturate past 128).
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn mpnet_embedding_matches_sentence_transformers() {
+    check_embedding_model("tiny-mpnet-embed");
+}
+
+#[test]
+fn mpnet_reranker_matches_cross_encoder() {
+    check_reranker("tiny-mpnet-rerank");
+}
+
+#[test]
+fn mpnet_runs_in_float16_on_mlx_ops() {
+    check_float16("tiny-mpnet-embed");
+    check_float16("tiny-mpnet-rerank");
+}
+
+#[test]
+fn mpnet_quantized_to_8_bits_stays_close() {
+    let blocks = ["embeddings.word_embeddings", "attention.attn.q", "attention.attn.o", "intermediate.dense"];
+    check_quantized_embedding("tiny-mpnet-embed", &blocks);
+    // Measured (x86, MLX CPU): min cosine 0.999755, max score diff 3.65e-2 — what MLX's
+    // affine 8-bit rounding (group 64) of these weights itself costs: torch on the same
+    // weights rounded the same way gives 0.999755 and 3.65e-2.
+    check_quantized_reranker("tiny-mpnet-rerank", &[&blocks[..], &["classifier.dense"]].concat(), 5e-2);
+}
+
+#[test]
+fn mpnet_pulled_from_the_hub_serves_over_http() {
+    pull_and_serve(&[
+        ("sentence-transformers/tiny-mpnet-embed", "tiny-mpnet-embed"),
+        ("cross-encoder/tiny-mpnet-rerank", "tiny-mpnet-rerank"),
+    ]);
+}
+
+#[test]
+fn mpnet_unhonoured_fields_are_refused_at_pull() {
+    refused_at_pull("tiny-mpnet-embed", "relative_attention_num_buckets", json!(64));
+    refused_at_pull("tiny-mpnet-rerank", "pad_token_id", json!(0));
 }

@@ -97,6 +97,17 @@ pub const ARCHITECTURES: &[Architecture] = &[
         type_vocab_default: 0,
         custom_code: &[],
     },
+    Architecture {
+        family: "mpnet",
+        model_types: &["mpnet"],
+        body: Body::Encoder,
+        // MPNetEmbeddings counts positions from padding_idx + 1, as RoBERTa does.
+        positions: Positions::AfterPadding,
+        instruction_format: None,
+        // MPNet has no segment table.
+        type_vocab_default: 0,
+        custom_code: &[],
+    },
 ];
 
 /// A family: a reference to its row (compared by name).

@@ -13,6 +13,7 @@
 pub mod attention;
 pub mod bert;
 pub mod modernbert;
+pub mod mpnet;
 pub mod nomic_bert;
 pub mod qwen3;
 pub mod rope;
@@ -37,6 +38,7 @@ pub const REGISTRY: &[Architecture] = &[
     qwen3::ARCHITECTURE,
     nomic_bert::ARCHITECTURE,
     modernbert::ARCHITECTURE,
+    mpnet::ARCHITECTURE,
 ];
 
 /// What one architecture file provides.

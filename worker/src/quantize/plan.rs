@@ -24,7 +24,7 @@
 //!   within 30% of its bfloat16 size.
 
 use anyhow::{bail, Result};
-use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
+use mlx_serve_protocol::model_dir::{config_u32, ModelFacts, Pooling};
 
 use crate::weights::QuantSpec;
 
@@ -128,9 +128,16 @@ fn role(name: &str) -> Role {
         Role::LmHead
     } else if name.contains("embed") {
         Role::Embedding
-    } else if name.contains("v_proj") || name.contains("attention.self.value") {
+    } else if ["v_proj", "attention.self.value", "attention.attn.v.", "attention.v_lin"]
+        .iter()
+        .any(|v| name.contains(v))
+    {
+        // Qwen3 / BERT / MPNet / DistilBERT names.
         Role::AttentionValue
-    } else if name.contains("down_proj") || (name.contains("output.dense") && !name.contains("attention.output")) {
+    } else if name.contains("down_proj")
+        || name.contains("ffn.lin2")
+        || (name.contains("output.dense") && !name.contains("attention.output"))
+    {
         Role::FeedForwardOut
     } else {
         Role::Other
@@ -157,7 +164,7 @@ impl Plan {
         overrides: Vec<Override>,
         shapes: impl IntoIterator<Item = (&'a str, &'a [i32])>,
     ) -> Plan {
-        let layers = facts.config.get("num_hidden_layers").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+        let layers = config_u32(&facts.config, "num_hidden_layers").unwrap_or(0) as usize;
         let yes_no = facts.pooling == Pooling::YesNo;
         Plan::for_shapes(base, recipe, overrides, layers, yes_no, shapes)
     }
@@ -282,6 +289,11 @@ mod tests {
         assert_eq!(role("encoder.layer.3.attention.output.dense.weight"), Role::Other);
         assert_eq!(role("model.layers.7.self_attn.v_proj.weight"), Role::AttentionValue);
         assert_eq!(role("embeddings.word_embeddings.weight"), Role::Embedding);
+        assert_eq!(role("mpnet.encoder.layer.0.attention.attn.v.weight"), Role::AttentionValue);
+        assert_eq!(role("encoder.layer.0.attention.attn.o.weight"), Role::Other);
+        assert_eq!(role("distilbert.transformer.layer.1.attention.v_lin.weight"), Role::AttentionValue);
+        assert_eq!(role("transformer.layer.1.ffn.lin2.weight"), Role::FeedForwardOut);
+        assert_eq!(role("transformer.layer.1.ffn.lin1.weight"), Role::Other);
         assert_eq!(block_index("model.layers.17.mlp.down_proj.weight"), Some(17));
         assert_eq!(block_index("bert.encoder.layer.2.attention.self.value.weight"), Some(2));
         assert_eq!(block_index("embeddings.word_embeddings.weight"), None);
