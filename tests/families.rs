@@ -412,3 +412,44 @@ fn mpnet_unhonoured_fields_are_refused_at_pull() {
     refused_at_pull("tiny-mpnet-embed", "relative_attention_num_buckets", json!(64));
     refused_at_pull("tiny-mpnet-rerank", "pad_token_id", json!(0));
 }
+
+// ---------------------------------------------------------------------------------------
+// distilbert: msmarco-distilbert, multi-qa-distilbert (tests/fixtures/make_distilbert.py):
+// DistilBERT's config names (`dim`, `n_heads`, `n_layers`), CLS pooling, its own head.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn distilbert_embedding_matches_sentence_transformers() {
+    check_embedding_model("tiny-distilbert-embed");
+}
+
+#[test]
+fn distilbert_reranker_matches_cross_encoder() {
+    check_reranker("tiny-distilbert-rerank");
+}
+
+#[test]
+fn distilbert_runs_in_float16_on_mlx_ops() {
+    check_float16("tiny-distilbert-embed");
+    check_float16("tiny-distilbert-rerank");
+}
+
+#[test]
+fn distilbert_quantized_to_8_bits_stays_close() {
+    let blocks = ["embeddings.word_embeddings", "attention.q_lin", "attention.out_lin", "ffn.lin1", "ffn.lin2"];
+    check_quantized_embedding("tiny-distilbert-embed", &blocks);
+    check_quantized_reranker("tiny-distilbert-rerank", &[&blocks[..], &["pre_classifier"]].concat(), 2e-2);
+}
+
+#[test]
+fn distilbert_pulled_from_the_hub_serves_over_http() {
+    pull_and_serve(&[
+        ("sentence-transformers/tiny-distilbert-embed", "tiny-distilbert-embed"),
+        ("cross-encoder/tiny-distilbert-rerank", "tiny-distilbert-rerank"),
+    ]);
+}
+
+#[test]
+fn distilbert_unhonoured_fields_are_refused_at_pull() {
+    refused_at_pull("tiny-distilbert-embed", "sinusoidal_pos_embds", json!(true));
+}

@@ -108,6 +108,16 @@ pub const ARCHITECTURES: &[Architecture] = &[
         type_vocab_default: 0,
         custom_code: &[],
     },
+    Architecture {
+        family: "distilbert",
+        model_types: &["distilbert"],
+        body: Body::Encoder,
+        positions: Positions::FromZero,
+        instruction_format: None,
+        // DistilBERT has no segment table.
+        type_vocab_default: 0,
+        custom_code: &[],
+    },
 ];
 
 /// A family: a reference to its row (compared by name).

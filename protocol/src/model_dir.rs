@@ -5,7 +5,7 @@
 //!
 //! Files read (all optional except config.json):
 //! - `config.json`: `model_type` (its family: `architectures.rs`), `architectures`, sizes,
-//!   `max_position_embeddings` (or their GPT-2 spellings, [`config_u32`]).
+//!   `max_position_embeddings` (or their GPT-2 / DistilBERT spellings, [`config_u32`]).
 //! - `modules.json` and its modules' configs (sentence-transformers): pooling, Dense
 //!   layers, Normalize (`st_pipeline.rs`).
 //! - `sentence_bert_config.json`: `max_seq_length`, which wins over the tokenizer's limit
@@ -129,18 +129,19 @@ pub enum ModelDirError {
     DenseShape { architecture: String, path: String, takes: u32, gets: u32 },
 }
 
-/// A size from config.json under its transformers name, or under the GPT-2 name that
-/// transformers' `GPT2Config.attribute_map` maps it to (`n_embd`, `n_positions`): custom-code
-/// configs derived from GPT2Config (nomic-embed-text's `nomic_bert`) are saved that way.
+/// A size from config.json under its transformers name, or under the names a config
+/// class's `attribute_map` maps it to: GPT-2's (`n_embd`, `n_positions`; custom-code configs
+/// derived from GPT2Config, nomic-embed-text's `nomic_bert`, are saved that way) and
+/// DistilBERT's (`dim`, `n_heads`, `n_layers`: `DistilBertConfig.attribute_map`).
 pub fn config_u32(config: &Value, key: &str) -> Option<u32> {
-    let gpt2 = match key {
-        "hidden_size" => "n_embd",
-        "max_position_embeddings" => "n_positions",
-        "num_attention_heads" => "n_head",
-        "num_hidden_layers" => "n_layer",
-        _ => return get_u32(config, key),
+    let aliases: &[&str] = match key {
+        "hidden_size" => &["n_embd", "dim"],
+        "max_position_embeddings" => &["n_positions"],
+        "num_attention_heads" => &["n_head", "n_heads"],
+        "num_hidden_layers" => &["n_layer", "n_layers"],
+        _ => &[],
     };
-    get_u32(config, key).or_else(|| get_u32(config, gpt2))
+    get_u32(config, key).or_else(|| aliases.iter().find_map(|a| get_u32(config, a)))
 }
 
 /// Reads the facts of the model in `dir`.
@@ -260,5 +261,9 @@ mod tests {
         let both = serde_json::json!({"hidden_size": 64, "n_embd": 768});
         assert_eq!(config_u32(&both, "hidden_size"), Some(64), "the transformers name wins");
         assert_eq!(config_u32(&hub, "vocab_size"), None);
+        let distilbert = serde_json::json!({"model_type": "distilbert", "dim": 768, "n_heads": 12, "n_layers": 6});
+        assert_eq!(config_u32(&distilbert, "hidden_size"), Some(768));
+        assert_eq!(config_u32(&distilbert, "num_attention_heads"), Some(12));
+        assert_eq!(config_u32(&distilbert, "num_hidden_layers"), Some(6));
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod attention;
 pub mod bert;
+pub mod distilbert;
 pub mod modernbert;
 pub mod mpnet;
 pub mod nomic_bert;
@@ -39,6 +40,7 @@ pub const REGISTRY: &[Architecture] = &[
     nomic_bert::ARCHITECTURE,
     modernbert::ARCHITECTURE,
     mpnet::ARCHITECTURE,
+    distilbert::ARCHITECTURE,
 ];
 
 /// What one architecture file provides.
