@@ -453,3 +453,50 @@ fn distilbert_pulled_from_the_hub_serves_over_http() {
 fn distilbert_unhonoured_fields_are_refused_at_pull() {
     refused_at_pull("tiny-distilbert-embed", "sinusoidal_pos_embds", json!(true));
 }
+
+// ---------------------------------------------------------------------------------------
+// new: Alibaba GTE, gte-multilingual-base, gte-large-en-v1.5, gte-multilingual-reranker-base
+// (tests/fixtures/make_new.py): the Hub's `new` layout with its new-impl `auto_map`,
+// references by transformers' native GteModel on the same weights.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn new_embedding_matches_sentence_transformers() {
+    check_embedding_model("tiny-new-embed");
+}
+
+#[test]
+fn new_reranker_matches_cross_encoder() {
+    check_reranker("tiny-new-rerank");
+}
+
+#[test]
+fn new_runs_in_float16_on_mlx_ops() {
+    check_float16("tiny-new-embed");
+    check_float16("tiny-new-rerank");
+}
+
+#[test]
+fn new_quantized_to_8_bits_stays_close() {
+    // Measured (x86, MLX CPU): min cosine 0.998416, max score diff 1.5e-2 — what MLX's affine
+    // 8-bit rounding of these weights itself costs (torch on the same weights rounded the
+    // same way: 0.998416).
+    let blocks = ["embeddings.word_embeddings", "attention.qkv_proj", "attention.o_proj", "mlp.up_gate_proj"];
+    check_quantized_embedding("tiny-new-embed", &blocks);
+    check_quantized_reranker("tiny-new-rerank", &[&blocks[..], &["pooler.dense"]].concat(), 2e-2);
+}
+
+#[test]
+fn new_pulled_from_the_hub_serves_over_http() {
+    pull_and_serve(&[
+        ("Alibaba-NLP/tiny-new-embed", "tiny-new-embed"),
+        ("Alibaba-NLP/tiny-new-rerank", "tiny-new-rerank"),
+    ]);
+}
+
+#[test]
+fn new_unhonoured_fields_are_refused_at_pull() {
+    // gte-large-en-v1.5 asks for new-impl's fixed NTK RoPE scaling (`{"type": "ntk", "factor": 2.0}`).
+    refused_at_pull("tiny-new-embed", "rope_scaling", json!({"type": "ntk", "factor": 2.0}));
+    refused_at_pull("tiny-new-rerank", "logn_attention_scale", json!(true));
+}

@@ -118,6 +118,18 @@ pub const ARCHITECTURES: &[Architecture] = &[
         type_vocab_default: 0,
         custom_code: &[],
     },
+    Architecture {
+        family: "new",
+        model_types: &["new"],
+        body: Body::Encoder,
+        positions: Positions::FromZero,
+        instruction_format: None,
+        // worker/src/models/new.rs requires type_vocab_size in config.json.
+        type_vocab_default: 0,
+        // Alibaba-NLP/new-impl's modeling.py, which gte-multilingual-base, gte-large-en-v1.5
+        // and gte-multilingual-reranker-base name in auto_map.
+        custom_code: &["new-impl--modeling.NewModel", "new-impl--modeling.NewForSequenceClassification"],
+    },
 ];
 
 /// A family: a reference to its row (compared by name).

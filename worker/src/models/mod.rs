@@ -15,6 +15,7 @@ pub mod bert;
 pub mod distilbert;
 pub mod modernbert;
 pub mod mpnet;
+pub mod new;
 pub mod nomic_bert;
 pub mod qwen3;
 pub mod rope;
@@ -41,6 +42,7 @@ pub const REGISTRY: &[Architecture] = &[
     modernbert::ARCHITECTURE,
     mpnet::ARCHITECTURE,
     distilbert::ARCHITECTURE,
+    new::ARCHITECTURE,
 ];
 
 /// What one architecture file provides.
