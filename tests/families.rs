@@ -367,3 +367,152 @@ fn modernbert_pulled_from_the_hub_serves_over_http() {
 fn modernbert_rope_scaling_is_refused_at_pull() {
     refused_at_pull("tiny-modernbert-embed", "rope_scaling", json!({"rope_type": "yarn", "factor": 4.0}));
 }
+
+// ---------------------------------------------------------------------------------------
+// gemma3_text: EmbeddingGemma-300m (tests/fixtures/make_gemma3_text.py): bidirectional
+// attention with symmetric sliding windows, mean pooling, 2_Dense + 3_Dense, task prompts.
+// ---------------------------------------------------------------------------------------
+
+const GEMMA: &str = "tiny-gemma3_text-embed";
+
+/// google/embeddinggemma-300m's config.json as published (transformers 4.57 layout).
+fn embeddinggemma_config() -> Value {
+    let layer_types: Vec<&str> =
+        (0..24).map(|i| if (i + 1) % 6 == 0 { "full_attention" } else { "sliding_attention" }).collect();
+    json!({
+        "_sliding_window_pattern": 6, "architectures": ["Gemma3TextModel"], "attention_bias": false,
+        "attention_dropout": 0.0, "attn_logit_softcapping": null, "bos_token_id": 2, "dtype": "float32",
+        "eos_token_id": 1, "final_logit_softcapping": null, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 1152, "layer_types": layer_types,
+        "max_position_embeddings": 2048, "model_type": "gemma3_text", "num_attention_heads": 3,
+        "num_hidden_layers": 24, "num_key_value_heads": 1, "pad_token_id": 0, "query_pre_attn_scalar": 256,
+        "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000.0, "rope_scaling": null, "rope_theta": 1000000.0,
+        "sliding_window": 512, "transformers_version": "4.57.0.dev0", "use_bidirectional_attention": true,
+        "use_cache": true, "vocab_size": 262144
+    })
+}
+
+/// The fixture's files with google/embeddinggemma-300m's JSON at its published sizes:
+/// `config` as config.json, and its module configs (768 → mean → 3072 → 768).
+fn embeddinggemma_files(config: Value) -> Vec<(String, Vec<u8>)> {
+    let dense = |i: u32, o: u32| {
+        json!({"in_features": i, "out_features": o, "bias": false,
+            "activation_function": "torch.nn.modules.linear.Identity"})
+    };
+    let mut files = folder_files(&fixtures::model_dir(GEMMA));
+    for (path, data) in &mut files {
+        let v = match path.as_str() {
+            "config.json" => config.clone(),
+            "1_Pooling/config.json" => {
+                let mut p: Value = serde_json::from_slice(data).unwrap();
+                p["word_embedding_dimension"] = 768.into();
+                p
+            }
+            "2_Dense/config.json" => dense(768, 3072),
+            "3_Dense/config.json" => dense(3072, 768),
+            _ => continue,
+        };
+        *data = serde_json::to_vec_pretty(&v).unwrap();
+    }
+    files
+}
+
+#[test]
+fn gemma3_text_embedding_matches_sentence_transformers() {
+    check_embedding_model(GEMMA);
+}
+
+#[test]
+fn gemma3_text_runs_in_float16_on_mlx_ops() {
+    check_float16(GEMMA);
+}
+
+#[test]
+fn gemma3_text_quantized_to_8_bits_stays_close() {
+    check_quantized_embedding(
+        GEMMA,
+        &["embed_tokens", "self_attn.q_proj", "self_attn.k_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"],
+    );
+}
+
+/// `mlx-serve pull embeddinggemma` (the Ollama library name) takes google/embeddinggemma-300m
+/// from the hub (the fixture published under that repo), and the model serves the
+/// reference vectors under that name on the OpenAI and Ollama routes, with its own task
+/// prompts by `prompt_name` as sentence-transformers applies them.
+#[test]
+fn gemma3_text_pulled_by_its_ollama_name_serves_vectors_and_prompts() {
+    let hub = FakeHub::start();
+    hub.add_repo("google/embeddinggemma-300m", folder_files(&fixtures::model_dir(GEMMA)));
+    let hf_home = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerOptions { env: hub.server_env(hf_home.path()), ..Default::default() });
+    let out = hub.mlx_serve(server.home.path(), &["pull", "embeddinggemma"], &[]);
+    assert!(out.ok(), "{}", out.text());
+    let reference = fixtures::embed_reference(GEMMA).unwrap();
+    let mut served = 0;
+    for case in &reference.cases {
+        let (status, resp) = server.post("/v1/embeddings", &json!({"model": "embeddinggemma", "input": case.texts}));
+        assert_eq!(status, 200, "{resp}\n{}", server.log_text());
+        let (status, ollama) = server.post("/api/embed", &json!({"model": "embeddinggemma", "input": case.texts}));
+        assert_eq!(status, 200, "{ollama}");
+        for (i, want) in case.embeddings.iter().enumerate() {
+            let got: Vec<f32> = serde_json::from_value(resp["data"][i]["embedding"].clone()).unwrap();
+            let c = cosine(&got, want);
+            assert!(c >= 0.99999 && max_abs_diff(&got, want) <= EMBED_MAX_DIFF, "{}[{i}]: cosine {c}", case.name);
+            let got: Vec<f32> = serde_json::from_value(ollama["embeddings"][i].clone()).unwrap();
+            assert!(cosine(&got, want) >= 0.99999, "{}[{i}] on /api/embed", case.name);
+            served += 1;
+        }
+    }
+    assert!(served >= 20, "{served}");
+    assert_eq!(reference.prompt_cases.len(), 2);
+    for case in &reference.prompt_cases {
+        let body = json!({"model": "embeddinggemma", "input": case.texts, "prompt_name": case.prompt_name});
+        let (status, resp) = server.post("/v1/embeddings", &body);
+        assert_eq!(status, 200, "{resp}");
+        for (i, want) in case.embeddings.iter().enumerate() {
+            let got: Vec<f32> = serde_json::from_value(resp["data"][i]["embedding"].clone()).unwrap();
+            let c = cosine(&got, want);
+            assert!(c >= 0.99999, "prompt {}[{i}]: cosine {c}", case.prompt_name);
+        }
+    }
+    assert_eq!(server.stop(), Some(0));
+}
+
+/// EmbeddingGemma's published config.json, with one field edited, is refused by `pull`
+/// naming that field, before any weight is downloaded: a causal Gemma 3, a RoPE scaling
+/// (Gemma 3 4B's linear factor 8), attention logit soft-capping.
+#[test]
+fn gemma3_text_fields_not_computed_are_refused_at_pull() {
+    // The published JSON as it is passes every check (`mlx-serve-worker check`).
+    let dir = tempfile::tempdir().unwrap();
+    for (path, data) in embeddinggemma_files(embeddinggemma_config()) {
+        let to = dir.path().join(&path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(to, data).unwrap();
+    }
+    let out = std::process::Command::new(worker_bin()).arg("check").arg("--model").arg(dir.path()).output().unwrap();
+    let verdict: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    assert_eq!((verdict["family"].as_str(), verdict["output_dim"].as_u64()), (Some("gemma3_text"), Some(768)));
+    for (field, value) in [
+        ("use_bidirectional_attention", json!(false)),
+        ("rope_scaling", json!({"rope_type": "linear", "factor": 8.0})),
+        ("attn_logit_softcapping", json!(50.0)),
+    ] {
+        let hub = FakeHub::start();
+        let mut v = embeddinggemma_config();
+        v[field] = value;
+        let files = embeddinggemma_files(v);
+        hub.add_repo("google/embeddinggemma-300m", files);
+        let home = tempfile::tempdir().unwrap();
+        let out = hub.mlx_serve(home.path(), &["pull", "google/embeddinggemma-300m"], &[]);
+        let line = error_line(&out);
+        assert!(line.contains(field), "{field}: {line}");
+        let fetched: Vec<String> = hub
+            .requests()
+            .into_iter()
+            .filter(|r| r.contains("model.safetensors") && !r.ends_with("bytes=0-0"))
+            .collect();
+        assert!(fetched.is_empty(), "{field}: weights were downloaded: {fetched:?}");
+    }
+}

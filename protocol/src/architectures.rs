@@ -97,6 +97,17 @@ pub const ARCHITECTURES: &[Architecture] = &[
         type_vocab_default: 0,
         custom_code: &[],
     },
+    Architecture {
+        family: "gemma3_text",
+        model_types: &["gemma3_text"],
+        // EmbeddingGemma: bidirectional (a causal Gemma 3 is refused by its check).
+        body: Body::Encoder,
+        positions: Positions::FromZero,
+        instruction_format: None,
+        // Gemma 3 has no segment table.
+        type_vocab_default: 0,
+        custom_code: &[],
+    },
 ];
 
 /// A family: a reference to its row (compared by name).

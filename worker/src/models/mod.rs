@@ -12,6 +12,7 @@
 
 pub mod attention;
 pub mod bert;
+pub mod gemma3_text;
 pub mod modernbert;
 pub mod nomic_bert;
 pub mod qwen3;
@@ -37,6 +38,7 @@ pub const REGISTRY: &[Architecture] = &[
     qwen3::ARCHITECTURE,
     nomic_bert::ARCHITECTURE,
     modernbert::ARCHITECTURE,
+    gemma3_text::ARCHITECTURE,
 ];
 
 /// What one architecture file provides.
