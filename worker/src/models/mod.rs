@@ -15,6 +15,7 @@ pub mod bert;
 pub mod gemma3_text;
 pub mod modernbert;
 pub mod nomic_bert;
+pub mod qwen2;
 pub mod qwen3;
 pub mod rope;
 pub mod xlm_roberta;
@@ -39,6 +40,7 @@ pub const REGISTRY: &[Architecture] = &[
     nomic_bert::ARCHITECTURE,
     modernbert::ARCHITECTURE,
     gemma3_text::ARCHITECTURE,
+    qwen2::ARCHITECTURE,
 ];
 
 /// What one architecture file provides.
