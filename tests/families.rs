@@ -137,6 +137,11 @@ const SCORE_ERROR_FLOOR: f64 = 1e-3;
 /// built as arrays, no host kernels); the error must stay within a few times torch's own
 /// float16 error on the same weights (the reference's `half_precision`, from its generator).
 fn check_float16(name: &str) {
+    check_float16_with_floor(name, EMBED_ERROR_FLOOR);
+}
+
+/// [`check_float16`] with another floor for the embeddings' `1 - min cosine`.
+fn check_float16_with_floor(name: &str, embed_floor: f64) {
     let torch = &reference_json(name)["half_precision"]["float16"];
     let (mut w, info) = Worker::ready(&fixtures::model_dir(name), &["--compute-dtype", "float16"]).unwrap();
     assert_eq!(info.compute_dtype, "float16");
@@ -149,7 +154,7 @@ fn check_float16(name: &str) {
                 min_cos = min_cos.min(cosine(got, want));
             }
         }
-        let bound = (HALF_PRECISION_FACTOR * (1.0 - torch_cos)).max(EMBED_ERROR_FLOOR);
+        let bound = (HALF_PRECISION_FACTOR * (1.0 - torch_cos)).max(embed_floor);
         eprintln!(
             "{name} in float16: 1 - min cosine {:.2e} (torch {:.2e}, bound {bound:.2e})",
             1.0 - min_cos,
@@ -371,10 +376,12 @@ fn modernbert_rope_scaling_is_refused_at_pull() {
 
 // ---------------------------------------------------------------------------------------
 // gemma3_text: EmbeddingGemma-300m (tests/fixtures/make_gemma3_text.py): bidirectional
-// attention with symmetric sliding windows, mean pooling, 2_Dense + 3_Dense, task prompts.
+// attention with symmetric sliding windows, mean pooling, 2_Dense + 3_Dense, task prompts;
+// and a causal Gemma 3 (harrier-oss-v1-270m's shape) with causal sliding windows.
 // ---------------------------------------------------------------------------------------
 
 const GEMMA: &str = "tiny-gemma3_text-embed";
+const GEMMA_CAUSAL: &str = "tiny-gemma3_text-causal-embed";
 
 /// google/embeddinggemma-300m's config.json as published (transformers 4.57 layout).
 fn embeddinggemma_config() -> Value {
@@ -438,6 +445,38 @@ fn gemma3_text_quantized_to_8_bits_stays_close() {
     );
 }
 
+/// harrier-oss-v1-270m's shape: a causal Gemma 3 (causal sliding windows), last token.
+#[test]
+fn gemma3_text_causal_embedding_matches_sentence_transformers() {
+    check_embedding_model(GEMMA_CAUSAL);
+    // Measured: 1 - min cosine 3.6e-5 (torch's own float16: 8.8e-6). One token's state is the
+    // whole vector (last-token pooling of a causal model), so its rounding is not averaged
+    // away as in EmbeddingGemma's mean (3.2e-6 there); a causal window one key too wide
+    // costs 2.8e-4 (measured in float32).
+    check_float16_with_floor(GEMMA_CAUSAL, 1e-4);
+}
+
+/// A causal Gemma 3 whose pooling is CLS (a Gemma3ForCausalLM without sentence-transformers
+/// files gets the encoder default) is refused: its first token sees only itself.
+#[test]
+fn gemma3_text_causal_with_cls_pooling_is_refused_at_pull() {
+    let hub = FakeHub::start();
+    let st_files = ["modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"];
+    let mut files: Vec<(String, Vec<u8>)> = folder_files(&fixtures::model_dir(GEMMA_CAUSAL))
+        .into_iter()
+        .filter(|(path, _)| !st_files.contains(&path.as_str()) && !path.starts_with("1_Pooling"))
+        .collect();
+    let config = files.iter_mut().find(|f| f.0 == "config.json").unwrap();
+    let mut v: Value = serde_json::from_slice(&config.1).unwrap();
+    v["architectures"] = json!(["Gemma3ForCausalLM"]);
+    config.1 = serde_json::to_vec_pretty(&v).unwrap();
+    hub.add_repo("google/gemma-3-270m-it", files);
+    let home = tempfile::tempdir().unwrap();
+    let out = hub.mlx_serve(home.path(), &["pull", "google/gemma-3-270m-it"], &[]);
+    let line = error_line(&out);
+    assert!(line.contains("CLS pooling") && line.contains("use_bidirectional_attention"), "{line}");
+}
+
 /// `mlx-serve pull embeddinggemma` (the Ollama library name) takes google/embeddinggemma-300m
 /// from the hub (the fixture published under that repo), and the model serves the
 /// reference vectors under that name on the OpenAI and Ollama routes, with its own task
@@ -482,8 +521,8 @@ fn gemma3_text_pulled_by_its_ollama_name_serves_vectors_and_prompts() {
 }
 
 /// EmbeddingGemma's published config.json, with one field edited, is refused by `pull`
-/// naming that field, before any weight is downloaded: a causal Gemma 3, a RoPE scaling
-/// (Gemma 3 4B's linear factor 8), attention logit soft-capping.
+/// naming that field, before any weight is downloaded: a layer type other than full and
+/// sliding, a RoPE scaling (Gemma 3 4B's linear factor 8), attention logit soft-capping.
 #[test]
 fn gemma3_text_fields_not_computed_are_refused_at_pull() {
     // The published JSON as it is passes every check (`mlx-serve-worker check`).
@@ -498,7 +537,7 @@ fn gemma3_text_fields_not_computed_are_refused_at_pull() {
     assert_eq!(verdict["ok"], true, "{verdict}");
     assert_eq!((verdict["family"].as_str(), verdict["output_dim"].as_u64()), (Some("gemma3_text"), Some(768)));
     for (field, value) in [
-        ("use_bidirectional_attention", json!(false)),
+        ("layer_types", json!(vec!["chunked_attention"; 24])),
         ("rope_scaling", json!({"rope_type": "linear", "factor": 8.0})),
         ("attn_logit_softcapping", json!(50.0)),
     ] {

@@ -1,7 +1,8 @@
-//! Gemma 3 text encoder with bidirectional attention (EmbeddingGemma-300m): embeddings
-//! scaled by `sqrt(hidden_size)`, blocks with RMSNorm before and after both attention and
-//! MLP, grouped-query attention with per-head q/k RMSNorm and RoPE, a GELU-tanh gated MLP,
-//! a final RMSNorm; full attention on some layers and a symmetric window on the others.
+//! Gemma 3 text models as embedders: bidirectional (EmbeddingGemma-300m) or causal
+//! (harrier-oss-v1-270m, last-token pooled). Embeddings scaled by `sqrt(hidden_size)`,
+//! blocks with RMSNorm before and after both attention and MLP, grouped-query attention with
+//! per-head q/k RMSNorm and RoPE, a GELU-tanh gated MLP, a final RMSNorm; full attention on
+//! some layers and a sliding window on the others.
 //!
 //! Follows transformers 5.24's `modeling_gemma3.py` / `configuration_gemma3.py`:
 //! - `Gemma3RMSNorm`: `x / rms(x) * (1 + weight)` (the stored weight is an offset from 1).
@@ -18,8 +19,9 @@
 //! - With `use_bidirectional_attention`, full layers see every token and a sliding layer's
 //!   query sees keys with `abs(q - kv) < sliding_window // 2 + 1` (the config class halves
 //!   config.json's value; `_bidirectional_window_overlay`): a window of radius
-//!   `sliding_window // 2`. Without it Gemma 3 is a causal LM with a causal window, which
-//!   this file does not compute, so it is refused.
+//!   `sliding_window // 2`. Without it attention is causal, and a sliding layer's query sees
+//!   the `sliding_window` keys up to itself (masking_utils' `sliding_window_overlay`,
+//!   `kv > q - sliding_window`).
 
 use std::collections::BTreeMap;
 
@@ -44,6 +46,13 @@ pub const ARCHITECTURE: Architecture = Architecture { family: "gemma3_text", che
 fn check(facts: &ModelFacts) -> Result<()> {
     let config: Gemma3TextConfig = parse_config(&facts.config)?;
     config.check()?;
+    if !config.bidirectional() && facts.pooling == Pooling::CLS {
+        bail!(
+            "{}: CLS pooling of a causal Gemma 3 (use_bidirectional_attention is not true): its first token sees \
+             only itself; a causal Gemma 3 embeds with last-token or mean pooling from its sentence-transformers files",
+            facts.architecture
+        );
+    }
     if !matches!(facts.pooling, Pooling::Embed(_)) {
         bail!(
             "{}: a Gemma 3 reranker ({}) is not implemented; only embedding models",
@@ -159,13 +168,22 @@ impl Gemma3TextConfig {
         }
     }
 
-    /// The sliding layers' window: keys within this many positions of the query.
-    pub fn window_radius(&self) -> Result<usize> {
-        match self.sliding_window {
-            Some(w) if w >= 0 => Ok((w / 2) as usize),
+    pub fn bidirectional(&self) -> bool {
+        self.use_bidirectional_attention == Some(true)
+    }
+
+    /// The full and the sliding layers' masks.
+    pub fn masks(&self) -> Result<(Mask, Mask)> {
+        let window = match self.sliding_window {
+            Some(w) if w > 0 => w as usize,
             Some(w) => bail!("config.json: sliding_window = {w} is out of range"),
             None => bail!("config.json: sliding_window is null but layers slide (layer_types)"),
-        }
+        };
+        Ok(if self.bidirectional() {
+            (Mask::Full, Mask::Window(window / 2))
+        } else {
+            (Mask::Causal, Mask::CausalWindow(window))
+        })
     }
 
     /// RoPE base of the full and of the sliding layers; only the default RoPE type.
@@ -218,18 +236,12 @@ impl Gemma3TextConfig {
         if self.query_pre_attn_scalar.is_nan() || self.query_pre_attn_scalar <= 0.0 {
             bail!("config.json: query_pre_attn_scalar = {} is out of range", self.query_pre_attn_scalar);
         }
-        if self.use_bidirectional_attention != Some(true) {
-            bail!(
-                "config.json: use_bidirectional_attention is not true: a causal Gemma 3 (a language model, with a \
-                 causal sliding window) is not implemented; EmbeddingGemma sets it"
-            );
-        }
         if let Some(cap) = self.attn_logit_softcapping {
             bail!("config.json: attn_logit_softcapping {cap} is not implemented");
         }
         Activation::from_name(&self.hidden_activation).map_err(|e| anyhow!("config.json: hidden_activation: {e}"))?;
         if self.full_layers()?.contains(&false) {
-            self.window_radius()?;
+            self.masks()?;
         }
         self.rope_thetas()?;
         Ok(())
@@ -241,11 +253,20 @@ pub fn sanitize(name: &str) -> String {
     strip_prefix(name, &["model."]).to_owned()
 }
 
-/// `Gemma3RMSNorm`'s weight as MLX's `rms_norm` takes it: `1 + w`, added in float32.
+/// `Gemma3RMSNorm`'s weight as MLX's `rms_norm` takes it: `1 + w`, in float32 (see [`norm`]).
 fn norm_weight(w: &mut Weights, name: &str, dim: i32) -> Result<Array> {
     let stored = w.take(name, &[dim])?;
-    let dtype = stored.dtype();
-    Ok(stored.as_dtype(Dtype::Float32)?.add(Array::from_f32(1.0))?.as_dtype(dtype)?)
+    Ok(stored.as_dtype(Dtype::Float32)?.add(Array::from_f32(1.0))?)
+}
+
+/// `Gemma3RMSNorm`: normalized and scaled in float32, then cast back to the input's dtype
+/// (`(x.float() * (1 + w.float())).type_as(x)`, unlike Llama's norm), so half precision
+/// rounds once per norm, as transformers does.
+fn norm(x: &Array, weight: &Array, eps: f32) -> Result<Array> {
+    if x.dtype() == Dtype::Float32 {
+        return Ok(rms_norm(x, Some(weight), eps)?);
+    }
+    Ok(rms_norm(&x.as_dtype(Dtype::Float32)?, Some(weight), eps)?.as_dtype(x.dtype())?)
 }
 
 struct Layer {
@@ -280,7 +301,8 @@ pub struct Gemma3Text {
     act: Activation,
     full_theta: f32,
     sliding_theta: f32,
-    radius: usize,
+    full_mask: Mask,
+    sliding_mask: Mask,
     kernels: Kernels,
 }
 
@@ -293,7 +315,8 @@ impl Gemma3Text {
         let bias = config.attention_bias;
         let (full_theta, sliding_theta) = config.rope_thetas()?;
         let full = config.full_layers()?;
-        let radius = if full.contains(&false) { config.window_radius()? } else { 0 };
+        let full_mask = if config.bidirectional() { Mask::Full } else { Mask::Causal };
+        let (full_mask, sliding_mask) = if full.contains(&false) { config.masks()? } else { (full_mask, full_mask) };
         let embed_tokens = w.embedding("embed_tokens", config.vocab_size, hidden)?;
         let mut layers = Vec::with_capacity(full.len());
         for (i, full) in full.into_iter().enumerate() {
@@ -333,7 +356,8 @@ impl Gemma3Text {
             act: Activation::from_name(&config.hidden_activation)?,
             full_theta,
             sliding_theta,
-            radius,
+            full_mask,
+            sliding_mask,
             kernels,
         })
     }
@@ -343,7 +367,7 @@ impl Gemma3Text {
     fn norm_rope(&self, x: &Array, weight: &Array, heads: i32, theta: f32, positions: &Array) -> Result<Array> {
         let total = x.dim(0);
         let x = x.reshape(&[total, heads, 1, self.head_dim])?;
-        let x = rms_norm(&x, Some(weight), self.eps)?;
+        let x = norm(&x, weight, self.eps)?;
         let x = rope(&x, theta, 1.0, positions)?;
         Ok(x.reshape(&[total, heads * self.head_dim])?)
     }
@@ -356,7 +380,7 @@ impl Network for Gemma3Text {
         // The scale in the table's dtype, as transformers casts it.
         let mut x = table.multiply(Array::from_f32(self.embed_scale).as_dtype(table.dtype())?)?;
         for layer in &self.layers {
-            let r = rms_norm(&x, Some(&layer.input_norm), self.eps)?;
+            let r = norm(&x, &layer.input_norm, self.eps)?;
             let qkv = layer.qkv.forward(&r)?;
             let parts = qkv.split_at_indices(&[q_width, q_width + kv_width], 1)?;
             let theta = if layer.full { self.full_theta } else { self.sliding_theta };
@@ -369,18 +393,18 @@ impl Network for Gemma3Text {
                 v: HeadBlock { array: &qkv, col: (q_width + kv_width) as usize, heads: self.kv_heads as usize },
                 head_dim: self.head_dim,
             };
-            let mask = if layer.full { Mask::Full } else { Mask::Window(self.radius) };
+            let mask = if layer.full { self.full_mask } else { self.sliding_mask };
             let ctx = attention(self.kernels, &heads, inputs, self.scale, mask, None)?;
             let a = layer.o_proj.forward(&ctx)?;
-            x = x.add(rms_norm(&a, Some(&layer.post_attn_norm), self.eps)?)?;
-            let r = rms_norm(&x, Some(&layer.pre_ff_norm), self.eps)?;
+            x = x.add(norm(&a, &layer.post_attn_norm, self.eps)?)?;
+            let r = norm(&x, &layer.pre_ff_norm, self.eps)?;
             let gu = layer.gate_up.forward(&r)?;
             let halves = gu.split_at_indices(&[self.intermediate], 1)?;
             let h = self.act.apply_biased(self.kernels, &halves[0], None)?.multiply(&halves[1])?;
             let m = layer.down.forward(&h)?;
-            x = x.add(rms_norm(&m, Some(&layer.post_ff_norm), self.eps)?)?;
+            x = x.add(norm(&m, &layer.post_ff_norm, self.eps)?)?;
         }
-        Ok(rms_norm(&x, Some(&self.norm), self.eps)?)
+        norm(&x, &self.norm, self.eps)
     }
 
     fn hidden_size(&self) -> i32 {
@@ -431,7 +455,13 @@ mod tests {
         assert_eq!(full.iter().filter(|f| **f).count(), 4);
         assert!(full[5] && full[23] && !full[0]);
         // 512 in config.json: keys with |q - kv| < 512 // 2 + 1, i.e. within 256.
-        assert_eq!(c.window_radius().unwrap(), 256);
+        assert_eq!(c.masks().unwrap(), (Mask::Full, Mask::Window(256)));
+        // Causal (harrier-oss-v1-270m): the 512 keys up to the query.
+        let mut v = embeddinggemma_config();
+        v["use_bidirectional_attention"] = false.into();
+        assert_eq!(config(&v).masks().unwrap(), (Mask::Causal, Mask::CausalWindow(512)));
+        v.as_object_mut().unwrap().remove("use_bidirectional_attention");
+        assert_eq!(config(&v).masks().unwrap(), (Mask::Causal, Mask::CausalWindow(512)));
         assert_eq!(c.rope_thetas().unwrap(), (1e6, 1e4));
         assert_eq!(c.query_pre_attn_scalar, 256.0);
     }
@@ -451,8 +481,7 @@ mod tests {
     #[test]
     fn what_is_not_computed_is_refused_by_name() {
         for (field, value, says) in [
-            ("use_bidirectional_attention", json!(false), "use_bidirectional_attention"),
-            ("use_bidirectional_attention", Value::Null, "use_bidirectional_attention"),
+            ("sliding_window", json!(0), "sliding_window"),
             ("rope_scaling", json!({"rope_type": "linear", "factor": 8.0}), "rope_scaling"),
             ("rope_parameters", json!({"full_attention": {"rope_type": "yarn"}}), "rope_parameters.full_attention"),
             ("rope_parameters", json!({"chunked_attention": {"rope_type": "default"}}), "chunked_attention"),
