@@ -137,6 +137,11 @@ const SCORE_ERROR_FLOOR: f64 = 1e-3;
 /// built as arrays, no host kernels); the error must stay within a few times torch's own
 /// float16 error on the same weights (the reference's `half_precision`, from its generator).
 fn check_float16(name: &str) {
+    check_float16_with_floor(name, EMBED_ERROR_FLOOR);
+}
+
+/// [`check_float16`] with another floor for the embeddings' `1 - min cosine`.
+fn check_float16_with_floor(name: &str, embed_floor: f64) {
     let torch = &reference_json(name)["half_precision"]["float16"];
     let (mut w, info) = Worker::ready(&fixtures::model_dir(name), &["--compute-dtype", "float16"]).unwrap();
     assert_eq!(info.compute_dtype, "float16");
@@ -149,7 +154,7 @@ fn check_float16(name: &str) {
                 min_cos = min_cos.min(cosine(got, want));
             }
         }
-        let bound = (HALF_PRECISION_FACTOR * (1.0 - torch_cos)).max(EMBED_ERROR_FLOOR);
+        let bound = (HALF_PRECISION_FACTOR * (1.0 - torch_cos)).max(embed_floor);
         eprintln!(
             "{name} in float16: 1 - min cosine {:.2e} (torch {:.2e}, bound {bound:.2e})",
             1.0 - min_cos,
@@ -192,10 +197,11 @@ fn packed_tensors(dir: &Path) -> Vec<String> {
 
 /// The 8-bit copy of an embedding fixture serves vectors close to the float ones: every
 /// matrix of the blocks quantized (named by `expect_packed`), cosine to the reference
-/// ≥ 0.998. Measured (x86, MLX CPU): 8-bit costs these random-weight models up to 1e-3 of
-/// cosine (tiny-modernbert-embed: min 0.99906); a swapped scale and bias gives cosines
-/// below 0.
-fn check_quantized_embedding(name: &str, expect_packed: &[&str]) {
+/// ≥ `min_cos`. Measured (x86, MLX CPU): 8-bit costs these random-weight models up to 1e-3 of
+/// cosine (tiny-modernbert-embed: min 0.99906), more where the model is as sensitive to
+/// rounding as tiny-qwen2-embed (torch's own bfloat16 forward: 0.9914); a swapped scale and
+/// bias gives cosines below 0.
+fn check_quantized_embedding(name: &str, expect_packed: &[&str], min_cos_bound: f64) {
     let tmp = TempDir::new("fam-quant").unwrap();
     let dst = quantize(name, &tmp);
     let packed = packed_tensors(&dst);
@@ -213,7 +219,7 @@ fn check_quantized_embedding(name: &str, expect_packed: &[&str]) {
         }
     }
     eprintln!("{name} 8-bit: min cosine to the float32 reference {min_cos:.6} ({} tensors packed)", packed.len());
-    assert!(min_cos >= 0.998, "{name} 8-bit: min cosine {min_cos}");
+    assert!(min_cos >= min_cos_bound, "{name} 8-bit: min cosine {min_cos}");
 }
 
 /// The 8-bit copy of a reranker fixture scores within `bound` of the float reference
@@ -351,7 +357,7 @@ fn modernbert_runs_in_float16_on_mlx_ops() {
 #[test]
 fn modernbert_quantized_to_8_bits_stays_close() {
     let blocks = ["embeddings.tok_embeddings", "attn.Wqkv", "attn.Wo", "mlp.Wi", "mlp.Wo"];
-    check_quantized_embedding("tiny-modernbert-embed", &blocks);
+    check_quantized_embedding("tiny-modernbert-embed", &blocks, 0.998);
     check_quantized_reranker("tiny-modernbert-rerank", &[&blocks[..], &["head.dense"]].concat(), 2e-2);
 }
 
@@ -392,7 +398,7 @@ fn mpnet_runs_in_float16_on_mlx_ops() {
 #[test]
 fn mpnet_quantized_to_8_bits_stays_close() {
     let blocks = ["embeddings.word_embeddings", "attention.attn.q", "attention.attn.o", "intermediate.dense"];
-    check_quantized_embedding("tiny-mpnet-embed", &blocks);
+    check_quantized_embedding("tiny-mpnet-embed", &blocks, 0.998);
     // Measured (x86, MLX CPU): min cosine 0.999755, max score diff 3.65e-2 — what MLX's
     // affine 8-bit rounding (group 64) of these weights itself costs: torch on the same
     // weights rounded the same way gives 0.999755 and 3.65e-2.
@@ -437,7 +443,7 @@ fn distilbert_runs_in_float16_on_mlx_ops() {
 #[test]
 fn distilbert_quantized_to_8_bits_stays_close() {
     let blocks = ["embeddings.word_embeddings", "attention.q_lin", "attention.out_lin", "ffn.lin1", "ffn.lin2"];
-    check_quantized_embedding("tiny-distilbert-embed", &blocks);
+    check_quantized_embedding("tiny-distilbert-embed", &blocks, 0.998);
     check_quantized_reranker("tiny-distilbert-rerank", &[&blocks[..], &["pre_classifier"]].concat(), 2e-2);
 }
 
@@ -482,7 +488,7 @@ fn new_quantized_to_8_bits_stays_close() {
     // 8-bit rounding of these weights itself costs (torch on the same weights rounded the
     // same way: 0.998416).
     let blocks = ["embeddings.word_embeddings", "attention.qkv_proj", "attention.o_proj", "mlp.up_gate_proj"];
-    check_quantized_embedding("tiny-new-embed", &blocks);
+    check_quantized_embedding("tiny-new-embed", &blocks, 0.998);
     check_quantized_reranker("tiny-new-rerank", &[&blocks[..], &["pooler.dense"]].concat(), 2e-2);
 }
 
@@ -499,4 +505,282 @@ fn new_unhonoured_fields_are_refused_at_pull() {
     // gte-large-en-v1.5 asks for new-impl's fixed NTK RoPE scaling (`{"type": "ntk", "factor": 2.0}`).
     refused_at_pull("tiny-new-embed", "rope_scaling", json!({"type": "ntk", "factor": 2.0}));
     refused_at_pull("tiny-new-rerank", "logn_attention_scale", json!(true));
+// gemma3_text: EmbeddingGemma-300m (tests/fixtures/make_gemma3_text.py): bidirectional
+// attention with symmetric sliding windows, mean pooling, 2_Dense + 3_Dense, task prompts;
+// and a causal Gemma 3 (harrier-oss-v1-270m's shape) with causal sliding windows.
+// ---------------------------------------------------------------------------------------
+
+const GEMMA: &str = "tiny-gemma3_text-embed";
+const GEMMA_CAUSAL: &str = "tiny-gemma3_text-causal-embed";
+
+/// google/embeddinggemma-300m's config.json as published (transformers 4.57 layout).
+fn embeddinggemma_config() -> Value {
+    let layer_types: Vec<&str> =
+        (0..24).map(|i| if (i + 1) % 6 == 0 { "full_attention" } else { "sliding_attention" }).collect();
+    json!({
+        "_sliding_window_pattern": 6, "architectures": ["Gemma3TextModel"], "attention_bias": false,
+        "attention_dropout": 0.0, "attn_logit_softcapping": null, "bos_token_id": 2, "dtype": "float32",
+        "eos_token_id": 1, "final_logit_softcapping": null, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 1152, "layer_types": layer_types,
+        "max_position_embeddings": 2048, "model_type": "gemma3_text", "num_attention_heads": 3,
+        "num_hidden_layers": 24, "num_key_value_heads": 1, "pad_token_id": 0, "query_pre_attn_scalar": 256,
+        "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000.0, "rope_scaling": null, "rope_theta": 1000000.0,
+        "sliding_window": 512, "transformers_version": "4.57.0.dev0", "use_bidirectional_attention": true,
+        "use_cache": true, "vocab_size": 262144
+    })
+}
+
+/// The fixture's files with google/embeddinggemma-300m's JSON at its published sizes:
+/// `config` as config.json, and its module configs (768 → mean → 3072 → 768).
+fn embeddinggemma_files(config: Value) -> Vec<(String, Vec<u8>)> {
+    let dense = |i: u32, o: u32| {
+        json!({"in_features": i, "out_features": o, "bias": false,
+            "activation_function": "torch.nn.modules.linear.Identity"})
+    };
+    let mut files = folder_files(&fixtures::model_dir(GEMMA));
+    for (path, data) in &mut files {
+        let v = match path.as_str() {
+            "config.json" => config.clone(),
+            "1_Pooling/config.json" => {
+                let mut p: Value = serde_json::from_slice(data).unwrap();
+                p["word_embedding_dimension"] = 768.into();
+                p
+            }
+            "2_Dense/config.json" => dense(768, 3072),
+            "3_Dense/config.json" => dense(3072, 768),
+            _ => continue,
+        };
+        *data = serde_json::to_vec_pretty(&v).unwrap();
+    }
+    files
+}
+
+#[test]
+fn gemma3_text_embedding_matches_sentence_transformers() {
+    check_embedding_model(GEMMA);
+}
+
+#[test]
+fn gemma3_text_runs_in_float16_on_mlx_ops() {
+    check_float16(GEMMA);
+}
+
+#[test]
+fn gemma3_text_quantized_to_8_bits_stays_close() {
+    check_quantized_embedding(
+        GEMMA,
+        &["embed_tokens", "self_attn.q_proj", "self_attn.k_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"],
+        // Measured: 0.99920.
+        0.998,
+    );
+}
+
+/// harrier-oss-v1-270m's shape: a causal Gemma 3 (causal sliding windows), last token.
+#[test]
+fn gemma3_text_causal_embedding_matches_sentence_transformers() {
+    check_embedding_model(GEMMA_CAUSAL);
+    // Measured: 1 - min cosine 3.6e-5 (torch's own float16: 8.8e-6). One token's state is the
+    // whole vector (last-token pooling of a causal model), so its rounding is not averaged
+    // away as in EmbeddingGemma's mean (3.2e-6 there); a causal window one key too wide
+    // costs 2.8e-4 (measured in float32).
+    check_float16_with_floor(GEMMA_CAUSAL, 1e-4);
+}
+
+/// A causal Gemma 3 whose pooling is CLS (a Gemma3ForCausalLM without sentence-transformers
+/// files gets the encoder default) is refused: its first token sees only itself.
+#[test]
+fn gemma3_text_causal_with_cls_pooling_is_refused_at_pull() {
+    let hub = FakeHub::start();
+    let st_files = ["modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"];
+    let mut files: Vec<(String, Vec<u8>)> = folder_files(&fixtures::model_dir(GEMMA_CAUSAL))
+        .into_iter()
+        .filter(|(path, _)| !st_files.contains(&path.as_str()) && !path.starts_with("1_Pooling"))
+        .collect();
+    let config = files.iter_mut().find(|f| f.0 == "config.json").unwrap();
+    let mut v: Value = serde_json::from_slice(&config.1).unwrap();
+    v["architectures"] = json!(["Gemma3ForCausalLM"]);
+    config.1 = serde_json::to_vec_pretty(&v).unwrap();
+    hub.add_repo("google/gemma-3-270m-it", files);
+    let home = tempfile::tempdir().unwrap();
+    let out = hub.mlx_serve(home.path(), &["pull", "google/gemma-3-270m-it"], &[]);
+    let line = error_line(&out);
+    assert!(line.contains("CLS pooling") && line.contains("use_bidirectional_attention"), "{line}");
+}
+
+/// `mlx-serve pull embeddinggemma` (the Ollama library name) takes google/embeddinggemma-300m
+/// from the hub (the fixture published under that repo), and the model serves the
+/// reference vectors under that name on the OpenAI and Ollama routes, with its own task
+/// prompts by `prompt_name` as sentence-transformers applies them.
+#[test]
+fn gemma3_text_pulled_by_its_ollama_name_serves_vectors_and_prompts() {
+    let hub = FakeHub::start();
+    hub.add_repo("google/embeddinggemma-300m", folder_files(&fixtures::model_dir(GEMMA)));
+    let hf_home = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerOptions { env: hub.server_env(hf_home.path()), ..Default::default() });
+    let out = hub.mlx_serve(server.home.path(), &["pull", "embeddinggemma"], &[]);
+    assert!(out.ok(), "{}", out.text());
+    let reference = fixtures::embed_reference(GEMMA).unwrap();
+    let mut served = 0;
+    for case in &reference.cases {
+        let (status, resp) = server.post("/v1/embeddings", &json!({"model": "embeddinggemma", "input": case.texts}));
+        assert_eq!(status, 200, "{resp}\n{}", server.log_text());
+        let (status, ollama) = server.post("/api/embed", &json!({"model": "embeddinggemma", "input": case.texts}));
+        assert_eq!(status, 200, "{ollama}");
+        for (i, want) in case.embeddings.iter().enumerate() {
+            let got: Vec<f32> = serde_json::from_value(resp["data"][i]["embedding"].clone()).unwrap();
+            let c = cosine(&got, want);
+            assert!(c >= 0.99999 && max_abs_diff(&got, want) <= EMBED_MAX_DIFF, "{}[{i}]: cosine {c}", case.name);
+            let got: Vec<f32> = serde_json::from_value(ollama["embeddings"][i].clone()).unwrap();
+            assert!(cosine(&got, want) >= 0.99999, "{}[{i}] on /api/embed", case.name);
+            served += 1;
+        }
+    }
+    assert!(served >= 20, "{served}");
+    assert_eq!(reference.prompt_cases.len(), 2);
+    for case in &reference.prompt_cases {
+        let body = json!({"model": "embeddinggemma", "input": case.texts, "prompt_name": case.prompt_name});
+        let (status, resp) = server.post("/v1/embeddings", &body);
+        assert_eq!(status, 200, "{resp}");
+        for (i, want) in case.embeddings.iter().enumerate() {
+            let got: Vec<f32> = serde_json::from_value(resp["data"][i]["embedding"].clone()).unwrap();
+            let c = cosine(&got, want);
+            assert!(c >= 0.99999, "prompt {}[{i}]: cosine {c}", case.prompt_name);
+        }
+    }
+    assert_eq!(server.stop(), Some(0));
+}
+
+/// EmbeddingGemma's published config.json, with one field edited, is refused by `pull`
+/// naming that field, before any weight is downloaded: a layer type other than full and
+/// sliding, a RoPE scaling (Gemma 3 4B's linear factor 8), attention logit soft-capping.
+#[test]
+fn gemma3_text_fields_not_computed_are_refused_at_pull() {
+    // The published JSON as it is passes every check (`mlx-serve-worker check`).
+    let dir = tempfile::tempdir().unwrap();
+    for (path, data) in embeddinggemma_files(embeddinggemma_config()) {
+        let to = dir.path().join(&path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(to, data).unwrap();
+    }
+    let out = std::process::Command::new(worker_bin()).arg("check").arg("--model").arg(dir.path()).output().unwrap();
+    let verdict: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    assert_eq!((verdict["family"].as_str(), verdict["output_dim"].as_u64()), (Some("gemma3_text"), Some(768)));
+    for (field, value) in [
+        ("layer_types", json!(vec!["chunked_attention"; 24])),
+        ("rope_scaling", json!({"rope_type": "linear", "factor": 8.0})),
+        ("attn_logit_softcapping", json!(50.0)),
+    ] {
+        let hub = FakeHub::start();
+        let mut v = embeddinggemma_config();
+        v[field] = value;
+        let files = embeddinggemma_files(v);
+        hub.add_repo("google/embeddinggemma-300m", files);
+        let home = tempfile::tempdir().unwrap();
+        let out = hub.mlx_serve(home.path(), &["pull", "google/embeddinggemma-300m"], &[]);
+        let line = error_line(&out);
+        assert!(line.contains(field), "{field}: {line}");
+        let fetched: Vec<String> = hub
+            .requests()
+            .into_iter()
+            .filter(|r| r.contains("model.safetensors") && !r.ends_with("bytes=0-0"))
+            .collect();
+        assert!(fetched.is_empty(), "{field}: weights were downloaded: {fetched:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// qwen2: gte-Qwen2-style decoder embedders (tests/fixtures/make_qwen2.py): biased q/k/v, no
+// q/k norm, causal, last-token pooling. A Qwen2 causal LM judge (mxbai-rerank-v2) is refused.
+// ---------------------------------------------------------------------------------------
+
+const QWEN2: &str = "tiny-qwen2-embed";
+
+#[test]
+fn qwen2_embedding_matches_sentence_transformers() {
+    check_embedding_model(QWEN2);
+}
+
+#[test]
+fn qwen2_runs_in_float16_on_mlx_ops() {
+    check_float16(QWEN2);
+}
+
+#[test]
+fn qwen2_quantized_to_8_bits_stays_close() {
+    check_quantized_embedding(
+        QWEN2,
+        &["embed_tokens", "self_attn.q_proj", "self_attn.k_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"],
+        // Measured: 0.99664; torch's own bfloat16 forward of this model loses more (0.9914,
+        // the reference's half_precision).
+        0.99,
+    );
+}
+
+#[test]
+fn qwen2_pulled_from_the_hub_serves_over_http() {
+    pull_and_serve(&[("Alibaba-NLP/tiny-qwen2-embed", QWEN2)]);
+}
+
+/// `mlx-serve pull gte-qwen2` (the alias of Alibaba-NLP/gte-Qwen2-1.5B-instruct, here the
+/// fixture published under that repo) serves the bare query with the API's `instruction` as
+/// the model card's `Instruct: {task}\nQuery: {query}` prompt.
+#[test]
+fn qwen2_instruction_builds_the_model_card_query() {
+    let hub = FakeHub::start();
+    hub.add_repo("Alibaba-NLP/gte-Qwen2-1.5B-instruct", folder_files(&fixtures::model_dir(QWEN2)));
+    let hf_home = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerOptions { env: hub.server_env(hf_home.path()), ..Default::default() });
+    let out = hub.mlx_serve(server.home.path(), &["pull", "gte-qwen2"], &[]);
+    assert!(out.ok(), "{}", out.text());
+    let raw = reference_json(QWEN2);
+    let task = raw["default_task"].as_str().unwrap();
+    let reference = fixtures::embed_reference(QWEN2).unwrap();
+    let case = reference.cases.iter().find(|c| c.name == "instruction_query").unwrap();
+    for (i, query) in ["What is the capital of China?", "Explain gravity"].iter().enumerate() {
+        assert_eq!(case.texts[i], format!("Instruct: {task}\nQuery: {query}"));
+        let (status, resp) =
+            server.post("/v1/embeddings", &json!({"model": "gte-qwen2", "input": query, "instruction": task}));
+        assert_eq!(status, 200, "{resp}");
+        let got: Vec<f32> = serde_json::from_value(resp["data"][0]["embedding"].clone()).unwrap();
+        let c = cosine(&got, &case.embeddings[i]);
+        assert!(c >= 0.99999, "{query:?} with instruction: cosine {c}");
+    }
+    assert_eq!(server.stop(), Some(0));
+}
+
+#[test]
+fn qwen2_sliding_window_and_rope_scaling_are_refused_at_pull() {
+    refused_at_pull(QWEN2, "use_sliding_window", json!(true));
+    refused_at_pull(QWEN2, "rope_scaling", json!({"type": "yarn", "factor": 4.0}));
+}
+
+/// mixedbread-ai/mxbai-rerank-base-v2 as published: a Qwen2ForCausalLM without
+/// sentence-transformers files, i.e. a yes/no judge; its recipe (own prompt, own tokens) is
+/// not the Qwen3-Reranker one the worker computes, so `pull` refuses it before the weights.
+#[test]
+fn qwen2_causal_lm_reranker_is_refused_at_pull() {
+    let hub = FakeHub::start();
+    let st_files = ["modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"];
+    let mut files: Vec<(String, Vec<u8>)> = folder_files(&fixtures::model_dir(QWEN2))
+        .into_iter()
+        .filter(|(path, _)| !st_files.contains(&path.as_str()) && !path.starts_with("1_Pooling"))
+        .collect();
+    let config = json!({
+        "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+        "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+        "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 24, "model_type": "qwen2",
+        "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+        "use_cache": true, "use_sliding_window": false, "vocab_size": 151936
+    });
+    files.iter_mut().find(|f| f.0 == "config.json").unwrap().1 = serde_json::to_vec_pretty(&config).unwrap();
+    hub.add_repo("mixedbread-ai/mxbai-rerank-base-v2", files);
+    let home = tempfile::tempdir().unwrap();
+    let out = hub.mlx_serve(home.path(), &["pull", "mixedbread-ai/mxbai-rerank-base-v2"], &[]);
+    let line = error_line(&out);
+    assert!(line.contains("Qwen2ForCausalLM") && line.contains("reranker"), "{line}");
+    let fetched: Vec<String> =
+        hub.requests().into_iter().filter(|r| r.contains("model.safetensors") && !r.ends_with("bytes=0-0")).collect();
+    assert!(fetched.is_empty(), "weights were downloaded: {fetched:?}");
 }

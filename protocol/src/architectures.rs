@@ -47,6 +47,10 @@ pub struct Architecture {
 /// Qwen3-Embedding's query format, from its model card ("Instruct: {task}\nQuery:{query}").
 const QWEN3_INSTRUCTION: &str = "Instruct: {task}\nQuery:{text}";
 
+/// gte-Qwen2-instruct's query format, from its model card's `get_detailed_instruct`
+/// ("Instruct: {task_description}\nQuery: {query}", with a space after "Query:").
+const GTE_QWEN2_INSTRUCTION: &str = "Instruct: {task}\nQuery: {text}";
+
 /// Every family, in the order `SUPPORTED` lists them.
 pub const ARCHITECTURES: &[Architecture] = &[
     Architecture {
@@ -130,6 +134,26 @@ pub const ARCHITECTURES: &[Architecture] = &[
         // and gte-multilingual-reranker-base name in auto_map.
         custom_code: &["new-impl--modeling.NewModel", "new-impl--modeling.NewForSequenceClassification"],
     },
+    Architecture {
+        family: "gemma3_text",
+        model_types: &["gemma3_text"],
+        // EmbeddingGemma: bidirectional (a causal Gemma 3 is refused by its check).
+        body: Body::Encoder,
+        positions: Positions::FromZero,
+        instruction_format: None,
+        // Gemma 3 has no segment table.
+        type_vocab_default: 0,
+        custom_code: &[],
+    },
+    Architecture {
+        family: "qwen2",
+        model_types: &["qwen2"],
+        body: Body::Decoder,
+        positions: Positions::FromZero,
+        instruction_format: Some(GTE_QWEN2_INSTRUCTION),
+        type_vocab_default: 0,
+        custom_code: &[],
+    },
 ];
 
 /// A family: a reference to its row (compared by name).
@@ -207,6 +231,8 @@ mod tests {
     fn qwen3_instruction_is_the_model_cards() {
         let q = Family::of_model_type("qwen3").unwrap();
         assert_eq!(q.instructed("Find docs", "what is mlx"), "Instruct: Find docs\nQuery:what is mlx");
+        let q2 = Family::of_model_type("qwen2").unwrap();
+        assert_eq!(q2.instructed("Find docs", "what is mlx"), "Instruct: Find docs\nQuery: what is mlx");
         let b = Family::of_model_type("bert").unwrap();
         assert_eq!(b.instructed("query: ", "x"), "query: x");
     }

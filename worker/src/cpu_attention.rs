@@ -85,6 +85,10 @@ pub enum Mask {
     /// Keys `j` with `|i - j| <= radius` (ModernBERT's local layers, Gemma3's sliding
     /// window).
     Window(usize),
+    /// Keys `j` with `i - width < j <= i`: a causal sliding window of `width` keys, the
+    /// query's own included (transformers' `sliding_window_overlay` over a causal mask,
+    /// `kv > q - sliding_window`: a causal Gemma 3's sliding layers).
+    CausalWindow(usize),
 }
 
 impl Mask {
@@ -94,6 +98,7 @@ impl Mask {
             Mask::Full => (0, n),
             Mask::Causal => (0, i + 1),
             Mask::Window(r) => (i.saturating_sub(r), (i + r + 1).min(n)),
+            Mask::CausalWindow(w) => ((i + 1).saturating_sub(w), i + 1),
         }
     }
 }

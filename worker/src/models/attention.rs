@@ -190,6 +190,8 @@ mod tests {
             (Mask::Full, Some(&bias)),
             (Mask::Window(6), Some(&bias)),
             (Mask::Causal, Some(&bias)),
+            (Mask::CausalWindow(4), None),
+            (Mask::CausalWindow(1), Some(&bias)),
         ] {
             let host = run(Kernels::Host, None, &lengths, mask, bias);
             for shapes in [BucketShapes::Exact, BucketShapes::Ladder] {
@@ -200,7 +202,7 @@ mod tests {
         }
     }
 
-    /// A window as wide as the longest sequence is full attention, and a bias that is the
+    /// A window as wide as the longest sequence is full (or causal) attention, and a bias that is the
     /// same at every offset changes nothing (softmax is shift-invariant): each path is
     /// checked against what attention must compute, not only against the other.
     #[test]
@@ -214,6 +216,14 @@ mod tests {
             assert!(max_diff(&full, &run(kernels, shapes, &lengths, Mask::Full, Some(&flat))) < 1e-5);
             let narrow = run(kernels, shapes, &lengths, Mask::Window(1), None);
             assert!(max_diff(&full, &narrow) > 1e-3, "{kernels:?}: a narrow window must change the result");
+            // A causal window as wide as the longest sequence is causal attention; a window of
+            // one key is each query's own value.
+            let causal = run(kernels, shapes, &lengths, Mask::Causal, None);
+            assert!(max_diff(&causal, &run(kernels, shapes, &lengths, Mask::CausalWindow(17), None)) < 1e-6);
+            let own = run(kernels, shapes, &lengths, Mask::CausalWindow(1), None);
+            assert!(max_diff(&causal, &own) > 1e-3, "{kernels:?}: a narrow causal window must change the result");
+            let short = run(kernels, shapes, &lengths, Mask::CausalWindow(3), None);
+            assert!(max_diff(&causal, &short) > 1e-3 && max_diff(&own, &short) > 1e-3);
         }
     }
 }

@@ -13,10 +13,12 @@
 pub mod attention;
 pub mod bert;
 pub mod distilbert;
+pub mod gemma3_text;
 pub mod modernbert;
 pub mod mpnet;
 pub mod new;
 pub mod nomic_bert;
+pub mod qwen2;
 pub mod qwen3;
 pub mod rope;
 pub mod xlm_roberta;
@@ -43,6 +45,8 @@ pub const REGISTRY: &[Architecture] = &[
     mpnet::ARCHITECTURE,
     distilbert::ARCHITECTURE,
     new::ARCHITECTURE,
+    gemma3_text::ARCHITECTURE,
+    qwen2::ARCHITECTURE,
 ];
 
 /// What one architecture file provides.

@@ -44,19 +44,23 @@ pub struct Options {
     pub eval: Option<PathBuf>,
 }
 
-/// Copies everything but weights: files of any weight format (`model_files::is_weight_file`)
-/// are replaced by the quantized safetensors, and pickle files are never carried along.
-fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+/// Copies everything but the network's weights: files of any weight format at the top
+/// (`model_files::is_weight_file`) are replaced by the quantized safetensors, and pickle files
+/// are never carried along. A sentence-transformers module's own safetensors (a `Dense`
+/// module's `2_Dense/model.safetensors`) are copied as they are: the pipeline computes them
+/// unquantized after pooling.
+fn copy_tree(src: &Path, dst: &Path, top: bool) -> Result<()> {
     std::fs::create_dir_all(dst)?;
     for entry in std::fs::read_dir(src)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let from = entry.path();
-        if name.starts_with('.') || model_files::is_weight_file(&name) || name == "onnx" || name == "openvino" {
+        let dropped_weights = model_files::is_weight_file(&name) && (top || !name.ends_with(".safetensors"));
+        if name.starts_with('.') || dropped_weights || name == "onnx" || name == "openvino" {
             continue;
         }
         if from.is_dir() {
-            copy_tree(&from, &dst.join(&name))?;
+            copy_tree(&from, &dst.join(&name), false)?;
         } else {
             std::fs::copy(&from, dst.join(&name)).with_context(|| format!("copying {}", from.display()))?;
         }
@@ -205,7 +209,7 @@ pub fn run(src: &Path, dst: &Path, opts: &Options) -> Result<QuantizeReport> {
         std::fs::remove_dir_all(&tmp)?;
     }
     let result = (|| -> Result<QuantizeReport> {
-        copy_tree(src, &tmp)?;
+        copy_tree(src, &tmp, true)?;
         let (tensors, original_size) = load_all(src)?;
         let plan = Plan::new(
             &facts,
