@@ -33,7 +33,8 @@ st = SentenceTransformer(args.model_dir, device="cpu")
 st.eval()
 st.max_seq_length = seq
 
-# Common English words, each one WordPiece token, so a text of n - 2 words is n tokens.
+# Common English words, each one WordPiece token, so a text of n - 2 words is n tokens
+# (other vocabularies: see `fit` below).
 words = ("the server reads every query and ranks each document by relevance before it returns "
          "the best answer to the user who asked a question about the weather in the city").split()
 if args.mixed:
@@ -44,7 +45,20 @@ else:
 texts = [" ".join(words[(i + j) % len(words)] for j in range(n - 2)) for i, n in enumerate(want)]
 features = st.preprocess(texts)
 lengths = features["attention_mask"].sum(1).tolist()
-assert lengths == want, f"texts must be {want} tokens, got {lengths}"
+if lengths != want:
+    # Not a WordPiece vocabulary (a byte-level BPE splits some words): the most words whose
+    # tokens (special tokens included) fit each wanted length, so lengths are as close as the
+    # vocabulary allows and never longer.
+    def fit(i: int, n: int) -> str:
+        k = 1
+        while len(st.tokenizer(" ".join(words[(i + j) % len(words)] for j in range(k + 1)))["input_ids"]) <= n:
+            k += 1
+        return " ".join(words[(i + j) % len(words)] for j in range(k))
+
+    texts = [fit(i, n) for i, n in enumerate(want)]
+    features = st.preprocess(texts)
+    lengths = features["attention_mask"].sum(1).tolist()
+    assert all(n - 2 <= got <= n for got, n in zip(lengths, want)), f"texts must be {want} tokens, got {lengths}"
 
 if args.dump_ids:
     ids = [row[:n].tolist() for row, n in zip(features["input_ids"], lengths)]
