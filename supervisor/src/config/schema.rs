@@ -44,6 +44,15 @@ pub struct ServerConfig {
     pub body_read_timeout_seconds: u64,
     /// Most HTTP connections open at once; further connections are closed at once.
     pub max_connections: usize,
+    /// `Host` names accepted beside loopback names, IP addresses and this machine's name,
+    /// while the server listens on loopback (`api/origin.rs`); `*` accepts any.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`scheme://host[:port]`, `*` a wildcard) allowed to call the API
+    /// beside loopback pages (`api/origin.rs`).
+    pub allowed_origins: Vec<String>,
+    /// Whether `/api/pull` and `/api/delete` are served over HTTP; false limits model
+    /// management to the CLI and the control socket (`api/manage.rs`).
+    pub http_model_management: bool,
 }
 
 /// The API key: compared in constant time (`api/auth.rs`), never printed (`Debug` and
@@ -183,6 +192,9 @@ impl Default for ServerConfig {
             header_read_timeout_seconds: 30,
             body_read_timeout_seconds: 60,
             max_connections: 512,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            http_model_management: true,
         }
     }
 }

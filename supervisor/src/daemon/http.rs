@@ -10,24 +10,30 @@
 //!
 //! The body read timeout is the body middleware's (`api/body.rs`): it can answer 408.
 //! Shutdown is graceful as with `axum::serve`: stop accepting, let each connection finish
-//! the request it is on, close idle ones, wait for all.
+//! the request it is on, close idle ones, wait for all — but only until the drain
+//! deadline (`server.shutdown_timeout_seconds`): then the connections still open (a
+//! client that never reads its answer, a body that never ends) are closed.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::api::peer::Peer;
+
 /// Connection limits for [`serve`].
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    /// How long shutdown waits for connections to finish before it closes them.
+    pub drain: Duration,
 }
 
 /// How often a refused connection is logged at most.
@@ -37,6 +43,8 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits, shutdown: impl Future<Output = ()>) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
     let graceful = GracefulShutdown::new();
+    // Set at the drain deadline: every connection still open drops (closes) its socket.
+    let (close_all, closed) = tokio::sync::watch::channel(false);
     let mut last_refusal_log: Option<Instant> = None;
     let mut refused_since_log = 0u64;
     tokio::pin!(shutdown);
@@ -70,19 +78,31 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits,
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Who connected, for the routes that check it (`api/peer.rs`).
+        let local = stream.local_addr().unwrap_or(peer);
+        let service = TowerToHyperService::new(app.clone().layer(Extension(Peer { remote: peer, local })));
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
+        let mut closed = closed.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %peer, "connection ended: {e}");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(peer = %peer, "connection ended: {e}");
+                },
+                _ = closed.wait_for(|&c| c) => {}
             }
             drop(slot);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(limits.drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            "connections still open after server.shutdown_timeout_seconds ({} s): closing them",
+            limits.drain.as_secs()
+        );
+        let _ = close_all.send(true);
+    }
 }
