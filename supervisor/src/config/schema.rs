@@ -32,7 +32,8 @@ pub struct ServerConfig {
     /// Bind address. Loopback by default: without `api_key` there is no authentication.
     pub host: String,
     pub port: u16,
-    /// Seconds to wait for accepted requests to finish on SIGTERM before workers are stopped.
+    /// The drain deadline on SIGTERM: seconds accepted requests get to finish; then open
+    /// connections are closed and workers stop within what is left (5 s at least).
     pub shutdown_timeout_seconds: u64,
     /// When set, every route but `/health` and `/ready` needs `Authorization: Bearer <key>`
     /// (`/metrics` too unless `metrics.require_api_key` is false).
