@@ -61,7 +61,9 @@ impl IntoResponse for TeiError {
             s if s.is_server_error() => "Backend",
             _ => "Validation",
         };
-        let mut resp = (self.0.status, Json(TeiErrorBody { error: self.0.message, error_type })).into_response();
+        let mut resp =
+            (self.0.status, Json(TeiErrorBody { error: crate::store::redact::redact(&self.0.message), error_type }))
+                .into_response();
         if let Some(s) = self.0.retry_after {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, s.into());
         }
