@@ -97,8 +97,9 @@ fn concurrent_large_bodies_get_429_and_numbers_get_413() {
         config: Some(config.into()),
         ..Default::default()
     });
-    // Two clients declare 2.5 MB bodies and send their first bytes: 5 of the 8 MiB are
-    // taken until their bodies arrive (each then costs its body again, decoded).
+    // Two clients send 2.5 MB bodies but their last byte: bodies are charged as they
+    // arrive, so 5 of the 8 MiB are taken until the bodies end (each then costs its body
+    // again, decoded). A body that only declares its size holds nothing (tests/slow_clients.rs).
     let body = serde_json::to_vec(&json!({"model": "tiny-bert-embed", "input": "word ".repeat(500_000)})).unwrap();
     let third_body =
         serde_json::to_vec(&json!({"model": "tiny-bert-embed", "input": "word ".repeat(800_000)})).unwrap();
@@ -114,7 +115,7 @@ fn concurrent_large_bodies_get_429_and_numbers_get_413() {
             .map(|_| {
                 let mut s = connect(server.port, Duration::from_secs(60));
                 s.write_all(head("/v1/embeddings", body.len()).as_bytes()).unwrap();
-                s.write_all(&body[..1024]).unwrap();
+                s.write_all(&body[..body.len() - 1]).unwrap();
                 s
             })
             .collect();
@@ -148,7 +149,7 @@ fn concurrent_large_bodies_get_429_and_numbers_get_413() {
         // refused one of them (its 429 comes once its body is drained).
         let mut raced = false;
         for s in &mut slow {
-            if s.write_all(&body[1024..]).is_err() {
+            if s.write_all(&body[body.len() - 1..]).is_err() {
                 raced = true;
                 continue;
             }
@@ -319,7 +320,17 @@ fn connections_past_the_cap_are_closed_at_once() {
         config: Some(config.into()),
         ..Default::default()
     });
-    let held: Vec<_> = (0..20).map(|_| connect(server.port, Duration::from_secs(5))).collect();
+    // Twenty busy connections: each is sending a body (an idle one would be closed to make
+    // room: tests/slow_clients.rs).
+    let held: Vec<_> = (0..20)
+        .map(|_| {
+            let mut s = connect(server.port, Duration::from_secs(5));
+            s.write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+                .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
     // The 21st connection is accepted and closed without an answer. The kernel accepts
     // connections before the server does, so "closed" is what the client can observe.
     let mut extra = connect(server.port, Duration::from_secs(60));
