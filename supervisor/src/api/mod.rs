@@ -15,8 +15,10 @@
 //! catcher (a short 500, the panic only in the log), `origin.rs` (the `Host` and `Origin`
 //! checks, CORS), `auth.rs` (the optional API key, before any body is read), `manage.rs`
 //! (who may pull and delete models), `body.rs` (body size, read time and the in-flight
-//! memory budget). `peer.rs` says who is connecting.
+//! memory budget). `peer.rs` says who is connecting; `activity.rs` (outside them all)
+//! whether a connection is busy.
 
+pub mod activity;
 mod auth;
 mod body;
 mod cohere;
@@ -107,6 +109,7 @@ pub fn router(state: SharedState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), origin::check))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(state.clone(), observe::observe))
+        .layer(middleware::from_fn(activity::track))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

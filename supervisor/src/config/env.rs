@@ -124,6 +124,10 @@ impl Config {
                 self.server.body_read_timeout_seconds = parse(value)?;
                 "server.body_read_timeout_seconds"
             }
+            "WRITE_TIMEOUT_SECONDS" => {
+                self.server.write_timeout_seconds = parse(value)?;
+                "server.write_timeout_seconds"
+            }
             "MAX_CONNECTIONS" => {
                 self.server.max_connections = parse(value)?;
                 "server.max_connections"

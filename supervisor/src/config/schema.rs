@@ -43,7 +43,10 @@ pub struct ServerConfig {
     pub header_read_timeout_seconds: u64,
     /// Seconds a client has to send a request's body once its headers arrived (408 past it).
     pub body_read_timeout_seconds: u64,
-    /// Most HTTP connections open at once; further connections are closed at once.
+    /// Seconds a client may read nothing of its answer before the connection is closed.
+    pub write_timeout_seconds: u64,
+    /// Most HTTP connections open at once; past it the connection idle longest is closed
+    /// for the new one, or the new one when every connection is busy.
     pub max_connections: usize,
     /// `Host` names accepted beside loopback names, IP addresses and this machine's name,
     /// while the server listens on loopback (`api/origin.rs`); `*` accepts any.
@@ -192,6 +195,7 @@ impl Default for ServerConfig {
             api_key: None,
             header_read_timeout_seconds: 30,
             body_read_timeout_seconds: 60,
+            write_timeout_seconds: 60,
             max_connections: 512,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
@@ -314,8 +318,11 @@ impl Config {
                 problems.push("server.api_key must be 1 to 256 visible ASCII characters without spaces (remove the key to turn authentication off)");
             }
         }
-        if self.server.header_read_timeout_seconds == 0 || self.server.body_read_timeout_seconds == 0 {
-            problems.push("server.header_read_timeout_seconds and server.body_read_timeout_seconds must be at least 1");
+        if self.server.header_read_timeout_seconds == 0
+            || self.server.body_read_timeout_seconds == 0
+            || self.server.write_timeout_seconds == 0
+        {
+            problems.push("server.header_read_timeout_seconds, server.body_read_timeout_seconds and server.write_timeout_seconds must be at least 1");
         }
         if self.server.max_connections == 0 {
             problems.push("server.max_connections must be at least 1");

@@ -4,7 +4,7 @@
 //!   (stop accepting, finish accepted requests, stop workers) — callable in-process with
 //!   any listener and shutdown future; [`serve`] is what `start --foreground` runs.
 //! - `http.rs`: the HTTP accept loop (header read timeout, connection cap, graceful
-//!   shutdown).
+//!   shutdown); `write_timeout.rs`: its sockets' write timeout.
 //! - `control_server.rs`: the control socket (`ctl`, `status`, `stop`, `remove`).
 //! - `pidfile.rs`: `<home>/run/mlx-serve-<port>.pid`, and finding running daemons.
 //! - `background.rs`: `start` without `--foreground` (re-exec detached, wait for ready).
@@ -21,6 +21,7 @@ pub mod service;
 mod stop;
 #[cfg(test)]
 mod tests;
+mod write_timeout;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -198,6 +199,7 @@ pub async fn run_with(
         header_read_timeout: Duration::from_secs(config.server.header_read_timeout_seconds),
         max_connections: config.server.max_connections,
         drain: Duration::from_secs(config.server.shutdown_timeout_seconds),
+        write_timeout: Duration::from_secs(config.server.write_timeout_seconds),
     };
     if let Some(l) = metrics_listener {
         let app = api::metrics_router(state.clone());
