@@ -40,10 +40,11 @@ impl Activity {
         Arc::new(Activity { in_flight: AtomicUsize::new(0), last_ms: AtomicU64::new(now_ms()) })
     }
 
-    /// `Some(since)` (milliseconds, comparable between connections) when no request is in
-    /// progress; `None` when one is.
-    pub fn idle_since(&self) -> Option<u64> {
-        (self.in_flight.load(Ordering::SeqCst) == 0).then(|| self.last_ms.load(Ordering::SeqCst))
+    /// How long no request has been in progress; `None` while one is.
+    pub fn idle_for(&self) -> Option<std::time::Duration> {
+        let since = self.last_ms.load(Ordering::SeqCst);
+        (self.in_flight.load(Ordering::SeqCst) == 0)
+            .then(|| std::time::Duration::from_millis(now_ms().saturating_sub(since)))
     }
 
     fn begin(self: &Arc<Self>) -> Busy {

@@ -5,7 +5,8 @@
 //!   and so is a keep-alive connection idle that long (the timer runs while hyper waits
 //!   for the next request's head);
 //! - `server.max_connections`: past it, the connection idle longest (no request in
-//!   progress: `api/activity.rs`) is closed to make room for the new one, so sockets
+//!   progress, for a second at least: `api/activity.rs`) is closed to make room for the
+//!   new one, so sockets
 //!   opened and left idle cannot lock clients out (`/health` included); when every
 //!   connection is busy, the new one is closed as soon as it is accepted (the listen
 //!   backlog keeps draining, so the kernel never queues clients we would not serve).
@@ -47,13 +48,19 @@ pub struct ConnectionLimits {
     pub write_timeout: Duration,
 }
 
+/// Open connections by accept order: their activity, and how to close one.
+type OpenConnections = Arc<Mutex<BTreeMap<u64, (Arc<Activity>, Arc<Notify>)>>>;
+
+/// How long a connection must have been idle to be closed for a new one: one just
+/// accepted gets the time to send its request.
+const MIN_IDLE: Duration = Duration::from_secs(1);
+
 /// How often a refused connection is logged at most.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains the connections.
 pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits, shutdown: impl Future<Output = ()>) {
-    // Open connections by accept order: their activity, and how to close one.
-    let open: Arc<Mutex<BTreeMap<u64, (Arc<Activity>, Arc<Notify>)>>> = Arc::default();
+    let open: OpenConnections = Arc::default();
     let mut next_id = 0u64;
     let mut evicted_since_log = 0u64;
     let graceful = GracefulShutdown::new();
@@ -83,7 +90,10 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits,
         {
             let mut open = open.lock().unwrap();
             if open.len() >= limits.max_connections {
-                let idlest = open.iter().filter_map(|(id, (a, _))| a.idle_since().map(|t| (t, *id))).min();
+                let idlest = open
+                    .iter()
+                    .filter_map(|(id, (a, _))| a.idle_for().filter(|&d| d >= MIN_IDLE).map(|d| (d, *id)))
+                    .max();
                 match idlest.and_then(|(_, id)| open.remove(&id)) {
                     Some((_, close)) => {
                         close.notify_one();

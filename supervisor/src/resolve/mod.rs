@@ -65,6 +65,20 @@ pub enum ResolveError {
     NotLoaded(String),
 }
 
+/// What a client may learn of a failed Hub request: the Hub's HTTP status when it
+/// answered one, else that it could not be reached (the network error, which names hosts
+/// and addresses, stays in the log).
+fn public_cause(why: &str) -> String {
+    let status = why.match_indices("HTTP ").find_map(|(at, _)| {
+        let code = why.get(at + 5..at + 8)?;
+        code.bytes().all(|b| b.is_ascii_digit()).then_some(code)
+    });
+    match status {
+        Some(code) => format!("the Hub answered HTTP {code}"),
+        None => "the Hub could not be reached".to_owned(),
+    }
+}
+
 /// When a failure remembered for `retry_in` more seconds happened, and how to retry sooner.
 pub fn retry_note(retry_in: u64) -> String {
     let ago = crate::store::downloads::RETRY_FAILED_AFTER.as_secs().saturating_sub(retry_in);
@@ -162,9 +176,10 @@ impl<'a> Resolver<'a> {
                 // still one this server does not have, so a 404, saying why nothing more
                 // was found (a 502 would blame a Hub the request never named).
                 let e = match e {
-                    StoreError::Failed(_) => StoreError::NotFound(format!(
+                    StoreError::Failed(why) => StoreError::NotFound(format!(
                         "model `{requested}` does not exist here (not installed, not an alias), and the Hub could not be \
-                         searched for it (the server log says why)"
+                         searched for it ({}; the server log has the details)",
+                        public_cause(&why)
                     )),
                     e => e,
                 };
