@@ -9,18 +9,21 @@ use serde_json::json;
 
 #[test]
 fn empty_documents_and_bad_queries_are_refused_in_shape() {
-    let server = Server::start(ServerOptions { models: vec!["tiny-bert-embed", "tiny-bert-rerank"], ..Default::default() });
+    let server =
+        Server::start(ServerOptions { models: vec!["tiny-bert-embed", "tiny-bert-rerank"], ..Default::default() });
     let (status, body) = server.post("/v1/embeddings", &json!({"model": "tiny-bert-embed", "input": ["a", ""]}));
     assert_eq!(status, 400, "{body}");
     for docs in [json!(["a doc", ""]), json!(["\u{200b}"])] {
-        let (status, body) = server.post("/v1/rerank", &json!({"model": "tiny-bert-rerank", "query": "q", "documents": docs}));
+        let (status, body) =
+            server.post("/v1/rerank", &json!({"model": "tiny-bert-rerank", "query": "q", "documents": docs}));
         assert_eq!(status, 400, "rerank {docs}: {body}");
         assert_eq!(body["error"]["param"], "documents", "{body}");
         let (status, body) =
             server.post("/v1/tokenize", &json!({"model": "tiny-bert-rerank", "query": "q", "documents": docs}));
         assert_eq!(status, 400, "tokenize {docs}: {body}");
     }
-    let (status, body) = server.post("/v1/rerank", &json!({"model": "tiny-bert-rerank", "query": "q", "documents": ["a", "b"]}));
+    let (status, body) =
+        server.post("/v1/rerank", &json!({"model": "tiny-bert-rerank", "query": "q", "documents": ["a", "b"]}));
     assert_eq!(status, 200, "{body}");
 
     let a = raw::request(server.port, "GET /info?model=tiny-bert-embed&model=tiny-bert-rerank HTTP/1.1", b"");
