@@ -66,7 +66,8 @@ impl Drop for Busy {
 
 /// The middleware (outermost): marks the connection busy until the answer is sent.
 pub async fn track(req: Request, next: Next) -> Response {
-    let Some(activity) = req.extensions().get::<super::peer::Peer>().map(|p| p.activity.clone()) else {
+    // The accept loop puts each connection's `Arc<Activity>` in its requests' extensions.
+    let Some(activity) = req.extensions().get::<Arc<Activity>>().cloned() else {
         return next.run(req).await;
     };
     let busy = activity.begin();

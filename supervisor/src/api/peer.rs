@@ -9,14 +9,12 @@
 //! [`Peer::user`] answers [`PeerUser::Unknowable`] there.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
 
-/// The two ends of the connection a request came on, and whether it is busy.
-#[derive(Debug, Clone)]
+/// The two ends of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub remote: SocketAddr,
     pub local: SocketAddr,
-    pub activity: Arc<super::activity::Activity>,
 }
 
 /// The owner of a loopback client's socket.

@@ -132,7 +132,8 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits,
         let _ = stream.set_nodelay(true);
         // Who connected, for the routes that check it (`api/peer.rs`).
         let local = stream.local_addr().unwrap_or(peer);
-        let service = TowerToHyperService::new(app.clone().layer(Extension(Peer { remote: peer, local, activity })));
+        let app = app.clone().layer(Extension(Peer { remote: peer, local })).layer(Extension(activity));
+        let service = TowerToHyperService::new(app);
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
