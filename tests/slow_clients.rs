@@ -113,3 +113,51 @@ fn a_client_that_never_reads_its_answer_is_disconnected() {
     // Others are served.
     assert_eq!(server.post("/v1/embeddings", &json!({"model": "all-MiniLM-L6-v2", "input": "next"})).0, 200);
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn unread_answers_are_freed_while_their_clients_stay() {
+    let server = Server::start(ServerOptions {
+        models: vec!["all-MiniLM-L6-v2"],
+        config: Some("server:\n  write_timeout_seconds: 3\n".into()),
+        ..Default::default()
+    });
+    assert_eq!(server.post("/api/embed", &json!({"model": "all-MiniLM-L6-v2", "input": "warm"})).0, 200);
+    std::thread::sleep(Duration::from_secs(1));
+    let baseline = raw::proc_kib(server.pid(), "VmRSS");
+    // Eight clients ask for ~15 MB answers each and never read them (nor close).
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let input: Vec<String> = (0..2048).map(|i| format!("client {c} text {i}")).collect();
+            let body = serde_json::to_vec(&json!({"model": "all-MiniLM-L6-v2", "input": input})).unwrap();
+            let mut s = raw::connect(server.port, Duration::from_secs(30));
+            let head = format!(
+                "POST /api/embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(&body).unwrap();
+            s
+        })
+        .collect();
+    server.wait_for("the eight answers", Duration::from_secs(300), || {
+        server.log_text().matches("endpoint=/api/embed").count() >= 9
+    });
+    let answered = raw::proc_kib(server.pid(), "VmRSS");
+    // Three write timeouts later, with every client still connected.
+    std::thread::sleep(Duration::from_secs(9));
+    let after = raw::proc_kib(server.pid(), "VmRSS");
+    eprintln!(
+        "supervisor RSS: {} MiB before, {} MiB answered, {} MiB after",
+        baseline >> 10,
+        answered >> 10,
+        after >> 10
+    );
+    assert!(
+        after <= baseline + (20 << 10),
+        "supervisor RSS {} MiB, baseline {} MiB: unread answers still held",
+        after >> 10,
+        baseline >> 10
+    );
+    drop(clients);
+}
