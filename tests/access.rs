@@ -52,8 +52,11 @@ fn the_api_key_guards_every_route_but_health() {
     }
     // A refused request costs no body reading: a 401 comes back before the body is sent.
     let mut s = raw::connect(server.port, Duration::from_secs(10));
-    std::io::Write::write_all(&mut s, b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
-        .unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(raw::read_answer(&mut s).unwrap().status, 401);
     let a = post_json(
         server.port,

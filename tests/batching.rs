@@ -453,7 +453,7 @@ fn disconnected_clients_have_their_queued_inputs_dropped() {
     let body = json!({"model": MINILM, "input": "a request whose client goes away"}).to_string();
     write!(
         gone,
-        "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -503,7 +503,7 @@ fn ready_answers_503_while_shutting_down() {
     server.wait_for("the shutdown in the log", Duration::from_secs(10), || {
         server.log_text().contains("SIGTERM: shutting down")
     });
-    first.write_all(b"Host: x\r\n\r\n").unwrap();
+    first.write_all(b"Host: 127.0.0.1\r\n\r\n").unwrap();
     let answer = raw::read_answer(&mut first).expect("an answer during the drain");
     assert_eq!(answer.status, 503, "{answer:?}");
     assert_eq!(answer.header("retry-after").as_deref(), Some("1"), "{answer:?}");

@@ -97,13 +97,14 @@ fn concurrent_large_bodies_get_429_and_numbers_get_413() {
         config: Some(config.into()),
         ..Default::default()
     });
-    // Two clients declare 2.5 MB bodies and send their first bytes: 5 of the 8 MiB are
-    // taken until their bodies arrive (each then costs its body again, decoded).
+    // Two clients send 2.5 MB bodies but their last byte: bodies are charged as they
+    // arrive, so 5 of the 8 MiB are taken until the bodies end (each then costs its body
+    // again, decoded). A body that only declares its size holds nothing (tests/slow_clients.rs).
     let body = serde_json::to_vec(&json!({"model": "tiny-bert-embed", "input": "word ".repeat(500_000)})).unwrap();
     let third_body =
         serde_json::to_vec(&json!({"model": "tiny-bert-embed", "input": "word ".repeat(800_000)})).unwrap();
     let head = |path: &str, len: usize| {
-        format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n")
+        format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n")
     };
     // The server charges a body when it has read its headers, which the test cannot
     // observe: the third client's headers may be read before the second's, and then the
@@ -114,7 +115,7 @@ fn concurrent_large_bodies_get_429_and_numbers_get_413() {
             .map(|_| {
                 let mut s = connect(server.port, Duration::from_secs(60));
                 s.write_all(head("/v1/embeddings", body.len()).as_bytes()).unwrap();
-                s.write_all(&body[..1024]).unwrap();
+                s.write_all(&body[..body.len() - 1]).unwrap();
                 s
             })
             .collect();
@@ -148,7 +149,7 @@ fn concurrent_large_bodies_get_429_and_numbers_get_413() {
         // refused one of them (its 429 comes once its body is drained).
         let mut raced = false;
         for s in &mut slow {
-            if s.write_all(&body[1024..]).is_err() {
+            if s.write_all(&body[body.len() - 1..]).is_err() {
                 raced = true;
                 continue;
             }
@@ -189,7 +190,7 @@ fn a_body_refused_unread_is_drained_so_the_client_reads_its_answer() {
     });
     let ok = serde_json::to_vec(&json!({"model": "tiny-bert-embed", "input": "fine"})).unwrap();
     let post = |len: usize| {
-        format!("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n")
+        format!("POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n")
     };
     // 100 KB declared and sent in full, over the 64 KiB limit: refused from its headers,
     // read and dropped, answered 413, and the connection serves the next request.
@@ -220,7 +221,7 @@ fn a_chunked_body_over_the_limit_is_refused() {
     });
     let send = |body: Vec<u8>| {
         let mut s = connect(server.port, Duration::from_secs(60));
-        let head = "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let head = "POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
         s.write_all(head.as_bytes()).unwrap();
         // Written by another thread while this one reads: a server that answers before the
         // body ends is read at once, whatever it does with the rest.
@@ -270,7 +271,7 @@ fn slow_clients_are_dropped_and_others_are_served() {
     // One that sends its headers and 10 of 100 body bytes, then nothing.
     let mut stalled = connect(server.port, Duration::from_secs(10));
     stalled
-        .write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\": ")
+        .write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\": ")
         .unwrap();
     let start = Instant::now();
     let mut closed_at = vec![None; slow.len()];
@@ -319,7 +320,17 @@ fn connections_past_the_cap_are_closed_at_once() {
         config: Some(config.into()),
         ..Default::default()
     });
-    let held: Vec<_> = (0..20).map(|_| connect(server.port, Duration::from_secs(5))).collect();
+    // Twenty busy connections: each is sending a body (an idle one would be closed to make
+    // room: tests/slow_clients.rs).
+    let held: Vec<_> = (0..20)
+        .map(|_| {
+            let mut s = connect(server.port, Duration::from_secs(5));
+            s.write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+                .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
     // The 21st connection is accepted and closed without an answer. The kernel accepts
     // connections before the server does, so "closed" is what the client can observe.
     let mut extra = connect(server.port, Duration::from_secs(60));
@@ -334,7 +345,7 @@ fn connections_past_the_cap_are_closed_at_once() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut s = connect(server.port, Duration::from_secs(5));
-        let ok = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").is_ok()
+        let ok = s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").is_ok()
             && read_answer(&mut s).is_ok_and(|a| a.status == 200);
         if ok {
             break;

@@ -414,7 +414,13 @@ impl ModelTokenizer {
         if self.count(&mut query)? == 0 {
             return Err(TokenizeError::EmptyQuery);
         }
-        let heads: Vec<Head> = documents.iter().map(|d| self.measure(d)).collect::<Result<_, _>>()?;
+        let mut heads: Vec<Head> = documents.iter().map(|d| self.measure(d)).collect::<Result<_, _>>()?;
+        // An empty document is refused as an empty embeddings input is: it has no text to score.
+        for (index, head) in heads.iter_mut().enumerate() {
+            if self.count(head)? == 0 {
+                return Err(TokenizeError::Empty { index });
+            }
+        }
         let mut out = Vec::with_capacity(heads.len());
         if let Some((prefix, suffix, body_tok)) = &self.rerank_template {
             let query = query.as_str();
@@ -581,5 +587,7 @@ mod tests {
         }
         let (rr, _) = pair("tiny-bert-rerank", 4096);
         assert!(matches!(rr.encode_pairs("\0", &["doc"], None, true), Err(TokenizeError::EmptyQuery)));
+        assert!(matches!(rr.encode_pairs("q", &["doc", ""], None, true), Err(TokenizeError::Empty { index: 1 })));
+        assert!(matches!(rr.encode_pairs("q", &["\u{200b}"], None, true), Err(TokenizeError::Empty { index: 0 })));
     }
 }

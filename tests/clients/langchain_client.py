@@ -63,12 +63,18 @@ check(float(np.max(np.abs(got - want))) <= 1e-4, float(np.max(np.abs(got - want)
 q = np.asarray(emb.embed_query(texts[0]), dtype=np.float32)
 check(float(np.max(np.abs(q - want[0]))) <= 1e-4)
 
-# openai models.retrieve: by store name, by repo id (it contains a slash), by alias.
+# openai models.retrieve: by store name, by alias; a repo id (it contains a slash) is
+# answered only by a model pulled from that repo, and the test's model is a local folder.
 client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
-for name in (MODEL, "sentence-transformers/all-MiniLM-L6-v2", "minilm"):
+for name in (MODEL, "minilm"):
     m = client.models.retrieve(name)
     check(m.id == name and m.object == "model", m)
     check(m.model_extra["type"] == "embedding" and m.model_extra["dimensions"] == 384, m)
+try:
+    client.models.retrieve("sentence-transformers/all-MiniLM-L6-v2")
+    raise SystemExit("expected ConflictError: a local folder does not answer to a repo id")
+except openai.ConflictError as e:
+    check(e.code == "model_name_taken", e.code)
 try:
     client.models.retrieve("acme/no-such-model")
     raise SystemExit("expected NotFoundError")

@@ -11,7 +11,8 @@
 //!
 //! Names: `haproxy`, `prometheus`, `kustomize` (`kubectl kustomize` or `kustomize`),
 //! `systemd-analyze`, `cohere` (the Python package), `chown` (making a folder another
-//! user's: root, or `sudo -n`).
+//! user's: root, or `sudo -n`), `chromium` (Debian's browser with nodejs and
+//! tests/browser's `npm ci`).
 
 use std::io::Write;
 

@@ -11,7 +11,9 @@
 //!   or task for longer);
 //! - memory: every request in progress holds a charge on one budget,
 //!   `limits.max_inflight_request_bytes`, until its answer is ready. The charge is the
-//!   body (taken before a declared body is read, and as a chunked one arrives) plus what
+//!   body (taken as it arrives, so a client that declares 16 MiB and sends a byte a second
+//!   holds what it sent, not what it promised; a declared body that cannot fit beside the
+//!   requests in progress is refused before it is read) plus what
 //!   decoding it will allocate (each JSON string, number and container as a
 //!   `serde_json::Value` would hold it — an upper bound of what the handlers' typed
 //!   structs take; see [`decoded_size`]), so a body of millions of tiny numbers is charged
@@ -57,6 +59,11 @@ impl InflightBudget {
         (self.total.div_ceil(1024).clamp(1, u32::MAX as usize) - self.kib.available_permits()) << 10
     }
 
+    /// Bytes the budget has left now.
+    fn available(&self) -> usize {
+        self.kib.available_permits() << 10
+    }
+
     /// Takes `bytes` from the budget (rounded up to KiB), or nothing when they do not fit.
     fn charge(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
         let kib = bytes.div_ceil(1024).min(u32::MAX as usize) as u32;
@@ -88,11 +95,12 @@ pub async fn admit(State(state): State<SharedState>, req: Request, next: Next) -
         return after_drain(req, declared, limit, timeout, refuse(too_large(limits.max_request_bytes))).await;
     }
     let budget = &state.inflight;
-    // A declared body is charged before it is read, a chunked one as it arrives: no
-    // body is buffered beyond the budget.
-    let Some(mut permit) = budget.charge(declared.unwrap_or(0) as usize) else {
+    // Every body is charged as it arrives (no body is buffered beyond the budget); one
+    // that declares more than the budget has left now is refused at once.
+    if declared.is_some_and(|n| n as usize > budget.available()) {
         return after_drain(req, declared, limits.max_request_bytes as u64, timeout, refuse(budget.overloaded())).await;
-    };
+    }
+    let Some(mut permit) = budget.charge(0) else { return refuse(budget.overloaded()) };
     let (parts, body) = req.into_parts();
     let read = read_limited(body, declared, limits.max_request_bytes, budget, &mut permit);
     let bytes = match tokio::time::timeout(timeout, read).await {
@@ -176,13 +184,14 @@ fn too_large(limit: usize) -> ApiError {
 
 enum ReadError {
     TooLarge,
-    /// A chunked body outgrew what the budget has left.
+    /// A body outgrew, as it arrived, what the budget has left.
     Overloaded,
     Failed(String),
 }
 
-/// Reads a body into one buffer, refusing it as soon as it passes `limit`; what a
-/// chunked body adds beyond its `declared` length is charged to `permit` as it arrives.
+/// Reads a body into one buffer, refusing it as soon as it passes `limit`; every frame is
+/// charged to `permit` as it arrives (in whole KiB, as the budget counts), and the buffer
+/// grows with what arrived, not with what was `declared`.
 async fn read_limited(
     mut body: Body,
     declared: Option<u64>,
@@ -190,23 +199,38 @@ async fn read_limited(
     budget: &InflightBudget,
     permit: &mut OwnedSemaphorePermit,
 ) -> Result<Bytes, ReadError> {
-    let declared = declared.unwrap_or(0) as usize;
-    let mut buf = Vec::with_capacity(declared.min(limit));
+    // A first frame's worth up front: a declared body that comes at once is copied once.
+    let mut buf = Vec::with_capacity((declared.unwrap_or(0) as usize).min(limit).min(FIRST_BUFFER));
+    let mut charged_kib = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ReadError::Failed(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > limit {
                 return Err(ReadError::TooLarge);
             }
-            let beyond = (buf.len() + data.len()).saturating_sub(declared.max(buf.len()));
-            if beyond > 0 {
-                permit.merge(budget.charge(beyond).ok_or(ReadError::Overloaded)?);
+            let kib = (buf.len() + data.len()).div_ceil(1024);
+            if kib > charged_kib {
+                permit.merge(budget.charge((kib - charged_kib) << 10).ok_or(ReadError::Overloaded)?);
+                charged_kib = kib;
+            }
+            let need = buf.len() + data.len();
+            if need > buf.capacity() {
+                // Doubling, but never past a declared length: the buffer ends its exact size.
+                let grown = need.max(buf.capacity() * 2);
+                let grown = match declared {
+                    Some(d) if d as usize >= need => grown.min(d as usize),
+                    _ => grown,
+                };
+                buf.reserve_exact(grown - buf.len());
             }
             buf.extend_from_slice(&data);
         }
     }
     Ok(Bytes::from(buf))
 }
+
+/// The buffer a body starts with (it grows as frames arrive).
+const FIRST_BUFFER: usize = 256 << 10;
 
 /// An upper bound of the heap a JSON text takes once decoded, counted as
 /// `serde_json::Value` would hold it (32 bytes per value, plus string contents and map

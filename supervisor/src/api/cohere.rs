@@ -54,7 +54,7 @@ impl From<ApiError> for CohereError {
 
 impl IntoResponse for CohereError {
     fn into_response(self) -> Response {
-        let body = CohereErrorBody { id: response_id(), message: self.0.message };
+        let body = CohereErrorBody { id: response_id(), message: crate::store::redact::redact(&self.0.message) };
         let mut resp = (self.0.status, Json(body)).into_response();
         if let Some(s) = self.0.retry_after {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, s.into());

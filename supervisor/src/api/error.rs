@@ -116,12 +116,19 @@ impl From<ResolveError> for ApiError {
             }
             ResolveError::DownloadFailed(e) => e.into(),
             ResolveError::RecentlyFailed { error, retry_in } => {
+                // The public message of the error (a failed download's own words stay in
+                // the log), and when it is tried again.
                 let mut err = ApiError::from(error);
-                err.message = message;
+                err.message = format!("{} {}", err.message, crate::resolve::retry_note(retry_in));
                 err.retry_after = Some(retry_in);
                 err
             }
             ResolveError::NotLoaded(_) => ApiError::not_found(message),
+            ResolveError::OtherOwner(_) => {
+                let mut e = ApiError::invalid_param("model", message).with_code("model_name_taken");
+                e.status = StatusCode::CONFLICT;
+                e
+            }
         }
     }
 }
@@ -234,7 +241,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             error: ErrorDetail {
-                message: self.message,
+                message: crate::store::redact::redact(&self.message),
                 kind: self.kind.to_owned(),
                 code: self.code.map(str::to_owned),
                 param: self.param,

@@ -12,10 +12,13 @@
 //! `priority`, `keep_alive`…) are declared and ignored.
 //!
 //! Around every route, outermost first: `observe.rs` (metrics, request log), a panic
-//! catcher (a short 500, the panic only in the log), `auth.rs` (the optional API key,
-//! before any body is read), `body.rs` (body size, read time and the in-flight memory
-//! budget).
+//! catcher (a short 500, the panic only in the log), `origin.rs` (the `Host` and `Origin`
+//! checks, CORS), `auth.rs` (the optional API key, before any body is read), `manage.rs`
+//! (who may pull and delete models), `body.rs` (body size, read time and the in-flight
+//! memory budget). `peer.rs` says who is connecting; `activity.rs` (outside them all)
+//! whether a connection is busy.
 
+pub mod activity;
 mod auth;
 mod body;
 mod cohere;
@@ -26,12 +29,15 @@ pub mod error;
 mod health;
 pub mod inference;
 mod input;
+mod manage;
 mod models;
 mod observe;
 mod ollama;
 mod ollama_pull;
 mod openai;
 pub mod openapi;
+mod origin;
+pub mod peer;
 mod rerank;
 mod state;
 mod tei;
@@ -47,6 +53,7 @@ pub use auth::ApiKeyCheck;
 pub use body::{decoded_size, parse_body, InflightBudget};
 pub use error::ApiError;
 pub use observe::{with_log, RequestLog};
+pub use origin::OriginPolicy;
 pub use state::{AppState, SharedState};
 
 /// Every route of the main listener. Each path also answers with a trailing slash
@@ -97,9 +104,12 @@ pub fn router(state: SharedState) -> Router {
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), body::admit))
+        .layer(middleware::from_fn_with_state(state.clone(), manage::check))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
+        .layer(middleware::from_fn_with_state(state.clone(), origin::check))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(state.clone(), observe::observe))
+        .layer(middleware::from_fn(activity::track))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -110,6 +120,7 @@ pub fn metrics_router(state: SharedState) -> Router {
     Router::new()
         .route("/metrics", get(health::metrics))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
+        .layer(middleware::from_fn_with_state(state.clone(), origin::check))
         .with_state(state)
 }
 

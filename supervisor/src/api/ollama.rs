@@ -49,7 +49,8 @@ impl From<StoreError> for OllamaError {
 
 impl IntoResponse for OllamaError {
     fn into_response(self) -> Response {
-        let mut resp = (self.0.status, Json(json!({"error": self.0.message}))).into_response();
+        let mut resp =
+            (self.0.status, Json(json!({"error": crate::store::redact::redact(&self.0.message)}))).into_response();
         if let Some(s) = self.0.retry_after {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, s.into());
         }
@@ -258,15 +259,22 @@ pub async fn show(
     let target = state.resolver().resolve_name(&name)?;
     let store = state.pool.store();
     let m = store.installed(&target.name).ok_or_else(|| ApiError::not_found(format!("model '{name}' not found")))?;
-    let facts = m.facts.as_ref().map_err(|e| ApiError::internal(e.clone()))?;
+    let facts = m.facts.as_ref().map_err(|e| ApiError::concealed("the model's files cannot be read", e))?;
     let capability = match facts.kind {
         mlx_serve_protocol::ModelKind::Embedding => "embedding",
         mlx_serve_protocol::ModelKind::Reranker => "rerank",
     };
-    let metadata: Value = std::fs::read_to_string(m.path.join("mlx-serve.json"))
+    let mut metadata: Value = std::fs::read_to_string(m.path.join("mlx-serve.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);
+    // A model pulled from a folder records the folder's path: clients get its name only.
+    if metadata["source_type"] == "folder" {
+        if let Some(source) = metadata["source"].as_str() {
+            let name = source.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_owned();
+            metadata["source"] = json!(name);
+        }
+    }
     Ok(Json(json!({
         "modelfile": "",
         "parameters": "",

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{ApiKeyCheck, InflightBudget};
+use super::{ApiKeyCheck, InflightBudget, OriginPolicy};
 use crate::config::Config;
 use crate::resolve::Resolver;
 use crate::runner::Pool;
@@ -26,12 +26,15 @@ pub struct AppState {
     pub(super) api_key: Option<ApiKeyCheck>,
     /// `limits.max_inflight_request_bytes`.
     pub(super) inflight: InflightBudget,
+    /// `server.allowed_hosts`, `server.allowed_origins`.
+    pub(super) origins: OriginPolicy,
 }
 
 impl AppState {
     pub fn new(pool: Pool, downloads: Arc<Downloads>, config: Arc<Config>, ready: Arc<AtomicBool>) -> Arc<AppState> {
         let api_key = config.server.api_key.as_ref().map(|k| ApiKeyCheck::new(&k.0, config.metrics.require_api_key));
         let inflight = InflightBudget::new(config.limits.max_inflight_request_bytes);
+        let origins = OriginPolicy::new(&config.server.allowed_hosts, &config.server.allowed_origins);
         Arc::new(AppState {
             pool,
             downloads,
@@ -41,6 +44,7 @@ impl AppState {
             next_request_id: AtomicU64::new(1),
             api_key,
             inflight,
+            origins,
         })
     }
 

@@ -20,7 +20,7 @@
 //! normalized), `encoding_format` other than `float`.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -61,7 +61,9 @@ impl IntoResponse for TeiError {
             s if s.is_server_error() => "Backend",
             _ => "Validation",
         };
-        let mut resp = (self.0.status, Json(TeiErrorBody { error: self.0.message, error_type })).into_response();
+        let mut resp =
+            (self.0.status, Json(TeiErrorBody { error: crate::store::redact::redact(&self.0.message), error_type }))
+                .into_response();
         if let Some(s) = self.0.retry_after {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, s.into());
         }
@@ -224,7 +226,12 @@ pub struct Info {
 /// Describe a model the way TEI's `/info` does.
 #[utoipa::path(get, path = "/info", tag = "TEI", params(InfoQuery),
     responses((status = 200, body = Info, description = "success"), (status = "4XX", body = TeiErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
-pub async fn info(State(state): State<SharedState>, Query(q): Query<InfoQuery>) -> Result<Json<Info>, TeiError> {
+pub async fn info(
+    State(state): State<SharedState>,
+    query: Result<Query<InfoQuery>, QueryRejection>,
+) -> Result<Json<Info>, TeiError> {
+    // axum's own rejection is text/plain; this route answers in TEI's JSON shape.
+    let Query(q) = query.map_err(|e| ApiError::invalid_param("model", format!("invalid query: {}", e.body_text())))?;
     let name = match q.model.filter(|m| !m.is_empty()) {
         Some(m) => m,
         None => {
@@ -242,7 +249,7 @@ pub async fn info(State(state): State<SharedState>, Query(q): Query<InfoQuery>) 
     };
     let target = state.resolver().resolve_name(&name).map_err(ApiError::from)?;
     let m = state.pool.store().installed(&target.name).ok_or_else(|| ApiError::model_not_found(&name))?;
-    let facts = m.facts.as_ref().map_err(|e| ApiError::internal(e.clone()))?;
+    let facts = m.facts.as_ref().map_err(|e| ApiError::concealed("the model's files cannot be read", e))?;
     let prompts = crate::tokenize::Prompts::load(&m.path);
     let dtype = crate::store::metadata::ModelMetadata::read(&m.path).map(|meta| meta.dtype).unwrap_or_default();
     let model_type = match facts.kind {

@@ -48,6 +48,9 @@ impl Config {
                 other => Err(format!("expected true or false, got {other:?}")),
             }
         }
+        fn list(v: &str) -> Vec<String> {
+            v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+        }
         let key = match name {
             "HOST" => {
                 self.server.host = value.to_owned();
@@ -70,8 +73,7 @@ impl Config {
                 "logging.format"
             }
             "PRELOAD_MODELS" => {
-                self.models.preload =
-                    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+                self.models.preload = list(value);
                 "models.preload"
             }
             "AUTO_DOWNLOAD" => {
@@ -122,9 +124,26 @@ impl Config {
                 self.server.body_read_timeout_seconds = parse(value)?;
                 "server.body_read_timeout_seconds"
             }
+            "WRITE_TIMEOUT_SECONDS" => {
+                self.server.write_timeout_seconds = parse(value)?;
+                "server.write_timeout_seconds"
+            }
             "MAX_CONNECTIONS" => {
                 self.server.max_connections = parse(value)?;
                 "server.max_connections"
+            }
+            "ALLOWED_HOSTS" => {
+                self.server.allowed_hosts = list(value);
+                "server.allowed_hosts"
+            }
+            // Named as Ollama's OLLAMA_ORIGINS.
+            "ORIGINS" => {
+                self.server.allowed_origins = list(value);
+                "server.allowed_origins"
+            }
+            "HTTP_MODEL_MANAGEMENT" => {
+                self.server.http_model_management = boolean(value)?;
+                "server.http_model_management"
             }
             "MAX_INFLIGHT_REQUEST_BYTES" => {
                 self.limits.max_inflight_request_bytes = parse(value)?;
@@ -159,5 +178,7 @@ mod tests {
         assert!(c.apply_env_var("PORT", "many").is_err());
         assert_eq!(c.apply_env_var("API_KEY", "k1"), Ok(Some("server.api_key")));
         assert_eq!(c.server.api_key, Some(crate::config::ApiKey("k1".into())));
+        assert_eq!(c.apply_env_var("ORIGINS", "http://a.test, app://*"), Ok(Some("server.allowed_origins")));
+        assert_eq!(c.server.allowed_origins, vec!["http://a.test".to_owned(), "app://*".to_owned()]);
     }
 }

@@ -32,7 +32,8 @@ pub struct ServerConfig {
     /// Bind address. Loopback by default: without `api_key` there is no authentication.
     pub host: String,
     pub port: u16,
-    /// Seconds to wait for accepted requests to finish on SIGTERM before workers are stopped.
+    /// The drain deadline on SIGTERM: seconds accepted requests get to finish; then open
+    /// connections are closed and workers stop within what is left (5 s at least).
     pub shutdown_timeout_seconds: u64,
     /// When set, every route but `/health` and `/ready` needs `Authorization: Bearer <key>`
     /// (`/metrics` too unless `metrics.require_api_key` is false).
@@ -42,8 +43,20 @@ pub struct ServerConfig {
     pub header_read_timeout_seconds: u64,
     /// Seconds a client has to send a request's body once its headers arrived (408 past it).
     pub body_read_timeout_seconds: u64,
-    /// Most HTTP connections open at once; further connections are closed at once.
+    /// Seconds a client may read nothing of its answer before the connection is closed.
+    pub write_timeout_seconds: u64,
+    /// Most HTTP connections open at once; past it the connection idle longest is closed
+    /// for the new one, or the new one when every connection is busy.
     pub max_connections: usize,
+    /// `Host` names accepted beside loopback names, IP addresses and this machine's name,
+    /// while the server listens on loopback (`api/origin.rs`); `*` accepts any.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`scheme://host[:port]`, `*` a wildcard) allowed to call the API
+    /// beside loopback pages (`api/origin.rs`).
+    pub allowed_origins: Vec<String>,
+    /// Whether `/api/pull` and `/api/delete` are served over HTTP; false limits model
+    /// management to the CLI and the control socket (`api/manage.rs`).
+    pub http_model_management: bool,
 }
 
 /// The API key: compared in constant time (`api/auth.rs`), never printed (`Debug` and
@@ -182,7 +195,11 @@ impl Default for ServerConfig {
             api_key: None,
             header_read_timeout_seconds: 30,
             body_read_timeout_seconds: 60,
+            write_timeout_seconds: 60,
             max_connections: 512,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            http_model_management: true,
         }
     }
 }
@@ -301,8 +318,11 @@ impl Config {
                 problems.push("server.api_key must be 1 to 256 visible ASCII characters without spaces (remove the key to turn authentication off)");
             }
         }
-        if self.server.header_read_timeout_seconds == 0 || self.server.body_read_timeout_seconds == 0 {
-            problems.push("server.header_read_timeout_seconds and server.body_read_timeout_seconds must be at least 1");
+        if self.server.header_read_timeout_seconds == 0
+            || self.server.body_read_timeout_seconds == 0
+            || self.server.write_timeout_seconds == 0
+        {
+            problems.push("server.header_read_timeout_seconds, server.body_read_timeout_seconds and server.write_timeout_seconds must be at least 1");
         }
         if self.server.max_connections == 0 {
             problems.push("server.max_connections must be at least 1");

@@ -4,7 +4,7 @@
 //!   (stop accepting, finish accepted requests, stop workers) — callable in-process with
 //!   any listener and shutdown future; [`serve`] is what `start --foreground` runs.
 //! - `http.rs`: the HTTP accept loop (header read timeout, connection cap, graceful
-//!   shutdown).
+//!   shutdown); `write_timeout.rs`: its sockets' write timeout.
 //! - `control_server.rs`: the control socket (`ctl`, `status`, `stop`, `remove`).
 //! - `pidfile.rs`: `<home>/run/mlx-serve-<port>.pid`, and finding running daemons.
 //! - `background.rs`: `start` without `--foreground` (re-exec detached, wait for ready).
@@ -21,6 +21,7 @@ pub mod service;
 mod stop;
 #[cfg(test)]
 mod tests;
+mod write_timeout;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,6 +62,9 @@ impl DaemonError {
         DaemonError::Io { what: what.into(), cause }
     }
 }
+
+/// The least time workers get to stop once the HTTP side has drained.
+const WORKER_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Says loudly when the server is reachable from other machines without an API key.
 fn warn_if_exposed(config: &Config, addr: SocketAddr) {
@@ -105,6 +109,22 @@ pub async fn bind(host: &str, port: u16) -> Result<TcpListener, DaemonError> {
     }
 }
 
+/// SIGHUP (a closed terminal, `kill -HUP`, service managers asking for a reload) would end
+/// the process at once by default. Nothing is reloaded (the config is read at start); the
+/// daemon says so and keeps serving.
+fn ignore_hangups() -> Result<(), DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| DaemonError::io("cannot handle SIGHUP", e))?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(
+                "SIGHUP: nothing to reload (the config is read at start: restart to apply changes); still serving"
+            );
+        }
+    });
+    Ok(())
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -118,6 +138,7 @@ async fn shutdown_signal() {
 /// `mlx-serve start --foreground`: binds the configured port and runs until SIGTERM/SIGINT.
 pub async fn serve(config: Config) -> Result<(), DaemonError> {
     config.validate()?;
+    ignore_hangups()?;
     let listener = bind(&config.server.host, config.server.port).await?;
     run(config, listener, shutdown_signal()).await
 }
@@ -177,6 +198,8 @@ pub async fn run_with(
     let limits = http::ConnectionLimits {
         header_read_timeout: Duration::from_secs(config.server.header_read_timeout_seconds),
         max_connections: config.server.max_connections,
+        drain: Duration::from_secs(config.server.shutdown_timeout_seconds),
+        write_timeout: Duration::from_secs(config.server.write_timeout_seconds),
     };
     if let Some(l) = metrics_listener {
         let app = api::metrics_router(state.clone());
@@ -198,12 +221,19 @@ pub async fn run_with(
     let _pid_file = pidfile::PidFile::create(addr.port())?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "mlx-serve listening on http://{addr}");
     ready.store(true, Ordering::SeqCst);
+    let stopping = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let stopping_at = stopping.clone();
     http::serve(listener, api::router(state), limits, async move {
         shutdown.await;
+        *stopping_at.lock().unwrap() = Some(Instant::now());
         ready.store(false, Ordering::SeqCst);
     })
     .await;
-    let grace = Duration::from_secs(config.server.shutdown_timeout_seconds);
+    // Workers get what is left of server.shutdown_timeout_seconds, and at least
+    // WORKER_STOP_GRACE, so `mlx-serve stop` (which waits the timeout plus a margin)
+    // sees the daemon gone.
+    let began = stopping.lock().unwrap().unwrap_or_else(Instant::now);
+    let grace = limits.drain.saturating_sub(began.elapsed()).max(WORKER_STOP_GRACE);
     if tokio::time::timeout(grace, pool.shutdown()).await.is_err() {
         tracing::warn!("workers did not stop within {grace:?}");
     }

@@ -54,15 +54,37 @@ pub enum ResolveError {
     DownloadFailed(StoreError),
     /// The search or download failed less than a minute ago; not tried again before
     /// `retry_in` seconds.
-    #[error("{error} (this failed {} s ago; it is tried again on a request after {retry_in} s, or at once by `mlx-serve pull` / POST /api/pull)", failed_ago(*retry_in))]
+    #[error("{error} {}", retry_note(*retry_in))]
     RecentlyFailed { error: StoreError, retry_in: u64 },
+    /// An `owner/name` repo id whose store name is taken by a model from elsewhere (another
+    /// repo, a local folder).
+    #[error("{0}")]
+    OtherOwner(String),
     /// `ctl evict/restart` of a model without a runner.
     #[error("model {0} is not loaded (see `mlx-serve ctl workers`)")]
     NotLoaded(String),
 }
 
-fn failed_ago(retry_in: u64) -> u64 {
-    crate::store::downloads::RETRY_FAILED_AFTER.as_secs().saturating_sub(retry_in)
+/// What a client may learn of a failed Hub request: the Hub's HTTP status when it
+/// answered one, else that it could not be reached (the network error, which names hosts
+/// and addresses, stays in the log).
+fn public_cause(why: &str) -> String {
+    let status = why.match_indices("HTTP ").find_map(|(at, _)| {
+        let code = why.get(at + 5..at + 8)?;
+        code.bytes().all(|b| b.is_ascii_digit()).then_some(code)
+    });
+    match status {
+        Some(code) => format!("the Hub answered HTTP {code}"),
+        None => "the Hub could not be reached".to_owned(),
+    }
+}
+
+/// When a failure remembered for `retry_in` more seconds happened, and how to retry sooner.
+pub fn retry_note(retry_in: u64) -> String {
+    let ago = crate::store::downloads::RETRY_FAILED_AFTER.as_secs().saturating_sub(retry_in);
+    format!(
+        "(this failed {ago} s ago; it is tried again on a request after {retry_in} s, or at once by `mlx-serve pull` / POST /api/pull)"
+    )
 }
 
 /// A store error of a search or download, with a model of the wrong type as the request's
@@ -73,6 +95,33 @@ fn download_error(requested: &str, e: StoreError) -> ResolveError {
         StoreError::InvalidName(_) => ResolveError::InvalidName(e),
         e => ResolveError::DownloadFailed(e),
     }
+}
+
+/// A repo id is served only by a model pulled from that repo: the store names a model by
+/// its repo's last part, so `attacker/minilm` would otherwise be served by `BAAI/minilm`'s
+/// model or by a local folder named `minilm`. Checked for the model and, for a quantized
+/// variant, the base it would be made from (repo ids compare case-insensitively, as the
+/// Hub's do).
+fn same_repo(store: &crate::store::Store, requested: &str, target: &Resolved) -> Result<(), ResolveError> {
+    let Some(repo) = &target.repo else { return Ok(()) };
+    let base = aliases::split_variant(&target.name).map(|(b, _)| b);
+    for name in std::iter::once(target.name.as_str()).chain(base) {
+        let Some(dir) = store.find(name) else { continue };
+        let from = crate::store::metadata::ModelMetadata::read(&dir).and_then(|m| m.repo);
+        if from.as_deref().is_some_and(|f| f.eq_ignore_ascii_case(repo)) {
+            continue;
+        }
+        let origin = match from {
+            Some(other) => format!("pulled from {other}"),
+            None => "not pulled from a repo (a local folder)".to_owned(),
+        };
+        return Err(ResolveError::OtherOwner(format!(
+            "`{requested}` is not installed: the installed model `{name}` is {origin}. \
+             A repo id is only served by a model pulled from it; `mlx-serve pull {repo} --name OTHER` installs it \
+             under another name"
+        )));
+    }
+    Ok(())
 }
 
 /// The daemon's view of models by name: the pool, the downloads in flight, the config.
@@ -91,9 +140,13 @@ impl<'a> Resolver<'a> {
     /// store remembers; never asks the Hub.
     pub fn resolve_name(&self, requested: &str) -> Result<Resolved, ResolveError> {
         let store = self.pool.store();
-        names::resolve_local(requested, &self.config.models.aliases, store, |n| store.find(n).is_some())
+        let target = names::resolve_local(requested, &self.config.models.aliases, store, |n| store.find(n).is_some())
             .map(|r| r.target)
-            .map_err(ResolveError::InvalidName)
+            .map_err(ResolveError::InvalidName)?;
+        if target.source == NameSource::RepoId {
+            same_repo(store, requested, &target)?;
+        }
+        Ok(target)
     }
 
     /// Resolves a requested name, searching the Hub for a bare name nothing local knows
@@ -124,7 +177,9 @@ impl<'a> Resolver<'a> {
                 // was found (a 502 would blame a Hub the request never named).
                 let e = match e {
                     StoreError::Failed(why) => StoreError::NotFound(format!(
-                        "model `{requested}` does not exist here (not installed, not an alias), and the Hub could not be searched for it: {why}"
+                        "model `{requested}` does not exist here (not installed, not an alias), and the Hub could not be \
+                         searched for it ({}; the server log has the details)",
+                        public_cause(&why)
                     )),
                     e => e,
                 };

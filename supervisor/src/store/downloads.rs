@@ -77,17 +77,22 @@ impl Download {
         }
     }
 
-    /// JSON for `/api/ps` and `/v1/models`.
+    /// JSON for `/api/ps` and `/v1/models`: what API clients may see.
     pub fn to_json(&self) -> Value {
         let p = self.snapshot();
         let (state, error) = match &p.done {
             None => ("downloading", None),
             Some(Ok(_)) => ("done", None),
-            Some(Err(e)) => ("failed", Some(e.to_string())),
+            Some(Err(e)) => ("failed", Some(e.public_message())),
+        };
+        // A folder is named by its last part: clients see no paths of the server's disk.
+        let source = match self.source.rsplit_once('/') {
+            Some((_, last)) if self.source.starts_with('/') => last,
+            _ => self.source.as_str(),
         };
         json!({
             "model": self.name,
-            "source": self.source,
+            "source": source,
             "state": state,
             "status": p.status,
             "completed": p.completed(),

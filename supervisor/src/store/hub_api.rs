@@ -34,6 +34,11 @@ pub fn endpoint() -> String {
         .unwrap_or_else(|| "https://huggingface.co".into())
 }
 
+/// [`endpoint`] as messages and logs name it: without credentials (`redact.rs`).
+pub fn shown_endpoint() -> String {
+    super::redact::redact(&endpoint())
+}
+
 /// `HF_TOKEN`, else the token file in `$HF_HOME` (hf-hub 0.4 reads only the file).
 pub fn token() -> Option<String> {
     std::env::var("HF_TOKEN")
@@ -91,7 +96,7 @@ pub async fn get(api: &Api, url: &str, query: &[(&str, &str)], what: &str) -> Re
             Ok(resp) => (format!("HTTP {}", resp.status().as_u16()), retry_after(resp.headers())),
             Err(e) if e.is_connect() || e.is_timeout() => (error_chain(&e), None),
             Err(e) => {
-                return Err(StoreError::Failed(format!("{what} from {} failed: {}", endpoint(), error_chain(&e))))
+                return Err(StoreError::Failed(format!("{what} from {} failed: {}", shown_endpoint(), error_chain(&e))))
             }
         };
         match wait_before_retry(attempt, after) {
@@ -112,13 +117,13 @@ pub fn gave_up(what: &str, attempts: u32, problem: &str, retry_after: Option<Dur
         _ => String::new(),
     };
     let tries = if attempts == 1 { "once".to_owned() } else { format!("{attempts} times") };
-    StoreError::Failed(format!("{what} from {} failed ({problem}; tried {tries}){when}", endpoint()))
+    StoreError::Failed(format!("{what} from {} failed ({problem}; tried {tries}){when}", shown_endpoint()))
 }
 
 /// The error for a refusal (4xx) of a request about `repo`. `code` is the Hub's
 /// `X-Error-Code` header, when it sent one.
 pub fn refusal(status: u16, code: Option<&str>, repo: &str, what: &str) -> StoreError {
-    let endpoint = endpoint();
+    let endpoint = shown_endpoint();
     let page = format!("{endpoint}/{repo}");
     let token_hint = format!(
         "set HF_TOKEN to a read token from {endpoint}/settings/tokens of an account that has access \
@@ -146,7 +151,8 @@ pub fn refusal(status: u16, code: Option<&str>, repo: &str, what: &str) -> Store
     }
 }
 
-/// An error's message with its causes (reqwest's own hides them: "error sending request").
+/// An error's message with its causes (reqwest's own hides them: "error sending request"),
+/// URLs without credentials (an HTTP client's error names the URL it requested).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut source = e.source();
@@ -158,7 +164,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         }
         source = s.source();
     }
-    msg
+    super::redact::redact(&msg)
 }
 
 #[cfg(test)]

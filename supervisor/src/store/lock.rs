@@ -7,6 +7,12 @@
 //! usually finds the model already there (a hub pull checks the installed revision first).
 //! Hub pulls lock their repo, which also keeps two downloads of the same file out of
 //! hf-hub's cache at once (hf-hub gives up on its own blob lock after 5 s).
+//!
+//! The file is removed when its holder lets go, so requests for made-up repo ids leave
+//! nothing behind. Removing a lock file is safe only with a check on taking it: a process
+//! that opened the file before it was removed may lock the removed file, while a newer one
+//! locks a new file at the same path. So a lock counts only if the path still names the
+//! file that was locked (same device and inode); otherwise it is taken again.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,9 +25,26 @@ use super::{Store, StoreError};
 /// How often a waiting process tries the lock again.
 const POLL: Duration = Duration::from_millis(200);
 
-/// A held lock; released on drop.
+/// A held lock; released (and its file removed) on drop.
 pub struct InstallLock {
+    path: PathBuf,
     _lock: Flock<std::fs::File>,
+}
+
+impl Drop for InstallLock {
+    fn drop(&mut self) {
+        // Removed while still locked; the flock goes with the descriptor right after.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether `path` still names the open `file`.
+fn still_named(path: &std::path::Path, file: &std::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 fn lock_path(store: &Store, key: &str) -> PathBuf {
@@ -35,12 +58,20 @@ fn lock_path(store: &Store, key: &str) -> PathBuf {
 pub async fn acquire(store: &Store, key: &str, waiting: impl FnOnce()) -> Result<InstallLock, StoreError> {
     let path = lock_path(store, key);
     let failed = |e: std::io::Error| StoreError::Failed(format!("cannot lock {}: {}", path.display(), io_problem(&e)));
-    std::fs::create_dir_all(path.parent().unwrap()).map_err(failed)?;
-    let mut file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(failed)?;
+    let open = || -> Result<std::fs::File, StoreError> {
+        std::fs::create_dir_all(path.parent().unwrap()).map_err(failed)?;
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(failed)
+    };
+    let mut file = open()?;
     let mut waiting = Some(waiting);
     loop {
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(InstallLock { _lock: lock }),
+            Ok(lock) if still_named(&path, &lock) => return Ok(InstallLock { path, _lock: lock }),
+            // The holder before us removed this file as we waited: lock the current one.
+            Ok(stale) => {
+                drop(stale);
+                file = open()?;
+            }
             Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
                 file = f;
                 if let Some(w) = waiting.take() {
@@ -75,6 +106,8 @@ mod tests {
         assert!(!second.is_finished());
         drop(first);
         second.await.unwrap().unwrap();
+        // Released: no file is left behind.
+        assert_eq!(std::fs::read_dir(dir.join(".locks")).unwrap().count(), 0);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

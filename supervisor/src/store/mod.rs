@@ -27,6 +27,7 @@ pub mod names;
 pub mod pull;
 mod quality_set;
 pub mod quantize;
+pub mod redact;
 mod staging;
 
 use std::path::{Path, PathBuf};
@@ -65,6 +66,19 @@ pub enum StoreError {
     /// Network, disk or worker failure.
     #[error("{0}")]
     Failed(String),
+}
+
+impl StoreError {
+    /// The message for an API client: a failure's own words (network errors, paths) stay
+    /// in the log; every URL loses its credentials.
+    pub fn public_message(&self) -> String {
+        match self {
+            StoreError::Failed(_) => {
+                "the model could not be downloaded or prepared (the server log has the details)".into()
+            }
+            e => redact::redact(&e.to_string()),
+        }
+    }
 }
 
 /// Where a model of `kind` is served.

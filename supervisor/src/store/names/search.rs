@@ -137,7 +137,10 @@ pub fn choose(name: &str, suffix: &str, results: &[HubModel], endpoint: &str) ->
 
 /// Searches the Hub for repos named `name` and chooses one (see the module docs).
 pub async fn search(name: &str, suffix: &str) -> Result<Found, StoreError> {
-    let endpoint = hub_api::endpoint();
+    // The URL requested carries any credentials; what messages and the store's memory of
+    // the search name does not.
+    let url = format!("{}/api/models", hub_api::endpoint());
+    let endpoint = hub_api::shown_endpoint();
     let api = hub_api::api()?;
     let what = format!("searching for `{name}`");
     let query = [
@@ -149,7 +152,7 @@ pub async fn search(name: &str, suffix: &str) -> Result<Found, StoreError> {
         ("expand", "config"),
         ("expand", "siblings"),
     ];
-    let resp = hub_api::get(&api, &format!("{endpoint}/api/models"), &query, &what).await?;
+    let resp = hub_api::get(&api, &url, &query, &what).await?;
     let status = resp.status().as_u16();
     if status >= 400 {
         // 401: a token the Hub does not accept (the search itself needs none).

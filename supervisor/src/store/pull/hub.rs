@@ -73,7 +73,9 @@ fn hub_error(repo: &str, what: &str, e: &HubError) -> StoreError {
             hf_hub::Cache::from_env().path().display(),
             io_problem(io)
         )),
-        _ => StoreError::Failed(format!("{what} from {} failed: {}", endpoint(), hub_api::error_chain(e))),
+        _ => {
+            StoreError::Failed(format!("{what} from {} failed: {}", hub_api::shown_endpoint(), hub_api::error_chain(e)))
+        }
     }
 }
 
@@ -108,6 +110,7 @@ async fn download(
             Ok(p) => return Ok(p),
             Err(e) if retryable(&e) => match hub_api::wait_before_retry(attempt, None) {
                 Some(wait) => {
+                    let e = hub_api::error_chain(&e);
                     tracing::warn!(repo = repo_id, attempt, "{what}: {e}; trying again in {:.1}s", wait.as_secs_f64());
                     tokio::time::sleep(wait).await;
                     attempt += 1;
@@ -131,14 +134,14 @@ async fn repo_info(api: &hf_hub::api::tokio::Api, repo: &Repo, repo_id: &str) ->
             return Err(StoreError::NotFound(format!(
                 "{what}: {repo_id} has no revision {:?} on {} (HTTP {status}); --revision takes a branch, tag or commit of the repo",
                 repo.revision(),
-                endpoint()
+                hub_api::shown_endpoint()
             )));
         }
         return Err(hub_api::refusal(status, code.as_deref(), repo_id, what));
     }
-    resp.json()
-        .await
-        .map_err(|e| StoreError::Failed(format!("{what} from {} failed: {}", endpoint(), hub_api::error_chain(&e))))
+    resp.json().await.map_err(|e| {
+        StoreError::Failed(format!("{what} from {} failed: {}", hub_api::shown_endpoint(), hub_api::error_chain(&e)))
+    })
 }
 
 /// Hard-links (same filesystem: no second copy on disk) or copies `from` to `to`.
