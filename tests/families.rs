@@ -505,6 +505,9 @@ fn new_unhonoured_fields_are_refused_at_pull() {
     // gte-large-en-v1.5 asks for new-impl's fixed NTK RoPE scaling (`{"type": "ntk", "factor": 2.0}`).
     refused_at_pull("tiny-new-embed", "rope_scaling", json!({"type": "ntk", "factor": 2.0}));
     refused_at_pull("tiny-new-rerank", "logn_attention_scale", json!(true));
+}
+
+// ---------------------------------------------------------------------------------------
 // gemma3_text: EmbeddingGemma-300m (tests/fixtures/make_gemma3_text.py): bidirectional
 // attention with symmetric sliding windows, mean pooling, 2_Dense + 3_Dense, task prompts;
 // and a causal Gemma 3 (harrier-oss-v1-270m's shape) with causal sliding windows.
