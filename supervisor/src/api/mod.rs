@@ -9,11 +9,12 @@
 //! Request bodies are typed (they make the OpenAPI document, `openapi.rs`) and refuse
 //! unknown fields with a 400 that names them: a misspelt or unsupported option must not
 //! be ignored silently. Fields a known client sends that change nothing here (`user`,
-//! `priority`, `keep_alive`…) are declared and ignored.
+//! `keep_alive`…) are declared and ignored; `priority` orders the model's queue
+//! (`priority.rs`).
 //!
 //! Around every route, outermost first: `observe.rs` (metrics, request log), a panic
 //! catcher (a short 500, the panic only in the log), `auth.rs` (the optional API key,
-//! before any body is read), `body.rs` (body size, read time and the in-flight memory
+//! before any body is read), `priority.rs` (the request's priority and client), `body.rs` (body size, read time and the in-flight memory
 //! budget).
 
 mod auth;
@@ -32,6 +33,7 @@ mod ollama;
 mod ollama_pull;
 mod openai;
 pub mod openapi;
+mod priority;
 mod rerank;
 mod state;
 mod tei;
@@ -97,6 +99,7 @@ pub fn router(state: SharedState) -> Router {
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), body::admit))
+        .layer(middleware::from_fn_with_state(state.clone(), priority::classify))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(state.clone(), observe::observe))
