@@ -64,16 +64,16 @@ fn a_repeated_text_skips_the_worker_and_is_byte_identical() {
     // Cached and new texts mixed: each row where it belongs. The new ones are checked
     // against the same texts computed alone.
     let mut mixed: Vec<String> = Vec::new();
-    for i in 0..20 {
-        mixed.push(a[i].clone());
+    for (i, text) in a.iter().take(20).enumerate() {
+        mixed.push(text.clone());
         mixed.push(format!("a new text number {i}"));
     }
     let (status, m) = embed(&server, &mixed);
     assert_eq!(status, 200, "{m}");
     let m = rows(&m);
     let first = rows(&first);
-    for i in 0..20 {
-        assert_eq!(m[2 * i], first[i], "cached row {i} in place");
+    for (i, row) in first.iter().take(20).enumerate() {
+        assert_eq!(&m[2 * i], row, "cached row {i} in place");
     }
     let cleared = server.cli(&["cache", "clear", "--port", &server.port.to_string()]);
     assert!(cleared.ok() && cleared.stdout.contains("cleared 60 vectors"), "{}", cleared.text());
@@ -83,8 +83,8 @@ fn a_repeated_text_skips_the_worker_and_is_byte_identical() {
     let (_, alone) = embed(&server, &new_alone);
     assert!(batches(&server) > before, "after clear the worker computes again");
     let alone = rows(&alone);
-    for i in 0..20 {
-        let (x, y) = (decode(&m[2 * i + 1]), decode(&alone[i]));
+    for (i, row) in alone.iter().enumerate() {
+        let (x, y) = (decode(&m[2 * i + 1]), decode(row));
         let cos: f32 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
         assert!(cos > 0.99999, "new row {i} in place (cosine {cos})");
     }
