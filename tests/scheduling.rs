@@ -11,6 +11,15 @@ use serde_json::{json, Value};
 
 const MINILM: &str = "all-MiniLM-L6-v2";
 
+/// The two timing tests run one at a time even under `--test-threads=2`: each measures a
+/// server's latency on a 2-core box, and the other's worker computing beside it would be
+/// measured too.
+static TIMING: Mutex<()> = Mutex::new(());
+
+fn timing_slot() -> std::sync::MutexGuard<'static, ()> {
+    TIMING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A passage of over 256 MiniLM tokens (the model keeps 256: `max_seq_length`).
 fn long_passage(i: usize) -> String {
     format!("passage {i}: {}", "the quick brown fox jumps over the lazy dog near the river bank ".repeat(30))
@@ -39,6 +48,7 @@ fn queued(server: &Server) -> f64 {
 /// about two batches.
 #[test]
 fn a_one_word_request_behind_a_500k_token_request_answers_within_2_s() {
+    let _slot = timing_slot();
     let server = Arc::new(Server::start(ServerOptions { models: vec![MINILM], ..Default::default() }));
     assert_eq!(server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm up"})).0, 200);
     let texts: Vec<String> = (0..2048).map(long_passage).collect();
@@ -74,6 +84,7 @@ fn a_one_word_request_behind_a_500k_token_request_answers_within_2_s() {
 /// waiting its turn behind all 64 requests.
 #[test]
 fn interactive_work_overtakes_queued_bulk_work() {
+    let _slot = timing_slot();
     let server = Arc::new(Server::start(ServerOptions { models: vec![MINILM], ..Default::default() }));
     // Warm up, and let the batcher learn the worker's pace.
     for i in 0..4 {
