@@ -248,14 +248,17 @@ fn tei_and_cohere_routes_answer_429_with_retry_after() {
     // A frozen worker: two one-input batches go to it (one computing, one sent ahead) and
     // the next input waits in the queue, which is then full.
     let frozen = Frozen::new(server.worker_pids()[0]);
-    let fillers: Vec<_> = (0..4)
-        .map(|i| {
-            let server = server.clone();
-            std::thread::spawn(move || {
-                server.post("/v1/embeddings", &json!({"model": BERT, "input": format!("filler {i}")})).0
-            })
+    let filler = |i: usize| {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            server.post("/v1/embeddings", &json!({"model": BERT, "input": format!("filler {i}")})).0
         })
-        .collect();
+    };
+    // The batch sent ahead is cut just before the worker is predicted to be free
+    // (`batch/policy.rs`), so two fillers first, then the one that waits in the queue.
+    let mut fillers = vec![filler(0), filler(1)];
+    server.wait_for("two batches in flight", Duration::from_secs(30), || server.queue_state(BERT).2 == 2);
+    fillers.extend([filler(2), filler(3)]);
     server.wait_for("a full queue", Duration::from_secs(30), || server.queue_state(BERT).1 == 1);
     for (path, body) in [
         ("/embed", json!({"inputs": "refused"})),
@@ -518,7 +521,8 @@ fn poison_input_fails_alone_after_two_crashes() {
     let server = Arc::new(Server::start(ServerOptions {
         models: vec![MINILM],
         env: vec![("MLX_SERVE_WORKER_ABORT_ON_TOKEN".into(), "7777".into())],
-        config: Some(format!("batch:\n  max_wait_ms: 50\n{NO_WATCHDOG}")),
+        // No time bound on batches: the nine queued inputs must leave as one batch.
+        config: Some(format!("batch:\n  max_wait_ms: 50\n{NO_WATCHDOG}scheduling:\n  max_batch_ms: 0\n")),
         ..Default::default()
     }));
     let (status, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm up"}));

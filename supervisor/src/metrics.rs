@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 
 use prometheus::{
     register_gauge_vec_with_registry, register_gauge_with_registry, register_histogram_vec_with_registry,
-    register_int_counter_vec_with_registry, Encoder, Gauge, GaugeVec, HistogramVec, IntCounterVec, Registry,
-    TextEncoder,
+    register_int_counter_vec_with_registry, register_int_counter_with_registry, Encoder, Gauge, GaugeVec, HistogramVec,
+    IntCounter, IntCounterVec, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -32,6 +32,16 @@ pub struct Metrics {
     pub memory_usage_bytes: GaugeVec,
     pub batch_size: HistogramVec,
     pub queue_depth: GaugeVec,
+    pub queue_depth_by_priority: GaugeVec,
+    pub embedding_cache_hits_total: IntCounter,
+    pub embedding_cache_misses_total: IntCounter,
+    pub embedding_cache_evictions_total: IntCounter,
+    pub embedding_cache_bytes: Gauge,
+    pub embedding_cache_entries: Gauge,
+    pub embedding_cache_budget_bytes: Gauge,
+    pub queue_wait_seconds: HistogramVec,
+    /// Priorities that have a series per model, so `forget_model` can drop them.
+    priorities_seen: std::sync::Mutex<std::collections::BTreeMap<String, std::collections::BTreeSet<i32>>>,
     pub worker_restarts_total: IntCounterVec,
     pub tokens_total: IntCounterVec,
     pub padded_tokens_total: IntCounterVec,
@@ -136,6 +146,58 @@ impl Metrics {
                 r
             )
             .unwrap(),
+            queue_depth_by_priority: register_gauge_vec_with_registry!(
+                "mlx_serve_queue_depth_by_priority",
+                "Inputs waiting for a worker, per model and request priority (lower runs first)",
+                &["model", "priority"],
+                r
+            )
+            .unwrap(),
+            queue_wait_seconds: register_histogram_vec_with_registry!(
+                "mlx_serve_queue_wait_seconds",
+                "Time an input waited in its model's queue before its batch was sent, per request priority",
+                &["model", "priority"],
+                exponential(0.001, 2.0, 16),
+                r
+            )
+            .unwrap(),
+            priorities_seen: Default::default(),
+            embedding_cache_hits_total: register_int_counter_with_registry!(
+                "mlx_serve_embedding_cache_hits_total",
+                "Texts whose vector came from the embedding cache (no tokenization, no worker)",
+                r
+            )
+            .unwrap(),
+            embedding_cache_misses_total: register_int_counter_with_registry!(
+                "mlx_serve_embedding_cache_misses_total",
+                "Texts looked up in the embedding cache and not found",
+                r
+            )
+            .unwrap(),
+            embedding_cache_evictions_total: register_int_counter_with_registry!(
+                "mlx_serve_embedding_cache_evictions_total",
+                "Vectors dropped from the embedding cache to stay within its budget",
+                r
+            )
+            .unwrap(),
+            embedding_cache_bytes: register_gauge_with_registry!(
+                "mlx_serve_embedding_cache_bytes",
+                "Bytes the embedding cache holds (vectors plus a fixed overhead per entry)",
+                r
+            )
+            .unwrap(),
+            embedding_cache_entries: register_gauge_with_registry!(
+                "mlx_serve_embedding_cache_entries",
+                "Vectors the embedding cache holds",
+                r
+            )
+            .unwrap(),
+            embedding_cache_budget_bytes: register_gauge_with_registry!(
+                "mlx_serve_embedding_cache_budget_bytes",
+                "The embedding cache's byte budget (embedding_cache.memory_mb; 0: off)",
+                r
+            )
+            .unwrap(),
             worker_restarts_total: register_int_counter_vec_with_registry!(
                 "mlx_serve_worker_restarts_total",
                 "Workers restarted after a crash",
@@ -193,12 +255,34 @@ impl Metrics {
             let _ = v.remove_label_values(&[model]);
         }
         let _ = self.queue_depth.remove_label_values(&[model]);
+        for p in self.priorities_seen.lock().unwrap().remove(model).unwrap_or_default() {
+            let p = p.to_string();
+            let _ = self.queue_depth_by_priority.remove_label_values(&[model, &p]);
+            let _ = self.queue_wait_seconds.remove_label_values(&[model, &p]);
+        }
         for component in ["worker", "device", "driver_reserved", "mlx_active", "mlx_cache"] {
             let _ = self.memory_usage_bytes.remove_label_values(&[component, model]);
         }
         for state in crate::worker::WorkerState::ALL {
             let _ = self.worker_state.remove_label_values(&[model, state.as_str()]);
         }
+    }
+
+    /// Sets `model`'s queue depth per priority; a priority no longer queued reads 0.
+    pub fn set_queue_by_priority(&self, model: &str, depth: &std::collections::BTreeMap<i32, usize>) {
+        let mut seen = self.priorities_seen.lock().unwrap();
+        let known = seen.entry(model.to_owned()).or_default();
+        known.extend(depth.keys().copied());
+        for p in known.iter() {
+            let n = depth.get(p).copied().unwrap_or(0);
+            self.queue_depth_by_priority.with_label_values(&[model, &p.to_string()]).set(n as f64);
+        }
+    }
+
+    /// Records how long an input of `priority` waited in `model`'s queue.
+    pub fn observe_queue_wait(&self, model: &str, priority: i32, waited: f64) {
+        self.priorities_seen.lock().unwrap().entry(model.to_owned()).or_default().insert(priority);
+        self.queue_wait_seconds.with_label_values(&[model, &priority.to_string()]).observe(waited);
     }
 
     /// Text exposition of every metric.

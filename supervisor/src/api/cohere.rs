@@ -12,8 +12,8 @@
 //!   v1 without `embedding_types` answers `embeddings_floats` (a bare list of vectors).
 //! - `truncate`: `END` (default) truncates, `NONE` refuses over-long texts; `START` is not
 //!   supported (400).
-//! - `output_dimension`: keep the first N dimensions and renormalize. `priority` is
-//!   accepted and ignored; `max_tokens`, `images` and `inputs` are refused (400); so are
+//! - `output_dimension`: keep the first N dimensions and renormalize. `priority` orders
+//!   the model's queue (lower first); `max_tokens`, `images` and `inputs` are refused (400); so are
 //!   unknown fields.
 //!
 //! Errors use Cohere's shape, `{"id", "message"}`. `model` may be omitted on v1 when one
@@ -78,8 +78,7 @@ pub struct CohereEmbedRequest {
     /// v2: keep the first N dimensions, renormalized.
     #[schema(minimum = 1)]
     pub output_dimension: Option<i64>,
-    /// Accepted and ignored.
-    #[allow(dead_code)]
+    /// Lower runs first, -1000..1000 (the model's queue; `priority.rs`).
     pub priority: Option<i64>,
     /// Refused.
     pub max_tokens: Option<i64>,
@@ -186,6 +185,7 @@ pub async fn embed_v2(
 
 async fn embed(state: &SharedState, req: CohereEmbedRequest, version: u8) -> Result<Response, ApiError> {
     check(&req)?;
+    super::priority::set_from_body(req.priority)?;
     let texts = req.texts.ok_or_else(|| ApiError::invalid_param("texts", "`texts` is required"))?;
     let model = match version {
         1 => model_or_only(state, req.model, ModelKind::Embedding)?,

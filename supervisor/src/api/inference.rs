@@ -1,5 +1,7 @@
 //! The work behind every API shape: resolve the model, validate and tokenize the inputs,
-//! submit them to the model's runner, await the answer.
+//! submit them to the model's runner, await the answer. Text embeddings look in the
+//! embedding cache first (`runner/vector_cache.rs`): found vectors skip tokenization and
+//! the worker, and computed ones are stored.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +9,7 @@ use std::time::Duration;
 use mlx_serve_protocol::ModelKind;
 
 use super::{ApiError, AppState};
+use crate::runner::vector_cache::{self, Cached, Key, VectorCache};
 use crate::runner::{JobOutput, ModelEntry};
 use crate::tokenize::{TokenizeError, Tokens};
 
@@ -88,7 +91,7 @@ async fn run(state: &AppState, entry: &ModelEntry, seqs: Vec<Tokens>) -> Result<
 }
 
 async fn run_job(state: &AppState, entry: &ModelEntry, seqs: Vec<Tokens>) -> Result<JobOutput, ApiError> {
-    let rx = entry.runner.submit(seqs)?;
+    let rx = entry.runner.submit_as(seqs, super::priority::current())?;
     let timeout = Duration::from_secs(state.config.limits.request_timeout_seconds);
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(result)) => Ok(result?),
@@ -188,12 +191,10 @@ pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOpt
                 + opts.instruction.as_ref().or(opts.prompt.as_ref()).map_or(0, String::len)
                 > 8192;
             let model = entry.clone();
-            off_thread(heavy, move || {
-                let texts = prompted_texts(&model, texts, &opts)?;
-                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                model.tokenizer.encode_texts(&refs, truncate).map_err(|e| ApiError::tokenize(e, "input"))
-            })
-            .await??
+            let vectors = state.pool.vectors().clone();
+            let cached =
+                off_thread(heavy, move || cached_then_tokenized(&model, &vectors, texts, &opts, truncate)).await??;
+            return finish_cached(state, entry, cached).await;
         }
         Inputs::Ids(lists) => {
             if opts.instruction.is_some() || opts.prompt.is_some() || opts.prompt_name.is_some() {
@@ -236,6 +237,98 @@ pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOpt
         JobOutput::Rows { dim, data } => Ok(Embedded { entry, dim, data, tokens }),
         JobOutput::Scores(_) => Err(ApiError::internal("worker returned scores for an embedding request")),
     }
+}
+
+/// Text inputs after the embedding cache: the vectors found, and the rest tokenized.
+struct CacheLookup {
+    /// Per input: its cache key (empty when the cache is off) and its vector when cached.
+    keys: Vec<Key>,
+    found: Vec<Option<Cached>>,
+    /// The inputs not found, in order, and their token ids.
+    missing: Vec<usize>,
+    seqs: Vec<Tokens>,
+}
+
+/// Applies the prompt, looks each text up in the cache, tokenizes only what is missing.
+fn cached_then_tokenized(
+    model: &ModelEntry,
+    vectors: &VectorCache,
+    texts: Vec<String>,
+    opts: &EmbedOptions,
+    truncate: bool,
+) -> Result<CacheLookup, ApiError> {
+    let texts = prompted_texts(model, texts, opts)?;
+    let keys: Vec<Key> = if vectors.enabled() {
+        texts.iter().map(|t| vector_cache::key(&model.cache_id, truncate, t.as_bytes())).collect()
+    } else {
+        Vec::new()
+    };
+    let mut found = vectors.get_many(&keys);
+    found.resize(texts.len(), None);
+    let missing: Vec<usize> = (0..texts.len()).filter(|&i| found[i].is_none()).collect();
+    let refs: Vec<&str> = missing.iter().map(|&i| texts[i].as_str()).collect();
+    let seqs = if refs.is_empty() {
+        Vec::new()
+    } else {
+        // Errors name the input by its position in the request, not among the missing.
+        model.tokenizer.encode_texts(&refs, truncate).map_err(|e| {
+            let e = match e {
+                TokenizeError::TooLong { index, limit } => TokenizeError::TooLong { index: missing[index], limit },
+                TokenizeError::Empty { index } => TokenizeError::Empty { index: missing[index] },
+                other => other,
+            };
+            ApiError::tokenize(e, "input")
+        })?
+    };
+    Ok(CacheLookup { keys, found, missing, seqs })
+}
+
+/// Computes what the cache did not have, stores it, and puts the rows in input order.
+async fn finish_cached(state: &AppState, entry: Arc<ModelEntry>, c: CacheLookup) -> Result<Embedded, ApiError> {
+    let cached_tokens: usize = c.found.iter().flatten().map(|h| h.tokens as usize).sum();
+    let new_tokens = check_request_tokens(state, &c.seqs)?;
+    let tokens = cached_tokens + new_tokens;
+    let limit = state.config.limits.max_tokens_per_request;
+    if tokens > limit {
+        return Err(ApiError::too_large(format!(
+            "request has {tokens} tokens after truncation, more than limits.max_tokens_per_request ({limit})"
+        )));
+    }
+    let seq_tokens: Vec<u32> = c.seqs.iter().map(|s| s.ids.len() as u32).collect();
+    let computed = if c.seqs.is_empty() {
+        None
+    } else {
+        match run(state, &entry, c.seqs).await? {
+            JobOutput::Rows { dim, data } => Some((dim, data)),
+            JobOutput::Scores(_) => return Err(ApiError::internal("worker returned scores for an embedding request")),
+        }
+    };
+    let dim = match (&computed, c.found.iter().flatten().next()) {
+        (Some((dim, _)), _) => *dim,
+        (None, Some(hit)) => hit.row.len(),
+        (None, None) => return Err(ApiError::internal("no rows for an embedding request")),
+    };
+    let n = c.found.len();
+    let mut data = vec![0.0f32; n * dim];
+    for (i, hit) in c.found.iter().enumerate() {
+        if let Some(hit) = hit {
+            if hit.row.len() != dim {
+                return Err(ApiError::internal("a cached vector has another length than the model's"));
+            }
+            data[i * dim..(i + 1) * dim].copy_from_slice(&hit.row);
+        }
+    }
+    if let Some((_, rows)) = computed {
+        let vectors = state.pool.vectors();
+        for (k, &i) in c.missing.iter().enumerate() {
+            let row = &rows[k * dim..(k + 1) * dim];
+            data[i * dim..(i + 1) * dim].copy_from_slice(row);
+            if let Some(key) = c.keys.get(i) {
+                vectors.insert(&entry.name, *key, row, seq_tokens[k]);
+            }
+        }
+    }
+    Ok(Embedded { entry, dim, data, tokens })
 }
 
 /// Scores `documents` against `query` with reranker `model`.

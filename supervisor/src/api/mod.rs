@@ -9,14 +9,15 @@
 //! Request bodies are typed (they make the OpenAPI document, `openapi.rs`) and refuse
 //! unknown fields with a 400 that names them: a misspelt or unsupported option must not
 //! be ignored silently. Fields a known client sends that change nothing here (`user`,
-//! `priority`, `keep_alive`…) are declared and ignored.
+//! `keep_alive`…) are declared and ignored; `priority` orders the model's queue
+//! (`priority.rs`).
 //!
 //! Around every route, outermost first: `observe.rs` (metrics, request log), a panic
 //! catcher (a short 500, the panic only in the log), `origin.rs` (the `Host` and `Origin`
 //! checks, CORS), `auth.rs` (the optional API key, before any body is read), `manage.rs`
-//! (who may pull and delete models), `body.rs` (body size, read time and the in-flight
-//! memory budget). `peer.rs` says who is connecting; `activity.rs` (outside them all)
-//! whether a connection is busy.
+//! (who may pull and delete models), `priority.rs` (the request's priority and client),
+//! `body.rs` (body size, read time and the in-flight memory budget). `peer.rs` says who is
+//! connecting; `activity.rs` (outside them all) whether a connection is busy.
 
 pub mod activity;
 mod auth;
@@ -38,6 +39,7 @@ mod openai;
 pub mod openapi;
 mod origin;
 pub mod peer;
+mod priority;
 mod rerank;
 mod state;
 mod tei;
@@ -104,6 +106,7 @@ pub fn router(state: SharedState) -> Router {
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), body::admit))
+        .layer(middleware::from_fn_with_state(state.clone(), priority::classify))
         .layer(middleware::from_fn_with_state(state.clone(), manage::check))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_key))
         .layer(middleware::from_fn_with_state(state.clone(), origin::check))

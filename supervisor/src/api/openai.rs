@@ -4,7 +4,8 @@
 //! (OpenAI API reference, "Create embeddings"; token ids can be refused with
 //! `limits.accept_token_ids: false`). `encoding_format`: `float` or `base64`
 //! (little-endian f32, what the official Python client requests by default). `dimensions`:
-//! truncate, then L2-renormalize. `user` is accepted and ignored.
+//! truncate, then L2-renormalize. `user` is accepted and ignored. `priority` (vLLM's
+//! extension: lower runs first) orders the model's queue (`priority.rs`).
 //!
 //! Unknown fields are refused with a 400 naming them, as OpenAI's own API does
 //! ("Unrecognized request argument supplied"): a misspelt `prompt_name` must not return the
@@ -48,6 +49,9 @@ pub struct EmbeddingsRequest {
     pub instruction: Option<String>,
     /// Extension: `false` makes over-long inputs an error instead of truncating them.
     pub truncate: Option<bool>,
+    /// Extension (vLLM's): lower runs first, -1000..1000; default from the `X-Priority`
+    /// header, the API key's default, or `scheduling.default_priority`.
+    pub priority: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -87,6 +91,7 @@ pub async fn embeddings(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: EmbeddingsRequest = parse_body(body)?;
+    super::priority::set_from_body(req.priority)?;
     let input = req.input.ok_or_else(|| ApiError::invalid_param("input", "`input` is required"))?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,

@@ -4,8 +4,8 @@
 //!   return_documents}` → `{id, model, results: [{index, relevance_score, document?}],
 //!   usage, meta}` sorted by score (`id` and `meta` as Cohere's responses have them).
 //!   Seed extras: `return_text` adds `text_output` "yes"/"no" by `decision_threshold`
-//!   (default 0.5); `instruction` for Qwen3-Reranker. Cohere's `priority` and
-//!   `max_chunks_per_doc` are accepted and ignored; `rank_fields` other than `["text"]`,
+//!   (default 0.5); `instruction` for Qwen3-Reranker. Cohere's `priority` orders the
+//!   model's queue (lower first); `max_chunks_per_doc` is accepted and ignored; `rank_fields` other than `["text"]`,
 //!   `max_tokens_per_doc` and `relevant_spans` are refused (400), as are unknown fields.
 //! - TEI shape (`texts` instead of `documents`): `{query, texts, raw_scores, return_text,
 //!   truncate}` → a bare array `[{index, score, text?}]` sorted by score; `raw_scores`
@@ -75,8 +75,7 @@ pub struct RerankRequest {
     pub instruction: Option<String>,
     /// Cohere v1: only `["text"]`.
     pub rank_fields: Option<Vec<String>>,
-    /// Cohere: accepted and ignored.
-    #[allow(dead_code)]
+    /// Cohere: lower runs first, -1000..1000 (the model's queue; `priority.rs`).
     pub priority: Option<i64>,
     /// Cohere v1: accepted and ignored (long documents are truncated, not chunked).
     #[allow(dead_code)]
@@ -181,6 +180,7 @@ pub async fn rerank(
 ) -> Result<Response, ApiError> {
     let req: RerankRequest = parse_body(body)?;
     check_cohere_options(&req)?;
+    super::priority::set_from_body(req.priority)?;
     let tei_shape = req.documents.is_none() && req.texts.is_some();
     let raw_docs =
         req.documents.or(req.texts).ok_or_else(|| ApiError::invalid_param("documents", "`documents` is required"))?;

@@ -9,7 +9,9 @@
 //! but for the lengths embedding models take it is a small share (`docs/architecture.md`),
 //! and both uses below leave a margin.
 //!
-//! Two uses: the dispatch policy cuts the next batch just before the worker is predicted
+//! Three uses: batches are sized to take at most `scheduling.max_batch_ms`
+//! ([`Pace::tokens_within`]), so work that arrives waits at most about that long behind a
+//! batch; the dispatch policy cuts the next batch just before the worker is predicted
 //! to be free ([`Pace::cut_at`], `policy.rs`), and the runner's watchdog tells a slow
 //! batch from a hung worker (`runner/recovery.rs`).
 
@@ -75,6 +77,17 @@ impl Pace {
         Some(Duration::from_secs_f64((fixed + per_token * tokens as f64).clamp(0.0, 86_400.0)))
     }
 
+    /// Most tokens a batch may hold to take at most `target`, once one batch has been
+    /// timed (at least `floor`: a batch always holds something worth its fixed cost).
+    pub fn tokens_within(&self, target: Duration, floor: usize) -> Option<usize> {
+        let (fixed, per_token) = self.line()?;
+        if per_token <= 0.0 {
+            return None;
+        }
+        let n = ((target.as_secs_f64() - fixed) / per_token).floor();
+        Some(if n.is_finite() && n > floor as f64 { n.min(usize::MAX as f64 / 2.0) as usize } else { floor })
+    }
+
     /// When to cut the next batch for a worker that began a batch of `tokens` at
     /// `started`: a little before it is predicted to finish. None before the first batch.
     pub fn cut_at(&self, started: Instant, tokens: usize) -> Option<Instant> {
@@ -95,6 +108,17 @@ mod tests {
     /// Equal within a microsecond (float sums round).
     fn near(a: Option<Duration>, b: Duration) -> bool {
         a.is_some_and(|a| a.abs_diff(b) < Duration::from_micros(1))
+    }
+
+    #[test]
+    fn tokens_within_a_time_target() {
+        let mut p = Pace::default();
+        assert_eq!(p.tokens_within(ms(250), 64), None, "nothing timed yet");
+        // 1 ms per 10 tokens, no fixed cost: 250 ms holds 2,500 tokens.
+        p.observe(1000, ms(100));
+        let n = p.tokens_within(ms(250), 64).unwrap();
+        assert!((2499..=2500).contains(&n), "{n}");
+        assert_eq!(p.tokens_within(ms(1), 64), Some(64), "never below the floor");
     }
 
     #[test]

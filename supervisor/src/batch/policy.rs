@@ -5,8 +5,9 @@
 //!   ([`PIPELINE_DEPTH`] = 2), so it finds its next batch ready the moment it finishes
 //!   the current one. That batch is cut as late as possible, so that it holds everything
 //!   that arrived meanwhile: just before the worker is predicted to be free (from its
-//!   observed speed, `pace.rs`), or at once when a full batch is waiting (waiting could
-//!   not make it fuller). Until the worker's speed is known (its first batch),
+//!   observed speed, `pace.rs`), even when a full batch is waiting: work that arrives
+//!   meanwhile may have a better claim to it (priorities, turns: `order.rs`). Until the
+//!   worker's speed is known (its first batch), a full batch goes at once, and
 //!   `batch.max_wait_ms` after the oldest input arrived stands in for the prediction.
 //!   Committing inputs early to a half-empty batch would leave the next one emptier and
 //!   the worker running more, smaller batches; waiting costs no latency, since the worker
@@ -71,7 +72,11 @@ pub fn decide(queue: &Queue, in_flight: InFlight, now: Instant, rules: Rules) ->
     if queue.head_is_suspect() {
         return Decision::Wait(None);
     }
-    if queue.has_full_batch(rules.limits, rules.layout) {
+    // Once the worker's speed is known, even a full batch is cut only just before the
+    // worker is free: work that arrives meanwhile (a query behind a bulk ingest, a small
+    // request behind a huge one) can still take its turn in it (`order.rs`), and waits at
+    // most for the batch being computed instead of that one and a batch sent ahead.
+    if in_flight.cut_at.is_none() && queue.has_full_batch(rules.limits, rules.layout) {
         return Decision::Send;
     }
     let due = in_flight.cut_at.unwrap_or(oldest + rules.max_wait);
@@ -144,16 +149,20 @@ mod tests {
     }
 
     #[test]
-    fn a_full_batch_goes_at_once() {
+    fn a_full_batch_goes_at_once_until_the_speed_is_known() {
         let t0 = Instant::now();
-        let computing = InFlight { cut_at: Some(t0 + 10 * WAIT), ..busy(1) };
-        assert_eq!(decide(&queue_of(&[5, 5, 5, 5], t0), computing, t0, RULES), Decision::Send);
+        let unknown = busy(1);
+        assert_eq!(decide(&queue_of(&[5, 5, 5, 5], t0), unknown, t0, RULES), Decision::Send);
         // A full token budget counts as full too: padded, 2 × 600 > 1000…
         let long = queue_of(&[600, 100], t0);
-        assert_eq!(decide(&long, computing, t0, RULES), Decision::Send);
+        assert_eq!(decide(&long, unknown, t0, RULES), Decision::Send);
         // …while packed, 700 real tokens leave room.
         let packed = Rules { layout: Layout::Packed, ..RULES };
-        assert_eq!(decide(&long, computing, t0, packed), Decision::Wait(Some(t0 + 10 * WAIT)));
+        assert_eq!(decide(&long, unknown, t0, packed), Decision::Wait(Some(t0 + WAIT)));
+        // Speed known: even a full batch waits for the cut, so later work can join it.
+        let computing = InFlight { cut_at: Some(t0 + 10 * WAIT), ..busy(1) };
+        assert_eq!(decide(&queue_of(&[5, 5, 5, 5], t0), computing, t0, RULES), Decision::Wait(Some(t0 + 10 * WAIT)));
+        assert_eq!(decide(&queue_of(&[5, 5, 5, 5], t0), computing, t0 + 10 * WAIT, RULES), Decision::Send);
     }
 
     #[test]

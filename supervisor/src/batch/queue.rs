@@ -1,7 +1,9 @@
 //! The per-model queue and batch planning — the one place batches are cut.
 //!
-//! Items (one tokenized input each) wait in arrival order. [`Queue::plan`] cuts the next
-//! batch. It always includes the oldest item, so nothing starves, and holds at most
+//! Items (one tokenized input each) wait in the queue; [`Queue::plan`] puts them in the
+//! order they should be served (`order.rs`: priority classes with aging, round robin
+//! between clients and between requests) and cuts the next batch. It always includes the
+//! first item in that order, so nothing starves, and holds at most
 //! `max_batch_size` sequences and `max_batch_tokens` tokens *as the worker computes them*
 //! ([`Layout`]):
 //!
@@ -9,7 +11,7 @@
 //!   order, passing over an item that would overflow the token budget for later, smaller
 //!   ones, until the sequence or the token budget is reached.
 //! - A padded worker computes sequences × longest: everything when it fits, otherwise a
-//!   window of items of similar length that includes the oldest, chosen to hold the most
+//!   window of items of similar length that includes the first served, chosen to hold the most
 //!   items and then to waste the least padding.
 //!
 //! An item longer than the token budget still goes, alone. Items that were in flight when
@@ -21,45 +23,12 @@
 //! When to cut one is `policy.rs`'s decision.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::tokenize::Tokens;
-
-/// One input waiting for the worker.
-#[derive(Debug)]
-pub struct Item {
-    /// Which job (request) it belongs to and its position there.
-    pub job: u64,
-    pub index: u32,
-    pub tokens: Tokens,
-    /// Times it was in flight when a worker died in a way that implicates its inputs (a
-    /// crash, a hang): one makes it a suspect, sent alone; two convict it.
-    pub strikes: u8,
-    /// Times it was in flight when a worker died, whatever the cause (bounds retries).
-    pub deaths: u8,
-    pub enqueued: Instant,
-}
-
-impl Item {
-    pub fn new(job: u64, index: u32, tokens: Tokens, enqueued: Instant) -> Item {
-        Item { job, index, tokens, strikes: 0, deaths: 0, enqueued }
-    }
-
-    /// Its length in tokens.
-    pub fn len(&self) -> usize {
-        self.tokens.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tokens.ids.is_empty()
-    }
-
-    /// It was in flight during a death that implicates its inputs: it runs alone.
-    pub fn is_suspect(&self) -> bool {
-        self.strikes > 0
-    }
-}
+pub use super::item::Item;
+use super::order::{service_order, Turns};
 
 /// Bounds on one batch (`batch.max_batch_size`, `batch.max_batch_tokens`).
 #[derive(Debug, Clone, Copy)]
@@ -98,9 +67,27 @@ impl Layout {
 #[derive(Debug, Default)]
 pub struct Queue {
     items: VecDeque<Item>,
+    /// How long an item waits for its priority to rise one step (`order.rs`).
+    aging: Duration,
+    /// Whose turn it is, across batches (`order.rs`).
+    turns: Turns,
 }
 
 impl Queue {
+    /// An empty queue whose items' priority rises one step per `aging` waited.
+    pub fn new(aging: Duration) -> Queue {
+        Queue { items: VecDeque::new(), aging, turns: Turns::default() }
+    }
+
+    /// Inputs waiting per priority (their request's, before aging).
+    pub fn depth_by_priority(&self) -> std::collections::BTreeMap<i32, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for item in &self.items {
+            *out.entry(item.priority).or_insert(0) += 1;
+        }
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }
@@ -110,12 +97,14 @@ impl Queue {
     }
 
     pub fn push(&mut self, item: Item) {
+        self.turns.join(item.job, item.client);
         self.items.push_back(item);
     }
 
     /// Puts items back at the head, keeping their order (retry after a worker died).
     pub fn requeue_front(&mut self, items: Vec<Item>) {
         for item in items.into_iter().rev() {
+            self.turns.join(item.job, item.client);
             self.items.push_front(item);
         }
     }
@@ -134,6 +123,7 @@ impl Queue {
     pub fn retain(&mut self, mut keep: impl FnMut(&Item) -> bool) -> usize {
         let before = self.items.len();
         self.items.retain(|i| keep(i));
+        self.turns.keep_waiting(self.items.iter().map(|i| (i.job, i.client)));
         before - self.items.len()
     }
 
@@ -150,14 +140,25 @@ impl Queue {
 
     /// Takes the next batch, or nothing when the queue is empty.
     pub fn plan(&mut self, limits: Limits, layout: Layout) -> Vec<Item> {
+        self.plan_at(limits, layout, Instant::now())
+    }
+
+    /// [`Queue::plan`] at time `now` (which decides how far priorities have aged).
+    pub fn plan_at(&mut self, limits: Limits, layout: Layout, now: Instant) -> Vec<Item> {
         if self.items.is_empty() {
             return Vec::new();
         }
         // An item that was in flight when a worker crashed goes alone: if it is what kills
         // the worker, the next crash then fails only it, not its batch mates.
         if self.head_is_suspect() {
-            return vec![self.items.pop_front().unwrap()];
+            let batch = vec![self.items.pop_front().unwrap()];
+            self.count_served(&batch);
+            return batch;
         }
+        // Serve order: the head is what must go now; the cut below works on this order.
+        let order = service_order(self.items.make_contiguous(), now, self.aging, &self.turns);
+        let mut slots: Vec<Option<Item>> = self.items.drain(..).map(Some).collect();
+        self.items = order.into_iter().map(|p| slots[p].take().expect("a permutation")).collect();
         let chosen = match layout {
             Layout::Packed => self.fill_in_order(limits),
             Layout::Padded => self.similar_lengths(limits),
@@ -172,8 +173,14 @@ impl Queue {
             }
         }
         self.items = rest;
+        self.count_served(&batch);
         batch.sort_by_key(Item::len);
         batch
+    }
+
+    fn count_served(&mut self, batch: &[Item]) {
+        self.turns.served(batch);
+        self.turns.keep_waiting(self.items.iter().map(|i| (i.job, i.client)));
     }
 
     /// Packed: items in arrival order while they fit (one over budget goes alone).
@@ -198,7 +205,7 @@ impl Queue {
     }
 
     /// Padded: everything when it fits, otherwise the best window of similar lengths
-    /// around the oldest item (the head).
+    /// around the first item served (the head).
     fn similar_lengths(&self, limits: Limits) -> Vec<bool> {
         let n = self.items.len();
         let max_size = limits.max_batch_size.max(1);
@@ -206,7 +213,7 @@ impl Queue {
         if n <= max_size && longest * n <= limits.max_batch_tokens {
             return vec![true; n];
         }
-        // Sort positions by length; the oldest item is the one at the queue head.
+        // Sort positions by length; the first item served is the one at the queue head.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&i| (self.items[i].len(), i));
         let anchor = order.iter().position(|&i| i == 0).unwrap();
@@ -251,6 +258,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokenize::Tokens;
 
     fn item(job: u64, len: usize) -> Item {
         Item::new(job, 0, Tokens { ids: vec![1; len], type_ids: vec![] }, Instant::now())

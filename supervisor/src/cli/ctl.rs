@@ -78,6 +78,7 @@ fn ctl_command(port: u16, request: Request, json: bool, timeout: Duration) -> Re
         ),
         Request::Evict { .. } => outln!("evicted {}", result["model"].as_str().unwrap_or_default()),
         Request::Forget { .. } => outln!("stopped {}", result["model"].as_str().unwrap_or_default()),
+        Request::CacheStats | Request::CacheClear => outln!("{}", serde_json::to_string_pretty(&result)?),
         Request::Restart { .. } => outln!(
             "restarted {} (worker pid {} → {})",
             result["model"].as_str().unwrap_or_default(),

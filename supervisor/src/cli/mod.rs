@@ -1,11 +1,13 @@
 //! The command line: clap definitions and one function per command. The top of the crate:
 //! it may use every layer below, and it is the one place errors become `anyhow` reports.
 //!
-//! - `server.rs`: `start`, `stop`, `status`; `ctl.rs`: `ctl …`; `config.rs`: `config`;
+//! - `server.rs`: `start`, `stop`, `status`; `ctl.rs`: `ctl …`; `cache.rs`: `cache …`;
+//!   `config.rs`: `config`;
 //!   `service.rs`: `service …` (arguments; the work is in `daemon/`).
 //! - `models.rs`: `pull`, `list`, `show`, `remove`, `quantize` (on the store directly),
 //!   with `progress.rs` for bars and lines.
 
+mod cache;
 mod config;
 mod ctl;
 mod format;
@@ -36,6 +38,8 @@ enum Command {
     Status(server::StatusArgs),
     /// Drive a running server's workers over its control socket.
     Ctl(ctl::CtlArgs),
+    /// A running server's embedding cache: stats, clear.
+    Cache(cache::CacheArgs),
     /// Print the effective config and where each value came from.
     Config(config::ConfigArgs),
     /// Run the server under launchd (macOS) or systemd (Linux).
@@ -82,6 +86,7 @@ fn run_command(cli: Cli) -> Result<()> {
         Command::Stop(args) => server::stop_cmd(args),
         Command::Status(args) => server::status_cmd(args),
         Command::Ctl(args) => ctl::ctl_cmd(args),
+        Command::Cache(args) => cache::cache_cmd(args),
         Command::Config(args) => config::config_cmd(args),
         Command::Service(args) => service::service_cmd(args),
         Command::Pull(args) => models::pull_cmd(&Config::load()?, args),

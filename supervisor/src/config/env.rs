@@ -153,6 +153,18 @@ impl Config {
                 self.models.compute_dtype = value.to_owned();
                 "models.compute_dtype"
             }
+            "PRIORITY_AGING_MS" => {
+                self.scheduling.priority_aging_ms = parse(value)?;
+                "scheduling.priority_aging_ms"
+            }
+            "MAX_BATCH_MS" => {
+                self.scheduling.max_batch_ms = parse(value)?;
+                "scheduling.max_batch_ms"
+            }
+            "EMBEDDING_CACHE_MB" => {
+                self.embedding_cache.memory_mb = parse(value)?;
+                "embedding_cache.memory_mb"
+            }
             // Variables that are not config keys (paths of binaries, home, config file).
             _ => return Ok(None),
         };

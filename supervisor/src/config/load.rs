@@ -40,7 +40,7 @@ pub struct Effective {
 }
 
 /// Keys whose values `mlx-serve config` never prints.
-const SECRET_KEYS: [&str; 1] = ["server.api_key"];
+const SECRET_KEYS: [&str; 2] = ["server.api_key", "scheduling.key_priorities"];
 
 /// One line of `mlx-serve config`: a key, its effective value and where it came from.
 #[derive(Debug, Clone, Serialize)]
@@ -87,13 +87,13 @@ impl Effective {
     }
 
     /// Every `section.key` in schema order with its value and origin. A secret (the API
-    /// key) shows as `"<set>"`, never its value.
+    /// key, the keys of `scheduling.key_priorities`) shows as `"<set>"`, never its value.
     pub fn entries(&self) -> Vec<Entry> {
         yaml::flatten(&self.config)
             .into_iter()
             .map(|(key, value)| {
-                let value =
-                    if SECRET_KEYS.contains(&key.as_str()) && !value.is_null() { "<set>".into() } else { value };
+                let unset = value.is_null() || value.as_array().is_some_and(Vec::is_empty);
+                let value = if SECRET_KEYS.contains(&key.as_str()) && !unset { "<set>".into() } else { value };
                 let origin = self
                     .origins
                     .get(&key)

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 pub use load::{Effective, Entry, Origin, Source};
 pub use schema::{
-    ApiKey, BatchConfig, CacheConfig, Config, LimitsConfig, LoggingConfig, MetricsConfig, ModelsConfig, ServerConfig,
-    ServiceConfig, EXAMPLE,
+    ApiKey, BatchConfig, CacheConfig, Config, EmbeddingCacheConfig, KeyPriority, LimitsConfig, LoggingConfig,
+    MetricsConfig, ModelsConfig, SchedulingConfig, ServerConfig, ServiceConfig, EXAMPLE, PRIORITY_RANGE,
 };
 pub use yaml::parse_yaml;
 

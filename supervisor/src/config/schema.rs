@@ -24,6 +24,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub logging: LoggingConfig,
     pub service: ServiceConfig,
+    pub scheduling: SchedulingConfig,
+    pub embedding_cache: EmbeddingCacheConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -278,6 +280,55 @@ impl Default for ServiceConfig {
     }
 }
 
+/// Which queued work runs first (`batch/order.rs`, docs/scheduling.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulingConfig {
+    /// Priority of a request that names none (body `priority`, `X-Priority` header, or
+    /// its API key's default). Lower runs first, as in vLLM.
+    pub default_priority: i32,
+    /// Default priority per API key (the `Authorization: Bearer` token), so an ingest job
+    /// marks itself bulk without changing its bodies. Not an authentication list.
+    pub key_priorities: Vec<KeyPriority>,
+    /// An input's priority rises one step per this many milliseconds waited, up to the
+    /// best priority queued, so bulk work is never starved. 0: no aging.
+    pub priority_aging_ms: u64,
+    /// Batches are sized from the worker's observed speed to take at most this long, so
+    /// new work waits about two batches at most. 0: the token budget alone.
+    pub max_batch_ms: u64,
+}
+
+/// The in-memory embedding cache (`runner/vector_cache.rs`, docs/cache.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddingCacheConfig {
+    /// Memory for cached vectors, MiB (0: no cache). Least recently used go first.
+    pub memory_mb: u64,
+}
+
+impl Default for EmbeddingCacheConfig {
+    fn default() -> Self {
+        EmbeddingCacheConfig { memory_mb: 64 }
+    }
+}
+
+/// One entry of `scheduling.key_priorities`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPriority {
+    pub key: ApiKey,
+    pub priority: i32,
+}
+
+/// Priorities are taken in this range (vLLM's field is any integer; Cohere's 0–999).
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
+
+impl Default for SchedulingConfig {
+    fn default() -> Self {
+        SchedulingConfig { default_priority: 0, key_priorities: Vec::new(), priority_aging_ms: 1000, max_batch_ms: 250 }
+    }
+}
+
 /// The commented example `mlx-serve config --example` prints (all values at defaults).
 pub const EXAMPLE: &str = include_str!("../../../config.example.yaml");
 
@@ -330,6 +381,15 @@ impl Config {
         // A body is charged its size plus what it decodes to (about as much again for text).
         if self.limits.max_inflight_request_bytes / 2 < self.limits.max_request_bytes {
             problems.push("limits.max_inflight_request_bytes must be at least twice limits.max_request_bytes (a body is charged its size plus what decoding it takes)");
+        }
+        let prio_ok = |p: i32| PRIORITY_RANGE.contains(&(p as i64));
+        if !prio_ok(self.scheduling.default_priority)
+            || !self.scheduling.key_priorities.iter().all(|k| prio_ok(k.priority))
+        {
+            problems.push("scheduling priorities must be between -1000 and 1000");
+        }
+        if !self.scheduling.key_priorities.iter().all(|k| !k.key.0.is_empty()) {
+            problems.push("scheduling.key_priorities: each key must be non-empty");
         }
         if !matches!(self.logging.format.as_str(), "text" | "json") {
             problems.push("logging.format must be text or json");

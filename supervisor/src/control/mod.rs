@@ -39,6 +39,12 @@ pub enum Request {
     /// Stop the model's worker and forget its runner: its files are about to be removed
     /// (`mlx-serve remove`). Answers ok when the model was not in use.
     Forget { model: String },
+    /// The embedding cache's entries, bytes, budget, hits, misses and evictions.
+    #[serde(rename = "cache-stats")]
+    CacheStats,
+    /// Empty the embedding cache; answers the stats from before.
+    #[serde(rename = "cache-clear")]
+    CacheClear,
 }
 
 /// The line the daemon answers with: `{"ok": true, "result": …}` or `{"ok": false, "error": …}`.

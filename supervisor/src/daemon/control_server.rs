@@ -1,6 +1,6 @@
 //! The daemon's side of the control socket (`control/` describes the language): a task
 //! next to the HTTP listener that answers `status`, `workers`, `load`, `evict`,
-//! `restart` and `forget`. Model names resolve through `resolve/` exactly as in HTTP
+//! `restart`, `forget`, `cache-stats` and `cache-clear`. Model names resolve through `resolve/` exactly as in HTTP
 //! requests.
 //!
 //! A connection is bounded like an HTTP one: a request line longer than
@@ -214,6 +214,12 @@ async fn handle(state: &ControlState, request: Request) -> Result<serde_json::Va
         Request::Forget { model } => {
             state.pool.forget(&model).await;
             Ok(serde_json::json!({"model": model}))
+        }
+        Request::CacheStats => Ok(to_json(&state.pool.vectors().stats())),
+        Request::CacheClear => {
+            let before = state.pool.vectors().clear();
+            tracing::info!(entries = before.entries, bytes = before.bytes, "embedding cache cleared");
+            Ok(to_json(&before))
         }
         Request::Restart { model } => {
             let entry = resolver.known_entry(&model)?;

@@ -185,7 +185,11 @@ pub async fn run_with(
         _ => None,
     };
     let store = Store::new(models_dir);
-    let pool_cfg = PoolConfig { cache: config.cache.clone(), preload: config.models.preload.clone() };
+    let pool_cfg = PoolConfig {
+        cache: config.cache.clone(),
+        preload: config.models.preload.clone(),
+        vector_cache_bytes: (config.embedding_cache.memory_mb as usize).saturating_mul(1 << 20),
+    };
     let pool = Pool::new(store.clone(), pool_cfg, runner_cfg);
     let downloads = Arc::new(Downloads::new(store));
     let ready = Arc::new(AtomicBool::new(false));

@@ -224,14 +224,19 @@ fn app() -> &'static App {
                 limits: Limits { max_batch_size: 8, max_batch_tokens: 4096 },
                 gpu_limits: Limits { max_batch_size: 8, max_batch_tokens: 4096 },
                 max_wait: Duration::from_millis(1),
+                aging: Duration::from_secs(1),
+                max_batch_time: Duration::ZERO,
                 max_queue: 64,
                 stop_grace: Duration::from_secs(1),
                 hung_after: Duration::ZERO, // no watchdog: the fake worker answers at once
                 launcher: Arc::new(FakeLauncher::default()),
             };
             let s = Store::new(store.clone());
-            let pool =
-                Pool::new(s.clone(), PoolConfig { cache: config.cache.clone(), preload: Vec::new() }, runner_cfg);
+            let pool = Pool::new(
+                s.clone(),
+                PoolConfig { cache: config.cache.clone(), preload: Vec::new(), vector_cache_bytes: 0 },
+                runner_cfg,
+            );
             let state =
                 AppState::new(pool, Arc::new(Downloads::new(s)), Arc::new(config), Arc::new(AtomicBool::new(true)));
             crate::api::router(state)

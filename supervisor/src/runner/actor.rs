@@ -103,8 +103,8 @@ pub fn spawn_runner(
         kind,
         // Until a worker says which device it computes on (read before `cfg` moves in).
         limits: cfg.limits,
+        queue: Queue::new(cfg.aging),
         cfg,
-        queue: Queue::default(),
         jobs: Jobs::default(),
         next_batch: 0,
         in_flight: BTreeMap::new(),
@@ -187,8 +187,8 @@ impl Runner {
 
     async fn on_message(&mut self, msg: RunnerMsg) {
         match msg {
-            RunnerMsg::Job { job, seqs, reply } => {
-                for item in self.jobs.add(job, seqs, reply, Instant::now()) {
+            RunnerMsg::Job { job, seqs, class, reply } => {
+                for item in self.jobs.add(job, seqs, class, reply, Instant::now()) {
                     self.queue.push(item);
                 }
             }

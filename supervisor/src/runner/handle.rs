@@ -112,11 +112,21 @@ impl Default for RunnerStatus {
     }
 }
 
+/// Where a job's inputs stand in the queue (`batch/order.rs`): its priority (lower runs
+/// first) and who sent it (clients take turns).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobClass {
+    pub priority: i32,
+    /// A digest of the client's API key; 0 for clients without one.
+    pub client: u64,
+}
+
 /// What the runner's inbox carries.
 pub enum RunnerMsg {
     Job {
         job: u64,
         seqs: Vec<Tokens>,
+        class: JobClass,
         reply: oneshot::Sender<JobResult>,
     },
     /// The job's ticket was dropped unanswered: forget it and its queued inputs.
@@ -176,6 +186,11 @@ impl RunnerHandle {
     /// Queues a job; refuses with `Overloaded` past the queue bound (a job larger than
     /// the bound is still taken when nothing else waits).
     pub fn submit(&self, seqs: Vec<Tokens>) -> Result<JobTicket, JobError> {
+        self.submit_as(seqs, JobClass::default())
+    }
+
+    /// [`RunnerHandle::submit`] at a priority and for a client.
+    pub fn submit_as(&self, seqs: Vec<Tokens>, class: JobClass) -> Result<JobTicket, JobError> {
         let n = seqs.len();
         let before = self.queued.fetch_add(n, Ordering::SeqCst);
         if before + n > self.max_queue && before > 0 {
@@ -188,7 +203,7 @@ impl RunnerHandle {
         let (reply, rx) = oneshot::channel();
         self.status.lock().unwrap().last_used = Instant::now();
         let job = self.next_job.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(RunnerMsg::Job { job, seqs, reply }).is_err() {
+        if self.tx.send(RunnerMsg::Job { job, seqs, class, reply }).is_err() {
             self.queued.fetch_sub(n, Ordering::SeqCst);
             return Err(JobError::ShuttingDown);
         }

@@ -8,7 +8,7 @@ use mlx_serve_protocol::ModelKind;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::handle::{JobError, JobOutput, JobResult};
+use super::handle::{JobClass, JobError, JobOutput, JobResult};
 use crate::batch::Item;
 use crate::tokenize::Tokens;
 
@@ -35,10 +35,20 @@ pub struct Jobs {
 impl Jobs {
     /// Registers request `job` (its id comes from the handle) and returns its inputs as
     /// queue items.
-    pub fn add(&mut self, job: u64, seqs: Vec<Tokens>, reply: oneshot::Sender<JobResult>, now: Instant) -> Vec<Item> {
+    pub fn add(
+        &mut self,
+        job: u64,
+        seqs: Vec<Tokens>,
+        class: JobClass,
+        reply: oneshot::Sender<JobResult>,
+        now: Instant,
+    ) -> Vec<Item> {
         let n = seqs.len();
         self.table.insert(job, Job { reply, n, remaining: n, dim: 0, data: Vec::new() });
-        seqs.into_iter().enumerate().map(|(index, tokens)| Item::new(job, index as u32, tokens, now)).collect()
+        seqs.into_iter()
+            .enumerate()
+            .map(|(index, tokens)| Item::new(job, index as u32, tokens, now).with_class(class.priority, class.client))
+            .collect()
     }
 
     /// Forgets `job` without answering it (its requester went away); false when it was

@@ -11,6 +11,8 @@
 //!   convict, give up), when a batch means the worker hangs, restart back-off; pure
 //!   functions.
 //! - `pool.rs`: runners by model, created on first use; `eviction.rs`: TTL and LRU.
+//! - `vector_cache.rs`: the embedding cache (vectors by model and text, LRU under a byte
+//!   budget), held by the pool so that forgetting a model drops its vectors.
 //!
 //! The runner reaches its worker only through `worker::WorkerLauncher` / `WorkerLink`, so
 //! `tests/` drives it with a fake worker that hangs, answers slowly, crashes or is killed
@@ -24,6 +26,7 @@ mod pool;
 mod recovery;
 #[cfg(test)]
 mod tests;
+pub mod vector_cache;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +36,9 @@ use crate::config::Config;
 use crate::worker::WorkerLauncher;
 
 pub use actor::spawn_runner;
-pub use handle::{JobError, JobOutput, JobResult, JobTicket, PoolRequest, RunnerError, RunnerHandle, RunnerStatus};
+pub use handle::{
+    JobClass, JobError, JobOutput, JobResult, JobTicket, PoolRequest, RunnerError, RunnerHandle, RunnerStatus,
+};
 pub use pool::{EntryError, ModelEntry, Pool, PoolConfig};
 
 /// Settings every runner of a daemon shares.
@@ -47,6 +52,12 @@ pub struct RunnerConfig {
     /// `batch.max_wait_ms`: how long the next batch may wait to fill while the worker is
     /// busy, before its speed is known (`batch/policy.rs`).
     pub max_wait: Duration,
+    /// `scheduling.priority_aging_ms`: an input's priority rises one step per this long
+    /// waited (`batch/order.rs`).
+    pub aging: Duration,
+    /// `scheduling.max_batch_ms`: batches are sized from the worker's observed pace to take
+    /// at most this long (zero: the token budget alone).
+    pub max_batch_time: Duration,
     /// `batch.max_queue_size`: inputs queued per model before requests get 429.
     pub max_queue: usize,
     /// How long a worker may take to exit when asked before it is killed, and how long a
@@ -70,6 +81,8 @@ impl RunnerConfig {
                 max_batch_tokens: config.batch.gpu_max_batch_tokens,
             },
             max_wait: Duration::from_millis(config.batch.max_wait_ms),
+            aging: Duration::from_millis(config.scheduling.priority_aging_ms),
+            max_batch_time: Duration::from_millis(config.scheduling.max_batch_ms),
             max_queue: config.batch.max_queue_size,
             stop_grace: Duration::from_secs(5),
             hung_after: Duration::from_secs(config.limits.hung_worker_seconds),

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use super::actor::spawn_runner;
 use super::eviction;
 use super::handle::{PoolRequest, RunnerHandle};
+use super::vector_cache::{model_identity, VectorCache};
 use super::RunnerConfig;
 use crate::config::CacheConfig;
 use crate::metrics::{metrics, process_rss_bytes};
@@ -29,6 +30,9 @@ pub struct ModelEntry {
     pub facts: ModelFacts,
     pub tokenizer: Arc<ModelTokenizer>,
     pub runner: RunnerHandle,
+    /// What its vectors are cached under (`vector_cache.rs`): name, revision,
+    /// quantization and this entry's generation.
+    pub cache_id: Arc<str>,
 }
 
 /// Why the pool has no entry for a model.
@@ -47,6 +51,8 @@ pub struct PoolConfig {
     pub cache: CacheConfig,
     /// `models.preload`, as the user wrote the names.
     pub preload: Vec<String>,
+    /// `embedding_cache.memory_mb` in bytes (0: no cache).
+    pub vector_cache_bytes: usize,
 }
 
 struct PoolInner {
@@ -58,6 +64,7 @@ struct PoolInner {
     /// tokenizer once (64 parallel loads of a tokenizer.json cost ~300 MB of heap).
     creating: tokio::sync::Mutex<()>,
     requests: mpsc::UnboundedSender<PoolRequest>,
+    vectors: Arc<VectorCache>,
 }
 
 /// The runners by model. Cheap to clone.
@@ -72,6 +79,7 @@ impl Pool {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = PoolInner {
             store,
+            vectors: Arc::new(VectorCache::new(config.vector_cache_bytes)),
             config,
             runner_cfg,
             entries: Mutex::new(HashMap::new()),
@@ -86,6 +94,11 @@ impl Pool {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The embedding cache (`vector_cache.rs`).
+    pub fn vectors(&self) -> &Arc<VectorCache> {
+        &self.inner.vectors
     }
 
     /// The entry for `requested` (a store name or `org/name` repo id), creating its
@@ -119,7 +132,9 @@ impl Pool {
             self.inner.runner_cfg.clone(),
             self.inner.requests.clone(),
         );
-        let entry = Arc::new(ModelEntry { name: name.clone(), dir, facts, tokenizer: Arc::new(tokenizer), runner });
+        let cache_id = model_identity(&name, &dir).into();
+        let tokenizer = Arc::new(tokenizer);
+        let entry = Arc::new(ModelEntry { name: name.clone(), dir, facts, tokenizer, runner, cache_id });
         self.inner.entries.lock().unwrap().insert(name, entry.clone());
         Ok(entry)
     }
@@ -143,6 +158,8 @@ impl Pool {
     /// Stops a model's worker and forgets its runner (before its files are removed).
     pub async fn forget(&self, name: &str) {
         let entry = self.inner.entries.lock().unwrap().remove(name);
+        // Its vectors go whether or not it was in use: its files are about to change.
+        self.inner.vectors.purge_model(name);
         if let Some(e) = entry {
             e.runner.shutdown().await;
             // After shutdown, so the stopped runner cannot publish its series again.

@@ -8,11 +8,15 @@ use mlx_serve_protocol::{ModelKind, SupervisorMessage, TokenBatch};
 use tokio::time::Instant;
 
 use super::{Runner, SentBatch};
-use crate::batch::{decide, Decision, InFlight, Item, Rules};
+use crate::batch::{decide, Decision, InFlight, Item, Limits, Rules};
 use crate::metrics::metrics;
 use crate::runner::jobs::BatchOutput;
 use crate::runner::recovery;
 use crate::worker::{Cause, Death, WorkerState};
+
+/// The smallest token budget the time bound may leave: about one long input, so a batch
+/// is never cut below what is worth its fixed cost.
+const MIN_BATCH_TOKENS: usize = 256;
 
 impl Runner {
     fn in_flight_now(&self) -> InFlight {
@@ -22,7 +26,21 @@ impl Runner {
     }
 
     fn rules(&self) -> Rules {
-        Rules { limits: self.limits, layout: self.layout, max_wait: self.cfg.max_wait }
+        Rules { limits: self.batch_limits(), layout: self.layout, max_wait: self.cfg.max_wait }
+    }
+
+    /// The device's batch bounds, with the token budget cut to what the worker computes in
+    /// `scheduling.max_batch_ms` at its observed pace: new work (a query behind a bulk
+    /// ingest, a small request behind a huge one) then waits at most about two such
+    /// batches (the one computing and the one sent ahead) before its own.
+    fn batch_limits(&self) -> Limits {
+        let mut limits = self.limits;
+        if !self.cfg.max_batch_time.is_zero() {
+            if let Some(n) = self.pace.tokens_within(self.cfg.max_batch_time, MIN_BATCH_TOKENS) {
+                limits.max_batch_tokens = limits.max_batch_tokens.min(n);
+            }
+        }
+        limits
     }
 
     fn dispatch_decision(&self, now: Instant) -> Decision {
@@ -97,9 +115,13 @@ impl Runner {
         let jobs = &self.jobs;
         let dropped = self.queue.retain(|i| jobs.contains(i.job));
         self.queued.fetch_sub(dropped, Ordering::SeqCst);
-        let items = self.queue.plan(self.limits, self.layout);
+        let items = self.queue.plan(self.batch_limits(), self.layout);
         if items.is_empty() {
             return false;
+        }
+        let now = Instant::now();
+        for item in &items {
+            metrics().observe_queue_wait(&self.name, item.priority, (now - item.enqueued).as_secs_f64());
         }
         self.queued.fetch_sub(items.len(), Ordering::SeqCst);
         let mut batch = TokenBatch::new();

@@ -249,6 +249,7 @@ impl Runner {
         }
         let m = metrics();
         m.queue_depth.with_label_values(&[&self.name]).set(self.queue.len() as f64);
+        m.set_queue_by_priority(&self.name, &self.queue.depth_by_priority());
         for st in WorkerState::ALL {
             m.worker_state.with_label_values(&[&self.name, st.as_str()]).set(if st == s.state { 1.0 } else { 0.0 });
         }

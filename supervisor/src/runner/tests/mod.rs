@@ -37,6 +37,8 @@ fn config(fake: &FakeLauncher) -> RunnerConfig {
         limits: Limits { max_batch_size: 4, max_batch_tokens: 1000 },
         gpu_limits: Limits { max_batch_size: 6, max_batch_tokens: 2000 },
         max_wait: MAX_WAIT,
+        aging: Duration::from_secs(1),
+        max_batch_time: Duration::ZERO,
         max_queue: 100,
         stop_grace: Duration::from_secs(1),
         hung_after: HUNG_AFTER,

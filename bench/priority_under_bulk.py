@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Interactive queries during a bulk ingest: their latency idle and under the ingest, and
+what the ingest keeps of its speed alone; then the embedding cache on a re-ingest.
+
+Texts (bench/serving/texts.py, --seed): queries of 3-12 words and RAG passages of 6-120
+words, mixed lengths, in random order. Standard library only (threads, http.client).
+
+Phases, each against a fresh `mlx-serve start --foreground` (bench/serving/servers.py) in a
+throwaway home, MiniLM preloaded and warmed:
+  1. idle: one-text queries at --rate per second, open loop (each sent on schedule in its
+     own thread, whatever the earlier ones are doing), for --seconds: p50 / p99 latency;
+  2. ingest alone: --bulk-clients clients each sending requests of --batch passages back to
+     back, marked `X-Priority: 10`, for --seconds: passages/s;
+  3. both at once: the same ingest and the same query stream (priority 0): query p50 / p99
+     and the ingest's passages/s.
+The same three phases run against --baseline-bin (the binaries of a build without the
+scheduling, e.g. /work/main/target/release) when given, and both are printed side by side.
+Cache: --cache-texts passages embedded twice in requests of --batch (the second time from
+the embedding cache), end-to-end seconds and the speed-up, answers compared byte for byte.
+
+Usage:
+  python3 bench/priority_under_bulk.py [--seconds 20] [--rate 5] [--bulk-clients 16]
+      [--batch 64] [--baseline-bin /work/main/target/release] [--cache-texts 2000]
+"""
+import argparse
+import http.client
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import texts  # noqa: E402
+from serving.servers import MlxServe  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "all-MiniLM-L6-v2"
+
+
+def post(url, body, headers=None, timeout=600):
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    data = json.dumps(body).encode()
+    conn.request("POST", "/v1/embeddings", data, {"content-type": "application/json", **(headers or {})})
+    resp = conn.getresponse()
+    payload = resp.read()
+    conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"HTTP {resp.status}: {payload[:300]!r}")
+    return json.loads(payload)
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
+
+
+def queries(url, qs, rate, seconds, out):
+    """Open loop: query i is sent at start + i / rate in its own thread."""
+    start = time.monotonic()
+    threads, i = [], 0
+    while (t := start + i / rate) < start + seconds:
+        time.sleep(max(0.0, t - time.monotonic()))
+        text = qs[i % len(qs)]
+
+        def one(text=text):
+            t0 = time.monotonic()
+            post(url, {"model": MODEL, "input": text, "encoding_format": "base64"})
+            out.append(time.monotonic() - t0)
+
+        th = threading.Thread(target=one)
+        th.start()
+        threads.append(th)
+        i += 1
+    for th in threads:
+        th.join()
+
+
+def ingest(url, passages, clients, batch, stop, counter):
+    def client(c):
+        k = c * batch
+        while not stop.is_set():
+            chunk = [passages[(k + j) % len(passages)] for j in range(batch)]
+            k += clients * batch
+            post(url, {"model": MODEL, "input": chunk, "encoding_format": "base64"}, {"X-Priority": "10"})
+            if not stop.is_set():
+                counter[c] += batch
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for th in threads:
+        th.start()
+    return threads
+
+
+def embedded(url):
+    """Inputs sent to the worker so far (`mlx_serve_batch_size_sum`, embed batches)."""
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    for line in text.splitlines():
+        if line.startswith("mlx_serve_batch_size_sum") and 'endpoint="embed"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def phases(url, sets, args):
+    qs, ps = sets["short"], sets["long"]
+    post(url, {"model": MODEL, "input": ps[:args.batch]})  # warm up, learn the pace
+    idle = []
+    queries(url, qs, args.rate, args.seconds, idle)
+
+    def run_ingest(with_queries):
+        stop, counter, lat = threading.Event(), [0] * args.bulk_clients, []
+        threads = ingest(url, ps, args.bulk_clients, args.batch, stop, counter)
+        time.sleep(2)  # the ingest fills the queue first
+        before, t0 = embedded(url), time.monotonic()
+        if with_queries:
+            queries(url, qs, args.rate, args.seconds, lat)
+        else:
+            time.sleep(args.seconds)
+        # Passages the worker was sent in the window (the queries' one text each taken off).
+        rate = (embedded(url) - before - len(lat)) / (time.monotonic() - t0)
+        stop.set()
+        for th in threads:
+            th.join()
+        return rate, lat
+
+    alone, _ = run_ingest(False)
+    mixed, under = run_ingest(True)
+    return {"idle": idle, "alone": alone, "mixed": mixed, "under": under}
+
+
+def measure(bin_dir, label, sets, args, config):
+    server = MlxServe(Path(bin_dir), args.model_dir, MODEL)
+    try:
+        url = server.start(config, label)
+        return phases(url, sets, args)
+    finally:
+        server.cleanup()
+
+
+def report(label, r):
+    i50, i99 = pct(r["idle"], 50) * 1e3, pct(r["idle"], 99) * 1e3
+    u50, u99 = pct(r["under"], 50) * 1e3, pct(r["under"], 99) * 1e3
+    print(f"{label}:")
+    print(f"  queries idle        p50 {i50:8.1f} ms   p99 {i99:8.1f} ms   ({len(r['idle'])} queries)")
+    print(f"  queries under bulk  p50 {u50:8.1f} ms   p99 {u99:8.1f} ms   ({len(r['under'])} queries)"
+          f"   = {u50 / i50:.1f}x / {u99 / i99:.1f}x idle")
+    print(f"  ingest alone {r['alone']:.1f} passages/s sent to the worker; with queries {r['mixed']:.1f}"
+          f" ({100 * r['mixed'] / max(r['alone'], 1e-9):.0f}%)", flush=True)
+
+
+def cache_run(args, sets):
+    n = args.cache_texts
+    passages = (sets["long"] * (n // len(sets["long"]) + 1))[:n]
+    passages = [f"{i}: {p}" for i, p in enumerate(passages)]  # distinct texts
+    server = MlxServe(args.bin_dir, args.model_dir, MODEL)
+    try:
+        url = server.start("# defaults\n", "cache")
+        post(url, {"model": MODEL, "input": ["warm up"]})
+        took, answers = [], []
+        for _ in range(2):
+            t0, got = time.monotonic(), []
+            for k in range(0, n, args.batch):
+                got.append(post(url, {"model": MODEL, "input": passages[k:k + args.batch],
+                                      "encoding_format": "base64"})["data"])
+            took.append(time.monotonic() - t0)
+            answers.append(got)
+        same = answers[0] == answers[1]
+        print(f"cache: {n} passages, first pass {took[0]:.1f} s, second {took[1]:.3f} s: "
+              f"{took[0] / took[1]:.0f}x faster; answers byte-identical: {same}", flush=True)
+    finally:
+        server.cleanup()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--rate", type=float, default=5)
+    ap.add_argument("--bulk-clients", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--bin-dir", type=Path, default=ROOT / "target" / "release")
+    ap.add_argument("--baseline-bin", type=Path)
+    ap.add_argument("--model-dir", type=Path, default=ROOT / ".deps" / MODEL)
+    ap.add_argument("--cache-texts", type=int, default=2000, help="0 skips the cache step")
+    ap.add_argument("--max-batch-ms", type=int, help="scheduling.max_batch_ms for this build (default: its default)")
+    args = ap.parse_args()
+    args.model_dir = args.model_dir.resolve()
+    vocab = texts.Vocabulary(args.model_dir / "vocab.txt")
+    sets = texts.mixed_sets(vocab, args.seed, 500, 2000)
+    print(f"load average before: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}; "
+          f"{len(os.sched_getaffinity(0))} CPUs usable", flush=True)
+    # The embedding cache off in the latency phases: the ingest repeats its passages.
+    config = "embedding_cache:\n  memory_mb: 0\n"
+    if args.max_batch_ms is not None:
+        config += f"scheduling:\n  max_batch_ms: {args.max_batch_ms}\n"
+    results = {"this build": measure(args.bin_dir, "this", sets, args, config)}
+    report(f"this build ({config.strip().replace(chr(10), ' ')})", results["this build"])
+    if args.baseline_bin:
+        # A build without these sections refuses them: start it with its defaults.
+        results["baseline"] = measure(args.baseline_bin, "baseline", sets, args, "# defaults\n")
+        report(f"baseline ({args.baseline_bin})", results["baseline"])
+    if args.cache_texts:
+        cache_run(args, sets)
+
+
+if __name__ == "__main__":
+    main()
