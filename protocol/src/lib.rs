@@ -21,6 +21,7 @@ pub mod model_dir;
 pub mod model_files;
 pub mod quantization;
 pub mod st_pipeline;
+pub mod torch_heads;
 
 use serde::{Deserialize, Serialize};
 
