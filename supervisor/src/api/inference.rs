@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mlx_serve_protocol::ModelKind;
+use mlx_serve_protocol::{torch_heads, ModelKind, TokenOutputs};
 
 use super::{ApiError, AppState};
-use crate::runner::{JobOutput, ModelEntry};
+use crate::runner::{JobOutput, ModelEntry, TokenRows};
 use crate::tokenize::{TokenizeError, Tokens};
 
 /// Inputs of an embeddings request.
@@ -36,6 +36,8 @@ pub struct Embedded {
     /// `n × dim` row-major.
     pub data: Vec<f32>,
     pub tokens: usize,
+    /// Per-token outputs, when `EmbedOptions::outputs` asked for any.
+    pub token_rows: Option<TokenRows>,
 }
 
 pub struct Scored {
@@ -75,8 +77,13 @@ fn check_request_tokens(state: &AppState, seqs: &[Tokens]) -> Result<usize, ApiE
     Ok(total)
 }
 
-async fn run(state: &AppState, entry: &ModelEntry, seqs: Vec<Tokens>) -> Result<JobOutput, ApiError> {
-    let result = run_job(state, entry, seqs).await;
+async fn run(
+    state: &AppState,
+    entry: &ModelEntry,
+    seqs: Vec<Tokens>,
+    outputs: TokenOutputs,
+) -> Result<JobOutput, ApiError> {
+    let result = run_job(state, entry, seqs, outputs).await;
     match result {
         // Its worker stopped or failed to load because the model was deleted meanwhile: as
         // if the request had come a moment later.
@@ -87,8 +94,13 @@ async fn run(state: &AppState, entry: &ModelEntry, seqs: Vec<Tokens>) -> Result<
     }
 }
 
-async fn run_job(state: &AppState, entry: &ModelEntry, seqs: Vec<Tokens>) -> Result<JobOutput, ApiError> {
-    let rx = entry.runner.submit(seqs)?;
+async fn run_job(
+    state: &AppState,
+    entry: &ModelEntry,
+    seqs: Vec<Tokens>,
+    outputs: TokenOutputs,
+) -> Result<JobOutput, ApiError> {
+    let rx = entry.runner.submit_with(seqs, outputs)?;
     let timeout = Duration::from_secs(state.config.limits.request_timeout_seconds);
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(result)) => Ok(result?),
@@ -113,6 +125,29 @@ pub struct EmbedOptions {
     pub prompt_name: Option<String>,
     /// A raw prefix, as sentence-transformers' `encode(prompt=...)`.
     pub prompt: Option<String>,
+    /// Per-token outputs wanted besides the rows (bge-m3's sparse and ColBERT heads).
+    pub outputs: TokenOutputs,
+}
+
+/// Refuses per-token outputs the model has no head for, naming the head (`param` is the
+/// request field that asked).
+pub fn check_token_outputs(entry: &ModelEntry, outputs: TokenOutputs, param: &str) -> Result<(), ApiError> {
+    for (wanted, stem, what) in [
+        (outputs.sparse, "sparse_linear", "sparse (lexical) weights"),
+        (outputs.colbert, "colbert_linear", "multi-vector (ColBERT) token embeddings"),
+    ] {
+        if wanted && torch_heads::head_file(&entry.dir, stem).is_none() {
+            return Err(ApiError::invalid_param(
+                param,
+                format!(
+                    "model `{}` has no {stem} head, so it cannot give {what}; bge-m3 (BAAI/bge-m3) has one",
+                    entry.name
+                ),
+            )
+            .with_code("unsupported_output"));
+        }
+    }
+    Ok(())
 }
 
 /// The texts the tokenizer sees: each input with the selected prompt (`prompt`,
@@ -178,6 +213,8 @@ pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOpt
         return Err(ApiError::invalid_param("input", "`input` must not be empty"));
     }
     check_input_count(state, n)?;
+    let outputs = opts.outputs;
+    check_token_outputs(&entry, outputs, "model")?;
     let truncate = opts.truncate.unwrap_or(state.config.limits.truncate);
     let seqs = match inputs {
         Inputs::Texts(texts) => {
@@ -232,8 +269,11 @@ pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOpt
         }
     };
     let tokens = check_request_tokens(state, &seqs)?;
-    match run(state, &entry, seqs).await? {
-        JobOutput::Rows { dim, data } => Ok(Embedded { entry, dim, data, tokens }),
+    match run(state, &entry, seqs, outputs).await? {
+        JobOutput::Rows { dim, data } => Ok(Embedded { entry, dim, data, tokens, token_rows: None }),
+        JobOutput::Tokens(rows) => {
+            Ok(Embedded { entry, dim: rows.dim, data: rows.data.clone(), tokens, token_rows: Some(rows) })
+        }
         JobOutput::Scores(_) => Err(ApiError::internal("worker returned scores for an embedding request")),
     }
 }
@@ -265,9 +305,11 @@ pub async fn rerank(
     .await?
     .map_err(|e| ApiError::tokenize(e, "documents"))?;
     let tokens = check_request_tokens(state, &seqs)?;
-    match run(state, &entry, seqs).await? {
+    match run(state, &entry, seqs, TokenOutputs::default()).await? {
         JobOutput::Scores(scores) => Ok(Scored { entry, scores, tokens }),
-        JobOutput::Rows { .. } => Err(ApiError::internal("worker returned rows for a rerank request")),
+        JobOutput::Rows { .. } | JobOutput::Tokens(_) => {
+            Err(ApiError::internal("worker returned rows for a rerank request"))
+        }
     }
 }
 

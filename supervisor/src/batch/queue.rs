@@ -20,6 +20,7 @@
 //!
 //! When to cut one is `policy.rs`'s decision.
 
+use mlx_serve_protocol::TokenOutputs;
 use std::collections::VecDeque;
 
 use tokio::time::Instant;
@@ -39,11 +40,14 @@ pub struct Item {
     /// Times it was in flight when a worker died, whatever the cause (bounds retries).
     pub deaths: u8,
     pub enqueued: Instant,
+    /// Per-token outputs its job asks for (bge-m3's sparse, ColBERT); a batch asks the
+    /// worker for the union and each job keeps its own.
+    pub outputs: TokenOutputs,
 }
 
 impl Item {
     pub fn new(job: u64, index: u32, tokens: Tokens, enqueued: Instant) -> Item {
-        Item { job, index, tokens, strikes: 0, deaths: 0, enqueued }
+        Item { job, index, tokens, strikes: 0, deaths: 0, enqueued, outputs: TokenOutputs::default() }
     }
 
     /// Its length in tokens.

@@ -33,7 +33,9 @@ use crate::config::Config;
 use crate::worker::WorkerLauncher;
 
 pub use actor::spawn_runner;
-pub use handle::{JobError, JobOutput, JobResult, JobTicket, PoolRequest, RunnerError, RunnerHandle, RunnerStatus};
+pub use handle::{
+    JobError, JobOutput, JobResult, JobTicket, PoolRequest, RunnerError, RunnerHandle, RunnerStatus, TokenRows,
+};
 pub use pool::{EntryError, ModelEntry, Pool, PoolConfig};
 
 /// Settings every runner of a daemon shares.

@@ -375,7 +375,7 @@ impl Machine {
     }
 
     fn set_items(&mut self, items: Vec<Value>) -> Result<(), PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return err("its pickle sets a dict item without a value");
         }
         let Value::Dict(d) = self.top()? else { return err("its pickle sets items on something that is not a dict") };

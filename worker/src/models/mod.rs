@@ -12,6 +12,7 @@
 
 pub mod attention;
 pub mod bert;
+pub mod bge_m3;
 pub mod modernbert;
 pub mod nomic_bert;
 pub mod qwen3;

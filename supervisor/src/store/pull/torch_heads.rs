@@ -49,7 +49,7 @@ fn safetensors(tensors: &BTreeMap<String, Tensor>) -> Vec<u8> {
         at += t.data.len();
     }
     let mut text = serde_json::Value::Object(header).to_string().into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + text.len() + at);
