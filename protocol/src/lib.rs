@@ -21,6 +21,7 @@ pub mod model_dir;
 pub mod model_files;
 pub mod quantization;
 pub mod st_pipeline;
+pub mod torch_heads;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +30,9 @@ use serde::{Deserialize, Serialize};
 ///    `WorkerStats::mlx_cache_limit_bytes`.
 /// 3: `WorkerStats::device_bytes` and `driver_reserved_bytes` (accelerator memory as the
 ///    system counts it).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: `ModelInfo::token_outputs`, `SupervisorMessage::EmbedTokens`,
+///    `WorkerMessage::TokenEmbeddings` (bge-m3's sparse and ColBERT outputs).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// What a model produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +49,22 @@ impl ModelKind {
             ModelKind::Embedding => "embedding",
             ModelKind::Reranker => "reranker",
         }
+    }
+}
+
+/// Outputs an embedding model may give besides its pooled rows, from heads on every
+/// token's final state (bge-m3's; `mlx-serve-worker`'s `models/bge_m3.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenOutputs {
+    /// Lexical weights: per sequence, (token id, weight) pairs.
+    pub sparse: bool,
+    /// Multi-vector (ColBERT) rows: one normalized vector per token after the first.
+    pub colbert: bool,
+}
+
+impl TokenOutputs {
+    pub fn any(self) -> bool {
+        self.sparse || self.colbert
     }
 }
 
@@ -167,6 +186,8 @@ pub struct ModelInfo {
     /// overstate the work. (A GPU worker pads keys inside attention to group sequences of
     /// similar length; attention is a small share of the work, see docs/worker.md.)
     pub packed: bool,
+    /// The per-token outputs the model has heads for (none for most models).
+    pub token_outputs: TokenOutputs,
 }
 
 /// Memory and work counters of one worker.
@@ -211,6 +232,13 @@ pub enum SupervisorMessage {
         id: u64,
         batch: TokenBatch,
     },
+    /// Pooled rows plus the per-token outputs asked for, from one forward pass. Sent only
+    /// when a request asks for them; a model without the heads answers `Unsupported`.
+    EmbedTokens {
+        id: u64,
+        batch: TokenBatch,
+        outputs: TokenOutputs,
+    },
     Stats {
         id: u64,
     },
@@ -250,6 +278,19 @@ pub enum WorkerMessage {
     Scores {
         id: u64,
         scores: Vec<f32>,
+    },
+    /// The answer to `EmbedTokens`: the pooled rows as in `Embeddings`, and what was asked.
+    TokenEmbeddings {
+        id: u64,
+        dim: u32,
+        data: Vec<f32>,
+        /// Per sequence, (token id, weight) ascending by id; empty unless sparse was asked.
+        sparse: Vec<Vec<(u32, f32)>>,
+        /// Width of a ColBERT row (0 unless asked).
+        colbert_dim: u32,
+        /// Per sequence, its ColBERT rows, row-major `tokens - 1 × colbert_dim`; empty
+        /// unless asked.
+        colbert: Vec<Vec<f32>>,
     },
     Stats {
         id: u64,

@@ -23,12 +23,13 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use mlx_rs::{Array, Dtype};
 use mlx_serve_protocol::model_dir::{self, ModelFacts, Pooling};
-use mlx_serve_protocol::{ModelInfo, ModelKind, TokenBatch, WorkerStats};
+use mlx_serve_protocol::{ModelInfo, ModelKind, TokenBatch, TokenOutputs, WorkerMessage, WorkerStats};
 
 use crate::device::on_gpu;
 use crate::embedding_head::EmbeddingHead;
 use crate::heads::Scorer;
 use crate::memory::MemoryPolicy;
+use crate::models::bge_m3::M3Heads;
 use crate::models::{self, parse_config, Inputs, Kernels, Load, Network};
 use crate::packing::{AttentionBuckets, BucketShapes, Packing};
 use crate::weights::{dtype_name, LoadPolicy, StorageConfig, Weights};
@@ -73,6 +74,8 @@ pub fn parse_dtype(s: &str) -> Result<Option<Dtype>> {
 pub struct Engine {
     network: Box<dyn Network>,
     head: Head,
+    /// Per-token heads (bge-m3's sparse and ColBERT), run only when a request asks.
+    token_heads: Option<M3Heads>,
     kind: ModelKind,
     info: ModelInfo,
     /// Rows of the embedding table: every token id must be below it.
@@ -149,6 +152,10 @@ impl Engine {
         };
         let type_vocab = facts.type_vocab_size;
         let hidden = network.hidden_size();
+        let token_heads = match facts.kind {
+            ModelKind::Embedding => M3Heads::load(&facts, dir, hidden, compute)?,
+            ModelKind::Reranker => None,
+        };
         let stored_dtype = w.stored_dtype();
         drop(w); // unused tensors (MLM heads, position_ids buffers) are released here
 
@@ -168,10 +175,12 @@ impl Engine {
             blas: crate::blas::sgemm_provider(),
             load_seconds: 0.0,
             packed: true,
+            token_outputs: token_heads.as_ref().map(M3Heads::outputs).unwrap_or_default(),
         };
         let mut engine = Engine {
             network,
             head,
+            token_heads,
             kind: facts.kind,
             info,
             vocab: facts.vocab_size,
@@ -255,6 +264,12 @@ impl Engine {
 
     /// Runs the network and the head; returns `[batch, dim]` rows or `[batch]` scores (f32).
     fn run(&mut self, batch: &TokenBatch) -> Result<Array> {
+        Ok(self.run_with(batch, TokenOutputs::default())?.0)
+    }
+
+    /// [`run`](Self::run), plus from the same forward pass the per-token outputs `want`
+    /// asks for: token weights `[total]` and ColBERT rows `[total - batch, colbert_dim]`.
+    fn run_with(&mut self, batch: &TokenBatch, want: TokenOutputs) -> Result<(Array, Option<Array>, Option<Array>)> {
         self.memory.before_batch();
         let inputs = self.prepare(batch)?;
         let hidden = self.network.forward(&inputs)?;
@@ -263,7 +278,14 @@ impl Engine {
             Head::Embed(h) => h.apply(&hidden, packing)?,
             Head::Score(h) => h.score(&hidden, packing)?,
         };
-        out.eval()?;
+        let (weights, colbert) = match &self.token_heads {
+            Some(m3) => (
+                if want.sparse { m3.token_weights(&hidden)? } else { None },
+                if want.colbert { m3.colbert(&hidden, packing)? } else { None },
+            ),
+            None => (None, None),
+        };
+        mlx_rs::transforms::eval(std::iter::once(&out).chain(weights.iter()).chain(colbert.iter()))?;
         drop((hidden, inputs));
         self.memory.after_batch();
         let tokens = batch.tokens.len() as u64;
@@ -272,7 +294,7 @@ impl Engine {
         self.stats.tokens += tokens;
         // Packed: the position-wise layers computed exactly the real tokens.
         self.stats.padded_tokens += tokens;
-        Ok(out)
+        Ok((out, weights, colbert))
     }
 
     /// Gives idle memory back to the OS (MLX cache, C heap).
@@ -288,6 +310,42 @@ impl Engine {
         let out = self.run(batch)?;
         let dim = out.dim(1) as u32;
         Ok((dim, to_vec_f32(&out)?))
+    }
+
+    /// Embedding rows and the per-token outputs `want` asks for, as the answer to request `id`.
+    pub fn embed_tokens(&mut self, id: u64, batch: &TokenBatch, want: TokenOutputs) -> Result<WorkerMessage> {
+        if self.kind != ModelKind::Embedding {
+            bail!("this worker serves a reranker; it cannot embed");
+        }
+        let (out, weights, colbert) = self.run_with(batch, want)?;
+        let heads = self.token_heads.as_ref().ok_or_else(|| anyhow!("this model has no per-token heads"))?;
+        let sparse = match weights {
+            Some(w) => heads.lexical(&batch.tokens, &batch.offsets, &to_vec_f32(&w)?),
+            None => Vec::new(),
+        };
+        let (colbert_dim, colbert) = match colbert {
+            Some(c) => {
+                let dim = heads.colbert_dim() as usize;
+                let flat = to_vec_f32(&c)?;
+                let mut rows = Vec::with_capacity(batch.len());
+                let mut at = 0;
+                for w in batch.offsets.windows(2) {
+                    let n = (w[1] - w[0]) as usize - 1;
+                    rows.push(flat[at * dim..(at + n) * dim].to_vec());
+                    at += n;
+                }
+                (dim as u32, rows)
+            }
+            None => (0, Vec::new()),
+        };
+        Ok(WorkerMessage::TokenEmbeddings {
+            id,
+            dim: out.dim(1) as u32,
+            data: to_vec_f32(&out)?,
+            sparse,
+            colbert_dim,
+            colbert,
+        })
     }
 
     /// One relevance score per sequence.

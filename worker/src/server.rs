@@ -128,11 +128,21 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             }
             Err(RecvTimeoutError::Disconnected) => return Ok(0),
         };
-        let is_batch =
-            matches!(item, Incoming::Message(SupervisorMessage::Embed { .. } | SupervisorMessage::Score { .. }));
+        let is_batch = matches!(
+            item,
+            Incoming::Message(
+                SupervisorMessage::Embed { .. }
+                    | SupervisorMessage::Score { .. }
+                    | SupervisorMessage::EmbedTokens { .. }
+            )
+        );
         if let (
             Some(t),
-            Incoming::Message(SupervisorMessage::Embed { batch, .. } | SupervisorMessage::Score { batch, .. }),
+            Incoming::Message(
+                SupervisorMessage::Embed { batch, .. }
+                | SupervisorMessage::Score { batch, .. }
+                | SupervisorMessage::EmbedTokens { batch, .. },
+            ),
         ) = (poison, &item)
         {
             if batch.tokens.contains(&t) {
@@ -153,6 +163,19 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
                 answer(id, check, || {
                     engine.embed(&batch).map(|(dim, data)| WorkerMessage::Embeddings { id, dim, data })
                 })
+            }
+            Incoming::Message(SupervisorMessage::EmbedTokens { id, batch, outputs }) => {
+                let check = precheck(&engine, ModelKind::Embedding, &batch).and_then(|()| {
+                    let has = engine.info().token_outputs;
+                    match (outputs.sparse && !has.sparse, outputs.colbert && !has.colbert) {
+                        (true, _) => Err((ErrorKind::Unsupported, "this model has no sparse (lexical) head".into())),
+                        (_, true) => {
+                            Err((ErrorKind::Unsupported, "this model has no ColBERT (multi-vector) head".into()))
+                        }
+                        _ => Ok(()),
+                    }
+                });
+                answer(id, check, || engine.embed_tokens(id, &batch, outputs))
             }
             Incoming::Message(SupervisorMessage::Score { id, batch }) => {
                 let check = precheck(&engine, ModelKind::Reranker, &batch);

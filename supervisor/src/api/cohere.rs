@@ -224,7 +224,7 @@ async fn embed(state: &SharedState, req: CohereEmbedRequest, version: u8) -> Res
             format!("int8/uint8 map [-1, 1] to 256 levels, which needs normalized embeddings; model `{model}` does not normalize"),
         ));
     }
-    let opts = EmbedOptions { truncate, instruction: None, prompt_name, prompt: None };
+    let opts = EmbedOptions { truncate, prompt_name, ..Default::default() };
     let out = inference::embed(state, &model, Inputs::Texts(texts.clone()), opts).await?;
     let (dim, data) = encode::shorten(&out, dims, &model, "output_dimension")?;
     let rows: Vec<&[f32]> = data.chunks_exact(dim).collect();

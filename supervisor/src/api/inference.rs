@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mlx_serve_protocol::ModelKind;
+use mlx_serve_protocol::{torch_heads, ModelKind, TokenOutputs};
 
 use super::{ApiError, AppState};
 use crate::runner::vector_cache::{self, Cached, Key, VectorCache};
-use crate::runner::{JobOutput, ModelEntry};
+use crate::runner::{JobOutput, ModelEntry, TokenRows};
 use crate::tokenize::{TokenizeError, Tokens};
 
 /// Inputs of an embeddings request.
@@ -39,6 +39,8 @@ pub struct Embedded {
     /// `n × dim` row-major.
     pub data: Vec<f32>,
     pub tokens: usize,
+    /// Per-token outputs, when `EmbedOptions::outputs` asked for any.
+    pub token_rows: Option<TokenRows>,
 }
 
 pub struct Scored {
@@ -78,8 +80,13 @@ fn check_request_tokens(state: &AppState, seqs: &[Tokens]) -> Result<usize, ApiE
     Ok(total)
 }
 
-async fn run(state: &AppState, entry: &ModelEntry, seqs: Vec<Tokens>) -> Result<JobOutput, ApiError> {
-    let result = run_job(state, entry, seqs).await;
+async fn run(
+    state: &AppState,
+    entry: &ModelEntry,
+    seqs: Vec<Tokens>,
+    outputs: TokenOutputs,
+) -> Result<JobOutput, ApiError> {
+    let result = run_job(state, entry, seqs, outputs).await;
     match result {
         // Its worker stopped or failed to load because the model was deleted meanwhile: as
         // if the request had come a moment later.
@@ -90,8 +97,13 @@ async fn run(state: &AppState, entry: &ModelEntry, seqs: Vec<Tokens>) -> Result<
     }
 }
 
-async fn run_job(state: &AppState, entry: &ModelEntry, seqs: Vec<Tokens>) -> Result<JobOutput, ApiError> {
-    let rx = entry.runner.submit_as(seqs, super::priority::current())?;
+async fn run_job(
+    state: &AppState,
+    entry: &ModelEntry,
+    seqs: Vec<Tokens>,
+    outputs: TokenOutputs,
+) -> Result<JobOutput, ApiError> {
+    let rx = entry.runner.submit_as(seqs, super::priority::current(), outputs)?;
     let timeout = Duration::from_secs(state.config.limits.request_timeout_seconds);
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(result)) => Ok(result?),
@@ -116,6 +128,29 @@ pub struct EmbedOptions {
     pub prompt_name: Option<String>,
     /// A raw prefix, as sentence-transformers' `encode(prompt=...)`.
     pub prompt: Option<String>,
+    /// Per-token outputs wanted besides the rows (bge-m3's sparse and ColBERT heads).
+    pub outputs: TokenOutputs,
+}
+
+/// Refuses per-token outputs the model has no head for, naming the head (`param` is the
+/// request field that asked).
+pub fn check_token_outputs(entry: &ModelEntry, outputs: TokenOutputs, param: &str) -> Result<(), ApiError> {
+    for (wanted, stem, what) in [
+        (outputs.sparse, "sparse_linear", "sparse (lexical) weights"),
+        (outputs.colbert, "colbert_linear", "multi-vector (ColBERT) token embeddings"),
+    ] {
+        if wanted && torch_heads::head_file(&entry.dir, stem).is_none() {
+            return Err(ApiError::invalid_param(
+                param,
+                format!(
+                    "model `{}` has no {stem} head, so it cannot give {what}; bge-m3 (BAAI/bge-m3) has one",
+                    entry.name
+                ),
+            )
+            .with_code("unsupported_output"));
+        }
+    }
+    Ok(())
 }
 
 /// The texts the tokenizer sees: each input with the selected prompt (`prompt`,
@@ -181,6 +216,8 @@ pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOpt
         return Err(ApiError::invalid_param("input", "`input` must not be empty"));
     }
     check_input_count(state, n)?;
+    let outputs = opts.outputs;
+    check_token_outputs(&entry, outputs, "model")?;
     let truncate = opts.truncate.unwrap_or(state.config.limits.truncate);
     let seqs = match inputs {
         Inputs::Texts(texts) => {
@@ -191,10 +228,12 @@ pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOpt
                 + opts.instruction.as_ref().or(opts.prompt.as_ref()).map_or(0, String::len)
                 > 8192;
             let model = entry.clone();
-            let vectors = state.pool.vectors().clone();
+            // Per-token outputs are not cached: such a request computes every input.
+            let vectors = (!outputs.any()).then(|| state.pool.vectors().clone());
             let cached =
-                off_thread(heavy, move || cached_then_tokenized(&model, &vectors, texts, &opts, truncate)).await??;
-            return finish_cached(state, entry, cached).await;
+                off_thread(heavy, move || cached_then_tokenized(&model, vectors.as_deref(), texts, &opts, truncate))
+                    .await??;
+            return finish_cached(state, entry, cached, outputs).await;
         }
         Inputs::Ids(lists) => {
             if opts.instruction.is_some() || opts.prompt.is_some() || opts.prompt_name.is_some() {
@@ -233,8 +272,11 @@ pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOpt
         }
     };
     let tokens = check_request_tokens(state, &seqs)?;
-    match run(state, &entry, seqs).await? {
-        JobOutput::Rows { dim, data } => Ok(Embedded { entry, dim, data, tokens }),
+    match run(state, &entry, seqs, outputs).await? {
+        JobOutput::Rows { dim, data } => Ok(Embedded { entry, dim, data, tokens, token_rows: None }),
+        JobOutput::Tokens(rows) => {
+            Ok(Embedded { entry, dim: rows.dim, data: rows.data.clone(), tokens, token_rows: Some(rows) })
+        }
         JobOutput::Scores(_) => Err(ApiError::internal("worker returned scores for an embedding request")),
     }
 }
@@ -252,18 +294,18 @@ struct CacheLookup {
 /// Applies the prompt, looks each text up in the cache, tokenizes only what is missing.
 fn cached_then_tokenized(
     model: &ModelEntry,
-    vectors: &VectorCache,
+    vectors: Option<&VectorCache>,
     texts: Vec<String>,
     opts: &EmbedOptions,
     truncate: bool,
 ) -> Result<CacheLookup, ApiError> {
     let texts = prompted_texts(model, texts, opts)?;
-    let keys: Vec<Key> = if vectors.enabled() {
-        texts.iter().map(|t| vector_cache::key(&model.cache_id, truncate, t.as_bytes())).collect()
-    } else {
-        Vec::new()
+    let vectors = vectors.filter(|v| v.enabled());
+    let keys: Vec<Key> = match vectors {
+        Some(_) => texts.iter().map(|t| vector_cache::key(&model.cache_id, truncate, t.as_bytes())).collect(),
+        None => Vec::new(),
     };
-    let mut found = vectors.get_many(&keys);
+    let mut found = vectors.map_or_else(Vec::new, |v| v.get_many(&keys));
     found.resize(texts.len(), None);
     let missing: Vec<usize> = (0..texts.len()).filter(|&i| found[i].is_none()).collect();
     let refs: Vec<&str> = missing.iter().map(|&i| texts[i].as_str()).collect();
@@ -284,7 +326,12 @@ fn cached_then_tokenized(
 }
 
 /// Computes what the cache did not have, stores it, and puts the rows in input order.
-async fn finish_cached(state: &AppState, entry: Arc<ModelEntry>, c: CacheLookup) -> Result<Embedded, ApiError> {
+async fn finish_cached(
+    state: &AppState,
+    entry: Arc<ModelEntry>,
+    c: CacheLookup,
+    outputs: TokenOutputs,
+) -> Result<Embedded, ApiError> {
     let cached_tokens: usize = c.found.iter().flatten().map(|h| h.tokens as usize).sum();
     let new_tokens = check_request_tokens(state, &c.seqs)?;
     let tokens = cached_tokens + new_tokens;
@@ -295,11 +342,18 @@ async fn finish_cached(state: &AppState, entry: Arc<ModelEntry>, c: CacheLookup)
         )));
     }
     let seq_tokens: Vec<u32> = c.seqs.iter().map(|s| s.ids.len() as u32).collect();
+    let mut token_rows = None;
     let computed = if c.seqs.is_empty() {
         None
     } else {
-        match run(state, &entry, c.seqs).await? {
+        match run(state, &entry, c.seqs, outputs).await? {
             JobOutput::Rows { dim, data } => Some((dim, data)),
+            JobOutput::Tokens(rows) => {
+                let rows: TokenRows = rows;
+                let dense = (rows.dim, rows.data.clone());
+                token_rows = Some(rows);
+                Some(dense)
+            }
             JobOutput::Scores(_) => return Err(ApiError::internal("worker returned scores for an embedding request")),
         }
     };
@@ -328,7 +382,7 @@ async fn finish_cached(state: &AppState, entry: Arc<ModelEntry>, c: CacheLookup)
             }
         }
     }
-    Ok(Embedded { entry, dim, data, tokens })
+    Ok(Embedded { entry, dim, data, tokens, token_rows })
 }
 
 /// Scores `documents` against `query` with reranker `model`.
@@ -358,9 +412,11 @@ pub async fn rerank(
     .await?
     .map_err(|e| ApiError::tokenize(e, "documents"))?;
     let tokens = check_request_tokens(state, &seqs)?;
-    match run(state, &entry, seqs).await? {
+    match run(state, &entry, seqs, TokenOutputs::default()).await? {
         JobOutput::Scores(scores) => Ok(Scored { entry, scores, tokens }),
-        JobOutput::Rows { .. } => Err(ApiError::internal("worker returned rows for a rerank request")),
+        JobOutput::Rows { .. } | JobOutput::Tokens(_) => {
+            Err(ApiError::internal("worker returned rows for a rerank request"))
+        }
     }
 }
 

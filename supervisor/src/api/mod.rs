@@ -41,8 +41,10 @@ mod origin;
 pub mod peer;
 mod priority;
 mod rerank;
+mod similarity;
 mod state;
 mod tei;
+mod tei_tokens;
 mod tokenize;
 
 use axum::extract::{DefaultBodyLimit, Request};
@@ -76,6 +78,9 @@ pub fn router(state: SharedState) -> Router {
         ("/models/{*id}", get(models::retrieve)),
         ("/", post(tei::root)),
         ("/embed", post(tei::embed)),
+        ("/embed_sparse", post(tei_tokens::embed_sparse)),
+        ("/embed_all", post(tei_tokens::embed_all)),
+        ("/similarity", post(tei::similarity)),
         ("/info", get(tei::info)),
         ("/v1/embed", post(cohere::embed_v1)),
         ("/v2/embed", post(cohere::embed_v2)),
@@ -135,7 +140,9 @@ pub fn error_for_route(path: &str, e: ApiError) -> Response {
     let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
     match path {
         _ if path.starts_with("/api/") => ollama::OllamaError::from(e).into_response(),
-        "/" | "/embed" | "/info" => tei::TeiError::from(e).into_response(),
+        "/" | "/embed" | "/embed_sparse" | "/embed_all" | "/similarity" | "/info" => {
+            tei::TeiError::from(e).into_response()
+        }
         "/v1/embed" | "/v2/embed" => cohere::CohereError::from(e).into_response(),
         _ => e.into_response(),
     }

@@ -7,6 +7,13 @@
 //! truncate, then L2-renormalize. `user` is accepted and ignored. `priority` (vLLM's
 //! extension: lower runs first) orders the model's queue (`priority.rs`).
 //!
+//! Extension for models with bge-m3's extra heads (docs/hybrid-search.md): `return_sparse`
+//! adds `sparse_embedding: {indices, values}` (token ids and lexical weights, the sparse
+//! format vector databases take) to each item, `return_colbert_vecs` adds
+//! `colbert_embedding`, one vector per token after CLS (base64 rows with `base64`).
+//! Both come from the same forward pass as `embedding`. The names are FlagEmbedding's
+//! `BGEM3FlagModel.encode` arguments.
+//!
 //! Unknown fields are refused with a 400 naming them, as OpenAI's own API does
 //! ("Unrecognized request argument supplied"): a misspelt `prompt_name` must not return the
 //! un-prompted vector silently.
@@ -17,6 +24,8 @@ use axum::extract::State;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use mlx_serve_protocol::TokenOutputs;
 
 use super::encode::{self, Vector};
 use super::inference::{self, EmbedOptions};
@@ -52,6 +61,20 @@ pub struct EmbeddingsRequest {
     /// Extension (vLLM's): lower runs first, -1000..1000; default from the `X-Priority`
     /// header, the API key's default, or `scheduling.default_priority`.
     pub priority: Option<i64>,
+    /// Extension: add each input's sparse (lexical) weights as `sparse_embedding`; 400 for
+    /// a model without a sparse head.
+    pub return_sparse: Option<bool>,
+    /// Extension: add each input's ColBERT token vectors as `colbert_embedding`; 400 for a
+    /// model without a ColBERT head.
+    pub return_colbert_vecs: Option<bool>,
+}
+
+/// Sparse weights as vector databases take them (Qdrant `SparseVector`, Milvus, Pinecone
+/// `sparse_values`): token ids ascending, and their weights.
+#[derive(Serialize, ToSchema)]
+pub struct SparseEmbedding {
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -60,6 +83,12 @@ pub struct Embedding {
     pub object: &'static str,
     pub index: usize,
     pub embedding: Vector,
+    /// Extension (`return_sparse`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparse_embedding: Option<SparseEmbedding>,
+    /// Extension (`return_colbert_vecs`): one normalized vector per token after CLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub colbert_embedding: Option<Vec<Vector>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -110,17 +139,32 @@ pub async fn embeddings(
         instruction: req.instruction,
         prompt_name: req.prompt_name,
         prompt: req.prompt,
+        outputs: TokenOutputs {
+            sparse: req.return_sparse.unwrap_or(false),
+            colbert: req.return_colbert_vecs.unwrap_or(false),
+        },
     };
     let out = inference::embed(&state, &req.model, inputs, opts).await?;
     let (dim, data) = encode::shorten(&out, dims, &req.model, "dimensions")?;
     let n = data.len() / dim.max(1);
+    let vector =
+        |row: &[f32]| if base64 { Vector::Base64(encode::base64_f32(row)) } else { Vector::Float(row.to_vec()) };
     let rows = data
         .chunks_exact(dim)
         .enumerate()
         .map(|(index, row)| Embedding {
             object: "embedding",
             index,
-            embedding: if base64 { Vector::Base64(encode::base64_f32(row)) } else { Vector::Float(row.to_vec()) },
+            embedding: vector(row),
+            sparse_embedding: out.token_rows.as_ref().filter(|_| req.return_sparse == Some(true)).map(|t| {
+                let (indices, values) = t.sparse[index].iter().copied().unzip();
+                SparseEmbedding { indices, values }
+            }),
+            colbert_embedding: out
+                .token_rows
+                .as_ref()
+                .filter(|_| req.return_colbert_vecs == Some(true))
+                .map(|t| t.colbert[index].chunks_exact(t.colbert_dim.max(1)).map(vector).collect()),
         })
         .collect();
     let body = EmbeddingsResponse { object: "list", data: rows, model: req.model, usage: Usage::new(out.tokens) };

@@ -13,7 +13,9 @@ use axum::response::{Html, IntoResponse, Response};
 use utoipa::openapi::path::PathItem;
 use utoipa::OpenApi;
 
-use super::{cohere, encode, error, health, input, models, ollama, ollama_pull, openai, rerank, tei, tokenize};
+use super::{
+    cohere, encode, error, health, input, models, ollama, ollama_pull, openai, rerank, tei, tei_tokens, tokenize,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,7 +23,7 @@ use super::{cohere, encode, error, health, input, models, ollama, ollama_pull, o
         OpenAI, Cohere/Jina, TEI and Ollama shapes; see the README's API section."),
     paths(
         openai::embeddings, models::list, models::retrieve, tokenize::tokenize, rerank::rerank,
-        tei::embed, tei::root, tei::info, cohere::embed_v1, cohere::embed_v2,
+        tei::embed, tei_tokens::embed_sparse, tei_tokens::embed_all, tei::similarity, tei::root, tei::info, cohere::embed_v1, cohere::embed_v2,
         ollama::embed, ollama::embeddings_legacy, ollama::tags, ollama::ps, ollama::show, ollama::delete,
         ollama::version, ollama_pull::pull, health::health, health::ready, health::metrics,
         openapi_json, docs,

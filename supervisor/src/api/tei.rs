@@ -10,6 +10,8 @@
 //!   → embed, reranker → rerank). We serve several, so we route by the body: `query` +
 //!   `texts` → rerank (TEI shape), `inputs` → embed. That is what `InferenceClient`'s
 //!   `feature_extraction` posts to the base URL.
+//!   A body with `inputs: {source_sentence, sentences}` goes to `/similarity`
+//!   (`similarity.rs`), as `sentence_similarity` posts it.
 //! - `GET /info`: TEI's `Info` for one model (`?model=NAME`).
 //!
 //! Without `model`, the request means the only installed model of the right type; with
@@ -34,7 +36,7 @@ use super::default_model::model_or_only;
 use super::encode;
 use super::inference::{self, EmbedOptions};
 use super::input::{check_truncation_direction, EmbeddingInput};
-use super::{parse_body, rerank, with_log, ApiError, RequestLog, SharedState};
+use super::{parse_body, rerank, similarity, with_log, ApiError, RequestLog, SharedState};
 
 /// TEI's error body (`router/src/lib.rs` `ErrorResponse`).
 #[derive(Serialize, ToSchema)]
@@ -116,8 +118,13 @@ async fn embed_request(state: &SharedState, req: EmbedRequest) -> Result<Respons
     }
     let dims = encode::check_dimensions(req.dimensions, "dimensions")?;
     let model = model_or_only(state, req.model, ModelKind::Embedding)?;
-    let opts =
-        EmbedOptions { truncate: req.truncate, instruction: None, prompt_name: req.prompt_name, prompt: req.prompt };
+    let opts = EmbedOptions {
+        truncate: req.truncate,
+        instruction: None,
+        prompt_name: req.prompt_name,
+        prompt: req.prompt,
+        ..Default::default()
+    };
     let normalize = req.normalize.unwrap_or(true);
     let out = inference::embed(state, &model, inputs.into(), opts).await?;
     if !normalize && out.entry.facts.normalize {
@@ -160,9 +167,13 @@ pub async fn root(
         };
     }
     if is_similarity {
-        let e =
-            ApiError::invalid_param("inputs", "sentence similarity is not served; embed the sentences with `/embed`");
-        return TeiError(e).into_response();
+        return match parse_body::<similarity::SimilarityRequest>(Ok(bytes)) {
+            Ok(req) => match similarity::similarity_request(&state, req).await {
+                Ok(r) => r,
+                Err(e) => TeiError(e).into_response(),
+            },
+            Err(e) => TeiError(e).into_response(),
+        };
     }
     match parse_body::<EmbedRequest>(Ok(bytes)) {
         Ok(req) => match embed_request(&state, req).await {
@@ -171,6 +182,17 @@ pub async fn root(
         },
         Err(e) => TeiError(e).into_response(),
     }
+}
+
+/// Cosine similarity of each sentence to the source sentence (TEI).
+#[utoipa::path(post, path = "/similarity", tag = "TEI", request_body = similarity::SimilarityRequest,
+    responses((status = 200, body = Vec<f32>, description = "one cosine per sentence, in order"), (status = "4XX", body = TeiErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
+pub async fn similarity(
+    State(state): State<SharedState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, TeiError> {
+    let req: similarity::SimilarityRequest = parse_body(body)?;
+    Ok(similarity::similarity_request(&state, req).await?)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

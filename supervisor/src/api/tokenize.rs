@@ -110,8 +110,12 @@ pub async fn tokenize(
     };
     check_input_count(&state, texts.len())?;
     let entry = state.resolver().entry(&req.model, None).await?;
-    let opts =
-        EmbedOptions { truncate: None, instruction: req.instruction, prompt_name: req.prompt_name, prompt: req.prompt };
+    let opts = EmbedOptions {
+        instruction: req.instruction,
+        prompt_name: req.prompt_name,
+        prompt: req.prompt,
+        ..Default::default()
+    };
     let texts = prompted_texts(&entry, texts, &opts)?;
     let strings = req.return_token_strings.unwrap_or(false);
     let mut data = Vec::with_capacity(texts.len());

@@ -1,6 +1,7 @@
 //! One tokenized input waiting for a worker, with what the batcher needs to know about
 //! it: its request, its priority and client, and its history of worker deaths.
 
+use mlx_serve_protocol::TokenOutputs;
 use tokio::time::Instant;
 
 use crate::tokenize::Tokens;
@@ -22,11 +23,24 @@ pub struct Item {
     pub priority: i32,
     /// Who sent it (a digest of its API key, 0 without one): clients take turns.
     pub client: u64,
+    /// Per-token outputs its job asks for (bge-m3's sparse, ColBERT); a batch asks the
+    /// worker for the union and each job keeps its own.
+    pub outputs: TokenOutputs,
 }
 
 impl Item {
     pub fn new(job: u64, index: u32, tokens: Tokens, enqueued: Instant) -> Item {
-        Item { job, index, tokens, strikes: 0, deaths: 0, enqueued, priority: 0, client: 0 }
+        Item {
+            job,
+            index,
+            tokens,
+            strikes: 0,
+            deaths: 0,
+            enqueued,
+            priority: 0,
+            client: 0,
+            outputs: TokenOutputs::default(),
+        }
     }
 
     /// The same item with its request's priority and client.

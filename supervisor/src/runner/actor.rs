@@ -187,8 +187,8 @@ impl Runner {
 
     async fn on_message(&mut self, msg: RunnerMsg) {
         match msg {
-            RunnerMsg::Job { job, seqs, class, reply } => {
-                for item in self.jobs.add(job, seqs, class, reply, Instant::now()) {
+            RunnerMsg::Job { job, seqs, class, outputs, reply } => {
+                for item in self.jobs.add(job, seqs, class, outputs, reply, Instant::now()) {
                     self.queue.push(item);
                 }
             }
@@ -239,6 +239,16 @@ impl Runner {
         match ev {
             WorkerEvent::Message(WorkerMessage::Embeddings { id, dim, data }) => {
                 self.complete_batch(id, Some(BatchOutput::Rows { dim: dim as usize, data: &data }));
+            }
+            WorkerEvent::Message(WorkerMessage::TokenEmbeddings { id, dim, data, sparse, colbert_dim, colbert }) => {
+                let output = BatchOutput::Tokens {
+                    dim: dim as usize,
+                    data: &data,
+                    sparse: &sparse,
+                    colbert_dim: colbert_dim as usize,
+                    colbert: &colbert,
+                };
+                self.complete_batch(id, Some(output));
             }
             WorkerEvent::Message(WorkerMessage::Scores { id, scores }) => {
                 self.complete_batch(id, Some(BatchOutput::Scores(&scores)));

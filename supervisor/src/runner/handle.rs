@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use mlx_serve_protocol::{ModelInfo, ModelKind, WorkerStats};
+use mlx_serve_protocol::{ModelInfo, ModelKind, TokenOutputs, WorkerStats};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -32,6 +32,21 @@ pub enum JobOutput {
         data: Vec<f32>,
     },
     Scores(Vec<f32>),
+    /// Rows plus the per-token outputs the job asked for.
+    Tokens(TokenRows),
+}
+
+/// Embedding rows with bge-m3's per-token outputs, per input in input order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRows {
+    /// `n × dim` row-major.
+    pub dim: usize,
+    pub data: Vec<f32>,
+    /// Per input, (token id, weight) ascending by id; empty when not asked.
+    pub sparse: Vec<Vec<(u32, f32)>>,
+    pub colbert_dim: usize,
+    /// Per input, `tokens - 1 × colbert_dim` row-major; empty when not asked.
+    pub colbert: Vec<Vec<f32>>,
 }
 
 /// Why a job got no output. The API maps each to its status (`api/error.rs`).
@@ -127,6 +142,7 @@ pub enum RunnerMsg {
         job: u64,
         seqs: Vec<Tokens>,
         class: JobClass,
+        outputs: TokenOutputs,
         reply: oneshot::Sender<JobResult>,
     },
     /// The job's ticket was dropped unanswered: forget it and its queued inputs.
@@ -186,11 +202,12 @@ impl RunnerHandle {
     /// Queues a job; refuses with `Overloaded` past the queue bound (a job larger than
     /// the bound is still taken when nothing else waits).
     pub fn submit(&self, seqs: Vec<Tokens>) -> Result<JobTicket, JobError> {
-        self.submit_as(seqs, JobClass::default())
+        self.submit_as(seqs, JobClass::default(), TokenOutputs::default())
     }
 
-    /// [`RunnerHandle::submit`] at a priority and for a client.
-    pub fn submit_as(&self, seqs: Vec<Tokens>, class: JobClass) -> Result<JobTicket, JobError> {
+    /// [`RunnerHandle::submit`] at a priority and for a client, asking an embedding model
+    /// for per-token outputs too.
+    pub fn submit_as(&self, seqs: Vec<Tokens>, class: JobClass, outputs: TokenOutputs) -> Result<JobTicket, JobError> {
         let n = seqs.len();
         let before = self.queued.fetch_add(n, Ordering::SeqCst);
         if before + n > self.max_queue && before > 0 {
@@ -203,7 +220,7 @@ impl RunnerHandle {
         let (reply, rx) = oneshot::channel();
         self.status.lock().unwrap().last_used = Instant::now();
         let job = self.next_job.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(RunnerMsg::Job { job, seqs, class, reply }).is_err() {
+        if self.tx.send(RunnerMsg::Job { job, seqs, class, outputs, reply }).is_err() {
             self.queued.fetch_sub(n, Ordering::SeqCst);
             return Err(JobError::ShuttingDown);
         }

@@ -4,19 +4,30 @@
 
 use std::collections::HashMap;
 
-use mlx_serve_protocol::ModelKind;
+use mlx_serve_protocol::{ModelKind, TokenOutputs};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::handle::{JobClass, JobError, JobOutput, JobResult};
+use super::handle::{JobClass, JobError, JobOutput, JobResult, TokenRows};
 use crate::batch::Item;
 use crate::tokenize::Tokens;
 
 /// What a worker returned for one batch, row `i` belonging to the batch's item `i`.
 #[derive(Clone, Copy)]
 pub enum BatchOutput<'a> {
-    Rows { dim: usize, data: &'a [f32] },
+    Rows {
+        dim: usize,
+        data: &'a [f32],
+    },
     Scores(&'a [f32]),
+    /// Rows plus, per row, the per-token outputs the batch asked for (empty when not).
+    Tokens {
+        dim: usize,
+        data: &'a [f32],
+        sparse: &'a [Vec<(u32, f32)>],
+        colbert_dim: usize,
+        colbert: &'a [Vec<f32>],
+    },
 }
 
 struct Job {
@@ -25,6 +36,10 @@ struct Job {
     remaining: usize,
     dim: usize,
     data: Vec<f32>,
+    outputs: TokenOutputs,
+    sparse: Vec<Vec<(u32, f32)>>,
+    colbert_dim: usize,
+    colbert: Vec<Vec<f32>>,
 }
 
 #[derive(Default)]
@@ -40,14 +55,24 @@ impl Jobs {
         job: u64,
         seqs: Vec<Tokens>,
         class: JobClass,
+        outputs: TokenOutputs,
         reply: oneshot::Sender<JobResult>,
         now: Instant,
     ) -> Vec<Item> {
         let n = seqs.len();
-        self.table.insert(job, Job { reply, n, remaining: n, dim: 0, data: Vec::new() });
+        let (sparse, colbert) = (
+            if outputs.sparse { vec![Vec::new(); n] } else { Vec::new() },
+            if outputs.colbert { vec![Vec::new(); n] } else { Vec::new() },
+        );
+        let job_state =
+            Job { reply, n, remaining: n, dim: 0, data: Vec::new(), outputs, sparse, colbert_dim: 0, colbert };
+        self.table.insert(job, job_state);
         seqs.into_iter()
             .enumerate()
-            .map(|(index, tokens)| Item::new(job, index as u32, tokens, now).with_class(class.priority, class.client))
+            .map(|(index, tokens)| Item {
+                outputs,
+                ..Item::new(job, index as u32, tokens, now).with_class(class.priority, class.client)
+            })
             .collect()
     }
 
@@ -75,14 +100,25 @@ impl Jobs {
     /// output of the wrong size fails the batch's jobs instead of being trusted.
     pub fn scatter(&mut self, model: &str, kind: ModelKind, items: &[Item], output: BatchOutput<'_>) {
         let width = match output {
-            BatchOutput::Rows { dim, .. } => dim,
+            BatchOutput::Rows { dim, .. } | BatchOutput::Tokens { dim, .. } => dim,
             BatchOutput::Scores(_) => 1,
         };
         let len = match output {
-            BatchOutput::Rows { data, .. } => data.len(),
+            BatchOutput::Rows { data, .. } | BatchOutput::Tokens { data, .. } => data.len(),
             BatchOutput::Scores(s) => s.len(),
         };
-        if width == 0 || len != items.len() * width {
+        // Per-token outputs come for every row of the batch, or not at all.
+        let tokens_ok = match output {
+            BatchOutput::Tokens { sparse, colbert, .. } => {
+                let want = items.iter().fold(TokenOutputs::default(), |a, i| TokenOutputs {
+                    sparse: a.sparse || i.outputs.sparse,
+                    colbert: a.colbert || i.outputs.colbert,
+                });
+                (!want.sparse || sparse.len() == items.len()) && (!want.colbert || colbert.len() == items.len())
+            }
+            _ => true,
+        };
+        if width == 0 || len != items.len() * width || !tokens_ok {
             let message = format!("the worker answered {len} values for {} inputs", items.len());
             for item in items {
                 self.fail(item.job, JobError::WorkerFailed { model: model.to_owned(), message: message.clone() });
@@ -100,6 +136,20 @@ impl Jobs {
                     }
                     job.data[i * dim..(i + 1) * dim].copy_from_slice(&data[row * dim..(row + 1) * dim]);
                 }
+                BatchOutput::Tokens { dim, data, sparse, colbert_dim, colbert } => {
+                    if job.dim == 0 {
+                        job.dim = dim;
+                        job.data = vec![0.0; job.n * dim];
+                    }
+                    job.data[i * dim..(i + 1) * dim].copy_from_slice(&data[row * dim..(row + 1) * dim]);
+                    if job.outputs.sparse {
+                        job.sparse[i] = sparse[row].clone();
+                    }
+                    if job.outputs.colbert {
+                        job.colbert_dim = colbert_dim;
+                        job.colbert[i] = colbert[row].clone();
+                    }
+                }
                 BatchOutput::Scores(scores) => {
                     if job.data.is_empty() {
                         job.data = vec![0.0; job.n];
@@ -112,6 +162,13 @@ impl Jobs {
             if job.remaining == 0 {
                 let job = self.table.remove(&item.job).expect("job present");
                 let out = match kind {
+                    ModelKind::Embedding if job.outputs.any() => JobOutput::Tokens(TokenRows {
+                        dim: job.dim,
+                        data: job.data,
+                        sparse: job.sparse,
+                        colbert_dim: job.colbert_dim,
+                        colbert: job.colbert,
+                    }),
                     ModelKind::Embedding => JobOutput::Rows { dim: job.dim, data: job.data },
                     ModelKind::Reranker => JobOutput::Scores(job.data),
                 };

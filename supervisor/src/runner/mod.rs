@@ -38,6 +38,7 @@ use crate::worker::WorkerLauncher;
 pub use actor::spawn_runner;
 pub use handle::{
     JobClass, JobError, JobOutput, JobResult, JobTicket, PoolRequest, RunnerError, RunnerHandle, RunnerStatus,
+    TokenRows,
 };
 pub use pool::{EntryError, ModelEntry, Pool, PoolConfig};
 

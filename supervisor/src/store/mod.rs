@@ -14,6 +14,7 @@
 //!   the texts its quality is measured on.
 //! - `staging.rs`: the temporary folders both write into, and the rename into place.
 //! - `lock.rs`: one install of a repo or name at a time, across processes.
+//! - `torch_pickle.rs`: the tensors of a `torch.save` file, read without running pickle code.
 //! - `metadata.rs`: `mlx-serve.json` and what we read from safetensors headers.
 //! - `downloads.rs`: the daemon's shared downloads in flight, with progress, and the
 //!   failures it remembers for a while.
@@ -29,6 +30,7 @@ mod quality_set;
 pub mod quantize;
 pub mod redact;
 mod staging;
+pub mod torch_pickle;
 
 use std::path::{Path, PathBuf};
 

@@ -157,6 +157,7 @@ fn info(gpu: bool) -> ModelInfo {
         blas: "none".into(),
         load_seconds: 0.0,
         packed: true,
+        token_outputs: Default::default(),
     }
 }
 
@@ -174,7 +175,9 @@ async fn serve(
 ) {
     while let Some((msg, n)) = inbox.recv().await {
         let (id, batch, embed) = match msg {
-            SupervisorMessage::Embed { id, batch } => (id, batch, true),
+            SupervisorMessage::Embed { id, batch } | SupervisorMessage::EmbedTokens { id, batch, .. } => {
+                (id, batch, true)
+            }
             SupervisorMessage::Score { id, batch } => (id, batch, false),
             SupervisorMessage::Stats { id } => {
                 let stats = WorkerStats { rss_bytes: 1 << 20, ..Default::default() };
@@ -261,7 +264,9 @@ impl WorkerLink for FakeLink {
             return Err(LinkClosed);
         }
         let n = match msg {
-            SupervisorMessage::Embed { batch, .. } | SupervisorMessage::Score { batch, .. } => {
+            SupervisorMessage::Embed { batch, .. }
+            | SupervisorMessage::Score { batch, .. }
+            | SupervisorMessage::EmbedTokens { batch, .. } => {
                 let mut log = self.log.lock().unwrap();
                 log.batches.push(firsts(batch));
                 log.sent_at.push(Instant::now());

@@ -12,6 +12,7 @@
 
 pub mod attention;
 pub mod bert;
+pub mod bge_m3;
 pub mod distilbert;
 pub mod gemma3_text;
 pub mod modernbert;

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use mlx_serve_protocol::{ModelKind, SupervisorMessage, TokenBatch};
+use mlx_serve_protocol::{ModelKind, SupervisorMessage, TokenBatch, TokenOutputs};
 use tokio::time::Instant;
 
 use super::{Runner, SentBatch};
@@ -133,7 +133,13 @@ impl Runner {
         let cost = self.layout.cost(&items);
         let id = self.next_batch;
         self.next_batch += 1;
+        // One forward pass gives every job what it asked for: the union of their outputs.
+        let outputs = items.iter().fold(TokenOutputs::default(), |a, i| TokenOutputs {
+            sparse: a.sparse || i.outputs.sparse,
+            colbert: a.colbert || i.outputs.colbert,
+        });
         let (msg, endpoint) = match self.kind {
+            ModelKind::Embedding if outputs.any() => (SupervisorMessage::EmbedTokens { id, batch, outputs }, "embed"),
             ModelKind::Embedding => (SupervisorMessage::Embed { id, batch }, "embed"),
             ModelKind::Reranker => (SupervisorMessage::Score { id, batch }, "rerank"),
         };

@@ -2,9 +2,10 @@
 //! safetensors weights, and sentence-transformers module folders. Pickle weights are never
 //! fetched (which files are pickle: `mlx_serve_protocol::model_files`, the rules both
 //! binaries share), and a repo that has nothing else is refused with a message that says
-//! how to convert it.
+//! how to convert it. The one exception are task heads shipped as `torch.save` files
+//! (`mlx_serve_protocol::torch_heads`): fetched, and converted by `torch_heads.rs`.
 
-use mlx_serve_protocol::model_files;
+use mlx_serve_protocol::{model_files, torch_heads};
 
 use crate::store::{validate_name, StoreError};
 
@@ -36,7 +37,7 @@ pub fn wanted(path: &str) -> bool {
         return false;
     }
     match parts.as_slice() {
-        [file] => WANTED_FILES.contains(file) || file.ends_with(".safetensors"),
+        [file] => WANTED_FILES.contains(file) || file.ends_with(".safetensors") || torch_heads::is_torch_head(file),
         [dir, file] => {
             let module_dir = dir
                 .split_once('_')
@@ -92,11 +93,15 @@ mod tests {
             "1_Pooling/config.json",
             "2_Dense/model.safetensors",
             "vocab.txt",
+            "sparse_linear.pt",
+            "colbert_linear.pt",
         ] {
             assert!(wanted(yes), "{yes}");
         }
         for no in [
             "pytorch_model.bin",
+            "other_linear.pt",
+            "1_Pooling/sparse_linear.pt",
             "onnx/model.onnx",
             "onnx/model.safetensors",
             "README.md",

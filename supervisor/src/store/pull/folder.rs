@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{check_model, files, finish, PullEvent, PullOutcome, PullRequest, Reporter};
+use super::{check_model, files, finish, torch_heads, PullEvent, PullOutcome, PullRequest, Reporter};
 use crate::store::metadata::{self, ModelMetadata};
 use crate::store::staging::Staging;
 use crate::store::{Store, StoreError};
@@ -46,6 +46,11 @@ pub(super) async fn pull_folder(
             checked = true;
         }
         let from = dir.join(file);
+        if mlx_serve_protocol::torch_heads::is_torch_head(file) {
+            report(PullEvent::Status(format!("converting {file} to safetensors")));
+            torch_heads::convert(&from, &partial.path, file).await?;
+            continue;
+        }
         let to = partial.path.join(file);
         let total = std::fs::metadata(&from).map(|m| m.len()).unwrap_or(0);
         report(PullEvent::File { file: file.clone(), completed: 0, total });

@@ -13,7 +13,7 @@ use hf_hub::api::tokio::{ApiError as HubError, ApiRepo, Progress};
 use hf_hub::{Repo, RepoType};
 use serde::Deserialize;
 
-use super::{check_model, files, finish, PullEvent, PullOutcome, PullRequest, Reporter};
+use super::{check_model, files, finish, torch_heads, PullEvent, PullOutcome, PullRequest, Reporter};
 use crate::store::hub_api::{self, endpoint};
 use crate::store::metadata::{self, ModelMetadata};
 use crate::store::staging::{io_problem, Staging};
@@ -218,6 +218,12 @@ pub(super) async fn pull_hub(
             p if p.is_file() => p,
             _ => download(&repo, repo_id, file, &report).await?,
         };
+        if mlx_serve_protocol::torch_heads::is_torch_head(file) {
+            verify(&cached, &cached, file, sibling).await?;
+            report(PullEvent::Status(format!("converting {file} to safetensors")));
+            torch_heads::convert(&cached, &partial.path, file).await?;
+            continue;
+        }
         let dest = partial.path.join(file);
         link_or_copy(&cached, &dest)
             .map_err(|e| StoreError::Failed(format!("cannot store {file}: {}", io_problem(&e))))?;

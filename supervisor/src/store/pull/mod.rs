@@ -14,12 +14,17 @@
 //!   whole run (`store::lock`): a second pull of the same model waits, then finds it
 //!   installed.
 //!
+//! - Task heads shipped as `torch.save` files (bge-m3's `sparse_linear.pt`,
+//!   `colbert_linear.pt`) are read without running pickle code and stored as safetensors
+//!   under `heads/` (`torch_heads.rs`); a file that is more than tensors fails the pull.
+//!
 //! `hub.rs` pulls from the Hub, `folder.rs` imports a folder, `files.rs` picks the files;
 //! both sources end in [`finish`] here (metadata, optional quantization, install).
 
 pub(crate) mod files;
 mod folder;
 mod hub;
+mod torch_heads;
 mod worker_check;
 
 use std::path::{Path, PathBuf};
