@@ -255,8 +255,11 @@ fn tei_and_cohere_routes_answer_429_with_retry_after() {
         })
     };
     // The batch sent ahead is cut just before the worker is predicted to be free
-    // (`batch/policy.rs`), so two fillers first, then the one that waits in the queue.
-    let mut fillers = vec![filler(0), filler(1)];
+    // (`batch/policy.rs`), so two fillers first, one at a time (the queue holds one input:
+    // two sent together could find it full), then the one that waits in the queue.
+    let mut fillers = vec![filler(0)];
+    server.wait_for("one batch in flight", Duration::from_secs(30), || server.queue_state(BERT).2 == 1);
+    fillers.push(filler(1));
     server.wait_for("two batches in flight", Duration::from_secs(30), || server.queue_state(BERT).2 == 2);
     fillers.extend([filler(2), filler(3)]);
     server.wait_for("a full queue", Duration::from_secs(30), || server.queue_state(BERT).1 == 1);
@@ -427,9 +430,11 @@ fn tokens_total(server: &Server, model: &str) -> f64 {
 
 #[test]
 fn disconnected_clients_have_their_queued_inputs_dropped() {
+    // Strict priority (no aging): the abandoned request, sent at priority 10, stays queued
+    // behind every input of the big one (round robin would send it in the next batch).
     let server = Arc::new(Server::start(ServerOptions {
         models: vec![MINILM],
-        config: Some(NO_WATCHDOG.into()),
+        config: Some(format!("{NO_WATCHDOG}scheduling:\n  priority_aging_ms: 0\n")),
         ..Default::default()
     }));
     let (status, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm"}));
@@ -456,7 +461,7 @@ fn disconnected_clients_have_their_queued_inputs_dropped() {
     let body = json!({"model": MINILM, "input": "a request whose client goes away"}).to_string();
     write!(
         gone,
-        "POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Priority: 10\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -466,11 +471,12 @@ fn disconnected_clients_have_their_queued_inputs_dropped() {
     drop(gone);
     drop(frozen);
     assert_eq!(busy.join().unwrap(), 200);
-    // The queue is first in, first out: once a later request is answered, the abandoned
-    // input would have gone to the worker before it.
-    let (status, resp) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "after"}));
-    assert_eq!(status, 200);
-    let after_tokens = resp["usage"]["prompt_tokens"].as_f64().unwrap();
+    // A later request at priority 20 runs after anything of priority 10 still queued: once
+    // it is answered, the abandoned input would have gone to the worker.
+    let after =
+        raw::post_json(server.port, "/v1/embeddings", &["X-Priority: 20"], &json!({"model": MINILM, "input": "after"}));
+    assert_eq!(after.status, 200, "{after:?}");
+    let after_tokens = after.json()["usage"]["prompt_tokens"].as_f64().unwrap();
     let computed = tokens_total(&server, MINILM) - before;
     assert_eq!(computed, big_tokens + after_tokens, "the abandoned input must not reach the worker");
     let (_, metrics) = server.get_text("/metrics");

@@ -3,6 +3,7 @@
 //! preloaded and busy models stay), and a model whose worker cannot load. Every claim is
 //! checked on the OS process table, not only on what the server reports.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,12 @@ fn texts(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("sentence number {i} about things")).collect()
 }
 
+/// One embedding from `model`'s worker: each call sends a new text, since a repeated one is
+/// answered from the embedding cache without the worker (and uses nothing of it).
 fn embed_ok(server: &Server, model: &str) {
-    let (status, resp) = server.post("/v1/embeddings", &json!({"model": model, "input": "hello"}));
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let text = format!("hello {}", CALLS.fetch_add(1, Ordering::Relaxed));
+    let (status, resp) = server.post("/v1/embeddings", &json!({"model": model, "input": text}));
     assert_eq!(status, 200, "{model}: {resp}");
 }
 

@@ -119,7 +119,8 @@ fn a_client_that_never_reads_its_answer_is_disconnected() {
 fn unread_answers_are_freed_while_their_clients_stay() {
     let server = Server::start(ServerOptions {
         models: vec!["all-MiniLM-L6-v2"],
-        config: Some("server:\n  write_timeout_seconds: 3\n".into()),
+        // The embedding cache off: it would keep the 16,384 vectors (24 MiB) by design.
+        config: Some("server:\n  write_timeout_seconds: 3\nembedding_cache:\n  memory_mb: 0\n".into()),
         ..Default::default()
     });
     assert_eq!(server.post("/api/embed", &json!({"model": "all-MiniLM-L6-v2", "input": "warm"})).0, 200);
