@@ -21,6 +21,7 @@ the embedding cache), end-to-end seconds and the speed-up, answers compared byte
 Usage:
   python3 bench/priority_under_bulk.py [--seconds 20] [--rate 5] [--bulk-clients 16]
       [--batch 64] [--baseline-bin /work/main/target/release] [--cache-texts 2000]
+      [--cache-only]
 """
 import argparse
 import http.client
@@ -191,6 +192,7 @@ def main():
     ap.add_argument("--model-dir", type=Path, default=ROOT / ".deps" / MODEL)
     ap.add_argument("--cache-texts", type=int, default=2000, help="0 skips the cache step")
     ap.add_argument("--max-batch-ms", type=int, help="scheduling.max_batch_ms for this build (default: its default)")
+    ap.add_argument("--cache-only", action="store_true", help="only the embedding cache step")
     args = ap.parse_args()
     args.model_dir = args.model_dir.resolve()
     vocab = texts.Vocabulary(args.model_dir / "vocab.txt")
@@ -201,6 +203,9 @@ def main():
     config = "embedding_cache:\n  memory_mb: 0\n"
     if args.max_batch_ms is not None:
         config += f"scheduling:\n  max_batch_ms: {args.max_batch_ms}\n"
+    if args.cache_only:
+        cache_run(args, sets)
+        return
     results = {"this build": measure(args.bin_dir, "this", sets, args, config)}
     report(f"this build ({config.strip().replace(chr(10), ' ')})", results["this build"])
     if args.baseline_bin:
