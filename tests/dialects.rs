@@ -180,7 +180,7 @@ fn tokenize_has_the_plans_shape() {
 fn tei_routes_serve_huggingface_hub_inference_client() {
     let server = Server::start(ServerOptions { models: vec![QWEN], ..Default::default() });
     let out = run_client("hf_client.py", &server, &[&reference(QWEN)]);
-    assert!(out.contains("feature_extraction"), "{out}");
+    assert!(out.contains("feature_extraction") && out.contains("sentence_similarity OK"), "{out}");
     // /info describes the one installed model in TEI's shape.
     let (status, info) = server.get("/info");
     assert_eq!(status, 200, "{info}");
