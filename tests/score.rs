@@ -156,3 +156,46 @@ fn bad_score_requests_are_400s_in_openais_shape() {
     assert!(resp["error"]["message"].as_str().unwrap().contains("no-such-model"), "{resp}");
     assert_eq!(server.stop(), Some(0));
 }
+
+/// FlagEmbedding's `colbert_score` of two texts' reference ColBERT rows: each query row's
+/// best dot product with a document row, averaged over the query rows.
+fn reference_max_sim(query: &Value, document: &Value) -> f64 {
+    let rows = |v: &Value| v.as_array().unwrap().iter().map(floats).collect::<Vec<_>>();
+    let (q, d) = (rows(query), rows(document));
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum::<f64>();
+    q.iter().map(|qr| d.iter().map(|dr| dot(qr, dr)).fold(f64::MIN, f64::max)).sum::<f64>() / q.len() as f64
+}
+
+#[test]
+fn bge_m3_scores_by_dense_cosine_or_by_late_interaction() {
+    let server = Server::start(ServerOptions { models: vec![RERANKER, EMBEDDER], ..Default::default() });
+    let src = mlx_serve_tests::fixtures::model_dir("tiny-bge-m3");
+    let out = server.cli(&["pull", src.to_str().unwrap(), "--name", "m3"]);
+    assert!(out.ok(), "{}", out.text());
+    let reference = reference("tiny-bge-m3");
+    let c = case(&reference, "batch_padded");
+    let texts = c["texts"].as_array().unwrap();
+    let cos = |i: usize, j: usize| cosine(&floats(&c["embeddings"][i]), &floats(&c["embeddings"][j]));
+    let late = |i: usize, j: usize| reference_max_sim(&c["colbert"][i], &c["colbert"][j]);
+
+    let body = json!({"model": "m3", "text_1": texts[0], "text_2": texts[1..]});
+    assert_close(&scores(&server, "/v1/score", &body), &[cos(0, 1), cos(0, 2)], 1e-4, "dense 1:N");
+    let body = json!({"model": "m3", "text_1": texts[0], "text_2": texts[1..], "late_interaction": true});
+    let got = scores(&server, "/v1/score", &body);
+    assert_close(&got, &[late(0, 1), late(0, 2)], 1e-4, "late interaction 1:N");
+    // Not the dense cosine under another name.
+    assert!((got[0] - cos(0, 1)).abs() > 1e-3, "{got:?}");
+    // MaxSim is not symmetric: N:N pairs keep which side is the query.
+    let body = json!({"model": "m3", "text_1": [texts[1], texts[2]], "text_2": [texts[0], texts[0]], "late_interaction": true});
+    assert_close(&scores(&server, "/v1/score", &body), &[late(1, 0), late(2, 0)], 1e-4, "late interaction N:N");
+
+    // Without a ColBERT head, or with a reranker: a 400 that says why.
+    let body = json!({"model": EMBEDDER, "text_1": "a", "text_2": "b", "late_interaction": true});
+    let (status, resp) = server.post("/v1/score", &body);
+    assert_eq!(status, 400, "{resp}");
+    assert!(resp["error"]["message"].as_str().unwrap().contains("colbert_linear"), "{resp}");
+    let body = json!({"model": RERANKER, "text_1": "a", "text_2": "b", "late_interaction": true});
+    let (status, resp) = server.post("/v1/score", &body);
+    assert_eq!((status, resp["error"]["param"].as_str()), (400, Some("late_interaction")), "{resp}");
+    assert_eq!(server.stop(), Some(0));
+}

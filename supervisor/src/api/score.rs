@@ -12,6 +12,11 @@
 //! (cross-encoder) and its score is the relevance probability `/v1/rerank` gives; an
 //! embedding model embeds both texts and the score is the cosine of the two embeddings
 //! (bi-encoder; bge-m3's dense vectors). `data` keeps the pairs' order, unsorted.
+//!
+//! Extension: `late_interaction: true` with a model that has bge-m3's ColBERT head scores
+//! each pair by its ColBERT token vectors, as FlagEmbedding's `BGEM3FlagModel.colbert_score`
+//! does: each `text_1` token's best dot product with a `text_2` token, averaged over the
+//! `text_1` tokens (docs/hybrid-search.md).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,7 +24,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::Response;
-use mlx_serve_protocol::ModelKind;
+use mlx_serve_protocol::{ModelKind, TokenOutputs};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -45,6 +50,9 @@ pub struct ScoreRequest {
     pub truncate: Option<bool>,
     /// vLLM's extension: lower runs first, -1000..1000 (`priority.rs`).
     pub priority: Option<i64>,
+    /// Extension: for a model with bge-m3's ColBERT head, the late-interaction (MaxSim)
+    /// score of the token vectors instead of the cosine of the dense vectors.
+    pub late_interaction: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -110,9 +118,16 @@ pub async fn score(
     let text_2 = texts(req.text_2, "text_2")?;
     let pairs = pairs(text_1.len(), text_2.len())?;
     let entry = state.resolver().entry(&req.model, None).await?;
+    let late = req.late_interaction.unwrap_or(false);
     let (scores, tokens) = match entry.facts.kind {
+        ModelKind::Reranker if late => {
+            return Err(ApiError::invalid_param(
+                "late_interaction",
+                "`late_interaction` needs a model with a ColBERT head (bge-m3); this model is a reranker",
+            ))
+        }
         ModelKind::Reranker => cross_encoder(&state, &req.model, text_1, text_2, &pairs, req.truncate).await?,
-        ModelKind::Embedding => bi_encoder(&state, &req.model, text_1, text_2, &pairs, req.truncate).await?,
+        ModelKind::Embedding => bi_encoder(&state, &req.model, text_1, text_2, &pairs, req.truncate, late).await?,
     };
     let data =
         scores.into_iter().enumerate().map(|(index, score)| ScoreData { index, object: "score", score }).collect();
@@ -143,8 +158,8 @@ async fn cross_encoder(
     Ok((out.scores, out.tokens))
 }
 
-/// An embedding model's score of each pair: the cosine of the two texts' embeddings, all
-/// texts embedded in one request.
+/// An embedding model's score of each pair: the cosine of the two texts' embeddings (or,
+/// `late`, the MaxSim of their ColBERT vectors), all texts embedded in one request.
 async fn bi_encoder(
     state: &SharedState,
     model: &str,
@@ -152,12 +167,19 @@ async fn bi_encoder(
     text_2: Vec<String>,
     pairs: &[(usize, usize)],
     truncate: Option<bool>,
+    late: bool,
 ) -> Result<(Vec<f32>, usize), ApiError> {
     let n1 = text_1.len();
     let mut all = text_1;
     all.extend(text_2);
-    let opts = EmbedOptions { truncate, ..Default::default() };
+    let outputs = TokenOutputs { sparse: false, colbert: late };
+    let opts = EmbedOptions { truncate, outputs, ..Default::default() };
     let out = inference::embed(state, model, Inputs::Texts(all), opts).await?;
+    if late {
+        let t = out.token_rows.as_ref().ok_or_else(|| ApiError::internal("the worker sent no ColBERT vectors"))?;
+        let scores = pairs.iter().map(|&(i, j)| max_sim(&t.colbert[i], &t.colbert[n1 + j], t.colbert_dim)).collect();
+        return Ok((scores, out.tokens));
+    }
     let (dim, mut rows) = (out.dim, out.data.clone());
     // The cosine whatever the model's pipeline does: rows made unit length first.
     encode::normalize_rows(&mut rows, dim);
@@ -166,9 +188,31 @@ async fn bi_encoder(
     Ok((scores, out.tokens))
 }
 
+/// FlagEmbedding's `colbert_score`: for each query token vector, the largest dot product
+/// with a document token vector; their mean over the query tokens.
+fn max_sim(query: &[f32], document: &[f32], dim: usize) -> f32 {
+    let dim = dim.max(1);
+    let rows = query.len() / dim;
+    if rows == 0 {
+        return 0.0;
+    }
+    let best = query.chunks_exact(dim).map(|q| {
+        document.chunks_exact(dim).map(|d| q.iter().zip(d).map(|(a, b)| a * b).sum::<f32>()).fold(f32::MIN, f32::max)
+    });
+    best.sum::<f32>() / rows as f32
+}
+
 #[cfg(test)]
 mod tests {
-    use super::pairs;
+    use super::{max_sim, pairs};
+
+    #[test]
+    fn max_sim_averages_each_query_tokens_best_match() {
+        // Query tokens (1,0) and (0,1); document tokens (1,0) and (0.6,0.8).
+        let q = [1.0, 0.0, 0.0, 1.0];
+        let d = [1.0, 0.0, 0.6, 0.8];
+        assert!((max_sim(&q, &d, 2) - (1.0 + 0.8) / 2.0).abs() < 1e-6);
+    }
 
     #[test]
     fn pairs_follow_vllms_rules() {
