@@ -147,6 +147,11 @@ fn bad_score_requests_are_400s_in_openais_shape() {
     refused(body.clone(), "text_2", "input 1 is longer than the model's limit");
     let (status, resp) = server.post("/v1/score", &body);
     assert_eq!((status, resp["error"]["code"].as_str()), (400, Some("context_length_exceeded")), "{resp}");
+    // The same for an embedding model: the side and the text's place in it (here an
+    // over-long text; XLM-R's tokenizer keeps zero-width spaces as a token).
+    let embed_body =
+        json!({"model": EMBEDDER, "text_1": [long.as_str(), "a"], "text_2": ["b", "c"], "truncate": false});
+    refused(embed_body, "text_1", "`text_1` text 0 is longer than the model's limit");
     // Truncated by default: the same pair scores.
     let mut body = body;
     body.as_object_mut().unwrap().remove("truncate");

@@ -28,6 +28,8 @@ use mlx_serve_protocol::{ModelKind, TokenOutputs};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::runner::TokenRows;
+
 use super::cohere_meta::response_id;
 use super::encode;
 use super::inference::{self, EmbedOptions, Inputs};
@@ -159,7 +161,8 @@ async fn cross_encoder(
 }
 
 /// An embedding model's score of each pair: the cosine of the two texts' embeddings (or,
-/// `late`, the MaxSim of their ColBERT vectors), all texts embedded in one request.
+/// `late`, the MaxSim of their ColBERT vectors). Each side is one embed request (the
+/// batcher runs them together), so an error names its side and the text's place in it.
 async fn bi_encoder(
     state: &SharedState,
     model: &str,
@@ -169,23 +172,42 @@ async fn bi_encoder(
     truncate: Option<bool>,
     late: bool,
 ) -> Result<(Vec<f32>, usize), ApiError> {
-    let n1 = text_1.len();
-    let mut all = text_1;
-    all.extend(text_2);
+    inference::check_input_count(state, text_1.len() + text_2.len())?;
     let outputs = TokenOutputs { sparse: false, colbert: late };
-    let opts = EmbedOptions { truncate, outputs, ..Default::default() };
-    let out = inference::embed(state, model, Inputs::Texts(all), opts).await?;
+    let side = |texts: Vec<String>, param: &'static str| async move {
+        let opts = EmbedOptions { truncate, outputs, ..Default::default() };
+        inference::embed(state, model, Inputs::Texts(texts), opts).await.map_err(|e| named_side(e, param))
+    };
+    let (first, second) = futures_util::future::try_join(side(text_1, "text_1"), side(text_2, "text_2")).await?;
+    let tokens = first.tokens + second.tokens;
     if late {
-        let t = out.token_rows.as_ref().ok_or_else(|| ApiError::internal("the worker sent no ColBERT vectors"))?;
-        let scores = pairs.iter().map(|&(i, j)| max_sim(&t.colbert[i], &t.colbert[n1 + j], t.colbert_dim)).collect();
-        return Ok((scores, out.tokens));
+        fn colbert(out: &inference::Embedded) -> Result<&TokenRows, ApiError> {
+            out.token_rows.as_ref().ok_or_else(|| ApiError::internal("the worker sent no ColBERT vectors"))
+        }
+        let (a, b) = (colbert(&first)?, colbert(&second)?);
+        let scores = pairs.iter().map(|&(i, j)| max_sim(&a.colbert[i], &b.colbert[j], a.colbert_dim)).collect();
+        return Ok((scores, tokens));
     }
-    let (dim, mut rows) = (out.dim, out.data.clone());
     // The cosine whatever the model's pipeline does: rows made unit length first.
-    encode::normalize_rows(&mut rows, dim);
-    let row = |k: usize| &rows[k * dim..(k + 1) * dim];
-    let scores = pairs.iter().map(|&(i, j)| row(i).iter().zip(row(n1 + j)).map(|(a, b)| a * b).sum()).collect();
-    Ok((scores, out.tokens))
+    let (dim, mut a, mut b) = (first.dim, first.data.clone(), second.data.clone());
+    encode::normalize_rows(&mut a, dim);
+    encode::normalize_rows(&mut b, dim);
+    let scores = pairs
+        .iter()
+        .map(|&(i, j)| a[i * dim..(i + 1) * dim].iter().zip(&b[j * dim..(j + 1) * dim]).map(|(x, y)| x * y).sum())
+        .collect();
+    Ok((scores, tokens))
+}
+
+/// An embed error about `input` N, renamed to the side it came from (`text_1` text N).
+fn named_side(mut e: ApiError, param: &'static str) -> ApiError {
+    if e.param.as_deref() == Some("input") {
+        e.param = Some(param.to_owned());
+        if let Some(rest) = e.message.strip_prefix("input ") {
+            e.message = format!("`{param}` text {rest}");
+        }
+    }
+    e
 }
 
 /// FlagEmbedding's `colbert_score`: for each query token vector, the largest dot product
