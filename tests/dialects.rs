@@ -180,7 +180,7 @@ fn tokenize_has_the_plans_shape() {
 fn tei_routes_serve_huggingface_hub_inference_client() {
     let server = Server::start(ServerOptions { models: vec![QWEN], ..Default::default() });
     let out = run_client("hf_client.py", &server, &[&reference(QWEN)]);
-    assert!(out.contains("feature_extraction"), "{out}");
+    assert!(out.contains("feature_extraction") && out.contains("sentence_similarity OK"), "{out}");
     // /info describes the one installed model in TEI's shape.
     let (status, info) = server.get("/info");
     assert_eq!(status, 200, "{info}");
@@ -354,7 +354,7 @@ fn truncate_false_refuses_long_inputs_on_every_route() {
     let long = "word ".repeat(5000);
     let server = Server::start(ServerOptions { models: vec![BERT, RERANK], ..Default::default() });
     // Each route's own way to say it, refused in its own error shape; truncated without it.
-    let refused: [Refusal; 5] = [
+    let refused: [Refusal; 7] = [
         ("/embed", json!({"model": BERT, "inputs": long, "truncate": false}), |v| v["error_type"] == "Validation"),
         ("/v2/embed", json!({"model": BERT, "texts": [long], "truncate": "NONE"}), |v| {
             v["id"].is_string() && v["message"].is_string()
@@ -365,6 +365,12 @@ fn truncate_false_refuses_long_inputs_on_every_route() {
         }),
         ("/v1/rerank", json!({"model": RERANK, "query": "q", "documents": [long], "truncate": false}), |v| {
             v["error"]["code"] == "context_length_exceeded"
+        }),
+        ("/v1/score", json!({"model": RERANK, "text_1": "q", "text_2": [long], "truncate": false}), |v| {
+            v["error"]["code"] == "context_length_exceeded" && v["error"]["param"] == "text_2"
+        }),
+        ("/v1/score", json!({"model": BERT, "text_1": "q", "text_2": [long], "truncate": false}), |v| {
+            v["error"]["code"] == "context_length_exceeded" && v["error"]["param"] == "text_2"
         }),
     ];
     for (path, body, shape) in refused {

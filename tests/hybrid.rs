@@ -13,7 +13,7 @@ use mlx_serve_protocol::{ErrorKind, SupervisorMessage, TokenBatch, TokenOutputs,
 use mlx_serve_tests::cli::{self, Output};
 use mlx_serve_tests::fake_hub::{error_line, folder_files, FakeHub};
 use mlx_serve_tests::fixtures::{copy_dir, cosine, max_abs_diff, model_dir, read_safetensors, repo_root};
-use mlx_serve_tests::server::{binary, Server, ServerOptions};
+use mlx_serve_tests::server::{binary, run_client, Server, ServerOptions};
 use mlx_serve_tests::worker_process::Worker;
 use serde_json::{json, Value};
 
@@ -374,4 +374,19 @@ fn similarity_answers_the_cosine_of_each_sentence_to_the_source() {
     assert_eq!(got["error_type"], "Validation", "{got}");
     let (status, got) = server.post("/similarity", &json!({"inputs": {"source_sentence": "a", "sentence": ["b"]}}));
     assert_eq!(status, 400, "{got}");
+}
+
+/// qdrant-client's local mode, unmodified: bge-m3's dense and sparse vectors from the server
+/// stored beside the reference's, and fused (RRF) searches finding the same texts in the same
+/// order (tests/clients/qdrant_hybrid.py).
+#[test]
+fn hybrid_search_in_qdrant_finds_what_the_reference_vectors_find() {
+    let server = Server::start(ServerOptions::default());
+    let src = model_dir("tiny-bge-m3");
+    let out = server.cli(&["pull", src.to_str().unwrap(), "--name", "m3"]);
+    assert!(out.ok(), "{}", out.text());
+    let reference = repo_root().join("tests/fixtures/reference/tiny-bge-m3.json");
+    let out = run_client("qdrant_hybrid.py", &server, &[reference.to_str().unwrap(), "m3"]);
+    assert!(out.contains("recall@3 1.00") && out.contains("OK"), "{out}");
+    assert_eq!(server.stop(), Some(0));
 }

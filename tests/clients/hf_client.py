@@ -1,8 +1,8 @@
 """huggingface_hub's InferenceClient, unmodified, against mlx-serve's TEI routes.
 
 Usage: python hf_client.py BASE_URL REFERENCE_JSON. The server has one embedding model
-installed (tiny-qwen3-embed), so requests name none, as with TEI. Every vector is compared
-with the sentence-transformers reference (REFERENCE_JSON, tests/fixtures/reference/).
+installed (tiny-qwen3-embed), so requests name none, as with TEI. Every vector, and every
+sentence_similarity cosine, is compared with the sentence-transformers reference (REFERENCE_JSON, tests/fixtures/reference/).
 Exits non-zero on any mismatch."""
 import json
 import sys
@@ -47,6 +47,27 @@ got = client.feature_extraction(q["texts"], prompt_name="query", normalize=True,
 want = np.asarray(q["embeddings"], dtype=np.float32)[:, :16]
 close(got, want / np.linalg.norm(want, axis=1, keepdims=True), "dimensions=16")
 
+# sentence_similarity posts {"inputs": {"source_sentence", "sentences"}} to the root route:
+# the cosine of each sentence's embedding to the source's, as sentence-transformers'
+# util.cos_sim of the reference vectors.
+def cosine(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+compared = 0
+for case in ref["cases"]:
+    texts = case["texts"]
+    if len(texts) < 2 or not all(texts):
+        continue
+    got = client.sentence_similarity(texts[0], other_sentences=texts[1:])
+    want = [cosine(case["embeddings"][0], e) for e in case["embeddings"][1:]]
+    check(len(got) == len(want), (case["name"], got, want))
+    diff = max(abs(g - w) for g, w in zip(got, want))
+    check(diff <= 1e-4, ("sentence_similarity", case["name"], got, want, diff))
+    compared += 1
+check(compared > 0, "the reference has no case with two or more texts")
+
 # A prompt the model does not have is an error that lists the ones it has.
 try:
     client.feature_extraction("x", prompt_name="passage")
@@ -57,4 +78,4 @@ except HfHubHTTPError as e:
     check(body["error_type"] == "Validation", body)
     check("passage" in body["error"] and "document, query" in body["error"], body)
 
-print(f"huggingface_hub {huggingface_hub.__version__}: feature_extraction (plain, prompt_name, dimensions, errors) OK")
+print(f"huggingface_hub {huggingface_hub.__version__}: feature_extraction (plain, prompt_name, dimensions, errors), sentence_similarity OK")

@@ -420,6 +420,47 @@ pub async fn rerank(
     }
 }
 
+/// Scores each (first, second) pair with reranker `model`, every pair its own query, in one
+/// job (vLLM's N:N score, `score.rs`). Errors name `text_1` / `text_2` and the pair.
+pub async fn rerank_pairs(
+    state: &AppState,
+    model: &str,
+    pairs: Vec<(String, String)>,
+    truncate: Option<bool>,
+) -> Result<Scored, ApiError> {
+    let entry = state.resolver().entry(model, Some(ModelKind::Reranker)).await?;
+    check_document_count(state, pairs.len())?;
+    let truncate = truncate.unwrap_or(state.config.limits.truncate);
+    let heavy = pairs.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>() > 8192;
+    let tok = entry.tokenizer.clone();
+    let seqs = off_thread(heavy, move || {
+        let mut seqs = Vec::with_capacity(pairs.len());
+        for (k, (first, second)) in pairs.iter().enumerate() {
+            let mut one = tok.encode_pairs(first, &[second.as_str()], None, truncate).map_err(|e| match e {
+                TokenizeError::EmptyQuery => ApiError::invalid_param(
+                    "text_1",
+                    format!("`text_1` text {k} is empty after tokenization (it holds only characters the model's tokenizer drops)"),
+                ),
+                TokenizeError::Empty { .. } => ApiError::tokenize(TokenizeError::Empty { index: k }, "text_2"),
+                TokenizeError::TooLong { limit, .. } => {
+                    ApiError::tokenize(TokenizeError::TooLong { index: k, limit }, "text_2")
+                }
+                other => ApiError::tokenize(other, "text_2"),
+            })?;
+            seqs.append(&mut one);
+        }
+        Ok::<_, ApiError>(seqs)
+    })
+    .await??;
+    let tokens = check_request_tokens(state, &seqs)?;
+    match run(state, &entry, seqs, TokenOutputs::default()).await? {
+        JobOutput::Scores(scores) => Ok(Scored { entry, scores, tokens }),
+        JobOutput::Rows { .. } | JobOutput::Tokens(_) => {
+            Err(ApiError::internal("worker returned rows for a rerank request"))
+        }
+    }
+}
+
 /// Truncates each row to `dims` and L2-renormalizes it (Matryoshka `dimensions`).
 pub fn shorten_rows(data: &[f32], dim: usize, dims: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(data.len() / dim * dims);

@@ -1,6 +1,6 @@
 //! The HTTP surface: routes, shared state, request logging and metrics, errors.
 //!
-//! Handlers live one API family per file (`openai`, `rerank`, `tokenize`, `models`, `tei`,
+//! Handlers live one API family per file (`openai`, `rerank`, `score`, `tokenize`, `models`, `tei`,
 //! `cohere`, `ollama` + `ollama_pull`, `health`, `openapi`) and are thin: they translate
 //! their API's shape to the calls in `inference.rs` (resolve model → prompt → tokenize →
 //! submit → await) and back; `input.rs` holds the input unions, `encode.rs` the output
@@ -41,6 +41,7 @@ mod origin;
 pub mod peer;
 mod priority;
 mod rerank;
+mod score;
 mod similarity;
 mod state;
 mod tei;
@@ -70,6 +71,8 @@ pub fn router(state: SharedState) -> Router {
         ("/v1/rerank", post(rerank::rerank)),
         ("/rerank", post(rerank::rerank)),
         ("/v2/rerank", post(rerank::rerank)),
+        ("/v1/score", post(score::score)),
+        ("/score", post(score::score)),
         ("/v1/tokenize", post(tokenize::tokenize)),
         ("/tokenize", post(tokenize::tokenize)),
         ("/v1/models", get(models::list)),

@@ -5,7 +5,7 @@
 //! at build time or when it is viewed.
 //!
 //! Routes that serve the same handler under another path (`/embeddings`, `/rerank`,
-//! `/v2/rerank`, `/tokenize`, `/models`, `/models/{id}`) are copied from their primary
+//! `/v2/rerank`, `/score`, `/tokenize`, `/models`, `/models/{id}`) are copied from their primary
 //! path with distinct operation ids, so the document lists every route the router has.
 
 use axum::http::header;
@@ -14,7 +14,7 @@ use utoipa::openapi::path::PathItem;
 use utoipa::OpenApi;
 
 use super::{
-    cohere, encode, error, health, input, models, ollama, ollama_pull, openai, rerank, tei, tei_tokens, tokenize,
+    cohere, encode, error, health, input, models, ollama, ollama_pull, openai, rerank, score, tei, tei_tokens, tokenize,
 };
 
 #[derive(OpenApi)]
@@ -22,7 +22,7 @@ use super::{
     info(title = "mlx-serve", description = "Local embedding and reranking server on Apple's MLX. \
         OpenAI, Cohere/Jina, TEI and Ollama shapes; see the README's API section."),
     paths(
-        openai::embeddings, models::list, models::retrieve, tokenize::tokenize, rerank::rerank,
+        openai::embeddings, models::list, models::retrieve, tokenize::tokenize, rerank::rerank, score::score,
         tei::embed, tei_tokens::embed_sparse, tei_tokens::embed_all, tei::similarity, tei::root, tei::info, cohere::embed_v1, cohere::embed_v2,
         ollama::embed, ollama::embeddings_legacy, ollama::tags, ollama::ps, ollama::show, ollama::delete,
         ollama::version, ollama_pull::pull, health::health, health::ready, health::metrics,
@@ -32,6 +32,7 @@ use super::{
     tags(
         (name = "OpenAI", description = "OpenAI embeddings and models"),
         (name = "Rerank", description = "Jina / Cohere / TEI rerank"),
+        (name = "Score", description = "vLLM score: text pairs by a reranker or by embedding cosine"),
         (name = "TEI", description = "Text Embeddings Inference"),
         (name = "Cohere", description = "Cohere embed"),
         (name = "Ollama", description = "Ollama-compatible"),
@@ -46,6 +47,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("/embeddings", "/v1/embeddings"),
     ("/rerank", "/v1/rerank"),
     ("/v2/rerank", "/v1/rerank"),
+    ("/score", "/v1/score"),
     ("/tokenize", "/v1/tokenize"),
     ("/models", "/v1/models"),
     ("/models/{id}", "/v1/models/{id}"),
