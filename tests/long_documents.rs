@@ -219,3 +219,28 @@ fn models_chunking_is_the_default_and_the_cache_keeps_modes_apart() {
     }
     assert_eq!(server.metric("mlx_serve_embedding_cache_hits_total", &[]), 1.0, "the second round came from the cache");
 }
+
+#[test]
+fn one_request_larger_than_a_batch_and_the_queue_is_answered_in_several_batches() {
+    // Issue 27 item 3, as it stands: a request's inputs (or a document's windows) queue as
+    // one job and are cut into as many batches as they need; the queue bound refuses only
+    // a request that arrives while others wait (docs/long-documents.md, "Limits").
+    let server = minilm(Some("batch:\n  max_batch_size: 4\n  max_queue_size: 8\n"));
+    let batches = || server.metric("mlx_serve_batch_size_count", &[("endpoint", "embed")]);
+    let before = batches();
+    let inputs: Vec<String> = (0..40).map(|i| format!("input {i} of a request larger than a batch")).collect();
+    let (status, body) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": inputs}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 40);
+    assert!(batches() - before >= 10.0, "40 inputs in batches of at most 4: {}", batches() - before);
+
+    let text = long_text();
+    let windows = reference_windows(&text, 200).len();
+    assert!(windows > 8, "more windows than the queue holds: {windows}");
+    let before = batches();
+    let (status, body) =
+        server.post("/v1/embeddings", &json!({"model": MINILM, "input": text, "chunking": {"overlap_tokens": 200}}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["chunks"], windows);
+    assert!(batches() - before >= (windows / 4) as f64, "{} batches", batches() - before);
+}
