@@ -29,10 +29,15 @@ fn long_text() -> String {
 
 /// The windows the server should make of `text`, from tests/clients/window_ids.py.
 fn reference_windows(text: &str, overlap: usize) -> Vec<Vec<i64>> {
-    let dir = model_source(MINILM);
+    windows_of(MINILM, MAX_TOKENS, text, overlap)
+}
+
+/// [`reference_windows`] for `model`, whose limit is `max_tokens`.
+fn windows_of(model: &str, max_tokens: usize, text: &str, overlap: usize) -> Vec<Vec<i64>> {
+    let dir = model_source(model);
     let mut child = python_command()
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/window_ids.py"))
-        .args([dir.to_str().unwrap(), &MAX_TOKENS.to_string(), &overlap.to_string()])
+        .args([dir.to_str().unwrap(), &max_tokens.to_string(), &overlap.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -56,12 +61,16 @@ fn cosine_distance(a: &[f64], b: &[f64]) -> f64 {
 
 /// Each window embedded alone, as token ids.
 fn window_rows(server: &Server, windows: &[Vec<i64>]) -> Vec<Vec<f64>> {
-    let (status, body) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": windows, "chunking": false}));
+    rows_of(server, MINILM, windows)
+}
+
+fn rows_of(server: &Server, model: &str, windows: &[Vec<i64>]) -> Vec<Vec<f64>> {
+    let (status, body) = server.post("/v1/embeddings", &json!({"model": model, "input": windows, "chunking": false}));
     assert_eq!(status, 200, "{body}");
     body["data"].as_array().unwrap().iter().map(embedding).collect()
 }
 
-/// The mean of `rows` weighted by `weights`, L2-normalized (MiniLM's pipeline normalizes).
+/// The mean of `rows` weighted by `weights`, L2-normalized (every model here normalizes).
 fn normalized_mean(rows: &[Vec<f64>], weights: impl Iterator<Item = f64>) -> Vec<f64> {
     let mut sum = vec![0.0; rows[0].len()];
     for (row, w) in rows.iter().zip(weights) {
@@ -243,4 +252,26 @@ fn one_request_larger_than_a_batch_and_the_queue_is_answered_in_several_batches(
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"][0]["chunks"], windows);
     assert!(batches() - before >= (windows / 4) as f64, "{} batches", batches() - before);
+}
+
+#[test]
+fn every_family_chunks_into_windows_wrapped_as_its_inputs() {
+    // WordPiece with [CLS]/[SEP] (BERT), Unigram with <s>/</s> (XLM-R), byte-level BPE with
+    // a trailing end-of-text and last-token pooling (Qwen3): 64 tokens a window each.
+    let models = ["tiny-bert-embed", "tiny-xlmr-embed", "tiny-qwen3-embed"];
+    let server = Server::start(ServerOptions { models: models.to_vec(), ..Default::default() });
+    let text = long_text();
+    for model in models {
+        let windows = windows_of(model, 64, &text, 8);
+        assert!(windows.len() > 5, "{model}");
+        let (status, body) =
+            server.post("/v1/embeddings", &json!({"model": model, "input": text, "chunking": {"overlap_tokens": 8}}));
+        assert_eq!(status, 200, "{model}: {body}");
+        assert_eq!(body["data"][0]["chunks"], windows.len(), "{model}");
+        assert_eq!(body["usage"]["prompt_tokens"], windows.iter().map(Vec::len).sum::<usize>(), "{model}");
+        let reference = normalized_mean(&rows_of(&server, model, &windows), windows.iter().map(|w| w.len() as f64));
+        let d = cosine_distance(&embedding(&body["data"][0]), &reference);
+        assert!(d < 1e-5, "{model}: cosine distance {d}");
+        eprintln!("{model}: {} windows, cosine distance {d:.2e}", windows.len());
+    }
 }

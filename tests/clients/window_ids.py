@@ -2,8 +2,8 @@
 server: the text's tokens from the model's tokenizer.json (Hugging Face `tokenizers`, no
 special tokens, no truncation), cut by hand into windows of the model's limit less its
 special tokens, each starting `overlap` tokens before the previous one ends, and each
-wrapped in the tokens a single text gets (the post-processor's, read from the encoding of
-a one-word text).
+wrapped in the tokens a single text gets (the post-processor's: the special tokens before
+and after the text's own in the encoding of a one-letter text).
 
 Usage: window_ids.py MODEL_DIR MAX_TOKENS OVERLAP < text   →   JSON list of id lists
 """
@@ -20,8 +20,8 @@ tok.no_padding()
 
 probe = tok.encode("x", add_special_tokens=True)
 mask = probe.special_tokens_mask
-before = probe.ids[: mask.index(0)]
-after = probe.ids[mask.index(0) + 1 :]
+first, last = mask.index(0), len(mask) - mask[::-1].index(0)
+before, after = probe.ids[:first], probe.ids[last:]
 window = max_tokens - len(before) - len(after)
 
 ids = tok.encode(sys.stdin.read(), add_special_tokens=False).ids
