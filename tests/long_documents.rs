@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::process::Stdio;
 
-use mlx_serve_tests::server::{model_source, python_command, Server, ServerOptions};
+use mlx_serve_tests::server::{model_source, python_command, run_client, Server, ServerOptions};
 use serde_json::{json, Value};
 
 const MINILM: &str = "all-MiniLM-L6-v2";
@@ -274,4 +274,12 @@ fn every_family_chunks_into_windows_wrapped_as_its_inputs() {
         assert!(d < 1e-5, "{model}: cosine distance {d}");
         eprintln!("{model}: {} windows, cosine distance {d:.2e}", windows.len());
     }
+}
+
+#[test]
+fn real_clients_send_a_20k_word_document_to_a_server_that_chunks_by_default() {
+    let server = minilm(Some("models:\n  chunking:\n    enabled: true\n"));
+    let out = run_client("long_document_client.py", &server, &[]);
+    eprintln!("{out}");
+    assert!(out.contains("one vector"), "{out}");
 }
