@@ -34,6 +34,7 @@
 //! does not grow with its number of inputs.
 
 mod prompts;
+mod windows;
 
 use std::path::Path;
 
@@ -42,6 +43,7 @@ pub use prompts::{PromptError, Prompts};
 use tokenizers::{
     EncodeInput, Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
 };
+pub use windows::{LongInput, WindowError};
 
 /// Qwen3-Reranker prompt, from the Qwen/Qwen3-Reranker-0.6B model card ("Transformers
 /// Usage"): the system turn and the assistant opening (with an empty think block) wrap

@@ -1,17 +1,20 @@
 //! The work behind every API shape: resolve the model, validate and tokenize the inputs,
 //! submit them to the model's runner, await the answer. Text embeddings look in the
 //! embedding cache first (`runner/vector_cache.rs`): found vectors skip tokenization and
-//! the worker, and computed ones are stored.
+//! the worker, and computed ones are stored. An over-long text may be chunked instead of
+//! truncated (`chunking.rs`): its windows go to the runner as inputs of their own, and
+//! their rows are pooled back to the text's one vector.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use mlx_serve_protocol::{torch_heads, ModelKind, TokenOutputs};
 
+use super::chunking::{self, ChunkingRequest};
 use super::{ApiError, AppState};
 use crate::runner::vector_cache::{self, Cached, Key, VectorCache};
 use crate::runner::{JobOutput, ModelEntry, TokenRows};
-use crate::tokenize::{TokenizeError, Tokens};
+use crate::tokenize::{LongInput, TokenizeError, Tokens};
 
 /// Inputs of an embeddings request.
 pub enum Inputs {
@@ -41,6 +44,8 @@ pub struct Embedded {
     pub tokens: usize,
     /// Per-token outputs, when `EmbedOptions::outputs` asked for any.
     pub token_rows: Option<TokenRows>,
+    /// Per input, the windows its vector was pooled from, when chunking was on.
+    pub chunks: Option<Vec<u32>>,
 }
 
 pub struct Scored {
@@ -130,6 +135,9 @@ pub struct EmbedOptions {
     pub prompt: Option<String>,
     /// Per-token outputs wanted besides the rows (bge-m3's sparse and ColBERT heads).
     pub outputs: TokenOutputs,
+    /// Extension: chunk over-long inputs (`chunking.rs`); `None`: `truncate`, then
+    /// `models.chunking`.
+    pub chunking: Option<ChunkingRequest>,
 }
 
 /// Refuses per-token outputs the model has no head for, naming the head (`param` is the
@@ -159,8 +167,20 @@ pub fn check_token_outputs(entry: &ModelEntry, outputs: TokenOutputs, param: &st
 /// Each text and the prompt are cut to their heads first (`tokenize.rs`): a long prompt
 /// is not copied whole into every input, nor a long text into a new string.
 pub fn prompted_texts(entry: &ModelEntry, texts: Vec<String>, opts: &EmbedOptions) -> Result<Vec<String>, ApiError> {
+    prompted(entry, texts, opts, true)
+}
+
+/// [`prompted_texts`]; `cut: false` keeps each text whole (chunking reads all of it).
+fn prompted(entry: &ModelEntry, texts: Vec<String>, opts: &EmbedOptions, cut: bool) -> Result<Vec<String>, ApiError> {
     let head = |t: &'_ str| -> Result<String, ApiError> {
         entry.tokenizer.head(t).map(str::to_owned).map_err(|e| ApiError::tokenize(e, "input"))
+    };
+    let text = |t: &'_ str| -> Result<String, ApiError> {
+        if cut {
+            head(t)
+        } else {
+            Ok(t.to_owned())
+        }
     };
     if let Some(task) = &opts.instruction {
         if opts.prompt.is_some() || opts.prompt_name.is_some() {
@@ -173,7 +193,7 @@ pub fn prompted_texts(entry: &ModelEntry, texts: Vec<String>, opts: &EmbedOption
         return texts
             .iter()
             .map(|t| {
-                let t = head(t)?;
+                let t = text(t)?;
                 Ok(entry.facts.family.instructed(&task, &t))
             })
             .collect();
@@ -187,7 +207,7 @@ pub fn prompted_texts(entry: &ModelEntry, texts: Vec<String>, opts: &EmbedOption
     match prefix {
         Some(p) => {
             let p = head(&p)?;
-            texts.iter().map(|t| Ok(format!("{p}{}", head(t)?))).collect()
+            texts.iter().map(|t| Ok(format!("{p}{}", text(t)?))).collect()
         }
         None => Ok(texts),
     }
@@ -218,7 +238,16 @@ pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOpt
     check_input_count(state, n)?;
     let outputs = opts.outputs;
     check_token_outputs(&entry, outputs, "model")?;
-    let truncate = opts.truncate.unwrap_or(state.config.limits.truncate);
+    let can_chunk = match (&inputs, outputs.any()) {
+        (Inputs::Ids(_), _) => Err("token-id input (ids are the complete model input; send text)"),
+        (_, true) => {
+            Err("per-token outputs (return_sparse, return_colbert_vecs): a window's tokens are not the text's")
+        }
+        _ => Ok(()),
+    };
+    let long =
+        chunking::long_input(&state.config, &entry.name, &entry.tokenizer, opts.chunking, opts.truncate, can_chunk)?;
+    let truncate = long != LongInput::Refuse;
     let seqs = match inputs {
         Inputs::Texts(texts) => {
             if let Some(i) = texts.iter().position(|t| t.is_empty()) {
@@ -230,10 +259,12 @@ pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOpt
             let model = entry.clone();
             // Per-token outputs are not cached: such a request computes every input.
             let vectors = (!outputs.any()).then(|| state.pool.vectors().clone());
-            let cached =
-                off_thread(heavy, move || cached_then_tokenized(&model, vectors.as_deref(), texts, &opts, truncate))
-                    .await??;
-            return finish_cached(state, entry, cached, outputs).await;
+            let max_tokens = state.config.limits.max_tokens_per_request;
+            let cached = off_thread(heavy, move || {
+                cached_then_tokenized(&model, vectors.as_deref(), texts, &opts, long, max_tokens)
+            })
+            .await??;
+            return finish_cached(state, entry, cached, outputs, long).await;
         }
         Inputs::Ids(lists) => {
             if opts.instruction.is_some() || opts.prompt.is_some() || opts.prompt_name.is_some() {
@@ -273,9 +304,9 @@ pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOpt
     };
     let tokens = check_request_tokens(state, &seqs)?;
     match run(state, &entry, seqs, outputs).await? {
-        JobOutput::Rows { dim, data } => Ok(Embedded { entry, dim, data, tokens, token_rows: None }),
+        JobOutput::Rows { dim, data } => Ok(Embedded { entry, dim, data, tokens, token_rows: None, chunks: None }),
         JobOutput::Tokens(rows) => {
-            Ok(Embedded { entry, dim: rows.dim, data: rows.data.clone(), tokens, token_rows: Some(rows) })
+            Ok(Embedded { entry, dim: rows.dim, data: rows.data.clone(), tokens, token_rows: Some(rows), chunks: None })
         }
         JobOutput::Scores(_) => Err(ApiError::internal("worker returned scores for an embedding request")),
     }
@@ -286,9 +317,11 @@ struct CacheLookup {
     /// Per input: its cache key (empty when the cache is off) and its vector when cached.
     keys: Vec<Key>,
     found: Vec<Option<Cached>>,
-    /// The inputs not found, in order, and their token ids.
+    /// The inputs not found, in order, and their token ids: one sequence each, or when
+    /// chunking as many as `windows` says, one after the other.
     missing: Vec<usize>,
     seqs: Vec<Tokens>,
+    windows: Vec<usize>,
 }
 
 /// Applies the prompt, looks each text up in the cache, tokenizes only what is missing.
@@ -297,18 +330,33 @@ fn cached_then_tokenized(
     vectors: Option<&VectorCache>,
     texts: Vec<String>,
     opts: &EmbedOptions,
-    truncate: bool,
+    long: LongInput,
+    max_tokens: usize,
 ) -> Result<CacheLookup, ApiError> {
-    let texts = prompted_texts(model, texts, opts)?;
+    let chunk = match long {
+        LongInput::Chunk { overlap } => Some(overlap),
+        LongInput::Truncate | LongInput::Refuse => None,
+    };
+    let texts = prompted(model, texts, opts, chunk.is_none())?;
     let vectors = vectors.filter(|v| v.enabled());
     let keys: Vec<Key> = match vectors {
-        Some(_) => texts.iter().map(|t| vector_cache::key(&model.cache_id, truncate, t.as_bytes())).collect(),
+        Some(_) => texts.iter().map(|t| vector_cache::key(&model.cache_id, long, t.as_bytes())).collect(),
         None => Vec::new(),
     };
     let mut found = vectors.map_or_else(Vec::new, |v| v.get_many(&keys));
     found.resize(texts.len(), None);
     let missing: Vec<usize> = (0..texts.len()).filter(|&i| found[i].is_none()).collect();
     let refs: Vec<&str> = missing.iter().map(|&i| texts[i].as_str()).collect();
+    if let Some(overlap) = chunk {
+        let windows = model
+            .tokenizer
+            .encode_windows(&refs, overlap, max_tokens, |k| missing[k])
+            .map_err(|e| chunking::window_error(e, ""))?;
+        let counts = windows.iter().map(Vec::len).collect();
+        let seqs = windows.into_iter().flatten().collect();
+        return Ok(CacheLookup { keys, found, missing, seqs, windows: counts });
+    }
+    let truncate = long == LongInput::Truncate;
     let seqs = if refs.is_empty() {
         Vec::new()
     } else {
@@ -322,7 +370,8 @@ fn cached_then_tokenized(
             ApiError::tokenize(e, "input")
         })?
     };
-    Ok(CacheLookup { keys, found, missing, seqs })
+    let windows = vec![1; missing.len()];
+    Ok(CacheLookup { keys, found, missing, seqs, windows })
 }
 
 /// Computes what the cache did not have, stores it, and puts the rows in input order.
@@ -331,7 +380,21 @@ async fn finish_cached(
     entry: Arc<ModelEntry>,
     c: CacheLookup,
     outputs: TokenOutputs,
+    long: LongInput,
 ) -> Result<Embedded, ApiError> {
+    let chunked = matches!(long, LongInput::Chunk { .. });
+    if chunked {
+        // A document of N windows costs N inputs.
+        let cached_windows: usize = c.found.iter().flatten().map(|h| h.chunks as usize).sum();
+        let n = cached_windows + c.seqs.len();
+        let max_inputs = state.config.limits.max_inputs_per_request;
+        if n > max_inputs {
+            return Err(ApiError::too_large(format!(
+                "{n} inputs in one request after chunking (a document of N windows counts N); the limit \
+                 (limits.max_inputs_per_request) is {max_inputs}"
+            )));
+        }
+    }
     let cached_tokens: usize = c.found.iter().flatten().map(|h| h.tokens as usize).sum();
     let new_tokens = check_request_tokens(state, &c.seqs)?;
     let tokens = cached_tokens + new_tokens;
@@ -372,17 +435,30 @@ async fn finish_cached(
             data[i * dim..(i + 1) * dim].copy_from_slice(&hit.row);
         }
     }
+    let mut chunks: Vec<u32> = c.found.iter().map(|h| h.as_ref().map_or(0, |h| h.chunks)).collect();
     if let Some((_, rows)) = computed {
         let vectors = state.pool.vectors();
+        let mut first = 0;
         for (k, &i) in c.missing.iter().enumerate() {
-            let row = &rows[k * dim..(k + 1) * dim];
+            let n = c.windows[k];
+            let window_tokens = &seq_tokens[first..first + n];
+            let pooled;
+            let row = if n == 1 {
+                &rows[first * dim..(first + 1) * dim]
+            } else {
+                pooled =
+                    chunking::pool(&rows[first * dim..(first + n) * dim], dim, window_tokens, entry.facts.normalize);
+                &pooled[..]
+            };
+            first += n;
             data[i * dim..(i + 1) * dim].copy_from_slice(row);
+            chunks[i] = n as u32;
             if let Some(key) = c.keys.get(i) {
-                vectors.insert(&entry.name, *key, row, seq_tokens[k]);
+                vectors.insert(&entry.name, *key, row, window_tokens.iter().sum(), n as u32);
             }
         }
     }
-    Ok(Embedded { entry, dim, data, tokens, token_rows })
+    Ok(Embedded { entry, dim, data, tokens, token_rows, chunks: chunked.then_some(chunks) })
 }
 
 /// Scores `documents` against `query` with reranker `model`.

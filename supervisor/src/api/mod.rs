@@ -22,6 +22,7 @@
 pub mod activity;
 mod auth;
 mod body;
+mod chunking;
 mod cohere;
 mod cohere_meta;
 mod default_model;

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
+use super::chunking::ChunkingRequest;
 use super::inference::{self, EmbedOptions, Inputs};
 use super::input::TextInput;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
@@ -69,6 +70,9 @@ pub struct OllamaEmbedRequest {
     pub dimensions: Option<i64>,
     /// Extension: one of the model's named prompts.
     pub prompt_name: Option<String>,
+    /// Extension: chunk inputs longer than the model's window (`true` or
+    /// `{"overlap_tokens": N}`; docs/long-documents.md).
+    pub chunking: Option<ChunkingRequest>,
     /// Accepted and ignored.
     #[schema(value_type = Option<Object>)]
     #[allow(dead_code)]
@@ -104,7 +108,12 @@ pub async fn embed(
         None => return Err(ApiError::invalid("`input` is required: a string or a list of strings").into()),
     };
     let n = inputs.len();
-    let opts = EmbedOptions { truncate: req.truncate, prompt_name: req.prompt_name, ..Default::default() };
+    let opts = EmbedOptions {
+        truncate: req.truncate,
+        prompt_name: req.prompt_name,
+        chunking: req.chunking,
+        ..Default::default()
+    };
     let out = inference::embed(&state, &req.model, inputs, opts).await?;
     let (dim, data) = match req.dimensions {
         Some(d) if d < 1 || d as usize > out.dim => {

@@ -14,6 +14,10 @@
 //! Both come from the same forward pass as `embedding`. The names are FlagEmbedding's
 //! `BGEM3FlagModel.encode` arguments.
 //!
+//! Extension for long documents (docs/long-documents.md): `chunking` (`true`, `false`,
+//! `{"overlap_tokens": N}`) splits an input longer than the model's window into windows and
+//! pools their vectors to one; each item that was split says into how many (`chunks`).
+//!
 //! Unknown fields are refused with a 400 naming them, as OpenAI's own API does
 //! ("Unrecognized request argument supplied"): a misspelt `prompt_name` must not return the
 //! un-prompted vector silently.
@@ -27,6 +31,7 @@ use utoipa::ToSchema;
 
 use mlx_serve_protocol::TokenOutputs;
 
+use super::chunking::ChunkingRequest;
 use super::encode::{self, Vector};
 use super::inference::{self, EmbedOptions};
 use super::input::EmbeddingInput;
@@ -58,6 +63,11 @@ pub struct EmbeddingsRequest {
     pub instruction: Option<String>,
     /// Extension: `false` makes over-long inputs an error instead of truncating them.
     pub truncate: Option<bool>,
+    /// Extension: `true` or `{"overlap_tokens": N}` splits an input longer than the model's
+    /// window into windows (each repeating N tokens of the one before) and returns the
+    /// token-weighted mean of their vectors (normalized when the model normalizes);
+    /// `false` truncates. Default: `truncate` if sent, else `models.chunking`.
+    pub chunking: Option<ChunkingRequest>,
     /// Extension (vLLM's): lower runs first, -1000..1000; default from the `X-Priority`
     /// header, the API key's default, or `scheduling.default_priority`.
     pub priority: Option<i64>,
@@ -89,6 +99,10 @@ pub struct Embedding {
     /// Extension (`return_colbert_vecs`): one normalized vector per token after CLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub colbert_embedding: Option<Vec<Vector>>,
+    /// Extension (`chunking`): the windows this input was split into and pooled from,
+    /// present only when it was split (2 or more).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<u32>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -143,6 +157,7 @@ pub async fn embeddings(
             sparse: req.return_sparse.unwrap_or(false),
             colbert: req.return_colbert_vecs.unwrap_or(false),
         },
+        chunking: req.chunking,
     };
     let out = inference::embed(&state, &req.model, inputs, opts).await?;
     let (dim, data) = encode::shorten(&out, dims, &req.model, "dimensions")?;
@@ -165,6 +180,7 @@ pub async fn embeddings(
                 .as_ref()
                 .filter(|_| req.return_colbert_vecs == Some(true))
                 .map(|t| t.colbert[index].chunks_exact(t.colbert_dim.max(1)).map(vector).collect()),
+            chunks: out.chunks.as_ref().map(|c| c[index]).filter(|&n| n > 1),
         })
         .collect();
     let body = EmbeddingsResponse { object: "list", data: rows, model: req.model, usage: Usage::new(out.tokens) };

@@ -14,7 +14,8 @@ use utoipa::openapi::path::PathItem;
 use utoipa::OpenApi;
 
 use super::{
-    cohere, encode, error, health, input, models, ollama, ollama_pull, openai, rerank, score, tei, tei_tokens, tokenize,
+    chunking, cohere, encode, error, health, input, models, ollama, ollama_pull, openai, rerank, score, tei,
+    tei_tokens, tokenize,
 };
 
 #[derive(OpenApi)]
@@ -28,7 +29,7 @@ use super::{
         ollama::version, ollama_pull::pull, health::health, health::ready, health::metrics,
         openapi_json, docs,
     ),
-    components(schemas(input::EmbeddingInput, input::TextInput, encode::Vector, error::ErrorBody)),
+    components(schemas(input::EmbeddingInput, input::TextInput, chunking::ChunkingRequest, encode::Vector, error::ErrorBody)),
     tags(
         (name = "OpenAI", description = "OpenAI embeddings and models"),
         (name = "Rerank", description = "Jina / Cohere / TEI rerank"),

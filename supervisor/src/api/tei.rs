@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::chunking::ChunkingRequest;
 use super::default_model::model_or_only;
 use super::encode;
 use super::inference::{self, EmbedOptions};
@@ -94,6 +95,9 @@ pub struct EmbedRequest {
     pub dimensions: Option<i64>,
     /// `float` only (sent by some clients).
     pub encoding_format: Option<String>,
+    /// Extension: chunk inputs longer than the model's window (`true` or
+    /// `{"overlap_tokens": N}`; docs/long-documents.md).
+    pub chunking: Option<ChunkingRequest>,
 }
 
 /// Embed texts (TEI). Returns one vector per input.
@@ -123,6 +127,7 @@ async fn embed_request(state: &SharedState, req: EmbedRequest) -> Result<Respons
         instruction: None,
         prompt_name: req.prompt_name,
         prompt: req.prompt,
+        chunking: req.chunking,
         ..Default::default()
     };
     let normalize = req.normalize.unwrap_or(true);

@@ -161,6 +161,14 @@ impl Config {
                 self.scheduling.max_batch_ms = parse(value)?;
                 "scheduling.max_batch_ms"
             }
+            "CHUNKING" => {
+                self.models.chunking.enabled = boolean(value)?;
+                "models.chunking.enabled"
+            }
+            "CHUNK_OVERLAP_TOKENS" => {
+                self.models.chunking.overlap_tokens = parse(value)?;
+                "models.chunking.overlap_tokens"
+            }
             "EMBEDDING_CACHE_MB" => {
                 self.embedding_cache.memory_mb = parse(value)?;
                 "embedding_cache.memory_mb"
@@ -188,6 +196,9 @@ mod tests {
             (9001, vec!["a".into(), "b".into()], false)
         );
         assert!(c.apply_env_var("PORT", "many").is_err());
+        assert_eq!(c.apply_env_var("CHUNKING", "on"), Ok(Some("models.chunking.enabled")));
+        assert_eq!(c.apply_env_var("CHUNK_OVERLAP_TOKENS", "32"), Ok(Some("models.chunking.overlap_tokens")));
+        assert_eq!(c.models.chunking.for_model("any"), Some(32));
         assert_eq!(c.apply_env_var("API_KEY", "k1"), Ok(Some("server.api_key")));
         assert_eq!(c.server.api_key, Some(crate::config::ApiKey("k1".into())));
         assert_eq!(c.apply_env_var("ORIGINS", "http://a.test, app://*"), Ok(Some("server.allowed_origins")));

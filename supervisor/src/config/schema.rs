@@ -91,6 +91,45 @@ pub struct ModelsConfig {
     /// Dtype the worker computes in: auto (float32 on CPU, half precision on GPU),
     /// float32, float16, bfloat16.
     pub compute_dtype: String,
+    /// Chunked embedding of inputs longer than the model's window (docs/long-documents.md).
+    pub chunking: ChunkingConfig,
+}
+
+/// `models.chunking`: whether an embedding input longer than the model's window is split
+/// into windows whose vectors are pooled to one, instead of truncated or refused, when the
+/// request does not say (its `chunking` field; an explicit `truncate` also wins).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChunkingConfig {
+    /// The default for every embedding model.
+    pub enabled: bool,
+    /// Tokens each window repeats from the end of the one before it.
+    pub overlap_tokens: usize,
+    /// Per-model overrides, by the model's store name (`mlx-serve list`).
+    pub per_model: BTreeMap<String, ModelChunking>,
+}
+
+/// One model's override of `models.chunking`; an absent key keeps the default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelChunking {
+    pub enabled: Option<bool>,
+    pub overlap_tokens: Option<usize>,
+}
+
+impl ChunkingConfig {
+    /// The overlap a model chunks with when chunking is on for it, or `None` when its
+    /// default is off.
+    pub fn for_model(&self, model: &str) -> Option<usize> {
+        let own = self.per_model.get(model);
+        let enabled = own.and_then(|m| m.enabled).unwrap_or(self.enabled);
+        enabled.then(|| self.overlap_for(model))
+    }
+
+    /// The overlap a model chunks with (its own, else the default).
+    pub fn overlap_for(&self, model: &str) -> usize {
+        self.per_model.get(model).and_then(|m| m.overlap_tokens).unwrap_or(self.overlap_tokens)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,6 +255,7 @@ impl Default for ModelsConfig {
             auto_download_on_request: true,
             aliases: BTreeMap::new(),
             compute_dtype: "auto".into(),
+            chunking: ChunkingConfig::default(),
         }
     }
 }

@@ -5,7 +5,8 @@
 //! Content-addressed: the key is the SHA-256 of the model's identity (store name,
 //! revision and quantization from its metadata, and the generation of its pool entry,
 //! which is new whenever the model is forgotten — removed, deleted, pulled again — and
-//! loaded anew), whether over-long input is truncated, and the bytes the tokenizer sees
+//! loaded anew), what is done to over-long input (truncated, refused, or chunked and with
+//! which overlap: docs/long-documents.md), and the bytes the tokenizer sees
 //! (the text with the model's prompt or instruction already in front). Anything that
 //! changes the vector changes the key. A model that is forgotten also has its entries
 //! dropped at once (`Pool::forget`), so they stop holding memory.
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::metrics;
 use crate::store::metadata::ModelMetadata;
+use crate::tokenize::LongInput;
 
 /// Bytes counted per entry beside its vector: the key, the bookkeeping of the two maps
 /// (hash table slot, B-tree node share) and the allocation headers, rounded up.
@@ -30,11 +32,13 @@ pub const ENTRY_OVERHEAD: usize = 160;
 
 pub type Key = [u8; 32];
 
-/// A cached vector and the tokens its input had (for `usage`).
+/// A cached vector, the tokens its input had (for `usage`) and the windows it was
+/// pooled from (1 unless chunked).
 #[derive(Debug, Clone)]
 pub struct Cached {
     pub row: Arc<[f32]>,
     pub tokens: u32,
+    pub chunks: u32,
 }
 
 /// What `mlx-serve cache stats` shows.
@@ -108,13 +112,22 @@ pub fn model_identity(name: &str, dir: &Path) -> String {
     format!("{name}\u{0}{revision}\u{0}{quantization}\u{0}{generation}")
 }
 
-/// The key of `text` (as the tokenizer sees it) embedded by the model `identity`.
-pub fn key(identity: &str, truncate: bool, text: &[u8]) -> Key {
+/// The key of `text` (as the tokenizer sees it) embedded by the model `identity`, with
+/// over-long input treated as `long` says.
+pub fn key(identity: &str, long: LongInput, text: &[u8]) -> Key {
     let mut ctx = Context::new(&SHA256);
     // Length prefixes keep the parts apart (no concatenation of two parts equals another).
     ctx.update(&(identity.len() as u64).to_le_bytes());
     ctx.update(identity.as_bytes());
-    ctx.update(&[truncate as u8]);
+    // Refuse and Truncate hash as the bool `truncate` did before chunking existed.
+    match long {
+        LongInput::Refuse => ctx.update(&[0]),
+        LongInput::Truncate => ctx.update(&[1]),
+        LongInput::Chunk { overlap } => {
+            ctx.update(&[2]);
+            ctx.update(&(overlap as u64).to_le_bytes());
+        }
+    }
     ctx.update(&(text.len() as u64).to_le_bytes());
     ctx.update(text);
     let mut out = [0u8; 32];
@@ -152,8 +165,8 @@ impl VectorCache {
 
     /// Stores a vector computed for `model`, dropping the least recently used entries
     /// past the budget. A vector larger than the whole budget is not kept.
-    pub fn insert(&self, model: &str, key: Key, row: &[f32], tokens: u32) {
-        let value = Cached { row: row.into(), tokens };
+    pub fn insert(&self, model: &str, key: Key, row: &[f32], tokens: u32, chunks: u32) {
+        let value = Cached { row: row.into(), tokens, chunks };
         let size = size_of(&value);
         if size > self.budget {
             return;
@@ -230,12 +243,16 @@ mod tests {
     }
 
     #[test]
-    fn keys_differ_by_model_truncation_and_text() {
-        let k = key("m\u{0}r\u{0}\u{0}1", true, b"hello");
-        assert_eq!(k, key("m\u{0}r\u{0}\u{0}1", true, b"hello"));
-        assert_ne!(k, key("m\u{0}r\u{0}\u{0}2", true, b"hello"), "another generation of the model");
-        assert_ne!(k, key("m\u{0}r\u{0}\u{0}1", false, b"hello"));
-        assert_ne!(k, key("m\u{0}r\u{0}\u{0}1", true, b"hello "));
+    fn keys_differ_by_model_long_input_and_text() {
+        let m = "m\u{0}r\u{0}\u{0}1";
+        let k = key(m, LongInput::Truncate, b"hello");
+        assert_eq!(k, key(m, LongInput::Truncate, b"hello"));
+        assert_ne!(k, key("m\u{0}r\u{0}\u{0}2", LongInput::Truncate, b"hello"), "another generation of the model");
+        assert_ne!(k, key(m, LongInput::Refuse, b"hello"));
+        assert_ne!(k, key(m, LongInput::Truncate, b"hello "));
+        let chunked = key(m, LongInput::Chunk { overlap: 0 }, b"hello");
+        assert!(chunked != k && chunked != key(m, LongInput::Refuse, b"hello"));
+        assert_ne!(chunked, key(m, LongInput::Chunk { overlap: 1 }, b"hello"), "another overlap");
     }
 
     #[test]
@@ -244,10 +261,10 @@ mod tests {
         let cache = VectorCache::new(3 * entry);
         let m = model("m");
         for i in 0..3u8 {
-            cache.insert(m, [i; 32], &[i as f32; 4], 1);
+            cache.insert(m, [i; 32], &[i as f32; 4], 1, 1);
         }
         assert!(cache.get_many(&[[0; 32]])[0].is_some(), "0 is now the most recently used");
-        cache.insert(m, [3; 32], &[3.0; 4], 1);
+        cache.insert(m, [3; 32], &[3.0; 4], 1, 1);
         let found = cache.get_many(&[[0; 32], [1; 32], [2; 32], [3; 32]]);
         assert_eq!(found.iter().map(Option::is_some).collect::<Vec<_>>(), vec![true, false, true, true]);
         let s = cache.stats();
@@ -258,8 +275,8 @@ mod tests {
     #[test]
     fn purge_and_clear() {
         let cache = VectorCache::new(1 << 20);
-        cache.insert(model("a"), [1; 32], &[1.0; 8], 3);
-        cache.insert(model("b"), [2; 32], &[2.0; 8], 3);
+        cache.insert(model("a"), [1; 32], &[1.0; 8], 3, 1);
+        cache.insert(model("b"), [2; 32], &[2.0; 8], 3, 1);
         assert_eq!(cache.purge_model("a"), 1);
         assert!(cache.get_many(&[[1; 32]])[0].is_none());
         assert_eq!(cache.get_many(&[[2; 32]])[0].as_ref().unwrap().tokens, 3);
@@ -271,7 +288,7 @@ mod tests {
     #[test]
     fn a_zero_budget_keeps_nothing() {
         let cache = VectorCache::new(0);
-        cache.insert(model("a"), [1; 32], &[1.0; 8], 3);
+        cache.insert(model("a"), [1; 32], &[1.0; 8], 3, 1);
         assert!(!cache.enabled());
         assert!(cache.get_many(&[[1; 32]])[0].is_none());
     }
