@@ -125,22 +125,28 @@ fn ignore_hangups() -> Result<(), DaemonError> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed here, before the daemon says
+/// it listens: a signal sent as soon as it does (a test, a service manager) starts the
+/// graceful drain instead of killing the process with the default action.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    let mut term = signal(SignalKind::terminate()).map_err(|e| DaemonError::io("cannot handle SIGTERM", e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| DaemonError::io("cannot handle SIGINT", e))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
 }
 
 /// `mlx-serve start --foreground`: binds the configured port and runs until SIGTERM/SIGINT.
 pub async fn serve(config: Config) -> Result<(), DaemonError> {
     config.validate()?;
     ignore_hangups()?;
+    let shutdown = shutdown_signal()?;
     let listener = bind(&config.server.host, config.server.port).await?;
-    run(config, listener, shutdown_signal()).await
+    run(config, listener, shutdown).await
 }
 
 /// Runs the daemon on `listener` with real worker processes until `shutdown` resolves.
