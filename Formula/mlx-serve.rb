@@ -102,7 +102,7 @@ class MlxServe < Formula
     macos = MacOS.full_version
     ENV["MACOSX_DEPLOYMENT_TARGET"] = "#{macos.major}.#{macos.minor.to_i}"
 
-    pinned = (buildpath/".deps/mlx-sys/src/mlx-c/CMakeLists.txt").read[/GIT_TAG v([0-9.]+)/, 1]
+    pinned = (buildpath/".deps/mlx-sys/src/mlx-c/CMakeLists.txt").read(encoding: "UTF-8")[/GIT_TAG v([0-9.]+)/, 1]
     mlx_version = resource("mlx").version.to_s
     if pinned != mlx_version
       odie "MLX version skew: mlx-sys' mlx-c pins MLX #{pinned.inspect} but resource \"mlx\" is " \

@@ -141,9 +141,12 @@ fn confined(
         (Confinement::Tmpfs, false) => {
             (format!("mount -t tmpfs -o size={size_mb}m none '{d}' && {prepare}"), String::new())
         }
-        (Confinement::Tmpfs, true) => {
-            (format!("mount -t tmpfs -o size=200m none '{d}' && {prepare} && mount -o remount,ro '{d}'"), String::new())
-        }
+        // A bind remount: a plain `remount,ro` of the tmpfs is refused inside an unprivileged
+        // user's namespace (the suite also runs as a user, not root).
+        (Confinement::Tmpfs, true) => (
+            format!("mount -t tmpfs -o size=200m none '{d}' && {prepare} && mount -o remount,ro,bind '{d}'"),
+            String::new(),
+        ),
         // 40960 blocks: 20 MiB where a block is 512 bytes (POSIX), 40 MiB where it is 1 KiB
         // (bash): smaller than any weights file written here either way.
         (Confinement::Limits, false) => (prepare.to_owned(), "ulimit -f 40960; trap '' XFSZ;".to_owned()),

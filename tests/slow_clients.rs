@@ -40,7 +40,15 @@ fn bodies_that_declare_much_and_send_little_hold_little() {
 
 #[test]
 fn idle_sockets_cannot_lock_out_health_checks_or_busy_clients() {
-    let server = Server::start(ServerOptions { models: vec!["tiny-bert-embed"], ..Default::default() });
+    // The daemon starts with macOS launchd's soft limit of 256 open files, below
+    // server.max_connections (512): it raises its own limit (daemon/open_files.rs), else
+    // accepting fails past ~250 sockets and /health with it. This process needs 2,000.
+    raw::raise_open_files_limit();
+    let server = Server::start(ServerOptions {
+        models: vec!["tiny-bert-embed"],
+        open_files_soft_limit: Some(256),
+        ..Default::default()
+    });
     // A client in the middle of a request: busy, so never the one closed.
     let mut busy = raw::connect(server.port, Duration::from_secs(120));
     let body = serde_json::to_vec(&json!({"model": "tiny-bert-embed", "input": "still mine"})).unwrap();

@@ -73,7 +73,7 @@ check("depends_on xcode (build; Metal compiler)") do
 end
 
 # ---- resources: every MLX source pinned by checksum, mlx matching mlx-c's pin ----
-pinned = File.read(mlx_c_cmakelists)[/GIT_TAG v([0-9.]+)/, 1]
+pinned = File.read(mlx_c_cmakelists, encoding: "UTF-8")[/GIT_TAG v([0-9.]+)/, 1]
 check("resources have https urls and sha256") do
   bad = klass.resources.values.reject { |r| r.url.to_s.start_with?("https://") && SHA256.match?(r.sha256.to_s) }
   "#{bad.map(&:name).join(", ")} incomplete" unless bad.empty?
@@ -113,7 +113,7 @@ def run_install(klass, pin_line, metal_toolchain: true)
   end
 end
 
-pin_line = File.read(mlx_c_cmakelists)[/GIT_TAG v[0-9.]+\)?/]
+pin_line = File.read(mlx_c_cmakelists, encoding: "UTF-8")[/GIT_TAG v[0-9.]+\)?/]
 run_install(klass, pin_line) do |formula, died|
   calls = formula.calls
   check("install: completes with the pinned MLX") { "odie: #{died.message}" if died }
@@ -152,7 +152,7 @@ run_install(klass, pin_line) do |formula, died|
     toolchain = env && env["CMAKE_TOOLCHAIN_FILE"]
     next "CMAKE_TOOLCHAIN_FILE not set for cargo" unless toolchain && File.file?(toolchain)
 
-    text = File.read(toolchain)
+    text = File.read(toolchain, encoding: "UTF-8")
     next "FETCHCONTENT_FULLY_DISCONNECTED is not ON" unless text.include?("set(FETCHCONTENT_FULLY_DISCONNECTED ON")
 
     problems = formula.resources.map do |r|
@@ -246,7 +246,7 @@ check("test block: passes against the built binaries") do
   end
 end
 check("test block: checks --version, /health and a clean stop") do
-  source = File.read(formula_path)[/^  test do\n.*?^  end\n/m].to_s
+  source = File.read(formula_path, encoding: "UTF-8")[/^  test do\n.*?^  end\n/m].to_s
   wanted = ["--version", "/health", "free_port", "Process.kill", "start\", \"--foreground"]
   missing = wanted.reject { |w| source.include?(w) }
   "test block lacks #{missing.join(", ")}" unless missing.empty?

@@ -5,7 +5,7 @@
 require "yaml"
 
 path = ARGV.fetch(0) { abort "usage: check_workflow.rb WORKFLOW" }
-doc = YAML.safe_load(File.read(path), aliases: false)
+doc = YAML.safe_load(File.read(path, encoding: "UTF-8"), aliases: false)
 problems = []
 
 # YAML 1.1 reads a bare `on` key as true.

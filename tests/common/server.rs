@@ -46,6 +46,8 @@ pub struct ServerOptions {
     /// Run `<bin_dir>/mlx-serve` (an installed copy) and let it find its worker beside
     /// itself, instead of the build tree's binaries.
     pub bin_dir: Option<PathBuf>,
+    /// Start the daemon with this soft limit on open files (as launchd's 256 on macOS).
+    pub open_files_soft_limit: Option<u64>,
 }
 
 pub struct Server {
@@ -104,6 +106,15 @@ impl Server {
             .stderr(Stdio::piped());
         for (k, v) in &opts.env {
             cmd.env(k, v);
+        }
+        if let Some(soft) = opts.open_files_soft_limit {
+            use nix::sys::resource::{getrlimit, setrlimit, Resource};
+            use std::os::unix::process::CommandExt;
+            let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || setrlimit(Resource::RLIMIT_NOFILE, soft, hard).map_err(std::io::Error::from));
+            }
         }
         let mut child = cmd.spawn().expect("start mlx-serve");
         let log = Arc::new(Mutex::new(Vec::new()));

@@ -22,6 +22,10 @@ use tokio::time::Instant;
 /// Weight of the past per new batch: the fit remembers about ten batches.
 const DECAY: f64 = 0.9;
 
+/// The largest share of a batch's time its fixed cost may take when batches are bounded
+/// in time ([`Pace::tokens_within`]).
+const MAX_FIXED_SHARE: f64 = 0.1;
+
 /// How early, before the worker is predicted to be free, the next batch is cut: an eighth
 /// of the running batch's predicted time, within these bounds. Early enough for the batch
 /// to be encoded, sent and decoded before the worker needs it (well under a millisecond on
@@ -78,13 +82,16 @@ impl Pace {
     }
 
     /// Most tokens a batch may hold to take at most `target`, once one batch has been
-    /// timed (at least `floor`: a batch always holds something worth its fixed cost).
+    /// timed. Never below `floor`, nor below what makes the fixed cost at most
+    /// [`MAX_FIXED_SHARE`] of the batch's time: a shorter target would spend the worker's
+    /// time on overhead instead of tokens.
     pub fn tokens_within(&self, target: Duration, floor: usize) -> Option<usize> {
         let (fixed, per_token) = self.line()?;
         if per_token <= 0.0 {
             return None;
         }
-        let n = ((target.as_secs_f64() - fixed) / per_token).floor();
+        let worth = fixed * (1.0 - MAX_FIXED_SHARE) / MAX_FIXED_SHARE / per_token;
+        let n = ((target.as_secs_f64() - fixed) / per_token).max(worth).floor();
         Some(if n.is_finite() && n > floor as f64 { n.min(usize::MAX as f64 / 2.0) as usize } else { floor })
     }
 
@@ -119,6 +126,20 @@ mod tests {
         let n = p.tokens_within(ms(250), 64).unwrap();
         assert!((2499..=2500).contains(&n), "{n}");
         assert_eq!(p.tokens_within(ms(1), 64), Some(64), "never below the floor");
+    }
+
+    #[test]
+    fn the_fixed_cost_stays_a_small_share() {
+        let mut p = Pace::default();
+        // 2 ms per batch + 0.1 ms per token: 20 ms holds 180 tokens; 5 ms would hold 30,
+        // where the fixed cost is 40% of the time: 180 tokens (2 ms of 20) instead.
+        for tokens in [100, 1000, 300, 2000, 50, 800] {
+            p.observe(tokens, Duration::from_secs_f64(0.002 + 0.0001 * tokens as f64));
+        }
+        let n = p.tokens_within(ms(20), 8).unwrap();
+        assert!((179..=180).contains(&n), "{n}");
+        let n = p.tokens_within(ms(5), 8).unwrap();
+        assert!((179..=180).contains(&n), "{n}");
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //!   window of items of similar length that includes the first served, chosen to hold the most
 //!   items and then to waste the least padding.
 //!
+//! A batch led by better-priority work than some of the queue holds only work of that
+//! priority or better, so a query that overtakes a bulk ingest is not made to wait for bulk
+//! inputs in its own batch.
+//!
 //! An item longer than the token budget still goes, alone. Items that were in flight when
 //! a worker died in a way that implicates its inputs ("suspects", `runner/recovery.rs`) go
 //! back to the head of the queue and are then sent one per batch, so a poison input is
@@ -158,7 +162,13 @@ impl Queue {
         // Serve order: the head is what must go now; the cut below works on this order.
         let order = service_order(self.items.make_contiguous(), now, self.aging, &self.turns);
         let mut slots: Vec<Option<Item>> = self.items.drain(..).map(Some).collect();
-        self.items = order.into_iter().map(|p| slots[p].take().expect("a permutation")).collect();
+        let ordered: VecDeque<Item> = order.into_iter().map(|p| slots[p].take().expect("a permutation")).collect();
+        // A batch led by work of a better priority than other queued work (a query that
+        // overtook a bulk ingest) holds only work of that priority or better: worse work
+        // riding along would make the query wait for it too. The rest waits its turn.
+        let lead = ordered[0].priority;
+        let held: VecDeque<Item>;
+        (self.items, held) = ordered.into_iter().partition(|i| i.priority <= lead);
         let chosen = match layout {
             Layout::Packed => self.fill_in_order(limits),
             Layout::Padded => self.similar_lengths(limits),
@@ -173,6 +183,7 @@ impl Queue {
             }
         }
         self.items = rest;
+        self.items.extend(held);
         self.count_served(&batch);
         batch.sort_by_key(Item::len);
         batch
@@ -368,6 +379,26 @@ mod tests {
             assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![0]);
             assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![1]);
             assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![2, 3]);
+        }
+    }
+
+    #[test]
+    fn a_batch_led_by_better_priority_work_holds_only_that() {
+        for layout in [Padded, Packed] {
+            let mut q = Queue::new(Duration::ZERO);
+            for j in 0..3 {
+                q.push(item(j, 20).with_class(10, 1));
+            }
+            q.push(item(3, 5).with_class(0, 2));
+            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![3], "the query alone, bulk waits");
+            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![0, 1, 2]);
+            // Work of the lead's priority or better rides along; worse does not.
+            q.push(item(4, 20).with_class(10, 1));
+            q.push(item(5, 5).with_class(0, 2));
+            q.push(item(6, 5).with_class(-1, 3));
+            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![6]);
+            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![5]);
+            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![4]);
         }
     }
 

@@ -14,6 +14,7 @@
 mod background;
 mod control_server;
 mod http;
+mod open_files;
 pub mod pidfile;
 #[cfg(test)]
 mod request_fuzz;
@@ -144,6 +145,9 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, DaemonErro
 pub async fn serve(config: Config) -> Result<(), DaemonError> {
     config.validate()?;
     ignore_hangups()?;
+    if let Some((before, after)) = open_files::raise() {
+        tracing::debug!(before, after, "open-file limit");
+    }
     let shutdown = shutdown_signal()?;
     let listener = bind(&config.server.host, config.server.port).await?;
     run(config, listener, shutdown).await

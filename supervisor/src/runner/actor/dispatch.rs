@@ -14,9 +14,9 @@ use crate::runner::jobs::BatchOutput;
 use crate::runner::recovery;
 use crate::worker::{Cause, Death, WorkerState};
 
-/// The smallest token budget the time bound may leave: about one long input, so a batch
-/// is never cut below what is worth its fixed cost.
-const MIN_BATCH_TOKENS: usize = 256;
+/// The smallest token budget the time bound may leave (besides the fixed-cost share that
+/// `Pace::tokens_within` keeps): a short input or two.
+const MIN_BATCH_TOKENS: usize = 64;
 
 impl Runner {
     fn in_flight_now(&self) -> InFlight {
