@@ -112,6 +112,14 @@ fn a_request_is_one_trace_with_its_batch_and_forward_spans() {
     embed(&server, &[&traceparent], &["the first input", "a second, longer input of several words", "third"]);
     // Without a traceparent: a trace of its own.
     embed(&server, &[], &["alone"]);
+    // A refused request is traced too, with its status.
+    let missing = raw::post_json(
+        server.port,
+        "/v1/embeddings",
+        &["traceparent: 00-11111111111111111111111111111111-2222222222222222-01"],
+        &json!({"model": "no-such-model", "input": "x"}),
+    );
+    assert_eq!(missing.status, 404, "{}", missing.body);
     assert_eq!(server.stop(), Some(0));
 
     let spans = receiver.spans();
@@ -128,6 +136,10 @@ fn a_request_is_one_trace_with_its_batch_and_forward_spans() {
     assert_eq!(attr(request, "mlx.inputs"), 3);
     let tokens = attr(request, "mlx.tokens").as_i64().unwrap();
     assert!(tokens > 3, "tokens of three inputs: {tokens}");
+    assert!(
+        request["attributes"].as_object().unwrap().keys().all(|k| !k.starts_with("code.") && !k.starts_with("thread.")),
+        "no source paths or thread ids in the attributes: {request}"
+    );
 
     let request_id = &request["span_id"];
     for name in ["tokenize", "queue.wait", "batch"] {
@@ -160,8 +172,15 @@ fn a_request_is_one_trace_with_its_batch_and_forward_spans() {
         "the span lasts what the worker measured: {span_us} vs {measured_us} µs"
     );
 
+    let refused: Vec<&Value> = spans.iter().filter(|s| s["trace_id"] == "11111111111111111111111111111111").collect();
+    let refused = one(&refused, "POST /v1/embeddings");
+    assert_eq!(attr(refused, "http.response.status_code"), 404);
+
     // The second request started a trace of its own, with the same shape.
-    let others: Vec<&Value> = spans.iter().filter(|s| s["trace_id"] != trace_id).collect();
+    let others: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["trace_id"] != trace_id && s["trace_id"] != "11111111111111111111111111111111")
+        .collect();
     let other = one(&others, "POST /v1/embeddings");
     assert_eq!(other["parent_span_id"], "", "a root span");
     assert_eq!(attr(other, "mlx.inputs"), 1);

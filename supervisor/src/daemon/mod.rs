@@ -100,8 +100,13 @@ pub fn init_logging(config: &Config) {
         Err(e) => (None, Some(e)),
     };
     let otel = otel.map(|tracer| {
+        // Only the spans' own attributes: no source paths, thread ids or busy/idle counters.
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
             .with_filter(filter_fn(|m| m.target().starts_with("mlx_serve") && *m.level() <= tracing::Level::INFO))
     });
     let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
