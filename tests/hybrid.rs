@@ -154,7 +154,7 @@ fn embed_tokens(
     }
     w.send(&SupervisorMessage::EmbedTokens { id, batch, outputs }).unwrap();
     match w.recv().unwrap() {
-        WorkerMessage::TokenEmbeddings { id: got, dim, data, sparse, colbert_dim, colbert } => {
+        WorkerMessage::TokenEmbeddings { id: got, dim, data, sparse, colbert_dim, colbert, .. } => {
             assert_eq!(got, id);
             Ok((data.chunks(dim as usize).map(<[f32]>::to_vec).collect(), sparse, colbert_dim, colbert))
         }

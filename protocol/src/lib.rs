@@ -32,7 +32,9 @@ use serde::{Deserialize, Serialize};
 ///    system counts it).
 /// 4: `ModelInfo::token_outputs`, `SupervisorMessage::EmbedTokens`,
 ///    `WorkerMessage::TokenEmbeddings` (bge-m3's sparse and ColBERT outputs).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: `forward_us` on `Embeddings`, `Scores` and `TokenEmbeddings` (the worker's own
+///    forward time, for the supervisor's trace spans: docs/tracing.md).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// What a model produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,10 +276,15 @@ pub enum WorkerMessage {
         id: u64,
         dim: u32,
         data: Vec<f32>,
+        /// Microseconds the worker spent computing the batch (the forward pass and reading
+        /// its outputs back), measured by the worker; the wire and queueing are not in it.
+        forward_us: u64,
     },
     Scores {
         id: u64,
         scores: Vec<f32>,
+        /// As in `Embeddings`.
+        forward_us: u64,
     },
     /// The answer to `EmbedTokens`: the pooled rows as in `Embeddings`, and what was asked.
     TokenEmbeddings {
@@ -291,6 +298,8 @@ pub enum WorkerMessage {
         /// Per sequence, its ColBERT rows, row-major `tokens - 1 × colbert_dim`; empty
         /// unless asked.
         colbert: Vec<Vec<f32>>,
+        /// As in `Embeddings`.
+        forward_us: u64,
     },
     Stats {
         id: u64,

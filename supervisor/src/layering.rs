@@ -16,10 +16,14 @@ use std::path::{Path, PathBuf};
 /// Each top-level module and what it may use, from the top layer down.
 const LAYERS: &[(&str, &[&str])] = &[
     ("cli", &["daemon", "control", "store", "config", "paths", "console"]),
-    ("daemon", &["api", "resolve", "runner", "batch", "worker", "control", "store", "config", "paths", "console"]),
-    ("api", &["resolve", "runner", "metrics", "tokenize", "store", "config"]),
+    (
+        "daemon",
+        &["api", "resolve", "runner", "batch", "worker", "control", "store", "telemetry", "config", "paths", "console"],
+    ),
+    ("api", &["resolve", "runner", "metrics", "telemetry", "tokenize", "store", "config"]),
     ("resolve", &["runner", "store", "config", "paths"]),
-    ("runner", &["batch", "metrics", "worker", "tokenize", "store", "config"]),
+    ("runner", &["batch", "metrics", "telemetry", "worker", "tokenize", "store", "config"]),
+    ("telemetry", &["config"]),
     ("batch", &["tokenize"]),
     ("metrics", &["worker"]),
     ("worker", &[]),

@@ -19,6 +19,7 @@
 //! runner/     one actor per model (handle, loop, crash recovery, back-off), the pool, eviction
 //! batch/      the per-model queue, batch cutting, and the dispatch policy (a pure function)
 //! metrics     Prometheus registry and metric names
+//! telemetry/  OpenTelemetry traces: OTLP export, request spans, batch and forward spans
 //! worker/     a worker process behind a trait: spawn + handshake, IPC framing, state
 //! control/    the control socket's JSON-lines language and its blocking client
 //! store/      models on disk: store, aliases, pull (hub/folder), quantize, downloads, metadata
@@ -43,6 +44,7 @@ pub mod paths;
 pub mod resolve;
 pub mod runner;
 pub mod store;
+pub mod telemetry;
 pub mod tokenize;
 pub mod worker;
 

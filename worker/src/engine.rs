@@ -345,6 +345,8 @@ impl Engine {
             sparse,
             colbert_dim,
             colbert,
+            // The server stamps the measured time (server.rs).
+            forward_us: 0,
         })
     }
 

@@ -150,7 +150,8 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
                 std::process::abort();
             }
         }
-        let reply = match item {
+        let computing = Instant::now();
+        let mut reply = match item {
             Incoming::Eof => return Ok(0),
             Incoming::Broken(e) => {
                 eprintln!("mlx-serve-worker: broken message stream from the supervisor ({e}); exiting");
@@ -161,7 +162,7 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             Incoming::Message(SupervisorMessage::Embed { id, batch }) => {
                 let check = precheck(&engine, ModelKind::Embedding, &batch);
                 answer(id, check, || {
-                    engine.embed(&batch).map(|(dim, data)| WorkerMessage::Embeddings { id, dim, data })
+                    engine.embed(&batch).map(|(dim, data)| WorkerMessage::Embeddings { id, dim, data, forward_us: 0 })
                 })
             }
             Incoming::Message(SupervisorMessage::EmbedTokens { id, batch, outputs }) => {
@@ -179,9 +180,12 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             }
             Incoming::Message(SupervisorMessage::Score { id, batch }) => {
                 let check = precheck(&engine, ModelKind::Reranker, &batch);
-                answer(id, check, || engine.score(&batch).map(|scores| WorkerMessage::Scores { id, scores }))
+                answer(id, check, || {
+                    engine.score(&batch).map(|scores| WorkerMessage::Scores { id, scores, forward_us: 0 })
+                })
             }
         };
+        stamp_forward_time(&mut reply, computing.elapsed());
         if let Err(e) = codec::write(&mut out, &reply) {
             eprintln!("mlx-serve-worker: cannot answer the supervisor ({e}); exiting");
             return Ok(EXIT_BROKEN_STREAM);
@@ -235,6 +239,18 @@ fn answer(
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+}
+
+/// Puts the time the batch took on its answer (the supervisor's `worker.forward` span,
+/// docs/tracing.md); other messages carry none.
+fn stamp_forward_time(reply: &mut WorkerMessage, took: std::time::Duration) {
+    if let WorkerMessage::Embeddings { forward_us, .. }
+    | WorkerMessage::Scores { forward_us, .. }
+    | WorkerMessage::TokenEmbeddings { forward_us, .. } = reply
+    {
+        // At least 1 µs: a computed batch took some time, and 0 reads as "not measured".
+        *forward_us = (took.as_micros() as u64).max(1);
+    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,23 @@ pub struct Scored {
 /// most one such job per core at a time: it is CPU-bound, and each job holds up to a
 /// batch of encodings (`tokenize.rs`), so this bounds the tokenizer's memory too.
 async fn off_thread<T: Send + 'static>(heavy: bool, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    // Every caller tokenizes here: the request's trace gets a `tokenize` span (with the
+    // wait for a tokenizer thread in it).
+    let span = crate::telemetry::enabled()
+        .then(|| tracing::info_span!(target: "mlx_serve::trace", "tokenize", mlx.tokenize.off_thread = heavy));
+    match span {
+        Some(span) => {
+            let inner = span.clone();
+            tracing::Instrument::instrument(tokenize_off_thread(heavy, move || inner.in_scope(f)), span).await
+        }
+        None => tokenize_off_thread(heavy, f).await,
+    }
+}
+
+async fn tokenize_off_thread<T: Send + 'static>(
+    heavy: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
     static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
     if heavy {
         let slots = SLOTS.get_or_init(|| {

@@ -45,7 +45,11 @@ pub async fn observe(State(state): State<SharedState>, req: Request, next: Next)
     let req = if declared.is_none() { count_body(req, read.clone()) } else { req };
     let id = state.next_request_id.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
-    let resp = next.run(req).await;
+    let span = crate::telemetry::request_span(req.headers(), method.as_str(), &endpoint);
+    let resp = match &span {
+        Some(span) => tracing::Instrument::instrument(next.run(req), span.clone()).await,
+        None => next.run(req).await,
+    };
     let elapsed = start.elapsed();
     let status = resp.status();
     let m = metrics();
@@ -54,6 +58,9 @@ pub async fn observe(State(state): State<SharedState>, req: Request, next: Next)
     let size = declared.unwrap_or_else(|| read.load(Ordering::Relaxed));
     m.request_size_bytes.with_label_values(&[&endpoint]).observe(size as f64);
     let log = resp.extensions().get::<RequestLog>().cloned().unwrap_or_default();
+    if let Some(span) = span {
+        record_on_span(&span, status, &log);
+    }
     if endpoint != "/metrics" && endpoint != "/health" && endpoint != "/ready" {
         tracing::info!(
             target: "request",
@@ -69,6 +76,21 @@ pub async fn observe(State(state): State<SharedState>, req: Request, next: Next)
         );
     }
     resp
+}
+
+/// What the response says, on the request's trace span (OpenTelemetry's HTTP semantic
+/// conventions: a 5xx is an error of a server span, a 4xx is not).
+fn record_on_span(span: &tracing::Span, status: axum::http::StatusCode, log: &RequestLog) {
+    // As i64: the bridge exports unsigned integers as strings.
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    if !log.model.is_empty() {
+        span.record("mlx.model", log.model.as_str());
+        span.record("mlx.inputs", log.inputs as i64);
+        span.record("mlx.tokens", log.tokens as i64);
+    }
 }
 
 /// Wraps a request body so every data frame read adds its length to `read`.

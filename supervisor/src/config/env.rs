@@ -18,6 +18,12 @@ impl Config {
         let mut set = Vec::new();
         let mut vars: Vec<(String, String)> = std::env::vars().collect();
         vars.sort();
+        // The OpenTelemetry variables first: an `MLX_SERVE_TRACING_*` variable, more
+        // specific, wins over its `OTEL_*` counterpart.
+        let otel: Vec<(String, String)> = vars.iter().filter(|(v, _)| v.starts_with("OTEL_")).cloned().collect();
+        for (key, var) in self.apply_otel_env(&otel) {
+            set.push((key, var));
+        }
         for (var, value) in vars {
             let Some(name) = var.strip_prefix("MLX_SERVE_") else { continue };
             let key = self.apply_env_var(name, &value).map_err(|reason| ConfigError::Env {
@@ -173,6 +179,22 @@ impl Config {
                 self.embedding_cache.memory_mb = parse(value)?;
                 "embedding_cache.memory_mb"
             }
+            "TRACING" | "TRACING_ENABLED" => {
+                self.tracing.enabled = boolean(value)?;
+                "tracing.enabled"
+            }
+            "TRACING_ENDPOINT" => {
+                self.tracing.endpoint = value.to_owned();
+                "tracing.endpoint"
+            }
+            "TRACING_SERVICE_NAME" => {
+                self.tracing.service_name = value.to_owned();
+                "tracing.service_name"
+            }
+            "TRACING_SAMPLE_RATIO" => {
+                self.tracing.sample_ratio = parse(value)?;
+                "tracing.sample_ratio"
+            }
             // Variables that are not config keys (paths of binaries, home, config file).
             _ => return Ok(None),
         };
@@ -180,9 +202,97 @@ impl Config {
     }
 }
 
+/// The OpenTelemetry SDK variables that map onto `tracing.*` keys, as the specification
+/// defines them ("Environment Variable Specification" and "OTLP Exporter Configuration",
+/// opentelemetry.io/docs/specs/otel/): a base endpoint gets `/v1/traces` appended, the
+/// traces endpoint is used as given; samplers are `always_on`, `always_off`,
+/// `traceidratio` and their `parentbased_` forms (all are parent-based here). Values the
+/// SDK would ignore are ignored with a warning, as the specification asks.
+impl Config {
+    fn apply_otel_env(&mut self, vars: &[(String, String)]) -> Vec<(&'static str, String)> {
+        let get = |name: &str| vars.iter().find(|(v, _)| v == name).map(|(_, value)| value.trim());
+        let mut set = Vec::new();
+        if let Some(disabled) = get("OTEL_SDK_DISABLED") {
+            if disabled.eq_ignore_ascii_case("true") {
+                self.tracing.enabled = false;
+                set.push(("tracing.enabled", "OTEL_SDK_DISABLED".to_owned()));
+            }
+        }
+        if let Some(base) = get("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.is_empty()) {
+            self.tracing.endpoint = format!("{}/v1/traces", base.trim_end_matches('/'));
+            set.push(("tracing.endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned()));
+        }
+        if let Some(url) = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|v| !v.is_empty()) {
+            self.tracing.endpoint = url.to_owned();
+            set.push(("tracing.endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".to_owned()));
+        }
+        if let Some(name) = get("OTEL_SERVICE_NAME").filter(|v| !v.is_empty()) {
+            self.tracing.service_name = name.to_owned();
+            set.push(("tracing.service_name", "OTEL_SERVICE_NAME".to_owned()));
+        }
+        if let Some(sampler) = get("OTEL_TRACES_SAMPLER") {
+            let ratio = match sampler.trim_start_matches("parentbased_") {
+                "always_on" => Some(1.0),
+                "always_off" => Some(0.0),
+                "traceidratio" => match get("OTEL_TRACES_SAMPLER_ARG").map(str::parse::<f64>) {
+                    Some(Ok(r)) if (0.0..=1.0).contains(&r) => Some(r),
+                    // The specification's default argument for a ratio sampler.
+                    None => Some(1.0),
+                    Some(_) => {
+                        tracing::warn!("OTEL_TRACES_SAMPLER_ARG is not a ratio between 0 and 1: ignored");
+                        None
+                    }
+                },
+                other => {
+                    tracing::warn!("OTEL_TRACES_SAMPLER={other} is not supported here: ignored");
+                    None
+                }
+            };
+            if let Some(r) = ratio {
+                self.tracing.sample_ratio = r;
+                set.push(("tracing.sample_ratio", "OTEL_TRACES_SAMPLER".to_owned()));
+            }
+        }
+        set
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn otel(pairs: &[(&str, &str)]) -> (Config, Vec<&'static str>) {
+        let mut c = Config::default();
+        let vars: Vec<(String, String)> = pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let keys = c.apply_otel_env(&vars).into_iter().map(|(k, _)| k).collect();
+        (c, keys)
+    }
+
+    #[test]
+    fn otel_variables_set_tracing_keys() {
+        let (c, _) = otel(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")]);
+        assert_eq!(c.tracing.endpoint, "http://collector:4318/v1/traces");
+        // The signal-specific endpoint wins over the base one and is used as given.
+        let (c, _) = otel(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b:4318/custom"),
+        ]);
+        assert_eq!(c.tracing.endpoint, "http://b:4318/custom");
+        let (c, keys) =
+            otel(&[("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.25")]);
+        assert_eq!((c.tracing.sample_ratio, keys), (0.25, vec!["tracing.sample_ratio"]));
+        let (c, _) = otel(&[("OTEL_TRACES_SAMPLER", "always_off")]);
+        assert_eq!(c.tracing.sample_ratio, 0.0);
+        let (c, _) = otel(&[("OTEL_SERVICE_NAME", "embedder-eu")]);
+        assert_eq!(c.tracing.service_name, "embedder-eu");
+        let mut on = Config::default();
+        on.tracing.enabled = true;
+        on.apply_otel_env(&[("OTEL_SDK_DISABLED".into(), "true".into())]);
+        assert!(!on.tracing.enabled);
+        // A bad argument leaves the ratio alone.
+        let (c, keys) = otel(&[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "2")]);
+        assert_eq!((c.tracing.sample_ratio, keys.len()), (1.0, 0));
+    }
 
     #[test]
     fn variables_set_their_keys() {

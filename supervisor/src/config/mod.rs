@@ -13,7 +13,7 @@ use std::path::PathBuf;
 pub use load::{Effective, Entry, Origin, Source};
 pub use schema::{
     ApiKey, BatchConfig, CacheConfig, Config, EmbeddingCacheConfig, KeyPriority, LimitsConfig, LoggingConfig,
-    MetricsConfig, ModelsConfig, SchedulingConfig, ServerConfig, ServiceConfig, EXAMPLE, PRIORITY_RANGE,
+    MetricsConfig, ModelsConfig, SchedulingConfig, ServerConfig, ServiceConfig, TracingConfig, EXAMPLE, PRIORITY_RANGE,
 };
 pub use yaml::parse_yaml;
 

@@ -26,6 +26,7 @@ pub struct Config {
     pub service: ServiceConfig,
     pub scheduling: SchedulingConfig,
     pub embedding_cache: EmbeddingCacheConfig,
+    pub tracing: TracingConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -352,6 +353,34 @@ impl Default for EmbeddingCacheConfig {
     }
 }
 
+/// OpenTelemetry trace export over OTLP/HTTP (`telemetry/`, docs/tracing.md). Off by
+/// default; the standard `OTEL_*` variables set these keys too (`env.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    pub enabled: bool,
+    /// The OTLP/HTTP traces URL (a Collector, Jaeger or Tempo), `/v1/traces` included.
+    pub endpoint: String,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// Share of traces kept, 0 to 1, for traces that start here; a request carrying a
+    /// `traceparent` follows its caller's decision (parent-based sampling).
+    pub sample_ratio: f64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            enabled: false,
+            // OTLP/HTTP's default port and path (OpenTelemetry specification, "OTLP
+            // Exporter Configuration": http://localhost:4318/v1/traces).
+            endpoint: "http://localhost:4318/v1/traces".into(),
+            service_name: "mlx-serve".into(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
 /// One entry of `scheduling.key_priorities`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -388,6 +417,12 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
+        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
+            problems.push("tracing.sample_ratio must be between 0 and 1");
+        }
+        if !(self.tracing.endpoint.starts_with("http://") || self.tracing.endpoint.starts_with("https://")) {
+            problems.push("tracing.endpoint must be an http:// or https:// URL");
+        }
         if self.batch.max_batch_size == 0 {
             problems.push("batch.max_batch_size must be at least 1");
         }

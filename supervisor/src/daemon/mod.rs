@@ -78,20 +78,48 @@ fn warn_if_exposed(config: &Config, addr: SocketAddr) {
     }
 }
 
-/// Sets up `tracing` from `logging.level` / `logging.format` (RUST_LOG wins when set).
+/// Sets up `tracing` from `logging.level` / `logging.format` (RUST_LOG wins when set),
+/// and, with `tracing.enabled`, the OpenTelemetry exporter and its bridge layer: it gets
+/// the request spans (`telemetry::TARGET`, which the log leaves out) and the server's own
+/// events at info and above, whatever the log level.
 pub fn init_logging(config: &Config) {
     use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.logging.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = if config.logging.format == "json" {
-        builder.json().flatten_event(true).try_init()
+    let not_trace_spans = filter_fn(|m| m.target() != crate::telemetry::TARGET);
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr);
+    let fmt = if config.logging.format == "json" {
+        fmt.json().flatten_event(true).with_filter(filter.and(not_trace_spans)).boxed()
     } else {
-        builder.try_init()
+        fmt.with_filter(filter.and(not_trace_spans)).boxed()
     };
+    let (otel, problem) = match crate::telemetry::install(&config.tracing) {
+        Ok(tracer) => (tracer, None),
+        Err(e) => (None, Some(e)),
+    };
+    let otel = otel.map(|tracer| {
+        // Only the spans' own attributes: no source paths, thread ids or busy/idle counters.
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_filter(filter_fn(|m| m.target().starts_with("mlx_serve") && *m.level() <= tracing::Level::INFO))
+    });
+    let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
+    match problem {
+        Some(e) => tracing::warn!("traces are not exported: {e}"),
+        None if config.tracing.enabled => tracing::info!(
+            endpoint = %config.tracing.endpoint,
+            sample_ratio = config.tracing.sample_ratio,
+            "exporting traces over OTLP/HTTP"
+        ),
+        None => {}
+    }
 }
 
 /// Binds `host:port`, saying clearly when the port is taken.
@@ -251,6 +279,8 @@ pub async fn run_with(
     if tokio::time::timeout(grace, pool.shutdown()).await.is_err() {
         tracing::warn!("workers did not stop within {grace:?}");
     }
+    // The spans of the last requests are still queued for export.
+    let _ = tokio::task::spawn_blocking(crate::telemetry::flush).await;
     tracing::info!("stopped");
     Ok(())
 }

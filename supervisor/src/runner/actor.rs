@@ -25,6 +25,7 @@ use super::handle::{JobError, PoolRequest, RunnerError, RunnerHandle, RunnerMsg,
 use super::jobs::{BatchOutput, Jobs};
 use super::RunnerConfig;
 use crate::batch::{Item, Layout, Limits, Pace, Queue};
+use crate::telemetry::BatchTrace;
 use crate::worker::{Cause, Death, StartError, Started, WorkerEvent, WorkerLink};
 
 /// A batch sent to the worker and not yet answered.
@@ -33,6 +34,8 @@ struct SentBatch {
     sent: Instant,
     /// Tokens the worker computes for it (`Layout::cost`).
     cost: usize,
+    /// The traced requests in it, whose spans are recorded when it is answered.
+    trace: BatchTrace,
 }
 
 /// A worker start that finished (in its own task, so the runner keeps answering).
@@ -187,9 +190,12 @@ impl Runner {
 
     async fn on_message(&mut self, msg: RunnerMsg) {
         match msg {
-            RunnerMsg::Job { job, seqs, class, outputs, reply } => {
+            RunnerMsg::Job { job, seqs, class, outputs, reply, trace } => {
                 for item in self.jobs.add(job, seqs, class, outputs, reply, Instant::now()) {
                     self.queue.push(item);
+                }
+                if let Some(cx) = trace {
+                    self.jobs.trace(job, cx);
                 }
             }
             RunnerMsg::Cancel(job) => self.cancel(job),
@@ -237,10 +243,18 @@ impl Runner {
 
     async fn on_worker_event(&mut self, ev: WorkerEvent) {
         match ev {
-            WorkerEvent::Message(WorkerMessage::Embeddings { id, dim, data }) => {
-                self.complete_batch(id, Some(BatchOutput::Rows { dim: dim as usize, data: &data }));
+            WorkerEvent::Message(WorkerMessage::Embeddings { id, dim, data, forward_us }) => {
+                self.complete_batch(id, Some((BatchOutput::Rows { dim: dim as usize, data: &data }, forward_us)));
             }
-            WorkerEvent::Message(WorkerMessage::TokenEmbeddings { id, dim, data, sparse, colbert_dim, colbert }) => {
+            WorkerEvent::Message(WorkerMessage::TokenEmbeddings {
+                id,
+                dim,
+                data,
+                sparse,
+                colbert_dim,
+                colbert,
+                forward_us,
+            }) => {
                 let output = BatchOutput::Tokens {
                     dim: dim as usize,
                     data: &data,
@@ -248,10 +262,10 @@ impl Runner {
                     colbert_dim: colbert_dim as usize,
                     colbert: &colbert,
                 };
-                self.complete_batch(id, Some(output));
+                self.complete_batch(id, Some((output, forward_us)));
             }
-            WorkerEvent::Message(WorkerMessage::Scores { id, scores }) => {
-                self.complete_batch(id, Some(BatchOutput::Scores(&scores)));
+            WorkerEvent::Message(WorkerMessage::Scores { id, scores, forward_us }) => {
+                self.complete_batch(id, Some((BatchOutput::Scores(&scores), forward_us)));
             }
             WorkerEvent::Message(WorkerMessage::Stats { id, stats }) => {
                 self.status.lock().unwrap().worker_stats = Some(stats.clone());

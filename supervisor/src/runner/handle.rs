@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::metrics::metrics;
+use crate::telemetry::JobTrace;
 use crate::tokenize::Tokens;
 use crate::worker::{StartError, WorkerState};
 
@@ -144,6 +145,8 @@ pub enum RunnerMsg {
         class: JobClass,
         outputs: TokenOutputs,
         reply: oneshot::Sender<JobResult>,
+        /// The request's trace, when traced (`telemetry/`).
+        trace: Option<JobTrace>,
     },
     /// The job's ticket was dropped unanswered: forget it and its queued inputs.
     Cancel(u64),
@@ -220,7 +223,9 @@ impl RunnerHandle {
         let (reply, rx) = oneshot::channel();
         self.status.lock().unwrap().last_used = Instant::now();
         let job = self.next_job.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(RunnerMsg::Job { job, seqs, class, outputs, reply }).is_err() {
+        // Called inside the request's span: its batch spans go into the request's trace.
+        let trace = crate::telemetry::current_context();
+        if self.tx.send(RunnerMsg::Job { job, seqs, class, outputs, reply, trace }).is_err() {
             self.queued.fetch_sub(n, Ordering::SeqCst);
             return Err(JobError::ShuttingDown);
         }

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::handle::{JobClass, JobError, JobOutput, JobResult, TokenRows};
 use crate::batch::Item;
+use crate::telemetry::JobTrace;
 use crate::tokenize::Tokens;
 
 /// What a worker returned for one batch, row `i` belonging to the batch's item `i`.
@@ -40,6 +41,8 @@ struct Job {
     sparse: Vec<Vec<(u32, f32)>>,
     colbert_dim: usize,
     colbert: Vec<Vec<f32>>,
+    /// The request's trace context, when it is traced (`telemetry/`).
+    trace: Option<JobTrace>,
 }
 
 #[derive(Default)]
@@ -64,8 +67,18 @@ impl Jobs {
             if outputs.sparse { vec![Vec::new(); n] } else { Vec::new() },
             if outputs.colbert { vec![Vec::new(); n] } else { Vec::new() },
         );
-        let job_state =
-            Job { reply, n, remaining: n, dim: 0, data: Vec::new(), outputs, sparse, colbert_dim: 0, colbert };
+        let job_state = Job {
+            reply,
+            n,
+            remaining: n,
+            dim: 0,
+            data: Vec::new(),
+            outputs,
+            sparse,
+            colbert_dim: 0,
+            colbert,
+            trace: None,
+        };
         self.table.insert(job, job_state);
         seqs.into_iter()
             .enumerate()
@@ -78,6 +91,18 @@ impl Jobs {
 
     /// Forgets `job` without answering it (its requester went away); false when it was
     /// already answered.
+    /// Keeps the trace context of a job just added.
+    pub fn trace(&mut self, job: u64, cx: JobTrace) {
+        if let Some(j) = self.table.get_mut(&job) {
+            j.trace = Some(cx);
+        }
+    }
+
+    /// The trace context of a job, when it is traced.
+    pub fn trace_of(&self, job: u64) -> Option<&JobTrace> {
+        self.table.get(&job).and_then(|j| j.trace.as_ref())
+    }
+
     pub fn forget(&mut self, job: u64) -> bool {
         self.table.remove(&job).is_some()
     }

@@ -224,9 +224,13 @@ async fn serve(
         tokio::time::sleep(delay).await;
         let answer = if embed {
             let data = (0..batch.len()).flat_map(|i| [first[i] as f32, batch.sequence(i).len() as f32]).collect();
-            WorkerMessage::Embeddings { id, dim: 2, data }
+            WorkerMessage::Embeddings { id, dim: 2, data, forward_us: delay.as_micros() as u64 }
         } else {
-            WorkerMessage::Scores { id, scores: first.iter().map(|&t| t as f32).collect() }
+            WorkerMessage::Scores {
+                id,
+                scores: first.iter().map(|&t| t as f32).collect(),
+                forward_us: delay.as_micros() as u64,
+            }
         };
         let _ = events.send(WorkerEvent::Message(answer));
     }

@@ -5,6 +5,8 @@
 use std::sync::atomic::Ordering;
 
 use mlx_serve_protocol::{ModelKind, SupervisorMessage, TokenBatch, TokenOutputs};
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use super::{Runner, SentBatch};
@@ -12,6 +14,7 @@ use crate::batch::{decide, Decision, InFlight, Item, Limits, Rules};
 use crate::metrics::metrics;
 use crate::runner::jobs::BatchOutput;
 use crate::runner::recovery;
+use crate::telemetry::{BatchFacts, BatchTrace};
 use crate::worker::{Cause, Death, WorkerState};
 
 /// The smallest token budget the time bound may leave (besides the fixed-cost share that
@@ -143,6 +146,14 @@ impl Runner {
             ModelKind::Embedding => (SupervisorMessage::Embed { id, batch }, "embed"),
             ModelKind::Reranker => (SupervisorMessage::Score { id, batch }, "rerank"),
         };
+        let mut trace = BatchTrace::default();
+        if crate::telemetry::enabled() {
+            for item in &items {
+                if let Some(cx) = self.jobs.trace_of(item.job) {
+                    trace.ride(item.job, cx, item.len(), item.enqueued);
+                }
+            }
+        }
         let m = metrics();
         m.batch_size.with_label_values(&[endpoint]).observe(items.len() as f64);
         m.tokens_total.with_label_values(&[&self.name]).inc_by(real);
@@ -150,21 +161,32 @@ impl Runner {
         m.padded_tokens_total.with_label_values(&[&self.name]).inc_by(cost as u64);
         self.status.lock().unwrap().batches += 1;
         let sent = self.worker.as_ref().map(|w| w.send(&msg));
+        trace.sent();
         let now = Instant::now();
         if self.in_flight.is_empty() {
             self.head_since = now;
         }
-        self.in_flight.insert(id, SentBatch { items, sent: now, cost });
+        self.in_flight.insert(id, SentBatch { items, sent: now, cost, trace });
         // A failed send means the worker is gone; its Died event requeues the batch.
         matches!(sent, Some(Ok(())))
     }
 
     /// Takes an answered batch out of flight and, with its rows or scores, answers its
     /// jobs. The batch being computed finished: the worker's pace learns how long it took,
-    /// and the next batch begins computing now.
-    pub(super) fn complete_batch(&mut self, id: u64, output: Option<BatchOutput<'_>>) -> Option<SentBatch> {
+    /// and the next batch begins computing now. `output` comes with the worker's forward
+    /// time in microseconds; None is an error answer.
+    pub(super) fn complete_batch(&mut self, id: u64, output: Option<(BatchOutput<'_>, u64)>) -> Option<SentBatch> {
         let was_head = self.in_flight.keys().next() == Some(&id);
-        let batch = self.in_flight.remove(&id)?;
+        let mut batch = self.in_flight.remove(&id)?;
+        let facts = BatchFacts {
+            model: &self.name,
+            id,
+            size: batch.items.len(),
+            tokens: batch.items.iter().map(|i| i.len() as u64).sum(),
+        };
+        let forward = output.as_ref().map(|(_, us)| Duration::from_micros(*us));
+        let error = output.is_none().then_some("the worker answered an error");
+        std::mem::take(&mut batch.trace).finish(facts, forward, error);
         let now = Instant::now();
         if was_head {
             if output.is_some() {
@@ -173,7 +195,7 @@ impl Runner {
             self.head_since = now;
         }
         metrics().model_inference_seconds.with_label_values(&[&self.name]).observe((now - batch.sent).as_secs_f64());
-        if let Some(output) = output {
+        if let Some((output, _)) = output {
             self.start_failures = 0;
             self.jobs.scatter(&self.name, self.kind, &batch.items, output);
         }
