@@ -173,6 +173,14 @@ impl Config {
                 self.embedding_cache.memory_mb = parse(value)?;
                 "embedding_cache.memory_mb"
             }
+            "EMBEDDING_CACHE_DISK_MB" => {
+                self.embedding_cache.disk_mb = parse(value)?;
+                "embedding_cache.disk_mb"
+            }
+            "EMBEDDING_CACHE_DISK_PATH" => {
+                self.embedding_cache.disk_path = Some(value.into());
+                "embedding_cache.disk_path"
+            }
             // Variables that are not config keys (paths of binaries, home, config file).
             _ => return Ok(None),
         };
