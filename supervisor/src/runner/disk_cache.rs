@@ -43,11 +43,11 @@ pub const ENTRY_OVERHEAD: u64 = 128;
 /// pages freed by the last transactions and partly filled pages beside the live data,
 /// an empty file takes about 1.5 MiB, and the file grows by doubling
 /// (`Writer::keep_file_within_budget` lowers the share when the file does not fit).
-const LIVE_SHARE: f64 = 0.2;
+const LIVE_SHARE: f64 = 0.3;
 
 /// A compacted file should take at most this share of the budget, so that it can grow
 /// (by doubling) and reuse freed pages for a while before the next compaction.
-const COMPACTED_SHARE: f64 = 0.3;
+const COMPACTED_SHARE: f64 = 0.45;
 
 /// Writes waiting for the writer thread; past this a write is dropped and counted.
 const QUEUE: usize = 4096;
@@ -441,6 +441,7 @@ impl Writer {
         let live_budget = self.live_target;
         let mut before_clear = (0, 0);
         let mut evicted = 0;
+        let totals;
         {
             let mut vectors = txn.open_table(VECTORS)?;
             let mut order = txn.open_table(ORDER)?;
@@ -480,10 +481,12 @@ impl Writer {
             evicted += evict(&mut vectors, &mut order, &mut bytes, live_budget)?;
             meta.insert("seq", seq)?;
             meta.insert("bytes", bytes)?;
-            self.counters.entries.store(vectors.len()?, Ordering::Relaxed);
-            self.counters.bytes.store(bytes, Ordering::Relaxed);
+            totals = (vectors.len()?, bytes);
         }
         txn.commit()?;
+        // Counted once committed: `cache stats` reports acknowledged entries only.
+        self.counters.entries.store(totals.0, Ordering::Relaxed);
+        self.counters.bytes.store(totals.1, Ordering::Relaxed);
         self.counters.evictions.fetch_add(evicted, Ordering::Relaxed);
         metrics().embedding_cache_disk_evictions_total.inc_by(evicted);
         Ok(before_clear)
