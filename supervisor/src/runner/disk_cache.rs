@@ -25,7 +25,7 @@ use redb::{Database, DatabaseError, ReadableTable, ReadableTableMetadata, TableD
 use ring::digest::{digest, SHA256};
 use serde::{Deserialize, Serialize};
 
-use super::vector_cache::{Cached, Key};
+use super::cached_vector::{Cached, Key};
 use crate::metrics::metrics;
 
 /// key (32 bytes) → value (see [`encode`]).

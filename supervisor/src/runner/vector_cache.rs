@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
+pub use super::cached_vector::{Cached, Key};
 use super::disk_cache::{DiskCache, DiskStats};
 use crate::metrics::metrics;
 use crate::store::metadata::ModelMetadata;
@@ -33,17 +34,6 @@ use crate::tokenize::LongInput;
 /// Bytes counted per entry beside its vector: the key, the bookkeeping of the two maps
 /// (hash table slot, B-tree node share) and the allocation headers, rounded up.
 pub const ENTRY_OVERHEAD: usize = 160;
-
-pub type Key = [u8; 32];
-
-/// A cached vector, the tokens its input had (for `usage`) and the windows it was
-/// pooled from (1 unless chunked).
-#[derive(Debug, Clone)]
-pub struct Cached {
-    pub row: Arc<[f32]>,
-    pub tokens: u32,
-    pub chunks: u32,
-}
 
 /// What `mlx-serve cache stats` shows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
