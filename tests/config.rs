@@ -136,7 +136,8 @@ fn example_config_is_the_committed_file_and_the_defaults() {
         assert_eq!(key, key2);
         assert_eq!(default, value, "{key}: the example's value is not the default");
         // Keys the example leaves commented out (no default value to show) stay defaults.
-        let commented = ["models.directory", "metrics.port", "server.api_key"].contains(&key.as_str());
+        let commented =
+            ["models.directory", "metrics.port", "server.api_key", "embedding_cache.disk_path"].contains(&key.as_str());
         assert_eq!(source, if commented { "default" } else { "file" }, "{key}");
     }
 }

@@ -39,6 +39,14 @@ pub struct Metrics {
     pub embedding_cache_bytes: Gauge,
     pub embedding_cache_entries: Gauge,
     pub embedding_cache_budget_bytes: Gauge,
+    pub embedding_cache_disk_hits_total: IntCounter,
+    pub embedding_cache_disk_misses_total: IntCounter,
+    pub embedding_cache_disk_evictions_total: IntCounter,
+    pub embedding_cache_disk_dropped_writes_total: IntCounter,
+    pub embedding_cache_disk_corrupt_total: IntCounter,
+    pub embedding_cache_disk_bytes: Gauge,
+    pub embedding_cache_disk_entries: Gauge,
+    pub embedding_cache_disk_budget_bytes: Gauge,
     pub queue_wait_seconds: HistogramVec,
     /// Priorities that have a series per model, so `forget_model` can drop them.
     priorities_seen: std::sync::Mutex<std::collections::BTreeMap<String, std::collections::BTreeSet<i32>>>,
@@ -195,6 +203,54 @@ impl Metrics {
             embedding_cache_budget_bytes: register_gauge_with_registry!(
                 "mlx_serve_embedding_cache_budget_bytes",
                 "The embedding cache's byte budget (embedding_cache.memory_mb; 0: off)",
+                r
+            )
+            .unwrap(),
+            embedding_cache_disk_hits_total: register_int_counter_with_registry!(
+                "mlx_serve_embedding_cache_disk_hits_total",
+                "Texts missed in memory and found in the embedding cache's disk tier",
+                r
+            )
+            .unwrap(),
+            embedding_cache_disk_misses_total: register_int_counter_with_registry!(
+                "mlx_serve_embedding_cache_disk_misses_total",
+                "Texts looked up in the embedding cache's disk tier and not found (or refused as corrupt)",
+                r
+            )
+            .unwrap(),
+            embedding_cache_disk_evictions_total: register_int_counter_with_registry!(
+                "mlx_serve_embedding_cache_disk_evictions_total",
+                "Vectors dropped from the disk tier to stay within its budget (oldest written first)",
+                r
+            )
+            .unwrap(),
+            embedding_cache_disk_dropped_writes_total: register_int_counter_with_registry!(
+                "mlx_serve_embedding_cache_disk_dropped_writes_total",
+                "Vectors not written to the disk tier because its write queue was full",
+                r
+            )
+            .unwrap(),
+            embedding_cache_disk_corrupt_total: register_int_counter_with_registry!(
+                "mlx_serve_embedding_cache_disk_corrupt_total",
+                "Disk-tier entries that failed their checksum: deleted, never served",
+                r
+            )
+            .unwrap(),
+            embedding_cache_disk_bytes: register_gauge_with_registry!(
+                "mlx_serve_embedding_cache_disk_bytes",
+                "Bytes of committed disk-tier entries, as its budget counts them",
+                r
+            )
+            .unwrap(),
+            embedding_cache_disk_entries: register_gauge_with_registry!(
+                "mlx_serve_embedding_cache_disk_entries",
+                "Committed vectors in the disk tier",
+                r
+            )
+            .unwrap(),
+            embedding_cache_disk_budget_bytes: register_gauge_with_registry!(
+                "mlx_serve_embedding_cache_disk_budget_bytes",
+                "The disk tier's budget for its file (embedding_cache.disk_mb; 0: off)",
                 r
             )
             .unwrap(),

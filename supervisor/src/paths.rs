@@ -7,6 +7,8 @@
 //! $MLX_SERVE_HOME (default ~/.mlx-serve)
 //! ├─ config.yaml                  (MLX_SERVE_CONFIG overrides the path)
 //! ├─ models/<name>/               the store (models.directory overrides it)
+//! ├─ cache/embeddings.redb        the embedding cache's disk tier, when on
+//! │                               (embedding_cache.disk_path overrides it)
 //! ├─ run/  (0700, ours)           mlx-serve-<port>.pid, mlx-serve-<port>.sock (0600),
 //! │                               w<pid>-<n>.sock, one per worker while it starts
 //! └─ logs/                        mlx-serve-<port>.log (background start), service.log

@@ -360,7 +360,7 @@ fn cached_then_tokenized(
         Some(_) => texts.iter().map(|t| vector_cache::key(&model.cache_id, long, t.as_bytes())).collect(),
         None => Vec::new(),
     };
-    let mut found = vectors.map_or_else(Vec::new, |v| v.get_many(&keys));
+    let mut found = vectors.map_or_else(Vec::new, |v| v.get_many(&model.name, &keys));
     found.resize(texts.len(), None);
     let missing: Vec<usize> = (0..texts.len()).filter(|&i| found[i].is_none()).collect();
     let refs: Vec<&str> = missing.iter().map(|&i| texts[i].as_str()).collect();

@@ -26,9 +26,10 @@ pub struct CacheArgs {
 
 #[derive(Subcommand)]
 pub enum CacheCommand {
-    /// Entries, memory held and budget, hits, misses and evictions since start.
+    /// Entries, memory held and budget, hits, misses and evictions since start; the
+    /// same for the disk tier when it is on.
     Stats,
-    /// Drop every cached vector.
+    /// Drop every cached vector, in memory and on disk.
     Clear,
 }
 
@@ -46,7 +47,14 @@ pub fn cache_cmd(args: CacheArgs) -> Result<()> {
     }
     let n = |k: &str| result[k].as_u64().unwrap_or(0);
     match request {
-        Request::CacheClear => outln!("cleared {} vectors ({})", n("entries"), human_bytes(n("bytes"))),
+        Request::CacheClear => {
+            outln!("cleared {} vectors ({})", n("entries"), human_bytes(n("bytes")));
+            let disk = &result["disk"];
+            if disk.is_object() {
+                let d = |k: &str| disk[k].as_u64().unwrap_or(0);
+                outln!("cleared {} vectors on disk ({})", d("entries"), human_bytes(d("bytes")));
+            }
+        }
         _ => {
             let looked = n("hits") + n("misses");
             let rate = if looked == 0 { 0.0 } else { 100.0 * n("hits") as f64 / looked as f64 };
@@ -55,6 +63,29 @@ pub fn cache_cmd(args: CacheArgs) -> Result<()> {
             outln!("hits       {} ({rate:.1}% of {looked} lookups)", n("hits"));
             outln!("misses     {}", n("misses"));
             outln!("evictions  {}", n("evictions"));
+            let disk = &result["disk"];
+            if disk.is_object() {
+                let d = |k: &str| disk[k].as_u64().unwrap_or(0);
+                let looked = d("hits") + d("misses");
+                let rate = if looked == 0 { 0.0 } else { 100.0 * d("hits") as f64 / looked as f64 };
+                outln!("disk       {}", disk["path"].as_str().unwrap_or(""));
+                outln!(
+                    "  entries  {} ({} of {}; file {})",
+                    d("entries"),
+                    human_bytes(d("bytes")),
+                    human_bytes(d("budget_bytes")),
+                    human_bytes(d("file_bytes"))
+                );
+                outln!("  hits     {} ({rate:.1}% of {looked} lookups)", d("hits"));
+                outln!(
+                    "  evictions {}, dropped writes {}, corrupt {}",
+                    d("evictions"),
+                    d("dropped_writes"),
+                    d("corrupt")
+                );
+            } else {
+                outln!("disk       off (embedding_cache.disk_mb)");
+            }
         }
     }
     Ok(())

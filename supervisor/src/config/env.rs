@@ -195,6 +195,14 @@ impl Config {
                 self.tracing.sample_ratio = parse(value)?;
                 "tracing.sample_ratio"
             }
+            "EMBEDDING_CACHE_DISK_MB" => {
+                self.embedding_cache.disk_mb = parse(value)?;
+                "embedding_cache.disk_mb"
+            }
+            "EMBEDDING_CACHE_DISK_PATH" => {
+                self.embedding_cache.disk_path = Some(value.into());
+                "embedding_cache.disk_path"
+            }
             // Variables that are not config keys (paths of binaries, home, config file).
             _ => return Ok(None),
         };
@@ -308,6 +316,13 @@ mod tests {
         assert!(c.apply_env_var("PORT", "many").is_err());
         assert_eq!(c.apply_env_var("CHUNKING", "on"), Ok(Some("models.chunking.enabled")));
         assert_eq!(c.apply_env_var("CHUNK_OVERLAP_TOKENS", "32"), Ok(Some("models.chunking.overlap_tokens")));
+        assert_eq!(c.apply_env_var("EMBEDDING_CACHE_DISK_MB", "16"), Ok(Some("embedding_cache.disk_mb")));
+        assert_eq!(c.apply_env_var("EMBEDDING_CACHE_DISK_PATH", "/v/c.redb"), Ok(Some("embedding_cache.disk_path")));
+        assert_eq!((c.embedding_cache.disk_mb, c.embedding_cache.disk_file()), (16, "/v/c.redb".into()));
+        assert!(c.validate().is_ok());
+        c.embedding_cache.disk_mb = 4;
+        assert!(c.validate().unwrap_err().to_string().contains("embedding_cache.disk_mb must be 0"));
+        c.embedding_cache.disk_mb = 0;
         assert_eq!(c.models.chunking.for_model("any"), Some(32));
         assert_eq!(c.apply_env_var("API_KEY", "k1"), Ok(Some("server.api_key")));
         assert_eq!(c.server.api_key, Some(crate::config::ApiKey("k1".into())));

@@ -339,17 +339,41 @@ pub struct SchedulingConfig {
     pub max_batch_ms: u64,
 }
 
-/// The in-memory embedding cache (`runner/vector_cache.rs`, docs/cache.md).
+/// The embedding cache (`runner/vector_cache.rs`, its disk tier `runner/disk_cache.rs`,
+/// docs/cache.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EmbeddingCacheConfig {
     /// Memory for cached vectors, MiB (0: no cache). Least recently used go first.
     pub memory_mb: u64,
+    /// The disk tier's file may hold this many MiB (0: no disk tier). Oldest written go
+    /// first.
+    pub disk_mb: u64,
+    /// The disk tier's file (default `<home>/cache/embeddings.redb`). One daemon per file.
+    pub disk_path: Option<PathBuf>,
 }
 
 impl Default for EmbeddingCacheConfig {
     fn default() -> Self {
-        EmbeddingCacheConfig { memory_mb: 64 }
+        EmbeddingCacheConfig { memory_mb: 64, disk_mb: 0, disk_path: None }
+    }
+}
+
+/// The smallest disk tier: an empty store file takes about 1.5 MiB and the file is kept
+/// at under half its budget between compactions (runner/disk_cache.rs).
+pub const MIN_DISK_MB: u64 = 8;
+
+impl EmbeddingCacheConfig {
+    /// The disk tier's file: `disk_path` (a leading `~` is the user's home) or
+    /// `<home>/cache/embeddings.redb`.
+    pub fn disk_file(&self) -> PathBuf {
+        match &self.disk_path {
+            Some(p) => match p.strip_prefix("~") {
+                Ok(rest) => crate::paths::user_home().join(rest),
+                Err(_) => p.clone(),
+            },
+            None => crate::paths::home_dir().join("cache").join("embeddings.redb"),
+        }
     }
 }
 
@@ -425,6 +449,10 @@ impl Config {
         }
         if self.batch.max_batch_size == 0 {
             problems.push("batch.max_batch_size must be at least 1");
+        }
+        if (1..MIN_DISK_MB).contains(&self.embedding_cache.disk_mb) {
+            // An empty redb file already takes about 1.5 MiB (docs/cache.md).
+            problems.push("embedding_cache.disk_mb must be 0 (no disk tier) or at least 8");
         }
         if self.batch.max_queue_size == 0 {
             problems.push("batch.max_queue_size must be at least 1");

@@ -217,8 +217,17 @@ async fn handle(state: &ControlState, request: Request) -> Result<serde_json::Va
         }
         Request::CacheStats => Ok(to_json(&state.pool.vectors().stats())),
         Request::CacheClear => {
-            let before = state.pool.vectors().clear();
-            tracing::info!(entries = before.entries, bytes = before.bytes, "embedding cache cleared");
+            // Clearing the disk tier waits for its writer thread: off the runtime's threads.
+            let vectors = state.pool.vectors().clone();
+            let before = tokio::task::spawn_blocking(move || vectors.clear()).await.unwrap_or_default();
+            let (disk_entries, disk_bytes) = before.disk.as_ref().map_or((0, 0), |d| (d.entries, d.bytes));
+            tracing::info!(
+                entries = before.entries,
+                bytes = before.bytes,
+                disk_entries,
+                disk_bytes,
+                "embedding cache cleared"
+            );
             Ok(to_json(&before))
         }
         Request::Restart { model } => {

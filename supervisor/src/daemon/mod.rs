@@ -37,6 +37,7 @@ use crate::config::{Config, ConfigError};
 use crate::control::ControlError;
 use crate::paths;
 use crate::resolve;
+use crate::runner::disk_cache::DiskCache;
 use crate::runner::{Pool, PoolConfig, RunnerConfig};
 use crate::store::downloads::Downloads;
 use crate::store::Store;
@@ -62,6 +63,17 @@ impl DaemonError {
     pub fn io(what: impl Into<String>, cause: std::io::Error) -> DaemonError {
         DaemonError::Io { what: what.into(), cause }
     }
+}
+
+/// Opens the embedding cache's disk tier when `embedding_cache.disk_mb` is set (a file
+/// another daemon holds is an error: docs/cache.md).
+fn open_disk_cache(config: &Config) -> Result<Option<Arc<DiskCache>>, DaemonError> {
+    let mb = config.embedding_cache.disk_mb;
+    if mb == 0 {
+        return Ok(None);
+    }
+    let path = config.embedding_cache.disk_file();
+    DiskCache::open(&path, mb.saturating_mul(1 << 20)).map(Some).map_err(|e| DaemonError::Failed(e.to_string()))
 }
 
 /// The least time workers get to stop once the HTTP side has drained.
@@ -227,6 +239,7 @@ pub async fn run_with(
         cache: config.cache.clone(),
         preload: config.models.preload.clone(),
         vector_cache_bytes: (config.embedding_cache.memory_mb as usize).saturating_mul(1 << 20),
+        vector_disk: open_disk_cache(&config)?,
     };
     let pool = Pool::new(store.clone(), pool_cfg, runner_cfg);
     let downloads = Arc::new(Downloads::new(store));

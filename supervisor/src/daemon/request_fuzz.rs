@@ -234,7 +234,12 @@ fn app() -> &'static App {
             let s = Store::new(store.clone());
             let pool = Pool::new(
                 s.clone(),
-                PoolConfig { cache: config.cache.clone(), preload: Vec::new(), vector_cache_bytes: 0 },
+                PoolConfig {
+                    cache: config.cache.clone(),
+                    preload: Vec::new(),
+                    vector_cache_bytes: 0,
+                    vector_disk: None,
+                },
                 runner_cfg,
             );
             let state =

@@ -12,13 +12,17 @@
 //!   functions.
 //! - `pool.rs`: runners by model, created on first use; `eviction.rs`: TTL and LRU.
 //! - `vector_cache.rs`: the embedding cache (vectors by model and text, LRU under a byte
-//!   budget), held by the pool so that forgetting a model drops its vectors.
+//!   budget), held by the pool so that forgetting a model drops its vectors;
+//!   `disk_cache.rs`: its optional disk tier (one redb file, a writer thread);
+//!   `cached_vector.rs`: what both tiers hold.
 //!
 //! The runner reaches its worker only through `worker::WorkerLauncher` / `WorkerLink`, so
 //! `tests/` drives it with a fake worker that hangs, answers slowly, crashes or is killed
 //! on cue, on a paused clock.
 
 mod actor;
+pub mod cached_vector;
+pub mod disk_cache;
 mod eviction;
 mod handle;
 mod jobs;

@@ -14,6 +14,7 @@ use mlx_serve_protocol::ModelKind;
 use tokio::sync::mpsc;
 
 use super::actor::spawn_runner;
+use super::disk_cache::DiskCache;
 use super::eviction;
 use super::handle::{PoolRequest, RunnerHandle};
 use super::vector_cache::{model_identity, VectorCache};
@@ -31,7 +32,7 @@ pub struct ModelEntry {
     pub tokenizer: Arc<ModelTokenizer>,
     pub runner: RunnerHandle,
     /// What its vectors are cached under (`vector_cache.rs`): name, revision,
-    /// quantization and this entry's generation.
+    /// quantization and a fingerprint of its files.
     pub cache_id: Arc<str>,
 }
 
@@ -53,6 +54,8 @@ pub struct PoolConfig {
     pub preload: Vec<String>,
     /// `embedding_cache.memory_mb` in bytes (0: no cache).
     pub vector_cache_bytes: usize,
+    /// The embedding cache's disk tier (`embedding_cache.disk_mb`), opened by the daemon.
+    pub vector_disk: Option<Arc<DiskCache>>,
 }
 
 struct PoolInner {
@@ -79,7 +82,7 @@ impl Pool {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = PoolInner {
             store,
-            vectors: Arc::new(VectorCache::new(config.vector_cache_bytes)),
+            vectors: Arc::new(VectorCache::new(config.vector_cache_bytes, config.vector_disk.clone())),
             config,
             runner_cfg,
             entries: Mutex::new(HashMap::new()),

@@ -3,9 +3,10 @@
 //! tokenization and the worker.
 //!
 //! Content-addressed: the key is the SHA-256 of the model's identity (store name,
-//! revision and quantization from its metadata, and the generation of its pool entry,
-//! which is new whenever the model is forgotten — removed, deleted, pulled again — and
-//! loaded anew), what is done to over-long input (truncated, refused, or chunked and with
+//! revision and quantization from its metadata, and a fingerprint of its files — names,
+//! sizes, modification times, inodes — which changes when the model is removed and
+//! pulled again or its files are replaced, and survives a restart, so the disk tier
+//! `disk_cache.rs` can use the same keys), what is done to over-long input (truncated, refused, or chunked and with
 //! which overlap: docs/long-documents.md), and the bytes the tokenizer sees
 //! (the text with the model's prompt or instruction already in front). Anything that
 //! changes the vector changes the key. A model that is forgotten also has its entries
@@ -13,15 +14,19 @@
 //!
 //! Only text input is cached (token-id input is already the cheap part). The budget,
 //! `embedding_cache.memory_mb`, counts each entry's vector plus [`ENTRY_OVERHEAD`].
+//!
+//! With `embedding_cache.disk_mb` set, a memory miss is looked up on disk and a hit there
+//! is promoted to memory; every computed vector is also queued for the disk.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ring::digest::{Context, SHA256};
 use serde::{Deserialize, Serialize};
 
+pub use super::cached_vector::{Cached, Key};
+use super::disk_cache::{DiskCache, DiskStats};
 use crate::metrics::metrics;
 use crate::store::metadata::ModelMetadata;
 use crate::tokenize::LongInput;
@@ -29,17 +34,6 @@ use crate::tokenize::LongInput;
 /// Bytes counted per entry beside its vector: the key, the bookkeeping of the two maps
 /// (hash table slot, B-tree node share) and the allocation headers, rounded up.
 pub const ENTRY_OVERHEAD: usize = 160;
-
-pub type Key = [u8; 32];
-
-/// A cached vector, the tokens its input had (for `usage`) and the windows it was
-/// pooled from (1 unless chunked).
-#[derive(Debug, Clone)]
-pub struct Cached {
-    pub row: Arc<[f32]>,
-    pub tokens: u32,
-    pub chunks: u32,
-}
 
 /// What `mlx-serve cache stats` shows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -50,6 +44,9 @@ pub struct CacheStats {
     pub hits: u64,
     pub misses: u64,
     pub evictions: u64,
+    /// The disk tier, when `embedding_cache.disk_mb` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskStats>,
 }
 
 struct Node {
@@ -97,19 +94,47 @@ impl Lru {
 pub struct VectorCache {
     budget: usize,
     lru: Mutex<Lru>,
+    disk: Option<Arc<DiskCache>>,
 }
-
-/// Generations of pool entries: a model loaded again after it was forgotten gets a new
-/// one, so no key of its former files can match.
-static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// The identity of a model's vectors, computed when its pool entry is created.
 pub fn model_identity(name: &str, dir: &Path) -> String {
     let meta = ModelMetadata::read(dir);
     let revision = meta.as_ref().and_then(|m| m.revision.clone()).unwrap_or_default();
     let quantization = meta.as_ref().and_then(|m| m.quantization.clone()).unwrap_or_default();
-    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
-    format!("{name}\u{0}{revision}\u{0}{quantization}\u{0}{generation}")
+    let files = files_fingerprint(dir);
+    format!("{name}\u{0}{revision}\u{0}{quantization}\u{0}{files}")
+}
+
+/// The SHA-256 (hex) of every file's path, size, modification time and inode under `dir`
+/// (two levels: pooling configs live in subfolders), in name order. A model removed and
+/// pulled again, re-quantized or edited gets new files, so another fingerprint; a
+/// restart keeps it. Links are followed (a store entry may be a link to a folder).
+pub fn files_fingerprint(dir: &Path) -> String {
+    fn walk(dir: &Path, rel: &str, depth: u32, out: &mut Vec<String>) {
+        let Ok(read) = std::fs::read_dir(dir) else { return };
+        for e in read.flatten() {
+            let name = format!("{rel}{}", e.file_name().to_string_lossy());
+            let Ok(meta) = std::fs::metadata(e.path()) else { continue };
+            if meta.is_dir() {
+                if depth > 0 {
+                    walk(&e.path(), &format!("{name}/"), depth - 1, out);
+                }
+                continue;
+            }
+            let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            #[cfg(unix)]
+            let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+            #[cfg(not(unix))]
+            let inode = 0u64;
+            out.push(format!("{name}\u{0}{}\u{0}{}\u{0}{inode}", meta.len(), mtime.map_or(0, |d| d.as_nanos())));
+        }
+    }
+    let mut lines = Vec::new();
+    walk(dir, "", 1, &mut lines);
+    lines.sort();
+    let sum = ring::digest::digest(&SHA256, lines.join("\n").as_bytes());
+    sum.as_ref().iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The key of `text` (as the tokenizer sees it) embedded by the model `identity`, with
@@ -136,20 +161,38 @@ pub fn key(identity: &str, long: LongInput, text: &[u8]) -> Key {
 }
 
 impl VectorCache {
-    pub fn new(budget_bytes: usize) -> VectorCache {
+    pub fn new(budget_bytes: usize, disk: Option<Arc<DiskCache>>) -> VectorCache {
         metrics().embedding_cache_budget_bytes.set(budget_bytes as f64);
-        VectorCache { budget: budget_bytes, lru: Mutex::default() }
+        VectorCache { budget: budget_bytes, lru: Mutex::default(), disk }
     }
 
     pub fn enabled(&self) -> bool {
-        self.budget > 0
+        self.budget > 0 || self.disk.is_some()
     }
 
-    /// Looks every key up (a hit becomes the most recently used).
-    pub fn get_many(&self, keys: &[Key]) -> Vec<Option<Cached>> {
+    /// Looks every key up in memory (a hit becomes the most recently used), then what is
+    /// missing on disk (a hit there is promoted to memory).
+    pub fn get_many(&self, model: &str, keys: &[Key]) -> Vec<Option<Cached>> {
         if !self.enabled() {
             return vec![None; keys.len()];
         }
+        let mut found = self.get_memory(keys);
+        if let Some(disk) = &self.disk {
+            let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
+            if !missing.is_empty() {
+                let missing_keys: Vec<Key> = missing.iter().map(|&i| keys[i]).collect();
+                for (i, hit) in missing.into_iter().zip(disk.get_many(&missing_keys)) {
+                    if let Some(hit) = hit {
+                        self.insert_memory_of(model, keys[i], hit.clone());
+                        found[i] = Some(hit);
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    fn get_memory(&self, keys: &[Key]) -> Vec<Option<Cached>> {
         let mut lru = self.lru.lock().unwrap();
         let found: Vec<Option<Cached>> = keys.iter().map(|k| lru.touch(k)).collect();
         let hits = found.iter().filter(|f| f.is_some()).count() as u64;
@@ -164,9 +207,16 @@ impl VectorCache {
     }
 
     /// Stores a vector computed for `model`, dropping the least recently used entries
-    /// past the budget. A vector larger than the whole budget is not kept.
+    /// past the budget, and queues it for the disk tier. A vector larger than the whole
+    /// budget is not kept in memory.
     pub fn insert(&self, model: &str, key: Key, row: &[f32], tokens: u32, chunks: u32) {
-        let value = Cached { row: row.into(), tokens, chunks };
+        if let Some(disk) = &self.disk {
+            disk.put(key, row, tokens, chunks);
+        }
+        self.insert_memory_of(model, key, Cached { row: row.into(), tokens, chunks });
+    }
+
+    fn insert_memory_of(&self, model: &str, key: Key, value: Cached) {
         let size = size_of(&value);
         if size > self.budget {
             return;
@@ -201,19 +251,30 @@ impl VectorCache {
         keys.len()
     }
 
-    /// Drops everything; returns the stats from before.
+    /// Drops everything, in memory and on disk; returns the stats from before (the
+    /// disk's entries and bytes from just before its clearing transaction). Blocks until
+    /// the disk's writes queued before it are committed.
     pub fn clear(&self) -> CacheStats {
         let mut lru = self.lru.lock().unwrap();
-        let before = self.stats_of(&lru);
+        let mut before = self.stats_of(&lru);
         lru.map.clear();
         lru.order.clear();
         lru.bytes = 0;
         self.publish(&lru);
+        drop(lru);
+        if let (Some(disk), Some(stats)) = (&self.disk, before.disk.as_mut()) {
+            (stats.entries, stats.bytes) = disk.clear();
+        }
         before
     }
 
     pub fn stats(&self) -> CacheStats {
         self.stats_of(&self.lru.lock().unwrap())
+    }
+
+    /// The disk tier, if on.
+    pub fn disk(&self) -> Option<&Arc<DiskCache>> {
+        self.disk.as_ref()
     }
 
     fn stats_of(&self, lru: &Lru) -> CacheStats {
@@ -224,6 +285,7 @@ impl VectorCache {
             hits: lru.hits,
             misses: lru.misses,
             evictions: lru.evictions,
+            disk: self.disk.as_ref().map(|d| d.stats()),
         }
     }
 
@@ -247,7 +309,11 @@ mod tests {
         let m = "m\u{0}r\u{0}\u{0}1";
         let k = key(m, LongInput::Truncate, b"hello");
         assert_eq!(k, key(m, LongInput::Truncate, b"hello"));
-        assert_ne!(k, key("m\u{0}r\u{0}\u{0}2", LongInput::Truncate, b"hello"), "another generation of the model");
+        assert_ne!(
+            k,
+            key("m\u{0}r\u{0}\u{0}2", LongInput::Truncate, b"hello"),
+            "another fingerprint of the model's files"
+        );
         assert_ne!(k, key(m, LongInput::Refuse, b"hello"));
         assert_ne!(k, key(m, LongInput::Truncate, b"hello "));
         let chunked = key(m, LongInput::Chunk { overlap: 0 }, b"hello");
@@ -258,14 +324,14 @@ mod tests {
     #[test]
     fn least_recently_used_goes_first_and_the_budget_holds() {
         let entry = 4 * 4 + ENTRY_OVERHEAD;
-        let cache = VectorCache::new(3 * entry);
+        let cache = VectorCache::new(3 * entry, None);
         let m = model("m");
         for i in 0..3u8 {
             cache.insert(m, [i; 32], &[i as f32; 4], 1, 1);
         }
-        assert!(cache.get_many(&[[0; 32]])[0].is_some(), "0 is now the most recently used");
+        assert!(cache.get_many("m", &[[0; 32]])[0].is_some(), "0 is now the most recently used");
         cache.insert(m, [3; 32], &[3.0; 4], 1, 1);
-        let found = cache.get_many(&[[0; 32], [1; 32], [2; 32], [3; 32]]);
+        let found = cache.get_many("m", &[[0; 32], [1; 32], [2; 32], [3; 32]]);
         assert_eq!(found.iter().map(Option::is_some).collect::<Vec<_>>(), vec![true, false, true, true]);
         let s = cache.stats();
         assert_eq!((s.entries, s.bytes, s.evictions), (3, 3 * entry, 1));
@@ -274,12 +340,12 @@ mod tests {
 
     #[test]
     fn purge_and_clear() {
-        let cache = VectorCache::new(1 << 20);
+        let cache = VectorCache::new(1 << 20, None);
         cache.insert(model("a"), [1; 32], &[1.0; 8], 3, 1);
         cache.insert(model("b"), [2; 32], &[2.0; 8], 3, 1);
         assert_eq!(cache.purge_model("a"), 1);
-        assert!(cache.get_many(&[[1; 32]])[0].is_none());
-        assert_eq!(cache.get_many(&[[2; 32]])[0].as_ref().unwrap().tokens, 3);
+        assert!(cache.get_many("m", &[[1; 32]])[0].is_none());
+        assert_eq!(cache.get_many("m", &[[2; 32]])[0].as_ref().unwrap().tokens, 3);
         assert_eq!(cache.clear().entries, 1);
         assert_eq!(cache.stats().entries, 0);
         assert_eq!(cache.stats().bytes, 0);
@@ -287,9 +353,9 @@ mod tests {
 
     #[test]
     fn a_zero_budget_keeps_nothing() {
-        let cache = VectorCache::new(0);
+        let cache = VectorCache::new(0, None);
         cache.insert(model("a"), [1; 32], &[1.0; 8], 3, 1);
         assert!(!cache.enabled());
-        assert!(cache.get_many(&[[1; 32]])[0].is_none());
+        assert!(cache.get_many("m", &[[1; 32]])[0].is_none());
     }
 }
