@@ -57,7 +57,9 @@ fn batch_stats(server: &Server) -> (f64, f64) {
 fn concurrent_requests_share_batches_and_get_the_same_vectors() {
     let server = Arc::new(Server::start(ServerOptions {
         models: vec![MINILM],
-        config: Some("batch:\n  max_batch_size: 32\n  max_wait_ms: 20\n".into()),
+        // No time bound on batches (scheduling.max_batch_ms, tested in tests/scheduling.rs):
+        // on a loaded machine it cuts 64 inputs into more batches than the size limit does.
+        config: Some("batch:\n  max_batch_size: 32\n  max_wait_ms: 20\nscheduling:\n  max_batch_ms: 0\n".into()),
         ..Default::default()
     }));
     let probe = "The quick brown fox jumps over the lazy dog.";
