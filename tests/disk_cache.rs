@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mlx_serve_tests::base64;
 use mlx_serve_tests::server::{model_source, signal, Server, ServerOptions};
 use serde_json::{json, Value};
 
@@ -73,35 +74,9 @@ fn batches(server: &Server) -> f64 {
     server.metric("mlx_serve_batch_size_count", &[("endpoint", "embed")])
 }
 
-fn decode(b64: &str) -> Vec<f32> {
-    base64_decode(b64).chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
-}
-
-/// Standard base64 (RFC 4648), as the server encodes `encoding_format: base64`.
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    };
-    let clean: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
-    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
-    for chunk in clean.chunks(4) {
-        let v: Vec<u32> = chunk.iter().map(|&c| val(c) as u32).collect();
-        let n = v.iter().enumerate().fold(0u32, |acc, (i, x)| acc | (x << (18 - 6 * i)));
-        for i in 0..chunk.len() - 1 {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    out
-}
-
 /// The two rows are the same vector up to the last bits a batch's composition changes.
 fn assert_same_vector(a: &str, b: &str, what: &str) {
-    let (x, y) = (decode(a), decode(b));
+    let (x, y) = (base64::floats(a), base64::floats(b));
     assert_eq!(x.len(), y.len(), "{what}");
     let cos: f32 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
     assert!(cos > 0.99999, "{what}: cosine {cos}");
@@ -209,7 +184,7 @@ fn flip_rows(file: &Path, rows: &[String]) -> usize {
     let mut bytes = std::fs::read(file).unwrap();
     let mut flipped = 0;
     for row in rows {
-        let needle = &base64_decode(row)[..16];
+        let needle = &base64::bytes(row)[..16];
         let mut at = 0;
         while let Some(pos) = bytes[at..].windows(16).position(|w| w == needle) {
             bytes[at + pos + 7] ^= 0x40; // the second float's exponent

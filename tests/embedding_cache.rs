@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use mlx_serve_tests::base64;
 use mlx_serve_tests::process::Frozen;
 use mlx_serve_tests::server::{Server, ServerOptions};
 use serde_json::{json, Value};
@@ -84,7 +85,7 @@ fn a_repeated_text_skips_the_worker_and_is_byte_identical() {
     assert!(batches(&server) > before, "after clear the worker computes again");
     let alone = rows(&alone);
     for (i, row) in alone.iter().enumerate() {
-        let (x, y) = (decode(&m[2 * i + 1]), decode(row));
+        let (x, y) = (base64::floats(&m[2 * i + 1]), base64::floats(row));
         let cos: f32 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
         assert!(cos > 0.99999, "new row {i} in place (cosine {cos})");
     }
@@ -94,33 +95,6 @@ fn a_repeated_text_skips_the_worker_and_is_byte_identical() {
     let resp = ureq::delete(&server.url("/api/delete")).send_json(json!({"model": MINILM})).unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(stats(&server)["entries"], 0, "deleting the model dropped its vectors");
-}
-
-fn decode(b64: &str) -> Vec<f32> {
-    let bytes = base64_decode(b64);
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
-}
-
-/// Standard base64 (RFC 4648), as the server encodes `encoding_format: base64`.
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    };
-    let clean: Vec<u8> = s.bytes().filter(|&c| c != b'=').collect();
-    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
-    for chunk in clean.chunks(4) {
-        let v: Vec<u32> = chunk.iter().map(|&c| val(c) as u32).collect();
-        let n = v.iter().enumerate().fold(0u32, |acc, (i, x)| acc | (x << (18 - 6 * i)));
-        for i in 0..chunk.len() - 1 {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    out
 }
 
 #[test]

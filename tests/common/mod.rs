@@ -1,6 +1,7 @@
 //! Shared helpers for mlx-serve's end-to-end tests.
 
 pub mod balancer;
+pub mod base64;
 pub mod cli;
 pub mod fake_hub;
 pub mod fixtures;
