@@ -23,8 +23,16 @@ use tokio::time::Instant;
 const DECAY: f64 = 0.9;
 
 /// The largest share of a batch's time its fixed cost may take when batches are bounded
-/// in time ([`Pace::tokens_within`]).
-const MAX_FIXED_SHARE: f64 = 0.1;
+/// in time ([`Pace::tokens_within`]). A quarter: on the 2-core CPU box (MiniLM, ~8 ms of
+/// fixed cost per batch under load) a tenth held batches near 80 ms whatever
+/// `max_batch_ms` asked, and the queries behind them at 4-5x their idle latency; a quarter
+/// lets 25 ms batches through at ~15% of the ingest's speed (docs/scheduling.md).
+const MAX_FIXED_SHARE: f64 = 0.25;
+
+/// The fixed-cost share never stretches a batch past this many times the time target: a
+/// fit thrown off by a few slow batches (a busy machine) would otherwise size batches of
+/// hundreds of milliseconds, and every query behind them would wait that long.
+const MAX_STRETCH: f64 = 2.0;
 
 /// How early, before the worker is predicted to be free, the next batch is cut: an eighth
 /// of the running batch's predicted time, within these bounds. Early enough for the batch
@@ -83,15 +91,18 @@ impl Pace {
 
     /// Most tokens a batch may hold to take at most `target`, once one batch has been
     /// timed. Never below `floor`, nor below what makes the fixed cost at most
-    /// [`MAX_FIXED_SHARE`] of the batch's time: a shorter target would spend the worker's
-    /// time on overhead instead of tokens.
+    /// [`MAX_FIXED_SHARE`] of the batch's time (a shorter target would spend the worker's
+    /// time on overhead instead of tokens), unless that would take over [`MAX_STRETCH`]
+    /// times the target.
     pub fn tokens_within(&self, target: Duration, floor: usize) -> Option<usize> {
         let (fixed, per_token) = self.line()?;
         if per_token <= 0.0 {
             return None;
         }
+        let target = target.as_secs_f64();
         let worth = fixed * (1.0 - MAX_FIXED_SHARE) / MAX_FIXED_SHARE / per_token;
-        let n = ((target.as_secs_f64() - fixed) / per_token).max(worth).floor();
+        let stretched = (MAX_STRETCH * target - fixed) / per_token;
+        let n = ((target - fixed) / per_token).max(worth.min(stretched)).floor();
         Some(if n.is_finite() && n > floor as f64 { n.min(usize::MAX as f64 / 2.0) as usize } else { floor })
     }
 
@@ -132,14 +143,17 @@ mod tests {
     fn the_fixed_cost_stays_a_small_share() {
         let mut p = Pace::default();
         // 2 ms per batch + 0.1 ms per token: 20 ms holds 180 tokens; 5 ms would hold 30,
-        // where the fixed cost is 40% of the time: 180 tokens (2 ms of 20) instead.
+        // where the fixed cost is 40% of the time: 60 tokens (2 ms of 8) instead.
         for tokens in [100, 1000, 300, 2000, 50, 800] {
             p.observe(tokens, Duration::from_secs_f64(0.002 + 0.0001 * tokens as f64));
         }
         let n = p.tokens_within(ms(20), 8).unwrap();
         assert!((179..=180).contains(&n), "{n}");
         let n = p.tokens_within(ms(5), 8).unwrap();
-        assert!((179..=180).contains(&n), "{n}");
+        assert!((59..=60).contains(&n), "{n}");
+        // 3 ms: a quarter share would need 8 ms; the stretch bound stops at 6 ms (40 tokens).
+        let n = p.tokens_within(ms(3), 8).unwrap();
+        assert!((39..=40).contains(&n), "{n}");
     }
 
     #[test]

@@ -418,7 +418,7 @@ pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
 
 impl Default for SchedulingConfig {
     fn default() -> Self {
-        SchedulingConfig { default_priority: 0, key_priorities: Vec::new(), priority_aging_ms: 1000, max_batch_ms: 50 }
+        SchedulingConfig { default_priority: 0, key_priorities: Vec::new(), priority_aging_ms: 1000, max_batch_ms: 25 }
     }
 }
 
