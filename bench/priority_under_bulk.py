@@ -21,7 +21,8 @@ the embedding cache), end-to-end seconds and the speed-up, answers compared byte
 Usage:
   python3 bench/priority_under_bulk.py [--seconds 20] [--rate 5] [--bulk-clients 16]
       [--batch 64] [--baseline-bin /work/main/target/release] [--cache-texts 2000]
-      [--cache-only]
+      [--cache-only] [--max-batch-ms N] [--json FILE]
+The load generator's CPU use is printed beside each result, to show it is not the limit.
 """
 import argparse
 import http.client
@@ -42,7 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = "all-MiniLM-L6-v2"
 
 
-def post(url, body, headers=None, timeout=600):
+def post(url, body, headers=None, timeout=600, parse=True):
+    """POSTs to /v1/embeddings; the answer parsed unless `parse` is False (the ingest's
+    answers are only counted: parsing them would make this client the bottleneck on a GPU)."""
     u = urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     data = json.dumps(body).encode()
@@ -52,7 +55,7 @@ def post(url, body, headers=None, timeout=600):
     conn.close()
     if resp.status != 200:
         raise RuntimeError(f"HTTP {resp.status}: {payload[:300]!r}")
-    return json.loads(payload)
+    return json.loads(payload) if parse else None
 
 
 def pct(xs, q):
@@ -87,7 +90,7 @@ def ingest(url, passages, clients, batch, stop, counter):
         while not stop.is_set():
             chunk = [passages[(k + j) % len(passages)] for j in range(batch)]
             k += clients * batch
-            post(url, {"model": MODEL, "input": chunk, "encoding_format": "base64"}, {"X-Priority": "10"})
+            post(url, {"model": MODEL, "input": chunk, "encoding_format": "base64"}, {"X-Priority": "10"}, parse=False)
             if not stop.is_set():
                 counter[c] += batch
 
@@ -120,21 +123,31 @@ def phases(url, sets, args):
         stop, counter, lat = threading.Event(), [0] * args.bulk_clients, []
         threads = ingest(url, ps, args.bulk_clients, args.batch, stop, counter)
         time.sleep(2)  # the ingest fills the queue first
-        before, t0 = embedded(url), time.monotonic()
+        before, t0, cpu0 = embedded(url), time.monotonic(), cpu_seconds()
         if with_queries:
             queries(url, qs, args.rate, args.seconds, lat)
         else:
             time.sleep(args.seconds)
         # Passages the worker was sent in the window (the queries' one text each taken off).
-        rate = (embedded(url) - before - len(lat)) / (time.monotonic() - t0)
+        wall = time.monotonic() - t0
+        rate = (embedded(url) - before - len(lat)) / wall
+        load[with_queries] = (cpu_seconds() - cpu0) / wall
         stop.set()
         for th in threads:
             th.join()
         return rate, lat
 
+    load = {}
     alone, _ = run_ingest(False)
     mixed, under = run_ingest(True)
-    return {"idle": idle, "alone": alone, "mixed": mixed, "under": under}
+    return {"idle": idle, "alone": alone, "mixed": mixed, "under": under,
+            "client_cpus": {"alone": load[False], "mixed": load[True]}}
+
+
+def cpu_seconds():
+    """CPU time this load generator has used (user + system), to show it is not the limit."""
+    t = os.times()
+    return t.user + t.system
 
 
 def measure(bin_dir, label, sets, args, config):
@@ -154,7 +167,18 @@ def report(label, r):
     print(f"  queries under bulk  p50 {u50:8.1f} ms   p99 {u99:8.1f} ms   ({len(r['under'])} queries)"
           f"   = {u50 / i50:.1f}x / {u99 / i99:.1f}x idle")
     print(f"  ingest alone {r['alone']:.1f} passages/s sent to the worker; with queries {r['mixed']:.1f}"
-          f" ({100 * r['mixed'] / max(r['alone'], 1e-9):.0f}%)", flush=True)
+          f" ({100 * r['mixed'] / max(r['alone'], 1e-9):.0f}%)")
+    c = r["client_cpus"]
+    print(f"  load generator: {c['alone']:.2f} / {c['mixed']:.2f} CPUs busy (ingest alone / with queries)"
+          f" of {len(os.sched_getaffinity(0))}", flush=True)
+
+
+def summary(r):
+    i50, i99, u50, u99 = (pct(r[k], q) * 1e3 for k, q in (("idle", 50), ("idle", 99), ("under", 50), ("under", 99)))
+    return {"idle_p50_ms": i50, "idle_p99_ms": i99, "under_p50_ms": u50, "under_p99_ms": u99,
+            "p50_ratio": u50 / i50, "p99_ratio": u99 / i99, "ingest_alone": r["alone"],
+            "ingest_mixed": r["mixed"], "ingest_kept": r["mixed"] / max(r["alone"], 1e-9),
+            "client_cpus": r["client_cpus"], "queries": len(r["under"])}
 
 
 def cache_run(args, sets):
@@ -193,6 +217,7 @@ def main():
     ap.add_argument("--cache-texts", type=int, default=2000, help="0 skips the cache step")
     ap.add_argument("--max-batch-ms", type=int, help="scheduling.max_batch_ms for this build (default: its default)")
     ap.add_argument("--cache-only", action="store_true", help="only the embedding cache step")
+    ap.add_argument("--json", type=Path, help="also write the latency results here")
     args = ap.parse_args()
     args.model_dir = args.model_dir.resolve()
     vocab = texts.Vocabulary(args.model_dir / "vocab.txt")
@@ -212,6 +237,11 @@ def main():
         # A build without these sections refuses them: start it with its defaults.
         results["baseline"] = measure(args.baseline_bin, "baseline", sets, args, "# defaults\n")
         report(f"baseline ({args.baseline_bin})", results["baseline"])
+    if args.json:
+        out = {k: summary(v) for k, v in results.items()}
+        out["config"] = config
+        out["bulk_clients"], out["batch"], out["rate"] = args.bulk_clients, args.batch, args.rate
+        args.json.write_text(json.dumps(out, indent=1))
     if args.cache_texts:
         cache_run(args, sets)
 

@@ -98,4 +98,16 @@ def render(work):
         for bits, r in q["quantize"].items():
             last = [l for l in r["output"].splitlines() if l.strip()][-3:]
             lines.append(f"\n`quantize --bits {bits[0]}` (rc {r['rc']}, {r['seconds']} s): " + " / ".join(last))
+    pr = _load(work, "priority.json")
+    if pr:
+        lines += ["", f"## Queries beside a bulk ingest ({pr['bulk_clients']} bulk clients x {pr['batch']} passages, "
+                      f"queries at {pr['rate']}/s; bench/priority_under_bulk.py)", "",
+                  "| build | idle p50 / p99 ms | under bulk p50 / p99 ms | ratio | ingest alone -> with queries |"
+                  " load generator CPUs |", "|---|---|---|---|---|---|"]
+        for name, r in pr.items():
+            if isinstance(r, dict) and "idle_p50_ms" in r:
+                lines.append(f"| {name} | {r['idle_p50_ms']:.1f} / {r['idle_p99_ms']:.1f} | {r['under_p50_ms']:.1f} / "
+                             f"{r['under_p99_ms']:.1f} | {r['p50_ratio']:.1f}x / {r['p99_ratio']:.1f}x | "
+                             f"{r['ingest_alone']:.0f} -> {r['ingest_mixed']:.0f} ({100 * r['ingest_kept']:.0f}%) | "
+                             f"{r['client_cpus']['alone']:.2f} / {r['client_cpus']['mixed']:.2f} |")
     return "\n".join(lines) + "\n"

@@ -39,6 +39,8 @@
 #            worker through a 256-client mixed burst (BURST_SECONDS, default 30) and 15 s
 #            idle, nvidia-smi beside `ctl workers`; BURST_VARIANTS="name:VAR=V;...,..." runs
 #            it once per server environment (BURST_DTYPE, default float16)
+#   priority (only with --only priority) issue 32's check: bench/priority_under_bulk.py with
+#            PRIORITY_CLIENTS bulk clients (default 256), PRIORITY_SECONDS per phase (15)
 #   report   one markdown report, printed and written to $OUT/report.md
 # $OUT (the device tool's; default ./gpu-out) gets report.md, run.log and results.tar.gz
 # (every step's JSON and the server logs).
@@ -195,6 +197,12 @@ if step layout 120 layout; then
     # Issue 28's memory check: only when asked for (--only burst), BURST_VARIANTS picks runs.
     [ -n "$ONLY" ] && want burst && step burst 560 "${CHECKS[@]}" burst --dtype "${BURST_DTYPE:-float16}" \
       --seconds "${BURST_SECONDS:-30}"
+    # Issue 32's priority check: only when asked for (--only priority); PRIORITY_CLIENTS bulk
+    # clients (default 256) beside one-text queries at 5/s, idle vs under the ingest.
+    [ -n "$ONLY" ] && want priority && step priority 400 "$PY" "$ROOT/bench/priority_under_bulk.py" \
+      --bin-dir "$PREFIX/bin" --model-dir "$MODELS/all-MiniLM-L6-v2" --cache-texts 0 \
+      --bulk-clients "${PRIORITY_CLIENTS:-256}" --seconds "${PRIORITY_SECONDS:-15}" \
+      --json "$WORK/results/priority.json"
   fi
 fi
 # steps.tsv -> steps.json for the report
