@@ -53,6 +53,11 @@ def post(url, body, headers=None, timeout=600, parse=True):
     resp = conn.getresponse()
     payload = resp.read()
     conn.close()
+    if resp.status == 429 and not parse:
+        # The queue is full (256 bulk clients x 64 passages is over limits.max_queue):
+        # an ingest client waits as told and sends again, as real ones do.
+        time.sleep(float(resp.getheader("retry-after") or 1))
+        return post(url, body, headers, timeout, parse)
     if resp.status != 200:
         raise RuntimeError(f"HTTP {resp.status}: {payload[:300]!r}")
     return json.loads(payload) if parse else None
