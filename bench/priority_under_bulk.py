@@ -21,7 +21,7 @@ the embedding cache), end-to-end seconds and the speed-up, answers compared byte
 Usage:
   python3 bench/priority_under_bulk.py [--seconds 20] [--rate 5] [--bulk-clients 16]
       [--batch 64] [--baseline-bin /work/main/target/release] [--cache-texts 2000]
-      [--cache-only] [--max-batch-ms N] [--json FILE]
+      [--cache-only] [--max-batch-ms N] [--bulk-max-batch-ms N] [--json FILE]
 The load generator's CPU use is printed beside each result, to show it is not the limit.
 """
 import argparse
@@ -225,6 +225,8 @@ def main():
     ap.add_argument("--model-dir", type=Path, default=ROOT / ".deps" / MODEL)
     ap.add_argument("--cache-texts", type=int, default=2000, help="0 skips the cache step")
     ap.add_argument("--max-batch-ms", type=int, help="scheduling.max_batch_ms for this build (default: its default)")
+    ap.add_argument("--bulk-max-batch-ms", type=int,
+                    help="scheduling.bulk_max_batch_ms, the bound on the ingest's batches (default: the build's)")
     ap.add_argument("--cache-only", action="store_true", help="only the embedding cache step")
     ap.add_argument("--json", type=Path, help="also write the latency results here")
     args = ap.parse_args()
@@ -235,8 +237,10 @@ def main():
           f"{len(os.sched_getaffinity(0))} CPUs usable", flush=True)
     # The embedding cache off in the latency phases: the ingest repeats its passages.
     config = "embedding_cache:\n  memory_mb: 0\n"
-    if args.max_batch_ms is not None:
-        config += f"scheduling:\n  max_batch_ms: {args.max_batch_ms}\n"
+    sched = {"max_batch_ms": args.max_batch_ms, "bulk_max_batch_ms": args.bulk_max_batch_ms}
+    sched = {k: v for k, v in sched.items() if v is not None}
+    if sched:
+        config += "scheduling:\n" + "".join(f"  {k}: {v}\n" for k, v in sched.items())
     if args.cache_only:
         cache_run(args, sets)
         return

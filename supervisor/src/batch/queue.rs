@@ -118,6 +118,11 @@ impl Queue {
         self.items.front().is_some_and(Item::is_suspect)
     }
 
+    /// The best (lowest) original priority queued.
+    pub fn best_priority(&self) -> Option<i32> {
+        self.items.iter().map(|i| i.priority).min()
+    }
+
     /// When the oldest item arrived.
     pub fn oldest(&self) -> Option<Instant> {
         self.items.iter().map(|i| i.enqueued).min()

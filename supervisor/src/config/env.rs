@@ -167,6 +167,10 @@ impl Config {
                 self.scheduling.max_batch_ms = parse(value)?;
                 "scheduling.max_batch_ms"
             }
+            "BULK_MAX_BATCH_MS" => {
+                self.scheduling.bulk_max_batch_ms = parse(value)?;
+                "scheduling.bulk_max_batch_ms"
+            }
             "CHUNKING" => {
                 self.models.chunking.enabled = boolean(value)?;
                 "models.chunking.enabled"

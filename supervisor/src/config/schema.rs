@@ -337,6 +337,11 @@ pub struct SchedulingConfig {
     /// Batches are sized from the worker's observed speed to take at most this long, so
     /// new work waits about two batches at most. 0: the token budget alone.
     pub max_batch_ms: u64,
+    /// The same bound for batches cut while every queued input is bulk work (priority
+    /// worse than `default_priority`): shorter, so a query that arrives overtakes it
+    /// sooner; work at the default priority keeps `max_batch_ms` and its throughput.
+    /// 0: `max_batch_ms` for bulk work too.
+    pub bulk_max_batch_ms: u64,
 }
 
 /// The embedding cache (`runner/vector_cache.rs`, its disk tier `runner/disk_cache.rs`,
@@ -418,7 +423,13 @@ pub const PRIORITY_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
 
 impl Default for SchedulingConfig {
     fn default() -> Self {
-        SchedulingConfig { default_priority: 0, key_priorities: Vec::new(), priority_aging_ms: 1000, max_batch_ms: 25 }
+        SchedulingConfig {
+            default_priority: 0,
+            key_priorities: Vec::new(),
+            priority_aging_ms: 1000,
+            max_batch_ms: 50,
+            bulk_max_batch_ms: 25,
+        }
     }
 }
 

@@ -226,6 +226,8 @@ fn app() -> &'static App {
                 max_wait: Duration::from_millis(1),
                 aging: Duration::from_secs(1),
                 max_batch_time: Duration::ZERO,
+                bulk_max_batch_time: Duration::ZERO,
+                default_priority: 0,
                 max_queue: 64,
                 stop_grace: Duration::from_secs(1),
                 hung_after: Duration::ZERO, // no watchdog: the fake worker answers at once

@@ -63,6 +63,11 @@ pub struct RunnerConfig {
     /// `scheduling.max_batch_ms`: batches are sized from the worker's observed pace to take
     /// at most this long (zero: the token budget alone).
     pub max_batch_time: Duration,
+    /// `scheduling.bulk_max_batch_ms`: the same while all queued work is worse than
+    /// `default_priority` (zero: `max_batch_time`).
+    pub bulk_max_batch_time: Duration,
+    /// `scheduling.default_priority`: work worse than this is bulk.
+    pub default_priority: i32,
     /// `batch.max_queue_size`: inputs queued per model before requests get 429.
     pub max_queue: usize,
     /// How long a worker may take to exit when asked before it is killed, and how long a
@@ -88,6 +93,8 @@ impl RunnerConfig {
             max_wait: Duration::from_millis(config.batch.max_wait_ms),
             aging: Duration::from_millis(config.scheduling.priority_aging_ms),
             max_batch_time: Duration::from_millis(config.scheduling.max_batch_ms),
+            bulk_max_batch_time: Duration::from_millis(config.scheduling.bulk_max_batch_ms),
+            default_priority: config.scheduling.default_priority,
             max_queue: config.batch.max_queue_size,
             stop_grace: Duration::from_secs(5),
             hung_after: Duration::from_secs(config.limits.hung_worker_seconds),

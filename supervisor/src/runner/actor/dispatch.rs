@@ -35,13 +35,14 @@ impl Runner {
     /// The device's batch bounds, with the token budget cut to what the worker computes in
     /// `scheduling.max_batch_ms` at its observed pace: new work (a query behind a bulk
     /// ingest, a small request behind a huge one) then waits at most about two such
-    /// batches (the one computing and the one sent ahead) before its own.
+    /// batches (the one computing and the one sent ahead) before its own. While all queued
+    /// work is bulk, `bulk_max_batch_ms` instead, so a query that arrives waits less.
     fn batch_limits(&self) -> Limits {
         let mut limits = self.limits;
-        if !self.cfg.max_batch_time.is_zero() {
-            if let Some(n) = self.pace.tokens_within(self.cfg.max_batch_time, MIN_BATCH_TOKENS) {
-                limits.max_batch_tokens = limits.max_batch_tokens.min(n);
-            }
+        let bulk = self.queue.best_priority().is_some_and(|p| p > self.cfg.default_priority);
+        let target = batch_time_target(self.cfg.max_batch_time, self.cfg.bulk_max_batch_time, bulk);
+        if let Some(n) = target.and_then(|t| self.pace.tokens_within(t, MIN_BATCH_TOKENS)) {
+            limits.max_batch_tokens = limits.max_batch_tokens.min(n);
         }
         limits
     }
@@ -205,5 +206,28 @@ impl Runner {
     /// Every batch in flight, in the order sent (the first was being computed).
     pub(super) fn take_in_flight(&mut self) -> Vec<Vec<Item>> {
         std::mem::take(&mut self.in_flight).into_values().map(|b| b.items).collect()
+    }
+}
+
+/// How long the next batch may take: `max_batch` (zero: no bound), or for a batch of bulk
+/// work the shorter of that and `bulk_max_batch` (zero: `max_batch` alone).
+fn batch_time_target(max_batch: Duration, bulk_max_batch: Duration, bulk: bool) -> Option<Duration> {
+    let bounds = [Some(max_batch), bulk.then_some(bulk_max_batch)];
+    bounds.into_iter().flatten().filter(|t| !t.is_zero()).min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_batches_take_the_shorter_bound() {
+        let ms = Duration::from_millis;
+        assert_eq!(batch_time_target(ms(50), ms(25), false), Some(ms(50)));
+        assert_eq!(batch_time_target(ms(50), ms(25), true), Some(ms(25)));
+        assert_eq!(batch_time_target(ms(50), ms(0), true), Some(ms(50)), "0: max_batch_ms for bulk too");
+        assert_eq!(batch_time_target(ms(0), ms(25), true), Some(ms(25)));
+        assert_eq!(batch_time_target(ms(0), ms(25), false), None);
+        assert_eq!(batch_time_target(ms(10), ms(25), true), Some(ms(10)), "never longer than max_batch_ms");
     }
 }

@@ -39,6 +39,8 @@ fn config(fake: &FakeLauncher) -> RunnerConfig {
         max_wait: MAX_WAIT,
         aging: Duration::from_secs(1),
         max_batch_time: Duration::ZERO,
+        bulk_max_batch_time: Duration::ZERO,
+        default_priority: 0,
         max_queue: 100,
         stop_grace: Duration::from_secs(1),
         hung_after: HUNG_AFTER,
