@@ -22,7 +22,10 @@ Usage:
   python3 bench/priority_under_bulk.py [--seconds 20] [--rate 5] [--bulk-clients 16]
       [--batch 64] [--baseline-bin /work/main/target/release] [--cache-texts 2000]
       [--cache-only] [--max-batch-ms N] [--bulk-max-batch-ms N] [--json FILE]
-The load generator's CPU use is printed beside each result, to show it is not the limit.
+The load generator's CPU use is printed beside each result, to show it is not the limit,
+and the server's own metrics over each phase ("inside"): the queries' mean wait in the
+model's queue, the worker's batches (rate, size, send to answer), so that the part of a
+query's latency spent outside the queue (HTTP, tokenization, its own batch) shows.
 """
 import argparse
 import http.client
@@ -105,17 +108,45 @@ def ingest(url, passages, clients, batch, stop, counter):
     return threads
 
 
-def embedded(url):
-    """Inputs sent to the worker so far (`mlx_serve_batch_size_sum`, embed batches)."""
+def scrape(url):
+    """The server's /metrics as {series: value} (histogram sums and counts included)."""
     u = urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     conn.close()
+    out = {}
     for line in text.splitlines():
-        if line.startswith("mlx_serve_batch_size_sum") and 'endpoint="embed"' in line:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            out[series] = float(value)
+    return out
+
+
+def metric(m, name, **labels):
+    """The sum of `name` over the series whose labels include `labels`."""
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(v for s, v in m.items() if s.split("{")[0] == name and all(w in s for w in want))
+
+
+def breakdown(before, after, wall):
+    """Where a query's time went, from the server's own metrics over a phase: its mean wait
+    in the model's queue (priority 0) beside the bulk inputs' (priority 10), and the
+    batches the worker ran (per second, mean size, mean time from send to answer and the
+    worker's own forward time)."""
+    d = {s: after.get(s, 0.0) - before.get(s, 0.0) for s in after}
+
+    def mean(name, **labels):
+        n = metric(d, name + "_count", **labels)
+        return metric(d, name + "_sum", **labels) / n if n else float("nan")
+
+    batches = metric(d, "mlx_serve_model_inference_seconds_count")
+    return {"query_queue_wait_ms": 1e3 * mean("mlx_serve_queue_wait_seconds", priority="0"),
+            "bulk_queue_wait_ms": 1e3 * mean("mlx_serve_queue_wait_seconds", priority="10"),
+            "batches_per_s": batches / wall,
+            "batch_inputs": mean("mlx_serve_batch_size", endpoint="embed"),
+            "batch_send_to_answer_ms": 1e3 * mean("mlx_serve_model_inference_seconds"),
+            "batch_forward_ms": 1e3 * mean("mlx_serve_worker_forward_seconds")}
 
 
 def phases(url, sets, args):
@@ -125,21 +156,25 @@ def phases(url, sets, args):
     # (a GPU backend compiles kernels for new shapes) as the idle latency.
     for text in qs[:int(args.rate * args.seconds)]:
         post(url, {"model": MODEL, "input": text, "encoding_format": "base64"})
-    idle = []
+    idle, m0, t0 = [], scrape(url), time.monotonic()
     queries(url, qs, args.rate, args.seconds, idle)
+    inside = {"idle": breakdown(m0, scrape(url), time.monotonic() - t0)}
 
     def run_ingest(with_queries):
         stop, counter, lat = threading.Event(), [0] * args.bulk_clients, []
         threads = ingest(url, ps, args.bulk_clients, args.batch, stop, counter)
         time.sleep(2)  # the ingest fills the queue first
-        before, t0, cpu0 = embedded(url), time.monotonic(), cpu_seconds()
+        m0, t0, cpu0 = scrape(url), time.monotonic(), cpu_seconds()
         if with_queries:
             queries(url, qs, args.rate, args.seconds, lat)
         else:
             time.sleep(args.seconds)
         # Passages the worker was sent in the window (the queries' one text each taken off).
-        wall = time.monotonic() - t0
-        rate = (embedded(url) - before - len(lat)) / wall
+        wall, m1 = time.monotonic() - t0, scrape(url)
+        sent = metric(m1, "mlx_serve_batch_size_sum", endpoint="embed") - metric(m0, "mlx_serve_batch_size_sum",
+                                                                                 endpoint="embed")
+        rate = (sent - len(lat)) / wall
+        inside["under" if with_queries else "alone"] = breakdown(m0, m1, wall)
         load[with_queries] = (cpu_seconds() - cpu0) / wall
         stop.set()
         for th in threads:
@@ -150,7 +185,7 @@ def phases(url, sets, args):
     alone, _ = run_ingest(False)
     mixed, under = run_ingest(True)
     return {"idle": idle, "alone": alone, "mixed": mixed, "under": under,
-            "client_cpus": {"alone": load[False], "mixed": load[True]}}
+            "client_cpus": {"alone": load[False], "mixed": load[True]}, "inside": inside}
 
 
 def cpu_seconds():
@@ -180,6 +215,11 @@ def report(label, r):
     c = r["client_cpus"]
     print(f"  load generator: {c['alone']:.2f} / {c['mixed']:.2f} CPUs busy (ingest alone / with queries)"
           f" of {len(os.sched_getaffinity(0))}", flush=True)
+    for phase, b in r["inside"].items():
+        print(f"  inside, {phase:5}: query queue wait {b['query_queue_wait_ms']:6.1f} ms, bulk"
+              f" {b['bulk_queue_wait_ms']:7.1f} ms; {b['batches_per_s']:6.1f} batches/s of"
+              f" {b['batch_inputs']:5.1f} inputs, send to answer {b['batch_send_to_answer_ms']:6.1f} ms"
+              f" (forward {b.get('batch_forward_ms', float('nan')):6.1f} ms)", flush=True)
 
 
 def summary(r):
@@ -187,7 +227,7 @@ def summary(r):
     return {"idle_p50_ms": i50, "idle_p99_ms": i99, "under_p50_ms": u50, "under_p99_ms": u99,
             "p50_ratio": u50 / i50, "p99_ratio": u99 / i99, "ingest_alone": r["alone"],
             "ingest_mixed": r["mixed"], "ingest_kept": r["mixed"] / max(r["alone"], 1e-9),
-            "client_cpus": r["client_cpus"], "queries": len(r["under"])}
+            "client_cpus": r["client_cpus"], "queries": len(r["under"]), "inside": r["inside"]}
 
 
 def cache_run(args, sets):

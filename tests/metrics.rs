@@ -206,6 +206,7 @@ fn metrics_move_with_real_traffic() {
         ("mlx_serve_request_size_bytes", "histogram"),
         ("mlx_serve_model_load_seconds", "histogram"),
         ("mlx_serve_model_inference_seconds", "histogram"),
+        ("mlx_serve_worker_forward_seconds", "histogram"),
         ("mlx_serve_models_loaded", "gauge"),
         ("mlx_serve_cache_hits", "counter"),
         ("mlx_serve_cache_misses", "counter"),
@@ -279,6 +280,12 @@ fn metrics_move_with_real_traffic() {
     let inference = d("mlx_serve_model_inference_seconds_count", &[("model", BERT)])
         + d("mlx_serve_model_inference_seconds_count", &[("model", XLMR)]);
     assert_eq!(inference, batches, "one inference observation per batch");
+    // The worker's own forward time: one per batch, inside the time from send to answer.
+    let per_model = |name: &str| d(name, &[("model", BERT)]) + d(name, &[("model", XLMR)]);
+    assert_eq!(per_model("mlx_serve_worker_forward_seconds_count"), batches, "{ctx}");
+    let forward = per_model("mlx_serve_worker_forward_seconds_sum");
+    let in_worker = per_model("mlx_serve_model_inference_seconds_sum");
+    assert!(forward > 0.0 && forward <= in_worker, "forward {forward} s, send to answer {in_worker} s: {ctx}");
     assert_eq!(d("mlx_serve_model_load_seconds_count", &[("model", BERT)]), 1.0);
     assert_eq!(d("mlx_serve_model_load_seconds_count", &[("model", XLMR)]), 1.0);
 

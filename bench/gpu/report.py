@@ -110,4 +110,10 @@ def render(work):
                              f"{r['under_p99_ms']:.1f} | {r['p50_ratio']:.1f}x / {r['p99_ratio']:.1f}x | "
                              f"{r['ingest_alone']:.0f} -> {r['ingest_mixed']:.0f} ({100 * r['ingest_kept']:.0f}%) | "
                              f"{r['client_cpus']['alone']:.2f} / {r['client_cpus']['mixed']:.2f} |")
+        for name, r in pr.items():
+            for phase, b in (r.get("inside", {}) if isinstance(r, dict) else {}).items():
+                lines.append(f"- {name}, {phase}: query queue wait {b['query_queue_wait_ms']:.1f} ms, bulk "
+                             f"{b['bulk_queue_wait_ms']:.1f} ms; {b['batches_per_s']:.1f} batches/s of "
+                             f"{b['batch_inputs']:.1f} inputs, send to answer {b['batch_send_to_answer_ms']:.1f} ms "
+                             f"(forward {b.get('batch_forward_ms', float('nan')):.1f} ms)")
     return "\n".join(lines) + "\n"

@@ -40,7 +40,8 @@
 #            idle, nvidia-smi beside `ctl workers`; BURST_VARIANTS="name:VAR=V;...,..." runs
 #            it once per server environment (BURST_DTYPE, default float16)
 #   priority (only with --only priority) issue 32's check: bench/priority_under_bulk.py with
-#            PRIORITY_CLIENTS bulk clients (default 256), PRIORITY_SECONDS per phase (15)
+#            PRIORITY_CLIENTS bulk clients (default 256), PRIORITY_SECONDS per phase (15),
+#            PRIORITY_ARGS more of its options (e.g. "--bulk-max-batch-ms 10")
 #   report   one markdown report, printed and written to $OUT/report.md
 # $OUT (the device tool's; default ./gpu-out) gets report.md, run.log and results.tar.gz
 # (every step's JSON and the server logs).
@@ -202,7 +203,7 @@ if step layout 120 layout; then
     [ -n "$ONLY" ] && want priority && step priority 400 "$PY" "$ROOT/bench/priority_under_bulk.py" \
       --bin-dir "$PREFIX/bin" --model-dir "$MODELS/all-MiniLM-L6-v2" --cache-texts 0 \
       --bulk-clients "${PRIORITY_CLIENTS:-256}" --seconds "${PRIORITY_SECONDS:-15}" \
-      --json "$WORK/results/priority.json"
+      --json "$WORK/results/priority.json" ${PRIORITY_ARGS:-}
   fi
 fi
 # steps.tsv -> steps.json for the report

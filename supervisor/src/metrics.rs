@@ -25,6 +25,7 @@ pub struct Metrics {
     pub request_size_bytes: HistogramVec,
     pub model_load_seconds: HistogramVec,
     pub model_inference_seconds: HistogramVec,
+    pub worker_forward_seconds: HistogramVec,
     pub models_loaded: GaugeVec,
     pub cache_hits_total: IntCounterVec,
     pub cache_misses_total: IntCounterVec,
@@ -99,6 +100,14 @@ impl Metrics {
             model_inference_seconds: register_histogram_vec_with_registry!(
                 "mlx_serve_model_inference_seconds",
                 "Time a batch spent in the worker (send to answer)",
+                &["model"],
+                exponential(0.0005, 2.0, 16),
+                r
+            )
+            .unwrap(),
+            worker_forward_seconds: register_histogram_vec_with_registry!(
+                "mlx_serve_worker_forward_seconds",
+                "Time the worker computed one batch (its forward pass, as it reports it)",
                 &["model"],
                 exponential(0.0005, 2.0, 16),
                 r
@@ -304,7 +313,7 @@ impl Metrics {
     /// Drops every series labelled with `model` (it was deleted from the store), so the
     /// label set stays the set of installed models.
     pub fn forget_model(&self, model: &str) {
-        for v in [&self.model_load_seconds, &self.model_inference_seconds] {
+        for v in [&self.model_load_seconds, &self.model_inference_seconds, &self.worker_forward_seconds] {
             let _ = v.remove_label_values(&[model]);
         }
         for v in [&self.worker_restarts_total, &self.tokens_total, &self.padded_tokens_total] {

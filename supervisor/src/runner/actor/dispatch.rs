@@ -195,7 +195,11 @@ impl Runner {
             }
             self.head_since = now;
         }
-        metrics().model_inference_seconds.with_label_values(&[&self.name]).observe((now - batch.sent).as_secs_f64());
+        let m = metrics();
+        m.model_inference_seconds.with_label_values(&[&self.name]).observe((now - batch.sent).as_secs_f64());
+        if let Some(forward) = forward {
+            m.worker_forward_seconds.with_label_values(&[&self.name]).observe(forward.as_secs_f64());
+        }
         if let Some((output, _)) = output {
             self.start_failures = 0;
             self.jobs.scatter(&self.name, self.kind, &batch.items, output);
