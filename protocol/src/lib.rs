@@ -34,7 +34,9 @@ use serde::{Deserialize, Serialize};
 ///    `WorkerMessage::TokenEmbeddings` (bge-m3's sparse and ColBERT outputs).
 /// 5: `forward_us` on `Embeddings`, `Scores` and `TokenEmbeddings` (the worker's own
 ///    forward time, for the supervisor's trace spans: docs/tracing.md).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// 6: `ModelInfo::packed` gone: every worker computes batches packed (below), so the
+///    supervisor sizes batches by their real tokens, with no padded alternative.
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// What a model produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +74,12 @@ impl TokenOutputs {
 
 /// A batch of token sequences of different lengths, stored flat so that encoding a batch
 /// is a few memcpys: sequence `i` is `tokens[offsets[i]..offsets[i+1]]`.
+///
+/// Every worker computes a batch packed: each position-wise layer runs on the batch's real
+/// tokens only (`tokens.len()` rows), attention stays within each sequence, and no pad
+/// token enters the network, so a batch costs its real tokens, whatever their lengths. (A
+/// GPU worker pads keys inside attention to group sequences of similar length; attention
+/// is a small share of the work, docs/worker.md.)
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TokenBatch {
     /// All token ids, concatenated.
@@ -181,13 +189,6 @@ pub struct ModelInfo {
     /// Which library answered `cblas_sgemm` (Linux CPU backend), for the operator.
     pub blas: String,
     pub load_seconds: f64,
-    /// True when the worker computes a batch packed: every position-wise layer runs on the
-    /// batch's real tokens only (`TokenBatch::tokens.len()` rows), attention stays within
-    /// each sequence, and no pad token enters the network. The tokens it computes per
-    /// batch are then the real tokens; a padded count (`max_len × sequences`) would
-    /// overstate the work. (A GPU worker pads keys inside attention to group sequences of
-    /// similar length; attention is a small share of the work, see docs/worker.md.)
-    pub packed: bool,
     /// The per-token outputs the model has heads for (none for most models).
     pub token_outputs: TokenOutputs,
 }

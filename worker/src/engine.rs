@@ -174,7 +174,6 @@ impl Engine {
             device: if gpu { "gpu" } else { "cpu" }.into(),
             blas: crate::blas::sgemm_provider(),
             load_seconds: 0.0,
-            packed: true,
             token_outputs: token_heads.as_ref().map(M3Heads::outputs).unwrap_or_default(),
         };
         let mut engine = Engine {

@@ -14,4 +14,4 @@ mod queue;
 pub use order::effective_priority;
 pub use pace::Pace;
 pub use policy::{decide, Decision, InFlight, Rules, PIPELINE_DEPTH};
-pub use queue::{Item, Layout, Limits, Queue};
+pub use queue::{tokens, Item, Limits, Queue};

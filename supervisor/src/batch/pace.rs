@@ -1,7 +1,7 @@
 //! How long the worker takes for a batch, learnt from the batches it answered.
 //!
-//! A line, `seconds = fixed + per_token × tokens` (tokens as the worker computes them,
-//! `Layout::computed`), fitted by exponentially weighted least squares: each answered batch
+//! A line, `seconds = fixed + per_token × tokens` (a batch's real tokens, what the worker
+//! computes), fitted by exponentially weighted least squares: each answered batch
 //! weighs 1 and older ones fade by [`DECAY`] per batch, so the fit follows a machine that
 //! gets busier or a buffer cache that warms up. When the recent batches are all of about
 //! one size, or the fit says something impossible (a negative part), time is taken as

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::queue::{Layout, Limits, Queue};
+use super::queue::{Limits, Queue};
 
 /// Batches sent to a worker and not yet answered: one computing, one waiting.
 pub const PIPELINE_DEPTH: usize = 2;
@@ -44,7 +44,6 @@ pub struct InFlight {
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {
     pub limits: Limits,
-    pub layout: Layout,
     /// `batch.max_wait_ms`: how long the next batch may wait to fill while the worker is
     /// busy and its speed is not known yet.
     pub max_wait: Duration,
@@ -76,7 +75,7 @@ pub fn decide(queue: &Queue, in_flight: InFlight, now: Instant, rules: Rules) ->
     // worker is free: work that arrives meanwhile (a query behind a bulk ingest, a small
     // request behind a huge one) can still take its turn in it (`order.rs`), and waits at
     // most for the batch being computed instead of that one and a batch sent ahead.
-    if in_flight.cut_at.is_none() && queue.has_full_batch(rules.limits, rules.layout) {
+    if in_flight.cut_at.is_none() && queue.has_full_batch(rules.limits) {
         return Decision::Send;
     }
     let due = in_flight.cut_at.unwrap_or(oldest + rules.max_wait);
@@ -94,8 +93,7 @@ mod tests {
     use crate::tokenize::Tokens;
 
     const WAIT: Duration = Duration::from_millis(50);
-    const RULES: Rules =
-        Rules { limits: Limits { max_batch_size: 4, max_batch_tokens: 1000 }, layout: Layout::Padded, max_wait: WAIT };
+    const RULES: Rules = Rules { limits: Limits { max_batch_size: 4, max_batch_tokens: 1000 }, max_wait: WAIT };
 
     fn item(job: u64, len: usize, at: Instant) -> Item {
         Item::new(job, 0, Tokens { ids: vec![1; len], type_ids: vec![] }, at)
@@ -153,12 +151,10 @@ mod tests {
         let t0 = Instant::now();
         let unknown = busy(1);
         assert_eq!(decide(&queue_of(&[5, 5, 5, 5], t0), unknown, t0, RULES), Decision::Send);
-        // A full token budget counts as full too: padded, 2 × 600 > 1000…
-        let long = queue_of(&[600, 100], t0);
-        assert_eq!(decide(&long, unknown, t0, RULES), Decision::Send);
-        // …while packed, 700 real tokens leave room.
-        let packed = Rules { layout: Layout::Packed, ..RULES };
-        assert_eq!(decide(&long, unknown, t0, packed), Decision::Wait(Some(t0 + WAIT)));
+        // A full token budget counts as full too: 600 + 500 real tokens > 1000…
+        assert_eq!(decide(&queue_of(&[600, 500], t0), unknown, t0, RULES), Decision::Send);
+        // …while 700 leave room.
+        assert_eq!(decide(&queue_of(&[600, 100], t0), unknown, t0, RULES), Decision::Wait(Some(t0 + WAIT)));
         // Speed known: even a full batch waits for the cut, so later work can join it.
         let computing = InFlight { cut_at: Some(t0 + 10 * WAIT), ..busy(1) };
         assert_eq!(decide(&queue_of(&[5, 5, 5, 5], t0), computing, t0, RULES), Decision::Wait(Some(t0 + 10 * WAIT)));

@@ -4,15 +4,10 @@
 //! order they should be served (`order.rs`: priority classes with aging, round robin
 //! between clients and between requests) and cuts the next batch. It always includes the
 //! first item in that order, so nothing starves, and holds at most
-//! `max_batch_size` sequences and `max_batch_tokens` tokens *as the worker computes them*
-//! ([`Layout`]):
-//!
-//! - A packed worker computes a batch's real tokens, so the batch is filled in arrival
-//!   order, passing over an item that would overflow the token budget for later, smaller
-//!   ones, until the sequence or the token budget is reached.
-//! - A padded worker computes sequences × longest: everything when it fits, otherwise a
-//!   window of items of similar length that includes the first served, chosen to hold the most
-//!   items and then to waste the least padding.
+//! `max_batch_size` sequences and `max_batch_tokens` tokens. A worker computes a batch
+//! packed, its real tokens and no padding (`TokenBatch`), so lengths may mix freely: the
+//! batch is filled in service order, passing over an item that would overflow the token
+//! budget for later, smaller ones, until the sequence or the token budget is reached.
 //!
 //! A batch led by better-priority work than some of the queue holds only work of that
 //! priority or better, so a query that overtakes a bulk ingest is not made to wait for bulk
@@ -38,34 +33,13 @@ use super::order::{service_order, Turns};
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_batch_size: usize,
-    /// Tokens as the worker computes them ([`Layout::computed`]).
+    /// Real tokens: what the worker computes.
     pub max_batch_tokens: usize,
 }
 
-/// How the worker computes a batch, which decides what a batch costs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    /// Every sequence padded to the batch's longest (protocol 1 workers).
-    Padded,
-    /// Sequences packed end to end, no padding (`ModelInfo::packed`).
-    Packed,
-}
-
-impl Layout {
-    /// Tokens the worker computes for `n` sequences, the longest `longest` tokens long,
-    /// `sum` tokens in all.
-    pub fn computed(self, n: usize, longest: usize, sum: usize) -> usize {
-        match self {
-            Layout::Padded => n * longest,
-            Layout::Packed => sum,
-        }
-    }
-
-    /// The same for a batch of items.
-    pub fn cost(self, items: &[Item]) -> usize {
-        let longest = items.iter().map(Item::len).max().unwrap_or(0);
-        self.computed(items.len(), longest, items.iter().map(Item::len).sum())
-    }
+/// The tokens a worker computes for `items`: their real tokens (it packs batches).
+pub fn tokens(items: &[Item]) -> usize {
+    items.iter().map(Item::len).sum()
 }
 
 #[derive(Debug, Default)]
@@ -137,23 +111,18 @@ impl Queue {
     }
 
     /// True when a full batch is waiting: waiting longer could not make it fuller.
-    pub fn has_full_batch(&self, limits: Limits, layout: Layout) -> bool {
-        let n = self.items.len();
-        if n >= limits.max_batch_size {
-            return true;
-        }
-        let longest = self.items.iter().map(Item::len).max().unwrap_or(0);
-        let sum = self.items.iter().map(Item::len).sum();
-        layout.computed(n, longest, sum) >= limits.max_batch_tokens
+    pub fn has_full_batch(&self, limits: Limits) -> bool {
+        self.items.len() >= limits.max_batch_size
+            || self.items.iter().map(Item::len).sum::<usize>() >= limits.max_batch_tokens
     }
 
     /// Takes the next batch, or nothing when the queue is empty.
-    pub fn plan(&mut self, limits: Limits, layout: Layout) -> Vec<Item> {
-        self.plan_at(limits, layout, Instant::now())
+    pub fn plan(&mut self, limits: Limits) -> Vec<Item> {
+        self.plan_at(limits, Instant::now())
     }
 
     /// [`Queue::plan`] at time `now` (which decides how far priorities have aged).
-    pub fn plan_at(&mut self, limits: Limits, layout: Layout, now: Instant) -> Vec<Item> {
+    pub fn plan_at(&mut self, limits: Limits, now: Instant) -> Vec<Item> {
         if self.items.is_empty() {
             return Vec::new();
         }
@@ -174,10 +143,7 @@ impl Queue {
         let lead = ordered[0].priority;
         let held: VecDeque<Item>;
         (self.items, held) = ordered.into_iter().partition(|i| i.priority <= lead);
-        let chosen = match layout {
-            Layout::Packed => self.fill_in_order(limits),
-            Layout::Padded => self.similar_lengths(limits),
-        };
+        let chosen = self.fill_in_order(limits);
         let mut batch = Vec::new();
         let mut rest = VecDeque::with_capacity(self.items.len());
         for (i, item) in self.items.drain(..).enumerate() {
@@ -199,7 +165,7 @@ impl Queue {
         self.turns.keep_waiting(self.items.iter().map(|i| (i.job, i.client)));
     }
 
-    /// Packed: items in arrival order while they fit (one over budget goes alone).
+    /// Items in service order while they fit (one over budget goes alone).
     fn fill_in_order(&self, limits: Limits) -> Vec<bool> {
         let max_size = limits.max_batch_size.max(1);
         let mut chosen = vec![false; self.items.len()];
@@ -216,56 +182,6 @@ impl Queue {
                 count += 1;
                 tokens += item.len();
             }
-        }
-        chosen
-    }
-
-    /// Padded: everything when it fits, otherwise the best window of similar lengths
-    /// around the first item served (the head).
-    fn similar_lengths(&self, limits: Limits) -> Vec<bool> {
-        let n = self.items.len();
-        let max_size = limits.max_batch_size.max(1);
-        let longest = self.items.iter().map(Item::len).max().unwrap_or(0);
-        if n <= max_size && longest * n <= limits.max_batch_tokens {
-            return vec![true; n];
-        }
-        // Sort positions by length; the first item served is the one at the queue head.
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|&i| (self.items[i].len(), i));
-        let anchor = order.iter().position(|&i| i == 0).unwrap();
-        let len_at = |k: usize| self.items[order[k]].len();
-
-        // Best window [start, end) around the anchor: most items that fit, then least padding.
-        let mut best: Option<(usize, usize, usize, usize)> = None; // (start, end, count, waste)
-        let lo = anchor.saturating_sub(max_size - 1);
-        for start in lo..=anchor {
-            let mut end = start;
-            let mut sum = 0usize;
-            while end < n && end - start < max_size {
-                let l = len_at(end);
-                if l * (end - start + 1) > limits.max_batch_tokens && end > start {
-                    break;
-                }
-                sum += l;
-                end += 1;
-            }
-            if end <= anchor {
-                continue; // window does not reach the oldest item
-            }
-            let count = end - start;
-            let waste = len_at(end - 1) * count - sum;
-            let better = match best {
-                None => true,
-                Some((_, _, c, w)) => count > c || (count == c && waste < w),
-            };
-            if better {
-                best = Some((start, end, count, waste));
-            }
-        }
-        let (start, end, _, _) = best.unwrap_or((anchor, anchor + 1, 1, 0));
-        let mut chosen = vec![false; n];
-        for &i in &order[start..end] {
-            chosen[i] = true;
         }
         chosen
     }
@@ -289,61 +205,40 @@ mod tests {
     }
 
     const LIMITS: Limits = Limits { max_batch_size: 4, max_batch_tokens: 1000 };
-    use Layout::{Packed, Padded};
 
     #[test]
     fn small_queue_goes_whole() {
-        for layout in [Padded, Packed] {
-            let mut q = Queue::default();
-            for (j, l) in [(0, 5), (1, 50), (2, 7)] {
-                q.push(item(j, l));
-            }
-            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![0, 2, 1], "sorted by length");
-            assert!(q.is_empty());
-        }
-    }
-
-    #[test]
-    fn padded_groups_similar_lengths_and_keeps_the_oldest() {
         let mut q = Queue::default();
-        // Oldest is long; several short ones and other long ones follow.
-        for (j, l) in [(0, 100), (1, 5), (2, 6), (3, 101), (4, 5), (5, 99), (6, 7), (7, 102)] {
+        for (j, l) in [(0, 5), (1, 50), (2, 7)] {
             q.push(item(j, l));
         }
-        let b = q.plan(LIMITS, Padded);
-        assert!(jobs(&b).contains(&0), "oldest must be served: {:?}", jobs(&b));
-        assert!(b.iter().all(|i| i.len() >= 99), "long ones together: {:?}", jobs(&b));
-        assert_eq!(b.len(), 4);
-        let b2 = q.plan(LIMITS, Padded);
-        assert!(b2.iter().all(|i| i.len() <= 7));
+        assert_eq!(jobs(&q.plan(LIMITS)), vec![0, 2, 1], "sorted by length");
         assert!(q.is_empty());
     }
 
     #[test]
-    fn packed_fills_in_arrival_order_whatever_the_lengths() {
+    fn fills_in_arrival_order_whatever_the_lengths() {
         let mut q = Queue::default();
         for (j, l) in [(0, 100), (1, 5), (2, 6), (3, 101), (4, 5), (5, 99)] {
             q.push(item(j, l));
         }
-        // Mixing lengths costs a packed worker nothing: the four oldest go.
-        assert_eq!(jobs(&q.plan(LIMITS, Packed)), vec![1, 2, 0, 3]);
-        assert_eq!(jobs(&q.plan(LIMITS, Packed)), vec![4, 5]);
+        // Mixing lengths costs a packing worker nothing: the four oldest go.
+        assert_eq!(jobs(&q.plan(LIMITS)), vec![1, 2, 0, 3]);
+        assert_eq!(jobs(&q.plan(LIMITS)), vec![4, 5]);
     }
 
     #[test]
-    fn packed_budget_counts_real_tokens_and_passes_over_what_does_not_fit() {
+    fn the_budget_counts_real_tokens_and_passes_over_what_does_not_fit() {
         let mut q = Queue::default();
         for (j, l) in [(0, 400), (1, 500), (2, 300), (3, 50), (4, 60)] {
             q.push(item(j, l));
         }
         // 400 + 500 = 900; 300 would overflow 1000, the next 50 fits, then the size limit.
-        let b = q.plan(LIMITS, Packed);
+        let b = q.plan(LIMITS);
         assert_eq!(jobs(&b), vec![3, 0, 1]);
-        assert_eq!(Packed.cost(&b), 950);
+        assert_eq!(tokens(&b), 950);
         // The item passed over is now the oldest and goes first.
-        assert_eq!(jobs(&q.plan(LIMITS, Packed)), vec![4, 2]);
-        // Padded, the same three would count 3 × 500.
-        assert_eq!(Padded.cost(&b), 1500);
+        assert_eq!(jobs(&q.plan(LIMITS)), vec![4, 2]);
     }
 
     #[test]
@@ -352,59 +247,54 @@ mod tests {
         for j in 0..4 {
             q.push(item(j, 400));
         }
-        assert_eq!(q.plan(LIMITS, Padded).len(), 2, "2 × 400 fits 1000, 3 × 400 does not");
+        assert_eq!(q.plan(LIMITS).len(), 2, "2 × 400 fits 1000, 3 × 400 does not");
         let huge = Limits { max_batch_size: 4, max_batch_tokens: 10 };
-        assert_eq!(q.plan(huge, Padded).len(), 1, "an item over budget still goes alone");
-        assert_eq!(q.plan(huge, Packed).len(), 1, "an item over budget still goes alone");
+        assert_eq!(q.plan(huge).len(), 1, "an item over budget still goes alone");
+        assert_eq!(q.plan(huge).len(), 1, "an item over budget still goes alone");
+        assert!(q.is_empty());
     }
 
     #[test]
-    fn a_full_batch_is_full_by_sequences_or_computed_tokens() {
+    fn a_full_batch_is_full_by_sequences_or_tokens() {
         let mut q = Queue::default();
         for j in 0..3 {
             q.push(item(j, 300));
         }
         q.push(item(3, 50));
-        assert!(q.has_full_batch(LIMITS, Packed), "4 sequences");
-        // Padded: 4 × 300 ≥ 1000; packed: 950 real tokens leave room.
+        assert!(q.has_full_batch(LIMITS), "4 sequences");
         let roomy = Limits { max_batch_size: 6, ..LIMITS };
-        assert!(q.has_full_batch(roomy, Padded));
-        assert!(!q.has_full_batch(roomy, Packed));
+        assert!(!q.has_full_batch(roomy), "950 real tokens leave room");
         q.push(item(4, 60));
-        assert!(q.has_full_batch(roomy, Packed), "1010 real tokens");
+        assert!(q.has_full_batch(roomy), "1010 real tokens");
     }
 
     #[test]
     fn crash_survivors_go_alone() {
-        for layout in [Padded, Packed] {
-            let mut q = Queue::default();
-            q.requeue_front(vec![suspect(0, 5), suspect(1, 5)]);
-            q.push(item(2, 5));
-            q.push(item(3, 5));
-            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![0]);
-            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![1]);
-            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![2, 3]);
-        }
+        let mut q = Queue::default();
+        q.requeue_front(vec![suspect(0, 5), suspect(1, 5)]);
+        q.push(item(2, 5));
+        q.push(item(3, 5));
+        assert_eq!(jobs(&q.plan(LIMITS)), vec![0]);
+        assert_eq!(jobs(&q.plan(LIMITS)), vec![1]);
+        assert_eq!(jobs(&q.plan(LIMITS)), vec![2, 3]);
     }
 
     #[test]
     fn a_batch_led_by_better_priority_work_holds_only_that() {
-        for layout in [Padded, Packed] {
-            let mut q = Queue::new(Duration::ZERO);
-            for j in 0..3 {
-                q.push(item(j, 20).with_class(10, 1));
-            }
-            q.push(item(3, 5).with_class(0, 2));
-            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![3], "the query alone, bulk waits");
-            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![0, 1, 2]);
-            // Work of the lead's priority or better rides along; worse does not.
-            q.push(item(4, 20).with_class(10, 1));
-            q.push(item(5, 5).with_class(0, 2));
-            q.push(item(6, 5).with_class(-1, 3));
-            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![6]);
-            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![5]);
-            assert_eq!(jobs(&q.plan(LIMITS, layout)), vec![4]);
+        let mut q = Queue::new(Duration::ZERO);
+        for j in 0..3 {
+            q.push(item(j, 20).with_class(10, 1));
         }
+        q.push(item(3, 5).with_class(0, 2));
+        assert_eq!(jobs(&q.plan(LIMITS)), vec![3], "the query alone, bulk waits");
+        assert_eq!(jobs(&q.plan(LIMITS)), vec![0, 1, 2]);
+        // Work of the lead's priority or better rides along; worse does not.
+        q.push(item(4, 20).with_class(10, 1));
+        q.push(item(5, 5).with_class(0, 2));
+        q.push(item(6, 5).with_class(-1, 3));
+        assert_eq!(jobs(&q.plan(LIMITS)), vec![6]);
+        assert_eq!(jobs(&q.plan(LIMITS)), vec![5]);
+        assert_eq!(jobs(&q.plan(LIMITS)), vec![4]);
     }
 
     #[test]
@@ -413,6 +303,6 @@ mod tests {
         q.push(item(1, 5));
         q.requeue_front(vec![item(0, 5)]);
         assert_eq!(q.items.front().unwrap().job, 0);
-        assert!(q.has_full_batch(Limits { max_batch_size: 2, max_batch_tokens: 100 }, Padded));
+        assert!(q.has_full_batch(Limits { max_batch_size: 2, max_batch_tokens: 100 }));
     }
 }

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::handle::{JobError, PoolRequest, RunnerError, RunnerHandle, RunnerMsg, RunnerStatus};
 use super::jobs::{BatchOutput, Jobs};
 use super::RunnerConfig;
-use crate::batch::{Item, Layout, Limits, Pace, Queue};
+use crate::batch::{Item, Limits, Pace, Queue};
 use crate::telemetry::BatchTrace;
 use crate::worker::{Cause, Death, StartError, Started, WorkerEvent, WorkerLink};
 
@@ -32,8 +32,8 @@ use crate::worker::{Cause, Death, StartError, Started, WorkerEvent, WorkerLink};
 struct SentBatch {
     items: Vec<Item>,
     sent: Instant,
-    /// Tokens the worker computes for it (`Layout::cost`).
-    cost: usize,
+    /// Its tokens: what the worker computes.
+    tokens: usize,
     /// The traced requests in it, whose spans are recorded when it is answered.
     trace: BatchTrace,
 }
@@ -63,8 +63,6 @@ struct Runner {
     head_since: Instant,
     /// The worker's observed speed; kept across restarts (same model, same machine).
     pace: Pace,
-    /// How the current worker computes batches.
-    layout: Layout,
     /// Batch bounds for the current worker's device (`RunnerConfig::limits` or `gpu_limits`).
     limits: Limits,
     worker: Option<Box<dyn WorkerLink>>,
@@ -113,7 +111,6 @@ pub fn spawn_runner(
         in_flight: BTreeMap::new(),
         head_since: Instant::now(),
         pace: Pace::default(),
-        layout: Layout::Padded,
         worker: None,
         events: None,
         generation: 0,

@@ -58,8 +58,6 @@ pub struct Script {
     pub hang: bool,
     /// When set, each answer waits for a permit (the test releases answers one by one).
     pub gate: Option<Arc<Semaphore>>,
-    /// The worker says it computes batches packed (no padding).
-    pub packed: bool,
     /// The worker says it computes on a GPU.
     pub gpu: bool,
 }
@@ -121,19 +119,9 @@ impl WorkerLauncher for FakeLauncher {
             let (events_tx, events) = mpsc::unbounded_channel();
             let stopped = Arc::new(AtomicBool::new(false));
             let task = tokio::spawn(serve(inbox, events_tx, this.clone(), stopped.clone()));
-            let (packed, gpu) = {
-                let script = this.script.lock().unwrap();
-                (script.packed, script.gpu)
-            };
-            let link = FakeLink {
-                pid,
-                info: info(gpu),
-                packed,
-                stopped,
-                outbox,
-                task: task.abort_handle(),
-                log: this.log.clone(),
-            };
+            let gpu = this.script.lock().unwrap().gpu;
+            let link =
+                FakeLink { pid, info: info(gpu), stopped, outbox, task: task.abort_handle(), log: this.log.clone() };
             Ok(Started { link: Box::new(link), events })
         }
         .boxed()
@@ -156,7 +144,6 @@ fn info(gpu: bool) -> ModelInfo {
         device: if gpu { "gpu" } else { "cpu" }.into(),
         blas: "none".into(),
         load_seconds: 0.0,
-        packed: true,
         token_outputs: Default::default(),
     }
 }
@@ -239,7 +226,6 @@ async fn serve(
 struct FakeLink {
     pid: u32,
     info: ModelInfo,
-    packed: bool,
     stopped: Arc<AtomicBool>,
     outbox: mpsc::UnboundedSender<(SupervisorMessage, usize)>,
     task: AbortHandle,
@@ -253,10 +239,6 @@ impl WorkerLink for FakeLink {
 
     fn info(&self) -> &ModelInfo {
         &self.info
-    }
-
-    fn packed(&self) -> bool {
-        self.packed
     }
 
     fn is_stopped(&self) -> bool {

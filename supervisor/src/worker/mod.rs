@@ -77,12 +77,6 @@ pub trait WorkerLink: Send + Sync {
     fn pid(&self) -> u32;
     /// What the worker said about its model in Ready.
     fn info(&self) -> &ModelInfo;
-    /// True when the worker computes a batch packed, without padding: the tokens it
-    /// computes are the real ones, and a batch is planned by its real tokens. A worker
-    /// that pads every sequence to the batch's longest says false (`ModelInfo::packed`).
-    fn packed(&self) -> bool {
-        self.info().packed
-    }
     /// True when the process is stopped by a signal (SIGSTOP, SIGTSTP): not computing,
     /// so a batch that takes too long is not its input's doing.
     fn is_stopped(&self) -> bool;

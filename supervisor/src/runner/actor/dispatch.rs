@@ -24,12 +24,12 @@ const MIN_BATCH_TOKENS: usize = 64;
 impl Runner {
     fn in_flight_now(&self) -> InFlight {
         let suspect = self.in_flight.values().any(|b| b.items.iter().any(Item::is_suspect));
-        let cut_at = self.in_flight.values().next().and_then(|head| self.pace.cut_at(self.head_since, head.cost));
+        let cut_at = self.in_flight.values().next().and_then(|head| self.pace.cut_at(self.head_since, head.tokens));
         InFlight { batches: self.in_flight.len(), suspect, cut_at }
     }
 
     fn rules(&self) -> Rules {
-        Rules { limits: self.batch_limits(), layout: self.layout, max_wait: self.cfg.max_wait }
+        Rules { limits: self.batch_limits(), max_wait: self.cfg.max_wait }
     }
 
     /// The device's batch bounds, with the token budget cut to what the worker computes in
@@ -70,7 +70,7 @@ impl Runner {
             return None;
         }
         let head = self.in_flight.values().next()?;
-        Some(recovery::hang_deadline(self.head_since, self.pace.predict(head.cost), self.cfg.hung_after))
+        Some(recovery::hang_deadline(self.head_since, self.pace.predict(head.tokens), self.cfg.hung_after))
     }
 
     /// Acts on the deadlines that passed: a hung worker is killed (and its inputs retried
@@ -83,9 +83,9 @@ impl Runner {
             let detail = format!(
                 "a batch of {} inputs ({} tokens) ran {:.1} s; the model's observed time for that size is {}",
                 head.items.len(),
-                head.cost,
+                head.tokens,
                 (now - self.head_since).as_secs_f64(),
-                match self.pace.predict(head.cost) {
+                match self.pace.predict(head.tokens) {
                     Some(t) => format!("{:.3} s", t.as_secs_f64()),
                     None => "not known yet".into(),
                 }
@@ -119,7 +119,7 @@ impl Runner {
         let jobs = &self.jobs;
         let dropped = self.queue.retain(|i| jobs.contains(i.job));
         self.queued.fetch_sub(dropped, Ordering::SeqCst);
-        let items = self.queue.plan(self.batch_limits(), self.layout);
+        let items = self.queue.plan(self.batch_limits());
         if items.is_empty() {
             return false;
         }
@@ -129,12 +129,10 @@ impl Runner {
         }
         self.queued.fetch_sub(items.len(), Ordering::SeqCst);
         let mut batch = TokenBatch::new();
-        let mut real = 0u64;
         for item in &items {
             batch.push(&item.tokens.ids, &item.tokens.type_ids);
-            real += item.len() as u64;
         }
-        let cost = self.layout.cost(&items);
+        let tokens = crate::batch::tokens(&items);
         let id = self.next_batch;
         self.next_batch += 1;
         // One forward pass gives every job what it asked for: the union of their outputs.
@@ -157,9 +155,9 @@ impl Runner {
         }
         let m = metrics();
         m.batch_size.with_label_values(&[endpoint]).observe(items.len() as f64);
-        m.tokens_total.with_label_values(&[&self.name]).inc_by(real);
-        // What the worker computes: the real tokens when it packs, padding included when not.
-        m.padded_tokens_total.with_label_values(&[&self.name]).inc_by(cost as u64);
+        m.tokens_total.with_label_values(&[&self.name]).inc_by(tokens as u64);
+        // What the worker computes: every worker packs batches, so the same real tokens.
+        m.padded_tokens_total.with_label_values(&[&self.name]).inc_by(tokens as u64);
         self.status.lock().unwrap().batches += 1;
         let sent = self.worker.as_ref().map(|w| w.send(&msg));
         trace.sent();
@@ -167,7 +165,7 @@ impl Runner {
         if self.in_flight.is_empty() {
             self.head_since = now;
         }
-        self.in_flight.insert(id, SentBatch { items, sent: now, cost, trace });
+        self.in_flight.insert(id, SentBatch { items, sent: now, tokens, trace });
         // A failed send means the worker is gone; its Died event requeues the batch.
         matches!(sent, Some(Ok(())))
     }
@@ -179,19 +177,14 @@ impl Runner {
     pub(super) fn complete_batch(&mut self, id: u64, output: Option<(BatchOutput<'_>, u64)>) -> Option<SentBatch> {
         let was_head = self.in_flight.keys().next() == Some(&id);
         let mut batch = self.in_flight.remove(&id)?;
-        let facts = BatchFacts {
-            model: &self.name,
-            id,
-            size: batch.items.len(),
-            tokens: batch.items.iter().map(|i| i.len() as u64).sum(),
-        };
+        let facts = BatchFacts { model: &self.name, id, size: batch.items.len(), tokens: batch.tokens as u64 };
         let forward = output.as_ref().map(|(_, us)| Duration::from_micros(*us));
         let error = output.is_none().then_some("the worker answered an error");
         std::mem::take(&mut batch.trace).finish(facts, forward, error);
         let now = Instant::now();
         if was_head {
             if output.is_some() {
-                self.pace.observe(batch.cost, now - self.head_since);
+                self.pace.observe(batch.tokens, now - self.head_since);
             }
             self.head_since = now;
         }

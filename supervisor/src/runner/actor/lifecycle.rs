@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{next_event, Runner, StartDone};
-use crate::batch::{Item, Layout};
+use crate::batch::Item;
 use crate::metrics::metrics;
 use crate::runner::handle::{JobError, PoolRequest, RunnerError};
 use crate::runner::recovery;
@@ -49,7 +49,7 @@ impl Runner {
         match result {
             Ok(Started { link, events }) => {
                 metrics().model_load_seconds.with_label_values(&[&self.name]).observe(took.as_secs_f64());
-                tracing::info!(model = %self.name, pid = link.pid(), seconds = took.as_secs_f64(), packed = link.packed(), "worker ready");
+                tracing::info!(model = %self.name, pid = link.pid(), seconds = took.as_secs_f64(), "worker ready");
                 {
                     let mut s = self.status.lock().unwrap();
                     s.pid = Some(link.pid());
@@ -58,7 +58,6 @@ impl Runner {
                     s.info = Some(link.info().clone());
                     s.last_error = None;
                 }
-                self.layout = if link.packed() { Layout::Packed } else { Layout::Padded };
                 self.limits = if link.info().device == "gpu" { self.cfg.gpu_limits } else { self.cfg.limits };
                 self.worker = Some(link);
                 self.events = Some(events);

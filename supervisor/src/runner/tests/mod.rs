@@ -259,15 +259,15 @@ async fn the_next_batch_is_cut_just_before_the_worker_is_free() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_packed_worker_gets_batches_by_real_tokens_and_metrics_say_so() {
+async fn batches_are_cut_by_real_tokens_and_metrics_say_so() {
     let gate = Arc::new(Semaphore::new(0));
-    let (h, fake) =
-        runner_with("packed", Script { gate: Some(gate.clone()), packed: true, ..Default::default() }, |c| {
-            c.limits = Limits { max_batch_size: 8, max_batch_tokens: 400 };
-        });
+    let (h, fake) = runner_with("packed", Script { gate: Some(gate.clone()), ..Default::default() }, |c| {
+        c.limits = Limits { max_batch_size: 8, max_batch_tokens: 400 };
+    });
     let first = submit(&h, &[1]);
     settle().await;
-    // One long and three short: padded they would cost 4 × 300 > 400; packed, 330 tokens.
+    // One long and three short: padded to the longest they would be 4 × 300 > 400; the
+    // worker packs them, 330 tokens.
     let mixed = h.submit(vec![input(2, 300), input(3, 10), input(4, 10), input(5, 10)]).unwrap();
     settle().await;
     gate.add_permits(2);
@@ -276,7 +276,7 @@ async fn a_packed_worker_gets_batches_by_real_tokens_and_metrics_say_so() {
     assert_eq!(fake.batches(), [vec![1], vec![3, 4, 5, 2]], "one batch, sorted by length");
     let m = metrics();
     assert_eq!(m.tokens_total.with_label_values(&["packed"]).get(), 333);
-    assert_eq!(m.padded_tokens_total.with_label_values(&["packed"]).get(), 333, "a packed worker computes no padding");
+    assert_eq!(m.padded_tokens_total.with_label_values(&["packed"]).get(), 333, "a packing worker computes no padding");
 }
 
 #[tokio::test(start_paused = true)]
@@ -300,15 +300,6 @@ async fn a_gpu_worker_gets_the_gpu_batch_limits() {
         rest.await.unwrap().unwrap();
         assert_eq!(fake.batches(), want, "gpu = {gpu}");
     }
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_padded_worker_is_charged_its_padding() {
-    let (h, _fake) = runner("padded", Script::default());
-    h.submit(vec![input(2, 30), input(3, 10)]).unwrap().await.unwrap().unwrap();
-    let m = metrics();
-    assert_eq!(m.tokens_total.with_label_values(&["padded"]).get(), 40);
-    assert_eq!(m.padded_tokens_total.with_label_values(&["padded"]).get(), 60);
 }
 
 #[tokio::test(start_paused = true)]

@@ -44,7 +44,6 @@ struct Scenario {
     requests: Vec<Request>,
     /// Kills and stops from outside, by batch number.
     outside: BTreeMap<usize, Fault>,
-    packed: bool,
     max_batch_size: usize,
     max_batch_tokens: usize,
     per_token_us: u64,
@@ -65,11 +64,10 @@ fn request() -> impl Strategy<Value = Request> {
 
 fn scenario() -> impl Strategy<Value = Scenario> {
     let outside = prop::collection::btree_map(1usize..40, prop_oneof![Just(Fault::Kill), Just(Fault::Stop)], 0..3);
-    (prop::collection::vec(request(), 1..30), outside, any::<bool>(), 1usize..8, 20usize..200, 0u64..300).prop_map(
-        |(requests, outside, packed, max_batch_size, max_batch_tokens, per_token_us)| Scenario {
+    (prop::collection::vec(request(), 1..30), outside, 1usize..8, 20usize..200, 0u64..300).prop_map(
+        |(requests, outside, max_batch_size, max_batch_tokens, per_token_us)| Scenario {
             requests,
             outside,
-            packed,
             max_batch_size,
             max_batch_tokens,
             per_token_us,
@@ -88,7 +86,6 @@ async fn run(s: Scenario, name: String) -> Result<(), TestCaseError> {
         faults: s.outside.clone(),
         delay: Duration::from_millis(2),
         per_token: Duration::from_micros(s.per_token_us),
-        packed: s.packed,
         ..Default::default()
     };
     let (h, fake) = runner_with(&name, script, |c| {
