@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use mlx_serve_protocol::{codec, ErrorKind, SupervisorMessage, TokenBatch, WorkerMessage};
+use mlx_serve_protocol::{codec, Device, ErrorKind, SupervisorMessage, TokenBatch, WorkerMessage};
 use mlx_serve_tests::fixtures::{self, batch, cosine, max_abs_diff, paired};
 use mlx_serve_tests::parity::{self, check_embedding_model, check_reranker};
 use mlx_serve_tests::worker_process::{Started, TempDir, Worker};
@@ -269,8 +269,8 @@ fn bf16_weights_in_shards_load_and_compute_in_f32() {
 fn auto_compute_dtype_is_float32_on_a_cpu_and_half_precision_on_a_gpu() {
     // The harness pins float32 (common/worker_process.rs); `auto` is what users get.
     let (_, info) = Worker::ready(&fixtures::model_dir("tiny-bert-embed"), &["--compute-dtype", "auto"]).unwrap();
-    match info.device.as_str() {
-        "cpu" => assert_eq!(info.compute_dtype, "float32"),
+    match info.device {
+        Device::Cpu => assert_eq!(info.compute_dtype, "float32"),
         _ => assert!(
             matches!(info.compute_dtype.as_str(), "float16" | "bfloat16"),
             "{} on {}",

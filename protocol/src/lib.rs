@@ -35,7 +35,8 @@ use serde::{Deserialize, Serialize};
 /// 5: `forward_us` on `Embeddings`, `Scores` and `TokenEmbeddings` (the worker's own
 ///    forward time, for the supervisor's trace spans: docs/tracing.md).
 /// 6: `ModelInfo::packed` gone: every worker computes batches packed (below), so the
-///    supervisor sizes batches by their real tokens, with no padded alternative.
+///    supervisor sizes batches by their real tokens, with no padded alternative;
+///    `ModelInfo::device` a [`Device`] and `pooling` a [`model_dir::Pooling`], not strings.
 pub const PROTOCOL_VERSION: u16 = 6;
 
 /// What a model produces.
@@ -177,20 +178,45 @@ pub struct ModelInfo {
     /// Most tokens one sequence may have (position table size).
     pub max_tokens: u32,
     pub vocab_size: u32,
-    /// `cls`, `mean`, `last_token` (embeddings) or the scoring head (rerankers).
-    pub pooling: String,
+    /// The pooling mode (embeddings) or the scoring head (rerankers).
+    pub pooling: model_dir::Pooling,
     pub normalize: bool,
     /// dtype of the weights on disk (`float32`, `bfloat16`, `q4`, ...).
     pub stored_dtype: String,
     /// dtype the forward pass runs in.
     pub compute_dtype: String,
-    /// MLX device the worker computes on (`cpu`, `gpu`).
-    pub device: String,
+    /// The MLX device the worker computes on.
+    pub device: Device,
     /// Which library answered `cblas_sgemm` (Linux CPU backend), for the operator.
     pub blas: String,
     pub load_seconds: f64,
     /// The per-token outputs the model has heads for (none for most models).
     pub token_outputs: TokenOutputs,
+}
+
+/// The kind of MLX device a worker computes on: the CPU backend, or a GPU backend (Metal
+/// on Apple Silicon, CUDA on Linux), which get different batch bounds. Written `cpu` /
+/// `gpu` wherever it is shown (JSON, logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Gpu,
+}
+
+impl Device {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Gpu => "gpu",
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Memory and work counters of one worker.
@@ -330,5 +356,21 @@ mod tests {
         assert!(b.validate().is_ok());
         let bad = TokenBatch { tokens: vec![1], offsets: vec![0, 2], type_ids: vec![] };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn device_and_pooling_are_written_by_name_and_read_back() {
+        use model_dir::{Pooling, PoolingMode};
+        assert_eq!(serde_json::to_string(&Device::Gpu).unwrap(), "\"gpu\"");
+        let all = [Pooling::CLS, Pooling::Embed(PoolingMode::WeightedMean), Pooling::CrossEncoder, Pooling::YesNo];
+        for p in all {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+            assert_eq!(serde_json::from_value::<Pooling>(p.as_str().into()).unwrap(), p);
+            let mut frame = std::io::Cursor::new(Vec::new());
+            codec::write(&mut frame, &(p, Device::Cpu)).unwrap();
+            frame.set_position(0);
+            assert_eq!(codec::read::<(Pooling, Device), _>(&mut frame).unwrap(), Some((p, Device::Cpu)));
+        }
+        assert!(serde_json::from_value::<Pooling>("median".into()).is_err(), "an unknown name is refused");
     }
 }

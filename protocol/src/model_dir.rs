@@ -25,7 +25,9 @@ pub use crate::st_pipeline::{Dense, DenseActivation, PoolingMode};
 use crate::ModelKind;
 
 /// How token states become one vector (embeddings) or how a pair is scored (rerankers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Written as its name ([`Pooling::as_str`]) wherever it is shown or sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum Pooling {
     /// A sentence-transformers pooling mode.
     Embed(PoolingMode),
@@ -45,6 +47,15 @@ impl Pooling {
             Pooling::Embed(mode) => mode.as_str(),
             Pooling::CrossEncoder => "cross_encoder",
             Pooling::YesNo => "yes_no",
+        }
+    }
+
+    /// The pooling named `name` ([`Pooling::as_str`], or a sentence-transformers mode name).
+    pub fn parse(name: &str) -> Option<Pooling> {
+        match name {
+            "cross_encoder" => Some(Pooling::CrossEncoder),
+            "yes_no" => Some(Pooling::YesNo),
+            mode => PoolingMode::parse(mode).map(Pooling::Embed),
         }
     }
 
@@ -246,6 +257,26 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
         type_vocab_size: get_u32(&config, "type_vocab_size").unwrap_or(family.spec().type_vocab_default),
         config,
     })
+}
+
+impl From<Pooling> for &'static str {
+    fn from(p: Pooling) -> &'static str {
+        p.as_str()
+    }
+}
+
+impl TryFrom<String> for Pooling {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Pooling, String> {
+        Pooling::parse(&name).ok_or_else(|| format!("unknown pooling {name:?}"))
+    }
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]

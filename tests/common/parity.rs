@@ -19,7 +19,7 @@ pub fn check_embedding_model(name: &str) {
     let reference = fixtures::embed_reference(name).unwrap();
     let (mut w, info) = Worker::ready(&fixtures::model_dir(name), &[]).unwrap();
     assert_eq!(info.kind, ModelKind::Embedding);
-    assert_eq!(info.pooling, reference.pooling.replace("lasttoken", "last_token"));
+    assert_eq!(info.pooling.as_str(), reference.pooling.replace("lasttoken", "last_token"));
     assert_eq!(info.max_tokens, reference.max_seq_length);
     let mut worst = (1.0f64, 0.0f64);
     for case in &reference.cases {

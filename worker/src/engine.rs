@@ -23,7 +23,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use mlx_rs::{Array, Dtype};
 use mlx_serve_protocol::model_dir::{self, ModelFacts, Pooling};
-use mlx_serve_protocol::{ModelInfo, ModelKind, TokenBatch, TokenOutputs, WorkerMessage, WorkerStats};
+use mlx_serve_protocol::{Device, ModelInfo, ModelKind, TokenBatch, TokenOutputs, WorkerMessage, WorkerStats};
 
 use crate::device::on_gpu;
 use crate::embedding_head::EmbeddingHead;
@@ -167,11 +167,11 @@ impl Engine {
             output_dim: facts.output_dim,
             max_tokens: facts.max_tokens,
             vocab_size: facts.vocab_size,
-            pooling: facts.pooling.as_str().into(),
+            pooling: facts.pooling,
             normalize: facts.normalize,
             stored_dtype,
             compute_dtype: dtype_name(compute).into(),
-            device: if gpu { "gpu" } else { "cpu" }.into(),
+            device: if gpu { Device::Gpu } else { Device::Cpu },
             blas: crate::blas::sgemm_provider(),
             load_seconds: 0.0,
             token_outputs: token_heads.as_ref().map(M3Heads::outputs).unwrap_or_default(),

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use mlx_serve_protocol::{ModelInfo, ModelKind, SupervisorMessage, TokenBatch, WorkerMessage, WorkerStats};
+use mlx_serve_protocol::model_dir::Pooling;
+use mlx_serve_protocol::{Device, ModelInfo, ModelKind, SupervisorMessage, TokenBatch, WorkerMessage, WorkerStats};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -137,11 +138,11 @@ fn info(gpu: bool) -> ModelInfo {
         output_dim: 2,
         max_tokens: 512,
         vocab_size: 1000,
-        pooling: "mean".into(),
+        pooling: Pooling::MEAN,
         normalize: false,
         stored_dtype: "float32".into(),
         compute_dtype: "float32".into(),
-        device: if gpu { "gpu" } else { "cpu" }.into(),
+        device: if gpu { Device::Gpu } else { Device::Cpu },
         blas: "none".into(),
         load_seconds: 0.0,
         token_outputs: Default::default(),

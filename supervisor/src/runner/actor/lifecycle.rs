@@ -6,6 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
+use mlx_serve_protocol::Device;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -58,7 +59,7 @@ impl Runner {
                     s.info = Some(link.info().clone());
                     s.last_error = None;
                 }
-                self.limits = if link.info().device == "gpu" { self.cfg.gpu_limits } else { self.cfg.limits };
+                self.limits = if link.info().device == Device::Gpu { self.cfg.gpu_limits } else { self.cfg.limits };
                 self.worker = Some(link);
                 self.events = Some(events);
                 self.restart_at = None;
