@@ -220,7 +220,7 @@ pub async fn ps(State(state): State<SharedState>) -> Json<Value> {
             continue;
         }
         let Some(m) = installed.iter().find(|m| m.name == e.name) else { continue };
-        let status = e.runner.status.lock().unwrap().clone();
+        let status = e.runner.status();
         let idle = status.last_used.elapsed().as_secs();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let mut v = model_json(m);

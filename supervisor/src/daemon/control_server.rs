@@ -197,7 +197,7 @@ async fn handle(state: &ControlState, request: Request) -> Result<serde_json::Va
             entry.runner.load().await?;
             Ok(serde_json::json!({
                 "model": entry.name,
-                "pid": entry.runner.status.lock().unwrap().pid,
+                "pid": entry.runner.status().pid,
                 "seconds": start.elapsed().as_secs_f64(),
             }))
         }
@@ -232,9 +232,9 @@ async fn handle(state: &ControlState, request: Request) -> Result<serde_json::Va
         }
         Request::Restart { model } => {
             let entry = resolver.known_entry(&model)?;
-            let old_pid = entry.runner.status.lock().unwrap().pid;
+            let old_pid = entry.runner.status().pid;
             entry.runner.restart().await?;
-            let pid = entry.runner.status.lock().unwrap().pid;
+            let pid = entry.runner.status().pid;
             Ok(serde_json::json!({"model": entry.name, "old_pid": old_pid, "pid": pid}))
         }
     }
@@ -248,7 +248,7 @@ async fn worker_row(e: &ModelEntry) -> WorkerRow {
     let loaded = e.runner.is_loaded();
     let fresh =
         if loaded { tokio::time::timeout(Duration::from_secs(1), e.runner.stats()).await.ok().flatten() } else { None };
-    let s = e.runner.status.lock().unwrap().clone();
+    let s = e.runner.status();
     let stats = fresh.or(s.worker_stats.clone().filter(|_| loaded));
     WorkerRow {
         model: e.name.clone(),

@@ -23,7 +23,7 @@ use super::handle::RunnerHandle;
 /// The order in which loaded runners are evicted: least recently used first, preloaded
 /// ones after all others.
 pub fn eviction_order(runners: &mut [RunnerHandle]) {
-    runners.sort_by_key(|r| (r.is_preloaded(), r.status.lock().unwrap().last_used));
+    runners.sort_by_key(|r| (r.is_preloaded(), r.last_used()));
 }
 
 /// Stops idle workers of `kind` until one more (`starting`) fits under `limit`. Returns
@@ -58,7 +58,7 @@ pub async fn make_room(runners: Vec<RunnerHandle>, kind: ModelKind, starting: &s
 /// One TTL sweep: stops the workers idle for `ttl` or longer (preloaded ones stay).
 pub async fn sweep(runners: Vec<RunnerHandle>, ttl: Duration) {
     for r in runners {
-        let idle_for = Instant::now().saturating_duration_since(r.status.lock().unwrap().last_used);
+        let idle_for = Instant::now().saturating_duration_since(r.last_used());
         if r.is_preloaded() || !r.is_loaded() || !r.is_idle() || idle_for < ttl {
             continue;
         }
@@ -78,7 +78,7 @@ pub async fn sweep_memory(runners: Vec<RunnerHandle>, budget: u64) -> u64 {
         loaded.push((r, bytes));
     }
     let mut held: u64 = loaded.iter().map(|(_, bytes)| bytes).sum();
-    loaded.sort_by_key(|(r, _)| (r.is_preloaded(), r.status.lock().unwrap().last_used));
+    loaded.sort_by_key(|(r, _)| (r.is_preloaded(), r.last_used()));
     for (r, bytes) in loaded {
         if held <= budget {
             break;

@@ -185,7 +185,8 @@ pub struct RunnerHandle {
     /// Inputs queued and not yet sent (shared with the runner, which decrements it).
     queued: Arc<AtomicUsize>,
     max_queue: usize,
-    pub status: Arc<Mutex<RunnerStatus>>,
+    /// Written by the runner after every event; read here as snapshots ([`RunnerHandle::status`]).
+    pub(super) status: Arc<Mutex<RunnerStatus>>,
 }
 
 impl RunnerHandle {
@@ -247,6 +248,16 @@ impl RunnerHandle {
 
     pub fn state(&self) -> WorkerState {
         self.status.lock().unwrap().state
+    }
+
+    /// The worker's state and figures as of the runner's last event.
+    pub fn status(&self) -> RunnerStatus {
+        self.status.lock().unwrap().clone()
+    }
+
+    /// When a request last came for this model.
+    pub fn last_used(&self) -> Instant {
+        self.status.lock().unwrap().last_used
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> RunnerMsg) -> Option<T> {

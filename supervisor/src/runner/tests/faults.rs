@@ -77,7 +77,7 @@ async fn a_hung_worker_is_killed_by_the_watchdog_and_its_inputs_retried() {
     assert!(took >= HUNG_AFTER && took < HUNG_AFTER + Duration::from_secs(1), "the floor applies: {took:?}");
     assert_eq!(fake.starts(), 2);
     assert_eq!(fake.batches()[2..], [vec![2], vec![3]], "a hang implicates its batch: suspects run alone");
-    assert_eq!(h.status.lock().unwrap().restarts, 1);
+    assert_eq!(h.status().restarts, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -87,7 +87,7 @@ async fn a_stopped_worker_is_killed_and_implicates_nothing() {
     let out = within(HUNG_AFTER * HANG_FACTOR, submit(&h, &[2, 3])).await.unwrap().unwrap();
     assert_eq!(out, rows(&[2, 3]));
     assert_eq!(fake.batches()[2..], [vec![2, 3]], "retried together");
-    assert_eq!(h.status.lock().unwrap().restarts, 1);
+    assert_eq!(h.status().restarts, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -147,7 +147,7 @@ async fn restart_works_on_a_hung_worker() {
     assert_eq!(ticket.await.unwrap().unwrap(), rows(&[1]), "the input in flight was retried on the new worker");
     assert_eq!(fake.starts(), 2);
     assert_eq!(fake.log.lock().unwrap().kills, 1);
-    assert_eq!(h.status.lock().unwrap().restarts, 0, "an operator's restart is not a crash");
+    assert_eq!(h.status().restarts, 0, "an operator's restart is not a crash");
 }
 
 #[tokio::test(start_paused = true)]

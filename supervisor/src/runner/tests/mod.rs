@@ -181,7 +181,7 @@ async fn a_crash_mid_batch_retries_its_inputs() {
     assert_eq!(out, rows(&[1, 2]), "answered after the restart, in input order");
     assert_eq!(fake.starts(), 2);
     assert_eq!(fake.batches(), [vec![1, 2], vec![1], vec![2]], "survivors are retried one by one");
-    assert_eq!(h.status.lock().unwrap().restarts, 1);
+    assert_eq!(h.status().restarts, 1);
 }
 
 #[tokio::test(start_paused = true)]
