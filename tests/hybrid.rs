@@ -6,14 +6,13 @@
 //! fixture with sentence-transformers references.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mlx_serve_protocol::{ErrorKind, SupervisorMessage, TokenBatch, TokenOutputs, WorkerMessage};
 use mlx_serve_tests::cli::{self, Output};
 use mlx_serve_tests::fake_hub::{error_line, folder_files, FakeHub};
 use mlx_serve_tests::fixtures::{copy_dir, cosine, max_abs_diff, model_dir, read_safetensors, repo_root};
-use mlx_serve_tests::server::{binary, run_client, Server, ServerOptions};
+use mlx_serve_tests::server::{run_client, Server, ServerOptions};
 use mlx_serve_tests::worker_process::Worker;
 use serde_json::{json, Value};
 
@@ -27,17 +26,8 @@ fn reference() -> Value {
 /// `mlx-serve ARGS` with its own home, the fake hub, and `cwd` as its working folder (where
 /// a hostile pickle's `touch` would land).
 fn mlx_serve(home: &Path, hub: &FakeHub, cwd: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(binary("mlx-serve"));
-    cmd.args(args)
-        .current_dir(cwd)
-        .env("MLX_SERVE_HOME", home)
-        .env("MLX_SERVE_WORKER_BIN", binary("mlx-serve-worker"))
-        .env("HF_ENDPOINT", hub.endpoint())
-        .env("HF_HOME", home.join("hf"))
-        .env_remove("MLX_SERVE_CONFIG")
-        .env_remove("MLX_SERVE_MODELS_DIR")
-        .env_remove("HF_TOKEN")
-        .stdin(Stdio::null());
+    let mut cmd = cli::command(home, Some(&hub.endpoint()), args);
+    cmd.current_dir(cwd);
     cli::run(cmd, Duration::from_secs(180))
 }
 

@@ -32,17 +32,7 @@ fn minilm_repo() -> Vec<(String, Vec<u8>)> {
 /// Runs `mlx-serve ARGS` with its own home, the fake hub as HF_ENDPOINT and an HF cache
 /// under the home; killed after 180 s.
 fn mlx_serve(home: &Path, hub: &FakeHub, args: &[&str]) -> Output {
-    let mut cmd = Command::new(binary("mlx-serve"));
-    cmd.args(args)
-        .env("MLX_SERVE_HOME", home)
-        .env("MLX_SERVE_WORKER_BIN", binary("mlx-serve-worker"))
-        .env("HF_ENDPOINT", hub.endpoint())
-        .env("HF_HOME", home.join("hf"))
-        .env_remove("MLX_SERVE_CONFIG")
-        .env_remove("MLX_SERVE_MODELS_DIR")
-        .env_remove("HF_TOKEN")
-        .stdin(Stdio::null());
-    cli::run(cmd, Duration::from_secs(180))
+    cli::run(cli::command(home, Some(&hub.endpoint()), args), Duration::from_secs(180))
 }
 
 fn models_dir(home: &Path) -> PathBuf {

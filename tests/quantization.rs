@@ -11,24 +11,16 @@
 //! reference fixture's pairs (texts the quantizer's own check does not use).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mlx_serve_tests::cli::{self, Output};
 use mlx_serve_tests::fixtures::{self, RawTensor};
-use mlx_serve_tests::server::{binary, link_model, Server, ServerOptions};
+use mlx_serve_tests::server::{link_model, Server, ServerOptions};
 use mlx_serve_tests::worker_process::{TempDir, Worker};
 use serde_json::{json, Value};
 
 fn mlx_serve(home: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(binary("mlx-serve"));
-    cmd.args(args)
-        .env("MLX_SERVE_HOME", home)
-        .env("MLX_SERVE_WORKER_BIN", binary("mlx-serve-worker"))
-        .env_remove("MLX_SERVE_CONFIG")
-        .env_remove("MLX_SERVE_MODELS_DIR")
-        .stdin(Stdio::null());
-    cli::run(cmd, Duration::from_secs(300))
+    cli::run(cli::command(home, None, args), Duration::from_secs(300))
 }
 
 /// Deterministic normal(0, std) values (xorshift + Box-Muller), as little-endian f32 bytes.

@@ -125,6 +125,25 @@ impl Drop for Home {
     }
 }
 
+/// `mlx-serve ARGS` as a one-off command with its own home (`MLX_SERVE_HOME`; no config
+/// file, models folder or HF token from the environment) and the built worker; with
+/// `hub`, that endpoint (the fake hub) as `HF_ENDPOINT` and an HF cache under the home.
+/// Run it with [`run`].
+pub fn command(home: &Path, hub: Option<&str>, args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary("mlx-serve"));
+    cmd.args(args)
+        .env("MLX_SERVE_HOME", home)
+        .env("MLX_SERVE_WORKER_BIN", binary("mlx-serve-worker"))
+        .env_remove("MLX_SERVE_CONFIG")
+        .env_remove("MLX_SERVE_MODELS_DIR")
+        .env_remove("HF_TOKEN")
+        .stdin(Stdio::null());
+    if let Some(endpoint) = hub {
+        cmd.env("HF_ENDPOINT", endpoint).env("HF_HOME", home.join("hf"));
+    }
+    cmd
+}
+
 /// Runs a command to completion with a time limit, capturing both streams.
 pub fn run(mut cmd: Command, timeout: Duration) -> Output {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn mlx-serve");
