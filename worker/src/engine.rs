@@ -49,15 +49,9 @@ pub struct Options {
 
 /// Attention shapes: on a GPU rounded to a ladder (bounded per-shape kernel builds), on the
 /// CPU exact (nothing is built per shape there). `MLX_SERVE_ATTENTION_SHAPES=exact|ladder`
-/// overrides it, to measure one against the other (bench/gpu/diag.py).
+/// overrides it, to measure one against the other (`knobs.rs`, bench/gpu/diag.py).
 fn bucket_shapes(gpu: bool) -> Result<BucketShapes> {
-    Ok(match std::env::var("MLX_SERVE_ATTENTION_SHAPES").ok().as_deref() {
-        None | Some("") if gpu => BucketShapes::Ladder,
-        None | Some("") => BucketShapes::Exact,
-        Some("exact") => BucketShapes::Exact,
-        Some("ladder") => BucketShapes::Ladder,
-        Some(other) => bail!("MLX_SERVE_ATTENTION_SHAPES={other:?}: expected exact or ladder"),
-    })
+    Ok(if crate::knobs::attention_ladder()?.unwrap_or(gpu) { BucketShapes::Ladder } else { BucketShapes::Exact })
 }
 
 pub fn parse_dtype(s: &str) -> Result<Option<Dtype>> {

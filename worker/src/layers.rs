@@ -38,14 +38,10 @@ pub enum Linear {
 /// 11 tokens after the warm-up hung inside it; dequantize-then-matmul ran MiniLM 8-bit at
 /// the quantized kernel's speed (batches of 256 passages: 32.4 vs 36.1 ms). Metal's quantized
 /// kernels are prebuilt and are what mlx-lm runs. `MLX_SERVE_QUANTIZED_MATMUL=kernel` or
-/// `=dequantize` overrides the choice.
+/// `=dequantize` overrides the choice (`knobs.rs`).
 fn dequantize_first() -> bool {
     static D: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *D.get_or_init(|| match std::env::var("MLX_SERVE_QUANTIZED_MATMUL").ok().as_deref() {
-        Some("dequantize") => true,
-        Some("kernel") => false,
-        _ => crate::device::on_cuda(),
-    })
+    *D.get_or_init(|| crate::knobs::dequantize_first().unwrap_or_else(crate::device::on_cuda))
 }
 
 /// `x · wᵀ` of a quantized weight through MLX's quantized matmul, or (`dequantize`) with

@@ -20,6 +20,7 @@ mod device_memory;
 mod embedding_head;
 mod engine;
 mod heads;
+mod knobs;
 mod layers;
 mod memory;
 mod models;

@@ -43,15 +43,6 @@ fn is_device_error(message: &str) -> bool {
 /// pages) is returned to the system (`memory.rs`). Stats requests do not count as work.
 const IDLE_RELEASE: Duration = Duration::from_secs(2);
 
-/// Fault injection for the supervisor's crash-recovery tests: when set to a token id, the
-/// worker aborts (like an MLX abort would) on any batch containing that id. Never set in
-/// normal operation; the tests set it to check that a poison input fails alone.
-const ABORT_ON_TOKEN_ENV: &str = "MLX_SERVE_WORKER_ABORT_ON_TOKEN";
-
-fn abort_on_token() -> Option<u32> {
-    std::env::var(ABORT_ON_TOKEN_ENV).ok().and_then(|v| v.parse().ok())
-}
-
 enum Incoming {
     Message(SupervisorMessage),
     Eof,
@@ -111,7 +102,7 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
         }
     })?;
 
-    let poison = abort_on_token();
+    let poison = crate::knobs::abort_on_token();
     // The load itself leaves freed buffers behind: release them after the first quiet period.
     let mut last_batch = Instant::now();
     let mut idle_released = false;
@@ -146,7 +137,7 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
         ) = (poison, &item)
         {
             if batch.tokens.contains(&t) {
-                eprintln!("mlx-serve-worker: {ABORT_ON_TOKEN_ENV}={t} found in a batch; aborting");
+                eprintln!("mlx-serve-worker: {}={t} found in a batch; aborting", crate::knobs::ABORT_ON_TOKEN);
                 std::process::abort();
             }
         }

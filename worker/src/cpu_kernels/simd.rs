@@ -57,22 +57,18 @@ pub fn available() -> Vec<Level> {
     LEVELS.into_iter().filter(|l| l.supported()).collect()
 }
 
-/// Environment variable naming the level to use instead of the widest (`baseline`,
-/// `avx2`, `avx512`), so a benchmark can time one binary at each level; a level this CPU
-/// lacks is ignored.
-pub const LEVEL_ENV: &str = "MLX_SERVE_CPU_SIMD";
-
 static LEVEL: AtomicU8 = AtomicU8::new(u8::MAX);
 const LEVELS: [Level; 3] = [Level::Baseline, Level::Avx2, Level::Avx512];
 
-/// The level the kernels run at: the widest this CPU supports unless [`LEVEL_ENV`] names
-/// another supported one. Detected once.
+/// The level the kernels run at: the widest this CPU supports unless `MLX_SERVE_CPU_SIMD`
+/// (`knobs.rs`) names another supported one, so a benchmark can time one binary at each
+/// level. Detected once.
 #[inline]
 pub fn level() -> Level {
     match LEVEL.load(Ordering::Relaxed) {
         u8::MAX => {
             let all = available();
-            let wanted = std::env::var(LEVEL_ENV).ok();
+            let wanted = crate::knobs::cpu_simd();
             let chosen = all.iter().copied().find(|l| wanted.as_deref() == Some(l.name()));
             let chosen = chosen.unwrap_or(*all.last().unwrap_or(&Level::Baseline));
             LEVEL.store(chosen as u8, Ordering::Relaxed);
