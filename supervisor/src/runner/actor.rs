@@ -38,6 +38,46 @@ struct SentBatch {
     trace: BatchTrace,
 }
 
+/// The runner's worker process, through its life.
+enum Slot {
+    /// None running or starting: never started, stopped, evicted, dead, or failed to start
+    /// (`Runner::restart_at` then says when a start may be tried again).
+    Empty,
+    /// A start under way in its own task, which reports as `StartDone` with this number.
+    Starting { generation: u64 },
+    /// A worker that takes messages on `link` and reports on `events`.
+    Running { link: Box<dyn WorkerLink>, events: mpsc::UnboundedReceiver<WorkerEvent> },
+}
+
+impl Slot {
+    /// The running worker, if any.
+    fn link(&self) -> Option<&dyn WorkerLink> {
+        match self {
+            Slot::Running { link, .. } => Some(link.as_ref()),
+            _ => None,
+        }
+    }
+
+    fn is_starting(&self) -> bool {
+        matches!(self, Slot::Starting { .. })
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Slot::Empty)
+    }
+
+    /// Takes the running worker out, leaving the slot empty; a start under way stays.
+    fn take(&mut self) -> Option<Box<dyn WorkerLink>> {
+        match std::mem::replace(self, Slot::Empty) {
+            Slot::Running { link, .. } => Some(link),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+}
+
 /// A worker start that finished (in its own task, so the runner keeps answering).
 struct StartDone {
     generation: u64,
@@ -65,11 +105,10 @@ struct Runner {
     pace: Pace,
     /// Batch bounds for the current worker's device (`RunnerConfig::limits` or `gpu_limits`).
     limits: Limits,
-    worker: Option<Box<dyn WorkerLink>>,
-    events: Option<mpsc::UnboundedReceiver<WorkerEvent>>,
-    /// Bumped on every start, so a start that finishes after it was superseded is dropped.
+    slot: Slot,
+    /// The last start's number: a start that finishes after it was superseded (the slot
+    /// no longer waits for that number) is dropped.
     generation: u64,
-    starting: bool,
     start_failures: u32,
     restart_at: Option<Instant>,
     load_waiters: Vec<Waiter>,
@@ -111,10 +150,8 @@ pub fn spawn_runner(
         in_flight: BTreeMap::new(),
         head_since: Instant::now(),
         pace: Pace::default(),
-        worker: None,
-        events: None,
+        slot: Slot::Empty,
         generation: 0,
-        starting: false,
         start_failures: 0,
         restart_at: None,
         load_waiters: Vec::new(),
@@ -131,13 +168,13 @@ pub fn spawn_runner(
     RunnerHandle::new(name, kind, preload, tx, queued, max_queue, status)
 }
 
-async fn next_event(events: &mut Option<mpsc::UnboundedReceiver<WorkerEvent>>) -> WorkerEvent {
-    match events {
-        Some(rx) => rx
+async fn next_event(slot: &mut Slot) -> WorkerEvent {
+    match slot {
+        Slot::Running { events, .. } => events
             .recv()
             .await
             .unwrap_or_else(|| WorkerEvent::Died(Death::new(Cause::Unknown, "worker event stream ended"))),
-        None => std::future::pending().await,
+        _ => std::future::pending().await,
     }
 }
 
@@ -166,7 +203,7 @@ impl Runner {
                     Some(msg) => self.on_message(msg).await,
                     None => { self.shutdown().await; return; }
                 },
-                ev = next_event(&mut self.events) => self.on_worker_event(ev).await,
+                ev = next_event(&mut self.slot) => self.on_worker_event(ev).await,
                 Some(done) = started.recv() => self.on_started(done),
                 _ = sleep_until_opt(wake), if wake.is_some() => {}
             }
@@ -197,7 +234,7 @@ impl Runner {
             }
             RunnerMsg::Cancel(job) => self.cancel(job),
             RunnerMsg::Load(reply) => {
-                if self.worker.is_some() {
+                if self.slot.link().is_some() {
                     let _ = reply.send(Ok(()));
                 } else {
                     // An explicit load tries now, whatever the back-off says.
@@ -210,7 +247,7 @@ impl Runner {
                 let _ = reply.send(self.evict(force).await);
             }
             RunnerMsg::Restart(reply) => {
-                if self.worker.is_none() && !self.starting {
+                if self.slot.is_empty() {
                     self.load_waiters.push(reply);
                 } else {
                     self.restart_requested = true;
@@ -219,7 +256,7 @@ impl Runner {
                     self.restart_if_requested().await;
                 }
             }
-            RunnerMsg::Stats(reply) => match &self.worker {
+            RunnerMsg::Stats(reply) => match self.slot.link() {
                 Some(w) => {
                     // Stats ids count down from the top so they never meet batch ids.
                     let id = u64::MAX - self.next_batch;

@@ -57,7 +57,7 @@ impl Runner {
 
     /// When the policy wants to be asked again without an event.
     pub(super) fn dispatch_deadline(&self) -> Option<Instant> {
-        match self.worker.is_some().then(|| self.dispatch_decision(Instant::now())) {
+        match self.slot.link().is_some().then(|| self.dispatch_decision(Instant::now())) {
             Some(Decision::Wait(t)) => t,
             _ => None,
         }
@@ -66,7 +66,7 @@ impl Runner {
     /// When the batch being computed means the worker hangs (None: nothing in flight, or
     /// the watchdog is off).
     pub(super) fn hang_deadline(&self) -> Option<Instant> {
-        if self.cfg.hung_after.is_zero() || self.worker.is_none() {
+        if self.cfg.hung_after.is_zero() || self.slot.link().is_none() {
             return None;
         }
         let head = self.in_flight.values().next()?;
@@ -78,7 +78,7 @@ impl Runner {
     pub(super) async fn check_deadlines(&mut self) {
         let now = Instant::now();
         if self.hang_deadline().is_some_and(|t| t <= now) {
-            let stopped = self.worker.as_ref().is_some_and(|w| w.is_stopped());
+            let stopped = self.slot.link().is_some_and(|w| w.is_stopped());
             let head = self.in_flight.values().next().expect("a batch in flight");
             let detail = format!(
                 "a batch of {} inputs ({} tokens) ran {:.1} s; the model's observed time for that size is {}",
@@ -98,8 +98,8 @@ impl Runner {
     /// Starts a worker when work waits, dispatches batches while the policy says so.
     pub(super) fn pump(&mut self) {
         let now = Instant::now();
-        if self.worker.is_none() {
-            if !self.starting {
+        if self.slot.link().is_none() {
+            if self.slot.is_empty() {
                 let wanted = !self.queue.is_empty() || !self.load_waiters.is_empty();
                 let crashed = self.status.lock().unwrap().state == WorkerState::Restarting;
                 if recovery::should_start(wanted, crashed, self.restart_at, now) {
@@ -159,7 +159,7 @@ impl Runner {
         // What the worker computes: every worker packs batches, so the same real tokens.
         m.padded_tokens_total.with_label_values(&[&self.name]).inc_by(tokens as u64);
         self.status.lock().unwrap().batches += 1;
-        let sent = self.worker.as_ref().map(|w| w.send(&msg));
+        let sent = self.slot.link().map(|w| w.send(&msg));
         trace.sent();
         let now = Instant::now();
         if self.in_flight.is_empty() {

@@ -10,7 +10,7 @@ use mlx_serve_protocol::Device;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{next_event, Runner, StartDone};
+use super::{next_event, Runner, Slot, StartDone};
 use crate::batch::Item;
 use crate::metrics::metrics;
 use crate::runner::handle::{JobError, PoolRequest, RunnerError};
@@ -19,10 +19,10 @@ use crate::worker::{Death, Started, WorkerEvent, WorkerState};
 
 impl Runner {
     pub(super) fn start_worker(&mut self) {
-        self.starting = true;
         self.generation += 1;
-        self.set_state(WorkerState::Starting);
         let generation = self.generation;
+        self.slot = Slot::Starting { generation };
+        self.set_state(WorkerState::Starting);
         let (name, dir, kind) = (self.name.clone(), self.dir.clone(), self.kind);
         let launcher = self.cfg.launcher.clone();
         let pool = self.pool.clone();
@@ -40,13 +40,14 @@ impl Runner {
 
     pub(super) fn on_started(&mut self, done: StartDone) {
         let StartDone { generation, result, took } = done;
-        if generation != self.generation {
+        if !matches!(self.slot, Slot::Starting { generation: g } if g == generation) {
+            // Superseded (a forced eviction, shutdown): the worker it started goes.
             if let Ok(started) = result {
                 tokio::spawn(started.link.kill());
             }
             return;
         }
-        self.starting = false;
+        self.slot = Slot::Empty;
         match result {
             Ok(Started { link, events }) => {
                 metrics().model_load_seconds.with_label_values(&[&self.name]).observe(took.as_secs_f64());
@@ -60,8 +61,7 @@ impl Runner {
                     s.last_error = None;
                 }
                 self.limits = if link.info().device == Device::Gpu { self.cfg.gpu_limits } else { self.cfg.limits };
-                self.worker = Some(link);
-                self.events = Some(events);
+                self.slot = Slot::Running { link, events };
                 self.restart_at = None;
                 for waiter in self.load_waiters.drain(..).chain(self.restart_waiters.drain(..)) {
                     let _ = waiter.send(Ok(()));
@@ -89,11 +89,11 @@ impl Runner {
     /// stops it whatever it is doing (a worker that hangs) and answers its queued and
     /// in-flight work as unavailable.
     pub(super) async fn evict(&mut self, force: bool) -> Result<(), RunnerError> {
-        let busy = !self.queue.is_empty() || !self.in_flight.is_empty() || self.starting;
+        let busy = !self.queue.is_empty() || !self.in_flight.is_empty() || self.slot.is_starting();
         if busy && !force {
             return Err(RunnerError::Busy(self.name.clone()));
         }
-        if self.worker.is_none() && !self.starting {
+        if self.slot.is_empty() {
             return Err(RunnerError::NotLoaded(self.name.clone()));
         }
         if force {
@@ -105,9 +105,10 @@ impl Runner {
                 self.fail_job(item.job, err.clone());
             }
             self.fail_all_queued(err);
-            // A start under way is dropped when it finishes (its generation is stale).
-            self.generation += 1;
-            self.starting = false;
+            // A start under way is dropped when it finishes (the slot no longer waits for it).
+            if self.slot.is_starting() {
+                self.slot = Slot::Empty;
+            }
             for waiter in self.load_waiters.drain(..).chain(self.restart_waiters.drain(..)) {
                 let _ = waiter.send(Err(RunnerError::NotLoaded(self.name.clone())));
             }
@@ -115,8 +116,7 @@ impl Runner {
             self.restart_deadline = None;
         }
         self.set_state(WorkerState::Draining);
-        if let Some(w) = self.worker.take() {
-            self.events = None;
+        if let Some(w) = self.slot.take() {
             if force {
                 w.kill().await;
             } else {
@@ -143,8 +143,7 @@ impl Runner {
         }
         self.restart_requested = false;
         self.restart_deadline = None;
-        let Some(w) = self.worker.take() else { return };
-        self.events = None;
+        let Some(w) = self.slot.take() else { return };
         self.set_state(WorkerState::Draining);
         if self.in_flight.is_empty() {
             w.stop(self.cfg.stop_grace).await;
@@ -164,8 +163,7 @@ impl Runner {
     /// The worker is gone (its connection ended, or the watchdog found it hung): kill what
     /// is left of it, judge the inputs it held by how it died, and schedule the restart.
     pub(super) async fn lose_worker(&mut self, death: Death) {
-        let Some(w) = self.worker.take() else { return };
-        self.events = None;
+        let Some(w) = self.slot.take() else { return };
         let pid = w.pid();
         w.kill().await;
         let implicates = death.cause.implicates_input();
@@ -209,7 +207,7 @@ impl Runner {
         let deadline = Instant::now() + self.cfg.stop_grace;
         while !self.in_flight.is_empty() && Instant::now() < deadline {
             let ev = tokio::select! {
-                ev = next_event(&mut self.events) => ev,
+                ev = next_event(&mut self.slot) => ev,
                 _ = tokio::time::sleep_until(deadline) => break,
             };
             if matches!(ev, WorkerEvent::Died(_)) {
@@ -221,7 +219,7 @@ impl Runner {
             self.jobs.fail(item.job, JobError::ShuttingDown);
         }
         self.fail_all_queued(JobError::ShuttingDown);
-        if let Some(w) = self.worker.take() {
+        if let Some(w) = self.slot.take() {
             self.set_state(WorkerState::Draining);
             w.stop(self.cfg.stop_grace).await;
         }
@@ -244,7 +242,7 @@ impl Runner {
     pub(super) fn publish_status(&self) {
         let mut s = self.status.lock().unwrap();
         s.in_flight = self.in_flight.len();
-        if self.worker.is_some() {
+        if self.slot.link().is_some() {
             s.state = if self.in_flight.is_empty() { WorkerState::Ready } else { WorkerState::Busy };
         }
         let m = metrics();
