@@ -215,6 +215,33 @@ fn the_layer_table_runs_one_way() {
     }
 }
 
+/// The layer table of docs/architecture.md ("The supervisor's layers"): each row's layer
+/// (its first cell, without the folder's slash) and the layers it may use (its last cell).
+fn documented_layers() -> Vec<(String, Vec<String>)> {
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/architecture.md");
+    let doc = std::fs::read_to_string(doc).unwrap();
+    let section = doc.split("## The supervisor's layers").nth(1).expect("the layers section");
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|row| {
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+            let layer = cells[0].trim_matches('`').trim_end_matches('/').to_owned();
+            let uses = cells.last().unwrap();
+            let uses = if *uses == "—" { Vec::new() } else { uses.split(", ").map(str::to_owned).collect() };
+            (layer, uses)
+        })
+        .collect()
+}
+
+#[test]
+fn the_documented_layers_are_these() {
+    let want: Vec<(String, Vec<String>)> =
+        LAYERS.iter().map(|(m, uses)| (m.to_string(), uses.iter().map(|u| u.to_string()).collect())).collect();
+    assert_eq!(documented_layers(), want, "docs/architecture.md's layer table differs from LAYERS");
+}
+
 #[test]
 fn every_top_level_module_is_a_layer() {
     let lib = std::fs::read_to_string(src_dir().join("lib.rs")).unwrap();
