@@ -516,21 +516,11 @@ fn new_unhonoured_fields_are_refused_at_pull() {
 const GEMMA: &str = "tiny-gemma3_text-embed";
 const GEMMA_CAUSAL: &str = "tiny-gemma3_text-causal-embed";
 
-/// google/embeddinggemma-300m's config.json as published (transformers 4.57 layout).
+/// google/embeddinggemma-300m's config.json as published (tests/fixtures/published, whose
+/// README says where it comes from; tests/published.rs gives it its verdict).
 fn embeddinggemma_config() -> Value {
-    let layer_types: Vec<&str> =
-        (0..24).map(|i| if (i + 1) % 6 == 0 { "full_attention" } else { "sliding_attention" }).collect();
-    json!({
-        "_sliding_window_pattern": 6, "architectures": ["Gemma3TextModel"], "attention_bias": false,
-        "attention_dropout": 0.0, "attn_logit_softcapping": null, "bos_token_id": 2, "dtype": "float32",
-        "eos_token_id": 1, "final_logit_softcapping": null, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
-        "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 1152, "layer_types": layer_types,
-        "max_position_embeddings": 2048, "model_type": "gemma3_text", "num_attention_heads": 3,
-        "num_hidden_layers": 24, "num_key_value_heads": 1, "pad_token_id": 0, "query_pre_attn_scalar": 256,
-        "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000.0, "rope_scaling": null, "rope_theta": 1000000.0,
-        "sliding_window": 512, "transformers_version": "4.57.0.dev0", "use_bidirectional_attention": true,
-        "use_cache": true, "vocab_size": 262144
-    })
+    let path = fixtures::repo_root().join("tests/fixtures/published/google/embeddinggemma-300m/config.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// The fixture's files with google/embeddinggemma-300m's JSON at its published sizes:
