@@ -540,10 +540,66 @@ fn new_pulled_from_the_hub_serves_over_http() {
     ]);
 }
 
+// new-impl's fixed NTK RoPE, `rope_scaling: {"type": "ntk", "factor": F}` (base θF, angles ×
+// F^(-2/head_dim) at every length; worker/src/models/new.rs `NewConfig::rope` cites it):
+// tiny-new-ntk-embed has gte-large-en-v1.5's (factor 2, theta 160000) at head_dim 16 (MLX's
+// plain-ops RoPE), tiny-new-ntk-rerank gte-multilingual-reranker-base's (factor 8, theta 20000)
+// at head_dim 32 (MLX's kernel). transformers' Gte does not implement it: the references are
+// GteModel with its rotary frequencies replaced by new-impl's (make_new.py `new_impl_ntk`).
+
+#[test]
+fn new_ntk_rope_embedding_matches_sentence_transformers() {
+    check_embedding_model("tiny-new-ntk-embed");
+}
+
+#[test]
+fn new_ntk_rope_reranker_matches_cross_encoder() {
+    check_reranker("tiny-new-ntk-rerank");
+}
+
+#[test]
+fn new_ntk_rope_runs_in_float16_on_mlx_ops() {
+    check_float16("tiny-new-ntk-embed");
+    check_float16("tiny-new-ntk-rerank");
+}
+
+/// The same weights with `rope_scaling: null` (plain RoPE) are far from the NTK references:
+/// the parity above holds only when the scaling is computed.
+#[test]
+fn new_ntk_rope_unscaled_misses_the_reference() {
+    let name = "tiny-new-ntk-embed";
+    let dir = tempfile::tempdir().unwrap();
+    for (path, data) in edited_files(name, |c| c["rope_scaling"] = Value::Null, None) {
+        let to = dir.path().join(&path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(to, data).unwrap();
+    }
+    let (mut w, _) = Worker::ready(dir.path(), &[]).unwrap();
+    let reference = fixtures::embed_reference(name).unwrap();
+    let mut min_cos = 1.0f64;
+    for case in &reference.cases {
+        let rows = w.embed(batch(&case.input_ids, case.token_type_ids.as_ref())).unwrap();
+        for (got, want) in paired(&rows, &case.embeddings, &format!("{name}/{}", case.name)) {
+            min_cos = min_cos.min(cosine(got, want));
+        }
+    }
+    eprintln!("{name} with rope_scaling null: min cosine {min_cos:.5}");
+    assert!(min_cos < 0.99, "unscaled RoPE matches the NTK reference: min cosine {min_cos}");
+}
+
+#[test]
+fn new_ntk_rope_pulled_from_the_hub_serves_over_http() {
+    pull_and_serve(&[
+        ("Alibaba-NLP/tiny-new-ntk-embed", "tiny-new-ntk-embed"),
+        ("Alibaba-NLP/tiny-new-ntk-rerank", "tiny-new-ntk-rerank"),
+    ]);
+}
+
 #[test]
 fn new_unhonoured_fields_are_refused_at_pull() {
-    // gte-large-en-v1.5 asks for new-impl's fixed NTK RoPE scaling (`{"type": "ntk", "factor": 2.0}`).
-    refused_at_pull("tiny-new-embed", "rope_scaling", json!({"type": "ntk", "factor": 2.0}));
+    // new-impl's other scalings: its mixed NTK (`mixed_b`), and types it does not have.
+    refused_at_pull("tiny-new-ntk-embed", "rope_scaling", json!({"type": "ntk", "factor": 2.0, "mixed_b": 0.75}));
+    refused_at_pull("tiny-new-embed", "rope_scaling", json!({"type": "dynamic", "factor": 2.0}));
     refused_at_pull("tiny-new-rerank", "logn_attention_scale", json!(true));
 }
 

@@ -41,16 +41,14 @@ const PUBLISHED: &[(&str, Verdict)] = &[
     ("Alibaba-NLP/gte-modernbert-base", Ok("modernbert", "embedding", 768, 8192, "cls")),
     ("ibm-granite/granite-embedding-english-r2", Ok("modernbert", "embedding", 768, 8192, "cls")),
     ("Alibaba-NLP/gte-reranker-modernbert-base", Ok("modernbert", "reranker", 0, 8192, "cross_encoder")),
-    // new (Alibaba GTE; new-impl's custom code is reimplemented). FINDING: new-impl's fixed
-    // NTK RoPE (`rope_scaling: {type: ntk, factor: F}`: base × F, angles × F^(-2/head_dim) at
-    // every length) is not implemented, and gte-multilingual-base sets it (factor 8, theta
-    // 20000), as gte-large-en-v1.5 does (factor 2). The fixture tiny-new-embed and
-    // make_new.py assume `rope_scaling: null` for gte-multilingual-base.
-    ("Alibaba-NLP/gte-multilingual-base", Refused { field: "rope_scaling", fixture: "tiny-new-embed" }),
+    // new (Alibaba GTE; new-impl's custom code is reimplemented, its fixed NTK RoPE included:
+    // `rope_scaling: {type: ntk, factor: F}`, base × F, angles × F^(-2/head_dim) at every length;
+    // tests/families.rs `new_ntk_*` checks it).
+    ("Alibaba-NLP/gte-multilingual-base", Ok("new", "embedding", 768, 8192, "cls")),
     ("Alibaba-NLP/gte-base-en-v1.5", Ok("new", "embedding", 768, 8192, "cls")),
-    ("Alibaba-NLP/gte-large-en-v1.5", Refused { field: "rope_scaling", fixture: "tiny-new-embed" }),
+    ("Alibaba-NLP/gte-large-en-v1.5", Ok("new", "embedding", 1024, 8192, "cls")),
     // Its config.json was not found; written with gte-multilingual-base's encoder fields.
-    ("Alibaba-NLP/gte-multilingual-reranker-base", Refused { field: "rope_scaling", fixture: "tiny-new-rerank" }),
+    ("Alibaba-NLP/gte-multilingual-reranker-base", Ok("new", "reranker", 0, 8192, "cross_encoder")),
     // mpnet, distilbert
     ("sentence-transformers/all-mpnet-base-v2", Ok("mpnet", "embedding", 768, 384, "mean")),
     ("sentence-transformers/multi-qa-mpnet-base-dot-v1", Ok("mpnet", "embedding", 768, 512, "cls")),
