@@ -74,7 +74,9 @@ def gte_modernbert_base():
 
 def gte_multilingual_base():
     # Alibaba-NLP/gte-multilingual-base: hidden 768, 12 layers, 12 heads, intermediate 3072,
-    # vocab 250048, rope_theta 160000, 8192 positions; CLS pooling, normalized.
+    # vocab 250048, 8192 positions; CLS pooling, normalized. Its RoPE (theta 20000 with
+    # new-impl's NTK factor 8) is left plain here: transformers' GteModel, which
+    # sentence-transformers runs, has no NTK, and the angles cost the same either way.
     cfg = GteConfig(vocab_size=250048, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                     intermediate_size=3072, hidden_act="gelu", max_position_embeddings=8192, type_vocab_size=1,
                     layer_norm_eps=1e-12, pad_token_id=1, bos_token_id=0, eos_token_id=2,
