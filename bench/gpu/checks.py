@@ -131,7 +131,7 @@ def post(url, body, timeout=300):
 
 def config_yaml(dtype, extra=""):
     return (f"models:\n  compute_dtype: {dtype}\n  auto_download: false\n"
-            "cache:\n  max_embedding_models: 16\n  max_reranker_models: 16\n  ttl_seconds: 0\n" + extra)
+            "cache:\n  max_embedding_models: 64\n  max_reranker_models: 64\n  ttl_seconds: 0\n" + extra)
 
 
 # ---------------------------------------------------------------- GPU memory
@@ -457,7 +457,7 @@ def step_memory(a):
         result["total_loaded_mib"] = None if a.no_gpu else gpu_used_mib()
         for name, pid in pids.items():
             result["loaded"][name] = {"pid": pid, "gpu_mib": apps.get(pid)}
-        for name in models:
+        for name in pids:  # what is loaded (a model past the cache's limits is gone already)
             server.control("evict", model=name)
         left = server.worker_pids()
         apps = {} if a.no_gpu else gpu_apps()

@@ -13,6 +13,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use mlx_rs::fast::rms_norm;
+use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
 use serde::Deserialize;
 
@@ -259,12 +260,17 @@ impl Qwen2 {
         })
     }
 
-    /// RoPE at each token's own position of `[total, heads * head_dim]` columns.
-    fn rope(&self, x: &Array, heads: i32, positions: &Array) -> Result<Array> {
-        let total = x.dim(0);
-        let x = x.reshape(&[total, heads, 1, self.head_dim])?;
-        let x = rope(&x, self.rope_theta, 1.0, positions)?;
-        Ok(x.reshape(&[total, heads * self.head_dim])?)
+    /// RoPE at each token's own position of the q and k heads, the first
+    /// `(heads + kv_heads) * head_dim` columns of the fused projection, rotated together
+    /// (both have `head_dim`): `[total, (heads + kv_heads) * head_dim]`. One call on a block
+    /// that starts at column 0, as nomic_bert and new do: rotating k alone, a view that
+    /// starts `heads * head_dim` columns in, read the wrong memory on MLX's CUDA backend
+    /// (wrong vectors in float32, an illegal memory access in float16; H100, MLX 0.32).
+    fn rope_qk(&self, qkv: &Array, positions: &Array) -> Result<Array> {
+        let (total, n) = (qkv.dim(0), self.heads + self.kv_heads);
+        let qk = qkv.index((.., ..n * self.head_dim)).reshape(&[total, n, 1, self.head_dim])?;
+        let qk = rope(&qk, self.rope_theta, 1.0, positions)?;
+        Ok(qk.reshape(&[total, n * self.head_dim])?)
     }
 }
 
@@ -276,12 +282,10 @@ impl Network for Qwen2 {
         for layer in &self.layers {
             let r = rms_norm(&x, Some(&layer.input_norm), self.eps)?;
             let qkv = layer.qkv.forward(&r)?;
-            let parts = qkv.split_at_indices(&[q_width, q_width + kv_width], 1)?;
-            let q = self.rope(&parts[0], self.heads, &inputs.positions)?;
-            let k = self.rope(&parts[1], self.kv_heads, &inputs.positions)?;
+            let qk = self.rope_qk(&qkv, &inputs.positions)?;
             let heads = Heads {
-                q: HeadBlock { array: &q, col: 0, heads: self.heads as usize },
-                k: HeadBlock { array: &k, col: 0, heads: self.kv_heads as usize },
+                q: HeadBlock { array: &qk, col: 0, heads: self.heads as usize },
+                k: HeadBlock { array: &qk, col: q_width as usize, heads: self.kv_heads as usize },
                 // V straight from the fused projection: a column block, no copy.
                 v: HeadBlock { array: &qkv, col: (q_width + kv_width) as usize, heads: self.kv_heads as usize },
                 head_dim: self.head_dim,
