@@ -170,3 +170,48 @@ fn priority_is_taken_on_its_routes_and_checked() {
     );
     assert_eq!(status, 400);
 }
+
+/// Bulk work may fill the queue only up to an eighth below `batch.max_queue_size`: the same
+/// request that is refused (429) as bulk is taken at the default priority, so a query always
+/// finds room beside an ingest that keeps the queue full.
+#[test]
+fn bulk_work_leaves_room_in_the_queue_for_queries() {
+    const BERT: &str = "tiny-bert-embed";
+    let server = Arc::new(Server::start(ServerOptions {
+        models: vec![BERT],
+        // 16 inputs in all, 14 for bulk work; no watchdog, the worker is frozen below.
+        config: Some("batch:\n  max_batch_size: 1\n  max_queue_size: 16\nlimits:\n  hung_worker_seconds: 0\n".into()),
+        ..Default::default()
+    }));
+    assert_eq!(server.post("/v1/embeddings", &json!({"model": BERT, "input": "warm up"})).0, 200);
+    let frozen = mlx_serve_tests::process::Frozen::new(server.worker_pids()[0]);
+    let send = |n: usize, priority: &'static str| {
+        let server = server.clone();
+        thread::spawn(move || {
+            let input: Vec<String> = (0..n).map(|i| format!("{priority} {i}")).collect();
+            post_with(&server, "/v1/embeddings", &json!({"model": BERT, "input": input}), &[("X-Priority", priority)]).0
+        })
+    };
+    // A bulk request that the frozen worker leaves in the queue.
+    let first = send(12, "10");
+    server.wait_for("bulk inputs queued", Duration::from_secs(30), || {
+        let (_, queued, in_flight) = server.queue_state(BERT);
+        queued + in_flight == 12 && in_flight == 2
+    });
+    let queued = server.queue_state(BERT).1 as usize;
+    // One input more than bulk work may add, within the whole queue.
+    let n = 14 - queued + 1;
+    assert!(queued + n <= 16, "{queued} queued");
+    let (status, body) = post_with(
+        &server,
+        "/v1/embeddings",
+        &json!({"model": BERT, "input": vec!["bulk"; n]}),
+        &[("X-Priority", "10")],
+    );
+    assert_eq!(status, 429, "bulk past its share of the queue: {body}");
+    let query = send(n, "0");
+    server.wait_for("the query queued", Duration::from_secs(30), || server.queue_state(BERT).1 as usize == queued + n);
+    drop(frozen);
+    assert_eq!(query.join().unwrap(), 200);
+    assert_eq!(first.join().unwrap(), 200);
+}

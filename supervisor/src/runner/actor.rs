@@ -136,7 +136,7 @@ pub fn spawn_runner(
     let queued = Arc::new(AtomicUsize::new(0));
     let status = Arc::new(Mutex::new(RunnerStatus::default()));
     let (started_tx, started_rx) = mpsc::unbounded_channel();
-    let max_queue = cfg.max_queue;
+    let queue_bounds = (cfg.max_queue, cfg.default_priority);
     let runner = Runner {
         name: name.clone(),
         dir,
@@ -165,7 +165,7 @@ pub fn spawn_runner(
         started_tx,
     };
     tokio::spawn(runner.run(rx, started_rx));
-    RunnerHandle::new(name, kind, preload, tx, queued, max_queue, status)
+    RunnerHandle::new(name, kind, preload, tx, queued, queue_bounds, status)
 }
 
 async fn next_event(slot: &mut Slot) -> WorkerEvent {
