@@ -38,6 +38,7 @@ mod windows;
 
 use std::path::Path;
 
+use mlx_serve_protocol::architectures::JudgePrompt;
 use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 pub use prompts::{PromptError, Prompts};
 use tokenizers::{
@@ -45,17 +46,56 @@ use tokenizers::{
 };
 pub use windows::{LongInput, WindowError};
 
-/// Qwen3-Reranker prompt, from the Qwen/Qwen3-Reranker-0.6B model card ("Transformers
-/// Usage"): the system turn and the assistant opening (with an empty think block) wrap
-/// `<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}`; the body is truncated
-/// to `max_length - len(prefix) - len(suffix)` tokens.
-pub const QWEN3_RERANK_PREFIX: &str = "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n";
-pub const QWEN3_RERANK_SUFFIX: &str = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n";
-pub const QWEN3_RERANK_DEFAULT_INSTRUCTION: &str =
-    "Given a web search query, retrieve relevant passages that answer the query";
+/// A causal-LM judge's prompt (`protocol::architectures::JudgePrompt`) as token ids.
+enum JudgeTemplate {
+    /// Qwen3-Reranker: prefix and suffix ids around the body, which `body` truncates.
+    Joint {
+        prefix: Vec<u32>,
+        suffix: Vec<u32>,
+        body: Tokenizer,
+        template: &'static str,
+        default_instruction: &'static str,
+    },
+    /// mxbai-rerank-v2: query and document tokenized apart (`plain`, no special tokens)
+    /// and cut as ids. `budget` is the package's `max_length`: the limit less the
+    /// template's tokens (`predefined_length`), which its constructor applies when
+    /// `max_length + predefined_length` exceeds the model's length.
+    Apart {
+        prefix: Vec<u32>,
+        sep: Vec<u32>,
+        /// `sep + task + suffix`: what follows the document.
+        tail: Vec<u32>,
+        budget: usize,
+        query: &'static str,
+        instructed_query: &'static str,
+        document: &'static str,
+    },
+}
 
-fn qwen3_rerank_body(instruction: &str, query: &str, doc: &str) -> String {
-    format!("<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}")
+/// `template` with `{instruction}`, `{query}` and `{document}` filled in one pass (a
+/// placeholder inside a request's text stays text).
+fn fill(template: &str, instruction: &str, query: &str, document: &str) -> String {
+    let mut out = String::with_capacity(template.len() + instruction.len() + query.len() + document.len());
+    let mut rest = template;
+    while let Some(at) = rest.find('{') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let slot = [("{instruction}", instruction), ("{query}", query), ("{document}", document)]
+            .into_iter()
+            .find(|(name, _)| rest.starts_with(name));
+        match slot {
+            Some((name, value)) => {
+                out.push_str(value);
+                rest = &rest[name.len()..];
+            }
+            None => {
+                out.push('{');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// One tokenized sequence, ready for a batch.
@@ -73,6 +113,11 @@ pub enum TokenizeError {
     /// Only characters the tokenizer drops (NUL, zero-width spaces): like `""`.
     #[error("input {index} is empty after tokenization (it holds only characters the model's tokenizer drops, such as NUL or zero-width spaces)")]
     Empty { index: usize },
+    /// A causal-LM judge that keeps at most `limit` tokens of the query (mxbai-rerank-v2).
+    #[error(
+        "`query` is longer than the {limit} tokens this model keeps of a query (send `truncate: true` or shorten it)"
+    )]
+    QueryTooLong { limit: usize },
     #[error("`query` is empty after tokenization (it holds only characters the model's tokenizer drops, such as NUL or zero-width spaces)")]
     EmptyQuery,
     #[error("tokenizer failed: {0}")]
@@ -89,8 +134,8 @@ pub struct ModelTokenizer {
     plain: Tokenizer,
     /// Special tokens the post-processor adds to a single text (`[CLS]`, `[SEP]`, …).
     added_single: usize,
-    /// Qwen3-Reranker: prefix and suffix ids and a tokenizer truncating the body.
-    rerank_template: Option<(Vec<u32>, Vec<u32>, Tokenizer)>,
+    /// A causal-LM reranker's prompt (`ModelFacts::family`'s judge).
+    judge: Option<JudgeTemplate>,
     pub max_tokens: usize,
     /// Segment ids (0 query, 1 document) reach the network (`ModelFacts::uses_segment_ids`).
     segment_ids: bool,
@@ -218,18 +263,38 @@ impl ModelTokenizer {
         let added_single = base.get_post_processor().map_or(0, |p| p.added_tokens(false));
         let mut tokenizer = base.clone();
         tokenizer.with_truncation(Some(truncation(max_tokens))).map_err(|e| e.to_string())?;
-        let rerank_template = if facts.pooling == Pooling::YesNo {
+        let judge = if facts.pooling == Pooling::YesNo {
+            let judge = facts.family.judge().ok_or_else(|| format!("{} has no reranker recipe", facts.architecture))?;
             let ids = |text: &str| -> Result<Vec<u32>, String> {
                 Ok(base.encode_fast(text, false).map_err(|e| e.to_string())?.get_ids().to_vec())
             };
-            let (prefix, suffix) = (ids(QWEN3_RERANK_PREFIX)?, ids(QWEN3_RERANK_SUFFIX)?);
-            let body_limit = max_tokens
-                .checked_sub(prefix.len() + suffix.len())
-                .filter(|&n| n > 0)
-                .ok_or_else(|| format!("max_tokens {max_tokens} leaves no room for the reranker prompt"))?;
-            let mut body = base.clone();
-            body.with_truncation(Some(truncation(body_limit))).map_err(|e| e.to_string())?;
-            Some((prefix, suffix, body))
+            let room = |template: usize| {
+                max_tokens
+                    .checked_sub(template)
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("max_tokens {max_tokens} leaves no room for the reranker prompt"))
+            };
+            Some(match &judge.prompt {
+                JudgePrompt::Joint { prefix, body: template, suffix, default_instruction } => {
+                    let (prefix, suffix) = (ids(prefix)?, ids(suffix)?);
+                    let mut body = base.clone();
+                    body.with_truncation(Some(truncation(room(prefix.len() + suffix.len())?)))
+                        .map_err(|e| e.to_string())?;
+                    JudgeTemplate::Joint { prefix, suffix, body, template, default_instruction }
+                }
+                JudgePrompt::Apart { prefix, query, instructed_query, document, sep, task, suffix } => {
+                    let (prefix, sep) = (ids(prefix)?, ids(sep)?);
+                    // After the document: sep, the task prompt, the assistant opening.
+                    let tail: Vec<u32> = [sep.clone(), ids(task)?, ids(suffix)?].concat();
+                    let budget = room(prefix.len() + tail.len())?;
+                    // The package's `max_length * 3 // 4` for the query must leave the
+                    // document its separator and a token.
+                    if budget * 3 / 4 + sep.len() >= budget {
+                        return Err(format!("max_tokens {max_tokens} leaves no room for the reranker prompt"));
+                    }
+                    JudgeTemplate::Apart { prefix, sep, tail, budget, query, instructed_query, document }
+                }
+            })
         } else {
             None
         };
@@ -238,7 +303,7 @@ impl ModelTokenizer {
             tokenizer,
             plain: base,
             added_single,
-            rerank_template,
+            judge,
             max_tokens,
             segment_ids: facts.uses_segment_ids(),
             prompts: Prompts::load(dir),
@@ -424,24 +489,65 @@ impl ModelTokenizer {
             }
         }
         let mut out = Vec::with_capacity(heads.len());
-        if let Some((prefix, suffix, body_tok)) = &self.rerank_template {
-            let query = query.as_str();
-            let documents: Vec<&str> = heads.iter().map(Head::as_str).collect();
-            let instruction = self.head(instruction.unwrap_or(QWEN3_RERANK_DEFAULT_INSTRUCTION))?;
-            let extra = instruction.len() + query.len();
-            for (first, group) in groups(&documents, |d| d.len() + extra) {
-                let bodies: Vec<EncodeInput> =
-                    group.iter().map(|d| EncodeInput::from(qwen3_rerank_body(instruction, query, d))).collect();
-                for (k, enc) in body_tok.encode_batch_fast(bodies, true).map_err(fail)?.iter().enumerate() {
-                    self.check(enc, first + k, truncate)?;
-                    let mut ids = Vec::with_capacity(prefix.len() + enc.len() + suffix.len());
-                    ids.extend_from_slice(prefix);
-                    ids.extend_from_slice(enc.get_ids());
-                    ids.extend_from_slice(suffix);
-                    out.push(Tokens { ids, type_ids: Vec::new() });
+        match &self.judge {
+            Some(JudgeTemplate::Joint { prefix, suffix, body, template, default_instruction }) => {
+                let query = query.as_str();
+                let documents: Vec<&str> = heads.iter().map(Head::as_str).collect();
+                let instruction = self.head(instruction.unwrap_or(default_instruction))?;
+                let extra = instruction.len() + query.len();
+                for (first, group) in groups(&documents, |d| d.len() + extra) {
+                    let bodies: Vec<EncodeInput> =
+                        group.iter().map(|d| EncodeInput::from(fill(template, instruction, query, d))).collect();
+                    for (k, enc) in body.encode_batch_fast(bodies, true).map_err(fail)?.iter().enumerate() {
+                        self.check(enc, first + k, truncate)?;
+                        out.push(Tokens { ids: [prefix, enc.get_ids(), suffix].concat(), type_ids: Vec::new() });
+                    }
                 }
+                return Ok(out);
             }
-            return Ok(out);
+            Some(JudgeTemplate::Apart {
+                prefix,
+                sep,
+                tail,
+                budget,
+                query: plain_query,
+                instructed_query,
+                document,
+            }) => {
+                // The query and each document are heads of at most a piece or so beyond
+                // the limit, so encoding them whole and cutting the ids is bounded.
+                let query_text = match instruction {
+                    Some(instruction) => fill(instructed_query, self.head(instruction)?, query.as_str(), ""),
+                    None => fill(plain_query, "", query.as_str(), ""),
+                };
+                let mut query_ids = self.plain.encode_fast(query_text, false).map_err(fail)?.get_ids().to_vec();
+                let query_limit = budget * 3 / 4;
+                if query_ids.len() > query_limit {
+                    if !truncate {
+                        return Err(TokenizeError::QueryTooLong { limit: query_limit });
+                    }
+                    query_ids.truncate(query_limit);
+                }
+                let doc_limit = budget - query_ids.len() - sep.len();
+                let documents: Vec<&str> = heads.iter().map(Head::as_str).collect();
+                for (first, group) in groups(&documents, |d| d.len()) {
+                    let texts: Vec<EncodeInput> =
+                        group.iter().map(|d| EncodeInput::from(fill(document, "", "", d))).collect();
+                    for (k, enc) in self.plain.encode_batch_fast(texts, false).map_err(fail)?.iter().enumerate() {
+                        let doc_ids = enc.get_ids();
+                        if doc_ids.len() > doc_limit && !truncate {
+                            return Err(TokenizeError::TooLong { index: first + k, limit: self.max_tokens });
+                        }
+                        let doc_ids = &doc_ids[..doc_ids.len().min(doc_limit)];
+                        out.push(Tokens {
+                            ids: [prefix, &query_ids, sep, doc_ids, tail].concat(),
+                            type_ids: Vec::new(),
+                        });
+                    }
+                }
+                return Ok(out);
+            }
+            None => {}
         }
         // Which text of each pair is the longer, by counting: the query's head grows
         // across documents, so the query is counted at most once in all.

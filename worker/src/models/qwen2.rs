@@ -7,9 +7,13 @@
 //! rotate-half RoPE), `Qwen2MLP` (`down(act(gate(x)) * up(x))`, `hidden_act`), pre-norm
 //! blocks and a final RMSNorm. Layers listed as `sliding_attention` (`use_sliding_window`
 //! with `max_window_layers` below the layer count, or `layer_types`) are refused: a causal
-//! sliding window is not implemented. A Qwen2 causal LM as a yes/no judge
-//! (mxbai-rerank-v2) scores with its own prompt and tokens, not Qwen3-Reranker's, and
-//! sequence-classification heads are not implemented: both are refused.
+//! sliding window is not implemented.
+//!
+//! As a reranker, a `Qwen2ForCausalLM` is mxbai-rerank-v2's judge
+//! (`protocol::architectures::MXBAI_RERANK_V2`): `sigmoid(logit("1") - logit("0"))` at the
+//! last position, the lm_head rows taken from the tied input embeddings (mxbai-rerank-base-v2
+//! and -large-v2 tie them) or `lm_head.weight`. A reranker without a language-model head
+//! (`Qwen2Model` declared a reranker) and sequence-classification heads are refused.
 
 use anyhow::{anyhow, bail, Result};
 use mlx_rs::fast::rms_norm;
@@ -24,6 +28,7 @@ use super::{
     check_positive, parse_config, strip_prefix, Activation, Architecture, Inputs, Kernels, Load, Loaded, Network,
 };
 use crate::cpu_attention::HeadBlock;
+use crate::heads::{Scorer, YesNo};
 use crate::layers::{Embedding, Linear};
 use crate::weights::Weights;
 
@@ -34,11 +39,13 @@ fn check(facts: &ModelFacts) -> Result<()> {
     config.check()?;
     match facts.pooling {
         Pooling::Embed(_) => Ok(()),
-        Pooling::YesNo => bail!(
-            "{}: a Qwen2 causal LM as a reranker is not implemented (mxbai-rerank-v2 scores with its own prompt \
-             and tokens, not the Qwen3-Reranker recipe)",
+        // The judge reads the language-model head's logits: only a causal LM has one.
+        Pooling::YesNo if facts.architecture != "Qwen2ForCausalLM" => bail!(
+            "{}: a Qwen2 reranker must be a Qwen2ForCausalLM (mxbai-rerank-v2); this architecture has no \
+             language-model head to judge with",
             facts.architecture
         ),
+        Pooling::YesNo => Ok(()),
         Pooling::CrossEncoder => {
             bail!("{}: Qwen2 sequence-classification heads are not implemented", facts.architecture)
         }
@@ -48,7 +55,19 @@ fn check(facts: &ModelFacts) -> Result<()> {
 fn load(l: &mut Load) -> Result<Loaded> {
     let config: Qwen2Config = parse_config(&l.facts.config)?;
     let net = Qwen2::load(&config, l.weights, l.kernels)?;
-    Ok(Loaded { network: Box::new(net), scorer: None })
+    let scorer = match (l.facts.pooling, l.facts.family.judge()) {
+        (Pooling::YesNo, Some(judge)) => Some(Scorer::YesNo(YesNo::load(
+            l.dir,
+            judge,
+            l.weights,
+            (config.vocab_size, config.hidden_size),
+            &net.embed_tokens,
+            config.tie_word_embeddings,
+        )?)),
+        (Pooling::YesNo, None) => bail!("{}: no reranker recipe for this family", l.facts.architecture),
+        _ => None,
+    };
+    Ok(Loaded { network: Box::new(net), scorer })
 }
 
 /// config.json of a Qwen2 model (transformers' `Qwen2Config`; the fields mlx-serve reads,
@@ -91,6 +110,9 @@ pub struct Qwen2Config {
     /// transformers 5 moves `rope_theta` in here.
     #[serde(default)]
     pub rope_parameters: Option<RopeParameters>,
+    /// The lm_head is the input embeddings (Qwen2Config's default: false).
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
 }
 
 fn default_act() -> String {
