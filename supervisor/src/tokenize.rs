@@ -656,7 +656,7 @@ mod tests {
 
         #[test]
         fn pair_heads_encode_like_whole_pairs(query in text(), doc in text(), chunk in 140usize..300) {
-            for name in ["tiny-bert-rerank", "tiny-xlmr-rerank", "tiny-qwen3-rerank"] {
+            for name in ["tiny-bert-rerank", "tiny-xlmr-rerank", "tiny-qwen3-rerank", "tiny-qwen2-mxbai-rerank"] {
                 let (whole, cut) = pair(name, chunk);
                 same_pairs(&whole, &cut, &query, &doc);
             }
@@ -685,6 +685,44 @@ mod tests {
         let big = "w ".repeat(1_000_000);
         let ids = cut.encode_pairs(&big, &[&big], None, true).unwrap();
         assert_eq!(ids[0].ids.len(), cut.max_tokens);
+    }
+
+    /// mxbai-rerank-v2's pairs are the ids mixedbread-ai's package builds
+    /// (`MxbaiRerankV2.prepare_inputs`, recorded by tests/fixtures/make_qwen2_mxbai.py): the
+    /// template, the query cut at 3/4 of the budget, the document at what is left, the
+    /// instruction line. Past the cuts, `truncate: false` is refused.
+    #[test]
+    fn mxbai_pairs_are_the_packages_ids() {
+        let name = "tiny-qwen2-mxbai-rerank";
+        let (tok, _) = pair(name, 4096);
+        let path = fixture(name).join("../../reference").join(format!("{name}.json"));
+        let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let (mut cut_docs, mut cut_queries) = (0, 0);
+        for case in reference["cases"].as_array().unwrap() {
+            let query = case["query"].as_str().unwrap();
+            let docs: Vec<&str> = case["documents"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+            let instruction = case["instruction"].as_str();
+            let want: Vec<Vec<u32>> = serde_json::from_value(case["pairs_input_ids"].clone()).unwrap();
+            let got: Vec<Vec<u32>> =
+                tok.encode_pairs(query, &docs, instruction, true).unwrap().into_iter().map(|t| t.ids).collect();
+            assert_eq!(got, want, "{}", case["name"]);
+            match tok.encode_pairs(query, &docs, instruction, false) {
+                Ok(_) => {}
+                Err(TokenizeError::QueryTooLong { .. }) => cut_queries += 1,
+                Err(TokenizeError::TooLong { index, .. }) => {
+                    assert_eq!(want[index].len(), tok.max_tokens, "{}", case["name"]);
+                    cut_docs += 1;
+                }
+                Err(e) => panic!("{}: {e}", case["name"]),
+            }
+        }
+        assert!(cut_docs >= 1 && cut_queries >= 2, "{cut_docs} documents and {cut_queries} queries cut");
+    }
+
+    #[test]
+    fn placeholders_are_filled_once() {
+        let t = "instruction: {instruction}\nquery: {query} {x} {";
+        assert_eq!(fill(t, "{query}", "{document}", "d"), "instruction: {query}\nquery: {document} {x} {");
     }
 
     #[test]
