@@ -792,7 +792,7 @@ fn qwen2_mxbai_reranker_pulled_from_the_hub_serves_the_packages_scores() {
     let hf_home = tempfile::tempdir().unwrap();
     let server = Server::start(ServerOptions { env: hub.server_env(hf_home.path()), ..Default::default() });
     let out = hub.mlx_serve(server.home.path(), &["pull", "mixedbread-ai/mxbai-rerank-base-v2"], &[]);
-    assert!(out.ok(), "{}", out.text());
+    assert!(out.ok() && out.stdout.contains("Qwen2ForCausalLM, scored as mxbai-rerank-v2"), "{}", out.text());
     let model = "mxbai-rerank-base-v2";
     let reference = reference_json(MXBAI);
     let limit = reference["max_length"].as_u64().unwrap() as usize;
@@ -826,7 +826,8 @@ fn qwen2_mxbai_reranker_pulled_from_the_hub_serves_the_packages_scores() {
         }
         // A pair the package cuts is refused when cutting is not allowed.
         let ids = case["pairs_input_ids"].as_array().unwrap();
-        if ids.iter().any(|p| p.as_array().unwrap().len() == limit) || case["name"].as_str().unwrap().contains("long_query")
+        if ids.iter().any(|p| p.as_array().unwrap().len() == limit)
+            || case["name"].as_str().unwrap().contains("long_query")
         {
             body.as_object_mut().unwrap().remove("raw_scores");
             body["documents"] = body.as_object_mut().unwrap().remove("texts").unwrap();
@@ -838,9 +839,21 @@ fn qwen2_mxbai_reranker_pulled_from_the_hub_serves_the_packages_scores() {
         }
     }
     assert!(cut >= 3, "the reference should cut documents and queries ({cut} cases)");
+    // The built-in alias names the installed repo.
+    let case = &reference["cases"][0];
+    let body = json!({"model": "mxbai-reranker", "query": case["query"], "documents": case["documents"]});
+    let (status, resp) = server.post("/v1/rerank", &body);
+    assert_eq!(status, 200, "{resp}");
+    let got = resp["results"][0]["relevance_score"].as_f64().unwrap();
+    assert!((got - case["scores"][0].as_f64().unwrap()).abs() <= SCORE_MAX_DIFF, "{resp}");
     eprintln!("{MXBAI} over HTTP: max score diff {worst:.2e}, max raw-score (logit) diff {worst_logit:.2e}");
-    let out = hub.mlx_serve(server.home.path(), &["show", model], &[]);
-    assert!(out.ok() && out.stdout.contains("reranker"), "{}", out.text());
+    let out = hub.mlx_serve(server.home.path(), &["show", model, "--json"], &[]);
+    let shown: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.text()));
+    assert_eq!(
+        (shown["type"].as_str(), shown["judge"].as_str()),
+        (Some("reranker"), Some("mxbai-rerank-v2")),
+        "{shown}"
+    );
     assert_eq!(server.stop(), Some(0));
 }
 
