@@ -1,6 +1,7 @@
 //! The architectures mlx-serve runs: one row per family, keyed by config.json's
 //! `model_type`. The row holds what both binaries must know before any weight is read —
-//! whether the network is an encoder or a decoder (default pooling, how a reranker scores),
+//! whether the network is an encoder or a decoder (default pooling, how a reranker scores,
+//! and a causal LM's judge: prompt and tokens),
 //! how many position-table slots come before the first token, and a model card's
 //! instruction format. The code that computes each family is one file in
 //! `worker/src/models/` (registered there by the same name); adding a family is one row

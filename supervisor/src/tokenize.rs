@@ -52,7 +52,7 @@ enum JudgeTemplate {
     Joint {
         prefix: Vec<u32>,
         suffix: Vec<u32>,
-        body: Tokenizer,
+        body: Box<Tokenizer>,
         template: &'static str,
         default_instruction: &'static str,
     },
@@ -280,7 +280,7 @@ impl ModelTokenizer {
                     let mut body = base.clone();
                     body.with_truncation(Some(truncation(room(prefix.len() + suffix.len())?)))
                         .map_err(|e| e.to_string())?;
-                    JudgeTemplate::Joint { prefix, suffix, body, template, default_instruction }
+                    JudgeTemplate::Joint { prefix, suffix, body: Box::new(body), template, default_instruction }
                 }
                 JudgePrompt::Apart { prefix, query, instructed_query, document, sep, task, suffix } => {
                     let (prefix, sep) = (ids(prefix)?, ids(sep)?);
