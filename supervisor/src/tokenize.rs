@@ -516,7 +516,8 @@ impl ModelTokenizer {
             }) => {
                 // The query and each document are heads of at most a piece or so beyond
                 // the limit, so encoding them whole and cutting the ids is bounded.
-                let query_text = match instruction {
+                // The package adds the instruction line for a non-empty one (`if instruction`).
+                let query_text = match instruction.filter(|i| !i.is_empty()) {
                     Some(instruction) => fill(instructed_query, self.head(instruction)?, query.as_str(), ""),
                     None => fill(plain_query, "", query.as_str(), ""),
                 };
