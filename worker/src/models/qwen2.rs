@@ -378,6 +378,33 @@ mod tests {
         parse_config::<Qwen2Config>(&v).unwrap().check().unwrap();
     }
 
+    /// A config.json in mxbai-rerank-base-v2's layout (Qwen2ForCausalLM at Qwen2.5-0.5B's
+    /// sizes, tied embeddings; no sentence-transformers files beside it): a reranker judged as
+    /// mxbai-rerank-v2, which `check` accepts; as a `Qwen2Model` it has no head to judge with.
+    #[test]
+    fn the_published_mxbai_config_is_an_mxbai_judge() {
+        let config = json!({
+            "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+            "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+            "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 24, "model_type": "qwen2",
+            "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+            "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+            "use_cache": true, "use_sliding_window": false, "vocab_size": 151936
+        });
+        let dir = std::env::temp_dir().join(format!("mlx-serve-qwen2-judge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let facts = mlx_serve_protocol::model_dir::inspect(&dir).unwrap();
+        assert_eq!((facts.kind, facts.pooling), (mlx_serve_protocol::ModelKind::Reranker, Pooling::YesNo));
+        assert_eq!(facts.family.judge().map(|j| (j.name, j.yes, j.no)), Some(("mxbai-rerank-v2", "1", "0")));
+        check(&facts).unwrap();
+        let mut as_model = facts.clone();
+        as_model.architecture = "Qwen2Model".into();
+        let e = check(&as_model).unwrap_err().to_string();
+        assert!(e.contains("Qwen2Model") && e.contains("Qwen2ForCausalLM"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn names_are_sanitized() {
         assert_eq!(sanitize("model.layers.0.self_attn.q_proj.bias"), "layers.0.self_attn.q_proj.bias");
