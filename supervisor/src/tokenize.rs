@@ -6,7 +6,9 @@
 //!   the worker pads per batch.
 //! - Cross-encoder pairs (BERT, XLM-R): the tokenizer's pair template with
 //!   `longest_first` truncation and segment ids, as `CrossEncoder` tokenizes.
-//! - Qwen3-Reranker: the prompt template from the Qwen3-Reranker model card (below).
+//! - Causal-LM rerankers: their family's judge prompt (`protocol::architectures::Judge`):
+//!   Qwen3-Reranker's model card template, truncated as one body; mxbai-rerank-v2's, query
+//!   and document tokenized apart and cut as ids as its package does (`JudgeTemplate`).
 //! - Qwen3-Embedding queries: the model card's `Instruct: {task}\nQuery:{query}` prefix.
 //! - A model's named prompts (`config_sentence_transformers.json`): `prompts.rs`.
 //!
@@ -576,8 +578,8 @@ impl ModelTokenizer {
 mod tests {
     //! The cut to a head must not change a single id: every fixture tokenizer (WordPiece,
     //! Unigram + Metaspace, byte-level BPE; single texts, cross-encoder pairs, the
-    //! Qwen3-Reranker prompt) and the real all-MiniLM-L6-v2 encode random texts the same
-    //! cut in tiny pieces as whole.
+    //! Qwen3-Reranker and mxbai-rerank-v2 prompts) and the real all-MiniLM-L6-v2 encode
+    //! random texts the same cut in tiny pieces as whole.
     use super::*;
     use proptest::prelude::*;
 
