@@ -1,20 +1,28 @@
 #!/usr/bin/env python3
 """A random-weight model at a published model's sizes, for the speed benchmarks
-(bench/worker_vs_sentence_transformers.sh MODEL_DIR, bench/serve_mixed.py): the network and
-the sentence-transformers pipeline of the published model, with its config.json values;
-weights from transformers' own initialisation (seeded), the tokenizer of the family's tiny
-fixture (tests/fixtures/models), whose ids are all within the published vocabulary. Speed
-does not depend on the weights' values or on which tokenizer made the ids.
+(bench/families.py, bench/worker_vs_sentence_transformers.sh MODEL_DIR): the network and the
+sentence-transformers pipeline of the published model, with its config.json values; weights
+from transformers' own initialisation (seeded). Speed does not depend on the weights' values.
+
+The tokenizer is all-MiniLM-L6-v2's (BERT WordPiece, uncased, 30,522 ids, from .deps): its
+ids fit every family's vocabulary, and English text gets about the token counts a real
+tokenizer gives it (a tiny fixture's tokenizer splits words into many more pieces, which
+would benchmark longer sequences than users send).
 
 Usage (from the repository root, with the reference venv):
 
     .deps/ref-venv/bin/python bench/real_size_shape.py SHAPE OUT_DIR
 
-SHAPE: embeddinggemma-300m (gemma3_text), gte-qwen2-1.5b (qwen2).
+It writes OUT_DIR (what sentence-transformers loads) and prints one JSON line
+{"shape", "family", "parameters", "st_dir", "serve_dir"}: serve_dir is the folder
+`mlx-serve pull` takes, in the layout the published repo has. The two differ only where the
+Hub's layout is not transformers' (`new`: the Hub ships Alibaba-NLP/new-impl tensors, which
+transformers reads through its conversion mapping; serve_dir is OUT_DIR.hub).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -23,14 +31,78 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Dense, Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
-from transformers import Gemma3TextConfig, Gemma3TextModel, Qwen2Config, Qwen2Model
+from transformers import (DistilBertConfig, DistilBertModel, Gemma3TextConfig, Gemma3TextModel, GteConfig, GteModel,
+                          ModernBertConfig, ModernBertModel, MPNetConfig, MPNetModel, NomicBertConfig, NomicBertModel,
+                          Qwen2Config, Qwen2Model)
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "models"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER = ROOT / ".deps" / "all-MiniLM-L6-v2"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
-def embeddinggemma() -> tuple[torch.nn.Module, str, list, str]:
+def identity_dense(i: int, o: int) -> Dense:
+    return Dense(i, o, bias=False, activation_function=torch.nn.Identity())
+
+
+# Each shape: (family, transformers model, pooling mode, Dense modules, Normalize?, config.json
+# edits that turn transformers' spelling into the published one). Sizes are the published
+# config.json's (repo named in each).
+
+def nomic_embed_text_v15():
+    # nomic-ai/nomic-embed-text-v1.5: n_embd 768, n_layer 12, n_head 12, n_inner 3072 (SwiGLU,
+    # no biases), vocab 30528, rotary_emb_base 1000, 2048 trained positions; mean pooling.
+    cfg = NomicBertConfig(vocab_size=30528, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                          intermediate_size=3072, hidden_act="silu", layer_norm_eps=1e-12, type_vocab_size=2,
+                          max_position_embeddings=2048, pad_token_id=0,
+                          rope_parameters={"rope_type": "default", "rope_theta": 1000.0})
+    return "nomic_bert", NomicBertModel(cfg), "mean", [], True, {}
+
+
+def gte_modernbert_base():
+    # Alibaba-NLP/gte-modernbert-base: hidden 768, 22 layers, 12 heads, intermediate 1152 (GeGLU),
+    # vocab 50368, every third layer global, local window 128, both thetas 160000; CLS pooling.
+    cfg = ModernBertConfig(vocab_size=50368, hidden_size=768, intermediate_size=1152, num_hidden_layers=22,
+                           num_attention_heads=12, hidden_activation="gelu", max_position_embeddings=8192,
+                           norm_eps=1e-5, local_attention=128, global_attn_every_n_layers=3,
+                           global_rope_theta=160000.0, local_rope_theta=160000.0, pad_token_id=0, cls_token_id=101,
+                           bos_token_id=101, sep_token_id=102, eos_token_id=102)
+    # Published in transformers 4.48's spelling (tests/fixtures/make_modernbert.py `hubify`).
+    edits = {"set": {"global_attn_every_n_layers": 3, "global_rope_theta": 160000.0, "local_rope_theta": 160000.0,
+                     "position_embedding_type": "absolute"}, "remove": ["layer_types", "rope_parameters"]}
+    return "modernbert", ModernBertModel(cfg), "cls", [], True, edits
+
+
+def gte_multilingual_base():
+    # Alibaba-NLP/gte-multilingual-base: hidden 768, 12 layers, 12 heads, intermediate 3072,
+    # vocab 250048, 8192 positions; CLS pooling, normalized. Its RoPE (theta 20000 with
+    # new-impl's NTK factor 8) is left plain here: transformers' GteModel, which
+    # sentence-transformers runs, has no NTK, and the angles cost the same either way.
+    cfg = GteConfig(vocab_size=250048, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                    intermediate_size=3072, hidden_act="gelu", max_position_embeddings=8192, type_vocab_size=1,
+                    layer_norm_eps=1e-12, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                    rope_parameters={"rope_type": "default", "rope_theta": 160000.0})
+    cfg.architectures = ["GteModel"]
+    return "new", GteModel(cfg), "cls", [], True, {}
+
+
+def all_mpnet_base_v2():
+    # sentence-transformers/all-mpnet-base-v2: hidden 768, 12 layers, 12 heads, intermediate 3072,
+    # vocab 30527, 514 positions, 32 relative buckets; mean pooling, Normalize.
+    cfg = MPNetConfig(vocab_size=30527, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                      intermediate_size=3072, hidden_act="gelu", max_position_embeddings=514, layer_norm_eps=1e-5,
+                      relative_attention_num_buckets=32, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    return "mpnet", MPNetModel(cfg), "mean", [], True, {}
+
+
+def msmarco_distilbert_base_v4():
+    # sentence-transformers/msmarco-distilbert-base-v4: dim 768, 6 layers, 12 heads, hidden_dim
+    # 3072, vocab 30522, 512 positions; mean pooling.
+    cfg = DistilBertConfig(vocab_size=30522, dim=768, n_layers=6, n_heads=12, hidden_dim=3072,
+                           max_position_embeddings=512, activation="gelu", pad_token_id=0)
+    return "distilbert", DistilBertModel(cfg), "mean", [], False, {}
+
+
+def embeddinggemma():
     # google/embeddinggemma-300m config.json.
     cfg = Gemma3TextConfig(
         vocab_size=262144, hidden_size=768, intermediate_size=1152, num_hidden_layers=24, num_attention_heads=3,
@@ -42,43 +114,68 @@ def embeddinggemma() -> tuple[torch.nn.Module, str, list, str]:
         pad_token_id=0, eos_token_id=1, bos_token_id=2)
     cfg.architectures = ["Gemma3TextModel"]
     # Its modules: mean pooling, 2_Dense 768 -> 3072, 3_Dense 3072 -> 768 (no bias, Identity), Normalize.
-    dense = [Dense(768, 3072, bias=False, activation_function=torch.nn.Identity()),
-             Dense(3072, 768, bias=False, activation_function=torch.nn.Identity())]
-    return Gemma3TextModel(cfg), "mean", dense, "tiny-gemma3_text-embed"
+    return "gemma3_text", Gemma3TextModel(cfg), "mean", [identity_dense(768, 3072), identity_dense(3072, 768)], True, {}
 
 
-def gte_qwen2() -> tuple[torch.nn.Module, str, list, str]:
-    # Alibaba-NLP/gte-Qwen2-1.5B-instruct config.json.
+def gte_qwen2():
+    # Alibaba-NLP/gte-Qwen2-1.5B-instruct config.json; last-token pooling, normalized.
     cfg = Qwen2Config(
         vocab_size=151646, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
         num_key_value_heads=2, hidden_act="silu", max_position_embeddings=131072, rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}, use_sliding_window=False,
         sliding_window=131072, max_window_layers=21, tie_word_embeddings=False)
     cfg.architectures = ["Qwen2Model"]
-    return Qwen2Model(cfg), "lasttoken", [], "tiny-qwen2-embed"
+    return "qwen2", Qwen2Model(cfg), "lasttoken", [], True, {}
 
 
-SHAPES = {"embeddinggemma-300m": embeddinggemma, "gte-qwen2-1.5b": gte_qwen2}
+SHAPES = {
+    "nomic-embed-text-v1.5": nomic_embed_text_v15,
+    "gte-modernbert-base": gte_modernbert_base,
+    "gte-multilingual-base": gte_multilingual_base,
+    "all-mpnet-base-v2": all_mpnet_base_v2,
+    "msmarco-distilbert-base-v4": msmarco_distilbert_base_v4,
+    "embeddinggemma-300m": embeddinggemma,
+    "gte-qwen2-1.5b": gte_qwen2,
+}
+
+
+def edit_config(path: Path, edits: dict) -> None:
+    cfg = json.loads(path.read_text())
+    for k in edits.get("remove", []):
+        cfg.pop(k, None)
+    cfg.update(edits.get("set", {}))
+    path.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
 def main() -> None:
     shape, out = sys.argv[1], Path(sys.argv[2])
     torch.manual_seed(0)
-    model, pooling, dense, fixture = SHAPES[shape]()
+    family, model, pooling, dense, normalize, edits = SHAPES[shape]()
     body = out.with_name(out.name + ".transformer")
-    for d in (out, body):
+    hub = out.with_name(out.name + ".hub")
+    for d in (out, body, hub):
         if d.exists():
             shutil.rmtree(d)
     model.eval().save_pretrained(str(body))
     for f in TOKENIZER_FILES:
-        if (FIXTURES / fixture / f).exists():
-            shutil.copy(FIXTURES / fixture / f, body / f)
+        shutil.copy(TOKENIZER / f, body / f)
+    if edits:
+        edit_config(body / "config.json", edits)
     t = Transformer(str(body), max_seq_length=512)
-    st = SentenceTransformer(modules=[t, Pooling(t.get_embedding_dimension(), pooling_mode=pooling), *dense,
-                                      Normalize()], device="cpu")
+    modules = [t, Pooling(t.get_embedding_dimension(), pooling_mode=pooling), *dense]
+    st = SentenceTransformer(modules=modules + ([Normalize()] if normalize else []), device="cpu")
     st.save(str(out))
     shutil.rmtree(body)
-    print(f"{shape}: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters -> {out}")
+    serve = out
+    if family == "new":
+        # The Hub's layout, written and read back by the fixture generator's own code.
+        sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+        import make_new  # noqa: PLC0415  (sets the fixture environment: only in this process)
+        make_new.write_new_fixture(out, hub, "NewModel", "", GteModel)
+        serve = hub
+    params = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"shape": shape, "family": family, "parameters": params, "st_dir": str(out),
+                      "serve_dir": str(serve)}))
 
 
 if __name__ == "__main__":

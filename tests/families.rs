@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use mlx_serve_tests::fake_hub::{error_line, folder_files, FakeHub};
 use mlx_serve_tests::fixtures::{self, batch, cosine, max_abs_diff, paired};
 use mlx_serve_tests::parity::{
-    check_embedding_model, check_half_precision, check_quantized, check_reranker, EMBED_MAX_DIFF, SCORE_MAX_DIFF,
+    check_embedding_model, check_half_precision, check_quantized, check_quantized_to, check_reranker, EMBED_MAX_DIFF, SCORE_MAX_DIFF,
 };
 use mlx_serve_tests::server::{Server, ServerOptions};
 use mlx_serve_tests::worker_process::{worker_bin, TempDir, Worker};
@@ -240,6 +240,46 @@ fn check_quantized_reranker(name: &str, expect_packed: &[&str], bound: f64) {
     }
     eprintln!("{name} 8-bit: max score diff to the float32 reference {worst:.2e} ({} tensors packed)", packed.len());
     assert!(worst <= bound, "{name} 8-bit: max score diff {worst}");
+}
+
+/// Every family quantized to 4 bits with the default (mixed) recipe loads and computes near
+/// its float32 reference, dequantized (the CPU's form) and packed (the GPU's form). The
+/// bounds are loose on purpose: a tiny random network at hidden size 64 is one quantization
+/// group per row, so 4 bits cost it far more than a trained model at its real size
+/// (docs/quantization.md has the real models' numbers); what this catches is a family whose
+/// 4-bit copy does not load, or computes garbage (a wrong scale or group layout gives cosines
+/// near 0 and scores off by whole units).
+#[test]
+fn every_family_quantized_to_4_bits_stays_close() {
+    // (fixture, min cosine, max score difference): about twice each measured loss (x86,
+    // MLX CPU, 2026-12-06: bert 0.99994 / 8.6e-4, xlmr 0.99997 / 9.9e-3, qwen3 0.99990 /
+    // 7.2e-3, nomic_bert 0.98450 / 0.166, modernbert 0.86718 / 0.122, mpnet 0.95260 / 0.114,
+    // distilbert 0.88448 / 0.028, new 0.83274 / 0.067, gemma3_text 0.85645, qwen2 0.48607).
+    // qwen2's tiny causal net pools one token's state, which no averaging calms: its 8-bit
+    // copy already loses 3.4e-3 (torch's own bfloat16 8.6e-3), and 4 bits are 16 times coarser.
+    let cases: &[(&str, f64, f64)] = &[
+        ("tiny-bert-embed", 0.9998, 0.0),
+        ("tiny-bert-rerank", 1.0, 2e-3),
+        ("tiny-xlmr-embed", 0.9999, 0.0),
+        ("tiny-xlmr-rerank", 1.0, 2e-2),
+        ("tiny-qwen3-embed", 0.9997, 0.0),
+        ("tiny-qwen3-rerank", 1.0, 1.5e-2),
+        ("tiny-nomic_bert-embed", 0.97, 0.0),
+        ("tiny-nomic_bert-rerank", 1.0, 0.35),
+        ("tiny-modernbert-embed", 0.73, 0.0),
+        ("tiny-modernbert-rerank", 1.0, 0.25),
+        ("tiny-mpnet-embed", 0.9, 0.0),
+        ("tiny-mpnet-rerank", 1.0, 0.25),
+        ("tiny-distilbert-embed", 0.76, 0.0),
+        ("tiny-distilbert-rerank", 1.0, 0.06),
+        ("tiny-new-embed", 0.66, 0.0),
+        ("tiny-new-rerank", 1.0, 0.15),
+        ("tiny-gemma3_text-embed", 0.7, 0.0),
+        ("tiny-qwen2-embed", 0.2, 0.0),
+    ];
+    for &(name, min_cos, max_diff) in cases {
+        check_quantized_to(name, 4, min_cos, max_diff);
+    }
 }
 
 /// The fixtures published on the fake hub as `repo`s, pulled with `mlx-serve pull` into a
@@ -500,10 +540,66 @@ fn new_pulled_from_the_hub_serves_over_http() {
     ]);
 }
 
+// new-impl's fixed NTK RoPE, `rope_scaling: {"type": "ntk", "factor": F}` (base θF, angles ×
+// F^(-2/head_dim) at every length; worker/src/models/new.rs `NewConfig::rope` cites it):
+// tiny-new-ntk-embed has gte-large-en-v1.5's (factor 2, theta 160000) at head_dim 16 (MLX's
+// plain-ops RoPE), tiny-new-ntk-rerank gte-multilingual-reranker-base's (factor 8, theta 20000)
+// at head_dim 32 (MLX's kernel). transformers' Gte does not implement it: the references are
+// GteModel with its rotary frequencies replaced by new-impl's (make_new.py `new_impl_ntk`).
+
+#[test]
+fn new_ntk_rope_embedding_matches_sentence_transformers() {
+    check_embedding_model("tiny-new-ntk-embed");
+}
+
+#[test]
+fn new_ntk_rope_reranker_matches_cross_encoder() {
+    check_reranker("tiny-new-ntk-rerank");
+}
+
+#[test]
+fn new_ntk_rope_runs_in_float16_on_mlx_ops() {
+    check_float16("tiny-new-ntk-embed");
+    check_float16("tiny-new-ntk-rerank");
+}
+
+/// The same weights with `rope_scaling: null` (plain RoPE) are far from the NTK references:
+/// the parity above holds only when the scaling is computed.
+#[test]
+fn new_ntk_rope_unscaled_misses_the_reference() {
+    let name = "tiny-new-ntk-embed";
+    let dir = tempfile::tempdir().unwrap();
+    for (path, data) in edited_files(name, |c| c["rope_scaling"] = Value::Null, None) {
+        let to = dir.path().join(&path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(to, data).unwrap();
+    }
+    let (mut w, _) = Worker::ready(dir.path(), &[]).unwrap();
+    let reference = fixtures::embed_reference(name).unwrap();
+    let mut min_cos = 1.0f64;
+    for case in &reference.cases {
+        let rows = w.embed(batch(&case.input_ids, case.token_type_ids.as_ref())).unwrap();
+        for (got, want) in paired(&rows, &case.embeddings, &format!("{name}/{}", case.name)) {
+            min_cos = min_cos.min(cosine(got, want));
+        }
+    }
+    eprintln!("{name} with rope_scaling null: min cosine {min_cos:.5}");
+    assert!(min_cos < 0.99, "unscaled RoPE matches the NTK reference: min cosine {min_cos}");
+}
+
+#[test]
+fn new_ntk_rope_pulled_from_the_hub_serves_over_http() {
+    pull_and_serve(&[
+        ("Alibaba-NLP/tiny-new-ntk-embed", "tiny-new-ntk-embed"),
+        ("Alibaba-NLP/tiny-new-ntk-rerank", "tiny-new-ntk-rerank"),
+    ]);
+}
+
 #[test]
 fn new_unhonoured_fields_are_refused_at_pull() {
-    // gte-large-en-v1.5 asks for new-impl's fixed NTK RoPE scaling (`{"type": "ntk", "factor": 2.0}`).
-    refused_at_pull("tiny-new-embed", "rope_scaling", json!({"type": "ntk", "factor": 2.0}));
+    // new-impl's other scalings: its mixed NTK (`mixed_b`), and types it does not have.
+    refused_at_pull("tiny-new-ntk-embed", "rope_scaling", json!({"type": "ntk", "factor": 2.0, "mixed_b": 0.75}));
+    refused_at_pull("tiny-new-embed", "rope_scaling", json!({"type": "dynamic", "factor": 2.0}));
     refused_at_pull("tiny-new-rerank", "logn_attention_scale", json!(true));
 }
 
@@ -516,21 +612,11 @@ fn new_unhonoured_fields_are_refused_at_pull() {
 const GEMMA: &str = "tiny-gemma3_text-embed";
 const GEMMA_CAUSAL: &str = "tiny-gemma3_text-causal-embed";
 
-/// google/embeddinggemma-300m's config.json as published (transformers 4.57 layout).
+/// google/embeddinggemma-300m's config.json as published (tests/fixtures/published, whose
+/// README says where it comes from; tests/published.rs gives it its verdict).
 fn embeddinggemma_config() -> Value {
-    let layer_types: Vec<&str> =
-        (0..24).map(|i| if (i + 1) % 6 == 0 { "full_attention" } else { "sliding_attention" }).collect();
-    json!({
-        "_sliding_window_pattern": 6, "architectures": ["Gemma3TextModel"], "attention_bias": false,
-        "attention_dropout": 0.0, "attn_logit_softcapping": null, "bos_token_id": 2, "dtype": "float32",
-        "eos_token_id": 1, "final_logit_softcapping": null, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
-        "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 1152, "layer_types": layer_types,
-        "max_position_embeddings": 2048, "model_type": "gemma3_text", "num_attention_heads": 3,
-        "num_hidden_layers": 24, "num_key_value_heads": 1, "pad_token_id": 0, "query_pre_attn_scalar": 256,
-        "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000.0, "rope_scaling": null, "rope_theta": 1000000.0,
-        "sliding_window": 512, "transformers_version": "4.57.0.dev0", "use_bidirectional_attention": true,
-        "use_cache": true, "vocab_size": 262144
-    })
+    let path = fixtures::repo_root().join("tests/fixtures/published/google/embeddinggemma-300m/config.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// The fixture's files with google/embeddinggemma-300m's JSON at its published sizes:

@@ -1,6 +1,6 @@
 """sentence-transformers in this process, called the way its users call it.
 
-`model.encode(texts, batch_size=32)` on a list (it sorts the list by length, so its batches
+`model.encode(texts, batch_size=32)` (or another `batch_size`, bench/families.py finds its best) on a list (it sorts the list by length, so its batches
 carry little padding), torch CPU with its default threads, no HTTP and no client. In a
 timed run it encodes successive chunks of 256 texts from the start of the same stream the
 servers get (each chunk one `encode` call, as an ingest loop would make); with a fixed
@@ -17,7 +17,8 @@ CHUNK = 256
 
 
 class SentenceTransformers:
-    def __init__(self, model_dir):
+    def __init__(self, model_dir, batch_size=32):
+        self.batch_size = batch_size
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no weight-loading bars in the report
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         import sentence_transformers
@@ -30,7 +31,7 @@ class SentenceTransformers:
         self._cache = {}
 
     def encode(self, texts):
-        return self.model.encode(texts, batch_size=32)
+        return self.model.encode(texts, batch_size=self.batch_size)
 
     def throughput(self, texts, seconds=None, count=None) -> dict:
         """texts/s over a timed stream of 256-text `encode` calls, or one call on `count` texts."""

@@ -3,7 +3,7 @@
 Metric names are the ones docs/metrics.md lists: `mlx_serve_tokens_total` (real tokens sent
 to workers), `mlx_serve_padded_tokens_total` (tokens computed, padding included),
 `mlx_serve_batch_size` (histogram of sequences per batch; its `_count` is the number of
-forwards). A metric the server does not export reads as missing, never as zero.
+forwards), `mlx_serve_worker_forward_seconds` (the worker's time per forward). A metric the server does not export reads as missing, never as zero.
 """
 import re
 
@@ -33,6 +33,7 @@ def batch_stats(before: str, after: str) -> dict:
 
     real, padded = delta("mlx_serve_tokens_total"), delta("mlx_serve_padded_tokens_total")
     seqs, forwards = delta("mlx_serve_batch_size_sum"), delta("mlx_serve_batch_size_count")
+    forward_s, timed = delta("mlx_serve_worker_forward_seconds_sum"), delta("mlx_serve_worker_forward_seconds_count")
 
     def ratio(x, y):
         return x / y if x is not None and y else None
@@ -42,5 +43,6 @@ def batch_stats(before: str, after: str) -> dict:
         "real_tokens_per_forward": ratio(real, forwards),
         "sequences_per_batch": ratio(seqs, forwards),
         "forwards": forwards,
+        "forward_ms": ratio(forward_s * 1e3 if forward_s is not None else None, timed),
         "real_tokens": real,
     }

@@ -134,6 +134,14 @@ pub fn read(dir: &Path) -> Result<Option<Pipeline>, PipelineError> {
         let ty = m.get("type").and_then(Value::as_str).unwrap_or("");
         let path = m.get("path").and_then(Value::as_str).unwrap_or("").to_owned();
         let class = ty.rsplit('.').next().unwrap_or("");
+        // sentence-transformers imports a type outside its own package from the repo's
+        // Python files (trust_remote_code): custom code whatever the class is called
+        // (jina-embeddings-v3's `custom_st.Transformer` picks LoRA adapters per task).
+        if !ty.starts_with("sentence_transformers.") {
+            return Err(refused(format!(
+                "{ty:?} ({path}) is custom code, not a sentence_transformers module; it is never run"
+            )));
+        }
         if normalize {
             return Err(refused(format!("{class} ({path}) after Normalize is not supported")));
         }
@@ -314,7 +322,7 @@ mod tests {
                 "several modes",
             ),
             (
-                serde_json::json!([t, p, module("x.Dense", "2_Dense")]),
+                serde_json::json!([t, p, module("sentence_transformers.models.Dense", "2_Dense")]),
                 vec![
                     pool.clone(),
                     (
@@ -324,10 +332,14 @@ mod tests {
                 ],
                 "my.Custom",
             ),
-            (serde_json::json!([t, module("x.Normalize", "n"), p]), vec![pool.clone()], "Normalize"),
+            (
+                serde_json::json!([t, module("sentence_transformers.models.Normalize", "n"), p]),
+                vec![pool.clone()],
+                "Normalize",
+            ),
             (serde_json::json!([t]), vec![], "Pooling"),
             (
-                serde_json::json!([t, p, module("x.Dense", "2_Dense")]),
+                serde_json::json!([t, p, module("sentence_transformers.models.Dense", "2_Dense")]),
                 vec![
                     pool.clone(),
                     (
@@ -338,7 +350,7 @@ mod tests {
                 "use_residual",
             ),
             (
-                serde_json::json!([t, p, module("x.Dense", "2_Dense")]),
+                serde_json::json!([t, p, module("sentence_transformers.models.Dense", "2_Dense")]),
                 vec![
                     pool.clone(),
                     (
@@ -348,7 +360,14 @@ mod tests {
                 ],
                 "token_embeddings",
             ),
-            (serde_json::json!([module("x.Transformer", "0_Transformer"), p]), vec![pool], "subfolder"),
+            (
+                serde_json::json!([module("sentence_transformers.models.Transformer", "0_Transformer"), p]),
+                vec![pool.clone()],
+                "subfolder",
+            ),
+            // jina-embeddings-v3's modules.json: its own Transformer class, named like ours.
+            (serde_json::json!([module("custom_st.Transformer", ""), p]), vec![pool.clone()], "custom_st.Transformer"),
+            (serde_json::json!([t, module("my_pooling.Pooling", "1_Pooling")]), vec![pool], "custom code"),
         ] {
             let dir = folder(mods, &files);
             let err = read(dir.path()).unwrap_err().to_string();

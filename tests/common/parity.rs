@@ -127,10 +127,16 @@ pub fn check_half_precision(name: &str, dtype: &str) {
 /// reference case within `min_cosine` (embeddings) or `max_score_diff` (rerankers) of the
 /// float32 reference, in both forms.
 pub fn check_quantized(name: &str, min_cosine: f64, max_score_diff: f64) {
+    check_quantized_to(name, 8, min_cosine, max_score_diff);
+}
+
+/// `check_quantized` at `bits` (4: the default mixed recipe). Returns (min cosine, max score
+/// difference) to the float32 reference.
+pub fn check_quantized_to(name: &str, bits: u32, min_cosine: f64, max_score_diff: f64) -> (f64, f64) {
     let tmp = TempDir::new("family-quant").unwrap();
-    let dst = tmp.path().join(format!("{name}-8bit"));
+    let dst = tmp.path().join(format!("{name}-{bits}bit"));
     let out = std::process::Command::new(worker_bin())
-        .args(["quantize", "--bits", "8", "--src"])
+        .args(["quantize", "--bits", &bits.to_string(), "--src"])
         .arg(fixtures::model_dir(name))
         .arg("--dst")
         .arg(&dst)
@@ -145,7 +151,7 @@ pub fn check_quantized(name: &str, min_cosine: f64, max_score_diff: f64) {
     let mut worst_diff = 0.0f64;
     for extra in [&[][..], &["--keep-quantized"][..]] {
         let (mut w, info) = Worker::ready(&dst, extra).unwrap();
-        assert_eq!(info.stored_dtype, "q8");
+        assert_eq!(info.stored_dtype, format!("q{bits}"));
         if info.kind == ModelKind::Embedding {
             for case in &fixtures::embed_reference(name).unwrap().cases {
                 let rows = w.embed(batch(&case.input_ids, case.token_type_ids.as_ref())).unwrap();
@@ -161,9 +167,10 @@ pub fn check_quantized(name: &str, min_cosine: f64, max_score_diff: f64) {
         }
     }
     eprintln!(
-        "{name} at 8 bits ({quantized} tensors quantized): min cosine {worst_cos:.6}, max score diff {worst_diff:.2e} \
-         to the float32 reference"
+        "{name} at {bits} bits ({quantized} tensors quantized): min cosine {worst_cos:.6}, max score diff \
+         {worst_diff:.2e} to the float32 reference"
     );
-    assert!(worst_cos >= min_cosine, "{name} at 8 bits: min cosine {worst_cos}");
-    assert!(worst_diff <= max_score_diff, "{name} at 8 bits: max score diff {worst_diff}");
+    assert!(worst_cos >= min_cosine, "{name} at {bits} bits: min cosine {worst_cos}");
+    assert!(worst_diff <= max_score_diff, "{name} at {bits} bits: max score diff {worst_diff}");
+    (worst_cos, worst_diff)
 }

@@ -90,7 +90,7 @@ enum Command {
     },
     /// Whether this worker computes the model in MODEL exactly as its files describe,
     /// from its JSON files alone (no weights needed): prints one JSON line,
-    /// `{"ok": true, "family": ..., "pooling": ..., "output_dim": ...}` or
+    /// `{"ok": true, "family": ..., "pooling": ..., "output_dim": ..., "max_tokens": ...}` or
     /// `{"ok": false, "reason": ...}`. `mlx-serve pull` asks this before downloading weights.
     Check {
         #[arg(long)]
@@ -229,6 +229,7 @@ fn main() -> Result<()> {
                     "kind": facts.kind.as_str(),
                     "pooling": facts.pooling.as_str(),
                     "output_dim": facts.output_dim,
+                    "max_tokens": facts.max_tokens,
                 }),
                 Err(e) => serde_json::json!({"ok": false, "reason": format!("{e:#}")}),
             };

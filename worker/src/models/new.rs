@@ -15,8 +15,13 @@
 //! - `GteForSequenceClassification`: pooler (dense + tanh on the first token) and
 //!   `classifier`, BERT's cross-encoder head.
 //!
-//! What the new-impl config can ask beyond that — a RoPE scaling (its NTK variant), log-n
-//! attention scaling, RMSNorm, unpacked QKV, absolute positions — is refused by field.
+//! - new-impl's fixed NTK RoPE scaling, `rope_scaling: {"type": "ntk", "factor": F}`
+//!   (gte-multilingual-base, its reranker and gte-large-en-v1.5; transformers' Gte does not
+//!   implement it): see [`NewConfig::rope`].
+//!
+//! What the new-impl config can ask beyond that — another RoPE scaling (its mixed NTK,
+//! `mixed_b`), log-n attention scaling, RMSNorm, unpacked QKV, absolute positions — is
+//! refused by field.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +29,7 @@ use anyhow::{bail, Result};
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::Array;
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 
@@ -78,8 +84,9 @@ pub struct NewConfig {
     pub layer_norm_eps: f32,
     #[serde(default = "default_hidden_act")]
     pub hidden_act: String,
+    /// new-impl's own block (`type`, `factor`, `mixed_b`), read by [`NewConfig::rope`].
     #[serde(default)]
-    pub rope_scaling: Option<RopeParameters>,
+    pub rope_scaling: Option<Map<String, Value>>,
     #[serde(default)]
     pub rope_parameters: Option<RopeParameters>,
     #[serde(default)]
@@ -108,12 +115,48 @@ impl NewConfig {
         self.id2label.as_ref().map_or(1, BTreeMap::len)
     }
 
-    fn theta(&self) -> Result<f32> {
-        rope::theta(
-            &[("rope_scaling", &self.rope_scaling), ("rope_parameters", &self.rope_parameters)],
-            Some(self.rope_theta),
-            self.rope_theta,
-        )
+    /// RoPE base and angle scale for [`rope`]: `(rope_theta, 1)`, or with new-impl's fixed NTK
+    /// scaling of factor F, `(rope_theta × F, F^(-2 / head_dim))`.
+    ///
+    /// new-impl (Alibaba-NLP/new-impl modeling.py: `NewEmbeddings._init_rope` picks
+    /// `NTKScalingRotaryEmbedding` for `rope_scaling["type"] == "ntk"`, with
+    /// `rope_scaling.get("mixed_b")`; read in the copy beside gte-multilingual-base's config in
+    /// CheshireClef/Indra_Desktop_Pet, tests/fixtures/published/README.md; vLLM's
+    /// rotary_embedding/ntk_scaling_rope.py is the same; kexue.fm/archives/9706 eq. 6)
+    /// computes, with `mixed_b` None, `inv_freq_i = (θF)^(-2i/d) / F^(2/d)`. Its `__init__`
+    /// caches `max_position_embeddings × F` positions, which for F > 1 is past
+    /// `max_position_embeddings` and so sets those frequencies once, for every length (not
+    /// dynamic). [`rope`]'s angle `scale × p × base^(-2i/d)` with base θF and scale F^(-2/d) is
+    /// that exactly. F below 1 (new-impl then switches frequencies with the sequence length)
+    /// and `mixed_b` (its mixed NTK, eq. 10-13) are refused, as is any other key or type.
+    pub(crate) fn rope(&self) -> Result<(f32, f32)> {
+        let theta = rope::theta(&[("rope_parameters", &self.rope_parameters)], Some(self.rope_theta), self.rope_theta)?;
+        let Some(block) = &self.rope_scaling else { return Ok((theta, 1.0)) };
+        let name = |key: &str| block.get(key).filter(|v| !v.is_null());
+        let kind = match (name("type"), name("rope_type")) {
+            (Some(a), Some(b)) if a != b => bail!("config.json: rope_scaling has type {a} and rope_type {b}"),
+            (Some(k), _) | (None, Some(k)) => k,
+            (None, None) => bail!("config.json: rope_scaling has no type (new-impl reads rope_scaling[\"type\"])"),
+        };
+        if kind.as_str() != Some("ntk") {
+            bail!("config.json: rope_scaling type {kind} is not implemented (only new-impl's fixed \"ntk\")");
+        }
+        if let Some(b) = name("mixed_b") {
+            bail!("config.json: rope_scaling mixed_b {b} (new-impl's mixed NTK) is not implemented (only fixed NTK)");
+        }
+        if let Some(key) = block.keys().find(|k| !["type", "rope_type", "factor", "mixed_b"].contains(&k.as_str())) {
+            bail!(
+                "config.json: rope_scaling key {key:?} is not implemented (new-impl's ntk reads type, factor, mixed_b)"
+            );
+        }
+        let factor = match name("factor").and_then(Value::as_f64) {
+            Some(f) if f.is_finite() && f >= 1.0 => f,
+            // Below 1, new-impl's frequencies change with the sequence length.
+            Some(f) => bail!("config.json: rope_scaling factor {f} is not implemented (only factor >= 1)"),
+            None => bail!("config.json: rope_scaling ntk needs a numeric factor"),
+        };
+        let head_dim = f64::from(self.hidden_size / self.num_attention_heads);
+        Ok(((f64::from(theta) * factor) as f32, factor.powf(-2.0 / head_dim) as f32))
     }
 
     pub(crate) fn check(&self) -> Result<()> {
@@ -151,7 +194,7 @@ impl NewConfig {
             }
         }
         Activation::from_name(&self.hidden_act).map_err(|e| anyhow::anyhow!("config.json: hidden_act: {e}"))?;
-        self.theta()?;
+        self.rope()?;
         Ok(())
     }
 }
@@ -183,7 +226,8 @@ pub struct Gte {
     heads: i32,
     head_dim: i32,
     intermediate: i32,
-    theta: f32,
+    /// RoPE base and angle scale ([`NewConfig::rope`]).
+    rope: (f32, f32),
     act: Activation,
     kernels: Kernels,
 }
@@ -221,7 +265,7 @@ impl Gte {
             heads,
             head_dim: hidden / heads,
             intermediate: inter,
-            theta: config.theta()?,
+            rope: config.rope()?,
             act: Activation::from_name(&config.hidden_act)?,
             kernels,
         })
@@ -242,7 +286,7 @@ impl Network for Gte {
             let total = qkv.dim(0);
             // Q and K rotated together: `[total, 2 × heads, 1, head_dim]` (see rope.rs).
             let qk = qkv.index((.., ..2 * hidden)).reshape(&[total, 2 * heads, 1, self.head_dim])?;
-            let qk = rope(&qk, self.theta, 1.0, &inputs.positions)?.reshape(&[total, 2 * hidden])?;
+            let qk = rope(&qk, self.rope.0, self.rope.1, &inputs.positions)?.reshape(&[total, 2 * hidden])?;
             let parts = Heads {
                 q: HeadBlock { array: &qk, col: 0, heads: heads as usize },
                 k: HeadBlock { array: &qk, col: hidden as usize, heads: heads as usize },
@@ -292,13 +336,54 @@ mod tests {
     fn published_layout_is_read() {
         let c: NewConfig = parse_config(&base()).unwrap();
         c.check().unwrap();
-        assert_eq!((c.theta().unwrap(), c.layer_norm_eps, c.hidden_act.as_str()), (160000.0, 1e-12, "gelu"));
+        assert_eq!((c.rope().unwrap(), c.layer_norm_eps, c.hidden_act.as_str()), ((160000.0, 1.0), 1e-12, "gelu"));
+    }
+
+    /// gte-multilingual-base's block (factor 8, theta 20000, head_dim 64): base θF, and
+    /// `scale × base^(-2i/d)` equal to new-impl's `(θF)^(-2i/d) / F^(2/d)` for every i,
+    /// computed here in f64 straight from that formula.
+    #[test]
+    fn ntk_is_base_times_factor_and_scaled_angles() {
+        for key in ["type", "rope_type"] {
+            let mut v = base();
+            v["hidden_size"] = json!(768);
+            v["num_attention_heads"] = json!(12);
+            v["rope_theta"] = json!(20000);
+            v["rope_scaling"] = json!({"factor": 8.0, key: "ntk"});
+            let c: NewConfig = parse_config(&v).unwrap();
+            c.check().unwrap();
+            let (base, scale) = c.rope().unwrap();
+            assert_eq!(base, 160000.0);
+            let d = 64.0f64;
+            for i in 0..32 {
+                let new_impl = (20000.0f64 * 8.0).powf(-2.0 * i as f64 / d) / 8.0f64.powf(2.0 / d);
+                let ours = f64::from(scale) * f64::from(base).powf(-2.0 * i as f64 / d);
+                assert!((ours / new_impl - 1.0).abs() < 1e-6, "i {i}: {ours} vs {new_impl}");
+            }
+        }
+        // mixed_b null is new-impl's fixed NTK too; factor 1 is unscaled.
+        let mut v = base();
+        v["rope_scaling"] = json!({"type": "ntk", "factor": 1.0, "mixed_b": null});
+        assert_eq!(parse_config::<NewConfig>(&v).unwrap().rope().unwrap(), (160000.0, 1.0));
     }
 
     #[test]
     fn what_is_not_computed_is_refused_by_name() {
-        let e = refusal("rope_scaling", json!({"type": "ntk", "factor": 2.0}));
-        assert!(e.contains("rope_scaling") && e.contains("ntk"), "{e}");
+        for (value, names) in [
+            (json!({"type": "dynamic", "factor": 2.0}), "dynamic"),
+            (json!({"type": "linear", "factor": 2.0}), "linear"),
+            (json!({"type": "ntk", "factor": 2.0, "mixed_b": 0.75}), "mixed_b"),
+            (json!({"type": "ntk", "factor": 0.5}), "factor"),
+            (json!({"type": "ntk"}), "factor"),
+            (json!({"type": "ntk", "factor": 2.0, "original_max_position_embeddings": 512}), "original_max"),
+            (json!({"type": "ntk", "rope_type": "yarn", "factor": 2.0}), "yarn"),
+            (json!({"factor": 2.0}), "type"),
+        ] {
+            let e = refusal("rope_scaling", value.clone());
+            assert!(e.contains("rope_scaling") && e.contains(names), "{value}: {e}");
+        }
+        let e = refusal("rope_parameters", json!({"rope_type": "ntk", "factor": 2.0}));
+        assert!(e.contains("rope_parameters") && e.contains("ntk"), "{e}");
         let e = refusal("logn_attention_scale", json!(true));
         assert!(e.contains("logn_attention_scale"), "{e}");
         let e = refusal("logn_attention_clip1", json!(true));

@@ -105,4 +105,37 @@ mod tests {
             assert!(worst < 1e-5, "head_dim {head_dim}, scale {scale}: max diff {worst}");
         }
     }
+
+    /// Both paths with gte's fixed NTK arguments (new.rs `NewConfig::rope`: base θF, scale
+    /// F^(-2/d)) against new-impl's rotation written out in f64: `inv_freq_i = (θF)^(-2i/d) /
+    /// F^(2/d)`, `out_i = x_i cos − x_{i+d/2} sin`, `out_{i+d/2} = x_{i+d/2} cos + x_i sin`.
+    #[test]
+    fn ntk_arguments_give_new_impl_rotation_on_both_paths() {
+        for (head_dim, theta, factor) in [(16, 160000.0f64, 2.0f64), (32, 20000.0, 8.0), (64, 20000.0, 8.0)] {
+            let (total, half) = (40, head_dim / 2);
+            let v: Vec<f32> = (0..total * head_dim).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+            let x = Array::from_slice(&v, &[total as i32, 1, 1, head_dim as i32]);
+            let pos: Vec<i32> = (0..total as i32).map(|i| i * 13 % 500).collect();
+            let positions = Array::from_slice(&pos, &[total as i32]);
+            let (base, scale) = ((theta * factor) as f32, factor.powf(-2.0 / head_dim as f64) as f32);
+            let mut want = vec![0f32; v.len()];
+            for (t, &p) in pos.iter().enumerate() {
+                for i in 0..half {
+                    let inv =
+                        (theta * factor).powf(-2.0 * i as f64 / head_dim as f64) / factor.powf(2.0 / head_dim as f64);
+                    let (sin, cos) = (p as f64 * inv).sin_cos();
+                    let (a, b) = (v[t * head_dim + i] as f64, v[t * head_dim + i + half] as f64);
+                    want[t * head_dim + i] = (a * cos - b * sin) as f32;
+                    want[t * head_dim + i + half] = (b * cos + a * sin) as f32;
+                }
+            }
+            let want = Array::from_slice(&want, &[total as i32, 1, 1, head_dim as i32]);
+            let kernel = rope_dynamic(&x, head_dim as i32, false, base, scale, &positions, None).unwrap();
+            let ops = rope_by_ops(&x, base, scale, &positions).unwrap();
+            for (path, got) in [("kernel", kernel), ("ops", ops)] {
+                let worst = got.subtract(&want).unwrap().abs().unwrap().max(None).unwrap().item_exact::<f32>();
+                assert!(worst < 2e-4, "{path}, head_dim {head_dim}, factor {factor}: max diff {worst}");
+            }
+        }
+    }
 }
