@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use mlx_serve_tests::fake_hub::{error_line, folder_files, FakeHub};
 use mlx_serve_tests::fixtures::{self, batch, cosine, max_abs_diff, paired};
 use mlx_serve_tests::parity::{
-    check_embedding_model, check_half_precision, check_quantized, check_quantized_to, check_reranker, EMBED_MAX_DIFF, SCORE_MAX_DIFF,
+    check_embedding_model, check_half_precision, check_quantized, check_quantized_to, check_reranker, EMBED_MAX_DIFF,
+    SCORE_MAX_DIFF,
 };
 use mlx_serve_tests::server::{Server, ServerOptions};
 use mlx_serve_tests::worker_process::{worker_bin, TempDir, Worker};
