@@ -781,7 +781,7 @@ fn gemma3_text_fields_not_computed_are_refused_at_pull() {
 
 // ---------------------------------------------------------------------------------------
 // qwen2: gte-Qwen2-style decoder embedders (tests/fixtures/make_qwen2.py): biased q/k/v, no
-// q/k norm, causal, last-token pooling. A Qwen2 causal LM judge (mxbai-rerank-v2) is refused.
+// q/k norm, causal, last-token pooling. A Qwen2 causal LM as a reranker is mxbai-rerank-v2.
 // ---------------------------------------------------------------------------------------
 
 const QWEN2: &str = "tiny-qwen2-embed";
@@ -845,31 +845,115 @@ fn qwen2_sliding_window_and_rope_scaling_are_refused_at_pull() {
     refused_at_pull(QWEN2, "rope_scaling", json!({"type": "yarn", "factor": 4.0}));
 }
 
-/// mixedbread-ai/mxbai-rerank-base-v2 as published: a Qwen2ForCausalLM without
-/// sentence-transformers files, i.e. a yes/no judge; its recipe (own prompt, own tokens) is
-/// not the Qwen3-Reranker one the worker computes, so `pull` refuses it before the weights.
+// mxbai-rerank-v2 (tests/fixtures/make_qwen2_mxbai.py): a Qwen2ForCausalLM with tied
+// embeddings and no sentence-transformers files, scored by mixedbread-ai's own package.
+const MXBAI: &str = "tiny-qwen2-mxbai-rerank";
+
 #[test]
-fn qwen2_causal_lm_reranker_is_refused_at_pull() {
+fn qwen2_mxbai_reranker_matches_the_mxbai_rerank_package() {
+    check_reranker(MXBAI);
+}
+
+#[test]
+fn qwen2_mxbai_reranker_in_float16_runs_the_mlx_path() {
+    check_half_precision(MXBAI, "float16");
+}
+
+#[test]
+fn qwen2_mxbai_reranker_quantized_to_8_bits_stays_close() {
+    // Measured on x86 / MLX CPU: max score diff 2.3e-2 (the random judge's "1"/"0" logits
+    // move by ~0.1; its two lm_head rows are kept exact). Bound at about twice that; rows of
+    // other tokens, or a wrong scale, move scores by tenths.
+    check_quantized(MXBAI, 1.0, 0.05);
+}
+
+/// The fixture published as mixedbread-ai/mxbai-rerank-base-v2 and pulled by that name: the
+/// server tokenizes every reference case itself (the package's template, the query cut at
+/// 3/4 of the budget, the document at what is left, the API's `instruction`) and answers the
+/// package's scores over HTTP; TEI's `raw_scores` gives back the package's own number, the
+/// logit difference; `truncate: false` refuses the pairs the package cuts.
+#[test]
+fn qwen2_mxbai_reranker_pulled_from_the_hub_serves_the_packages_scores() {
     let hub = FakeHub::start();
-    let st_files = ["modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"];
-    let mut files: Vec<(String, Vec<u8>)> = folder_files(&fixtures::model_dir(QWEN2))
-        .into_iter()
-        .filter(|(path, _)| !st_files.contains(&path.as_str()) && !path.starts_with("1_Pooling"))
-        .collect();
-    let config = json!({
-        "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
-        "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
-        "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 24, "model_type": "qwen2",
-        "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
-        "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
-        "use_cache": true, "use_sliding_window": false, "vocab_size": 151936
-    });
-    files.iter_mut().find(|f| f.0 == "config.json").unwrap().1 = serde_json::to_vec_pretty(&config).unwrap();
-    hub.add_repo("mixedbread-ai/mxbai-rerank-base-v2", files);
+    hub.add_repo("mixedbread-ai/mxbai-rerank-base-v2", folder_files(&fixtures::model_dir(MXBAI)));
+    let hf_home = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerOptions { env: hub.server_env(hf_home.path()), ..Default::default() });
+    let out = hub.mlx_serve(server.home.path(), &["pull", "mixedbread-ai/mxbai-rerank-base-v2"], &[]);
+    assert!(out.ok() && out.stdout.contains("Qwen2ForCausalLM, scored as mxbai-rerank-v2"), "{}", out.text());
+    let model = "mxbai-rerank-base-v2";
+    let reference = reference_json(MXBAI);
+    let limit = reference["max_length"].as_u64().unwrap() as usize;
+    let (mut worst, mut worst_logit, mut cut) = (0.0f64, 0.0f64, 0);
+    for case in reference["cases"].as_array().unwrap() {
+        let label = format!("{MXBAI}/{} over HTTP", case["name"]);
+        let mut body = json!({"model": model, "query": case["query"], "documents": case["documents"]});
+        if !case["instruction"].is_null() {
+            body["instruction"] = case["instruction"].clone();
+        }
+        let (status, resp) = server.post("/v1/rerank", &body);
+        assert_eq!(status, 200, "{label}: {resp}");
+        let want: Vec<f64> = serde_json::from_value(case["scores"].clone()).unwrap();
+        let results = resp["results"].as_array().unwrap();
+        assert_eq!(results.len(), want.len(), "{label}");
+        for r in results {
+            let (i, score) = (r["index"].as_u64().unwrap() as usize, r["relevance_score"].as_f64().unwrap());
+            worst = worst.max((score - want[i]).abs());
+            assert!((score - want[i]).abs() <= SCORE_MAX_DIFF, "{label}: document {i}: {score} vs {}", want[i]);
+        }
+        // TEI shape: the logits the package's `rank` returns.
+        body["texts"] = body.as_object_mut().unwrap().remove("documents").unwrap();
+        body["raw_scores"] = true.into();
+        let (status, resp) = server.post("/rerank", &body);
+        assert_eq!(status, 200, "{label} (TEI): {resp}");
+        let logits: Vec<f64> = serde_json::from_value(case["logits"].clone()).unwrap();
+        for r in resp.as_array().unwrap() {
+            let (i, score) = (r["index"].as_u64().unwrap() as usize, r["score"].as_f64().unwrap());
+            worst_logit = worst_logit.max((score - logits[i]).abs());
+            assert!((score - logits[i]).abs() <= 1e-3, "{label} (TEI raw): document {i}: {score} vs {}", logits[i]);
+        }
+        // A pair the package cuts is refused when cutting is not allowed.
+        let ids = case["pairs_input_ids"].as_array().unwrap();
+        if ids.iter().any(|p| p.as_array().unwrap().len() == limit)
+            || case["name"].as_str().unwrap().contains("long_query")
+        {
+            body.as_object_mut().unwrap().remove("raw_scores");
+            body["documents"] = body.as_object_mut().unwrap().remove("texts").unwrap();
+            body["truncate"] = false.into();
+            let (status, resp) = server.post("/v1/rerank", &body);
+            assert_eq!(status, 400, "{label}, truncate false: {resp}");
+            assert_eq!(resp["error"]["code"], "context_length_exceeded", "{label}: {resp}");
+            cut += 1;
+        }
+    }
+    assert!(cut >= 3, "the reference should cut documents and queries ({cut} cases)");
+    // The built-in alias names the installed repo.
+    let case = &reference["cases"][0];
+    let body = json!({"model": "mxbai-reranker", "query": case["query"], "documents": case["documents"]});
+    let (status, resp) = server.post("/v1/rerank", &body);
+    assert_eq!(status, 200, "{resp}");
+    let got = resp["results"][0]["relevance_score"].as_f64().unwrap();
+    assert!((got - case["scores"][0].as_f64().unwrap()).abs() <= SCORE_MAX_DIFF, "{resp}");
+    eprintln!("{MXBAI} over HTTP: max score diff {worst:.2e}, max raw-score (logit) diff {worst_logit:.2e}");
+    let out = hub.mlx_serve(server.home.path(), &["show", model, "--json"], &[]);
+    let shown: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.text()));
+    assert_eq!(
+        (shown["type"].as_str(), shown["judge"].as_str()),
+        (Some("reranker"), Some("mxbai-rerank-v2")),
+        "{shown}"
+    );
+    assert_eq!(server.stop(), Some(0));
+}
+
+/// gte-Qwen2's embedder (a `Qwen2Model`, no language-model head) pulled as a reranker: there
+/// is no head to read "1"/"0" from, so it is refused by name before its weights are fetched.
+#[test]
+fn qwen2_model_without_lm_head_is_refused_as_a_reranker() {
+    let hub = FakeHub::start();
+    hub.add_repo("acme/tiny-qwen2-embed", folder_files(&fixtures::model_dir(QWEN2)));
     let home = tempfile::tempdir().unwrap();
-    let out = hub.mlx_serve(home.path(), &["pull", "mixedbread-ai/mxbai-rerank-base-v2"], &[]);
+    let out = hub.mlx_serve(home.path(), &["pull", "acme/tiny-qwen2-embed", "--type", "reranker"], &[]);
     let line = error_line(&out);
-    assert!(line.contains("Qwen2ForCausalLM") && line.contains("reranker"), "{line}");
+    assert!(line.contains("Qwen2Model") && line.contains("Qwen2ForCausalLM"), "{line}");
     let fetched: Vec<String> =
         hub.requests().into_iter().filter(|r| r.contains("model.safetensors") && !r.ends_with("bytes=0-0")).collect();
     assert!(fetched.is_empty(), "weights were downloaded: {fetched:?}");

@@ -92,13 +92,14 @@ fn longest_case(name: &str) -> (ModelKind, Vec<u32>, Vec<u8>, Vec<f32>, usize) {
     }
 }
 
-const FIXTURES: [&str; 6] = [
+const FIXTURES: [&str; 7] = [
     "tiny-bert-embed",
     "tiny-xlmr-embed",
     "tiny-qwen3-embed",
     "tiny-bert-rerank",
     "tiny-xlmr-rerank",
     "tiny-qwen3-rerank",
+    "tiny-qwen2-mxbai-rerank",
 ];
 
 #[test]

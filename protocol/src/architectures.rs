@@ -1,6 +1,7 @@
 //! The architectures mlx-serve runs: one row per family, keyed by config.json's
 //! `model_type`. The row holds what both binaries must know before any weight is read —
-//! whether the network is an encoder or a decoder (default pooling, how a reranker scores),
+//! whether the network is an encoder or a decoder (default pooling, how a reranker scores,
+//! and a causal LM's judge: prompt and tokens),
 //! how many position-table slots come before the first token, and a model card's
 //! instruction format. The code that computes each family is one file in
 //! `worker/src/models/` (registered there by the same name); adding a family is one row
@@ -42,7 +43,83 @@ pub struct Architecture {
     /// reimplements, as `module.Class` suffixes of the `auto_map` entries; any other custom
     /// code is refused (it may compute something else than the family's standard class).
     pub custom_code: &'static [&'static str],
+    /// How a causal LM of this family judges a (query, document) pair when it is a
+    /// reranker (no sentence-transformers files); `None`: such a reranker is refused.
+    pub judge: Option<&'static Judge>,
 }
+
+/// A causal LM used as a relevance judge: the prompt its authors wrap a pair in, and the
+/// two tokens whose logits at the last position give the score. Both recipes we run score
+/// `sigmoid(logit(yes) - logit(no))`: Qwen3-Reranker's `softmax([no, yes])[1]` is that,
+/// and mxbai-rerank-v2's `predict` returns `logit(yes) - logit(no)`, whose sigmoid is the
+/// probability it thresholds at 0.5 (TEI's `raw_scores` gives the logit back).
+#[derive(Debug)]
+pub struct Judge {
+    /// Whose recipe (messages, `show`).
+    pub name: &'static str,
+    /// The token read as "relevant" and the one read as "not relevant", as text.
+    pub yes: &'static str,
+    pub no: &'static str,
+    pub prompt: JudgePrompt,
+}
+
+/// Where the query and the document go, and how each is truncated.
+#[derive(Debug)]
+pub enum JudgePrompt {
+    /// `prefix + body + suffix`: the body (`{instruction}`, `{query}`, `{document}`)
+    /// tokenized as one text and cut on the right to what the limit leaves after the
+    /// prefix and suffix; `{instruction}` defaults to `default_instruction`.
+    Joint { prefix: &'static str, body: &'static str, suffix: &'static str, default_instruction: &'static str },
+    /// Query and document tokenized apart and joined as token ids:
+    /// `prefix + Q + sep + D + sep + task + suffix`, with `Q` = `query` (or
+    /// `instructed_query` when the request has an instruction) cut to 3/4 of the content
+    /// budget `L` (the limit less the template's tokens), and `D` = `document` cut to
+    /// `L - |Q| - |sep|`.
+    Apart {
+        prefix: &'static str,
+        query: &'static str,
+        instructed_query: &'static str,
+        document: &'static str,
+        sep: &'static str,
+        task: &'static str,
+        suffix: &'static str,
+    },
+}
+
+/// Qwen3-Reranker, from the Qwen/Qwen3-Reranker-0.6B model card ("Transformers Usage"):
+/// the system turn and the assistant opening (with an empty think block) around
+/// `<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}`; P("yes") vs "no".
+pub const QWEN3_RERANKER: Judge = Judge {
+    name: "Qwen3-Reranker",
+    yes: "yes",
+    no: "no",
+    prompt: JudgePrompt::Joint {
+        prefix: "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n",
+        body: "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}",
+        suffix: "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+        default_instruction: "Given a web search query, retrieve relevant passages that answer the query",
+    },
+};
+
+/// mixedbread-ai's mxbai-rerank-v2 (base, large), as its authors' package computes it
+/// (PyPI `mxbai-rerank` 0.1.6, `mxbai_rerank/mxbai_rerank_v2.py`, `MxbaiRerankV2`):
+/// `prepare_inputs` builds the ids (query cut to `max_length * 3 // 4`, document to what
+/// `prepare_for_model(..., truncation="only_second", max_length)` leaves), `forward` reads
+/// the logits of the first token of "1" (yes) and of "0" (no) at the last position.
+pub const MXBAI_RERANK_V2: Judge = Judge {
+    name: "mxbai-rerank-v2",
+    yes: "1",
+    no: "0",
+    prompt: JudgePrompt::Apart {
+        prefix: "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
+        query: "query: {query}",
+        instructed_query: "instruction: {instruction}\nquery: {query}",
+        document: "document: {document}",
+        sep: "\n",
+        task: "You are a search relevance expert who evaluates how well documents match search queries. For each query-document pair, carefully analyze the semantic relationship between them, then provide your binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:",
+        suffix: "<|im_end|>\n<|im_start|>assistant\n",
+    },
+};
 
 /// Qwen3-Embedding's query format, from its model card ("Instruct: {task}\nQuery:{query}").
 const QWEN3_INSTRUCTION: &str = "Instruct: {task}\nQuery:{text}";
@@ -61,6 +138,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         instruction_format: None,
         type_vocab_default: 2,
         custom_code: &[],
+        judge: None,
     },
     Architecture {
         family: "xlm_roberta",
@@ -70,6 +148,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         instruction_format: None,
         type_vocab_default: 2,
         custom_code: &[],
+        judge: None,
     },
     Architecture {
         family: "qwen3",
@@ -79,6 +158,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         instruction_format: Some(QWEN3_INSTRUCTION),
         type_vocab_default: 0,
         custom_code: &[],
+        judge: Some(&QWEN3_RERANKER),
     },
     Architecture {
         family: "nomic_bert",
@@ -90,6 +170,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         // nomic-ai/nomic-bert-2048's modeling_hf_nomic_bert.py, which nomic-embed-text and
         // arctic-embed-m-long name in auto_map.
         custom_code: &["modeling_hf_nomic_bert.NomicBertModel"],
+        judge: None,
     },
     Architecture {
         family: "modernbert",
@@ -100,6 +181,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         // ModernBERT has no segment table.
         type_vocab_default: 0,
         custom_code: &[],
+        judge: None,
     },
     Architecture {
         family: "mpnet",
@@ -111,6 +193,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         // MPNet has no segment table.
         type_vocab_default: 0,
         custom_code: &[],
+        judge: None,
     },
     Architecture {
         family: "distilbert",
@@ -121,6 +204,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         // DistilBERT has no segment table.
         type_vocab_default: 0,
         custom_code: &[],
+        judge: None,
     },
     Architecture {
         family: "new",
@@ -133,6 +217,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         // Alibaba-NLP/new-impl's modeling.py, which gte-multilingual-base, gte-large-en-v1.5
         // and gte-multilingual-reranker-base name in auto_map.
         custom_code: &["new-impl--modeling.NewModel", "new-impl--modeling.NewForSequenceClassification"],
+        judge: None,
     },
     Architecture {
         family: "gemma3_text",
@@ -144,6 +229,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
         // Gemma 3 has no segment table.
         type_vocab_default: 0,
         custom_code: &[],
+        judge: None,
     },
     Architecture {
         family: "qwen2",
@@ -153,6 +239,8 @@ pub const ARCHITECTURES: &[Architecture] = &[
         instruction_format: Some(GTE_QWEN2_INSTRUCTION),
         type_vocab_default: 0,
         custom_code: &[],
+        // A Qwen2 causal LM as a reranker is mxbai-rerank-v2 (docs/models.md, "Architectures").
+        judge: Some(&MXBAI_RERANK_V2),
     },
 ];
 
@@ -193,6 +281,11 @@ impl Family {
 
     pub fn body(self) -> Body {
         self.0.body
+    }
+
+    /// How a causal LM of this family judges a pair, when it has a recipe.
+    pub fn judge(self) -> Option<&'static Judge> {
+        self.0.judge
     }
 
     /// Whether the worker's file for this family computes the custom class `auto_map`

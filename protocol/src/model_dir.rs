@@ -33,7 +33,8 @@ pub enum Pooling {
     Embed(PoolingMode),
     /// `*ForSequenceClassification` head, sigmoid of the single logit.
     CrossEncoder,
-    /// Causal LM judged by P("yes") vs "no" at the last position (Qwen3-Reranker).
+    /// Causal LM judged by P("yes") vs "no" at the last position, with its family's
+    /// judge (`Family::judge`: Qwen3-Reranker, mxbai-rerank-v2).
     YesNo,
 }
 
@@ -180,7 +181,8 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
         Some("embedding") => ModelKind::Embedding,
         Some("reranker") => ModelKind::Reranker,
         Some(other) => return Err(ModelDirError::DeclaredType(other.to_owned())),
-        // A causal LM without sentence-transformers pooling is a Qwen3-Reranker-style judge.
+        // A causal LM without sentence-transformers pooling is a judge (its family's: docs/models.md,
+        // "Causal LMs as rerankers").
         None if is_classifier
             || (family.body() == Body::Decoder
                 && pipeline.is_none()

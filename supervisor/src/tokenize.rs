@@ -6,7 +6,9 @@
 //!   the worker pads per batch.
 //! - Cross-encoder pairs (BERT, XLM-R): the tokenizer's pair template with
 //!   `longest_first` truncation and segment ids, as `CrossEncoder` tokenizes.
-//! - Qwen3-Reranker: the prompt template from the Qwen3-Reranker model card (below).
+//! - Causal-LM rerankers: their family's judge prompt (`protocol::architectures::Judge`):
+//!   Qwen3-Reranker's model card template, truncated as one body; mxbai-rerank-v2's, query
+//!   and document tokenized apart and cut as ids as its package does (`JudgeTemplate`).
 //! - Qwen3-Embedding queries: the model card's `Instruct: {task}\nQuery:{query}` prefix.
 //! - A model's named prompts (`config_sentence_transformers.json`): `prompts.rs`.
 //!
@@ -38,6 +40,7 @@ mod windows;
 
 use std::path::Path;
 
+use mlx_serve_protocol::architectures::JudgePrompt;
 use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 pub use prompts::{PromptError, Prompts};
 use tokenizers::{
@@ -45,17 +48,56 @@ use tokenizers::{
 };
 pub use windows::{LongInput, WindowError};
 
-/// Qwen3-Reranker prompt, from the Qwen/Qwen3-Reranker-0.6B model card ("Transformers
-/// Usage"): the system turn and the assistant opening (with an empty think block) wrap
-/// `<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}`; the body is truncated
-/// to `max_length - len(prefix) - len(suffix)` tokens.
-pub const QWEN3_RERANK_PREFIX: &str = "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n";
-pub const QWEN3_RERANK_SUFFIX: &str = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n";
-pub const QWEN3_RERANK_DEFAULT_INSTRUCTION: &str =
-    "Given a web search query, retrieve relevant passages that answer the query";
+/// A causal-LM judge's prompt (`protocol::architectures::JudgePrompt`) as token ids.
+enum JudgeTemplate {
+    /// Qwen3-Reranker: prefix and suffix ids around the body, which `body` truncates.
+    Joint {
+        prefix: Vec<u32>,
+        suffix: Vec<u32>,
+        body: Box<Tokenizer>,
+        template: &'static str,
+        default_instruction: &'static str,
+    },
+    /// mxbai-rerank-v2: query and document tokenized apart (`plain`, no special tokens)
+    /// and cut as ids. `budget` is the package's `max_length`: the limit less the
+    /// template's tokens (`predefined_length`), which its constructor applies when
+    /// `max_length + predefined_length` exceeds the model's length.
+    Apart {
+        prefix: Vec<u32>,
+        sep: Vec<u32>,
+        /// `sep + task + suffix`: what follows the document.
+        tail: Vec<u32>,
+        budget: usize,
+        query: &'static str,
+        instructed_query: &'static str,
+        document: &'static str,
+    },
+}
 
-fn qwen3_rerank_body(instruction: &str, query: &str, doc: &str) -> String {
-    format!("<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}")
+/// `template` with `{instruction}`, `{query}` and `{document}` filled in one pass (a
+/// placeholder inside a request's text stays text).
+fn fill(template: &str, instruction: &str, query: &str, document: &str) -> String {
+    let mut out = String::with_capacity(template.len() + instruction.len() + query.len() + document.len());
+    let mut rest = template;
+    while let Some(at) = rest.find('{') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let slot = [("{instruction}", instruction), ("{query}", query), ("{document}", document)]
+            .into_iter()
+            .find(|(name, _)| rest.starts_with(name));
+        match slot {
+            Some((name, value)) => {
+                out.push_str(value);
+                rest = &rest[name.len()..];
+            }
+            None => {
+                out.push('{');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// One tokenized sequence, ready for a batch.
@@ -73,6 +115,11 @@ pub enum TokenizeError {
     /// Only characters the tokenizer drops (NUL, zero-width spaces): like `""`.
     #[error("input {index} is empty after tokenization (it holds only characters the model's tokenizer drops, such as NUL or zero-width spaces)")]
     Empty { index: usize },
+    /// A causal-LM judge that keeps at most `limit` tokens of the query (mxbai-rerank-v2).
+    #[error(
+        "`query` is longer than the {limit} tokens this model keeps of a query (send `truncate: true` or shorten it)"
+    )]
+    QueryTooLong { limit: usize },
     #[error("`query` is empty after tokenization (it holds only characters the model's tokenizer drops, such as NUL or zero-width spaces)")]
     EmptyQuery,
     #[error("tokenizer failed: {0}")]
@@ -89,8 +136,8 @@ pub struct ModelTokenizer {
     plain: Tokenizer,
     /// Special tokens the post-processor adds to a single text (`[CLS]`, `[SEP]`, …).
     added_single: usize,
-    /// Qwen3-Reranker: prefix and suffix ids and a tokenizer truncating the body.
-    rerank_template: Option<(Vec<u32>, Vec<u32>, Tokenizer)>,
+    /// A causal-LM reranker's prompt (`ModelFacts::family`'s judge).
+    judge: Option<JudgeTemplate>,
     pub max_tokens: usize,
     /// Segment ids (0 query, 1 document) reach the network (`ModelFacts::uses_segment_ids`).
     segment_ids: bool,
@@ -218,18 +265,38 @@ impl ModelTokenizer {
         let added_single = base.get_post_processor().map_or(0, |p| p.added_tokens(false));
         let mut tokenizer = base.clone();
         tokenizer.with_truncation(Some(truncation(max_tokens))).map_err(|e| e.to_string())?;
-        let rerank_template = if facts.pooling == Pooling::YesNo {
+        let judge = if facts.pooling == Pooling::YesNo {
+            let judge = facts.family.judge().ok_or_else(|| format!("{} has no reranker recipe", facts.architecture))?;
             let ids = |text: &str| -> Result<Vec<u32>, String> {
                 Ok(base.encode_fast(text, false).map_err(|e| e.to_string())?.get_ids().to_vec())
             };
-            let (prefix, suffix) = (ids(QWEN3_RERANK_PREFIX)?, ids(QWEN3_RERANK_SUFFIX)?);
-            let body_limit = max_tokens
-                .checked_sub(prefix.len() + suffix.len())
-                .filter(|&n| n > 0)
-                .ok_or_else(|| format!("max_tokens {max_tokens} leaves no room for the reranker prompt"))?;
-            let mut body = base.clone();
-            body.with_truncation(Some(truncation(body_limit))).map_err(|e| e.to_string())?;
-            Some((prefix, suffix, body))
+            let room = |template: usize| {
+                max_tokens
+                    .checked_sub(template)
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("max_tokens {max_tokens} leaves no room for the reranker prompt"))
+            };
+            Some(match &judge.prompt {
+                JudgePrompt::Joint { prefix, body: template, suffix, default_instruction } => {
+                    let (prefix, suffix) = (ids(prefix)?, ids(suffix)?);
+                    let mut body = base.clone();
+                    body.with_truncation(Some(truncation(room(prefix.len() + suffix.len())?)))
+                        .map_err(|e| e.to_string())?;
+                    JudgeTemplate::Joint { prefix, suffix, body: Box::new(body), template, default_instruction }
+                }
+                JudgePrompt::Apart { prefix, query, instructed_query, document, sep, task, suffix } => {
+                    let (prefix, sep) = (ids(prefix)?, ids(sep)?);
+                    // After the document: sep, the task prompt, the assistant opening.
+                    let tail: Vec<u32> = [sep.clone(), ids(task)?, ids(suffix)?].concat();
+                    let budget = room(prefix.len() + tail.len())?;
+                    // The package's `max_length * 3 // 4` for the query must leave the
+                    // document its separator and a token.
+                    if budget * 3 / 4 + sep.len() >= budget {
+                        return Err(format!("max_tokens {max_tokens} leaves no room for the reranker prompt"));
+                    }
+                    JudgeTemplate::Apart { prefix, sep, tail, budget, query, instructed_query, document }
+                }
+            })
         } else {
             None
         };
@@ -238,7 +305,7 @@ impl ModelTokenizer {
             tokenizer,
             plain: base,
             added_single,
-            rerank_template,
+            judge,
             max_tokens,
             segment_ids: facts.uses_segment_ids(),
             prompts: Prompts::load(dir),
@@ -424,24 +491,66 @@ impl ModelTokenizer {
             }
         }
         let mut out = Vec::with_capacity(heads.len());
-        if let Some((prefix, suffix, body_tok)) = &self.rerank_template {
-            let query = query.as_str();
-            let documents: Vec<&str> = heads.iter().map(Head::as_str).collect();
-            let instruction = self.head(instruction.unwrap_or(QWEN3_RERANK_DEFAULT_INSTRUCTION))?;
-            let extra = instruction.len() + query.len();
-            for (first, group) in groups(&documents, |d| d.len() + extra) {
-                let bodies: Vec<EncodeInput> =
-                    group.iter().map(|d| EncodeInput::from(qwen3_rerank_body(instruction, query, d))).collect();
-                for (k, enc) in body_tok.encode_batch_fast(bodies, true).map_err(fail)?.iter().enumerate() {
-                    self.check(enc, first + k, truncate)?;
-                    let mut ids = Vec::with_capacity(prefix.len() + enc.len() + suffix.len());
-                    ids.extend_from_slice(prefix);
-                    ids.extend_from_slice(enc.get_ids());
-                    ids.extend_from_slice(suffix);
-                    out.push(Tokens { ids, type_ids: Vec::new() });
+        match &self.judge {
+            Some(JudgeTemplate::Joint { prefix, suffix, body, template, default_instruction }) => {
+                let query = query.as_str();
+                let documents: Vec<&str> = heads.iter().map(Head::as_str).collect();
+                let instruction = self.head(instruction.unwrap_or(default_instruction))?;
+                let extra = instruction.len() + query.len();
+                for (first, group) in groups(&documents, |d| d.len() + extra) {
+                    let bodies: Vec<EncodeInput> =
+                        group.iter().map(|d| EncodeInput::from(fill(template, instruction, query, d))).collect();
+                    for (k, enc) in body.encode_batch_fast(bodies, true).map_err(fail)?.iter().enumerate() {
+                        self.check(enc, first + k, truncate)?;
+                        out.push(Tokens { ids: [prefix, enc.get_ids(), suffix].concat(), type_ids: Vec::new() });
+                    }
                 }
+                return Ok(out);
             }
-            return Ok(out);
+            Some(JudgeTemplate::Apart {
+                prefix,
+                sep,
+                tail,
+                budget,
+                query: plain_query,
+                instructed_query,
+                document,
+            }) => {
+                // The query and each document are heads of at most a piece or so beyond
+                // the limit, so encoding them whole and cutting the ids is bounded.
+                // The package adds the instruction line for a non-empty one (`if instruction`).
+                let query_text = match instruction.filter(|i| !i.is_empty()) {
+                    Some(instruction) => fill(instructed_query, self.head(instruction)?, query.as_str(), ""),
+                    None => fill(plain_query, "", query.as_str(), ""),
+                };
+                let mut query_ids = self.plain.encode_fast(query_text, false).map_err(fail)?.get_ids().to_vec();
+                let query_limit = budget * 3 / 4;
+                if query_ids.len() > query_limit {
+                    if !truncate {
+                        return Err(TokenizeError::QueryTooLong { limit: query_limit });
+                    }
+                    query_ids.truncate(query_limit);
+                }
+                let doc_limit = budget - query_ids.len() - sep.len();
+                let documents: Vec<&str> = heads.iter().map(Head::as_str).collect();
+                for (first, group) in groups(&documents, |d| d.len()) {
+                    let texts: Vec<EncodeInput> =
+                        group.iter().map(|d| EncodeInput::from(fill(document, "", "", d))).collect();
+                    for (k, enc) in self.plain.encode_batch_fast(texts, false).map_err(fail)?.iter().enumerate() {
+                        let doc_ids = enc.get_ids();
+                        if doc_ids.len() > doc_limit && !truncate {
+                            return Err(TokenizeError::TooLong { index: first + k, limit: self.max_tokens });
+                        }
+                        let doc_ids = &doc_ids[..doc_ids.len().min(doc_limit)];
+                        out.push(Tokens {
+                            ids: [prefix, &query_ids, sep, doc_ids, tail].concat(),
+                            type_ids: Vec::new(),
+                        });
+                    }
+                }
+                return Ok(out);
+            }
+            None => {}
         }
         // Which text of each pair is the longer, by counting: the query's head grows
         // across documents, so the query is counted at most once in all.
@@ -469,8 +578,8 @@ impl ModelTokenizer {
 mod tests {
     //! The cut to a head must not change a single id: every fixture tokenizer (WordPiece,
     //! Unigram + Metaspace, byte-level BPE; single texts, cross-encoder pairs, the
-    //! Qwen3-Reranker prompt) and the real all-MiniLM-L6-v2 encode random texts the same
-    //! cut in tiny pieces as whole.
+    //! Qwen3-Reranker and mxbai-rerank-v2 prompts) and the real all-MiniLM-L6-v2 encode
+    //! random texts the same cut in tiny pieces as whole.
     use super::*;
     use proptest::prelude::*;
 
@@ -550,7 +659,7 @@ mod tests {
 
         #[test]
         fn pair_heads_encode_like_whole_pairs(query in text(), doc in text(), chunk in 140usize..300) {
-            for name in ["tiny-bert-rerank", "tiny-xlmr-rerank", "tiny-qwen3-rerank"] {
+            for name in ["tiny-bert-rerank", "tiny-xlmr-rerank", "tiny-qwen3-rerank", "tiny-qwen2-mxbai-rerank"] {
                 let (whole, cut) = pair(name, chunk);
                 same_pairs(&whole, &cut, &query, &doc);
             }
@@ -579,6 +688,44 @@ mod tests {
         let big = "w ".repeat(1_000_000);
         let ids = cut.encode_pairs(&big, &[&big], None, true).unwrap();
         assert_eq!(ids[0].ids.len(), cut.max_tokens);
+    }
+
+    /// mxbai-rerank-v2's pairs are the ids mixedbread-ai's package builds
+    /// (`MxbaiRerankV2.prepare_inputs`, recorded by tests/fixtures/make_qwen2_mxbai.py): the
+    /// template, the query cut at 3/4 of the budget, the document at what is left, the
+    /// instruction line. Past the cuts, `truncate: false` is refused.
+    #[test]
+    fn mxbai_pairs_are_the_packages_ids() {
+        let name = "tiny-qwen2-mxbai-rerank";
+        let (tok, _) = pair(name, 4096);
+        let path = fixture(name).join("../../reference").join(format!("{name}.json"));
+        let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let (mut cut_docs, mut cut_queries) = (0, 0);
+        for case in reference["cases"].as_array().unwrap() {
+            let query = case["query"].as_str().unwrap();
+            let docs: Vec<&str> = case["documents"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+            let instruction = case["instruction"].as_str();
+            let want: Vec<Vec<u32>> = serde_json::from_value(case["pairs_input_ids"].clone()).unwrap();
+            let got: Vec<Vec<u32>> =
+                tok.encode_pairs(query, &docs, instruction, true).unwrap().into_iter().map(|t| t.ids).collect();
+            assert_eq!(got, want, "{}", case["name"]);
+            match tok.encode_pairs(query, &docs, instruction, false) {
+                Ok(_) => {}
+                Err(TokenizeError::QueryTooLong { .. }) => cut_queries += 1,
+                Err(TokenizeError::TooLong { index, .. }) => {
+                    assert_eq!(want[index].len(), tok.max_tokens, "{}", case["name"]);
+                    cut_docs += 1;
+                }
+                Err(e) => panic!("{}: {e}", case["name"]),
+            }
+        }
+        assert!(cut_docs >= 1 && cut_queries >= 2, "{cut_docs} documents and {cut_queries} queries cut");
+    }
+
+    #[test]
+    fn placeholders_are_filled_once() {
+        let t = "instruction: {instruction}\nquery: {query} {x} {";
+        assert_eq!(fill(t, "{query}", "{document}", "d"), "instruction: {query}\nquery: {document} {x} {");
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //!   `num_labels == 1`. BERT: `classifier(tanh(pooler.dense(h_cls)))`
 //!   (BertPooler + classifier); XLM-R: `out_proj(tanh(dense(h_cls)))`
 //!   (XLMRobertaClassificationHead). Dropout is identity at inference.
-//! - Qwen3-Reranker: the model card scores `softmax([logit_no, logit_yes])[1]` at the last
-//!   position, which equals `sigmoid(logit_yes - logit_no)`. Only the two lm_head rows for
-//!   "yes" and "no" are multiplied, never the whole vocabulary.
+//! - Causal-LM judges (`protocol::architectures::Judge`): `sigmoid(logit_yes - logit_no)`
+//!   at the last position, "yes"/"no" being the family's two tokens — Qwen3-Reranker's
+//!   "yes"/"no" (its model card's `softmax([logit_no, logit_yes])[1]`), mxbai-rerank-v2's
+//!   "1"/"0". Only the two lm_head rows are multiplied, never the whole vocabulary.
 //! - A family's own classification head, computed in its model file ([`ScoringHead`]):
 //!   ModernBERT's pooled `head.dense` + activation + `head.norm` + `classifier`.
 
@@ -16,6 +17,8 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use mlx_rs::{ops, Array};
 use serde_json::Value;
+
+use mlx_serve_protocol::architectures::Judge;
 
 use crate::layers::{Embedding, Linear};
 use crate::packing::Packing;
@@ -63,12 +66,12 @@ impl CrossEncoder {
     }
 }
 
-/// The lm_head rows of "yes" and "no" (`[2, hidden]`, unquantized) and their token ids
-/// (`[2]` int32), as a quantized copy of a Qwen3-Reranker stores them.
+/// The lm_head rows of the judge's "yes" and "no" tokens (`[2, hidden]`, unquantized) and
+/// their token ids (`[2]` int32), as a quantized copy of a causal-LM reranker stores them.
 pub const YES_NO_ROWS: &str = "lm_head.yes_no.weight";
 pub const YES_NO_IDS: &str = "lm_head.yes_no.token_ids";
 
-/// Qwen3-Reranker's P("yes") judge.
+/// A causal LM's P("yes") judge.
 pub struct YesNo {
     /// `[hidden, 2]`: the lm_head rows of "yes" and "no", transposed for one small GEMM.
     rows_t: Array,
@@ -93,32 +96,51 @@ pub fn token_id(tokenizer: &Value, token: &str) -> Option<u32> {
         .find_map(|t| (t.get("content")?.as_str()? == token).then(|| t.get("id")?.as_u64().map(|i| i as u32))?)
 }
 
+/// The ids of a judge's "yes" and "no" tokens in the model's tokenizer.json. Each is a
+/// single token of the vocabulary: mxbai-rerank-v2 takes the first id of encoding "1" and
+/// "0", which for Qwen2's byte-level BPE (digits split one by one) is that token.
+pub fn judge_ids(dir: &Path, judge: &Judge) -> Result<[i32; 2]> {
+    let text = std::fs::read_to_string(dir.join("tokenizer.json"))
+        .context("the reranker needs tokenizer.json to find the ids of the tokens it scores")?;
+    let tok: Value = serde_json::from_str(&text).context("tokenizer.json is not valid JSON")?;
+    let find = |t: &str| {
+        token_id(&tok, t)
+            .map(|i| i as i32)
+            .ok_or_else(|| anyhow!("tokenizer.json has no {t:?} token for the {} judge", judge.name))
+    };
+    Ok([find(judge.yes)?, find(judge.no)?])
+}
+
 impl YesNo {
-    /// The judge of a causal LM: `vocab` × `hidden`, `embedding` its input table (the
-    /// lm_head when tied).
-    pub fn load(dir: &Path, w: &mut Weights, vocab: i32, hidden: i32, embedding: &Embedding) -> Result<YesNo> {
-        let text = std::fs::read_to_string(dir.join("tokenizer.json"))
-            .context("the reranker needs tokenizer.json to find the \"yes\"/\"no\" token ids")?;
-        let tok: Value = serde_json::from_str(&text).context("tokenizer.json is not valid JSON")?;
-        let find = |t: &str| token_id(&tok, t).ok_or_else(|| anyhow!("tokenizer.json has no {t:?} token"));
-        let (yes_id, no_id) = (find("yes")?, find("no")?);
-        if yes_id as i32 >= vocab || no_id as i32 >= vocab {
-            bail!("\"yes\"/\"no\" token ids {yes_id}/{no_id} exceed vocab_size {vocab}");
+    /// The judge of a causal LM: `vocab` × `hidden`, `embedding` its input table, which
+    /// is the lm_head only when `tied` (config.json's `tie_word_embeddings`).
+    pub fn load(
+        dir: &Path,
+        judge: &Judge,
+        w: &mut Weights,
+        (vocab, hidden): (i32, i32),
+        embedding: &Embedding,
+        tied: bool,
+    ) -> Result<YesNo> {
+        let ids = judge_ids(dir, judge)?;
+        if ids.iter().any(|&i| i >= vocab) {
+            bail!("the {} judge's token ids {ids:?} exceed vocab_size {vocab}", judge.name);
         }
-        let ids = [yes_id as i32, no_id as i32];
         // A quantized copy stores the two rows unquantized (worker/src/quantize/plan.rs);
         // else an untied lm_head is its own tensor and a tied one is the input embeddings.
         let rows = if w.has(YES_NO_ROWS) {
             let stored = w.take_raw(YES_NO_IDS)?;
             let stored: Vec<i32> = stored.as_dtype(mlx_rs::Dtype::Int32)?.as_slice::<i32>().to_vec();
             if stored != ids {
-                bail!("{YES_NO_ROWS} holds the rows of token ids {stored:?}, but tokenizer.json's \"yes\"/\"no\" are {ids:?}");
+                bail!("{YES_NO_ROWS} holds the rows of token ids {stored:?}, but the judge's tokens are {ids:?}");
             }
             w.take(YES_NO_ROWS, &[2, hidden])?
         } else if w.has("lm_head.weight") {
             w.rows("lm_head", vocab, hidden, &ids)?
-        } else {
+        } else if tied {
             embedding.lookup(&Array::from_slice(&ids, &[2]))?
+        } else {
+            bail!("tie_word_embeddings is false but the checkpoint has no lm_head.weight to judge with");
         };
         let rows_t = rows.t();
         rows_t.eval()?;

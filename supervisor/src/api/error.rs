@@ -215,6 +215,9 @@ impl ApiError {
             }
             TokenizeError::Empty { .. } => ApiError::invalid_param(param, e.to_string()),
             TokenizeError::EmptyQuery => ApiError::invalid_param("query", e.to_string()),
+            TokenizeError::QueryTooLong { .. } => {
+                ApiError::invalid_param("query", e.to_string()).with_code("context_length_exceeded")
+            }
             TokenizeError::Failed(m) => ApiError::concealed("the tokenizer failed on this input", &m),
             TokenizeError::Load(m) => ApiError::concealed("the model's tokenizer cannot be loaded", &m),
         }

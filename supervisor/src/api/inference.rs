@@ -534,6 +534,11 @@ pub async fn rerank_pairs(
                     "text_1",
                     format!("`text_1` text {k} is empty after tokenization (it holds only characters the model's tokenizer drops)"),
                 ),
+                TokenizeError::QueryTooLong { limit } => ApiError::invalid_param(
+                    "text_1",
+                    format!("`text_1` text {k} is longer than the {limit} tokens this model keeps of a query (send `truncate: true` or shorten it)"),
+                )
+                .with_code("context_length_exceeded"),
                 TokenizeError::Empty { .. } => ApiError::tokenize(TokenizeError::Empty { index: k }, "text_2"),
                 TokenizeError::TooLong { limit, .. } => {
                     ApiError::tokenize(TokenizeError::TooLong { index: k, limit }, "text_2")

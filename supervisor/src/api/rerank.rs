@@ -4,7 +4,7 @@
 //!   return_documents}` → `{id, model, results: [{index, relevance_score, document?}],
 //!   usage, meta}` sorted by score (`id` and `meta` as Cohere's responses have them).
 //!   Seed extras: `return_text` adds `text_output` "yes"/"no" by `decision_threshold`
-//!   (default 0.5); `instruction` for Qwen3-Reranker. Cohere's `priority` orders the
+//!   (default 0.5); `instruction` for Qwen3-Reranker and mxbai-rerank-v2. Cohere's `priority` orders the
 //!   model's queue (lower first); `max_chunks_per_doc` is accepted and ignored; `rank_fields` other than `["text"]`,
 //!   `max_tokens_per_doc` and `relevant_spans` are refused (400), as are unknown fields.
 //! - TEI shape (`texts` instead of `documents`): `{query, texts, raw_scores, return_text,
@@ -71,7 +71,7 @@ pub struct RerankRequest {
     pub truncate: Option<bool>,
     /// TEI: only `Right` (the default) is supported.
     pub truncation_direction: Option<String>,
-    /// Qwen3-Reranker task instruction.
+    /// Task instruction of a causal-LM reranker (Qwen3-Reranker, mxbai-rerank-v2).
     pub instruction: Option<String>,
     /// Cohere v1: only `["text"]`.
     pub rank_fields: Option<Vec<String>>,

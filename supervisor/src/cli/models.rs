@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
 use indicatif::HumanBytes;
+use mlx_serve_protocol::model_dir::Pooling;
 use mlx_serve_protocol::ModelKind;
 use serde_json::json;
 
@@ -230,8 +231,15 @@ pub fn pull_cmd(config: &Config, args: PullArgs) -> Result<()> {
     } else {
         let m = &outcome.metadata;
         let size = m.quantized_size.unwrap_or(m.original_size);
+        // A causal LM served as a reranker says whose recipe judges its pairs.
+        let judge = mlx_serve_protocol::model_dir::inspect(&outcome.path)
+            .ok()
+            .filter(|f| f.pooling == Pooling::YesNo)
+            .and_then(|f| f.family.judge())
+            .map(|j| format!(", scored as {}", j.name))
+            .unwrap_or_default();
         say(&format!(
-            "installed {} ({}, {}, {}) in {}",
+            "installed {} ({}, {}{judge}, {}) in {}",
             outcome.name,
             m.kind,
             m.architecture,
@@ -357,6 +365,8 @@ pub fn show_cmd(config: &Config, args: ShowArgs) -> Result<()> {
         "architecture": facts.ok().map(|f| f.architecture.clone()),
         "family": facts.ok().map(|f| f.family.as_str()),
         "pooling": facts.ok().map(|f| f.pooling.as_str()),
+        // Whose recipe a causal-LM reranker scores with (docs/models.md, "Causal LMs as rerankers").
+        "judge": facts.ok().filter(|f| f.pooling == Pooling::YesNo).and_then(|f| f.family.judge()).map(|j| j.name),
         "normalize": facts.ok().map(|f| f.normalize),
         "max_tokens": facts.ok().map(|f| f.max_tokens),
         "hidden_size": facts.ok().map(|f| f.hidden_size),

@@ -46,6 +46,8 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("multi-qa-mpnet", "sentence-transformers/multi-qa-mpnet-base-dot-v1"),
     ("distilbert", "sentence-transformers/msmarco-distilbert-base-v4"),
     ("gte-qwen2", "Alibaba-NLP/gte-Qwen2-1.5B-instruct"),
+    ("mxbai-reranker", "mixedbread-ai/mxbai-rerank-base-v2"),
+    ("mxbai-reranker-large", "mixedbread-ai/mxbai-rerank-large-v2"),
     ("labse", "sentence-transformers/LaBSE"),
     // The Ollama library's embedding models.
     ("nomic-embed-text", "nomic-ai/nomic-embed-text-v1.5"),

@@ -16,7 +16,7 @@ use mlx_serve_protocol::quantization::{EvalSet, Sequence};
 use mlx_serve_protocol::ModelKind;
 use serde::Deserialize;
 
-use crate::tokenize::{ModelTokenizer, Tokens, QWEN3_RERANK_DEFAULT_INSTRUCTION};
+use crate::tokenize::{ModelTokenizer, Tokens};
 
 /// `quality_set.json` (docs/quantization.md describes it).
 const SET: &str = include_str!("quality_set.json");
@@ -29,6 +29,10 @@ struct Texts {
     rerank_queries: usize,
     rerank_documents: usize,
 }
+
+/// The task instruction-tuned embedders' queries get: the default of the Qwen3-Embedding
+/// and gte-Qwen2 model cards.
+const RETRIEVAL_TASK: &str = "Given a web search query, retrieve relevant passages that answer the query";
 
 fn texts() -> Texts {
     serde_json::from_str(SET).expect("quality_set.json is valid")
@@ -51,9 +55,7 @@ pub fn tokenized(dir: &Path, facts: &ModelFacts) -> Result<EvalSet, String> {
             // Instruction-tuned embedders (Qwen3-Embedding) encode queries with an
             // instruction in their model card's format.
             let queries: Vec<String> = match facts.family.spec().instruction_format {
-                Some(_) => {
-                    set.queries.iter().map(|q| facts.family.instructed(QWEN3_RERANK_DEFAULT_INSTRUCTION, q)).collect()
-                }
+                Some(_) => set.queries.iter().map(|q| facts.family.instructed(RETRIEVAL_TASK, q)).collect(),
                 None => set.queries.clone(),
             };
             EvalSet {

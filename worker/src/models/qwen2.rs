@@ -7,9 +7,13 @@
 //! rotate-half RoPE), `Qwen2MLP` (`down(act(gate(x)) * up(x))`, `hidden_act`), pre-norm
 //! blocks and a final RMSNorm. Layers listed as `sliding_attention` (`use_sliding_window`
 //! with `max_window_layers` below the layer count, or `layer_types`) are refused: a causal
-//! sliding window is not implemented. A Qwen2 causal LM as a yes/no judge
-//! (mxbai-rerank-v2) scores with its own prompt and tokens, not Qwen3-Reranker's, and
-//! sequence-classification heads are not implemented: both are refused.
+//! sliding window is not implemented.
+//!
+//! As a reranker, a `Qwen2ForCausalLM` is mxbai-rerank-v2's judge
+//! (`protocol::architectures::MXBAI_RERANK_V2`): `sigmoid(logit("1") - logit("0"))` at the
+//! last position, the lm_head rows taken from the tied input embeddings (mxbai-rerank-base-v2
+//! and -large-v2 tie them) or `lm_head.weight`. A reranker without a language-model head
+//! (`Qwen2Model` declared a reranker) and sequence-classification heads are refused.
 
 use anyhow::{anyhow, bail, Result};
 use mlx_rs::fast::rms_norm;
@@ -25,6 +29,7 @@ use super::{
     check_positive, parse_config, strip_prefix, Activation, Architecture, Inputs, Kernels, Load, Loaded, Network,
 };
 use crate::cpu_attention::HeadBlock;
+use crate::heads::{Scorer, YesNo};
 use crate::layers::{Embedding, Linear};
 use crate::weights::Weights;
 
@@ -35,11 +40,13 @@ fn check(facts: &ModelFacts) -> Result<()> {
     config.check()?;
     match facts.pooling {
         Pooling::Embed(_) => Ok(()),
-        Pooling::YesNo => bail!(
-            "{}: a Qwen2 causal LM as a reranker is not implemented (mxbai-rerank-v2 scores with its own prompt \
-             and tokens, not the Qwen3-Reranker recipe)",
+        // The judge reads the language-model head's logits: only a causal LM has one.
+        Pooling::YesNo if facts.architecture != "Qwen2ForCausalLM" => bail!(
+            "{}: a Qwen2 reranker must be a Qwen2ForCausalLM (mxbai-rerank-v2); this architecture has no \
+             language-model head to judge with",
             facts.architecture
         ),
+        Pooling::YesNo => Ok(()),
         Pooling::CrossEncoder => {
             bail!("{}: Qwen2 sequence-classification heads are not implemented", facts.architecture)
         }
@@ -49,7 +56,19 @@ fn check(facts: &ModelFacts) -> Result<()> {
 fn load(l: &mut Load) -> Result<Loaded> {
     let config: Qwen2Config = parse_config(&l.facts.config)?;
     let net = Qwen2::load(&config, l.weights, l.kernels)?;
-    Ok(Loaded { network: Box::new(net), scorer: None })
+    let scorer = match (l.facts.pooling, l.facts.family.judge()) {
+        (Pooling::YesNo, Some(judge)) => Some(Scorer::YesNo(YesNo::load(
+            l.dir,
+            judge,
+            l.weights,
+            (config.vocab_size, config.hidden_size),
+            &net.embed_tokens,
+            config.tie_word_embeddings,
+        )?)),
+        (Pooling::YesNo, None) => bail!("{}: no reranker recipe for this family", l.facts.architecture),
+        _ => None,
+    };
+    Ok(Loaded { network: Box::new(net), scorer })
 }
 
 /// config.json of a Qwen2 model (transformers' `Qwen2Config`; the fields mlx-serve reads,
@@ -92,6 +111,9 @@ pub struct Qwen2Config {
     /// transformers 5 moves `rope_theta` in here.
     #[serde(default)]
     pub rope_parameters: Option<RopeParameters>,
+    /// The lm_head is the input embeddings (Qwen2Config's default: false).
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
 }
 
 fn default_act() -> String {
@@ -358,6 +380,33 @@ mod tests {
         v["use_sliding_window"] = true.into();
         v["max_window_layers"] = 28.into();
         parse_config::<Qwen2Config>(&v).unwrap().check().unwrap();
+    }
+
+    /// A config.json in mxbai-rerank-base-v2's layout (Qwen2ForCausalLM at Qwen2.5-0.5B's
+    /// sizes, tied embeddings; no sentence-transformers files beside it): a reranker judged as
+    /// mxbai-rerank-v2, which `check` accepts; as a `Qwen2Model` it has no head to judge with.
+    #[test]
+    fn the_published_mxbai_config_is_an_mxbai_judge() {
+        let config = json!({
+            "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+            "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+            "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 24, "model_type": "qwen2",
+            "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+            "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": true, "torch_dtype": "bfloat16",
+            "use_cache": true, "use_sliding_window": false, "vocab_size": 151936
+        });
+        let dir = std::env::temp_dir().join(format!("mlx-serve-qwen2-judge-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let facts = mlx_serve_protocol::model_dir::inspect(&dir).unwrap();
+        assert_eq!((facts.kind, facts.pooling), (mlx_serve_protocol::ModelKind::Reranker, Pooling::YesNo));
+        assert_eq!(facts.family.judge().map(|j| (j.name, j.yes, j.no)), Some(("mxbai-rerank-v2", "1", "0")));
+        check(&facts).unwrap();
+        let mut as_model = facts.clone();
+        as_model.architecture = "Qwen2Model".into();
+        let e = check(&as_model).unwrap_err().to_string();
+        assert!(e.contains("Qwen2Model") && e.contains("Qwen2ForCausalLM"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -38,11 +38,19 @@ fn check(facts: &ModelFacts) -> Result<()> {
 fn load(l: &mut Load) -> Result<Loaded> {
     let config: Qwen3Config = parse_config(&l.facts.config)?;
     let net = Qwen3::load(&config, l.weights, l.kernels)?;
-    let scorer = match l.facts.pooling {
-        Pooling::YesNo => {
-            let yes_no = YesNo::load(l.dir, l.weights, net.vocab, net.hidden, &net.embed_tokens)?;
+    let scorer = match (l.facts.pooling, l.facts.family.judge()) {
+        (Pooling::YesNo, Some(judge)) => {
+            let yes_no = YesNo::load(
+                l.dir,
+                judge,
+                l.weights,
+                (net.vocab, net.hidden),
+                &net.embed_tokens,
+                config.tie_word_embeddings,
+            )?;
             Some(Scorer::YesNo(yes_no))
         }
+        (Pooling::YesNo, None) => bail!("{}: no reranker recipe for this family", l.facts.architecture),
         _ => None,
     };
     Ok(Loaded { network: Box::new(net), scorer })
@@ -80,6 +88,9 @@ pub struct Qwen3Config {
     /// transformers 5 moves `rope_theta` in here.
     #[serde(default)]
     pub rope_parameters: Option<RopeParameters>,
+    /// The lm_head is the input embeddings (Qwen3Config's default: false).
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
 }
 
 fn default_rms_norm_eps() -> f32 {

@@ -23,12 +23,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use mlx_rs::{ops, Array, Dtype};
+use mlx_serve_protocol::architectures::Judge;
 use mlx_serve_protocol::model_dir;
 use mlx_serve_protocol::model_files;
 use mlx_serve_protocol::quantization::{EvalSet, KeptGroup, QuantizationDetails, QuantizeReport, QuantizedGroup};
 use serde_json::Value;
 
-use crate::heads::{token_id, YES_NO_IDS, YES_NO_ROWS};
+use crate::heads::{judge_ids, YES_NO_IDS, YES_NO_ROWS};
 use crate::weights::{check_safetensors, dtype_name, safetensors_files, QuantSpec};
 use plan::{Decision, Override, Plan, Recipe};
 
@@ -76,16 +77,6 @@ fn is_float(d: Dtype) -> bool {
     matches!(d, Dtype::Float16 | Dtype::Float32 | Dtype::Bfloat16 | Dtype::Float64)
 }
 
-/// The token ids of "yes" and "no" (a Qwen3-Reranker's scored rows).
-fn yes_no_ids(src: &Path) -> Result<[i32; 2]> {
-    let path = src.join("tokenizer.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let tok: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let find =
-        |t: &str| token_id(&tok, t).map(|i| i as i32).ok_or_else(|| anyhow!("tokenizer.json has no {t:?} token"));
-    Ok([find("yes")?, find("no")?])
-}
-
 /// Every tensor of the checkpoint by name (MLX loads lazily: data is read when written).
 fn load_all(src: &Path) -> Result<(BTreeMap<String, Array>, u64)> {
     let mut all = BTreeMap::new();
@@ -107,7 +98,7 @@ struct Converted {
     layer_entries: serde_json::Map<String, Value>,
 }
 
-fn convert(src: &Path, tensors: &BTreeMap<String, Array>, plan: &Plan) -> Result<Converted> {
+fn convert(src: &Path, tensors: &BTreeMap<String, Array>, plan: &Plan, judge: Option<&Judge>) -> Result<Converted> {
     let mut out: Vec<(String, Array)> = Vec::new();
     let mut quantized: BTreeMap<(i32, i32), Vec<String>> = BTreeMap::new();
     let mut kept: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -139,16 +130,22 @@ fn convert(src: &Path, tensors: &BTreeMap<String, Array>, plan: &Plan) -> Result
     if plan.yes_no {
         // The rows the reranker scores with: of the untied lm_head when there is one, else
         // of the (tied) input embeddings, taken before quantization.
-        let ids = yes_no_ids(src)?;
+        let judge = judge.ok_or_else(|| anyhow!("a causal-LM reranker without a judge"))?;
+        let ids = judge_ids(src, judge)?;
         let table = ["lm_head.weight", "model.embed_tokens.weight", "embed_tokens.weight"]
             .iter()
             .find_map(|n| tensors.get(*n).map(|t| (*n, t)));
-        let Some((table_name, table)) = table else { bail!("Qwen3 reranker without lm_head or embed_tokens weights") };
+        let Some((table_name, table)) = table else {
+            bail!("causal-LM reranker without lm_head or embed_tokens weights")
+        };
         let rows = table.take_axis(Array::from_slice(&ids, &[2]), 0)?;
         out.push((YES_NO_ROWS.to_owned(), rows));
         out.push((YES_NO_IDS.to_owned(), Array::from_slice(&ids, &[2])));
         let why = format!(
-            "the rows of \"yes\" and \"no\" of {table_name}: all a Qwen3 reranker's score reads, kept exact{}",
+            "the rows of {:?} and {:?} of {table_name}: all a {} reranker's score reads, kept exact{}",
+            judge.yes,
+            judge.no,
+            judge.name,
             if table_name == "lm_head.weight" { "; the rest of the untied lm_head is not stored" } else { "" }
         );
         kept.entry(why).or_default().push(YES_NO_ROWS.to_owned());
@@ -218,7 +215,8 @@ pub fn run(src: &Path, dst: &Path, opts: &Options) -> Result<QuantizeReport> {
             opts.overrides.clone(),
             tensors.iter().map(|(n, t)| (n.as_str(), t.shape())),
         );
-        let converted = convert(src, &tensors, &plan)?;
+        let judge = facts.family.judge().filter(|_| facts.pooling == model_dir::Pooling::YesNo);
+        let converted = convert(src, &tensors, &plan, judge)?;
         drop(tensors);
         let target = tmp.join("model.safetensors");
         let metadata = HashMap::from([("format".to_string(), "mlx".to_string())]);

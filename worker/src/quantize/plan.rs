@@ -5,8 +5,9 @@
 //! - matrices with fewer than 32 rows (a one-logit classifier, BERT's two token-type rows):
 //!   negligible in size, and a classifier's error would go straight into the score;
 //! - matrices whose row length is not a multiple of the group size (MLX needs whole groups);
-//! - a Qwen3-Reranker's lm_head: it only ever reads the rows of "yes" and "no", so those
-//!   two rows are stored unquantized as `lm_head.yes_no.weight` (exact scores), and an
+//! - a causal-LM reranker's lm_head (Qwen3-Reranker, mxbai-rerank-v2): it only ever reads
+//!   the rows of its judge's two tokens ("yes"/"no", "1"/"0"), so those two rows are stored
+//!   unquantized as `lm_head.yes_no.weight` (exact scores), and an
 //!   untied lm_head is not stored at all.
 //!
 //! Recipes: `uniform` gives every quantized matrix the same bits. `mixed` (the default for
@@ -101,7 +102,7 @@ pub struct Plan {
     pub overrides: Vec<Override>,
     /// `num_hidden_layers` of config.json.
     pub layers: usize,
-    /// A Qwen3-Reranker (its lm_head's yes/no rows are kept exact).
+    /// A causal-LM reranker (its lm_head's two judged rows are kept exact).
     pub yes_no: bool,
     /// Share of the matrix weights held by embedding tables (0..1).
     pub table_share: f64,
@@ -169,7 +170,7 @@ impl Plan {
         Plan::for_shapes(base, recipe, overrides, layers, yes_no, shapes)
     }
 
-    /// [`Plan::new`] from the facts it reads: blocks, whether a Qwen3 reranker, shapes.
+    /// [`Plan::new`] from the facts it reads: blocks, whether a causal-LM reranker, shapes.
     fn for_shapes<'a>(
         base: QuantSpec,
         recipe: Recipe,
