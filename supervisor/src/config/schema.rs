@@ -162,7 +162,8 @@ pub struct BatchConfig {
     /// Most tokens one batch may make the worker compute: real tokens for a worker that
     /// packs batches, sequences × longest for one that pads them.
     pub max_batch_tokens: usize,
-    /// Most sequences queued per model; past it requests get 429.
+    /// Most sequences queued per model; past it requests get 429 (bulk work an eighth
+    /// earlier: `runner::handle::bulk_queue_limit`).
     pub max_queue_size: usize,
     /// `max_batch_size` for a worker that computes on a GPU (Metal, CUDA): one batch of a
     /// few hundred sequences keeps a GPU busy where 32 leave it waiting on the host.
