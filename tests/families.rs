@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use mlx_serve_tests::fake_hub::{error_line, folder_files, FakeHub};
 use mlx_serve_tests::fixtures::{self, batch, cosine, max_abs_diff, paired};
 use mlx_serve_tests::parity::{
-    check_embedding_model, check_half_precision, check_quantized, check_quantized_to, check_reranker, EMBED_MAX_DIFF,
-    SCORE_MAX_DIFF,
+    check_embedding_model, check_half_precision, check_quantized, check_quantized_to, check_reranker,
+    min_cosine_to_reference, EMBED_MAX_DIFF, SCORE_MAX_DIFF,
 };
 use mlx_serve_tests::server::{Server, ServerOptions};
 use mlx_serve_tests::worker_process::{worker_bin, TempDir, Worker};
@@ -576,14 +576,7 @@ fn new_ntk_rope_unscaled_misses_the_reference() {
         std::fs::write(to, data).unwrap();
     }
     let (mut w, _) = Worker::ready(dir.path(), &[]).unwrap();
-    let reference = fixtures::embed_reference(name).unwrap();
-    let mut min_cos = 1.0f64;
-    for case in &reference.cases {
-        let rows = w.embed(batch(&case.input_ids, case.token_type_ids.as_ref())).unwrap();
-        for (got, want) in paired(&rows, &case.embeddings, &format!("{name}/{}", case.name)) {
-            min_cos = min_cos.min(cosine(got, want));
-        }
-    }
+    let min_cos = min_cosine_to_reference(&mut w, name);
     eprintln!("{name} with rope_scaling null: min cosine {min_cos:.5}");
     assert!(min_cos < 0.99, "unscaled RoPE matches the NTK reference: min cosine {min_cos}");
 }

@@ -90,6 +90,20 @@ fn torch_half_precision_error(name: &str, dtype: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name}: no half_precision.{dtype} in its reference"))
 }
 
+/// The lowest cosine between `w`'s embeddings of every case of fixture `name`'s reference
+/// and the reference vectors.
+pub fn min_cosine_to_reference(w: &mut Worker, name: &str) -> f64 {
+    let reference = fixtures::embed_reference(name).unwrap();
+    let mut min_cos = 1.0f64;
+    for case in &reference.cases {
+        let rows = w.embed(batch(&case.input_ids, case.token_type_ids.as_ref())).unwrap();
+        for (got, want) in paired(&rows, &case.embeddings, &format!("{name}/{}", case.name)) {
+            min_cos = min_cos.min(cosine(got, want));
+        }
+    }
+    min_cos
+}
+
 /// Fixture `name` computed with `--compute-dtype dtype`, which bypasses the float32 host
 /// kernels: every step on MLX's own ops, as on a GPU. Its error to the float32 reference is
 /// bounded by a small multiple of torch's in the same dtype on the same weights.
@@ -98,14 +112,7 @@ pub fn check_half_precision(name: &str, dtype: &str) {
     assert_eq!(info.compute_dtype, dtype);
     let torch = torch_half_precision_error(name, dtype);
     if info.kind == ModelKind::Embedding {
-        let reference = fixtures::embed_reference(name).unwrap();
-        let mut min_cos = 1.0f64;
-        for case in &reference.cases {
-            let rows = w.embed(batch(&case.input_ids, case.token_type_ids.as_ref())).unwrap();
-            for (got, want) in paired(&rows, &case.embeddings, &format!("{name}/{}", case.name)) {
-                min_cos = min_cos.min(cosine(got, want));
-            }
-        }
+        let min_cos = min_cosine_to_reference(&mut w, name);
         let bound = (HALF_PRECISION_FACTOR * torch).max(HALF_EMBED_ERROR_FLOOR);
         eprintln!("{name} in {dtype}: 1 - min cosine {:.2e} (torch {torch:.2e}, bound {bound:.2e})", 1.0 - min_cos);
         assert!(1.0 - min_cos <= bound, "{name} in {dtype}: min cosine {min_cos}, torch's error {torch:.2e}");
