@@ -3,7 +3,10 @@
 //! - An idle worker gets what is queued at once: a lone request never waits.
 //! - While the worker computes, one more batch may be sent ahead of it
 //!   ([`PIPELINE_DEPTH`] = 2), so it finds its next batch ready the moment it finishes
-//!   the current one. That batch is cut as late as possible, so that it holds everything
+//!   the current one. Bulk work that yields (`Rules::depth` 1: every queued input is
+//!   bulk and `scheduling.bulk_max_batch_ms` bounds it) gets no batch sent ahead, so a
+//!   query that arrives waits for the batch being computed only, not for one queued
+//!   behind it in the worker. That batch is cut as late as possible, so that it holds everything
 //!   that arrived meanwhile: just before the worker is predicted to be free (from its
 //!   observed speed, `pace.rs`), even when a full batch is waiting: work that arrives
 //!   meanwhile may have a better claim to it (priorities, turns: `order.rs`). Until the
@@ -47,6 +50,9 @@ pub struct Rules {
     /// `batch.max_wait_ms`: how long the next batch may wait to fill while the worker is
     /// busy and its speed is not known yet.
     pub max_wait: Duration,
+    /// Batches that may be in flight at once: [`PIPELINE_DEPTH`], or 1 for bulk work that
+    /// yields to queries.
+    pub depth: usize,
 }
 
 /// What the runner should do next about the queue.
@@ -62,7 +68,7 @@ pub enum Decision {
 pub fn decide(queue: &Queue, in_flight: InFlight, now: Instant, rules: Rules) -> Decision {
     let Some(oldest) = queue.oldest() else { return Decision::Wait(None) };
     // The pipeline is full, or a suspect runs alone: the worker's answer wakes us.
-    if in_flight.batches >= PIPELINE_DEPTH || in_flight.suspect {
+    if in_flight.batches >= rules.depth.clamp(1, PIPELINE_DEPTH) || in_flight.suspect {
         return Decision::Wait(None);
     }
     if in_flight.batches == 0 {
@@ -93,7 +99,8 @@ mod tests {
     use crate::tokenize::Tokens;
 
     const WAIT: Duration = Duration::from_millis(50);
-    const RULES: Rules = Rules { limits: Limits { max_batch_size: 4, max_batch_tokens: 1000 }, max_wait: WAIT };
+    const RULES: Rules =
+        Rules { limits: Limits { max_batch_size: 4, max_batch_tokens: 1000 }, max_wait: WAIT, depth: PIPELINE_DEPTH };
 
     fn item(job: u64, len: usize, at: Instant) -> Item {
         Item::new(job, 0, Tokens { ids: vec![1; len], type_ids: vec![] }, at)
@@ -166,6 +173,17 @@ mod tests {
         let t0 = Instant::now();
         let full = queue_of(&[5, 5, 5, 5, 5], t0);
         assert_eq!(decide(&full, busy(PIPELINE_DEPTH), t0 + 10 * WAIT, RULES), Decision::Wait(None));
+    }
+
+    #[test]
+    fn bulk_work_that_yields_gets_no_batch_sent_ahead() {
+        let t0 = Instant::now();
+        let q = queue_of(&[5, 5], t0);
+        let computing = InFlight { cut_at: Some(t0), ..busy(1) };
+        let yielding = Rules { depth: 1, ..RULES };
+        assert_eq!(decide(&q, computing, t0 + WAIT, yielding), Decision::Wait(None), "the worker's answer wakes it");
+        assert_eq!(decide(&q, busy(0), t0, yielding), Decision::Send, "an idle worker still gets it at once");
+        assert_eq!(decide(&q, computing, t0 + WAIT, RULES), Decision::Send);
     }
 
     #[test]

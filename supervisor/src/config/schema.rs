@@ -340,8 +340,9 @@ pub struct SchedulingConfig {
     pub max_batch_ms: u64,
     /// The same bound for batches cut while every queued input is bulk work (priority
     /// worse than `default_priority`): shorter, so a query that arrives overtakes it
-    /// sooner; work at the default priority keeps `max_batch_ms` and its throughput.
-    /// 0: `max_batch_ms` for bulk work too.
+    /// sooner, and none is sent ahead of the one computing; work at the default priority
+    /// keeps `max_batch_ms`, pipelining and its throughput. 0: `max_batch_ms` for bulk
+    /// work too, pipelined as any other.
     pub bulk_max_batch_ms: u64,
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Runner, SentBatch};
-use crate::batch::{decide, Decision, InFlight, Item, Limits, Rules};
+use crate::batch::{decide, Decision, InFlight, Item, Limits, Rules, PIPELINE_DEPTH};
 use crate::metrics::metrics;
 use crate::runner::jobs::BatchOutput;
 use crate::runner::recovery;
@@ -29,7 +29,16 @@ impl Runner {
     }
 
     fn rules(&self) -> Rules {
-        Rules { limits: self.batch_limits(), max_wait: self.cfg.max_wait }
+        let depth = if self.bulk_yields() { 1 } else { PIPELINE_DEPTH };
+        Rules { limits: self.batch_limits(), max_wait: self.cfg.max_wait, depth }
+    }
+
+    /// All queued work is bulk (worse than `default_priority`) and
+    /// `scheduling.bulk_max_batch_ms` asks it to yield: its batches are bounded by that, and
+    /// none is sent ahead, so a query that arrives waits only for the batch being computed.
+    fn bulk_yields(&self) -> bool {
+        let bulk = self.queue.best_priority().is_some_and(|p| p > self.cfg.default_priority);
+        bulk && !self.cfg.bulk_max_batch_time.is_zero()
     }
 
     /// The device's batch bounds, with the token budget cut to what the worker computes in
@@ -39,8 +48,7 @@ impl Runner {
     /// work is bulk, `bulk_max_batch_ms` instead, so a query that arrives waits less.
     fn batch_limits(&self) -> Limits {
         let mut limits = self.limits;
-        let bulk = self.queue.best_priority().is_some_and(|p| p > self.cfg.default_priority);
-        let target = batch_time_target(self.cfg.max_batch_time, self.cfg.bulk_max_batch_time, bulk);
+        let target = batch_time_target(self.cfg.max_batch_time, self.cfg.bulk_max_batch_time, self.bulk_yields());
         if let Some(n) = target.and_then(|t| self.pace.tokens_within(t, MIN_BATCH_TOKENS)) {
             limits.max_batch_tokens = limits.max_batch_tokens.min(n);
         }
