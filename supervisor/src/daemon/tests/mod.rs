@@ -4,5 +4,8 @@
 //! MLX or the OS (vectors against references, crashes, signals, installs, the official
 //! clients) is tested end to end in `tests/`.
 
+mod auth;
+mod dialects;
+mod errors;
 mod harness;
 mod wiring;
