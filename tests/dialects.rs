@@ -1,8 +1,11 @@
-//! End-to-end tests of the API dialects (issue 14): the model's own prompts, the plan's
-//! `/v1/tokenize` shape, TEI / Cohere / OpenAI `models.retrieve` / LangChain through their
-//! real, unmodified Python packages, token-id refusal, unknown fields, trailing slashes,
-//! and the OpenAPI document checked by an independent validator. The real `mlx-serve` on
-//! loopback, real workers running MLX, vectors compared with sentence-transformers'.
+//! End-to-end tests of the API dialects: the model's own prompts, `/v1/tokenize`'s shape,
+//! TEI / Cohere / OpenAI `models.retrieve` / LangChain through their real, unmodified
+//! Python packages, token-id refusal, unknown fields, trailing slashes, and the OpenAPI
+//! document checked by an independent validator. The real `mlx-serve` on loopback, real
+//! workers running MLX, vectors compared with sentence-transformers'. The dialects'
+//! request rules that need no worker (a request without `model`, TEI's refused options,
+//! `truncate: false` on every route) are checked in-process
+//! (supervisor/src/daemon/tests/dialects.rs).
 
 use std::path::Path;
 
@@ -154,7 +157,7 @@ fn default_prompt_name_applies_like_sentence_transformers() {
 }
 
 #[test]
-fn tokenize_has_the_plans_shape() {
+fn tokenize_has_its_documented_shape() {
     let server = Server::start(ServerOptions { models: vec!["all-MiniLM-L6-v2"], ..Default::default() });
     let (status, resp) =
         server.post("/v1/tokenize", &json!({"model": "all-MiniLM-L6-v2", "input": ["Hello world", "How are you?"]}));
@@ -181,39 +184,6 @@ fn tei_routes_serve_huggingface_hub_inference_client() {
     let server = Server::start(ServerOptions { models: vec![QWEN], ..Default::default() });
     let out = run_client("hf_client.py", &server, &[&reference(QWEN)]);
     assert!(out.contains("feature_extraction") && out.contains("sentence_similarity OK"), "{out}");
-    // /info describes the one installed model in TEI's shape.
-    let (status, info) = server.get("/info");
-    assert_eq!(status, 200, "{info}");
-    assert_eq!(info["model_id"], QWEN);
-    assert_eq!(info["model_type"]["embedding"]["pooling"], "last_token", "{info}");
-    assert_eq!(info["max_input_length"], 64);
-    // TEI options we cannot honour are refused in TEI's error shape.
-    let (status, resp) = server.post("/embed", &json!({"inputs": "x", "truncation_direction": "Left"}));
-    assert_eq!((status, resp["error_type"].as_str()), (400, Some("Validation")), "{resp}");
-    let (status, resp) = server.post("/embed", &json!({"inputs": "x", "normalize": false}));
-    assert_eq!(status, 400, "{resp}");
-    assert_eq!(server.stop(), Some(0));
-}
-
-#[test]
-fn model_omitted_needs_exactly_one_model_of_the_type() {
-    let server = Server::start(ServerOptions {
-        models: vec![QWEN, "tiny-bert-embed", "tiny-bert-rerank"],
-        ..Default::default()
-    });
-    // Two embedding models: the request must name one, and the error lists them.
-    let (status, resp) = server.post("/embed", &json!({"inputs": "x"}));
-    assert_eq!(status, 400, "{resp}");
-    let msg = resp["error"].as_str().unwrap();
-    assert!(msg.contains("tiny-bert-embed, tiny-qwen3-embed"), "{msg}");
-    let (status, _) = server.post("/embed", &json!({"inputs": "x", "model": "tiny-bert-embed"}));
-    assert_eq!(status, 200);
-    // One reranker: TEI's rerank shape on `/` goes to it without a name.
-    let (status, resp) = server.post("/", &json!({"query": "q", "texts": ["a", "b"]}));
-    assert_eq!(status, 200, "{resp}");
-    assert_eq!(resp.as_array().unwrap().len(), 2);
-    let (status, _) = server.get("/info");
-    assert_eq!(status, 400);
     assert_eq!(server.stop(), Some(0));
 }
 
@@ -342,59 +312,4 @@ fn cohere_output_dimension_keeps_the_first_dimensions_renormalized() {
             "{resp}"
         );
     }
-}
-
-/// A route, a body it must refuse, and whether the answer has the route's error shape.
-type Refusal = (&'static str, Value, fn(&Value) -> bool);
-
-#[test]
-fn truncate_false_refuses_long_inputs_on_every_route() {
-    const BERT: &str = "tiny-bert-embed";
-    const RERANK: &str = "tiny-bert-rerank";
-    let long = "word ".repeat(5000);
-    let server = Server::start(ServerOptions { models: vec![BERT, RERANK], ..Default::default() });
-    // Each route's own way to say it, refused in its own error shape; truncated without it.
-    let refused: [Refusal; 7] = [
-        ("/embed", json!({"model": BERT, "inputs": long, "truncate": false}), |v| v["error_type"] == "Validation"),
-        ("/v2/embed", json!({"model": BERT, "texts": [long], "truncate": "NONE"}), |v| {
-            v["id"].is_string() && v["message"].is_string()
-        }),
-        ("/api/embed", json!({"model": BERT, "input": long, "truncate": false}), |v| v["error"].is_string()),
-        ("/v1/embeddings", json!({"model": BERT, "input": long, "truncate": false}), |v| {
-            v["error"]["code"] == "context_length_exceeded"
-        }),
-        ("/v1/rerank", json!({"model": RERANK, "query": "q", "documents": [long], "truncate": false}), |v| {
-            v["error"]["code"] == "context_length_exceeded"
-        }),
-        ("/v1/score", json!({"model": RERANK, "text_1": "q", "text_2": [long], "truncate": false}), |v| {
-            v["error"]["code"] == "context_length_exceeded" && v["error"]["param"] == "text_2"
-        }),
-        ("/v1/score", json!({"model": BERT, "text_1": "q", "text_2": [long], "truncate": false}), |v| {
-            v["error"]["code"] == "context_length_exceeded" && v["error"]["param"] == "text_2"
-        }),
-    ];
-    for (path, body, shape) in refused {
-        let (status, v) = server.post(path, &body);
-        assert_eq!(status, 400, "{path}: {v}");
-        assert!(shape(&v), "{path}: not the route's error shape: {v}");
-        let text = v.to_string();
-        assert!(text.contains("longer than the model's limit"), "{path}: {v}");
-        let mut truncated = body.clone();
-        truncated["truncate"] = if path == "/v2/embed" { json!("END") } else { json!(true) };
-        let (status, v) = server.post(path, &truncated);
-        assert_eq!(status, 200, "{path} truncating: {v}");
-    }
-    drop(server);
-    // `limits.truncate: false`: refused without a flag, truncated when the request asks.
-    let server = Server::start(ServerOptions {
-        models: vec![BERT],
-        config: Some("limits:\n  truncate: false\n".into()),
-        ..Default::default()
-    });
-    let (status, v) = server.post("/v1/embeddings", &json!({"model": BERT, "input": long}));
-    assert_eq!((status, &v["error"]["code"]), (400, &json!("context_length_exceeded")), "{v}");
-    let (status, v) = server.post("/embed", &json!({"inputs": long}));
-    assert_eq!(status, 400, "{v}");
-    let (status, v) = server.post("/v1/embeddings", &json!({"model": BERT, "input": long, "truncate": true}));
-    assert_eq!(status, 200, "{v}");
 }

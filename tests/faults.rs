@@ -1,4 +1,4 @@
-//! Worker faults end to end (issue 13 items 1 and 5): a real daemon, real MiniLM workers,
+//! Worker faults end to end: a real daemon, real MiniLM workers,
 //! real HTTP clients, and real signals on the worker processes — SIGSTOP (a worker stuck in
 //! a driver, swapping, deadlocked) and `kill -9` twice, a second apart (an operator, the OOM
 //! killer). The runner's rules behind them are unit-tested with a fake worker

@@ -1,4 +1,4 @@
-//! Requests that try to hurt the server (issue 13), against the real daemon with real
+//! Requests that try to hurt the server, against the real daemon with real
 //! workers: memory bombs inside `max_request_bytes`, concurrent large bodies, slow
 //! clients (headers or body a byte at a time), too many connections, a stuck control
 //! socket client, inputs that tokenize to nothing, and CLI output into a closed pipe.

@@ -231,7 +231,7 @@ fn models_chunking_is_the_default_and_the_cache_keeps_modes_apart() {
 
 #[test]
 fn one_request_larger_than_a_batch_and_the_queue_is_answered_in_several_batches() {
-    // Issue 27 item 3, as it stands: a request's inputs (or a document's windows) queue as
+    // A request's inputs (or a document's windows) queue as
     // one job and are cut into as many batches as they need; the queue bound refuses only
     // a request that arrives while others wait (docs/long-documents.md, "Limits").
     let server = minilm(Some("batch:\n  max_batch_size: 4\n  max_queue_size: 8\n"));

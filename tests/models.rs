@@ -449,7 +449,7 @@ fn quantized_models_pull_list_and_serve() {
     let mut sizes = vec![("f32", f32_size)];
     for (name, bits) in [("all-MiniLM-L6-v2-8bit", 8), ("all-MiniLM-L6-v2-4bit", 4)] {
         let meta = metadata(home, name);
-        // The plan's metadata (name, "quantization": "4bit", original_size, quantized_size).
+        // The variant's metadata (name, "quantization": "4bit", original_size, quantized_size).
         assert_eq!(meta["name"], name);
         assert_eq!(meta["quantization"], format!("{bits}bit"), "{name}");
         assert_eq!(meta["original_size"], f32_size, "{name}");
@@ -485,7 +485,7 @@ fn quantized_models_pull_list_and_serve() {
                 .any(|k| k["tensors"].as_array().unwrap().contains(&json!("embeddings.token_type_embeddings.weight"))),
             "{d}"
         );
-        // The quality measured at quantize time (issue 17's bars), against the f32 model.
+        // The quality measured at quantize time (docs/quantization.md's bars), against the f32 model.
         let quality = &meta["quality"];
         let (mean, recall, ndcg) = (
             quality["mean_cosine"].as_f64().unwrap(),
@@ -500,7 +500,7 @@ fn quantized_models_pull_list_and_serve() {
             assert!(mean >= 0.98 && recall >= 0.95 && ndcg >= 0.95, "{quality}");
         }
     }
-    // Issue 17: MiniLM 8-bit at most 30% of f32; 4-bit smaller still.
+    // MiniLM 8-bit at most 30% of f32; 4-bit smaller still (docs/quantization.md).
     assert!(sizes[1].1 * 10 <= f32_size * 3 && sizes[2].1 < sizes[1].1, "{sizes:?}");
     let out = mlx_serve(home, &hub, &["show", "all-MiniLM-L6-v2-4bit"]);
     assert!(out.ok(), "{}", out.stderr);

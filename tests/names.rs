@@ -1,4 +1,4 @@
-//! Model names as people type them (issue 19): a bare name nothing local knows is looked
+//! Model names as people type them: a bare name nothing local knows is looked
 //! up with the Hub's model search, against the loopback hub (tests/common/fake_hub.rs),
 //! which answers `GET /api/models` as the Hub does; real `mlx-serve` processes, real
 //! workers, real model files (the tiny fixtures, served under made-up repo names).
@@ -307,8 +307,8 @@ fn a_gated_repo_says_how_to_set_hf_token_and_the_token_is_sent() {
     assert_eq!(server.stop(), Some(0));
 }
 
-/// The plan's example config (§2.1.2 of the plan), verbatim but for the host and ports.
-const PLAN_CONFIG: &str = r#"# ~/.mlx-serve/config.yaml
+/// A full config as users write one (`~` paths, several sections), verbatim but for the host and ports.
+const USER_CONFIG: &str = r#"# ~/.mlx-serve/config.yaml
 server:
   host: "127.0.0.1"
   port: 0
@@ -351,7 +351,7 @@ fn the_plan_example_config_preloads_qwen3_embedding_and_serves_its_4bit_variant(
     let hf_home = tempfile::tempdir().unwrap();
     let mut env = hub.server_env(hf_home.path());
     env.push(("HOME".into(), user_home.path().display().to_string()));
-    let server = Server::start(ServerOptions { config: Some(PLAN_CONFIG.into()), env, ..Default::default() });
+    let server = Server::start(ServerOptions { config: Some(USER_CONFIG.into()), env, ..Default::default() });
     wait_for_worker(&server, 120);
     // `~` is the user's home.
     let store = user_home.path().join(".mlx-serve/models");
@@ -362,7 +362,7 @@ fn the_plan_example_config_preloads_qwen3_embedding_and_serves_its_4bit_variant(
         server.log_text()
     );
 
-    // The plan's request (§2.4.2), verbatim.
+    // A request as an OpenAI-style client sends it, verbatim.
     let (status, body) =
         server.post("/v1/embeddings", &json!({"model": "Qwen3-Embedding-0.6B-4bit", "input": ["hello world"]}));
     assert_eq!(status, 200, "{body}\n{}", server.log_text());

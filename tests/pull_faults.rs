@@ -1,4 +1,4 @@
-//! Pulls when things go wrong (issue 15, "Add"): two pulls of one model at once, a full
+//! Pulls when things go wrong: two pulls of one model at once, a full
 //! or read-only disk during pull and quantize, and a hub that fails for a moment. Real
 //! `mlx-serve` processes against the loopback hub (tests/common/fake_hub.rs) serving the
 //! real all-MiniLM-L6-v2 files.

@@ -43,7 +43,7 @@ fn queued(server: &Server) -> f64 {
 
 /// One legal request of 2,048 inputs × 256 tokens (524,288 tokens, under
 /// `limits.max_tokens_per_request`) used to make a one-word request behind it wait for all
-/// of it (issue 31: 89–95 s at 205k tokens). Requests now take turns and a batch is bounded
+/// of it (89–95 s at 205k tokens). Requests now take turns and a batch is bounded
 /// to about `scheduling.max_batch_ms` of the worker's time, so the one-word request waits
 /// about two batches.
 #[test]

@@ -1,4 +1,4 @@
-//! Requests and the model store (issue 13, item 6): a refused request makes nothing, a
+//! Requests and the model store: a refused request makes nothing, a
 //! request racing a delete is a 404, and a download that failed is not started again by
 //! every request. Real daemon, real workers, the loopback hub (tests/common/fake_hub.rs).
 

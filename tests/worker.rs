@@ -176,10 +176,10 @@ fn quantized_minilm_serves_at_8_and_4_bits() {
         // recipe mean 0.99678 (min 0.99088). The 8-bit bounds sit at about twice the
         // measured loss: a backend with other rounding stays inside them, a path with a
         // wrong scale, bias or group layout (cosines of 0.5 and below) does not. The 4-bit
-        // bound is issue 17's bar for the default recipe.
+        // bound is docs/quantization.md's bar for the default recipe.
         if bits == 8 {
             assert!(mean >= 0.9995 && min >= 0.999, "8-bit mean cosine {mean}, min {min}");
-            // Issue 17: MiniLM 8-bit at most 30% of float32.
+            // MiniLM 8-bit at most 30% of float32 (docs/quantization.md).
             assert!(size * 10 <= orig * 3, "{size} of {orig}");
         } else {
             assert!(mean >= min_mean && min >= 0.98, "4-bit mean cosine {mean}, min {min}");

@@ -144,23 +144,45 @@ impl TokenBatch {
     }
 
     /// Checks the invariants a decoder cannot trust the sender to keep.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidBatch> {
         if self.offsets.first() != Some(&0) {
-            return Err("batch offsets must start at 0".into());
+            return Err(InvalidBatch::OffsetsStart);
         }
         if self.offsets.windows(2).any(|w| w[1] < w[0]) {
-            return Err("batch offsets must not decrease".into());
+            return Err(InvalidBatch::OffsetsDecrease);
         }
         if *self.offsets.last().unwrap() as usize != self.tokens.len() {
-            return Err("batch offsets do not cover the tokens".into());
+            return Err(InvalidBatch::OffsetsMissTokens);
         }
         if !self.type_ids.is_empty() && self.type_ids.len() != self.tokens.len() {
-            return Err("type_ids must be empty or parallel to tokens".into());
+            return Err(InvalidBatch::TypeIdsNotParallel);
         }
         if self.offsets.windows(2).any(|w| w[1] == w[0]) {
-            return Err("empty sequence in batch".into());
+            return Err(InvalidBatch::EmptySequence);
         }
         Ok(())
+    }
+}
+
+/// Why a received [`TokenBatch`] breaks its invariants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidBatch {
+    #[error("batch offsets must start at 0")]
+    OffsetsStart,
+    #[error("batch offsets must not decrease")]
+    OffsetsDecrease,
+    #[error("batch offsets do not cover the tokens")]
+    OffsetsMissTokens,
+    #[error("type_ids must be empty or parallel to tokens")]
+    TypeIdsNotParallel,
+    #[error("empty sequence in batch")]
+    EmptySequence,
+}
+
+impl From<InvalidBatch> for String {
+    /// The message, for callers that answer with text (the worker's `Error` frame).
+    fn from(e: InvalidBatch) -> String {
+        e.to_string()
     }
 }
 
@@ -355,7 +377,9 @@ mod tests {
         assert_eq!(b.max_len(), 3);
         assert!(b.validate().is_ok());
         let bad = TokenBatch { tokens: vec![1], offsets: vec![0, 2], type_ids: vec![] };
-        assert!(bad.validate().is_err());
+        assert_eq!(bad.validate(), Err(InvalidBatch::OffsetsMissTokens));
+        let empty = TokenBatch { tokens: vec![1], offsets: vec![0, 0, 1], type_ids: vec![] };
+        assert_eq!(empty.validate(), Err(InvalidBatch::EmptySequence));
     }
 
     #[test]

@@ -50,3 +50,5 @@ pub mod worker;
 
 #[cfg(test)]
 mod layering;
+#[cfg(test)]
+mod tour;

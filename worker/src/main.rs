@@ -11,9 +11,7 @@
 //! attention for the CPU backend (MLX's elementwise kernels are scalar on x86).
 //! docs/worker.md describes the design and its measurements.
 
-mod blas;
-mod cpu_attention;
-mod cpu_kernels;
+mod cpu;
 mod cuda_driver;
 mod device;
 mod device_memory;
@@ -29,6 +27,8 @@ mod pooling;
 mod quantize;
 mod server;
 mod weights;
+
+use cpu::{blas, cpu_attention, cpu_kernels};
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -1,4 +1,4 @@
-//! `POST /v1/tokenize`, in the plan's shape: `{model, input: str | [str]}` →
+//! `POST /v1/tokenize` (docs/api.md): `{model, input: str | [str]}` →
 //! `{model, data: [{index, tokens: COUNT, token_ids}], usage}`. With
 //! `return_token_strings: true` each item also has `token_strings` (the tokenizer's pieces).
 //!

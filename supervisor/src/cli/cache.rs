@@ -40,7 +40,7 @@ pub fn cache_cmd(args: CacheArgs) -> Result<()> {
         CacheCommand::Stats => Request::CacheStats,
         CacheCommand::Clear => Request::CacheClear,
     };
-    let result = control::request(port, &request, Duration::from_secs(15))?;
+    let result = control::request(&config.paths, port, &request, Duration::from_secs(15))?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&result)?);
         return Ok(());

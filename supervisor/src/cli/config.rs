@@ -6,7 +6,7 @@ use clap::Args;
 
 use crate::config::{Effective, EXAMPLE};
 use crate::console::{self, outln};
-use crate::paths;
+use crate::paths::Paths;
 
 #[derive(Args)]
 pub struct ConfigArgs {
@@ -26,7 +26,7 @@ pub fn config_cmd(args: ConfigArgs) -> Result<()> {
         return print_out(EXAMPLE);
     }
     if args.path {
-        outln!("{}", paths::config_path().display());
+        outln!("{}", Paths::from_env().config_file().display());
         return Ok(());
     }
     let effective = Effective::load()?;

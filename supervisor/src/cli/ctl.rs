@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::console::{out, outln};
 use crate::control::{self, Request, WorkerRow};
 use crate::daemon::pidfile;
+use crate::paths::Paths;
 
 #[derive(Args)]
 pub struct CtlArgs {
@@ -53,13 +54,13 @@ pub fn ctl_cmd(args: CtlArgs) -> Result<()> {
         CtlCommand::Evict { model, force } => (Request::Evict { model, force }, Duration::from_secs(60)),
         CtlCommand::Restart { model } => (Request::Restart { model }, load_timeout),
     };
-    ctl_command(port, request, args.json, timeout)
+    ctl_command(&config.paths, port, request, args.json, timeout)
 }
 
 /// `mlx-serve ctl …` on the daemon at `port`: prints a table or a message, or with
 /// `json` the daemon's answer as it is.
-fn ctl_command(port: u16, request: Request, json: bool, timeout: Duration) -> Result<()> {
-    let result = control::request(port, &request, timeout)?;
+fn ctl_command(paths: &Paths, port: u16, request: Request, json: bool, timeout: Duration) -> Result<()> {
+    let result = control::request(paths, port, &request, timeout)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&result)?);
         return Ok(());

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::console::errln;
 use crate::control::{self, Request};
 use crate::daemon::pidfile;
-use crate::paths::worker_binary;
+use crate::paths::Paths;
 use crate::store::aliases::{self, NameSource};
 use crate::store::metadata::{rfc3339, ModelMetadata};
 use crate::store::names::{self, remembered};
@@ -117,11 +117,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Whether a `pull` argument means a folder: a path that starts like one, or an existing
 /// folder with a config.json (so `org/name` stays a repo id unless such a folder exists).
-fn as_folder(arg: &str) -> Option<PathBuf> {
-    let expanded = match arg.strip_prefix("~/") {
-        Some(rest) => std::env::var_os("HOME").map(|h| Path::new(&h).join(rest))?,
-        None => PathBuf::from(arg),
-    };
+fn as_folder(arg: &str, paths: &Paths) -> Option<PathBuf> {
+    let expanded = paths.expand_tilde(Path::new(arg));
     let path_like =
         arg.starts_with('/') || arg.starts_with("./") || arg.starts_with("../") || arg.starts_with("~/") || arg == ".";
     (path_like || (arg.contains('/') && expanded.join("config.json").is_file())).then_some(expanded)
@@ -194,7 +191,7 @@ pub fn pull_cmd(config: &Config, args: PullArgs) -> Result<()> {
         None => None,
     };
     let rt = runtime()?;
-    let (source, default_name) = match as_folder(&args.model) {
+    let (source, default_name) = match as_folder(&args.model, &config.paths) {
         Some(dir) => {
             let real = std::fs::canonicalize(&dir).with_context(|| format!("folder {}", dir.display()))?;
             let name = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -214,7 +211,7 @@ pub fn pull_cmd(config: &Config, args: PullArgs) -> Result<()> {
         }),
         expect_kind: None,
         quantize,
-        worker_bin: worker_binary(),
+        worker_bin: config.paths.worker_binary().to_owned(),
     };
     let printer = Printer::new();
     let outcome = rt.block_on(async {
@@ -430,9 +427,9 @@ pub fn remove_cmd(config: &Config, args: RemoveArgs) -> Result<()> {
     // (their control sockets); then the files go.
     let trash = store.dir().join(format!(".deleting-{name}-{}", std::process::id()));
     std::fs::rename(&path, &trash).with_context(|| format!("cannot remove {}", path.display()))?;
-    for (port, _pid, _) in pidfile::running() {
+    for (port, _pid, _) in pidfile::running(&config.paths) {
         let forget = Request::Forget { model: name.clone() };
-        if let Err(e) = control::request(port, &forget, std::time::Duration::from_secs(30)) {
+        if let Err(e) = control::request(&config.paths, port, &forget, std::time::Duration::from_secs(30)) {
             errln!("warning: could not ask the server on port {port} to stop {name}'s worker: {e}");
         }
     }
@@ -461,7 +458,7 @@ pub fn quantize_cmd(config: &Config, args: QuantizeArgs) -> Result<()> {
     validate_name(&dst_name)?;
     let printer = Printer::new();
     let report = printer.reporter();
-    let worker_bin = worker_binary();
+    let worker_bin = config.paths.worker_binary().to_owned();
     let result = runtime()?.block_on(async {
         tokio::select! {
             r = async {

@@ -14,7 +14,7 @@ use crate::console::{errln, outln};
 use crate::control::ServerStatus;
 use crate::daemon::pidfile::{self, probe, Probe};
 use crate::daemon::{self, Stopped};
-use crate::paths::home_dir;
+use crate::paths::Paths;
 
 /// Extra time `stop` allows beyond `server.shutdown_timeout_seconds` (workers stopping).
 const STOP_MARGIN: Duration = Duration::from_secs(15);
@@ -126,9 +126,9 @@ pub fn stop_cmd(args: StopArgs) -> Result<()> {
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(config.server.shutdown_timeout_seconds) + STOP_MARGIN);
     let ports = if args.all {
-        let ports = pidfile::ports_with_pid_files();
+        let ports = pidfile::ports_with_pid_files(&config.paths);
         if ports.is_empty() {
-            outln!("no mlx-serve is running (home {})", home_dir().display());
+            outln!("no mlx-serve is running (home {})", config.paths.home().display());
         }
         ports
     } else {
@@ -136,7 +136,7 @@ pub fn stop_cmd(args: StopArgs) -> Result<()> {
     };
     let mut failed = Vec::new();
     for port in ports {
-        match daemon::stop(port, args.force, timeout) {
+        match daemon::stop(&config.paths, port, args.force, timeout) {
             Ok(Stopped::NotRunning) => outln!("mlx-serve is not running on port {port}"),
             Ok(Stopped::Stale { pid }) => {
                 outln!("mlx-serve is not running on port {port} (removed a stale PID file for pid {pid})")
@@ -170,12 +170,13 @@ pub struct StatusArgs {
 /// `mlx-serve status`: exit code 3 when nothing runs (LSB init-script convention).
 pub fn status_cmd(args: StatusArgs) -> Result<()> {
     let (port, json) = (args.port, args.json);
+    let paths = Paths::from_env();
     let servers: Vec<(u16, i32, Option<ServerStatus>)> = match port {
-        Some(p) => match probe(p) {
+        Some(p) => match probe(&paths, p) {
             Probe::Running { pid, status } => vec![(p, pid, status)],
             _ => Vec::new(),
         },
-        None => pidfile::running(),
+        None => pidfile::running(&paths),
     };
     if json {
         let list: Vec<serde_json::Value> = servers
@@ -189,7 +190,7 @@ pub fn status_cmd(args: StatusArgs) -> Result<()> {
     } else if servers.is_empty() {
         match port {
             Some(p) => outln!("mlx-serve is not running on port {p}"),
-            None => outln!("mlx-serve is not running (home {})", home_dir().display()),
+            None => outln!("mlx-serve is not running (home {})", paths.home().display()),
         }
     } else {
         for (port, pid, status) in &servers {

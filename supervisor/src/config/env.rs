@@ -322,7 +322,7 @@ mod tests {
         assert_eq!(c.apply_env_var("CHUNK_OVERLAP_TOKENS", "32"), Ok(Some("models.chunking.overlap_tokens")));
         assert_eq!(c.apply_env_var("EMBEDDING_CACHE_DISK_MB", "16"), Ok(Some("embedding_cache.disk_mb")));
         assert_eq!(c.apply_env_var("EMBEDDING_CACHE_DISK_PATH", "/v/c.redb"), Ok(Some("embedding_cache.disk_path")));
-        assert_eq!((c.embedding_cache.disk_mb, c.embedding_cache.disk_file()), (16, "/v/c.redb".into()));
+        assert_eq!((c.embedding_cache.disk_mb, c.embedding_cache_file()), (16, "/v/c.redb".into()));
         assert!(c.validate().is_ok());
         c.embedding_cache.disk_mb = 4;
         assert!(c.validate().unwrap_err().to_string().contains("embedding_cache.disk_mb must be 0"));

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::{env, yaml, Config, ConfigError};
-use crate::paths::config_path;
+use crate::paths::Paths;
 
 /// Where a value came from, for `mlx-serve config`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -55,7 +55,8 @@ impl Effective {
     /// Loads defaults < file < environment, remembering where each value came from. CLI
     /// flags are applied by the caller with [`Effective::set_from_cli`].
     pub fn load() -> Result<Effective, ConfigError> {
-        let path = config_path();
+        let paths = Paths::from_env();
+        let path = paths.config_file().to_owned();
         let mut origins = BTreeMap::new();
         let (mut config, file_exists) = match std::fs::read_to_string(&path) {
             Ok(text) => {
@@ -72,6 +73,7 @@ impl Effective {
         for (key, var) in env::apply(&mut config)? {
             origins.insert(key.to_owned(), Origin { source: Source::Env, detail: var });
         }
+        config.paths = paths;
         Ok(Effective { config, path, file_exists, origins })
     }
 

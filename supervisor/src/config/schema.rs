@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
-use crate::paths::{home_dir, user_home};
+use crate::paths::Paths;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -27,6 +27,10 @@ pub struct Config {
     pub scheduling: SchedulingConfig,
     pub embedding_cache: EmbeddingCacheConfig,
     pub tracing: TracingConfig,
+    /// Where files live (home, run/, the worker binary): from the environment, not a key
+    /// of the file; carried here so every layer that has the config has them.
+    #[serde(skip)]
+    pub paths: Paths,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -373,13 +377,10 @@ pub const MIN_DISK_MB: u64 = 8;
 impl EmbeddingCacheConfig {
     /// The disk tier's file: `disk_path` (a leading `~` is the user's home) or
     /// `<home>/cache/embeddings.redb`.
-    pub fn disk_file(&self) -> PathBuf {
+    pub fn disk_file(&self, paths: &Paths) -> PathBuf {
         match &self.disk_path {
-            Some(p) => match p.strip_prefix("~") {
-                Ok(rest) => crate::paths::user_home().join(rest),
-                Err(_) => p.clone(),
-            },
-            None => crate::paths::home_dir().join("cache").join("embeddings.redb"),
+            Some(p) => paths.expand_tilde(p),
+            None => paths.home().join("cache").join("embeddings.redb"),
         }
     }
 }
@@ -439,16 +440,18 @@ impl Default for SchedulingConfig {
 pub const EXAMPLE: &str = include_str!("../../../config.example.yaml");
 
 impl Config {
-    /// The model store directory. A leading `~` is the user's home, as in the plan's
-    /// example config (`directory: ~/.mlx-serve/models`): YAML does not expand it.
+    /// The model store directory. A leading `~` is the user's home
+    /// (`directory: ~/.mlx-serve/models`): YAML does not expand it.
     pub fn models_dir(&self) -> PathBuf {
         match &self.models.directory {
-            Some(dir) => match dir.strip_prefix("~") {
-                Ok(rest) => user_home().join(rest),
-                Err(_) => dir.clone(),
-            },
-            None => home_dir().join("models"),
+            Some(dir) => self.paths.expand_tilde(dir),
+            None => self.paths.home().join("models"),
         }
+    }
+
+    /// The embedding cache's disk tier file ([`EmbeddingCacheConfig::disk_file`]).
+    pub fn embedding_cache_file(&self) -> PathBuf {
+        self.embedding_cache.disk_file(&self.paths)
     }
 
     /// Checks values that parse but make no sense.
@@ -528,6 +531,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn example_is_the_defaults() {
@@ -537,9 +541,10 @@ mod tests {
 
     #[test]
     fn a_models_directory_under_tilde_is_in_the_users_home() {
-        let mut c = Config::default();
+        let mut c = Config { paths: Paths::under(Path::new("/home/u"), Path::new("w")), ..Config::default() };
+        assert_eq!(c.models_dir(), PathBuf::from("/home/u/models"));
         c.models.directory = Some("~/.mlx-serve/models".into());
-        assert_eq!(c.models_dir(), user_home().join(".mlx-serve/models"));
+        assert_eq!(c.models_dir(), PathBuf::from("/home/u/.mlx-serve/models"));
         c.models.directory = Some("/srv/models".into());
         assert_eq!(c.models_dir(), PathBuf::from("/srv/models"));
         // Only a whole `~` component: `~other/x` is a folder named so.

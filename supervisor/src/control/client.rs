@@ -7,11 +7,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{ControlError, Request, Response};
-use crate::paths::control_socket_path;
+use crate::paths::Paths;
 
-/// Sends one request to the daemon on `port` and returns its result.
-pub fn request(port: u16, request: &Request, timeout: Duration) -> Result<serde_json::Value, ControlError> {
-    request_at(&control_socket_path(port), request, timeout)
+/// Sends one request to the daemon on `port` (its socket in `paths`) and returns its result.
+pub fn request(
+    paths: &Paths,
+    port: u16,
+    request: &Request,
+    timeout: Duration,
+) -> Result<serde_json::Value, ControlError> {
+    request_at(&paths.control_socket(port), request, timeout)
 }
 
 /// Sends one request over the socket at `path`.

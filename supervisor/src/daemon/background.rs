@@ -14,7 +14,6 @@ use super::pidfile::{port_of_pid, probe, read_pid, Probe};
 use super::DaemonError;
 use crate::config::Config;
 use crate::control::client_url;
-use crate::paths::{self, pid_file_path};
 
 /// How long `start` waits for the daemon to answer `/ready`.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -42,7 +41,7 @@ pub fn start_background(
     let host = &config.server.host;
     let mut removed_stale = None;
     if port != 0 {
-        match probe(port) {
+        match probe(&config.paths, port) {
             Probe::Running { pid, .. } => {
                 return Err(DaemonError::Failed(format!(
                     "mlx-serve is already running on port {port} (pid {pid}); see `mlx-serve status`, \
@@ -52,11 +51,12 @@ pub fn start_background(
             Probe::Stale { pid } => removed_stale = Some(pid),
             Probe::NotRunning => {}
         }
-        check_port_free(host, port)?;
+        check_port_free(config, port)?;
     }
-    let logs = paths::logs_dir();
+    let paths = &config.paths;
+    let logs = paths.logs_dir();
     std::fs::create_dir_all(&logs).map_err(|e| DaemonError::io(format!("cannot create {}", logs.display()), e))?;
-    let log_path = paths::daemon_log_path(port);
+    let log_path = paths.daemon_log(port);
     let open_error = |e| DaemonError::io(format!("cannot open {}", log_path.display()), e);
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(open_error)?;
     let log_start = log.seek(SeekFrom::End(0)).map_err(open_error)?;
@@ -88,8 +88,8 @@ pub fn start_background(
                 log_tail(&log_path, log_start, 20)
             )));
         }
-        let actual_port = if port != 0 { Some(port) } else { port_of_pid(pid) };
-        if let Some(actual) = actual_port.filter(|p| read_pid(&pid_file_path(*p)) == Some(pid)) {
+        let actual_port = if port != 0 { Some(port) } else { port_of_pid(paths, pid) };
+        if let Some(actual) = actual_port.filter(|p| read_pid(&paths.pid_file(*p)) == Some(pid)) {
             if http_ready(host, actual) {
                 let url = client_url(host, actual);
                 return Ok(BackgroundStart { pid, port: actual, url, log_path, removed_stale });
@@ -108,7 +108,8 @@ pub fn start_background(
     }
 }
 
-fn check_port_free(host: &str, port: u16) -> Result<(), DaemonError> {
+fn check_port_free(config: &Config, port: u16) -> Result<(), DaemonError> {
+    let host = config.server.host.as_str();
     let addrs: Vec<_> =
         (host, port).to_socket_addrs().map_err(|e| DaemonError::io(format!("cannot resolve {host}"), e))?.collect();
     let Some(addr) = addrs.first() else { return Err(DaemonError::Failed(format!("no address for {host}"))) };
@@ -117,7 +118,7 @@ fn check_port_free(host: &str, port: u16) -> Result<(), DaemonError> {
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(DaemonError::Failed(format!(
             "port {port} on {host} is already in use by another program (no mlx-serve from {} runs there); \
              choose another with --port or MLX_SERVE_PORT",
-            paths::home_dir().display()
+            config.paths.home().display()
         ))),
         Err(e) => Err(DaemonError::io(format!("cannot listen on {addr}"), e)),
     }

@@ -20,7 +20,6 @@ use tokio::net::UnixListener;
 use super::DaemonError;
 use crate::config::Config;
 use crate::control::{client_url, Request, Response, ServerStatus, WorkerRow};
-use crate::paths;
 use crate::resolve::{ResolveError, Resolver};
 use crate::runner::{ModelEntry, Pool, RunnerError};
 use crate::store::downloads::Downloads;
@@ -62,8 +61,8 @@ impl Drop for ControlSocket {
 
 /// Binds the control socket for the daemon and serves it in a task.
 pub fn serve(state: ControlState) -> Result<ControlSocket, DaemonError> {
-    let path = paths::control_socket_path(state.addr.port());
-    paths::ensure_run_dir().map_err(|e| DaemonError::io("cannot use the run folder", e))?;
+    let path = state.config.paths.control_socket(state.addr.port());
+    state.config.paths.ensure_run_dir().map_err(|e| DaemonError::io("cannot use the run folder", e))?;
     // A socket file left by a killed daemon: nothing answers on it (the port was free
     // or we would not be here), so it is safe to replace.
     let _ = std::fs::remove_file(&path);
@@ -179,7 +178,7 @@ async fn handle(state: &ControlState, request: Request) -> Result<serde_json::Va
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 uptime_seconds: state.started.elapsed().as_secs(),
                 ready: state.ready.load(Ordering::SeqCst),
-                home: paths::home_dir(),
+                home: state.config.paths.home().to_owned(),
                 loaded_models,
             };
             Ok(to_json(&status))

@@ -35,7 +35,6 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState};
 use crate::config::{Config, ConfigError};
 use crate::control::ControlError;
-use crate::paths;
 use crate::resolve;
 use crate::runner::disk_cache::DiskCache;
 use crate::runner::{Pool, PoolConfig, RunnerConfig};
@@ -72,7 +71,7 @@ fn open_disk_cache(config: &Config) -> Result<Option<Arc<DiskCache>>, DaemonErro
     if mb == 0 {
         return Ok(None);
     }
-    let path = config.embedding_cache.disk_file();
+    let path = config.embedding_cache_file();
     DiskCache::open(&path, mb.saturating_mul(1 << 20)).map(Some).map_err(|e| DaemonError::Failed(e.to_string()))
 }
 
@@ -199,7 +198,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
-    let binary = paths::worker_binary();
+    let binary = config.paths.worker_binary().to_owned();
     if !binary.is_file() {
         return Err(DaemonError::Failed(format!(
             "worker binary {} not found (set MLX_SERVE_WORKER_BIN)",
@@ -211,7 +210,9 @@ pub async fn run(
         compute_dtype: config.models.compute_dtype.clone(),
         cache_limit_mb: config.cache.worker_cache_limit_mb,
         start_timeout: Duration::from_secs(config.limits.worker_start_timeout_seconds),
-        socket_dir: paths::worker_socket_dir()
+        socket_dir: config
+            .paths
+            .ensure_run_dir()
             .map_err(|e| DaemonError::Failed(format!("worker socket folder: {e}")))?,
     });
     run_with(config, listener, shutdown, Arc::new(launcher)).await
@@ -273,7 +274,7 @@ pub async fn run_with(
         ready: ready.clone(),
     };
     let _control = control_server::serve(control)?;
-    let _pid_file = pidfile::PidFile::create(addr.port())?;
+    let _pid_file = pidfile::PidFile::create(&config.paths, addr.port())?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "mlx-serve listening on http://{addr}");
     ready.store(true, Ordering::SeqCst);
     let stopping = Arc::new(std::sync::Mutex::new(None::<Instant>));

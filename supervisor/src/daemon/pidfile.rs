@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use super::DaemonError;
 use crate::config::Config;
 use crate::control::{self, Request, ServerStatus};
-use crate::paths::{self, control_socket_path, pid_file_path};
+use crate::paths::Paths;
 
 /// How long a status probe waits for the control socket.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -28,10 +28,11 @@ pub struct PidFile {
 impl PidFile {
     /// Writes `<home>/run/mlx-serve-<port>.pid`. The daemon calls it after binding the
     /// port, so any older file for this port is stale and is replaced.
-    pub fn create(port: u16) -> Result<PidFile, DaemonError> {
-        paths::ensure_run_dir()
-            .map_err(|e| DaemonError::io(format!("cannot create {}", paths::run_dir().display()), e))?;
-        let path = pid_file_path(port);
+    pub fn create(paths: &Paths, port: u16) -> Result<PidFile, DaemonError> {
+        paths
+            .ensure_run_dir()
+            .map_err(|e| DaemonError::io(format!("cannot create {}", paths.run_dir().display()), e))?;
+        let path = paths.pid_file(port);
         let tmp = path.with_extension(format!("pid.{}", std::process::id()));
         std::fs::write(&tmp, format!("{}\n", std::process::id()))
             .and_then(|_| std::fs::rename(&tmp, &path))
@@ -80,13 +81,13 @@ pub enum Probe {
 }
 
 /// Checks the server recorded for `port`, removing a stale PID file.
-pub fn probe(port: u16) -> Probe {
-    let path = pid_file_path(port);
+pub fn probe(paths: &Paths, port: u16) -> Probe {
+    let path = paths.pid_file(port);
     if !path.exists() {
         return Probe::NotRunning;
     }
     let pid = read_pid(&path).unwrap_or(0);
-    let socket = control_socket_path(port);
+    let socket = paths.control_socket(port);
     if pid > 0 && process_alive(pid) {
         match control::request_at(&socket, &Request::Status, PROBE_TIMEOUT) {
             Ok(v) => {
@@ -107,8 +108,8 @@ pub fn probe(port: u16) -> Probe {
 }
 
 /// Ports with a PID file in `<home>/run`, ascending.
-pub fn ports_with_pid_files() -> Vec<u16> {
-    let mut ports: Vec<u16> = std::fs::read_dir(paths::run_dir())
+pub fn ports_with_pid_files(paths: &Paths) -> Vec<u16> {
+    let mut ports: Vec<u16> = std::fs::read_dir(paths.run_dir())
         .into_iter()
         .flatten()
         .flatten()
@@ -122,10 +123,10 @@ pub fn ports_with_pid_files() -> Vec<u16> {
 }
 
 /// Running servers (stale PID files are cleaned on the way).
-pub fn running() -> Vec<(u16, i32, Option<ServerStatus>)> {
-    ports_with_pid_files()
+pub fn running(paths: &Paths) -> Vec<(u16, i32, Option<ServerStatus>)> {
+    ports_with_pid_files(paths)
         .into_iter()
-        .filter_map(|port| match probe(port) {
+        .filter_map(|port| match probe(paths, port) {
             Probe::Running { pid, status } => Some((port, pid, status)),
             _ => None,
         })
@@ -138,14 +139,14 @@ pub fn target_port(flag: Option<u16>, config: &Config) -> Result<u16, DaemonErro
     if let Some(port) = flag {
         return Ok(port);
     }
-    let live = running();
+    let live = running(&config.paths);
     if live.iter().any(|(port, _, _)| *port == config.server.port) {
         return Ok(config.server.port);
     }
     match live.as_slice() {
         [] => Err(DaemonError::Failed(format!(
             "mlx-serve is not running (home {}); start it with `mlx-serve start`",
-            paths::home_dir().display()
+            config.paths.home().display()
         ))),
         [(port, _, _)] => Ok(*port),
         many => {
@@ -159,6 +160,6 @@ pub fn target_port(flag: Option<u16>, config: &Config) -> Result<u16, DaemonErro
 }
 
 /// The port whose PID file names `pid` (for `--port 0`).
-pub fn port_of_pid(pid: i32) -> Option<u16> {
-    ports_with_pid_files().into_iter().find(|p| read_pid(&pid_file_path(*p)) == Some(pid))
+pub fn port_of_pid(paths: &Paths, pid: i32) -> Option<u16> {
+    ports_with_pid_files(paths).into_iter().find(|p| read_pid(&paths.pid_file(*p)) == Some(pid))
 }

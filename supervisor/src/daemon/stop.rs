@@ -8,7 +8,7 @@ use nix::unistd::{getpgid, Pid};
 
 use super::pidfile::{probe, process_alive, read_pid, Probe};
 use super::DaemonError;
-use crate::paths::{control_socket_path, pid_file_path};
+use crate::paths::Paths;
 
 /// What [`stop`] found and did.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,8 +30,8 @@ pub enum Stopped {
 
 /// Stops the daemon on `port`, waiting up to `timeout` after SIGTERM; with `force`, kills
 /// it (and its workers) when it is still running then.
-pub fn stop(port: u16, force: bool, timeout: Duration) -> Result<Stopped, DaemonError> {
-    let pid = match probe(port) {
+pub fn stop(paths: &Paths, port: u16, force: bool, timeout: Duration) -> Result<Stopped, DaemonError> {
+    let pid = match probe(paths, port) {
         Probe::NotRunning => return Ok(Stopped::NotRunning),
         Probe::Stale { pid } => return Ok(Stopped::Stale { pid }),
         Probe::Running { pid, .. } => pid,
@@ -39,7 +39,7 @@ pub fn stop(port: u16, force: bool, timeout: Duration) -> Result<Stopped, Daemon
     kill(Pid::from_raw(pid), Signal::SIGTERM)
         .map_err(|e| DaemonError::io(format!("cannot signal pid {pid}"), e.into()))?;
     if wait_for_exit(pid, timeout) {
-        cleanup(port, pid);
+        cleanup(paths, port, pid);
         return Ok(Stopped::Stopped { pid });
     }
     if !force {
@@ -59,7 +59,7 @@ pub fn stop(port: u16, force: bool, timeout: Duration) -> Result<Stopped, Daemon
     if !wait_for_exit(pid, Duration::from_secs(5)) {
         return Err(DaemonError::Failed(format!("mlx-serve on port {port} (pid {pid}) survived SIGKILL")));
     }
-    cleanup(port, pid);
+    cleanup(paths, port, pid);
     Ok(Stopped::Killed { pid })
 }
 
@@ -76,9 +76,9 @@ fn wait_for_exit(pid: i32, timeout: Duration) -> bool {
 }
 
 /// Removes what a killed daemon could not (its PID file and socket).
-fn cleanup(port: u16, pid: i32) {
-    if read_pid(&pid_file_path(port)) == Some(pid) {
-        let _ = std::fs::remove_file(pid_file_path(port));
-        let _ = std::fs::remove_file(control_socket_path(port));
+fn cleanup(paths: &Paths, port: u16, pid: i32) {
+    if read_pid(&paths.pid_file(port)) == Some(pid) {
+        let _ = std::fs::remove_file(paths.pid_file(port));
+        let _ = std::fs::remove_file(paths.control_socket(port));
     }
 }

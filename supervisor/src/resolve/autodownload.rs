@@ -18,7 +18,6 @@ use mlx_serve_protocol::{model_dir, ModelKind};
 
 use super::{download_error, ResolveError, Resolver};
 use crate::config::Config;
-use crate::paths;
 use crate::runner::Pool;
 use crate::store::aliases::Resolved;
 use crate::store::downloads::{Downloads, Started};
@@ -48,7 +47,7 @@ impl Resolver<'_> {
             kind: None,
             expect_kind: None,
             quantize,
-            worker_bin: paths::worker_binary(),
+            worker_bin: self.config.paths.worker_binary().to_owned(),
         })
     }
 

@@ -18,7 +18,7 @@ use super::StoreError;
 
 pub const FILE: &str = "mlx-serve.json";
 
-/// `"4bit"` / `"8bit"`: the plan's `quantization` value (its base bits; a mixed recipe's
+/// `"4bit"` / `"8bit"`: the metadata's `quantization` value (its base bits; a mixed recipe's
 /// other layers are in `quantization_details`).
 pub fn quantization_label(bits: u8) -> String {
     format!("{bits}bit")

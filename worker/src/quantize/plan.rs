@@ -361,7 +361,7 @@ mod tests {
 
     #[test]
     fn qwen3_0_6b_at_4_bits_is_under_30_percent_of_bf16() {
-        // Issue 17: ≤ 30% of the bf16 size (the plan: 350 MB from 1.2 GB).
+        // At most 30% of the bf16 size (about 350 MB from 1.2 GB; docs/quantization.md).
         let t = qwen3_0_6b();
         let bf16: u64 = t.iter().map(|(_, s)| s.iter().map(|&d| d as u64).product::<u64>() * 2).sum();
         let mixed = plan(&t, 4, Recipe::Mixed, 28);

@@ -8,13 +8,13 @@ use crate::config::Config;
 use crate::console::outln;
 
 pub(super) fn launchd(action: Action, config: &Config) -> Result<(), ServiceError> {
-    let plist = service_file(Manager::Launchd);
+    let plist = service_file(Manager::Launchd, &config.paths);
     let plist_str = plist.display().to_string();
     let uid = nix::unistd::getuid();
     let domain = format!("gui/{uid}");
     let target = format!("{domain}/{LAUNCHD_LABEL}");
     if action == Action::Install {
-        write_file(&plist, &render(Manager::Launchd, config)?)?;
+        write_file(&config.paths, &plist, &render(Manager::Launchd, config)?)?;
         outln!("wrote {plist_str}");
     }
     let Some(launchctl) = find_tool("launchctl") else {

@@ -17,7 +17,7 @@ use std::process::Command;
 
 use crate::config::Config;
 use crate::daemon::pidfile;
-use crate::paths::{home_dir, user_home};
+use crate::paths::Paths;
 
 pub use units::render;
 
@@ -81,32 +81,32 @@ pub enum Action {
 }
 
 /// Where the manager's file goes.
-pub fn service_file(manager: Manager) -> PathBuf {
+pub fn service_file(manager: Manager, paths: &Paths) -> PathBuf {
     match manager {
-        Manager::Launchd => user_home().join("Library/LaunchAgents").join(format!("{LAUNCHD_LABEL}.plist")),
-        Manager::Systemd => systemd_user_dir().join(SYSTEMD_UNIT),
+        Manager::Launchd => paths.user_home().join("Library/LaunchAgents").join(format!("{LAUNCHD_LABEL}.plist")),
+        Manager::Systemd => systemd_user_dir(paths).join(SYSTEMD_UNIT),
     }
 }
 
 /// `$XDG_CONFIG_HOME/systemd/user` (default `~/.config/systemd/user`), systemd.unit(5).
-fn systemd_user_dir() -> PathBuf {
+fn systemd_user_dir(paths: &Paths) -> PathBuf {
     let config = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| user_home().join(".config"));
+        .unwrap_or_else(|| paths.user_home().join(".config"));
     config.join("systemd/user")
 }
 
 /// Homebrew's service file for mlx-serve, if `brew services` manages it.
-fn brew_service_file(manager: Manager) -> Option<PathBuf> {
+fn brew_service_file(manager: Manager, paths: &Paths) -> Option<PathBuf> {
     let candidates = match manager {
         Manager::Launchd => vec![
-            user_home().join("Library/LaunchAgents").join(format!("{BREW_LAUNCHD_LABEL}.plist")),
+            paths.user_home().join("Library/LaunchAgents").join(format!("{BREW_LAUNCHD_LABEL}.plist")),
             PathBuf::from("/Library/LaunchDaemons").join(format!("{BREW_LAUNCHD_LABEL}.plist")),
         ],
         Manager::Systemd => {
             vec![
-                systemd_user_dir().join(BREW_SYSTEMD_UNIT),
+                systemd_user_dir(paths).join(BREW_SYSTEMD_UNIT),
                 PathBuf::from("/etc/systemd/system").join(BREW_SYSTEMD_UNIT),
             ]
         }
@@ -114,8 +114,8 @@ fn brew_service_file(manager: Manager) -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.exists())
 }
 
-fn refuse_if_brew_manages(manager: Manager) -> Result<(), ServiceError> {
-    if let Some(file) = brew_service_file(manager) {
+fn refuse_if_brew_manages(manager: Manager, paths: &Paths) -> Result<(), ServiceError> {
+    if let Some(file) = brew_service_file(manager, paths) {
         fail!(
             "mlx-serve is already run by `brew services` ({}). Use one or the other:\n  \
              keep Homebrew's: `brew services start|stop|info mlx-serve`, or\n  \
@@ -150,9 +150,9 @@ pub fn command(action: Action, manager: Option<Manager>, print: bool, config: &C
         return Ok(());
     }
     if matches!(action, Action::Install | Action::Start | Action::Enable) {
-        refuse_if_brew_manages(manager)?;
+        refuse_if_brew_manages(manager, &config.paths)?;
         let port = config.server.port;
-        let running = if action == Action::Install { pidfile::running() } else { Vec::new() };
+        let running = if action == Action::Install { pidfile::running(&config.paths) } else { Vec::new() };
         if let Some((_, pid, _)) = running.into_iter().find(|(p, _, _)| *p == port) {
             outln!(
                 "note: mlx-serve (pid {pid}) already serves port {port}; the service cannot bind it \
@@ -166,11 +166,11 @@ pub fn command(action: Action, manager: Option<Manager>, print: bool, config: &C
     }
 }
 
-fn write_file(path: &Path, text: &str) -> Result<(), ServiceError> {
+fn write_file(paths: &Paths, path: &Path, text: &str) -> Result<(), ServiceError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| ServiceError(format!("cannot create {}: {e}", dir.display())))?;
     }
-    std::fs::create_dir_all(home_dir().join("logs"))?;
+    std::fs::create_dir_all(paths.logs_dir())?;
     std::fs::write(path, text).map_err(|e| ServiceError(format!("cannot write {}: {e}", path.display())))
 }
 

@@ -8,9 +8,9 @@ use crate::config::Config;
 use crate::console::outln;
 
 pub(super) fn systemd(action: Action, config: &Config) -> Result<(), ServiceError> {
-    let unit = service_file(Manager::Systemd);
+    let unit = service_file(Manager::Systemd, &config.paths);
     if action == Action::Install {
-        write_file(&unit, &render(Manager::Systemd, config)?)?;
+        write_file(&config.paths, &unit, &render(Manager::Systemd, config)?)?;
         outln!("wrote {}", unit.display());
     }
     let systemctl = find_tool("systemctl");

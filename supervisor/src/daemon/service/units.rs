@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::{Manager, ServiceError, LAUNCHD_LABEL, PLIST_TEMPLATE, STOP_MARGIN_SECONDS};
 use crate::config::Config;
-use crate::paths::home_dir;
+use crate::paths::Paths;
 
 /// The absolute paths and values the service file is built from.
 struct Facts {
@@ -31,9 +31,9 @@ fn program_path() -> Result<PathBuf, ServiceError> {
     Ok(exe)
 }
 
-fn facts() -> Result<Facts, ServiceError> {
+fn facts(paths: &Paths) -> Result<Facts, ServiceError> {
     let program = program_path()?;
-    let home = std::path::absolute(home_dir())?;
+    let home = std::path::absolute(paths.home())?;
     let mut env = vec![("MLX_SERVE_HOME".to_owned(), home.display().to_string())];
     // Keep what this shell uses, so the service runs the same configuration.
     for var in ["MLX_SERVE_CONFIG", "MLX_SERVE_WORKER_BIN"] {
@@ -109,7 +109,7 @@ fn render_unit(config: &Config, f: &Facts) -> String {
 
 /// The file `install` writes for `manager`.
 pub fn render(manager: Manager, config: &Config) -> Result<String, ServiceError> {
-    let f = facts()?;
+    let f = facts(&config.paths)?;
     Ok(match manager {
         Manager::Launchd => render_plist(config, &f),
         Manager::Systemd => render_unit(config, &f),
