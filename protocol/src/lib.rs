@@ -37,7 +37,9 @@ use serde::{Deserialize, Serialize};
 /// 6: `ModelInfo::packed` gone: every worker computes batches packed (below), so the
 ///    supervisor sizes batches by their real tokens, with no padded alternative;
 ///    `ModelInfo::device` a [`Device`] and `pooling` a [`model_dir::Pooling`], not strings.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// 7: `SupervisorMessage::EmbedPooled` (late chunking: rows pooled from token spans that
+///    may cross sequences; docs/long-documents.md).
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// What a model produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,11 +292,44 @@ pub enum SupervisorMessage {
         batch: TokenBatch,
         outputs: TokenOutputs,
     },
+    /// One row per entry of `pools`, in their order, answered as `Embeddings`: late
+    /// chunking (docs/long-documents.md). A sequence without a pool is computed (it gives
+    /// context, e.g. a document's macro-window) but yields no row of its own.
+    EmbedPooled {
+        id: u64,
+        batch: TokenBatch,
+        pools: Vec<Pool>,
+    },
     Stats {
         id: u64,
     },
     /// Finish what was received, answer it, then exit 0.
     Shutdown,
+}
+
+/// How one row of an [`SupervisorMessage::EmbedPooled`] answer is pooled. Either way the
+/// pooled state then goes through the rest of the model's pipeline (Dense, Normalize).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Pool {
+    /// Sequence `i` of the batch with the model's own pooling: an ordinary input.
+    Sequence(u32),
+    /// The batch's token rows in these half-open `[start, end)` ranges (indices into
+    /// `TokenBatch::tokens`, ascending, not overlapping; they may lie in several
+    /// sequences), pooled with [`span_pooling`] of the model's mode.
+    Rows(Vec<(u32, u32)>),
+}
+
+/// The pooling a token span gets under a model whose pooling is `mode`: the mode itself
+/// where it is token-wise (mean, max, √length, position-weighted mean, positions counted
+/// from the span's first token); mean for CLS and last-token pooling, which have no
+/// meaning on a span (Jina's late chunking pools spans by mean: Günther et al., "Late
+/// Chunking", arXiv:2409.04701).
+pub fn span_pooling(mode: model_dir::PoolingMode) -> model_dir::PoolingMode {
+    use model_dir::PoolingMode as M;
+    match mode {
+        M::Cls | M::LastToken => M::Mean,
+        token_wise => token_wise,
+    }
 }
 
 /// Why a request failed inside the worker.

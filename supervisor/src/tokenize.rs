@@ -35,11 +35,13 @@
 //! [`GROUP_BYTES`], each turned into ids before the next, so a request's tokenizer memory
 //! does not grow with its number of inputs.
 
+mod late;
 mod prompts;
 mod windows;
 
 use std::path::Path;
 
+pub use late::{LateDocument, SpanError};
 use mlx_serve_protocol::architectures::JudgePrompt;
 use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 pub use prompts::{PromptError, Prompts};

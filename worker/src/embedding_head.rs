@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use mlx_rs::{ops, Array};
 use mlx_serve_protocol::model_dir::{DenseActivation, ModelFacts, Pooling, PoolingMode};
+use mlx_serve_protocol::{span_pooling, Pool};
 
 use crate::layers::Linear;
 use crate::packing::Packing;
@@ -68,7 +69,46 @@ impl EmbeddingHead {
 
     /// `[batch, output_dim]` float32 rows from final states `[total, hidden]`.
     pub fn apply(&self, hidden: &Array, packing: &Packing) -> Result<Array> {
-        let mut x = pooling::pool(hidden, self.mode, packing)?;
+        self.finish(pooling::pool(hidden, self.mode, packing)?)
+    }
+
+    /// One float32 row per pool (`EmbedPooled`, late chunking): a whole sequence with the
+    /// model's pooling, or row ranges with `span_pooling` of it; then Dense and Normalize
+    /// as for any input.
+    pub fn apply_pools(&self, hidden: &Array, packing: &Packing, pools: &[Pool]) -> Result<Array> {
+        let mut seqs = Vec::new();
+        let mut groups = Vec::new();
+        // Each pool's row: (is a span, its index among its kind); the rows are computed
+        // as [sequence rows; span rows] and put back in the pools' order.
+        let mut at = Vec::with_capacity(pools.len());
+        for p in pools {
+            match p {
+                Pool::Sequence(i) => {
+                    at.push((false, seqs.len()));
+                    seqs.push(*i as i32);
+                }
+                Pool::Rows(r) => {
+                    at.push((true, groups.len()));
+                    groups.push(r.clone());
+                }
+            }
+        }
+        let mut parts = Vec::new();
+        if !seqs.is_empty() {
+            let all = pooling::pool(hidden, self.mode, packing)?;
+            parts.push(all.take_axis(Array::from_slice(&seqs, &[seqs.len() as i32]), 0)?);
+        }
+        if !groups.is_empty() {
+            parts.push(pooling::pool_ranges(hidden, span_pooling(self.mode), &groups)?);
+        }
+        let order: Vec<i32> =
+            at.iter().map(|&(span, k)| if span { (seqs.len() + k) as i32 } else { k as i32 }).collect();
+        let x = ops::concatenate(&parts, 0)?.take_axis(Array::from_slice(&order, &[order.len() as i32]), 0)?;
+        self.finish(x)
+    }
+
+    /// Dense*, then Normalize, on pooled rows.
+    fn finish(&self, mut x: Array) -> Result<Array> {
         for layer in &self.dense {
             x = layer.forward(&x)?;
         }

@@ -23,7 +23,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use mlx_rs::{Array, Dtype};
 use mlx_serve_protocol::model_dir::{self, ModelFacts, Pooling};
-use mlx_serve_protocol::{Device, ModelInfo, ModelKind, TokenBatch, TokenOutputs, WorkerMessage, WorkerStats};
+use mlx_serve_protocol::{Device, ModelInfo, ModelKind, Pool, TokenBatch, TokenOutputs, WorkerMessage, WorkerStats};
 
 use crate::device::on_gpu;
 use crate::embedding_head::EmbeddingHead;
@@ -341,6 +341,26 @@ impl Engine {
             // The server stamps the measured time (server.rs).
             forward_us: 0,
         })
+    }
+
+    /// One row per pool (late chunking, `EmbedPooled`), row-major `[pools, dim]`.
+    pub fn embed_pooled(&mut self, batch: &TokenBatch, pools: &[Pool]) -> Result<(u32, Vec<f32>)> {
+        let Head::Embed(head) = &self.head else {
+            bail!("this worker serves a reranker; it cannot embed");
+        };
+        self.memory.before_batch();
+        let inputs = self.prepare(batch)?;
+        let hidden = self.network.forward(&inputs)?;
+        let out = head.apply_pools(&hidden, &inputs.packing, pools)?;
+        mlx_rs::transforms::eval(std::iter::once(&out))?;
+        drop((hidden, inputs));
+        self.memory.after_batch();
+        let tokens = batch.tokens.len() as u64;
+        self.stats.batches += 1;
+        self.stats.sequences += batch.len() as u64;
+        self.stats.tokens += tokens;
+        self.stats.padded_tokens += tokens;
+        Ok((out.dim(1) as u32, to_vec_f32(&out)?))
     }
 
     /// One relevance score per sequence.

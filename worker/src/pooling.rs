@@ -60,6 +60,46 @@ pub fn pool(hidden: &Array, mode: PoolingMode, packing: &Packing) -> Result<Arra
     }
 }
 
+/// Pools each group of row ranges of `hidden` (`[total, hidden]`) into one row,
+/// `[groups, hidden]`: late chunking's spans (`EmbedPooled`), which may cross the
+/// sequences of a packed batch. `mode` must be token-wise (`span_pooling` in the protocol
+/// maps CLS and last-token to mean); positions of a weighted mean count from the group's
+/// first row.
+pub fn pool_ranges(hidden: &Array, mode: PoolingMode, groups: &[Vec<(u32, u32)>]) -> Result<Array> {
+    let weight: fn(usize, usize) -> f32 = match mode {
+        PoolingMode::Mean => |len, _| 1.0 / len as f32,
+        PoolingMode::MeanSqrtLen => |len, _| 1.0 / (len as f32).sqrt(),
+        PoolingMode::WeightedMean => |len, j| (j + 1) as f32 / (len * (len + 1) / 2) as f32,
+        PoolingMode::Max => {
+            let rows: Vec<Array> = groups
+                .iter()
+                .map(|g| {
+                    let parts: Vec<Array> = g.iter().map(|&(s, e)| hidden.index(s as i32..e as i32)).collect();
+                    ops::concatenate(&parts, 0)?.max_axis(0, true)
+                })
+                .collect::<Result<_, _>>()?;
+            return Ok(ops::concatenate(&rows, 0)?);
+        }
+        PoolingMode::Cls | PoolingMode::LastToken => {
+            anyhow::bail!("{} pooling has no meaning on a span", mode.as_str())
+        }
+    };
+    let total = hidden.dim(0) as usize;
+    let mut m = vec![0f32; groups.len() * total];
+    for (i, g) in groups.iter().enumerate() {
+        let len: usize = g.iter().map(|&(s, e)| (e - s) as usize).sum();
+        let mut j = 0;
+        for &(s, e) in g {
+            for r in s as usize..e as usize {
+                m[i * total + r] = weight(len, j);
+                j += 1;
+            }
+        }
+    }
+    let m = Array::from_slice(&m, &[groups.len() as i32, total as i32]).as_dtype(hidden.dtype())?;
+    Ok(m.matmul(hidden)?)
+}
+
 /// Row-wise L2 normalization, `x / max(‖x‖, 1e-12)` like torch's `F.normalize`.
 pub fn l2_normalize(x: &Array) -> Result<Array> {
     let norm = x.square()?.sum_axis(-1, true)?.sqrt()?;
@@ -69,6 +109,26 @@ pub fn l2_normalize(x: &Array) -> Result<Array> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A group of ranges pools as the sequence made of exactly those rows.
+    #[test]
+    fn ranges_pool_as_the_rows_they_cover() {
+        let rows: Vec<f32> = (0..10 * 3).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
+        let hidden = Array::from_slice(&rows, &[10, 3]);
+        let groups = vec![vec![(1, 3), (5, 7)], vec![(9, 10)]];
+        for mode in [PoolingMode::Mean, PoolingMode::Max, PoolingMode::MeanSqrtLen, PoolingMode::WeightedMean] {
+            let got = pool_ranges(&hidden, mode, &groups).unwrap();
+            for (i, g) in groups.iter().enumerate() {
+                let picked: Vec<f32> =
+                    g.iter().flat_map(|&(s, e)| rows[s as usize * 3..e as usize * 3].to_vec()).collect();
+                let n = picked.len() as i32 / 3;
+                let alone = pool(&Array::from_slice(&picked, &[n, 3]), mode, &Packing::from_lengths([n])).unwrap();
+                let (a, b) = (got.as_slice::<f32>()[i * 3..(i + 1) * 3].to_vec(), alone.as_slice::<f32>().to_vec());
+                assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5), "{mode:?} group {i}: {a:?} vs {b:?}");
+            }
+        }
+        assert!(pool_ranges(&hidden, PoolingMode::Cls, &groups).is_err());
+    }
 
     /// Every mode against a direct per-sequence computation on a mixed-length batch.
     #[test]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use interprocess::local_socket::{prelude::*, GenericFilePath, Stream};
 use mlx_serve_protocol::codec::{self, CodecError};
-use mlx_serve_protocol::{ErrorKind, ModelKind, SupervisorMessage, TokenBatch, WorkerMessage, PROTOCOL_VERSION};
+use mlx_serve_protocol::{ErrorKind, ModelKind, Pool, SupervisorMessage, TokenBatch, WorkerMessage, PROTOCOL_VERSION};
 
 use crate::engine::{Engine, Options};
 
@@ -125,6 +125,7 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
                 SupervisorMessage::Embed { .. }
                     | SupervisorMessage::Score { .. }
                     | SupervisorMessage::EmbedTokens { .. }
+                    | SupervisorMessage::EmbedPooled { .. }
             )
         );
         if let (
@@ -132,7 +133,8 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             Incoming::Message(
                 SupervisorMessage::Embed { batch, .. }
                 | SupervisorMessage::Score { batch, .. }
-                | SupervisorMessage::EmbedTokens { batch, .. },
+                | SupervisorMessage::EmbedTokens { batch, .. }
+                | SupervisorMessage::EmbedPooled { batch, .. },
             ),
         ) = (poison, &item)
         {
@@ -169,6 +171,18 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
                 });
                 answer(id, check, || engine.embed_tokens(id, &batch, outputs))
             }
+            Incoming::Message(SupervisorMessage::EmbedPooled { id, batch, pools }) => {
+                let check = precheck(&engine, ModelKind::Embedding, &batch)
+                    .and_then(|()| check_pools(&batch, &pools).map_err(|m| (ErrorKind::InvalidInput, m)));
+                answer(id, check, || {
+                    engine.embed_pooled(&batch, &pools).map(|(dim, data)| WorkerMessage::Embeddings {
+                        id,
+                        dim,
+                        data,
+                        forward_us: 0,
+                    })
+                })
+            }
             Incoming::Message(SupervisorMessage::Score { id, batch }) => {
                 let check = precheck(&engine, ModelKind::Reranker, &batch);
                 answer(id, check, || {
@@ -193,6 +207,33 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             idle_released = false;
         }
     }
+}
+
+/// The pools of an `EmbedPooled` batch are within it: at least one, sequences that exist,
+/// row ranges non-empty, ascending, not overlapping and inside the batch's tokens.
+fn check_pools(batch: &TokenBatch, pools: &[Pool]) -> Result<(), String> {
+    if pools.is_empty() {
+        return Err("no pools in an EmbedPooled batch".into());
+    }
+    for (k, p) in pools.iter().enumerate() {
+        match p {
+            Pool::Sequence(i) if (*i as usize) < batch.len() => {}
+            Pool::Sequence(i) => return Err(format!("pool {k}: sequence {i} is not in the batch")),
+            Pool::Rows(ranges) => {
+                let mut prev = 0;
+                if ranges.is_empty() {
+                    return Err(format!("pool {k} has no rows"));
+                }
+                for &(s, e) in ranges {
+                    if s >= e || s < prev || e as usize > batch.tokens.len() {
+                        return Err(format!("pool {k}: rows {s}..{e} are empty, out of order or outside the batch"));
+                    }
+                    prev = e;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The request fits this model: right kind of model, valid batch.

@@ -16,7 +16,9 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use mlx_serve_protocol::model_dir::Pooling;
-use mlx_serve_protocol::{Device, ModelInfo, ModelKind, SupervisorMessage, TokenBatch, WorkerMessage, WorkerStats};
+use mlx_serve_protocol::{
+    Device, ErrorKind, ModelInfo, ModelKind, SupervisorMessage, TokenBatch, WorkerMessage, WorkerStats,
+};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -167,6 +169,12 @@ async fn serve(
                 (id, batch, true)
             }
             SupervisorMessage::Score { id, batch } => (id, batch, false),
+            // The runner does not send late-chunking batches yet (docs/long-documents.md).
+            SupervisorMessage::EmbedPooled { id, .. } => {
+                let (kind, message) = (ErrorKind::Unsupported, "the fake worker does not pool spans".into());
+                let _ = events.send(WorkerEvent::Message(WorkerMessage::Error { id, kind, message }));
+                continue;
+            }
             SupervisorMessage::Stats { id } => {
                 let stats = WorkerStats { rss_bytes: 1 << 20, ..Default::default() };
                 let _ = events.send(WorkerEvent::Message(WorkerMessage::Stats { id, stats }));
