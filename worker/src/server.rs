@@ -124,6 +124,7 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             Incoming::Message(
                 SupervisorMessage::Embed { .. }
                     | SupervisorMessage::Score { .. }
+                    | SupervisorMessage::Classify { .. }
                     | SupervisorMessage::EmbedTokens { .. }
             )
         );
@@ -132,6 +133,7 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             Incoming::Message(
                 SupervisorMessage::Embed { batch, .. }
                 | SupervisorMessage::Score { batch, .. }
+                | SupervisorMessage::Classify { batch, .. }
                 | SupervisorMessage::EmbedTokens { batch, .. },
             ),
         ) = (poison, &item)
@@ -168,6 +170,17 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
                     }
                 });
                 answer(id, check, || engine.embed_tokens(id, &batch, outputs))
+            }
+            Incoming::Message(SupervisorMessage::Classify { id, batch }) => {
+                let check = precheck(&engine, ModelKind::Classifier, &batch);
+                answer(id, check, || {
+                    engine.classify(&batch).map(|(dim, data)| WorkerMessage::Embeddings {
+                        id,
+                        dim,
+                        data,
+                        forward_us: 0,
+                    })
+                })
             }
             Incoming::Message(SupervisorMessage::Score { id, batch }) => {
                 let check = precheck(&engine, ModelKind::Reranker, &batch);
