@@ -64,6 +64,7 @@ fn alone_and_busy(
             (a, b)
         }
         ModelKind::Reranker => (vec![w.score(alone).unwrap()[0]], vec![w.score(busy).unwrap()[at]]),
+        ModelKind::Classifier => unreachable!("the fixtures checked here are embedders and rerankers"),
     }
 }
 
@@ -149,6 +150,7 @@ fn one_text_alone_and_in_a_busy_mixed_batch_agree_on_the_mlx_kernel_path() {
                 assert!(d <= 5e-3, "{name}: alone vs busy batch scores differ by {d}");
                 assert!(r <= 2e-2, "{name}: score vs reference differs by {r}");
             }
+            ModelKind::Classifier => unreachable!("the fixtures checked here are embedders and rerankers"),
         }
     }
 }

@@ -38,7 +38,8 @@ use serde::{Deserialize, Serialize};
 ///    supervisor sizes batches by their real tokens, with no padded alternative;
 ///    `ModelInfo::device` a [`Device`] and `pooling` a [`model_dir::Pooling`], not strings.
 /// 7: `SupervisorMessage::EmbedPooled` (late chunking: rows pooled from token spans that
-///    may cross sequences; docs/long-documents.md).
+///    may cross sequences; docs/long-documents.md); `ModelKind::Classifier` and
+///    `SupervisorMessage::Classify` (every label's logit, for TEI's `/predict`).
 pub const PROTOCOL_VERSION: u16 = 7;
 
 /// What a model produces.
@@ -48,6 +49,9 @@ pub enum ModelKind {
     Embedding,
     /// One relevance score in [0, 1] per (query, document) pair.
     Reranker,
+    /// A sequence classifier with several labels (`id2label`): every label's logit per
+    /// text or pair.
+    Classifier,
 }
 
 impl ModelKind {
@@ -55,6 +59,7 @@ impl ModelKind {
         match self {
             ModelKind::Embedding => "embedding",
             ModelKind::Reranker => "reranker",
+            ModelKind::Classifier => "classifier",
         }
     }
 }
@@ -282,6 +287,13 @@ pub enum SupervisorMessage {
     },
     /// One relevance score per sequence; each sequence is an already templated pair.
     Score {
+        id: u64,
+        batch: TokenBatch,
+    },
+    /// Every label's logit for every sequence (a text or an already templated pair),
+    /// answered as `Embeddings` with `dim` = the number of labels. Only a classifier
+    /// answers it.
+    Classify {
         id: u64,
         batch: TokenBatch,
     },

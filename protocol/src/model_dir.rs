@@ -31,7 +31,8 @@ use crate::ModelKind;
 pub enum Pooling {
     /// A sentence-transformers pooling mode.
     Embed(PoolingMode),
-    /// `*ForSequenceClassification` head, sigmoid of the single logit.
+    /// `*ForSequenceClassification` head: a reranker's sigmoid of the single logit, or a
+    /// classifier's logit per label.
     CrossEncoder,
     /// Causal LM judged by P("yes") vs "no" at the last position, with its family's
     /// judge (`Family::judge`: Qwen3-Reranker, mxbai-rerank-v2).
@@ -97,6 +98,9 @@ pub struct ModelFacts {
     pub vocab_size: u32,
     /// Rows of the token-type (segment) table; segment ids are sent only when it has two.
     pub type_vocab_size: u32,
+    /// A classification head's labels in id order (config.json's `id2label`; `LABEL_0`
+    /// when absent, transformers' name for a single-logit head).
+    pub labels: Vec<String>,
     /// The full config.json, for the architecture code.
     pub config: Value,
 }
@@ -133,6 +137,10 @@ pub enum ModelDirError {
     DeclaredType(String),
     #[error("{0} has no sequence-classification head to rerank with")]
     NoScoringHead(String),
+    #[error("{0} has no encoder sequence-classification head to classify with")]
+    NoClassificationHead(String),
+    #[error("config.json: id2label {0}")]
+    Labels(String),
     #[error(
         "config.json: auto_map {entry} names custom code ({class}) that mlx-serve has not implemented; it is never run"
     )]
@@ -156,6 +164,27 @@ pub fn config_u32(config: &Value, key: &str) -> Option<u32> {
     get_u32(config, key).or_else(|| aliases.iter().find_map(|a| get_u32(config, a)))
 }
 
+/// config.json's `id2label` as a list in id order: ids must be 0..n (transformers writes
+/// them as strings); `["LABEL_0"]` when absent (a single-logit head).
+fn labels(config: &Value) -> Result<Vec<String>, ModelDirError> {
+    let Some(map) = config.get("id2label").and_then(Value::as_object) else {
+        return Ok(vec!["LABEL_0".to_owned()]);
+    };
+    let mut labels = vec![None; map.len()];
+    for (id, label) in map {
+        let i = id.parse::<usize>().ok().filter(|&i| i < labels.len());
+        let (Some(i), Some(label)) = (i, label.as_str()) else {
+            return Err(ModelDirError::Labels(format!(
+                "entry {id:?} is not an id below {} with a string label",
+                map.len()
+            )));
+        };
+        labels[i] = Some(label.to_owned());
+    }
+    // Each id once below n, so every slot is filled.
+    Ok(labels.into_iter().map(|l| l.unwrap_or_default()).collect())
+}
+
 /// Reads the facts of the model in `dir`.
 pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
     let config = read_json(dir, "config.json")?.ok_or(ModelDirError::NoConfig)?;
@@ -177,10 +206,14 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
     let metadata = read_json(dir, "mlx-serve.json")?;
     let declared = metadata.as_ref().and_then(|m| m.get("type")).and_then(Value::as_str);
     let is_classifier = architectures.iter().any(|a| a.ends_with("ForSequenceClassification"));
+    let labels = labels(&config)?;
     let kind = match declared {
         Some("embedding") => ModelKind::Embedding,
         Some("reranker") => ModelKind::Reranker,
+        Some("classifier") => ModelKind::Classifier,
         Some(other) => return Err(ModelDirError::DeclaredType(other.to_owned())),
+        // A head with several labels classifies (TEI's `/predict`); one logit ranks.
+        None if is_classifier && labels.len() > 1 => ModelKind::Classifier,
         // A causal LM without sentence-transformers pooling is a judge (its family's: docs/models.md,
         // "Causal LMs as rerankers").
         None if is_classifier
@@ -196,7 +229,7 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
     // trust_remote_code models: only custom code the family's file reimplements.
     let entry = match kind {
         ModelKind::Embedding => "AutoModel",
-        ModelKind::Reranker => "AutoModelForSequenceClassification",
+        ModelKind::Reranker | ModelKind::Classifier => "AutoModelForSequenceClassification",
     };
     if let Some(class) = config.get("auto_map").and_then(|m| m.get(entry)).and_then(Value::as_str) {
         if !family.reimplements(class) {
@@ -212,6 +245,12 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
                 return Err(ModelDirError::NoScoringHead(architecture));
             }
             (scoring, Vec::new(), false)
+        }
+        ModelKind::Classifier => {
+            if family.body() != Body::Encoder || !is_classifier {
+                return Err(ModelDirError::NoClassificationHead(architecture));
+            }
+            (Pooling::CrossEncoder, Vec::new(), false)
         }
         ModelKind::Embedding => match pipeline {
             Some(p) => (Pooling::Embed(p.pooling), p.dense, p.normalize),
@@ -257,6 +296,7 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
         output_dim: if kind == ModelKind::Embedding { width } else { 0 },
         vocab_size: get_u32(&config, "vocab_size").unwrap_or(0),
         type_vocab_size: get_u32(&config, "type_vocab_size").unwrap_or(family.spec().type_vocab_default),
+        labels,
         config,
     })
 }

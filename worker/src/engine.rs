@@ -91,6 +91,7 @@ fn facts_for(dir: &Path, kind: Option<ModelKind>) -> Result<ModelFacts> {
         let body = facts.family.body();
         facts.pooling = match kind {
             ModelKind::Reranker => Pooling::scoring_for(body),
+            ModelKind::Classifier => Pooling::CrossEncoder,
             ModelKind::Embedding => Pooling::default_for(body),
         };
         facts.dense.clear();
@@ -114,6 +115,8 @@ pub fn check(dir: &Path, kind: Option<ModelKind>) -> Result<ModelFacts> {
 enum Head {
     Embed(EmbeddingHead),
     Score(Scorer),
+    /// A classifier: every label's logit.
+    Classify(Scorer),
 }
 
 impl Engine {
@@ -142,13 +145,14 @@ impl Engine {
         let head = match (facts.kind, loaded.scorer) {
             (ModelKind::Embedding, None) => Head::Embed(EmbeddingHead::load(&facts, dir, policy)?),
             (ModelKind::Reranker, Some(scorer)) => Head::Score(scorer),
+            (ModelKind::Classifier, Some(scorer)) => Head::Classify(scorer),
             (kind, _) => bail!("{} cannot serve as {}", facts.architecture, kind.as_str()),
         };
         let type_vocab = facts.type_vocab_size;
         let hidden = network.hidden_size();
         let token_heads = match facts.kind {
             ModelKind::Embedding => M3Heads::load(&facts, dir, hidden, compute)?,
-            ModelKind::Reranker => None,
+            ModelKind::Reranker | ModelKind::Classifier => None,
         };
         let stored_dtype = w.stored_dtype();
         drop(w); // unused tensors (MLM heads, position_ids buffers) are released here
@@ -270,6 +274,7 @@ impl Engine {
         let out = match &self.head {
             Head::Embed(h) => h.apply(&hidden, packing)?,
             Head::Score(h) => h.score(&hidden, packing)?,
+            Head::Classify(h) => h.logits(&hidden, packing)?,
         };
         let (weights, colbert) = match &self.token_heads {
             Some(m3) => (
@@ -366,10 +371,19 @@ impl Engine {
     /// One relevance score per sequence.
     pub fn score(&mut self, batch: &TokenBatch) -> Result<Vec<f32>> {
         if self.kind != ModelKind::Reranker {
-            bail!("this worker serves an embedding model; it cannot score pairs");
+            bail!("this worker serves a {} model; it cannot score pairs", self.kind.as_str());
         }
         let out = self.run(batch)?;
         to_vec_f32(&out)
+    }
+
+    /// Every label's logit per sequence: `(labels, row-major [batch, labels])`.
+    pub fn classify(&mut self, batch: &TokenBatch) -> Result<(u32, Vec<f32>)> {
+        if self.kind != ModelKind::Classifier {
+            bail!("this worker serves a {} model; it cannot classify", self.kind.as_str());
+        }
+        let out = self.run(batch)?;
+        Ok((out.dim(1) as u32, to_vec_f32(&out)?))
     }
 
     /// Counters plus MLX and process memory.

@@ -9,6 +9,9 @@
 //!   at the last position, "yes"/"no" being the family's two tokens — Qwen3-Reranker's
 //!   "yes"/"no" (its model card's `softmax([logit_no, logit_yes])[1]`), mxbai-rerank-v2's
 //!   "1"/"0". Only the two lm_head rows are multiplied, never the whole vocabulary.
+//! - Classifiers (several labels, TEI's `/predict`): the same BERT / XLM-R head with one
+//!   output per label, every logit returned as it is ([`CrossEncoder::logits`]); the
+//!   supervisor applies softmax or sigmoid as TEI does.
 //! - A family's own classification head, computed in its model file ([`ScoringHead`]):
 //!   ModernBERT's pooled `head.dense` + activation + `head.norm` + `classifier`.
 
@@ -25,43 +28,50 @@ use crate::packing::Packing;
 use crate::pooling;
 use crate::weights::Weights;
 
-/// `tanh(dense(h_cls))` → `out` → sigmoid.
+/// `tanh(dense(h_cls))` → `out`: one logit per label (a reranker's sigmoid of its one).
 pub struct CrossEncoder {
     dense: Linear,
     out: Linear,
 }
 
-/// Refuses a classification head with other than one label (checked at pull and load).
+/// Refuses a classification head with other than one label (checked at pull and load):
+/// families whose multi-label head is not computed serve single-logit rerankers only.
 pub fn check_single_label(labels: usize) -> Result<()> {
     if labels != 1 {
-        bail!("cross-encoder has {labels} labels; mlx-serve scores with single-logit (num_labels = 1) rerankers only");
+        bail!(
+            "sequence-classification head with {labels} labels; this family is served as a single-logit \
+             (num_labels = 1) reranker only (classification with several labels: bert, xlm_roberta)"
+        );
     }
     Ok(())
 }
 
 impl CrossEncoder {
-    /// BERT: BertPooler (`pooler.dense`) and `classifier`.
-    pub fn load_bert(num_labels: usize, w: &mut Weights, hidden: i32) -> Result<CrossEncoder> {
-        check_single_label(num_labels)?;
+    /// BERT: BertPooler (`pooler.dense`) and `classifier`, `labels` outputs.
+    pub fn load_bert(labels: usize, w: &mut Weights, hidden: i32) -> Result<CrossEncoder> {
         Ok(CrossEncoder {
             dense: w.linear("pooler.dense", hidden, hidden, true).context("BERT cross-encoder pooler")?,
-            out: w.linear("classifier", hidden, 1, true).context("BERT cross-encoder classifier")?,
+            out: w.linear("classifier", hidden, labels as i32, true).context("BERT cross-encoder classifier")?,
         })
     }
 
     /// XLM-R: XLMRobertaClassificationHead (`classifier.dense`, `classifier.out_proj`).
-    pub fn load_xlmr(num_labels: usize, w: &mut Weights, hidden: i32) -> Result<CrossEncoder> {
-        check_single_label(num_labels)?;
+    pub fn load_xlmr(labels: usize, w: &mut Weights, hidden: i32) -> Result<CrossEncoder> {
         Ok(CrossEncoder {
             dense: w.linear("classifier.dense", hidden, hidden, true)?,
-            out: w.linear("classifier.out_proj", hidden, 1, true)?,
+            out: w.linear("classifier.out_proj", hidden, labels as i32, true)?,
         })
     }
 
-    /// Scores `[batch]` from final states `[total, hidden]`.
-    pub fn score(&self, hidden: &Array, packing: &Packing) -> Result<Array> {
+    /// Logits `[batch, labels]` from final states `[total, hidden]`.
+    pub fn logits(&self, hidden: &Array, packing: &Packing) -> Result<Array> {
         let cls = pooling::cls(hidden, packing)?;
-        let logits = self.out.forward(&ops::tanh(self.dense.forward(&cls)?)?)?;
+        self.out.forward(&ops::tanh(self.dense.forward(&cls)?)?)
+    }
+
+    /// A single-logit head's scores `[batch]` from final states `[total, hidden]`.
+    pub fn score(&self, hidden: &Array, packing: &Packing) -> Result<Array> {
+        let logits = self.logits(hidden, packing)?;
         Ok(ops::sigmoid(&logits.reshape(&[packing.len() as i32])?)?)
     }
 }
@@ -177,6 +187,14 @@ impl Scorer {
             Scorer::CrossEncoder(h) => Ok(h.score(hidden, packing)?.as_dtype(mlx_rs::Dtype::Float32)?),
             Scorer::YesNo(h) => h.score(&hidden.as_dtype(mlx_rs::Dtype::Float32)?, packing),
             Scorer::Family(h) => Ok(h.score(hidden, packing)?.as_dtype(mlx_rs::Dtype::Float32)?),
+        }
+    }
+
+    /// Every label's logit `[batch, labels]` (float32): only the BERT / XLM-R head gives them.
+    pub fn logits(&self, hidden: &Array, packing: &Packing) -> Result<Array> {
+        match self {
+            Scorer::CrossEncoder(h) => Ok(h.logits(hidden, packing)?.as_dtype(mlx_rs::Dtype::Float32)?),
+            _ => bail!("this model's head gives one score, not a logit per label"),
         }
     }
 }

@@ -51,6 +51,7 @@ struct Cli {
 enum KindArg {
     Embedding,
     Reranker,
+    Classifier,
 }
 
 impl KindArg {
@@ -58,6 +59,7 @@ impl KindArg {
         match self {
             KindArg::Embedding => ModelKind::Embedding,
             KindArg::Reranker => ModelKind::Reranker,
+            KindArg::Classifier => ModelKind::Classifier,
         }
     }
 }
@@ -335,6 +337,7 @@ fn bench_forward(model: &Path, shape: BenchShape, iters: u32, opts: &Options) ->
         match engine.kind() {
             ModelKind::Embedding => engine.embed(tokens).map(|_| ()),
             ModelKind::Reranker => engine.score(tokens).map(|_| ()),
+            ModelKind::Classifier => engine.classify(tokens).map(|_| ()),
         }
     };
     let real: usize = batches.iter().map(|b| b.tokens.len()).sum();

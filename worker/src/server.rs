@@ -124,6 +124,7 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             Incoming::Message(
                 SupervisorMessage::Embed { .. }
                     | SupervisorMessage::Score { .. }
+                    | SupervisorMessage::Classify { .. }
                     | SupervisorMessage::EmbedTokens { .. }
                     | SupervisorMessage::EmbedPooled { .. }
             )
@@ -133,6 +134,7 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             Incoming::Message(
                 SupervisorMessage::Embed { batch, .. }
                 | SupervisorMessage::Score { batch, .. }
+                | SupervisorMessage::Classify { batch, .. }
                 | SupervisorMessage::EmbedTokens { batch, .. }
                 | SupervisorMessage::EmbedPooled { batch, .. },
             ),
@@ -176,6 +178,17 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
                     .and_then(|()| check_pools(&batch, &pools).map_err(|m| (ErrorKind::InvalidInput, m)));
                 answer(id, check, || {
                     engine.embed_pooled(&batch, &pools).map(|(dim, data)| WorkerMessage::Embeddings {
+                        id,
+                        dim,
+                        data,
+                        forward_us: 0,
+                    })
+                })
+            }
+            Incoming::Message(SupervisorMessage::Classify { id, batch }) => {
+                let check = precheck(&engine, ModelKind::Classifier, &batch);
+                answer(id, check, || {
+                    engine.classify(&batch).map(|(dim, data)| WorkerMessage::Embeddings {
                         id,
                         dim,
                         data,

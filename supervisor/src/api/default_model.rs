@@ -23,6 +23,7 @@ pub fn model_or_only(state: &AppState, requested: Option<String>, kind: ModelKin
     let what = match kind {
         ModelKind::Embedding => "embedding model",
         ModelKind::Reranker => "reranker",
+        ModelKind::Classifier => "classifier",
     };
     match names.as_slice() {
         [one] => Ok(one.clone()),

@@ -559,6 +559,73 @@ pub async fn rerank_pairs(
     }
 }
 
+/// One input of a classifier: a text, or a (text, text) pair tokenized as the model's
+/// tokenizer joins a pair (BERT: `[CLS] a [SEP] b [SEP]`, segment 1 on the second).
+pub enum ClassifyInput {
+    Text(String),
+    Pair(String, String),
+}
+
+pub struct Classified {
+    pub entry: Arc<ModelEntry>,
+    /// Labels per input (the width of a row of `logits`).
+    pub labels: usize,
+    /// `inputs × labels` row-major, every label's logit as the head computes it.
+    pub logits: Vec<f32>,
+    pub tokens: usize,
+}
+
+/// Every label's logit for each input with classifier `model` (TEI's `/predict`). Errors
+/// name `inputs` and the input's index.
+pub async fn classify(
+    state: &AppState,
+    model: &str,
+    inputs: Vec<ClassifyInput>,
+    truncate: Option<bool>,
+) -> Result<Classified, ApiError> {
+    let entry = state.resolver().entry(model, Some(ModelKind::Classifier)).await?;
+    check_input_count(state, inputs.len())?;
+    let truncate = truncate.unwrap_or(state.config.limits.truncate);
+    let heavy = inputs
+        .iter()
+        .map(|i| match i {
+            ClassifyInput::Text(t) => t.len(),
+            ClassifyInput::Pair(a, b) => a.len() + b.len(),
+        })
+        .sum::<usize>()
+        > 8192;
+    let tok = entry.tokenizer.clone();
+    let seqs = off_thread(heavy, move || {
+        let mut seqs = Vec::with_capacity(inputs.len());
+        for (k, input) in inputs.iter().enumerate() {
+            let one = match input {
+                ClassifyInput::Text(t) => tok.encode_texts(&[t.as_str()], truncate),
+                ClassifyInput::Pair(a, b) => tok.encode_pairs(a, &[b.as_str()], None, truncate),
+            };
+            // The tokenizer numbers the one text it saw 0: report the input's own index.
+            let mut one = one.map_err(|e| match e {
+                TokenizeError::Empty { .. } | TokenizeError::EmptyQuery => {
+                    ApiError::tokenize(TokenizeError::Empty { index: k }, "inputs")
+                }
+                TokenizeError::TooLong { limit, .. } | TokenizeError::QueryTooLong { limit } => {
+                    ApiError::tokenize(TokenizeError::TooLong { index: k, limit }, "inputs")
+                }
+                other => ApiError::tokenize(other, "inputs"),
+            })?;
+            seqs.append(&mut one);
+        }
+        Ok::<_, ApiError>(seqs)
+    })
+    .await??;
+    let tokens = check_request_tokens(state, &seqs)?;
+    match run(state, &entry, seqs, TokenOutputs::default()).await? {
+        JobOutput::Rows { dim, data } => Ok(Classified { entry, labels: dim, logits: data, tokens }),
+        JobOutput::Scores(_) | JobOutput::Tokens(_) => {
+            Err(ApiError::internal("worker returned scores for a classification request"))
+        }
+    }
+}
+
 /// Truncates each row to `dims` and L2-renormalizes it (Matryoshka `dimensions`).
 pub fn shorten_rows(data: &[f32], dim: usize, dims: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(data.len() / dim * dims);

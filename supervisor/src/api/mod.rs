@@ -1,6 +1,6 @@
 //! The HTTP surface: routes, shared state, request logging and metrics, errors.
 //!
-//! Handlers live one API family per file (`openai`, `rerank`, `score`, `tokenize`, `models`, `tei`,
+//! Handlers live one API family per file (`openai`, `rerank`, `score`, `tokenize`, `models`, `tei`, `predict`,
 //! `cohere`, `ollama` + `ollama_pull`, `health`, `openapi`) and are thin: they translate
 //! their API's shape to the calls in `inference.rs` (resolve model → prompt → tokenize →
 //! submit → await) and back; `input.rs` holds the input unions, `encode.rs` the output
@@ -40,6 +40,7 @@ mod openai;
 pub mod openapi;
 mod origin;
 pub mod peer;
+mod predict;
 mod priority;
 mod rerank;
 mod score;
@@ -85,6 +86,7 @@ pub fn router(state: SharedState) -> Router {
         ("/embed_sparse", post(tei_tokens::embed_sparse)),
         ("/embed_all", post(tei_tokens::embed_all)),
         ("/similarity", post(tei::similarity)),
+        ("/predict", post(tei::predict)),
         ("/info", get(tei::info)),
         ("/v1/embed", post(cohere::embed_v1)),
         ("/v2/embed", post(cohere::embed_v2)),
@@ -144,7 +146,7 @@ pub fn error_for_route(path: &str, e: ApiError) -> Response {
     let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
     match path {
         _ if path.starts_with("/api/") => ollama::OllamaError::from(e).into_response(),
-        "/" | "/embed" | "/embed_sparse" | "/embed_all" | "/similarity" | "/info" => {
+        "/" | "/embed" | "/embed_sparse" | "/embed_all" | "/similarity" | "/predict" | "/info" => {
             tei::TeiError::from(e).into_response()
         }
         "/v1/embed" | "/v2/embed" => cohere::CohereError::from(e).into_response(),

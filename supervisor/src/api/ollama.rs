@@ -272,6 +272,7 @@ pub async fn show(
     let capability = match facts.kind {
         mlx_serve_protocol::ModelKind::Embedding => "embedding",
         mlx_serve_protocol::ModelKind::Reranker => "rerank",
+        mlx_serve_protocol::ModelKind::Classifier => "classify",
     };
     let mut metadata: Value = std::fs::read_to_string(m.path.join("mlx-serve.json"))
         .ok()

@@ -20,11 +20,11 @@ use super::{
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "mlx-serve", description = "Local embedding and reranking server on Apple's MLX. \
+    info(title = "mlx-serve", description = "Local embedding, reranking and classification server on Apple's MLX. \
         OpenAI, Cohere/Jina, TEI and Ollama shapes; see the README's API section."),
     paths(
         openai::embeddings, models::list, models::retrieve, tokenize::tokenize, rerank::rerank, score::score,
-        tei::embed, tei_tokens::embed_sparse, tei_tokens::embed_all, tei::similarity, tei::root, tei::info, cohere::embed_v1, cohere::embed_v2,
+        tei::embed, tei_tokens::embed_sparse, tei_tokens::embed_all, tei::similarity, tei::predict, tei::root, tei::info, cohere::embed_v1, cohere::embed_v2,
         ollama::embed, ollama::embeddings_legacy, ollama::tags, ollama::ps, ollama::show, ollama::delete,
         ollama::version, ollama_pull::pull, health::health, health::ready, health::metrics,
         openapi_json, docs,

@@ -130,6 +130,12 @@ pub async fn score(
         }
         ModelKind::Reranker => cross_encoder(&state, &req.model, text_1, text_2, &pairs, req.truncate).await?,
         ModelKind::Embedding => bi_encoder(&state, &req.model, text_1, text_2, &pairs, req.truncate, late).await?,
+        ModelKind::Classifier => {
+            return Err(ApiError::invalid_param(
+                "model",
+                format!("model `{}` is a classifier with several labels: use /predict", req.model),
+            ))
+        }
     };
     let data =
         scores.into_iter().enumerate().map(|(index, score)| ScoreData { index, object: "score", score }).collect();

@@ -11,7 +11,8 @@
 //!   `texts` → rerank (TEI shape), `inputs` → embed. That is what `InferenceClient`'s
 //!   `feature_extraction` posts to the base URL.
 //!   A body with `inputs: {source_sentence, sentences}` goes to `/similarity`
-//!   (`similarity.rs`), as `sentence_similarity` posts it.
+//!   (`similarity.rs`), as `sentence_similarity` posts it; `inputs` with `parameters` goes
+//!   to `/predict` (`predict.rs`), as `text_classification` posts it.
 //! - `GET /info`: TEI's `Info` for one model (`?model=NAME`).
 //!
 //! Without `model`, the request means the only installed model of the right type; with
@@ -37,7 +38,7 @@ use super::default_model::model_or_only;
 use super::encode;
 use super::inference::{self, EmbedOptions};
 use super::input::{check_truncation_direction, EmbeddingInput};
-use super::{parse_body, rerank, similarity, with_log, ApiError, RequestLog, SharedState};
+use super::{parse_body, predict, rerank, similarity, with_log, ApiError, RequestLog, SharedState};
 
 /// TEI's error body (`router/src/lib.rs` `ErrorResponse`).
 #[derive(Serialize, ToSchema)]
@@ -165,6 +166,18 @@ pub async fn root(
     let peek: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let is_rerank = peek.get("query").is_some() && peek.get("texts").is_some();
     let is_similarity = peek.get("inputs").is_some_and(|i| i.get("source_sentence").is_some());
+    // `parameters` beside `inputs`: the Inference API's text-classification task, as
+    // `InferenceClient.text_classification` posts it (feature_extraction sends none).
+    let is_classification = !is_similarity && peek.get("inputs").is_some() && peek.get("parameters").is_some();
+    if is_classification {
+        return match parse_body::<predict::PredictRequest>(Ok(bytes)) {
+            Ok(req) => match predict::predict_request(&state, req).await {
+                Ok(r) => r,
+                Err(e) => TeiError(e).into_response(),
+            },
+            Err(e) => TeiError(e).into_response(),
+        };
+    }
     if is_rerank {
         return match rerank::rerank(State(state), uri, Ok(bytes)).await {
             Ok(r) => r,
@@ -200,6 +213,17 @@ pub async fn similarity(
     Ok(similarity::similarity_request(&state, req).await?)
 }
 
+/// Classify texts or pairs (TEI): every label's score per input (`predict.rs`).
+#[utoipa::path(post, path = "/predict", tag = "TEI", request_body = predict::PredictRequest,
+    responses((status = 200, body = predict::PredictResponse, description = "per input, every label by score, descending"), (status = "4XX", body = TeiErrorBody, description = "invalid request, not a classifier, unknown model, too large, overloaded")))]
+pub async fn predict(
+    State(state): State<SharedState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, TeiError> {
+    let req: predict::PredictRequest = parse_body(body)?;
+    Ok(predict::predict_request(&state, req).await?)
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct InfoQuery {
@@ -218,10 +242,21 @@ pub struct ClassifierType {
     pub label2id: std::collections::BTreeMap<String, usize>,
 }
 
-/// TEI `ModelType`: `{"embedding": {pooling}}` or `{"reranker": {id2label, label2id}}`.
+impl ClassifierType {
+    fn of(labels: &[String]) -> ClassifierType {
+        ClassifierType {
+            id2label: labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect(),
+            label2id: labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect(),
+        }
+    }
+}
+
+/// TEI `ModelType`: `{"embedding": {pooling}}`, `{"reranker": {id2label, label2id}}` or
+/// `{"classifier": {id2label, label2id}}`.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelType {
+    Classifier(ClassifierType),
     Embedding(EmbeddingType),
     Reranker(ClassifierType),
 }
@@ -281,10 +316,8 @@ pub async fn info(
     let dtype = crate::store::metadata::ModelMetadata::read(&m.path).map(|meta| meta.dtype).unwrap_or_default();
     let model_type = match facts.kind {
         ModelKind::Embedding => ModelType::Embedding(EmbeddingType { pooling: facts.pooling.as_str().to_owned() }),
-        ModelKind::Reranker => ModelType::Reranker(ClassifierType {
-            id2label: [("0".to_owned(), "LABEL_0".to_owned())].into(),
-            label2id: [("LABEL_0".to_owned(), 0)].into(),
-        }),
+        ModelKind::Reranker => ModelType::Reranker(ClassifierType::of(&facts.labels)),
+        ModelKind::Classifier => ModelType::Classifier(ClassifierType::of(&facts.labels)),
     };
     let limits = &state.config.limits;
     Ok(Json(Info {

@@ -33,6 +33,7 @@ use crate::store::{lock, name_for_repo, validate_name, Store};
 pub enum KindArg {
     Embedding,
     Reranker,
+    Classifier,
 }
 
 #[derive(Args)]
@@ -208,6 +209,7 @@ pub fn pull_cmd(config: &Config, args: PullArgs) -> Result<()> {
         kind: args.kind.map(|k| match k {
             KindArg::Embedding => ModelKind::Embedding,
             KindArg::Reranker => ModelKind::Reranker,
+            KindArg::Classifier => ModelKind::Classifier,
         }),
         expect_kind: None,
         quantize,

@@ -196,6 +196,8 @@ impl Jobs {
                     }),
                     ModelKind::Embedding => JobOutput::Rows { dim: job.dim, data: job.data },
                     ModelKind::Reranker => JobOutput::Scores(job.data),
+                    // Every label's logit, row-major per input.
+                    ModelKind::Classifier => JobOutput::Rows { dim: job.dim, data: job.data },
                 };
                 let _ = job.reply.send(Ok(out));
             }

@@ -180,7 +180,7 @@ impl Pool {
     pub async fn refresh_gauges(&self) {
         let m = metrics();
         let entries = self.entries();
-        for kind in [ModelKind::Embedding, ModelKind::Reranker] {
+        for kind in [ModelKind::Embedding, ModelKind::Reranker, ModelKind::Classifier] {
             let n = entries.iter().filter(|e| e.facts.kind == kind && e.runner.is_loaded()).count();
             m.models_loaded.with_label_values(&[kind.as_str()]).set(n as f64);
         }
@@ -208,7 +208,8 @@ impl Pool {
                 PoolRequest::MakeRoom { kind, name, reply } => {
                     let limit = match kind {
                         ModelKind::Embedding => self.inner.config.cache.max_embedding_models,
-                        ModelKind::Reranker => self.inner.config.cache.max_reranker_models,
+                        // Classifiers are cross-encoders too: the same bound, counted apart.
+                        ModelKind::Reranker | ModelKind::Classifier => self.inner.config.cache.max_reranker_models,
                     };
                     eviction::make_room(self.runners(), kind, &name, limit).await;
                     let _ = reply.send(());

@@ -88,6 +88,7 @@ pub fn kind_hint(kind: ModelKind) -> &'static str {
     match kind {
         ModelKind::Embedding => "it is an embedding model: use /v1/embeddings",
         ModelKind::Reranker => "it is a reranker: use /v1/rerank",
+        ModelKind::Classifier => "it is a classifier: use /predict",
     }
 }
 

@@ -73,6 +73,8 @@ pub fn tokenized(dir: &Path, facts: &ModelFacts) -> Result<EvalSet, String> {
                 .collect::<Result<_, _>>()?;
             EvalSet { pair_groups: groups, ..EvalSet::default() }
         }
+        // The quality check measures vectors and scores, not labels.
+        ModelKind::Classifier => return Err("quantizing a classifier is not supported".into()),
     })
 }
 

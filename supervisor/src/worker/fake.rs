@@ -165,9 +165,10 @@ async fn serve(
 ) {
     while let Some((msg, n)) = inbox.recv().await {
         let (id, batch, embed) = match msg {
-            SupervisorMessage::Embed { id, batch } | SupervisorMessage::EmbedTokens { id, batch, .. } => {
-                (id, batch, true)
-            }
+            // A classifier's logits come back as rows, as embeddings do.
+            SupervisorMessage::Embed { id, batch }
+            | SupervisorMessage::EmbedTokens { id, batch, .. }
+            | SupervisorMessage::Classify { id, batch } => (id, batch, true),
             SupervisorMessage::Score { id, batch } => (id, batch, false),
             // The runner does not send late-chunking batches yet (docs/long-documents.md).
             SupervisorMessage::EmbedPooled { id, .. } => {

@@ -13,6 +13,7 @@ use mlx_rs::Array;
 use serde::Deserialize;
 
 use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
+use mlx_serve_protocol::ModelKind;
 
 use super::attention::{attention, Heads, Mask};
 use super::{
@@ -29,7 +30,8 @@ pub const ARCHITECTURE: Architecture = Architecture { family: "bert", check, san
 fn check(facts: &ModelFacts) -> Result<()> {
     let config: BertConfig = parse_config(&facts.config)?;
     config.check()?;
-    if facts.pooling == Pooling::CrossEncoder {
+    // A classifier keeps every label (TEI's /predict); a reranker scores with one.
+    if facts.pooling == Pooling::CrossEncoder && facts.kind == ModelKind::Reranker {
         check_single_label(config.num_labels())?;
     }
     Ok(())

@@ -13,6 +13,7 @@ use mlx_rs::Array;
 use serde::Deserialize;
 
 use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
+use mlx_serve_protocol::ModelKind;
 
 use super::bert::{legacy_norm_names, Bert, BertConfig};
 use super::{parse_config, strip_prefix, Architecture, Inputs, Kernels, Load, Loaded, Network};
@@ -24,7 +25,8 @@ pub const ARCHITECTURE: Architecture = Architecture { family: "xlm_roberta", che
 fn check(facts: &ModelFacts) -> Result<()> {
     let config: XlmRobertaConfig = parse_config(&facts.config)?;
     config.bert.check()?;
-    if facts.pooling == Pooling::CrossEncoder {
+    // A classifier keeps every label (TEI's /predict); a reranker scores with one.
+    if facts.pooling == Pooling::CrossEncoder && facts.kind == ModelKind::Reranker {
         check_single_label(config.bert.num_labels())?;
     }
     Ok(())

@@ -71,6 +71,8 @@ fn outputs(dir: &Path, set: &EvalSet) -> Result<Outputs> {
                 out.scores.push(scores);
             }
         }
+        // The quality check measures vectors and scores; a classifier's labels are not measured.
+        ModelKind::Classifier => bail!("quantizing a classifier is not supported"),
     }
     Ok(out)
 }

@@ -152,6 +152,7 @@ impl Runner {
             ModelKind::Embedding if outputs.any() => (SupervisorMessage::EmbedTokens { id, batch, outputs }, "embed"),
             ModelKind::Embedding => (SupervisorMessage::Embed { id, batch }, "embed"),
             ModelKind::Reranker => (SupervisorMessage::Score { id, batch }, "rerank"),
+            ModelKind::Classifier => (SupervisorMessage::Classify { id, batch }, "predict"),
         };
         let mut trace = BatchTrace::default();
         if crate::telemetry::enabled() {
