@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use mlx_serve_tests::cli::wait_gone;
 use mlx_serve_tests::fixtures::{cosine, rerank_reference};
-use mlx_serve_tests::process::Frozen;
+use mlx_serve_tests::process::{children, Frozen};
 use mlx_serve_tests::raw;
-use mlx_serve_tests::server::{run_client, signal, Server, ServerOptions};
+use mlx_serve_tests::server::{binary, run_client, signal, Server, ServerOptions};
 use serde_json::{json, Value};
 
 const MINILM: &str = "all-MiniLM-L6-v2";
@@ -534,11 +534,16 @@ fn ready_answers_503_while_shutting_down() {
 
 #[test]
 fn poison_input_fails_alone_after_two_crashes() {
-    // The worker aborts on any batch holding token 7777 (test fault injection), like an
-    // MLX abort on a bad input would. Token 7777 is an ordinary vocabulary id.
+    // The worker (the real one behind tests/bin/poison_worker.rs) dies by SIGABRT on any
+    // batch holding token 7777, as an MLX abort on a bad input would kill it. Token 7777 is
+    // an ordinary vocabulary id.
     let server = Arc::new(Server::start(ServerOptions {
         models: vec![MINILM],
-        env: vec![("MLX_SERVE_WORKER_ABORT_ON_TOKEN".into(), "7777".into())],
+        env: vec![
+            ("MLX_SERVE_WORKER_BIN".into(), env!("CARGO_BIN_EXE_poison-worker").into()),
+            ("POISON_WORKER_REAL".into(), binary("mlx-serve-worker").display().to_string()),
+            ("POISON_WORKER_TOKEN".into(), "7777".into()),
+        ],
         // No time bound on batches: the nine queued inputs must leave as one batch.
         config: Some(format!("batch:\n  max_wait_ms: 50\n{NO_WATCHDOG}scheduling:\n  max_batch_ms: 0\n")),
         ..Default::default()
@@ -548,7 +553,8 @@ fn poison_input_fails_alone_after_two_crashes() {
     // Premise: the poison goes to the worker in one batch with innocent inputs. With the
     // worker frozen, two one-input requests fill the pipeline (two batches in flight), so
     // the innocent inputs and the poison all wait in the queue and leave it as one batch.
-    let frozen = Frozen::new(server.worker_pids()[0]);
+    let wrapper = children(server.pid(), "poison-worker")[0];
+    let frozen = Frozen::new(children(wrapper, "mlx-serve-worker")[0]);
     let sent_before = dispatched(&server);
     let post = |input: Value| {
         let server = server.clone();

@@ -1,7 +1,7 @@
 //! The worker's environment switches, all read here. None is needed in normal operation:
-//! three exist to time one implementation choice against another on the same binary
-//! (benchmarks, `bench/gpu/diag.py`), one to inject a fault (the supervisor's crash-recovery
-//! tests). docs/worker.md ("Switches") lists them with what each choice measured.
+//! each times one implementation choice against another on the same binary (benchmarks,
+//! `bench/gpu/diag.py`). docs/worker.md ("Switches") lists them with what each choice
+//! measured.
 
 use anyhow::{bail, Result};
 
@@ -14,9 +14,6 @@ pub const QUANTIZED_MATMUL: &str = "MLX_SERVE_QUANTIZED_MATMUL";
 /// `baseline`, `avx2` or `avx512`: the SIMD level of the CPU kernels (`cpu_kernels/simd.rs`;
 /// default: the widest this CPU has; a level it lacks is ignored).
 pub const CPU_SIMD: &str = "MLX_SERVE_CPU_SIMD";
-/// A token id: the worker aborts, as an MLX abort would, on any batch containing it.
-/// Fault injection for the supervisor's tests (a poison input must fail alone).
-pub const ABORT_ON_TOKEN: &str = "MLX_SERVE_WORKER_ABORT_ON_TOKEN";
 
 fn value(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -45,9 +42,4 @@ pub fn dequantize_first() -> Option<bool> {
 /// [`CPU_SIMD`]: the level's name, when set.
 pub fn cpu_simd() -> Option<String> {
     value(CPU_SIMD)
-}
-
-/// [`ABORT_ON_TOKEN`]: the poison token id, when set.
-pub fn abort_on_token() -> Option<u32> {
-    value(ABORT_ON_TOKEN).and_then(|v| v.parse().ok())
 }

@@ -102,7 +102,6 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
         }
     })?;
 
-    let poison = crate::knobs::abort_on_token();
     // The load itself leaves freed buffers behind: release them after the first quiet period.
     let mut last_batch = Instant::now();
     let mut idle_released = false;
@@ -129,22 +128,6 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
                     | SupervisorMessage::EmbedPooled { .. }
             )
         );
-        if let (
-            Some(t),
-            Incoming::Message(
-                SupervisorMessage::Embed { batch, .. }
-                | SupervisorMessage::Score { batch, .. }
-                | SupervisorMessage::Classify { batch, .. }
-                | SupervisorMessage::EmbedTokens { batch, .. }
-                | SupervisorMessage::EmbedPooled { batch, .. },
-            ),
-        ) = (poison, &item)
-        {
-            if batch.tokens.contains(&t) {
-                eprintln!("mlx-serve-worker: {}={t} found in a batch; aborting", crate::knobs::ABORT_ON_TOKEN);
-                std::process::abort();
-            }
-        }
         let computing = Instant::now();
         let mut reply = match item {
             Incoming::Eof => return Ok(0),
