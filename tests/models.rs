@@ -168,6 +168,45 @@ fn pull_by_repo_alias_and_folder_then_list_show_remove() {
 }
 
 #[test]
+fn show_says_whether_dimensions_are_matryoshka_trained() {
+    let hub = FakeHub::start();
+    hub.add_repo("acme/mrl", minilm_repo());
+    hub.set_tags("acme/mrl", &["sentence-transformers", "loss:MatryoshkaLoss"]);
+    hub.add_repo("acme/plain", minilm_repo());
+    hub.set_tags("acme/plain", &["sentence-transformers", "loss:MultipleNegativesRankingLoss"]);
+    // A folder whose model card (sentence-transformers' own format) names the loss and sizes.
+    let folder = tempfile::tempdir().unwrap();
+    for (name, data) in minilm_files() {
+        let path = folder.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+    let card =
+        "#### MatryoshkaLoss\n```json\n{\n    \"matryoshka_dims\": [\n        384,\n        128\n    ]\n}\n```\n";
+    std::fs::write(folder.path().join("README.md"), card).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    for (source, name) in
+        [("acme/mrl", "acme-mrl"), ("acme/plain", "acme-plain"), (folder.path().to_str().unwrap(), "local")]
+    {
+        let out = mlx_serve(home.path(), &hub, &["pull", source, "--name", name]);
+        assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
+    }
+    let dimensions = |name: &str| {
+        let out = mlx_serve(home.path(), &hub, &["show", name, "--json"]);
+        let shown: Value = serde_json::from_str(&out.stdout).unwrap();
+        shown["dimensions"].as_str().unwrap_or_default().to_owned()
+    };
+    assert_eq!(dimensions("acme-mrl"), "Matryoshka-trained (declared by the Hub tag `loss:MatryoshkaLoss`)");
+    assert!(dimensions("acme-plain").starts_with("not declared Matryoshka-trained"), "{}", dimensions("acme-plain"));
+    assert_eq!(
+        dimensions("local"),
+        "Matryoshka-trained at 384, 128 (declared by the model card (README.md): MatryoshkaLoss)"
+    );
+    assert_eq!(metadata(home.path(), "local")["matryoshka"]["dims"], json!([384, 128]));
+    assert!(metadata(home.path(), "acme-plain").get("matryoshka").is_none());
+}
+
+#[test]
 fn pulls_that_must_fail_leave_nothing_behind() {
     let hub = FakeHub::start();
     let minilm = minilm_files();
@@ -720,6 +759,8 @@ fn ollama_model_api_pull_tags_show_ps_delete() {
     assert_eq!(status, 200, "{show}");
     assert_eq!(show["model_info"]["mlx_serve.metadata"]["repo"], "acme/mini");
     assert_eq!(show["model_info"]["general.architecture"], "BertModel");
+    let dimensions = show["model_info"]["mlx_serve.dimensions"].as_str().unwrap();
+    assert!(dimensions.starts_with("not declared Matryoshka-trained"), "{dimensions}");
 
     // Loaded, visible in /api/ps; delete stops its worker first.
     let (status, _) = server.post("/api/embed", &json!({"model": "mini", "input": "load me"}));

@@ -2,7 +2,7 @@
 //! (hf-hub-0.4.3/src/api/tokio.rs):
 //!
 //! - `GET /api/models/{owner}/{name}/revision/{rev}[?blobs=true]` → `{sha, siblings:
-//!   [{rfilename, size, lfs: {sha256, size}}]}` of that revision: `main`, a name given to
+//!   [{rfilename, size, lfs: {sha256, size}}], tags}` of that revision: `main`, a name given to
 //!   [`FakeHub::add_revision`], or a commit. An unknown repo answers as the Hub does
 //!   (huggingface_hub `utils/_http.py`, `hf_raise_for_status`): 401 with `X-Error-Code:
 //!   RepoNotFound` without a token (the Hub will not say whether a private repo exists),
@@ -58,6 +58,8 @@ struct HubRepo {
     downloads: u64,
     /// The token granted access to this gated repo.
     gated: Option<String>,
+    /// The model card's tags, answered with the file list and by the search.
+    tags: Vec<String>,
 }
 
 /// One request as the hub saw it.
@@ -227,6 +229,7 @@ impl FakeHub {
             revisions: Vec::new(),
             downloads: 0,
             gated: None,
+            tags: Vec::new(),
         };
         self.shared.lock().unwrap().repos.insert(repo_id.to_owned(), repo);
         commit
@@ -245,6 +248,12 @@ impl FakeHub {
     /// The repo's download count, as the search reports it.
     pub fn set_downloads(&self, repo_id: &str, downloads: u64) {
         self.shared.lock().unwrap().repos.get_mut(repo_id).expect("add_repo first").downloads = downloads;
+    }
+
+    /// The repo's model-card tags (`loss:MatryoshkaLoss`, ...).
+    pub fn set_tags(&self, repo_id: &str, tags: &[&str]) {
+        self.shared.lock().unwrap().repos.get_mut(repo_id).expect("add_repo first").tags =
+            tags.iter().map(|t| t.to_string()).collect();
     }
 
     /// Makes the repo gated: only requests with `Authorization: Bearer {token}` get it.
@@ -422,7 +431,7 @@ fn search(s: &Shared, query: &str) -> String {
                     "siblings" => json!(repo.files.iter().map(|f| json!({"rfilename": f.path})).collect::<Vec<_>>()),
                     "likes" => json!(0),
                     "private" => json!(false),
-                    "tags" => json!([]),
+                    "tags" => json!(repo.tags),
                     "createdAt" => json!("2022-03-02T23:29:04.000Z"),
                     _ => serde_json::Value::Null,
                 }
@@ -614,7 +623,8 @@ fn handle(mut conn: TcpStream, shared: &Mutex<Shared>, cdn_port: u16) -> std::io
                 v
             })
             .collect();
-        let body = json!({"id": repo_id, "modelId": repo_id, "sha": commit, "siblings": siblings}).to_string();
+        let body = json!({"id": repo_id, "modelId": repo_id, "sha": commit, "siblings": siblings, "tags": repo.tags})
+            .to_string();
         drop(s);
         return respond(&mut conn, "200 OK", &[("Content-Type".into(), "application/json".into())], body.as_bytes());
     }

@@ -23,6 +23,7 @@ use crate::control::{self, Request};
 use crate::daemon::pidfile;
 use crate::paths::Paths;
 use crate::store::aliases::{self, NameSource};
+use crate::store::matryoshka;
 use crate::store::metadata::{rfc3339, ModelMetadata};
 use crate::store::names::{self, remembered};
 use crate::store::pull::{self, PullRequest, Source};
@@ -370,6 +371,11 @@ pub fn show_cmd(config: &Config, args: ShowArgs) -> Result<()> {
         "max_tokens": facts.ok().map(|f| f.max_tokens),
         "hidden_size": facts.ok().map(|f| f.hidden_size),
         "vocab_size": facts.ok().map(|f| f.vocab_size),
+        // What `dimensions` means for it (docs/api.md).
+        "dimensions": facts
+            .ok()
+            .filter(|f| f.kind == ModelKind::Embedding)
+            .map(|_| matryoshka::summary(meta.as_ref().and_then(|m| m.matryoshka.as_ref()))),
         "error": facts.err(),
         "names": remembered_names(&store, &meta),
         "metadata": meta,

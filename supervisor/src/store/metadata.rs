@@ -14,6 +14,7 @@ use mlx_serve_protocol::quantization::{Quality, QuantizationDetails};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::matryoshka::Matryoshka;
 use super::StoreError;
 
 pub const FILE: &str = "mlx-serve.json";
@@ -67,6 +68,10 @@ pub struct ModelMetadata {
     /// it was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<Quality>,
+    /// Whether the model declares Matryoshka training, found at pull time (absent: it
+    /// does not, or it was pulled before this was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matryoshka: Option<Matryoshka>,
     /// RFC 3339 UTC.
     pub created: String,
 }

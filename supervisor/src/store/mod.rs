@@ -15,7 +15,8 @@
 //! - `staging.rs`: the temporary folders both write into, and the rename into place.
 //! - `lock.rs`: one install of a repo or name at a time, across processes.
 //! - `torch_pickle.rs`: the tensors of a `torch.save` file, read without running pickle code.
-//! - `metadata.rs`: `mlx-serve.json` and what we read from safetensors headers.
+//! - `metadata.rs`: `mlx-serve.json` and what we read from safetensors headers;
+//!   `matryoshka.rs`: whether the model declares Matryoshka training (what `dimensions` means).
 //! - `downloads.rs`: the daemon's shared downloads in flight, with progress, and the
 //!   failures it remembers for a while.
 
@@ -23,6 +24,7 @@ pub mod aliases;
 pub mod downloads;
 pub mod hub_api;
 pub mod lock;
+pub mod matryoshka;
 pub mod metadata;
 pub mod names;
 pub mod pull;

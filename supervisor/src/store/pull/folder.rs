@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use super::{check_model, files, finish, torch_heads, PullEvent, PullOutcome, PullRequest, Reporter};
+use crate::store::matryoshka;
 use crate::store::metadata::{self, ModelMetadata};
 use crate::store::staging::Staging;
 use crate::store::{Store, StoreError};
@@ -74,6 +75,11 @@ pub(super) async fn pull_folder(
         // A folder pulled before keeps saying which repo it came from.
         repo: ModelMetadata::read(&dir).and_then(|m| m.repo),
         revision: ModelMetadata::read(&dir).and_then(|m| m.revision),
+        // Its model card, or what a folder pulled before recorded.
+        matryoshka: std::fs::read_to_string(dir.join("README.md"))
+            .ok()
+            .and_then(|card| matryoshka::from_card(&card))
+            .or_else(|| ModelMetadata::read(&dir).and_then(|m| m.matryoshka)),
         ..Default::default()
     };
     finish(store, req, partial, installed_name, &facts, meta, report).await

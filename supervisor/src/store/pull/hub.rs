@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::{check_model, files, finish, torch_heads, PullEvent, PullOutcome, PullRequest, Reporter};
 use crate::store::hub_api::{self, endpoint};
+use crate::store::matryoshka;
 use crate::store::metadata::{self, ModelMetadata};
 use crate::store::staging::{io_problem, Staging};
 use crate::store::{Store, StoreError};
@@ -37,6 +38,9 @@ struct LfsInfo {
 struct RepoInfo {
     sha: String,
     siblings: Vec<Sibling>,
+    /// The model card's tags (the Hub answers them with the file list).
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 /// hf-hub progress → [`PullEvent::File`]. hf-hub clones it for every chunk, so the byte
@@ -241,6 +245,7 @@ pub(super) async fn pull_hub(
             source: repo_id.to_owned(),
             repo: Some(repo_id.to_owned()),
             revision: Some(info.sha.clone()),
+            matryoshka: matryoshka::from_hub(repo_id, &info.tags),
             ..Default::default()
         },
         report,
