@@ -3,9 +3,14 @@
 //! BGEM3FlagModel.compute_score's arithmetic on the same weights (the `rerank_cases` of
 //! `tests/fixtures/make_bge_m3.py`'s reference), over HTTP with a real worker and with the
 //! unmodified `cohere` client; a plain embedding model ranks by the cosine of its dense
-//! vectors; weights the model cannot honour are a 400 naming them.
+//! vectors; weights the model cannot honour are a 400 naming them. A PyLate ColBERT model
+//! (not served yet) is refused at pull, naming PyLate's module.
 
-use mlx_serve_tests::fixtures::{cosine, model_dir, repo_root};
+use std::time::Duration;
+
+use mlx_serve_tests::cli;
+use mlx_serve_tests::fake_hub::error_line;
+use mlx_serve_tests::fixtures::{copy_dir, cosine, model_dir, repo_root};
 use mlx_serve_tests::server::{run_client, Server, ServerOptions};
 use serde_json::{json, Value};
 
@@ -169,4 +174,27 @@ fn a_plain_embedding_model_reranks_by_cosine_and_weights_it_cannot_honour_are_re
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("sparse_linear"), "{body}");
     assert_eq!(server.stop(), Some(0));
+}
+
+#[test]
+fn a_pylate_colbert_model_is_refused_at_pull_naming_its_module() {
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let folder = work.path().join("colbert");
+    copy_dir(&model_dir("tiny-bert-embed"), &folder);
+    // modules.json as PyLate saves a ColBERT model (answerai-colbert-small-v1's): the
+    // transformer, then PyLate's Dense projection of every token, no pooling.
+    let modules = json!([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"}
+    ]);
+    std::fs::write(folder.join("modules.json"), modules.to_string()).unwrap();
+    let cmd = cli::command(home.path(), None, &["pull", folder.to_str().unwrap(), "--name", "colbert"]);
+    let out = cli::run(cmd, Duration::from_secs(120));
+    let line = error_line(&out);
+    assert!(
+        line.contains("pylate.models.Dense.Dense") && line.contains("PyLate") && line.contains("ColBERT"),
+        "{line}"
+    );
+    assert!(!home.path().join("models/colbert").exists(), "nothing may be installed");
 }
