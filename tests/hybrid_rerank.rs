@@ -173,6 +173,19 @@ fn a_plain_embedding_model_reranks_by_cosine_and_weights_it_cannot_honour_are_re
     let (status, body) = score(json!({"model": EMBEDDER, "text_1": "a", "text_2": "b", "weights": {"sparse": 1}}));
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("sparse_linear"), "{body}");
+
+    // The OpenAPI document describes the extension on both routes.
+    let (status, doc) = server.get("/openapi.json");
+    assert_eq!(status, 200);
+    let schemas = &doc["components"]["schemas"];
+    for (request, fields) in [("RerankRequest", &["weights", "return_scores"][..]), ("ScoreRequest", &["weights"][..])]
+    {
+        for field in fields {
+            assert!(schemas[request]["properties"].get(*field).is_some(), "{request}.{field}: {}", schemas[request]);
+        }
+    }
+    assert!(schemas["ScoreWeights"]["properties"]["colbert"].is_object(), "{}", schemas["ScoreWeights"]);
+    assert!(schemas["PartScores"]["properties"]["sparse"].is_object(), "{}", schemas["PartScores"]);
     assert_eq!(server.stop(), Some(0));
 }
 
