@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::resolve::ResolveError;
 use crate::runner::ModelEntry;
 
 use super::cohere_meta::{response_id, Meta};
@@ -223,7 +224,14 @@ pub async fn rerank(
         _ => return Err(ApiError::invalid_param("model", "`model` is required")),
     };
     let n_docs = documents.len();
-    let entry = state.resolver().entry(&model, None).await?;
+    // A reranker, else an embedding model: a model of neither kind (a classifier, a repo to
+    // download) is refused from its small files as before, nothing downloaded for nothing.
+    let entry = match state.resolver().entry(&model, Some(ModelKind::Reranker)).await {
+        Err(ResolveError::WrongKind { kind: ModelKind::Embedding, .. }) => {
+            state.resolver().entry(&model, Some(ModelKind::Embedding)).await?
+        }
+        other => other?,
+    };
     let return_text = req.return_text.unwrap_or(false);
     let out = if entry.facts.kind == ModelKind::Embedding {
         let return_text = return_text && !tei_shape;
