@@ -54,6 +54,14 @@ fn assert_close(got: f64, want: f64, what: &str) {
     assert!((got - want).abs() <= TOL, "{what}: {got} vs reference {want}");
 }
 
+/// `mlx_serve_tokens_total` of `model`: the tokens sent to its worker so far.
+fn tokens_sent(server: &Server, model: &str) -> f64 {
+    let (status, text) = server.get_text("/metrics");
+    assert_eq!(status, 200);
+    let series = format!("mlx_serve_tokens_total{{model=\"{model}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
 #[test]
 fn bge_m3_reranks_by_compute_scores_weighted_combination() {
     let server = server_with_m3();
@@ -91,6 +99,16 @@ fn bge_m3_reranks_by_compute_scores_weighted_combination() {
             assert_close(d["score"].as_f64().unwrap(), want[i], &format!("/v1/score {what} pair {i}"));
         }
     }
+
+    // One forward pass per text for all three scores: the tokens sent to the worker are the
+    // request's tokens once (the query and each document), not once per output.
+    let before = tokens_sent(&server, "m3");
+    let case = &reference["rerank_cases"][1];
+    let req = json!({"model": "m3", "query": case["query"], "documents": case["documents"], "return_scores": true});
+    let (status, body) = server.post("/v1/rerank", &req);
+    assert_eq!(status, 200, "{body}");
+    let usage = body["usage"]["total_tokens"].as_f64().unwrap();
+    assert_eq!(tokens_sent(&server, "m3") - before, usage, "{body}");
 
     // TEI's shape: a bare array; `return_text` adds the text; no `scores` unless asked.
     let case = &reference["rerank_cases"][0];
