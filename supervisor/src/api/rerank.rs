@@ -243,7 +243,7 @@ pub async fn rerank(
         };
         bi_encoder(&state, &entry, query, documents.clone(), opts, req.truncate, req.instruction).await?
     } else {
-        for (param, asked) in [("weights", req.weights.is_some()), ("return_scores", req.return_scores.is_some())] {
+        for (param, asked) in [("weights", req.weights.is_some()), ("return_scores", req.return_scores == Some(true))] {
             if asked {
                 return Err(ApiError::invalid_param(param, format!("`{param}` applies to an embedding model (a bi-encoder such as bge-m3); model `{model}` is not one")));
             }
