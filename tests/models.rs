@@ -891,8 +891,14 @@ fn pull_type_overrides_what_config_json_suggests() {
     assert_eq!((shown["type"].as_str(), shown["pooling"].as_str()), (Some("embedding"), Some("last_token")), "{shown}");
     let (status, v) = server.post("/v1/embeddings", &json!({"model": "as-embedder", "input": "hello"}));
     assert_eq!(status, 200, "{v}");
-    let (status, v) = server.post("/v1/rerank", &json!({"model": "as-embedder", "query": "q", "documents": ["d"]}));
-    assert_eq!(status, 400, "an embedding model does not rerank: {v}");
+    // On /v1/rerank the embedding model is a bi-encoder (its scores are dense cosines, and
+    // `return_scores` says so); the reranker a cross-encoder, which has no such parts.
+    let body = |model: &str| json!({"model": model, "query": "q", "documents": ["d"], "return_scores": true});
+    let (status, v) = server.post("/v1/rerank", &body("as-embedder"));
+    assert_eq!(status, 200, "{v}");
+    assert!(v["results"][0]["scores"]["dense"].is_number(), "an embedding model ranks by its cosine: {v}");
+    let (status, v) = server.post("/v1/rerank", &body("as-detected"));
+    assert_eq!((status, v["error"]["param"].as_str()), (400, Some("return_scores")), "{v}");
     let (status, v) = server.post("/v1/rerank", &json!({"model": "as-detected", "query": "q", "documents": ["d"]}));
     assert_eq!(status, 200, "{v}");
     // A type the model cannot be: refused, nothing installed.

@@ -33,22 +33,21 @@ fn a_request_for_the_wrong_endpoint_downloads_and_quantizes_nothing() {
         env: hub.server_env(hf_home.path()),
         ..Default::default()
     });
-    let rerank = |model: &str| server.post("/v1/rerank", &json!({"model": model, "query": "q", "documents": ["d"]}));
+    // The classification endpoint (TEI's error shape); an embedding model also ranks on
+    // /v1/rerank, as a bi-encoder, so that is no wrong endpoint for it.
+    let predict = |model: &str| server.post("/predict", &json!({"model": model, "inputs": "q"}));
 
-    // A variant of an installed embedding model, asked of the rerank endpoint: refused
+    // A variant of an installed embedding model, asked of the wrong endpoint: refused
     // before the quantization (which took seconds and wrote a 53 MB variant).
-    let (status, body) = rerank("minilm-4bit");
+    let (status, body) = predict("minilm-4bit");
     assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"]["message"].as_str().unwrap().contains("it is an embedding model: use /v1/embeddings"),
-        "{body}"
-    );
+    assert!(body["error"].as_str().unwrap().contains("it is an embedding model: use /v1/embeddings"), "{body}");
     assert_eq!(store_entries(server.home.path()), vec!["all-MiniLM-L6-v2"]);
 
     // A repo not installed: refused from its small files, before its weights.
-    let (status, body) = rerank("acme/mini");
+    let (status, body) = predict("acme/mini");
     assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["param"], "model");
+    assert!(body["error"].as_str().unwrap().contains("embedding model"), "{body}");
     assert!(hub.requests().iter().all(|r| !r.starts_with("/cdn/")), "weights were fetched: {:?}", hub.requests());
     assert_eq!(store_entries(server.home.path()), vec!["all-MiniLM-L6-v2"]);
     // …and the refusal is the request's, not the model's: the right endpoint gets it.

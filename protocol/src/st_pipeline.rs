@@ -123,10 +123,25 @@ fn refused(what: String) -> PipelineError {
     PipelineError::Refused(what)
 }
 
+/// A PyLate ColBERT model (lightonai/pylate saves its own `pylate.models.Dense` after the
+/// transformer, one vector per token): a package's module, not repo code, and a model this
+/// server does not serve yet; said as such rather than as custom code.
+fn refuse_pylate(list: &[Value]) -> Result<(), PipelineError> {
+    let pylate = list.iter().filter_map(|m| m.get("type").and_then(Value::as_str)).find(|t| t.starts_with("pylate."));
+    match pylate {
+        Some(ty) => Err(refused(format!(
+            "{ty:?} is PyLate's: a multi-vector ColBERT model (query/document markers, query expansion, a \
+             projection of every token), which mlx-serve does not serve yet; bge-m3's ColBERT head is served"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The pipeline of the folder, or `None` when it has no `modules.json`.
 pub fn read(dir: &Path) -> Result<Option<Pipeline>, PipelineError> {
     let Some(modules) = read_json(dir, "modules.json")? else { return Ok(None) };
     let list = modules.as_array().ok_or_else(|| refused("list: modules.json is not a JSON list".into()))?;
+    refuse_pylate(list)?;
     let mut pooling = None;
     let mut dense = Vec::new();
     let mut normalize = false;

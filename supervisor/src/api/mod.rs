@@ -29,6 +29,7 @@ mod default_model;
 mod encode;
 pub mod error;
 mod health;
+mod hybrid_score;
 pub mod inference;
 mod input;
 mod manage;

@@ -32,8 +32,8 @@ use super::{
     components(schemas(input::EmbeddingInput, input::TextInput, chunking::ChunkingRequest, encode::Vector, error::ErrorBody)),
     tags(
         (name = "OpenAI", description = "OpenAI embeddings and models"),
-        (name = "Rerank", description = "Jina / Cohere / TEI rerank"),
-        (name = "Score", description = "vLLM score: text pairs by a reranker or by embedding cosine"),
+        (name = "Rerank", description = "Jina / Cohere / TEI rerank: a reranker, or an embedding model's cosine or bge-m3's weighted dense + sparse + ColBERT scores"),
+        (name = "Score", description = "vLLM score: text pairs by a reranker, by embedding cosine, or by bge-m3's weighted scores"),
         (name = "TEI", description = "Text Embeddings Inference"),
         (name = "Cohere", description = "Cohere embed"),
         (name = "Ollama", description = "Ollama-compatible"),

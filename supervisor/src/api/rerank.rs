@@ -11,6 +11,12 @@
 //!   truncate}` → a bare array `[{index, score, text?}]` sorted by score; `raw_scores`
 //!   returns logits instead of probabilities (TEI router/src/http/types.rs `RerankRequest`,
 //!   `Rank`). Without `model`, the only installed reranker (`default_model.rs`).
+//! - An embedding model ranks as a bi-encoder (`hybrid_score.rs`): the cosine of the dense
+//!   vectors, or with bge-m3's heads the weighted mean of its dense, sparse and ColBERT
+//!   scores as `BGEM3FlagModel.compute_score` gives it (extension `weights`, default 1 on
+//!   every score the model has); `return_scores` adds each part as `scores`. `raw_scores`
+//!   and the Cohere shape's `return_text` judge a cross-encoder's probability and are
+//!   refused for it.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -21,8 +27,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::resolve::ResolveError;
+use crate::runner::ModelEntry;
+
 use super::cohere_meta::{response_id, Meta};
 use super::default_model::model_or_only;
+use super::hybrid_score::{score_pairs, Mix, PartScores, ScoreWeights, Side};
 use super::inference;
 use super::openai::Usage;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
@@ -85,6 +95,12 @@ pub struct RerankRequest {
     /// Cohere v2: refused.
     #[schema(value_type = Option<Object>)]
     pub relevant_spans: Option<Value>,
+    /// Extension, embedding models: the weights of the dense, sparse and ColBERT scores
+    /// (bge-m3's `compute_score`); default 1 on each score the model can give.
+    pub weights: Option<ScoreWeights>,
+    /// Extension, embedding models: add each document's dense / sparse / ColBERT score as
+    /// `scores` (every score the model can give).
+    pub return_scores: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -101,6 +117,9 @@ pub struct RerankResult {
     /// "yes" / "no" by `decision_threshold` (with `return_text`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text_output: Option<&'static str>,
+    /// Each score of an embedding model (`return_scores`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scores: Option<PartScores>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -121,6 +140,9 @@ pub struct TeiRank {
     pub score: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Each score of an embedding model (`return_scores`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scores: Option<PartScores>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -202,15 +224,41 @@ pub async fn rerank(
         _ => return Err(ApiError::invalid_param("model", "`model` is required")),
     };
     let n_docs = documents.len();
-    let out = inference::rerank(&state, &model, query, documents.clone(), req.truncate, req.instruction).await?;
+    // A reranker, else an embedding model: a model of neither kind (a classifier, a repo to
+    // download) is refused from its small files as before, nothing downloaded for nothing.
+    let entry = match state.resolver().entry(&model, Some(ModelKind::Reranker)).await {
+        Err(ResolveError::WrongKind { kind: ModelKind::Embedding, .. }) => {
+            state.resolver().entry(&model, Some(ModelKind::Embedding)).await?
+        }
+        other => other?,
+    };
+    let return_text = req.return_text.unwrap_or(false);
+    let out = if entry.facts.kind == ModelKind::Embedding {
+        let return_text = return_text && !tei_shape;
+        let opts = BiEncoderOptions {
+            weights: req.weights,
+            return_scores: req.return_scores,
+            raw_scores: req.raw_scores,
+            return_text,
+        };
+        bi_encoder(&state, &entry, query, documents.clone(), opts, req.truncate, req.instruction).await?
+    } else {
+        for (param, asked) in [("weights", req.weights.is_some()), ("return_scores", req.return_scores == Some(true))] {
+            if asked {
+                return Err(ApiError::invalid_param(param, format!("`{param}` applies to an embedding model (a bi-encoder such as bge-m3); model `{model}` is not one")));
+            }
+        }
+        let out = inference::rerank(&state, &model, query, documents.clone(), req.truncate, req.instruction).await?;
+        Ranked { name: out.entry.name.clone(), scores: out.scores, parts: None, tokens: out.tokens }
+    };
 
     let mut order: Vec<usize> = (0..out.scores.len()).collect();
     order.sort_by(|&a, &b| out.scores[b].total_cmp(&out.scores[a]).then(a.cmp(&b)));
     if let Some(n) = req.top_n {
         order.truncate(n as usize);
     }
-    let return_text = req.return_text.unwrap_or(false);
-    let log = RequestLog { model: out.entry.name.clone(), inputs: n_docs, tokens: out.tokens };
+    let parts = |i: usize| out.parts.as_ref().map(|p| p[i]);
+    let log = RequestLog { model: out.name.clone(), inputs: n_docs, tokens: out.tokens };
 
     if tei_shape {
         let raw = req.raw_scores.unwrap_or(false);
@@ -219,7 +267,7 @@ pub async fn rerank(
             .map(|&i| {
                 let p = out.scores[i] as f64;
                 let score = if raw { (p / (1.0 - p)).ln() } else { p };
-                TeiRank { index: i, score, text: return_text.then(|| documents[i].clone()) }
+                TeiRank { index: i, score, text: return_text.then(|| documents[i].clone()), scores: parts(i) }
             })
             .collect();
         return Ok(with_log(axum::Json(RerankResponse::Tei(results)), log));
@@ -235,6 +283,7 @@ pub async fn rerank(
                 relevance_score: score,
                 document: return_documents.then(|| DocumentText { text: documents[i].clone() }),
                 text_output: return_text.then_some(if (score as f64) >= threshold { "yes" } else { "no" }),
+                scores: parts(i),
             }
         })
         .collect();
@@ -247,4 +296,64 @@ pub async fn rerank(
         meta: Meta::new(api_version(&uri), out.tokens),
     };
     Ok(with_log(axum::Json(RerankResponse::Cohere(body)), log))
+}
+
+/// The scores of a ranking, from a reranker or an embedding model.
+struct Ranked {
+    name: String,
+    scores: Vec<f32>,
+    parts: Option<Vec<PartScores>>,
+    tokens: usize,
+}
+
+/// The options an embedding model's ranking reads or refuses.
+struct BiEncoderOptions {
+    weights: Option<ScoreWeights>,
+    return_scores: Option<bool>,
+    raw_scores: Option<bool>,
+    /// The Cohere shape's yes/no judgement (not TEI's `return_text`, which adds the text).
+    return_text: bool,
+}
+
+/// Ranks `documents` by embedding model `entry`'s bi-encoder scores (`hybrid_score.rs`):
+/// one embedding of the query (with `instruction`, as a query) and one of each document.
+async fn bi_encoder(
+    state: &SharedState,
+    entry: &ModelEntry,
+    query: String,
+    documents: Vec<String>,
+    opts: BiEncoderOptions,
+    truncate: Option<bool>,
+    instruction: Option<String>,
+) -> Result<Ranked, ApiError> {
+    let judged = [("raw_scores", opts.raw_scores == Some(true)), ("return_text", opts.return_text)];
+    if let Some((param, _)) = judged.iter().find(|(_, asked)| *asked) {
+        return Err(ApiError::invalid_param(
+            param,
+            format!(
+                "`{param}` reads a cross-encoder's relevance probability; model `{}` is an embedding model, whose \
+                 score is a similarity, not a probability",
+                entry.name
+            ),
+        ));
+    }
+    if query.is_empty() {
+        return Err(ApiError::invalid_param("query", "`query` must not be empty"));
+    }
+    if documents.is_empty() {
+        return Err(ApiError::invalid_param("documents", "`documents` must not be empty"));
+    }
+    inference::check_document_count(state, documents.len())?;
+    let mix = Mix::resolve(entry, opts.weights, "weights")?;
+    let pairs: Vec<(usize, usize)> = (0..documents.len()).map(|j| (0, j)).collect();
+    let all_parts = opts.return_scores.unwrap_or(false);
+    let query = Side { texts: vec![query], param: "query", instruction };
+    let documents = Side { texts: documents, param: "documents", instruction: None };
+    let out = score_pairs(state, entry, query, documents, &pairs, mix, all_parts, truncate).await?;
+    Ok(Ranked {
+        name: out.entry.name.clone(),
+        scores: out.scores,
+        parts: all_parts.then_some(out.parts),
+        tokens: out.tokens,
+    })
 }

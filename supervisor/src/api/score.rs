@@ -13,10 +13,12 @@
 //! embedding model embeds both texts and the score is the cosine of the two embeddings
 //! (bi-encoder; bge-m3's dense vectors). `data` keeps the pairs' order, unsorted.
 //!
-//! Extension: `late_interaction: true` with a model that has bge-m3's ColBERT head scores
-//! each pair by its ColBERT token vectors, as FlagEmbedding's `BGEM3FlagModel.colbert_score`
-//! does: each `text_1` token's best dot product with a `text_2` token, averaged over the
-//! `text_1` tokens (docs/hybrid-search.md).
+//! Extensions for an embedding model (`hybrid_score.rs`, docs/hybrid-search.md):
+//! `late_interaction: true` with a model that has bge-m3's ColBERT head scores each pair by
+//! its ColBERT token vectors, as FlagEmbedding's `BGEM3FlagModel.colbert_score` does: each
+//! `text_1` token's best dot product with a `text_2` token, averaged over the `text_1`
+//! tokens; `weights` combines the dense, sparse and ColBERT scores as
+//! `BGEM3FlagModel.compute_score` does.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,11 +30,9 @@ use mlx_serve_protocol::{ModelKind, TokenOutputs};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::runner::TokenRows;
-
 use super::cohere_meta::response_id;
-use super::encode;
-use super::inference::{self, EmbedOptions, Inputs};
+use super::hybrid_score::{score_pairs, Mix, ScoreWeights, Side};
+use super::inference;
 use super::input::TextInput;
 use super::openai::Usage;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
@@ -55,6 +55,9 @@ pub struct ScoreRequest {
     /// Extension: for a model with bge-m3's ColBERT head, the late-interaction (MaxSim)
     /// score of the token vectors instead of the cosine of the dense vectors.
     pub late_interaction: Option<bool>,
+    /// Extension: for an embedding model, the weighted mean of its dense, sparse and ColBERT
+    /// scores (bge-m3's `compute_score`); instead of `late_interaction`.
+    pub weights: Option<ScoreWeights>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -122,14 +125,42 @@ pub async fn score(
     let entry = state.resolver().entry(&req.model, None).await?;
     let late = req.late_interaction.unwrap_or(false);
     let (scores, tokens) = match entry.facts.kind {
-        ModelKind::Reranker if late => {
+        ModelKind::Reranker if late || req.weights.is_some() => {
+            let param = if late { "late_interaction" } else { "weights" };
             return Err(ApiError::invalid_param(
-                "late_interaction",
-                "`late_interaction` needs a model with a ColBERT head (bge-m3); this model is a reranker",
-            ))
+                param,
+                format!("`{param}` needs an embedding model (bge-m3's heads); this model is a reranker"),
+            ));
         }
         ModelKind::Reranker => cross_encoder(&state, &req.model, text_1, text_2, &pairs, req.truncate).await?,
-        ModelKind::Embedding => bi_encoder(&state, &req.model, text_1, text_2, &pairs, req.truncate, late).await?,
+        ModelKind::Embedding => {
+            let mix = match (late, req.weights) {
+                (true, Some(_)) => return Err(ApiError::invalid_param(
+                    "weights",
+                    "send either `late_interaction` or `weights` (`{\"colbert\": 1}` is the late-interaction score)",
+                )),
+                (true, None) => {
+                    let colbert = TokenOutputs { sparse: false, colbert: true };
+                    inference::check_token_outputs(&entry, colbert, "late_interaction")?;
+                    Mix::COLBERT
+                }
+                (false, Some(w)) => Mix::resolve(&entry, Some(w), "weights")?,
+                (false, None) => Mix::DENSE,
+            };
+            let side = |texts, param| Side { texts, param, instruction: None };
+            let out = score_pairs(
+                &state,
+                &entry,
+                side(text_1, "text_1"),
+                side(text_2, "text_2"),
+                &pairs,
+                mix,
+                false,
+                req.truncate,
+            )
+            .await?;
+            (out.scores, out.tokens)
+        }
         ModelKind::Classifier => {
             return Err(ApiError::invalid_param(
                 "model",
@@ -166,81 +197,9 @@ async fn cross_encoder(
     Ok((out.scores, out.tokens))
 }
 
-/// An embedding model's score of each pair: the cosine of the two texts' embeddings (or,
-/// `late`, the MaxSim of their ColBERT vectors). Each side is one embed request (the
-/// batcher runs them together), so an error names its side and the text's place in it.
-async fn bi_encoder(
-    state: &SharedState,
-    model: &str,
-    text_1: Vec<String>,
-    text_2: Vec<String>,
-    pairs: &[(usize, usize)],
-    truncate: Option<bool>,
-    late: bool,
-) -> Result<(Vec<f32>, usize), ApiError> {
-    inference::check_input_count(state, text_1.len() + text_2.len())?;
-    let outputs = TokenOutputs { sparse: false, colbert: late };
-    let side = |texts: Vec<String>, param: &'static str| async move {
-        let opts = EmbedOptions { truncate, outputs, ..Default::default() };
-        inference::embed(state, model, Inputs::Texts(texts), opts).await.map_err(|e| named_side(e, param))
-    };
-    let (first, second) = futures_util::future::try_join(side(text_1, "text_1"), side(text_2, "text_2")).await?;
-    let tokens = first.tokens + second.tokens;
-    if late {
-        fn colbert(out: &inference::Embedded) -> Result<&TokenRows, ApiError> {
-            out.token_rows.as_ref().ok_or_else(|| ApiError::internal("the worker sent no ColBERT vectors"))
-        }
-        let (a, b) = (colbert(&first)?, colbert(&second)?);
-        let scores = pairs.iter().map(|&(i, j)| max_sim(&a.colbert[i], &b.colbert[j], a.colbert_dim)).collect();
-        return Ok((scores, tokens));
-    }
-    // The cosine whatever the model's pipeline does: rows made unit length first.
-    let (dim, mut a, mut b) = (first.dim, first.data.clone(), second.data.clone());
-    encode::normalize_rows(&mut a, dim);
-    encode::normalize_rows(&mut b, dim);
-    let scores = pairs
-        .iter()
-        .map(|&(i, j)| a[i * dim..(i + 1) * dim].iter().zip(&b[j * dim..(j + 1) * dim]).map(|(x, y)| x * y).sum())
-        .collect();
-    Ok((scores, tokens))
-}
-
-/// An embed error about `input` N, renamed to the side it came from (`text_1` text N).
-fn named_side(mut e: ApiError, param: &'static str) -> ApiError {
-    if e.param.as_deref() == Some("input") {
-        e.param = Some(param.to_owned());
-        if let Some(rest) = e.message.strip_prefix("input ") {
-            e.message = format!("`{param}` text {rest}");
-        }
-    }
-    e
-}
-
-/// FlagEmbedding's `colbert_score`: for each query token vector, the largest dot product
-/// with a document token vector; their mean over the query tokens.
-fn max_sim(query: &[f32], document: &[f32], dim: usize) -> f32 {
-    let dim = dim.max(1);
-    let rows = query.len() / dim;
-    if rows == 0 {
-        return 0.0;
-    }
-    let best = query.chunks_exact(dim).map(|q| {
-        document.chunks_exact(dim).map(|d| q.iter().zip(d).map(|(a, b)| a * b).sum::<f32>()).fold(f32::MIN, f32::max)
-    });
-    best.sum::<f32>() / rows as f32
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{max_sim, pairs};
-
-    #[test]
-    fn max_sim_averages_each_query_tokens_best_match() {
-        // Query tokens (1,0) and (0,1); document tokens (1,0) and (0.6,0.8).
-        let q = [1.0, 0.0, 0.0, 1.0];
-        let d = [1.0, 0.0, 0.6, 0.8];
-        assert!((max_sim(&q, &d, 2) - (1.0 + 0.8) / 2.0).abs() < 1e-6);
-    }
+    use super::pairs;
 
     #[test]
     fn pairs_follow_vllms_rules() {

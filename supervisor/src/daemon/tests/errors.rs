@@ -59,7 +59,8 @@ fn errors_have_openai_shape_and_status() {
     // Rerank errors.
     for body in [
         json!({"model": RERANK, "query": "q", "documents": []}),
-        json!({"model": EMBED, "query": "q", "documents": ["d"]}),
+        // An embedding model ranks by its dense cosine; weights on a head it lacks are refused.
+        json!({"model": EMBED, "query": "q", "documents": ["d"], "weights": {"colbert": 1}}),
         json!({"model": RERANK, "query": "q", "documents": [3]}),
     ] {
         let (got, resp) = daemon.post("/v1/rerank", &body);
