@@ -148,7 +148,7 @@ fn what_is_not_computed_is_refused_at_pull_by_name() {
     let hub = FakeHub::start();
     let work = tempfile::tempdir().unwrap();
     type Edit = fn(&Path);
-    let cases: [(&str, Edit, &str); 6] = [
+    let cases: [(&str, Edit, &str); 7] = [
         (
             "activation",
             |d| edit_json(&d.join("1_SpladePooling/config.json"), |c| c["activation_function"] = json!("gelu")),
@@ -168,6 +168,17 @@ fn what_is_not_computed_is_refused_at_pull_by_name() {
             "not-mlm",
             |d| edit_json(&d.join("config.json"), |c| c["architectures"] = json!(["BertModel"])),
             "ForMaskedLM",
+        ),
+        (
+            // A family whose masked-language-model head is not computed here.
+            "xlm-roberta",
+            |d| {
+                edit_json(&d.join("config.json"), |c| {
+                    c["model_type"] = json!("xlm-roberta");
+                    c["architectures"] = json!(["XLMRobertaForMaskedLM"]);
+                })
+            },
+            "xlm_roberta family is not implemented",
         ),
         (
             "router",

@@ -87,13 +87,18 @@ impl SpladeHead {
 
     /// `SpladePooling` of final states `[total, hidden]`: float32 `[batch, vocab]`.
     pub fn pooled(&self, hidden: &Array, packing: &Packing) -> Result<Array> {
+        self.pooled_in_groups(hidden, packing, ROWS_PER_GROUP)
+    }
+
+    /// [`pooled`](Self::pooled), the logits computed `group_rows` rows at a time.
+    fn pooled_in_groups(&self, hidden: &Array, packing: &Packing, group_rows: i32) -> Result<Array> {
         let mut rows = Vec::with_capacity(packing.len());
         let mut first = 0;
         while first < packing.len() {
             // Whole sequences, at least one, up to ROWS_PER_GROUP rows.
             let start = packing.offsets[first];
             let mut end = first + 1;
-            while end < packing.len() && packing.offsets[end + 1] - start <= ROWS_PER_GROUP {
+            while end < packing.len() && packing.offsets[end + 1] - start <= group_rows {
                 end += 1;
             }
             let weights = self.token_weights(&hidden.index(start..packing.offsets[end]))?;
@@ -177,5 +182,11 @@ mod tests {
         assert!(p.iter().all(|&x| x >= 0.0) && s.iter().all(|&x| x >= 0.0));
         // Row 2 of `hidden` only feeds sequence 1; its negative first column gives 0 there.
         assert_eq!(p[3], 0.0);
+        // Logits computed one sequence at a time pool to the same rows.
+        for h in [&all, &head(SpladeStrategy::Sum, SpladeActivation::Log1pRelu, None)] {
+            let whole = h.pooled(&hidden, &packing).unwrap();
+            let grouped = h.pooled_in_groups(&hidden, &packing, 1).unwrap();
+            assert_eq!(whole.as_slice::<f32>(), grouped.as_slice::<f32>());
+        }
     }
 }
