@@ -3,7 +3,8 @@
 //! (`tests/fixtures/make_splade.py`), served by a real daemon and worker, against
 //! `SparseEncoder.encode` on the same weights: the same token ids with weights within 1e-4.
 //! The BERT fixture pools max with relu (naver/splade-v3), the DistilBERT one sums with
-//! log1p_relu and keeps 24 dimensions (`max_active_dims`). Also what is refused: a dense
+//! log1p_relu and keeps 24 dimensions (`max_active_dims`); a BERT with `tie_word_embeddings`
+//! false decodes with its own matrix and bias. Also what is refused: a dense
 //! vector from a sparse-only model (a 400 in each API's shape), and at pull every SPLADE
 //! setting that is not computed, and quantizing.
 
@@ -17,7 +18,7 @@ use mlx_serve_tests::fixtures::{copy_dir, model_dir, repo_root};
 use mlx_serve_tests::server::{Server, ServerOptions};
 use serde_json::{json, Value};
 
-const MODELS: [&str; 2] = ["tiny-bert-splade", "tiny-distilbert-splade"];
+const MODELS: [&str; 3] = ["tiny-bert-splade", "tiny-bert-splade-untied", "tiny-distilbert-splade"];
 
 fn reference(name: &str) -> Value {
     let path = repo_root().join(format!("tests/fixtures/reference/{name}.json"));

@@ -53,19 +53,25 @@ fn load(l: &mut Load) -> Result<Loaded> {
 
 /// `BertForMaskedLM`'s head (transformers 5.24 `modeling_bert.py`, `BertLMPredictionHead`):
 /// `cls.predictions.transform` (dense, `hidden_act`, LayerNorm with `layer_norm_eps`), then
-/// `cls.predictions.decoder`, tied to the word embeddings, with the bias
-/// `cls.predictions.bias` (`_tied_weights_keys` ties `decoder.bias` to it).
+/// `cls.predictions.decoder`. `_tied_weights_keys` ties the decoder's weight to the word
+/// embeddings and its bias to `cls.predictions.bias`; with `tie_word_embeddings` false
+/// neither is tied, and the decoder's own `cls.predictions.decoder.bias` is the one used.
 pub fn mlm_layout(facts: &ModelFacts) -> Result<MlmLayout> {
     let config: BertConfig = parse_config(&facts.config)?;
+    let tied = tied_word_embeddings(&facts.config);
     Ok(MlmLayout {
         transform: "cls.predictions.transform.dense",
         act: Activation::from_name(&config.hidden_act)?,
         norm: "cls.predictions.transform.LayerNorm",
         eps: config.layer_norm_eps,
         decoder: "cls.predictions.decoder",
-        bias: &["cls.predictions.bias", "cls.predictions.decoder.bias"],
+        bias: if tied {
+            &["cls.predictions.bias", "cls.predictions.decoder.bias"]
+        } else {
+            &["cls.predictions.decoder.bias"]
+        },
         word_embeddings: "embeddings.word_embeddings",
-        tied: tied_word_embeddings(&facts.config),
+        tied,
         hidden: config.hidden_size,
         vocab: config.vocab_size,
     })
