@@ -15,7 +15,7 @@ use std::time::Duration;
 use mlx_serve_tests::cli::{self, Output};
 use mlx_serve_tests::fake_hub::{error_line, FakeHub};
 use mlx_serve_tests::fixtures::{copy_dir, model_dir, repo_root};
-use mlx_serve_tests::server::{Server, ServerOptions};
+use mlx_serve_tests::server::{run_client, Server, ServerOptions};
 use serde_json::{json, Value};
 
 const MODELS: [&str; 3] = ["tiny-bert-splade", "tiny-bert-splade-untied", "tiny-distilbert-splade"];
@@ -228,4 +228,16 @@ fn what_is_not_computed_is_refused_at_pull_by_name() {
         let line = error_line(&out);
         assert!(line.contains("SPLADE") && line.contains("not supported"), "{args:?}: {line}");
     }
+}
+
+/// qdrant-client's local mode, unmodified: SPLADE vectors from `/embed_sparse` stored beside
+/// the reference's, and each sparse search finding the same texts in the same order
+/// (tests/clients/qdrant_splade.py).
+#[test]
+fn sparse_search_in_qdrant_finds_what_the_reference_vectors_find() {
+    let server = Server::start(ServerOptions { models: vec!["tiny-bert-splade"], ..Default::default() });
+    let reference = repo_root().join("tests/fixtures/reference/tiny-bert-splade.json");
+    let out = run_client("qdrant_splade.py", &server, &[reference.to_str().unwrap(), "tiny-bert-splade"]);
+    assert!(out.contains("recall@3 1.00") && out.contains("OK"), "{out}");
+    assert_eq!(server.stop(), Some(0));
 }
