@@ -130,6 +130,14 @@ fn a_dense_vector_from_a_splade_model_is_a_400_in_each_apis_shape() {
     assert!(body["error"].as_str().unwrap().contains("SPLADE"), "{body}");
     // Nothing internal leaks: no paths.
     assert!(!body.to_string().contains(server.home.path().to_str().unwrap()), "{body}");
+    // TEI's /info says what TEI says of a SPLADE model: an embedding model pooled "splade".
+    let (status, info) = server.get("/info");
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["model_type"]["embedding"]["pooling"], "splade", "{info}");
+    // /v1/models: its dimension is the vocabulary's size.
+    let (_, models) = server.get("/v1/models");
+    let listed = models["data"].as_array().unwrap().iter().find(|m| m["id"] == model).unwrap().clone();
+    assert_eq!(listed["dimensions"], 1000, "{listed}");
     assert_eq!(server.stop(), Some(0));
 }
 
