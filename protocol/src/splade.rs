@@ -124,11 +124,8 @@ fn max_active_dims(dir: &Path) -> Result<Option<u32>, PipelineError> {
 pub fn transformer_task_is_fill_mask(dir: &Path) -> Result<bool, PipelineError> {
     let task = read_json(dir, "sentence_bert_config.json")?
         .and_then(|c| c.get("transformer_task").and_then(Value::as_str).map(str::to_owned));
-    match task.as_deref() {
-        None | Some("feature-extraction") => Ok(false),
-        Some("fill-mask") => Ok(true),
-        Some(other) => Err(refused(format!("Transformer: transformer_task {other:?} is not supported"))),
-    }
+    // Other tasks are the dense pipeline's business (as before SPLADE was read here).
+    Ok(task.as_deref() == Some("fill-mask"))
 }
 
 #[cfg(test)]
