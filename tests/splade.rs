@@ -25,17 +25,21 @@ fn reference(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// The same ids, each weight within 1e-4 of the reference's, ids ascending and each once.
-fn assert_sparse_close(got: &[(u32, f32)], want: &Value, what: &str) {
+/// The same ids, each weight within 1e-4 of the reference's, ids ascending and each once;
+/// the largest difference.
+fn assert_sparse_close(got: &[(u32, f32)], want: &Value, what: &str) -> f32 {
     let want: BTreeMap<u32, f32> =
         want.as_object().unwrap().iter().map(|(k, v)| (k.parse().unwrap(), v.as_f64().unwrap() as f32)).collect();
     assert!(got.windows(2).all(|p| p[0].0 < p[1].0), "{what}: ids ascending, each once: {got:?}");
     let ids: Vec<u32> = got.iter().map(|p| p.0).collect();
     assert_eq!(ids, want.keys().copied().collect::<Vec<_>>(), "{what}: the active token ids");
+    let mut worst = 0f32;
     for (id, g) in got {
         let r = want[id];
         assert!((g - r).abs() <= 1e-4, "{what}: token {id}: {g} vs reference {r}");
+        worst = worst.max((g - r).abs());
     }
+    worst
 }
 
 fn pairs_of_tei(item: &Value) -> Vec<(u32, f32)> {
@@ -61,7 +65,7 @@ fn splade_weights_match_sparse_encoder_over_http() {
     let server = Server::start(ServerOptions { models: MODELS.to_vec(), ..Default::default() });
     for model in MODELS {
         let reference = reference(model);
-        let mut active = 0;
+        let (mut active, mut worst) = (0, 0f32);
         for case in reference["cases"].as_array().unwrap() {
             let name = format!("{model} {}", case["name"].as_str().unwrap());
             let texts = &case["texts"];
@@ -74,7 +78,7 @@ fn splade_weights_match_sparse_encoder_over_http() {
             for i in 0..n {
                 let got = pairs_of_tei(&body[i]);
                 active += got.len();
-                assert_sparse_close(&got, &case["sparse"][i], &format!("/embed_sparse {name}[{i}]"));
+                worst = worst.max(assert_sparse_close(&got, &case["sparse"][i], &format!("/embed_sparse {name}[{i}]")));
             }
 
             // The OpenAI route's extension: indices + values; the dense vector is empty.
@@ -85,10 +89,12 @@ fn splade_weights_match_sparse_encoder_over_http() {
                 let item = &body["data"][i];
                 assert_eq!(item["embedding"], json!([]), "{name}[{i}]: a SPLADE model has no dense vector");
                 let got = pairs_of_openai(&item["sparse_embedding"]);
-                assert_sparse_close(&got, &case["sparse"][i], &format!("/v1/embeddings {name}[{i}]"));
+                worst =
+                    worst.max(assert_sparse_close(&got, &case["sparse"][i], &format!("/v1/embeddings {name}[{i}]")));
             }
         }
         assert!(active > 100, "{model}: the fixture must exercise many dimensions ({active})");
+        eprintln!("{model}: {active} weights on the same token ids, largest difference {worst:.2e}");
         if let Some(k) = reference["max_active_dims"].as_u64() {
             let (_, body) = server.post("/embed_sparse", &json!({"model": model, "inputs": "hello world"}));
             assert_eq!(body[0].as_array().unwrap().len() as u64, k, "{model}: max_active_dims {k} kept");
