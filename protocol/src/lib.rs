@@ -20,6 +20,7 @@ mod json_file;
 pub mod model_dir;
 pub mod model_files;
 pub mod quantization;
+pub mod splade;
 pub mod st_pipeline;
 pub mod torch_heads;
 

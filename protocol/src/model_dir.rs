@@ -20,6 +20,7 @@ use serde_json::Value;
 use crate::architectures::Positions;
 pub use crate::architectures::{Body, Family};
 use crate::json_file::{get_u32, read_json, JsonError};
+pub use crate::splade::Splade;
 use crate::st_pipeline::{self, PipelineError};
 pub use crate::st_pipeline::{Dense, DenseActivation, PoolingMode};
 use crate::ModelKind;
@@ -37,6 +38,9 @@ pub enum Pooling {
     /// Causal LM judged by P("yes") vs "no" at the last position, with its family's
     /// judge (`Family::judge`: Qwen3-Reranker, mxbai-rerank-v2).
     YesNo,
+    /// A SPLADE sparse encoder: MLM logits pooled into one weight per vocabulary id
+    /// ([`ModelFacts::splade`] says how); it has no dense vector.
+    Splade,
 }
 
 impl Pooling {
@@ -49,6 +53,7 @@ impl Pooling {
             Pooling::Embed(mode) => mode.as_str(),
             Pooling::CrossEncoder => "cross_encoder",
             Pooling::YesNo => "yes_no",
+            Pooling::Splade => "splade",
         }
     }
 
@@ -57,6 +62,7 @@ impl Pooling {
         match name {
             "cross_encoder" => Some(Pooling::CrossEncoder),
             "yes_no" => Some(Pooling::YesNo),
+            "splade" => Some(Pooling::Splade),
             mode => PoolingMode::parse(mode).map(Pooling::Embed),
         }
     }
@@ -98,6 +104,8 @@ pub struct ModelFacts {
     pub vocab_size: u32,
     /// Rows of the token-type (segment) table; segment ids are sent only when it has two.
     pub type_vocab_size: u32,
+    /// How a SPLADE model ([`Pooling::Splade`]) pools its MLM logits.
+    pub splade: Option<Splade>,
     /// A classification head's labels in id order (config.json's `id2label`; `LABEL_0`
     /// when absent, transformers' name for a single-logit head).
     pub labels: Vec<String>,
@@ -145,6 +153,10 @@ pub enum ModelDirError {
         "config.json: auto_map {entry} names custom code ({class}) that mlx-serve has not implemented; it is never run"
     )]
     CustomCode { entry: String, class: String },
+    #[error("{architecture}: SPLADE needs a masked-language model (`*ForMaskedLM`, its logits over the vocabulary)")]
+    NotMaskedLm { architecture: String },
+    #[error("{architecture}: SpladePooling's embedding_dimension {dimension} is not config.json's vocab_size {vocab}")]
+    SpladeDimension { architecture: String, dimension: u32, vocab: u32 },
     #[error("{architecture}: Dense module {path} takes {takes} inputs but gets {gets}")]
     DenseShape { architecture: String, path: String, takes: u32, gets: u32 },
 }
@@ -238,6 +250,19 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
     }
 
     let hidden_size = config_u32(&config, "hidden_size").unwrap_or(0);
+    let vocab_size = get_u32(&config, "vocab_size").unwrap_or(0);
+    let splade = match (kind, pipeline.as_ref().and_then(|p| p.splade)) {
+        (ModelKind::Embedding, Some(s)) => {
+            if !architecture.ends_with("ForMaskedLM") {
+                return Err(ModelDirError::NotMaskedLm { architecture });
+            }
+            if let Some(dimension) = s.dimension.filter(|&d| d != vocab_size) {
+                return Err(ModelDirError::SpladeDimension { architecture, dimension, vocab: vocab_size });
+            }
+            Some(s)
+        }
+        _ => None,
+    };
     let (pooling, dense, normalize) = match kind {
         ModelKind::Reranker => {
             let scoring = Pooling::scoring_for(family.body());
@@ -253,7 +278,10 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
             (Pooling::CrossEncoder, Vec::new(), false)
         }
         ModelKind::Embedding => match pipeline {
-            Some(p) => (Pooling::Embed(p.pooling), p.dense, p.normalize),
+            Some(p) => match p.pooling {
+                Some(mode) => (Pooling::Embed(mode), p.dense, p.normalize),
+                None => (Pooling::Splade, Vec::new(), false),
+            },
             // No sentence-transformers files: the architecture's default, normalized (what
             // every embedding API returns).
             None => (Pooling::default_for(family.body()), Vec::new(), true),
@@ -293,8 +321,14 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
         normalize,
         max_tokens,
         hidden_size,
-        output_dim: if kind == ModelKind::Embedding { width } else { 0 },
-        vocab_size: get_u32(&config, "vocab_size").unwrap_or(0),
+        // A SPLADE model's sparse vector has one dimension per vocabulary id.
+        output_dim: match kind {
+            ModelKind::Embedding if splade.is_some() => vocab_size,
+            ModelKind::Embedding => width,
+            _ => 0,
+        },
+        vocab_size,
+        splade,
         type_vocab_size: get_u32(&config, "type_vocab_size").unwrap_or(family.spec().type_vocab_default),
         labels,
         config,

@@ -17,6 +17,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::json_file::{read_json, JsonError};
+use crate::splade::{self, Splade};
 
 /// How token states become one vector (sentence-transformers' `Pooling` modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +103,10 @@ pub struct Dense {
 /// What follows the transformer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pipeline {
-    pub pooling: PoolingMode,
+    /// The `Pooling` module's mode; `None` for a SPLADE model (`splade` says how it pools).
+    pub pooling: Option<PoolingMode>,
+    /// A SPLADE sparse encoder's `SpladePooling` over MLM logits (`splade.rs`).
+    pub splade: Option<Splade>,
     /// False when the pooling excludes the prompt's tokens.
     pub include_prompt: bool,
     pub dense: Vec<Dense>,
@@ -145,6 +149,9 @@ pub fn read(dir: &Path) -> Result<Option<Pipeline>, PipelineError> {
     let mut pooling = None;
     let mut dense = Vec::new();
     let mut normalize = false;
+    let mut splade = None;
+    // The first module gives MLM logits (a SPLADE model), not hidden states.
+    let mut mlm = false;
     for (i, m) in list.iter().enumerate() {
         let ty = m.get("type").and_then(Value::as_str).unwrap_or("");
         let path = m.get("path").and_then(Value::as_str).unwrap_or("").to_owned();
@@ -166,9 +173,32 @@ pub fn read(dir: &Path) -> Result<Option<Pipeline>, PipelineError> {
             return Err(refused(format!("{class}: path {path:?} is not a folder name")));
         }
         match (i, class) {
-            (0, "Transformer") if path.is_empty() => {}
-            (0, "Transformer") => {
-                return Err(refused(format!("Transformer in the subfolder {path:?} is not supported")));
+            (0, "Transformer" | "MLMTransformer") if path.is_empty() => {
+                mlm = class == "MLMTransformer" || splade::transformer_task_is_fill_mask(dir)?;
+            }
+            (0, "Transformer" | "MLMTransformer") => {
+                return Err(refused(format!("{class} in the subfolder {path:?} is not supported")));
+            }
+            // opensearch's inference-free models: a Router with a SparseStaticEmbedding
+            // (IDF weights per token id) for queries.
+            (_, "Router" | "SparseStaticEmbedding") => {
+                return Err(refused(format!(
+                    "{class} ({ty}) is not supported: asymmetric query/document routes and static \
+                     (inference-free) sparse query weights are not served"
+                )));
+            }
+            (_, "SpladePooling") if !mlm => {
+                return Err(refused(format!(
+                    "SpladePooling ({path}) after a Transformer that gives hidden states, not MLM logits"
+                )));
+            }
+            (_, "SpladePooling") if splade.is_none() && pooling.is_none() => {
+                splade = Some(splade::read_pooling(dir, &path)?)
+            }
+            (_, _) if mlm && splade.is_none() => {
+                return Err(refused(format!(
+                    "{ty:?} ({path}) after a masked-language-model Transformer (only SpladePooling is supported)"
+                )));
             }
             (0, _) => return Err(refused(format!("{ty:?} as the first module is not supported (a Transformer is)"))),
             (_, "Pooling") if pooling.is_none() => pooling = Some(read_pooling(dir, &path)?),
@@ -177,10 +207,16 @@ pub fn read(dir: &Path) -> Result<Option<Pipeline>, PipelineError> {
             _ => return Err(refused(format!("{ty:?} ({path}) is not supported here"))),
         }
     }
+    if splade.is_some() {
+        if !dense.is_empty() || normalize || pooling.is_some() {
+            return Err(refused("after SpladePooling: no further modules are supported".into()));
+        }
+        return Ok(Some(Pipeline { pooling: None, splade, include_prompt: true, dense, normalize }));
+    }
     let Some((pooling, include_prompt)) = pooling else {
         return Err(refused("Pooling: modules.json has none".into()));
     };
-    Ok(Some(Pipeline { pooling, include_prompt, dense, normalize }))
+    Ok(Some(Pipeline { pooling: Some(pooling), splade: None, include_prompt, dense, normalize }))
 }
 
 fn read_pooling(dir: &Path, path: &str) -> Result<(PoolingMode, bool), PipelineError> {
@@ -287,7 +323,7 @@ mod tests {
             ],
         );
         let p = read(dir.path()).unwrap().unwrap();
-        assert_eq!(p.pooling, PoolingMode::Cls);
+        assert_eq!(p.pooling, Some(PoolingMode::Cls));
         assert!(p.normalize && p.include_prompt);
         assert_eq!(p.dense.len(), 1);
         assert_eq!(
@@ -314,9 +350,9 @@ mod tests {
                 mods.clone(),
                 &[("1_Pooling/config.json", serde_json::json!({format!("pooling_mode_{key}"): true}))],
             );
-            assert_eq!(read(old.path()).unwrap().unwrap().pooling, mode, "{key}");
+            assert_eq!(read(old.path()).unwrap().unwrap().pooling, Some(mode), "{key}");
             let new = folder(mods, &[("1_Pooling/config.json", serde_json::json!({"pooling_mode": mode.as_str()}))]);
-            assert_eq!(read(new.path()).unwrap().unwrap().pooling, mode, "{key}");
+            assert_eq!(read(new.path()).unwrap().unwrap().pooling, Some(mode), "{key}");
         }
     }
 

@@ -32,6 +32,7 @@ use crate::memory::MemoryPolicy;
 use crate::models::bge_m3::M3Heads;
 use crate::models::{self, parse_config, Inputs, Kernels, Load, Network};
 use crate::packing::{AttentionBuckets, BucketShapes, Packing};
+use crate::splade_head::SpladeHead;
 use crate::weights::{dtype_name, LoadPolicy, StorageConfig, Weights};
 
 /// How to load a model.
@@ -95,6 +96,7 @@ fn facts_for(dir: &Path, kind: Option<ModelKind>) -> Result<ModelFacts> {
             ModelKind::Embedding => Pooling::default_for(body),
         };
         facts.dense.clear();
+        facts.splade = None;
         facts.normalize = kind == ModelKind::Embedding;
         facts.output_dim = if kind == ModelKind::Embedding { facts.hidden_size } else { 0 };
     }
@@ -108,6 +110,10 @@ pub fn check(dir: &Path, kind: Option<ModelKind>) -> Result<ModelFacts> {
     let facts = facts_for(dir, kind)?;
     let arch = models::architecture(&facts)?;
     (arch.check)(&facts)?;
+    if facts.splade.is_some() {
+        // A SPLADE model needs its family's masked-language-model head.
+        models::mlm_layout(&facts)?;
+    }
     Ok(facts)
 }
 
@@ -117,6 +123,8 @@ enum Head {
     Score(Scorer),
     /// A classifier: every label's logit.
     Classify(Scorer),
+    /// A SPLADE model: one weight per vocabulary id, no dense vector.
+    Sparse(SpladeHead),
 }
 
 impl Engine {
@@ -140,13 +148,19 @@ impl Engine {
         w.set_policy(policy);
         let kernels = if !gpu && compute == Dtype::Float32 { Kernels::Host } else { Kernels::Mlx };
 
+        // Before the body: a tied MLM decoder shares the word embeddings the body takes.
+        let splade = match facts.splade {
+            Some(spec) => Some(SpladeHead::load(&models::mlm_layout(&facts)?, spec, &mut w)?),
+            None => None,
+        };
         let loaded = (arch.load)(&mut Load { facts: &facts, dir, weights: &mut w, kernels })?;
         let network = loaded.network;
-        let head = match (facts.kind, loaded.scorer) {
-            (ModelKind::Embedding, None) => Head::Embed(EmbeddingHead::load(&facts, dir, policy)?),
-            (ModelKind::Reranker, Some(scorer)) => Head::Score(scorer),
-            (ModelKind::Classifier, Some(scorer)) => Head::Classify(scorer),
-            (kind, _) => bail!("{} cannot serve as {}", facts.architecture, kind.as_str()),
+        let head = match (facts.kind, loaded.scorer, splade) {
+            (ModelKind::Embedding, None, Some(splade)) => Head::Sparse(splade),
+            (ModelKind::Embedding, None, None) => Head::Embed(EmbeddingHead::load(&facts, dir, policy)?),
+            (ModelKind::Reranker, Some(scorer), None) => Head::Score(scorer),
+            (ModelKind::Classifier, Some(scorer), None) => Head::Classify(scorer),
+            (kind, _, _) => bail!("{} cannot serve as {}", facts.architecture, kind.as_str()),
         };
         let type_vocab = facts.type_vocab_size;
         let hidden = network.hidden_size();
@@ -172,7 +186,10 @@ impl Engine {
             device: if gpu { Device::Gpu } else { Device::Cpu },
             blas: crate::blas::sgemm_provider(),
             load_seconds: 0.0,
-            token_outputs: token_heads.as_ref().map(M3Heads::outputs).unwrap_or_default(),
+            token_outputs: match &head {
+                Head::Sparse(_) => TokenOutputs { sparse: true, colbert: false },
+                _ => token_heads.as_ref().map(M3Heads::outputs).unwrap_or_default(),
+            },
         };
         let mut engine = Engine {
             network,
@@ -275,6 +292,7 @@ impl Engine {
             Head::Embed(h) => h.apply(&hidden, packing)?,
             Head::Score(h) => h.score(&hidden, packing)?,
             Head::Classify(h) => h.logits(&hidden, packing)?,
+            Head::Sparse(h) => h.pooled(&hidden, packing)?,
         };
         let (weights, colbert) = match &self.token_heads {
             Some(m3) => (
@@ -305,6 +323,9 @@ impl Engine {
         if self.kind != ModelKind::Embedding {
             bail!("this worker serves a reranker; it cannot embed");
         }
+        if matches!(self.head, Head::Sparse(_)) {
+            bail!("this worker serves a SPLADE model: it gives sparse weights only, no dense vector");
+        }
         let out = self.run(batch)?;
         let dim = out.dim(1) as u32;
         Ok((dim, to_vec_f32(&out)?))
@@ -316,6 +337,19 @@ impl Engine {
             bail!("this worker serves a reranker; it cannot embed");
         }
         let (out, weights, colbert) = self.run_with(batch, want)?;
+        if let Head::Sparse(splade) = &self.head {
+            let vocab = out.dim(1) as usize;
+            let sparse = if want.sparse { splade.sparse(&to_vec_f32(&out)?, vocab) } else { Vec::new() };
+            return Ok(WorkerMessage::TokenEmbeddings {
+                id,
+                dim: 0,
+                data: Vec::new(),
+                sparse,
+                colbert_dim: 0,
+                colbert: Vec::new(),
+                forward_us: 0,
+            });
+        }
         let heads = self.token_heads.as_ref().ok_or_else(|| anyhow!("this model has no per-token heads"))?;
         let sparse = match weights {
             Some(w) => heads.lexical(&batch.tokens, &batch.offsets, &to_vec_f32(&w)?),
@@ -351,7 +385,7 @@ impl Engine {
     /// One row per pool (late chunking, `EmbedPooled`), row-major `[pools, dim]`.
     pub fn embed_pooled(&mut self, batch: &TokenBatch, pools: &[Pool]) -> Result<(u32, Vec<f32>)> {
         let Head::Embed(head) = &self.head else {
-            bail!("this worker serves a reranker; it cannot embed");
+            bail!("this worker's model has no dense embedding to pool (a reranker, classifier or SPLADE model)");
         };
         self.memory.before_batch();
         let inputs = self.prepare(batch)?;

@@ -26,6 +26,7 @@ mod packing;
 mod pooling;
 mod quantize;
 mod server;
+mod splade_head;
 mod weights;
 
 use cpu::{blas, cpu_attention, cpu_kernels};

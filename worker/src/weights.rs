@@ -209,6 +209,17 @@ impl Weights {
         self.cast(t)
     }
 
+    /// Like [`take`](Self::take) but leaves the tensor for its owner to take later (MLX
+    /// arrays share their buffer): a tied MLM decoder reads the word embeddings this way.
+    pub fn shared(&mut self, name: &str, shape: &[i32]) -> Result<Array> {
+        let t = self.take_raw(name)?;
+        self.tensors.insert(name.to_owned(), t.clone());
+        if t.shape() != shape {
+            bail!("tensor {name} has shape {:?} but config.json implies {shape:?}", t.shape());
+        }
+        self.cast(t)
+    }
+
     /// Like [`take`](Self::take) but `None` when the tensor is absent.
     pub fn take_opt(&mut self, name: &str, shape: &[i32]) -> Result<Option<Array>> {
         if self.has(name) {

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use mlx_serve_protocol::model_dir::Pooling;
 use mlx_serve_protocol::{torch_heads, ModelKind, TokenOutputs};
 
 use super::chunking::{self, ChunkingRequest};
@@ -160,6 +161,9 @@ pub struct EmbedOptions {
 /// Refuses per-token outputs the model has no head for, naming the head (`param` is the
 /// request field that asked).
 pub fn check_token_outputs(entry: &ModelEntry, outputs: TokenOutputs, param: &str) -> Result<(), ApiError> {
+    if entry.facts.pooling == Pooling::Splade {
+        return check_splade_outputs(entry, outputs, param);
+    }
     for (wanted, stem, what) in [
         (outputs.sparse, "sparse_linear", "sparse (lexical) weights"),
         (outputs.colbert, "colbert_linear", "multi-vector (ColBERT) token embeddings"),
@@ -176,6 +180,27 @@ pub fn check_token_outputs(entry: &ModelEntry, outputs: TokenOutputs, param: &st
         }
     }
     Ok(())
+}
+
+/// A SPLADE model gives sparse weights only: a request for its dense vector (any route
+/// but the sparse ones) or for ColBERT vectors is refused, naming what it does give.
+fn check_splade_outputs(entry: &ModelEntry, outputs: TokenOutputs, param: &str) -> Result<(), ApiError> {
+    let what = if outputs.colbert {
+        "multi-vector (ColBERT) token embeddings"
+    } else if !outputs.sparse {
+        "a dense embedding"
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::invalid_param(
+        param,
+        format!(
+            "model `{}` is a SPLADE sparse encoder: it gives sparse (lexical) weights only, not {what}; \
+             ask for them with POST /embed_sparse or `\"return_sparse\": true` on /v1/embeddings",
+            entry.name
+        ),
+    )
+    .with_code("unsupported_output"))
 }
 
 /// The texts the tokenizer sees: each input with the selected prompt (`prompt`,

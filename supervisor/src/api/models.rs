@@ -78,7 +78,8 @@ fn model_object(m: &InstalledModel, loaded: bool) -> Model {
             out.max_tokens = Some(f.max_tokens);
             out.pooling = Some(f.pooling.as_str());
             if f.kind == mlx_serve_protocol::ModelKind::Embedding {
-                out.dimensions = Some(f.hidden_size);
+                // The last Dense module's width, or for a SPLADE model the vocabulary's size.
+                out.dimensions = Some(f.output_dim);
             }
         }
         Err(e) => out.error = Some(e.clone()),

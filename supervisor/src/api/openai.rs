@@ -7,7 +7,7 @@
 //! truncate, then L2-renormalize. `user` is accepted and ignored. `priority` (vLLM's
 //! extension: lower runs first) orders the model's queue (`priority.rs`).
 //!
-//! Extension for models with bge-m3's extra heads (docs/hybrid-search.md): `return_sparse`
+//! Extension for models with bge-m3's extra heads and SPLADE models (docs/hybrid-search.md): `return_sparse`
 //! adds `sparse_embedding: {indices, values}` (token ids and lexical weights, the sparse
 //! format vector databases take) to each item, `return_colbert_vecs` adds
 //! `colbert_embedding`, one vector per token after CLS (base64 rows with `base64`).
@@ -72,7 +72,8 @@ pub struct EmbeddingsRequest {
     /// header, the API key's default, or `scheduling.default_priority`.
     pub priority: Option<i64>,
     /// Extension: add each input's sparse (lexical) weights as `sparse_embedding`; 400 for
-    /// a model without a sparse head.
+    /// a model without a sparse head. A SPLADE model answers only with this (its
+    /// `embedding` empty).
     pub return_sparse: Option<bool>,
     /// Extension: add each input's ColBERT token vectors as `colbert_embedding`; 400 for a
     /// model without a ColBERT head.
@@ -92,6 +93,7 @@ pub struct Embedding {
     /// Always `embedding`.
     pub object: &'static str,
     pub index: usize,
+    /// Empty for a SPLADE model, which gives `sparse_embedding` only.
     pub embedding: Vector,
     /// Extension (`return_sparse`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -161,16 +163,19 @@ pub async fn embeddings(
     };
     let out = inference::embed(&state, &req.model, inputs, opts).await?;
     let (dim, data) = encode::shorten(&out, dims, &req.model, "dimensions")?;
-    let n = data.len() / dim.max(1);
+    // A sparse-only (SPLADE) model has no dense rows: one item per sparse answer, its
+    // `embedding` empty.
+    let n = match &out.token_rows {
+        Some(t) if dim == 0 => t.sparse.len(),
+        _ => data.len() / dim.max(1),
+    };
     let vector =
         |row: &[f32]| if base64 { Vector::Base64(encode::base64_f32(row)) } else { Vector::Float(row.to_vec()) };
-    let rows = data
-        .chunks_exact(dim)
-        .enumerate()
-        .map(|(index, row)| Embedding {
+    let rows = (0..n)
+        .map(|index| Embedding {
             object: "embedding",
             index,
-            embedding: vector(row),
+            embedding: vector(&data[index * dim..(index + 1) * dim]),
             sparse_embedding: out.token_rows.as_ref().filter(|_| req.return_sparse == Some(true)).map(|t| {
                 let (indices, values) = t.sparse[index].iter().copied().unzip();
                 SparseEmbedding { indices, values }

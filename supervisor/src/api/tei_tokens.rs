@@ -1,5 +1,6 @@
 //! TEI's per-token routes, answered from bge-m3's extra heads (`heads/` of a model pulled
-//! with `sparse_linear.pt` / `colbert_linear.pt`). Shapes from TEI's
+//! with `sparse_linear.pt` / `colbert_linear.pt`) and, for `/embed_sparse`, from SPLADE
+//! models (weights per vocabulary id, docs/hybrid-search.md). Shapes from TEI's
 //! `router/src/http/types.rs`:
 //!
 //! - `POST /embed_sparse`: `EmbedSparseRequest {inputs, truncate?, truncation_direction?,
@@ -68,9 +69,9 @@ fn log(out: &Embedded, inputs: usize) -> RequestLog {
     RequestLog { model: out.entry.name.clone(), inputs, tokens: out.tokens }
 }
 
-/// Sparse (lexical) weights per input (TEI; bge-m3's sparse head).
+/// Sparse (lexical) weights per input (TEI; bge-m3's sparse head, or a SPLADE model).
 #[utoipa::path(post, path = "/embed_sparse", tag = "TEI", request_body = TokensRequest,
-    responses((status = 200, body = Vec<Vec<SparseValue>>, description = "per input, (token id, weight) ascending by id"), (status = "4XX", body = TeiErrorBody, description = "invalid request, a model without the sparse head, unknown model, too large, overloaded")))]
+    responses((status = 200, body = Vec<Vec<SparseValue>>, description = "per input, (token id, weight) ascending by id"), (status = "4XX", body = TeiErrorBody, description = "invalid request, a model without the sparse head (neither bge-m3's nor SPLADE), unknown model, too large, overloaded")))]
 pub async fn embed_sparse(
     State(state): State<SharedState>,
     body: Result<Bytes, BytesRejection>,

@@ -143,7 +143,9 @@ impl Jobs {
             }
             _ => true,
         };
-        if width == 0 || len != items.len() * width || !tokens_ok {
+        // A sparse-only (SPLADE) model answers no dense rows: width 0, sparse weights per row.
+        let sparse_only = matches!(output, BatchOutput::Tokens { data: [], sparse, .. } if sparse.len() == items.len());
+        if (width == 0 && !sparse_only) || len != items.len() * width || !tokens_ok {
             let message = format!("the worker answered {len} values for {} inputs", items.len());
             for item in items {
                 self.fail(item.job, JobError::WorkerFailed { model: model.to_owned(), message: message.clone() });

@@ -17,12 +17,14 @@ use mlx_serve_protocol::ModelKind;
 
 use super::attention::{attention, Heads, Mask};
 use super::{
-    check_positive, parse_config, strip_prefix, Activation, Architecture, Inputs, Kernels, Load, Loaded, Network,
+    check_positive, parse_config, strip_prefix, tied_word_embeddings, Activation, Architecture, Inputs, Kernels, Load,
+    Loaded, Network,
 };
 use crate::cpu_attention::HeadBlock;
 use crate::cpu_kernels::add_layer_norm_f32;
 use crate::heads::{check_single_label, CrossEncoder, Scorer};
 use crate::layers::{Embedding, Linear};
+use crate::splade_head::MlmLayout;
 use crate::weights::Weights;
 
 pub const ARCHITECTURE: Architecture = Architecture { family: "bert", check, sanitize, load };
@@ -47,6 +49,32 @@ fn load(l: &mut Load) -> Result<Loaded> {
         _ => None,
     };
     Ok(Loaded { network: Box::new(net), scorer })
+}
+
+/// `BertForMaskedLM`'s head (transformers 5.24 `modeling_bert.py`, `BertLMPredictionHead`):
+/// `cls.predictions.transform` (dense, `hidden_act`, LayerNorm with `layer_norm_eps`), then
+/// `cls.predictions.decoder`. `_tied_weights_keys` ties the decoder's weight to the word
+/// embeddings and its bias to `cls.predictions.bias`; with `tie_word_embeddings` false
+/// neither is tied, and the decoder's own `cls.predictions.decoder.bias` is the one used.
+pub fn mlm_layout(facts: &ModelFacts) -> Result<MlmLayout> {
+    let config: BertConfig = parse_config(&facts.config)?;
+    let tied = tied_word_embeddings(&facts.config);
+    Ok(MlmLayout {
+        transform: "cls.predictions.transform.dense",
+        act: Activation::from_name(&config.hidden_act)?,
+        norm: "cls.predictions.transform.LayerNorm",
+        eps: config.layer_norm_eps,
+        decoder: "cls.predictions.decoder",
+        bias: if tied {
+            &["cls.predictions.bias", "cls.predictions.decoder.bias"]
+        } else {
+            &["cls.predictions.decoder.bias"]
+        },
+        word_embeddings: "embeddings.word_embeddings",
+        tied,
+        hidden: config.hidden_size,
+        vocab: config.vocab_size,
+    })
 }
 
 /// config.json of a BERT model (transformers' `BertConfig`; fields mlx-serve reads).

@@ -23,13 +23,15 @@ use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 use super::attention::{attention, Heads, Mask};
 use super::bert::{legacy_norm_names, Norm};
 use super::{
-    check_positive, parse_config, strip_prefix, Activation, Architecture, Inputs, Kernels, Load, Loaded, Network,
+    check_positive, parse_config, strip_prefix, tied_word_embeddings, Activation, Architecture, Inputs, Kernels, Load,
+    Loaded, Network,
 };
 use crate::cpu_attention::HeadBlock;
 use crate::heads::{check_single_label, Scorer, ScoringHead};
 use crate::layers::{Embedding, Linear};
 use crate::packing::Packing;
 use crate::pooling;
+use crate::splade_head::MlmLayout;
 use crate::weights::Weights;
 
 pub const ARCHITECTURE: Architecture = Architecture { family: "distilbert", check, sanitize, load };
@@ -51,6 +53,25 @@ fn load(l: &mut Load) -> Result<Loaded> {
         _ => None,
     };
     Ok(Loaded { network: Box::new(net), scorer })
+}
+
+/// `DistilBertForMaskedLM`'s head (transformers 5.24 `modeling_distilbert.py`):
+/// `vocab_transform`, `activation`, `vocab_layer_norm` (eps 1e-12), then `vocab_projector`
+/// with its own bias, its weight tied to the word embeddings.
+pub fn mlm_layout(facts: &ModelFacts) -> Result<MlmLayout> {
+    let config: DistilBertConfig = parse_config(&facts.config)?;
+    Ok(MlmLayout {
+        transform: "vocab_transform",
+        act: Activation::from_name(&config.activation)?,
+        norm: "vocab_layer_norm",
+        eps: LAYER_NORM_EPS,
+        decoder: "vocab_projector",
+        bias: &["vocab_projector.bias"],
+        word_embeddings: "embeddings.word_embeddings",
+        tied: tied_word_embeddings(&facts.config),
+        hidden: config.dim,
+        vocab: config.vocab_size,
+    })
 }
 
 /// Every LayerNorm's eps (`nn.LayerNorm(..., eps=1e-12)` in modeling_distilbert.py).

@@ -34,6 +34,7 @@ use serde_json::Value;
 
 use crate::heads::Scorer;
 use crate::packing::{AttentionBuckets, Packing};
+use crate::splade_head::MlmLayout;
 use crate::weights::Weights;
 
 /// Every architecture the worker computes, by family name.
@@ -62,6 +63,23 @@ pub struct Architecture {
     pub sanitize: fn(&str) -> String,
     /// Builds the network (and, for a reranker, its scoring head) from the weights.
     pub load: fn(&mut Load) -> Result<Loaded>,
+}
+
+/// The masked-language-model head of a SPLADE model's family (`splade_head.rs`), from the
+/// family's file: where its tensors are and what it computes.
+pub fn mlm_layout(facts: &ModelFacts) -> Result<MlmLayout> {
+    match facts.family.as_str() {
+        "bert" => bert::mlm_layout(facts),
+        "distilbert" => distilbert::mlm_layout(facts),
+        other => bail!(
+            "SPLADE: the masked-language-model head of the {other} family is not implemented (bert, distilbert have one)"
+        ),
+    }
+}
+
+/// config.json's `tie_word_embeddings` (transformers' `PretrainedConfig` default: true).
+pub fn tied_word_embeddings(config: &Value) -> bool {
+    config.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true)
 }
 
 /// What `load` gets.

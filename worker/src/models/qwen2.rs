@@ -39,7 +39,8 @@ fn check(facts: &ModelFacts) -> Result<()> {
     let config: Qwen2Config = parse_config(&facts.config)?;
     config.check()?;
     match facts.pooling {
-        Pooling::Embed(_) => Ok(()),
+        // SPLADE: refused by the engine's check (no Qwen2 masked-language-model head).
+        Pooling::Embed(_) | Pooling::Splade => Ok(()),
         // The judge reads the language-model head's logits: only a causal LM has one.
         Pooling::YesNo if facts.architecture != "Qwen2ForCausalLM" => bail!(
             "{}: a Qwen2 reranker must be a Qwen2ForCausalLM (mxbai-rerank-v2); this architecture has no \

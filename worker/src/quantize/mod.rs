@@ -186,6 +186,14 @@ pub fn run(src: &Path, dst: &Path, opts: &Options) -> Result<QuantizeReport> {
         bail!("{} is already quantized", src.display());
     }
     let facts = model_dir::inspect(src).map_err(|e| anyhow!(e))?;
+    if facts.pooling == model_dir::Pooling::Splade {
+        // Its decoder is the word-embedding table over the whole vocabulary: quantizing that
+        // table changes every sparse weight, and the quality check measures dense vectors.
+        bail!(
+            "quantizing a SPLADE model is not supported: its masked-language-model head reads the word \
+             embeddings as its decoder, and no quantization plan covers it; serve it unquantized"
+        );
+    }
     let eval: Option<EvalSet> = match &opts.eval {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
