@@ -134,6 +134,33 @@ fn a_dense_vector_from_a_splade_model_is_a_400_in_each_apis_shape() {
     let (status, body) = server.post("/api/embed", &json!({"model": model, "input": "hello"}));
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("SPLADE"), "{body}");
+    // Scoring by dense cosine needs a dense vector too: /v1/score's default (vLLM's cosine)
+    // and a dense weight on /v1/rerank.
+    for (path, req) in [
+        ("/v1/score", json!({"model": model, "text_1": "hello", "text_2": "a"})),
+        ("/v1/rerank", json!({"model": model, "query": "hello", "documents": ["a"], "weights": {"dense": 1}})),
+    ] {
+        let (status, body) = server.post(path, &req);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "unsupported_output", "{path}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("SPLADE"), "{path}: {body}");
+    }
+    // Reranking with it scores by the dot product of the sparse weights (SparseEncoder's
+    // similarity), the same numbers /embed_sparse's vectors give.
+    let (query, documents) = ("sparse lexical retrieval", ["lexical retrieval with sparse weights", "a cat on a mat"]);
+    let (status, ranked) = server
+        .post("/v1/rerank", &json!({"model": model, "query": query, "documents": documents, "return_scores": true}));
+    assert_eq!(status, 200, "{ranked}\n{}", server.log_text());
+    let (_, vectors) =
+        server.post("/embed_sparse", &json!({"model": model, "inputs": [query, documents[0], documents[1]]}));
+    let weights = |i: usize| pairs_of_tei(&vectors[i]).into_iter().collect::<std::collections::HashMap<u32, f32>>();
+    let dot = |i: usize| -> f32 { weights(0).iter().filter_map(|(id, w)| weights(i).get(id).map(|v| w * v)).sum() };
+    for hit in ranked["results"].as_array().unwrap() {
+        let want = dot(hit["index"].as_u64().unwrap() as usize + 1);
+        let got = hit["relevance_score"].as_f64().unwrap() as f32;
+        assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{hit} vs {want}");
+        assert!(hit["scores"].get("dense").is_none_or(Value::is_null), "{hit}");
+    }
     // Nothing internal leaks: no paths.
     assert!(!body.to_string().contains(server.home.path().to_str().unwrap()), "{body}");
     // TEI's /info says what TEI says of a SPLADE model: an embedding model pooled "splade".

@@ -22,6 +22,7 @@
 
 use std::sync::Arc;
 
+use mlx_serve_protocol::model_dir::Pooling;
 use mlx_serve_protocol::TokenOutputs;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -79,7 +80,7 @@ impl Mix {
         let has = available(entry);
         let Some(w) = weights else {
             let on = |b: bool| if b { 1.0 } else { 0.0 };
-            return Ok(Mix { dense: 1.0, sparse: on(has.sparse), colbert: on(has.colbert) });
+            return Ok(Mix { dense: on(has_dense(entry)), sparse: on(has.sparse), colbert: on(has.colbert) });
         };
         let one = |v: Option<f64>, name: &str| -> Result<f32, ApiError> {
             match v {
@@ -124,6 +125,13 @@ impl Mix {
     }
 }
 
+/// Whether `entry` gives a dense vector: every embedding model but a SPLADE encoder,
+/// whose only score is the dot product of its sparse weights (`SparseEncoder.similarity`'s
+/// default, which [`lexical_match`] computes).
+fn has_dense(entry: &ModelEntry) -> bool {
+    entry.facts.pooling != Pooling::Splade
+}
+
 /// The per-token outputs `entry` has heads for.
 fn available(entry: &ModelEntry) -> TokenOutputs {
     let has = |outputs| inference::check_token_outputs(entry, outputs, "model").is_ok();
@@ -164,6 +172,11 @@ pub async fn score_pairs(
     truncate: Option<bool>,
 ) -> Result<PairScores, ApiError> {
     inference::check_input_count(state, first.texts.len() + second.texts.len())?;
+    let dense = has_dense(entry);
+    if mix.dense > 0.0 && !dense {
+        // The refusal that names what the model gives instead.
+        inference::check_token_outputs(entry, TokenOutputs::default(), "model")?;
+    }
     let wanted = mix.token_outputs();
     let outputs = if all_parts {
         let has = available(entry);
@@ -182,8 +195,8 @@ pub async fn score_pairs(
     let mut scores = Vec::with_capacity(pairs.len());
     let mut parts = Vec::with_capacity(pairs.len());
     for &(i, j) in pairs {
-        let dense = da[i * dim..(i + 1) * dim].iter().zip(&db[j * dim..(j + 1) * dim]).map(|(x, y)| x * y).sum();
-        let mut p = PartScores { dense: Some(dense), ..Default::default() };
+        let cosine = || da[i * dim..(i + 1) * dim].iter().zip(&db[j * dim..(j + 1) * dim]).map(|(x, y)| x * y).sum();
+        let mut p = PartScores { dense: dense.then(cosine), ..Default::default() };
         if let (Some(ta), Some(tb)) = (&a.token_rows, &b.token_rows) {
             if outputs.sparse {
                 p.sparse = Some(lexical_match(&ta.sparse[i], &tb.sparse[j]));
