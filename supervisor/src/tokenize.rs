@@ -103,7 +103,7 @@ fn fill(template: &str, instruction: &str, query: &str, document: &str) -> Strin
 }
 
 /// One tokenized sequence, ready for a batch.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tokens {
     pub ids: Vec<u32>,
     /// Segment ids; empty when all zero.
