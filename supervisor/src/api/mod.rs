@@ -31,6 +31,8 @@ pub mod error;
 mod health;
 pub mod inference;
 mod input;
+mod late_chunking;
+mod late_request;
 mod manage;
 mod models;
 mod observe;
@@ -70,6 +72,8 @@ pub fn router(state: SharedState) -> Router {
     let mut routes: Vec<(&str, MethodRouter<SharedState>)> = vec![
         ("/v1/embeddings", post(openai::embeddings)),
         ("/embeddings", post(openai::embeddings)),
+        ("/v1/late_chunking", post(late_chunking::late_chunking)),
+        ("/late_chunking", post(late_chunking::late_chunking)),
         ("/v1/rerank", post(rerank::rerank)),
         ("/rerank", post(rerank::rerank)),
         ("/v2/rerank", post(rerank::rerank)),

@@ -25,6 +25,10 @@ use crate::telemetry::JobTrace;
 use crate::tokenize::Tokens;
 use crate::worker::{StartError, WorkerState};
 
+/// Per chunk of a late-chunked document, its token rows: half-open ranges counted across
+/// the document's windows laid end to end.
+pub type ChunkRows = Vec<Vec<(u32, u32)>>;
+
 /// A finished job: one row per input, or one score per input.
 #[derive(Debug, PartialEq)]
 pub enum JobOutput {
@@ -237,11 +241,7 @@ impl RunnerHandle {
     /// special tokens, and per chunk its token rows counted across those windows. The
     /// answer holds, per document in order, one row per window (the model's own pooling
     /// of it) and then one per chunk.
-    pub fn submit_late(
-        &self,
-        docs: Vec<(Vec<Tokens>, Vec<Vec<(u32, u32)>>)>,
-        class: JobClass,
-    ) -> Result<JobTicket, JobError> {
+    pub fn submit_late(&self, docs: Vec<(Vec<Tokens>, ChunkRows)>, class: JobClass) -> Result<JobTicket, JobError> {
         let mut seqs = Vec::with_capacity(docs.len());
         let mut late = Vec::with_capacity(docs.len());
         for (windows, chunks) in docs {

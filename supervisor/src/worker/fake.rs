@@ -19,7 +19,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use mlx_serve_protocol::model_dir::Pooling;
 use mlx_serve_protocol::{
-    Device, ErrorKind, ModelInfo, ModelKind, Pool, SupervisorMessage, TokenBatch, WorkerMessage, WorkerStats,
+    Device, ModelInfo, ModelKind, Pool, SupervisorMessage, TokenBatch, WorkerMessage, WorkerStats,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::AbortHandle;
