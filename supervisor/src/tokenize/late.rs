@@ -5,7 +5,8 @@
 //!
 //! Spans are half-open `[start, end)` in Unicode code points (Python `str` indices),
 //! ascending and not overlapping (`late_rules.rs` makes them from a separator or from
-//! sentences). A token belongs to the chunk that holds its first character, so adjacent
+//! sentences). A token belongs to the chunk that holds its first non-whitespace
+//! character (its first character when it is all whitespace), so adjacent
 //! spans split the tokens between them without sharing one; special tokens (`[CLS]`,
 //! `[SEP]`, a trailing end-of-text) belong to no chunk but are computed with the document,
 //! as context.
@@ -42,7 +43,7 @@ pub enum SpanError {
     #[error("chunk {index}: spans must be in ascending order and must not overlap")]
     Unsorted { index: usize },
     #[error(
-        "chunk {index}: span [{start}, {end}) holds no token (a token belongs to the chunk with its first character)"
+        "chunk {index}: span [{start}, {end}) holds no token (a token belongs to the chunk with its first non-whitespace character)"
     )]
     NoTokens { index: usize, start: usize, end: usize },
     #[error("the document has more than {limit} tokens (limits.max_tokens_per_request)")]
@@ -86,7 +87,17 @@ impl ModelTokenizer {
         // Byte offset of each code point, and of the end.
         let bytes: Vec<usize> = text.char_indices().map(|(b, _)| b).chain(std::iter::once(text.len())).collect();
         let chars = bytes.len() - 1;
-        let starts: Vec<usize> = enc.get_offsets().iter().map(|&(b, _)| bytes.partition_point(|&x| x < b)).collect();
+        // Where each token starts: its first non-whitespace character (byte-level BPE
+        // tokens such as GPT-2's and Qwen's `Ġword` carry the space before the word).
+        let starts: Vec<usize> = enc
+            .get_offsets()
+            .iter()
+            .map(|&(b0, b1)| {
+                let lead = text.get(b0..b1).map_or(0, |t| t.len() - t.trim_start().len());
+                let b = if b0 + lead < b1 { b0 + lead } else { b0 };
+                bytes.partition_point(|&x| x < b)
+            })
+            .collect();
         let spans = rule.spans(text, &starts);
         if spans.is_empty() {
             return Err(SpanError::NoChunks);
@@ -220,6 +231,24 @@ mod tests {
         }
         assert_eq!(doc.chunks[0][0].0, 1, "[CLS] is in no chunk");
         assert_eq!(doc.chunks[1][0].1 as usize, doc.windows[0].ids.len() - 1, "nor [SEP]");
+    }
+
+    /// Qwen's byte-level BPE puts the space before a word in its token (`Ġt`): the
+    /// token still belongs to the span that starts at the word, so trimmed spans lose none.
+    #[test]
+    fn a_token_with_its_leading_space_belongs_to_the_span_of_its_word() {
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/tiny-qwen3-embed");
+        let facts = mlx_serve_protocol::model_dir::inspect(&dir).unwrap();
+        let tok = ModelTokenizer::load(&dir, &facts).unwrap();
+        let text = "One two. Three four.";
+        let enc = tok.plain.encode(text, false).unwrap();
+        let pieces: Vec<&str> = enc.get_offsets().iter().map(|&(s, e)| &text[s..e]).collect();
+        assert_eq!(&pieces[9..], ["ree", " f", "our", "."], "the fixture's tokens keep the space before a word");
+        // "four." starts at its `f`; its first token is " f".
+        let doc = tok.late_chunks(text, &spans(&[(0, 8), (15, 20)]), 0, 10_000).unwrap();
+        let rows: Vec<u32> = doc.chunks.iter().map(|c| c.iter().map(|&(s, e)| e - s).sum()).collect();
+        assert_eq!(rows, [7, 3], "\" f\", \"our\", \".\" in the second chunk: {:?}", doc.chunks);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!   whitespace, and at every line break; sentences are trimmed of whitespace and empty ones
 //!   skipped. Consecutive sentences are packed into one chunk while its tokens stay at most
 //!   N; a sentence of more than N tokens is cut into pieces of N tokens at token
-//!   boundaries. A token counts in the sentence that holds its first character.
+//!   boundaries. A token counts in the sentence that holds its first non-whitespace
+//!   character.
 
 /// Which chunks a late-chunking request asks for.
 #[derive(Debug, Clone, PartialEq)]
