@@ -36,12 +36,14 @@
 //! does not grow with its number of inputs.
 
 mod late;
+mod late_rules;
 mod prompts;
 mod windows;
 
 use std::path::Path;
 
 pub use late::{LateDocument, SpanError};
+pub use late_rules::ChunkRule;
 use mlx_serve_protocol::architectures::JudgePrompt;
 use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 pub use prompts::{PromptError, Prompts};
@@ -103,7 +105,7 @@ fn fill(template: &str, instruction: &str, query: &str, document: &str) -> Strin
 }
 
 /// One tokenized sequence, ready for a batch.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tokens {
     pub ids: Vec<u32>,
     /// Segment ids; empty when all zero.

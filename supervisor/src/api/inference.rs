@@ -14,7 +14,7 @@ use mlx_serve_protocol::{torch_heads, ModelKind, TokenOutputs};
 use super::chunking::{self, ChunkingRequest};
 use super::{ApiError, AppState};
 use crate::runner::vector_cache::{self, Cached, Key, VectorCache};
-use crate::runner::{JobOutput, ModelEntry, TokenRows};
+use crate::runner::{JobError, JobOutput, JobTicket, ModelEntry, RunnerHandle, TokenRows};
 use crate::tokenize::{LongInput, TokenizeError, Tokens};
 
 /// Inputs of an embeddings request.
@@ -58,7 +58,10 @@ pub struct Scored {
 /// Runs tokenization off the async threads when it is more than a few microseconds, at
 /// most one such job per core at a time: it is CPU-bound, and each job holds up to a
 /// batch of encodings (`tokenize.rs`), so this bounds the tokenizer's memory too.
-async fn off_thread<T: Send + 'static>(heavy: bool, f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+pub(super) async fn off_thread<T: Send + 'static>(
+    heavy: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
     // Every caller tokenizes here: the request's trace gets a `tokenize` span (with the
     // wait for a tokenizer thread in it).
     let span = crate::telemetry::enabled()
@@ -92,7 +95,7 @@ async fn tokenize_off_thread<T: Send + 'static>(
     }
 }
 
-fn check_request_tokens(state: &AppState, seqs: &[Tokens]) -> Result<usize, ApiError> {
+pub(super) fn check_request_tokens(state: &AppState, seqs: &[Tokens]) -> Result<usize, ApiError> {
     let total: usize = seqs.iter().map(|s| s.ids.len()).sum();
     let limit = state.config.limits.max_tokens_per_request;
     if total > limit {
@@ -109,7 +112,16 @@ async fn run(
     seqs: Vec<Tokens>,
     outputs: TokenOutputs,
 ) -> Result<JobOutput, ApiError> {
-    let result = run_job(state, entry, seqs, outputs).await;
+    run_submitted(state, entry, |r| r.submit_as(seqs, super::priority::current(), outputs)).await
+}
+
+/// Submits a job with `submit` and awaits its answer within `limits.request_timeout_seconds`.
+pub(super) async fn run_submitted(
+    state: &AppState,
+    entry: &ModelEntry,
+    submit: impl FnOnce(&RunnerHandle) -> Result<JobTicket, JobError>,
+) -> Result<JobOutput, ApiError> {
+    let result = run_job(state, entry, submit).await;
     match result {
         // Its worker stopped or failed to load because the model was deleted meanwhile: as
         // if the request had come a moment later.
@@ -123,10 +135,9 @@ async fn run(
 async fn run_job(
     state: &AppState,
     entry: &ModelEntry,
-    seqs: Vec<Tokens>,
-    outputs: TokenOutputs,
+    submit: impl FnOnce(&RunnerHandle) -> Result<JobTicket, JobError>,
 ) -> Result<JobOutput, ApiError> {
-    let rx = entry.runner.submit_as(seqs, super::priority::current(), outputs)?;
+    let rx = submit(&entry.runner)?;
     let timeout = Duration::from_secs(state.config.limits.request_timeout_seconds);
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(result)) => Ok(result?),

@@ -32,6 +32,8 @@ mod health;
 mod hybrid_score;
 pub mod inference;
 mod input;
+mod late_chunking;
+mod late_request;
 mod manage;
 mod models;
 mod observe;
@@ -71,6 +73,8 @@ pub fn router(state: SharedState) -> Router {
     let mut routes: Vec<(&str, MethodRouter<SharedState>)> = vec![
         ("/v1/embeddings", post(openai::embeddings)),
         ("/embeddings", post(openai::embeddings)),
+        ("/v1/late_chunking", post(late_chunking::late_chunking)),
+        ("/late_chunking", post(late_chunking::late_chunking)),
         ("/v1/rerank", post(rerank::rerank)),
         ("/rerank", post(rerank::rerank)),
         ("/v2/rerank", post(rerank::rerank)),

@@ -18,6 +18,12 @@
 //! `{"overlap_tokens": N}`) splits an input longer than the model's window into windows and
 //! pools their vectors to one; each item that was split says into how many (`chunks`).
 //!
+//! Extension for late chunking (docs/long-documents.md): `late_chunking` (`{"spans": …}`,
+//! `{"separator": …}` or `{"max_chunk_tokens": N}`, and optionally `overlap_tokens`) runs
+//! each text through the model once and adds `late_chunks: [{span, embedding}]` to its
+//! item; `embedding` stays the whole text's vector, so OpenAI clients parse the answer
+//! as usual and find the chunks in the item's extra fields.
+//!
 //! Unknown fields are refused with a 400 naming them, as OpenAI's own API does
 //! ("Unrecognized request argument supplied"): a misspelt `prompt_name` must not return the
 //! un-prompted vector silently.
@@ -35,6 +41,8 @@ use super::chunking::ChunkingRequest;
 use super::encode::{self, Vector};
 use super::inference::{self, EmbedOptions};
 use super::input::EmbeddingInput;
+use super::late_chunking::{self, LateEmbedded};
+use super::late_request::LateChunking;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
 
 #[derive(Deserialize, ToSchema)]
@@ -78,6 +86,19 @@ pub struct EmbeddingsRequest {
     /// Extension: add each input's ColBERT token vectors as `colbert_embedding`; 400 for a
     /// model without a ColBERT head.
     pub return_colbert_vecs: Option<bool>,
+    /// Extension: late chunking. Each text runs through the model once (in overlapping
+    /// macro-windows past the model's window); its item gets `late_chunks`, one vector per
+    /// chunk pooled from the chunk's span of token states, and `embedding` stays the
+    /// whole text's vector.
+    pub late_chunking: Option<LateChunking>,
+}
+
+/// One chunk of a late-chunked input.
+#[derive(Serialize, ToSchema)]
+pub struct LateChunkEmbedding {
+    /// `[start, end)` in Unicode code points (Python `str` indices).
+    pub span: [usize; 2],
+    pub embedding: Vector,
 }
 
 /// Sparse weights as vector databases take them (Qdrant `SparseVector`, Milvus, Pinecone
@@ -105,6 +126,9 @@ pub struct Embedding {
     /// present only when it was split (2 or more).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chunks: Option<u32>,
+    /// Extension (`late_chunking`): one vector per chunk, in order, with its span.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_chunks: Option<Vec<LateChunkEmbedding>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -126,6 +150,10 @@ pub struct EmbeddingsResponse {
     pub data: Vec<Embedding>,
     pub model: String,
     pub usage: Usage,
+    /// Extension (`late_chunking`): how each chunk's span was pooled — the model's pooling
+    /// where it is token-wise, mean for CLS and last-token models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk_pooling: Option<&'static str>,
 }
 
 /// Create embeddings (OpenAI).
@@ -149,6 +177,32 @@ pub async fn embeddings(
         }
     };
     let dims = encode::check_dimensions(req.dimensions, "dimensions")?;
+    if let Some(late) = req.late_chunking {
+        let others = [
+            ("chunking", req.chunking.is_some()),
+            ("truncate", req.truncate.is_some()),
+            ("prompt", req.prompt.is_some()),
+            ("prompt_name", req.prompt_name.is_some()),
+            ("instruction", req.instruction.is_some()),
+            ("return_sparse", req.return_sparse == Some(true)),
+            ("return_colbert_vecs", req.return_colbert_vecs == Some(true)),
+        ];
+        if let Some((name, _)) = others.iter().find(|(_, set)| *set) {
+            return Err(ApiError::invalid_param(
+                "late_chunking",
+                format!("`late_chunking` cannot be combined with `{name}` (spans are of the text as sent)"),
+            ));
+        }
+        let (texts, single) = match input {
+            EmbeddingInput::Text(t) => (vec![t], true),
+            EmbeddingInput::Texts(t) => (t, false),
+            _ => return Err(ApiError::invalid_param("input", "late chunking takes text input, not token ids")),
+        };
+        let rules = late.rules(texts.len(), single, "late_chunking")?;
+        let overlap = late.overlap("late_chunking")?;
+        let out = late_chunking::late_embed(&state, &req.model, texts, rules, overlap, "late_chunking").await?;
+        return late_response(out, req.model, dims, base64);
+    }
     let inputs = input.into();
     let opts = EmbedOptions {
         truncate: req.truncate,
@@ -186,9 +240,49 @@ pub async fn embeddings(
                 .filter(|_| req.return_colbert_vecs == Some(true))
                 .map(|t| t.colbert[index].chunks_exact(t.colbert_dim.max(1)).map(vector).collect()),
             chunks: out.chunks.as_ref().map(|c| c[index]).filter(|&n| n > 1),
+            late_chunks: None,
         })
         .collect();
-    let body = EmbeddingsResponse { object: "list", data: rows, model: req.model, usage: Usage::new(out.tokens) };
+    let body = EmbeddingsResponse {
+        object: "list",
+        data: rows,
+        model: req.model,
+        usage: Usage::new(out.tokens),
+        chunk_pooling: None,
+    };
     let log = RequestLog { model: out.entry.name.clone(), inputs: n, tokens: out.tokens };
+    Ok(with_log(axum::Json(body), log))
+}
+
+/// The OpenAI answer for late-chunked texts: each item's `embedding` is the whole text's
+/// vector, `late_chunks` its chunks', `chunks` its macro-windows when more than one.
+fn late_response(out: LateEmbedded, model: String, dims: Option<usize>, base64: bool) -> Result<Response, ApiError> {
+    let mut data = Vec::with_capacity(out.docs.len());
+    for (index, doc) in out.docs.iter().enumerate() {
+        let (d, chunks) = late_chunking::at_dims(&doc.chunks, out.dim, dims, &model)?;
+        let (_, whole) = late_chunking::at_dims(&doc.vector, out.dim, dims, &model)?;
+        let late = chunks
+            .chunks_exact(d)
+            .zip(&doc.spans)
+            .map(|(row, &(s, e))| LateChunkEmbedding { span: [s, e], embedding: late_chunking::vector(row, base64) })
+            .collect();
+        data.push(Embedding {
+            object: "embedding",
+            index,
+            embedding: late_chunking::vector(&whole, base64),
+            sparse_embedding: None,
+            colbert_embedding: None,
+            chunks: Some(doc.windows as u32).filter(|&n| n > 1),
+            late_chunks: Some(late),
+        });
+    }
+    let log = RequestLog { model: out.entry.name.clone(), inputs: out.docs.len(), tokens: out.tokens };
+    let body = EmbeddingsResponse {
+        object: "list",
+        data,
+        model,
+        usage: Usage::new(out.tokens),
+        chunk_pooling: Some(out.pooling),
+    };
     Ok(with_log(axum::Json(body), log))
 }

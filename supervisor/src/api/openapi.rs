@@ -5,7 +5,7 @@
 //! at build time or when it is viewed.
 //!
 //! Routes that serve the same handler under another path (`/embeddings`, `/rerank`,
-//! `/v2/rerank`, `/score`, `/tokenize`, `/models`, `/models/{id}`) are copied from their primary
+//! `/v2/rerank`, `/late_chunking`, `/score`, `/tokenize`, `/models`, `/models/{id}`) are copied from their primary
 //! path with distinct operation ids, so the document lists every route the router has.
 
 use axum::http::header;
@@ -14,8 +14,8 @@ use utoipa::openapi::path::PathItem;
 use utoipa::OpenApi;
 
 use super::{
-    chunking, cohere, encode, error, health, input, models, ollama, ollama_pull, openai, rerank, score, tei,
-    tei_tokens, tokenize,
+    chunking, cohere, encode, error, health, input, late_chunking, late_request, models, ollama, ollama_pull, openai,
+    rerank, score, tei, tei_tokens, tokenize,
 };
 
 #[derive(OpenApi)]
@@ -23,13 +23,13 @@ use super::{
     info(title = "mlx-serve", description = "Local embedding, reranking and classification server on Apple's MLX. \
         OpenAI, Cohere/Jina, TEI and Ollama shapes; see the README's API section."),
     paths(
-        openai::embeddings, models::list, models::retrieve, tokenize::tokenize, rerank::rerank, score::score,
+        openai::embeddings, late_chunking::late_chunking, models::list, models::retrieve, tokenize::tokenize, rerank::rerank, score::score,
         tei::embed, tei_tokens::embed_sparse, tei_tokens::embed_all, tei::similarity, tei::predict, tei::root, tei::info, cohere::embed_v1, cohere::embed_v2,
         ollama::embed, ollama::embeddings_legacy, ollama::tags, ollama::ps, ollama::show, ollama::delete,
         ollama::version, ollama_pull::pull, health::health, health::ready, health::metrics,
         openapi_json, docs,
     ),
-    components(schemas(input::EmbeddingInput, input::TextInput, chunking::ChunkingRequest, encode::Vector, error::ErrorBody)),
+    components(schemas(input::EmbeddingInput, input::TextInput, chunking::ChunkingRequest, late_request::LateChunking, encode::Vector, error::ErrorBody)),
     tags(
         (name = "OpenAI", description = "OpenAI embeddings and models"),
         (name = "Rerank", description = "Jina / Cohere / TEI rerank: a reranker, or an embedding model's cosine or bge-m3's weighted dense + sparse + ColBERT scores"),
@@ -46,6 +46,7 @@ struct ApiDoc;
 /// Paths that serve the same handler as another one: (alias, primary).
 const ALIASES: &[(&str, &str)] = &[
     ("/embeddings", "/v1/embeddings"),
+    ("/late_chunking", "/v1/late_chunking"),
     ("/rerank", "/v1/rerank"),
     ("/v2/rerank", "/v1/rerank"),
     ("/score", "/v1/score"),

@@ -26,6 +26,19 @@ pub struct Item {
     /// Per-token outputs its job asks for (bge-m3's sparse, ColBERT); a batch asks the
     /// worker for the union and each job keeps its own.
     pub outputs: TokenOutputs,
+    /// A late-chunked document (docs/long-documents.md): its pools, and its macro-windows
+    /// after the first. None for an ordinary input.
+    pub late: Option<Box<LatePools>>,
+}
+
+/// What a late-chunked document asks of the batch it rides in: its further macro-windows
+/// (computed in the same batch, right after the item's `tokens`), and per chunk the token
+/// rows it pools, counted from the item's first token across all its windows. It gets one
+/// row per window (the model's own pooling of that window) and then one per chunk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatePools {
+    pub more: Vec<Tokens>,
+    pub chunks: Vec<Vec<(u32, u32)>>,
 }
 
 impl Item {
@@ -40,6 +53,7 @@ impl Item {
             priority: 0,
             client: 0,
             outputs: TokenOutputs::default(),
+            late: None,
         }
     }
 
@@ -48,9 +62,20 @@ impl Item {
         Item { priority, client, ..self }
     }
 
-    /// Its length in tokens.
+    /// Its length in tokens (every macro-window of a late-chunked document).
     pub fn len(&self) -> usize {
-        self.tokens.ids.len()
+        self.tokens.ids.len() + self.late.as_ref().map_or(0, |l| l.more.iter().map(|t| t.ids.len()).sum())
+    }
+
+    /// The sequences it puts in a batch: one, or a late-chunked document's windows.
+    pub fn sequences(&self) -> impl Iterator<Item = &Tokens> {
+        std::iter::once(&self.tokens).chain(self.late.iter().flat_map(|l| l.more.iter()))
+    }
+
+    /// The rows the worker answers for it: one, or a late-chunked document's one per
+    /// window and one per chunk.
+    pub fn rows(&self) -> usize {
+        self.late.as_ref().map_or(1, |l| 1 + l.more.len() + l.chunks.len())
     }
 
     pub fn is_empty(&self) -> bool {

@@ -9,9 +9,12 @@ mod item;
 mod order;
 mod pace;
 mod policy;
+mod pools;
 mod queue;
 
+pub use item::LatePools;
 pub use order::effective_priority;
 pub use pace::Pace;
 pub use policy::{decide, Decision, InFlight, Rules, PIPELINE_DEPTH};
+pub use pools::pools;
 pub use queue::{tokens, Item, Limits, Queue};

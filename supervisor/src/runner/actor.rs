@@ -224,8 +224,8 @@ impl Runner {
 
     async fn on_message(&mut self, msg: RunnerMsg) {
         match msg {
-            RunnerMsg::Job { job, seqs, class, outputs, reply, trace } => {
-                for item in self.jobs.add(job, seqs, class, outputs, reply, Instant::now()) {
+            RunnerMsg::Job { job, seqs, late, class, outputs, reply, trace } => {
+                for item in self.jobs.add(job, seqs, late, class, outputs, reply, Instant::now()) {
                     self.queue.push(item);
                 }
                 if let Some(cx) = trace {

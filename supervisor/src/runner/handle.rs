@@ -19,10 +19,15 @@ use mlx_serve_protocol::{ModelInfo, ModelKind, TokenOutputs, WorkerStats};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::batch::LatePools;
 use crate::metrics::metrics;
 use crate::telemetry::JobTrace;
 use crate::tokenize::Tokens;
 use crate::worker::{StartError, WorkerState};
+
+/// Per chunk of a late-chunked document, its token rows: half-open ranges counted across
+/// the document's windows laid end to end.
+pub type ChunkRows = Vec<Vec<(u32, u32)>>;
 
 /// A finished job: one row per input, or one score per input.
 #[derive(Debug, PartialEq)]
@@ -142,6 +147,9 @@ pub enum RunnerMsg {
     Job {
         job: u64,
         seqs: Vec<Tokens>,
+        /// Empty, or per input a late-chunked document's pools and further windows
+        /// (`seqs` then holds each document's first window).
+        late: Vec<LatePools>,
         class: JobClass,
         outputs: TokenOutputs,
         reply: oneshot::Sender<JobResult>,
@@ -225,6 +233,32 @@ impl RunnerHandle {
     /// [`RunnerHandle::submit`] at a priority and for a client, asking an embedding model
     /// for per-token outputs too.
     pub fn submit_as(&self, seqs: Vec<Tokens>, class: JobClass, outputs: TokenOutputs) -> Result<JobTicket, JobError> {
+        self.submit_job(seqs, Vec::new(), class, outputs)
+    }
+
+    /// Queues late-chunked documents (docs/long-documents.md), each one queue item (its
+    /// macro-windows travel in one batch): `docs` are each document's windows with its
+    /// special tokens, and per chunk its token rows counted across those windows. The
+    /// answer holds, per document in order, one row per window (the model's own pooling
+    /// of it) and then one per chunk.
+    pub fn submit_late(&self, docs: Vec<(Vec<Tokens>, ChunkRows)>, class: JobClass) -> Result<JobTicket, JobError> {
+        let mut seqs = Vec::with_capacity(docs.len());
+        let mut late = Vec::with_capacity(docs.len());
+        for (windows, chunks) in docs {
+            let mut windows = windows.into_iter();
+            seqs.push(windows.next().unwrap_or_default());
+            late.push(LatePools { more: windows.collect(), chunks });
+        }
+        self.submit_job(seqs, late, class, TokenOutputs::default())
+    }
+
+    fn submit_job(
+        &self,
+        seqs: Vec<Tokens>,
+        late: Vec<LatePools>,
+        class: JobClass,
+        outputs: TokenOutputs,
+    ) -> Result<JobTicket, JobError> {
         let n = seqs.len();
         let limit =
             if class.priority > self.default_priority { bulk_queue_limit(self.max_queue) } else { self.max_queue };
@@ -241,7 +275,7 @@ impl RunnerHandle {
         let job = self.next_job.fetch_add(1, Ordering::Relaxed);
         // Called inside the request's span: its batch spans go into the request's trace.
         let trace = crate::telemetry::current_context();
-        if self.tx.send(RunnerMsg::Job { job, seqs, class, outputs, reply, trace }).is_err() {
+        if self.tx.send(RunnerMsg::Job { job, seqs, late, class, outputs, reply, trace }).is_err() {
             self.queued.fetch_sub(n, Ordering::SeqCst);
             return Err(JobError::ShuttingDown);
         }

@@ -1,6 +1,8 @@
 //! The requests a runner is answering: each job's inputs are in the queue or in flight,
 //! and its rows or scores are gathered here ("scatter") until the last one arrives, when
-//! the job's oneshot gets the whole answer in input order.
+//! the job's oneshot gets the whole answer in input order. A late-chunked document's
+//! item answers several rows (`Item::rows`): its job's rows are laid out input after
+//! input, each taking as many as its item answers.
 
 use std::collections::HashMap;
 
@@ -9,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::handle::{JobClass, JobError, JobOutput, JobResult, TokenRows};
-use crate::batch::Item;
+use crate::batch::{Item, LatePools};
 use crate::telemetry::JobTrace;
 use crate::tokenize::Tokens;
 
@@ -33,7 +35,9 @@ pub enum BatchOutput<'a> {
 
 struct Job {
     reply: oneshot::Sender<JobResult>,
+    /// Rows of the whole answer, and where each input's rows start.
     n: usize,
+    starts: Vec<usize>,
     remaining: usize,
     dim: usize,
     data: Vec<f32>,
@@ -52,17 +56,27 @@ pub struct Jobs {
 
 impl Jobs {
     /// Registers request `job` (its id comes from the handle) and returns its inputs as
-    /// queue items.
+    /// queue items. `late` is empty, or one late-chunked document's pools per input.
+    #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
         job: u64,
         seqs: Vec<Tokens>,
+        late: Vec<LatePools>,
         class: JobClass,
         outputs: TokenOutputs,
         reply: oneshot::Sender<JobResult>,
         now: Instant,
     ) -> Vec<Item> {
-        let n = seqs.len();
+        let inputs = seqs.len();
+        let mut late: Vec<Option<Box<LatePools>>> = late.into_iter().map(|l| Some(Box::new(l))).collect();
+        late.resize_with(inputs, || None);
+        let mut starts = Vec::with_capacity(inputs);
+        let mut n = 0;
+        for l in &late {
+            starts.push(n);
+            n += l.as_ref().map_or(1, |l| 1 + l.more.len() + l.chunks.len());
+        }
         let (sparse, colbert) = (
             if outputs.sparse { vec![Vec::new(); n] } else { Vec::new() },
             if outputs.colbert { vec![Vec::new(); n] } else { Vec::new() },
@@ -70,7 +84,8 @@ impl Jobs {
         let job_state = Job {
             reply,
             n,
-            remaining: n,
+            starts,
+            remaining: inputs,
             dim: 0,
             data: Vec::new(),
             outputs,
@@ -81,9 +96,11 @@ impl Jobs {
         };
         self.table.insert(job, job_state);
         seqs.into_iter()
+            .zip(late)
             .enumerate()
-            .map(|(index, tokens)| Item {
+            .map(|(index, (tokens, late))| Item {
                 outputs,
+                late,
                 ..Item::new(job, index as u32, tokens, now).with_class(class.priority, class.client)
             })
             .collect()
@@ -145,14 +162,23 @@ impl Jobs {
         };
         // A sparse-only (SPLADE) model answers no dense rows: width 0, sparse weights per row.
         let sparse_only = matches!(output, BatchOutput::Tokens { data: [], sparse, .. } if sparse.len() == items.len());
-        if (width == 0 && !sparse_only) || len != items.len() * width || !tokens_ok {
+        // One row per item, but a late-chunked document's: one per chunk.
+        let rows = match output {
+            BatchOutput::Rows { .. } => items.iter().map(Item::rows).sum(),
+            _ => items.len(),
+        };
+        if (width == 0 && !sparse_only) || len != rows * width || !tokens_ok {
             let message = format!("the worker answered {len} values for {} inputs", items.len());
             for item in items {
                 self.fail(item.job, JobError::WorkerFailed { model: model.to_owned(), message: message.clone() });
             }
             return;
         }
+        // The first answer row of each item (one per item but for late-chunked documents).
+        let mut first_row = 0;
         for (row, item) in items.iter().enumerate() {
+            let at = first_row;
+            first_row += item.rows();
             let Some(job) = self.table.get_mut(&item.job) else { continue };
             let i = item.index as usize;
             match output {
@@ -161,7 +187,8 @@ impl Jobs {
                         job.dim = dim;
                         job.data = vec![0.0; job.n * dim];
                     }
-                    job.data[i * dim..(i + 1) * dim].copy_from_slice(&data[row * dim..(row + 1) * dim]);
+                    let (to, k) = (job.starts[i], item.rows());
+                    job.data[to * dim..(to + k) * dim].copy_from_slice(&data[at * dim..(at + k) * dim]);
                 }
                 BatchOutput::Tokens { dim, data, sparse, colbert_dim, colbert } => {
                     if job.dim == 0 {

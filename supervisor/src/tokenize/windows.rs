@@ -101,7 +101,7 @@ impl ModelTokenizer {
     /// The ids of `text` without special tokens, tokenized in pieces (`piece_end`, the
     /// module header of `tokenize.rs`: the pieces' tokens are the whole text's), so only
     /// the ids of the whole text are held at once; `None` past `max_tokens` ids.
-    fn content_ids(&self, text: &str, max_tokens: usize) -> Option<Result<Vec<u32>, TokenizeError>> {
+    pub(super) fn content_ids(&self, text: &str, max_tokens: usize) -> Option<Result<Vec<u32>, TokenizeError>> {
         let mut ids = Vec::new();
         let mut start = 0;
         while start < text.len() {

@@ -6,6 +6,8 @@
 //!
 //! Answers are a function of the input, so a test can check each request got its own
 //! rows back: an embedding row is `[first token, length]`, a score is the first token.
+//! A late-chunking batch (`EmbedPooled`) gets one row per pool: a sequence's
+//! `[first token, length]`, a span's `[its first row's token, its number of rows]`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,7 +19,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use mlx_serve_protocol::model_dir::Pooling;
 use mlx_serve_protocol::{
-    Device, ErrorKind, ModelInfo, ModelKind, SupervisorMessage, TokenBatch, WorkerMessage, WorkerStats,
+    Device, ModelInfo, ModelKind, Pool, SupervisorMessage, TokenBatch, WorkerMessage, WorkerStats,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::AbortHandle;
@@ -164,18 +166,13 @@ async fn serve(
     stopped: Arc<AtomicBool>,
 ) {
     while let Some((msg, n)) = inbox.recv().await {
-        let (id, batch, embed) = match msg {
+        let (id, batch, embed, pools) = match msg {
             // A classifier's logits come back as rows, as embeddings do.
             SupervisorMessage::Embed { id, batch }
             | SupervisorMessage::EmbedTokens { id, batch, .. }
-            | SupervisorMessage::Classify { id, batch } => (id, batch, true),
-            SupervisorMessage::Score { id, batch } => (id, batch, false),
-            // The runner does not send late-chunking batches yet (docs/long-documents.md).
-            SupervisorMessage::EmbedPooled { id, .. } => {
-                let (kind, message) = (ErrorKind::Unsupported, "the fake worker does not pool spans".into());
-                let _ = events.send(WorkerEvent::Message(WorkerMessage::Error { id, kind, message }));
-                continue;
-            }
+            | SupervisorMessage::Classify { id, batch } => (id, batch, true, None),
+            SupervisorMessage::Score { id, batch } => (id, batch, false, None),
+            SupervisorMessage::EmbedPooled { id, batch, pools } => (id, batch, true, Some(pools)),
             SupervisorMessage::Stats { id } => {
                 let stats = WorkerStats { rss_bytes: 1 << 20, ..Default::default() };
                 let _ = events.send(WorkerEvent::Message(WorkerMessage::Stats { id, stats }));
@@ -219,7 +216,18 @@ async fn serve(
             None => {}
         }
         tokio::time::sleep(delay).await;
-        let answer = if embed {
+        let answer = if let Some(pools) = pools {
+            let data = pools
+                .iter()
+                .flat_map(|p| match p {
+                    Pool::Sequence(i) => [first[*i as usize] as f32, batch.sequence(*i as usize).len() as f32],
+                    Pool::Rows(r) => {
+                        [batch.tokens[r[0].0 as usize] as f32, r.iter().map(|&(s, e)| e - s).sum::<u32>() as f32]
+                    }
+                })
+                .collect();
+            WorkerMessage::Embeddings { id, dim: 2, data, forward_us: delay.as_micros() as u64 }
+        } else if embed {
             let data = (0..batch.len()).flat_map(|i| [first[i] as f32, batch.sequence(i).len() as f32]).collect();
             WorkerMessage::Embeddings { id, dim: 2, data, forward_us: delay.as_micros() as u64 }
         } else {
@@ -262,7 +270,9 @@ impl WorkerLink for FakeLink {
         let n = match msg {
             SupervisorMessage::Embed { batch, .. }
             | SupervisorMessage::Score { batch, .. }
-            | SupervisorMessage::EmbedTokens { batch, .. } => {
+            | SupervisorMessage::EmbedTokens { batch, .. }
+            | SupervisorMessage::EmbedPooled { batch, .. }
+            | SupervisorMessage::Classify { batch, .. } => {
                 let mut log = self.log.lock().unwrap();
                 log.batches.push(firsts(batch));
                 log.sent_at.push(Instant::now());

@@ -127,7 +127,14 @@ impl Runner {
         let jobs = &self.jobs;
         let dropped = self.queue.retain(|i| jobs.contains(i.job));
         self.queued.fetch_sub(dropped, Ordering::SeqCst);
-        let items = self.queue.plan(self.batch_limits());
+        let mut items = self.queue.plan(self.batch_limits());
+        // One batch is one message: per-token outputs (`EmbedTokens`) and late-chunked
+        // documents (`EmbedPooled`) do not ride together; the documents go next.
+        if items.iter().any(|i| i.late.is_some()) && items.iter().any(|i| i.outputs.any()) {
+            let (late, rest): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| i.late.is_some());
+            self.queue.requeue_front(late);
+            items = rest;
+        }
         if items.is_empty() {
             return false;
         }
@@ -137,9 +144,10 @@ impl Runner {
         }
         self.queued.fetch_sub(items.len(), Ordering::SeqCst);
         let mut batch = TokenBatch::new();
-        for item in &items {
-            batch.push(&item.tokens.ids, &item.tokens.type_ids);
+        for seq in items.iter().flat_map(Item::sequences) {
+            batch.push(&seq.ids, &seq.type_ids);
         }
+        let pools = crate::batch::pools(&items);
         let tokens = crate::batch::tokens(&items);
         let id = self.next_batch;
         self.next_batch += 1;
@@ -149,6 +157,9 @@ impl Runner {
             colbert: a.colbert || i.outputs.colbert,
         });
         let (msg, endpoint) = match self.kind {
+            ModelKind::Embedding if pools.is_some() => {
+                (SupervisorMessage::EmbedPooled { id, batch, pools: pools.unwrap_or_default() }, "embed")
+            }
             ModelKind::Embedding if outputs.any() => (SupervisorMessage::EmbedTokens { id, batch, outputs }, "embed"),
             ModelKind::Embedding => (SupervisorMessage::Embed { id, batch }, "embed"),
             ModelKind::Reranker => (SupervisorMessage::Score { id, batch }, "rerank"),

@@ -9,6 +9,7 @@
 //! test looks, and `max_wait`, back-off or watchdog deadlines pass exactly, never flakily.
 
 mod faults;
+mod late;
 mod properties;
 
 use std::path::PathBuf;
