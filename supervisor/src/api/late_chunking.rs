@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 use super::encode::{self, Vector};
 use super::inference::{self, check_input_count, check_request_tokens, off_thread};
 use super::late_request::LateChunking;
-use super::openai::Usage;
+use super::usage::Usage;
 use super::{chunking, parse_body, with_log, ApiError, AppState, RequestLog, SharedState};
 use crate::runner::{JobOutput, ModelEntry};
 use crate::tokenize::{ChunkRule, SpanError};

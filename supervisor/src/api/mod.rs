@@ -52,6 +52,7 @@ mod state;
 mod tei;
 mod tei_tokens;
 mod tokenize;
+mod usage;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware;

@@ -43,6 +43,7 @@ use super::inference::{self, EmbedOptions};
 use super::input::EmbeddingInput;
 use super::late_chunking::{self, LateEmbedded};
 use super::late_request::LateChunking;
+use super::usage::Usage;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
 
 #[derive(Deserialize, ToSchema)]
@@ -129,18 +130,6 @@ pub struct Embedding {
     /// Extension (`late_chunking`): one vector per chunk, in order, with its span.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub late_chunks: Option<Vec<LateChunkEmbedding>>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Usage {
-    pub prompt_tokens: usize,
-    pub total_tokens: usize,
-}
-
-impl Usage {
-    pub fn new(tokens: usize) -> Usage {
-        Usage { prompt_tokens: tokens, total_tokens: tokens }
-    }
 }
 
 #[derive(Serialize, ToSchema)]

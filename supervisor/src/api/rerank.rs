@@ -34,7 +34,7 @@ use super::cohere_meta::{response_id, Meta};
 use super::default_model::model_or_only;
 use super::hybrid_score::{score_pairs, Mix, PartScores, ScoreWeights, Side};
 use super::inference;
-use super::openai::Usage;
+use super::usage::Usage;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
 
 /// A document: a string, or an object whose `text` is ranked (Cohere v1, Jina).

@@ -34,7 +34,7 @@ use super::cohere_meta::response_id;
 use super::hybrid_score::{score_pairs, Mix, ScoreWeights, Side};
 use super::inference;
 use super::input::TextInput;
-use super::openai::Usage;
+use super::usage::Usage;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
 
 #[derive(Deserialize, ToSchema)]

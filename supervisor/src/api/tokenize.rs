@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 
 use super::inference::{check_document_count, check_input_count, prompted_texts, EmbedOptions};
 use super::input::TextInput;
-use super::openai::Usage;
+use super::usage::Usage;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
 use crate::tokenize::TokenizeError;
 
