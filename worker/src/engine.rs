@@ -304,13 +304,18 @@ impl Engine {
         mlx_rs::transforms::eval(std::iter::once(&out).chain(weights.iter()).chain(colbert.iter()))?;
         drop((hidden, inputs));
         self.memory.after_batch();
+        self.count(batch);
+        Ok((out, weights, colbert))
+    }
+
+    /// A computed batch in the stats. Packed: the position-wise layers computed exactly the
+    /// real tokens, so padded tokens are the real ones.
+    fn count(&mut self, batch: &TokenBatch) {
         let tokens = batch.tokens.len() as u64;
         self.stats.batches += 1;
         self.stats.sequences += batch.len() as u64;
         self.stats.tokens += tokens;
-        // Packed: the position-wise layers computed exactly the real tokens.
         self.stats.padded_tokens += tokens;
-        Ok((out, weights, colbert))
     }
 
     /// Gives idle memory back to the OS (MLX cache, C heap).
@@ -394,11 +399,7 @@ impl Engine {
         mlx_rs::transforms::eval(std::iter::once(&out))?;
         drop((hidden, inputs));
         self.memory.after_batch();
-        let tokens = batch.tokens.len() as u64;
-        self.stats.batches += 1;
-        self.stats.sequences += batch.len() as u64;
-        self.stats.tokens += tokens;
-        self.stats.padded_tokens += tokens;
+        self.count(batch);
         Ok((out.dim(1) as u32, to_vec_f32(&out)?))
     }
 

@@ -24,7 +24,7 @@ use super::inference::{self, EmbedOptions, Inputs};
 use super::input::TextInput;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
 use crate::resolve::ResolveError;
-use crate::store::matryoshka;
+use crate::store::matryoshka::{self, Matryoshka};
 use crate::store::metadata::{rfc3339, ModelMetadata};
 use crate::store::{InstalledModel, StoreError};
 
@@ -299,8 +299,11 @@ pub async fn show(
             "mlx_serve.max_tokens": facts.max_tokens,
             "mlx_serve.hidden_size": facts.hidden_size,
             "mlx_serve.vocab_size": facts.vocab_size,
-            "mlx_serve.dimensions": (facts.kind == mlx_serve_protocol::ModelKind::Embedding)
-                .then(|| matryoshka::summary(ModelMetadata::read(&m.path).and_then(|m| m.matryoshka).as_ref())),
+            "mlx_serve.dimensions": (facts.kind == mlx_serve_protocol::ModelKind::Embedding).then(|| {
+                // From the mlx-serve.json read above, not the file again.
+                let declared = serde_json::from_value::<Matryoshka>(metadata["matryoshka"].clone()).ok();
+                matryoshka::summary(declared.as_ref())
+            }),
             "mlx_serve.metadata": metadata,
         },
         "capabilities": [capability],
