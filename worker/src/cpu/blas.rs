@@ -53,3 +53,89 @@ pub fn report() -> String {
     }
     provider
 }
+
+/// OpenBLAS held at one thread while this lives, restored on drop.
+///
+/// The pthread build of OpenBLAS (0.3.21 here) shares one thread pool between all callers:
+/// when several of our threads each call `cblas_sgemm` at once (attention runs one task per
+/// sequence and head on every core), each call also splits itself over the pool, and the
+/// callers spin in `exec_blas_async`/`sched_yield` waiting for it. perf on a distilbert-size
+/// forward (16 × 128 tokens, 2 cores) put 62% of the time there and 22% in the GEMM kernel
+/// (docs/cpu-backend.md). Calls made while a guard lives run on the caller's thread alone;
+/// the large GEMMs of the projections (MLX's, one caller) keep the whole pool.
+///
+/// A no-op where the provider has no `openblas_set_num_threads` (Accelerate, MKL, the
+/// reference BLAS): looked up at run time so nothing links against OpenBLAS by name.
+pub struct OneBlasThread {
+    restore: Option<(SetThreads, i32)>,
+}
+
+type SetThreads = unsafe extern "C" fn(i32);
+type GetThreads = unsafe extern "C" fn() -> i32;
+
+impl OneBlasThread {
+    /// Must be taken while no other thread is inside a BLAS call (the setting is global).
+    pub fn hold() -> Self {
+        let Some((get, set)) = openblas_thread_control() else { return Self { restore: None } };
+        // SAFETY: OpenBLAS's own exported setters, called between BLAS calls.
+        let before = unsafe { get() };
+        if before <= 1 {
+            return Self { restore: None };
+        }
+        unsafe { set(1) };
+        Self { restore: Some((set, before)) }
+    }
+}
+
+impl Drop for OneBlasThread {
+    fn drop(&mut self) {
+        if let Some((set, before)) = self.restore {
+            // SAFETY: as in `hold`; the threads that called BLAS under the guard have joined.
+            unsafe { set(before) };
+        }
+    }
+}
+
+#[cfg(unix)]
+fn openblas_thread_control() -> Option<(GetThreads, SetThreads)> {
+    use std::sync::OnceLock;
+    static CONTROL: OnceLock<Option<(usize, usize)>> = OnceLock::new();
+    let (get, set) = (*CONTROL.get_or_init(|| {
+        // SAFETY: dlsym with RTLD_DEFAULT only reads the loader's tables.
+        let lookup = |name: &str| {
+            let name = std::ffi::CString::new(name).unwrap();
+            let sym = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+            (!sym.is_null()).then_some(sym as usize)
+        };
+        Some((lookup("openblas_get_num_threads")?, lookup("openblas_set_num_threads")?))
+    }))?;
+    // SAFETY: both symbols are OpenBLAS's, with these C signatures (openblas_config.h).
+    unsafe { Some((std::mem::transmute::<usize, GetThreads>(get), std::mem::transmute::<usize, SetThreads>(set))) }
+}
+
+#[cfg(not(unix))]
+fn openblas_thread_control() -> Option<(GetThreads, SetThreads)> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The guard holds OpenBLAS at one thread and gives back the count it found; a build
+    /// whose BLAS is not OpenBLAS has nothing to hold (and says so here by skipping).
+    #[test]
+    fn one_blas_thread_holds_and_restores() {
+        let Some((get, set)) = openblas_thread_control() else {
+            assert!(!sgemm_provider().to_ascii_lowercase().contains("openblas"), "OpenBLAS without its thread setters");
+            return;
+        };
+        // SAFETY: OpenBLAS's setters, no BLAS call in flight in this test.
+        unsafe { set(2) };
+        {
+            let _one = OneBlasThread::hold();
+            assert_eq!(unsafe { get() }, 1);
+        }
+        assert_eq!(unsafe { get() }, 2);
+    }
+}

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use anyhow::Result;
 use mlx_rs::{Array, Dtype};
 
+use crate::blas::OneBlasThread;
 use crate::cpu_kernels::softmax_inplace;
 
 // CBLAS (OpenBLAS here; Accelerate on macOS; MLX's bundled reference BLAS otherwise).
@@ -247,6 +248,9 @@ pub fn packed_attention(
     if threads <= 1 {
         work();
     } else {
+        // Every core runs its own tasks' GEMMs; one split over the pool as well makes the
+        // callers wait on each other (blas.rs).
+        let _one = OneBlasThread::hold();
         std::thread::scope(|s| {
             for _ in 1..threads {
                 s.spawn(work);
