@@ -14,7 +14,7 @@ mod queue;
 
 pub use item::LatePools;
 pub use order::effective_priority;
-pub use pace::Pace;
+pub use pace::{Overhead, Pace};
 pub use policy::{decide, Decision, InFlight, Rules, PIPELINE_DEPTH};
 pub use pools::pools;
 pub use queue::{tokens, Item, Limits, Queue};

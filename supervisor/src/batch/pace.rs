@@ -22,17 +22,32 @@ use tokio::time::Instant;
 /// Weight of the past per new batch: the fit remembers about ten batches.
 const DECAY: f64 = 0.9;
 
-/// The largest share of a batch's time its fixed cost may take when batches are bounded
-/// in time ([`Pace::tokens_within`]). A quarter: on the 2-core CPU box (MiniLM, ~8 ms of
-/// fixed cost per batch under load) a tenth held batches near 80 ms whatever
-/// `max_batch_ms` asked, and the queries behind them at 4-5x their idle latency; a quarter
-/// lets 25 ms batches through at ~15% of the ingest's speed (docs/scheduling.md).
-const MAX_FIXED_SHARE: f64 = 0.25;
+/// How much of a time-bounded batch its fixed cost (learnt, `line`) may take: a batch is
+/// never cut so small that the fixed cost takes more than `max_fixed_share` of its time,
+/// unless that would stretch it past `max_stretch` times the time target (a fit thrown off
+/// by a few slow batches, a busy machine, would otherwise size batches of hundreds of
+/// milliseconds). A share of s leaves the worker 1 − s of its speed on long batches.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Overhead {
+    pub max_fixed_share: f64,
+    pub max_stretch: f64,
+}
 
-/// The fixed-cost share never stretches a batch past this many times the time target: a
-/// fit thrown off by a few slow batches (a busy machine) would otherwise size batches of
-/// hundreds of milliseconds, and every query behind them would wait that long.
-const MAX_STRETCH: f64 = 2.0;
+impl Overhead {
+    /// Work at the default priority or better: an eighth, up to four times the target. Who
+    /// waits behind these batches is work of the same class, which a faster worker serves
+    /// sooner: on the 2-core CPU a 66M-parameter model has ~20 ms of fixed cost per batch,
+    /// and a quarter held its 32-client traffic at 75% of the worker's speed
+    /// (docs/scheduling.md).
+    pub const INTERACTIVE: Overhead = Overhead { max_fixed_share: 0.125, max_stretch: 4.0 };
+
+    /// Bulk work that yields (`scheduling.bulk_max_batch_ms`): a quarter, up to twice the
+    /// target. A query waits for the bulk batch being computed; with MiniLM's ~8 ms of fixed
+    /// cost, a tenth held those batches near 80 ms whatever the bound asked and the queries
+    /// behind them at 4-5× their idle latency, a quarter lets 25 ms batches through at ~15%
+    /// of the ingest's speed.
+    pub const BULK: Overhead = Overhead { max_fixed_share: 0.25, max_stretch: 2.0 };
+}
 
 /// How early, before the worker is predicted to be free, the next batch is cut: an eighth
 /// of the running batch's predicted time, within these bounds. Early enough for the batch
@@ -90,18 +105,16 @@ impl Pace {
     }
 
     /// Most tokens a batch may hold to take at most `target`, once one batch has been
-    /// timed. Never below `floor`, nor below what makes the fixed cost at most
-    /// [`MAX_FIXED_SHARE`] of the batch's time (a shorter target would spend the worker's
-    /// time on overhead instead of tokens), unless that would take over [`MAX_STRETCH`]
-    /// times the target.
-    pub fn tokens_within(&self, target: Duration, floor: usize) -> Option<usize> {
+    /// timed. Never below `floor`, nor below what keeps the fixed cost within `overhead`.
+    pub fn tokens_within(&self, target: Duration, floor: usize, overhead: Overhead) -> Option<usize> {
         let (fixed, per_token) = self.line()?;
         if per_token <= 0.0 {
             return None;
         }
         let target = target.as_secs_f64();
-        let worth = fixed * (1.0 - MAX_FIXED_SHARE) / MAX_FIXED_SHARE / per_token;
-        let stretched = (MAX_STRETCH * target - fixed) / per_token;
+        let Overhead { max_fixed_share: share, max_stretch } = overhead;
+        let worth = fixed * (1.0 - share) / share / per_token;
+        let stretched = (max_stretch * target - fixed) / per_token;
         let n = ((target - fixed) / per_token).max(worth.min(stretched)).floor();
         Some(if n.is_finite() && n > floor as f64 { n.min(usize::MAX as f64 / 2.0) as usize } else { floor })
     }
@@ -131,12 +144,12 @@ mod tests {
     #[test]
     fn tokens_within_a_time_target() {
         let mut p = Pace::default();
-        assert_eq!(p.tokens_within(ms(250), 64), None, "nothing timed yet");
+        assert_eq!(p.tokens_within(ms(250), 64, Overhead::BULK), None, "nothing timed yet");
         // 1 ms per 10 tokens, no fixed cost: 250 ms holds 2,500 tokens.
         p.observe(1000, ms(100));
-        let n = p.tokens_within(ms(250), 64).unwrap();
+        let n = p.tokens_within(ms(250), 64, Overhead::BULK).unwrap();
         assert!((2499..=2500).contains(&n), "{n}");
-        assert_eq!(p.tokens_within(ms(1), 64), Some(64), "never below the floor");
+        assert_eq!(p.tokens_within(ms(1), 64, Overhead::BULK), Some(64), "never below the floor");
     }
 
     #[test]
@@ -147,13 +160,31 @@ mod tests {
         for tokens in [100, 1000, 300, 2000, 50, 800] {
             p.observe(tokens, Duration::from_secs_f64(0.002 + 0.0001 * tokens as f64));
         }
-        let n = p.tokens_within(ms(20), 8).unwrap();
+        let n = p.tokens_within(ms(20), 8, Overhead::BULK).unwrap();
         assert!((179..=180).contains(&n), "{n}");
-        let n = p.tokens_within(ms(5), 8).unwrap();
+        let n = p.tokens_within(ms(5), 8, Overhead::BULK).unwrap();
         assert!((59..=60).contains(&n), "{n}");
         // 3 ms: a quarter share would need 8 ms; the stretch bound stops at 6 ms (40 tokens).
-        let n = p.tokens_within(ms(3), 8).unwrap();
+        let n = p.tokens_within(ms(3), 8, Overhead::BULK).unwrap();
         assert!((39..=40).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn interactive_batches_keep_the_fixed_cost_to_an_eighth() {
+        let mut p = Pace::default();
+        // 20 ms per batch + 0.35 ms per token (a 66M-parameter model on 2 cores): 50 ms
+        // would hold 85 tokens, 40% of it fixed cost. An eighth: 160 ms, 400 tokens; a
+        // quarter (bulk): 80 ms, 171 tokens.
+        for tokens in [100, 900, 300, 1800, 50, 600] {
+            p.observe(tokens, Duration::from_secs_f64(0.020 + 0.00035 * tokens as f64));
+        }
+        let n = p.tokens_within(ms(50), 64, Overhead::INTERACTIVE).unwrap();
+        assert!((399..=400).contains(&n), "{n}");
+        let n = p.tokens_within(ms(50), 64, Overhead::BULK).unwrap();
+        assert!((170..=171).contains(&n), "{n}");
+        // 25 ms: an eighth would need 160 ms; four times the target stops at 100 ms.
+        let n = p.tokens_within(ms(25), 64, Overhead::INTERACTIVE).unwrap();
+        assert!((228..=229).contains(&n), "{n}");
     }
 
     #[test]

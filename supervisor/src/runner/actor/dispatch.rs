@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Runner, SentBatch};
-use crate::batch::{decide, Decision, InFlight, Item, Limits, Rules, PIPELINE_DEPTH};
+use crate::batch::{decide, Decision, InFlight, Item, Limits, Overhead, Rules, PIPELINE_DEPTH};
 use crate::metrics::metrics;
 use crate::runner::jobs::BatchOutput;
 use crate::runner::recovery;
@@ -18,7 +18,7 @@ use crate::telemetry::{BatchFacts, BatchTrace};
 use crate::worker::{Cause, Death, WorkerState};
 
 /// The smallest token budget the time bound may leave (besides the fixed-cost share that
-/// `Pace::tokens_within` keeps): a short input or two.
+/// `Pace::tokens_within` keeps, `Overhead`): a short input or two.
 const MIN_BATCH_TOKENS: usize = 64;
 
 impl Runner {
@@ -48,8 +48,10 @@ impl Runner {
     /// work is bulk, `bulk_max_batch_ms` instead, so a query that arrives waits less.
     fn batch_limits(&self) -> Limits {
         let mut limits = self.limits;
-        let target = batch_time_target(self.cfg.max_batch_time, self.cfg.bulk_max_batch_time, self.bulk_yields());
-        if let Some(n) = target.and_then(|t| self.pace.tokens_within(t, MIN_BATCH_TOKENS)) {
+        let bulk = self.bulk_yields();
+        let target = batch_time_target(self.cfg.max_batch_time, self.cfg.bulk_max_batch_time, bulk);
+        let overhead = if bulk { Overhead::BULK } else { Overhead::INTERACTIVE };
+        if let Some(n) = target.and_then(|t| self.pace.tokens_within(t, MIN_BATCH_TOKENS, overhead)) {
             limits.max_batch_tokens = limits.max_batch_tokens.min(n);
         }
         limits
