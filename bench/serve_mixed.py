@@ -12,7 +12,9 @@ vector of the same text (cosine >= 0.999), so a broken server cannot post a numb
 
 Rows, in this order (sentence-transformers runs first and last; ratios use the mean, and
 both passes are printed to show how much the shared machine drifted):
-  1. sentence-transformers in-process, `model.encode(texts, batch_size=32)`, as users call it
+  1. sentence-transformers in-process, `model.encode(texts, batch_size=B)`, B its best for each
+     set: each of --st-batch-sizes is probed for --probe-seconds first (`--st-batch-sizes 32`:
+     32 alone, the library's default)
   2. mlx-serve, defaults (batching on): texts/s, /metrics batches, RSS peak and 10 s after, p50
   3. mlx-serve, `batch.max_batch_size: 1` (batching off)
   4. Infinity (`infinity-emb[server,torch]`, --engine torch --device cpu), same texts and load;
@@ -89,10 +91,30 @@ def stale_binaries(bin_dir: Path):
     return newest > built
 
 
+def best_batch_sizes(st, sets, args) -> dict:
+    """sentence-transformers' best `batch_size` per set: each candidate encodes the set's
+    texts for --probe-seconds; the fastest is used for that set's rows."""
+    sizes = [int(b) for b in args.st_batch_sizes.split(",")]
+    best = {}
+    for name, ts in sets.items():
+        if len(sizes) == 1:
+            best[name] = sizes[0]
+            continue
+        rates = {}
+        for b in sizes:
+            st.batch_size = b
+            rates[b] = st.throughput(ts, seconds=args.probe_seconds)["rate"]
+        best[name] = max(rates, key=rates.get)
+        say(f"  sentence-transformers batch_size probe, {name}: "
+            + ", ".join(f"{b}: {r:.1f}" for b, r in rates.items()) + f" texts/s -> {best[name]}")
+    return best
+
+
 def run_st(st, sets, args) -> dict:
     row = {"label": st.label}
     for name, ts in sets.items():
-        say(f"  sentence-transformers, {name} ...")
+        st.batch_size = args.st_best[name]
+        say(f"  sentence-transformers, {name} (batch_size {st.batch_size}) ...")
         row[name] = st.throughput(ts, seconds=args.seconds, count=args.texts)
     return row
 
@@ -107,12 +129,20 @@ def measure(server, label, sets, st, args, *, memory: bool) -> dict:
     for name, ts in sets.items():
         say(f"  {label}, {name} ...")
         before = server.metrics_text() if hasattr(server, "metrics_text") else None
+        cpu0 = (time.process_time(), rss.tree_cpu_seconds(server.pid), time.perf_counter())
         with rss.PeakSampler(server.pid) as sampler:
             res = load.throughput(url, model, ts, st.dims, args.clients, seconds=args.seconds, count=args.texts)
+        wall = time.perf_counter() - cpu0[2]
+        # CPU cores each side used over the load: the load generator (this process) must be
+        # far from the machine's count for the rate to be the server's.
+        cpu = {"client_cores": (time.process_time() - cpu0[0]) / wall,
+               "server_cores": (rss.tree_cpu_seconds(server.pid) - cpu0[1]) / wall}
         after = server.metrics_text() if before is not None else None
         min_cos = load.verify(res, ts, st.vectors)
         row[name] = {"rate": res.rate, "done": res.done, "error": res.error, "min_cosine": min_cos,
-                     "peak_rss": sampler.peak, "batches": prom.batch_stats(before, after) if before else None}
+                     "peak_rss": sampler.peak, "batches": prom.batch_stats(before, after) if before else None, **cpu}
+        say(f"    {res.rate:.0f} texts/s; CPU cores used: server {cpu['server_cores']:.2f}, "
+            f"load generator {cpu['client_cores']:.2f} (of {len(os.sched_getaffinity(0))})")
         if res.error:
             say(f"    FAILED: {res.error}")
         if name == "long" and memory:
@@ -129,6 +159,7 @@ def run_rows(args, sets, st, model_dir):
     with contextlib.ExitStack() as stack:
         try:
             say("\n## Runs")
+            args.st_best = best_batch_sizes(st, sets, args)
             st_passes.append(run_st(st, sets, args))
             st_p50 = load.percentiles(st.latency(sets["short"], n=args.latency_n))
 
@@ -179,7 +210,9 @@ def run_infinity(args, sets, st, model_dir, stack) -> dict:
 
 def print_report(args, sets, rows, st_passes, st_p50):
     passes = "" if len(st_passes) == 1 else " (mean of 2 passes)"
-    st_row = {"label": f"sentence-transformers in-process, batch 32{passes}"}
+    sizes = sorted(set(args.st_best.values()))
+    best = "batch " + ("/".join(f"{args.st_best[n]} ({n})" for n in sets) if len(sizes) > 1 else str(sizes[0]))
+    st_row = {"label": f"sentence-transformers in-process, {best}{passes}"}
     for name in sets:
         rates = [p[name]["rate"] for p in st_passes]
         st_row[name] = {"rate": sum(rates) / len(rates), "passes": rates}
@@ -202,6 +235,7 @@ def print_report(args, sets, rows, st_passes, st_p50):
         say("\n" + BUSY.format("above"))
     if args.json:
         args.json.write_text(json.dumps({"seed": args.seed, "machine": machine(), "sentence_transformers": st_row,
+                                         "st_batch_size": args.st_best,
                                          "st_one_text": st_p50, "rows": rows}, indent=1, default=str))
 
 
@@ -227,10 +261,15 @@ def main():
     ap.add_argument("--model-dir", type=Path, default=ROOT / ".deps" / MODEL)
     ap.add_argument("--bin-dir", type=Path, default=ROOT / "target" / "release")
     ap.add_argument("--infinity-venv", type=Path, default=Path.home() / ".cache/mlx-serve/infinity-venv")
+    ap.add_argument("--st-batch-sizes", default="16,32,64,128",
+                    help="sentence-transformers batch sizes probed per set; the best is its setting (default 16,32,64,128)")
+    ap.add_argument("--probe-seconds", type=float, default=5, help="each batch-size probe (default 5)")
     ap.add_argument("--json", type=Path, help="also write every number to this file")
     args = ap.parse_args()
     if args.quick:
         args.seconds = 3
+    if args.quick:
+        args.probe_seconds = 1
     if args.texts:
         args.seconds = None
     args.latency_n = 30 if args.quick else 100

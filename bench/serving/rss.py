@@ -86,3 +86,19 @@ class PeakSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, tree_rss(self.root))
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of `root` and its descendants (/proc/PID/stat utime + stime;
+    a process that exited meanwhile is not counted)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in tree(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tick
+

@@ -98,6 +98,10 @@ class MlxServe:
         self.home = Path(tempfile.mkdtemp(prefix="mlx-serve-bench-"))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_SERVE_")}
         self.env["MLX_SERVE_HOME"] = str(self.home)
+        # The embedding cache is off: a benchmark measures computing vectors (the library
+        # beside it has no cache), and a text that came round again would be answered from
+        # memory. A config.yaml's `embedding_cache` cannot turn it back on (env wins).
+        self.env["MLX_SERVE_EMBEDDING_CACHE_MB"] = "0"
         self.process = None
         self.url = None
         out = subprocess.run([str(self.bin), "pull", str(model_dir), "--name", model],
