@@ -15,6 +15,7 @@
 //! buffer (`mlx_array_new_data_managed` copies too, checked with MLX 0.32.2).
 
 pub mod bench;
+mod gated;
 mod simd;
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ mod tests;
 use anyhow::Result;
 use mlx_rs::{Array, Dtype};
 
+pub use gated::{gated_f32, Gate};
 use simd::simd_dispatch;
 
 /// erf(x) for f32, Eigen's / XLA's rational approximation (`generic_fast_erf_float`):

@@ -399,8 +399,7 @@ impl Network for Gemma3Text {
             x = x.add(norm(&a, &layer.post_attn_norm, self.eps)?)?;
             let r = norm(&x, &layer.pre_ff_norm, self.eps)?;
             let gu = layer.gate_up.forward(&r)?;
-            let halves = gu.split_at_indices(&[self.intermediate], 1)?;
-            let h = self.act.apply_biased(self.kernels, &halves[0], None)?.multiply(&halves[1])?;
+            let h = self.act.gated(self.kernels, &gu, self.intermediate, true)?;
             let m = layer.down.forward(&h)?;
             x = x.add(norm(&m, &layer.post_ff_norm, self.eps)?)?;
         }

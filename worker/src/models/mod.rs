@@ -32,6 +32,7 @@ use mlx_serve_protocol::model_dir::ModelFacts;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::cpu_kernels::Gate;
 use crate::heads::Scorer;
 use crate::packing::{AttentionBuckets, Packing};
 use crate::splade_head::MlmLayout;
@@ -210,5 +211,25 @@ impl Activation {
             Activation::Relu => mlx_rs::nn::relu(x)?,
             Activation::Silu => mlx_rs::nn::silu(x)?,
         })
+    }
+
+    /// A gated feed-forward's `act(gate) · up`, where `fused` (`[rows, 2 · inner]`, one
+    /// projection) holds the gate half first when `gate_first`, else the up half first. With
+    /// host kernels one pass on the host (`cpu_kernels/gated.rs`), else MLX's.
+    pub fn gated(self, kernels: Kernels, fused: &Array, inner: i32, gate_first: bool) -> Result<Array> {
+        if kernels == Kernels::Host {
+            let gate = match self {
+                Activation::Gelu => Gate::Gelu,
+                Activation::GeluTanh => Gate::GeluTanh,
+                Activation::Relu => Gate::Relu,
+                Activation::Silu => Gate::Silu,
+            };
+            if let Some(h) = crate::cpu_kernels::gated_f32(fused, inner as usize, gate_first, gate)? {
+                return Ok(h);
+            }
+        }
+        let halves = fused.split_at_indices(&[inner], 1)?;
+        let (gate, up) = if gate_first { (&halves[0], &halves[1]) } else { (&halves[1], &halves[0]) };
+        Ok(self.apply_biased(Kernels::Mlx, gate, None)?.multiply(up)?)
     }
 }

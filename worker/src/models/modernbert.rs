@@ -374,8 +374,7 @@ impl Network for ModernBert {
             let ctx = attention(self.kernels, &parts, inputs, scale, mask, None)?;
             x = x.add(layer.wo.forward(&ctx)?)?;
             let wi = layer.wi.forward(&layer.mlp_norm.apply(&x)?)?;
-            let halves = wi.split_at_indices(&[self.intermediate], 1)?;
-            let h = self.act.apply_biased(self.kernels, &halves[0], None)?.multiply(&halves[1])?;
+            let h = self.act.gated(self.kernels, &wi, self.intermediate, true)?;
             x = x.add(layer.mlp_out.forward(&h)?)?;
         }
         self.final_norm.apply(&x)

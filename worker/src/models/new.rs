@@ -297,8 +297,7 @@ impl Network for Gte {
             let (attn, attn_bias) = layer.o.forward_unbiased(&ctx)?;
             x = layer.attn_ln.add_apply(self.kernels, &attn, attn_bias, &x)?;
             let up_gate = layer.up_gate.forward(&x)?;
-            let halves = up_gate.split_at_indices(&[self.intermediate], 1)?;
-            let h = halves[0].multiply(&self.act.apply_biased(self.kernels, &halves[1], None)?)?;
+            let h = self.act.gated(self.kernels, &up_gate, self.intermediate, false)?;
             let (down, down_bias) = layer.down.forward_unbiased(&h)?;
             x = layer.mlp_ln.add_apply(self.kernels, &down, down_bias, &x)?;
         }

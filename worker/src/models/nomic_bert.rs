@@ -470,8 +470,7 @@ impl Network for NomicBert {
             let (attn, attn_bias) = layer.o_proj.forward_unbiased(&ctx)?;
             x = layer.attn_norm.add_apply(self.kernels, &attn, attn_bias, &x)?;
             let ug = layer.up_gate.forward(&x)?;
-            let ug = ug.split_at_indices(&[self.inner], 1)?;
-            let h = self.act.apply_biased(self.kernels, &ug[1], None)?.multiply(&ug[0])?;
+            let h = self.act.gated(self.kernels, &ug, self.inner, false)?;
             let (out, out_bias) = layer.down.forward_unbiased(&h)?;
             x = layer.mlp_norm.add_apply(self.kernels, &out, out_bias, &x)?;
         }

@@ -317,8 +317,7 @@ impl Network for Qwen2 {
             x = x.add(layer.o_proj.forward(&ctx)?)?;
             let r = rms_norm(&x, Some(&layer.post_norm), self.eps)?;
             let gu = layer.gate_up.forward(&r)?;
-            let halves = gu.split_at_indices(&[self.intermediate], 1)?;
-            let h = self.act.apply_biased(self.kernels, &halves[0], None)?.multiply(&halves[1])?;
+            let h = self.act.gated(self.kernels, &gu, self.intermediate, true)?;
             x = x.add(layer.down.forward(&h)?)?;
         }
         Ok(rms_norm(&x, Some(&self.norm), self.eps)?)

@@ -17,7 +17,9 @@ use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 
 use super::attention::{attention, Heads, Mask};
 use super::rope::{self, rope, RopeParameters};
-use super::{check_positive, parse_config, strip_prefix, Architecture, Inputs, Kernels, Load, Loaded, Network};
+use super::{
+    check_positive, parse_config, strip_prefix, Activation, Architecture, Inputs, Kernels, Load, Loaded, Network,
+};
 use crate::cpu_attention::HeadBlock;
 use crate::heads::{Scorer, YesNo};
 use crate::layers::{Embedding, Linear};
@@ -253,8 +255,7 @@ impl Network for Qwen3 {
             x = x.add(layer.o_proj.forward(&ctx)?)?;
             let r = rms_norm(&x, Some(&layer.post_norm), self.eps)?;
             let gu = layer.gate_up.forward(&r)?;
-            let parts = gu.split_at_indices(&[self.intermediate], 1)?;
-            let h = mlx_rs::nn::silu(&parts[0])?.multiply(&parts[1])?;
+            let h = Activation::Silu.gated(self.kernels, &gu, self.intermediate, true)?;
             x = x.add(layer.down.forward(&h)?)?;
         }
         Ok(rms_norm(&x, Some(&self.norm), self.eps)?)
