@@ -6,9 +6,13 @@ its own time limit and collects what they write):
            MiniLM: the references parity compares against
   parity   the real supervisor + worker at one compute dtype (--dtype): every fixture
            model and MiniLM over HTTP, compared with refs
-  traffic  mixed-length texts in random order over HTTP (64 and 256 clients) beside
-           sentence-transformers fp16 on the same GPU; one-request p50 beside ST's
-           one-text time; GPU memory per worker under load (nvidia-smi)
+  traffic  issue 28's speed check: mixed-length texts in random order over HTTP, one text
+           a request (64 and 256 clients, short texts and passages) and an ingest (64
+           passages a request, 8 and 32 clients), the load generator's CPU beside the
+           server's (supervisor + worker) for each; sentence-transformers fp16 on the same
+           GPU at its best batch size (probed per text set: ST_BATCH_SIZES, default
+           32,64,128,256,512); one-request p50 beside ST's one-text p50 on the same texts;
+           GPU memory per worker under load (nvidia-smi)
   memory   every model loaded: GPU memory per worker process; then each evicted (control
            socket): what is left
   quant    MiniLM and its 8-bit and 4-bit copies, made here by `mlx-serve quantize` (the
@@ -326,49 +330,114 @@ def make_texts(n, lo, hi, seed):
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))).capitalize() + "." for _ in range(n)]
 
 
-async def _clients(url, model, texts, clients, seconds, seed):
+async def _clients(url, model, texts, clients, seconds, seed, per_request=1):
+    """`clients` concurrent clients for `seconds`, each sending one request at a time of
+    `per_request` texts (1: a one-text `input`; more: a list, an ingest); (texts, errors, s)."""
     import aiohttp
     done, errors = 0, 0
-    stop_at = time.perf_counter() + seconds
+    start = time.perf_counter()
+    stop_at = start + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
         async def client(i):
             nonlocal done, errors
             rng = random.Random(seed * 1000 + i)
             while time.perf_counter() < stop_at:
-                body = {"model": model, "input": rng.choice(texts), "encoding_format": "base64"}
+                text = rng.choice(texts) if per_request == 1 else rng.sample(texts, per_request)
+                body = {"model": model, "input": text, "encoding_format": "base64"}
                 async with session.post(url + "/v1/embeddings", json=body) as r:
                     await r.read()
                     if r.status == 200:
-                        done += 1
+                        done += per_request
                     else:
                         errors += 1
-        start = time.perf_counter()
         await asyncio.gather(*(client(i) for i in range(clients)))
         return done, errors, time.perf_counter() - start
 
 
-def _clients_process(args):
-    return asyncio.run(_clients(*args))
+def _cpu_s():
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _clients_process(args, ready=None, go=None, results=None):
+    """One load-generator process. With `go`: imports first, says it is ready, waits for the
+    common start, then runs and reports (texts, errors, seconds, its CPU seconds)."""
+    import aiohttp  # noqa: F401 - imported before the start: its cost is not the load's
+    if go is None:
+        return asyncio.run(_clients(*args))
+    ready.put(os.getpid())
+    go.wait()
+    cpu0 = _cpu_s()
+    done, errors, elapsed = asyncio.run(_clients(*args))
+    results.put((done, errors, elapsed, _cpu_s() - cpu0))
+
+
+def proc_cpu_s(pid):
+    """utime + stime of a process (all its threads) from /proc/PID/stat, in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def default_procs(clients):
+    """Load-generator processes: three quarters of the cores (12 of 16), at most one per client.
+    One Python event loop tops out at a few thousand requests a second, below what the server
+    answers on a GPU; the CPU each one used is measured (load_measured), so a reader sees it."""
+    return max(1, min(clients, (os.cpu_count() or 4) * 3 // 4))
+
+
+def load_measured(url, model, texts, clients, seconds, procs=None, per_request=1, server_pids=()):
+    """`clients` concurrent clients spread over `procs` processes that start together, for
+    `seconds`; texts/s, errors, the load generator's CPU (its processes' getrusage, summed) and
+    the server's (/proc/PID/stat of `server_pids`: supervisor + worker) over the same wall time."""
+    import multiprocessing
+    procs = max(1, min(procs or default_procs(clients), clients))
+    ctx = multiprocessing.get_context("spawn")
+    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    parts = [(url, model, texts, clients // procs + (1 if p < clients % procs else 0), seconds, p, per_request)
+             for p in range(procs)]
+    children = [ctx.Process(target=_clients_process, args=(part, ready, go, results), daemon=True) for part in parts]
+    for c in children:
+        c.start()
+    try:
+        for _ in children:
+            ready.get(timeout=120)
+        server0 = {pid: proc_cpu_s(pid) for pid in server_pids}
+        t0 = time.perf_counter()
+        go.set()
+        got = [results.get(timeout=seconds + 300) for _ in children]
+        wall = time.perf_counter() - t0
+        server1 = {pid: proc_cpu_s(pid) for pid in server_pids}
+    finally:
+        for c in children:
+            c.join(timeout=10)
+            if c.is_alive():
+                c.kill()
+    done, errors = sum(r[0] for r in got), sum(r[1] for r in got)
+    client_cpu = sum(r[3] for r in got)
+    server_cpu = {pid: round(server1[pid] - server0[pid], 2) for pid in server_pids
+                  if server0.get(pid) is not None and server1.get(pid) is not None}
+    return {"texts_per_s": done / max(r[2] for r in got), "errors": errors, "clients": clients,
+            "texts_per_request": per_request, "client_procs": procs, "wall_s": round(wall, 2),
+            "client_cpu_s": round(client_cpu, 2), "client_cores": round(client_cpu / wall, 2),
+            "server_cpu_s": server_cpu, "server_cores": round(sum(server_cpu.values()) / wall, 2),
+            "cores": os.cpu_count()}
 
 
 def load(url, model, texts, clients, seconds, procs=None):
-    """`clients` concurrent clients, one text per request, for `seconds`; (texts/s, errors).
-
-    The clients are spread over several processes: one Python event loop tops out at a few
-    thousand requests a second, below what the server answers on a GPU (the client would be
-    the measurement). Default: a quarter of the cores, at most 8."""
-    import multiprocessing
-    procs = max(1, min(procs or min(8, (os.cpu_count() or 4) // 4), clients))
-    parts = [(url, model, texts, clients // procs + (1 if p < clients % procs else 0), seconds, p) for p in range(procs)]
-    with multiprocessing.get_context("spawn").Pool(procs) as pool:
-        results = pool.map(_clients_process, parts)
-    done, errors = sum(r[0] for r in results), sum(r[1] for r in results)
-    return done / max(r[2] for r in results), errors
+    """`clients` concurrent one-text clients for `seconds`; (texts/s, errors)."""
+    r = load_measured(url, model, texts, clients, seconds, procs)
+    return r["texts_per_s"], r["errors"]
 
 
-def one_request_p50(url, model, texts, n):
+def one_request_p50(url, model, texts, passes=2):
+    """Median latency of one one-text request at a time, over `texts` `passes` times, after 5."""
     lat = []
-    for i in range(n + 5):
+    for i in range(5 + passes * len(texts)):
         t0 = time.perf_counter()
         post(url + "/v1/embeddings", {"model": model, "input": texts[i % len(texts)]})
         if i >= 5:
@@ -376,60 +445,129 @@ def one_request_p50(url, model, texts, n):
     return statistics.median(lat)
 
 
-def st_rates(model_dir, sets, seconds, no_gpu):
+def st_batch_sizes(no_gpu):
+    env = os.environ.get("ST_BATCH_SIZES")
+    if env:
+        return [int(x) for x in env.split(",")]
+    return [16, 32, 64] if no_gpu else [32, 64, 128, 256, 512]
+
+
+def st_chunk(batch_size, no_gpu):
+    """Texts per encode() call: what a user hands sentence-transformers at once. It sorts the
+    texts of one call by length before batching them, so a call several batches long gets
+    that benefit, as a user's corpus would."""
+    return max(4 * batch_size, 128 if no_gpu else 1024)
+
+
+def _st_pass(st, texts, batch_size, seconds, no_gpu, offset=0):
+    """texts/s of encode() over chunks of `texts` (random order, wrapping) for `seconds`."""
+    chunk = st_chunk(batch_size, no_gpu)
+    ring = texts * (1 + chunk // len(texts) + 1)
+    n, i, start = 0, offset, time.perf_counter()
+    while True:
+        part = ring[i % len(texts):i % len(texts) + chunk]
+        st.encode(part, batch_size=batch_size)  # numpy out: the GPU has finished
+        n += len(part)
+        i += chunk
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return n / elapsed
+
+
+def st_rates(model_dir, sets, seconds, no_gpu, p50_texts):
+    """sentence-transformers in-process on the same device: for each text set, a probe of
+    each batch size (after a warm-up chunk at that size), then `seconds` at the best one."""
     import torch
     from sentence_transformers import SentenceTransformer
     device, dtype = ("cpu", torch.float32) if no_gpu else ("cuda", torch.float16)
     st = SentenceTransformer(str(model_dir), device=device, model_kwargs={"dtype": dtype})
-    out = {"device": device, "dtype": str(dtype).replace("torch.", "")}
-    step = 32 if no_gpu else 256  # texts per encode() call between clock reads
+    out = {"device": device, "dtype": str(dtype).replace("torch.", ""), "sets": {}}
+    probe_s = min(3.0, seconds)
     for name, texts in sets.items():
-        st.encode(texts[:1024], batch_size=32)  # warm-up: torch's kernels for the lengths ahead
-        n, i, start = 0, 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            chunk = texts[i % len(texts):i % len(texts) + step]
-            st.encode(chunk, batch_size=32)
-            n += len(chunk)
-            i += step
-        out[name] = n / (time.perf_counter() - start)
-    lat = []
-    for i in range(105):
-        t0 = time.perf_counter()
-        st.encode([sets["short"][i]], batch_size=1)
-        if not no_gpu:
-            torch.cuda.synchronize()
-        if i >= 5:
-            lat.append((time.perf_counter() - t0) * 1e3)
-    out["one_text_p50_ms"] = statistics.median(lat)
+        probes = {}
+        for bs in st_batch_sizes(no_gpu):
+            st.encode(texts[:st_chunk(bs, no_gpu)], batch_size=bs)  # warm-up: kernels, allocator
+            probes[bs] = _st_pass(st, texts, bs, probe_s, no_gpu, offset=7919 * bs)
+            print(f"st {name} batch {bs}: {probes[bs]:.0f} texts/s (probe, {probe_s:.0f} s)", flush=True)
+        best = max(probes, key=probes.get)
+        rate = _st_pass(st, texts, best, seconds, no_gpu)
+        out["sets"][name] = {"batch_size": best, "texts_per_s": rate, "chunk": st_chunk(best, no_gpu),
+                             "probes": {str(k): round(v, 1) for k, v in probes.items()}}
+        print(f"st {name}: best batch {best}: {rate:.0f} texts/s ({seconds:.0f} s)", flush=True)
+    for name, texts in p50_texts.items():
+        lat = []
+        for i in range(5 + 2 * len(texts)):
+            t0 = time.perf_counter()
+            st.encode([texts[i % len(texts)]], batch_size=1)
+            if not no_gpu:
+                torch.cuda.synchronize()
+            if i >= 5:
+                lat.append((time.perf_counter() - t0) * 1e3)
+        out[f"one_text_p50_ms_{name}"] = statistics.median(lat)
+    out["one_text_p50_ms"] = out["one_text_p50_ms_short"]
     return out
 
 
+INGEST_TEXTS = 64  # texts per ingest request
+# The supervisor's embedding cache (docs/cache.md, on by default) would answer the repeated
+# texts of a load without the model: every throughput measurement turns it off.
+NO_EMBEDDING_CACHE = "embedding_cache:\n  memory_mb: 0\n"
+
+
+def cache_hits(url):
+    """mlx_serve_embedding_cache_hits_total (0 when the cache is off), from /metrics."""
+    import urllib.request
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(m.group(1)) for m in re.finditer(r"^mlx_serve_embedding_cache_hits_total(?:\{[^}]*\})? (\S+)",
+                                                       text, re.M))
+
+
 def step_traffic(a):
+    """Issue 28's speed check: one-text traffic (64, 256 clients) on short texts and passages,
+    an ingest (64 passages a request, 8 and 32 clients), one-request p50; the load generator's
+    CPU and the server's (supervisor + worker) beside each row; then sentence-transformers at
+    its best batch size (probed) on the same texts, and its one-text p50 on the same texts."""
     sets = {"short": make_texts(4096, 3, 12, 1), "long": make_texts(2048, 6, 120, 2)}
-    server = Server(a.bin, {MINILM: Path(a.models) / MINILM}, config_yaml(a.dtype), Path(a.work) / "server-traffic.log")
-    result = {"dtype": a.dtype, "seconds": a.seconds, "server": {}, "gpu_mib_under_load": None}
+    p50_texts = {"short": sets["short"][:100], "long": sets["long"][:100]}
+    server = Server(a.bin, {MINILM: Path(a.models) / MINILM}, config_yaml(a.dtype, NO_EMBEDDING_CACHE),
+                    Path(a.work) / "server-traffic.log")
+    result = {"dtype": a.dtype, "seconds": a.seconds, "server": {}, "gpu_mib_under_load": None,
+              "ingest_texts_per_request": INGEST_TEXTS, "embedding_cache": "off (memory_mb: 0)"}
     samples, stop = [], threading.Event()
+    runs = [(f"{name}_{c}", name, c, 1) for name in sets for c in (64, 256)]
+    runs += [(f"ingest_{c}", "long", c, INGEST_TEXTS) for c in (8, 32)]
     try:
         post(server.url + "/v1/embeddings", {"model": MINILM, "input": "warm up"})
+        pids = [server.proc.pid] + list(server.worker_pids().values())
+        result["server_pids"] = pids
         if not a.no_gpu:
             def sample():
                 while not stop.is_set():
-                    pids = server.worker_pids()
                     apps = gpu_apps()
-                    samples.append({m: apps.get(p) for m, p in pids.items()})
+                    samples.append({m: apps.get(p) for m, p in server.worker_pids().items()})
                     stop.wait(0.5)
             threading.Thread(target=sample, daemon=True).start()
-        for name, texts in sets.items():
-            for clients in (64, 256):
-                load(server.url, MINILM, texts, clients, 2)  # warm-up: shapes, batch sizes
-                rate, errors = load(server.url, MINILM, texts, clients, a.seconds)
-                result["server"][f"{name}_{clients}"] = {"texts_per_s": rate, "errors": errors}
-                print(f"traffic {name} {clients} clients: {rate:.0f} texts/s, {errors} errors", flush=True)
+        for key, name, clients, per in runs:
+            load_measured(server.url, MINILM, sets[name], clients, 2, per_request=per)  # warm-up: shapes
+            row = load_measured(server.url, MINILM, sets[name], clients, a.seconds, per_request=per, server_pids=pids)
+            row["texts"] = name
+            result["server"][key] = row
+            print(f"traffic {key}: {row['texts_per_s']:.0f} texts/s, {row['errors']} errors; load generator used "
+                  f"{row['client_cores']:.2f} of {row['cores']} cores ({row['client_procs']} processes), server "
+                  f"(supervisor + worker) {row['server_cores']:.2f}", flush=True)
+            wjson(Path(a.work) / "traffic.json", result)
         stop.set()
         try:  # a failure here must not lose the rates above nor skip the library's side
-            result["one_request_p50_ms"] = one_request_p50(server.url, MINILM, sets["short"], 200)
+            for name, texts in p50_texts.items():
+                result[f"one_request_p50_ms_{name}"] = one_request_p50(server.url, MINILM, texts)
+            result["one_request_p50_ms"] = result["one_request_p50_ms_short"]
         except Exception as e:
             result["one_request_p50_error"] = f"{type(e).__name__}: {e}"
+        try:
+            result["embedding_cache_hits"] = cache_hits(server.url)
+        except Exception as e:
+            result["embedding_cache_hits"] = f"{type(e).__name__}: {e}"
         if samples:
             peaks = [s.get(MINILM) for s in samples if s.get(MINILM)]
             result["gpu_mib_under_load"] = max(peaks) if peaks else None
@@ -437,7 +575,7 @@ def step_traffic(a):
         stop.set()
         server.stop()
         wjson(Path(a.work) / "traffic.json", result)  # kept if the library side runs out of time
-    result["st"] = st_rates(Path(a.models) / MINILM, sets, a.seconds, a.no_gpu)
+    result["st"] = st_rates(Path(a.models) / MINILM, sets, a.seconds, a.no_gpu, p50_texts)
     wjson(Path(a.work) / "traffic.json", result)
     print(json.dumps(result), flush=True)
 
@@ -477,7 +615,8 @@ def step_quant(a):
     # The first load of a quantized model on a machine compiles MLX's quantized-matmul
     # kernels (worker/src/engine.rs, GPU_WARM_UP_TOKENS): give it room, and time it.
     server = Server(a.bin, {MINILM: Path(a.models) / MINILM},
-                    config_yaml(a.dtype, "limits:\n  worker_start_timeout_seconds: 600\n  request_timeout_seconds: 600\n"),
+                    config_yaml(a.dtype, "limits:\n  worker_start_timeout_seconds: 600\n  request_timeout_seconds: 600\n"
+                                + NO_EMBEDDING_CACHE),
                     Path(a.work) / "server-quant.log")
     result = {"dtype": a.dtype, "seconds": a.seconds, "quantize": {}, "models": {}}
     try:

@@ -31,7 +31,11 @@
 #   env      GPU, driver, Python, torch, sentence-transformers
 #   refs     sentence-transformers float32 references (fixtures + MiniLM)
 #   parity-float32, parity-float16   every model over HTTP vs the references
-#   traffic  mixed-length texts over HTTP, 64/256 clients, beside ST fp16; one-request p50
+#   traffic  issue 28's speed check: mixed-length texts over HTTP, 64/256 one-text clients and
+#            an ingest (64 passages a request, 8/32 clients), load generator CPU beside server
+#            CPU, beside ST fp16 at its best batch size (probed); one-request p50. About
+#            10 x --seconds + 120 s (2 s warm-ups, ST probes of 3 s each): --seconds 15 fits
+#            one call with the layout (`--only traffic --seconds 15 --budget 560`)
 #   memory   GPU memory per loaded model; after eviction
 #   parity-bfloat16
 #   quant    MiniLM vs its 8-bit and 4-bit copies quantized there: GPU memory, texts/s
@@ -191,7 +195,7 @@ if step layout 120 layout; then
     # bfloat16 last: if time runs short, the throughput and memory numbers come first.
     want parity-float32 && step parity-float32 150 "${CHECKS[@]}" parity --dtype float32
     want parity-float16 && step parity-float16 150 "${CHECKS[@]}" parity --dtype float16
-    want traffic && step traffic 240 "${CHECKS[@]}" traffic --dtype auto
+    want traffic && step traffic 500 "${CHECKS[@]}" traffic --dtype auto
     want memory && step memory 120 "${CHECKS[@]}" memory --dtype auto
     want parity-bfloat16 && step parity-bfloat16 150 "${CHECKS[@]}" parity --dtype bfloat16
     want quant && step quant 480 "${CHECKS[@]}" quant --dtype auto --seconds 3
