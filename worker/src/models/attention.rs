@@ -44,7 +44,7 @@ pub fn attention(
     if kernels == Kernels::Host {
         let offsets = &inputs.packing.offsets;
         let head_dim = heads.head_dim as usize;
-        let scoring = Scoring { scale, mask, bias };
+        let scoring = Scoring { scale, mask, bias, key_limits: inputs.packing.key_limits.as_deref() };
         if let Some(out) = packed_attention(heads.q, heads.k, heads.v, offsets, head_dim, scoring)? {
             return Ok(out);
         }
