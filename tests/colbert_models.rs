@@ -219,4 +219,17 @@ fn pylate_settings_that_are_not_computed_are_refused_at_pull_naming_them() {
         let line = pull_error(edit);
         assert!(line.contains(needle) && line.contains("PyLate"), "should name {needle}: {line}");
     }
+
+    // The unchanged fixture pulls and says what it is; quantizing it is refused, naming why.
+    let home = tempfile::tempdir().unwrap();
+    let src = model_dir("tiny-bert-pylate");
+    let run = |args: &[&str]| cli::run(cli::command(home.path(), None, args), Duration::from_secs(180));
+    let out = run(&["pull", src.to_str().unwrap(), "--name", "c"]);
+    assert!(out.ok(), "{}", out.text());
+    let out = run(&["show", "c", "--json"]);
+    let shown: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(shown["pooling"], "colbert", "{shown}");
+    let out = run(&["quantize", "c", "--bits", "8"]);
+    let line = error_line(&out);
+    assert!(line.contains("PyLate ColBERT") && line.contains("not supported"), "{line}");
 }

@@ -205,3 +205,37 @@ impl Vocab {
         self.id(content)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> (std::path::PathBuf, Value) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let text = std::fs::read_to_string(root.join(format!("reference/{name}.json"))).unwrap();
+        (root.join("models").join(name), serde_json::from_str(&text).unwrap())
+    }
+
+    /// The settings and ids PyLate itself resolved (tests/fixtures/make_pylate.py): the
+    /// markers, and the skiplist as `convert_tokens_to_ids` maps it (a word that is no
+    /// token to [UNK]'s id).
+    #[test]
+    fn settings_and_ids_are_pylates() {
+        for name in ["tiny-bert-pylate", "tiny-bert-pylate-noexp"] {
+            let (dir, r) = fixture(name);
+            let c = read(&dir).unwrap();
+            let s = &r["settings"];
+            assert_eq!(c.query_length as u64, s["query_length"].as_u64().unwrap(), "{name}");
+            assert_eq!(c.document_length as u64, s["document_length"].as_u64().unwrap(), "{name}");
+            assert_eq!(c.do_query_expansion, s["do_query_expansion"].as_bool().unwrap(), "{name}");
+            assert_eq!(c.attend_to_expansion_tokens, s["attend_to_expansion_tokens"].as_bool().unwrap(), "{name}");
+            assert_eq!(c.query_prefix_id as u64, r["query_input_ids"][0][1].as_u64().unwrap(), "{name}");
+            assert_eq!(c.document_prefix_id as u64, r["document_input_ids"][0][1].as_u64().unwrap(), "{name}");
+            let mut want: Vec<u32> =
+                r["skiplist_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            want.sort_unstable();
+            want.dedup();
+            assert_eq!(c.skiplist_ids, want, "{name}");
+        }
+    }
+}

@@ -71,7 +71,7 @@ impl ColbertHead {
         for layer in &self.dense {
             x = layer.forward(&x)?;
         }
-        Ok(l2_normalize(&x.as_dtype(Dtype::Float32)?)?)
+        l2_normalize(&x.as_dtype(Dtype::Float32)?)
     }
 
     /// Per sequence, its kept tokens' vectors, float32 `[kept × dim]` row-major.
