@@ -4,13 +4,9 @@
 //! `tests/fixtures/make_bge_m3.py`'s reference), over HTTP with a real worker and with the
 //! unmodified `cohere` client; a plain embedding model ranks by the cosine of its dense
 //! vectors; weights the model cannot honour are a 400 naming them. A PyLate ColBERT model
-//! (not served yet) is refused at pull, naming PyLate's module.
+//! pulls and ranks by its own MaxSim (`tests/colbert_models.rs` checks it against PyLate).
 
-use std::time::Duration;
-
-use mlx_serve_tests::cli;
-use mlx_serve_tests::fake_hub::error_line;
-use mlx_serve_tests::fixtures::{copy_dir, cosine, model_dir, repo_root};
+use mlx_serve_tests::fixtures::{cosine, model_dir, repo_root};
 use mlx_serve_tests::server::{run_client, Server, ServerOptions};
 use serde_json::{json, Value};
 
@@ -208,24 +204,24 @@ fn a_plain_embedding_model_reranks_by_cosine_and_weights_it_cannot_honour_are_re
 }
 
 #[test]
-fn a_pylate_colbert_model_is_refused_at_pull_naming_its_module() {
-    let home = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let folder = work.path().join("colbert");
-    copy_dir(&model_dir("tiny-bert-embed"), &folder);
-    // modules.json as PyLate saves a ColBERT model (answerai-colbert-small-v1's): the
-    // transformer, then PyLate's Dense projection of every token, no pooling.
-    let modules = json!([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"}
-    ]);
-    std::fs::write(folder.join("modules.json"), modules.to_string()).unwrap();
-    let cmd = cli::command(home.path(), None, &["pull", folder.to_str().unwrap(), "--name", "colbert"]);
-    let out = cli::run(cmd, Duration::from_secs(120));
-    let line = error_line(&out);
-    assert!(
-        line.contains("pylate.models.Dense.Dense") && line.contains("PyLate") && line.contains("ColBERT"),
-        "{line}"
-    );
-    assert!(!home.path().join("models/colbert").exists(), "nothing may be installed");
+fn a_pylate_colbert_model_pulls_and_ranks_by_its_maxsim() {
+    // Once refused at pull; now `pull` of a folder PyLate saved installs it, and
+    // /v1/rerank ranks by PyLate's MaxSim (tests/colbert_models.rs checks the numbers).
+    let server = Server::start(ServerOptions { models: vec![EMBEDDER], ..Default::default() });
+    let src = model_dir("tiny-bert-pylate");
+    let out = server.cli(&["pull", src.to_str().unwrap(), "--name", "colbert"]);
+    assert!(out.ok(), "{}", out.text());
+    let r = reference("tiny-bert-pylate");
+    let req = json!({"model": "colbert", "query": r["queries"][0], "documents": r["documents"]});
+    let (status, body) = server.post("/v1/rerank", &req);
+    assert_eq!(status, 200, "{body}");
+    let got: Vec<u64> = body["results"].as_array().unwrap().iter().map(|x| x["index"].as_u64().unwrap()).collect();
+    let want: Vec<u64> = r["rerank"][0].as_array().unwrap().iter().map(|x| x["index"].as_u64().unwrap()).collect();
+    assert_eq!(got, want, "{body}");
+    // Its weights are PyLate's only score: a dense weight is refused naming what it gives.
+    let req = json!({"model": "colbert", "query": "q", "documents": ["d"], "weights": {"dense": 1}});
+    let (status, body) = server.post("/v1/rerank", &req);
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("PyLate ColBERT"), "{body}");
+    assert_eq!(server.stop(), Some(0));
 }

@@ -19,6 +19,7 @@ pub mod codec;
 mod json_file;
 pub mod model_dir;
 pub mod model_files;
+pub mod pylate;
 pub mod quantization;
 pub mod splade;
 pub mod st_pipeline;

@@ -20,6 +20,7 @@ use serde_json::Value;
 use crate::architectures::Positions;
 pub use crate::architectures::{Body, Family};
 use crate::json_file::{get_u32, read_json, JsonError};
+pub use crate::pylate::Colbert;
 pub use crate::splade::Splade;
 use crate::st_pipeline::{self, PipelineError};
 pub use crate::st_pipeline::{Dense, DenseActivation, PoolingMode};
@@ -41,6 +42,9 @@ pub enum Pooling {
     /// A SPLADE sparse encoder: MLM logits pooled into one weight per vocabulary id
     /// ([`ModelFacts::splade`] says how); it has no dense vector.
     Splade,
+    /// A PyLate ColBERT model: one projected, normalized vector per token
+    /// ([`ModelFacts::colbert`] says how queries and documents are encoded); no dense vector.
+    Colbert,
 }
 
 impl Pooling {
@@ -54,6 +58,7 @@ impl Pooling {
             Pooling::CrossEncoder => "cross_encoder",
             Pooling::YesNo => "yes_no",
             Pooling::Splade => "splade",
+            Pooling::Colbert => "colbert",
         }
     }
 
@@ -63,6 +68,7 @@ impl Pooling {
             "cross_encoder" => Some(Pooling::CrossEncoder),
             "yes_no" => Some(Pooling::YesNo),
             "splade" => Some(Pooling::Splade),
+            "colbert" => Some(Pooling::Colbert),
             mode => PoolingMode::parse(mode).map(Pooling::Embed),
         }
     }
@@ -106,6 +112,9 @@ pub struct ModelFacts {
     pub type_vocab_size: u32,
     /// How a SPLADE model ([`Pooling::Splade`]) pools its MLM logits.
     pub splade: Option<Splade>,
+    /// How a PyLate ColBERT model ([`Pooling::Colbert`]) encodes queries and documents;
+    /// `dense` are its per-token projections.
+    pub colbert: Option<Colbert>,
     /// A classification head's labels in id order (config.json's `id2label`; `LABEL_0`
     /// when absent, transformers' name for a single-logit head).
     pub labels: Vec<String>,
@@ -157,6 +166,8 @@ pub enum ModelDirError {
     NotMaskedLm { architecture: String },
     #[error("{architecture}: SpladePooling's embedding_dimension {dimension} is not config.json's vocab_size {vocab}")]
     SpladeDimension { architecture: String, dimension: u32, vocab: u32 },
+    #[error("{architecture}: PyLate's query/document length {length} is more than the model's {positions} positions")]
+    ColbertLength { architecture: String, length: u32, positions: u32 },
     #[error("{architecture}: Dense module {path} takes {takes} inputs but gets {gets}")]
     DenseShape { architecture: String, path: String, takes: u32, gets: u32 },
 }
@@ -263,6 +274,10 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
         }
         _ => None,
     };
+    let colbert = match kind {
+        ModelKind::Embedding => pipeline.as_ref().and_then(|p| p.colbert.clone()),
+        _ => None,
+    };
     let (pooling, dense, normalize) = match kind {
         ModelKind::Reranker => {
             let scoring = Pooling::scoring_for(family.body());
@@ -278,9 +293,10 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
             (Pooling::CrossEncoder, Vec::new(), false)
         }
         ModelKind::Embedding => match pipeline {
-            Some(p) => match p.pooling {
-                Some(mode) => (Pooling::Embed(mode), p.dense, p.normalize),
-                None => (Pooling::Splade, Vec::new(), false),
+            Some(p) => match (p.pooling, &p.colbert) {
+                (Some(mode), _) => (Pooling::Embed(mode), p.dense, p.normalize),
+                (None, Some(_)) => (Pooling::Colbert, p.dense, true),
+                (None, None) => (Pooling::Splade, Vec::new(), false),
             },
             // No sentence-transformers files: the architecture's default, normalized (what
             // every embedding API returns).
@@ -310,7 +326,15 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
     let tok_limit = read_json(dir, "tokenizer_config.json")?
         .and_then(|c| get_u32(&c, "model_max_length"))
         .filter(|&n| n < 1_000_000);
-    let max_tokens = st_limit.or(tok_limit).unwrap_or(usable).min(usable).clamp(1, DEFAULT_MAX_TOKENS_CAP);
+    let mut max_tokens = st_limit.or(tok_limit).unwrap_or(usable).min(usable).clamp(1, DEFAULT_MAX_TOKENS_CAP);
+    if let Some(c) = &colbert {
+        // PyLate cuts to its own lengths, whatever max_seq_length says.
+        let longest = c.query_length.max(c.document_length);
+        if longest > usable {
+            return Err(ModelDirError::ColbertLength { architecture, length: longest, positions: usable });
+        }
+        max_tokens = usable.min(DEFAULT_MAX_TOKENS_CAP).max(longest);
+    }
 
     Ok(ModelFacts {
         kind,
@@ -329,6 +353,7 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
         },
         vocab_size,
         splade,
+        colbert,
         type_vocab_size: get_u32(&config, "type_vocab_size").unwrap_or(family.spec().type_vocab_default),
         labels,
         config,

@@ -17,6 +17,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::json_file::{read_json, JsonError};
+use crate::pylate::{self, Colbert};
 use crate::splade::{self, Splade};
 
 /// How token states become one vector (sentence-transformers' `Pooling` modes).
@@ -107,6 +108,9 @@ pub struct Pipeline {
     pub pooling: Option<PoolingMode>,
     /// A SPLADE sparse encoder's `SpladePooling` over MLM logits (`splade.rs`).
     pub splade: Option<Splade>,
+    /// A PyLate ColBERT model's query/document settings (`pylate.rs`); its `dense` project
+    /// every token, and each token vector is normalized.
+    pub colbert: Option<Colbert>,
     /// False when the pooling excludes the prompt's tokens.
     pub include_prompt: bool,
     pub dense: Vec<Dense>,
@@ -127,25 +131,63 @@ fn refused(what: String) -> PipelineError {
     PipelineError::Refused(what)
 }
 
-/// A PyLate ColBERT model (lightonai/pylate saves its own `pylate.models.Dense` after the
-/// transformer, one vector per token): a package's module, not repo code, and a model this
-/// server does not serve yet; said as such rather than as custom code.
-fn refuse_pylate(list: &[Value]) -> Result<(), PipelineError> {
-    let pylate = list.iter().filter_map(|m| m.get("type").and_then(Value::as_str)).find(|t| t.starts_with("pylate."));
-    match pylate {
-        Some(ty) => Err(refused(format!(
-            "{ty:?} is PyLate's: a multi-vector ColBERT model (query/document markers, query expansion, a \
-             projection of every token), which mlx-serve does not serve yet; bge-m3's ColBERT head is served"
-        ))),
-        None => Ok(()),
+/// Whether `modules.json` is a PyLate ColBERT model's: PyLate saves its own
+/// `pylate.models.Dense.Dense` after the transformer, and `model_type` "ColBERT" in
+/// config_sentence_transformers.json (`ColBERT._get_model_type`).
+fn is_pylate(dir: &Path, list: &[Value]) -> Result<bool, PipelineError> {
+    if list.iter().filter_map(|m| m.get("type").and_then(Value::as_str)).any(|t| t.starts_with("pylate.")) {
+        return Ok(true);
     }
+    let cfg = read_json(dir, "config_sentence_transformers.json")?;
+    Ok(cfg.and_then(|c| c.get("model_type").and_then(Value::as_str).map(|t| t == "ColBERT")).unwrap_or(false))
+}
+
+/// A Dense module of a PyLate model; a refusal says whose.
+fn pylate_dense(dir: &Path, path: &str) -> Result<Dense, PipelineError> {
+    read_dense(dir, path).map_err(|e| match e {
+        PipelineError::Refused(m) => refused(format!("{m} (PyLate ColBERT)")),
+        other => other,
+    })
+}
+
+/// A PyLate model's modules: the Transformer, then one or more Dense projections of every
+/// token (PyLate's own, or sentence-transformers' which `ColBERT.__init__` converts to its
+/// own, computing the same); nothing else.
+fn read_pylate(dir: &Path, list: &[Value]) -> Result<Pipeline, PipelineError> {
+    let mut dense = Vec::new();
+    for (i, m) in list.iter().enumerate() {
+        let ty = m.get("type").and_then(Value::as_str).unwrap_or("");
+        let path = m.get("path").and_then(Value::as_str).unwrap_or("");
+        let class = ty.rsplit('.').next().unwrap_or("");
+        let plain = path.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) && !path.starts_with('.');
+        match (i, ty) {
+            (0, _) if ty.starts_with("sentence_transformers.") && class == "Transformer" && path.is_empty() => {}
+            (1.., "pylate.models.Dense.Dense") if plain && !path.is_empty() => dense.push(pylate_dense(dir, path)?),
+            (1.., _) if ty.starts_with("sentence_transformers.") && class == "Dense" && plain && !path.is_empty() => {
+                dense.push(pylate_dense(dir, path)?)
+            }
+            _ => {
+                return Err(refused(format!(
+                    "{ty:?} ({path}) in a PyLate ColBERT model is not supported (a Transformer, then Dense \
+                     projections are)"
+                )))
+            }
+        }
+    }
+    if dense.is_empty() {
+        return Err(refused("PyLate ColBERT: no Dense projection after the Transformer".into()));
+    }
+    let colbert = pylate::read(dir)?;
+    Ok(Pipeline { pooling: None, splade: None, colbert: Some(colbert), include_prompt: true, dense, normalize: true })
 }
 
 /// The pipeline of the folder, or `None` when it has no `modules.json`.
 pub fn read(dir: &Path) -> Result<Option<Pipeline>, PipelineError> {
     let Some(modules) = read_json(dir, "modules.json")? else { return Ok(None) };
     let list = modules.as_array().ok_or_else(|| refused("list: modules.json is not a JSON list".into()))?;
-    refuse_pylate(list)?;
+    if is_pylate(dir, list)? {
+        return read_pylate(dir, list).map(Some);
+    }
     let mut pooling = None;
     let mut dense = Vec::new();
     let mut normalize = false;
@@ -211,12 +253,12 @@ pub fn read(dir: &Path) -> Result<Option<Pipeline>, PipelineError> {
         if !dense.is_empty() || normalize || pooling.is_some() {
             return Err(refused("after SpladePooling: no further modules are supported".into()));
         }
-        return Ok(Some(Pipeline { pooling: None, splade, include_prompt: true, dense, normalize }));
+        return Ok(Some(Pipeline { pooling: None, splade, colbert: None, include_prompt: true, dense, normalize }));
     }
     let Some((pooling, include_prompt)) = pooling else {
         return Err(refused("Pooling: modules.json has none".into()));
     };
-    Ok(Some(Pipeline { pooling: Some(pooling), splade: None, include_prompt, dense, normalize }))
+    Ok(Some(Pipeline { pooling: Some(pooling), splade: None, colbert: None, include_prompt, dense, normalize }))
 }
 
 fn read_pooling(dir: &Path, path: &str) -> Result<(PoolingMode, bool), PipelineError> {

@@ -17,13 +17,13 @@ use crate::pooling;
 use crate::weights::{LoadPolicy, StorageConfig, Weights};
 
 /// One `Dense` module.
-struct DenseLayer {
+pub(crate) struct DenseLayer {
     linear: Linear,
     activation: DenseActivation,
 }
 
 impl DenseLayer {
-    fn forward(&self, x: &Array) -> Result<Array> {
+    pub(crate) fn forward(&self, x: &Array) -> Result<Array> {
         let y = self.linear.forward(x)?;
         Ok(match self.activation {
             DenseActivation::Identity => y,
@@ -35,6 +35,21 @@ impl DenseLayer {
             DenseActivation::Silu => mlx_rs::nn::silu(&y)?,
         })
     }
+}
+
+/// The `Dense` modules `facts` list, weights read from their folders under `dir` in the
+/// compute dtype of `policy`.
+pub(crate) fn load_dense(facts: &ModelFacts, dir: &Path, policy: LoadPolicy) -> Result<Vec<DenseLayer>> {
+    let mut dense = Vec::with_capacity(facts.dense.len());
+    for d in &facts.dense {
+        let mut w = Weights::load(&dir.join(&d.path), &StorageConfig::default(), no_rename, policy)
+            .with_context(|| format!("Dense module {}", d.path))?;
+        let linear = w
+            .linear("linear", d.in_features as i32, d.out_features as i32, d.bias)
+            .with_context(|| format!("Dense module {}", d.path))?;
+        dense.push(DenseLayer { linear, activation: d.activation });
+    }
+    Ok(dense)
 }
 
 /// Pooling → Dense* → Normalize.
@@ -55,16 +70,7 @@ impl EmbeddingHead {
         let Pooling::Embed(mode) = facts.pooling else {
             anyhow::bail!("{} is a scoring head, not an embedding pooling", facts.pooling.as_str());
         };
-        let mut dense = Vec::with_capacity(facts.dense.len());
-        for d in &facts.dense {
-            let mut w = Weights::load(&dir.join(&d.path), &StorageConfig::default(), no_rename, policy)
-                .with_context(|| format!("Dense module {}", d.path))?;
-            let linear = w
-                .linear("linear", d.in_features as i32, d.out_features as i32, d.bias)
-                .with_context(|| format!("Dense module {}", d.path))?;
-            dense.push(DenseLayer { linear, activation: d.activation });
-        }
-        Ok(EmbeddingHead { mode, dense, normalize: facts.normalize })
+        Ok(EmbeddingHead { mode, dense: load_dense(facts, dir, policy)?, normalize: facts.normalize })
     }
 
     /// `[batch, output_dim]` float32 rows from final states `[total, hidden]`.

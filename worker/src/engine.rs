@@ -25,6 +25,7 @@ use mlx_rs::{Array, Dtype};
 use mlx_serve_protocol::model_dir::{self, ModelFacts, Pooling};
 use mlx_serve_protocol::{Device, ModelInfo, ModelKind, Pool, TokenBatch, TokenOutputs, WorkerMessage, WorkerStats};
 
+use crate::colbert_head::ColbertHead;
 use crate::device::on_gpu;
 use crate::embedding_head::EmbeddingHead;
 use crate::heads::Scorer;
@@ -125,6 +126,8 @@ enum Head {
     Classify(Scorer),
     /// A SPLADE model: one weight per vocabulary id, no dense vector.
     Sparse(SpladeHead),
+    /// A PyLate ColBERT model: one vector per token, no dense vector.
+    MultiVector(ColbertHead),
 }
 
 impl Engine {
@@ -157,6 +160,9 @@ impl Engine {
         let network = loaded.network;
         let head = match (facts.kind, loaded.scorer, splade) {
             (ModelKind::Embedding, None, Some(splade)) => Head::Sparse(splade),
+            (ModelKind::Embedding, None, None) if facts.colbert.is_some() => {
+                Head::MultiVector(ColbertHead::load(&facts, dir, policy)?)
+            }
             (ModelKind::Embedding, None, None) => Head::Embed(EmbeddingHead::load(&facts, dir, policy)?),
             (ModelKind::Reranker, Some(scorer), None) => Head::Score(scorer),
             (ModelKind::Classifier, Some(scorer), None) => Head::Classify(scorer),
@@ -188,6 +194,7 @@ impl Engine {
             load_seconds: 0.0,
             token_outputs: match &head {
                 Head::Sparse(_) => TokenOutputs { sparse: true, colbert: false },
+                Head::MultiVector(_) => TokenOutputs { sparse: false, colbert: true },
                 _ => token_heads.as_ref().map(M3Heads::outputs).unwrap_or_default(),
             },
         };
@@ -261,7 +268,11 @@ impl Engine {
         for i in 0..batch.len() {
             self.network.position_ids(batch.sequence(i), &mut positions);
         }
-        let packing = Packing { offsets: batch.offsets.iter().map(|&o| o as i32).collect() };
+        let key_limits = match &self.head {
+            Head::MultiVector(h) => h.key_limits(batch),
+            _ => None,
+        };
+        let packing = Packing { offsets: batch.offsets.iter().map(|&o| o as i32).collect(), key_limits };
         let buckets = match self.network.kernels() {
             Kernels::Mlx => Some(AttentionBuckets::new(&packing, self.shapes)?),
             Kernels::Host => None,
@@ -293,6 +304,8 @@ impl Engine {
             Head::Score(h) => h.score(&hidden, packing)?,
             Head::Classify(h) => h.logits(&hidden, packing)?,
             Head::Sparse(h) => h.pooled(&hidden, packing)?,
+            // Every token projected (the warm-up's pass); `embed_tokens` picks the kept ones.
+            Head::MultiVector(h) => h.project(&hidden)?,
         };
         let (weights, colbert) = match &self.token_heads {
             Some(m3) => (
@@ -331,6 +344,9 @@ impl Engine {
         if matches!(self.head, Head::Sparse(_)) {
             bail!("this worker serves a SPLADE model: it gives sparse weights only, no dense vector");
         }
+        if matches!(self.head, Head::MultiVector(_)) {
+            bail!("this worker serves a PyLate ColBERT model: it gives token vectors only, no dense vector");
+        }
         let out = self.run(batch)?;
         let dim = out.dim(1) as u32;
         Ok((dim, to_vec_f32(&out)?))
@@ -340,6 +356,28 @@ impl Engine {
     pub fn embed_tokens(&mut self, id: u64, batch: &TokenBatch, want: TokenOutputs) -> Result<WorkerMessage> {
         if self.kind != ModelKind::Embedding {
             bail!("this worker serves a reranker; it cannot embed");
+        }
+        if let Head::MultiVector(head) = &self.head {
+            if want.sparse {
+                bail!("this worker serves a PyLate ColBERT model: it has no sparse weights");
+            }
+            self.memory.before_batch();
+            let inputs = self.prepare(batch)?;
+            let hidden = self.network.forward(&inputs)?;
+            let colbert = head.vectors(&hidden, batch)?;
+            let colbert_dim = head.dim() as u32;
+            drop((hidden, inputs));
+            self.memory.after_batch();
+            self.count(batch);
+            return Ok(WorkerMessage::TokenEmbeddings {
+                id,
+                dim: 0,
+                data: Vec::new(),
+                sparse: Vec::new(),
+                colbert_dim,
+                colbert,
+                forward_us: 0,
+            });
         }
         let (out, weights, colbert) = self.run_with(batch, want)?;
         if let Head::Sparse(splade) = &self.head {

@@ -11,6 +11,7 @@
 //! attention for the CPU backend (MLX's elementwise kernels are scalar on x86).
 //! docs/worker.md describes the design and its measurements.
 
+mod colbert_head;
 mod cpu;
 mod cuda_driver;
 mod device;

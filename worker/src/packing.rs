@@ -20,6 +20,10 @@ use mlx_rs::Array;
 pub struct Packing {
     /// `len() + 1` row offsets, starting at 0.
     pub offsets: Vec<i32>,
+    /// Per sequence, how many of its first tokens any of its tokens may attend to; `None`:
+    /// all of them. Only a PyLate query's expansion tokens are left out so (they attend to
+    /// the text, the text not to them: `colbert_head.rs`).
+    pub key_limits: Option<Vec<i32>>,
 }
 
 impl Packing {
@@ -29,7 +33,12 @@ impl Packing {
         for n in lengths {
             offsets.push(offsets.last().unwrap() + n);
         }
-        Packing { offsets }
+        Packing { offsets, key_limits: None }
+    }
+
+    /// The keys sequence `i` may attend to: its first `n` tokens.
+    pub fn key_limit(&self, i: usize) -> Option<i32> {
+        self.key_limits.as_ref().map(|k| k[i])
     }
 
     /// Number of sequences.
@@ -216,7 +225,8 @@ impl AttentionBuckets {
                 BucketShapes::Exact => (longest, members.len() as i32),
                 BucketShapes::Ladder => (ladder(longest), ladder_rows(members.len() as i32)),
             };
-            let padded = rows != members.len() as i32 || members.iter().any(|&i| lengths[i] != len);
+            let keys = |i: usize| packing.key_limit(i).map_or(lengths[i], |k| k.min(lengths[i]));
+            let padded = rows != members.len() as i32 || members.iter().any(|&i| keys(i) != len);
             let consecutive = members.windows(2).all(|w| w[1] == w[0] + 1);
             let start = packing.offsets[members[0]];
             let mut gather = Vec::new();
@@ -225,7 +235,7 @@ impl AttentionBuckets {
                 let (first, n) = (packing.offsets[i], lengths[i]);
                 for j in 0..len {
                     gather.push(if j < n { first + j } else { first });
-                    mask.push(j < n);
+                    mask.push(j < keys(i));
                 }
                 for j in 0..n {
                     scatter[(first + j) as usize] = base + slot as i32 * len + j;

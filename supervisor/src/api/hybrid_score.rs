@@ -29,6 +29,7 @@ use utoipa::ToSchema;
 
 use super::encode;
 use super::inference::{self, EmbedOptions, Embedded, Inputs};
+use super::pylate;
 use super::{ApiError, SharedState};
 use crate::runner::ModelEntry;
 
@@ -54,7 +55,8 @@ pub struct PartScores {
     /// Sum over shared token ids of the product of the two lexical weights.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sparse: Option<f32>,
-    /// ColBERT MaxSim, averaged over the first text's token vectors.
+    /// ColBERT MaxSim: averaged over the first text's token vectors for bge-m3, summed for
+    /// a PyLate model (as each scores).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub colbert: Option<f32>,
 }
@@ -129,7 +131,7 @@ impl Mix {
 /// whose only score is the dot product of its sparse weights (`SparseEncoder.similarity`'s
 /// default, which [`lexical_match`] computes).
 fn has_dense(entry: &ModelEntry) -> bool {
-    entry.facts.pooling != Pooling::Splade
+    !matches!(entry.facts.pooling, Pooling::Splade | Pooling::Colbert)
 }
 
 /// The per-token outputs `entry` has heads for.
@@ -147,6 +149,8 @@ pub struct Side {
     pub texts: Vec<String>,
     pub param: &'static str,
     pub instruction: Option<String>,
+    /// For a PyLate ColBERT model: whether this side holds the queries.
+    pub is_query: Option<bool>,
 }
 
 pub struct PairScores {
@@ -173,6 +177,7 @@ pub async fn score_pairs(
 ) -> Result<PairScores, ApiError> {
     inference::check_input_count(state, first.texts.len() + second.texts.len())?;
     let dense = has_dense(entry);
+    let pylate = pylate::is_colbert(entry);
     if mix.dense > 0.0 && !dense {
         // The refusal that names what the model gives instead.
         inference::check_token_outputs(entry, TokenOutputs::default(), "model")?;
@@ -186,7 +191,8 @@ pub async fn score_pairs(
     };
     let model = entry.name.as_str();
     let side = |s: Side| async move {
-        let opts = EmbedOptions { truncate, outputs, instruction: s.instruction, ..Default::default() };
+        let opts =
+            EmbedOptions { truncate, outputs, instruction: s.instruction, is_query: s.is_query, ..Default::default() };
         inference::embed(state, model, Inputs::Texts(s.texts), opts).await.map_err(|e| named_side(e, s.param))
     };
     let (a, b) = futures_util::future::try_join(side(first), side(second)).await?;
@@ -202,7 +208,11 @@ pub async fn score_pairs(
                 p.sparse = Some(lexical_match(&ta.sparse[i], &tb.sparse[j]));
             }
             if outputs.colbert {
-                p.colbert = Some(max_sim(&ta.colbert[i], &tb.colbert[j], ta.colbert_dim));
+                p.colbert = Some(if pylate {
+                    pylate::max_sim_sum(&ta.colbert[i], &tb.colbert[j], ta.colbert_dim)
+                } else {
+                    max_sim(&ta.colbert[i], &tb.colbert[j], ta.colbert_dim)
+                });
             }
         }
         if (outputs.sparse && p.sparse.is_none()) || (outputs.colbert && p.colbert.is_none()) {

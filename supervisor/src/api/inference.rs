@@ -12,6 +12,7 @@ use mlx_serve_protocol::model_dir::Pooling;
 use mlx_serve_protocol::{torch_heads, ModelKind, TokenOutputs};
 
 use super::chunking::{self, ChunkingRequest};
+use super::pylate;
 use super::{ApiError, AppState};
 use crate::runner::vector_cache::{self, Cached, Key, VectorCache};
 use crate::runner::{JobError, JobOutput, JobTicket, ModelEntry, RunnerHandle, TokenRows};
@@ -167,6 +168,8 @@ pub struct EmbedOptions {
     /// Extension: chunk over-long inputs (`chunking.rs`); `None`: `truncate`, then
     /// `models.chunking`.
     pub chunking: Option<ChunkingRequest>,
+    /// Extension: queries or documents, for a PyLate ColBERT model (`pylate.rs`).
+    pub is_query: Option<bool>,
 }
 
 /// Refuses per-token outputs the model has no head for, naming the head (`param` is the
@@ -174,6 +177,9 @@ pub struct EmbedOptions {
 pub fn check_token_outputs(entry: &ModelEntry, outputs: TokenOutputs, param: &str) -> Result<(), ApiError> {
     if entry.facts.pooling == Pooling::Splade {
         return check_splade_outputs(entry, outputs, param);
+    }
+    if pylate::is_colbert(entry) {
+        return pylate::check_outputs(entry, outputs, param);
     }
     for (wanted, stem, what) in [
         (outputs.sparse, "sparse_linear", "sparse (lexical) weights"),
@@ -291,6 +297,26 @@ pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOpt
     check_input_count(state, n)?;
     let outputs = opts.outputs;
     check_token_outputs(&entry, outputs, "model")?;
+    pylate::check_is_query(&entry, opts.is_query)?;
+    if pylate::is_colbert(&entry) {
+        let other = [
+            ("input", matches!(inputs, Inputs::Ids(_))),
+            ("instruction", opts.instruction.is_some()),
+            ("prompt", opts.prompt.is_some()),
+            ("prompt_name", opts.prompt_name.is_some()),
+        ];
+        if let Some((param, _)) = other.iter().find(|(_, set)| *set) {
+            let what = if *param == "input" { "token-id input" } else { param };
+            return Err(ApiError::invalid_param(
+                param,
+                format!(
+                    "model `{}` is a PyLate ColBERT model: {what} is not served (its texts get PyLate's query or \
+                     document markers)",
+                    entry.name
+                ),
+            ));
+        }
+    }
     let can_chunk = match (&inputs, outputs.any()) {
         (Inputs::Ids(_), _) => Err("token-id input (ids are the complete model input; send text)"),
         (_, true) => {
@@ -422,6 +448,11 @@ fn cached_then_tokenized(
             };
             ApiError::tokenize(e, "input")
         })?
+    };
+    // A PyLate model's query or document layout (`embed` checked `is_query` is set).
+    let seqs = match (&model.facts.colbert, opts.is_query) {
+        (Some(spec), Some(is_query)) => seqs.into_iter().map(|t| pylate::lay_out(spec, t, is_query)).collect(),
+        _ => seqs,
     };
     let windows = vec![1; missing.len()];
     Ok(CacheLookup { keys, found, missing, seqs, windows })

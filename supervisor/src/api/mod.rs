@@ -45,6 +45,7 @@ mod origin;
 pub mod peer;
 mod predict;
 mod priority;
+mod pylate;
 mod rerank;
 mod score;
 mod similarity;

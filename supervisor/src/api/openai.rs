@@ -85,8 +85,14 @@ pub struct EmbeddingsRequest {
     /// `embedding` empty).
     pub return_sparse: Option<bool>,
     /// Extension: add each input's ColBERT token vectors as `colbert_embedding`; 400 for a
-    /// model without a ColBERT head.
+    /// model without a ColBERT head. A PyLate ColBERT model answers only with this (its
+    /// `embedding` empty).
     pub return_colbert_vecs: Option<bool>,
+    /// Extension: for a PyLate ColBERT model (required there, refused elsewhere), whether
+    /// the inputs are queries (`true`: query marker, [MASK] expansion) or documents
+    /// (`false`: document marker, punctuation vectors left out); PyLate's
+    /// `encode(is_query=...)`.
+    pub is_query: Option<bool>,
     /// Extension: late chunking. Each text runs through the model once (in overlapping
     /// macro-windows past the model's window); its item gets `late_chunks`, one vector per
     /// chunk pooled from the chunk's span of token states, and `embedding` stays the
@@ -120,7 +126,9 @@ pub struct Embedding {
     /// Extension (`return_sparse`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sparse_embedding: Option<SparseEmbedding>,
-    /// Extension (`return_colbert_vecs`): one normalized vector per token after CLS.
+    /// Extension (`return_colbert_vecs`): one normalized vector per token after CLS (bge-m3),
+    /// or per kept token (a PyLate model: a query's every token, a document's but its
+    /// skiplist's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub colbert_embedding: Option<Vec<Vector>>,
     /// Extension (`chunking`): the windows this input was split into and pooled from,
@@ -175,6 +183,7 @@ pub async fn embeddings(
             ("instruction", req.instruction.is_some()),
             ("return_sparse", req.return_sparse == Some(true)),
             ("return_colbert_vecs", req.return_colbert_vecs == Some(true)),
+            ("is_query", req.is_query.is_some()),
         ];
         if let Some((name, _)) = others.iter().find(|(_, set)| *set) {
             return Err(ApiError::invalid_param(
@@ -203,13 +212,14 @@ pub async fn embeddings(
             colbert: req.return_colbert_vecs.unwrap_or(false),
         },
         chunking: req.chunking,
+        is_query: req.is_query,
     };
     let out = inference::embed(&state, &req.model, inputs, opts).await?;
     let (dim, data) = encode::shorten(&out, dims, &req.model, "dimensions")?;
     // A sparse-only (SPLADE) model has no dense rows: one item per sparse answer, its
     // `embedding` empty.
     let n = match &out.token_rows {
-        Some(t) if dim == 0 => t.sparse.len(),
+        Some(t) if dim == 0 => t.sparse.len().max(t.colbert.len()),
         _ => data.len() / dim.max(1),
     };
     let vector =

@@ -347,8 +347,9 @@ async fn bi_encoder(
     let mix = Mix::resolve(entry, opts.weights, "weights")?;
     let pairs: Vec<(usize, usize)> = (0..documents.len()).map(|j| (0, j)).collect();
     let all_parts = opts.return_scores.unwrap_or(false);
-    let query = Side { texts: vec![query], param: "query", instruction };
-    let documents = Side { texts: documents, param: "documents", instruction: None };
+    let pylate = super::pylate::is_colbert(entry);
+    let query = Side { texts: vec![query], param: "query", instruction, is_query: pylate.then_some(true) };
+    let documents = Side { texts: documents, param: "documents", instruction: None, is_query: pylate.then_some(false) };
     let out = score_pairs(state, entry, query, documents, &pairs, mix, all_parts, truncate).await?;
     Ok(Ranked {
         name: out.entry.name.clone(),

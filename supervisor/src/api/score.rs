@@ -145,14 +145,18 @@ pub async fn score(
                     Mix::COLBERT
                 }
                 (false, Some(w)) => Mix::resolve(&entry, Some(w), "weights")?,
+                // A PyLate model's only score is its late interaction.
+                (false, None) if super::pylate::is_colbert(&entry) => Mix::COLBERT,
                 (false, None) => Mix::DENSE,
             };
-            let side = |texts, param| Side { texts, param, instruction: None };
+            // A PyLate model reads `text_1` as queries, `text_2` as documents.
+            let pylate = super::pylate::is_colbert(&entry);
+            let side = |texts, param, q: bool| Side { texts, param, instruction: None, is_query: pylate.then_some(q) };
             let out = score_pairs(
                 &state,
                 &entry,
-                side(text_1, "text_1"),
-                side(text_2, "text_2"),
+                side(text_1, "text_1", true),
+                side(text_2, "text_2", false),
                 &pairs,
                 mix,
                 false,

@@ -42,6 +42,9 @@ pub struct TokensRequest {
     pub prompt_name: Option<String>,
     /// Extension: a raw prefix (wins over `prompt_name`).
     pub prompt: Option<String>,
+    /// Extension: for a PyLate ColBERT model (required there), whether the inputs are
+    /// queries or documents (`/v1/embeddings`' `is_query`).
+    pub is_query: Option<bool>,
 }
 
 /// TEI's `SparseValue`: a token id and its weight.
@@ -60,6 +63,7 @@ async fn run(state: &SharedState, req: TokensRequest, outputs: TokenOutputs) -> 
         prompt_name: req.prompt_name,
         prompt: req.prompt,
         outputs,
+        is_query: req.is_query,
         ..Default::default()
     };
     inference::embed(state, &model, inputs.into(), opts).await

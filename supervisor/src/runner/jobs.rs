@@ -160,8 +160,10 @@ impl Jobs {
             }
             _ => true,
         };
-        // A sparse-only (SPLADE) model answers no dense rows: width 0, sparse weights per row.
-        let sparse_only = matches!(output, BatchOutput::Tokens { data: [], sparse, .. } if sparse.len() == items.len());
+        // A sparse-only (SPLADE) or token-vector-only (PyLate ColBERT) model answers no dense
+        // rows: width 0, sparse weights or token vectors per row.
+        let sparse_only = matches!(output, BatchOutput::Tokens { data: [], sparse, colbert, .. }
+            if sparse.len() == items.len() || colbert.len() == items.len());
         // One row per item, but a late-chunked document's: one per chunk.
         let rows = match output {
             BatchOutput::Rows { .. } => items.iter().map(Item::rows).sum(),

@@ -131,6 +131,8 @@ pub struct Scoring<'a> {
     pub scale: f32,
     pub mask: Mask,
     pub bias: Option<&'a RelativeBias>,
+    /// Per sequence, the keys beyond which none is seen (`Packing::key_limits`).
+    pub key_limits: Option<&'a [i32]>,
 }
 
 /// Output pointer shared by the worker threads; each (sequence, head) task writes a
@@ -153,7 +155,7 @@ pub fn packed_attention(
     head_dim: usize,
     scoring: Scoring,
 ) -> Result<Option<Array>> {
-    let Scoring { scale, mask, bias } = scoring;
+    let Scoring { scale, mask, bias, key_limits } = scoring;
     let rows = *offsets.last().unwrap_or(&0) as usize;
     let (heads, kv_heads) = (q.heads, k.heads);
     if rows == 0 || kv_heads == 0 || v.heads != kv_heads || heads % kv_heads != 0 {
@@ -212,8 +214,11 @@ pub fn packed_attention(
                     scores.as_mut_ptr(),
                     n as i32,
                 );
+                let limit = key_limits.map_or(n, |k| (k[s].max(1) as usize).min(n));
                 for (i, row) in scores[..n * n].chunks_exact_mut(n).enumerate() {
                     let (lo, hi) = mask.keys(i, n);
+                    // Never an empty row: a window past the limit keeps its first key.
+                    let hi = hi.min(limit).max(lo + 1);
                     if let Some(b) = bias {
                         // softmax(scale·s + b) = softmax(scale·(s + b / scale)).
                         for (j, s) in row.iter_mut().enumerate().take(hi).skip(lo) {

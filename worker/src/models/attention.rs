@@ -44,7 +44,7 @@ pub fn attention(
     if kernels == Kernels::Host {
         let offsets = &inputs.packing.offsets;
         let head_dim = heads.head_dim as usize;
-        let scoring = Scoring { scale, mask, bias };
+        let scoring = Scoring { scale, mask, bias, key_limits: inputs.packing.key_limits.as_deref() };
         if let Some(out) = packed_attention(heads.q, heads.k, heads.v, offsets, head_dim, scoring)? {
             return Ok(out);
         }
@@ -149,7 +149,19 @@ mod tests {
         mask: Mask,
         bias: Option<&RelativeBias>,
     ) -> Vec<f32> {
-        let packing = Packing::from_lengths(lengths.iter().copied());
+        run_limited(kernels, shapes, lengths, None, mask, bias)
+    }
+
+    fn run_limited(
+        kernels: Kernels,
+        shapes: Option<BucketShapes>,
+        lengths: &[i32],
+        key_limits: Option<&[i32]>,
+        mask: Mask,
+        bias: Option<&RelativeBias>,
+    ) -> Vec<f32> {
+        let mut packing = Packing::from_lengths(lengths.iter().copied());
+        packing.key_limits = key_limits.map(<[i32]>::to_vec);
         let (heads, kv_heads, head_dim) = (4usize, 2usize, 8i32);
         let total = packing.total();
         let q = values(total, heads as i32 * head_dim, 1);
@@ -200,6 +212,26 @@ mod tests {
                 assert!(worst < 1e-5, "{mask:?} bias {} {shapes:?}: max diff {worst}", bias.is_some());
             }
         }
+    }
+
+    /// Key limits (a PyLate query's expansion tokens, `colbert_head.rs`): both paths agree,
+    /// and the tokens inside the limit compute what the sequence cut to the limit computes
+    /// (they see nothing past it), while the tokens past it still get outputs.
+    #[test]
+    fn key_limits_hide_the_keys_past_them() {
+        let (lengths, limits) = ([16, 5, 16], [9, 5, 4]);
+        let host = run_limited(Kernels::Host, None, &lengths, Some(&limits), Mask::Full, None);
+        for shapes in [BucketShapes::Exact, BucketShapes::Ladder] {
+            let mlx = run_limited(Kernels::Mlx, Some(shapes), &lengths, Some(&limits), Mask::Full, None);
+            assert!(max_diff(&host, &mlx) < 1e-5, "{shapes:?}: max diff {}", max_diff(&host, &mlx));
+        }
+        // Sequence 0 alone, limited to 9 keys, against it cut to 9 tokens (same q/k/v rows).
+        let width = 4 * 8;
+        let limited = run_limited(Kernels::Host, None, &[16], Some(&[9]), Mask::Full, None);
+        let cut = run(Kernels::Host, None, &[9], Mask::Full, None);
+        assert!(max_diff(&limited[..9 * width], &cut) < 1e-6);
+        let full = run(Kernels::Host, None, &[16], Mask::Full, None);
+        assert!(max_diff(&limited[9 * width..], &full[9 * width..]) > 1e-3, "past the limit, fewer keys");
     }
 
     /// A window as wide as the longest sequence is full (or causal) attention, and a bias that is the

@@ -40,7 +40,7 @@ fn check(facts: &ModelFacts) -> Result<()> {
     config.check()?;
     match facts.pooling {
         // SPLADE: refused by the engine's check (no Qwen2 masked-language-model head).
-        Pooling::Embed(_) | Pooling::Splade => Ok(()),
+        Pooling::Embed(_) | Pooling::Splade | Pooling::Colbert => Ok(()),
         // The judge reads the language-model head's logits: only a causal LM has one.
         Pooling::YesNo if facts.architecture != "Qwen2ForCausalLM" => bail!(
             "{}: a Qwen2 reranker must be a Qwen2ForCausalLM (mxbai-rerank-v2); this architecture has no \

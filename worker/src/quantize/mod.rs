@@ -194,6 +194,13 @@ pub fn run(src: &Path, dst: &Path, opts: &Options) -> Result<QuantizeReport> {
              embeddings as its decoder, and no quantization plan covers it; serve it unquantized"
         );
     }
+    if facts.pooling == model_dir::Pooling::Colbert {
+        // Its quality check would measure dense vectors; a ColBERT model gives token vectors.
+        bail!(
+            "quantizing a PyLate ColBERT model is not supported: the quantization quality check measures \
+             pooled vectors and this model gives one vector per token; serve it unquantized"
+        );
+    }
     let eval: Option<EvalSet> = match &opts.eval {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;

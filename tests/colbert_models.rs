@@ -1,0 +1,235 @@
+//! PyLate ColBERT models end to end: tiny random-weight BERT encoders made into ColBERT
+//! models by PyLate itself (`tests/fixtures/make_pylate.py`), served by a real daemon and
+//! worker, against PyLate's own `encode(is_query=...)` and `rank.rerank` on the same
+//! weights: per text the same number of token vectors, each with cosine ≥ 0.99999; rerank
+//! and late-interaction scores within 1e-4, in the same order, also through the unmodified
+//! `cohere` client. `tiny-bert-pylate` has PyLate's defaults (markers "[Q] "/"[D] ", [MASK]
+//! expansion not attended to, the punctuation skiplist), `tiny-bert-pylate-noexp` no query
+//! expansion, a Dense bias and a skiplist of its own. Also what is refused: a dense vector
+//! from such a model, a request without `is_query`, and at pull what is not computed.
+
+use std::time::Duration;
+
+use mlx_serve_tests::cli;
+use mlx_serve_tests::fake_hub::error_line;
+use mlx_serve_tests::fixtures::{copy_dir, cosine, model_dir, repo_root};
+use mlx_serve_tests::server::{run_client, Server, ServerOptions};
+use serde_json::{json, Value};
+
+const MODELS: [&str; 2] = ["tiny-bert-pylate", "tiny-bert-pylate-noexp"];
+const TOL: f64 = 1e-4;
+
+fn reference(name: &str) -> Value {
+    let path = repo_root().join(format!("tests/fixtures/reference/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn rows(v: &Value) -> Vec<Vec<f32>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect()
+}
+
+/// The same number of token vectors as PyLate's, each with cosine ≥ 0.99999; the worst cosine.
+fn assert_vectors(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: token vectors");
+    let mut worst = 1f64;
+    for (t, (g, w)) in got.iter().zip(want).enumerate() {
+        let c = cosine(g, w);
+        assert!(c >= 0.99999, "{what} token {t}: cosine {c}");
+        worst = worst.min(c);
+    }
+    worst
+}
+
+/// `/v1/embeddings` token vectors of `texts`, as queries or documents.
+fn openai_vectors(server: &Server, model: &str, texts: &Value, is_query: bool) -> Vec<Vec<Vec<f32>>> {
+    let req = json!({"model": model, "input": texts, "return_colbert_vecs": true, "is_query": is_query});
+    let (status, body) = server.post("/v1/embeddings", &req);
+    assert_eq!(status, 200, "{body}\nserver log:\n{}", server.log_text());
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            assert_eq!(item["embedding"], json!([]), "a PyLate model has no dense vector: {item}");
+            rows(&item["colbert_embedding"])
+        })
+        .collect()
+}
+
+#[test]
+fn pylate_token_vectors_and_maxsim_rerank_match_pylate_over_http() {
+    let server = Server::start(ServerOptions { models: MODELS.to_vec(), ..Default::default() });
+    for model in MODELS {
+        let r = reference(model);
+        let mut worst = 1f64;
+        for (side, is_query, key) in [("queries", true, "query_vectors"), ("documents", false, "document_vectors")] {
+            let texts = &r[side];
+            let got = openai_vectors(&server, model, texts, is_query);
+            for (i, want) in r[key].as_array().unwrap().iter().enumerate() {
+                worst = worst.min(assert_vectors(&got[i], &rows(want), &format!("{model} {side}[{i}] /v1/embeddings")));
+            }
+            // TEI's /embed_all: per input its token vectors.
+            let (status, body) =
+                server.post("/embed_all", &json!({"model": model, "inputs": texts, "is_query": is_query}));
+            assert_eq!(status, 200, "{body}");
+            for (i, want) in r[key].as_array().unwrap().iter().enumerate() {
+                assert_vectors(&rows(&body[i]), &rows(want), &format!("{model} {side}[{i}] /embed_all"));
+            }
+        }
+        // /v1/rerank: PyLate's rank.rerank order and colbert_scores.
+        let mut largest = 0f64;
+        for (q, ranked) in r["rerank"].as_array().unwrap().iter().enumerate() {
+            let req = json!({"model": model, "query": r["queries"][q], "documents": r["documents"]});
+            let (status, body) = server.post("/v1/rerank", &req);
+            assert_eq!(status, 200, "{body}");
+            let got: Vec<(u64, f64)> = body["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| (x["index"].as_u64().unwrap(), x["relevance_score"].as_f64().unwrap()))
+                .collect();
+            let want: Vec<(u64, f64)> = ranked
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| (x["index"].as_u64().unwrap(), x["score"].as_f64().unwrap()))
+                .collect();
+            let order = |v: &[(u64, f64)]| v.iter().map(|p| p.0).collect::<Vec<_>>();
+            assert_eq!(order(&got), order(&want), "{model} query {q}: {body}");
+            for ((_, g), (i, w)) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= TOL, "{model} query {q} document {i}: {g} vs PyLate {w}");
+                largest = largest.max((g - w).abs());
+            }
+            // vLLM's /v1/score: text_1 the query, text_2 the documents, in their order.
+            let req = json!({"model": model, "text_1": r["queries"][q], "text_2": r["documents"]});
+            let (status, body) = server.post("/v1/score", &req);
+            assert_eq!(status, 200, "{body}");
+            for (j, d) in body["data"].as_array().unwrap().iter().enumerate() {
+                let w = want.iter().find(|p| p.0 == j as u64).unwrap().1;
+                assert!((d["score"].as_f64().unwrap() - w).abs() <= TOL, "{model} /v1/score {q},{j}: {d} vs {w}");
+            }
+        }
+        eprintln!("{model}: worst token cosine {worst:.7}, largest rerank difference {largest:.2e}");
+    }
+    // The unmodified cohere client.
+    let path = repo_root().join("tests/fixtures/reference/tiny-bert-pylate.json");
+    let out = run_client("cohere_colbert_rerank.py", &server, &[path.to_str().unwrap(), "tiny-bert-pylate"]);
+    assert!(out.contains("OK"), "{out}");
+    eprint!("{out}");
+    assert_eq!(server.stop(), Some(0));
+}
+
+#[test]
+fn a_dense_vector_or_a_request_without_is_query_is_a_400_naming_it() {
+    let server =
+        Server::start(ServerOptions { models: vec!["tiny-bert-pylate", "tiny-bert-embed"], ..Default::default() });
+    let m = "tiny-bert-pylate";
+    let refused = |path: &str, req: Value, param: &str, says: &str| {
+        let (status, body) = server.post(path, &req);
+        assert_eq!(status, 400, "{req}: {body}");
+        let text = body.to_string();
+        assert!(text.contains(says), "{req}: {text}");
+        if path.starts_with("/v1/") {
+            assert_eq!(body["error"]["param"], param, "{req}: {body}");
+        }
+    };
+    refused("/v1/embeddings", json!({"model": m, "input": "hello"}), "model", "a dense embedding");
+    let (_, body) = server.post("/v1/embeddings", &json!({"model": m, "input": "hello", "is_query": true}));
+    assert_eq!(body["error"]["code"], "unsupported_output", "{body}");
+    refused("/v1/embeddings", json!({"model": m, "input": "hi", "return_colbert_vecs": true}), "is_query", "is_query");
+    refused(
+        "/v1/embeddings",
+        json!({"model": m, "input": "hi", "return_sparse": true, "return_colbert_vecs": true, "is_query": true}),
+        "model",
+        "sparse",
+    );
+    refused(
+        "/v1/embeddings",
+        json!({"model": m, "input": [[2, 5, 3]], "return_colbert_vecs": true, "is_query": false}),
+        "input",
+        "token-id input",
+    );
+    refused("/embed_all", json!({"model": m, "inputs": "hi"}), "is_query", "is_query");
+    refused("/embed", json!({"model": m, "inputs": "hi"}), "model", "PyLate ColBERT");
+    refused(
+        "/v1/embeddings",
+        json!({"model": "tiny-bert-embed", "input": "hi", "is_query": true}),
+        "is_query",
+        "applies to PyLate",
+    );
+    assert_eq!(server.stop(), Some(0));
+}
+
+/// `pull` of the PyLate fixture with `edit` applied to its folder: the error line.
+fn pull_error(edit: impl FnOnce(&std::path::Path)) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let folder = work.path().join("colbert");
+    copy_dir(&model_dir("tiny-bert-pylate"), &folder);
+    edit(&folder);
+    let cmd = cli::command(home.path(), None, &["pull", folder.to_str().unwrap(), "--name", "colbert"]);
+    let out = cli::run(cmd, Duration::from_secs(120));
+    assert!(!home.path().join("models/colbert").exists(), "nothing may be installed");
+    error_line(&out).to_owned()
+}
+
+fn edit_json(path: &std::path::Path, f: impl FnOnce(&mut Value)) {
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+#[test]
+fn pylate_settings_that_are_not_computed_are_refused_at_pull_naming_them() {
+    let st = "config_sentence_transformers.json";
+    for (needle, edit) in [
+        (
+            "\"query\"",
+            Box::new(|d: &std::path::Path| edit_json(&d.join(st), |v| v["prompts"]["query"] = json!("search: ")))
+                as Box<dyn FnOnce(&std::path::Path)>,
+        ),
+        ("\"pool_factor\"", Box::new(|d: &std::path::Path| edit_json(&d.join(st), |v| v["pool_factor"] = json!(2)))),
+        (
+            "similarity_fn_name",
+            Box::new(|d: &std::path::Path| edit_json(&d.join(st), |v| v["similarity_fn_name"] = json!("cosine"))),
+        ),
+        (
+            "query_prefix",
+            Box::new(|d: &std::path::Path| edit_json(&d.join(st), |v| v["query_prefix"] = json!("[QUERY] "))),
+        ),
+        (
+            "use_residual",
+            Box::new(|d: &std::path::Path| {
+                edit_json(&d.join("1_Dense/config.json"), |v| v["use_residual"] = json!(true))
+            }),
+        ),
+        (
+            "Normalize",
+            Box::new(|d: &std::path::Path| {
+                edit_json(&d.join("modules.json"), |v| {
+                    v.as_array_mut().unwrap().push(json!({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}))
+                })
+            }),
+        ),
+    ] {
+        let line = pull_error(edit);
+        assert!(line.contains(needle) && line.contains("PyLate"), "should name {needle}: {line}");
+    }
+
+    // The unchanged fixture pulls and says what it is; quantizing it is refused, naming why.
+    let home = tempfile::tempdir().unwrap();
+    let src = model_dir("tiny-bert-pylate");
+    let run = |args: &[&str]| cli::run(cli::command(home.path(), None, args), Duration::from_secs(180));
+    let out = run(&["pull", src.to_str().unwrap(), "--name", "c"]);
+    assert!(out.ok(), "{}", out.text());
+    let out = run(&["show", "c", "--json"]);
+    let shown: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(shown["pooling"], "colbert", "{shown}");
+    let out = run(&["quantize", "c", "--bits", "8"]);
+    let line = error_line(&out);
+    assert!(line.contains("PyLate ColBERT") && line.contains("not supported"), "{line}");
+}
