@@ -43,6 +43,12 @@ impl ApiError {
         e
     }
 
+    /// A 400 for an output the model does not give (a head it lacks, a dense vector from a
+    /// sparse or multi-vector model), with the code `unsupported_output`.
+    pub fn unsupported_output(param: &str, message: impl Into<String>) -> Self {
+        Self::invalid_param(param, message).with_code("unsupported_output")
+    }
+
     pub fn model_not_found(model: &str) -> Self {
         let mut e = Self::new(
             StatusCode::NOT_FOUND,

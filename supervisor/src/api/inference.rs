@@ -186,14 +186,13 @@ pub fn check_token_outputs(entry: &ModelEntry, outputs: TokenOutputs, param: &st
         (outputs.colbert, "colbert_linear", "multi-vector (ColBERT) token embeddings"),
     ] {
         if wanted && torch_heads::head_file(&entry.dir, stem).is_none() {
-            return Err(ApiError::invalid_param(
+            return Err(ApiError::unsupported_output(
                 param,
                 format!(
                     "model `{}` has no {stem} head, so it cannot give {what}; bge-m3 (BAAI/bge-m3) has one",
                     entry.name
                 ),
-            )
-            .with_code("unsupported_output"));
+            ));
         }
     }
     Ok(())
@@ -209,22 +208,16 @@ fn check_splade_outputs(entry: &ModelEntry, outputs: TokenOutputs, param: &str) 
     } else {
         return Ok(());
     };
-    Err(ApiError::invalid_param(
+    Err(ApiError::unsupported_output(
         param,
         format!(
             "model `{}` is a SPLADE sparse encoder: it gives sparse (lexical) weights only, not {what}; \
              ask for them with POST /embed_sparse or `\"return_sparse\": true` on /v1/embeddings",
             entry.name
         ),
-    )
-    .with_code("unsupported_output"))
+    ))
 }
 
-/// The texts the tokenizer sees: each input with the selected prompt (`prompt`,
-/// `prompt_name`, or the model's `default_prompt_name`) or the `instruction` in front.
-///
-/// Each text and the prompt are cut to their heads first (`tokenize.rs`): a long prompt
-/// is not copied whole into every input, nor a long text into a new string.
 pub fn prompted_texts(entry: &ModelEntry, texts: Vec<String>, opts: &EmbedOptions) -> Result<Vec<String>, ApiError> {
     prompted(entry, texts, opts, true)
 }

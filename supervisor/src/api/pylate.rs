@@ -26,7 +26,7 @@ pub fn check_outputs(entry: &ModelEntry, outputs: TokenOutputs, param: &str) -> 
     } else {
         return Ok(());
     };
-    Err(ApiError::invalid_param(
+    Err(ApiError::unsupported_output(
         param,
         format!(
             "model `{}` is a PyLate ColBERT model: it gives one vector per token only, not {what}; ask for them \
@@ -34,8 +34,7 @@ pub fn check_outputs(entry: &ModelEntry, outputs: TokenOutputs, param: &str) -> 
              with /v1/rerank",
             entry.name
         ),
-    )
-    .with_code("unsupported_output"))
+    ))
 }
 
 /// The request's `is_query` checked against the model: required by a PyLate model (its
