@@ -7,7 +7,9 @@
 //! (`lda` = the projection's width, so nothing is copied), with the softmax of
 //! cpu_kernels.rs in between while the score tile is still in cache. Sequences are packed
 //! (`packing.rs`): a sequence's queries and keys are its own rows, so no pad token exists
-//! and none is computed.
+//! and none is computed. Long sequences are cut into tiles of [`QUERY_TILE`] query rows,
+//! each scoring only the keys its rows can see: memory per thread is a tile × its keys, and
+//! a windowed layer costs its window, not the sequence's square.
 //!
 //! Grouped-query attention reads the kv head `h / (heads / kv_heads)` for query head `h`;
 //! which keys row `i` sees is the [`Mask`]'s (every key, `0..=i` for decoders, or a window
@@ -144,6 +146,54 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// Query rows per task: a task's score tile is at most `QUERY_TILE` × its key span, so
+/// attention memory grows with the sequence's length, not its square (an 8k-token sequence:
+/// 16 MiB per thread instead of 256 MiB), and a window or causal mask computes only the keys
+/// its tile's rows can see.
+pub const QUERY_TILE: usize = 512;
+
+/// One task: query rows `rows` of sequence `seq`, head `head`, over the keys `keys` (the
+/// union of what the rows' mask allows; per row the rest of the span is zeroed).
+#[derive(Clone, Copy)]
+struct Task {
+    seq: usize,
+    head: usize,
+    rows: (usize, usize),
+    keys: (usize, usize),
+}
+
+impl Task {
+    fn cost(&self) -> usize {
+        (self.rows.1 - self.rows.0) * (self.keys.1 - self.keys.0)
+    }
+}
+
+/// The keys row `i` of an `n`-token sequence scores: its mask's, cut at the sequence's key
+/// limit, never empty (a window past the limit keeps its first key).
+fn row_keys(mask: Mask, i: usize, n: usize, limit: usize) -> (usize, usize) {
+    let (lo, hi) = mask.keys(i, n);
+    (lo, hi.min(limit).max(lo + 1))
+}
+
+/// Every (sequence, head, query tile) task, the most work first: handed out one at a time,
+/// so with mixed lengths no thread idles behind the one holding the long sequences.
+fn plan(offsets: &[i32], heads: usize, mask: Mask, key_limits: Option<&[i32]>, tile: usize) -> Vec<Task> {
+    let mut tasks = Vec::new();
+    for seq in 0..offsets.len() - 1 {
+        let n = (offsets[seq + 1] - offsets[seq]) as usize;
+        let limit = key_limits.map_or(n, |k| (k[seq].max(1) as usize).min(n));
+        for first in (0..n).step_by(tile.max(1)) {
+            let last = (first + tile.max(1)).min(n);
+            // Both ends of a row's keys grow with the row (every mask), so the tile's span
+            // runs from its first row's first key to its last row's last.
+            let keys = (row_keys(mask, first, n, limit).0, row_keys(mask, last - 1, n, limit).1);
+            tasks.extend((0..heads).map(|head| Task { seq, head, rows: (first, last), keys }));
+        }
+    }
+    tasks.sort_by_key(|t| std::cmp::Reverse(t.cost()));
+    tasks
+}
+
 /// Attention of every sequence of a packed batch (`offsets`: row boundaries) over its own
 /// rows; returns `[rows, q.heads * head_dim]`. `None` when an operand is not a contiguous
 /// float32 2-D array of the batch's rows (the caller then uses MLX).
@@ -154,6 +204,18 @@ pub fn packed_attention(
     offsets: &[i32],
     head_dim: usize,
     scoring: Scoring,
+) -> Result<Option<Array>> {
+    tiled_attention(q, k, v, offsets, head_dim, scoring, QUERY_TILE)
+}
+
+fn tiled_attention(
+    q: HeadBlock,
+    k: HeadBlock,
+    v: HeadBlock,
+    offsets: &[i32],
+    head_dim: usize,
+    scoring: Scoring,
+    tile: usize,
 ) -> Result<Option<Array>> {
     let Scoring { scale, mask, bias, key_limits } = scoring;
     let rows = *offsets.last().unwrap_or(&0) as usize;
@@ -173,37 +235,35 @@ pub fn packed_attention(
     let mut out = vec![0f32; rows * out_width];
     let out_ptr = OutPtr(out.as_mut_ptr());
 
-    // Longest sequences first and handed out one at a time: with mixed lengths a static
-    // split would leave threads idle behind the one holding the long sequences.
-    let seqs = offsets.len() - 1;
-    let mut tasks: Vec<(usize, usize)> = (0..seqs).flat_map(|s| (0..heads).map(move |h| (s, h))).collect();
-    tasks.sort_by_key(|&(s, _)| std::cmp::Reverse(offsets[s + 1] - offsets[s]));
-    let max_len = offsets.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+    let tasks = plan(offsets, heads, mask, key_limits, tile);
+    let max_tile = tasks.iter().map(Task::cost).max().unwrap_or(0);
     let next = AtomicUsize::new(0);
     let work = || {
-        let mut scores = vec![0f32; max_len * max_len];
+        let mut scores = vec![0f32; max_tile];
         loop {
             let t = next.fetch_add(1, Ordering::Relaxed);
-            let Some(&(s, h)) = tasks.get(t) else { return };
+            let Some(&Task { seq: s, head: h, rows: (r0, r1), keys: (k0, k1) }) = tasks.get(t) else { return };
             let first = offsets[s] as usize;
             let n = offsets[s + 1] as usize - first;
+            let limit = key_limits.map_or(n, |k| (k[s].max(1) as usize).min(n));
+            let (m, span) = (r1 - r0, k1 - k0);
             let kv = h / group;
-            let qp = qh.data[first * qh.width + qh.col + h * head_dim..].as_ptr();
-            let kp = kh.data[first * kh.width + kh.col + kv * head_dim..].as_ptr();
-            let vp = vh.data[first * vh.width + vh.col + kv * head_dim..].as_ptr();
+            let qp = qh.data[(first + r0) * qh.width + qh.col + h * head_dim..].as_ptr();
+            let kp = kh.data[(first + k0) * kh.width + kh.col + kv * head_dim..].as_ptr();
+            let vp = vh.data[(first + k0) * vh.width + vh.col + kv * head_dim..].as_ptr();
             let o = out_ptr;
-            // SAFETY: each pointer starts a block of n rows × head_dim columns inside its
-            // operand (rows first..first+n ≤ rows, columns col + head·head_dim + head_dim ≤
-            // width, checked in `host`), `scores` holds n × n ≤ max_len² floats, and the
-            // destination block (rows first..first+n, columns h·head_dim..) is written by
-            // this task alone.
+            // SAFETY: each pointer starts a block of rows × head_dim columns inside its
+            // operand (rows first+r0..first+r1 and first+k0..first+k1 lie in the sequence's
+            // rows ≤ rows; columns col + head·head_dim + head_dim ≤ width, checked in `host`),
+            // `scores` holds m × span ≤ max_tile floats, and the destination block (rows
+            // first+r0..first+r1, columns h·head_dim..) is written by this task alone.
             unsafe {
                 cblas_sgemm(
                     ROW_MAJOR,
                     NO_TRANS,
                     TRANS,
-                    n as i32,
-                    n as i32,
+                    m as i32,
+                    span as i32,
                     head_dim as i32,
                     1.0,
                     qp,
@@ -212,34 +272,33 @@ pub fn packed_attention(
                     kh.width as i32,
                     0.0,
                     scores.as_mut_ptr(),
-                    n as i32,
+                    span as i32,
                 );
-                let limit = key_limits.map_or(n, |k| (k[s].max(1) as usize).min(n));
-                for (i, row) in scores[..n * n].chunks_exact_mut(n).enumerate() {
-                    let (lo, hi) = mask.keys(i, n);
-                    // Never an empty row: a window past the limit keeps its first key.
-                    let hi = hi.min(limit).max(lo + 1);
+                for (r, row) in scores[..m * span].chunks_exact_mut(span).enumerate() {
+                    let i = r0 + r;
+                    let (lo, hi) = row_keys(mask, i, n, limit);
+                    let (lo, hi) = (lo - k0, hi - k0);
                     if let Some(b) = bias {
                         // softmax(scale·s + b) = softmax(scale·(s + b / scale)).
                         for (j, s) in row.iter_mut().enumerate().take(hi).skip(lo) {
-                            *s += b.at(h, j as i64 - i as i64) / scale;
+                            *s += b.at(h, (k0 + j) as i64 - i as i64) / scale;
                         }
                     }
                     softmax_inplace(&mut row[lo..hi], scale);
                     row[..lo].fill(0.0);
                     row[hi..].fill(0.0);
                 }
-                let dst = o.0.add(first * out_width + h * head_dim);
+                let dst = o.0.add((first + r0) * out_width + h * head_dim);
                 cblas_sgemm(
                     ROW_MAJOR,
                     NO_TRANS,
                     NO_TRANS,
-                    n as i32,
+                    m as i32,
                     head_dim as i32,
-                    n as i32,
+                    span as i32,
                     1.0,
                     scores.as_ptr(),
-                    n as i32,
+                    span as i32,
                     vp,
                     vh.width as i32,
                     0.0,
@@ -264,4 +323,68 @@ pub fn packed_attention(
         });
     }
     Ok(Some(Array::from_slice(&out, &[rows as i32, out_width as i32])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic `[rows, cols]` float32 values in -1..1.
+    fn values(rows: usize, cols: usize, seed: u32) -> Array {
+        let mut state = seed.max(1);
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect();
+        Array::from_slice(&v, &[rows as i32, cols as i32])
+    }
+
+    /// Query tiles compute what one tile per sequence computes, for every mask, a relative
+    /// bias and key limits, with tiles that do and do not divide the lengths; and a window's
+    /// tiles score only the keys in reach (the plan's spans shrink).
+    #[test]
+    fn query_tiles_change_nothing_but_the_work() {
+        let offsets = [0, 3, 40, 49, 86, 87, 120];
+        let rows = *offsets.last().unwrap() as usize;
+        let (heads, kv_heads, head_dim) = (4usize, 2usize, 8usize);
+        let q = values(rows, heads * head_dim, 1);
+        let kv = values(rows, 2 * kv_heads * head_dim, 2);
+        let bias = RelativeBias {
+            values: (0..4 * 11).map(|i| ((i * 13) % 7) as f32 * 0.4 - 1.2).collect(),
+            max_offset: 5,
+            heads: 4,
+        };
+        let limits = [3, 20, 9, 37, 1, 30];
+        for mask in [Mask::Full, Mask::Causal, Mask::Window(4), Mask::CausalWindow(6)] {
+            for (b, l) in
+                [(None, None), (Some(&bias), None), (None, Some(&limits[..])), (Some(&bias), Some(&limits[..]))]
+            {
+                let scoring = Scoring { scale: 0.35, mask, bias: b, key_limits: l };
+                let run = |tile| {
+                    let (qb, kb, vb) = (
+                        HeadBlock { array: &q, col: 0, heads },
+                        HeadBlock { array: &kv, col: 0, heads: kv_heads },
+                        HeadBlock { array: &kv, col: kv_heads * head_dim, heads: kv_heads },
+                    );
+                    let out = tiled_attention(qb, kb, vb, &offsets, head_dim, scoring, tile).unwrap().unwrap();
+                    out.as_slice::<f32>().to_vec()
+                };
+                let whole = run(usize::MAX);
+                for tile in [1, 3, 8, 37] {
+                    let tiled = run(tile);
+                    let worst = whole.iter().zip(&tiled).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    assert!(worst < 1e-6, "{mask:?} bias {} limits {} tile {tile}: {worst}", b.is_some(), l.is_some());
+                }
+            }
+        }
+        // A window of 4 around 8-row tiles: each tile spans at most 8 + 2·4 keys.
+        let tasks = plan(&offsets, 1, Mask::Window(4), None, 8);
+        assert!(tasks.iter().all(|t| t.keys.1 - t.keys.0 <= 16));
+        let whole = plan(&offsets, 1, Mask::Full, None, 8);
+        assert_eq!(whole.iter().map(|t| t.keys.1 - t.keys.0).max(), Some(37));
+    }
 }
