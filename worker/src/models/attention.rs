@@ -6,8 +6,10 @@
 //! - MLX (GPU backends; half precision on the CPU): the batch's sequences are cut into a few
 //!   buckets of similar length (`packing::AttentionBuckets`); each bucket is gathered into
 //!   `[rows, heads, len, head_dim]`, attended with MLX's fused kernel and a key mask (or the
-//!   causal mask; or, for a window or a relative bias, an additive mask built on the host),
-//!   and the outputs are scattered back to the packed rows.
+//!   causal mask; or, for a window or a relative bias, an additive mask built on the host,
+//!   in query tiles of `QUERY_TILE` rows over the keys each tile's rows see, so neither the
+//!   mask nor a window's work grows with the square of the length), and the outputs are
+//!   scattered back to the packed rows.
 //!
 //! `k`/`v` may have fewer heads than `q` (grouped-query attention): MLX's kernel and the
 //! host kernel both read kv head `h / group` for query head `h`, so K/V are never tiled.
@@ -18,7 +20,7 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{ops, Array};
 
 use super::{Inputs, Kernels};
-use crate::cpu_attention::{packed_attention, HeadBlock, Scoring};
+use crate::cpu_attention::{packed_attention, HeadBlock, Scoring, QUERY_TILE};
 pub use crate::cpu_attention::{Mask, RelativeBias};
 use crate::packing::{AttentionBuckets, Bucket, BucketShapes};
 
@@ -40,6 +42,19 @@ pub fn attention(
     scale: f32,
     mask: Mask,
     bias: Option<&RelativeBias>,
+) -> Result<Array> {
+    attention_in_tiles(kernels, heads, inputs, scale, mask, bias, QUERY_TILE)
+}
+
+/// [`attention`] with the MLX path's query tiles of `tile` rows (tests use small ones).
+fn attention_in_tiles(
+    kernels: Kernels,
+    heads: &Heads,
+    inputs: &Inputs,
+    scale: f32,
+    mask: Mask,
+    bias: Option<&RelativeBias>,
+    tile: usize,
 ) -> Result<Array> {
     if kernels == Kernels::Host {
         let offsets = &inputs.packing.offsets;
@@ -65,17 +80,35 @@ pub fn attention(
         // Right padding inside a bucket: under the causal mask a real query sees only real
         // keys; otherwise the key mask hides the pad slots. Pad queries (and the filler
         // rows of a rounded bucket) are dropped below.
-        let built;
-        let sdpa_mask = match (mask, bias, &bucket.key_mask) {
-            (Mask::Causal, None, _) => Some(ScaledDotProductAttentionMask::Causal),
-            (Mask::Full, None, Some(m)) => Some(ScaledDotProductAttentionMask::Array(m)),
-            (Mask::Full, None, None) => None,
+        let o = match (mask, bias, &bucket.key_mask) {
+            (Mask::Causal, None, _) => {
+                scaled_dot_product_attention(&q, &k, &v, scale, ScaledDotProductAttentionMask::Causal, None)?
+            }
+            (Mask::Full, None, Some(m)) => {
+                scaled_dot_product_attention(&q, &k, &v, scale, ScaledDotProductAttentionMask::Array(m), None)?
+            }
+            (Mask::Full, None, None) => scaled_dot_product_attention(&q, &k, &v, scale, None, None)?,
+            // A mask built here: in query tiles, each over the keys its rows can see, so
+            // the mask (and a window's work) grows with the length, not its square.
             _ => {
-                built = additive_mask(bucket, mask, bias, heads.q.heads)?.as_dtype(q.dtype())?;
-                Some(ScaledDotProductAttentionMask::Array(&built))
+                let len = bucket.len as usize;
+                let mut tiles = Vec::new();
+                for first in (0..len).step_by(tile) {
+                    let rows = (first, (first + tile).min(len));
+                    let keys = (mask.keys(rows.0, len).0, mask.keys(rows.1 - 1, len).1);
+                    let built = additive_mask(bucket, mask, bias, heads.q.heads, rows, keys)?.as_dtype(q.dtype())?;
+                    let (r, c) = (rows.0 as i32..rows.1 as i32, keys.0 as i32..keys.1 as i32);
+                    let (qt, kt, vt) = (q.index((.., .., r)), k.index((.., .., c.clone())), v.index((.., .., c)));
+                    let m = ScaledDotProductAttentionMask::Array(&built);
+                    tiles.push(scaled_dot_product_attention(&qt, &kt, &vt, scale, m, None)?);
+                }
+                if tiles.len() == 1 {
+                    tiles.pop().unwrap()
+                } else {
+                    ops::concatenate(&tiles, 2)?
+                }
             }
         };
-        let o = scaled_dot_product_attention(&q, &k, &v, scale, sdpa_mask, None)?;
         let width = heads.q.heads as i32 * heads.head_dim;
         outs.push(o.transpose_axes(&[0, 2, 1, 3])?.reshape(&[bucket.rows * bucket.len, width])?);
     }
@@ -86,25 +119,38 @@ pub fn attention(
     })
 }
 
-/// `[rows, heads or 1, len, len]` float: the bias where query `i` may see key `j` (the
+/// `[rows, heads or 1, queries, keys]` float for the query rows `queries.0..queries.1` and
+/// key slots `keys.0..keys.1` of a bucket: the bias where query `i` may see key `j` (the
 /// mask allows it and `j` is a real token), −∞ elsewhere. Pad queries' rows are dropped
 /// after attention.
-fn additive_mask(bucket: &Bucket, mask: Mask, bias: Option<&RelativeBias>, heads: usize) -> Result<Array> {
+fn additive_mask(
+    bucket: &Bucket,
+    mask: Mask,
+    bias: Option<&RelativeBias>,
+    heads: usize,
+    queries: (usize, usize),
+    keys: (usize, usize),
+) -> Result<Array> {
     let len = bucket.len as usize;
     let planes = if bias.is_some() { heads } else { 1 };
-    let mut plane = vec![f32::NEG_INFINITY; planes * len * len];
+    let (nq, nk) = (queries.1 - queries.0, keys.1 - keys.0);
+    let mut plane = vec![f32::NEG_INFINITY; planes * nq * nk];
     for h in 0..planes {
-        for i in 0..len {
+        for i in queries.0..queries.1 {
             let (lo, hi) = mask.keys(i, len);
-            for j in lo..hi {
-                plane[(h * len + i) * len + j] = bias.map_or(0.0, |b| b.at(h, j as i64 - i as i64));
+            let row = (h * nq + i - queries.0) * nk;
+            for j in lo.max(keys.0)..hi.min(keys.1) {
+                plane[row + j - keys.0] = bias.map_or(0.0, |b| b.at(h, j as i64 - i as i64));
             }
         }
     }
-    let m = Array::from_slice(&plane, &[1, planes as i32, len as i32, len as i32]);
+    let m = Array::from_slice(&plane, &[1, planes as i32, nq as i32, nk as i32]);
     Ok(match &bucket.key_mask {
         // Pad keys of shorter members: −∞ where the key mask is false.
-        Some(keys) => ops::select(keys, &m, Array::from_f32(f32::NEG_INFINITY))?,
+        Some(key_mask) => {
+            let key_mask = key_mask.index((.., .., .., keys.0 as i32..keys.1 as i32));
+            ops::select(&key_mask, &m, Array::from_f32(f32::NEG_INFINITY))?
+        }
         None => m,
     })
 }
@@ -160,6 +206,18 @@ mod tests {
         mask: Mask,
         bias: Option<&RelativeBias>,
     ) -> Vec<f32> {
+        run_tiled(kernels, shapes, lengths, key_limits, mask, bias, QUERY_TILE)
+    }
+
+    fn run_tiled(
+        kernels: Kernels,
+        shapes: Option<BucketShapes>,
+        lengths: &[i32],
+        key_limits: Option<&[i32]>,
+        mask: Mask,
+        bias: Option<&RelativeBias>,
+        tile: usize,
+    ) -> Vec<f32> {
         let mut packing = Packing::from_lengths(lengths.iter().copied());
         packing.key_limits = key_limits.map(<[i32]>::to_vec);
         let (heads, kv_heads, head_dim) = (4usize, 2usize, 8i32);
@@ -175,7 +233,7 @@ mod tests {
         let zeros = Array::from_slice(&vec![0i32; total as usize], &[total]);
         let buckets = shapes.map(|s| AttentionBuckets::new(&packing, s).unwrap());
         let inputs = Inputs { ids: zeros.clone(), type_ids: zeros.clone(), positions: zeros, packing, buckets };
-        let out = attention(kernels, &h, &inputs, 0.35, mask, bias).unwrap();
+        let out = attention_in_tiles(kernels, &h, &inputs, 0.35, mask, bias, tile).unwrap();
         assert_eq!(out.shape(), &[total, heads as i32 * head_dim]);
         out.as_slice::<f32>().to_vec()
     }
@@ -207,9 +265,12 @@ mod tests {
         ] {
             let host = run(Kernels::Host, None, &lengths, mask, bias);
             for shapes in [BucketShapes::Exact, BucketShapes::Ladder] {
-                let mlx = run(Kernels::Mlx, Some(shapes), &lengths, mask, bias);
-                let worst = max_diff(&host, &mlx);
-                assert!(worst < 1e-5, "{mask:?} bias {} {shapes:?}: max diff {worst}", bias.is_some());
+                // Query tiles of 7 rows cut every bucket longer than 7 (a built mask's).
+                for tile in [QUERY_TILE, 7] {
+                    let mlx = run_tiled(Kernels::Mlx, Some(shapes), &lengths, None, mask, bias, tile);
+                    let worst = max_diff(&host, &mlx);
+                    assert!(worst < 1e-5, "{mask:?} bias {} {shapes:?} tile {tile}: max diff {worst}", bias.is_some());
+                }
             }
         }
     }
