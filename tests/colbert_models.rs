@@ -5,7 +5,8 @@
 //! and late-interaction scores within 1e-4, in the same order, also through the unmodified
 //! `cohere` client. `tiny-bert-pylate` has PyLate's defaults (markers "[Q] "/"[D] ", [MASK]
 //! expansion not attended to, the punctuation skiplist), `tiny-bert-pylate-noexp` no query
-//! expansion, a Dense bias and a skiplist of its own. Also what is refused: a dense vector
+//! expansion, a Dense bias and a skiplist of its own, `tiny-modernbert-pylate`
+//! GTE-ModernColBERT-v1's architecture (PyLate's defaults over a ModernBERT body). Also what is refused: a dense vector
 //! from such a model, a request without `is_query`, and at pull what is not computed.
 
 use std::time::Duration;
@@ -16,7 +17,7 @@ use mlx_serve_tests::fixtures::{copy_dir, cosine, model_dir, repo_root};
 use mlx_serve_tests::server::{run_client, Server, ServerOptions};
 use serde_json::{json, Value};
 
-const MODELS: [&str; 2] = ["tiny-bert-pylate", "tiny-bert-pylate-noexp"];
+const MODELS: [&str; 3] = ["tiny-bert-pylate", "tiny-bert-pylate-noexp", "tiny-modernbert-pylate"];
 const TOL: f64 = 1e-4;
 
 fn reference(name: &str) -> Value {
@@ -164,17 +165,21 @@ fn a_dense_vector_or_a_request_without_is_query_is_a_400_naming_it() {
     assert_eq!(server.stop(), Some(0));
 }
 
-/// `pull` of the PyLate fixture with `edit` applied to its folder: the error line.
-fn pull_error(edit: impl FnOnce(&std::path::Path)) -> String {
+/// `pull` of a PyLate fixture with `edit` applied to its folder: the error line.
+fn pull_error_of(fixture: &str, edit: impl FnOnce(&std::path::Path)) -> String {
     let home = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let folder = work.path().join("colbert");
-    copy_dir(&model_dir("tiny-bert-pylate"), &folder);
+    copy_dir(&model_dir(fixture), &folder);
     edit(&folder);
     let cmd = cli::command(home.path(), None, &["pull", folder.to_str().unwrap(), "--name", "colbert"]);
     let out = cli::run(cmd, Duration::from_secs(120));
     assert!(!home.path().join("models/colbert").exists(), "nothing may be installed");
     error_line(&out).to_owned()
+}
+
+fn pull_error(edit: impl FnOnce(&std::path::Path)) -> String {
+    pull_error_of("tiny-bert-pylate", edit)
 }
 
 fn edit_json(path: &std::path::Path, f: impl FnOnce(&mut Value)) {
@@ -219,6 +224,11 @@ fn pylate_settings_that_are_not_computed_are_refused_at_pull_naming_them() {
         let line = pull_error(edit);
         assert!(line.contains(needle) && line.contains("PyLate"), "should name {needle}: {line}");
     }
+
+    // ModernBERT: query expansion beyond its local window's reach (radius 17 + 3 text tokens).
+    let st_file = |q: u64| move |d: &std::path::Path| edit_json(&d.join(st), |v| v["query_length"] = json!(q));
+    let line = pull_error_of("tiny-modernbert-pylate", st_file(21));
+    assert!(line.contains("query_length 21") && line.contains("local_attention 34"), "{line}");
 
     // The unchanged fixture pulls and says what it is; quantizing it is refused, naming why.
     let home = tempfile::tempdir().unwrap();

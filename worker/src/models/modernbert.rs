@@ -50,6 +50,24 @@ fn check(facts: &ModelFacts) -> Result<()> {
     if facts.pooling == Pooling::CrossEncoder {
         config.check_head()?;
     }
+    // A PyLate query's expansion tokens attend to its text only (`attend_to_expansion_tokens`
+    // false); in a local layer, one more than the window's radius past the last text token
+    // sees no key at all, which transformers' SDPA answers with a zero row and this worker does
+    // not compute. A query has at least 3 text tokens ([CLS], the marker, [SEP]), so expansion
+    // up to `radius + 3` tokens is always in reach (GTE-ModernColBERT-v1: radius 64, 32 tokens).
+    if let Some(c) = facts.colbert.as_ref().filter(|c| c.do_query_expansion && !c.attend_to_expansion_tokens) {
+        let radius = config.window_radius();
+        if c.query_length as usize > radius + 3 {
+            bail!(
+                "PyLate ColBERT: query_length {} is beyond the reach of ModernBERT's local attention \
+                 (local_attention {}, keys within {radius}): expansion tokens past {} would see no text token; \
+                 not supported",
+                c.query_length,
+                config.local_attention,
+                radius + 3
+            );
+        }
+    }
     Ok(())
 }
 
