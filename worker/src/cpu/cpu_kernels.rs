@@ -180,24 +180,32 @@ pub fn add_layer_norm_f32(
         return Ok(None);
     }
     let mut out = vec![0f32; xs.len()];
-    let rows = |o: &mut [f32], xs: &[f32], rs: &[f32]| add_layer_norm_rows(xs, xbs, rs, ws, bs, eps, o);
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
-    if threads <= 1 || xs.len() < PARALLEL_MIN {
-        rows(&mut out, xs, rs);
-    } else {
-        let per = (xs.len() / hidden).div_ceil(threads) * hidden;
-        std::thread::scope(|s| {
-            for ((o, x), r) in out.chunks_mut(per).zip(xs.chunks(per)).zip(rs.chunks(per)) {
-                let rows = &rows;
-                s.spawn(move || rows(o, x, r));
-            }
-        });
-    }
+    par_rows(&mut out, hidden, |first, o| {
+        let span = first * hidden..first * hidden + o.len();
+        add_layer_norm_rows(&xs[span.clone()], xbs, &rs[span], ws, bs, eps, o)
+    });
     Ok(Some(Array::from_slice(&out, x.shape())))
 }
 
-/// Below this many elements threads cost more than they save.
+/// Below this many output elements threads cost more than they save.
 const PARALLEL_MIN: usize = 1 << 16;
+
+/// The host kernels' row split: `f(first_row, rows_of_out)` over `out` (`width` floats a
+/// row) cut into one block of whole rows per core, or whole when it is small.
+pub(crate) fn par_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
+    if threads <= 1 || out.len() < PARALLEL_MIN || width == 0 {
+        f(0, out);
+        return;
+    }
+    let per = (out.len() / width).div_ceil(threads);
+    std::thread::scope(|s| {
+        for (k, o) in out.chunks_mut(per * width).enumerate() {
+            let f = &f;
+            s.spawn(move || f(k * per, o));
+        }
+    });
+}
 
 /// Exact GELU of `x + bias` (bias over the last axis, zeros when absent) for a float32
 /// `[rows, features]` array, computed on the host; `None` when an input is not a
@@ -224,17 +232,10 @@ pub fn gelu_f32(x: &Array, bias: Option<&Array>) -> Result<Option<Array>> {
         }
     };
     let mut out = vec![0f32; src.len()];
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
-    if threads <= 1 || src.len() < PARALLEL_MIN {
-        gelu_rows(&mut out, src, bias);
-    } else {
-        let per = (src.len() / features).div_ceil(threads) * features;
-        std::thread::scope(|s| {
-            for (o, i) in out.chunks_mut(per).zip(src.chunks(per)) {
-                s.spawn(move || gelu_rows(o, i, bias));
-            }
-        });
-    }
+    par_rows(&mut out, features, |first, o| {
+        let at = first * features;
+        gelu_rows(o, &src[at..at + o.len()], bias)
+    });
     Ok(Some(Array::from_slice(&out, x.shape())))
 }
 

@@ -12,7 +12,7 @@ use anyhow::Result;
 use mlx_rs::{Array, Dtype};
 
 use super::simd::simd_dispatch;
-use super::{exp_neg, gelu, PARALLEL_MIN};
+use super::{exp_neg, gelu, par_rows};
 
 /// The activation applied to the gate half.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,17 +74,10 @@ pub fn gated_f32(fused: &Array, inner: usize, gate_first: bool, gate: Gate) -> R
     let (gate_at, up_at) = if gate_first { (0, inner) } else { (inner, 0) };
     let rows = src.len() / (2 * inner);
     let mut out = vec![0f32; rows * inner];
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
-    if threads <= 1 || out.len() < PARALLEL_MIN {
-        glu_rows(&mut out, src, inner, gate_at, up_at, gate);
-    } else {
-        let per_rows = rows.div_ceil(threads);
-        std::thread::scope(|s| {
-            for (o, i) in out.chunks_mut(per_rows * inner).zip(src.chunks(per_rows * 2 * inner)) {
-                s.spawn(move || glu_rows(o, i, inner, gate_at, up_at, gate));
-            }
-        });
-    }
+    par_rows(&mut out, inner, |first, o| {
+        let at = first * 2 * inner;
+        glu_rows(o, &src[at..at + 2 * o.len()], inner, gate_at, up_at, gate)
+    });
     Ok(Some(Array::from_slice(&out, &[rows as i32, inner as i32])))
 }
 
