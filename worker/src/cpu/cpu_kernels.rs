@@ -16,6 +16,7 @@
 
 pub mod bench;
 mod gated;
+mod residual_norm;
 mod simd;
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,7 @@ use anyhow::Result;
 use mlx_rs::{Array, Dtype};
 
 pub use gated::{gated_f32, Gate};
+pub use residual_norm::residual_layer_norm_f32;
 use simd::simd_dispatch;
 
 /// erf(x) for f32, Eigen's / XLA's rational approximation (`generic_fast_erf_float`):

@@ -36,6 +36,7 @@ use super::{
     check_positive, parse_config, strip_prefix, Activation, Architecture, Inputs, Kernels, Load, Loaded, Network,
 };
 use crate::cpu_attention::HeadBlock;
+use crate::cpu_kernels::residual_layer_norm_f32;
 use crate::heads::{check_single_label, Scorer, ScoringHead};
 use crate::layers::{Embedding, Linear};
 use crate::packing::Packing;
@@ -294,6 +295,19 @@ impl Norm {
     fn apply(&self, x: &Array) -> Result<Array> {
         Ok(layer_norm(x, &self.weight, self.bias.as_ref(), self.eps)?)
     }
+
+    /// The residual sum `x + y` and its norm; one pass on the host with host kernels
+    /// (`cpu_kernels::residual_layer_norm_f32`).
+    fn add_apply(&self, kernels: Kernels, x: &Array, y: &Array) -> Result<(Array, Array)> {
+        if kernels == Kernels::Host {
+            if let Some(pair) = residual_layer_norm_f32(x, y, &self.weight, self.bias.as_ref(), self.eps)? {
+                return Ok(pair);
+            }
+        }
+        let sum = x.add(y)?;
+        let normed = self.apply(&sum)?;
+        Ok((sum, normed))
+    }
 }
 
 struct Layer {
@@ -371,11 +385,12 @@ impl Network for ModernBert {
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         let (hidden, heads) = (self.hidden, self.heads);
         let mut x = self.emb_norm.apply(&self.embed.lookup(&inputs.ids)?)?;
-        for layer in &self.layers {
-            let normed = match &layer.attn_norm {
-                Some(n) => n.apply(&x)?,
-                None => x.clone(),
-            };
+        // Pre-norm: each residual sum is normed for the sublayer after it in the same pass.
+        let mut normed = match self.layers.first().and_then(|l| l.attn_norm.as_ref()) {
+            Some(n) => n.apply(&x)?,
+            None => x.clone(),
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
             let qkv = layer.wqkv.forward(&normed)?;
             let total = qkv.dim(0);
             // Q and K rotated together: `[total, 2 × heads, 1, head_dim]` (see qwen3.rs).
@@ -390,12 +405,21 @@ impl Network for ModernBert {
             };
             let mask = if layer.global { Mask::Full } else { Mask::Window(self.radius) };
             let ctx = attention(self.kernels, &parts, inputs, scale, mask, None)?;
-            x = x.add(layer.wo.forward(&ctx)?)?;
-            let wi = layer.wi.forward(&layer.mlp_norm.apply(&x)?)?;
+            let (sum, mlp_in) = layer.mlp_norm.add_apply(self.kernels, &x, &layer.wo.forward(&ctx)?)?;
+            let wi = layer.wi.forward(&mlp_in)?;
             let h = self.act.gated(self.kernels, &wi, self.intermediate, true)?;
-            x = x.add(layer.mlp_out.forward(&h)?)?;
+            let out = layer.mlp_out.forward(&h)?;
+            // The next layer's attention norm, or after the last layer the final norm.
+            (x, normed) = match self.layers.get(i + 1).map(|l| l.attn_norm.as_ref()) {
+                Some(Some(n)) => n.add_apply(self.kernels, &sum, &out)?,
+                Some(None) => {
+                    let s = sum.add(&out)?;
+                    (s.clone(), s)
+                }
+                None => self.final_norm.add_apply(self.kernels, &sum, &out)?,
+            };
         }
-        self.final_norm.apply(&x)
+        Ok(normed)
     }
 
     fn hidden_size(&self) -> i32 {
