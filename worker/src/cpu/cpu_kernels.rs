@@ -16,7 +16,7 @@
 
 pub mod bench;
 mod gated;
-mod residual_norm;
+mod norms;
 mod simd;
 #[cfg(test)]
 mod tests;
@@ -25,7 +25,7 @@ use anyhow::Result;
 use mlx_rs::{Array, Dtype};
 
 pub use gated::{gated_f32, Gate};
-pub use residual_norm::residual_layer_norm_f32;
+pub use norms::{residual_layer_norm_f32, residual_rms_norm_f32, rms_norm_f32};
 use simd::simd_dispatch;
 
 /// erf(x) for f32, Eigen's / XLA's rational approximation (`generic_fast_erf_float`):

@@ -35,9 +35,11 @@ use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 use super::attention::{attention, Heads, Mask};
 use super::rope::{rope, RopeParameters};
 use super::{
-    check_positive, parse_config, strip_prefix, Activation, Architecture, Inputs, Kernels, Load, Loaded, Network,
+    check_positive, parse_config, residual_rms_norm, strip_prefix, Activation, Architecture, Inputs, Kernels, Load,
+    Loaded, Network,
 };
 use crate::cpu_attention::HeadBlock;
+use crate::cpu_kernels::rms_norm_f32;
 use crate::layers::{Embedding, Linear};
 use crate::weights::Weights;
 
@@ -262,8 +264,14 @@ fn norm_weight(w: &mut Weights, name: &str, dim: i32) -> Result<Array> {
 /// `Gemma3RMSNorm`: normalized and scaled in float32, then cast back to the input's dtype
 /// (`(x.float() * (1 + w.float())).type_as(x)`, unlike Llama's norm), so half precision
 /// rounds once per norm, as transformers does.
-fn norm(x: &Array, weight: &Array, eps: f32) -> Result<Array> {
+/// With host kernels (float32 on the CPU) one vectorized pass (`cpu_kernels::rms_norm_f32`).
+fn norm(kernels: Kernels, x: &Array, weight: &Array, eps: f32) -> Result<Array> {
     if x.dtype() == Dtype::Float32 {
+        if kernels == Kernels::Host {
+            if let Some(y) = rms_norm_f32(x, weight, eps)? {
+                return Ok(y);
+            }
+        }
         return Ok(rms_norm(x, Some(weight), eps)?);
     }
     Ok(rms_norm(&x.as_dtype(Dtype::Float32)?, Some(weight), eps)?.as_dtype(x.dtype())?)
@@ -367,9 +375,22 @@ impl Gemma3Text {
     fn norm_rope(&self, x: &Array, weight: &Array, heads: i32, theta: f32, positions: &Array) -> Result<Array> {
         let total = x.dim(0);
         let x = x.reshape(&[total, heads, 1, self.head_dim])?;
-        let x = norm(&x, weight, self.eps)?;
+        let x = norm(self.kernels, &x, weight, self.eps)?;
         let x = rope(&x, theta, 1.0, positions)?;
         Ok(x.reshape(&[total, heads * self.head_dim])?)
+    }
+}
+
+impl Gemma3Text {
+    /// `(x + y, norm(x + y))` with the Gemma norm's `weight`: one host pass in float32 with
+    /// host kernels (`residual_rms_norm`); otherwise [`norm`]'s float32 round trip.
+    fn add_norm(&self, x: &Array, y: &Array, weight: &Array) -> Result<(Array, Array)> {
+        if self.kernels == Kernels::Host {
+            return residual_rms_norm(self.kernels, x, y, weight, self.eps);
+        }
+        let sum = x.add(y)?;
+        let normed = norm(self.kernels, &sum, weight, self.eps)?;
+        Ok((sum, normed))
     }
 }
 
@@ -379,8 +400,12 @@ impl Network for Gemma3Text {
         let table = self.embed_tokens.lookup(&inputs.ids)?;
         // The scale in the table's dtype, as transformers casts it.
         let mut x = table.multiply(Array::from_f32(self.embed_scale).as_dtype(table.dtype())?)?;
-        for layer in &self.layers {
-            let r = norm(&x, &layer.input_norm, self.eps)?;
+        // Pre-norm: each residual sum is normed for the sublayer after it in the same pass.
+        let mut r = match self.layers.first() {
+            Some(l) => norm(self.kernels, &x, &l.input_norm, self.eps)?,
+            None => x.clone(),
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
             let qkv = layer.qkv.forward(&r)?;
             let parts = qkv.split_at_indices(&[q_width, q_width + kv_width], 1)?;
             let theta = if layer.full { self.full_theta } else { self.sliding_theta };
@@ -396,14 +421,19 @@ impl Network for Gemma3Text {
             let mask = if layer.full { self.full_mask } else { self.sliding_mask };
             let ctx = attention(self.kernels, &heads, inputs, self.scale, mask, None)?;
             let a = layer.o_proj.forward(&ctx)?;
-            x = x.add(norm(&a, &layer.post_attn_norm, self.eps)?)?;
-            let r = norm(&x, &layer.pre_ff_norm, self.eps)?;
-            let gu = layer.gate_up.forward(&r)?;
+            let (sum, ff_in) =
+                self.add_norm(&x, &norm(self.kernels, &a, &layer.post_attn_norm, self.eps)?, &layer.pre_ff_norm)?;
+            let gu = layer.gate_up.forward(&ff_in)?;
             let h = self.act.gated(self.kernels, &gu, self.intermediate, true)?;
             let m = layer.down.forward(&h)?;
-            x = x.add(norm(&m, &layer.post_ff_norm, self.eps)?)?;
+            // The next layer's input norm, or after the last layer the final norm.
+            let next = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
+            (x, r) = self.add_norm(&sum, &norm(self.kernels, &m, &layer.post_ff_norm, self.eps)?, next)?;
         }
-        norm(&x, &self.norm, self.eps)
+        if self.layers.is_empty() {
+            return norm(self.kernels, &x, &self.norm, self.eps);
+        }
+        Ok(r)
     }
 
     fn hidden_size(&self) -> i32 {

@@ -146,6 +146,20 @@ pub trait Network {
     fn kernels(&self) -> Kernels;
 }
 
+/// `(x + y, RmsNorm(x + y))`: a pre-norm block's residual sum and the norm of it that the
+/// next sublayer reads (Qwen 2/3); one pass on the host with host kernels
+/// (`cpu_kernels::residual_rms_norm_f32`), MLX's add and `rms_norm` otherwise.
+pub fn residual_rms_norm(kernels: Kernels, x: &Array, y: &Array, weight: &Array, eps: f32) -> Result<(Array, Array)> {
+    if kernels == Kernels::Host {
+        if let Some(pair) = crate::cpu_kernels::residual_rms_norm_f32(x, y, weight, eps)? {
+            return Ok(pair);
+        }
+    }
+    let sum = x.add(y)?;
+    let normed = mlx_rs::fast::rms_norm(&sum, Some(weight), eps)?;
+    Ok((sum, normed))
+}
+
 /// Deserializes an architecture's config struct from config.json.
 pub fn parse_config<T: DeserializeOwned>(config: &Value) -> Result<T> {
     T::deserialize(config).map_err(|e| anyhow!("config.json: {e}"))

@@ -26,7 +26,8 @@ use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 use super::attention::{attention, Heads, Mask};
 use super::rope::{self, rope, RopeParameters};
 use super::{
-    check_positive, parse_config, strip_prefix, Activation, Architecture, Inputs, Kernels, Load, Loaded, Network,
+    check_positive, parse_config, residual_rms_norm, strip_prefix, Activation, Architecture, Inputs, Kernels, Load,
+    Loaded, Network,
 };
 use crate::cpu_attention::HeadBlock;
 use crate::heads::{Scorer, YesNo};
@@ -302,9 +303,13 @@ impl Network for Qwen2 {
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         let (q_width, kv_width) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
         let mut x = self.embed_tokens.lookup(&inputs.ids)?;
-        for layer in &self.layers {
-            let r = rms_norm(&x, Some(&layer.input_norm), self.eps)?;
-            let qkv = layer.qkv.forward(&r)?;
+        // Pre-norm: each residual sum is normed for the sublayer after it in the same pass.
+        let mut normed = match self.layers.first() {
+            Some(l) => rms_norm(&x, Some(&l.input_norm), self.eps)?,
+            None => x.clone(),
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let qkv = layer.qkv.forward(&normed)?;
             let qk = self.rope_qk(&qkv, &inputs.positions)?;
             let heads = Heads {
                 q: HeadBlock { array: &qk, col: 0, heads: self.heads as usize },
@@ -314,13 +319,18 @@ impl Network for Qwen2 {
                 head_dim: self.head_dim,
             };
             let ctx = attention(self.kernels, &heads, inputs, scale, Mask::Causal, None)?;
-            x = x.add(layer.o_proj.forward(&ctx)?)?;
-            let r = rms_norm(&x, Some(&layer.post_norm), self.eps)?;
+            let (sum, r) =
+                residual_rms_norm(self.kernels, &x, &layer.o_proj.forward(&ctx)?, &layer.post_norm, self.eps)?;
             let gu = layer.gate_up.forward(&r)?;
             let h = self.act.gated(self.kernels, &gu, self.intermediate, true)?;
-            x = x.add(layer.down.forward(&h)?)?;
+            // The next layer's input norm, or after the last layer the final norm.
+            let next = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
+            (x, normed) = residual_rms_norm(self.kernels, &sum, &layer.down.forward(&h)?, next, self.eps)?;
         }
-        Ok(rms_norm(&x, Some(&self.norm), self.eps)?)
+        if self.layers.is_empty() {
+            return Ok(rms_norm(&x, Some(&self.norm), self.eps)?);
+        }
+        Ok(normed)
     }
 
     fn hidden_size(&self) -> i32 {

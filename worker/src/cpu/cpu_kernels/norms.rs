@@ -1,23 +1,42 @@
-//! The pre-norm residual step on the host: `s = x + y` and `LayerNorm(s)` in one pass, for
-//! the blocks that add a sublayer's output to the residual stream and normalize the sum for
-//! the next sublayer (ModernBERT: `x + attn`, then the MLP's norm; `x + mlp`, then the next
-//! layer's attention norm or the final norm).
+//! Norms on the host: the pre-norm residual step (`s = x + y` and `norm(s)` in one pass, for
+//! blocks that add a sublayer's output to the residual stream and normalize the sum for the
+//! next sublayer: ModernBERT's LayerNorm, Qwen's and Gemma's RMSNorm), and RMSNorm alone
+//! (Gemma's sandwich norms, the per-head q/k norms of Qwen 3 and Gemma 3).
 //!
-//! MLX has no CPU kernel for `fast::layer_norm`: it composes it from single-threaded
-//! reductions and elementwise ops (perf of gte-modernbert-base's shape, 16 mixed passages on
-//! 2 cores: `SumReduce`, `Square`, `Subtract`, `Multiply` and the residual `Add` together
-//! ~11% of samples, all on one core while the other idles; docs/cpu-backend.md).
+//! MLX has no CPU kernel for `fast::layer_norm` / `fast::rms_norm`: it composes them from
+//! single-threaded reductions and elementwise ops (perf of gte-modernbert-base's shape, 16
+//! mixed passages on 2 cores: `SumReduce`, `Square`, `Subtract`, `Multiply` and the residual
+//! `Add` together ~11% of samples, all on one core while the other idles; of
+//! embeddinggemma-300m's, ~11% too; docs/cpu-backend.md).
 
 use anyhow::Result;
 use mlx_rs::{Array, Dtype};
 
 use super::simd::simd_dispatch;
-use super::{lanes_sq_dev, lanes_sum, PARALLEL_MIN};
+use super::{lanes_sq_dev, lanes_sum, par_rows, PARALLEL_MIN};
+
+/// Which norm follows the residual sum, and its epsilon.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Norm {
+    kind: NormKind,
+    eps: f32,
+}
+
+/// Which norm follows the residual sum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// `(s − mean) / √(var + eps) · w + b`, biased variance (torch's `nn.LayerNorm`).
+    Layer,
+    /// `s / √(mean(s²) + eps) · w` (T5-style RMSNorm as MLX's `fast::rms_norm`: Qwen, and
+    /// Gemma with its `1 + w` weight).
+    Rms,
+}
 
 simd_dispatch! {
-    /// `s = x + y` and `o = LayerNorm(s)·w + b` of each `w.len()`-wide row (biased variance,
-    /// as torch's `nn.LayerNorm`).
-    fn residual_layer_norm_rows(x: &[f32], y: &[f32], w: &[f32], b: &[f32], eps: f32, s: &mut [f32], o: &mut [f32]) {
+    /// `s = x + y` and `o = norm(s)` (weight `w`, bias `b` for LayerNorm) of each
+    /// `w.len()`-wide row.
+    fn residual_norm_rows(x: &[f32], y: &[f32], w: &[f32], b: &[f32], norm: Norm, s: &mut [f32], o: &mut [f32]) {
+        let Norm { kind, eps } = norm;
         let hidden = w.len();
         let rows = s.chunks_exact_mut(hidden).zip(o.chunks_exact_mut(hidden));
         for ((s, o), (x, y)) in rows.zip(x.chunks_exact(hidden).zip(y.chunks_exact(hidden))) {
@@ -25,7 +44,7 @@ simd_dispatch! {
                 *s = x + y;
             }
             let n = hidden as f32;
-            let mean = lanes_sum(s) / n;
+            let mean = if kind == NormKind::Layer { lanes_sum(s) / n } else { 0.0 };
             let var = lanes_sq_dev(s, mean) / n;
             let inv = 1.0 / (var + eps).sqrt();
             for (((o, &s), &w), &b) in o.iter_mut().zip(s.iter()).zip(w).zip(b) {
@@ -33,6 +52,40 @@ simd_dispatch! {
             }
         }
     }
+}
+
+simd_dispatch! {
+    /// `o = x / √(mean(x²) + eps) · w` of each `w.len()`-wide row.
+    fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, o: &mut [f32]) {
+        let width = w.len();
+        for (o, x) in o.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
+            let inv = 1.0 / (lanes_sq_dev(x, 0.0) / width as f32 + eps).sqrt();
+            for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                *o = x * inv * w;
+            }
+        }
+    }
+}
+
+/// RMSNorm over the last axis (any leading shape) of a float32 array with weight `[d]`, as
+/// MLX's `fast::rms_norm`; `None` when an input is not a contiguous float32 array of that
+/// width (the caller then uses MLX).
+pub fn rms_norm_f32(x: &Array, weight: &Array, eps: f32) -> Result<Option<Array>> {
+    if x.dtype() != Dtype::Float32 || weight.dtype() != Dtype::Float32 || x.ndim() == 0 {
+        return Ok(None);
+    }
+    x.eval()?;
+    weight.eval()?;
+    let (Ok(xs), Ok(ws)) = (x.try_as_slice::<f32>(), weight.try_as_slice::<f32>()) else { return Ok(None) };
+    if ws.is_empty() || x.dim(-1) as usize != ws.len() {
+        return Ok(None);
+    }
+    let mut out = vec![0f32; xs.len()];
+    par_rows(&mut out, ws.len(), |first, o| {
+        let at = first * ws.len();
+        rms_norm_rows(&xs[at..at + o.len()], ws, eps, o)
+    });
+    Ok(Some(Array::from_slice(&out, x.shape())))
 }
 
 /// `(x + y, LayerNorm(x + y))` for float32 `[rows, hidden]` arrays, weight `[hidden]` and an
@@ -44,6 +97,22 @@ pub fn residual_layer_norm_f32(
     weight: &Array,
     bias: Option<&Array>,
     eps: f32,
+) -> Result<Option<(Array, Array)>> {
+    residual_norm_f32(x, y, weight, bias, eps, NormKind::Layer)
+}
+
+/// `(x + y, RmsNorm(x + y))`, as [`residual_layer_norm_f32`].
+pub fn residual_rms_norm_f32(x: &Array, y: &Array, weight: &Array, eps: f32) -> Result<Option<(Array, Array)>> {
+    residual_norm_f32(x, y, weight, None, eps, NormKind::Rms)
+}
+
+fn residual_norm_f32(
+    x: &Array,
+    y: &Array,
+    weight: &Array,
+    bias: Option<&Array>,
+    eps: f32,
+    kind: NormKind,
 ) -> Result<Option<(Array, Array)>> {
     let inputs = [Some(x), Some(y), Some(weight), bias];
     if inputs.iter().flatten().any(|a| a.dtype() != Dtype::Float32) || x.ndim() != 2 || x.shape() != y.shape() {
@@ -74,7 +143,7 @@ pub fn residual_layer_norm_f32(
     let (mut sum, mut normed) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
     let rows = |first: usize, s: &mut [f32], o: &mut [f32]| {
         let span = first * hidden..first * hidden + s.len();
-        residual_layer_norm_rows(&xs[span.clone()], &ys[span], ws, bs, eps, s, o)
+        residual_norm_rows(&xs[span.clone()], &ys[span], ws, bs, Norm { kind, eps }, s, o)
     };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     if threads <= 1 || sum.len() < PARALLEL_MIN {
@@ -124,7 +193,7 @@ mod tests {
             }
             for level in available() {
                 let (mut s, mut o) = (vec![0f32; rows * hidden], vec![0f32; rows * hidden]);
-                residual_layer_norm_rows::at(level, &x, &y, &w, &b, eps, &mut s, &mut o);
+                residual_norm_rows::at(level, &x, &y, &w, &b, Norm { kind: NormKind::Layer, eps }, &mut s, &mut o);
                 for i in 0..rows * hidden {
                     assert!((s[i] as f64 - want_s[i]).abs() < 1e-6, "{level:?} hidden {hidden} sum {i}");
                     assert!(
@@ -152,5 +221,25 @@ mod tests {
         };
         assert_eq!(diff(&s, &sum), 0.0);
         assert!(diff(&o, &mlx) < 1e-4, "{}", diff(&o, &mlx));
+        // RMSNorm against MLX's `fast::rms_norm`, and against float64 per level.
+        let (s, o) = residual_rms_norm_f32(&xa, &ya, &wa, 1e-6).unwrap().unwrap();
+        let mlx = mlx_rs::fast::rms_norm(&sum, Some(&wa), 1e-6).unwrap();
+        assert_eq!(diff(&s, &sum), 0.0);
+        assert!(diff(&o, &mlx) < 1e-4, "rms: {}", diff(&o, &mlx));
+        let plain = rms_norm_f32(&sum, &wa, 1e-6).unwrap().unwrap();
+        assert!(diff(&plain, &mlx) < 1e-4, "rms alone: {}", diff(&plain, &mlx));
+        let zeros = vec![0f32; hidden];
+        for level in available() {
+            let (mut s, mut o) = (vec![0f32; rows * hidden], vec![0f32; rows * hidden]);
+            residual_norm_rows::at(level, &x, &y, &w, &zeros, Norm { kind: NormKind::Rms, eps: 1e-6 }, &mut s, &mut o);
+            for r in 0..rows {
+                let row = r * hidden..(r + 1) * hidden;
+                let ms = row.clone().map(|i| (x[i] as f64 + y[i] as f64).powi(2)).sum::<f64>() / hidden as f64;
+                for (j, i) in row.enumerate() {
+                    let want = (x[i] as f64 + y[i] as f64) / (ms + 1e-6).sqrt() * w[j] as f64;
+                    assert!((o[i] as f64 - want).abs() < 2e-5, "{level:?} rms {i}: {} vs {want}", o[i]);
+                }
+            }
+        }
     }
 }
