@@ -17,6 +17,7 @@
 pub mod bench;
 mod gated;
 mod norms;
+mod rope;
 mod simd;
 #[cfg(test)]
 mod tests;
@@ -26,6 +27,7 @@ use mlx_rs::{Array, Dtype};
 
 pub use gated::{gated_f32, Gate};
 pub use norms::{residual_layer_norm_f32, residual_rms_norm_f32, rms_norm_f32};
+pub use rope::rope_f32;
 use simd::simd_dispatch;
 
 /// erf(x) for f32, Eigen's / XLA's rational approximation (`generic_fast_erf_float`):

@@ -376,7 +376,7 @@ impl Gemma3Text {
         let total = x.dim(0);
         let x = x.reshape(&[total, heads, 1, self.head_dim])?;
         let x = norm(self.kernels, &x, weight, self.eps)?;
-        let x = rope(&x, theta, 1.0, positions)?;
+        let x = rope(self.kernels, &x, theta, 1.0, positions)?;
         Ok(x.reshape(&[total, heads * self.head_dim])?)
     }
 }

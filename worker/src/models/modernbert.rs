@@ -396,7 +396,7 @@ impl Network for ModernBert {
             // Q and K rotated together: `[total, 2 × heads, 1, head_dim]` (see qwen3.rs).
             let theta = if layer.global { self.global_theta } else { self.local_theta };
             let qk = qkv.index((.., ..2 * hidden)).reshape(&[total, 2 * heads, 1, self.head_dim])?;
-            let qk = rope(&qk, theta, 1.0, &inputs.positions)?.reshape(&[total, 2 * hidden])?;
+            let qk = rope(self.kernels, &qk, theta, 1.0, &inputs.positions)?.reshape(&[total, 2 * hidden])?;
             let parts = Heads {
                 q: HeadBlock { array: &qk, col: 0, heads: heads as usize },
                 k: HeadBlock { array: &qk, col: hidden as usize, heads: heads as usize },

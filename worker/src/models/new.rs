@@ -286,7 +286,8 @@ impl Network for Gte {
             let total = qkv.dim(0);
             // Q and K rotated together: `[total, 2 × heads, 1, head_dim]` (see rope.rs).
             let qk = qkv.index((.., ..2 * hidden)).reshape(&[total, 2 * heads, 1, self.head_dim])?;
-            let qk = rope(&qk, self.rope.0, self.rope.1, &inputs.positions)?.reshape(&[total, 2 * hidden])?;
+            let qk =
+                rope(self.kernels, &qk, self.rope.0, self.rope.1, &inputs.positions)?.reshape(&[total, 2 * hidden])?;
             let parts = Heads {
                 q: HeadBlock { array: &qk, col: 0, heads: heads as usize },
                 k: HeadBlock { array: &qk, col: hidden as usize, heads: heads as usize },

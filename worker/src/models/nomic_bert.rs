@@ -458,7 +458,8 @@ impl Network for NomicBert {
             let total = qkv.dim(0);
             // q and k rotated together: [total, 2 * heads, 1, head_dim].
             let qk = qkv.index((.., 0..2 * width)).reshape(&[total, 2 * heads, 1, self.head_dim])?;
-            let qk = rope(&qk, self.rope_theta, self.rope_scale, &inputs.positions)?.reshape(&[total, 2 * width])?;
+            let qk = rope(self.kernels, &qk, self.rope_theta, self.rope_scale, &inputs.positions)?
+                .reshape(&[total, 2 * width])?;
             let parts = Heads {
                 q: HeadBlock { array: &qk, col: 0, heads: heads as usize },
                 k: HeadBlock { array: &qk, col: width as usize, heads: heads as usize },

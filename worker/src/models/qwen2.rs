@@ -293,7 +293,7 @@ impl Qwen2 {
     fn rope_qk(&self, qkv: &Array, positions: &Array) -> Result<Array> {
         let (total, n) = (qkv.dim(0), self.heads + self.kv_heads);
         let qk = qkv.index((.., ..n * self.head_dim)).reshape(&[total, n, 1, self.head_dim])?;
-        let qk = rope(&qk, self.rope_theta, 1.0, positions)?;
+        let qk = rope(self.kernels, &qk, self.rope_theta, 1.0, positions)?;
         Ok(qk.reshape(&[total, n * self.head_dim])?)
     }
 }

@@ -228,7 +228,7 @@ impl Qwen3 {
         let total = x.dim(0);
         let x = x.reshape(&[total, heads, 1, self.head_dim])?;
         let x = rms_norm(&x, Some(weight), self.eps)?;
-        let x = rope(&x, self.rope_theta, 1.0, positions)?;
+        let x = rope(self.kernels, &x, self.rope_theta, 1.0, positions)?;
         Ok(x.reshape(&[total, heads * self.head_dim])?)
     }
 }

@@ -10,6 +10,8 @@ use mlx_rs::fast::rope_dynamic;
 use mlx_rs::Array;
 use serde::Deserialize;
 
+use super::Kernels;
+
 /// A `rope_scaling` / `rope_parameters` block of config.json.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RopeParameters {
@@ -59,7 +61,15 @@ pub fn theta(blocks: &[(&str, &Option<RopeParameters>)], top_level: Option<f32>,
 /// (block shape from `get_block_dims_common` in mlx/backend/common/utils.cpp, MLX 0.32), and
 /// the launch fails. Such heads (test-sized models; released models use 64 or more) take
 /// [`rope_by_ops`], the same rotation in plain MLX ops.
-pub fn rope(x: &Array, theta: f32, scale: f32, positions: &Array) -> Result<Array> {
+///
+/// With host kernels (float32 on the CPU backend) it runs on the host
+/// (`cpu_kernels::rope_f32`: one cos/sin per position, every head in one pass).
+pub fn rope(kernels: Kernels, x: &Array, theta: f32, scale: f32, positions: &Array) -> Result<Array> {
+    if kernels == Kernels::Host {
+        if let Some(y) = crate::cpu_kernels::rope_f32(x, theta, scale, positions)? {
+            return Ok(y);
+        }
+    }
     let head_dim = x.dim(-1);
     Ok(if head_dim >= 32 {
         rope_dynamic(x, head_dim, false, theta, scale, positions, None)?
