@@ -62,15 +62,25 @@ pub fn should_start(wanted: bool, crashed: bool, restart_at: Option<Instant>, no
     (wanted && (restart_at.is_none() || due)) || (crashed && due)
 }
 
-/// When the batch that began computing at `started` means the worker hangs: `HANG_FACTOR`
-/// × its predicted time, at least `floor`; before the model's speed is known (its first
-/// batch ever), `HANG_FACTOR` × `floor`.
-pub fn hang_deadline(started: Instant, predicted: Option<Duration>, floor: Duration) -> Instant {
+/// Sequence length up to which the pace's linear model (a fixed cost plus a cost per
+/// token, `batch/pace.rs`) holds for the watchdog: attention's cost per token grows with the
+/// sequence's length, so a batch holding a longer sequence is allowed proportionally longer.
+/// Measured: one 8,192-token window of nomic-embed-text-v1.5's shape took 70 s on the 2-core
+/// CPU where the linear model, fitted on short traffic, predicted 2.8–4.5 s, and the
+/// watchdog killed a worker that was only computing.
+pub const LINEAR_UP_TO: usize = 512;
+
+/// When the batch that began computing at `started`, its longest sequence `longest`
+/// tokens, means the worker hangs: `HANG_FACTOR` × its predicted time, at least `floor`;
+/// before the model's speed is known (its first batch ever), `HANG_FACTOR` × `floor`; either
+/// stretched by `longest / LINEAR_UP_TO` past that length.
+pub fn hang_deadline(started: Instant, predicted: Option<Duration>, floor: Duration, longest: usize) -> Instant {
     let allowed = match predicted {
         Some(took) => took.saturating_mul(HANG_FACTOR).max(floor),
         None => floor.saturating_mul(HANG_FACTOR),
     };
-    started + allowed
+    let stretch = longest.div_ceil(LINEAR_UP_TO).max(1) as u32;
+    started + allowed.saturating_mul(stretch)
 }
 
 /// What a worker's death does to the inputs that were in flight.
@@ -142,9 +152,12 @@ mod tests {
     fn a_hang_is_many_times_the_observed_time_with_a_floor() {
         let t0 = Instant::now();
         let floor = Duration::from_secs(30);
-        assert_eq!(hang_deadline(t0, Some(Duration::from_secs(10)), floor), t0 + Duration::from_secs(100));
-        assert_eq!(hang_deadline(t0, Some(Duration::from_millis(20)), floor), t0 + floor);
-        assert_eq!(hang_deadline(t0, None, floor), t0 + floor * HANG_FACTOR, "first batch ever: generous");
+        assert_eq!(hang_deadline(t0, Some(Duration::from_secs(10)), floor, 300), t0 + Duration::from_secs(100));
+        assert_eq!(hang_deadline(t0, Some(Duration::from_millis(20)), floor, 512), t0 + floor);
+        assert_eq!(hang_deadline(t0, None, floor, 64), t0 + floor * HANG_FACTOR, "first batch ever: generous");
+        // An 8,192-token window: sixteen times as long (attention grows with its length).
+        let long = hang_deadline(t0, Some(Duration::from_secs(3)), floor, 8192);
+        assert_eq!(long, t0 + Duration::from_secs(30 * 16));
     }
 
     #[test]

@@ -80,7 +80,8 @@ impl Runner {
             return None;
         }
         let head = self.in_flight.values().next()?;
-        Some(recovery::hang_deadline(self.head_since, self.pace.predict(head.tokens), self.cfg.hung_after))
+        let longest = head.items.iter().flat_map(|i| i.sequences()).map(|t| t.ids.len()).max().unwrap_or(0);
+        Some(recovery::hang_deadline(self.head_since, self.pace.predict(head.tokens), self.cfg.hung_after, longest))
     }
 
     /// Acts on the deadlines that passed: a hung worker is killed (and its inputs retried
