@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use mlx_serve_tests::raw;
-use mlx_serve_tests::server::{run_client, Server, ServerOptions};
+use mlx_serve_tests::server::{python_command, run_client, Server, ServerOptions};
 use serde_json::{json, Value};
 
 const MINILM: &str = "all-MiniLM-L6-v2";
@@ -184,4 +184,26 @@ fn a_failure_after_the_answer_started_aborts_it() {
     println!("the server ended the answer after {seen} bytes");
     assert!(!complete, "a failed answer must not end like a complete one");
     assert!(server.log_text().contains("streamed embeddings response aborted"), "the log says why");
+}
+
+#[test]
+fn the_openai_client_raises_when_a_streamed_answer_is_aborted() {
+    let server = minilm("limits:\n  max_inputs_per_request: 64\n");
+    let (status, _) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": "warm up"}));
+    assert_eq!(status, 200);
+    let before = computed(&server);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/streamed_abort_client.py");
+    let mut command = python_command();
+    command.arg(script).arg(server.url(""));
+    let client = std::thread::spawn(move || command.output().expect("run python client"));
+    // A third piece reaching the worker means the first was written (two are in flight
+    // at most): the 200 has started. Then stop the worker.
+    server.wait_for("a third piece", Duration::from_secs(60), || computed(&server) - before > 128.0);
+    let port = server.port.to_string();
+    let out = server.cli(&["ctl", "evict", MINILM, "--force", "--port", &port]);
+    assert!(out.ok(), "{}", out.text());
+    let out = client.join().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+    println!("the openai client raised {printed}");
 }

@@ -154,8 +154,12 @@ pub struct EmbeddingsResponse {
 }
 
 /// Create embeddings (OpenAI).
+///
+/// More inputs than `limits.max_inputs_per_request` are computed piece by piece and the
+/// answer streamed (chunked, the same JSON); a failure after it started aborts the
+/// connection before the body ends (docs/long-documents.md, "Streamed requests").
 #[utoipa::path(post, path = "/v1/embeddings", tag = "OpenAI", request_body = EmbeddingsRequest,
-    responses((status = 200, body = EmbeddingsResponse, description = "success"), (status = "4XX", body = super::error::ErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
+    responses((status = 200, body = EmbeddingsResponse, description = "success (streamed past limits.max_inputs_per_request inputs)"), (status = "4XX", body = super::error::ErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
 pub async fn embeddings(
     State(state): State<SharedState>,
     body: Result<Bytes, BytesRejection>,
