@@ -143,22 +143,18 @@ fn a_client_gone_mid_answer_stops_the_work() {
     assert_eq!(status, 200);
     let before = computed(&server);
     let n = 5000;
-    // Read the answer's first bytes, then hang up.
-    let mut first = 0;
+    // Read the answer's first bytes (a piece is about 600 KB of floats), then hang up.
     let (status, seen, complete) =
-        raw::stream_body(server.port, "/v1/embeddings", &json!({"model": MINILM, "input": texts(n)}), |bytes| {
-            first += bytes.len();
-            first < 20_000
-        });
+        raw::stream_body(server.port, "/v1/embeddings", &json!({"model": MINILM, "input": texts(n)}), |_| false);
     assert_eq!(status, 200);
     assert!(seen > 0 && !complete);
-    // The pieces in flight are cancelled and no more are queued.
+    // Whatever was queued for it is cancelled and no more is queued: the count stops.
     server.wait_for("the queue to empty", Duration::from_secs(60), || server.queue_state(MINILM).1 == 0);
     std::thread::sleep(Duration::from_secs(3));
     let done = computed(&server) - before;
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(computed(&server) - before, done, "work went on after the client left");
-    println!("client left after {seen} bytes: {done} of {n} inputs computed");
+    println!("client left after {seen} bytes: {done} of {n} inputs computed (pieces of 64)");
     assert!(done < (n / 10) as f64, "{done} of {n} inputs computed after the client left");
 }
 
