@@ -203,3 +203,35 @@ fn the_openai_client_raises_when_a_streamed_answer_is_aborted() {
     assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
     println!("the openai client raised {printed}");
 }
+
+#[test]
+fn a_chunked_text_counts_its_windows_in_a_piece() {
+    // Pieces of 8 windows; no cache, so the lone requests compute again.
+    let server = minilm("limits:\n  max_inputs_per_request: 8\nembedding_cache:\n  memory_mb: 0\n");
+    let words = ["river", "mountain", "quietly", "engine", "library", "harvest", "silver", "window"];
+    // About 3.5 windows of MiniLM's 254 content tokens each.
+    let long: String = (0..700).map(|i| words[(i * 7 + i / 20) % words.len()]).collect::<Vec<_>>().join(" ");
+    let inputs: Vec<String> =
+        (0..12).map(|i| if i % 4 == 3 { format!("{long} {i}") } else { format!("a short text {i}") }).collect();
+    let (status, body) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": inputs, "chunking": true}));
+    assert_eq!(status, 200, "{body}");
+    let mut tokens = 0;
+    for (i, text) in inputs.iter().enumerate() {
+        let (status, alone) = server.post("/v1/embeddings", &json!({"model": MINILM, "input": text, "chunking": true}));
+        assert_eq!(status, 200, "{alone}");
+        tokens += alone["usage"]["prompt_tokens"].as_u64().unwrap();
+        let item = &body["data"][i];
+        assert_eq!(item["index"], i);
+        assert_eq!(item.get("chunks"), alone["data"][0].get("chunks"), "input {i}");
+        let (a, b) = (vector(item), vector(&alone["data"][0]));
+        let cos: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum::<f64>()
+            / (a.iter().map(|x| x * x).sum::<f64>().sqrt() * b.iter().map(|x| x * x).sum::<f64>().sqrt());
+        assert!(cos >= 0.99999, "input {i}: cosine {cos}");
+    }
+    assert!(body["data"][3]["chunks"].as_u64().unwrap() >= 3, "{}", body["data"][3]["chunks"]);
+    assert_eq!(body["usage"]["prompt_tokens"], tokens);
+}
+
+fn vector(item: &Value) -> Vec<f64> {
+    item["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}

@@ -55,9 +55,7 @@ pub async fn plan(state: &SharedState, model: &str, inputs: Inputs, opts: EmbedO
             }
         }
         Inputs::Texts(texts) => {
-            // Windows of the piece being cut (one per text unless chunking).
-            let mut start = 0;
-            let mut windows = 0;
+            let mut cut = Cutter { piece, start: 0, windows: 0, pieces: Vec::new() };
             for first in (0..texts.len()).step_by(piece) {
                 let end = (first + piece).min(texts.len());
                 let block = texts[first..end].to_vec();
@@ -74,18 +72,39 @@ pub async fn plan(state: &SharedState, model: &str, inputs: Inputs, opts: EmbedO
                 tokens += counted.0;
                 check_tokens(tokens, max_tokens)?;
                 for (k, n) in counted.1.into_iter().enumerate() {
-                    let i = first + k;
-                    if windows > 0 && windows + n > piece {
-                        pieces.push(start..i);
-                        (start, windows) = (i, 0);
-                    }
-                    windows += n;
+                    cut.push(first + k, n);
                 }
             }
-            pieces.push(start..texts.len());
+            pieces = cut.finish(texts.len());
         }
     }
     Ok(Plan { entry, inputs: Arc::new(inputs), opts, long, pieces, tokens })
+}
+
+/// Cuts inputs into pieces of at most `piece` windows (one per input unless chunking); an
+/// input of more windows than that is a piece alone.
+struct Cutter {
+    piece: usize,
+    /// The first input of the piece being cut, and its windows so far.
+    start: usize,
+    windows: usize,
+    pieces: Vec<Range<usize>>,
+}
+
+impl Cutter {
+    /// Input `i`, of `n` windows.
+    fn push(&mut self, i: usize, n: usize) {
+        if self.windows > 0 && self.windows + n > self.piece {
+            self.pieces.push(self.start..i);
+            (self.start, self.windows) = (i, 0);
+        }
+        self.windows += n;
+    }
+
+    fn finish(mut self, inputs: usize) -> Vec<Range<usize>> {
+        self.pieces.push(self.start..inputs);
+        self.pieces
+    }
 }
 
 fn check_tokens(tokens: usize, limit: usize) -> Result<(), ApiError> {
@@ -154,5 +173,22 @@ async fn piece(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cutter;
+
+    #[test]
+    fn pieces_hold_at_most_a_piece_of_windows() {
+        let mut cut = Cutter { piece: 4, start: 0, windows: 0, pieces: Vec::new() };
+        for (i, n) in [1, 1, 4, 1, 1, 1, 9, 1].into_iter().enumerate() {
+            cut.push(i, n);
+        }
+        assert_eq!(cut.finish(8), vec![0..2, 2..3, 3..6, 6..7, 7..8]);
+        let mut cut = Cutter { piece: 3, start: 0, windows: 0, pieces: Vec::new() };
+        (0..7).for_each(|i| cut.push(i, 1));
+        assert_eq!(cut.finish(7), vec![0..3, 3..6, 6..7]);
     }
 }
