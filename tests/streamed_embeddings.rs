@@ -133,7 +133,10 @@ fn a_streamed_request_holds_far_less_than_its_answer() {
         results as f64 / 1048576.0,
         answer as f64 / 1048576.0
     );
-    assert!(growth < results as u64 / 3, "{growth} bytes grown, results {results}");
+    // Holding the answer would take its vectors and its JSON; an eighth of that leaves room
+    // for the allocator's variance between runs (12 to 17 MiB grown for 40,000 inputs).
+    let held = (results + answer) as u64;
+    assert!(growth < held / 8, "{growth} bytes grown; holding the answer would take {held}");
 }
 
 #[test]
