@@ -113,3 +113,88 @@ pub fn proc_kib(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field)?.trim_start_matches(':').split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// The peak memory of process `pid` while `send` runs, above its memory just before, in
+/// bytes. Linux only: writing 5 to `clear_refs` resets the high-water mark `VmHWM`
+/// (Linux ≥ 4.0), so only `send` counts.
+#[cfg(target_os = "linux")]
+pub fn peak_growth(pid: u32, send: impl FnOnce()) -> u64 {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset VmHWM");
+    let before = proc_kib(pid, "VmRSS");
+    send();
+    proc_kib(pid, "VmHWM").saturating_sub(before) * 1024
+}
+
+/// Sends a request and reads its answer's head and as much body as `keep` says to, keeping
+/// none of it: returns the status and the body bytes read, and whether the body ended
+/// with HTTP/1.1's last chunk (a response aborted by the server ends without it).
+pub fn stream_body(port: u16, path: &str, body: &Value, mut keep: impl FnMut(&[u8]) -> bool) -> (u16, usize, bool) {
+    let body = serde_json::to_vec(body).unwrap();
+    let mut s = connect(port, Duration::from_secs(600));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut seen, mut tail, mut status) = (0usize, Vec::new(), 0u16);
+    loop {
+        let n = match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if status == 0 {
+            status = std::str::from_utf8(&buf[9..12.min(n)]).ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+        }
+        seen += n;
+        tail.extend_from_slice(&buf[..n]);
+        let cut = tail.len().saturating_sub(16);
+        tail.drain(..cut);
+        if !keep(&buf[..n]) {
+            break;
+        }
+    }
+    (status, seen, tail.ends_with(b"\r\n0\r\n\r\n"))
+}
+
+/// POSTs JSON with `Connection: close` and reads the answer to the connection's end:
+/// its status, head, and body (a chunked one joined), or `None` for a chunked body the
+/// server ended before its last chunk.
+pub fn post_to_end(port: u16, path: &str, body: &Value) -> (u16, String, Option<Vec<u8>>) {
+    let body = serde_json::to_vec(body).unwrap();
+    let mut s = connect(port, Duration::from_secs(600));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").map_or(all.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&all[..split]).into_owned();
+    let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let rest = &all[split..];
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return (status, head, Some(rest.to_vec()));
+    }
+    (status, head, dechunk(rest))
+}
+
+/// A chunked body's data, or `None` when it lacks its last (empty) chunk.
+fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line = rest.windows(2).position(|w| w == b"\r\n")?;
+        let n = usize::from_str_radix(std::str::from_utf8(&rest[..line]).ok()?.trim(), 16).ok()?;
+        if n == 0 {
+            return Some(out);
+        }
+        let data = rest.get(line + 2..line + 2 + n)?;
+        out.extend_from_slice(data);
+        rest = rest.get(line + 4 + n..)?;
+    }
+}

@@ -141,8 +141,17 @@ pub async fn admit(State(state): State<SharedState>, req: Request, next: Next) -
         None => return refuse(budget.overloaded()),
     }
     let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
-    drop(permit);
-    resp
+    if resp.extensions().get::<super::openai_stream::StreamedBody>().is_none() {
+        drop(permit);
+        return resp;
+    }
+    // A body still being computed holds the request's inputs: the charge goes with it.
+    let (parts, body) = resp.into_parts();
+    let body = body.map_frame(move |frame| {
+        let _held = &permit;
+        frame
+    });
+    Response::from_parts(parts, Body::new(body))
 }
 
 /// `resp` for `req`, refused before its body was read: the body (`declared` bytes) is read

@@ -15,7 +15,7 @@ use super::chunking::{self, ChunkingRequest};
 use super::pylate;
 use super::{ApiError, AppState};
 use crate::runner::vector_cache::{self, Cached, Key, VectorCache};
-use crate::runner::{JobError, JobOutput, JobTicket, ModelEntry, RunnerHandle, TokenRows};
+use crate::runner::{JobClass, JobError, JobOutput, JobTicket, ModelEntry, RunnerHandle, TokenRows};
 use crate::tokenize::{LongInput, TokenizeError, Tokens};
 
 /// Inputs of an embeddings request.
@@ -113,7 +113,44 @@ async fn run(
     seqs: Vec<Tokens>,
     outputs: TokenOutputs,
 ) -> Result<JobOutput, ApiError> {
-    run_submitted(state, entry, |r| r.submit_as(seqs, super::priority::current(), outputs)).await
+    run_as(state, entry, seqs, outputs, Submit::now(super::priority::current())).await
+}
+
+/// How a job is queued: its class, and whether a full queue is waited out.
+#[derive(Clone, Copy)]
+pub(super) struct Submit {
+    pub class: JobClass,
+    /// Wait (up to `limits.request_timeout_seconds`) while the model's queue is full
+    /// instead of answering 429: a streamed request's later pieces, whose 200 has started.
+    pub patient: bool,
+}
+
+impl Submit {
+    pub fn now(class: JobClass) -> Submit {
+        Submit { class, patient: false }
+    }
+}
+
+pub(super) async fn run_as(
+    state: &AppState,
+    entry: &ModelEntry,
+    seqs: Vec<Tokens>,
+    outputs: TokenOutputs,
+    how: Submit,
+) -> Result<JobOutput, ApiError> {
+    if !how.patient {
+        return run_submitted(state, entry, |r| r.submit_as(seqs, how.class, outputs)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(state.config.limits.request_timeout_seconds);
+    let ticket = loop {
+        match entry.runner.submit_as(seqs.clone(), how.class, outputs) {
+            Err(JobError::Overloaded { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => break other,
+        }
+    };
+    run_submitted(state, entry, move |_| ticket).await
 }
 
 /// Submits a job with `submit` and awaits its answer within `limits.request_timeout_seconds`.
@@ -279,15 +316,60 @@ pub fn token_ids_refused() -> ApiError {
 
 /// Embeds texts or token-id lists with `model`.
 pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOptions) -> Result<Embedded, ApiError> {
+    let (entry, long) = prepare(state, model, &inputs, &opts).await?;
+    check_input_count(state, inputs.len())?;
+    let outputs = opts.outputs;
+    let truncate = long != LongInput::Refuse;
+    let seqs = match inputs {
+        Inputs::Texts(texts) => {
+            let heavy = heavy_texts(&texts, &opts);
+            let model = entry.clone();
+            // Per-token outputs are not cached: such a request computes every input.
+            let vectors = (!outputs.any()).then(|| state.pool.vectors().clone());
+            let max_tokens = state.config.limits.max_tokens_per_request;
+            let cached = off_thread(heavy, move || {
+                cached_then_tokenized(&model, vectors.as_deref(), texts, &opts, long, max_tokens, 0)
+            })
+            .await??;
+            check_cached_totals(state, &cached, long)?;
+            let class = Submit::now(super::priority::current());
+            return compute_cached(state, entry, cached, outputs, long, class).await;
+        }
+        Inputs::Ids(lists) => ids_to_tokens(&entry, lists, 0, truncate)?,
+    };
+    let tokens = check_request_tokens(state, &seqs)?;
+    match run(state, &entry, seqs, outputs).await? {
+        JobOutput::Rows { dim, data } => Ok(Embedded { entry, dim, data, tokens, token_rows: None, chunks: None }),
+        JobOutput::Tokens(rows) => {
+            Ok(Embedded { entry, dim: rows.dim, data: rows.data.clone(), tokens, token_rows: Some(rows), chunks: None })
+        }
+        JobOutput::Scores(_) => Err(ApiError::internal("worker returned scores for an embedding request")),
+    }
+}
+
+/// Whether tokenizing `texts` is worth a tokenizer thread ([`off_thread`]).
+pub(super) fn heavy_texts(texts: &[String], opts: &EmbedOptions) -> bool {
+    texts.iter().map(String::len).sum::<usize>()
+        + opts.instruction.as_ref().or(opts.prompt.as_ref()).map_or(0, String::len)
+        > 8192
+}
+
+/// Everything checked of an embeddings request before its inputs are tokenized: the model,
+/// the options against it, empty inputs, and what is done to an over-long input. Cheap:
+/// a streamed request (`pieces.rs`) runs it over all its inputs before its 200 starts.
+pub(super) async fn prepare(
+    state: &AppState,
+    model: &str,
+    inputs: &Inputs,
+    opts: &EmbedOptions,
+) -> Result<(Arc<ModelEntry>, LongInput), ApiError> {
     if matches!(inputs, Inputs::Ids(_)) && !state.config.limits.accept_token_ids {
         return Err(token_ids_refused());
     }
     let entry = state.resolver().entry(model, Some(ModelKind::Embedding)).await?;
-    let n = inputs.len();
-    if n == 0 {
+    if inputs.is_empty() {
         return Err(ApiError::invalid_param("input", "`input` must not be empty"));
     }
-    check_input_count(state, n)?;
     let outputs = opts.outputs;
     check_token_outputs(&entry, outputs, "model")?;
     pylate::check_is_query(&entry, opts.is_query)?;
@@ -310,7 +392,7 @@ pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOpt
             ));
         }
     }
-    let can_chunk = match (&inputs, outputs.any()) {
+    let can_chunk = match (inputs, outputs.any()) {
         (Inputs::Ids(_), _) => Err("token-id input (ids are the complete model input; send text)"),
         (_, true) => {
             Err("per-token outputs (return_sparse, return_colbert_vecs): a window's tokens are not the text's")
@@ -319,91 +401,85 @@ pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOpt
     };
     let long =
         chunking::long_input(&state.config, &entry.name, &entry.tokenizer, opts.chunking, opts.truncate, can_chunk)?;
-    let truncate = long != LongInput::Refuse;
-    let seqs = match inputs {
+    match inputs {
         Inputs::Texts(texts) => {
             if let Some(i) = texts.iter().position(|t| t.is_empty()) {
                 return Err(ApiError::invalid_param("input", format!("input {i} is an empty string")));
             }
-            let heavy = texts.iter().map(String::len).sum::<usize>()
-                + opts.instruction.as_ref().or(opts.prompt.as_ref()).map_or(0, String::len)
-                > 8192;
-            let model = entry.clone();
-            // Per-token outputs are not cached: such a request computes every input.
-            let vectors = (!outputs.any()).then(|| state.pool.vectors().clone());
-            let max_tokens = state.config.limits.max_tokens_per_request;
-            let cached = off_thread(heavy, move || {
-                cached_then_tokenized(&model, vectors.as_deref(), texts, &opts, long, max_tokens)
-            })
-            .await??;
-            return finish_cached(state, entry, cached, outputs, long).await;
         }
-        Inputs::Ids(lists) => {
+        Inputs::Ids(_) => {
             if opts.instruction.is_some() || opts.prompt.is_some() || opts.prompt_name.is_some() {
                 return Err(ApiError::invalid_param(
                     "input",
                     "a prompt or instruction applies to text input; token ids are the complete model input",
                 ));
             }
-            let vocab = entry.facts.vocab_size as i64;
-            let max = entry.facts.max_tokens as usize;
-            let mut seqs = Vec::with_capacity(lists.len());
-            for (i, ids) in lists.into_iter().enumerate() {
-                if ids.is_empty() {
-                    return Err(ApiError::invalid_param("input", format!("input {i} is an empty token list")));
-                }
-                if let Some(bad) = ids.iter().find(|&&t| t < 0 || (vocab > 0 && t >= vocab)) {
-                    return Err(ApiError::invalid_param(
-                        "input",
-                        format!(
-                            "input {i} has token id {bad}, outside the model's vocabulary [0, {vocab}) \
-                             (ids from another tokenizer? LangChain's OpenAIEmbeddings sends tiktoken ids unless \
-                             constructed with check_embedding_ctx_length=False)"
-                        ),
-                    ));
-                }
-                let mut ids: Vec<u32> = ids.into_iter().map(|t| t as u32).collect();
-                if ids.len() > max {
-                    if !truncate {
-                        return Err(ApiError::tokenize(TokenizeError::TooLong { index: i, limit: max }, "input"));
-                    }
-                    ids.truncate(max);
-                }
-                seqs.push(Tokens { ids, type_ids: Vec::new() });
-            }
-            seqs
         }
-    };
-    let tokens = check_request_tokens(state, &seqs)?;
-    match run(state, &entry, seqs, outputs).await? {
-        JobOutput::Rows { dim, data } => Ok(Embedded { entry, dim, data, tokens, token_rows: None, chunks: None }),
-        JobOutput::Tokens(rows) => {
-            Ok(Embedded { entry, dim: rows.dim, data: rows.data.clone(), tokens, token_rows: Some(rows), chunks: None })
-        }
-        JobOutput::Scores(_) => Err(ApiError::internal("worker returned scores for an embedding request")),
     }
+    Ok((entry, long))
+}
+
+/// Token-id lists as model input, checked against the model's vocabulary and window;
+/// `first` is the request index of `lists[0]` (errors name the input by it).
+pub(super) fn ids_to_tokens(
+    entry: &ModelEntry,
+    lists: Vec<Vec<i64>>,
+    first: usize,
+    truncate: bool,
+) -> Result<Vec<Tokens>, ApiError> {
+    let vocab = entry.facts.vocab_size as i64;
+    let max = entry.facts.max_tokens as usize;
+    let mut seqs = Vec::with_capacity(lists.len());
+    for (k, ids) in lists.into_iter().enumerate() {
+        let i = first + k;
+        if ids.is_empty() {
+            return Err(ApiError::invalid_param("input", format!("input {i} is an empty token list")));
+        }
+        if let Some(bad) = ids.iter().find(|&&t| t < 0 || (vocab > 0 && t >= vocab)) {
+            return Err(ApiError::invalid_param(
+                "input",
+                format!(
+                    "input {i} has token id {bad}, outside the model's vocabulary [0, {vocab}) \
+                     (ids from another tokenizer? LangChain's OpenAIEmbeddings sends tiktoken ids unless \
+                     constructed with check_embedding_ctx_length=False)"
+                ),
+            ));
+        }
+        let mut ids: Vec<u32> = ids.into_iter().map(|t| t as u32).collect();
+        if ids.len() > max {
+            if !truncate {
+                return Err(ApiError::tokenize(TokenizeError::TooLong { index: i, limit: max }, "input"));
+            }
+            ids.truncate(max);
+        }
+        seqs.push(Tokens { ids, type_ids: Vec::new() });
+    }
+    Ok(seqs)
 }
 
 /// Text inputs after the embedding cache: the vectors found, and the rest tokenized.
-struct CacheLookup {
+pub(super) struct CacheLookup {
     /// Per input: its cache key (empty when the cache is off) and its vector when cached.
     keys: Vec<Key>,
     found: Vec<Option<Cached>>,
     /// The inputs not found, in order, and their token ids: one sequence each, or when
     /// chunking as many as `windows` says, one after the other.
     missing: Vec<usize>,
-    seqs: Vec<Tokens>,
-    windows: Vec<usize>,
+    pub seqs: Vec<Tokens>,
+    pub windows: Vec<usize>,
 }
 
 /// Applies the prompt, looks each text up in the cache, tokenizes only what is missing.
-fn cached_then_tokenized(
+/// `first` is the request index of `texts[0]`: errors name an input by its index in the
+/// request.
+pub(super) fn cached_then_tokenized(
     model: &ModelEntry,
     vectors: Option<&VectorCache>,
     texts: Vec<String>,
     opts: &EmbedOptions,
     long: LongInput,
     max_tokens: usize,
+    first: usize,
 ) -> Result<CacheLookup, ApiError> {
     let chunk = match long {
         LongInput::Chunk { overlap } => Some(overlap),
@@ -422,7 +498,7 @@ fn cached_then_tokenized(
     if let Some(overlap) = chunk {
         let windows = model
             .tokenizer
-            .encode_windows(&refs, overlap, max_tokens, |k| missing[k])
+            .encode_windows(&refs, overlap, max_tokens, |k| first + missing[k])
             .map_err(|e| chunking::window_error(e, ""))?;
         let counts = windows.iter().map(Vec::len).collect();
         let seqs = windows.into_iter().flatten().collect();
@@ -435,8 +511,10 @@ fn cached_then_tokenized(
         // Errors name the input by its position in the request, not among the missing.
         model.tokenizer.encode_texts(&refs, truncate).map_err(|e| {
             let e = match e {
-                TokenizeError::TooLong { index, limit } => TokenizeError::TooLong { index: missing[index], limit },
-                TokenizeError::Empty { index } => TokenizeError::Empty { index: missing[index] },
+                TokenizeError::TooLong { index, limit } => {
+                    TokenizeError::TooLong { index: first + missing[index], limit }
+                }
+                TokenizeError::Empty { index } => TokenizeError::Empty { index: first + missing[index] },
                 other => other,
             };
             ApiError::tokenize(e, "input")
@@ -451,16 +529,10 @@ fn cached_then_tokenized(
     Ok(CacheLookup { keys, found, missing, seqs, windows })
 }
 
-/// Computes what the cache did not have, stores it, and puts the rows in input order.
-async fn finish_cached(
-    state: &AppState,
-    entry: Arc<ModelEntry>,
-    c: CacheLookup,
-    outputs: TokenOutputs,
-    long: LongInput,
-) -> Result<Embedded, ApiError> {
-    let chunked = matches!(long, LongInput::Chunk { .. });
-    if chunked {
+/// The request limits over a whole (unstreamed) request's cache lookup: windows against
+/// `limits.max_inputs_per_request`, tokens against `limits.max_tokens_per_request`.
+fn check_cached_totals(state: &AppState, c: &CacheLookup, long: LongInput) -> Result<(), ApiError> {
+    if matches!(long, LongInput::Chunk { .. }) {
         // A document of N windows costs N inputs.
         let cached_windows: usize = c.found.iter().flatten().map(|h| h.chunks as usize).sum();
         let n = cached_windows + c.seqs.len();
@@ -473,20 +545,34 @@ async fn finish_cached(
         }
     }
     let cached_tokens: usize = c.found.iter().flatten().map(|h| h.tokens as usize).sum();
-    let new_tokens = check_request_tokens(state, &c.seqs)?;
-    let tokens = cached_tokens + new_tokens;
+    let tokens = cached_tokens + check_request_tokens(state, &c.seqs)?;
     let limit = state.config.limits.max_tokens_per_request;
     if tokens > limit {
         return Err(ApiError::too_large(format!(
             "request has {tokens} tokens after truncation, more than limits.max_tokens_per_request ({limit})"
         )));
     }
+    Ok(())
+}
+
+/// Computes what the cache did not have, stores it, and puts the rows in input order.
+pub(super) async fn compute_cached(
+    state: &AppState,
+    entry: Arc<ModelEntry>,
+    c: CacheLookup,
+    outputs: TokenOutputs,
+    long: LongInput,
+    how: Submit,
+) -> Result<Embedded, ApiError> {
+    let chunked = matches!(long, LongInput::Chunk { .. });
+    let cached_tokens: usize = c.found.iter().flatten().map(|h| h.tokens as usize).sum();
+    let tokens = cached_tokens + c.seqs.iter().map(|s| s.ids.len()).sum::<usize>();
     let seq_tokens: Vec<u32> = c.seqs.iter().map(|s| s.ids.len() as u32).collect();
     let mut token_rows = None;
     let computed = if c.seqs.is_empty() {
         None
     } else {
-        match run(state, &entry, c.seqs, outputs).await? {
+        match run_as(state, &entry, c.seqs, outputs, how).await? {
             JobOutput::Rows { dim, data } => Some((dim, data)),
             JobOutput::Tokens(rows) => {
                 let rows: TokenRows = rows;

@@ -39,7 +39,7 @@ use mlx_serve_protocol::TokenOutputs;
 
 use super::chunking::ChunkingRequest;
 use super::encode::{self, Vector};
-use super::inference::{self, EmbedOptions};
+use super::inference::{self, EmbedOptions, Embedded};
 use super::input::EmbeddingInput;
 use super::late_chunking::{self, LateEmbedded};
 use super::late_request::LateChunking;
@@ -154,8 +154,12 @@ pub struct EmbeddingsResponse {
 }
 
 /// Create embeddings (OpenAI).
+///
+/// More inputs than `limits.max_inputs_per_request` are computed piece by piece and the
+/// answer streamed (chunked, the same JSON); a failure after it started aborts the
+/// connection before the body ends (docs/long-documents.md, "Streamed requests").
 #[utoipa::path(post, path = "/v1/embeddings", tag = "OpenAI", request_body = EmbeddingsRequest,
-    responses((status = 200, body = EmbeddingsResponse, description = "success"), (status = "4XX", body = super::error::ErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
+    responses((status = 200, body = EmbeddingsResponse, description = "success (streamed past limits.max_inputs_per_request inputs)"), (status = "4XX", body = super::error::ErrorBody, description = "invalid request, unknown model, too large, overloaded")))]
 pub async fn embeddings(
     State(state): State<SharedState>,
     body: Result<Bytes, BytesRejection>,
@@ -201,7 +205,7 @@ pub async fn embeddings(
         let out = late_chunking::late_embed(&state, &req.model, texts, rules, overlap, "late_chunking").await?;
         return late_response(out, req.model, dims, base64);
     }
-    let inputs = input.into();
+    let inputs: inference::Inputs = input.into();
     let opts = EmbedOptions {
         truncate: req.truncate,
         instruction: req.instruction,
@@ -214,34 +218,23 @@ pub async fn embeddings(
         chunking: req.chunking,
         is_query: req.is_query,
     };
+    if inputs.len() > state.config.limits.max_inputs_per_request && !opts.outputs.any() {
+        let model = req.model.clone();
+        let piece_items = move |out: &Embedded, first: usize| {
+            let (dim, data) = encode::shorten(out, dims, &model, "dimensions")?;
+            items(out, dim, &data, first, base64, false, false)
+                .iter()
+                .map(|item| serde_json::to_vec(item).map_err(|e| ApiError::internal(e.to_string())))
+                .collect()
+        };
+        return super::openai_stream::respond(state, req.model, inputs, opts, piece_items).await;
+    }
     let out = inference::embed(&state, &req.model, inputs, opts).await?;
     let (dim, data) = encode::shorten(&out, dims, &req.model, "dimensions")?;
-    // A sparse-only (SPLADE) model has no dense rows: one item per sparse answer, its
-    // `embedding` empty.
-    let n = match &out.token_rows {
-        Some(t) if dim == 0 => t.sparse.len().max(t.colbert.len()),
-        _ => data.len() / dim.max(1),
-    };
-    let vector =
-        |row: &[f32]| if base64 { Vector::Base64(encode::base64_f32(row)) } else { Vector::Float(row.to_vec()) };
-    let rows = (0..n)
-        .map(|index| Embedding {
-            object: "embedding",
-            index,
-            embedding: vector(&data[index * dim..(index + 1) * dim]),
-            sparse_embedding: out.token_rows.as_ref().filter(|_| req.return_sparse == Some(true)).map(|t| {
-                let (indices, values) = t.sparse[index].iter().copied().unzip();
-                SparseEmbedding { indices, values }
-            }),
-            colbert_embedding: out
-                .token_rows
-                .as_ref()
-                .filter(|_| req.return_colbert_vecs == Some(true))
-                .map(|t| t.colbert[index].chunks_exact(t.colbert_dim.max(1)).map(vector).collect()),
-            chunks: out.chunks.as_ref().map(|c| c[index]).filter(|&n| n > 1),
-            late_chunks: None,
-        })
-        .collect();
+    let sparse = req.return_sparse == Some(true);
+    let colbert = req.return_colbert_vecs == Some(true);
+    let rows = items(&out, dim, &data, 0, base64, sparse, colbert);
+    let n = rows.len();
     let body = EmbeddingsResponse {
         object: "list",
         data: rows,
@@ -251,6 +244,45 @@ pub async fn embeddings(
     };
     let log = RequestLog { model: out.entry.name.clone(), inputs: n, tokens: out.tokens };
     Ok(with_log(axum::Json(body), log))
+}
+
+/// The response items of `out` (its rows at `dim` dimensions in `data`), the first
+/// numbered `first`; `sparse` and `colbert` add the per-token outputs asked for.
+pub(super) fn items(
+    out: &Embedded,
+    dim: usize,
+    data: &[f32],
+    first: usize,
+    base64: bool,
+    sparse: bool,
+    colbert: bool,
+) -> Vec<Embedding> {
+    // A sparse-only (SPLADE) model has no dense rows: one item per sparse answer, its
+    // `embedding` empty.
+    let n = match &out.token_rows {
+        Some(t) if dim == 0 => t.sparse.len().max(t.colbert.len()),
+        _ => data.len() / dim.max(1),
+    };
+    let vector =
+        |row: &[f32]| if base64 { Vector::Base64(encode::base64_f32(row)) } else { Vector::Float(row.to_vec()) };
+    (0..n)
+        .map(|k| Embedding {
+            object: "embedding",
+            index: first + k,
+            embedding: vector(&data[k * dim..(k + 1) * dim]),
+            sparse_embedding: out.token_rows.as_ref().filter(|_| sparse).map(|t| {
+                let (indices, values) = t.sparse[k].iter().copied().unzip();
+                SparseEmbedding { indices, values }
+            }),
+            colbert_embedding: out
+                .token_rows
+                .as_ref()
+                .filter(|_| colbert)
+                .map(|t| t.colbert[k].chunks_exact(t.colbert_dim.max(1)).map(vector).collect()),
+            chunks: out.chunks.as_ref().map(|c| c[k]).filter(|&n| n > 1),
+            late_chunks: None,
+        })
+        .collect()
 }
 
 /// The OpenAI answer for late-chunked texts: each item's `embedding` is the whole text's

@@ -181,7 +181,8 @@ pub struct BatchConfig {
 pub struct LimitsConfig {
     /// Largest request body, bytes (413 past it).
     pub max_request_bytes: usize,
-    /// Most inputs in one embeddings request (OpenAI allows 2048).
+    /// Most inputs in one embeddings request (OpenAI allows 2048); on `/v1/embeddings` the
+    /// size of a piece of a streamed request instead (`api/pieces.rs`).
     pub max_inputs_per_request: usize,
     /// Most tokens in one request, summed over its inputs after truncation.
     pub max_tokens_per_request: usize,
