@@ -267,7 +267,7 @@ def run(args):
     st = library.SentenceTransformers(args.model_dir)
     say(f"reference: {st.label}")
     server = MlxServe(args.bin_dir, args.model_dir, args.model)
-    results = {}
+    results, warm = {}, {}
     try:
         config = "# defaults\n" + (f"models:\n  compute_dtype: {args.compute_dtype}\n" if args.compute_dtype else "")
         server.start(config, "long-mixed")
@@ -279,6 +279,7 @@ def run(args):
             took, windows, tokens, _ = asyncio.run(_warm_doc(server.url, server.model, texts_b[-1], st.dims, mode,
                                                              args.normalized))
             say(f"warm-up document alone ({next(iter(mode))}): {took:.2f} s, {windows} windows, {tokens} tokens")
+            warm[next(iter(mode))] = {"seconds": took, "windows": windows, "tokens": tokens}
         say(f"warm-up done; RSS {rss.tree_rss(server.pid) / MiB:.0f} MiB; load average {loadavg()}")
         plan = [("A", "short queries only", None, None),
                 ("B", "+ documents, chunking", texts_b[:per_phase], {"chunking": True})]
@@ -297,7 +298,7 @@ def run(args):
                 args.log_dir.mkdir(parents=True, exist_ok=True)
                 shutil.copy(server.process.log_path, args.log_dir / "server-long-mixed.log")
         server.cleanup()
-    return results
+    return results, warm
 
 
 def failures(log: Path, keep=12) -> str:
@@ -396,12 +397,13 @@ def main():
         if args.window:
             args.model_dir = widen_window(args.model_dir, Path(tmp), args.window)
             say(f"model folder: {args.model_dir} (token window widened to {args.window})")
-        results = run(args)
+        results, warm = run(args)
     summary(args, results)
     say(f"\nload average at end (this run's own included): {loadavg()}; total {time.monotonic() - started:.0f} s")
     if args.json:
         out = {"machine": machine(), "model": args.model, "model_dir": str(args.model_dir),
-               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "phases": results}
+               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "phases": results,
+               "warm_up_document_alone": warm}
         args.json.write_text(json.dumps(out, indent=1, default=str))
 
 
