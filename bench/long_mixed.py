@@ -25,25 +25,31 @@ processes) over the phase. Then p50(B) / p50(A) against the target of 1.5.
 
 Overload: when the documents' tokens come faster than the server computes them, they pile
 up, the phase measures a growing backlog and its p50 is not comparable. A phase is marked
-OVERLOADED when the documents' tokens per second exceed all the tokens per second the server
-computed in the phase (/metrics), when a document failed, or when one sent early enough to have had twice the fastest
-document's latency before the phase ended had not finished by then. With fewer than 3 such
-documents the phase is too short to tell, and says so. The offered document token rate is
-printed beside the server's computed token rate for the load fraction.
+OVERLOADED when the documents' tokens per second exceed all the tokens per second the
+server computed in the phase (/metrics), when a document failed, or when one sent early
+enough to have had twice the fastest document's latency before the phase ended had not
+finished by then. With fewer than 3 such documents the phase is too short to tell, and
+says so. The offered document token rate is printed beside the server's computed rate.
 
 Checked: every answer is HTTP 200 with one base64 vector of the model's dimension; every
 8th short text's vector is compared with sentence-transformers' (cosine >= 0.999); every
-document's vector is finite and unit-length (the models here normalize), its window count
-(`chunks`) and `usage` tokens are printed. The chunked vector's value itself is tested
-against a reference in tests/long_documents.rs.
+document's vector is finite (and unit-length where the model normalizes), and its `usage`
+holds at least the document's tokens (a truncated document fails); its window count
+(`chunks`) is printed. The chunked vector's value itself is tested against a reference in
+tests/long_documents.rs. A failed document prints the server log's lines about workers.
 
 Usage (the reference Python: sentence-transformers, tokenizers, aiohttp):
   .deps/ref-venv/bin/python bench/long_mixed.py [--seconds 20] [--clients 64]
       [--doc-interval 1.0] [--doc-tokens 8000] [--late] [--model-dir DIR] [--model NAME]
-      [--window 8192] [--compute-dtype float16] [--procs N] [--json OUT]
-Real-size random-weight shape with an 8192-token window (one window per document):
+      [--window 8192] [--compute-dtype float16] [--config SECTION.KEY=VALUE ...]
+      [--procs N] [--json OUT] [--log-dir DIR]
+Real-size random-weight shape with an 8192-token window (one window per document; on a
+CPU such a forward runs past the hung-worker watchdog and the request timeout, see
+docs/long-documents.md):
   .deps/ref-venv/bin/python bench/real_size_shape.py nomic-embed-text-v1.5 DIR
-  .deps/ref-venv/bin/python bench/long_mixed.py --model-dir DIR --window 8192 --doc-interval 60 ...
+  .deps/ref-venv/bin/python bench/long_mixed.py --model-dir DIR --window 8192 \
+      --seconds 120 --doc-interval 120 [--config limits.hung_worker_seconds=0 \
+      --config limits.request_timeout_seconds=900]
 """
 import argparse
 import asyncio
@@ -54,6 +60,7 @@ import shutil
 import statistics
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from serving import closed_loop, load, prom, rss, texts
@@ -66,6 +73,7 @@ AFTER_S = 10  # RSS is read this long after a phase's traffic ends
 TARGET_RATIO = 1.5
 MiB = 2 ** 20
 LATE = {"separator": "\n\n"}
+DOC_TIMEOUT_S = 1800  # the client gives up on a document after this (the server's own limit comes first)
 
 
 def say(*a):
@@ -90,8 +98,9 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-async def _send_doc(session, url, body, dims, normalized):
-    """One document; returns (seconds, windows, usage tokens, late chunks) or raises."""
+async def _send_doc(session, url, body, dims, normalized, doc_tokens):
+    """One document of `doc_tokens` tokens; returns (seconds, windows, usage tokens, late
+    chunks) or raises."""
     t0 = time.perf_counter()
     async with session.post(url + "/v1/embeddings", json=body) as r:
         payload = await r.read()
@@ -107,17 +116,19 @@ async def _send_doc(session, url, body, dims, normalized):
     norm2 = float((v * v).sum())
     if len(v) != dims or not math.isfinite(norm2) or (abs(norm2 - 1) > 1e-3 if normalized else norm2 == 0):
         raise RuntimeError(f"document vector: {len(v)} values, norm² {norm2:.4f} (want {dims}, unit: {normalized})")
+    if got["usage"]["prompt_tokens"] < doc_tokens:  # truncated: the document was not computed whole
+        raise RuntimeError(f"usage {got['usage']['prompt_tokens']} tokens, fewer than the document's {doc_tokens}")
     late = items[0].get("late_chunks")
     if "late_chunking" in body and not late:
         raise RuntimeError("late_chunking asked for, no late_chunks in the answer")
     return took, items[0].get("chunks", 1), got["usage"]["prompt_tokens"], len(late or [])
 
 
-async def _warm_doc(url, model, doc, dims, mode, normalized):
+async def _warm_doc(url, model, doc, dims, mode, normalized, doc_tokens):
     import aiohttp
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DOC_TIMEOUT_S)) as session:
         body = {"model": model, "input": doc, "encoding_format": "base64", **mode}
-        return await _send_doc(session, url, body, dims, normalized)
+        return await _send_doc(session, url, body, dims, normalized, doc_tokens)
 
 
 async def _documents(url, model, docs, dims, mode, t0, args, clients, at_end):
@@ -127,16 +138,17 @@ async def _documents(url, model, docs, dims, mode, t0, args, clients, at_end):
     import aiohttp
     done, errors, tasks = [], [], []
     window_end = t0 + args.seconds
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DOC_TIMEOUT_S)) as session:
         async def one(k):
             body = {"model": model, "input": docs[k], "encoding_format": "base64", **mode}
             sent = time.perf_counter()
             try:
-                took, windows, tokens, chunks = await _send_doc(session, url, body, dims, args.normalized)
+                took, windows, tokens, chunks = await _send_doc(session, url, body, dims, args.normalized,
+                                                                args.doc_tokens)
                 done.append({"k": k, "sent_s": sent - t0, "seconds": took, "end": sent + took,
                              "windows": windows, "tokens": tokens, "late_chunks": chunks})
             except Exception as e:  # noqa: BLE001 - counted and printed
-                errors.append(f"document {k}: {e}")
+                errors.append(f"document {k}: {type(e).__name__}: {e}")
 
         k = 0
         while docs and (at := t0 + k * args.doc_interval) < window_end and k < len(docs):
@@ -155,14 +167,29 @@ async def _documents(url, model, docs, dims, mode, t0, args, clients, at_end):
                    "completed_in_phase": sum(1 for d in done if d["end"] <= window_end)}
 
 
+def scrape(server):
+    """/metrics, or None when it does not answer in 120 s (said, with how long it took)."""
+    t0 = time.perf_counter()
+    try:
+        with urllib.request.urlopen(server.url + "/metrics", timeout=120) as r:
+            text = r.read().decode()
+    except OSError as e:
+        say(f"  /metrics did not answer: {e} after {time.perf_counter() - t0:.1f} s")
+        return None
+    if time.perf_counter() - t0 > 1:
+        say(f"  /metrics took {time.perf_counter() - t0:.1f} s to answer")
+    return text
+
+
 def phase(server, name, shorts, docs, mode, st, args) -> dict:
     clients = closed_loop.Clients(server.url, server.model, shorts, st.dims, args.clients, args.seconds, args.procs)
-    m0, cpu0, srv0 = server.metrics_text(), time.process_time(), rss.tree_cpu_seconds(server.pid)
+    m0, cpu0, srv0 = scrape(server), time.process_time(), rss.tree_cpu_seconds(server.pid)
     pids0 = set(rss.tree(server.pid))
 
     def at_end():  # the server's metrics and both sides' CPU as the short traffic ends
-        return (server.metrics_text(), time.perf_counter() - t0, rss.tree_cpu_seconds(server.pid),
-                time.process_time(), set(rss.tree(server.pid)))
+        wall, srv, cpu, pids = time.perf_counter() - t0, rss.tree_cpu_seconds(server.pid), time.process_time(), \
+            set(rss.tree(server.pid))
+        return (scrape(server), wall, srv, cpu, pids)
 
     with rss.PeakSampler(server.pid) as sampler:
         t0 = time.perf_counter()
@@ -182,9 +209,9 @@ def phase(server, name, shorts, docs, mode, st, args) -> dict:
     out = {"phase": name, "short": {"requests": len(lat), "texts_per_s": in_window / args.seconds,
                                     "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90), "p99_ms": pct(lat, 99),
                                     "max_ms": pct(lat, 100), "error": res.error, "min_cosine": min_cos},
-           "batches": prom.batch_stats(m0, m1), "server_cores": srv_cores, "client_cores": client_cores,
+           "batches": prom.batch_stats(m0, m1) if m0 and m1 else {}, "server_cores": srv_cores, "client_cores": client_cores,
            "client_procs": clients.procs, "wall_s": wall, "peak_rss": sampler.peak}
-    out["server_tokens_per_s"] = (out["batches"]["real_tokens"] or 0) / wall
+    out["server_tokens_per_s"] = (out["batches"].get("real_tokens") or 0) / wall
     if docs:
         secs = [x["seconds"] for x in d["done"]]
         # Documents that had twice the fastest one's time before the phase ended: each
@@ -217,8 +244,8 @@ def describe_phase(r, base):
     if s["error"]:
         say(f"  FAILED: {s['error']}")
     fwd = f"{b['forward_ms']:.1f} ms" if b.get("forward_ms") is not None else "?"
-    say(f"  server computed {r['server_tokens_per_s']:.0f} tokens/s (/metrics), {b['forwards'] or 0:.0f} forwards "
-        f"(mean {b['sequences_per_batch'] or 0:.1f} sequences, {b['real_tokens_per_forward'] or 0:.0f} tokens, "
+    say(f"  server computed {r['server_tokens_per_s']:.0f} tokens/s (/metrics), {b.get('forwards') or 0:.0f} forwards "
+        f"(mean {b.get('sequences_per_batch') or 0:.1f} sequences, {b.get('real_tokens_per_forward') or 0:.0f} tokens, "
         f"worker forward {fwd})")
     srv = "not measured (a worker exited)" if r["server_cores"] is None else f"{r['server_cores']:.2f}"
     say(f"  CPU cores used: server {srv}, load generator {r['client_cores']:.2f} "
@@ -269,15 +296,22 @@ def run(args):
     server = MlxServe(args.bin_dir, args.model_dir, args.model)
     results, warm = {}, {}
     try:
-        config = "# defaults\n" + (f"models:\n  compute_dtype: {args.compute_dtype}\n" if args.compute_dtype else "")
+        config = "# defaults\n" + "".join(f"{section}:\n" + "".join(f"  {kv}\n" for kv in kvs)
+                                          for section, kvs in args.config.items())
         server.start(config, "long-mixed")
         say(f"{server.version()}, {server.url}; config: {config.strip().replace(chr(10), ' ')}")
         # Warm-up: the HTTP stack, buffer pools, and (on a GPU) the kernels of new shapes:
         # short traffic, then one document of each kind, not measured.
         load.throughput(server.url, server.model, shorts[-512:], st.dims, args.clients, count=4 * args.clients)
         for mode in [{"chunking": True}] + ([{"late_chunking": LATE}] if args.late else []):
-            took, windows, tokens, _ = asyncio.run(_warm_doc(server.url, server.model, texts_b[-1], st.dims, mode,
-                                                             args.normalized))
+            try:
+                took, windows, tokens, _ = asyncio.run(_warm_doc(server.url, server.model, texts_b[-1], st.dims, mode,
+                                                                 args.normalized, args.doc_tokens))
+            except Exception as e:  # noqa: BLE001 - the run cannot go on: say why
+                say(f"warm-up document alone ({next(iter(mode))}) FAILED: {type(e).__name__}: {e}\nserver log, lines about workers that "
+                    f"failed:\n{failures(server.process.log_path)}")
+                results["warm-up"] = {"error": str(e)}
+                raise SystemExit(1) from None
             say(f"warm-up document alone ({next(iter(mode))}): {took:.2f} s, {windows} windows, {tokens} tokens")
             warm[next(iter(mode))] = {"seconds": took, "windows": windows, "tokens": tokens}
         say(f"warm-up done; RSS {rss.tree_rss(server.pid) / MiB:.0f} MiB; load average {loadavg()}")
@@ -292,7 +326,8 @@ def run(args):
             describe_phase(results[name], results["A"])
     finally:
         if server.process:
-            if any((r.get("documents") or {}).get("errors") or r["short"]["error"] for r in results.values()):
+            if any((r.get("documents") or {}).get("errors") or r["short"]["error"]
+                   for n, r in results.items() if n != "warm-up"):
                 say("\nserver log, lines about workers that failed:\n" + failures(server.process.log_path))
             if args.log_dir:
                 args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -383,12 +418,24 @@ def main():
     ap.add_argument("--procs", type=int, default=max(1, (os.cpu_count() or 4) // 4),
                     help="load-generator processes for the short clients (default: a quarter of the CPUs)")
     ap.add_argument("--compute-dtype", help="models.compute_dtype (default: the server's, auto)")
+    ap.add_argument("--config", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a config.yaml setting, e.g. limits.hung_worker_seconds=0 (repeatable)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path, help="also write every number to this file")
     ap.add_argument("--log-dir", type=Path, help="keep the server's log here")
     args = ap.parse_args()
     args.model = args.model or (args.model_dir.name if args.model_dir else MODEL)
     args.model_dir = (args.model_dir or ROOT / ".deps" / MODEL).resolve()
+    config = {}
+    for item in args.config:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if not (section and name and value):
+            ap.error(f"--config {item}: want SECTION.KEY=VALUE")
+        config.setdefault(section, []).append(f"{name}: {value}")
+    if args.compute_dtype:
+        config.setdefault("models", []).append(f"compute_dtype: {args.compute_dtype}")
+    args.config = config
     modules = args.model_dir / "modules.json"
     args.normalized = modules.is_file() and "Normalize" in modules.read_text()
     say(f"# short queries beside long documents; machine: {machine()}; load average at start: {loadavg()}")
