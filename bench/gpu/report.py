@@ -5,6 +5,8 @@ fp16/bf16 embeddings cos >= 0.999, rerankers within 5e-3 (fp16) / 1e-2 (bf16) of
 sentence-transformers float32; nothing left on the GPU after eviction. Traffic (issue 28): against sentence-transformers
 at its best batch size, one-text traffic at 256 clients >= 1.3x on short texts and passages,
 ingest (64 passages a request) >= 2x, one request p50 <= ST's in-process one-text p50.
+Long documents (docs/long-documents.md): short-query p50 with one 8k-token document a second
+<= 1.5x its p50 without them, at 64 clients.
 """
 import json
 from pathlib import Path
@@ -98,7 +100,45 @@ def render(work):
                              f"{b['bulk_queue_wait_ms']:.1f} ms; {b['batches_per_s']:.1f} batches/s of "
                              f"{b['batch_inputs']:.1f} inputs, send to answer {b['batch_send_to_answer_ms']:.1f} ms "
                              f"(forward {b.get('batch_forward_ms', float('nan')):.1f} ms)")
+    lg = _load(work, "long.json")
+    if lg:
+        lines += _long(lg)
     return "\n".join(lines) + "\n"
+
+
+def _long(lg):
+    """Short queries' p50 with long documents / without (bench/long_mixed.py, docs/long-documents.md)."""
+    a = lg["args"]
+    lines = ["", f"## Short queries beside {a['doc_tokens']}-token documents ({lg['model']}, compute_dtype "
+                 f"{a.get('compute_dtype') or 'auto'}, {a['clients']} clients, {float(a['seconds']):g} s a phase, one "
+                 f"document every {float(a['doc_interval']):g} s; bench/long_mixed.py)", "",
+             "| phase | short p50 / p90 / p99 ms | short texts/s | p50 ÷ phase A | verdict (≤ 1.5×) "
+             "| documents sent / done in phase | document p50 / max s | windows | server tokens/s | peak RSS MiB "
+             "| RSS 10 s after MiB | cores server / load generator (procs) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for name, r in lg["phases"].items():
+        s, d = r["short"], r.get("documents")
+        docs = f"{d['sent']} / {d['completed_in_phase']}" if d else "-"
+        dl = f"{d['p50_s']:.2f} / {d['max_s']:.2f}" if d and d.get("p50_s") is not None else "-"
+        ratio = f"{r['p50_ratio']:.2f}x" if "p50_ratio" in r else "-"
+        lines.append(f"| {name} | {s['p50_ms']:.1f} / {s['p90_ms']:.1f} / {s['p99_ms']:.1f} | {s['texts_per_s']:.0f} | "
+                     f"{ratio} | {r.get('verdict', '-')} | {docs} | {dl} | {d['windows'] if d else '-'} | "
+                     f"{r['server_tokens_per_s']:.0f} | {r['peak_rss'] / 2**20:.0f} | {r['rss_after'] / 2**20:.0f} | "
+                     f"{'-' if r['server_cores'] is None else format(r['server_cores'], '.2f')} / "
+                     f"{r['client_cores']:.2f} ({r['client_procs']}) |")
+        if d:
+            base = lg["phases"]["A"]["server_tokens_per_s"]
+            notes.append(f"- phase {name}: documents offered {d['offered_tokens_per_s']:.0f} tokens/s = "
+                         f"{100 * d['offered_tokens_per_s'] / base:.0f}% of the {base:.0f} tokens/s computed in phase A; "
+                         f"{d['due']} documents due within the phase, {d['due_unfinished']} of them unfinished; "
+                         f"windows {d['windows']}, usage tokens {d['tokens']}")
+        if s.get("error") or (d and d["errors"]):
+            notes.append(f"- phase {name} errors: {s.get('error') or ''} {'; '.join((d or {}).get('errors', [])[:3])}")
+    for mode, w in (lg.get("warm_up_document_alone") or {}).items():
+        notes.append(f"- warm-up document alone ({mode}): {w['seconds']:.2f} s, {w['windows']} windows, "
+                     f"{w['tokens']} tokens")
+    return lines + [""] + notes
 
 
 def _st_row(st, name):

@@ -46,6 +46,12 @@
 #   priority (only with --only priority) issue 32's check: bench/priority_under_bulk.py with
 #            PRIORITY_CLIENTS bulk clients (default 256), PRIORITY_SECONDS per phase (15),
 #            PRIORITY_ARGS more of its options (e.g. "--bulk-max-batch-ms 10")
+#   long     (only with --only long) short queries beside long documents
+#            (docs/long-documents.md): bench/long_mixed.py, MiniLM at LONG_DTYPE (float16),
+#            LONG_CLIENTS one-text clients (64) for LONG_SECONDS a phase (default --seconds),
+#            then the same plus one 8000-token document every LONG_INTERVAL s (1), chunked;
+#            LONG_ARGS more options ("--late": a late-chunking phase too). About
+#            2 x (LONG_SECONDS + 10) s (3 x with --late) plus the start and warm-up
 #   report   one markdown report, printed and written to $OUT/report.md
 # $OUT (the device tool's; default ./gpu-out) gets report.md, run.log and results.tar.gz
 # (every step's JSON and the server logs).
@@ -208,6 +214,15 @@ if step layout 120 layout; then
       --bin-dir "$PREFIX/bin" --model-dir "$MODELS/all-MiniLM-L6-v2" --cache-texts 0 \
       --bulk-clients "${PRIORITY_CLIENTS:-256}" --seconds "${PRIORITY_SECONDS:-15}" \
       --json "$WORK/results/priority.json" ${PRIORITY_ARGS:-}
+    # Short queries beside long documents, only when asked for (--only long): 64 one-text clients, then
+    # the same plus one 8k-token document a second (chunking); LONG_SECONDS a phase (default
+    # --seconds), LONG_INTERVAL between documents (1), LONG_DTYPE (float16; auto with
+    # --no-gpu), LONG_ARGS more of its options (e.g. "--late").
+    [ -n "$ONLY" ] && want long && step long 500 "$PY" "$ROOT/bench/long_mixed.py" \
+      --bin-dir "$PREFIX/bin" --model-dir "$MODELS/all-MiniLM-L6-v2" --clients "${LONG_CLIENTS:-64}" \
+      --seconds "${LONG_SECONDS:-$SECONDS_PER}" --doc-interval "${LONG_INTERVAL:-1}" \
+      --compute-dtype "${LONG_DTYPE:-$([ "$NO_GPU" = 1 ] && echo auto || echo float16)}" \
+      --json "$WORK/results/long.json" --log-dir "$WORK/results" ${LONG_ARGS:-}
   fi
 fi
 # steps.tsv -> steps.json for the report
