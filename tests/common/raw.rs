@@ -125,10 +125,8 @@ pub fn peak_growth(pid: u32, send: impl FnOnce()) -> u64 {
     proc_kib(pid, "VmHWM").saturating_sub(before) * 1024
 }
 
-/// Sends a request and reads its answer's head and as much body as `keep` says to, keeping
-/// none of it: returns the status and the body bytes read, and whether the body ended
-/// with HTTP/1.1's last chunk (a response aborted by the server ends without it).
-pub fn stream_body(port: u16, path: &str, body: &Value, mut keep: impl FnMut(&[u8]) -> bool) -> (u16, usize, bool) {
+/// A connection that has sent `POST path` with `body` as JSON and `Connection: close`.
+fn send_json_closing(port: u16, path: &str, body: &Value) -> TcpStream {
     let body = serde_json::to_vec(body).unwrap();
     let mut s = connect(port, Duration::from_secs(600));
     let head = format!(
@@ -138,6 +136,14 @@ pub fn stream_body(port: u16, path: &str, body: &Value, mut keep: impl FnMut(&[u
     );
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(&body).unwrap();
+    s
+}
+
+/// Sends a request and reads its answer's head and as much body as `keep` says to, keeping
+/// none of it: returns the status and the body bytes read, and whether the body ended
+/// with HTTP/1.1's last chunk (a response aborted by the server ends without it).
+pub fn stream_body(port: u16, path: &str, body: &Value, mut keep: impl FnMut(&[u8]) -> bool) -> (u16, usize, bool) {
+    let mut s = send_json_closing(port, path, body);
     let mut buf = vec![0u8; 1 << 16];
     let (mut seen, mut tail, mut status) = (0usize, Vec::new(), 0u16);
     loop {
@@ -163,15 +169,7 @@ pub fn stream_body(port: u16, path: &str, body: &Value, mut keep: impl FnMut(&[u
 /// its status, head, and body (a chunked one joined), or `None` for a chunked body the
 /// server ended before its last chunk.
 pub fn post_to_end(port: u16, path: &str, body: &Value) -> (u16, String, Option<Vec<u8>>) {
-    let body = serde_json::to_vec(body).unwrap();
-    let mut s = connect(port, Duration::from_secs(600));
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(&body).unwrap();
+    let mut s = send_json_closing(port, path, body);
     let mut all = Vec::new();
     let _ = s.read_to_end(&mut all);
     let split = all.windows(4).position(|w| w == b"\r\n\r\n").map_or(all.len(), |p| p + 4);

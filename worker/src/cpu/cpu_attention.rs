@@ -326,11 +326,11 @@ fn tiled_attention(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// Deterministic `[rows, cols]` float32 values in -1..1.
-    fn values(rows: usize, cols: usize, seed: u32) -> Array {
+    /// Deterministic `[rows, cols]` float32 values in -1..1 (the attention tests' operands).
+    pub(crate) fn values(rows: usize, cols: usize, seed: u32) -> Array {
         let mut state = seed.max(1);
         let v: Vec<f32> = (0..rows * cols)
             .map(|_| {

@@ -174,18 +174,8 @@ mod tests {
     use super::*;
     use crate::packing::Packing;
 
-    /// Deterministic `[rows, cols]` float32 values in -1..1.
     fn values(rows: i32, cols: i32, seed: u32) -> Array {
-        let mut state = seed.max(1);
-        let v: Vec<f32> = (0..rows * cols)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect();
-        Array::from_slice(&v, &[rows, cols])
+        crate::cpu_attention::tests::values(rows as usize, cols as usize, seed)
     }
 
     fn run(
