@@ -195,20 +195,10 @@ fn plan(offsets: &[i32], heads: usize, mask: Mask, key_limits: Option<&[i32]>, t
 }
 
 /// Attention of every sequence of a packed batch (`offsets`: row boundaries) over its own
-/// rows; returns `[rows, q.heads * head_dim]`. `None` when an operand is not a contiguous
-/// float32 2-D array of the batch's rows (the caller then uses MLX).
+/// rows, in query tiles of `tile` rows ([`QUERY_TILE`]; tests use small ones); returns
+/// `[rows, q.heads * head_dim]`. `None` when an operand is not a contiguous float32 2-D
+/// array of the batch's rows (the caller then uses MLX).
 pub fn packed_attention(
-    q: HeadBlock,
-    k: HeadBlock,
-    v: HeadBlock,
-    offsets: &[i32],
-    head_dim: usize,
-    scoring: Scoring,
-) -> Result<Option<Array>> {
-    tiled_attention(q, k, v, offsets, head_dim, scoring, QUERY_TILE)
-}
-
-fn tiled_attention(
     q: HeadBlock,
     k: HeadBlock,
     v: HeadBlock,
@@ -370,7 +360,7 @@ pub(crate) mod tests {
                         HeadBlock { array: &kv, col: 0, heads: kv_heads },
                         HeadBlock { array: &kv, col: kv_heads * head_dim, heads: kv_heads },
                     );
-                    let out = tiled_attention(qb, kb, vb, &offsets, head_dim, scoring, tile).unwrap().unwrap();
+                    let out = packed_attention(qb, kb, vb, &offsets, head_dim, scoring, tile).unwrap().unwrap();
                     out.as_slice::<f32>().to_vec()
                 };
                 let whole = run(usize::MAX);

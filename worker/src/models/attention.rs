@@ -46,7 +46,7 @@ pub fn attention(
     attention_in_tiles(kernels, heads, inputs, scale, mask, bias, QUERY_TILE)
 }
 
-/// [`attention`] with the MLX path's query tiles of `tile` rows (tests use small ones).
+/// [`attention`] in query tiles of `tile` rows on either path (tests use small ones).
 fn attention_in_tiles(
     kernels: Kernels,
     heads: &Heads,
@@ -60,7 +60,7 @@ fn attention_in_tiles(
         let offsets = &inputs.packing.offsets;
         let head_dim = heads.head_dim as usize;
         let scoring = Scoring { scale, mask, bias, key_limits: inputs.packing.key_limits.as_deref() };
-        if let Some(out) = packed_attention(heads.q, heads.k, heads.v, offsets, head_dim, scoring)? {
+        if let Some(out) = packed_attention(heads.q, heads.k, heads.v, offsets, head_dim, scoring, tile)? {
             return Ok(out);
         }
     }
