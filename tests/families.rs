@@ -71,19 +71,7 @@ fn nomic_bert_pulled_from_the_hub_serves_or_is_refused_by_field() {
     let hub = FakeHub::start();
     let name = "tiny-nomic_bert-embed";
     hub.add_repo("nomic-ai/tiny-nomic-embed", folder_files(&fixtures::model_dir(name)));
-    // nomic-embed-text-v2-moe's mixture-of-experts keys, and the dynamic-NTK RoPE that
-    // nomic's model cards enable for 8192 tokens.
-    hub.add_repo(
-        "nomic-ai/tiny-nomic-moe",
-        edited_files(
-            name,
-            |c| {
-                c["moe_every_n_layers"] = 2.into();
-                c["num_experts"] = 8.into();
-            },
-            None,
-        ),
-    );
+    // The dynamic-NTK RoPE that nomic's model cards enable for 8192 tokens.
     hub.add_repo("acme/tiny-nomic-ntk", edited_files(name, |c| c["rotary_scaling_factor"] = 2.0.into(), Some(8192)));
     let hf_home = tempfile::tempdir().unwrap();
     let server = Server::start(ServerOptions { env: hub.server_env(hf_home.path()), ..Default::default() });
@@ -107,18 +95,101 @@ fn nomic_bert_pulled_from_the_hub_serves_or_is_refused_by_field() {
     }
     assert!(served >= 10, "{served}");
 
-    for (repo, field) in
-        [("nomic-ai/tiny-nomic-moe", "moe_every_n_layers"), ("acme/tiny-nomic-ntk", "rotary_scaling_factor")]
-    {
-        let out = hub.mlx_serve(home, &["pull", repo], &[]);
-        let line = error_line(&out);
-        assert!(line.contains(field), "{repo}: {line}");
-        // Refused from its JSON files, before any weight was downloaded.
-        let weights = format!("{repo}/resolve/main/model.safetensors");
-        let fetched: Vec<String> =
-            hub.requests().into_iter().filter(|r| r.contains(&weights) && !r.ends_with("bytes=0-0")).collect();
-        assert!(fetched.is_empty(), "{repo}: {fetched:?}");
+    assert_refused_before_weights(&hub, home, "acme/tiny-nomic-ntk", "rotary_scaling_factor");
+}
+
+/// `pull REPO` from the fake hub fails naming `field`, and no weight was downloaded.
+fn assert_refused_before_weights(hub: &FakeHub, home: &Path, repo: &str, field: &str) {
+    let out = hub.mlx_serve(home, &["pull", repo], &[]);
+    let line = error_line(&out);
+    assert!(line.contains(field), "{repo}: {line}");
+    let weights = format!("{repo}/resolve/main/model.safetensors");
+    let fetched: Vec<String> =
+        hub.requests().into_iter().filter(|r| r.contains(&weights) && !r.ends_with("bytes=0-0")).collect();
+    assert!(fetched.is_empty(), "{repo}: {fetched:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// nomic_bert with mixture-of-experts blocks: nomic-embed-text-v2-moe
+// (tests/fixtures/make_nomic_moe.py: transformers' NomicBertModel with the MoE, plain GELU
+// MLP and q/k/v biases applied by the generator, in sentence-transformers' pipeline; the
+// Hub's layout, `mlp.router.layer`, `mlp.experts.mlp.w1/w2`, `mlp.experts.bias`). Its
+// reference moves to a min cosine of 0.70 when the top-2 weights are renormalized, so a
+// renormalizing forward fails these; MoE blocks in the wrong places fail to load.
+// ---------------------------------------------------------------------------------------
+
+const NOMIC_MOE: &str = "tiny-nomic_moe-embed";
+
+#[test]
+fn nomic_moe_embedding_matches_sentence_transformers() {
+    check_embedding_model(NOMIC_MOE);
+}
+
+#[test]
+fn nomic_moe_in_float16_runs_the_mlx_path() {
+    check_half_precision(NOMIC_MOE, "float16");
+}
+
+/// Pulled from the fake hub as nomic-ai publishes it and served over HTTP: every case and
+/// both of the model's prompts within cosine 0.99999 of the reference; the mixture-of-experts
+/// options it does not compute are refused at pull naming the field, before any weight is
+/// downloaded; quantizing it is refused, naming why.
+#[test]
+fn nomic_moe_pulled_from_the_hub_serves_over_http_and_refuses_what_it_does_not_compute() {
+    let hub = FakeHub::start();
+    hub.add_repo("nomic-ai/tiny-nomic-moe", folder_files(&fixtures::model_dir(NOMIC_MOE)));
+    let refused: [(&str, &str, Value); 4] = [
+        ("acme/moe-renormalized", "moe_normalize_expert_weights", json!(1)),
+        ("acme/moe-shared", "num_shared_experts", json!(1)),
+        ("acme/moe-expert-choice", "expert_choice_router", json!(true)),
+        ("acme/moe-every-layer", "moe_every_n_layers", json!(1)),
+    ];
+    for (repo, field, value) in &refused {
+        hub.add_repo(repo, edited_files(NOMIC_MOE, |c| c[*field] = value.clone(), None));
     }
+    let hf_home = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerOptions { env: hub.server_env(hf_home.path()), ..Default::default() });
+    let home = server.home.path();
+    let out = hub.mlx_serve(home, &["pull", "nomic-ai/tiny-nomic-moe"], &[]);
+    assert!(out.ok(), "{}", out.text());
+
+    let reference = fixtures::embed_reference(NOMIC_MOE).unwrap();
+    let mut served = 0;
+    for case in &reference.cases {
+        let (status, resp) = server.post("/v1/embeddings", &json!({"model": "tiny-nomic-moe", "input": case.texts}));
+        assert_eq!(status, 200, "{resp}\n{}", server.log_text());
+        for (i, want) in case.embeddings.iter().enumerate() {
+            let got: Vec<f32> = serde_json::from_value(resp["data"][i]["embedding"].clone()).unwrap();
+            let c = cosine(&got, want);
+            assert!(c >= 0.99999 && max_abs_diff(&got, want) <= EMBED_MAX_DIFF, "{}[{i}]: cosine {c}", case.name);
+            served += 1;
+        }
+    }
+    assert!(served >= 20, "{served}");
+    assert_eq!(reference.prompt_cases.len(), 2);
+    for case in &reference.prompt_cases {
+        let body = json!({"model": "tiny-nomic-moe", "input": case.texts, "prompt_name": case.prompt_name});
+        let (status, resp) = server.post("/v1/embeddings", &body);
+        assert_eq!(status, 200, "{resp}");
+        for (i, want) in case.embeddings.iter().enumerate() {
+            let got: Vec<f32> = serde_json::from_value(resp["data"][i]["embedding"].clone()).unwrap();
+            let c = cosine(&got, want);
+            assert!(c >= 0.99999, "prompt {}[{i}]: cosine {c}", case.prompt_name);
+        }
+    }
+
+    for (repo, field, _) in &refused {
+        assert_refused_before_weights(&hub, home, repo, field);
+    }
+    for args in [
+        vec!["quantize", "tiny-nomic-moe", "--bits", "8"],
+        vec!["pull", "nomic-ai/tiny-nomic-moe", "--name", "q", "--quantize", "8bit"],
+    ] {
+        let out = hub.mlx_serve(home, &args, &[]);
+        let line = error_line(&out);
+        assert!(line.contains("mixture-of-experts") && line.contains("not supported"), "{args:?}: {line}");
+    }
+    assert_eq!(server.stop(), Some(0));
 }
 
 /// A fixture's reference JSON as it is (for the fields the shared structs do not hold).

@@ -32,7 +32,8 @@ const PUBLISHED: &[(&str, Verdict)] = &[
     ("nomic-ai/nomic-embed-text-v1", Ok("nomic_bert", "embedding", 768, 8192, "mean")),
     ("nomic-ai/nomic-embed-text-v1.5", Ok("nomic_bert", "embedding", 768, 8192, "mean")),
     ("Snowflake/snowflake-arctic-embed-m-long", Ok("nomic_bert", "embedding", 768, 2048, "cls")),
-    ("nomic-ai/nomic-embed-text-v2-moe", Refused { field: "moe_every_n_layers", fixture: "tiny-nomic_bert-embed" }),
+    // Mixture-of-experts blocks (worker/src/models/nomic_moe.rs); max_seq_length 512.
+    ("nomic-ai/nomic-embed-text-v2-moe", Ok("nomic_bert", "embedding", 768, 512, "mean")),
     // gemma3_text
     ("google/embeddinggemma-300m", Ok("gemma3_text", "embedding", 768, 2048, "mean")),
     // max_seq_length 32768, capped at 8192 (DEFAULT_MAX_TOKENS_CAP).

@@ -201,6 +201,14 @@ pub fn run(src: &Path, dst: &Path, opts: &Options) -> Result<QuantizeReport> {
              pooled vectors and this model gives one vector per token; serve it unquantized"
         );
     }
+    if model_dir::config_u32(&facts.config, "num_experts").is_some_and(|n| n > 0) {
+        // nomic-embed-text-v2-moe's experts are two packed [experts * ffn, hidden] blocks per
+        // block, w2 applied untransposed; no plan here quantizes them (docs/quantization.md).
+        bail!(
+            "quantizing a mixture-of-experts model (num_experts) is not supported: its experts are stored as packed \
+             blocks (experts.mlp.w1/w2) that no quantization plan covers; serve it unquantized"
+        );
+    }
     let eval: Option<EvalSet> = match &opts.eval {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
