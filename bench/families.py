@@ -36,7 +36,7 @@ from serving.servers import MlxServe, ServerFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ["msmarco-distilbert-base-v4", "all-mpnet-base-v2", "nomic-embed-text-v1.5", "gte-multilingual-base",
-          "gte-modernbert-base", "embeddinggemma-300m", "gte-qwen2-1.5b"]
+          "gte-modernbert-base", "embeddinggemma-300m", "gte-qwen2-1.5b", "nomic-embed-text-v2-moe"]
 TARGET = 0.9
 AFTER_S = 10
 

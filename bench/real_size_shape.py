@@ -17,7 +17,8 @@ It writes OUT_DIR (what sentence-transformers loads) and prints one JSON line
 {"shape", "family", "parameters", "st_dir", "serve_dir"}: serve_dir is the folder
 `mlx-serve pull` takes, in the layout the published repo has. The two differ only where the
 Hub's layout is not transformers' (`new`: the Hub ships Alibaba-NLP/new-impl tensors, which
-transformers reads through its conversion mapping; serve_dir is OUT_DIR.hub).
+transformers reads through its conversion mapping; nomic-embed-text-v2-moe: the Hub's custom-code
+layout of a model transformers cannot run, see MOE_REFERENCE; serve_dir is OUT_DIR.hub).
 """
 
 from __future__ import annotations
@@ -55,6 +56,18 @@ def nomic_embed_text_v15():
                           intermediate_size=3072, hidden_act="silu", layer_norm_eps=1e-12, type_vocab_size=2,
                           max_position_embeddings=2048, pad_token_id=0,
                           rope_parameters={"rope_type": "default", "rope_theta": 1000.0})
+    return "nomic_bert", NomicBertModel(cfg), "mean", [], True, {}
+
+
+def nomic_embed_text_v2_moe():
+    # nomic-ai/nomic-embed-text-v2-moe (tests/fixtures/published): n_embd 768, n_layer 12, n_head 12,
+    # n_inner 3072, gelu, biased q/k/v and MLP, vocab 250048, rotary_emb_base 10000, type_vocab_size 1,
+    # layer_norm_epsilon 1e-5; 8 experts, top 2, in blocks 1, 3, ..., 11; mean pooling. The body built
+    # here is transformers' NomicBertModel; main() puts v2-moe's blocks in (MOE_REFERENCE).
+    cfg = NomicBertConfig(vocab_size=250048, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                          intermediate_size=3072, hidden_act="gelu", layer_norm_eps=1e-5, type_vocab_size=1,
+                          max_position_embeddings=2048, pad_token_id=1,
+                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     return "nomic_bert", NomicBertModel(cfg), "mean", [], True, {}
 
 
@@ -130,6 +143,7 @@ def gte_qwen2():
 
 SHAPES = {
     "nomic-embed-text-v1.5": nomic_embed_text_v15,
+    "nomic-embed-text-v2-moe": nomic_embed_text_v2_moe,
     "gte-modernbert-base": gte_modernbert_base,
     "gte-multilingual-base": gte_multilingual_base,
     "all-mpnet-base-v2": all_mpnet_base_v2,
@@ -137,6 +151,33 @@ SHAPES = {
     "embeddinggemma-300m": embeddinggemma,
     "gte-qwen2-1.5b": gte_qwen2,
 }
+
+
+# nomic-embed-text-v2-moe: transformers has no MoE, so sentence-transformers runs NomicBertModel with
+# the fixture generator's modules put in (tests/fixtures/nomic_moe_reference.py); OUT_DIR keeps their
+# sizes and weights beside the plain body, and bench/serving/library.py puts them back in on load.
+MOE_REFERENCE = {"every_n": 2, "experts": 8, "top_k": 2}
+MOE_FILES = ("nomic_moe_reference.json", "nomic_moe_reference.safetensors")
+
+
+def nomic_moe_folders(model, out: Path, hub: Path) -> None:
+    """v2-moe's blocks in `model` (seeded init), their weights in OUT_DIR for sentence-transformers,
+    and the Hub's layout in `hub` (the published config.json, the checkpoint's tensor names)."""
+    from safetensors.torch import save_file  # noqa: PLC0415
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    import nomic_moe_reference as ref  # noqa: PLC0415  (torch modules only, no fixture environment)
+    ref.apply_v2_moe(model, **MOE_REFERENCE)
+    for m in ref.moe_modules(model):
+        torch.nn.init.normal_(m.experts.mlp.w1, std=0.02)
+        torch.nn.init.normal_(m.experts.mlp.w2, std=0.02)
+    model.eval()
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if "rotary" not in k}
+    save_file(state, str(out / MOE_FILES[1]))
+    (out / MOE_FILES[0]).write_text(json.dumps(MOE_REFERENCE) + "\n")
+    shutil.copytree(out, hub, ignore=shutil.ignore_patterns("*.safetensors", "nomic_moe_reference.*"))
+    save_file(ref.hub_state_dict(model), str(hub / "model.safetensors"), metadata={"format": "pt"})
+    published = ROOT / "tests/fixtures/published/nomic-ai/nomic-embed-text-v2-moe/config.json"
+    shutil.copy(published, hub / "config.json")
 
 
 def edit_config(path: Path, edits: dict) -> None:
@@ -167,6 +208,9 @@ def main() -> None:
     st.save(str(out))
     shutil.rmtree(body)
     serve = out
+    if shape == "nomic-embed-text-v2-moe":
+        nomic_moe_folders(model, out, hub)
+        serve = hub
     if family == "new":
         # The Hub's layout, written and read back by the fixture generator's own code.
         sys.path.insert(0, str(ROOT / "tests" / "fixtures"))

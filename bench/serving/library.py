@@ -10,10 +10,32 @@ It is also the reference the servers' answers are checked against (`vectors`).
 """
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
 CHUNK = 256
+
+
+def _put_in_moe_reference(model, model_dir: Path) -> bool:
+    """A real-size nomic-embed-text-v2-moe shape (bench/real_size_shape.py) keeps the MoE blocks that
+    transformers lacks beside its plain NomicBertModel body: they are put in here."""
+    spec = model_dir / "nomic_moe_reference.json"
+    if not spec.exists():
+        return False
+    import json
+    import sys
+
+    from safetensors.torch import load_file
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "fixtures"))
+    import nomic_moe_reference as ref
+    body = model[0].model
+    ref.apply_v2_moe(body, **json.loads(spec.read_text()))
+    missing, unexpected = body.load_state_dict(load_file(model_dir / "nomic_moe_reference.safetensors"), strict=False)
+    if unexpected or [k for k in missing if "rotary" not in k]:
+        raise SystemExit(f"{model_dir}: MoE reference weights do not fit: {missing} {unexpected}")
+    body.eval()
+    return True
 
 
 class SentenceTransformers:
@@ -24,10 +46,12 @@ class SentenceTransformers:
         import sentence_transformers
         import torch
         self.model = sentence_transformers.SentenceTransformer(str(model_dir), device="cpu")
+        moe = _put_in_moe_reference(self.model, Path(model_dir))
         dims = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dims = dims()
         self.label = (f"sentence-transformers {sentence_transformers.__version__} (torch {torch.__version__}, "
-                      f"{torch.get_num_threads()} threads of {os.cpu_count()} CPUs)")
+                      f"{torch.get_num_threads()} threads of {os.cpu_count()} CPUs)"
+                      + (", NomicBertModel with tests/fixtures/nomic_moe_reference.py's MoE blocks" if moe else ""))
         self._cache = {}
 
     def encode(self, texts):
