@@ -6,18 +6,22 @@
 # Needs `scripts/setup --cuda` (or, with --cpu, `scripts/setup`: a CPU bundle to test the
 # run script here). Writes OUT_DIR/t1, t2, ... each with a MANIFEST of every file
 # (sha256, bytes, transfer, name):
-#   prefix.tar.xz          `make install-cuda` layout (stripped binaries, include/, .libs/)
+#   prefix.tar.xz.NN       `make install-cuda` layout (stripped binaries, include/, .libs/)
 #                          without libmlx.so and without the `nvidia` link (made there)
-#   libmlx.so.xz.NN        libmlx.so, xz -9e, split across transfers
-#   all-MiniLM-L6-v2.tar.xz  MiniLM with float16 weights (sentence-transformers' files)
-# The fixture models and the scripts travel with the checkout.
+#   all-MiniLM-L6-v2.tar.xz.NN  MiniLM with float16 weights (sentence-transformers' files)
+#   libmlx.so.xz.NN        libmlx.so, xz -9e
+# Each file is cut into parts NN = 00, 01, ... that fill the transfers in turn (run_checks.sh
+# joins them). The fixture models and the scripts travel with the checkout.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 MODE=cuda
 [ "${1:-}" = "--cpu" ] && { MODE=cpu; shift; }
 OUT=$(realpath -m "${1:-.gpu}")
-TRANSFER_MIB=${TRANSFER_MIB:-57}    # leaves 7 MiB of the 64 for the checkout itself (3.4 MB now)
+# The device takes 64 MiB a call, the checkout (tracked and untracked files git does not
+# ignore: 27 MB on 2026-12-07, mostly fixtures) included: a transfer gets what is left, less 1 MiB.
+checkout_bytes=$(git ls-files -co --exclude-standard -z | du -cb --files0-from=- | tail -1 | cut -f1)
+TRANSFER_MIB=${TRANSFER_MIB:-$((63 - checkout_bytes / 1048576))}
 die() { echo "pack: $*" >&2; exit 1; }
 
 stage=$(mktemp -d)
@@ -82,41 +86,31 @@ tar -C "$stage" -cJf "$stage/files/all-MiniLM-L6-v2.tar.xz" all-MiniLM-L6-v2
 echo "== transfers of at most $TRANSFER_MIB MiB"
 rm -rf "$OUT" && mkdir -p "$OUT"
 budget=$((TRANSFER_MIB * 1024 * 1024))
-# The other files go first, largest first, each into the first transfer with room; the
-# libmlx parts then fill what is left, in order, opening new transfers as needed.
-declare -a used=()
-placed=0
-place() {  # place SIZE: sets $placed to the first transfer with room and books the room
-  local size=$1 t=1
-  while :; do
-    [ -z "${used[$t]:-}" ] && used[$t]=0
-    if [ $((used[t] + size)) -le "$budget" ]; then used[$t]=$((used[t] + size)); placed=$t; return; fi
-    t=$((t + 1))
-  done
-}
 manifest=$stage/MANIFEST
 : > "$manifest"
-for f in $(ls -S "$stage/files"); do
-  size=$(stat -c %s "$stage/files/$f")
-  [ "$size" -le "$budget" ] || die "$f ($size bytes) is larger than one transfer"
-  place "$size"
-  mkdir -p "$OUT/t$placed" && mv "$stage/files/$f" "$OUT/t$placed/"
-  echo "$(sha256sum "$OUT/t$placed/$f" | cut -d' ' -f1) $size t$placed $f" >> "$manifest"
-done
-total=$(stat -c %s "$stage/libmlx.so.xz")
-offset=0 part=0 t=1
-while [ "$offset" -lt "$total" ]; do
-  [ -z "${used[$t]:-}" ] && used[$t]=0
-  room=$((budget - used[t]))
-  if [ "$room" -le $((1024 * 1024)) ]; then t=$((t + 1)); continue; fi
-  size=$(( total - offset < room ? total - offset : room ))
-  name=$(printf 'libmlx.so.xz.%02d' "$part")
-  mkdir -p "$OUT/t$t"
-  dd if="$stage/libmlx.so.xz" of="$OUT/t$t/$name" bs=1M iflag=skip_bytes,count_bytes skip="$offset" count="$size" status=none
-  echo "$(sha256sum "$OUT/t$t/$name" | cut -d' ' -f1) $size t$t $name" >> "$manifest"
-  used[$t]=$((used[t] + size))
-  offset=$((offset + size)) part=$((part + 1)) t=$((t + 1))
-done
+declare -a used=()
+t=1
+# put_parts FILE NAME: cuts FILE into parts NAME.00, NAME.01, ... that fill the transfers in
+# turn from the current one, and lists them in the MANIFEST.
+put_parts() {
+  local src=$1 name=$2 total offset=0 part=0 size room pname
+  total=$(stat -c %s "$src")
+  while [ "$offset" -lt "$total" ]; do
+    [ -z "${used[$t]:-}" ] && used[$t]=0
+    room=$((budget - used[t]))
+    if [ "$room" -le $((1024 * 1024)) ]; then t=$((t + 1)); continue; fi
+    size=$(( total - offset < room ? total - offset : room ))
+    pname=$(printf '%s.%02d' "$name" "$part")
+    mkdir -p "$OUT/t$t"
+    dd if="$src" of="$OUT/t$t/$pname" bs=1M iflag=skip_bytes,count_bytes skip="$offset" count="$size" status=none
+    echo "$(sha256sum "$OUT/t$t/$pname" | cut -d' ' -f1) $size t$t $pname" >> "$manifest"
+    used[$t]=$((used[t] + size))
+    offset=$((offset + size)) part=$((part + 1))
+  done
+}
+put_parts "$stage/files/prefix.tar.xz" prefix.tar.xz
+put_parts "$stage/files/all-MiniLM-L6-v2.tar.xz" all-MiniLM-L6-v2.tar.xz
+put_parts "$stage/libmlx.so.xz" libmlx.so.xz
 echo "$libsha 0 - libmlx.so" >> "$manifest"
 echo "$MODE 0 - mode" >> "$manifest"
 for d in "$OUT"/t*; do cp "$manifest" "$d/MANIFEST"; done

@@ -5,19 +5,20 @@
 #   bash bench/gpu/run_checks.sh [--no-gpu] [--diag] [--only STEP,...] [--bundle DIR]
 #                                [--seconds S] [--budget S]
 #
-# How to run it (device time is short: two calls, back to back):
-#   here:   scripts/setup --cuda && bench/gpu/pack.sh     -> .gpu/t1, .gpu/t2 (57 MiB each)
+# How to run it (device time is short: one call per transfer, back to back):
+#   here:   scripts/setup --cuda && bench/gpu/pack.sh     -> .gpu/t1, t2, ... (64 MiB a call,
+#           less the checkout: four transfers of ~35 MiB on 2026-12-07)
 #           (rerun both after the worker or supervisor changes: the bundle holds binaries)
 #           copy .gpu/ into the checkout the device tool sends, if that is another one
-#   call 1: run(command="bash bench/gpu/run_checks.sh", carry=[".gpu/t1"], timeout_s=120)
-#           -> keeps t1 there, says "send transfer(s) t2 next", exit 3
-#   call 2: run(command="bash bench/gpu/run_checks.sh", carry=[".gpu/t2"], timeout_s=600)
+#   calls 1..N-1: run(command="bash bench/gpu/run_checks.sh", carry=[".gpu/tK"], timeout_s=120)
+#           -> each keeps its transfer there, says which are still missing, exit 3
+#   call N: run(command="bash bench/gpu/run_checks.sh ...", carry=[".gpu/tN"], timeout_s=600)
 #           -> the report (also $OUT/report.md)
 # Test it here first on the CPU build: bench/gpu/pack.sh --cpu /tmp/b && KEEP=/tmp/k
 #   WORK=/tmp/w OUT=/tmp/o PY=.deps/ref-venv/bin/python
 #   bash bench/gpu/run_checks.sh --no-gpu --bundle /tmp/b --seconds 2 --budget 1800
 #
-# The bundle (default .gpu/, git-ignored) comes in transfers t1, t2, ... of at most 64 MiB,
+# The bundle (default .gpu/, git-ignored) comes in transfers t1, t2, ... that fit a call with the checkout,
 # one per device call (carry [".gpu/tN"]): each call first copies the transfer it carries
 # into $KEEP (default /root/keep/mlx-serve-gpu, outside the checkout: it lasts while the
 # machine stays warm, ~30 s after a call), checking each file's sha256 against the MANIFEST.
@@ -114,6 +115,12 @@ fi
 MODE=$(awk '$4 == "mode" {print $1}' "$KEEP/MANIFEST")
 [ "$MODE" = cpu ] && [ "$NO_GPU" = 0 ] && echo "run_checks: this is a CPU bundle (pack.sh --cpu): add --no-gpu" && exit 2
 
+# joined NAME: the bundle's file NAME, from its parts NAME.00, NAME.01, ... (pack.sh)
+joined() {
+  awk -v n="$1." 'substr($4, 1, length(n)) == n && substr($4, length(n) + 1) ~ /^[0-9]+$/ {print $4}' \
+    "$KEEP/MANIFEST" | sort | sed "s|^|$KEEP/|" | xargs cat
+}
+
 # ---- steps with time limits
 remaining() { echo $((DEADLINE - $(date +%s))); }
 # step NAME LIMIT_S COMMAND...: runs it with `timeout`, records status and seconds.
@@ -146,9 +153,9 @@ want() { [ -z "$ONLY" ] || [[ "$ONLY" == *",$1,"* ]]; }
 layout() {
   set -e
   rm -rf "$PREFIX" "$MODELS" && mkdir -p "$PREFIX" "$MODELS"
-  tar -C "$PREFIX" -xJf "$KEEP/prefix.tar.xz"
+  joined prefix.tar.xz | tar -C "$PREFIX" -xJf -
   local lib=$PREFIX/lib/mlx-serve/mlx/lib/libmlx.so
-  cat $(awk '$4 ~ /^libmlx.so.xz./ {print $4}' "$KEEP/MANIFEST" | sort | sed "s|^|$KEEP/|") | xz -dc > "$lib"
+  joined libmlx.so.xz | xz -dc > "$lib"
   [ "$(sha256sum "$lib" | cut -d' ' -f1)" = "$(awk '$4 == "libmlx.so" {print $1}' "$KEEP/MANIFEST")" ] ||
     { echo "libmlx.so: sha256 mismatch after joining the parts"; return 1; }
   if [ "$MODE" = cuda ]; then
@@ -159,7 +166,7 @@ layout() {
   unresolved=$(ldd "$PREFIX/bin/mlx-serve-worker" | grep 'not found' || true)
   [ -z "$unresolved" ] || { echo "worker libraries not found:"; echo "$unresolved"; return 1; }
   ldd "$PREFIX/bin/mlx-serve-worker" | grep -E 'libmlx|cublas|cudnn|nvrtc|libblas' || true
-  tar -C "$MODELS" -xJf "$KEEP/all-MiniLM-L6-v2.tar.xz"
+  joined all-MiniLM-L6-v2.tar.xz | tar -C "$MODELS" -xJf -
   for m in "$ROOT"/tests/fixtures/models/*; do ln -sfn "$m" "$MODELS/$(basename "$m")"; done
   "$PREFIX/bin/mlx-serve" --version && "$PREFIX/bin/mlx-serve-worker" --version
   ls "$MODELS"
