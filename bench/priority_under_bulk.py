@@ -22,7 +22,7 @@ Usage:
   python3 bench/priority_under_bulk.py [--seconds 20] [--rate 5] [--bulk-clients 16]
       [--batch 64] [--baseline-bin /work/main/target/release] [--cache-texts 2000]
       [--cache-only] [--max-batch-ms N] [--bulk-max-batch-ms N] [--json FILE]
-      [--trace [--trace-keep FILE]]
+      [--trace [--trace-keep FILE]] [--ingest-ids]
 The load generator's CPU use and its own lag (a query's thread starting after its schedule)
 are printed beside each result, to show it is not the limit; so is the CPU that other
 processes on the machine used in each phase (a shared machine's other builds disturb it),
@@ -53,13 +53,13 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = "all-MiniLM-L6-v2"
 
 
-def post(url, body, headers=None, timeout=600, parse=True):
+def post(url, body, headers=None, timeout=600, parse=True, path="/v1/embeddings"):
     """POSTs to /v1/embeddings; the answer parsed unless `parse` is False (the ingest's
     answers are only counted: parsing them would make this client the bottleneck on a GPU)."""
     u = urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     data = json.dumps(body).encode()
-    conn.request("POST", "/v1/embeddings", data, {"content-type": "application/json", **(headers or {})})
+    conn.request("POST", path, data, {"content-type": "application/json", **(headers or {})})
     resp = conn.getresponse()
     payload = resp.read()
     conn.close()
@@ -67,7 +67,7 @@ def post(url, body, headers=None, timeout=600, parse=True):
         # The queue is full (256 bulk clients x 64 passages is over limits.max_queue):
         # an ingest client waits as told and sends again, as real ones do.
         time.sleep(float(resp.getheader("retry-after") or 1))
-        return post(url, body, headers, timeout, parse)
+        return post(url, body, headers, timeout, parse, path)
     if resp.status != 200:
         raise RuntimeError(f"HTTP {resp.status}: {payload[:300]!r}")
     return json.loads(payload) if parse else None
@@ -165,6 +165,11 @@ def breakdown(before, after, wall):
 
 def phases(url, sets, args, server_pid):
     qs, ps = sets["short"], sets["long"]
+    if args.ingest_ids:
+        # The passages as the server's own token ids (/v1/tokenize), sent as the complete
+        # model input: the server tokenizes no bulk text, the one difference from text.
+        ps = [d["token_ids"] for i in range(0, len(ps), args.batch)
+              for d in post(url, {"model": MODEL, "input": ps[i:i + args.batch]}, path="/v1/tokenize")["data"]]
     post(url, {"model": MODEL, "input": ps[:args.batch]})  # warm up, learn the pace
     # Every query text once, so that the idle phase does not time first sight of a shape
     # (a GPU backend compiles kernels for new shapes) as the idle latency.
@@ -336,6 +341,9 @@ def main():
     ap.add_argument("--bulk-max-batch-ms", type=int,
                     help="scheduling.bulk_max_batch_ms, the bound on the ingest's batches (default: the build's)")
     ap.add_argument("--cache-only", action="store_true", help="only the embedding cache step")
+    ap.add_argument("--ingest-ids", action="store_true",
+                    help="the ingest sends its passages as token ids (from /v1/tokenize, before the phases),"
+                         " so the server tokenizes only the queries: what bulk tokenization costs them")
     ap.add_argument("--trace", action="store_true",
                     help="trace every request (OTLP to tests/clients/otlp_receiver.py) and print where the"
                          " slowest queries' time went (serving/query_traces.py)")
