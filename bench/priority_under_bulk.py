@@ -281,6 +281,8 @@ def report(label, r):
     for phase, recs in r["records"].items():
         if "spans" in r:
             query_traces.report(phase, recs, r["spans"])
+    if "spans" in r:
+        query_traces.report_batches(r["spans"])
     c = r["client_cpus"]
     print(f"  load generator: {c['alone']:.2f} / {c['mixed']:.2f} CPUs busy (ingest alone / with queries)"
           f" of {len(os.sched_getaffinity(0))}", flush=True)

@@ -134,3 +134,35 @@ def report(label, queries, spans, worst=3):
         print("    " + " ".join(f"{r[c]:14.1f}" for c in COLS) + f"  {r['batch_size']}")
         print("      batches answered meanwhile (id, send->answer ms, inputs, tokens, forward ms):", r["ahead"])
     return rows
+
+
+def slow_batches(spans, factor=2.0, slack_ms=10.0):
+    """The batches that took over `factor` times what a line fitted to all of the run's
+    batches (milliseconds against tokens, least squares) predicts plus `slack_ms`, and how
+    many of them, and of all batches, overlapped a tokenization that ran off the request's
+    thread (`mlx.tokenize.off_thread`: the ingest's 64-passage requests; docs/scheduling.md).
+    Returns (slow, slow that overlapped, all, all that overlapped, largest batch's tokens)."""
+    rows = [(v[0], v[1], v[3]) for v in _batches(spans).values()]
+    tok = [(s["start_ns"] / 1e9, s["end_ns"] / 1e9) for s in spans
+           if s["name"] == "tokenize" and s["attributes"].get("mlx.tokenize.off_thread")]
+    if len(rows) < 2:
+        return None
+    xs, ys = [r[2] for r in rows], [1e3 * (r[1] - r[0]) for r in rows]
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
+    fixed = my - slope * mx
+
+    def overlaps(r):
+        return any(t1 > r[0] and t0 < r[1] for t0, t1 in tok)
+
+    slow = [r for r, y in zip(rows, ys) if y > factor * (fixed + slope * r[2]) + slack_ms]
+    return (len(slow), sum(map(overlaps, slow)), len(rows), sum(map(overlaps, rows)), max(xs))
+
+
+def report_batches(spans):
+    got = slow_batches(spans)
+    if got:
+        slow, slow_over, n, n_over, largest = got
+        print(f"  traced batches: {slow} of {n} took over 2x the run's fitted line + 10 ms; {slow_over} of those"
+              f" and {n_over} of all ran beside a bulk tokenization; the largest had {largest} tokens", flush=True)
