@@ -44,7 +44,8 @@ impl Overhead {
     /// 300M-parameter one has ~190 ms, so four times the default target held its batches at
     /// two texts, a fixed cost of 95%, and its 32 clients at 0.56× of sentence-transformers;
     /// an eighth still held the larger models' batches at 5–10 texts (docs/scheduling.md).
-    pub const INTERACTIVE: Overhead = Overhead { max_fixed_share: 0.0625, max_stretch: 16.0, max_growth: f64::INFINITY };
+    pub const INTERACTIVE: Overhead =
+        Overhead { max_fixed_share: 0.0625, max_stretch: 16.0, max_growth: f64::INFINITY };
 
     /// Bulk work that yields (`scheduling.bulk_max_batch_ms`): a quarter, up to twice the
     /// target. A query waits for the bulk batch being computed; with MiniLM's ~8 ms of fixed
