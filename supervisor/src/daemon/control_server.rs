@@ -244,11 +244,8 @@ fn to_json<T: Serialize>(value: &T) -> serde_json::Value {
 }
 
 async fn worker_row(e: &ModelEntry) -> WorkerRow {
-    let loaded = e.runner.is_loaded();
-    let fresh =
-        if loaded { tokio::time::timeout(Duration::from_secs(1), e.runner.stats()).await.ok().flatten() } else { None };
+    let stats = e.runner.stats_within(Duration::from_secs(1)).await;
     let s = e.runner.status();
-    let stats = fresh.or(s.worker_stats.clone().filter(|_| loaded));
     WorkerRow {
         model: e.name.clone(),
         kind: e.facts.kind.as_str().to_owned(),

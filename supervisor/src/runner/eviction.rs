@@ -73,7 +73,7 @@ pub async fn sweep(runners: Vec<RunnerHandle>, ttl: Duration) {
 pub async fn sweep_memory(runners: Vec<RunnerHandle>, budget: u64) -> u64 {
     let mut loaded = Vec::new();
     for r in runners.into_iter().filter(|r| r.is_loaded()) {
-        let stats = tokio::time::timeout(Duration::from_millis(500), r.stats()).await.ok().flatten();
+        let stats = r.stats_within(super::handle::STATS_WAIT).await;
         let bytes = stats.map(|s| s.device_bytes.unwrap_or(s.rss_bytes)).unwrap_or(0);
         loaded.push((r, bytes));
     }

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use mlx_serve_protocol::{ModelInfo, ModelKind, TokenOutputs, WorkerStats};
 use tokio::sync::{mpsc, oneshot};
@@ -178,6 +178,10 @@ pub enum PoolRequest {
     MakeRoom { kind: ModelKind, name: String, reply: oneshot::Sender<()> },
 }
 
+/// How long `/metrics` and the memory sweep wait for a worker's own figures before they
+/// take the last ones it gave ([`RunnerHandle::stats_within`]).
+pub const STATS_WAIT: Duration = Duration::from_millis(200);
+
 /// How everyone else talks to a model's runner. Cheap to clone.
 #[derive(Clone)]
 pub struct RunnerHandle {
@@ -337,6 +341,23 @@ impl RunnerHandle {
     /// The worker's memory figures, when it answers.
     pub async fn stats(&self) -> Option<WorkerStats> {
         self.ask(RunnerMsg::Stats).await.flatten()
+    }
+
+    /// The worker's memory figures as of now if it answers within `wait`, else the last ones
+    /// it gave: it answers between forwards, and one forward of a long document takes
+    /// seconds, which must neither hold up `/metrics` nor make a busy worker's memory read
+    /// as zero to the memory sweep. None while no worker runs.
+    pub async fn stats_within(&self, wait: Duration) -> Option<WorkerStats> {
+        if !self.is_loaded() {
+            return None;
+        }
+        match tokio::time::timeout(wait, self.stats()).await {
+            Ok(Some(fresh)) => Some(fresh),
+            _ => {
+                let last = self.status.lock().unwrap().worker_stats.clone();
+                last.filter(|_| self.is_loaded())
+            }
+        }
     }
 
     /// Finishes what is in flight, answers the rest as unavailable, stops the worker.

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::actor::spawn_runner;
 use super::disk_cache::DiskCache;
 use super::eviction;
-use super::handle::{PoolRequest, RunnerHandle};
+use super::handle::{PoolRequest, RunnerHandle, STATS_WAIT};
 use super::vector_cache::{model_identity, VectorCache};
 use super::RunnerConfig;
 use crate::config::CacheConfig;
@@ -185,12 +185,9 @@ impl Pool {
             m.models_loaded.with_label_values(&[kind.as_str()]).set(n as f64);
         }
         m.memory_usage_bytes.with_label_values(&["supervisor", ""]).set(process_rss_bytes() as f64);
-        for e in &entries {
-            let stats = if e.runner.is_loaded() {
-                tokio::time::timeout(Duration::from_millis(500), e.runner.stats()).await.ok().flatten()
-            } else {
-                None
-            };
+        // All models at once: a busy worker answers only after its forward.
+        let all = futures_util::future::join_all(entries.iter().map(|e| e.runner.stats_within(STATS_WAIT))).await;
+        for (e, stats) in entries.iter().zip(all) {
             let stats = stats.unwrap_or_default();
             m.memory_usage_bytes.with_label_values(&["worker", &e.name]).set(stats.rss_bytes as f64);
             m.memory_usage_bytes.with_label_values(&["device", &e.name]).set(stats.device_bytes.unwrap_or(0) as f64);

@@ -196,10 +196,12 @@ impl Runner {
         self.restart_at = Some(Instant::now() + recovery::restart_delay(restarts));
     }
 
+    /// The worker is gone: its waiters get no answer, and its last figures are not the next one's.
     fn drop_stats_waiters(&mut self) {
         for (_, waiter) in self.stats_waiters.drain() {
             let _ = waiter.send(None);
         }
+        self.status.lock().unwrap().worker_stats = None;
     }
 
     pub(super) async fn shutdown(&mut self) {

@@ -214,6 +214,27 @@ async fn repeated_crashes_back_off() {
     assert_eq!(fake.starts(), 3);
 }
 
+/// A worker answers stats between forwards. While one runs, `/metrics` and the memory sweep
+/// get the last figures it gave instead of waiting for it or reading its memory as zero;
+/// once it is gone, none.
+#[tokio::test(start_paused = true)]
+async fn a_busy_worker_reports_its_last_figures() {
+    let (h, fake) = runner("busy", Script::default());
+    let wait = Duration::from_millis(200);
+    assert_eq!(h.stats_within(wait).await, None, "no worker yet");
+    submit(&h, &[1]).await.unwrap().unwrap();
+    assert_eq!(h.stats_within(wait).await.map(|s| s.rss_bytes), Some(1 << 20), "an idle worker answers");
+    fake.script.lock().unwrap().delay = Duration::from_secs(10);
+    let busy = submit(&h, &[2]);
+    settle().await;
+    let t0 = Instant::now();
+    assert_eq!(h.stats_within(wait).await.map(|s| s.rss_bytes), Some(1 << 20), "a busy one: its last figures");
+    assert!(t0.elapsed() <= wait + Duration::from_millis(1), "{:?}", t0.elapsed());
+    busy.await.unwrap().unwrap();
+    h.evict().await.unwrap();
+    assert_eq!(h.stats_within(wait).await, None, "an evicted worker has no figures");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_reply_is_waited_for() {
     let (h, fake) = runner("slow", Script { delay: Duration::from_secs(2), ..Default::default() });
