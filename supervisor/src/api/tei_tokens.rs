@@ -104,7 +104,7 @@ pub async fn embed_sparse(
 
 /// Token vectors per input (TEI; bge-m3's ColBERT head, one per token after CLS).
 #[utoipa::path(post, path = "/embed_all", tag = "TEI", request_body = TokensRequest,
-    responses((status = 200, body = Vec<Vec<Vec<f32>>>, description = "per input, one normalized vector per token after CLS"), (status = "4XX", body = TeiErrorBody, description = "invalid request, a model without the ColBERT head, unknown model, too large, overloaded")))]
+    responses((status = 200, body = Vec<Vec<Vec<f32>>>, description = "per input, one normalized vector per token after CLS (bge-m3), or a PyLate ColBERT model's token vectors (with pool_factor a document's pooled ones: cluster means, not renormalized)"), (status = "4XX", body = TeiErrorBody, description = "invalid request, a model without the ColBERT head, pool_factor on a query or a model that is not PyLate's, unknown model, too large, overloaded")))]
 pub async fn embed_all(
     State(state): State<SharedState>,
     body: Result<Bytes, BytesRejection>,
