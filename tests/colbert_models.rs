@@ -243,3 +243,110 @@ fn pylate_settings_that_are_not_computed_are_refused_at_pull_naming_them() {
     let line = error_line(&out);
     assert!(line.contains("PyLate ColBERT") && line.contains("not supported"), "{line}");
 }
+
+/// PyLate's pooled vectors: [`assert_vectors`], and each vector's length within 1e-5 of
+/// PyLate's (cluster means are not renormalized; cosine alone would not see it); the worst
+/// cosine and the largest length difference.
+fn assert_pooled(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) -> (f64, f64) {
+    let worst = assert_vectors(got, want, what);
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let mut most = 0f64;
+    for (t, (g, w)) in got.iter().zip(want).enumerate() {
+        let d = (norm(g) - norm(w)).abs();
+        assert!(d <= 1e-5, "{what} vector {t}: length {} vs PyLate's {}", norm(g), norm(w));
+        most = most.max(d);
+    }
+    (worst, most)
+}
+
+/// PyLate's `encode(documents, is_query=False, pool_factor=k, protected_tokens=p)`
+/// (`tests/fixtures/make_pylate_pool.py`) against the server's `pool_factor` over raw HTTP
+/// (no official client sends it): per document the same number of pooled vectors, in the
+/// same order, each with cosine ≥ 0.99999 and the same length, on `/v1/embeddings` and TEI's
+/// `/embed_all`.
+#[test]
+fn pool_factor_pools_document_vectors_as_pylate_does() {
+    let server = Server::start(ServerOptions { models: MODELS.to_vec(), ..Default::default() });
+    let r = reference("pylate-pool");
+    let docs = &r["documents"];
+    for model in MODELS {
+        let per = &r["pooled"][model];
+        let (mut worst, mut most) = (1f64, 0f64);
+        for case in per["cases"].as_array().unwrap() {
+            let (k, p) = (&case["pool_factor"], &case["protected_tokens"]);
+            let mut req = json!({"model": model, "input": docs, "return_colbert_vecs": true, "is_query": false,
+                                 "pool_factor": k});
+            if p != 1 {
+                req["protected_tokens"] = p.clone(); // else PyLate's default, 1, unsent
+            }
+            let (status, body) = server.post("/v1/embeddings", &req);
+            assert_eq!(status, 200, "{body}\nserver log:\n{}", server.log_text());
+            let mut tei = json!({"model": model, "inputs": docs, "is_query": false, "pool_factor": k});
+            tei["protected_tokens"] = p.clone();
+            let (status, all) = server.post("/embed_all", &tei);
+            assert_eq!(status, 200, "{all}");
+            for (i, want) in case["vectors"].as_array().unwrap().iter().enumerate() {
+                let what = format!("{model} pool_factor {k} protected_tokens {p} document {i}");
+                let got = rows(&body["data"][i]["colbert_embedding"]);
+                let (w, d) = assert_pooled(&got, &rows(want), &format!("{what} /v1/embeddings"));
+                (worst, most) = (worst.min(w), most.max(d));
+                assert_pooled(&rows(&all[i]), &rows(want), &format!("{what} /embed_all"));
+            }
+        }
+        let unpooled: Vec<u64> =
+            per["unpooled_counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect();
+        eprintln!("{model}: unpooled vectors {unpooled:?}, worst pooled cosine {worst:.7}, largest length difference {most:.1e}");
+    }
+    assert_eq!(server.stop(), Some(0));
+}
+
+#[test]
+fn pool_factor_is_refused_for_queries_other_models_and_bad_values() {
+    let models = vec!["tiny-bert-pylate", "tiny-bert-embed", "tiny-bge-m3"];
+    let server = Server::start(ServerOptions { models, ..Default::default() });
+    let doc = |model: &str, extra: Value| {
+        let mut req = json!({"model": model, "input": ["a short document"], "return_colbert_vecs": true});
+        if model == "tiny-bert-pylate" {
+            req["is_query"] = json!(false);
+        }
+        req.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        req
+    };
+    let refused = |path: &str, req: Value, param: &str, says: &str| {
+        let (status, body) = server.post(path, &req);
+        assert_eq!(status, 400, "{req}: {body}");
+        let text = body.to_string();
+        assert!(text.contains(says) && !text.contains("/src/"), "{req}: {text}");
+        if path.starts_with("/v1/") {
+            assert_eq!(body["error"]["param"], param, "{req}: {body}");
+        }
+    };
+    let m = "tiny-bert-pylate";
+    for bad in [json!(0), json!(-2), json!(2.5), json!("2"), json!(1e30), json!(25)] {
+        refused("/v1/embeddings", doc(m, json!({"pool_factor": bad})), "pool_factor", "pool_factor");
+    }
+    refused(
+        "/v1/embeddings",
+        doc(m, json!({"pool_factor": 2, "protected_tokens": -1})),
+        "protected_tokens",
+        "protected_tokens",
+    );
+    let query = json!({"model": m, "input": "q", "return_colbert_vecs": true, "is_query": true, "pool_factor": 2});
+    refused("/v1/embeddings", query, "pool_factor", "does not pool queries");
+    refused(
+        "/embed_all",
+        json!({"model": m, "inputs": "q", "is_query": true, "pool_factor": 2}),
+        "",
+        "does not pool queries",
+    );
+    refused("/embed_all", json!({"model": m, "inputs": "d", "is_query": false, "pool_factor": 0}), "", "pool_factor");
+    for other in ["tiny-bge-m3", "tiny-bert-embed"] {
+        refused("/v1/embeddings", doc(other, json!({"pool_factor": 2})), "pool_factor", "PyLate ColBERT models");
+        refused("/embed_all", json!({"model": other, "inputs": "d", "pool_factor": 2}), "", "PyLate ColBERT models");
+    }
+    refused("/v1/embeddings", doc("tiny-bge-m3", json!({"protected_tokens": 1})), "protected_tokens", "PyLate");
+    // pool_factor 1 (the default) and queries without it still answer.
+    let (status, body) = server.post("/v1/embeddings", &doc(m, json!({"pool_factor": 1})));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.stop(), Some(0));
+}

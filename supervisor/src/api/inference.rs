@@ -13,6 +13,7 @@ use mlx_serve_protocol::{torch_heads, ModelKind, TokenOutputs};
 
 use super::chunking::{self, ChunkingRequest};
 use super::pylate;
+use super::pylate_pool::{self, TokenPooling};
 use super::{ApiError, AppState};
 use crate::runner::vector_cache::{self, Cached, Key, VectorCache};
 use crate::runner::{JobClass, JobError, JobOutput, JobTicket, ModelEntry, RunnerHandle, TokenRows};
@@ -207,6 +208,9 @@ pub struct EmbedOptions {
     pub chunking: Option<ChunkingRequest>,
     /// Extension: queries or documents, for a PyLate ColBERT model (`pylate.rs`).
     pub is_query: Option<bool>,
+    /// Extension: PyLate's token pooling of a PyLate model's document vectors
+    /// (`pylate_pool.rs`).
+    pub pool: Option<TokenPooling>,
 }
 
 /// Refuses per-token outputs the model has no head for, naming the head (`param` is the
@@ -316,6 +320,28 @@ pub fn token_ids_refused() -> ApiError {
 
 /// Embeds texts or token-id lists with `model`.
 pub async fn embed(state: &AppState, model: &str, inputs: Inputs, opts: EmbedOptions) -> Result<Embedded, ApiError> {
+    let pool = opts.pool.filter(TokenPooling::pools);
+    let out = embed_unpooled(state, model, inputs, opts).await?;
+    match pool {
+        Some(pool) => pool_tokens(out, pool).await,
+        None => Ok(out),
+    }
+}
+
+/// PyLate's token pooling of each input's token vectors (`prepare` checked the request).
+async fn pool_tokens(mut out: Embedded, pool: TokenPooling) -> Result<Embedded, ApiError> {
+    let rows = out.token_rows.as_mut().ok_or_else(|| ApiError::internal("the worker returned no token vectors"))?;
+    let docs = std::mem::take(&mut rows.colbert);
+    rows.colbert = pylate_pool::pool_documents(docs, rows.colbert_dim, pool).await?;
+    Ok(out)
+}
+
+async fn embed_unpooled(
+    state: &AppState,
+    model: &str,
+    inputs: Inputs,
+    opts: EmbedOptions,
+) -> Result<Embedded, ApiError> {
     let (entry, long) = prepare(state, model, &inputs, &opts).await?;
     check_input_count(state, inputs.len())?;
     let outputs = opts.outputs;
@@ -371,6 +397,7 @@ pub(super) async fn prepare(
         return Err(ApiError::invalid_param("input", "`input` must not be empty"));
     }
     let outputs = opts.outputs;
+    pylate_pool::check(&entry, opts.is_query, opts.pool)?;
     check_token_outputs(&entry, outputs, "model")?;
     pylate::check_is_query(&entry, opts.is_query)?;
     if pylate::is_colbert(&entry) {

@@ -48,6 +48,7 @@ mod pieces;
 mod predict;
 mod priority;
 mod pylate;
+mod pylate_pool;
 mod rerank;
 mod score;
 mod similarity;
@@ -56,6 +57,7 @@ mod tei;
 mod tei_tokens;
 mod tokenize;
 mod usage;
+mod ward_linkage;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware;

@@ -93,6 +93,17 @@ pub struct EmbeddingsRequest {
     /// (`false`: document marker, punctuation vectors left out); PyLate's
     /// `encode(is_query=...)`.
     pub is_query: Option<bool>,
+    /// Extension: PyLate's token pooling of a PyLate ColBERT model's document vectors
+    /// (`"is_query": false`): an integer >= 1, at most the model's `document_length`
+    /// (default 1, no pooling). The vectors after the protected ones are clustered by
+    /// Ward's method and each cluster's mean kept, leaving about 1/`pool_factor` of them;
+    /// PyLate's `encode(pool_factor=...)`. 400 on any other model and for queries.
+    #[schema(value_type = Option<i64>, minimum = 1)]
+    pub pool_factor: Option<serde_json::Value>,
+    /// Extension: with `pool_factor`, how many of a document's first vectors are kept as they
+    /// are (default 1, the [CLS] token's); PyLate's `encode(protected_tokens=...)`.
+    #[schema(value_type = Option<i64>, minimum = 0)]
+    pub protected_tokens: Option<serde_json::Value>,
     /// Extension: late chunking. Each text runs through the model once (in overlapping
     /// macro-windows past the model's window); its item gets `late_chunks`, one vector per
     /// chunk pooled from the chunk's span of token states, and `embedding` stays the
@@ -188,6 +199,8 @@ pub async fn embeddings(
             ("return_sparse", req.return_sparse == Some(true)),
             ("return_colbert_vecs", req.return_colbert_vecs == Some(true)),
             ("is_query", req.is_query.is_some()),
+            ("pool_factor", req.pool_factor.is_some()),
+            ("protected_tokens", req.protected_tokens.is_some()),
         ];
         if let Some((name, _)) = others.iter().find(|(_, set)| *set) {
             return Err(ApiError::invalid_param(
@@ -205,6 +218,7 @@ pub async fn embeddings(
         let out = late_chunking::late_embed(&state, &req.model, texts, rules, overlap, "late_chunking").await?;
         return late_response(out, req.model, dims, base64);
     }
+    let pool = super::pylate_pool::parse(req.pool_factor.as_ref(), req.protected_tokens.as_ref())?;
     let inputs: inference::Inputs = input.into();
     let opts = EmbedOptions {
         truncate: req.truncate,
@@ -217,6 +231,7 @@ pub async fn embeddings(
         },
         chunking: req.chunking,
         is_query: req.is_query,
+        pool,
     };
     if inputs.len() > state.config.limits.max_inputs_per_request && !opts.outputs.any() {
         let model = req.model.clone();

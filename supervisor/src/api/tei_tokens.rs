@@ -45,6 +45,14 @@ pub struct TokensRequest {
     /// Extension: for a PyLate ColBERT model (required there), whether the inputs are
     /// queries or documents (`/v1/embeddings`' `is_query`).
     pub is_query: Option<bool>,
+    /// Extension (`/embed_all`): PyLate's token pooling of a PyLate ColBERT model's document
+    /// vectors (`/v1/embeddings`' `pool_factor`).
+    #[schema(value_type = Option<i64>, minimum = 1)]
+    pub pool_factor: Option<serde_json::Value>,
+    /// Extension (`/embed_all`): with `pool_factor`, the first vectors kept as they are
+    /// (`/v1/embeddings`' `protected_tokens`).
+    #[schema(value_type = Option<i64>, minimum = 0)]
+    pub protected_tokens: Option<serde_json::Value>,
 }
 
 /// TEI's `SparseValue`: a token id and its weight.
@@ -58,12 +66,14 @@ async fn run(state: &SharedState, req: TokensRequest, outputs: TokenOutputs) -> 
     let inputs = req.inputs.ok_or_else(|| ApiError::invalid_param("inputs", "`inputs` is required"))?;
     check_truncation_direction(req.truncation_direction.as_deref())?;
     let model = model_or_only(state, req.model, ModelKind::Embedding)?;
+    let pool = super::pylate_pool::parse(req.pool_factor.as_ref(), req.protected_tokens.as_ref())?;
     let opts = EmbedOptions {
         truncate: req.truncate,
         prompt_name: req.prompt_name,
         prompt: req.prompt,
         outputs,
         is_query: req.is_query,
+        pool,
         ..Default::default()
     };
     inference::embed(state, &model, inputs.into(), opts).await
@@ -94,7 +104,7 @@ pub async fn embed_sparse(
 
 /// Token vectors per input (TEI; bge-m3's ColBERT head, one per token after CLS).
 #[utoipa::path(post, path = "/embed_all", tag = "TEI", request_body = TokensRequest,
-    responses((status = 200, body = Vec<Vec<Vec<f32>>>, description = "per input, one normalized vector per token after CLS"), (status = "4XX", body = TeiErrorBody, description = "invalid request, a model without the ColBERT head, unknown model, too large, overloaded")))]
+    responses((status = 200, body = Vec<Vec<Vec<f32>>>, description = "per input, one normalized vector per token after CLS (bge-m3), or a PyLate ColBERT model's token vectors (with pool_factor a document's pooled ones: cluster means, not renormalized)"), (status = "4XX", body = TeiErrorBody, description = "invalid request, a model without the ColBERT head, pool_factor on a query or a model that is not PyLate's, unknown model, too large, overloaded")))]
 pub async fn embed_all(
     State(state): State<SharedState>,
     body: Result<Bytes, BytesRejection>,
