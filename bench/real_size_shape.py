@@ -34,7 +34,7 @@ from sentence_transformers.base.modules import Dense, Normalize, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 from transformers import (DistilBertConfig, DistilBertModel, Gemma3TextConfig, Gemma3TextModel, GteConfig, GteModel,
                           ModernBertConfig, ModernBertModel, MPNetConfig, MPNetModel, NomicBertConfig, NomicBertModel,
-                          Qwen2Config, Qwen2Model)
+                          Qwen2Config, Qwen2Model, XLMRobertaConfig, XLMRobertaModel)
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER = ROOT / ".deps" / "all-MiniLM-L6-v2"
@@ -141,6 +141,25 @@ def gte_qwen2():
     return "qwen2", Qwen2Model(cfg), "lasttoken", [], True, {}
 
 
+def bge_m3():
+    # BAAI/bge-m3 config.json: XLM-RoBERTa large (hidden 1024, 24 layers, 16 heads, intermediate
+    # 4096, vocab 250002, 8194 positions); CLS pooling, normalized; plus its two heads
+    # (bge_m3_heads): sparse_linear Linear(1024, 1) and colbert_linear Linear(1024, 1024).
+    cfg = XLMRobertaConfig(vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                           intermediate_size=4096, hidden_act="gelu", max_position_embeddings=8194,
+                           type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    cfg.architectures = ["XLMRobertaModel"]
+    return "xlm_roberta", XLMRobertaModel(cfg, add_pooling_layer=False), "cls", [], True, {}
+
+
+def bge_m3_heads(out: Path) -> None:
+    """bge-m3's heads beside the weights, as it ships them: `torch.save` of each Linear's
+    state_dict, the ColBERT head in float16 (as tests/fixtures/make_bge_m3.py writes them)."""
+    sparse, colbert = torch.nn.Linear(1024, 1), torch.nn.Linear(1024, 1024)
+    torch.save(sparse.state_dict(), out / "sparse_linear.pt")
+    torch.save(colbert.half().state_dict(), out / "colbert_linear.pt")
+
+
 SHAPES = {
     "nomic-embed-text-v1.5": nomic_embed_text_v15,
     "nomic-embed-text-v2-moe": nomic_embed_text_v2_moe,
@@ -150,6 +169,7 @@ SHAPES = {
     "msmarco-distilbert-base-v4": msmarco_distilbert_base_v4,
     "embeddinggemma-300m": embeddinggemma,
     "gte-qwen2-1.5b": gte_qwen2,
+    "bge-m3": bge_m3,
 }
 
 
@@ -211,6 +231,8 @@ def main() -> None:
     if shape == "nomic-embed-text-v2-moe":
         nomic_moe_folders(model, out, hub)
         serve = hub
+    if shape == "bge-m3":
+        bge_m3_heads(out)
     if family == "new":
         # The Hub's layout, written and read back by the fixture generator's own code.
         sys.path.insert(0, str(ROOT / "tests" / "fixtures"))

@@ -63,20 +63,28 @@ fn token_content(v: &Value) -> Option<&str> {
     v.as_str().or_else(|| v.get("content").and_then(Value::as_str))
 }
 
-/// Ids of the cls/eos/pad/unk tokens (special_tokens_map.json → tokenizer.json's
-/// `added_tokens`), the ones `_process_token_weights` leaves out.
+/// Ids of the cls/eos/pad/unk tokens (special_tokens_map.json, or tokenizer_config.json where
+/// transformers 5 keeps them and writes no map → tokenizer.json's `added_tokens`), the ones
+/// `_process_token_weights` leaves out.
 fn unused_ids(dir: &Path) -> Result<HashSet<u32>> {
     let read = |name: &str| -> Result<Value> {
         let text = std::fs::read_to_string(dir.join(name)).with_context(|| format!("reading {name}"))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {name}"))
     };
-    let map = read("special_tokens_map.json")?;
+    let optional = |name: &str| -> Result<Value> {
+        if dir.join(name).is_file() {
+            read(name)
+        } else {
+            Ok(Value::Null)
+        }
+    };
+    let (map, config) = (optional("special_tokens_map.json")?, optional("tokenizer_config.json")?);
     let tokenizer = read("tokenizer.json")?;
     let added = tokenizer["added_tokens"].as_array().cloned().unwrap_or_default();
     let vocab = &tokenizer["model"]["vocab"];
     let mut ids = HashSet::new();
     for key in ["cls_token", "eos_token", "pad_token", "unk_token"] {
-        let Some(content) = map.get(key).and_then(token_content) else { continue };
+        let Some(content) = map.get(key).or_else(|| config.get(key)).and_then(token_content) else { continue };
         let id = added
             .iter()
             .find(|t| t["content"].as_str() == Some(content))
@@ -92,7 +100,7 @@ fn unused_ids(dir: &Path) -> Result<HashSet<u32>> {
             });
         match id {
             Some(id) => ids.insert(id as u32),
-            None => bail!("special_tokens_map.json names {key} {content:?}, which tokenizer.json does not have"),
+            None => bail!("the tokenizer's {key} is {content:?}, which tokenizer.json does not have"),
         };
     }
     Ok(ids)
@@ -181,5 +189,32 @@ impl M3Heads {
                 best.into_iter().collect()
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// transformers 5 writes no special_tokens_map.json: the tokens come from
+    /// tokenizer_config.json then; a map, where there is one, names them first.
+    #[test]
+    fn unused_ids_come_from_the_map_or_the_tokenizer_config() {
+        let dir = std::env::temp_dir().join(format!("mlx-serve-bge-m3-unused-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let vocab = serde_json::json!({"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "hello": 4});
+        let tokenizer = serde_json::json!({"added_tokens": [], "model": {"vocab": vocab}});
+        std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+        let config = serde_json::json!({"cls_token": "[CLS]", "pad_token": {"content": "[PAD]"}, "unk_token": "[UNK]"});
+        std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+        assert_eq!(unused_ids(&dir).unwrap(), HashSet::from([0, 1, 2]));
+        let map = serde_json::json!({"cls_token": "[CLS]", "eos_token": "[SEP]"});
+        std::fs::write(dir.join("special_tokens_map.json"), map.to_string()).unwrap();
+        assert_eq!(unused_ids(&dir).unwrap(), HashSet::from([0, 1, 2, 3]));
+        std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "[BOS]"}"#).unwrap();
+        std::fs::remove_file(dir.join("special_tokens_map.json")).unwrap();
+        let err = unused_ids(&dir).unwrap_err().to_string();
+        assert!(err.contains("eos_token") && err.contains("[BOS]"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
