@@ -15,6 +15,7 @@ use super::chunking::{self, ChunkingRequest};
 use super::pylate;
 use super::pylate_pool::{self, TokenPooling};
 use super::{ApiError, AppState};
+use crate::runner::cpu_gate::{self, CpuGate};
 use crate::runner::vector_cache::{self, Cached, Key, VectorCache};
 use crate::runner::{JobClass, JobError, JobOutput, JobTicket, ModelEntry, RunnerHandle, TokenRows};
 use crate::tokenize::{LongInput, TokenizeError, Tokens};
@@ -57,36 +58,65 @@ pub struct Scored {
     pub tokens: usize,
 }
 
+/// Where a tokenization runs (`off_thread`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tokenizing {
+    /// A few microseconds: on the async thread.
+    Inline,
+    /// Milliseconds: on a blocking thread.
+    OffThread,
+    /// Milliseconds of bulk work (a priority worse than `scheduling.default_priority`): on
+    /// a blocking thread, taking turns with CPU workers' forwards (`runner/cpu_gate.rs`).
+    Yielding,
+}
+
+impl Tokenizing {
+    pub fn of(state: &AppState, heavy: bool, class: JobClass) -> Tokenizing {
+        match heavy {
+            false => Tokenizing::Inline,
+            true if class.priority > state.config.scheduling.default_priority => Tokenizing::Yielding,
+            true => Tokenizing::OffThread,
+        }
+    }
+}
+
 /// Runs tokenization off the async threads when it is more than a few microseconds, at
 /// most one such job per core at a time: it is CPU-bound, and each job holds up to a
 /// batch of encodings (`tokenize.rs`), so this bounds the tokenizer's memory too.
 pub(super) async fn off_thread<T: Send + 'static>(
-    heavy: bool,
+    how: Tokenizing,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     // Every caller tokenizes here: the request's trace gets a `tokenize` span (with the
     // wait for a tokenizer thread in it).
-    let span = crate::telemetry::enabled()
-        .then(|| tracing::info_span!(target: "mlx_serve::trace", "tokenize", mlx.tokenize.off_thread = heavy));
+    let span = crate::telemetry::enabled().then(|| {
+        tracing::info_span!(target: "mlx_serve::trace", "tokenize", mlx.tokenize.off_thread = how != Tokenizing::Inline)
+    });
     match span {
         Some(span) => {
             let inner = span.clone();
-            tracing::Instrument::instrument(tokenize_off_thread(heavy, move || inner.in_scope(f)), span).await
+            tracing::Instrument::instrument(tokenize_off_thread(how, move || inner.in_scope(f)), span).await
         }
-        None => tokenize_off_thread(heavy, f).await,
+        None => tokenize_off_thread(how, f).await,
     }
 }
 
 async fn tokenize_off_thread<T: Send + 'static>(
-    heavy: bool,
+    how: Tokenizing,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ApiError> {
     static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    if heavy {
+    if how != Tokenizing::Inline {
         let slots = SLOTS.get_or_init(|| {
             tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
         });
         let _slot = slots.acquire().await.map_err(|_| ApiError::unavailable("server is shutting down", 1))?;
+        // Bulk tokenization waits for CPU workers' forwards to pause: beside one, both
+        // are slowed, and the queries behind it with them.
+        let _gate = match how {
+            Tokenizing::Yielding => Some(CpuGate::global().hold(cpu_gate::DRAIN_WAIT).await),
+            _ => None,
+        };
         tokio::task::spawn_blocking(f).await.map_err(|e| {
             // A panic inside the tokenizer: its message (files, lines) stays in the log.
             tracing::error!("tokenizer task failed: {e}");
@@ -353,7 +383,8 @@ async fn embed_unpooled(
             // Per-token outputs are not cached: such a request computes every input.
             let vectors = (!outputs.any()).then(|| state.pool.vectors().clone());
             let max_tokens = state.config.limits.max_tokens_per_request;
-            let cached = off_thread(heavy, move || {
+            let how = Tokenizing::of(state, heavy, super::priority::current());
+            let cached = off_thread(how, move || {
                 cached_then_tokenized(&model, vectors.as_deref(), texts, &opts, long, max_tokens, 0)
             })
             .await??;
@@ -671,7 +702,8 @@ pub async fn rerank(
     let truncate = truncate.unwrap_or(state.config.limits.truncate);
     let heavy = documents.iter().map(String::len).sum::<usize>() > 8192;
     let tok = entry.tokenizer.clone();
-    let seqs = off_thread(heavy, move || {
+    let how = Tokenizing::of(state, heavy, super::priority::current());
+    let seqs = off_thread(how, move || {
         let refs: Vec<&str> = documents.iter().map(String::as_str).collect();
         tok.encode_pairs(&query, &refs, instruction.as_deref(), truncate)
     })
@@ -699,7 +731,8 @@ pub async fn rerank_pairs(
     let truncate = truncate.unwrap_or(state.config.limits.truncate);
     let heavy = pairs.iter().map(|(a, b)| a.len() + b.len()).sum::<usize>() > 8192;
     let tok = entry.tokenizer.clone();
-    let seqs = off_thread(heavy, move || {
+    let how = Tokenizing::of(state, heavy, super::priority::current());
+    let seqs = off_thread(how, move || {
         let mut seqs = Vec::with_capacity(pairs.len());
         for (k, (first, second)) in pairs.iter().enumerate() {
             let mut one = tok.encode_pairs(first, &[second.as_str()], None, truncate).map_err(|e| match e {
@@ -768,7 +801,8 @@ pub async fn classify(
         .sum::<usize>()
         > 8192;
     let tok = entry.tokenizer.clone();
-    let seqs = off_thread(heavy, move || {
+    let how = Tokenizing::of(state, heavy, super::priority::current());
+    let seqs = off_thread(how, move || {
         let mut seqs = Vec::with_capacity(inputs.len());
         for (k, input) in inputs.iter().enumerate() {
             let one = match input {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::encode::{self, Vector};
-use super::inference::{self, check_input_count, check_request_tokens, off_thread};
+use super::inference::{self, check_input_count, check_request_tokens, off_thread, Tokenizing};
 use super::late_request::LateChunking;
 use super::usage::Usage;
 use super::{chunking, parse_body, with_log, ApiError, AppState, RequestLog, SharedState};
@@ -82,7 +82,8 @@ pub async fn late_embed(
     let max_tokens = state.config.limits.max_tokens_per_request;
     let heavy = docs.iter().map(String::len).sum::<usize>() > 8192;
     let tok = entry.tokenizer.clone();
-    let prepared = off_thread(heavy, move || {
+    let how = Tokenizing::of(state, heavy, super::priority::current());
+    let prepared = off_thread(how, move || {
         docs.iter()
             .zip(&rules)
             .enumerate()

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use futures_util::stream::{self, Stream, StreamExt};
 use mlx_serve_protocol::TokenOutputs;
 
-use super::inference::{self, EmbedOptions, Embedded, Inputs, Submit};
+use super::inference::{self, EmbedOptions, Embedded, Inputs, Submit, Tokenizing};
 use super::{ApiError, SharedState};
 use crate::runner::{JobClass, JobOutput, ModelEntry};
 use crate::tokenize::LongInput;
@@ -62,7 +62,8 @@ pub async fn plan(state: &SharedState, model: &str, inputs: Inputs, opts: EmbedO
                 let heavy = inference::heavy_texts(&block, &opts);
                 let (model, o) = (entry.clone(), opts.clone());
                 let budget = max_tokens.saturating_sub(tokens);
-                let counted = inference::off_thread(heavy, move || {
+                let how = Tokenizing::of(state, heavy, super::priority::current());
+                let counted = inference::off_thread(how, move || {
                     inference::cached_then_tokenized(&model, None, block, &o, long, budget, first).map(|c| {
                         let seq_tokens: usize = c.seqs.iter().map(|s| s.ids.len()).sum();
                         (seq_tokens, c.windows)
@@ -154,7 +155,8 @@ async fn piece(
             let model = entry.clone();
             let vectors = state.pool.vectors().clone();
             let max_tokens = state.config.limits.max_tokens_per_request;
-            let found = inference::off_thread(heavy, move || {
+            let tokenizing = Tokenizing::of(&state, heavy, how.class);
+            let found = inference::off_thread(tokenizing, move || {
                 inference::cached_then_tokenized(&model, Some(&*vectors), block, &opts, long, max_tokens, range.start)
             })
             .await??;

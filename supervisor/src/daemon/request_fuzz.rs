@@ -232,6 +232,7 @@ fn app() -> &'static App {
                 stop_grace: Duration::from_secs(1),
                 hung_after: Duration::ZERO, // no watchdog: the fake worker answers at once
                 launcher: Arc::new(FakeLauncher::default()),
+                cpu_gate: crate::runner::cpu_gate::CpuGate::global(),
             };
             let s = Store::new(store.clone());
             let pool = Pool::new(

@@ -18,9 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mlx_serve_protocol::{ErrorKind, ModelKind, SupervisorMessage, WorkerMessage, WorkerStats};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::cpu_gate::Seat;
 use super::handle::{JobError, PoolRequest, RunnerError, RunnerHandle, RunnerMsg, RunnerStatus};
 use super::jobs::{BatchOutput, Jobs};
 use super::RunnerConfig;
@@ -106,6 +107,13 @@ struct Runner {
     /// Batch bounds for the current worker's device (`RunnerConfig::limits` or `gpu_limits`).
     limits: Limits,
     slot: Slot,
+    /// Whether the last worker computes on the CPU backend: its batches then wait while a
+    /// heavy tokenization holds the CPU gate (`cpu_gate.rs`).
+    on_cpu: bool,
+    /// Counted at the CPU gate while a CPU worker's batch is in flight.
+    seat: Seat,
+    /// The gate's holders: a change wakes the loop to dispatch what the gate held.
+    gate_holders: watch::Receiver<usize>,
     /// The last start's number: a start that finishes after it was superseded (the slot
     /// no longer waits for that number) is dropped.
     generation: u64,
@@ -137,6 +145,7 @@ pub fn spawn_runner(
     let status = Arc::new(Mutex::new(RunnerStatus::default()));
     let (started_tx, started_rx) = mpsc::unbounded_channel();
     let queue_bounds = (cfg.max_queue, cfg.default_priority);
+    let gate = cfg.cpu_gate;
     let runner = Runner {
         name: name.clone(),
         dir,
@@ -151,6 +160,9 @@ pub fn spawn_runner(
         head_since: Instant::now(),
         pace: Pace::default(),
         slot: Slot::Empty,
+        on_cpu: false,
+        seat: gate.seat(),
+        gate_holders: gate.watch_holders(),
         generation: 0,
         start_failures: 0,
         restart_at: None,
@@ -206,9 +218,11 @@ impl Runner {
                 ev = next_event(&mut self.slot) => self.on_worker_event(ev).await,
                 Some(done) = started.recv() => self.on_started(done),
                 _ = sleep_until_opt(wake), if wake.is_some() => {}
+                _ = self.gate_holders.changed(), if self.on_cpu => {}
             }
             self.check_deadlines().await;
             self.pump();
+            self.seat.set_computing(self.on_cpu && !self.in_flight.is_empty());
             self.publish_status();
         }
     }

@@ -10,6 +10,7 @@
 //! - `recovery.rs`: what a worker's death does to the inputs it held (retry, suspect,
 //!   convict, give up), when a batch means the worker hangs, restart back-off; pure
 //!   functions.
+//! - `cpu_gate.rs`: heavy tokenization and CPU workers' forwards take turns on the cores.
 //! - `pool.rs`: runners by model, created on first use; `eviction.rs`: TTL and LRU.
 //! - `vector_cache.rs`: the embedding cache (vectors by model and text, LRU under a byte
 //!   budget), held by the pool so that forgetting a model drops its vectors;
@@ -22,6 +23,7 @@
 
 mod actor;
 pub mod cached_vector;
+pub mod cpu_gate;
 pub mod disk_cache;
 mod eviction;
 mod handle;
@@ -76,6 +78,9 @@ pub struct RunnerConfig {
     /// `limits.hung_worker_seconds`: the watchdog's floor (zero: no watchdog).
     pub hung_after: Duration,
     pub launcher: Arc<dyn WorkerLauncher>,
+    /// Where CPU workers' batches take turns with heavy tokenization: the daemon's one
+    /// (`CpuGate::global`), or a test's own.
+    pub cpu_gate: &'static cpu_gate::CpuGate,
 }
 
 impl RunnerConfig {
@@ -99,6 +104,7 @@ impl RunnerConfig {
             stop_grace: Duration::from_secs(5),
             hung_after: Duration::from_secs(config.limits.hung_worker_seconds),
             launcher,
+            cpu_gate: cpu_gate::CpuGate::global(),
         }
     }
 }

@@ -62,6 +62,10 @@ impl Runner {
             // A restart waits for what is in flight; sending more would delay it.
             return Decision::Wait(None);
         }
+        if self.on_cpu && self.cfg.cpu_gate.is_held() {
+            // A heavy tokenization wants the cores; the gate's release wakes the loop.
+            return Decision::Wait(None);
+        }
         decide(&self.queue, self.in_flight_now(), now, self.rules())
     }
 

@@ -61,6 +61,7 @@ impl Runner {
                     s.last_error = None;
                 }
                 self.limits = if link.info().device == Device::Gpu { self.cfg.gpu_limits } else { self.cfg.limits };
+                self.on_cpu = link.info().device == Device::Cpu;
                 self.slot = Slot::Running { link, events };
                 self.restart_at = None;
                 for waiter in self.load_waiters.drain(..).chain(self.restart_waiters.drain(..)) {

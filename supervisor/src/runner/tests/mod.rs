@@ -9,6 +9,7 @@
 //! test looks, and `max_wait`, back-off or watchdog deadlines pass exactly, never flakily.
 
 mod faults;
+mod gate_turns;
 mod late;
 mod properties;
 
@@ -20,6 +21,7 @@ use mlx_serve_protocol::ModelKind;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
+use super::cpu_gate::{CpuGate, DRAIN_WAIT};
 use super::eviction;
 use super::handle::{JobError, JobOutput, JobTicket, PoolRequest, RunnerError, RunnerHandle};
 use super::{spawn_runner, RunnerConfig};
@@ -46,6 +48,7 @@ fn config(fake: &FakeLauncher) -> RunnerConfig {
         stop_grace: Duration::from_secs(1),
         hung_after: HUNG_AFTER,
         launcher: Arc::new(fake.clone()),
+        cpu_gate: CpuGate::leaked(),
     }
 }
 
