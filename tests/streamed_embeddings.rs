@@ -4,7 +4,8 @@
 //! every vector right (tests/clients/streamed_client.py); a bad input late in the request
 //! is a 400 before anything is computed; the supervisor's memory does not grow with the
 //! answer; a client gone mid-answer stops the work; cached vectors answer per piece; the
-//! streamed bytes are the unstreamed answer's.
+//! streamed bytes are the unstreamed answer's. The same for TEI's `/embed` and Ollama's
+//! `/api/embed` (huggingface_hub and the `ollama` package, tests/clients/streamed_tei_ollama.py).
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,58 @@ fn the_openai_client_gets_every_vector_of_a_streamed_request() {
     let count = std::env::var("STREAMED_INPUTS").unwrap_or_else(|_| "5000".to_owned());
     let out = run_client("streamed_client.py", &server, &[&count]);
     println!("{out}");
+}
+
+#[test]
+fn tei_and_ollama_clients_get_every_vector_of_a_streamed_request() {
+    let server = minilm("limits:\n  max_inputs_per_request: 64\nembedding_cache:\n  memory_mb: 0\n");
+    let out = run_client("streamed_tei_ollama.py", &server, &["700"]);
+    println!("{out}");
+}
+
+#[test]
+fn tei_and_ollama_streamed_bytes_are_their_unstreamed_answers() {
+    let server = minilm("limits:\n  max_inputs_per_request: 64\n");
+    let all = texts(150);
+    // Unstreamed, in requests of at most 64 (these fill the embedding cache).
+    let (mut rows, mut ollama_rows, mut tokens) = (Vec::new(), Vec::new(), 0);
+    for part in all.chunks(64) {
+        let (status, body) = server.post("/embed", &json!({"inputs": part}));
+        assert_eq!(status, 200, "{body}");
+        rows.extend(body.as_array().unwrap().iter().cloned());
+        let (status, body) = server.post("/api/embed", &json!({"model": MINILM, "input": part}));
+        assert_eq!(status, 200, "{body}");
+        tokens += body["prompt_eval_count"].as_u64().unwrap();
+        ollama_rows.extend(body["embeddings"].as_array().unwrap().iter().cloned());
+    }
+    let (status, head, body) = raw::post_to_end(server.port, "/embed", &json!({"inputs": all}));
+    assert_eq!(status, 200, "{head}");
+    assert!(!head.to_ascii_lowercase().contains("content-length"), "streamed: {head}");
+    let text = String::from_utf8(body.expect("a complete chunked body")).unwrap();
+    assert!(text.starts_with("[[") && text.ends_with("]]"), "TEI's bare rows: {:.40}", text);
+    let got: Value = serde_json::from_str(&text).unwrap();
+    assert!(got == Value::Array(rows.clone()), "TEI: the streamed rows differ from the unstreamed ones");
+    let (status, head, body) = raw::post_to_end(server.port, "/api/embed", &json!({"model": MINILM, "input": all}));
+    assert_eq!(status, 200, "{head}");
+    assert!(!head.to_ascii_lowercase().contains("content-length"), "streamed: {head}");
+    let text = String::from_utf8(body.expect("a complete chunked body")).unwrap();
+    // The unstreamed answer's bytes but for the time taken.
+    let got: Value = serde_json::from_str(&text).unwrap();
+    let nanos = got["total_duration"].as_u64().expect("total_duration");
+    assert!(nanos > 0);
+    let want = json!({"model": MINILM, "embeddings": ollama_rows, "total_duration": nanos, "load_duration": 0,
+        "prompt_eval_count": tokens});
+    let head = format!(r#"{{"model":"{MINILM}","embeddings":[["#);
+    let end = format!(r#"]],"total_duration":{nanos},"load_duration":0,"prompt_eval_count":{tokens}}}"#);
+    assert!(text.starts_with(&head) && text.ends_with(&end), "{:.60} … {}", text, &text[text.len() - 80..]);
+    assert!(got == want, "Ollama: the streamed answer differs from the unstreamed ones");
+    // What the first piece finds wrong keeps its status and the route's error shape.
+    let (status, body) = server.post("/embed", &json!({"inputs": all, "normalize": false}));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error_type"], "Validation", "{body}");
+    let (status, body) = server.post("/api/embed", &json!({"model": MINILM, "input": all, "dimensions": 4000}));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("dimensions"), "{body}");
 }
 
 #[test]

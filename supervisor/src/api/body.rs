@@ -141,7 +141,7 @@ pub async fn admit(State(state): State<SharedState>, req: Request, next: Next) -
         None => return refuse(budget.overloaded()),
     }
     let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
-    if resp.extensions().get::<super::openai_stream::StreamedBody>().is_none() {
+    if resp.extensions().get::<super::streamed::StreamedBody>().is_none() {
         drop(permit);
         return resp;
     }

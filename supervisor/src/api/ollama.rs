@@ -15,12 +15,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use super::chunking::ChunkingRequest;
-use super::inference::{self, EmbedOptions, Inputs};
+use super::inference::{self, EmbedOptions, Embedded, Inputs};
 use super::input::TextInput;
 use super::{parse_body, with_log, ApiError, RequestLog, SharedState};
 use crate::resolve::ResolveError;
@@ -115,23 +115,70 @@ pub async fn embed(
         chunking: req.chunking,
         ..Default::default()
     };
+    if n > state.config.limits.max_inputs_per_request {
+        let shape = EmbedShape { model: req.model.clone(), dimensions: req.dimensions, t0 };
+        return Ok(super::streamed::respond(state.clone(), &req.model, inputs, opts, shape).await?);
+    }
     let out = inference::embed(&state, &req.model, inputs, opts).await?;
-    let (dim, data) = match req.dimensions {
-        Some(d) if d < 1 || d as usize > out.dim => {
-            return Err(ApiError::invalid(format!("dimensions must be between 1 and {}", out.dim)).into())
-        }
-        Some(d) if (d as usize) < out.dim => (d as usize, inference::shorten_rows(&out.data, out.dim, d as usize)),
-        _ => (out.dim, out.data),
+    let (dim, data) = shortened(&out, req.dimensions)?;
+    let body = EmbedResponse {
+        model: &req.model,
+        embeddings: data.chunks_exact(dim).collect(),
+        total_duration: nanos(t0.elapsed()),
+        load_duration: 0,
+        prompt_eval_count: out.tokens,
     };
-    let embeddings: Vec<&[f32]> = data.chunks_exact(dim).collect();
-    let body = json!({
-        "model": req.model,
-        "embeddings": embeddings,
-        "total_duration": nanos(t0.elapsed()),
-        "load_duration": 0,
-        "prompt_eval_count": out.tokens,
-    });
     Ok(with_log(Json(body), RequestLog { model: out.entry.name.clone(), inputs: n, tokens: out.tokens }))
+}
+
+/// `/api/embed`'s answer, in Ollama's field order; the rows are written as f32 (`json!`
+/// would widen them to f64's longer digits).
+#[derive(Serialize)]
+struct EmbedResponse<'a> {
+    model: &'a str,
+    embeddings: Vec<&'a [f32]>,
+    total_duration: u64,
+    load_duration: u64,
+    prompt_eval_count: usize,
+}
+
+/// The rows cut to `dimensions`.
+fn shortened(out: &Embedded, dimensions: Option<i64>) -> Result<(usize, Vec<f32>), ApiError> {
+    match dimensions {
+        Some(d) if d < 1 || d as usize > out.dim => {
+            Err(ApiError::invalid(format!("dimensions must be between 1 and {}", out.dim)))
+        }
+        Some(d) if (d as usize) < out.dim => Ok((d as usize, inference::shorten_rows(&out.data, out.dim, d as usize))),
+        _ => Ok((out.dim, out.data.clone())),
+    }
+}
+
+/// `/api/embed` with more inputs than `limits.max_inputs_per_request`, streamed
+/// (`streamed.rs`): `EmbedResponse`'s bytes, its `total_duration` taken when the last
+/// piece is done.
+struct EmbedShape {
+    model: String,
+    dimensions: Option<i64>,
+    t0: Instant,
+}
+
+impl super::streamed::Shape for EmbedShape {
+    fn head(&self) -> Vec<u8> {
+        let model = serde_json::to_string(&self.model).unwrap_or_default();
+        format!(r#"{{"model":{model},"embeddings":["#).into_bytes()
+    }
+
+    fn items(&self, out: &Embedded, _first: usize) -> Result<Vec<Vec<u8>>, ApiError> {
+        let (dim, data) = shortened(out, self.dimensions)?;
+        data.chunks_exact(dim.max(1))
+            .map(|row| serde_json::to_vec(row).map_err(|e| ApiError::internal(e.to_string())))
+            .collect()
+    }
+
+    fn tail(&self, tokens: usize) -> Vec<u8> {
+        let total = nanos(self.t0.elapsed());
+        format!(r#"],"total_duration":{total},"load_duration":0,"prompt_eval_count":{tokens}}}"#).into_bytes()
+    }
 }
 
 #[derive(Deserialize, ToSchema)]

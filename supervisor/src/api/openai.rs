@@ -234,15 +234,8 @@ pub async fn embeddings(
         pool,
     };
     if inputs.len() > state.config.limits.max_inputs_per_request && !opts.outputs.any() {
-        let model = req.model.clone();
-        let piece_items = move |out: &Embedded, first: usize| {
-            let (dim, data) = encode::shorten(out, dims, &model, "dimensions")?;
-            items(out, dim, &data, first, base64, false, false)
-                .iter()
-                .map(|item| serde_json::to_vec(item).map_err(|e| ApiError::internal(e.to_string())))
-                .collect()
-        };
-        return super::openai_stream::respond(state, req.model, inputs, opts, piece_items).await;
+        let shape = ListShape { model: req.model.clone(), dims, base64 };
+        return super::streamed::respond(state, &req.model, inputs, opts, shape).await;
     }
     let out = inference::embed(&state, &req.model, inputs, opts).await?;
     let (dim, data) = encode::shorten(&out, dims, &req.model, "dimensions")?;
@@ -263,6 +256,34 @@ pub async fn embeddings(
 
 /// The response items of `out` (its rows at `dim` dimensions in `data`), the first
 /// numbered `first`; `sparse` and `colbert` add the per-token outputs asked for.
+/// The streamed answer (`streamed.rs`): `EmbeddingsResponse`'s bytes, piece by piece.
+struct ListShape {
+    model: String,
+    dims: Option<usize>,
+    base64: bool,
+}
+
+impl super::streamed::Shape for ListShape {
+    fn head(&self) -> Vec<u8> {
+        br#"{"object":"list","data":["#.to_vec()
+    }
+
+    fn items(&self, out: &Embedded, first: usize) -> Result<Vec<Vec<u8>>, ApiError> {
+        let (dim, data) = encode::shorten(out, self.dims, &self.model, "dimensions")?;
+        items(out, dim, &data, first, self.base64, false, false)
+            .iter()
+            .map(|item| serde_json::to_vec(item).map_err(|e| ApiError::internal(e.to_string())))
+            .collect()
+    }
+
+    /// What follows `data` in `EmbeddingsResponse`.
+    fn tail(&self, tokens: usize) -> Vec<u8> {
+        let model = serde_json::to_string(&self.model).unwrap_or_default();
+        let usage = serde_json::to_string(&Usage::new(tokens)).unwrap_or_default();
+        format!(r#"],"model":{model},"usage":{usage}}}"#).into_bytes()
+    }
+}
+
 pub(super) fn items(
     out: &Embedded,
     dim: usize,

@@ -8,7 +8,7 @@
 //! Everything a client can be told with a status is found before the first piece is
 //! handed on: a bad input anywhere, the token limit (both in [`plan`], before anything is
 //! queued), a full queue or a failing model (the first piece). A later failure ends the
-//! stream with an error (`openai_stream.rs` aborts the response).
+//! stream with an error (`streamed.rs` aborts the response).
 
 use std::ops::Range;
 use std::sync::Arc;

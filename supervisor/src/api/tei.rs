@@ -36,7 +36,7 @@ use utoipa::ToSchema;
 use super::chunking::ChunkingRequest;
 use super::default_model::model_or_only;
 use super::encode;
-use super::inference::{self, EmbedOptions};
+use super::inference::{self, EmbedOptions, Embedded};
 use super::input::{check_truncation_direction, EmbeddingInput};
 use super::{parse_body, predict, rerank, similarity, with_log, ApiError, RequestLog, SharedState};
 
@@ -132,7 +132,20 @@ async fn embed_request(state: &SharedState, req: EmbedRequest) -> Result<Respons
         ..Default::default()
     };
     let normalize = req.normalize.unwrap_or(true);
-    let out = inference::embed(state, &model, inputs.into(), opts).await?;
+    let inputs: inference::Inputs = inputs.into();
+    if inputs.len() > state.config.limits.max_inputs_per_request {
+        let shape = RowsShape { model: model.clone(), dims, normalize };
+        return super::streamed::respond(state.clone(), &model, inputs, opts, shape).await;
+    }
+    let out = inference::embed(state, &model, inputs, opts).await?;
+    let (dim, data) = rows_of(&out, dims, normalize, &model)?;
+    let rows: Vec<&[f32]> = data.chunks_exact(dim).collect();
+    let log = RequestLog { model: out.entry.name.clone(), inputs: rows.len(), tokens: out.tokens };
+    Ok(with_log(Json(rows), log))
+}
+
+/// `/embed`'s rows: cut to `dimensions`, then normalized unless the request says not to.
+fn rows_of(out: &Embedded, dims: Option<usize>, normalize: bool, model: &str) -> Result<(usize, Vec<f32>), ApiError> {
     if !normalize && out.entry.facts.normalize {
         return Err(ApiError::invalid_param(
             "normalize",
@@ -141,13 +154,36 @@ async fn embed_request(state: &SharedState, req: EmbedRequest) -> Result<Respons
             ),
         ));
     }
-    let (dim, mut data) = encode::shorten(&out, dims, &model, "dimensions")?;
+    let (dim, mut data) = encode::shorten(out, dims, model, "dimensions")?;
     if normalize {
         encode::normalize_rows(&mut data, dim);
     }
-    let rows: Vec<&[f32]> = data.chunks_exact(dim).collect();
-    let log = RequestLog { model: out.entry.name.clone(), inputs: rows.len(), tokens: out.tokens };
-    Ok(with_log(Json(rows), log))
+    Ok((dim, data))
+}
+
+/// `/embed` with more inputs than `limits.max_inputs_per_request`, streamed
+/// (`streamed.rs`): `[[…],…]`, the rows as the unstreamed answer writes them.
+struct RowsShape {
+    model: String,
+    dims: Option<usize>,
+    normalize: bool,
+}
+
+impl super::streamed::Shape for RowsShape {
+    fn head(&self) -> Vec<u8> {
+        b"[".to_vec()
+    }
+
+    fn items(&self, out: &Embedded, _first: usize) -> Result<Vec<Vec<u8>>, ApiError> {
+        let (dim, data) = rows_of(out, self.dims, self.normalize, &self.model)?;
+        data.chunks_exact(dim.max(1))
+            .map(|row| serde_json::to_vec(row).map_err(|e| ApiError::internal(e.to_string())))
+            .collect()
+    }
+
+    fn tail(&self, _tokens: usize) -> Vec<u8> {
+        b"]".to_vec()
+    }
 }
 
 /// TEI's root route: embed (`inputs`) or rerank (`query` + `texts`), by the body.

@@ -1,7 +1,9 @@
-//! The `/v1/embeddings` answer to a request with more inputs than
+//! The answer to an embeddings request with more inputs than
 //! `limits.max_inputs_per_request`, streamed piece by piece (`pieces.rs`): the same JSON
-//! bytes the unstreamed answer has (`{"object":"list","data":[…],"model":…,"usage":{…}}`,
-//! serde's compact form, fields in the same order), written as each piece is computed.
+//! bytes the route's unstreamed answer has (serde's compact form, fields in the same
+//! order), written as each piece is computed. Each route gives its [`Shape`]: OpenAI's
+//! `{"object":"list","data":[…],"model":…,"usage":{…}}` (`openai.rs`), TEI's `[[…],…]`
+//! (`tei.rs`), Ollama's `{"embeddings":[…],…}` (`ollama.rs`).
 //!
 //! The status is decided by the first piece: every failure up to it keeps its status and
 //! shape. A failure after the 200 has started (the model lost beyond its retries, the
@@ -17,7 +19,6 @@ use futures_util::stream::{self, Stream, StreamExt};
 
 use super::inference::{EmbedOptions, Embedded, Inputs};
 use super::pieces;
-use super::usage::Usage;
 use super::{with_log, ApiError, RequestLog, SharedState};
 
 /// A response extension marking a body that is still being computed: `body.rs` holds the
@@ -25,28 +26,34 @@ use super::{with_log, ApiError, RequestLog, SharedState};
 #[derive(Clone, Copy)]
 pub struct StreamedBody;
 
-/// A piece's items as JSON, one `Vec<u8>` each, given the piece and its first item's
-/// index (`openai.rs` makes them as it makes the unstreamed answer's).
-pub trait PieceItems: Fn(&Embedded, usize) -> Result<Vec<Vec<u8>>, ApiError> + Send + 'static {}
-impl<F: Fn(&Embedded, usize) -> Result<Vec<Vec<u8>>, ApiError> + Send + 'static> PieceItems for F {}
+/// A route's answer around its list of items, each made as the unstreamed answer makes it.
+pub trait Shape: Send + 'static {
+    /// The bytes before the first item (`{"object":"list","data":[`).
+    fn head(&self) -> Vec<u8>;
+    /// A piece's items as JSON, one `Vec<u8>` each, given the piece and its first item's
+    /// index. An error on the first piece keeps its status; later, it aborts the answer.
+    fn items(&self, out: &Embedded, first: usize) -> Result<Vec<Vec<u8>>, ApiError>;
+    /// The bytes after the last item, given the request's tokens (`],"model":…}`).
+    fn tail(&self, tokens: usize) -> Vec<u8>;
+}
 
 /// Checks the whole request, computes its first piece, and answers with a body that
 /// computes the rest.
 pub async fn respond(
     state: SharedState,
-    model: String,
+    model: &str,
     inputs: Inputs,
     opts: EmbedOptions,
-    items: impl PieceItems,
+    shape: impl Shape,
 ) -> Result<Response, ApiError> {
     // The class is read here: the body is polled outside the request's task-local.
     let class = super::priority::current();
-    let plan = pieces::plan(&state, &model, inputs, opts).await?;
+    let plan = pieces::plan(&state, model, inputs, opts).await?;
     let log = RequestLog { model: plan.entry.name.clone(), inputs: plan.inputs(), tokens: plan.tokens };
     let mut pieces = Box::pin(plan.run(state, class));
     let first = pieces.next().await.ok_or_else(|| ApiError::internal("a streamed request without pieces"))??;
-    let mut writer = Writer { index: 0, tokens: 0, model, items };
-    let mut head = br#"{"object":"list","data":["#.to_vec();
+    let mut writer = Writer { index: 0, tokens: 0, shape };
+    let mut head = writer.shape.head();
     head.extend(writer.piece(&first)?);
     let rest = stream::unfold(Some((pieces, writer)), |s| async move {
         let (mut pieces, mut writer) = s?;
@@ -72,18 +79,17 @@ fn streamed(body: impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
 }
 
 /// Writes the items of each piece as it comes, then the end of the answer.
-struct Writer<F> {
+struct Writer<S> {
     /// The index of the next item.
     index: usize,
     tokens: usize,
-    model: String,
-    items: F,
+    shape: S,
 }
 
-impl<F: PieceItems> Writer<F> {
+impl<S: Shape> Writer<S> {
     /// A piece's items, each preceded by a comma but the request's first.
     fn piece(&mut self, out: &Embedded) -> Result<Vec<u8>, ApiError> {
-        let items = (self.items)(out, self.index)?;
+        let items = self.shape.items(out, self.index)?;
         let mut bytes = Vec::with_capacity(items.iter().map(|i| i.len() + 1).sum());
         for item in items {
             if self.index > 0 {
@@ -96,11 +102,8 @@ impl<F: PieceItems> Writer<F> {
         Ok(bytes)
     }
 
-    /// `],"model":…,"usage":{…}}`: what follows `data` in `EmbeddingsResponse`.
     fn tail(&self) -> Vec<u8> {
-        let model = serde_json::to_string(&self.model).unwrap_or_default();
-        let usage = serde_json::to_string(&Usage::new(self.tokens)).unwrap_or_default();
-        format!(r#"],"model":{model},"usage":{usage}}}"#).into_bytes()
+        self.shape.tail(self.tokens)
     }
 
     /// The error that aborts the response, after logging why.
