@@ -98,6 +98,9 @@ fn stanford_checkpoints_pulled_from_their_folder_match_pylate_over_http() {
         }
         eprintln!("{model}: worst token cosine {worst:.7}, largest rerank difference {largest:.2e}");
     }
+    // Quantizing it is refused, naming why (its quality check measures pooled vectors).
+    let line = error_line(&server.cli(&["quantize", MODELS[0], "--bits", "8"])).to_owned();
+    assert!(line.contains("ColBERT") && line.contains("not supported"), "{line}");
     assert_eq!(server.stop(), Some(0));
 }
 
