@@ -6,13 +6,14 @@
 //! with cosine ≥ 0.99999, and MaxSim rerank scores within 1e-4 in PyLate's order.
 //! `tiny-bert-stanford` has non-default lengths and dim; `tiny-bert-stanford-attend` attends
 //! to its [MASK] expansion and uses other markers than PyLate's Stanford defaults. Metadata
-//! that PyLate does not compute, and weights it would not load, are refused at pull by name.
+//! that PyLate does not compute, and weights it would not load, are refused at pull by name;
+//! from a fake hub the repo's `artifact.metadata` is fetched and its `pytorch_model.bin` is not.
 
 use std::path::Path;
 use std::time::Duration;
 
 use mlx_serve_tests::cli;
-use mlx_serve_tests::fake_hub::error_line;
+use mlx_serve_tests::fake_hub::{error_line, folder_files, FakeHub};
 use mlx_serve_tests::fixtures::{copy_dir, cosine, model_dir, repo_root};
 use mlx_serve_tests::server::{Server, ServerOptions};
 use serde_json::{json, Value};
@@ -171,4 +172,27 @@ fn stanford_metadata_and_weights_that_are_not_computed_are_refused_at_pull_namin
         }
         assert!(!line.contains("/src/") && !line.contains("panicked"), "{line}");
     }
+}
+
+/// `mlx-serve pull colbert-ir/colbertv2.0` from a fake hub serving the tiny fixture under that
+/// id, beside a `pytorch_model.bin` as the real repo has: the pull fetches artifact.metadata and
+/// the safetensors, not the pickle, and installs a ColBERT model.
+#[test]
+fn a_stanford_repo_is_pulled_from_the_hub_with_its_metadata_and_without_its_pickle() {
+    let hub = FakeHub::start();
+    let mut files = folder_files(&model_dir("tiny-bert-stanford"));
+    files.push(("pytorch_model.bin".into(), b"not fetched".to_vec()));
+    hub.add_repo("colbert-ir/colbertv2.0", files);
+    let home = tempfile::tempdir().unwrap();
+    let out = hub.mlx_serve(home.path(), &["pull", "colbert-ir/colbertv2.0", "--name", "colbertv2"], &[]);
+    assert!(out.ok(), "{}", out.text());
+    let stored = home.path().join("models/colbertv2");
+    assert!(stored.join("artifact.metadata").is_file(), "artifact.metadata is fetched");
+    assert!(!stored.join("pytorch_model.bin").exists(), "the pickle is not fetched");
+    let asked = hub.requests();
+    assert!(asked.iter().any(|r| r.contains("artifact.metadata")), "{asked:?}");
+    assert!(!asked.iter().any(|r| r.contains("pytorch_model.bin")), "{asked:?}");
+    let out = hub.mlx_serve(home.path(), &["show", "colbertv2", "--json"], &[]);
+    let shown: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!((shown["pooling"].as_str(), shown["architecture"].as_str()), (Some("colbert"), Some("HF_ColBERT")));
 }
