@@ -11,6 +11,8 @@
 //! - `sentence_bert_config.json`: `max_seq_length`, which wins over the tokenizer's limit
 //!   (that is what sentence-transformers truncates at).
 //! - `tokenizer_config.json`: `model_max_length` when the above is absent.
+//! - `artifact.metadata`: a Stanford-format ColBERT checkpoint's settings (`HF_ColBERT`
+//!   without modules.json: `stanford_colbert.rs`).
 //! - `mlx-serve.json`: our metadata; its `type` overrides the detected kind.
 
 use std::path::Path;
@@ -24,6 +26,7 @@ pub use crate::pylate::Colbert;
 pub use crate::splade::Splade;
 use crate::st_pipeline::{self, PipelineError};
 pub use crate::st_pipeline::{Dense, DenseActivation, PoolingMode};
+use crate::stanford_colbert;
 use crate::ModelKind;
 
 /// How token states become one vector (embeddings) or how a pair is scored (rerankers).
@@ -223,8 +226,12 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
         architecture: architecture.clone(),
         supported: Family::supported_model_types(),
     })?;
-    let pipeline = st_pipeline::read(dir)
-        .map_err(|source| ModelDirError::Pipeline { architecture: architecture.clone(), source })?;
+    let hidden_size = config_u32(&config, "hidden_size").unwrap_or(0);
+    // A Stanford ColBERT checkpoint has no modules.json; PyLate reads it as a ColBERT model.
+    let stanford = stanford_colbert::is_stanford(&config) && read_json(dir, "modules.json")?.is_none();
+    let pipeline =
+        if stanford { stanford_colbert::read(dir, &config, hidden_size).map(Some) } else { st_pipeline::read(dir) }
+            .map_err(|source| ModelDirError::Pipeline { architecture: architecture.clone(), source })?;
 
     let metadata = read_json(dir, "mlx-serve.json")?;
     let declared = metadata.as_ref().and_then(|m| m.get("type")).and_then(Value::as_str);
@@ -260,7 +267,6 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
         }
     }
 
-    let hidden_size = config_u32(&config, "hidden_size").unwrap_or(0);
     let vocab_size = get_u32(&config, "vocab_size").unwrap_or(0);
     let splade = match (kind, pipeline.as_ref().and_then(|p| p.splade)) {
         (ModelKind::Embedding, Some(s)) => {

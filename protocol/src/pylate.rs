@@ -94,16 +94,7 @@ pub fn read(dir: &Path) -> Result<Colbert, PipelineError> {
             Some(other) => Err(refused(format!("PyLate ColBERT: {key} {other} is not a boolean"))),
         }
     };
-    let length = |key: &str, default: u32| -> Result<u32, PipelineError> {
-        match map.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_u64()
-                .filter(|&n| (3..=100_000).contains(&n))
-                .map(|n| n as u32)
-                .ok_or_else(|| refused(format!("PyLate ColBERT: {key} {v} is not a length from 3 tokens"))),
-        }
-    };
+    let length = |key: &str, default: u32| -> Result<u32, PipelineError> { length_of(key, map.get(key), default) };
     let text = |key: &str, default: &str| -> Result<String, PipelineError> {
         match map.get(key) {
             None | Some(Value::Null) => Ok(default.to_owned()),
@@ -114,11 +105,8 @@ pub fn read(dir: &Path) -> Result<Colbert, PipelineError> {
             Some(other) => Err(refused(format!("PyLate ColBERT: {key} {other} is not a string"))),
         }
     };
-    let do_query_expansion = flag("do_query_expansion", true)?;
-    // "If we do not do query expansion, we do not attend to the expansion tokens".
-    let attend_to_expansion_tokens = do_query_expansion && flag("attend_to_expansion_tokens", false)?;
-    let words: Vec<String> = match map.get("skiplist_words") {
-        None | Some(Value::Null) => PUNCTUATION.chars().map(String::from).collect(),
+    let skiplist_words: Vec<String> = match map.get("skiplist_words") {
+        None | Some(Value::Null) => punctuation(),
         Some(Value::Array(list)) => list
             .iter()
             .map(|w| w.as_str().map(str::to_owned))
@@ -126,16 +114,65 @@ pub fn read(dir: &Path) -> Result<Colbert, PipelineError> {
             .ok_or_else(|| refused("PyLate ColBERT: skiplist_words is not a list of strings".into()))?,
         Some(other) => return Err(refused(format!("PyLate ColBERT: skiplist_words {other} is not a list"))),
     };
+    resolve(
+        dir,
+        Settings {
+            query_prefix: text("query_prefix", "[Q] ")?,
+            document_prefix: text("document_prefix", "[D] ")?,
+            query_length: length("query_length", 32)?,
+            document_length: length("document_length", 180)?,
+            do_query_expansion: flag("do_query_expansion", true)?,
+            attend_to_expansion_tokens: flag("attend_to_expansion_tokens", false)?,
+            skiplist_words,
+        },
+    )
+}
+
+/// PyLate's settings as words, before the tokenizer turns them into ids: what
+/// config_sentence_transformers.json says, or what PyLate derives from a Stanford
+/// checkpoint's `artifact.metadata` (`stanford_colbert.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub query_prefix: String,
+    pub document_prefix: String,
+    pub query_length: u32,
+    pub document_length: u32,
+    pub do_query_expansion: bool,
+    pub attend_to_expansion_tokens: bool,
+    pub skiplist_words: Vec<String>,
+}
+
+/// PyLate's default skiplist, one word per character of [`PUNCTUATION`].
+pub fn punctuation() -> Vec<String> {
+    PUNCTUATION.chars().map(String::from).collect()
+}
+
+/// A query or document length named `key` (absent or null: `default`).
+pub fn length_of(key: &str, value: Option<&Value>, default: u32) -> Result<u32, PipelineError> {
+    match value {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_u64()
+            .filter(|&n| (3..=100_000).contains(&n))
+            .map(|n| n as u32)
+            .ok_or_else(|| refused(format!("PyLate ColBERT: {key} {v} is not a length from 3 tokens"))),
+    }
+}
+
+/// The settings `s` with their tokens looked up in the tokenizer of the model in `dir`, as
+/// `ColBERT.__init__` does (`convert_tokens_to_ids`).
+pub fn resolve(dir: &Path, s: Settings) -> Result<Colbert, PipelineError> {
+    // "If we do not do query expansion, we do not attend to the expansion tokens".
+    let attend_to_expansion_tokens = s.do_query_expansion && s.attend_to_expansion_tokens;
     let vocab = Vocab::read(dir)?;
-    let marker = |key: &str, default: &str| -> Result<u32, PipelineError> {
-        let t = text(key, default)?;
+    let marker = |key: &str, t: &str| -> Result<u32, PipelineError> {
         // PyLate adds a missing marker to the vocabulary at load, with a new, untrained
         // embedding row: a saved model always has it.
-        vocab.id(&t).ok_or_else(|| refused(format!("PyLate ColBERT: {key} {t:?} is not a token of tokenizer.json")))
+        vocab.id(t).ok_or_else(|| refused(format!("PyLate ColBERT: {key} {t:?} is not a token of tokenizer.json")))
     };
     let unk = vocab.special("unk_token");
     let mut skiplist_ids = Vec::new();
-    for w in &words {
+    for w in &s.skiplist_words {
         match vocab.id(w).or(unk) {
             Some(id) => skiplist_ids.push(id),
             None => {
@@ -151,15 +188,15 @@ pub fn read(dir: &Path) -> Result<Colbert, PipelineError> {
     // token (a decoder), which is not served.
     let mask_id = match vocab.special("mask_token") {
         Some(id) => id,
-        None if !do_query_expansion => 0,
+        None if !s.do_query_expansion => 0,
         None => return Err(refused("PyLate ColBERT: query expansion without a [MASK] token is not supported".into())),
     };
     Ok(Colbert {
-        query_prefix_id: marker("query_prefix", "[Q] ")?,
-        document_prefix_id: marker("document_prefix", "[D] ")?,
-        query_length: length("query_length", 32)?,
-        document_length: length("document_length", 180)?,
-        do_query_expansion,
+        query_prefix_id: marker("query_prefix", &s.query_prefix)?,
+        document_prefix_id: marker("document_prefix", &s.document_prefix)?,
+        query_length: s.query_length,
+        document_length: s.document_length,
+        do_query_expansion: s.do_query_expansion,
         attend_to_expansion_tokens,
         mask_id,
         skiplist_ids,

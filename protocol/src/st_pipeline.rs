@@ -93,7 +93,9 @@ impl DenseActivation {
 /// (`linear.weight` `[out, in]`, `linear.bias`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dense {
-    /// The module's folder, relative to the model folder (`2_Dense`).
+    /// The module's folder, relative to the model folder (`2_Dense`); empty for a Stanford
+    /// ColBERT checkpoint's projection, `linear.weight` in the model's own weights
+    /// (`stanford_colbert.rs`).
     pub path: String,
     pub in_features: u32,
     pub out_features: u32,
@@ -125,6 +127,10 @@ pub enum PipelineError {
     File(#[from] JsonError),
     #[error("sentence-transformers module {0}")]
     Refused(String),
+    /// A checkpoint that has no sentence-transformers modules, refused for its own files
+    /// (a Stanford ColBERT checkpoint's `artifact.metadata`).
+    #[error("{0}")]
+    Checkpoint(String),
 }
 
 fn refused(what: String) -> PipelineError {

@@ -16,7 +16,7 @@ use mlx_serve_protocol::TokenBatch;
 
 use crate::embedding_head::{load_dense, DenseLayer};
 use crate::pooling::l2_normalize;
-use crate::weights::LoadPolicy;
+use crate::weights::{LoadPolicy, Weights};
 
 pub struct ColbertHead {
     dense: Vec<DenseLayer>,
@@ -25,9 +25,16 @@ pub struct ColbertHead {
 }
 
 impl ColbertHead {
-    pub fn load(facts: &ModelFacts, dir: &std::path::Path, policy: LoadPolicy) -> Result<ColbertHead> {
+    /// The head of `facts`; a Stanford checkpoint's projection comes from `model`, the
+    /// model's own weights.
+    pub fn load(
+        facts: &ModelFacts,
+        dir: &std::path::Path,
+        policy: LoadPolicy,
+        model: &mut Weights,
+    ) -> Result<ColbertHead> {
         let Some(spec) = facts.colbert.clone() else { bail!("not a PyLate ColBERT model") };
-        Ok(ColbertHead { dense: load_dense(facts, dir, policy)?, spec, dim: facts.output_dim as i32 })
+        Ok(ColbertHead { dense: load_dense(facts, dir, policy, model)?, spec, dim: facts.output_dim as i32 })
     }
 
     pub fn dim(&self) -> i32 {

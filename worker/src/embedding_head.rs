@@ -38,15 +38,24 @@ impl DenseLayer {
 }
 
 /// The `Dense` modules `facts` list, weights read from their folders under `dir` in the
-/// compute dtype of `policy`.
-pub(crate) fn load_dense(facts: &ModelFacts, dir: &Path, policy: LoadPolicy) -> Result<Vec<DenseLayer>> {
+/// compute dtype of `policy`; one without a folder (a Stanford ColBERT checkpoint's
+/// projection) takes `linear` from the model's own weights `model`.
+pub(crate) fn load_dense(
+    facts: &ModelFacts,
+    dir: &Path,
+    policy: LoadPolicy,
+    model: &mut Weights,
+) -> Result<Vec<DenseLayer>> {
     let mut dense = Vec::with_capacity(facts.dense.len());
     for d in &facts.dense {
-        let mut w = Weights::load(&dir.join(&d.path), &StorageConfig::default(), no_rename, policy)
-            .with_context(|| format!("Dense module {}", d.path))?;
-        let linear = w
-            .linear("linear", d.in_features as i32, d.out_features as i32, d.bias)
-            .with_context(|| format!("Dense module {}", d.path))?;
+        let (i, o) = (d.in_features as i32, d.out_features as i32);
+        let linear = if d.path.is_empty() {
+            model.linear("linear", i, o, d.bias).context("the ColBERT projection (linear.weight)")?
+        } else {
+            let mut w = Weights::load(&dir.join(&d.path), &StorageConfig::default(), no_rename, policy)
+                .with_context(|| format!("Dense module {}", d.path))?;
+            w.linear("linear", i, o, d.bias).with_context(|| format!("Dense module {}", d.path))?
+        };
         dense.push(DenseLayer { linear, activation: d.activation });
     }
     Ok(dense)
@@ -66,11 +75,11 @@ fn no_rename(name: &str) -> String {
 impl EmbeddingHead {
     /// The head `facts` describe; Dense weights are read from their module folders under
     /// `dir` in the compute dtype of `policy`.
-    pub fn load(facts: &ModelFacts, dir: &Path, policy: LoadPolicy) -> Result<EmbeddingHead> {
+    pub fn load(facts: &ModelFacts, dir: &Path, policy: LoadPolicy, model: &mut Weights) -> Result<EmbeddingHead> {
         let Pooling::Embed(mode) = facts.pooling else {
             anyhow::bail!("{} is a scoring head, not an embedding pooling", facts.pooling.as_str());
         };
-        Ok(EmbeddingHead { mode, dense: load_dense(facts, dir, policy)?, normalize: facts.normalize })
+        Ok(EmbeddingHead { mode, dense: load_dense(facts, dir, policy, model)?, normalize: facts.normalize })
     }
 
     /// `[batch, output_dim]` float32 rows from final states `[total, hidden]`.

@@ -161,9 +161,9 @@ impl Engine {
         let head = match (facts.kind, loaded.scorer, splade) {
             (ModelKind::Embedding, None, Some(splade)) => Head::Sparse(splade),
             (ModelKind::Embedding, None, None) if facts.colbert.is_some() => {
-                Head::MultiVector(ColbertHead::load(&facts, dir, policy)?)
+                Head::MultiVector(ColbertHead::load(&facts, dir, policy, &mut w)?)
             }
-            (ModelKind::Embedding, None, None) => Head::Embed(EmbeddingHead::load(&facts, dir, policy)?),
+            (ModelKind::Embedding, None, None) => Head::Embed(EmbeddingHead::load(&facts, dir, policy, &mut w)?),
             (ModelKind::Reranker, Some(scorer), None) => Head::Score(scorer),
             (ModelKind::Classifier, Some(scorer), None) => Head::Classify(scorer),
             (kind, _, _) => bail!("{} cannot serve as {}", facts.architecture, kind.as_str()),

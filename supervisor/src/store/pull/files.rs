@@ -26,6 +26,8 @@ const WANTED_FILES: &[&str] = &[
     "modules.json",
     "sentence_bert_config.json",
     "config_sentence_transformers.json",
+    // A Stanford-format ColBERT checkpoint's settings (`mlx_serve_protocol::stanford_colbert`).
+    mlx_serve_protocol::stanford_colbert::METADATA,
 ];
 
 /// Whether a repo file (path relative to the repo root) is one we fetch: the files above,
@@ -95,6 +97,7 @@ mod tests {
             "vocab.txt",
             "sparse_linear.pt",
             "colbert_linear.pt",
+            "artifact.metadata",
         ] {
             assert!(wanted(yes), "{yes}");
         }
