@@ -23,6 +23,7 @@ pub mod pylate;
 pub mod quantization;
 pub mod splade;
 pub mod st_pipeline;
+pub mod st_router;
 pub mod stanford_colbert;
 pub mod torch_heads;
 

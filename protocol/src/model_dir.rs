@@ -26,6 +26,7 @@ pub use crate::pylate::Colbert;
 pub use crate::splade::Splade;
 use crate::st_pipeline::{self, PipelineError};
 pub use crate::st_pipeline::{Dense, DenseActivation, PoolingMode};
+pub use crate::st_router::{Route, StaticQuery};
 use crate::stanford_colbert;
 use crate::ModelKind;
 
@@ -118,6 +119,9 @@ pub struct ModelFacts {
     /// How a PyLate ColBERT model ([`Pooling::Colbert`]) encodes queries and documents;
     /// `dense` are its per-token projections.
     pub colbert: Option<Colbert>,
+    /// An inference-free sparse encoder's query side (opensearch's, `st_router.rs`): a
+    /// static weight per token id; `splade` is its document side.
+    pub static_query: Option<StaticQuery>,
     /// A classification head's labels in id order (config.json's `id2label`; `LABEL_0`
     /// when absent, transformers' name for a single-logit head).
     pub labels: Vec<String>,
@@ -284,6 +288,10 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
         ModelKind::Embedding => pipeline.as_ref().and_then(|p| p.colbert.clone()),
         _ => None,
     };
+    let static_query = match kind {
+        ModelKind::Embedding => pipeline.as_ref().and_then(|p| p.static_query.clone()),
+        _ => None,
+    };
     let (pooling, dense, normalize) = match kind {
         ModelKind::Reranker => {
             let scoring = Pooling::scoring_for(family.body());
@@ -360,6 +368,7 @@ pub fn inspect(dir: &Path) -> Result<ModelFacts, ModelDirError> {
         vocab_size,
         splade,
         colbert,
+        static_query,
         type_vocab_size: get_u32(&config, "type_vocab_size").unwrap_or(family.spec().type_vocab_default),
         labels,
         config,

@@ -19,6 +19,7 @@ use serde_json::Value;
 use crate::json_file::{read_json, JsonError};
 use crate::pylate::{self, Colbert};
 use crate::splade::{self, Splade};
+use crate::st_router::{self, StaticQuery};
 
 /// How token states become one vector (sentence-transformers' `Pooling` modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +114,9 @@ pub struct Pipeline {
     /// A PyLate ColBERT model's query/document settings (`pylate.rs`); its `dense` project
     /// every token, and each token vector is normalized.
     pub colbert: Option<Colbert>,
+    /// An inference-free sparse encoder's query side (`st_router.rs`); `splade` is its
+    /// document side.
+    pub static_query: Option<StaticQuery>,
     /// False when the pooling excludes the prompt's tokens.
     pub include_prompt: bool,
     pub dense: Vec<Dense>,
@@ -184,7 +188,15 @@ fn read_pylate(dir: &Path, list: &[Value]) -> Result<Pipeline, PipelineError> {
         return Err(refused("PyLate ColBERT: no Dense projection after the Transformer".into()));
     }
     let colbert = pylate::read(dir)?;
-    Ok(Pipeline { pooling: None, splade: None, colbert: Some(colbert), include_prompt: true, dense, normalize: true })
+    Ok(Pipeline {
+        pooling: None,
+        splade: None,
+        colbert: Some(colbert),
+        static_query: None,
+        include_prompt: true,
+        dense,
+        normalize: true,
+    })
 }
 
 /// The pipeline of the folder, or `None` when it has no `modules.json`.
@@ -193,6 +205,22 @@ pub fn read(dir: &Path) -> Result<Option<Pipeline>, PipelineError> {
     let list = modules.as_array().ok_or_else(|| refused("list: modules.json is not a JSON list".into()))?;
     if is_pylate(dir, list)? {
         return read_pylate(dir, list).map(Some);
+    }
+    if let [only] = list.as_slice() {
+        let ty = only.get("type").and_then(Value::as_str).unwrap_or("");
+        let path = only.get("path").and_then(Value::as_str).unwrap_or("");
+        if ty.starts_with("sentence_transformers.") && ty.ends_with(".Router") && path.is_empty() {
+            let router = st_router::read(dir)?;
+            return Ok(Some(Pipeline {
+                pooling: None,
+                splade: Some(router.splade),
+                colbert: None,
+                static_query: Some(router.query),
+                include_prompt: true,
+                dense: Vec::new(),
+                normalize: false,
+            }));
+        }
     }
     let mut pooling = None;
     let mut dense = Vec::new();
@@ -227,12 +255,10 @@ pub fn read(dir: &Path) -> Result<Option<Pipeline>, PipelineError> {
             (0, "Transformer" | "MLMTransformer") => {
                 return Err(refused(format!("{class} in the subfolder {path:?} is not supported")));
             }
-            // opensearch's inference-free models: a Router with a SparseStaticEmbedding
-            // (IDF weights per token id) for queries.
+            // A Router is served alone (opensearch's inference-free models: `st_router.rs`).
             (_, "Router" | "SparseStaticEmbedding") => {
                 return Err(refused(format!(
-                    "{class} ({ty}) is not supported: asymmetric query/document routes and static \
-                     (inference-free) sparse query weights are not served"
+                    "{class} ({path}) is supported only as a Router alone in modules.json, at the root"
                 )));
             }
             (_, "SpladePooling") if !mlm => {
@@ -259,12 +285,28 @@ pub fn read(dir: &Path) -> Result<Option<Pipeline>, PipelineError> {
         if !dense.is_empty() || normalize || pooling.is_some() {
             return Err(refused("after SpladePooling: no further modules are supported".into()));
         }
-        return Ok(Some(Pipeline { pooling: None, splade, colbert: None, include_prompt: true, dense, normalize }));
+        return Ok(Some(Pipeline {
+            pooling: None,
+            splade,
+            colbert: None,
+            static_query: None,
+            include_prompt: true,
+            dense,
+            normalize,
+        }));
     }
     let Some((pooling, include_prompt)) = pooling else {
         return Err(refused("Pooling: modules.json has none".into()));
     };
-    Ok(Some(Pipeline { pooling: Some(pooling), splade: None, colbert: None, include_prompt, dense, normalize }))
+    Ok(Some(Pipeline {
+        pooling: Some(pooling),
+        splade: None,
+        colbert: None,
+        static_query: None,
+        include_prompt,
+        dense,
+        normalize,
+    }))
 }
 
 fn read_pooling(dir: &Path, path: &str) -> Result<(PoolingMode, bool), PipelineError> {

@@ -182,6 +182,7 @@ pub fn read(dir: &Path, config: &Value, hidden_size: u32) -> Result<Pipeline, Pi
         include_prompt: true,
         dense: vec![dense],
         normalize: true,
+        static_query: None,
     })
 }
 

@@ -38,6 +38,7 @@
 mod late;
 mod late_rules;
 mod prompts;
+mod static_query;
 mod windows;
 
 use std::path::Path;
@@ -47,6 +48,7 @@ pub use late_rules::ChunkRule;
 use mlx_serve_protocol::architectures::JudgePrompt;
 use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 pub use prompts::{PromptError, Prompts};
+pub use static_query::{QueryWeights, StaticQueryEncoder};
 use tokenizers::{
     EncodeInput, Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
 };

@@ -8,10 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mlx_serve_protocol::model_dir::Pooling;
+use mlx_serve_protocol::model_dir::{Pooling, Route};
 use mlx_serve_protocol::{torch_heads, ModelKind, TokenOutputs};
 
 use super::chunking::{self, ChunkingRequest};
+use super::inference_free;
 use super::pylate;
 use super::pylate_pool::{self, TokenPooling};
 use super::{ApiError, AppState};
@@ -236,7 +237,8 @@ pub struct EmbedOptions {
     /// Extension: chunk over-long inputs (`chunking.rs`); `None`: `truncate`, then
     /// `models.chunking`.
     pub chunking: Option<ChunkingRequest>,
-    /// Extension: queries or documents, for a PyLate ColBERT model (`pylate.rs`).
+    /// Extension: queries or documents, for a PyLate ColBERT model (`pylate.rs`) or an
+    /// inference-free sparse encoder (`inference_free.rs`).
     pub is_query: Option<bool>,
     /// Extension: PyLate's token pooling of a PyLate model's document vectors
     /// (`pylate_pool.rs`).
@@ -374,6 +376,10 @@ async fn embed_unpooled(
 ) -> Result<Embedded, ApiError> {
     let (entry, long) = prepare(state, model, &inputs, &opts).await?;
     check_input_count(state, inputs.len())?;
+    if inference_free::route(&entry, opts.is_query)? == Some(Route::Query) {
+        let Inputs::Texts(texts) = inputs else { return Err(ApiError::internal("query ids passed prepare")) };
+        return encode_queries(state, entry, texts, long).await;
+    }
     let outputs = opts.outputs;
     let truncate = long != LongInput::Refuse;
     let seqs = match inputs {
@@ -404,6 +410,23 @@ async fn embed_unpooled(
     }
 }
 
+/// An inference-free sparse encoder's queries (`inference_free.rs`): a token lookup here,
+/// answered like the worker's sparse outputs.
+async fn encode_queries(
+    state: &AppState,
+    entry: Arc<ModelEntry>,
+    texts: Vec<String>,
+    long: LongInput,
+) -> Result<Embedded, ApiError> {
+    let heavy = heavy_texts(&texts, &EmbedOptions::default());
+    let (model, max_tokens) = (entry.clone(), state.config.limits.max_tokens_per_request);
+    let truncate = long != LongInput::Refuse;
+    let how = Tokenizing::of(state, heavy, super::priority::current());
+    let out = off_thread(how, move || inference_free::query_weights(&model, &texts, truncate, max_tokens)).await??;
+    let rows = TokenRows { dim: 0, data: Vec::new(), sparse: out.sparse, colbert_dim: 0, colbert: Vec::new() };
+    Ok(Embedded { entry, dim: 0, data: Vec::new(), tokens: out.tokens, token_rows: Some(rows), chunks: None })
+}
+
 /// Whether tokenizing `texts` is worth a tokenizer thread ([`off_thread`]).
 pub(super) fn heavy_texts(texts: &[String], opts: &EmbedOptions) -> bool {
     texts.iter().map(String::len).sum::<usize>()
@@ -431,6 +454,15 @@ pub(super) async fn prepare(
     pylate_pool::check(&entry, opts.is_query, opts.pool)?;
     check_token_outputs(&entry, outputs, "model")?;
     pylate::check_is_query(&entry, opts.is_query)?;
+    if inference_free::route(&entry, opts.is_query)? == Some(Route::Query) {
+        let prompted = [
+            ("instruction", opts.instruction.is_some()),
+            ("prompt", opts.prompt.is_some()),
+            ("prompt_name", opts.prompt_name.is_some()),
+        ];
+        let prompted = prompted.iter().find(|(_, set)| *set).map(|(p, _)| *p);
+        inference_free::check_query_options(&entry, matches!(inputs, Inputs::Ids(_)), prompted)?;
+    }
     if pylate::is_colbert(&entry) {
         let other = [
             ("input", matches!(inputs, Inputs::Ids(_))),

@@ -31,6 +31,7 @@ pub mod error;
 mod health;
 mod hybrid_score;
 pub mod inference;
+mod inference_free;
 mod input;
 mod late_chunking;
 mod late_request;

@@ -88,10 +88,13 @@ pub struct EmbeddingsRequest {
     /// model without a ColBERT head. A PyLate ColBERT model answers only with this (its
     /// `embedding` empty).
     pub return_colbert_vecs: Option<bool>,
-    /// Extension: for a PyLate ColBERT model (required there, refused elsewhere), whether
-    /// the inputs are queries (`true`: query marker, [MASK] expansion) or documents
-    /// (`false`: document marker, punctuation vectors left out); PyLate's
-    /// `encode(is_query=...)`.
+    /// Extension: for a PyLate ColBERT model (required there), whether the inputs are
+    /// queries (`true`: query marker, [MASK] expansion) or documents (`false`: document
+    /// marker, punctuation vectors left out); PyLate's `encode(is_query=...)`. For an
+    /// inference-free sparse encoder (opensearch's) `true` takes the query route (a token
+    /// weight lookup), `false` the document route (SPLADE), as `encode_query` /
+    /// `encode_document`; absent: the model's default route (document), as `encode`.
+    /// Refused for other models.
     pub is_query: Option<bool>,
     /// Extension: PyLate's token pooling of a PyLate ColBERT model's document vectors
     /// (`"is_query": false`): an integer >= 1, at most the model's `document_length`

@@ -50,9 +50,15 @@ pub fn check_is_query(entry: &ModelEntry, is_query: Option<bool>) -> Result<Opti
                 entry.name
             ),
         )),
+        // An inference-free sparse encoder's route (`inference_free.rs`).
+        (false, Some(q)) if entry.facts.static_query.is_some() => Ok(Some(q)),
         (false, Some(_)) => Err(ApiError::invalid_param(
             "is_query",
-            format!("`is_query` applies to PyLate ColBERT models; model `{}` is not one", entry.name),
+            format!(
+                "`is_query` applies to PyLate ColBERT models and inference-free sparse encoders; model `{}` is \
+                 neither",
+                entry.name
+            ),
         )),
         (false, None) => Ok(None),
     }

@@ -347,7 +347,8 @@ async fn bi_encoder(
     let mix = Mix::resolve(entry, opts.weights, "weights")?;
     let pairs: Vec<(usize, usize)> = (0..documents.len()).map(|j| (0, j)).collect();
     let all_parts = opts.return_scores.unwrap_or(false);
-    let pylate = super::pylate::is_colbert(entry);
+    // PyLate and inference-free sparse models encode queries and documents apart.
+    let pylate = super::pylate::is_colbert(entry) || super::inference_free::is_inference_free(entry);
     let query = Side { texts: vec![query], param: "query", instruction, is_query: pylate.then_some(true) };
     let documents = Side { texts: documents, param: "documents", instruction: None, is_query: pylate.then_some(false) };
     let out = score_pairs(state, entry, query, documents, &pairs, mix, all_parts, truncate).await?;

@@ -150,7 +150,8 @@ pub async fn score(
                 (false, None) => Mix::DENSE,
             };
             // A PyLate model reads `text_1` as queries, `text_2` as documents.
-            let pylate = super::pylate::is_colbert(&entry);
+            // So does an inference-free sparse encoder.
+            let pylate = super::pylate::is_colbert(&entry) || super::inference_free::is_inference_free(&entry);
             let side = |texts, param, q: bool| Side { texts, param, instruction: None, is_query: pylate.then_some(q) };
             let out = score_pairs(
                 &state,

@@ -42,8 +42,9 @@ pub struct TokensRequest {
     pub prompt_name: Option<String>,
     /// Extension: a raw prefix (wins over `prompt_name`).
     pub prompt: Option<String>,
-    /// Extension: for a PyLate ColBERT model (required there), whether the inputs are
-    /// queries or documents (`/v1/embeddings`' `is_query`).
+    /// Extension: for a PyLate ColBERT model (required there) or an inference-free sparse
+    /// encoder (`/embed_sparse`; absent: its default route, document), whether the inputs
+    /// are queries or documents (`/v1/embeddings`' `is_query`).
     pub is_query: Option<bool>,
     /// Extension (`/embed_all`): PyLate's token pooling of a PyLate ColBERT model's document
     /// vectors (`/v1/embeddings`' `pool_factor`).

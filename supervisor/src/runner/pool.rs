@@ -22,7 +22,7 @@ use super::RunnerConfig;
 use crate::config::CacheConfig;
 use crate::metrics::{metrics, process_rss_bytes};
 use crate::store::Store;
-use crate::tokenize::ModelTokenizer;
+use crate::tokenize::{ModelTokenizer, StaticQueryEncoder};
 
 /// A model in use: its facts, its tokenizer and its runner.
 pub struct ModelEntry {
@@ -30,6 +30,8 @@ pub struct ModelEntry {
     pub dir: PathBuf,
     pub facts: ModelFacts,
     pub tokenizer: Arc<ModelTokenizer>,
+    /// An inference-free sparse encoder's query side, computed without a worker.
+    pub static_query: Option<Arc<StaticQueryEncoder>>,
     pub runner: RunnerHandle,
     /// What its vectors are cached under (`vector_cache.rs`): name, revision,
     /// quantization and a fingerprint of its files.
@@ -117,10 +119,11 @@ impl Pool {
             return Ok(e);
         }
         let load_dir = dir.clone();
-        let (facts, tokenizer) = tokio::task::spawn_blocking(move || {
+        let (facts, tokenizer, static_query) = tokio::task::spawn_blocking(move || {
             let facts = model_dir::inspect(&load_dir).map_err(|e| e.to_string())?;
             let tokenizer = ModelTokenizer::load(&load_dir, &facts).map_err(|e| e.to_string())?;
-            Ok::<_, String>((facts, tokenizer))
+            let static_query = StaticQueryEncoder::load(&load_dir, &facts).map_err(|e| e.to_string())?;
+            Ok::<_, String>((facts, tokenizer, static_query))
         })
         .await
         .map_err(|e| EntryError::Unusable(e.to_string()))?
@@ -137,7 +140,8 @@ impl Pool {
         );
         let cache_id = model_identity(&name, &dir).into();
         let tokenizer = Arc::new(tokenizer);
-        let entry = Arc::new(ModelEntry { name: name.clone(), dir, facts, tokenizer, runner, cache_id });
+        let static_query = static_query.map(Arc::new);
+        let entry = Arc::new(ModelEntry { name: name.clone(), dir, facts, tokenizer, static_query, runner, cache_id });
         self.inner.entries.lock().unwrap().insert(name, entry.clone());
         Ok(entry)
     }

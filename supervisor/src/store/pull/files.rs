@@ -28,7 +28,13 @@ const WANTED_FILES: &[&str] = &[
     "config_sentence_transformers.json",
     // A Stanford-format ColBERT checkpoint's settings (`mlx_serve_protocol::stanford_colbert`).
     mlx_serve_protocol::stanford_colbert::METADATA,
+    "router_config.json",
 ];
+
+/// Files a sentence-transformers `Router`'s module folder may hold besides its config and
+/// weights: a `SparseStaticEmbedding` keeps its own tokenizer there (protocol `st_router.rs`).
+const ROUTER_MODULE_FILES: &[&str] =
+    &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt"];
 
 /// Whether a repo file (path relative to the repo root) is one we fetch: the files above,
 /// top-level safetensors, and the config and weights of sentence-transformers module
@@ -44,7 +50,16 @@ pub fn wanted(path: &str) -> bool {
             let module_dir = dir
                 .split_once('_')
                 .is_some_and(|(n, rest)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty());
-            module_dir && (*file == "config.json" || file.ends_with(".safetensors"))
+            // A Router's module folder: `<route>_<n>_<Class>` (`query_0_SparseStaticEmbedding`).
+            let p: Vec<&str> = dir.splitn(3, '_').collect();
+            let route_dir = p.len() == 3
+                && !p[0].is_empty()
+                && p[0].bytes().all(|b| b.is_ascii_lowercase())
+                && !p[1].is_empty()
+                && p[1].bytes().all(|b| b.is_ascii_digit())
+                && !p[2].is_empty();
+            ((module_dir || route_dir) && (*file == "config.json" || file.ends_with(".safetensors")))
+                || (route_dir && ROUTER_MODULE_FILES.contains(file))
         }
         _ => false,
     }
@@ -98,6 +113,12 @@ mod tests {
             "sparse_linear.pt",
             "colbert_linear.pt",
             "artifact.metadata",
+            "router_config.json",
+            "query_0_SparseStaticEmbedding/config.json",
+            "query_0_SparseStaticEmbedding/model.safetensors",
+            "query_0_SparseStaticEmbedding/tokenizer.json",
+            "query_0_SparseStaticEmbedding/tokenizer_config.json",
+            "document_1_SpladePooling/config.json",
         ] {
             assert!(wanted(yes), "{yes}");
         }
@@ -105,6 +126,8 @@ mod tests {
             "pytorch_model.bin",
             "other_linear.pt",
             "1_Pooling/sparse_linear.pt",
+            "1_Pooling/tokenizer.json",
+            "query_0_SparseStaticEmbedding/pytorch_model.bin",
             "onnx/model.onnx",
             "onnx/model.safetensors",
             "README.md",

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{check_model, files, finish, torch_heads, PullEvent, PullOutcome, PullRequest, Reporter};
+use super::{check_complete, check_model, files, finish, torch_heads, PullEvent, PullOutcome, PullRequest, Reporter};
 use crate::store::matryoshka;
 use crate::store::metadata::{self, ModelMetadata};
 use crate::store::staging::Staging;
@@ -69,6 +69,7 @@ pub(super) async fn pull_folder(
         }
     }
     let facts = check_model(&partial.path, &source, req).await?;
+    check_complete(&partial.path, &source, &facts)?;
     let meta = ModelMetadata {
         source_type: "folder".into(),
         source: dir.display().to_string(),

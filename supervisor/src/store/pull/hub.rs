@@ -13,7 +13,7 @@ use hf_hub::api::tokio::{ApiError as HubError, ApiRepo, Progress};
 use hf_hub::{Repo, RepoType};
 use serde::Deserialize;
 
-use super::{check_model, files, finish, torch_heads, PullEvent, PullOutcome, PullRequest, Reporter};
+use super::{check_complete, check_model, files, finish, torch_heads, PullEvent, PullOutcome, PullRequest, Reporter};
 use crate::store::hub_api::{self, endpoint};
 use crate::store::matryoshka;
 use crate::store::metadata::{self, ModelMetadata};
@@ -234,6 +234,7 @@ pub(super) async fn pull_hub(
         verify(&cached, &dest, file, sibling).await?;
     }
     let facts = check_model(&partial.path, repo_id, req).await?;
+    check_complete(&partial.path, repo_id, &facts)?;
     finish(
         store,
         req,

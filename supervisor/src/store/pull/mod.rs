@@ -118,6 +118,14 @@ async fn check_model(dir: &Path, source: &str, req: &PullRequest) -> Result<mode
     }
 }
 
+/// What only the complete folder can show: an inference-free model's query weights and
+/// tokenizer load (protocol `st_router.rs`).
+fn check_complete(dir: &Path, source: &str, facts: &model_dir::ModelFacts) -> Result<(), StoreError> {
+    crate::tokenize::StaticQueryEncoder::load(dir, facts)
+        .map(|_| ())
+        .map_err(|e| StoreError::Refused(format!("{source}: {}", e.to_string().replace(&*dir.to_string_lossy(), ""))))
+}
+
 /// Runs a pull to the end.
 pub async fn pull(store: &Store, req: &PullRequest, report: Reporter) -> Result<PullOutcome, StoreError> {
     validate_name(&req.name)?;
