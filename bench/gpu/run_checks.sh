@@ -190,7 +190,7 @@ print(env)
 PY
 }
 
-export -f layout env_facts
+export -f joined layout env_facts
 export PREFIX MODELS KEEP MODE NVIDIA_LIBS ROOT WORK PY NO_GPU
 
 CHECKS=("$PY" "$ROOT/bench/gpu/checks.py" --bin "$PREFIX/bin" --models "$MODELS" --work "$WORK/results"
