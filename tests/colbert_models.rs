@@ -13,37 +13,13 @@ use std::time::Duration;
 
 use mlx_serve_tests::cli;
 use mlx_serve_tests::fake_hub::error_line;
-use mlx_serve_tests::fixtures::{copy_dir, cosine, model_dir, repo_root};
+use mlx_serve_tests::fixtures::{copy_dir, model_dir, repo_root};
+use mlx_serve_tests::reference_checks::{assert_token_vectors, reference_json, rows};
 use mlx_serve_tests::server::{run_client, Server, ServerOptions};
 use serde_json::{json, Value};
 
 const MODELS: [&str; 3] = ["tiny-bert-pylate", "tiny-bert-pylate-noexp", "tiny-modernbert-pylate"];
 const TOL: f64 = 1e-4;
-
-fn reference(name: &str) -> Value {
-    let path = repo_root().join(format!("tests/fixtures/reference/{name}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn rows(v: &Value) -> Vec<Vec<f32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
-        .collect()
-}
-
-/// The same number of token vectors as PyLate's, each with cosine ≥ 0.99999; the worst cosine.
-fn assert_vectors(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: token vectors");
-    let mut worst = 1f64;
-    for (t, (g, w)) in got.iter().zip(want).enumerate() {
-        let c = cosine(g, w);
-        assert!(c >= 0.99999, "{what} token {t}: cosine {c}");
-        worst = worst.min(c);
-    }
-    worst
-}
 
 /// `/v1/embeddings` token vectors of `texts`, as queries or documents.
 fn openai_vectors(server: &Server, model: &str, texts: &Value, is_query: bool) -> Vec<Vec<Vec<f32>>> {
@@ -65,20 +41,24 @@ fn openai_vectors(server: &Server, model: &str, texts: &Value, is_query: bool) -
 fn pylate_token_vectors_and_maxsim_rerank_match_pylate_over_http() {
     let server = Server::start(ServerOptions { models: MODELS.to_vec(), ..Default::default() });
     for model in MODELS {
-        let r = reference(model);
+        let r = reference_json(model);
         let mut worst = 1f64;
         for (side, is_query, key) in [("queries", true, "query_vectors"), ("documents", false, "document_vectors")] {
             let texts = &r[side];
             let got = openai_vectors(&server, model, texts, is_query);
             for (i, want) in r[key].as_array().unwrap().iter().enumerate() {
-                worst = worst.min(assert_vectors(&got[i], &rows(want), &format!("{model} {side}[{i}] /v1/embeddings")));
+                worst = worst.min(assert_token_vectors(
+                    &got[i],
+                    &rows(want),
+                    &format!("{model} {side}[{i}] /v1/embeddings"),
+                ));
             }
             // TEI's /embed_all: per input its token vectors.
             let (status, body) =
                 server.post("/embed_all", &json!({"model": model, "inputs": texts, "is_query": is_query}));
             assert_eq!(status, 200, "{body}");
             for (i, want) in r[key].as_array().unwrap().iter().enumerate() {
-                assert_vectors(&rows(&body[i]), &rows(want), &format!("{model} {side}[{i}] /embed_all"));
+                assert_token_vectors(&rows(&body[i]), &rows(want), &format!("{model} {side}[{i}] /embed_all"));
             }
         }
         // /v1/rerank: PyLate's rank.rerank order and colbert_scores.
@@ -248,7 +228,7 @@ fn pylate_settings_that_are_not_computed_are_refused_at_pull_naming_them() {
 /// PyLate's (cluster means are not renormalized; cosine alone would not see it); the worst
 /// cosine and the largest length difference.
 fn assert_pooled(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) -> (f64, f64) {
-    let worst = assert_vectors(got, want, what);
+    let worst = assert_token_vectors(got, want, what);
     let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let mut most = 0f64;
     for (t, (g, w)) in got.iter().zip(want).enumerate() {
@@ -267,7 +247,7 @@ fn assert_pooled(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) -> (f64, f64) 
 #[test]
 fn pool_factor_pools_document_vectors_as_pylate_does() {
     let server = Server::start(ServerOptions { models: MODELS.to_vec(), ..Default::default() });
-    let r = reference("pylate-pool");
+    let r = reference_json("pylate-pool");
     let docs = &r["documents"];
     for model in MODELS {
         let per = &r["pooled"][model];

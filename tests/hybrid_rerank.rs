@@ -7,17 +7,13 @@
 //! pulls and ranks by its own MaxSim (`tests/colbert_models.rs` checks it against PyLate).
 
 use mlx_serve_tests::fixtures::{cosine, model_dir, repo_root};
+use mlx_serve_tests::reference_checks::reference_json;
 use mlx_serve_tests::server::{run_client, Server, ServerOptions};
 use serde_json::{json, Value};
 
 const EMBEDDER: &str = "tiny-xlmr-embed";
 const RERANKER: &str = "tiny-bert-rerank";
 const TOL: f64 = 1e-4;
-
-fn reference(name: &str) -> Value {
-    let path = repo_root().join(format!("tests/fixtures/reference/{name}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 fn floats(v: &Value) -> Vec<f64> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
@@ -61,7 +57,7 @@ fn tokens_sent(server: &Server, model: &str) -> f64 {
 #[test]
 fn bge_m3_reranks_by_compute_scores_weighted_combination() {
     let server = server_with_m3();
-    let reference = reference("tiny-bge-m3");
+    let reference = reference_json("tiny-bge-m3");
     for case in reference["rerank_cases"].as_array().unwrap() {
         let what = format!("weights {}", case["weights"]);
         let want = floats(&case["scores"]["colbert+sparse+dense"]);
@@ -130,7 +126,7 @@ fn bge_m3_reranks_by_compute_scores_weighted_combination() {
 #[test]
 fn a_plain_embedding_model_reranks_by_cosine_and_weights_it_cannot_honour_are_refused() {
     let server = server_with_m3();
-    let xlmr = reference(EMBEDDER);
+    let xlmr = reference_json(EMBEDDER);
     let case = xlmr["cases"].as_array().unwrap().iter().find(|c| c["name"] == "batch_padded").unwrap();
     let texts = case["texts"].as_array().unwrap();
     let cos = |j: usize| {
@@ -211,7 +207,7 @@ fn a_pylate_colbert_model_pulls_and_ranks_by_its_maxsim() {
     let src = model_dir("tiny-bert-pylate");
     let out = server.cli(&["pull", src.to_str().unwrap(), "--name", "colbert"]);
     assert!(out.ok(), "{}", out.text());
-    let r = reference("tiny-bert-pylate");
+    let r = reference_json("tiny-bert-pylate");
     let req = json!({"model": "colbert", "query": r["queries"][0], "documents": r["documents"]});
     let (status, body) = server.post("/v1/rerank", &req);
     assert_eq!(status, 200, "{body}");

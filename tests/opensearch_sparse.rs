@@ -7,13 +7,14 @@
 //! computed without a worker. Also what is refused: a dense vector, prompts and ids on the
 //! query side, and at pull every Router shape that is not computed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use mlx_serve_tests::cli::{self, Output};
 use mlx_serve_tests::fake_hub::error_line;
 use mlx_serve_tests::fixtures::{copy_dir, model_dir, repo_root};
+use mlx_serve_tests::reference_checks::assert_sparse_close;
 use mlx_serve_tests::server::{Server, ServerOptions};
 use serde_json::{json, Value};
 
@@ -28,22 +29,6 @@ fn reference() -> Value {
 /// `mlx-serve ARGS` with `home`.
 fn mlx_serve(home: &Path, args: &[&str]) -> Output {
     cli::run(cli::command(home, None, args), Duration::from_secs(180))
-}
-
-/// The same ids as the reference, each weight within 1e-5; the largest difference.
-fn assert_sparse_close(got: &[(u32, f32)], want: &Value, what: &str) -> f32 {
-    let want: BTreeMap<u32, f32> =
-        want.as_object().unwrap().iter().map(|(k, v)| (k.parse().unwrap(), v.as_f64().unwrap() as f32)).collect();
-    assert!(got.windows(2).all(|p| p[0].0 < p[1].0), "{what}: ids ascending, each once: {got:?}");
-    let ids: Vec<u32> = got.iter().map(|p| p.0).collect();
-    assert_eq!(ids, want.keys().copied().collect::<Vec<_>>(), "{what}: the active token ids");
-    let mut worst = 0f32;
-    for (id, g) in got {
-        let r = want[id];
-        assert!((g - r).abs() <= 1e-5, "{what}: token {id}: {g} vs reference {r}");
-        worst = worst.max((g - r).abs());
-    }
-    worst
 }
 
 fn pairs_of_tei(item: &Value) -> Vec<(u32, f32)> {
@@ -78,7 +63,7 @@ fn check_case(server: &Server, case: &Value, is_query: Option<bool>) -> (usize, 
         let got = pairs_of_tei(&body[i]);
         active += got.len();
         let what = format!("/embed_sparse {name}[{i}] is_query {is_query:?}");
-        worst = worst.max(assert_sparse_close(&got, &case["sparse"][i], &what));
+        worst = worst.max(assert_sparse_close(&got, &case["sparse"][i], 1e-5, &what));
     }
     let (status, body) = server.post("/v1/embeddings", &openai);
     assert_eq!(status, 200, "{name} is_query {is_query:?}: {body}");
@@ -86,7 +71,7 @@ fn check_case(server: &Server, case: &Value, is_query: Option<bool>) -> (usize, 
         assert_eq!(body["data"][i]["embedding"], json!([]), "{name}[{i}]: no dense vector");
         let got = pairs_of_openai(&body["data"][i]["sparse_embedding"]);
         let what = format!("/v1/embeddings {name}[{i}] is_query {is_query:?}");
-        worst = worst.max(assert_sparse_close(&got, &case["sparse"][i], &what));
+        worst = worst.max(assert_sparse_close(&got, &case["sparse"][i], 1e-5, &what));
     }
     (active, worst)
 }

@@ -5,17 +5,12 @@
 //! get a 400 in OpenAI's error shape.
 
 use mlx_serve_tests::fixtures::cosine;
-use mlx_serve_tests::fixtures::repo_root;
+use mlx_serve_tests::reference_checks::reference_json;
 use mlx_serve_tests::server::{Server, ServerOptions};
 use serde_json::{json, Value};
 
 const RERANKER: &str = "tiny-bert-rerank";
 const EMBEDDER: &str = "tiny-xlmr-embed";
-
-fn reference(name: &str) -> Value {
-    let path = repo_root().join(format!("tests/fixtures/reference/{name}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 fn case<'a>(reference: &'a Value, name: &str) -> &'a Value {
     reference["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()
@@ -52,7 +47,7 @@ fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
 #[test]
 fn a_reranker_scores_pairs_as_the_cross_encoder_reference() {
     let server = Server::start(ServerOptions { models: vec![RERANKER], ..Default::default() });
-    let reference = reference(RERANKER);
+    let reference = reference_json(RERANKER);
     let one = case(&reference, "single_pair");
     let many = case(&reference, "batch_padded");
     let want = |c: &Value| floats(&c["scores"]).into_iter().map(f64::from).collect::<Vec<_>>();
@@ -89,7 +84,7 @@ fn a_reranker_scores_pairs_as_the_cross_encoder_reference() {
 #[test]
 fn an_embedding_model_scores_the_cosine_of_the_two_embeddings() {
     let server = Server::start(ServerOptions { models: vec![EMBEDDER], ..Default::default() });
-    let reference = reference(EMBEDDER);
+    let reference = reference_json(EMBEDDER);
     let c = case(&reference, "batch_padded");
     let texts = c["texts"].as_array().unwrap();
     let e = |i: usize| floats(&c["embeddings"][i]);
@@ -177,7 +172,7 @@ fn bge_m3_scores_by_dense_cosine_or_by_late_interaction() {
     let src = mlx_serve_tests::fixtures::model_dir("tiny-bge-m3");
     let out = server.cli(&["pull", src.to_str().unwrap(), "--name", "m3"]);
     assert!(out.ok(), "{}", out.text());
-    let reference = reference("tiny-bge-m3");
+    let reference = reference_json("tiny-bge-m3");
     let c = case(&reference, "batch_padded");
     let texts = c["texts"].as_array().unwrap();
     let cos = |i: usize, j: usize| cosine(&floats(&c["embeddings"][i]), &floats(&c["embeddings"][j]));

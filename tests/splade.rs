@@ -8,39 +8,17 @@
 //! vector from a sparse-only model (a 400 in each API's shape), and at pull every SPLADE
 //! setting that is not computed, and quantizing.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use mlx_serve_tests::cli::{self, Output};
 use mlx_serve_tests::fake_hub::{error_line, FakeHub};
 use mlx_serve_tests::fixtures::{copy_dir, model_dir, repo_root};
+use mlx_serve_tests::reference_checks::{assert_sparse_close, reference_json};
 use mlx_serve_tests::server::{run_client, Server, ServerOptions};
 use serde_json::{json, Value};
 
 const MODELS: [&str; 3] = ["tiny-bert-splade", "tiny-bert-splade-untied", "tiny-distilbert-splade"];
-
-fn reference(name: &str) -> Value {
-    let path = repo_root().join(format!("tests/fixtures/reference/{name}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// The same ids, each weight within 1e-4 of the reference's, ids ascending and each once;
-/// the largest difference.
-fn assert_sparse_close(got: &[(u32, f32)], want: &Value, what: &str) -> f32 {
-    let want: BTreeMap<u32, f32> =
-        want.as_object().unwrap().iter().map(|(k, v)| (k.parse().unwrap(), v.as_f64().unwrap() as f32)).collect();
-    assert!(got.windows(2).all(|p| p[0].0 < p[1].0), "{what}: ids ascending, each once: {got:?}");
-    let ids: Vec<u32> = got.iter().map(|p| p.0).collect();
-    assert_eq!(ids, want.keys().copied().collect::<Vec<_>>(), "{what}: the active token ids");
-    let mut worst = 0f32;
-    for (id, g) in got {
-        let r = want[id];
-        assert!((g - r).abs() <= 1e-4, "{what}: token {id}: {g} vs reference {r}");
-        worst = worst.max((g - r).abs());
-    }
-    worst
-}
 
 fn pairs_of_tei(item: &Value) -> Vec<(u32, f32)> {
     item.as_array()
@@ -64,7 +42,7 @@ fn pairs_of_openai(sp: &Value) -> Vec<(u32, f32)> {
 fn splade_weights_match_sparse_encoder_over_http() {
     let server = Server::start(ServerOptions { models: MODELS.to_vec(), ..Default::default() });
     for model in MODELS {
-        let reference = reference(model);
+        let reference = reference_json(model);
         let (mut active, mut worst) = (0, 0f32);
         for case in reference["cases"].as_array().unwrap() {
             let name = format!("{model} {}", case["name"].as_str().unwrap());
@@ -78,7 +56,12 @@ fn splade_weights_match_sparse_encoder_over_http() {
             for i in 0..n {
                 let got = pairs_of_tei(&body[i]);
                 active += got.len();
-                worst = worst.max(assert_sparse_close(&got, &case["sparse"][i], &format!("/embed_sparse {name}[{i}]")));
+                worst = worst.max(assert_sparse_close(
+                    &got,
+                    &case["sparse"][i],
+                    1e-4,
+                    &format!("/embed_sparse {name}[{i}]"),
+                ));
             }
 
             // The OpenAI route's extension: indices + values; the dense vector is empty.
@@ -89,8 +72,12 @@ fn splade_weights_match_sparse_encoder_over_http() {
                 let item = &body["data"][i];
                 assert_eq!(item["embedding"], json!([]), "{name}[{i}]: a SPLADE model has no dense vector");
                 let got = pairs_of_openai(&item["sparse_embedding"]);
-                worst =
-                    worst.max(assert_sparse_close(&got, &case["sparse"][i], &format!("/v1/embeddings {name}[{i}]")));
+                worst = worst.max(assert_sparse_close(
+                    &got,
+                    &case["sparse"][i],
+                    1e-4,
+                    &format!("/v1/embeddings {name}[{i}]"),
+                ));
             }
         }
         assert!(active > 100, "{model}: the fixture must exercise many dimensions ({active})");

@@ -14,43 +14,19 @@ use std::time::Duration;
 
 use mlx_serve_tests::cli;
 use mlx_serve_tests::fake_hub::{error_line, folder_files, FakeHub};
-use mlx_serve_tests::fixtures::{copy_dir, cosine, model_dir, repo_root};
+use mlx_serve_tests::fixtures::{copy_dir, model_dir};
+use mlx_serve_tests::reference_checks::{assert_token_vectors, reference_json, rows};
 use mlx_serve_tests::server::{Server, ServerOptions};
 use serde_json::{json, Value};
 
 const MODELS: [&str; 2] = ["tiny-bert-stanford", "tiny-bert-stanford-attend"];
 const TOL: f64 = 1e-4;
 
-fn reference(name: &str) -> Value {
-    let path = repo_root().join(format!("tests/fixtures/reference/{name}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn rows(v: &Value) -> Vec<Vec<f32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
-        .collect()
-}
-
-/// The same number of token vectors as PyLate's, each with cosine ≥ 0.99999; the worst cosine.
-fn assert_vectors(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: token vectors");
-    let mut worst = 1f64;
-    for (t, (g, w)) in got.iter().zip(want).enumerate() {
-        let c = cosine(g, w);
-        assert!(c >= 0.99999, "{what} token {t}: cosine {c}");
-        worst = worst.min(c);
-    }
-    worst
-}
-
 #[test]
 fn stanford_checkpoints_pulled_from_their_folder_match_pylate_over_http() {
     let server = Server::start(ServerOptions::default());
     for model in MODELS {
-        let r = reference(model);
+        let r = reference_json(model);
         let src = model_dir(model);
         let out = server.cli(&["pull", src.to_str().unwrap(), "--name", model]);
         assert!(out.ok(), "{}", out.text());
@@ -68,7 +44,7 @@ fn stanford_checkpoints_pulled_from_their_folder_match_pylate_over_http() {
             assert_eq!(status, 200, "{body}\nserver log:\n{}", server.log_text());
             for (i, want) in r[key].as_array().unwrap().iter().enumerate() {
                 let got = rows(&body["data"][i]["colbert_embedding"]);
-                let w = assert_vectors(&got, &rows(want), &format!("{model} {side}[{i}] /v1/embeddings"));
+                let w = assert_token_vectors(&got, &rows(want), &format!("{model} {side}[{i}] /v1/embeddings"));
                 worst = worst.min(w);
                 assert_eq!(got[0].len() as u64, dim, "{model}: the projection's size");
             }

@@ -10,6 +10,7 @@ pub mod parity;
 pub mod process;
 pub mod prometheus;
 pub mod raw;
+pub mod reference_checks;
 pub mod server;
 pub mod tools;
 pub mod worker_process;
