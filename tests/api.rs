@@ -170,10 +170,7 @@ fn xlmr_and_qwen3_embedding_models_over_http_match_the_reference() {
         eprintln!("{model}: {n} texts, ids and vectors as the reference");
     }
     // What the cases above must contain for the claims to mean something.
-    let raw = |model: &str| -> Value {
-        let path = mlx_serve_tests::fixtures::repo_root().join(format!("tests/fixtures/reference/{model}.json"));
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    };
+    let raw = mlx_serve_tests::reference_checks::reference_json;
     let case = |r: &Value, name: &str| -> Value {
         r["cases"]
             .as_array()

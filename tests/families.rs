@@ -13,6 +13,7 @@ use mlx_serve_tests::parity::{
     check_embedding_model, check_half_precision, check_quantized, check_quantized_to, check_reranker,
     min_cosine_to_reference, EMBED_MAX_DIFF, SCORE_MAX_DIFF,
 };
+use mlx_serve_tests::reference_checks::reference_json;
 use mlx_serve_tests::server::{Server, ServerOptions};
 use mlx_serve_tests::worker_process::{worker_bin, TempDir, Worker};
 use serde_json::{json, Value};
@@ -190,12 +191,6 @@ fn nomic_moe_pulled_from_the_hub_serves_over_http_and_refuses_what_it_does_not_c
         assert!(line.contains("mixture-of-experts") && line.contains("not supported"), "{args:?}: {line}");
     }
     assert_eq!(server.stop(), Some(0));
-}
-
-/// A fixture's reference JSON as it is (for the fields the shared structs do not hold).
-fn reference_json(name: &str) -> Value {
-    let path = fixtures::repo_root().join(format!("tests/fixtures/reference/{name}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// How much worse than torch's own half-precision forward ours may be, with floors for
@@ -831,15 +826,7 @@ fn gemma3_text_fields_not_computed_are_refused_at_pull() {
         let files = embeddinggemma_files(v);
         hub.add_repo("google/embeddinggemma-300m", files);
         let home = tempfile::tempdir().unwrap();
-        let out = hub.mlx_serve(home.path(), &["pull", "google/embeddinggemma-300m"], &[]);
-        let line = error_line(&out);
-        assert!(line.contains(field), "{field}: {line}");
-        let fetched: Vec<String> = hub
-            .requests()
-            .into_iter()
-            .filter(|r| r.contains("model.safetensors") && !r.ends_with("bytes=0-0"))
-            .collect();
-        assert!(fetched.is_empty(), "{field}: weights were downloaded: {fetched:?}");
+        assert_refused_before_weights(&hub, home.path(), "google/embeddinggemma-300m", field);
     }
 }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use mlx_serve_tests::cli::{self, Output};
 use mlx_serve_tests::fake_hub::error_line;
-use mlx_serve_tests::fixtures::{copy_dir, model_dir, repo_root};
-use mlx_serve_tests::reference_checks::assert_sparse_close;
+use mlx_serve_tests::fixtures::{copy_dir, model_dir};
+use mlx_serve_tests::reference_checks::{assert_sparse_close, reference_json};
 use mlx_serve_tests::server::{Server, ServerOptions};
 use serde_json::{json, Value};
 
@@ -22,8 +22,7 @@ const FIXTURE: &str = "tiny-bert-opensearch-sparse";
 const MODEL: &str = "osparse";
 
 fn reference() -> Value {
-    let path = repo_root().join(format!("tests/fixtures/reference/{FIXTURE}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    reference_json(FIXTURE)
 }
 
 /// `mlx-serve ARGS` with `home`.

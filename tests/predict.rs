@@ -5,14 +5,14 @@
 //! (a classifier on the embedding and rerank routes, `/predict` on an embedding model).
 
 use mlx_serve_tests::fixtures::repo_root;
+use mlx_serve_tests::reference_checks::reference_json;
 use mlx_serve_tests::server::{run_client, Server, ServerOptions};
 use serde_json::{json, Value};
 
 const CLASSIFIER: &str = "tiny-bert-classify";
 
 fn reference() -> Value {
-    let path = repo_root().join(format!("tests/fixtures/reference/{CLASSIFIER}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    reference_json(CLASSIFIER)
 }
 
 fn softmax(logits: &[f64]) -> Vec<f64> {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use mlx_serve_tests::cli;
 use mlx_serve_tests::fake_hub::{error_line, folder_files, FakeHub};
 use mlx_serve_tests::fixtures::{copy_dir, model_dir};
-use mlx_serve_tests::reference_checks::{assert_token_vectors, reference_json, rows};
+use mlx_serve_tests::reference_checks::{assert_rerank, assert_token_vectors, reference_json, rows};
 use mlx_serve_tests::server::{Server, ServerOptions};
 use serde_json::{json, Value};
 
@@ -51,27 +51,9 @@ fn stanford_checkpoints_pulled_from_their_folder_match_pylate_over_http() {
         }
         let mut largest = 0f64;
         for (q, ranked) in r["rerank"].as_array().unwrap().iter().enumerate() {
-            let req = json!({"model": model, "query": r["queries"][q], "documents": r["documents"]});
-            let (status, body) = server.post("/v1/rerank", &req);
-            assert_eq!(status, 200, "{body}");
-            let got: Vec<(u64, f64)> = body["results"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| (x["index"].as_u64().unwrap(), x["relevance_score"].as_f64().unwrap()))
-                .collect();
-            let want: Vec<(u64, f64)> = ranked
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| (x["index"].as_u64().unwrap(), x["score"].as_f64().unwrap()))
-                .collect();
-            let order = |v: &[(u64, f64)]| v.iter().map(|p| p.0).collect::<Vec<_>>();
-            assert_eq!(order(&got), order(&want), "{model} query {q}: {body}");
-            for ((_, g), (i, w)) in got.iter().zip(&want) {
-                assert!((g - w).abs() <= TOL, "{model} query {q} document {i}: {g} vs PyLate {w}");
-                largest = largest.max((g - w).abs());
-            }
+            let docs = (&r["queries"][q], &r["documents"]);
+            let (_, diff) = assert_rerank(&server, model, docs, ranked, TOL, &format!("{model} query {q}"));
+            largest = largest.max(diff);
         }
         eprintln!("{model}: worst token cosine {worst:.7}, largest rerank difference {largest:.2e}");
     }

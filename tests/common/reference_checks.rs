@@ -1,12 +1,13 @@
 //! Reading a fixture's recorded reference outputs (`tests/fixtures/reference/NAME.json`, made
 //! by the generators beside the fixtures) and checking a server's token vectors and sparse
-//! weights against them.
+//! weights and its rerank answers against them.
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::fixtures::{cosine, repo_root};
+use crate::server::Server;
 
 /// The reference file of the fixture `name`.
 pub fn reference_json(name: &str) -> Value {
@@ -52,4 +53,40 @@ pub fn assert_sparse_close(got: &[(u32, f32)], want: &Value, tolerance: f32, wha
         worst = worst.max((g - r).abs());
     }
     worst
+}
+
+/// `/v1/rerank` of `query` over `documents` against the reference's ranking (`ranked`:
+/// `[{index, score}]`, best first): the same order, every score within `tolerance`. The
+/// reference's (index, score) pairs and the largest difference.
+pub fn assert_rerank(
+    server: &Server,
+    model: &str,
+    (query, documents): (&Value, &Value),
+    ranked: &Value,
+    tolerance: f64,
+    what: &str,
+) -> (Vec<(u64, f64)>, f64) {
+    let req = json!({"model": model, "query": query, "documents": documents});
+    let (status, body) = server.post("/v1/rerank", &req);
+    assert_eq!(status, 200, "{body}");
+    let got: Vec<(u64, f64)> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["index"].as_u64().unwrap(), x["relevance_score"].as_f64().unwrap()))
+        .collect();
+    let want: Vec<(u64, f64)> = ranked
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["index"].as_u64().unwrap(), x["score"].as_f64().unwrap()))
+        .collect();
+    let order = |v: &[(u64, f64)]| v.iter().map(|p| p.0).collect::<Vec<_>>();
+    assert_eq!(order(&got), order(&want), "{what}: {body}");
+    let mut largest = 0f64;
+    for ((_, g), (i, w)) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= tolerance, "{what} document {i}: {g} vs reference {w}");
+        largest = largest.max((g - w).abs());
+    }
+    (want, largest)
 }
