@@ -130,7 +130,11 @@ async fn tokenize_off_thread<T: Send + 'static>(
 
 pub(super) fn check_request_tokens(state: &AppState, seqs: &[Tokens]) -> Result<usize, ApiError> {
     let total: usize = seqs.iter().map(|s| s.ids.len()).sum();
-    let limit = state.config.limits.max_tokens_per_request;
+    within_token_limit(total, state.config.limits.max_tokens_per_request)
+}
+
+/// A request's `total` tokens, or a 413 past `limits.max_tokens_per_request` (`limit`).
+pub(super) fn within_token_limit(total: usize, limit: usize) -> Result<usize, ApiError> {
     if total > limit {
         return Err(ApiError::too_large(format!(
             "request has {total} tokens after truncation, more than limits.max_tokens_per_request ({limit})"
@@ -636,12 +640,7 @@ fn check_cached_totals(state: &AppState, c: &CacheLookup, long: LongInput) -> Re
     }
     let cached_tokens: usize = c.found.iter().flatten().map(|h| h.tokens as usize).sum();
     let tokens = cached_tokens + check_request_tokens(state, &c.seqs)?;
-    let limit = state.config.limits.max_tokens_per_request;
-    if tokens > limit {
-        return Err(ApiError::too_large(format!(
-            "request has {tokens} tokens after truncation, more than limits.max_tokens_per_request ({limit})"
-        )));
-    }
+    within_token_limit(tokens, state.config.limits.max_tokens_per_request)?;
     Ok(())
 }
 

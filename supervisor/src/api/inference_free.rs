@@ -66,11 +66,6 @@ pub fn query_weights(
         entry.static_query.as_ref().ok_or_else(|| ApiError::internal("the model's query weights are not loaded"))?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let out = encoder.encode(&refs, truncate).map_err(|e| ApiError::tokenize(e, "input"))?;
-    if out.tokens > max_tokens {
-        return Err(ApiError::too_large(format!(
-            "request has {} tokens after truncation, more than limits.max_tokens_per_request ({max_tokens})",
-            out.tokens
-        )));
-    }
+    super::inference::within_token_limit(out.tokens, max_tokens)?;
     Ok(out)
 }
