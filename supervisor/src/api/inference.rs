@@ -134,7 +134,7 @@ pub(super) fn check_request_tokens(state: &AppState, seqs: &[Tokens]) -> Result<
 }
 
 /// A request's `total` tokens, or a 413 past `limits.max_tokens_per_request` (`limit`).
-pub(super) fn within_token_limit(total: usize, limit: usize) -> Result<usize, ApiError> {
+fn within_token_limit(total: usize, limit: usize) -> Result<usize, ApiError> {
     if total > limit {
         return Err(ApiError::too_large(format!(
             "request has {total} tokens after truncation, more than limits.max_tokens_per_request ({limit})"
@@ -423,10 +423,11 @@ async fn encode_queries(
     long: LongInput,
 ) -> Result<Embedded, ApiError> {
     let heavy = heavy_texts(&texts, &EmbedOptions::default());
-    let (model, max_tokens) = (entry.clone(), state.config.limits.max_tokens_per_request);
+    let model = entry.clone();
     let truncate = long != LongInput::Refuse;
     let how = Tokenizing::of(state, heavy, super::priority::current());
-    let out = off_thread(how, move || inference_free::query_weights(&model, &texts, truncate, max_tokens)).await??;
+    let out = off_thread(how, move || inference_free::query_weights(&model, &texts, truncate)).await??;
+    within_token_limit(out.tokens, state.config.limits.max_tokens_per_request)?;
     let rows = TokenRows { dim: 0, data: Vec::new(), sparse: out.sparse, colbert_dim: 0, colbert: Vec::new() };
     Ok(Embedded { entry, dim: 0, data: Vec::new(), tokens: out.tokens, token_rows: Some(rows), chunks: None })
 }

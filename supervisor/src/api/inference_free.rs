@@ -54,18 +54,11 @@ pub fn check_query_options(entry: &ModelEntry, ids: bool, prompted: Option<&'sta
     ))
 }
 
-/// The query weights of `texts` (blocking: `inference.rs` runs it off the async threads),
-/// within `limits.max_tokens_per_request` (`max_tokens`).
-pub fn query_weights(
-    entry: &ModelEntry,
-    texts: &[String],
-    truncate: bool,
-    max_tokens: usize,
-) -> Result<QueryWeights, ApiError> {
+/// The query weights of `texts` (blocking: `inference.rs` runs it off the async threads
+/// and checks `limits.max_tokens_per_request`).
+pub fn query_weights(entry: &ModelEntry, texts: &[String], truncate: bool) -> Result<QueryWeights, ApiError> {
     let encoder =
         entry.static_query.as_ref().ok_or_else(|| ApiError::internal("the model's query weights are not loaded"))?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let out = encoder.encode(&refs, truncate).map_err(|e| ApiError::tokenize(e, "input"))?;
-    super::inference::within_token_limit(out.tokens, max_tokens)?;
-    Ok(out)
+    encoder.encode(&refs, truncate).map_err(|e| ApiError::tokenize(e, "input"))
 }
