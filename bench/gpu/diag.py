@@ -15,8 +15,11 @@ one JSON line per run (bench/gpu/run_checks.sh --diag runs it after the layout s
           them (cold: each batch's shapes seen for the first time; warm: again), with the
           attention shapes exact or on the ladder, cuDNN attention on or off, CUDA graphs on
           or off
+  contention  MiniLM float16, `bench-forward --vary` on passages and on queries, the host
+          quiet and then with a busy loop on every core (the serving host also runs the
+          supervisor and the load generator: does host CPU slow the GPU forward?)
 
-  diag.py --bin DIR --models DIR --work DIR [--only qwen3,quant,quant-serving,shapes]
+  diag.py --bin DIR --models DIR --work DIR [--only qwen3,quant,quant-serving,shapes,contention]
 """
 import argparse
 import json
@@ -130,6 +133,23 @@ def shapes(a, out):
                 f"shapes {name} batch {batch} seq 8..{seq}", out)
 
 
+def contention(a, out):
+    worker = str(Path(a.bin) / "mlx-serve-worker")
+    model = str(Path(a.models) / "all-MiniLM-L6-v2")
+    spin = "import time\nwhile True: pass\n"
+    for busy in (0, os.cpu_count() or 1, 0):
+        hogs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(busy)]
+        try:
+            for batch, seq in ((256, 160), (32, 160), (256, 16)):
+                run([worker, "bench-forward", "--model", model, "--batch", str(batch), "--seq", str(seq),
+                     "--vary", "24", "--iters", "2", "--compute-dtype", "float16"], {}, 90,
+                    f"contention busy={busy} batch {batch} seq 8..{seq}", out)
+        finally:
+            for h in hogs:
+                h.kill()
+                h.wait()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", required=True)
@@ -140,7 +160,8 @@ def main():
     Path(a.work).mkdir(parents=True, exist_ok=True)
     with open(Path(a.work) / "diag.jsonl", "a") as out:
         for part in a.only.split(","):
-            {"qwen3": qwen3, "quant": quant, "quant-serving": quant_serving, "shapes": shapes}[part](a, out)
+            {"qwen3": qwen3, "quant": quant, "quant-serving": quant_serving, "shapes": shapes,
+             "contention": contention}[part](a, out)
 
 
 if __name__ == "__main__":
