@@ -115,6 +115,7 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
         out: &stream,
         deferred: RefCell::new(None),
         lent: Cell::new(Duration::ZERO),
+        resumed: Cell::new(Instant::now()),
         exit: Cell::new(None),
     };
     // The load itself leaves freed buffers behind: release them after the first quiet period.
@@ -136,7 +137,7 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
         };
         let is_batch = matches!(&item, Incoming::Message(m) if is_batch(m));
         let computing = Instant::now();
-        between.lent.set(Duration::ZERO);
+        between.begin();
         let mut reply = match item {
             Incoming::Eof => return Ok(0),
             Incoming::Broken(e) => {
@@ -251,10 +252,16 @@ fn not_a_batch(id: u64) -> WorkerMessage {
     WorkerMessage::Error { id, kind: ErrorKind::InvalidInput, message: "only a batch can yield".into() }
 }
 
-/// The checkpoint a yielding batch passes after each transformer layer: a batch the
-/// supervisor sent behind it and already waiting in the frame channel is computed whole
-/// (never yielding itself: one level deep) and answered now. One such batch per checkpoint,
-/// so the yielding one still advances a layer between them.
+/// After a batch computed at a checkpoint, how long the checkpoint waits for the next one
+/// (the supervisor sends it as it takes the answer), at most a tenth of the yielding
+/// batch's last layer.
+const NEXT_BATCH_GRACE: Duration = Duration::from_millis(5);
+
+/// The checkpoint a yielding batch passes after each transformer layer: batches the
+/// supervisor sent behind it and waiting in the frame channel are computed whole (never
+/// yielding themselves: one level deep) and answered now, one after the other while they
+/// keep coming, until they took as long as the yielding batch's own last layer: the
+/// yielding batch keeps at least half of the worker, so it always finishes.
 struct Between<'a> {
     engine: &'a Engine,
     rx: &'a Receiver<Incoming>,
@@ -263,22 +270,25 @@ struct Between<'a> {
     /// a broken stream): the main loop takes it after the yielding batch is answered, and
     /// no checkpoint reads past it.
     deferred: RefCell<Option<Incoming>>,
-    /// Time spent on batches computed at the current yielding batch's checkpoints.
+    /// Time spent at the current yielding batch's checkpoints (on the batches computed
+    /// there, and waiting for them).
     lent: Cell<Duration>,
+    /// When the yielding batch began or last left a checkpoint.
+    resumed: Cell<Instant>,
     /// The worker exits with this code once the yielding batch is answered (a batch in
     /// between met a GPU error, or the stream broke).
     exit: Cell<Option<i32>>,
 }
 
-impl Checkpoint for Between<'_> {
-    fn reached(&self) -> Result<()> {
-        if self.exit.get().is_some() {
-            anyhow::bail!("the worker is exiting (a batch computed during this one failed)");
-        }
-        if self.deferred.borrow().is_some() {
-            return Ok(());
-        }
-        let Ok(item) = self.rx.try_recv() else { return Ok(()) };
+impl Between<'_> {
+    /// A yielding batch begins.
+    fn begin(&self) {
+        self.lent.set(Duration::ZERO);
+        self.resumed.set(Instant::now());
+    }
+
+    /// Answers `item` read at a checkpoint; false when it is not for now (deferred).
+    fn serve(&self, item: Incoming) -> bool {
         let started = Instant::now();
         let mut reply = match item {
             Incoming::Message(SupervisorMessage::Stats { id }) => {
@@ -287,14 +297,11 @@ impl Checkpoint for Between<'_> {
             Incoming::Message(m) if is_batch(&m) => compute(self.engine, m, None),
             other => {
                 *self.deferred.borrow_mut() = Some(other);
-                return Ok(());
+                return false;
             }
         };
-        let took = started.elapsed();
-        stamp_forward_time(&mut reply, took);
-        let written = codec::write(&mut &*self.out, &reply);
-        self.lent.set(self.lent.get() + started.elapsed());
-        if let Err(e) = written {
+        stamp_forward_time(&mut reply, started.elapsed());
+        if let Err(e) = codec::write(&mut &*self.out, &reply) {
             eprintln!("mlx-serve-worker: cannot answer the supervisor ({e}); exiting");
             self.exit.set(Some(EXIT_BROKEN_STREAM));
         } else if let WorkerMessage::Error { kind: ErrorKind::Internal, message, .. } = &reply {
@@ -303,6 +310,24 @@ impl Checkpoint for Between<'_> {
                 self.exit.set(Some(EXIT_DEVICE_ERROR));
             }
         }
+        true
+    }
+}
+
+impl Checkpoint for Between<'_> {
+    fn reached(&self) -> Result<()> {
+        let arrived = Instant::now();
+        // What the batches in between may take here: the yielding batch's own last layer.
+        let share = arrived.saturating_duration_since(self.resumed.get());
+        let grace = NEXT_BATCH_GRACE.min(share / 10);
+        let mut served = false;
+        while self.exit.get().is_none() && self.deferred.borrow().is_none() && arrived.elapsed() < share.max(grace) {
+            let item = if served { self.rx.recv_timeout(grace).ok() } else { self.rx.try_recv().ok() };
+            let Some(item) = item else { break };
+            served = self.serve(item);
+        }
+        self.lent.set(self.lent.get() + arrived.elapsed());
+        self.resumed.set(Instant::now());
         match self.exit.get() {
             Some(_) => anyhow::bail!("the worker is exiting (a batch computed during this one failed)"),
             None => Ok(()),
