@@ -42,7 +42,9 @@ Usage (the reference Python: sentence-transformers, tokenizers, aiohttp):
   .deps/ref-venv/bin/python bench/long_mixed.py [--seconds 20] [--clients 64]
       [--doc-interval 1.0] [--doc-tokens 8000] [--late] [--model-dir DIR] [--model NAME]
       [--window 8192] [--compute-dtype float16] [--config SECTION.KEY=VALUE ...]
-      [--procs N] [--json OUT] [--log-dir DIR]
+      [--procs N] [--json OUT] [--log-dir DIR] [--baseline-bin DIR] [--no-chunked]
+With --baseline-bin, every phase runs first on that folder's binaries (a build of main),
+then on --bin-dir's, and a table gives the short queries' p50 / p99 of each beside the other.
 Real-size random-weight shape with an 8192-token window (one window per document; on a
 CPU such a forward runs past the hung-worker watchdog and the request timeout, see
 docs/long-documents.md):
@@ -315,8 +317,9 @@ def run(args):
             say(f"warm-up document alone ({next(iter(mode))}): {took:.2f} s, {windows} windows, {tokens} tokens")
             warm[next(iter(mode))] = {"seconds": took, "windows": windows, "tokens": tokens}
         say(f"warm-up done; RSS {rss.tree_rss(server.pid) / MiB:.0f} MiB; load average {loadavg()}")
-        plan = [("A", "short queries only", None, None),
-                ("B", "+ documents, chunking", texts_b[:per_phase], {"chunking": True})]
+        plan = [("A", "short queries only", None, None)]
+        if not args.no_chunked:
+            plan.append(("B", "+ documents, chunking", texts_b[:per_phase], {"chunking": True}))
         if args.late:
             plan.append(("C", "+ documents, late_chunking", texts_c[:per_phase], {"late_chunking": LATE}))
         for name, what, ds, mode in plan:
@@ -385,6 +388,20 @@ def summary(args, results):
     say(f"peak RSS of the server tree over the run: {peak / MiB:.0f} MiB")
 
 
+def compare(base, new):
+    """Short-query p50 / p99 per phase, this build beside the baseline (run one after the
+    other in this process, same load generator and texts)."""
+    say("\n## This build beside the baseline (short queries)\n")
+    say("| phase | baseline p50 / p99 ms | this build p50 / p99 ms | p50 ratio | p99 ratio |")
+    say("|---|---|---|---|---|")
+    for name in base:
+        if name not in new or "short" not in base[name]:
+            continue
+        b, n = base[name]["short"], new[name]["short"]
+        say(f"| {name} | {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {n['p50_ms']:.1f} / {n['p99_ms']:.1f} | "
+            f"{n['p50_ms'] / b['p50_ms']:.2f}× | {n['p99_ms'] / b['p99_ms']:.2f}× |")
+
+
 def widen_window(src: Path, dst: Path, window: int) -> Path:
     """A folder serving `src` with a window of `window` tokens: links to its files, and
     config.json's `max_position_embeddings` and tokenizer_config.json's `model_max_length`
@@ -409,6 +426,9 @@ def main():
     ap.add_argument("--window", type=int, help="serve the model with this token window (a variant folder: see "
                                                "widen_window)")
     ap.add_argument("--bin-dir", type=Path, default=ROOT / "target" / "release")
+    ap.add_argument("--baseline-bin", type=Path, help="also run every phase on the binaries in this folder first "
+                                                      "(a build of main), and print this build's ÷ the baseline's")
+    ap.add_argument("--no-chunked", action="store_true", help="skip phase B (chunked documents)")
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=20, help="length of each phase (default 20)")
     ap.add_argument("--doc-interval", type=float, default=1.0, help="seconds between documents (default 1)")
@@ -444,13 +464,21 @@ def main():
         if args.window:
             args.model_dir = widen_window(args.model_dir, Path(tmp), args.window)
             say(f"model folder: {args.model_dir} (token window widened to {args.window})")
-        results, warm = run(args)
-    summary(args, results)
+        builds = ([("baseline", args.baseline_bin)] if args.baseline_bin else []) + [("this build", args.bin_dir)]
+        runs = {}
+        for label, bin_dir in builds:
+            say(f"\n# {label}: {bin_dir}; load average {loadavg()}")
+            args.bin_dir = bin_dir
+            results, warm = run(args)
+            summary(args, results)
+            runs[label] = results
+    if args.baseline_bin:
+        compare(runs["baseline"], runs["this build"])
     say(f"\nload average at end (this run's own included): {loadavg()}; total {time.monotonic() - started:.0f} s")
     if args.json:
         out = {"machine": machine(), "model": args.model, "model_dir": str(args.model_dir),
                "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "phases": results,
-               "warm_up_document_alone": warm}
+               "warm_up_document_alone": warm, "baseline_phases": runs.get("baseline")}
         args.json.write_text(json.dumps(out, indent=1, default=str))
 
 

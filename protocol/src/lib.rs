@@ -44,7 +44,9 @@ use serde::{Deserialize, Serialize};
 /// 7: `SupervisorMessage::EmbedPooled` (late chunking: rows pooled from token spans that
 ///    may cross sequences; docs/long-documents.md); `ModelKind::Classifier` and
 ///    `SupervisorMessage::Classify` (every label's logit, for TEI's `/predict`).
-pub const PROTOCOL_VERSION: u16 = 7;
+/// 8: `SupervisorMessage::Yielding` (a long batch lets a batch sent after it run at its
+///    layer boundaries; docs/worker.md, "Yielding batches").
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// What a model produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,6 +323,23 @@ pub enum SupervisorMessage {
     },
     /// Finish what was received, answer it, then exit 0.
     Shutdown,
+    /// The batch inside (one of the batch messages above) yields: after each transformer
+    /// layer the worker looks for a batch sent after it, and if one is waiting computes
+    /// that one whole and answers it before going on, so answers may come back out of the
+    /// order sent. The batch computed in between never yields itself (one level deep), and
+    /// the yielding batch's `forward_us` leaves its time out (docs/worker.md, "Yielding
+    /// batches"). Last, so that the other variants keep their encoding.
+    Yielding(Box<SupervisorMessage>),
+}
+
+impl SupervisorMessage {
+    /// The message itself, or the batch inside a [`SupervisorMessage::Yielding`].
+    pub fn unwrapped(&self) -> &SupervisorMessage {
+        match self {
+            SupervisorMessage::Yielding(inner) => inner.unwrapped(),
+            other => other,
+        }
+    }
 }
 
 /// How one row of an [`SupervisorMessage::EmbedPooled`] answer is pooled. Either way the
@@ -431,6 +450,26 @@ mod tests {
         assert_eq!(bad.validate(), Err(InvalidBatch::OffsetsMissTokens));
         let empty = TokenBatch { tokens: vec![1], offsets: vec![0, 0, 1], type_ids: vec![] };
         assert_eq!(empty.validate(), Err(InvalidBatch::EmptySequence));
+    }
+
+    #[test]
+    fn a_yielding_batch_wraps_one_and_the_others_keep_their_encoding() {
+        let mut batch = TokenBatch::new();
+        batch.push(&[101, 7, 102], &[]);
+        let plain = SupervisorMessage::Embed { id: 3, batch };
+        let wrapped = SupervisorMessage::Yielding(Box::new(plain.clone()));
+        let mut frame = std::io::Cursor::new(Vec::new());
+        codec::write(&mut frame, &wrapped).unwrap();
+        codec::write(&mut frame, &plain).unwrap();
+        frame.set_position(0);
+        assert_eq!(codec::read::<SupervisorMessage, _>(&mut frame).unwrap(), Some(wrapped.clone()));
+        assert_eq!(codec::read::<SupervisorMessage, _>(&mut frame).unwrap(), Some(plain.clone()));
+        // Variant indices of the older messages did not move: Embed is still variant 0,
+        // Shutdown 6, and the wrapper comes after them (bincode writes the index first).
+        let payload = |m: &SupervisorMessage| codec::encode(m).unwrap()[codec::HEADER_LEN..].to_vec();
+        assert_eq!(payload(&plain)[0], 0);
+        assert_eq!(payload(&SupervisorMessage::Shutdown), vec![6]);
+        assert_eq!(payload(&wrapped)[..2], [7, 0]);
     }
 
     #[test]

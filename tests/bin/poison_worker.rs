@@ -89,7 +89,7 @@ fn accept(listener: &UnixListener, child: &mut Child) -> UnixStream {
 
 /// The token batch a message carries, if it carries one.
 fn batch(msg: &SupervisorMessage) -> Option<&TokenBatch> {
-    match msg {
+    match msg.unwrapped() {
         SupervisorMessage::Embed { batch, .. }
         | SupervisorMessage::Score { batch, .. }
         | SupervisorMessage::Classify { batch, .. }

@@ -17,6 +17,7 @@
 //!
 //! Batches run packed (`packing.rs`): no pad token enters the network.
 
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::time::Instant;
 
@@ -31,7 +32,7 @@ use crate::embedding_head::EmbeddingHead;
 use crate::heads::Scorer;
 use crate::memory::MemoryPolicy;
 use crate::models::bge_m3::M3Heads;
-use crate::models::{self, parse_config, Inputs, Kernels, Load, Network};
+use crate::models::{self, parse_config, Checkpoint, Inputs, Kernels, Load, Network};
 use crate::packing::{AttentionBuckets, BucketShapes, Packing};
 use crate::splade_head::SpladeHead;
 use crate::weights::{dtype_name, LoadPolicy, StorageConfig, Weights};
@@ -79,10 +80,37 @@ pub struct Engine {
     /// Segment ids must be below it (0 or 1 → only zeros).
     type_vocab: u32,
     max_tokens: u32,
-    memory: MemoryPolicy,
+    /// In cells: a batch computed inside a yielding one (`server.rs`) runs while the
+    /// yielding one holds `&self`.
+    memory: RefCell<MemoryPolicy>,
     /// Attention rectangle shapes of the MLX path.
     shapes: BucketShapes,
-    stats: WorkerStats,
+    stats: RefCell<WorkerStats>,
+    /// Batches being computed: 1, or 2 while one runs inside a yielding one.
+    nesting: Cell<u32>,
+}
+
+/// A batch being computed. The memory policy measures the outermost batch only: one
+/// computed inside a yielding batch would reset the peak the outer one is measured by (the
+/// outer's working set then includes the inner's, an overestimate on the safe side).
+struct Computing<'a> {
+    engine: &'a Engine,
+}
+
+impl Computing<'_> {
+    /// The batch's results are evaluated: measure it and count it.
+    fn done(self, batch: &TokenBatch) {
+        if self.engine.nesting.get() == 1 {
+            self.engine.memory.borrow_mut().after_batch();
+        }
+        self.engine.count(batch);
+    }
+}
+
+impl Drop for Computing<'_> {
+    fn drop(&mut self) {
+        self.engine.nesting.set(self.engine.nesting.get() - 1);
+    }
 }
 
 /// The facts of the folder with `--kind` applied.
@@ -207,16 +235,17 @@ impl Engine {
             vocab: facts.vocab_size,
             type_vocab,
             max_tokens: facts.max_tokens,
-            memory,
+            memory: RefCell::new(memory),
             shapes: bucket_shapes(gpu)?,
-            stats: WorkerStats::default(),
+            stats: RefCell::default(),
+            nesting: Cell::new(0),
         };
         // Warm-up: reads every weight from disk and builds compiled kernels now, not on the
         // first request; a broken checkpoint fails here, before Ready.
         for warm in warm_up_batches(gpu, facts.max_tokens) {
-            engine.run(&warm)?;
+            engine.run(&warm, None)?;
         }
-        engine.stats = WorkerStats::default();
+        engine.stats = RefCell::default();
         engine.info.load_seconds = start.elapsed().as_secs_f64();
         Ok(engine)
     }
@@ -259,7 +288,7 @@ impl Engine {
 
     /// The batch as the network takes it: ids, segment ids and per-sequence positions of
     /// all tokens back to back, plus the attention plan MLX kernels need.
-    fn prepare(&self, batch: &TokenBatch) -> Result<Inputs> {
+    fn prepare<'c>(&self, batch: &TokenBatch, checkpoint: Option<&'c dyn Checkpoint>) -> Result<Inputs<'c>> {
         let total = batch.tokens.len();
         let ids: Vec<i32> = batch.tokens.iter().map(|&t| t as i32).collect();
         let types: Vec<i32> =
@@ -284,19 +313,35 @@ impl Engine {
             positions: Array::from_slice(&positions, &[n]),
             packing,
             buckets,
+            checkpoint,
         })
     }
 
+    /// Starts computing a batch (see [`Computing`]).
+    fn begin(&self) -> Computing<'_> {
+        if self.nesting.get() == 0 {
+            self.memory.borrow_mut().before_batch();
+        }
+        self.nesting.set(self.nesting.get() + 1);
+        Computing { engine: self }
+    }
+
     /// Runs the network and the head; returns `[batch, dim]` rows or `[batch]` scores (f32).
-    fn run(&mut self, batch: &TokenBatch) -> Result<Array> {
-        Ok(self.run_with(batch, TokenOutputs::default())?.0)
+    /// `checkpoint`: the batch yields at its layer boundaries (`Inputs::layer_done`).
+    fn run(&self, batch: &TokenBatch, checkpoint: Option<&dyn Checkpoint>) -> Result<Array> {
+        Ok(self.run_with(batch, TokenOutputs::default(), checkpoint)?.0)
     }
 
     /// [`run`](Self::run), plus from the same forward pass the per-token outputs `want`
     /// asks for: token weights `[total]` and ColBERT rows `[total - batch, colbert_dim]`.
-    fn run_with(&mut self, batch: &TokenBatch, want: TokenOutputs) -> Result<(Array, Option<Array>, Option<Array>)> {
-        self.memory.before_batch();
-        let inputs = self.prepare(batch)?;
+    fn run_with(
+        &self,
+        batch: &TokenBatch,
+        want: TokenOutputs,
+        checkpoint: Option<&dyn Checkpoint>,
+    ) -> Result<(Array, Option<Array>, Option<Array>)> {
+        let computing = self.begin();
+        let inputs = self.prepare(batch, checkpoint)?;
         let hidden = self.network.forward(&inputs)?;
         let packing = &inputs.packing;
         let out = match &self.head {
@@ -316,28 +361,28 @@ impl Engine {
         };
         mlx_rs::transforms::eval(std::iter::once(&out).chain(weights.iter()).chain(colbert.iter()))?;
         drop((hidden, inputs));
-        self.memory.after_batch();
-        self.count(batch);
+        computing.done(batch);
         Ok((out, weights, colbert))
     }
 
     /// A computed batch in the stats. Packed: the position-wise layers computed exactly the
     /// real tokens, so padded tokens are the real ones.
-    fn count(&mut self, batch: &TokenBatch) {
+    fn count(&self, batch: &TokenBatch) {
         let tokens = batch.tokens.len() as u64;
-        self.stats.batches += 1;
-        self.stats.sequences += batch.len() as u64;
-        self.stats.tokens += tokens;
-        self.stats.padded_tokens += tokens;
+        let mut stats = self.stats.borrow_mut();
+        stats.batches += 1;
+        stats.sequences += batch.len() as u64;
+        stats.tokens += tokens;
+        stats.padded_tokens += tokens;
     }
 
     /// Gives idle memory back to the OS (MLX cache, C heap).
-    pub fn release_idle_memory(&mut self) {
-        self.memory.release_idle();
+    pub fn release_idle_memory(&self) {
+        self.memory.borrow_mut().release_idle();
     }
 
     /// Embedding rows, row-major `[batch, dim]`.
-    pub fn embed(&mut self, batch: &TokenBatch) -> Result<(u32, Vec<f32>)> {
+    pub fn embed(&self, batch: &TokenBatch, checkpoint: Option<&dyn Checkpoint>) -> Result<(u32, Vec<f32>)> {
         if self.kind != ModelKind::Embedding {
             bail!("this worker serves a reranker; it cannot embed");
         }
@@ -347,13 +392,19 @@ impl Engine {
         if matches!(self.head, Head::MultiVector(_)) {
             bail!("this worker serves a PyLate ColBERT model: it gives token vectors only, no dense vector");
         }
-        let out = self.run(batch)?;
+        let out = self.run(batch, checkpoint)?;
         let dim = out.dim(1) as u32;
         Ok((dim, to_vec_f32(&out)?))
     }
 
     /// Embedding rows and the per-token outputs `want` asks for, as the answer to request `id`.
-    pub fn embed_tokens(&mut self, id: u64, batch: &TokenBatch, want: TokenOutputs) -> Result<WorkerMessage> {
+    pub fn embed_tokens(
+        &self,
+        id: u64,
+        batch: &TokenBatch,
+        want: TokenOutputs,
+        checkpoint: Option<&dyn Checkpoint>,
+    ) -> Result<WorkerMessage> {
         if self.kind != ModelKind::Embedding {
             bail!("this worker serves a reranker; it cannot embed");
         }
@@ -361,14 +412,13 @@ impl Engine {
             if want.sparse {
                 bail!("this worker serves a PyLate ColBERT model: it has no sparse weights");
             }
-            self.memory.before_batch();
-            let inputs = self.prepare(batch)?;
+            let computing = self.begin();
+            let inputs = self.prepare(batch, checkpoint)?;
             let hidden = self.network.forward(&inputs)?;
             let colbert = head.vectors(&hidden, batch)?;
             let colbert_dim = head.dim() as u32;
             drop((hidden, inputs));
-            self.memory.after_batch();
-            self.count(batch);
+            computing.done(batch);
             return Ok(WorkerMessage::TokenEmbeddings {
                 id,
                 dim: 0,
@@ -379,7 +429,7 @@ impl Engine {
                 forward_us: 0,
             });
         }
-        let (out, weights, colbert) = self.run_with(batch, want)?;
+        let (out, weights, colbert) = self.run_with(batch, want, checkpoint)?;
         if let Head::Sparse(splade) = &self.head {
             let vocab = out.dim(1) as usize;
             let sparse = if want.sparse { splade.sparse(&to_vec_f32(&out)?, vocab) } else { Vec::new() };
@@ -426,50 +476,55 @@ impl Engine {
     }
 
     /// One row per pool (late chunking, `EmbedPooled`), row-major `[pools, dim]`.
-    pub fn embed_pooled(&mut self, batch: &TokenBatch, pools: &[Pool]) -> Result<(u32, Vec<f32>)> {
+    pub fn embed_pooled(
+        &self,
+        batch: &TokenBatch,
+        pools: &[Pool],
+        checkpoint: Option<&dyn Checkpoint>,
+    ) -> Result<(u32, Vec<f32>)> {
         let Head::Embed(head) = &self.head else {
             bail!("this worker's model has no dense embedding to pool (a reranker, classifier or SPLADE model)");
         };
-        self.memory.before_batch();
-        let inputs = self.prepare(batch)?;
+        let computing = self.begin();
+        let inputs = self.prepare(batch, checkpoint)?;
         let hidden = self.network.forward(&inputs)?;
         let out = head.apply_pools(&hidden, &inputs.packing, pools)?;
         mlx_rs::transforms::eval(std::iter::once(&out))?;
         drop((hidden, inputs));
-        self.memory.after_batch();
-        self.count(batch);
+        computing.done(batch);
         Ok((out.dim(1) as u32, to_vec_f32(&out)?))
     }
 
     /// One relevance score per sequence.
-    pub fn score(&mut self, batch: &TokenBatch) -> Result<Vec<f32>> {
+    pub fn score(&self, batch: &TokenBatch, checkpoint: Option<&dyn Checkpoint>) -> Result<Vec<f32>> {
         if self.kind != ModelKind::Reranker {
             bail!("this worker serves a {} model; it cannot score pairs", self.kind.as_str());
         }
-        let out = self.run(batch)?;
+        let out = self.run(batch, checkpoint)?;
         to_vec_f32(&out)
     }
 
     /// Every label's logit per sequence: `(labels, row-major [batch, labels])`.
-    pub fn classify(&mut self, batch: &TokenBatch) -> Result<(u32, Vec<f32>)> {
+    pub fn classify(&self, batch: &TokenBatch, checkpoint: Option<&dyn Checkpoint>) -> Result<(u32, Vec<f32>)> {
         if self.kind != ModelKind::Classifier {
             bail!("this worker serves a {} model; it cannot classify", self.kind.as_str());
         }
-        let out = self.run(batch)?;
+        let out = self.run(batch, checkpoint)?;
         Ok((out.dim(1) as u32, to_vec_f32(&out)?))
     }
 
     /// Counters plus MLX and process memory.
     pub fn stats(&self) -> WorkerStats {
+        let memory = self.memory.borrow();
         WorkerStats {
             mlx_active_bytes: mlx_rs::memory::active_memory().unwrap_or(0) as u64,
-            mlx_peak_bytes: self.memory.peak_since_start() as u64,
+            mlx_peak_bytes: memory.peak_since_start() as u64,
             mlx_cache_bytes: mlx_rs::memory::cache_memory().unwrap_or(0) as u64,
-            mlx_cache_limit_bytes: self.memory.cache_limit() as u64,
+            mlx_cache_limit_bytes: memory.cache_limit() as u64,
             rss_bytes: rss_bytes(),
             device_bytes: crate::device_memory::process_device_bytes(),
             driver_reserved_bytes: crate::cuda_driver::reserved_bytes().unwrap_or(0),
-            ..self.stats.clone()
+            ..self.stats.borrow().clone()
         }
     }
 }

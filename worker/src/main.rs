@@ -337,9 +337,9 @@ fn bench_forward(model: &Path, shape: BenchShape, iters: u32, opts: &Options) ->
     }
     let once = |engine: &mut Engine, tokens: &TokenBatch| -> Result<()> {
         match engine.kind() {
-            ModelKind::Embedding => engine.embed(tokens).map(|_| ()),
-            ModelKind::Reranker => engine.score(tokens).map(|_| ()),
-            ModelKind::Classifier => engine.classify(tokens).map(|_| ()),
+            ModelKind::Embedding => engine.embed(tokens, None).map(|_| ()),
+            ModelKind::Reranker => engine.score(tokens, None).map(|_| ()),
+            ModelKind::Classifier => engine.classify(tokens, None).map(|_| ()),
         }
     };
     let real: usize = batches.iter().map(|b| b.tokens.len()).sum();

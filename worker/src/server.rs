@@ -11,10 +11,16 @@
 //! Frames are read and decoded on a separate thread, so the next batch (the supervisor keeps
 //! one in flight ahead) is decoded while the current one computes. The channel is bounded:
 //! the reader never runs more than a couple of frames ahead.
+//!
+//! A yielding batch (`SupervisorMessage::Yielding`) looks into that channel after each
+//! transformer layer ([`Between`]): a batch waiting there is computed whole and answered
+//! before the yielding one goes on, so a short query does not wait for a long document's
+//! whole forward pass (docs/worker.md, "Yielding batches").
 
+use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +30,7 @@ use mlx_serve_protocol::codec::{self, CodecError};
 use mlx_serve_protocol::{ErrorKind, ModelKind, Pool, SupervisorMessage, TokenBatch, WorkerMessage, PROTOCOL_VERSION};
 
 use crate::engine::{Engine, Options};
+use crate::models::Checkpoint;
 
 /// Exit code when the model cannot be loaded (after LoadFailed was sent).
 pub const EXIT_LOAD_FAILED: i32 = 2;
@@ -63,7 +70,7 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
 
     let loaded = catch_unwind(AssertUnwindSafe(|| Engine::load(model, opts)))
         .unwrap_or_else(|p| Err(anyhow::anyhow!("panic while loading: {}", panic_text(&p))));
-    let mut engine = match loaded {
+    let engine = match loaded {
         Ok(e) => e,
         Err(e) => {
             let reason = format!("cannot load model {}: {e:#}", model.display());
@@ -102,12 +109,22 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
         }
     })?;
 
+    let between = Between {
+        engine: &engine,
+        rx: &rx,
+        out: &stream,
+        deferred: RefCell::new(None),
+        lent: Cell::new(Duration::ZERO),
+        resumed: Cell::new(Instant::now()),
+        exit: Cell::new(None),
+    };
     // The load itself leaves freed buffers behind: release them after the first quiet period.
     let mut last_batch = Instant::now();
     let mut idle_released = false;
     loop {
         let wait = if idle_released { IDLE_RELEASE } else { IDLE_RELEASE.saturating_sub(last_batch.elapsed()) };
-        let item = match rx.recv_timeout(wait) {
+        let deferred = between.deferred.take();
+        let item = match deferred.map_or_else(|| rx.recv_timeout(wait), Ok) {
             Ok(item) => item,
             Err(RecvTimeoutError::Timeout) => {
                 if !idle_released {
@@ -118,17 +135,9 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             }
             Err(RecvTimeoutError::Disconnected) => return Ok(0),
         };
-        let is_batch = matches!(
-            item,
-            Incoming::Message(
-                SupervisorMessage::Embed { .. }
-                    | SupervisorMessage::Score { .. }
-                    | SupervisorMessage::Classify { .. }
-                    | SupervisorMessage::EmbedTokens { .. }
-                    | SupervisorMessage::EmbedPooled { .. }
-            )
-        );
+        let is_batch = matches!(&item, Incoming::Message(m) if is_batch(m));
         let computing = Instant::now();
+        between.begin();
         let mut reply = match item {
             Incoming::Eof => return Ok(0),
             Incoming::Broken(e) => {
@@ -137,59 +146,18 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             }
             Incoming::Message(SupervisorMessage::Shutdown) => return Ok(0),
             Incoming::Message(SupervisorMessage::Stats { id }) => WorkerMessage::Stats { id, stats: engine.stats() },
-            Incoming::Message(SupervisorMessage::Embed { id, batch }) => {
-                let check = precheck(&engine, ModelKind::Embedding, &batch);
-                answer(id, check, || {
-                    engine.embed(&batch).map(|(dim, data)| WorkerMessage::Embeddings { id, dim, data, forward_us: 0 })
-                })
-            }
-            Incoming::Message(SupervisorMessage::EmbedTokens { id, batch, outputs }) => {
-                let check = precheck(&engine, ModelKind::Embedding, &batch).and_then(|()| {
-                    let has = engine.info().token_outputs;
-                    match (outputs.sparse && !has.sparse, outputs.colbert && !has.colbert) {
-                        (true, _) => Err((ErrorKind::Unsupported, "this model has no sparse (lexical) head".into())),
-                        (_, true) => {
-                            Err((ErrorKind::Unsupported, "this model has no ColBERT (multi-vector) head".into()))
-                        }
-                        _ => Ok(()),
-                    }
-                });
-                answer(id, check, || engine.embed_tokens(id, &batch, outputs))
-            }
-            Incoming::Message(SupervisorMessage::EmbedPooled { id, batch, pools }) => {
-                let check = precheck(&engine, ModelKind::Embedding, &batch)
-                    .and_then(|()| check_pools(&batch, &pools).map_err(|m| (ErrorKind::InvalidInput, m)));
-                answer(id, check, || {
-                    engine.embed_pooled(&batch, &pools).map(|(dim, data)| WorkerMessage::Embeddings {
-                        id,
-                        dim,
-                        data,
-                        forward_us: 0,
-                    })
-                })
-            }
-            Incoming::Message(SupervisorMessage::Classify { id, batch }) => {
-                let check = precheck(&engine, ModelKind::Classifier, &batch);
-                answer(id, check, || {
-                    engine.classify(&batch).map(|(dim, data)| WorkerMessage::Embeddings {
-                        id,
-                        dim,
-                        data,
-                        forward_us: 0,
-                    })
-                })
-            }
-            Incoming::Message(SupervisorMessage::Score { id, batch }) => {
-                let check = precheck(&engine, ModelKind::Reranker, &batch);
-                answer(id, check, || {
-                    engine.score(&batch).map(|scores| WorkerMessage::Scores { id, scores, forward_us: 0 })
-                })
-            }
+            Incoming::Message(SupervisorMessage::Yielding(batch)) => compute(&engine, *batch, Some(&between)),
+            Incoming::Message(batch) => compute(&engine, batch, None),
         };
-        stamp_forward_time(&mut reply, computing.elapsed());
+        // The batches computed at its checkpoints are not its time (the supervisor's pace
+        // learns from it).
+        stamp_forward_time(&mut reply, computing.elapsed().saturating_sub(between.lent.get()));
         if let Err(e) = codec::write(&mut out, &reply) {
             eprintln!("mlx-serve-worker: cannot answer the supervisor ({e}); exiting");
             return Ok(EXIT_BROKEN_STREAM);
+        }
+        if let Some(code) = between.exit.get() {
+            return Ok(code);
         }
         if let WorkerMessage::Error { kind: ErrorKind::Internal, message, .. } = &reply {
             if is_device_error(message) {
@@ -201,6 +169,168 @@ pub fn run(socket: &Path, model: &Path, opts: &Options) -> Result<i32> {
             // The quiet period counts from the end of the last batch.
             last_batch = Instant::now();
             idle_released = false;
+        }
+    }
+}
+
+/// A message that is a batch to compute (plain or yielding).
+fn is_batch(m: &SupervisorMessage) -> bool {
+    match m {
+        SupervisorMessage::Embed { .. }
+        | SupervisorMessage::Score { .. }
+        | SupervisorMessage::Classify { .. }
+        | SupervisorMessage::EmbedTokens { .. }
+        | SupervisorMessage::EmbedPooled { .. } => true,
+        SupervisorMessage::Yielding(inner) => is_batch(inner),
+        SupervisorMessage::Stats { .. } | SupervisorMessage::Shutdown => false,
+    }
+}
+
+/// Computes one batch message and gives its answer (an `Error` answer for a bad batch).
+/// `checkpoint`: the batch yields at its layer boundaries.
+fn compute(engine: &Engine, msg: SupervisorMessage, checkpoint: Option<&dyn Checkpoint>) -> WorkerMessage {
+    match msg {
+        SupervisorMessage::Embed { id, batch } => {
+            let check = precheck(engine, ModelKind::Embedding, &batch);
+            answer(id, check, || {
+                engine.embed(&batch, checkpoint).map(|(dim, data)| WorkerMessage::Embeddings {
+                    id,
+                    dim,
+                    data,
+                    forward_us: 0,
+                })
+            })
+        }
+        SupervisorMessage::EmbedTokens { id, batch, outputs } => {
+            let check = precheck(engine, ModelKind::Embedding, &batch).and_then(|()| {
+                let has = engine.info().token_outputs;
+                match (outputs.sparse && !has.sparse, outputs.colbert && !has.colbert) {
+                    (true, _) => Err((ErrorKind::Unsupported, "this model has no sparse (lexical) head".into())),
+                    (_, true) => Err((ErrorKind::Unsupported, "this model has no ColBERT (multi-vector) head".into())),
+                    _ => Ok(()),
+                }
+            });
+            answer(id, check, || engine.embed_tokens(id, &batch, outputs, checkpoint))
+        }
+        SupervisorMessage::EmbedPooled { id, batch, pools } => {
+            let check = precheck(engine, ModelKind::Embedding, &batch)
+                .and_then(|()| check_pools(&batch, &pools).map_err(|m| (ErrorKind::InvalidInput, m)));
+            answer(id, check, || {
+                engine.embed_pooled(&batch, &pools, checkpoint).map(|(dim, data)| WorkerMessage::Embeddings {
+                    id,
+                    dim,
+                    data,
+                    forward_us: 0,
+                })
+            })
+        }
+        SupervisorMessage::Classify { id, batch } => {
+            let check = precheck(engine, ModelKind::Classifier, &batch);
+            answer(id, check, || {
+                engine.classify(&batch, checkpoint).map(|(dim, data)| WorkerMessage::Embeddings {
+                    id,
+                    dim,
+                    data,
+                    forward_us: 0,
+                })
+            })
+        }
+        SupervisorMessage::Score { id, batch } => {
+            let check = precheck(engine, ModelKind::Reranker, &batch);
+            answer(id, check, || {
+                engine.score(&batch, checkpoint).map(|scores| WorkerMessage::Scores { id, scores, forward_us: 0 })
+            })
+        }
+        SupervisorMessage::Yielding(inner) => compute(engine, *inner, checkpoint),
+        // Only a `Yielding` wrapper brings these here: it wraps batches only.
+        SupervisorMessage::Stats { id } => not_a_batch(id),
+        SupervisorMessage::Shutdown => not_a_batch(0),
+    }
+}
+
+fn not_a_batch(id: u64) -> WorkerMessage {
+    WorkerMessage::Error { id, kind: ErrorKind::InvalidInput, message: "only a batch can yield".into() }
+}
+
+/// After a batch computed at a checkpoint, how long the checkpoint waits for the next one
+/// (the supervisor sends it as it takes the answer), at most a tenth of the yielding
+/// batch's last layer.
+const NEXT_BATCH_GRACE: Duration = Duration::from_millis(5);
+
+/// The checkpoint a yielding batch passes after each transformer layer: batches the
+/// supervisor sent behind it and waiting in the frame channel are computed whole (never
+/// yielding themselves: one level deep) and answered now, one after the other while they
+/// keep coming, until they took as long as the yielding batch's own last layer: the
+/// yielding batch keeps at least half of the worker, so it always finishes.
+struct Between<'a> {
+    engine: &'a Engine,
+    rx: &'a Receiver<Incoming>,
+    out: &'a Stream,
+    /// A message read at a checkpoint that is not a batch (Shutdown, the end of the stream,
+    /// a broken stream): the main loop takes it after the yielding batch is answered, and
+    /// no checkpoint reads past it.
+    deferred: RefCell<Option<Incoming>>,
+    /// Time spent at the current yielding batch's checkpoints (on the batches computed
+    /// there, and waiting for them).
+    lent: Cell<Duration>,
+    /// When the yielding batch began or last left a checkpoint.
+    resumed: Cell<Instant>,
+    /// The worker exits with this code once the yielding batch is answered (a batch in
+    /// between met a GPU error, or the stream broke).
+    exit: Cell<Option<i32>>,
+}
+
+impl Between<'_> {
+    /// A yielding batch begins.
+    fn begin(&self) {
+        self.lent.set(Duration::ZERO);
+        self.resumed.set(Instant::now());
+    }
+
+    /// Answers `item` read at a checkpoint; false when it is not for now (deferred).
+    fn serve(&self, item: Incoming) -> bool {
+        let started = Instant::now();
+        let mut reply = match item {
+            Incoming::Message(SupervisorMessage::Stats { id }) => {
+                WorkerMessage::Stats { id, stats: self.engine.stats() }
+            }
+            Incoming::Message(m) if is_batch(&m) => compute(self.engine, m, None),
+            other => {
+                *self.deferred.borrow_mut() = Some(other);
+                return false;
+            }
+        };
+        stamp_forward_time(&mut reply, started.elapsed());
+        if let Err(e) = codec::write(&mut &*self.out, &reply) {
+            eprintln!("mlx-serve-worker: cannot answer the supervisor ({e}); exiting");
+            self.exit.set(Some(EXIT_BROKEN_STREAM));
+        } else if let WorkerMessage::Error { kind: ErrorKind::Internal, message, .. } = &reply {
+            if is_device_error(message) {
+                eprintln!("mlx-serve-worker: GPU error ({message}); exiting so that a fresh process takes over");
+                self.exit.set(Some(EXIT_DEVICE_ERROR));
+            }
+        }
+        true
+    }
+}
+
+impl Checkpoint for Between<'_> {
+    fn reached(&self) -> Result<()> {
+        let arrived = Instant::now();
+        // What the batches in between may take here: the yielding batch's own last layer.
+        let share = arrived.saturating_duration_since(self.resumed.get());
+        let grace = NEXT_BATCH_GRACE.min(share / 10);
+        let mut served = false;
+        while self.exit.get().is_none() && self.deferred.borrow().is_none() && arrived.elapsed() < share.max(grace) {
+            let item = if served { self.rx.recv_timeout(grace).ok() } else { self.rx.try_recv().ok() };
+            let Some(item) = item else { break };
+            served = self.serve(item);
+        }
+        self.lent.set(self.lent.get() + arrived.elapsed());
+        self.resumed.set(Instant::now());
+        match self.exit.get() {
+            Some(_) => anyhow::bail!("the worker is exiting (a batch computed during this one failed)"),
+            None => Ok(()),
         }
     }
 }

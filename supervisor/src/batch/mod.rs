@@ -15,6 +15,6 @@ mod queue;
 pub use item::LatePools;
 pub use order::effective_priority;
 pub use pace::{Overhead, Pace};
-pub use policy::{decide, Decision, InFlight, Rules, PIPELINE_DEPTH};
+pub use policy::{batch_yields, decide, is_long, overtakes, Decision, InFlight, Rules, PIPELINE_DEPTH};
 pub use pools::pools;
 pub use queue::{tokens, Item, Limits, Queue};

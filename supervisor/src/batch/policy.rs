@@ -18,6 +18,14 @@
 //! - Suspects (inputs in flight when a worker crashed or hung) run alone, with nothing
 //!   else in flight beside them, so a second death convicts exactly one input
 //!   (`runner/recovery.rs`).
+//! - A long batch yields ([`batch_yields`]: a late-chunked document, a sequence past
+//!   [`YIELD_PAST_TOKENS`], a predicted time of [`YIELD_AFTER_BATCHES`] × the batch time
+//!   bound, or bulk work only): the worker looks for a batch sent behind it after each
+//!   transformer layer and computes that one first. Behind a yielding batch only work that
+//!   may overtake it ([`overtakes`]: short, and of a better priority, or of its own
+//!   priority when that is not bulk) is sent, and at once, not at the cut: it runs at the
+//!   next layer boundary. Anything else waits for the yielding batch's answer, since the
+//!   worker would compute it whole in the middle of the long one.
 //!
 //! Which items form the batch is `Queue::plan`'s business (it always includes the oldest,
 //! so nothing starves).
@@ -26,7 +34,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::queue::{Limits, Queue};
+use super::queue::{Item, Limits, Queue};
 
 /// Batches sent to a worker and not yet answered: one computing, one waiting.
 pub const PIPELINE_DEPTH: usize = 2;
@@ -41,6 +49,41 @@ pub struct InFlight {
     /// When the next batch should be cut to be ready as the worker finishes what it is
     /// computing (`Pace::cut_at`); None while its speed is unknown.
     pub cut_at: Option<Instant>,
+    /// The batch being computed yields at its layer boundaries ([`batch_yields`]).
+    pub head_yields: bool,
+    /// Queued work may overtake it ([`overtakes`]).
+    pub overtake: bool,
+}
+
+/// A sequence longer than this makes its batch yield: attention's cost grows with the
+/// length, and one such window can take seconds on a CPU (`runner/recovery.rs`'s
+/// `LINEAR_UP_TO`, the same length).
+pub const YIELD_PAST_TOKENS: usize = 512;
+
+/// A batch predicted to take this many times `scheduling.max_batch_ms` yields.
+pub const YIELD_AFTER_BATCHES: u32 = 4;
+
+/// Whether the batch of `items` yields: it holds a late-chunked document or a sequence
+/// past [`YIELD_PAST_TOKENS`], or its predicted time is [`YIELD_AFTER_BATCHES`] ×
+/// `max_batch` (zero: no bound), or all of it is bulk (worse than `default_priority`).
+pub fn batch_yields(items: &[Item], predicted: Option<Duration>, max_batch: Duration, default_priority: i32) -> bool {
+    let long = items.iter().any(is_long);
+    let slow = !max_batch.is_zero() && predicted.is_some_and(|p| p >= max_batch * YIELD_AFTER_BATCHES);
+    let bulk = !items.is_empty() && items.iter().all(|i| i.priority > default_priority);
+    long || slow || bulk
+}
+
+/// A late-chunked document, or an input with a sequence past [`YIELD_PAST_TOKENS`].
+pub fn is_long(item: &Item) -> bool {
+    item.late.is_some() || item.sequences().any(|t| t.ids.len() > YIELD_PAST_TOKENS)
+}
+
+/// Whether queued `item` may run inside a yielding batch whose best priority is `head`:
+/// it is not long itself, and its priority is better, or the same where that is not bulk
+/// (a bulk batch yields to queries, not to the next bulk batch, which would then run whole
+/// in its middle).
+pub fn overtakes(item: &Item, head: i32, default_priority: i32) -> bool {
+    !is_long(item) && (item.priority < head || (item.priority == head && head <= default_priority))
 }
 
 /// The settings the policy applies.
@@ -76,6 +119,11 @@ pub fn decide(queue: &Queue, in_flight: InFlight, now: Instant, rules: Rules) ->
     }
     if queue.head_is_suspect() {
         return Decision::Wait(None);
+    }
+    // Behind a yielding batch: work that may overtake it goes now (the worker takes it at
+    // the next layer boundary); other work waits for its answer.
+    if in_flight.head_yields {
+        return if in_flight.overtake { Decision::Send } else { Decision::Wait(None) };
     }
     // Once the worker's speed is known, even a full batch is cut only just before the
     // worker is free: work that arrives meanwhile (a query behind a bulk ingest, a small
@@ -184,6 +232,47 @@ mod tests {
         assert_eq!(decide(&q, computing, t0 + WAIT, yielding), Decision::Wait(None), "the worker's answer wakes it");
         assert_eq!(decide(&q, busy(0), t0, yielding), Decision::Send, "an idle worker still gets it at once");
         assert_eq!(decide(&q, computing, t0 + WAIT, RULES), Decision::Send);
+    }
+
+    #[test]
+    fn work_that_overtakes_a_yielding_batch_goes_at_once() {
+        let t0 = Instant::now();
+        let q = queue_of(&[5], t0);
+        let long = InFlight { cut_at: Some(t0 + 10 * WAIT), head_yields: true, ..busy(1) };
+        assert_eq!(decide(&q, InFlight { overtake: true, ..long }, t0, RULES), Decision::Send, "not at the cut");
+        assert_eq!(decide(&q, long, t0 + 20 * WAIT, RULES), Decision::Wait(None), "the rest waits for the answer");
+        let two = InFlight { overtake: true, ..long };
+        assert_eq!(decide(&q, InFlight { batches: 2, ..two }, t0, RULES), Decision::Wait(None), "one at a time");
+        let suspect = InFlight { suspect: true, ..two };
+        assert_eq!(decide(&q, suspect, t0, RULES), Decision::Wait(None), "a suspect still runs alone");
+    }
+
+    #[test]
+    fn long_slow_and_bulk_batches_yield() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let short = vec![item(1, 5, t0), item(2, 512, t0)];
+        assert!(!batch_yields(&short, Some(ms(20)), ms(50), 0));
+        assert!(batch_yields(&[item(1, 5, t0), item(2, 513, t0)], Some(ms(20)), ms(50), 0), "a long sequence");
+        let mut late = item(3, 100, t0);
+        late.late = Some(Box::new(crate::batch::LatePools { more: vec![], chunks: vec![vec![(0, 50)]] }));
+        assert!(batch_yields(&[late], None, ms(50), 0), "a late-chunked document, however short");
+        assert!(batch_yields(&short, Some(ms(200)), ms(50), 0), "predicted at 4 × max_batch_ms");
+        assert!(!batch_yields(&short, Some(ms(200)), ms(0), 0), "no time bound: not by time");
+        let bulk: Vec<Item> = short.into_iter().map(|i| i.with_class(5, 0)).collect();
+        assert!(batch_yields(&bulk, None, ms(50), 0), "bulk only");
+    }
+
+    #[test]
+    fn short_work_of_a_better_or_interactive_priority_overtakes() {
+        let t0 = Instant::now();
+        let query = item(1, 12, t0);
+        assert!(overtakes(&query, 0, 0), "a query overtakes an interactive document");
+        assert!(overtakes(&query, 5, 0), "and a bulk batch");
+        assert!(!overtakes(&item(2, 12, t0).with_class(5, 0), 5, 0), "bulk does not overtake bulk");
+        assert!(overtakes(&item(2, 12, t0).with_class(5, 0), 9, 0), "better bulk overtakes worse bulk");
+        assert!(!overtakes(&item(3, 600, t0), 5, 0), "a long input does not overtake");
+        assert!(!overtakes(&item(4, 12, t0).with_class(1, 0), 0, 0), "worse than the head does not");
     }
 
     #[test]

@@ -97,6 +97,12 @@ impl Queue {
         self.items.iter().map(|i| i.priority).min()
     }
 
+    /// Whether any queued item is `such` (the runner asks whether work may overtake a
+    /// yielding batch, `policy.rs`).
+    pub fn any(&self, such: impl FnMut(&Item) -> bool) -> bool {
+        self.items.iter().any(such)
+    }
+
     /// When the oldest item arrived.
     pub fn oldest(&self) -> Option<Instant> {
         self.items.iter().map(|i| i.enqueued).min()

@@ -37,6 +37,9 @@ struct SentBatch {
     tokens: usize,
     /// The traced requests in it, whose spans are recorded when it is answered.
     trace: BatchTrace,
+    /// Sent as `Yielding`: the worker computes a batch sent behind it at its next layer
+    /// boundary (`batch/policy.rs`).
+    yielding: bool,
 }
 
 /// The runner's worker process, through its life.
@@ -97,10 +100,12 @@ struct Runner {
     jobs: Jobs,
     next_batch: u64,
     /// By batch id, which is also the order they were sent; the worker computes them in
-    /// that order, so the first is the one being computed.
+    /// that order, so the first is the one being computed, except that a yielding first one
+    /// lets the one behind it run at a layer boundary (its answer then comes first).
     in_flight: BTreeMap<u64, SentBatch>,
     /// When the first batch in flight began computing: when it was sent to an idle
-    /// worker, or when the batch before it was answered.
+    /// worker, or when the batch before it was answered; moved later by the time of a
+    /// batch computed inside it, so that neither the pace nor the watchdog counts that.
     head_since: Instant,
     /// The worker's observed speed; kept across restarts (same model, same machine).
     pace: Pace,

@@ -166,7 +166,8 @@ async fn serve(
     stopped: Arc<AtomicBool>,
 ) {
     while let Some((msg, n)) = inbox.recv().await {
-        let (id, batch, embed, pools) = match msg {
+        // A yielding batch is computed like any other: the fake never nests.
+        let (id, batch, embed, pools) = match msg.unwrapped().clone() {
             // A classifier's logits come back as rows, as embeddings do.
             SupervisorMessage::Embed { id, batch }
             | SupervisorMessage::EmbedTokens { id, batch, .. }
@@ -179,6 +180,7 @@ async fn serve(
                 continue;
             }
             SupervisorMessage::Shutdown => return,
+            SupervisorMessage::Yielding(_) => unreachable!("unwrapped above"),
         };
         let first = firsts(&batch);
         let (fault, delay, gate) = {
@@ -267,7 +269,7 @@ impl WorkerLink for FakeLink {
         if self.outbox.is_closed() {
             return Err(LinkClosed);
         }
-        let n = match msg {
+        let n = match msg.unwrapped() {
             SupervisorMessage::Embed { batch, .. }
             | SupervisorMessage::Score { batch, .. }
             | SupervisorMessage::EmbedTokens { batch, .. }

@@ -222,7 +222,14 @@ mod tests {
         };
         let zeros = Array::from_slice(&vec![0i32; total as usize], &[total]);
         let buckets = shapes.map(|s| AttentionBuckets::new(&packing, s).unwrap());
-        let inputs = Inputs { ids: zeros.clone(), type_ids: zeros.clone(), positions: zeros, packing, buckets };
+        let inputs = Inputs {
+            ids: zeros.clone(),
+            type_ids: zeros.clone(),
+            positions: zeros,
+            packing,
+            buckets,
+            checkpoint: None,
+        };
         let out = attention_in_tiles(kernels, &h, &inputs, 0.35, mask, bias, tile).unwrap();
         assert_eq!(out.shape(), &[total, heads as i32 * head_dim]);
         out.as_slice::<f32>().to_vec()

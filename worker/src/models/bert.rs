@@ -292,6 +292,7 @@ impl Network for Bert {
             let h = self.act.apply_biased(self.kernels, &inter, inter_bias)?;
             let (out, out_bias) = layer.output.forward_unbiased(&h)?;
             x = layer.out_norm.add_apply(self.kernels, &out, out_bias, &x)?;
+            inputs.layer_done(&[&x])?;
         }
         Ok(x)
     }

@@ -234,6 +234,7 @@ impl Network for DistilBert {
             let h = self.act.apply_biased(self.kernels, &inter, inter_bias)?;
             let (out, out_bias) = layer.lin2.forward_unbiased(&h)?;
             x = layer.out_norm.add_apply(self.kernels, &out, out_bias, &x)?;
+            inputs.layer_done(&[&x])?;
         }
         Ok(x)
     }

@@ -429,6 +429,7 @@ impl Network for Gemma3Text {
             // The next layer's input norm, or after the last layer the final norm.
             let next = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
             (x, r) = self.add_norm(&sum, &norm(self.kernels, &m, &layer.post_ff_norm, self.eps)?, next)?;
+            inputs.layer_done(&[&x, &r])?;
         }
         if self.layers.is_empty() {
             return norm(self.kernels, &x, &self.norm, self.eps);

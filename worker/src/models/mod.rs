@@ -123,7 +123,7 @@ pub enum Kernels {
 }
 
 /// A packed batch, ready for a forward pass.
-pub struct Inputs {
+pub struct Inputs<'a> {
     /// Token ids `[total]` int32.
     pub ids: Array,
     /// Segment ids `[total]` int32 (zeros when the batch has none).
@@ -133,11 +133,34 @@ pub struct Inputs {
     pub packing: Packing,
     /// The attention bucket plan for [`Kernels::Mlx`]; `None` on host kernels.
     pub buckets: Option<AttentionBuckets>,
+    /// Set for a yielding batch only: where its forward pass lets another batch run.
+    pub checkpoint: Option<&'a dyn Checkpoint>,
+}
+
+/// Where a yielding batch's forward pass lets a batch that waits behind it run
+/// (docs/worker.md, "Yielding batches"): the server's, which computes that batch whole.
+pub trait Checkpoint {
+    /// Called between two transformer layers, with the layer's output evaluated. An error
+    /// abandons the yielding batch (the worker is about to exit).
+    fn reached(&self) -> Result<()>;
+}
+
+impl Inputs<'_> {
+    /// After each transformer layer, with the state the next layer reads. A yielding batch
+    /// evaluates it (on MLX kernels the layers would otherwise stay a lazy graph, computed
+    /// all at once at the end, so no batch could run between them; host kernels have most
+    /// of it evaluated already) and passes the checkpoint. Other batches pay nothing.
+    pub fn layer_done(&self, state: &[&Array]) -> Result<()> {
+        let Some(checkpoint) = self.checkpoint else { return Ok(()) };
+        mlx_rs::transforms::eval(state.iter().copied())?;
+        checkpoint.reached()
+    }
 }
 
 /// A loaded transformer body.
 pub trait Network {
-    /// Final hidden states `[total, hidden]`.
+    /// Final hidden states `[total, hidden]`. Calls [`Inputs::layer_done`] after each
+    /// transformer layer.
     fn forward(&self, inputs: &Inputs) -> Result<Array>;
     fn hidden_size(&self) -> i32;
     /// Appends the position ids of one sequence (alone, unpadded) to `out`: `0..len` unless

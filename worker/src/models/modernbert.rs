@@ -418,6 +418,7 @@ impl Network for ModernBert {
                 }
                 None => self.final_norm.add_apply(self.kernels, &sum, &out)?,
             };
+            inputs.layer_done(&[&x, &normed])?;
         }
         Ok(normed)
     }

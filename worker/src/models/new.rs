@@ -301,6 +301,7 @@ impl Network for Gte {
             let h = self.act.gated(self.kernels, &up_gate, self.intermediate, false)?;
             let (down, down_bias) = layer.down.forward_unbiased(&h)?;
             x = layer.mlp_ln.add_apply(self.kernels, &down, down_bias, &x)?;
+            inputs.layer_done(&[&x])?;
         }
         Ok(x)
     }

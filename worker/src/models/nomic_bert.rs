@@ -192,6 +192,7 @@ impl Network for NomicBert {
             x = layer.attn_norm.add_apply(self.kernels, &attn, attn_bias, &x)?;
             let (out, out_bias) = layer.mlp.forward(&x, self.act, self.kernels)?;
             x = layer.mlp_norm.add_apply(self.kernels, &out, out_bias, &x)?;
+            inputs.layer_done(&[&x])?;
         }
         Ok(x)
     }

@@ -264,6 +264,7 @@ impl Network for Qwen3 {
             // The next layer's input norm, or after the last layer the final norm.
             let next = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
             (x, normed) = residual_rms_norm(self.kernels, &sum, &layer.down.forward(&h)?, next, self.eps)?;
+            inputs.layer_done(&[&x, &normed])?;
         }
         if self.layers.is_empty() {
             return Ok(rms_norm(&x, Some(&self.norm), self.eps)?);

@@ -55,7 +55,7 @@ fn outputs(dir: &Path, set: &EvalSet) -> Result<Outputs> {
         ModelKind::Embedding => {
             for part in [&set.texts, &set.queries, &set.documents] {
                 run_batches(&mut engine, part, |e, b| {
-                    let (dim, flat) = e.embed(b)?;
+                    let (dim, flat) = e.embed(b, None)?;
                     out.vectors.extend(flat.chunks(dim as usize).map(<[f32]>::to_vec));
                     Ok(())
                 })?;
@@ -65,7 +65,7 @@ fn outputs(dir: &Path, set: &EvalSet) -> Result<Outputs> {
             for group in &set.pair_groups {
                 let mut scores = Vec::new();
                 run_batches(&mut engine, group, |e, b| {
-                    scores.extend(e.score(b)?);
+                    scores.extend(e.score(b, None)?);
                     Ok(())
                 })?;
                 out.scores.push(scores);

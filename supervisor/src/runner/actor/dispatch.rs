@@ -1,6 +1,11 @@
 //! The runner's traffic with its worker: cutting and sending batches when the policy says
 //! so, taking answers back (and timing them, so the runner learns the worker's pace), and
 //! the watchdog on the batch being computed.
+//!
+//! A long batch is sent as `Yielding` (`batch/policy.rs`, `batch_yields`); short work that
+//! may overtake it is sent right behind it, and the worker computes that at the long one's
+//! next layer boundary, so its answer comes back first (docs/scheduling.md, "Long batches
+//! yield").
 
 use std::sync::atomic::Ordering;
 
@@ -10,7 +15,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Runner, SentBatch};
-use crate::batch::{decide, Decision, InFlight, Item, Limits, Overhead, Rules, PIPELINE_DEPTH};
+use crate::batch::{
+    batch_yields, decide, overtakes, Decision, InFlight, Item, Limits, Overhead, Rules, PIPELINE_DEPTH,
+};
 use crate::metrics::metrics;
 use crate::runner::jobs::BatchOutput;
 use crate::runner::recovery;
@@ -24,8 +31,21 @@ const MIN_BATCH_TOKENS: usize = 64;
 impl Runner {
     fn in_flight_now(&self) -> InFlight {
         let suspect = self.in_flight.values().any(|b| b.items.iter().any(Item::is_suspect));
-        let cut_at = self.in_flight.values().next().and_then(|head| self.pace.cut_at(self.head_since, head.tokens));
-        InFlight { batches: self.in_flight.len(), suspect, cut_at }
+        let head = self.in_flight.values().next();
+        let cut_at = head.and_then(|head| self.pace.cut_at(self.head_since, head.tokens));
+        let head_yields = head.is_some_and(|h| h.yielding);
+        let overtake = head_yields && self.in_flight.len() == 1 && {
+            let best = self.yielding_priority().unwrap_or(i32::MAX);
+            self.queue.any(|i| overtakes(i, best, self.cfg.default_priority))
+        };
+        InFlight { batches: self.in_flight.len(), suspect, cut_at, head_yields, overtake }
+    }
+
+    /// The best priority in the yielding batch being computed (None: the batch being
+    /// computed does not yield).
+    fn yielding_priority(&self) -> Option<i32> {
+        let head = self.in_flight.values().next().filter(|h| h.yielding)?;
+        head.items.iter().map(|i| i.priority).min()
     }
 
     fn rules(&self) -> Rules {
@@ -142,6 +162,15 @@ impl Runner {
             self.queue.requeue_front(late);
             items = rest;
         }
+        // Behind a yielding batch only what may overtake it: the worker computes this
+        // batch whole in the middle of the yielding one.
+        let behind = self.yielding_priority();
+        if let Some(best) = behind {
+            let default = self.cfg.default_priority;
+            let (go, wait): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| overtakes(i, best, default));
+            self.queue.requeue_front(wait);
+            items = go;
+        }
         if items.is_empty() {
             return false;
         }
@@ -156,6 +185,9 @@ impl Runner {
         }
         let pools = crate::batch::pools(&items);
         let tokens = crate::batch::tokens(&items);
+        // A batch computed inside a yielding one runs whole (the worker nests one deep).
+        let yielding = behind.is_none()
+            && batch_yields(&items, self.pace.predict(tokens), self.cfg.max_batch_time, self.cfg.default_priority);
         let id = self.next_batch;
         self.next_batch += 1;
         // One forward pass gives every job what it asked for: the union of their outputs.
@@ -172,6 +204,7 @@ impl Runner {
             ModelKind::Reranker => (SupervisorMessage::Score { id, batch }, "rerank"),
             ModelKind::Classifier => (SupervisorMessage::Classify { id, batch }, "predict"),
         };
+        let msg = if yielding { SupervisorMessage::Yielding(Box::new(msg)) } else { msg };
         let mut trace = BatchTrace::default();
         if crate::telemetry::enabled() {
             for item in &items {
@@ -192,7 +225,7 @@ impl Runner {
         if self.in_flight.is_empty() {
             self.head_since = now;
         }
-        self.in_flight.insert(id, SentBatch { items, sent: now, tokens, trace });
+        self.in_flight.insert(id, SentBatch { items, sent: now, tokens, trace, yielding });
         // A failed send means the worker is gone; its Died event requeues the batch.
         matches!(sent, Some(Ok(())))
     }
@@ -214,6 +247,11 @@ impl Runner {
                 self.pace.observe(batch.tokens, now - self.head_since);
             }
             self.head_since = now;
+        } else if let Some(forward) = forward {
+            // Answered before the head: computed at one of its layer boundaries. Its time
+            // is not the head's (pace, watchdog); the pace learns from it on its own.
+            self.head_since = (self.head_since + forward).min(now);
+            self.pace.observe(batch.tokens, forward);
         }
         let m = metrics();
         m.model_inference_seconds.with_label_values(&[&self.name]).observe((now - batch.sent).as_secs_f64());
