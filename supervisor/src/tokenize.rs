@@ -234,8 +234,7 @@ impl<'t> Head<'t> {
 
 /// Text bytes tokenized in one batch: every `Encoding` of a batch lives until the batch
 /// is done, and costs 100–250 bytes of heap per token (a truncated one keeps what it cut
-/// as `overflowing`), so batches are cut to bound that — still thousands of tokens, enough
-/// to keep every core busy.
+/// as `overflowing`), so batches are cut to bound that.
 const GROUP_BYTES: usize = 64 << 10;
 
 /// Consecutive runs of `items` of at most [`GROUP_BYTES`] (by `size`; one item when it is
