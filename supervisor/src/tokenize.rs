@@ -234,8 +234,7 @@ impl<'t> Head<'t> {
 
 /// Text bytes tokenized in one batch: every `Encoding` of a batch lives until the batch
 /// is done, and costs 100–250 bytes of heap per token (a truncated one keeps what it cut
-/// as `overflowing`), so batches are cut to bound that — still thousands of tokens, enough
-/// to keep every core busy.
+/// as `overflowing`), so batches are cut to bound that.
 const GROUP_BYTES: usize = 64 << 10;
 
 /// Consecutive runs of `items` of at most [`GROUP_BYTES`] (by `size`; one item when it is
@@ -255,6 +254,19 @@ fn groups<T>(items: &[T], size: impl Fn(&T) -> usize) -> Vec<(usize, &[T])> {
         out.push((start, &items[start..]));
     }
     out
+}
+
+/// Encodes `inputs` one after the other on this thread. Not `encode_batch_fast`: that
+/// spreads a batch over rayon's pool, one thread per core, whose idle threads spin
+/// (`sched_yield`) after every batch, so each request woke every core; requests are
+/// already tokenized in parallel, one heavy job per core (`api/inference.rs`,
+/// `off_thread`), so the pool only added wake-ups (docs/host-cpu.md).
+fn encode_each<'s>(
+    tokenizer: &Tokenizer,
+    inputs: Vec<EncodeInput<'s>>,
+    special: bool,
+) -> Result<Vec<Encoding>, TokenizeError> {
+    inputs.into_iter().map(|input| tokenizer.encode_fast(input, special).map_err(fail)).collect()
 }
 
 impl ModelTokenizer {
@@ -457,7 +469,7 @@ impl ModelTokenizer {
                 vec![self.tokenizer.encode_fast(group[0], true).map_err(fail)?]
             } else {
                 let inputs: Vec<EncodeInput> = group.iter().map(|t| EncodeInput::from(*t)).collect();
-                self.tokenizer.encode_batch_fast(inputs, true).map_err(fail)?
+                encode_each(&self.tokenizer, inputs, true)?
             };
             for (k, enc) in encodings.iter().enumerate() {
                 self.check(enc, first + k, truncate)?;
@@ -506,7 +518,7 @@ impl ModelTokenizer {
                 for (first, group) in groups(&documents, |d| d.len() + extra) {
                     let bodies: Vec<EncodeInput> =
                         group.iter().map(|d| EncodeInput::from(fill(template, instruction, query, d))).collect();
-                    for (k, enc) in body.encode_batch_fast(bodies, true).map_err(fail)?.iter().enumerate() {
+                    for (k, enc) in encode_each(body, bodies, true)?.iter().enumerate() {
                         self.check(enc, first + k, truncate)?;
                         out.push(Tokens { ids: [prefix, enc.get_ids(), suffix].concat(), type_ids: Vec::new() });
                     }
@@ -542,7 +554,7 @@ impl ModelTokenizer {
                 for (first, group) in groups(&documents, |d| d.len()) {
                     let texts: Vec<EncodeInput> =
                         group.iter().map(|d| EncodeInput::from(fill(document, "", "", d))).collect();
-                    for (k, enc) in self.plain.encode_batch_fast(texts, false).map_err(fail)?.iter().enumerate() {
+                    for (k, enc) in encode_each(&self.plain, texts, false)?.iter().enumerate() {
                         let doc_ids = enc.get_ids();
                         if doc_ids.len() > doc_limit && !truncate {
                             return Err(TokenizeError::TooLong { index: first + k, limit: self.max_tokens });
@@ -571,7 +583,7 @@ impl ModelTokenizer {
         let with_types = self.segment_ids;
         for (first, group) in groups(&pairs, |(q, d)| q.len() + d.len()) {
             let inputs: Vec<EncodeInput> = group.iter().map(|&(q, d)| EncodeInput::from((q, d))).collect();
-            for (k, enc) in self.tokenizer.encode_batch_fast(inputs, true).map_err(fail)?.iter().enumerate() {
+            for (k, enc) in encode_each(&self.tokenizer, inputs, true)?.iter().enumerate() {
                 self.check(enc, first + k, truncate)?;
                 out.push(to_tokens(enc, with_types));
             }

@@ -6,6 +6,7 @@
 //! - `http.rs`: the HTTP accept loop (header read timeout, connection cap, graceful
 //!   shutdown); `write_timeout.rs`: its sockets' write timeout.
 //! - `control_server.rs`: the control socket (`ctl`, `status`, `stop`, `remove`).
+//! - `logging.rs`: the log and the trace exporter's `tracing` subscriber.
 //! - `pidfile.rs`: `<home>/run/mlx-serve-<port>.pid`, and finding running daemons.
 //! - `background.rs`: `start` without `--foreground` (re-exec detached, wait for ready).
 //! - `stop.rs`: SIGTERM, wait, SIGKILL with `--force`.
@@ -14,6 +15,7 @@
 mod background;
 mod control_server;
 mod http;
+mod logging;
 mod open_files;
 pub mod pidfile;
 #[cfg(test)]
@@ -43,6 +45,7 @@ use crate::store::Store;
 use crate::worker::{ProcessLauncher, WorkerLauncher, WorkerOptions};
 
 pub use background::{start_background, BackgroundStart};
+pub use logging::init_logging;
 pub use stop::{stop, Stopped};
 
 /// Why the daemon (or a command about it) failed.
@@ -86,50 +89,6 @@ fn warn_if_exposed(config: &Config, addr: SocketAddr) {
              models; set server.api_key (or MLX_SERVE_API_KEY, --api-key), or bind 127.0.0.1",
             addr.ip()
         );
-    }
-}
-
-/// Sets up `tracing` from `logging.level` / `logging.format` (RUST_LOG wins when set),
-/// and, with `tracing.enabled`, the OpenTelemetry exporter and its bridge layer: it gets
-/// the request spans (`telemetry::TARGET`, which the log leaves out) and the server's own
-/// events at info and above, whatever the log level.
-pub fn init_logging(config: &Config) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt};
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::Layer;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.logging.level));
-    let not_trace_spans = filter_fn(|m| m.target() != crate::telemetry::TARGET);
-    let fmt = tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr);
-    let fmt = if config.logging.format == "json" {
-        fmt.json().flatten_event(true).with_filter(filter.and(not_trace_spans)).boxed()
-    } else {
-        fmt.with_filter(filter.and(not_trace_spans)).boxed()
-    };
-    let (otel, problem) = match crate::telemetry::install(&config.tracing) {
-        Ok(tracer) => (tracer, None),
-        Err(e) => (None, Some(e)),
-    };
-    let otel = otel.map(|tracer| {
-        // Only the spans' own attributes: no source paths, thread ids or busy/idle counters.
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_location(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_tracked_inactivity(false)
-            .with_filter(filter_fn(|m| m.target().starts_with("mlx_serve") && *m.level() <= tracing::Level::INFO))
-    });
-    let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
-    match problem {
-        Some(e) => tracing::warn!("traces are not exported: {e}"),
-        None if config.tracing.enabled => tracing::info!(
-            endpoint = %config.tracing.endpoint,
-            sample_ratio = config.tracing.sample_ratio,
-            "exporting traces over OTLP/HTTP"
-        ),
-        None => {}
     }
 }
 

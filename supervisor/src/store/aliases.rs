@@ -153,7 +153,9 @@ pub fn resolve(
 ) -> Result<Resolved, StoreError> {
     let requested = requested.trim();
     let requested = requested.strip_suffix(OLLAMA_DEFAULT_TAG).unwrap_or(requested);
-    let aliases = table(user);
+    // Built only when a name is not installed: most requests name an installed model.
+    let aliases = std::cell::OnceCell::new();
+    let aliases = || aliases.get_or_init(|| table(user));
     let repo = |target: &str, source| Resolved {
         name: name_for_repo(target).to_owned(),
         repo: Some(target.to_owned()),
@@ -166,7 +168,7 @@ pub fn resolve(
             validate_name(req)?;
             return Ok(Resolved { name: req.to_owned(), repo: None, quantize: None, source: NameSource::Installed });
         }
-        if let Some(target) = aliases.get(req) {
+        if let Some(target) = aliases().get(req) {
             // An alias target may itself be a store name or a repo id; one level only.
             if is_repo_id(target) {
                 return Ok(repo(target, NameSource::Alias));
