@@ -61,6 +61,10 @@ impl Overhead {
     /// took 0.1-1.3 s with queries behind them (docs/scheduling.md). Doubling per
     /// batch still grows a budget learnt on small batches within a few batches.
     pub const BULK: Overhead = Overhead { max_fixed_share: 0.25, max_stretch: 2.0, max_growth: 2.0 };
+
+    /// A batch computed inside a yielding one (`batch/policy.rs`): the time target, not
+    /// stretched, since whatever arrives while it runs waits for all of it.
+    pub const NESTED: Overhead = Overhead { max_fixed_share: 1.0, max_stretch: 1.0, max_growth: f64::INFINITY };
 }
 
 /// How early, before the worker is predicted to be free, the next batch is cut: an eighth

@@ -129,15 +129,33 @@ impl Queue {
 
     /// [`Queue::plan`] at time `now` (which decides how far priorities have aged).
     pub fn plan_at(&mut self, limits: Limits, now: Instant) -> Vec<Item> {
+        self.plan_among(limits, now, |_| true)
+    }
+
+    /// `plan` over the queued items that are `eligible` only (work that may be computed
+    /// inside a yielding batch, `runner/actor/dispatch.rs`); the others stay queued.
+    pub fn plan_where(&mut self, limits: Limits, eligible: impl Fn(&Item) -> bool) -> Vec<Item> {
+        self.plan_among(limits, Instant::now(), eligible)
+    }
+
+    fn plan_among(&mut self, limits: Limits, now: Instant, eligible: impl Fn(&Item) -> bool) -> Vec<Item> {
+        let aside: VecDeque<Item>;
+        (self.items, aside) = self.items.drain(..).partition(|i| eligible(i));
+        let batch = self.plan_eligible(limits, now);
+        self.items.extend(aside);
+        self.count_served(&batch);
+        batch
+    }
+
+    /// `plan` over every queued item; the caller counts the batch served.
+    fn plan_eligible(&mut self, limits: Limits, now: Instant) -> Vec<Item> {
         if self.items.is_empty() {
             return Vec::new();
         }
         // An item that was in flight when a worker crashed goes alone: if it is what kills
         // the worker, the next crash then fails only it, not its batch mates.
         if self.head_is_suspect() {
-            let batch = vec![self.items.pop_front().unwrap()];
-            self.count_served(&batch);
-            return batch;
+            return vec![self.items.pop_front().unwrap()];
         }
         // Serve order: the head is what must go now; the cut below works on this order.
         let order = service_order(self.items.make_contiguous(), now, self.aging, &self.turns);
@@ -161,7 +179,6 @@ impl Queue {
         }
         self.items = rest;
         self.items.extend(held);
-        self.count_served(&batch);
         batch.sort_by_key(Item::len);
         batch
     }
@@ -220,6 +237,19 @@ mod tests {
         }
         assert_eq!(jobs(&q.plan(LIMITS)), vec![0, 2, 1], "sorted by length");
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_plan_where_takes_only_eligible_items_and_keeps_the_rest_queued() {
+        let mut q = Queue::default();
+        for (j, l) in [(0, 100), (1, 5), (0, 100), (2, 6), (0, 100)] {
+            q.push(item(j, l));
+        }
+        // Behind a yielding batch of request 0: its own inputs are not eligible.
+        assert_eq!(jobs(&q.plan_where(LIMITS, |i| i.job != 0)), vec![1, 2]);
+        assert_eq!(q.len(), 3, "request 0's inputs stay queued");
+        assert!(q.plan_where(LIMITS, |i| i.job != 0).is_empty(), "nothing eligible: nothing planned");
+        assert_eq!(jobs(&q.plan(LIMITS)), vec![0, 0, 0]);
     }
 
     #[test]

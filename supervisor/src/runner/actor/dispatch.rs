@@ -35,17 +35,38 @@ impl Runner {
         let cut_at = head.and_then(|head| self.pace.cut_at(self.head_since, head.tokens));
         let head_yields = head.is_some_and(|h| h.yielding);
         let overtake = head_yields && self.in_flight.len() == 1 && {
-            let best = self.yielding_priority().unwrap_or(i32::MAX);
-            self.queue.any(|i| overtakes(i, best, self.cfg.default_priority))
+            let may = self.may_overtake();
+            self.queue.any(|i| may(i))
         };
         InFlight { batches: self.in_flight.len(), suspect, cut_at, head_yields, overtake }
     }
 
-    /// The best priority in the yielding batch being computed (None: the batch being
-    /// computed does not yield).
-    fn yielding_priority(&self) -> Option<i32> {
-        let head = self.in_flight.values().next().filter(|h| h.yielding)?;
-        head.items.iter().map(|i| i.priority).min()
+    /// The batch being computed, if it yields.
+    fn yielding_head(&self) -> Option<&SentBatch> {
+        self.in_flight.values().next().filter(|h| h.yielding)
+    }
+
+    /// Which queued items may be computed inside the yielding batch being computed
+    /// ([`overtakes`] its best priority), leaving out the requests riding in it: their
+    /// next inputs would only stretch it, and a query behind them would wait for that.
+    fn may_overtake(&self) -> impl Fn(&Item) -> bool {
+        let head = self.yielding_head();
+        let best = head.and_then(|h| h.items.iter().map(|i| i.priority).min()).unwrap_or(i32::MAX);
+        let riding: std::collections::HashSet<u64> = head.iter().flat_map(|h| h.items.iter().map(|i| i.job)).collect();
+        let default = self.cfg.default_priority;
+        move |i: &Item| overtakes(i, best, default) && !riding.contains(&i.job)
+    }
+
+    /// The bounds of a batch computed inside a yielding one: `scheduling.max_batch_ms`
+    /// without the stretch that keeps a batch's fixed cost small, since whatever arrives
+    /// while it runs waits for all of it.
+    fn nested_limits(&self) -> Limits {
+        let mut limits = self.limits;
+        let target = Some(self.cfg.max_batch_time).filter(|t| !t.is_zero());
+        if let Some(n) = target.and_then(|t| self.pace.tokens_within(t, MIN_BATCH_TOKENS, Overhead::NESTED)) {
+            limits.max_batch_tokens = limits.max_batch_tokens.min(n);
+        }
+        limits
     }
 
     fn rules(&self) -> Rules {
@@ -154,22 +175,21 @@ impl Runner {
         let jobs = &self.jobs;
         let dropped = self.queue.retain(|i| jobs.contains(i.job));
         self.queued.fetch_sub(dropped, Ordering::SeqCst);
-        let mut items = self.queue.plan(self.batch_limits());
+        // Behind a yielding batch only what may overtake it, and a small batch of it: the
+        // worker computes it whole in the middle of the yielding one.
+        let behind = self.yielding_head().is_some();
+        let mut items = if behind {
+            let (limits, may) = (self.nested_limits(), self.may_overtake());
+            self.queue.plan_where(limits, may)
+        } else {
+            self.queue.plan(self.batch_limits())
+        };
         // One batch is one message: per-token outputs (`EmbedTokens`) and late-chunked
         // documents (`EmbedPooled`) do not ride together; the documents go next.
         if items.iter().any(|i| i.late.is_some()) && items.iter().any(|i| i.outputs.any()) {
             let (late, rest): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| i.late.is_some());
             self.queue.requeue_front(late);
             items = rest;
-        }
-        // Behind a yielding batch only what may overtake it: the worker computes this
-        // batch whole in the middle of the yielding one.
-        let behind = self.yielding_priority();
-        if let Some(best) = behind {
-            let default = self.cfg.default_priority;
-            let (go, wait): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| overtakes(i, best, default));
-            self.queue.requeue_front(wait);
-            items = go;
         }
         if items.is_empty() {
             return false;
@@ -186,7 +206,7 @@ impl Runner {
         let pools = crate::batch::pools(&items);
         let tokens = crate::batch::tokens(&items);
         // A batch computed inside a yielding one runs whole (the worker nests one deep).
-        let yielding = behind.is_none()
+        let yielding = !behind
             && batch_yields(&items, self.pace.predict(tokens), self.cfg.max_batch_time, self.cfg.default_priority);
         let id = self.next_batch;
         self.next_batch += 1;
