@@ -192,14 +192,7 @@ fn compute(engine: &Engine, msg: SupervisorMessage, checkpoint: Option<&dyn Chec
     match msg {
         SupervisorMessage::Embed { id, batch } => {
             let check = precheck(engine, ModelKind::Embedding, &batch);
-            answer(id, check, || {
-                engine.embed(&batch, checkpoint).map(|(dim, data)| WorkerMessage::Embeddings {
-                    id,
-                    dim,
-                    data,
-                    forward_us: 0,
-                })
-            })
+            answer(id, check, || engine.embed(&batch, checkpoint).map(rows(id)))
         }
         SupervisorMessage::EmbedTokens { id, batch, outputs } => {
             let check = precheck(engine, ModelKind::Embedding, &batch).and_then(|()| {
@@ -215,25 +208,11 @@ fn compute(engine: &Engine, msg: SupervisorMessage, checkpoint: Option<&dyn Chec
         SupervisorMessage::EmbedPooled { id, batch, pools } => {
             let check = precheck(engine, ModelKind::Embedding, &batch)
                 .and_then(|()| check_pools(&batch, &pools).map_err(|m| (ErrorKind::InvalidInput, m)));
-            answer(id, check, || {
-                engine.embed_pooled(&batch, &pools, checkpoint).map(|(dim, data)| WorkerMessage::Embeddings {
-                    id,
-                    dim,
-                    data,
-                    forward_us: 0,
-                })
-            })
+            answer(id, check, || engine.embed_pooled(&batch, &pools, checkpoint).map(rows(id)))
         }
         SupervisorMessage::Classify { id, batch } => {
             let check = precheck(engine, ModelKind::Classifier, &batch);
-            answer(id, check, || {
-                engine.classify(&batch, checkpoint).map(|(dim, data)| WorkerMessage::Embeddings {
-                    id,
-                    dim,
-                    data,
-                    forward_us: 0,
-                })
-            })
+            answer(id, check, || engine.classify(&batch, checkpoint).map(rows(id)))
         }
         SupervisorMessage::Score { id, batch } => {
             let check = precheck(engine, ModelKind::Reranker, &batch);
@@ -246,6 +225,12 @@ fn compute(engine: &Engine, msg: SupervisorMessage, checkpoint: Option<&dyn Chec
         SupervisorMessage::Stats { id } => not_a_batch(id),
         SupervisorMessage::Shutdown => not_a_batch(0),
     }
+}
+
+/// The answer of batch `id` that is one row of `dim` floats per pool (embeddings, label
+/// logits); the forward time is stamped on it afterwards.
+fn rows(id: u64) -> impl FnOnce((u32, Vec<f32>)) -> WorkerMessage {
+    move |(dim, data)| WorkerMessage::Embeddings { id, dim, data, forward_us: 0 }
 }
 
 fn not_a_batch(id: u64) -> WorkerMessage {
