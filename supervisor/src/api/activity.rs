@@ -3,7 +3,8 @@
 //! drops). The accept loop (`daemon/http.rs`) reads it when every connection slot is
 //! taken: it closes the connection idle longest to make room, so idle sockets — opened
 //! and never used, or kept alive and forgotten — cannot lock clients out, `/health`
-//! included, however many there are.
+//! included, however many there are. The whole server's count ([`server`]) tells the
+//! heap trimmer (`daemon/heap.rs`) when traffic has paused.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -25,12 +26,21 @@ pub struct Activity {
     last_ms: AtomicU64,
 }
 
+/// Every connection's requests together.
+static SERVER: Activity = Activity { in_flight: AtomicUsize::new(0), last_ms: AtomicU64::new(0) };
+
+/// The whole server's activity: requests in progress on any connection.
+pub fn server() -> &'static Activity {
+    &SERVER
+}
+
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the process's first look at the clock here.
+pub fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64
 }
 
@@ -47,9 +57,24 @@ impl Activity {
             .then(|| std::time::Duration::from_millis(now_ms().saturating_sub(since)))
     }
 
-    fn begin(self: &Arc<Self>) -> Busy {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    /// When the last request ended ([`now_ms`]'s clock; 0 before the first), if none is in
+    /// progress now.
+    pub fn ended_at_ms(&self) -> Option<u64> {
+        let since = self.last_ms.load(Ordering::SeqCst);
+        (self.in_flight.load(Ordering::SeqCst) == 0).then_some(since)
+    }
+
+    /// Records that something that held memory ended now without a request (a connection
+    /// closed, its buffers freed), so the heap trimmer looks again.
+    pub fn mark_end(&self) {
         self.last_ms.store(now_ms(), Ordering::SeqCst);
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        for a in [&**self, &SERVER] {
+            a.in_flight.fetch_add(1, Ordering::SeqCst);
+            a.last_ms.store(now_ms(), Ordering::SeqCst);
+        }
         Busy(self.clone())
     }
 }
@@ -59,8 +84,10 @@ struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.last_ms.store(now_ms(), Ordering::SeqCst);
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        for a in [&*self.0, &SERVER] {
+            a.last_ms.store(now_ms(), Ordering::SeqCst);
+            a.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 

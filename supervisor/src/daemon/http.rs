@@ -150,6 +150,8 @@ pub async fn serve(listener: TcpListener, app: Router, limits: ConnectionLimits,
                 _ = closed.wait_for(|&c| c) => {}
             }
             open.lock().unwrap().remove(&id);
+            // Its buffers are freed: time to look at the heap again (`heap.rs`).
+            crate::api::activity::server().mark_end();
         });
     }
     drop(listener);

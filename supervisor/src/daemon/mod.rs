@@ -5,6 +5,7 @@
 //!   any listener and shutdown future; [`serve`] is what `start --foreground` runs.
 //! - `http.rs`: the HTTP accept loop (header read timeout, connection cap, graceful
 //!   shutdown); `write_timeout.rs`: its sockets' write timeout.
+//! - `heap.rs`: gives freed heap memory back to the OS when traffic pauses.
 //! - `control_server.rs`: the control socket (`ctl`, `status`, `stop`, `remove`).
 //! - `logging.rs`: the log and the trace exporter's `tracing` subscriber.
 //! - `pidfile.rs`: `<home>/run/mlx-serve-<port>.pid`, and finding running daemons.
@@ -14,6 +15,7 @@
 
 mod background;
 mod control_server;
+mod heap;
 mod http;
 mod logging;
 mod open_files;
@@ -236,6 +238,7 @@ pub async fn run_with(
     let _pid_file = pidfile::PidFile::create(&config.paths, addr.port())?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "mlx-serve listening on http://{addr}");
     ready.store(true, Ordering::SeqCst);
+    let trimmer = heap::spawn_trimmer();
     let stopping = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let stopping_at = stopping.clone();
     http::serve(listener, api::router(state), limits, async move {
@@ -244,6 +247,9 @@ pub async fn run_with(
         ready.store(false, Ordering::SeqCst);
     })
     .await;
+    if let Some(t) = trimmer {
+        t.abort();
+    }
     // Workers get what is left of server.shutdown_timeout_seconds, and at least
     // WORKER_STOP_GRACE, so `mlx-serve stop` (which waits the timeout plus a margin)
     // sees the daemon gone.
