@@ -23,8 +23,8 @@
 //!   bound, or bulk work only): the worker looks for a batch sent behind it after each
 //!   transformer layer and computes that one first. Behind a yielding batch only work that
 //!   may overtake it ([`overtakes`]: short, and of a better priority, or of its own
-//!   priority when that is not bulk) is sent, and at once, not at the cut: it runs at the
-//!   next layer boundary. Anything else waits for the yielding batch's answer, since the
+//!   priority when that is not bulk and the batch is long) is sent, and at once, not at
+//!   the cut: it runs at the next layer boundary. Anything else waits for the yielding batch's answer, since the
 //!   worker would compute it whole in the middle of the long one.
 //!
 //! Which items form the batch is `Queue::plan`'s business (it always includes the oldest,
@@ -78,12 +78,16 @@ pub fn is_long(item: &Item) -> bool {
     item.late.is_some() || item.sequences().any(|t| t.ids.len() > YIELD_PAST_TOKENS)
 }
 
-/// Whether queued `item` may run inside a yielding batch whose best priority is `head`:
-/// it is not long itself, and its priority is better, or the same where that is not bulk
-/// (a bulk batch yields to queries, not to the next bulk batch, which would then run whole
-/// in its middle).
-pub fn overtakes(item: &Item, head: i32, default_priority: i32) -> bool {
-    !is_long(item) && (item.priority < head || (item.priority == head && head <= default_priority))
+/// Whether queued `item` may run inside a yielding batch whose best priority is `head`
+/// (`head_long`: it holds a long input, [`is_long`]): it is not long itself, and its
+/// priority is better, or the same where that is not bulk (a bulk batch yields to
+/// queries, not to the next bulk batch, which would then run whole in its middle) and the
+/// batch is long. A batch that yields only for its predicted time was sized by the pace
+/// from queued work of its own class (up to sixteen times `max_batch_ms`, so that its
+/// fixed cost stays small: `Overhead::INTERACTIVE`); that class overtaking it in batches
+/// of `max_batch_ms` would pay the fixed cost on every one of those instead.
+pub fn overtakes(item: &Item, head: i32, head_long: bool, default_priority: i32) -> bool {
+    !is_long(item) && (item.priority < head || (item.priority == head && head <= default_priority && head_long))
 }
 
 /// The settings the policy applies.
@@ -267,12 +271,16 @@ mod tests {
     fn short_work_of_a_better_or_interactive_priority_overtakes() {
         let t0 = Instant::now();
         let query = item(1, 12, t0);
-        assert!(overtakes(&query, 0, 0), "a query overtakes an interactive document");
-        assert!(overtakes(&query, 5, 0), "and a bulk batch");
-        assert!(!overtakes(&item(2, 12, t0).with_class(5, 0), 5, 0), "bulk does not overtake bulk");
-        assert!(overtakes(&item(2, 12, t0).with_class(5, 0), 9, 0), "better bulk overtakes worse bulk");
-        assert!(!overtakes(&item(3, 600, t0), 5, 0), "a long input does not overtake");
-        assert!(!overtakes(&item(4, 12, t0).with_class(1, 0), 0, 0), "worse than the head does not");
+        assert!(overtakes(&query, 0, true, 0), "a query overtakes an interactive document");
+        assert!(overtakes(&query, 5, false, 0), "and a bulk batch");
+        assert!(!overtakes(&item(2, 12, t0).with_class(5, 0), 5, true, 0), "bulk does not overtake bulk");
+        assert!(overtakes(&item(2, 12, t0).with_class(5, 0), 9, false, 0), "better bulk overtakes worse bulk");
+        assert!(!overtakes(&item(3, 600, t0), 5, false, 0), "a long input does not overtake");
+        assert!(!overtakes(&item(4, 12, t0).with_class(1, 0), 0, true, 0), "worse than the head does not");
+        // A batch of short interactive inputs that yields for its predicted time (the pace
+        // sized it): its own class waits for it, a better priority does not.
+        assert!(!overtakes(&query, 0, false, 0), "the same class behind a slow batch waits");
+        assert!(overtakes(&query, 1, false, 0), "a better priority overtakes it");
     }
 
     #[test]

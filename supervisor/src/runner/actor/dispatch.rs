@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::{Runner, SentBatch};
 use crate::batch::{
-    batch_yields, decide, overtakes, Decision, InFlight, Item, Limits, Overhead, Rules, PIPELINE_DEPTH,
+    batch_yields, decide, is_long, overtakes, Decision, InFlight, Item, Limits, Overhead, Rules, PIPELINE_DEPTH,
 };
 use crate::metrics::metrics;
 use crate::runner::jobs::BatchOutput;
@@ -52,9 +52,10 @@ impl Runner {
     fn may_overtake(&self) -> impl Fn(&Item) -> bool {
         let head = self.yielding_head();
         let best = head.and_then(|h| h.items.iter().map(|i| i.priority).min()).unwrap_or(i32::MAX);
+        let long = head.is_some_and(|h| h.items.iter().any(is_long));
         let riding: std::collections::HashSet<u64> = head.iter().flat_map(|h| h.items.iter().map(|i| i.job)).collect();
         let default = self.cfg.default_priority;
-        move |i: &Item| overtakes(i, best, default) && !riding.contains(&i.job)
+        move |i: &Item| overtakes(i, best, long, default) && !riding.contains(&i.job)
     }
 
     /// The bounds of a batch computed inside a yielding one: `scheduling.max_batch_ms`
