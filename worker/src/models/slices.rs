@@ -1,0 +1,115 @@
+//! Row slices: the grain of a yielding batch's checkpoints finer than a transformer layer.
+//!
+//! Every step of a layer but attention reads each token's row alone (the projections, the
+//! feed-forward block, residuals and norms), so on host kernels (the CPU backend in
+//! float32, where a layer of a long batch takes tenths of a second: ~0.8 s for a
+//! late-chunked 10k-token MiniLM document on 2 cores) such a step runs in slices of rows of
+//! about [`SLICE_ROWS_AT_384`]·(384 / width)² rows, ~100 ms of compute each on that CPU
+//! whatever the model's width. A yielding batch (docs/worker.md, "Yielding batches") passes
+//! its checkpoint before each slice, so the batch waiting behind it runs after a slice, not
+//! after a whole layer.
+//!
+//! Every batch is cut the same way, yielding or not: OpenBLAS's sgemm does not give a row
+//! the same bits whatever the other rows of the call (measured: cutting a 3,072-row GEMM in
+//! two at row 512 changes about half the rows in their last bits), so a yielding batch cut
+//! into slices that a plain one is not would not answer bitwise as the plain one does
+//! (tests/preemption.rs). A batch of one slice or less (every query batch) is one call, as
+//! before; a larger one pays a copy of each step's output to join the slices. On MLX's
+//! kernels (GPUs, half precision on the CPU) nothing is sliced: a layer there is
+//! milliseconds on a GPU.
+
+use anyhow::Result;
+use mlx_rs::ops::indexing::IndexOp;
+use mlx_rs::{ops, Array};
+
+use super::{Inputs, Kernels};
+
+/// Rows of a slice at width 384 (MiniLM): ~100 ms of its feed-forward block on 2 CPU cores.
+pub const SLICE_ROWS_AT_384: i32 = 2048;
+
+impl Inputs<'_> {
+    /// `f` over the rows of `parts` (arrays of the batch's rows, `[total, ..]`), whose rows it
+    /// must compute independently: on host kernels in slices of [`slice_rows`] rows (of the
+    /// first part's width), a yielding batch passing its checkpoint before each, the results
+    /// joined in row order; otherwise one call on all the rows.
+    pub fn rows_in_slices<T: Rows>(&self, parts: &[&Array], f: impl Fn(&[Array]) -> Result<T>) -> Result<T> {
+        let total = parts.first().map_or(0, |a| a.dim(0));
+        let rows = match parts.first() {
+            Some(a) if self.kernels == Kernels::Host && a.ndim() == 2 => slice_rows(a.dim(1)),
+            _ => total.max(1),
+        };
+        if total <= rows {
+            if let Some(checkpoint) = self.checkpoint {
+                mlx_rs::transforms::eval(parts.iter().copied())?;
+                checkpoint.reached()?;
+            }
+            return f(&parts.iter().map(|a| (*a).clone()).collect::<Vec<_>>());
+        }
+        let mut done = Vec::new();
+        for first in (0..total).step_by(rows as usize) {
+            let slice: Vec<Array> = parts.iter().map(|a| a.index(first..(first + rows).min(total))).collect();
+            if let Some(checkpoint) = self.checkpoint {
+                // The slice's inputs are computed before the checkpoint, its work after.
+                mlx_rs::transforms::eval(&slice)?;
+                checkpoint.reached()?;
+            }
+            let y = f(&slice)?;
+            if self.checkpoint.is_some() {
+                mlx_rs::transforms::eval(y.arrays())?;
+            }
+            done.push(y);
+        }
+        T::join(done)
+    }
+}
+
+/// The rows of a slice of a step whose input is `width` wide: its work per row grows with
+/// the square of the width (a projection to a multiple of it).
+pub fn slice_rows(width: i32) -> i32 {
+    let scale = 384.0 / width.max(1) as f64;
+    ((SLICE_ROWS_AT_384 as f64 * scale * scale) as i32).max(64)
+}
+
+/// What a sliced step returns: one array of rows, or two (a residual sum and its norm).
+pub trait Rows: Sized {
+    fn arrays(&self) -> Vec<&Array>;
+    /// The slices' results, in row order, as one.
+    fn join(slices: Vec<Self>) -> Result<Self>;
+}
+
+impl Rows for Array {
+    fn arrays(&self) -> Vec<&Array> {
+        vec![self]
+    }
+
+    fn join(mut slices: Vec<Array>) -> Result<Array> {
+        Ok(match slices.len() {
+            1 => slices.pop().unwrap(),
+            _ => ops::concatenate(&slices, 0)?,
+        })
+    }
+}
+
+impl Rows for (Array, Array) {
+    fn arrays(&self) -> Vec<&Array> {
+        vec![&self.0, &self.1]
+    }
+
+    fn join(slices: Vec<(Array, Array)>) -> Result<(Array, Array)> {
+        let (a, b): (Vec<Array>, Vec<Array>) = slices.into_iter().unzip();
+        Ok((Array::join(a)?, Array::join(b)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_shrink_with_the_square_of_the_width() {
+        assert_eq!(slice_rows(384), 2048);
+        assert_eq!(slice_rows(768), 512);
+        assert_eq!(slice_rows(1024), 288);
+        assert_eq!(slice_rows(4096), 64);
+    }
+}
