@@ -14,7 +14,8 @@
 //! two at row 512 changes about half the rows in their last bits), so a yielding batch cut
 //! into slices that a plain one is not would not answer bitwise as the plain one does
 //! (tests/preemption.rs). A batch of one slice or less (every query batch) is one call, as
-//! before; a larger one pays a copy of each step's output to join the slices. On MLX's
+//! before; a larger one is cut too, which costs more than the copies that join the slices
+//! (docs/worker.md, "Yielding batches", has the measurement). On MLX's
 //! kernels (GPUs, half precision on the CPU) nothing is sliced: a layer there is
 //! milliseconds on a GPU.
 
