@@ -14,8 +14,8 @@
 //! two at row 512 changes about half the rows in their last bits), so a yielding batch cut
 //! into slices that a plain one is not would not answer bitwise as the plain one does
 //! (tests/preemption.rs). A batch of one slice or less (every query batch) is one call, as
-//! before; a larger one is cut too, which costs more than the copies that join the slices
-//! (docs/worker.md, "Yielding batches", has the measurement). On MLX's
+//! before; a larger one is cut too, joined by one memcpy per slice (docs/worker.md,
+//! "Yielding batches", has the measurement). On MLX's
 //! kernels (GPUs, half precision on the CPU) nothing is sliced: a layer there is
 //! milliseconds on a GPU.
 
@@ -84,10 +84,24 @@ impl Rows for Array {
     }
 
     fn join(mut slices: Vec<Array>) -> Result<Array> {
-        Ok(match slices.len() {
-            1 => slices.pop().unwrap(),
-            _ => ops::concatenate(&slices, 0)?,
-        })
+        if slices.len() == 1 {
+            return Ok(slices.pop().unwrap());
+        }
+        // Float32 rows on the host: one memcpy per slice (MLX's CPU concatenate copies
+        // element by element).
+        let width = slices[0].dim(1);
+        let mut rows = 0;
+        let mut out: Vec<f32> = Vec::new();
+        for s in &slices {
+            match s.try_as_slice::<f32>() {
+                Ok(data) if s.ndim() == 2 && s.dim(1) == width => {
+                    out.extend_from_slice(data);
+                    rows += s.dim(0);
+                }
+                _ => return Ok(ops::concatenate(&slices, 0)?),
+            }
+        }
+        Ok(Array::from_slice(&out, &[rows, width]))
     }
 }
 
