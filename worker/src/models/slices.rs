@@ -3,9 +3,9 @@
 //! Every step of a layer but attention reads each token's row alone (the projections, the
 //! feed-forward block, residuals and norms), so on host kernels (the CPU backend in
 //! float32, where a layer of a long batch takes tenths of a second: ~0.8 s for a
-//! late-chunked 10k-token MiniLM document on 2 cores) such a step runs in slices of rows of
-//! about [`SLICE_ROWS_AT_384`]·(384 / width)² rows, ~100 ms of compute each on that CPU
-//! whatever the model's width. A yielding batch (docs/worker.md, "Yielding batches") passes
+//! late-chunked 10k-token MiniLM document on 2 cores) such a step runs in slices of
+//! [`slice_rows`] rows: 2,048 at widths of 384 and up, ~100 ms of MiniLM's compute on that
+//! CPU (~4x that at width 768), more rows for narrower models. A yielding batch (docs/worker.md, "Yielding batches") passes
 //! its checkpoint before each slice, so the batch waiting behind it runs after a slice, not
 //! after a whole layer.
 //!
@@ -64,11 +64,17 @@ impl Inputs<'_> {
     }
 }
 
-/// The rows of a slice of a step whose input is `width` wide: its work per row grows with
-/// the square of the width (a projection to a multiple of it).
+/// The rows of a slice of a step whose input is `width` wide: [`SLICE_ROWS_AT_384`] at
+/// widths of 384 and up, more below (the work per row grows with the square of the width).
+/// Not fewer for wider models, although their slices take longer (~4x at width 768): a
+/// call packs its weight matrix once (OpenBLAS), so each slice pays that again, a share of
+/// the slice's time that grows as its rows get fewer (not measurable at 2,048 rows on
+/// MiniLM, docs/worker.md); and every batch of up to 2,048 tokens, which is every batch
+/// the time bound cuts for the base-size families on the CPU (docs/models.md), stays one
+/// call, bit for bit as before.
 pub fn slice_rows(width: i32) -> i32 {
     let scale = 384.0 / width.max(1) as f64;
-    ((SLICE_ROWS_AT_384 as f64 * scale * scale) as i32).max(64)
+    ((SLICE_ROWS_AT_384 as f64 * scale * scale) as i32).max(SLICE_ROWS_AT_384)
 }
 
 /// What a sliced step returns: one array of rows, or two (a residual sum and its norm).
@@ -121,10 +127,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slices_shrink_with_the_square_of_the_width() {
+    fn slices_grow_below_width_384_and_stay_at_2048_rows_above() {
+        assert_eq!(slice_rows(96), 2048 * 16);
         assert_eq!(slice_rows(384), 2048);
-        assert_eq!(slice_rows(768), 512);
-        assert_eq!(slice_rows(1024), 288);
-        assert_eq!(slice_rows(4096), 64);
+        assert_eq!(slice_rows(768), 2048);
+        assert_eq!(slice_rows(4096), 2048);
     }
 }
