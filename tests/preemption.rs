@@ -124,6 +124,69 @@ fn a_yielding_batch_alone_answers_as_a_plain_one() {
     assert_eq!(w.wait_exit(Duration::from_secs(20)).and_then(|s| s.code()), Some(0));
 }
 
+/// On MLX's kernels (float16 on the CPU) too: the row slices and the checkpoints keep the
+/// answers bitwise those of the batches computed alone.
+#[test]
+fn a_yielding_batch_in_float16_answers_bitwise_as_alone() {
+    let (mut w, info) = Worker::ready(&fixtures::minilm_dir().unwrap(), &["--compute-dtype", "float16"]).unwrap();
+    assert_eq!(info.compute_dtype, "float16");
+    let long = long_batch(12);
+    let plain = SupervisorMessage::Embed { id: 30, batch: long.clone() };
+    yields_to_the_short_one(&mut w, plain, SupervisorMessage::Embed { id: 31, batch: short_batch() }, "float16");
+}
+
+/// The grain is finer than a layer (docs/worker.md, "Yielding batches"): a short batch sent
+/// at a random moment while a long one computes waits for the next checkpoint, a row slice
+/// (~100 ms of compute) or one group of sequences' attention away, not for the end of the
+/// layer. With one checkpoint per layer the median wait is half a layer.
+#[test]
+fn a_short_batch_waits_for_a_slice_not_a_layer() {
+    const LAYERS: u64 = 6; // all-MiniLM-L6-v2
+    let (mut w, _) = Worker::ready(&fixtures::minilm_dir().unwrap(), &[]).unwrap();
+    // Long enough that a layer is several slices (>= 400 ms) on the machine at hand.
+    let (mut windows, mut layer_us) = (12, 0);
+    while windows <= 96 {
+        let alone = answer(&mut w, SupervisorMessage::Embed { id: 1, batch: long_batch(windows) });
+        layer_us = alone.2 / LAYERS;
+        if layer_us >= 400_000 {
+            break;
+        }
+        windows *= 2;
+    }
+    if layer_us < 400_000 {
+        println!("skipped: a layer of {windows} windows takes {layer_us} µs here, no longer than a few slices");
+        return;
+    }
+    w.send(&SupervisorMessage::Yielding(Box::new(SupervisorMessage::Embed { id: 2, batch: long_batch(windows) })))
+        .unwrap();
+    let (mut waits, mut long_done, mut id) = (Vec::new(), false, 100);
+    while !long_done {
+        // Pseudo-random moments, longer than the checkpoint's wait for a next batch (5 ms).
+        std::thread::sleep(Duration::from_millis(20 + (id * 37 % 41)));
+        id += 1;
+        let sent = Instant::now();
+        w.send(&SupervisorMessage::Embed { id, batch: short_batch() }).unwrap();
+        loop {
+            let (got, _, _) = rows(w.recv().unwrap());
+            if got == 2 {
+                long_done = true;
+            } else {
+                assert_eq!(got, id);
+                // The batches that came in after the long one finished did not wait for it.
+                if !long_done {
+                    waits.push(sent.elapsed().as_micros() as u64);
+                }
+                break;
+            }
+        }
+    }
+    waits.sort_unstable();
+    let (median, count) = (waits.get(waits.len() / 2).copied().unwrap_or(0), waits.len());
+    println!("{windows} windows, a layer {layer_us} µs: {count} short batches waited median {median} µs, {waits:?}");
+    assert!(count >= 2 * LAYERS as usize, "{count} short batches beside {LAYERS} layers");
+    assert!(median < layer_us / 3, "median wait {median} µs against a layer of {layer_us} µs: the grain is a layer");
+}
+
 /// The runner marks a late-chunked document's batch as yielding and sends queries that
 /// arrive while it computes right behind it: over HTTP, through the real daemon, queries
 /// sent while the document computes are answered before it, each as it is alone, and the

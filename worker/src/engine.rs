@@ -314,6 +314,7 @@ impl Engine {
             packing,
             buckets,
             checkpoint,
+            kernels: self.network.kernels(),
         })
     }
 

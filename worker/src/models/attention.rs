@@ -10,6 +10,9 @@
 //!   in query tiles of `QUERY_TILE` rows over the keys each tile's rows see, so neither the
 //!   mask nor a window's work grows with the square of the length), and the outputs are
 //!   scattered back to the packed rows.
+//! - A yielding batch on host kernels: groups of whole sequences, with a checkpoint before
+//!   each (docs/worker.md, "Yielding batches"), so a batch waiting behind it does not wait
+//!   for the attention of all its sequences.
 //!
 //! `k`/`v` may have fewer heads than `q` (grouped-query attention): MLX's kernel and the
 //! host kernel both read kv head `h / group` for query head `h`, so K/V are never tiled.
@@ -19,7 +22,7 @@ use mlx_rs::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
 use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{ops, Array};
 
-use super::{Inputs, Kernels};
+use super::{slices, Inputs, Kernels};
 use crate::cpu_attention::{packed_attention, HeadBlock, Scoring, QUERY_TILE};
 pub use crate::cpu_attention::{Mask, RelativeBias};
 use crate::packing::{AttentionBuckets, Bucket, BucketShapes};
@@ -43,7 +46,69 @@ pub fn attention(
     mask: Mask,
     bias: Option<&RelativeBias>,
 ) -> Result<Array> {
+    if kernels == Kernels::Host && inputs.checkpoint.is_some() {
+        if let Some(out) = attention_by_sequences(heads, inputs, scale, mask, bias)? {
+            return Ok(out);
+        }
+    }
     attention_in_tiles(kernels, heads, inputs, scale, mask, bias, QUERY_TILE)
+}
+
+/// [`attention`] of a yielding batch on host kernels: a group of whole sequences at a time
+/// (attention never looks across them), each group after a checkpoint and about as much
+/// work as a row slice (`slices.rs`): a sequence of `n` tokens costs `n` rows of `2n / 9w`
+/// feed-forward rows each (`w` the query width: two products of `n × w` per row against nine
+/// of `w × w` in the projections and the feed-forward block). Bitwise what one call
+/// computes: each (sequence, head, query tile) is the same task either way. `None` when
+/// the host kernels do not take these operands (the caller then computes all at once).
+fn attention_by_sequences(
+    heads: &Heads,
+    inputs: &Inputs,
+    scale: f32,
+    mask: Mask,
+    bias: Option<&RelativeBias>,
+) -> Result<Option<Array>> {
+    let Some(checkpoint) = inputs.checkpoint else { return Ok(None) };
+    let offsets = &inputs.packing.offsets;
+    let sequences = offsets.len().saturating_sub(1);
+    let width = (heads.q.heads * heads.head_dim as usize).max(1) as f64;
+    let budget = slices::slice_rows(width as i32) as f64;
+    let cost = |s: usize| {
+        let n = (offsets[s + 1] - offsets[s]) as f64;
+        n * 2.0 * n / (9.0 * width)
+    };
+    let mut done = Vec::new();
+    let mut first = 0;
+    while first < sequences {
+        let (mut last, mut spent) = (first + 1, cost(first));
+        while last < sequences && spent + cost(last) <= budget {
+            spent += cost(last);
+            last += 1;
+        }
+        let (r0, r1) = (offsets[first], offsets[last]);
+        let cut = |b: &HeadBlock| -> Array { b.array.index(r0..r1) };
+        let (q, k, v) = (cut(&heads.q), cut(&heads.k), cut(&heads.v));
+        let group_offsets: Vec<i32> = offsets[first..=last].iter().map(|o| o - r0).collect();
+        let key_limits = inputs.packing.key_limits.as_deref().map(|k| &k[first..last]);
+        let scoring = Scoring { scale, mask, bias, key_limits };
+        mlx_rs::transforms::eval([&q, &k, &v])?;
+        checkpoint.reached()?;
+        let Some(out) = packed_attention(
+            HeadBlock { array: &q, ..heads.q },
+            HeadBlock { array: &k, ..heads.k },
+            HeadBlock { array: &v, ..heads.v },
+            &group_offsets,
+            heads.head_dim as usize,
+            scoring,
+            QUERY_TILE,
+        )?
+        else {
+            return Ok(None);
+        };
+        done.push(out);
+        first = last;
+    }
+    Ok(Some(if done.len() == 1 { done.pop().unwrap() } else { ops::concatenate(&done, 0)? }))
 }
 
 /// [`attention`] in query tiles of `tile` rows on either path (tests use small ones).
@@ -229,6 +294,7 @@ mod tests {
             packing,
             buckets,
             checkpoint: None,
+            kernels,
         };
         let out = attention_in_tiles(kernels, &h, &inputs, 0.35, mask, bias, tile).unwrap();
         assert_eq!(out.shape(), &[total, heads as i32 * head_dim]);

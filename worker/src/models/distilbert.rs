@@ -220,7 +220,7 @@ impl Network for DistilBert {
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         let (heads, width) = (self.heads as usize, self.hidden as usize);
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x)?;
+            let qkv = inputs.rows_in_slices(&[&x], |r| layer.qkv.forward(&r[0]))?;
             let parts = Heads {
                 q: HeadBlock { array: &qkv, col: 0, heads },
                 k: HeadBlock { array: &qkv, col: width, heads },
@@ -228,12 +228,14 @@ impl Network for DistilBert {
                 head_dim: self.head_dim,
             };
             let ctx = attention(self.kernels, &parts, inputs, scale, Mask::Full, None)?;
-            let (attn, attn_bias) = layer.out.forward_unbiased(&ctx)?;
-            x = layer.sa_norm.add_apply(self.kernels, &attn, attn_bias, &x)?;
-            let (inter, inter_bias) = layer.lin1.forward_unbiased(&x)?;
-            let h = self.act.apply_biased(self.kernels, &inter, inter_bias)?;
-            let (out, out_bias) = layer.lin2.forward_unbiased(&h)?;
-            x = layer.out_norm.add_apply(self.kernels, &out, out_bias, &x)?;
+            x = inputs.rows_in_slices(&[&ctx, &x], |r| {
+                let (attn, attn_bias) = layer.out.forward_unbiased(&r[0])?;
+                let x = layer.sa_norm.add_apply(self.kernels, &attn, attn_bias, &r[1])?;
+                let (inter, inter_bias) = layer.lin1.forward_unbiased(&x)?;
+                let h = self.act.apply_biased(self.kernels, &inter, inter_bias)?;
+                let (out, out_bias) = layer.lin2.forward_unbiased(&h)?;
+                layer.out_norm.add_apply(self.kernels, &out, out_bias, &x)
+            })?;
             inputs.layer_done(&[&x])?;
         }
         Ok(x)

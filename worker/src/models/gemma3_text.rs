@@ -406,7 +406,7 @@ impl Network for Gemma3Text {
             None => x.clone(),
         };
         for (i, layer) in self.layers.iter().enumerate() {
-            let qkv = layer.qkv.forward(&r)?;
+            let qkv = inputs.rows_in_slices(&[&r], |rows| layer.qkv.forward(&rows[0]))?;
             let parts = qkv.split_at_indices(&[q_width, q_width + kv_width], 1)?;
             let theta = if layer.full { self.full_theta } else { self.sliding_theta };
             let q = self.norm_rope(&parts[0], &layer.q_norm, self.heads, theta, &inputs.positions)?;
@@ -420,15 +420,18 @@ impl Network for Gemma3Text {
             };
             let mask = if layer.full { self.full_mask } else { self.sliding_mask };
             let ctx = attention(self.kernels, &heads, inputs, self.scale, mask, None)?;
-            let a = layer.o_proj.forward(&ctx)?;
-            let (sum, ff_in) =
-                self.add_norm(&x, &norm(self.kernels, &a, &layer.post_attn_norm, self.eps)?, &layer.pre_ff_norm)?;
-            let gu = layer.gate_up.forward(&ff_in)?;
-            let h = self.act.gated(self.kernels, &gu, self.intermediate, true)?;
-            let m = layer.down.forward(&h)?;
             // The next layer's input norm, or after the last layer the final norm.
             let next = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
-            (x, r) = self.add_norm(&sum, &norm(self.kernels, &m, &layer.post_ff_norm, self.eps)?, next)?;
+            (x, r) = inputs.rows_in_slices(&[&ctx, &x], |rows| {
+                let (ctx, x) = (&rows[0], &rows[1]);
+                let a = layer.o_proj.forward(ctx)?;
+                let (sum, ff_in) =
+                    self.add_norm(x, &norm(self.kernels, &a, &layer.post_attn_norm, self.eps)?, &layer.pre_ff_norm)?;
+                let gu = layer.gate_up.forward(&ff_in)?;
+                let h = self.act.gated(self.kernels, &gu, self.intermediate, true)?;
+                let m = layer.down.forward(&h)?;
+                self.add_norm(&sum, &norm(self.kernels, &m, &layer.post_ff_norm, self.eps)?, next)
+            })?;
             inputs.layer_done(&[&x, &r])?;
         }
         if self.layers.is_empty() {

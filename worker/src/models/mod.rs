@@ -25,6 +25,7 @@ pub mod nomic_moe;
 pub mod qwen2;
 pub mod qwen3;
 pub mod rope;
+pub mod slices;
 pub mod xlm_roberta;
 
 use std::path::Path;
@@ -135,13 +136,18 @@ pub struct Inputs<'a> {
     pub buckets: Option<AttentionBuckets>,
     /// Set for a yielding batch only: where its forward pass lets another batch run.
     pub checkpoint: Option<&'a dyn Checkpoint>,
+    /// The network's kernels: on host kernels the row-independent steps run in row slices
+    /// (`slices.rs`).
+    pub kernels: Kernels,
 }
 
 /// Where a yielding batch's forward pass lets a batch that waits behind it run
 /// (docs/worker.md, "Yielding batches"): the server's, which computes that batch whole.
 pub trait Checkpoint {
-    /// Called between two transformer layers, with the layer's output evaluated. An error
-    /// abandons the yielding batch (the worker is about to exit).
+    /// Called between two transformer layers, with the layer's output evaluated, and
+    /// before each row slice and attention group inside a layer (`slices.rs`,
+    /// `attention.rs`). An error abandons the yielding
+    /// batch (the worker is about to exit).
     fn reached(&self) -> Result<()>;
 }
 

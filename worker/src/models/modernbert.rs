@@ -391,7 +391,7 @@ impl Network for ModernBert {
             None => x.clone(),
         };
         for (i, layer) in self.layers.iter().enumerate() {
-            let qkv = layer.wqkv.forward(&normed)?;
+            let qkv = inputs.rows_in_slices(&[&normed], |r| layer.wqkv.forward(&r[0]))?;
             let total = qkv.dim(0);
             // Q and K rotated together: `[total, 2 × heads, 1, head_dim]` (see qwen3.rs).
             let theta = if layer.global { self.global_theta } else { self.local_theta };
@@ -405,19 +405,22 @@ impl Network for ModernBert {
             };
             let mask = if layer.global { Mask::Full } else { Mask::Window(self.radius) };
             let ctx = attention(self.kernels, &parts, inputs, scale, mask, None)?;
-            let (sum, mlp_in) = layer.mlp_norm.add_apply(self.kernels, &x, &layer.wo.forward(&ctx)?)?;
-            let wi = layer.wi.forward(&mlp_in)?;
-            let h = self.act.gated(self.kernels, &wi, self.intermediate, true)?;
-            let out = layer.mlp_out.forward(&h)?;
-            // The next layer's attention norm, or after the last layer the final norm.
-            (x, normed) = match self.layers.get(i + 1).map(|l| l.attn_norm.as_ref()) {
-                Some(Some(n)) => n.add_apply(self.kernels, &sum, &out)?,
-                Some(None) => {
-                    let s = sum.add(&out)?;
-                    (s.clone(), s)
-                }
-                None => self.final_norm.add_apply(self.kernels, &sum, &out)?,
-            };
+            (x, normed) = inputs.rows_in_slices(&[&ctx, &x], |rows| {
+                let (ctx, x) = (&rows[0], &rows[1]);
+                let (sum, mlp_in) = layer.mlp_norm.add_apply(self.kernels, x, &layer.wo.forward(ctx)?)?;
+                let wi = layer.wi.forward(&mlp_in)?;
+                let h = self.act.gated(self.kernels, &wi, self.intermediate, true)?;
+                let out = layer.mlp_out.forward(&h)?;
+                // The next layer's attention norm, or after the last layer the final norm.
+                Ok(match self.layers.get(i + 1).map(|l| l.attn_norm.as_ref()) {
+                    Some(Some(n)) => n.add_apply(self.kernels, &sum, &out)?,
+                    Some(None) => {
+                        let s = sum.add(&out)?;
+                        (s.clone(), s)
+                    }
+                    None => self.final_norm.add_apply(self.kernels, &sum, &out)?,
+                })
+            })?;
             inputs.layer_done(&[&x, &normed])?;
         }
         Ok(normed)

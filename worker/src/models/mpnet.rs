@@ -249,7 +249,7 @@ impl Network for Mpnet {
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         let (heads, width) = (self.heads as usize, self.hidden as usize);
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x)?;
+            let qkv = inputs.rows_in_slices(&[&x], |r| layer.qkv.forward(&r[0]))?;
             let parts = Heads {
                 q: HeadBlock { array: &qkv, col: 0, heads },
                 k: HeadBlock { array: &qkv, col: width, heads },
@@ -257,12 +257,14 @@ impl Network for Mpnet {
                 head_dim: self.head_dim,
             };
             let ctx = attention(self.kernels, &parts, inputs, scale, Mask::Full, Some(&self.bias))?;
-            let (attn, attn_bias) = layer.attn_out.forward_unbiased(&ctx)?;
-            x = layer.attn_norm.add_apply(self.kernels, &attn, attn_bias, &x)?;
-            let (inter, inter_bias) = layer.intermediate.forward_unbiased(&x)?;
-            let h = self.act.apply_biased(self.kernels, &inter, inter_bias)?;
-            let (out, out_bias) = layer.output.forward_unbiased(&h)?;
-            x = layer.out_norm.add_apply(self.kernels, &out, out_bias, &x)?;
+            x = inputs.rows_in_slices(&[&ctx, &x], |r| {
+                let (attn, attn_bias) = layer.attn_out.forward_unbiased(&r[0])?;
+                let x = layer.attn_norm.add_apply(self.kernels, &attn, attn_bias, &r[1])?;
+                let (inter, inter_bias) = layer.intermediate.forward_unbiased(&x)?;
+                let h = self.act.apply_biased(self.kernels, &inter, inter_bias)?;
+                let (out, out_bias) = layer.output.forward_unbiased(&h)?;
+                layer.out_norm.add_apply(self.kernels, &out, out_bias, &x)
+            })?;
             inputs.layer_done(&[&x])?;
         }
         Ok(x)

@@ -282,7 +282,7 @@ impl Network for Gte {
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         let (hidden, heads) = (self.hidden, self.heads);
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x)?;
+            let qkv = inputs.rows_in_slices(&[&x], |r| layer.qkv.forward(&r[0]))?;
             let total = qkv.dim(0);
             // Q and K rotated together: `[total, 2 × heads, 1, head_dim]` (see rope.rs).
             let qk = qkv.index((.., ..2 * hidden)).reshape(&[total, 2 * heads, 1, self.head_dim])?;
@@ -295,12 +295,14 @@ impl Network for Gte {
                 head_dim: self.head_dim,
             };
             let ctx = attention(self.kernels, &parts, inputs, scale, Mask::Full, None)?;
-            let (attn, attn_bias) = layer.o.forward_unbiased(&ctx)?;
-            x = layer.attn_ln.add_apply(self.kernels, &attn, attn_bias, &x)?;
-            let up_gate = layer.up_gate.forward(&x)?;
-            let h = self.act.gated(self.kernels, &up_gate, self.intermediate, false)?;
-            let (down, down_bias) = layer.down.forward_unbiased(&h)?;
-            x = layer.mlp_ln.add_apply(self.kernels, &down, down_bias, &x)?;
+            x = inputs.rows_in_slices(&[&ctx, &x], |r| {
+                let (attn, attn_bias) = layer.o.forward_unbiased(&r[0])?;
+                let x = layer.attn_ln.add_apply(self.kernels, &attn, attn_bias, &r[1])?;
+                let up_gate = layer.up_gate.forward(&x)?;
+                let h = self.act.gated(self.kernels, &up_gate, self.intermediate, false)?;
+                let (down, down_bias) = layer.down.forward_unbiased(&h)?;
+                layer.mlp_ln.add_apply(self.kernels, &down, down_bias, &x)
+            })?;
             inputs.layer_done(&[&x])?;
         }
         Ok(x)

@@ -174,7 +174,7 @@ impl Network for NomicBert {
         let scale = 1.0 / (self.head_dim as f32).sqrt();
         let (heads, width) = (self.heads, self.heads * self.head_dim);
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x)?;
+            let qkv = inputs.rows_in_slices(&[&x], |r| layer.qkv.forward(&r[0]))?;
             let total = qkv.dim(0);
             // q and k rotated together: [total, 2 * heads, 1, head_dim].
             let qk = qkv.index((.., 0..2 * width)).reshape(&[total, 2 * heads, 1, self.head_dim])?;
@@ -188,10 +188,12 @@ impl Network for NomicBert {
                 head_dim: self.head_dim,
             };
             let ctx = attention(self.kernels, &parts, inputs, scale, Mask::Full, None)?;
-            let (attn, attn_bias) = layer.o_proj.forward_unbiased(&ctx)?;
-            x = layer.attn_norm.add_apply(self.kernels, &attn, attn_bias, &x)?;
-            let (out, out_bias) = layer.mlp.forward(&x, self.act, self.kernels)?;
-            x = layer.mlp_norm.add_apply(self.kernels, &out, out_bias, &x)?;
+            x = inputs.rows_in_slices(&[&ctx, &x], |r| {
+                let (attn, attn_bias) = layer.o_proj.forward_unbiased(&r[0])?;
+                let x = layer.attn_norm.add_apply(self.kernels, &attn, attn_bias, &r[1])?;
+                let (out, out_bias) = layer.mlp.forward(&x, self.act, self.kernels)?;
+                layer.mlp_norm.add_apply(self.kernels, &out, out_bias, &x)
+            })?;
             inputs.layer_done(&[&x])?;
         }
         Ok(x)

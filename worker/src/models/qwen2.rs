@@ -309,7 +309,7 @@ impl Network for Qwen2 {
             None => x.clone(),
         };
         for (i, layer) in self.layers.iter().enumerate() {
-            let qkv = layer.qkv.forward(&normed)?;
+            let qkv = inputs.rows_in_slices(&[&normed], |r| layer.qkv.forward(&r[0]))?;
             let qk = self.rope_qk(&qkv, &inputs.positions)?;
             let heads = Heads {
                 q: HeadBlock { array: &qk, col: 0, heads: self.heads as usize },
@@ -319,13 +319,16 @@ impl Network for Qwen2 {
                 head_dim: self.head_dim,
             };
             let ctx = attention(self.kernels, &heads, inputs, scale, Mask::Causal, None)?;
-            let (sum, r) =
-                residual_rms_norm(self.kernels, &x, &layer.o_proj.forward(&ctx)?, &layer.post_norm, self.eps)?;
-            let gu = layer.gate_up.forward(&r)?;
-            let h = self.act.gated(self.kernels, &gu, self.intermediate, true)?;
             // The next layer's input norm, or after the last layer the final norm.
             let next = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
-            (x, normed) = residual_rms_norm(self.kernels, &sum, &layer.down.forward(&h)?, next, self.eps)?;
+            (x, normed) = inputs.rows_in_slices(&[&ctx, &x], |rows| {
+                let (ctx, x) = (&rows[0], &rows[1]);
+                let (sum, r) =
+                    residual_rms_norm(self.kernels, x, &layer.o_proj.forward(ctx)?, &layer.post_norm, self.eps)?;
+                let gu = layer.gate_up.forward(&r)?;
+                let h = self.act.gated(self.kernels, &gu, self.intermediate, true)?;
+                residual_rms_norm(self.kernels, &sum, &layer.down.forward(&h)?, next, self.eps)
+            })?;
             inputs.layer_done(&[&x, &normed])?;
         }
         if self.layers.is_empty() {

@@ -244,7 +244,7 @@ impl Network for Qwen3 {
             None => x.clone(),
         };
         for (i, layer) in self.layers.iter().enumerate() {
-            let qkv = layer.qkv.forward(&normed)?;
+            let qkv = inputs.rows_in_slices(&[&normed], |r| layer.qkv.forward(&r[0]))?;
             let parts = qkv.split_at_indices(&[q_width, q_width + kv_width], 1)?;
             let q = self.norm_rope(&parts[0], &layer.q_norm, self.heads, &inputs.positions)?;
             let k = self.norm_rope(&parts[1], &layer.k_norm, self.kv_heads, &inputs.positions)?;
@@ -257,13 +257,16 @@ impl Network for Qwen3 {
             };
             let mask = if self.causal { Mask::Causal } else { Mask::Full };
             let ctx = attention(self.kernels, &heads, inputs, scale, mask, None)?;
-            let (sum, r) =
-                residual_rms_norm(self.kernels, &x, &layer.o_proj.forward(&ctx)?, &layer.post_norm, self.eps)?;
-            let gu = layer.gate_up.forward(&r)?;
-            let h = Activation::Silu.gated(self.kernels, &gu, self.intermediate, true)?;
             // The next layer's input norm, or after the last layer the final norm.
             let next = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
-            (x, normed) = residual_rms_norm(self.kernels, &sum, &layer.down.forward(&h)?, next, self.eps)?;
+            (x, normed) = inputs.rows_in_slices(&[&ctx, &x], |rows| {
+                let (ctx, x) = (&rows[0], &rows[1]);
+                let (sum, r) =
+                    residual_rms_norm(self.kernels, x, &layer.o_proj.forward(ctx)?, &layer.post_norm, self.eps)?;
+                let gu = layer.gate_up.forward(&r)?;
+                let h = Activation::Silu.gated(self.kernels, &gu, self.intermediate, true)?;
+                residual_rms_norm(self.kernels, &sum, &layer.down.forward(&h)?, next, self.eps)
+            })?;
             inputs.layer_done(&[&x, &normed])?;
         }
         if self.layers.is_empty() {
