@@ -5,6 +5,7 @@
 //! answers are bitwise those of the same batches computed alone. Then the same through
 //! the daemon: queries beside a late-chunked document.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mlx_serve_protocol::{Pool, SupervisorMessage, TokenBatch, WorkerMessage};
@@ -12,6 +13,14 @@ use mlx_serve_tests::fixtures;
 use mlx_serve_tests::server::{Server, ServerOptions};
 use mlx_serve_tests::worker_process::Worker;
 use serde_json::{json, Value};
+
+/// Held by every test here, one at a time: they measure waits and orders that a
+/// neighbouring test computing on the same cores would stretch.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Token ids of a sequence of `len` tokens: [CLS] words [SEP], the words varying with `seed`
 /// (all inside MiniLM's vocabulary of 30,522).
@@ -88,6 +97,7 @@ fn yields_to_the_short_one(w: &mut Worker, long: SupervisorMessage, short: Super
 
 #[test]
 fn a_short_batch_overtakes_a_yielding_one_at_a_layer_boundary() {
+    let _alone = alone();
     let (mut w, _) = Worker::ready(&fixtures::minilm_dir().unwrap(), &[]).unwrap();
     let long = long_batch(12);
     let plain = SupervisorMessage::Embed { id: 10, batch: long.clone() };
@@ -101,6 +111,7 @@ fn a_short_batch_overtakes_a_yielding_one_at_a_layer_boundary() {
 /// a batch sent behind a finished one is not affected: answers in order.
 #[test]
 fn a_yielding_batch_alone_answers_as_a_plain_one() {
+    let _alone = alone();
     let (mut w, _) = Worker::ready(&fixtures::minilm_dir().unwrap(), &[]).unwrap();
     let batch = long_batch(4);
     let plain = answer(&mut w, SupervisorMessage::Embed { id: 1, batch: batch.clone() });
@@ -128,6 +139,7 @@ fn a_yielding_batch_alone_answers_as_a_plain_one() {
 /// answers bitwise those of the batches computed alone.
 #[test]
 fn a_yielding_batch_in_float16_answers_bitwise_as_alone() {
+    let _alone = alone();
     let (mut w, info) = Worker::ready(&fixtures::minilm_dir().unwrap(), &["--compute-dtype", "float16"]).unwrap();
     assert_eq!(info.compute_dtype, "float16");
     let long = long_batch(12);
@@ -137,10 +149,11 @@ fn a_yielding_batch_in_float16_answers_bitwise_as_alone() {
 
 /// The grain is finer than a layer (docs/worker.md, "Yielding batches"): a short batch sent
 /// at a random moment while a long one computes waits for the next checkpoint, a row slice
-/// (~100 ms of compute) or one group of sequences' attention away, not for the end of the
+/// (~100 ms of compute) or one group of attention tasks away, not for the end of the
 /// layer. With one checkpoint per layer the median wait is half a layer.
 #[test]
 fn a_short_batch_waits_for_a_slice_not_a_layer() {
+    let _alone = alone();
     const LAYERS: u64 = 6; // all-MiniLM-L6-v2
     let (mut w, _) = Worker::ready(&fixtures::minilm_dir().unwrap(), &[]).unwrap();
     // Long enough that a layer is several slices (>= 400 ms) on the machine at hand.
@@ -157,15 +170,59 @@ fn a_short_batch_waits_for_a_slice_not_a_layer() {
         println!("skipped: a layer of {windows} windows takes {layer_us} µs here, no longer than a few slices");
         return;
     }
-    w.send(&SupervisorMessage::Yielding(Box::new(SupervisorMessage::Embed { id: 2, batch: long_batch(windows) })))
-        .unwrap();
+    let waits = short_waits(&mut w, long_batch(windows), short_batch);
+    let (median, count) = (waits[waits.len() / 2], waits.len());
+    println!("{windows} windows, a layer {layer_us} µs: {count} short batches waited median {median} µs, {waits:?}");
+    assert!(count >= 2 * LAYERS as usize, "{count} short batches beside {LAYERS} layers");
+    assert!(median < layer_us / 3, "median wait {median} µs against a layer of {layer_us} µs: the grain is a layer");
+}
+
+/// Inside one long sequence too (issue 27: an 8k-token window must not stall the batcher):
+/// tiny-modernbert-long's first layer attends globally, so one 8,192-token sequence's
+/// forward pass is mostly that layer's attention, one piece of work per sequence before it
+/// was cut into groups of (query tile, head) tasks with a checkpoint before each. A short
+/// batch sent at a random moment waits for a group, not for the rest of that attention.
+#[test]
+fn a_short_batch_waits_for_a_piece_of_one_long_sequences_attention() {
+    let _alone = alone();
+    let (mut w, info) = Worker::ready(&fixtures::model_dir("tiny-modernbert-long"), &[]).unwrap();
+    assert_eq!(info.max_tokens, 8192);
+    // Ids inside the fixture's vocabulary of 1,000: [CLS]=2 ... [SEP]=3.
+    let ids = |len: usize, seed: usize| -> Vec<u32> {
+        let mut ids = vec![2];
+        ids.extend((1..len - 1).map(|k| 5 + ((k * 7919 + seed * 104_729) % 990) as u32));
+        ids.push(3);
+        ids
+    };
+    let mut long = TokenBatch::new();
+    long.push(&ids(8192, 1), &[]);
+    let short = || {
+        let mut batch = TokenBatch::new();
+        batch.push(&ids(9, 2), &[]);
+        batch
+    };
+    let (_, _, alone_us) = answer(&mut w, SupervisorMessage::Embed { id: 1, batch: long.clone() });
+    let waits = short_waits(&mut w, long, short);
+    let (median, count) = (waits[waits.len() / 2], waits.len());
+    println!(
+        "one 8,192-token sequence, {alone_us} µs alone: {count} short batches waited median {median} µs, {waits:?}"
+    );
+    assert!(count >= 4, "{count} short batches beside the long one");
+    assert!(median < alone_us / 4, "median wait {median} µs against {alone_us} µs alone: the attention is one piece");
+}
+
+/// Sends `long` as a yielding batch, then a `short()` batch at pseudo-random moments until
+/// the long one is answered; returns how long each short batch that came in before that
+/// waited for its answer (µs, sorted).
+fn short_waits(w: &mut Worker, long: TokenBatch, short: impl Fn() -> TokenBatch) -> Vec<u64> {
+    w.send(&SupervisorMessage::Yielding(Box::new(SupervisorMessage::Embed { id: 2, batch: long }))).unwrap();
     let (mut waits, mut long_done, mut id) = (Vec::new(), false, 100);
     while !long_done {
         // Pseudo-random moments, longer than the checkpoint's wait for a next batch (5 ms).
         std::thread::sleep(Duration::from_millis(20 + (id * 37 % 41)));
         id += 1;
         let sent = Instant::now();
-        w.send(&SupervisorMessage::Embed { id, batch: short_batch() }).unwrap();
+        w.send(&SupervisorMessage::Embed { id, batch: short() }).unwrap();
         loop {
             let (got, _, _) = rows(w.recv().unwrap());
             if got == 2 {
@@ -181,10 +238,10 @@ fn a_short_batch_waits_for_a_slice_not_a_layer() {
         }
     }
     waits.sort_unstable();
-    let (median, count) = (waits.get(waits.len() / 2).copied().unwrap_or(0), waits.len());
-    println!("{windows} windows, a layer {layer_us} µs: {count} short batches waited median {median} µs, {waits:?}");
-    assert!(count >= 2 * LAYERS as usize, "{count} short batches beside {LAYERS} layers");
-    assert!(median < layer_us / 3, "median wait {median} µs against a layer of {layer_us} µs: the grain is a layer");
+    if waits.is_empty() {
+        waits.push(0);
+    }
+    waits
 }
 
 /// The runner marks a late-chunked document's batch as yielding and sends queries that
@@ -193,6 +250,7 @@ fn a_short_batch_waits_for_a_slice_not_a_layer() {
 /// document's vectors are exactly those it gets alone.
 #[test]
 fn queries_beside_a_late_chunked_document_answer_first_and_right() {
+    let _alone = alone();
     const MINILM: &str = "all-MiniLM-L6-v2";
     // No embedding cache: the second round must be computed again.
     let config = "embedding_cache:\n  memory_mb: 0\n".to_string();

@@ -175,8 +175,19 @@ fn row_keys(mask: Mask, i: usize, n: usize, limit: usize) -> (usize, usize) {
     (lo, hi.min(limit).max(lo + 1))
 }
 
-/// Every (sequence, head, query tile) task, the most work first: handed out one at a time,
-/// so with mixed lengths no thread idles behind the one holding the long sequences.
+/// How the work is cut: query tiles of `tile` rows ([`QUERY_TILE`]; tests use small ones)
+/// and, for a yielding batch (docs/worker.md, "Yielding batches"), groups of tasks.
+#[derive(Clone, Copy)]
+pub struct Split<'a> {
+    pub tile: usize,
+    /// `(work, pause)`: the tasks run in groups of at most `work` (query rows × keys,
+    /// summed over heads; at least one task a group), in sequence order, `pause` called
+    /// before each; an error from it abandons the attention. Each task computes the same
+    /// bits in any group, so the result is bitwise the ungrouped one.
+    pub groups: Option<(usize, &'a dyn Fn() -> Result<()>)>,
+}
+
+/// Every (sequence, query tile, head) task, in that order.
 fn plan(offsets: &[i32], heads: usize, mask: Mask, key_limits: Option<&[i32]>, tile: usize) -> Vec<Task> {
     let mut tasks = Vec::new();
     for seq in 0..offsets.len() - 1 {
@@ -190,13 +201,33 @@ fn plan(offsets: &[i32], heads: usize, mask: Mask, key_limits: Option<&[i32]>, t
             tasks.extend((0..heads).map(|head| Task { seq, head, rows: (first, last), keys }));
         }
     }
-    tasks.sort_by_key(|t| std::cmp::Reverse(t.cost()));
     tasks
 }
 
+/// The planned tasks cut into consecutive groups of at most `work` each (a task more than
+/// that is a group alone), each group's tasks the most work first: handed out one at a
+/// time, so with mixed lengths no thread idles behind the one holding the long sequences.
+fn groups(mut tasks: Vec<Task>, work: usize) -> Vec<Vec<Task>> {
+    let mut groups: Vec<Vec<Task>> = Vec::new();
+    let mut spent = 0;
+    for task in tasks.drain(..) {
+        match groups.last_mut() {
+            Some(group) if spent + task.cost() <= work => group.push(task),
+            _ => {
+                spent = 0;
+                groups.push(vec![task]);
+            }
+        }
+        spent += task.cost();
+    }
+    for group in &mut groups {
+        group.sort_by_key(|t| std::cmp::Reverse(t.cost()));
+    }
+    groups
+}
+
 /// Attention of every sequence of a packed batch (`offsets`: row boundaries) over its own
-/// rows, in query tiles of `tile` rows ([`QUERY_TILE`]; tests use small ones); returns
-/// `[rows, q.heads * head_dim]`. `None` when an operand is not a contiguous float32 2-D
+/// rows, cut as `split` says; returns `[rows, q.heads * head_dim]`. `None` when an operand is not a contiguous float32 2-D
 /// array of the batch's rows (the caller then uses MLX).
 pub fn packed_attention(
     q: HeadBlock,
@@ -205,7 +236,7 @@ pub fn packed_attention(
     offsets: &[i32],
     head_dim: usize,
     scoring: Scoring,
-    tile: usize,
+    split: Split,
 ) -> Result<Option<Array>> {
     let Scoring { scale, mask, bias, key_limits } = scoring;
     let rows = *offsets.last().unwrap_or(&0) as usize;
@@ -225,14 +256,17 @@ pub fn packed_attention(
     let mut out = vec![0f32; rows * out_width];
     let out_ptr = OutPtr(out.as_mut_ptr());
 
-    let tasks = plan(offsets, heads, mask, key_limits, tile);
-    let max_tile = tasks.iter().map(Task::cost).max().unwrap_or(0);
-    let next = AtomicUsize::new(0);
-    let work = || {
-        let mut scores = vec![0f32; max_tile];
-        loop {
-            let t = next.fetch_add(1, Ordering::Relaxed);
-            let Some(&Task { seq: s, head: h, rows: (r0, r1), keys: (k0, k1) }) = tasks.get(t) else { return };
+    let planned = plan(offsets, heads, mask, key_limits, split.tile);
+    let max_tile = planned.iter().map(Task::cost).max().unwrap_or(0);
+    let (work, pause) = match split.groups {
+        Some((work, pause)) => (work, Some(pause)),
+        None => (usize::MAX, None),
+    };
+    for tasks in groups(planned, work) {
+        if let Some(pause) = pause {
+            pause()?;
+        }
+        run_tasks(&tasks, max_tile, |&Task { seq: s, head: h, rows: (r0, r1), keys: (k0, k1) }, scores| {
             let first = offsets[s] as usize;
             let n = offsets[s + 1] as usize - first;
             let limit = key_limits.map_or(n, |k| (k[s].max(1) as usize).min(n));
@@ -296,6 +330,19 @@ pub fn packed_attention(
                     out_width as i32,
                 );
             }
+        });
+    }
+    Ok(Some(Array::from_slice(&out, &[rows as i32, out_width as i32])))
+}
+
+/// Runs `one` on every task, handed out one at a time to up to eight threads (each with a
+/// score buffer of `max_tile` floats), and returns when all are done.
+fn run_tasks(tasks: &[Task], max_tile: usize, one: impl Fn(&Task, &mut [f32]) + Sync) {
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut scores = vec![0f32; max_tile];
+        while let Some(task) = tasks.get(next.fetch_add(1, Ordering::Relaxed)) {
+            one(task, &mut scores);
         }
     };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8).min(tasks.len());
@@ -312,7 +359,6 @@ pub fn packed_attention(
             work();
         });
     }
-    Ok(Some(Array::from_slice(&out, &[rows as i32, out_width as i32])))
 }
 
 #[cfg(test)]
@@ -360,7 +406,9 @@ pub(crate) mod tests {
                         HeadBlock { array: &kv, col: 0, heads: kv_heads },
                         HeadBlock { array: &kv, col: kv_heads * head_dim, heads: kv_heads },
                     );
-                    let out = packed_attention(qb, kb, vb, &offsets, head_dim, scoring, tile).unwrap().unwrap();
+                    let out = packed_attention(qb, kb, vb, &offsets, head_dim, scoring, Split { tile, groups: None })
+                        .unwrap()
+                        .unwrap();
                     out.as_slice::<f32>().to_vec()
                 };
                 let whole = run(usize::MAX);
@@ -376,5 +424,49 @@ pub(crate) mod tests {
         assert!(tasks.iter().all(|t| t.keys.1 - t.keys.0 <= 16));
         let whole = plan(&offsets, 1, Mask::Full, None, 8);
         assert_eq!(whole.iter().map(|t| t.keys.1 - t.keys.0).max(), Some(37));
+    }
+    /// A yielding batch's groups (`Split::groups`): the output is bitwise the ungrouped
+    /// one, the pause comes before each group, one long sequence is cut inside (by query
+    /// tiles and heads), no group holds more than its work unless it is one task, and
+    /// a pause's error abandons the attention.
+    #[test]
+    fn groups_pause_between_tasks_and_change_no_bit() {
+        let offsets = [0, 5, 300, 310];
+        let rows = *offsets.last().unwrap() as usize;
+        let (heads, head_dim) = (3usize, 8usize);
+        let q = values(rows, heads * head_dim, 3);
+        let kv = values(rows, 2 * heads * head_dim, 4);
+        let scoring = Scoring { scale: 0.3, mask: Mask::Full, bias: None, key_limits: None };
+        let run = |split: Split| {
+            let (qb, kb, vb) = (
+                HeadBlock { array: &q, col: 0, heads },
+                HeadBlock { array: &kv, col: 0, heads },
+                HeadBlock { array: &kv, col: heads * head_dim, heads },
+            );
+            packed_attention(qb, kb, vb, &offsets, head_dim, scoring, split)
+                .map(|o| o.unwrap().as_slice::<f32>().to_vec())
+        };
+        let whole = run(Split { tile: 32, groups: None }).unwrap();
+        for work in [1, 5_000, 20_000, 100_000, usize::MAX] {
+            let pauses = std::cell::Cell::new(0);
+            let pause = || {
+                pauses.set(pauses.get() + 1);
+                Ok(())
+            };
+            let grouped = run(Split { tile: 32, groups: Some((work, &pause)) }).unwrap();
+            assert!(whole == grouped, "work {work}: the bits changed");
+            let planned = groups(plan(&offsets, heads, Mask::Full, None, 32), work);
+            assert_eq!(pauses.get(), planned.len(), "work {work}: a pause before each group");
+            for g in &planned {
+                let cost: usize = g.iter().map(Task::cost).sum();
+                assert!(g.len() == 1 || cost <= work, "work {work}: a group of {cost}");
+            }
+        }
+        // The 295-row sequence is 10 tiles × 3 heads, nine of 32 × 295: at 20,000 a group
+        // holds two of those, so its attention alone is cut into more than ten pieces.
+        let planned = groups(plan(&offsets, heads, Mask::Full, None, 32), 20_000);
+        assert!(planned.iter().filter(|g| g.iter().all(|t| t.seq == 1)).count() > 10, "{}", planned.len());
+        let failing = || Err(anyhow::anyhow!("the worker is exiting"));
+        assert!(run(Split { tile: 32, groups: Some((20_000, &failing)) }).is_err());
     }
 }

@@ -10,9 +10,10 @@
 //!   in query tiles of `QUERY_TILE` rows over the keys each tile's rows see, so neither the
 //!   mask nor a window's work grows with the square of the length), and the outputs are
 //!   scattered back to the packed rows.
-//! - A yielding batch on host kernels: groups of whole sequences, with a checkpoint before
-//!   each (docs/worker.md, "Yielding batches"), so a batch waiting behind it does not wait
-//!   for the attention of all its sequences.
+//! - A yielding batch on host kernels: its (sequence, query tile, head) tasks in groups of
+//!   about a row slice's work, with a checkpoint before each (docs/worker.md, "Yielding
+//!   batches"), so a batch waiting behind it waits for a group, not for the attention of
+//!   all its sequences, nor of one 8k-token window.
 //!
 //! `k`/`v` may have fewer heads than `q` (grouped-query attention): MLX's kernel and the
 //! host kernel both read kv head `h / group` for query head `h`, so K/V are never tiled.
@@ -23,7 +24,7 @@ use mlx_rs::ops::indexing::IndexOp;
 use mlx_rs::{ops, Array};
 
 use super::{slices, Inputs, Kernels};
-use crate::cpu_attention::{packed_attention, HeadBlock, Scoring, QUERY_TILE};
+use crate::cpu_attention::{packed_attention, HeadBlock, Scoring, Split, QUERY_TILE};
 pub use crate::cpu_attention::{Mask, RelativeBias};
 use crate::packing::{AttentionBuckets, Bucket, BucketShapes};
 
@@ -46,69 +47,20 @@ pub fn attention(
     mask: Mask,
     bias: Option<&RelativeBias>,
 ) -> Result<Array> {
-    if kernels == Kernels::Host && inputs.checkpoint.is_some() {
-        if let Some(out) = attention_by_sequences(heads, inputs, scale, mask, bias)? {
-            return Ok(out);
-        }
-    }
     attention_in_tiles(kernels, heads, inputs, scale, mask, bias, QUERY_TILE)
 }
 
-/// [`attention`] of a yielding batch on host kernels: a group of whole sequences at a time
-/// (attention never looks across them), each group after a checkpoint and about as much
-/// work as a row slice (`slices.rs`): a sequence of `n` tokens costs `n` rows of `2n / 9w`
-/// feed-forward rows each (`w` the query width: two products of `n × w` per row against nine
-/// of `w × w` in the projections and the feed-forward block). Bitwise what one call
-/// computes: each (sequence, head, query tile) is the same task either way. `None` when
-/// the host kernels do not take these operands (the caller then computes all at once).
-fn attention_by_sequences(
-    heads: &Heads,
-    inputs: &Inputs,
-    scale: f32,
-    mask: Mask,
-    bias: Option<&RelativeBias>,
-) -> Result<Option<Array>> {
-    let Some(checkpoint) = inputs.checkpoint else { return Ok(None) };
-    let offsets = &inputs.packing.offsets;
-    let sequences = offsets.len().saturating_sub(1);
-    let width = (heads.q.heads * heads.head_dim as usize).max(1) as f64;
-    let budget = slices::slice_rows(width as i32) as f64;
-    let cost = |s: usize| {
-        let n = (offsets[s + 1] - offsets[s]) as f64;
-        n * 2.0 * n / (9.0 * width)
-    };
-    let mut done = Vec::new();
-    let mut first = 0;
-    while first < sequences {
-        let (mut last, mut spent) = (first + 1, cost(first));
-        while last < sequences && spent + cost(last) <= budget {
-            spent += cost(last);
-            last += 1;
-        }
-        let (r0, r1) = (offsets[first], offsets[last]);
-        let cut = |b: &HeadBlock| -> Array { b.array.index(r0..r1) };
-        let (q, k, v) = (cut(&heads.q), cut(&heads.k), cut(&heads.v));
-        let group_offsets: Vec<i32> = offsets[first..=last].iter().map(|o| o - r0).collect();
-        let key_limits = inputs.packing.key_limits.as_deref().map(|k| &k[first..last]);
-        let scoring = Scoring { scale, mask, bias, key_limits };
-        mlx_rs::transforms::eval([&q, &k, &v])?;
-        checkpoint.reached()?;
-        let Some(out) = packed_attention(
-            HeadBlock { array: &q, ..heads.q },
-            HeadBlock { array: &k, ..heads.k },
-            HeadBlock { array: &v, ..heads.v },
-            &group_offsets,
-            heads.head_dim as usize,
-            scoring,
-            QUERY_TILE,
-        )?
-        else {
-            return Ok(None);
-        };
-        done.push(out);
-        first = last;
-    }
-    Ok(Some(if done.len() == 1 { done.pop().unwrap() } else { ops::concatenate(&done, 0)? }))
+/// How much attention work (query rows × keys, summed over heads: [`Split::groups`]) a
+/// yielding batch does between two checkpoints: about a row slice's time (`slices.rs`).
+/// A unit (one query row against one key, one head) is `2 · head_dim` multiply-adds (its
+/// score and its share of the values); a row of the projections and the feed-forward block
+/// about `12w²` at width `w` (four `w × w` products and two of `w × 4w`), so a slice of `r`
+/// rows is `r · 6w² / head_dim` units of multiply-adds. Attention does about half as many a
+/// second (measured on MiniLM, 2 cores: 19M units in 52–110 ms, a 2,048-row slice's
+/// feed-forward block in ~95 ms), so a group holds half that.
+fn group_work(width: usize, head_dim: usize) -> usize {
+    let rows = slices::slice_rows(width as i32) as usize;
+    rows * 3 * width * width / head_dim.max(1)
 }
 
 /// [`attention`] in query tiles of `tile` rows on either path (tests use small ones).
@@ -125,7 +77,10 @@ fn attention_in_tiles(
         let offsets = &inputs.packing.offsets;
         let head_dim = heads.head_dim as usize;
         let scoring = Scoring { scale, mask, bias, key_limits: inputs.packing.key_limits.as_deref() };
-        if let Some(out) = packed_attention(heads.q, heads.k, heads.v, offsets, head_dim, scoring, tile)? {
+        let reached = || inputs.checkpoint.map_or(Ok(()), |c| c.reached());
+        let work = group_work(heads.q.heads * head_dim, head_dim);
+        let split = Split { tile, groups: inputs.checkpoint.map(|_| (work, &reached as &dyn Fn() -> Result<()>)) };
+        if let Some(out) = packed_attention(heads.q, heads.k, heads.v, offsets, head_dim, scoring, split)? {
             return Ok(out);
         }
     }

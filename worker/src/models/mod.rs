@@ -157,8 +157,15 @@ impl Inputs<'_> {
     /// all at once at the end, so no batch could run between them; host kernels have most
     /// of it evaluated already) and passes the checkpoint. Other batches pay nothing.
     pub fn layer_done(&self, state: &[&Array]) -> Result<()> {
+        self.pause_at(state)
+    }
+
+    /// A yielding batch evaluates `computed` (what the work after this point reads) and
+    /// passes its checkpoint; other batches pay nothing. Between layers ([`Self::layer_done`])
+    /// and before each row slice (`slices.rs`).
+    pub fn pause_at(&self, computed: &[&Array]) -> Result<()> {
         let Some(checkpoint) = self.checkpoint else { return Ok(()) };
-        mlx_rs::transforms::eval(state.iter().copied())?;
+        mlx_rs::transforms::eval(computed.iter().copied())?;
         checkpoint.reached()
     }
 }

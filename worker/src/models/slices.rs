@@ -40,20 +40,14 @@ impl Inputs<'_> {
             _ => total.max(1),
         };
         if total <= rows {
-            if let Some(checkpoint) = self.checkpoint {
-                mlx_rs::transforms::eval(parts.iter().copied())?;
-                checkpoint.reached()?;
-            }
+            self.pause_at(parts)?;
             return f(&parts.iter().map(|a| (*a).clone()).collect::<Vec<_>>());
         }
         let mut done = Vec::new();
         for first in (0..total).step_by(rows as usize) {
             let slice: Vec<Array> = parts.iter().map(|a| a.index(first..(first + rows).min(total))).collect();
-            if let Some(checkpoint) = self.checkpoint {
-                // The slice's inputs are computed before the checkpoint, its work after.
-                mlx_rs::transforms::eval(&slice)?;
-                checkpoint.reached()?;
-            }
+            // The slice's inputs are computed before the checkpoint, its work after.
+            self.pause_at(&slice.iter().collect::<Vec<_>>())?;
             let y = f(&slice)?;
             if self.checkpoint.is_some() {
                 mlx_rs::transforms::eval(y.arrays())?;
