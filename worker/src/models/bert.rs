@@ -15,7 +15,7 @@ use serde::Deserialize;
 use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 use mlx_serve_protocol::ModelKind;
 
-use super::attention::{attention, Heads, Mask};
+use super::attention::{attention, Heads, Mask, RelativeBias};
 use super::{
     check_positive, parse_config, strip_prefix, tied_word_embeddings, Activation, Architecture, Inputs, Kernels, Load,
     Loaded, Network,
@@ -208,7 +208,10 @@ impl Norm {
     }
 }
 
-struct Layer {
+/// A post-norm encoder layer: `x = Norm(x + O·attention(x))`, then
+/// `Norm(x + W2·act(W1·x))`. BERT's; DistilBERT's and MPNet's are the same blocks under
+/// other checkpoint names (and MPNet adds a relative bias to the scores).
+pub struct PostNormLayer {
     /// Query, key and value projections fused into one `[hidden, 3 * hidden]` GEMM.
     qkv: Linear,
     attn_out: Linear,
@@ -218,13 +221,67 @@ struct Layer {
     out_norm: Norm,
 }
 
+impl PostNormLayer {
+    /// The layer under `prefix`, its parts' names after it in this order: query, key,
+    /// value, attention output, its norm, intermediate, output, its norm.
+    pub fn load(w: &mut Weights, prefix: &str, names: [&str; 8], hidden: i32, inter: i32, eps: f32) -> Result<Self> {
+        let [q, k, v, o, attn_norm, intermediate, output, out_norm] = names.map(|n| format!("{prefix}.{n}"));
+        let (q, k, v) = (
+            w.linear(&q, hidden, hidden, true)?,
+            w.linear(&k, hidden, hidden, true)?,
+            w.linear(&v, hidden, hidden, true)?,
+        );
+        Ok(PostNormLayer {
+            qkv: Linear::concat(vec![q, k, v])?,
+            attn_out: w.linear(&o, hidden, hidden, true)?,
+            attn_norm: Norm::load(w, &attn_norm, hidden, eps)?,
+            intermediate: w.linear(&intermediate, hidden, inter, true)?,
+            output: w.linear(&output, inter, hidden, true)?,
+            out_norm: Norm::load(w, &out_norm, hidden, eps)?,
+        })
+    }
+
+    /// The layer's output for the hidden states `x` of a packed batch.
+    pub fn forward(
+        &self,
+        x: &Array,
+        inputs: &Inputs,
+        act: Activation,
+        heads: usize,
+        head_dim: i32,
+        bias: Option<&RelativeBias>,
+    ) -> Result<Array> {
+        let kernels = inputs.kernels;
+        let qkv = inputs.rows_in_slices(&[x], |r| self.qkv.forward(&r[0]))?;
+        let width = heads * head_dim as usize;
+        let parts = Heads {
+            q: HeadBlock { array: &qkv, col: 0, heads },
+            k: HeadBlock { array: &qkv, col: width, heads },
+            v: HeadBlock { array: &qkv, col: 2 * width, heads },
+            head_dim,
+        };
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let ctx = attention(kernels, &parts, inputs, scale, Mask::Full, bias)?;
+        inputs.rows_in_slices(&[&ctx, x], |r| {
+            let (ctx, x) = (&r[0], &r[1]);
+            // Biases of these three go into the next host kernel (Linear::forward_unbiased).
+            let (attn, attn_bias) = self.attn_out.forward_unbiased(ctx)?;
+            let x = self.attn_norm.add_apply(kernels, &attn, attn_bias, x)?;
+            let (inter, inter_bias) = self.intermediate.forward_unbiased(&x)?;
+            let h = act.apply_biased(kernels, &inter, inter_bias)?;
+            let (out, out_bias) = self.output.forward_unbiased(&h)?;
+            self.out_norm.add_apply(kernels, &out, out_bias, &x)
+        })
+    }
+}
+
 /// The BERT body (embeddings + encoder), without pooler or heads.
 pub struct Bert {
     word: Embedding,
     position: Embedding,
     token_type: Option<Embedding>,
     emb_norm: Norm,
-    layers: Vec<Layer>,
+    layers: Vec<PostNormLayer>,
     hidden: i32,
     heads: i32,
     head_dim: i32,
@@ -249,18 +306,17 @@ impl Bert {
         let emb_norm = Norm::load(w, "embeddings.LayerNorm", hidden, eps)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers as usize);
         for i in 0..config.num_hidden_layers {
-            let p = format!("encoder.layer.{i}");
-            let q = w.linear(&format!("{p}.attention.self.query"), hidden, hidden, true)?;
-            let k = w.linear(&format!("{p}.attention.self.key"), hidden, hidden, true)?;
-            let v = w.linear(&format!("{p}.attention.self.value"), hidden, hidden, true)?;
-            layers.push(Layer {
-                qkv: Linear::concat(vec![q, k, v])?,
-                attn_out: w.linear(&format!("{p}.attention.output.dense"), hidden, hidden, true)?,
-                attn_norm: Norm::load(w, &format!("{p}.attention.output.LayerNorm"), hidden, eps)?,
-                intermediate: w.linear(&format!("{p}.intermediate.dense"), hidden, inter, true)?,
-                output: w.linear(&format!("{p}.output.dense"), inter, hidden, true)?,
-                out_norm: Norm::load(w, &format!("{p}.output.LayerNorm"), hidden, eps)?,
-            });
+            let names = [
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+                "attention.output.LayerNorm",
+                "intermediate.dense",
+                "output.dense",
+                "output.LayerNorm",
+            ];
+            layers.push(PostNormLayer::load(w, &format!("encoder.layer.{i}"), names, hidden, inter, eps)?);
         }
         Ok(Bert { word, position, token_type, emb_norm, layers, hidden, heads, head_dim: hidden / heads, act, kernels })
     }
@@ -274,27 +330,8 @@ impl Network for Bert {
             x = x.add(tt.lookup(&inputs.type_ids)?)?;
         }
         x = self.emb_norm.apply(&x)?;
-        let scale = 1.0 / (self.head_dim as f32).sqrt();
-        let (heads, width) = (self.heads as usize, self.hidden as usize);
         for layer in &self.layers {
-            let qkv = inputs.rows_in_slices(&[&x], |r| layer.qkv.forward(&r[0]))?;
-            let parts = Heads {
-                q: HeadBlock { array: &qkv, col: 0, heads },
-                k: HeadBlock { array: &qkv, col: width, heads },
-                v: HeadBlock { array: &qkv, col: 2 * width, heads },
-                head_dim: self.head_dim,
-            };
-            let ctx = attention(self.kernels, &parts, inputs, scale, Mask::Full, None)?;
-            x = inputs.rows_in_slices(&[&ctx, &x], |r| {
-                let (ctx, x) = (&r[0], &r[1]);
-                // Biases of these three go into the next host kernel (Linear::forward_unbiased).
-                let (attn, attn_bias) = layer.attn_out.forward_unbiased(ctx)?;
-                let x = layer.attn_norm.add_apply(self.kernels, &attn, attn_bias, x)?;
-                let (inter, inter_bias) = layer.intermediate.forward_unbiased(&x)?;
-                let h = self.act.apply_biased(self.kernels, &inter, inter_bias)?;
-                let (out, out_bias) = layer.output.forward_unbiased(&h)?;
-                layer.out_norm.add_apply(self.kernels, &out, out_bias, &x)
-            })?;
+            x = layer.forward(&x, inputs, self.act, self.heads as usize, self.head_dim, None)?;
             inputs.layer_done(&[&x])?;
         }
         Ok(x)

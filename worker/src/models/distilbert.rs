@@ -20,13 +20,11 @@ use serde::Deserialize;
 
 use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 
-use super::attention::{attention, Heads, Mask};
-use super::bert::{legacy_norm_names, Norm};
+use super::bert::{legacy_norm_names, Norm, PostNormLayer};
 use super::{
     check_positive, parse_config, strip_prefix, tied_word_embeddings, Activation, Architecture, Inputs, Kernels, Load,
     Loaded, Network,
 };
-use crate::cpu_attention::HeadBlock;
 use crate::heads::{check_single_label, Scorer, ScoringHead};
 use crate::layers::{Embedding, Linear};
 use crate::packing::Packing;
@@ -154,21 +152,12 @@ pub fn sanitize(name: &str) -> String {
     legacy_norm_names(strip_prefix(name, &["distilbert."]))
 }
 
-struct Layer {
-    qkv: Linear,
-    out: Linear,
-    sa_norm: Norm,
-    lin1: Linear,
-    lin2: Linear,
-    out_norm: Norm,
-}
-
 /// The DistilBERT body (embeddings + transformer), without heads.
 pub struct DistilBert {
     word: Embedding,
     position: Embedding,
     emb_norm: Norm,
-    layers: Vec<Layer>,
+    layers: Vec<PostNormLayer>,
     hidden: i32,
     heads: i32,
     head_dim: i32,
@@ -186,18 +175,17 @@ impl DistilBert {
         let emb_norm = Norm::load(w, "embeddings.LayerNorm", hidden, eps)?;
         let mut layers = Vec::with_capacity(config.n_layers as usize);
         for i in 0..config.n_layers {
-            let p = format!("transformer.layer.{i}");
-            let q = w.linear(&format!("{p}.attention.q_lin"), hidden, hidden, true)?;
-            let k = w.linear(&format!("{p}.attention.k_lin"), hidden, hidden, true)?;
-            let v = w.linear(&format!("{p}.attention.v_lin"), hidden, hidden, true)?;
-            layers.push(Layer {
-                qkv: Linear::concat(vec![q, k, v])?,
-                out: w.linear(&format!("{p}.attention.out_lin"), hidden, hidden, true)?,
-                sa_norm: Norm::load(w, &format!("{p}.sa_layer_norm"), hidden, eps)?,
-                lin1: w.linear(&format!("{p}.ffn.lin1"), hidden, inter, true)?,
-                lin2: w.linear(&format!("{p}.ffn.lin2"), inter, hidden, true)?,
-                out_norm: Norm::load(w, &format!("{p}.output_layer_norm"), hidden, eps)?,
-            });
+            let names = [
+                "attention.q_lin",
+                "attention.k_lin",
+                "attention.v_lin",
+                "attention.out_lin",
+                "sa_layer_norm",
+                "ffn.lin1",
+                "ffn.lin2",
+                "output_layer_norm",
+            ];
+            layers.push(PostNormLayer::load(w, &format!("transformer.layer.{i}"), names, hidden, inter, eps)?);
         }
         Ok(DistilBert {
             word,
@@ -217,25 +205,8 @@ impl Network for DistilBert {
     fn forward(&self, inputs: &Inputs) -> Result<Array> {
         let x = self.word.lookup(&inputs.ids)?.add(self.position.lookup(&inputs.positions)?)?;
         let mut x = self.emb_norm.apply(&x)?;
-        let scale = 1.0 / (self.head_dim as f32).sqrt();
-        let (heads, width) = (self.heads as usize, self.hidden as usize);
         for layer in &self.layers {
-            let qkv = inputs.rows_in_slices(&[&x], |r| layer.qkv.forward(&r[0]))?;
-            let parts = Heads {
-                q: HeadBlock { array: &qkv, col: 0, heads },
-                k: HeadBlock { array: &qkv, col: width, heads },
-                v: HeadBlock { array: &qkv, col: 2 * width, heads },
-                head_dim: self.head_dim,
-            };
-            let ctx = attention(self.kernels, &parts, inputs, scale, Mask::Full, None)?;
-            x = inputs.rows_in_slices(&[&ctx, &x], |r| {
-                let (attn, attn_bias) = layer.out.forward_unbiased(&r[0])?;
-                let x = layer.sa_norm.add_apply(self.kernels, &attn, attn_bias, &r[1])?;
-                let (inter, inter_bias) = layer.lin1.forward_unbiased(&x)?;
-                let h = self.act.apply_biased(self.kernels, &inter, inter_bias)?;
-                let (out, out_bias) = layer.lin2.forward_unbiased(&h)?;
-                layer.out_norm.add_apply(self.kernels, &out, out_bias, &x)
-            })?;
+            x = layer.forward(&x, inputs, self.act, self.heads as usize, self.head_dim, None)?;
             inputs.layer_done(&[&x])?;
         }
         Ok(x)

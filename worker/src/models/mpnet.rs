@@ -23,15 +23,14 @@ use serde::Deserialize;
 
 use mlx_serve_protocol::model_dir::{ModelFacts, Pooling};
 
-use super::attention::{attention, Heads, Mask, RelativeBias};
-use super::bert::{legacy_norm_names, Norm};
+use super::attention::RelativeBias;
+use super::bert::{legacy_norm_names, Norm, PostNormLayer};
 use super::{
     check_positive, parse_config, strip_prefix, xlm_roberta, Activation, Architecture, Inputs, Kernels, Load, Loaded,
     Network,
 };
-use crate::cpu_attention::HeadBlock;
 use crate::heads::{check_single_label, CrossEncoder, Scorer};
-use crate::layers::{Embedding, Linear};
+use crate::layers::Embedding;
 use crate::weights::Weights;
 
 pub const ARCHITECTURE: Architecture = Architecture { family: "mpnet", check, sanitize, load };
@@ -179,21 +178,12 @@ fn relative_bias(table: &Array, heads: usize) -> Result<RelativeBias> {
     Ok(RelativeBias { values, max_offset: MAX_DISTANCE, heads })
 }
 
-struct Layer {
-    qkv: Linear,
-    attn_out: Linear,
-    attn_norm: Norm,
-    intermediate: Linear,
-    output: Linear,
-    out_norm: Norm,
-}
-
 /// The MPNet body (embeddings + encoder), without pooler or heads.
 pub struct Mpnet {
     word: Embedding,
     position: Embedding,
     emb_norm: Norm,
-    layers: Vec<Layer>,
+    layers: Vec<PostNormLayer>,
     bias: RelativeBias,
     hidden: i32,
     heads: i32,
@@ -214,18 +204,17 @@ impl Mpnet {
         let bias = relative_bias(&table, heads as usize)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers as usize);
         for i in 0..config.num_hidden_layers {
-            let p = format!("encoder.layer.{i}");
-            let q = w.linear(&format!("{p}.attention.attn.q"), hidden, hidden, true)?;
-            let k = w.linear(&format!("{p}.attention.attn.k"), hidden, hidden, true)?;
-            let v = w.linear(&format!("{p}.attention.attn.v"), hidden, hidden, true)?;
-            layers.push(Layer {
-                qkv: Linear::concat(vec![q, k, v])?,
-                attn_out: w.linear(&format!("{p}.attention.attn.o"), hidden, hidden, true)?,
-                attn_norm: Norm::load(w, &format!("{p}.attention.LayerNorm"), hidden, eps)?,
-                intermediate: w.linear(&format!("{p}.intermediate.dense"), hidden, inter, true)?,
-                output: w.linear(&format!("{p}.output.dense"), inter, hidden, true)?,
-                out_norm: Norm::load(w, &format!("{p}.output.LayerNorm"), hidden, eps)?,
-            });
+            let names = [
+                "attention.attn.q",
+                "attention.attn.k",
+                "attention.attn.v",
+                "attention.attn.o",
+                "attention.LayerNorm",
+                "intermediate.dense",
+                "output.dense",
+                "output.LayerNorm",
+            ];
+            layers.push(PostNormLayer::load(w, &format!("encoder.layer.{i}"), names, hidden, inter, eps)?);
         }
         Ok(Mpnet {
             word,
@@ -246,25 +235,8 @@ impl Network for Mpnet {
     fn forward(&self, inputs: &Inputs) -> Result<Array> {
         let x = self.word.lookup(&inputs.ids)?.add(self.position.lookup(&inputs.positions)?)?;
         let mut x = self.emb_norm.apply(&x)?;
-        let scale = 1.0 / (self.head_dim as f32).sqrt();
-        let (heads, width) = (self.heads as usize, self.hidden as usize);
         for layer in &self.layers {
-            let qkv = inputs.rows_in_slices(&[&x], |r| layer.qkv.forward(&r[0]))?;
-            let parts = Heads {
-                q: HeadBlock { array: &qkv, col: 0, heads },
-                k: HeadBlock { array: &qkv, col: width, heads },
-                v: HeadBlock { array: &qkv, col: 2 * width, heads },
-                head_dim: self.head_dim,
-            };
-            let ctx = attention(self.kernels, &parts, inputs, scale, Mask::Full, Some(&self.bias))?;
-            x = inputs.rows_in_slices(&[&ctx, &x], |r| {
-                let (attn, attn_bias) = layer.attn_out.forward_unbiased(&r[0])?;
-                let x = layer.attn_norm.add_apply(self.kernels, &attn, attn_bias, &r[1])?;
-                let (inter, inter_bias) = layer.intermediate.forward_unbiased(&x)?;
-                let h = self.act.apply_biased(self.kernels, &inter, inter_bias)?;
-                let (out, out_bias) = layer.output.forward_unbiased(&h)?;
-                layer.out_norm.add_apply(self.kernels, &out, out_bias, &x)
-            })?;
+            x = layer.forward(&x, inputs, self.act, self.heads as usize, self.head_dim, Some(&self.bias))?;
             inputs.layer_done(&[&x])?;
         }
         Ok(x)
