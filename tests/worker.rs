@@ -500,3 +500,27 @@ fn supervisor_going_away_ends_the_worker() {
     let st = w.wait_exit(Duration::from_secs(20)).expect("worker did not notice the closed socket");
     assert_eq!(st.code(), Some(0));
 }
+
+/// OpenBLAS's kernels fit the CPU (worker/src/cpu/blas.rs, `better_openblas_core`): on a
+/// CPU with AVX2 and FMA the worker never computes with kernels older than AVX2, even where
+/// OpenBLAS takes the CPU for an older one when it loads (Debian 12's 0.3.21 on an Emerald
+/// Rapids Xeon: its SSE3 "Prescott" kernels, a third of the speed); then the worker starts
+/// itself again with `OPENBLAS_CORETYPE` naming the right ones.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn openblas_kernels_fit_the_cpu() {
+    const PRE_AVX2: [&str; 7] = ["prescott", "core2", "penryn", "dunnington", "nehalem", "sandybridge", "atom"];
+    let (w, info) = Worker::ready(&fixtures::model_dir("tiny-bert-embed"), &[]).unwrap();
+    println!("BLAS: {}", info.blas);
+    let Some(kernels) = info.blas.rsplit_once(" (").and_then(|(_, k)| k.strip_suffix(" kernels)")) else {
+        println!("the BLAS is not OpenBLAS: nothing to check");
+        return;
+    };
+    let stderr = w.stderr();
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        assert!(
+            !PRE_AVX2.contains(&kernels.to_ascii_lowercase().as_str()),
+            "{kernels} kernels on an AVX2 CPU: {stderr}"
+        );
+    }
+}

@@ -218,7 +218,7 @@ impl Engine {
             stored_dtype,
             compute_dtype: dtype_name(compute).into(),
             device: if gpu { Device::Gpu } else { Device::Cpu },
-            blas: crate::blas::sgemm_provider(),
+            blas: crate::blas::describe(),
             load_seconds: 0.0,
             token_outputs: match &head {
                 Head::Sparse(_) => TokenOutputs { sparse: true, colbert: false },

@@ -212,6 +212,7 @@ fn mlx_gpu_defaults() {
 }
 
 fn main() -> Result<()> {
+    blas::reexec_with_better_openblas_core();
     mlx_gpu_defaults(); // before MLX reads its environment
     let cli = Cli::parse();
     match cli.command {

@@ -41,11 +41,21 @@ pub fn is_fast(provider: &str) -> bool {
     ["openblas", "accelerate", "mkl", "blis"].iter().any(|n| p.contains(n))
 }
 
+/// The provider, and OpenBLAS's kernels when it is OpenBLAS: `…/libopenblas.so.0 (SkylakeX
+/// kernels)` (`ModelInfo::blas`, shown to the operator).
+pub fn describe() -> String {
+    let provider = sgemm_provider();
+    match openblas_core() {
+        Some(core) => format!("{provider} ({core} kernels)"),
+        None => provider,
+    }
+}
+
 /// Logs the provider to stderr, loudly when it is the slow reference BLAS.
 pub fn report() -> String {
     let provider = sgemm_provider();
     if is_fast(&provider) {
-        eprintln!("mlx-serve-worker: BLAS: {provider}");
+        eprintln!("mlx-serve-worker: BLAS: {}", describe());
     } else {
         eprintln!(
             "mlx-serve-worker: WARNING: cblas_sgemm comes from {provider}, not OpenBLAS: fp32 matmul will be ~30x slower. Install libopenblas0-pthread and rebuild (scripts/setup)."
@@ -53,6 +63,102 @@ pub fn report() -> String {
     }
     provider
 }
+
+/// The name of the kernels OpenBLAS chose for this CPU (`Haswell`, `SkylakeX`, ...), when
+/// the provider is OpenBLAS.
+pub fn openblas_core() -> Option<String> {
+    #[cfg(unix)]
+    {
+        let name = std::ffi::CString::new("openblas_get_corename").unwrap();
+        // SAFETY: dlsym with RTLD_DEFAULT only reads the loader's tables; OpenBLAS's
+        // `char *openblas_get_corename(void)` returns a static string (openblas_config.h).
+        unsafe {
+            let sym = libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr());
+            if sym.is_null() {
+                return None;
+            }
+            let get: unsafe extern "C" fn() -> *const libc::c_char = std::mem::transmute(sym);
+            let core = get();
+            (!core.is_null()).then(|| std::ffi::CStr::from_ptr(core).to_string_lossy().into_owned())
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// OpenBLAS's kernels older than AVX2 (its `corename` names, lowercased).
+const PRE_AVX2_CORES: [&str; 17] = [
+    "prescott",
+    "core2",
+    "penryn",
+    "dunnington",
+    "nehalem",
+    "sandybridge",
+    "atom",
+    "katmai",
+    "coppermine",
+    "northwood",
+    "banias",
+    "opteron",
+    "barcelona",
+    "bobcat",
+    "bulldozer",
+    "piledriver",
+    "steamroller",
+];
+
+/// The kernels OpenBLAS should have chosen, when it took this CPU for an older one.
+///
+/// A dynamic-arch OpenBLAS picks its kernels when it loads, from the CPU's family and
+/// model; a model newer than its release gets its generic SSE3 kernels. Debian 12's 0.3.21
+/// takes an Intel Xeon of family 6, model 207 (Emerald Rapids) for a Prescott, and the
+/// GEMMs ran at a third of the speed: `mlx-serve-worker bench-forward --batch 4 --seq 64` on
+/// the nomic-embed-text-v2-moe shape, 242 tokens/s, against 687 with `OPENBLAS_CORETYPE`
+/// naming its kernels (2026-12-08, docs/cpu-backend.md). So: `SkylakeX` where the CPU has
+/// AVX-512 (F, BW, DQ, VL), `Haswell` where it has AVX2 and FMA, when OpenBLAS chose
+/// kernels without AVX2; None otherwise (and off x86-64).
+pub fn better_openblas_core() -> Option<&'static str> {
+    let chosen = openblas_core()?.to_ascii_lowercase();
+    if !PRE_AVX2_CORES.contains(&chosen.as_str()) {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx512vl")
+        {
+            return Some("SkylakeX");
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Some("Haswell");
+        }
+    }
+    None
+}
+
+/// Runs this program again with `OPENBLAS_CORETYPE` naming the kernels OpenBLAS should use
+/// ([`better_openblas_core`]), when it chose older ones and the environment names none:
+/// OpenBLAS reads that variable once, when it loads, before `main`. Returns only when
+/// nothing is to be done or the exec failed (said on stderr; the slower kernels then serve).
+#[cfg(unix)]
+pub fn reexec_with_better_openblas_core() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
+        return;
+    }
+    let Some(core) = better_openblas_core() else { return };
+    let chosen = openblas_core().unwrap_or_default();
+    eprintln!("mlx-serve-worker: OpenBLAS took this CPU for a {chosen}; starting again with its {core} kernels");
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let err = std::process::Command::new("/proc/self/exe").arg0(argv0).args(args).env("OPENBLAS_CORETYPE", core).exec();
+    eprintln!("mlx-serve-worker: could not start again ({err}); going on with the {chosen} kernels");
+}
+
+#[cfg(not(unix))]
+pub fn reexec_with_better_openblas_core() {}
 
 /// OpenBLAS held at one thread while this lives, restored on drop.
 ///
