@@ -148,6 +148,16 @@ impl Pace {
     }
 }
 
+/// The fitted line, for logs: `fixed 42.0 ms + 1.010 ms/token`.
+impl std::fmt::Display for Pace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line() {
+            Some((fixed, per_token)) => write!(f, "fixed {:.1} ms + {:.4} ms/token", fixed * 1e3, per_token * 1e3),
+            None => f.write_str("not yet timed"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -274,6 +274,7 @@ impl Runner {
             self.head_since = (self.head_since + forward).min(now);
             self.pace.observe(batch.tokens, forward);
         }
+        tracing::trace!(target: "pace", model = %self.name, tokens = batch.tokens, forward_us = ?forward.map(|f| f.as_micros()), pace = %self.pace, "batch answered");
         let m = metrics();
         m.model_inference_seconds.with_label_values(&[&self.name]).observe((now - batch.sent).as_secs_f64());
         if let Some(forward) = forward {
