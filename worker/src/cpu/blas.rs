@@ -153,7 +153,15 @@ pub fn reexec_with_better_openblas_core() {
     eprintln!("mlx-serve-worker: OpenBLAS took this CPU for a {chosen}; starting again with its {core} kernels");
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_default();
-    let err = std::process::Command::new("/proc/self/exe").arg0(argv0).args(args).env("OPENBLAS_CORETYPE", core).exec();
+    // The file itself, not /proc/self/exe: the process is named after what exec is given,
+    // and the supervisor and tests find workers by that name.
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            return eprintln!("mlx-serve-worker: could not find this program ({e}); going on with the {chosen} kernels")
+        }
+    };
+    let err = std::process::Command::new(exe).arg0(argv0).args(args).env("OPENBLAS_CORETYPE", core).exec();
     eprintln!("mlx-serve-worker: could not start again ({err}); going on with the {chosen} kernels");
 }
 
