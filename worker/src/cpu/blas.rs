@@ -153,8 +153,8 @@ pub fn reexec_with_better_openblas_core() {
     eprintln!("mlx-serve-worker: OpenBLAS took this CPU for a {chosen}; starting again with its {core} kernels");
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_default();
-    // The file itself, not /proc/self/exe: the process is named after what exec is given,
-    // and the supervisor and tests find workers by that name.
+    // The file itself, not /proc/self/exe: the process is named after what exec is given
+    // (`exe` for that link), and people (ps, pgrep) and tests find workers by name.
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
