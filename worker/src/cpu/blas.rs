@@ -122,20 +122,12 @@ pub fn better_openblas_core() -> Option<&'static str> {
     if !PRE_AVX2_CORES.contains(&chosen.as_str()) {
         return None;
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512dq")
-            && std::is_x86_feature_detected!("avx512vl")
-        {
-            return Some("SkylakeX");
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return Some("Haswell");
-        }
+    // The widest SIMD level the CPU has, as the host kernels detect it (`cpu_kernels/simd.rs`).
+    match crate::cpu_kernels::simd_levels().last() {
+        Some(crate::cpu_kernels::SimdLevel::Avx512) => Some("SkylakeX"),
+        Some(crate::cpu_kernels::SimdLevel::Avx2) => Some("Haswell"),
+        _ => None,
     }
-    None
 }
 
 /// Runs this program again with `OPENBLAS_CORETYPE` naming the kernels OpenBLAS should use

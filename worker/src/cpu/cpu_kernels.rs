@@ -29,6 +29,7 @@ pub use gated::{gated_f32, Gate};
 pub use norms::{residual_layer_norm_f32, residual_rms_norm_f32, rms_norm_f32};
 pub use rope::rope_f32;
 use simd::simd_dispatch;
+pub use simd::{available as simd_levels, Level as SimdLevel};
 
 /// erf(x) for f32, Eigen's / XLA's rational approximation (`generic_fast_erf_float`):
 /// clamp to [-4, 4] (erf is ±1 in f32 beyond), odd degree-13 numerator over even degree-8
