@@ -161,10 +161,10 @@ enum Head {
 impl Engine {
     pub fn load(dir: &Path, opts: &Options) -> Result<Engine> {
         let start = Instant::now();
-        let memory = MemoryPolicy::new(opts.cache_limit_bytes)?;
+        let gpu = on_gpu();
+        let memory = MemoryPolicy::new(opts.cache_limit_bytes, gpu)?;
         let facts = check(dir, opts.kind)?;
         let arch = models::architecture(&facts)?;
-        let gpu = on_gpu();
         let dequantize = !gpu && !opts.keep_quantized;
         let storage: StorageConfig = parse_config(&facts.config)?;
         let mut w = Weights::load(dir, &storage, arch.sanitize, LoadPolicy { compute: Dtype::Float32, dequantize })?;

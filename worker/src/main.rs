@@ -213,6 +213,7 @@ fn mlx_gpu_defaults() {
 
 fn main() -> Result<()> {
     blas::reexec_with_better_openblas_core();
+    memory::keep_freed_heap();
     mlx_gpu_defaults(); // before MLX reads its environment
     let cli = Cli::parse();
     match cli.command {

@@ -1,12 +1,20 @@
 //! Memory that tracks the work: how many freed MLX buffers the worker keeps between
 //! batches, and giving memory back to the OS when it sits idle.
 //!
-//! MLX keeps freed buffers in a cache for reuse (a fresh buffer page-faults on first touch;
-//! a reused one does not). The useful size of that cache is one batch's working set: the
-//! memory a batch allocates on top of the weights. [`MemoryPolicy`] measures it on every
-//! batch (MLX's peak minus what was live before) and sets the cache limit to a high-water
-//! mark of recent working sets (plus headroom) that decays, so a burst of long batches does not pin its
-//! memory after traffic turns short. `--cache-limit-mb N` (N > 0) fixes the limit instead.
+//! GPU backends: MLX keeps freed buffers in a cache for reuse (a fresh buffer costs the
+//! driver an allocation; a reused one does not). The useful size of that cache is one
+//! batch's working set: the memory a batch allocates on top of the weights.
+//! [`MemoryPolicy`] measures it on every batch (MLX's peak minus what was live before) and
+//! sets the cache limit to a high-water mark of recent working sets (plus headroom) that
+//! decays, so a burst of long batches does not pin its memory after traffic turns short.
+//!
+//! The CPU backend: MLX caches nothing and the C heap keeps what batches free
+//! ([`keep_freed_heap`]). MLX reuses a cached buffer only within two pages of the size asked,
+//! and served batches come in every size, so its cache held buffers no later batch could
+//! use while every batch took new pages from the kernel; the heap reuses freed blocks of
+//! any size (docs/cpu-backend.md, "Fresh pages per batch").
+//!
+//! `--cache-limit-mb N` (N > 0) fixes MLX's cache limit instead, on either backend.
 //!
 //! Idle release (after a quiet period, `server.rs`): MLX's cache is emptied (what holds a
 //! load's memory afterwards), on CUDA the driver's pools are trimmed (MLX's frees land
@@ -33,6 +41,8 @@ const HYSTERESIS: f64 = 0.10;
 pub struct MemoryPolicy {
     /// `Some(bytes)`: a fixed cache limit from `--cache-limit-mb`.
     fixed: Option<usize>,
+    /// The CPU backend: no MLX cache unless fixed.
+    host: bool,
     /// Decaying high-water mark of batch working sets, bytes.
     high_water: f64,
     /// The cache limit last given to MLX.
@@ -44,13 +54,13 @@ pub struct MemoryPolicy {
 }
 
 impl MemoryPolicy {
-    /// `fixed_bytes` 0 means automatic.
-    pub fn new(fixed_bytes: usize) -> anyhow::Result<MemoryPolicy> {
+    /// `fixed_bytes` 0 means automatic; `gpu`: the worker computes on a GPU backend.
+    pub fn new(fixed_bytes: usize, gpu: bool) -> anyhow::Result<MemoryPolicy> {
         let fixed = (fixed_bytes > 0).then_some(fixed_bytes);
-        // Automatic starts with no cache: the first batch sizes it.
+        // Automatic starts with no cache: on a GPU the first batch sizes it.
         let applied = fixed.unwrap_or(0);
         memory::set_cache_limit(applied)?;
-        Ok(MemoryPolicy { fixed, high_water: 0.0, applied, active_before: 0, peak_since_start: 0 })
+        Ok(MemoryPolicy { fixed, host: !gpu, high_water: 0.0, applied, active_before: 0, peak_since_start: 0 })
     }
 
     /// The cache limit in force, bytes.
@@ -79,7 +89,7 @@ impl MemoryPolicy {
         // CUDA: what MLX frees past its cache limit goes to the driver's pool, which keeps it
         // until trimmed (`cuda_driver.rs`); hold the pool to one working set too.
         crate::cuda_driver::trim_pool_above((self.high_water * HEADROOM) as usize);
-        if self.fixed.is_some() {
+        if self.fixed.is_some() || self.host {
             return;
         }
         let want = (self.high_water * HEADROOM) as usize;
@@ -96,6 +106,25 @@ impl MemoryPolicy {
         let _ = memory::clear_cache();
         crate::cuda_driver::trim();
         trim_heap();
+    }
+}
+
+/// Keeps freed heap memory for reuse while batches come, instead of giving it back to the OS
+/// as soon as it is freed (glibc only; `release_idle` hands it back once the worker is idle).
+///
+/// By default glibc serves blocks past its dynamic mmap threshold with fresh mappings,
+/// trims a heap's top past its trim threshold, and unmaps a thread arena's 64 MiB heap once
+/// it is free: every such block comes back as new pages, each faulted in and zeroed by the
+/// kernel. Here blocks up to 32 MiB (glibc's largest threshold) stay in one heap (one arena:
+/// MLX allocates on its own stream thread) that is never trimmed while batches come, so a
+/// batch reuses what the one before it freed (docs/cpu-backend.md, "Fresh pages per batch").
+pub fn keep_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets the allocator's parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
