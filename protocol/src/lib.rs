@@ -46,7 +46,9 @@ use serde::{Deserialize, Serialize};
 ///    `SupervisorMessage::Classify` (every label's logit, for TEI's `/predict`).
 /// 8: `SupervisorMessage::Yielding` (a long batch lets a batch sent after it run at its
 ///    layer boundaries; docs/worker.md, "Yielding batches").
-pub const PROTOCOL_VERSION: u16 = 8;
+/// 9: `ModelInfo::tiny_batch_seconds` (the fixed cost of a forward pass, a floor for the
+///    supervisor's pace: docs/scheduling.md).
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// What a model produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +227,10 @@ pub struct ModelInfo {
     /// Which library answered `cblas_sgemm` (Linux CPU backend), for the operator.
     pub blas: String,
     pub load_seconds: f64,
+    /// How long a two-token batch took once warm: what every forward pass costs whatever
+    /// its size (reading every weight once). The supervisor's pace never takes a batch's
+    /// fixed cost for less (`batch/pace.rs`).
+    pub tiny_batch_seconds: f64,
     /// The per-token outputs the model has heads for (none for most models).
     pub token_outputs: TokenOutputs,
 }

@@ -220,6 +220,7 @@ impl Engine {
             device: if gpu { Device::Gpu } else { Device::Cpu },
             blas: crate::blas::describe(),
             load_seconds: 0.0,
+            tiny_batch_seconds: 0.0,
             token_outputs: match &head {
                 Head::Sparse(_) => TokenOutputs { sparse: true, colbert: false },
                 Head::MultiVector(_) => TokenOutputs { sparse: false, colbert: true },
@@ -242,9 +243,15 @@ impl Engine {
         };
         // Warm-up: reads every weight from disk and builds compiled kernels now, not on the
         // first request; a broken checkpoint fails here, before Ready.
-        for warm in warm_up_batches(gpu, facts.max_tokens) {
-            engine.run(&warm, None)?;
+        let warm_up = warm_up_batches(gpu, facts.max_tokens);
+        for warm in &warm_up {
+            engine.run(warm, None)?;
         }
+        // The smallest batch again, now that the weights are in memory: the fixed cost of a
+        // forward pass, which the supervisor sizes batches by.
+        let tiny = Instant::now();
+        engine.run(&warm_up[0], None)?;
+        engine.info.tiny_batch_seconds = tiny.elapsed().as_secs_f64();
         engine.stats = RefCell::default();
         engine.info.load_seconds = start.elapsed().as_secs_f64();
         Ok(engine)

@@ -85,6 +85,8 @@ pub struct Pace {
     y: f64,
     xx: f64,
     xy: f64,
+    /// The least fixed cost the line may have, seconds ([`Pace::set_fixed_floor`]).
+    fixed_floor: f64,
 }
 
 impl Pace {
@@ -98,6 +100,17 @@ impl Pace {
         self.xy = self.xy * DECAY + x * y;
     }
 
+    /// What the worker measured for a tiny batch once warm (`ModelInfo::tiny_batch_seconds`):
+    /// no batch costs less, so the line's fixed part is never below it (while the batches
+    /// seen took longer than it). The fit alone placed it too low: the batches the time
+    /// bound lets through are all of a few sizes, whose noise put the intercept near zero
+    /// (embeddinggemma-300m on 2 CPU cores: 0–20 ms where a 16-token batch took 113 ms), and
+    /// batches sized by that line kept their fixed cost at ~40% of their time
+    /// (docs/scheduling.md, "The fixed cost").
+    pub fn set_fixed_floor(&mut self, seconds: f64) {
+        self.fixed_floor = if seconds.is_finite() { seconds.max(0.0) } else { 0.0 };
+    }
+
     /// `(fixed seconds, seconds per token)`, or None before the first batch.
     fn line(&self) -> Option<(f64, f64)> {
         if self.w == 0.0 {
@@ -106,14 +119,18 @@ impl Pace {
         let (mx, my) = (self.x / self.w, self.y / self.w);
         let var = self.xx / self.w - mx * mx;
         // A spread of sizes under 5% of the mean cannot place a line.
-        if var > (0.05 * mx).powi(2) {
-            let slope = (self.xy / self.w - mx * my) / var;
-            let fixed = my - slope * mx;
-            if slope >= 0.0 && fixed >= 0.0 {
-                return Some((fixed, slope));
-            }
+        let fitted = (var > (0.05 * mx).powi(2))
+            .then(|| {
+                let slope = (self.xy / self.w - mx * my) / var;
+                (my - slope * mx, slope)
+            })
+            .filter(|&(fixed, slope)| slope >= 0.0 && fixed >= 0.0);
+        let (fixed, slope) = fitted.unwrap_or(if mx > 0.0 { (0.0, my / mx) } else { (my, 0.0) });
+        // Below the floor: the line through the mean batch with the floor as fixed part.
+        if fixed < self.fixed_floor && my > self.fixed_floor && mx > 0.0 {
+            return Some((self.fixed_floor, (my - self.fixed_floor) / mx));
         }
-        Some(if mx > 0.0 { (0.0, my / mx) } else { (my, 0.0) })
+        Some((fixed, slope))
     }
 
     /// How long a batch of `tokens` should take, once one batch has been timed.
@@ -180,6 +197,27 @@ mod tests {
         let n = p.tokens_within(ms(250), 64, Overhead::INTERACTIVE).unwrap();
         assert!((2499..=2500).contains(&n), "{n}");
         assert_eq!(p.tokens_within(ms(1), 64, Overhead::BULK), Some(64), "never below the floor");
+    }
+
+    #[test]
+    fn a_measured_fixed_cost_floors_the_line() {
+        let mut p = Pace::default();
+        // Batches of about one size, proportional-looking: 1.7 ms per token.
+        for (tokens, ms) in [(140, 238), (135, 230), (145, 246)] {
+            p.observe(tokens, Duration::from_millis(ms));
+        }
+        let (fixed, _) = p.line().unwrap();
+        assert!(fixed < 0.010, "{fixed}");
+        // The worker measured 60 ms for a tiny batch: the line keeps the mean batch and
+        // takes that as its fixed part, so the interactive budget grows from ~150 tokens.
+        p.set_fixed_floor(0.060);
+        let (fixed, per_token) = p.line().unwrap();
+        assert!((fixed - 0.060).abs() < 1e-9 && (per_token - 0.178 / 140.0).abs() < 2e-5, "{fixed} {per_token}");
+        let n = p.tokens_within(ms(50), 64, Overhead::INTERACTIVE).unwrap();
+        assert!((580..=600).contains(&n), "{n}");
+        // A floor above what batches take (measured on a busier machine) is ignored.
+        p.set_fixed_floor(0.5);
+        assert!(p.line().unwrap().0 < 0.010);
     }
 
     #[test]

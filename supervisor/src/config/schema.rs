@@ -342,7 +342,7 @@ pub struct SchedulingConfig {
     pub priority_aging_ms: u64,
     /// Batches are sized from the worker's observed speed to take at most this long, so
     /// new work waits about two batches at most; a batch still grows until its learnt
-    /// fixed cost is at most an eighth of it, up to 16x this (`batch::Overhead`). 0: the
+    /// fixed cost is at most a sixteenth of it, up to 16x this (`batch::Overhead`). 0: the
     /// token budget alone.
     pub max_batch_ms: u64,
     /// The same bound for batches cut while every queued input is bulk work (priority

@@ -149,6 +149,7 @@ fn info(gpu: bool) -> ModelInfo {
         device: if gpu { Device::Gpu } else { Device::Cpu },
         blas: "none".into(),
         load_seconds: 0.0,
+        tiny_batch_seconds: 0.0,
         token_outputs: Default::default(),
     }
 }

@@ -62,6 +62,7 @@ impl Runner {
                 }
                 self.limits = if link.info().device == Device::Gpu { self.cfg.gpu_limits } else { self.cfg.limits };
                 self.on_cpu = link.info().device == Device::Cpu;
+                self.pace.set_fixed_floor(link.info().tiny_batch_seconds);
                 self.slot = Slot::Running { link, events };
                 self.restart_at = None;
                 for waiter in self.load_waiters.drain(..).chain(self.restart_waiters.drain(..)) {
