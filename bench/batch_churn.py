@@ -12,13 +12,13 @@ worker's CPU seconds, wall seconds and minor page faults over the eight.
   .deps/ref-venv/bin/python bench/batch_churn.py embeddinggemma-300m same|vary
 """
 import json
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import families
+from serving import rss
 from serving.servers import MlxServe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,11 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def worker_counters(supervisor_pid: int) -> tuple:
     """(CPU seconds, minor faults) of the supervisor's worker child."""
-    children = subprocess.run(["pgrep", "-P", str(supervisor_pid)], capture_output=True, text=True).stdout.split()
-    for pid in children:
+    for pid in rss.children(supervisor_pid):
         if "mlx-serve-worker" in Path(f"/proc/{pid}/cmdline").read_text():
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / 100, int(fields[7])
+            minflt = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+            return rss.tree_cpu_seconds(pid), minflt
     raise SystemExit("no worker process found")
 
 

@@ -111,6 +111,8 @@ impl MemoryPolicy {
 
 /// Keeps freed heap memory for reuse while batches come, instead of giving it back to the OS
 /// as soon as it is freed (glibc only; `release_idle` hands it back once the worker is idle).
+/// Set for every worker process at start: on a GPU backend it governs host-side
+/// allocations only, and what matters there is MLX's buffer cache ([`MemoryPolicy`]).
 ///
 /// By default glibc serves blocks past its dynamic mmap threshold with fresh mappings,
 /// trims a heap's top past its trim threshold, and unmaps a thread arena's 64 MiB heap once
@@ -120,7 +122,9 @@ impl MemoryPolicy {
 /// batch reuses what the one before it freed (docs/cpu-backend.md, "Fresh pages per batch").
 pub fn keep_freed_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets the allocator's parameters; called before any thread starts.
+    // SAFETY: mallopt only sets the allocator's parameters, under the allocator's own lock.
+    // Called first thing in `main`, before MLX starts its threads (one arena then covers
+    // them; OpenBLAS's pool threads, started as the library loads, do not allocate).
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
